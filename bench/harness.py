@@ -1,0 +1,224 @@
+"""The benchmark harness shared by every op: a case is a set of candidates (the reference, every
+backend, the peers users would pick instead, and optionally a speed floor) timed side by side in
+one run, on the same inputs.
+
+Timing: warm-up, then the median of repeats: `torch.utils.benchmark` on the CPU, CUDA events on a
+GPU. Peak memory: the CUDA allocator's peak on a GPU; on the CPU the process's resident high-water
+mark (Linux /proc, reset before each candidate) above what was resident before the call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+KINDS = ("reference", "backend", "peer", "floor")
+
+
+@dataclasses.dataclass
+class Candidate:
+    name: str                 # e.g. "cpu", "reference", "vector-quantize-pytorch ResidualVQ"
+    kind: str                 # one of KINDS
+    run: Callable[[], Any] | None
+    skip: str | None = None   # why it cannot run here (reported, not an error)
+    # Compares this candidate's output with the reference output: a short note, e.g. "codes identical".
+    check: Callable[[Any, Any], str] | None = None
+
+
+@dataclasses.dataclass
+class Case:
+    name: str                 # e.g. "rvq.forward"
+    params: dict
+    candidates: list[Candidate]
+
+
+@dataclasses.dataclass
+class Result:
+    case: str
+    candidate: str
+    kind: str
+    params: dict
+    median_s: float | None = None
+    repeats: int = 0
+    peak_bytes: int | None = None
+    note: str = ""
+    skip: str | None = None
+    speedup_vs_reference: float | None = None
+    speedup_vs_best_peer: float | None = None
+    times_floor: float | None = None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_median(fn: Callable[[], Any], device: torch.device, min_time: float) -> tuple[float, int]:
+    """(median seconds per call, number of timed calls) after a warm-up call."""
+    fn()
+    synchronize(device)
+    if device.type == "cuda":
+        times = []
+        budget = 0.0
+        while budget < min_time or len(times) < 5:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+            budget += times[-1]
+        return statistics.median(times), len(times)
+    from torch.utils import benchmark
+    measurement = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+                                  ).blocked_autorange(min_run_time=min_time)
+    return measurement.median, len(measurement.times) * measurement.number_per_run
+
+
+def _read_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Bytes allocated at the peak of one call, above what was in use before it."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    try:  # writing 5 resets the resident-set high-water mark (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    before = _read_status_kib("VmRSS")
+    fn()
+    peak = _read_status_kib("VmHWM")
+    return None if before is None or peak is None else max(peak - before, 0) * 1024
+
+
+def run_case(case: Case, device: torch.device, min_time: float) -> list[Result]:
+    results: list[Result] = []
+    reference_output = None
+    for cand in case.candidates:
+        res = Result(case.name, cand.name, cand.kind, case.params, skip=cand.skip)
+        results.append(res)
+        if cand.skip is not None or cand.run is None:
+            continue
+        try:
+            output = cand.run()
+            synchronize(device)
+            if cand.kind == "reference":
+                reference_output = output
+            elif cand.check is not None and reference_output is not None:
+                res.note = cand.check(output, reference_output)
+            del output
+            res.median_s, res.repeats = time_median(cand.run, device, min_time)
+            res.peak_bytes = peak_memory(cand.run, device)
+        except Exception as e:  # a peer's failure is a result to report, not a crash of the run
+            res.skip = f"failed: {type(e).__name__}: {e}"[:200]
+    _add_ratios(results)
+    return results
+
+
+def _add_ratios(results: list[Result]) -> None:
+    def best(kind):
+        times = [r.median_s for r in results if r.kind == kind and r.median_s]
+        return min(times) if times else None
+    ref, peer, floor = best("reference"), best("peer"), best("floor")
+    for r in results:
+        if not r.median_s:
+            continue
+        if ref:
+            r.speedup_vs_reference = ref / r.median_s
+        if peer:
+            r.speedup_vs_best_peer = peer / r.median_s
+        if floor and r.kind != "floor":
+            r.times_floor = r.median_s / floor
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    from pyaudiok import backends, __version__
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "device": device.type, "device_name": name, "threads": torch.get_num_threads(),
+        "pyaudiok": __version__, "torch": torch.__version__, "triton": backends.triton_version(),
+        "python": platform.python_version(), "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _fmt(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+
+def format_table(results: list[Result]) -> str:
+    header = (f"{'case':<18} {'candidate':<40} {'median ms':>10} {'vs ref':>7} {'vs peer':>8} "
+              f"{'x floor':>8} {'peak MB':>8}  note")
+    lines = [header, "-" * len(header)]
+    last_case = None
+    for r in results:
+        if last_case is not None and r.case != last_case:
+            lines.append("")
+        last_case = r.case
+        if r.skip:
+            lines.append(f"{r.case:<18} {r.candidate:<40} {'skipped':>10}  {r.skip}")
+            continue
+        lines.append(f"{r.case:<18} {r.candidate:<40} {_fmt(r.median_s and r.median_s * 1e3, '10.2f')} "
+                     f"{_fmt(r.speedup_vs_reference, '6.2f')}x {_fmt(r.speedup_vs_best_peer, '7.2f')}x "
+                     f"{_fmt(r.times_floor, '7.2f')}x {_fmt(r.peak_bytes and r.peak_bytes / 2**20, '8.1f')}  {r.note}")
+    lines.append("")
+    lines.append("vs ref / vs peer: speed-up over the reference / the fastest peer (>1 is faster); "
+                 "x floor: time over the speed floor's time.")
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike, env: dict, results: list[Result]) -> None:
+    rows = [{**env, **dataclasses.asdict(r)} for r in results]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def write_plot(path: str | os.PathLike, env: dict, results: list[Result]) -> None:
+    """Bar chart per case of each candidate's speed-up over the reference (log scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r.case for r in results))
+    fig, axes = plt.subplots(len(cases), 1, figsize=(9, 2.2 + 0.45 * len(results)), squeeze=False)
+    colors = {"reference": "grey", "backend": "tab:blue", "peer": "tab:orange", "floor": "tab:green"}
+    for ax, case in zip(axes[:, 0], cases):
+        rows = [r for r in results if r.case == case and r.speedup_vs_reference]
+        ax.barh([r.candidate for r in rows], [r.speedup_vs_reference for r in rows],
+                color=[colors[r.kind] for r in rows])
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_title(f"{case}  {rows[0].params if rows else ''}", fontsize=9)
+        ax.set_xlabel("speed-up over the reference (log)")
+        ax.invert_yaxis()
+    fig.suptitle(f"pyaudiok {env['commit']} on {env['device_name']} ({env['date']})", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,150 @@
+// Residual vector quantization on the CPU: all stages in one pass over a tile of rows, with the
+// nearest-codeword search done as a register-blocked matrix product and a running argmin, so the
+// [N, K] distance matrix never exists (only a 16-row tile's residual lives in L1).
+//
+// Layout of the hot loop: the tile's residual is kept transposed, rT[d][16 rows], so one d-step
+// loads two 8-wide row vectors and broadcasts one scalar per codeword; each codeword's score is
+// then a vector over rows, and the argmin is a per-lane compare-and-select (no horizontal work).
+#include "rvq.h"
+
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace pyaudiok::cpu {
+namespace {
+
+// GCC/Clang vector extensions: compiled to AVX2 in the x86-64-v3 clone below, to SSE pairs (or NEON)
+// elsewhere. The unaligned variant is for loads from arbitrary float pointers.
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8f_u __attribute__((vector_size(32), aligned(4)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+constexpr int kRows = static_cast<int>(kRvqTileRows);  // 2 vectors of 8 rows
+constexpr int kCodewordsPerStep = 6;                   // 12 accumulators + 2 row loads + 1 broadcast
+
+static_assert(kRows == 16, "the micro-kernel holds a tile as two 8-wide vectors");
+
+inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_u*>(p); }
+inline v8f splat(float v) { return v8f{} + v; }
+inline v8i splat_i(int32_t v) { return v8i{} + v; }
+
+// Scores of NC codewords (starting at k0) against the 16 rows, merged into the running argmin.
+// Codewords are visited in increasing k and replace only on a strictly smaller score, which
+// makes ties resolve to the lowest index.
+template <int NC>
+inline __attribute__((always_inline)) void score_block(const float* rT, const float* C, const float* cnorm,
+                                                       int64_t D, int32_t k0, v8f best[2], v8i idx[2]) {
+  v8f acc[NC][2];
+  for (int j = 0; j < NC; ++j) acc[j][0] = acc[j][1] = v8f{};
+  const float* c[NC];
+  for (int j = 0; j < NC; ++j) c[j] = C + static_cast<int64_t>(k0 + j) * D;
+  for (int64_t d = 0; d < D; ++d) {
+    const v8f r0 = load8(rT + d * kRows);
+    const v8f r1 = load8(rT + d * kRows + 8);
+    for (int j = 0; j < NC; ++j) {
+      const v8f b = splat(c[j][d]);
+      acc[j][0] += r0 * b;
+      acc[j][1] += r1 * b;
+    }
+  }
+  for (int j = 0; j < NC; ++j) {
+    const v8f cn = splat(cnorm[k0 + j]);
+    const v8i kk = splat_i(k0 + j);
+    for (int h = 0; h < 2; ++h) {
+      const v8f s = cn - 2.0f * acc[j][h];
+      const v8i better = s < best[h];
+      best[h] = better ? s : best[h];
+      idx[h] = better ? kk : idx[h];
+    }
+  }
+}
+
+// Nearest codeword of stage codebook C[K, D] for each of the tile's 16 rows.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+void nearest_codewords(const float* rT, const float* C, const float* cnorm, int64_t K, int64_t D,
+                       int32_t* out_idx) {
+  v8f best[2] = {splat(std::numeric_limits<float>::infinity()), splat(std::numeric_limits<float>::infinity())};
+  v8i idx[2] = {v8i{}, v8i{}};
+  int32_t k0 = 0;
+  for (; k0 + kCodewordsPerStep <= K; k0 += kCodewordsPerStep)
+    score_block<kCodewordsPerStep>(rT, C, cnorm, D, k0, best, idx);
+  switch (K - k0) {  // tail of fewer than kCodewordsPerStep codewords
+    case 5: score_block<5>(rT, C, cnorm, D, k0, best, idx); break;
+    case 4: score_block<4>(rT, C, cnorm, D, k0, best, idx); break;
+    case 3: score_block<3>(rT, C, cnorm, D, k0, best, idx); break;
+    case 2: score_block<2>(rT, C, cnorm, D, k0, best, idx); break;
+    case 1: score_block<1>(rT, C, cnorm, D, k0, best, idx); break;
+    default: break;
+  }
+  std::memcpy(out_idx, &idx[0], sizeof(v8i));
+  std::memcpy(out_idx + 8, &idx[1], sizeof(v8i));
+}
+
+}  // namespace
+
+void rvq_codeword_norms(const float* codebooks, int64_t n_q, int64_t K, int64_t D, float* cnorm) {
+  for (int64_t k = 0; k < n_q * K; ++k) {
+    const float* c = codebooks + k * D;
+    float s = 0.f;
+    for (int64_t d = 0; d < D; ++d) s += c[d] * c[d];
+    cnorm[k] = s;
+  }
+}
+
+void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnorm, int64_t N,
+                       int64_t D, int64_t K, int64_t n_q, int64_t tile_begin, int64_t tile_end,
+                       float* quantized, int64_t* codes, float* sqerr_tiles) {
+  std::vector<float> rT(static_cast<size_t>(D) * kRows);    // residual, transposed
+  std::vector<float> accT(static_cast<size_t>(D) * kRows);  // sum of chosen codewords, transposed
+  int32_t chosen[kRows];
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    const int64_t row0 = tile * kRows;
+    const int rows = static_cast<int>(N - row0 < kRows ? N - row0 : kRows);
+    // Padding rows stay zero: they are scored like real rows but never written out.
+    std::fill(rT.begin(), rT.end(), 0.f);
+    std::fill(accT.begin(), accT.end(), 0.f);
+    for (int i = 0; i < rows; ++i)
+      for (int64_t d = 0; d < D; ++d) rT[d * kRows + i] = x[(row0 + i) * D + d];
+
+    for (int64_t q = 0; q < n_q; ++q) {
+      const float* C = codebooks + q * K * D;
+      nearest_codewords(rT.data(), C, cnorm + q * K, K, D, chosen);
+      float sq = 0.f;
+      for (int i = 0; i < rows; ++i) {
+        codes[(row0 + i) * n_q + q] = chosen[i];
+        const float* c = C + static_cast<int64_t>(chosen[i]) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          float& r = rT[d * kRows + i];
+          accT[d * kRows + i] += c[d];
+          r -= c[d];
+          sq += r * r;
+        }
+      }
+      sqerr_tiles[tile * n_q + q] = sq;
+    }
+    for (int i = 0; i < rows; ++i)
+      for (int64_t d = 0; d < D; ++d) quantized[(row0 + i) * D + d] = accT[d * kRows + i];
+  }
+}
+
+void rvq_decode_rows(const int64_t* codes, const float* codebooks, const float* weights, int64_t K,
+                     int64_t D, int64_t n_q, int64_t row_begin, int64_t row_end, float* out) {
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    float* o = out + row * D;
+    std::fill(o, o + D, 0.f);
+    for (int64_t q = 0; q < n_q; ++q) {
+      const float* c = codebooks + (q * K + codes[row * n_q + q]) * D;
+      if (weights == nullptr) {
+        for (int64_t d = 0; d < D; ++d) o[d] += c[d];
+      } else {
+        const float w = weights[q];
+        for (int64_t d = 0; d < D; ++d) o[d] += w * c[d];
+      }
+    }
+  }
+}
+
+}  // namespace pyaudiok::cpu

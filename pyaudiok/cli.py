@@ -1,0 +1,68 @@
+"""The `pyaudiok` command: `pyaudiok info`, `pyaudiok bench`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_info(args) -> int:
+    from .info import info
+    print(info())
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    import torch
+
+    from .bench import harness, registry
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("pyaudiok bench: --device cuda asked, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env = harness.environment(device)
+    print(f"pyaudiok bench on {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
+          f"triton {env['triton']}, commit {env['commit']}{', quick sizes' if args.quick else ''}", flush=True)
+    try:
+        cases = list(registry.collect(device, args.quick, args.only))
+    except ValueError as e:
+        print(f"pyaudiok bench: {e}", file=sys.stderr)
+        return 2
+    results = []
+    for case in cases:
+        print(f"  {case.name} {case.params} ...", flush=True)
+        results += harness.run_case(case, device, args.min_time)
+    print()
+    print(harness.format_table(results))
+    if args.json:
+        harness.write_json(args.json, env, results)
+        print(f"wrote {args.json}")
+    if args.plot:
+        harness.write_plot(args.plot, env, results)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyaudiok", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, devices, and the op x backend table with reasons")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("bench", help="time every backend against the reference and the peers")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (seconds, not minutes)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
+    p.add_argument("--json", metavar="PATH", help="write one JSON row per case x candidate")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per candidate (default 1)")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

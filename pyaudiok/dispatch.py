@@ -1,0 +1,163 @@
+"""One registry of op × backend, and the rule that picks a backend for a call.
+
+Each op registers its implementations with the devices and dtypes they support and a callable
+saying whether the backend is usable at all in this process (built? imported?). A call then runs
+on, in order of precedence:
+
+1. the backend named by `use_backend("…")` (innermost context wins), else
+2. the backend named by the environment variable ``PYAUDIOK_BACKEND``, else
+3. the first backend of the device's preference list that is available and supports the inputs.
+
+An explicitly requested backend that cannot run the call raises `BackendUnavailableError` with
+the reason; an automatic choice falls back to the next backend and warns once per reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+import warnings
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+# Automatic choice per device type, fastest first. The Triton interpreter is never chosen
+# automatically on the CPU: it exists for testing, not speed.
+PREFERENCE = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("triton", "cuda", "reference"),
+}
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyaudiok_backend", default=None)
+_warned: set[tuple[str, str, str]] = set()
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this call; the message says why."""
+
+
+class BackendFallbackWarning(UserWarning):
+    """The automatically preferred backend could not run a call; a slower one did."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    op: str
+    backend: str
+    fn: Callable
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    # None when the backend is usable for tensors on this device in this process, else the reason
+    # (checked per call, so it must be cheap: cache anything expensive).
+    availability: Callable[[torch.device], str | None] = lambda device: None
+    # Extra, op-specific limits on the inputs (e.g. a maximum width): None or the reason.
+    constraint: Callable[..., str | None] | None = None
+
+    def why_not(self, device: torch.device, dtype: torch.dtype, args: tuple = ()) -> str | None:
+        """None when this implementation can run a call on `device`/`dtype`, else the reason."""
+        if device.type not in self.devices:
+            return f"runs on {'/'.join(self.devices)} tensors, not {device.type}"
+        reason = self.availability(device)
+        if reason is not None:
+            return reason
+        if dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            return f"supports {names}, not {str(dtype).replace('torch.', '')}"
+        if self.constraint is not None and args:
+            return self.constraint(*args)
+        return None
+
+
+class Op:
+    """The implementations of one op, keyed by backend name."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.impls: dict[str, Implementation] = {}
+
+    def register(self, backend: str, fn: Callable, *, devices: Sequence[str], dtypes: Sequence[torch.dtype],
+                 availability: Callable[[torch.device], str | None] | None = None,
+                 constraint: Callable[..., str | None] | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        self.impls[backend] = Implementation(self.name, backend, fn, tuple(devices), tuple(dtypes),
+                                             availability or (lambda device: None), constraint)
+
+    def select(self, device: torch.device, dtype: torch.dtype, args: tuple = ()) -> Implementation:
+        """The implementation that runs a call with inputs on `device` of `dtype`."""
+        requested = requested_backend()
+        if requested is not None:
+            impl = self.impls.get(requested)
+            if impl is None:
+                raise BackendUnavailableError(f"{self.name}: backend {requested!r} is not implemented for this op "
+                                              f"(it has {', '.join(self.impls)})")
+            reason = impl.why_not(device, dtype, args)
+            if reason is not None:
+                raise BackendUnavailableError(f"{self.name}: backend {requested!r} was requested but cannot run "
+                                              f"this call: {reason}")
+            return impl
+        skipped = []
+        for backend in PREFERENCE.get(device.type, ("reference",)):
+            impl = self.impls.get(backend)
+            if impl is None:
+                continue
+            reason = impl.why_not(device, dtype, args)
+            if reason is None:
+                for name, why in skipped:
+                    _warn_once(self.name, name, why, backend)
+                return impl
+            skipped.append((backend, reason))
+        details = "; ".join(f"{b}: {r}" for b, r in skipped) or "no implementation registered"
+        raise BackendUnavailableError(f"{self.name}: no backend can run {device.type} {dtype} inputs ({details})")
+
+    def __call__(self, *args, device: torch.device, dtype: torch.dtype):
+        return self.select(device, dtype, args).fn(*args)
+
+
+def _warn_once(op: str, backend: str, reason: str, used: str) -> None:
+    key = (op, backend, reason)
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"pyaudiok: {op} runs on the {used!r} backend because {backend!r} cannot: {reason}",
+                  BackendFallbackWarning, stacklevel=4)
+
+
+_OPS: dict[str, Op] = {}
+
+
+def op(name: str) -> Op:
+    """The registry entry of op `name`, created on first use."""
+    return _OPS.setdefault(name, Op(name))
+
+
+def registered_ops() -> dict[str, Op]:
+    return dict(_OPS)
+
+
+def requested_backend() -> str | None:
+    """The backend forced by `use_backend` or ``PYAUDIOK_BACKEND``, or None for automatic."""
+    requested = _requested.get()
+    if requested is None:
+        requested = os.environ.get("PYAUDIOK_BACKEND") or None
+        if requested is not None and requested not in BACKENDS and requested != "auto":
+            raise ValueError(f"PYAUDIOK_BACKEND={requested!r}; expected one of {BACKENDS} or 'auto'")
+    return None if requested == "auto" else requested
+
+
+@contextlib.contextmanager
+def use_backend(backend: str | None) -> Iterator[None]:
+    """Run every pyaudiok op inside the block on `backend` ('reference', 'cpu', 'triton', 'cuda';
+    'auto' or None restores the automatic choice)."""
+    if backend is not None and backend not in BACKENDS and backend != "auto":
+        raise ValueError(f"use_backend: unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'")
+    token = _requested.set(backend or "auto")
+    try:
+        yield
+    finally:
+        _requested.reset(token)

@@ -1,0 +1,64 @@
+"""`pyaudiok.info()`: versions, devices, what was built, and the op × backend table with the
+reason each backend is or is not available."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import _extension, backends, dispatch
+from ._version import __version__
+
+
+def _devices() -> list[torch.device]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices
+
+
+def backend_table() -> list[dict]:
+    """One row per op × backend × device type: {'op', 'backend', 'device', 'available', 'reason'}."""
+    rows = []
+    for name, op in sorted(dispatch.registered_ops().items()):
+        for backend in dispatch.BACKENDS:
+            impl = op.impls.get(backend)
+            for device in _devices():
+                if impl is None:
+                    reason = "not implemented"
+                elif device.type not in impl.devices:
+                    continue
+                else:
+                    reason = impl.availability(device)
+                rows.append({"op": name, "backend": backend, "device": device.type,
+                             "available": reason is None, "reason": reason or ""})
+    return rows
+
+
+def info() -> str:
+    build = _extension.build_info()
+    lines = [
+        f"pyaudiok {__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__}, triton {backends.triton_version() or 'not available'}",
+        f"devices: cpu ({torch.get_num_threads()} threads)"
+        + (f", cuda: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA device"),
+    ]
+    if build["loaded"]:
+        lines.append(f"extension: built against torch {build['torch_version']} with {build.get('compiler', '?')}; "
+                     f"backends {', '.join(build['backends'])}"
+                     + (f" (CUDA archs {build['cuda_archs']})" if build["cuda_archs"] else
+                        f" (cuda skipped: {build['cuda_skipped_reason']})" if build["cuda_skipped_reason"] else ""))
+    else:
+        lines.append(f"extension: not loaded: {build['reason']}")
+    forced = dispatch.requested_backend()
+    lines.append(f"backend choice: {'forced to ' + forced if forced else 'automatic'}")
+    lines.append("")
+    rows = backend_table()
+    widths = [max(len(str(r[k])) for r in rows + [{"op": "op", "backend": "backend", "device": "device"}])
+              for k in ("op", "backend", "device")]
+    header = f"{'op':<{widths[0]}}  {'backend':<{widths[1]}}  {'device':<{widths[2]}}  available  reason"
+    lines += [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['op']:<{widths[0]}}  {r['backend']:<{widths[1]}}  {r['device']:<{widths[2]}}  "
+                     f"{'yes' if r['available'] else 'no':<9}  {r['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+"""The fused ops. Each module holds one op: its public function, reference, checks, registration
+and backend dispatch (DESIGN.md, "Ops: the contract")."""
+from .rvq import RVQResult, residual_vq, rvq_decode
+
+__all__ = ["RVQResult", "residual_vq", "rvq_decode"]

@@ -1,0 +1,62 @@
+"""Argument checks shared by every op: run once, in Python, before any kernel, with messages that
+name the argument and say what was expected. Kernels may then assume valid input."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..dispatch import FLOAT_DTYPES
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | None = None, layout: str = "",
+           dtypes: Sequence[torch.dtype] | None = None) -> torch.Tensor:
+    """Check that `value` is a tensor of an allowed dtype and rank; `layout` (e.g. "[Q, K, D]")
+    is how the expected shape is described in the error message."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor{' of shape ' + layout if layout else ''}, "
+                        f"got {type(value).__name__}")
+    if dtypes is not None and value.dtype not in dtypes:
+        allowed = ", ".join(_dtype_name(d) for d in dtypes)
+        raise TypeError(f"{name} must have dtype {allowed}; got {_dtype_name(value.dtype)}")
+    if (ndim is not None and value.dim() != ndim) or (min_ndim is not None and value.dim() < min_ndim):
+        raise ValueError(f"{name} must have shape {layout or f'of rank {ndim}'}; got {shape_str(value.shape)}")
+    return value
+
+
+def float_tensor(name: str, value, **kwargs) -> torch.Tensor:
+    return tensor(name, value, dtypes=FLOAT_DTYPES, **kwargs)
+
+
+def same_dtype(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if value.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({_dtype_name(ref.dtype)}); "
+                        f"got {_dtype_name(value.dtype)}")
+
+
+def same_device(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if value.device != ref.device:
+        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}); got {value.device}")
+
+
+def dim_size(name: str, value: torch.Tensor, dim: int, expected: int, what: str) -> None:
+    if value.shape[dim] != expected:
+        raise ValueError(f"{name} has size {value.shape[dim]} in dim {dim} ({shape_str(value.shape)}); "
+                         f"expected {expected} to match {what}")
+
+
+def int_in_range(name: str, value, low: int, high: int) -> int:
+    """An int with low <= value <= high (bools are not ints here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int in [{low}, {high}]; got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}]; got {value}")
+    return value

@@ -1,0 +1,89 @@
+"""Builds pyaudiok: the Python package, the Triton kernels (kernels/ -> pyaudiok.kernels), the
+benchmarks (bench/ -> pyaudiok.bench) and the extension pyaudiok._C through CMake + Ninja.
+
+torch must be installed first and the build must see it: install with
+    pip install --no-build-isolation -e .
+(an isolated build env would fetch another, multi-GB torch). Environment switches:
+    PYAUDIOK_CUDA=0|1   skip / force the CUDA kernels (default: built when nvcc is found AND torch is
+                        a CUDA build; never decided from torch.cuda.is_available())
+    PYAUDIOK_CUDA_ARCHS e.g. "90a" or "80;90a" (default "80;90a")
+    PYAUDIOK_JOBS       parallel compile jobs (default: CPU count)
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "pyaudiok" / "_version.py").read_text()).group(1)
+
+
+def cuda_decision():
+    """(build_cuda, reason when not built)."""
+    import torch
+
+    forced = os.environ.get("PYAUDIOK_CUDA")
+    if forced == "0":
+        return False, "PYAUDIOK_CUDA=0"
+    nvcc = shutil.which("nvcc") or (os.environ.get("CUDA_HOME") and shutil.which("nvcc", path=os.path.join(os.environ["CUDA_HOME"], "bin")))
+    if forced == "1":
+        return True, ""
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU build"
+    if not nvcc:
+        return False, "nvcc not found (set CUDA_HOME or PATH)"
+    return True, ""
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        import pybind11
+        import torch.utils
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        with_cuda, reason = cuda_decision()
+        print(f"pyaudiok: CUDA kernels {'ON' if with_cuda else 'OFF (' + reason + ')'}")
+        args = [
+            f"-S{ROOT}", f"-B{build_dir}", "-GNinja",
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path};{pybind11.get_cmake_dir()}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DPYAUDIOK_OUTPUT_DIR={out_dir}",
+            f"-DPYAUDIOK_VERSION={VERSION}",
+            f"-DPYAUDIOK_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
+            f"-DPYAUDIOK_CUDA_SKIPPED_REASON={reason}",
+        ]
+        if with_cuda:
+            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('PYAUDIOK_CUDA_ARCHS', '80;90a')}")
+        subprocess.run(["cmake", *args], check=True)
+        jobs = os.environ.get("PYAUDIOK_JOBS", str(os.cpu_count() or 1))
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+
+
+setup(
+    name="pyaudiok",
+    version=VERSION,
+    description="Fused, fast PyTorch kernels for audio and sequence-modelling research systems",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["pyaudiok", "pyaudiok.ops", "pyaudiok.kernels", "pyaudiok.bench"],
+    package_dir={"pyaudiok": "pyaudiok", "pyaudiok.kernels": "kernels", "pyaudiok.bench": "bench"},
+    ext_modules=[Extension("pyaudiok._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
+    # torch is deliberately not listed: installing it through pip's resolver would pull a
+    # multi-GB CUDA build on CPU machines. Install the torch you want first (README).
+    install_requires=["numpy", "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "matplotlib"],
+        "bench": ["pytest-benchmark", "matplotlib"],
+        "peers": ["vector-quantize-pytorch", "encodec"],
+    },
+    entry_points={"console_scripts": ["pyaudiok = pyaudiok.cli:main"]},
+)
