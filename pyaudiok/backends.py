@@ -4,7 +4,6 @@ Shared by every op's registration, so an op only names which of these its backen
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -18,8 +17,17 @@ def interpreting_triton() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_STATUS: dict[str, str | None] = {}
+
+
 def _triton_import_reason() -> str | None:
+    """Checked once (importing triton is slow), then read from _TRITON_STATUS."""
+    if "reason" not in _TRITON_STATUS:
+        _TRITON_STATUS["reason"] = _check_triton_import()
+    return _TRITON_STATUS["reason"]
+
+
+def _check_triton_import() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton)"
     try:

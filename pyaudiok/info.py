@@ -10,27 +10,22 @@ from . import _extension, backends, dispatch
 from ._version import __version__
 
 
-def _devices() -> list[torch.device]:
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    return devices
-
-
 def backend_table() -> list[dict]:
     """One row per op × backend × device type: {'op', 'backend', 'device', 'available', 'reason'}."""
     rows = []
+    has_cuda = torch.cuda.is_available()
     for name, op in sorted(dispatch.registered_ops().items()):
         for backend in dispatch.BACKENDS:
             impl = op.impls.get(backend)
-            for device in _devices():
-                if impl is None:
-                    reason = "not implemented"
-                elif device.type not in impl.devices:
-                    continue
-                else:
-                    reason = impl.availability(device)
-                rows.append({"op": name, "backend": backend, "device": device.type,
+            if impl is None:
+                rows.append({"op": name, "backend": backend, "device": "-", "available": False,
+                             "reason": "not implemented"})
+                continue
+            for device_type in impl.devices:
+                reason = impl.availability(torch.device(device_type))
+                if reason is None and device_type == "cuda" and not has_cuda:
+                    reason = "no CUDA device visible to torch"
+                rows.append({"op": name, "backend": backend, "device": device_type,
                              "available": reason is None, "reason": reason or ""})
     return rows
 

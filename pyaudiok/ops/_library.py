@@ -5,7 +5,6 @@ here, lazily, with `torch.library.triton_op`, so `import pyaudiok` does not impo
 """
 from __future__ import annotations
 
-import functools
 import importlib
 from typing import Callable
 
@@ -19,16 +18,23 @@ def extension_loaded() -> bool:
 
 
 def cpp_op(name: str):
-    """torch.ops.pyaudiok.<name>, defined by the compiled extension (load it first)."""
-    _extension.load()
+    """torch.ops.pyaudiok.<name>, defined by the compiled extension (loaded at import)."""
     return getattr(torch.ops.pyaudiok, name)
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_OPS: dict[str, object] = {}
+
+
 def triton_op(name: str, kernel_module: str, function: str,
               register: Callable[[str], None] | None = None):
     """Register `pyaudiok.kernels.<kernel_module>.<function>` as the op pyaudiok::<name> (once) and
     return it. `register(qualname)` adds its fake/autograd registrations."""
+    if name not in _TRITON_OPS:
+        _TRITON_OPS[name] = _register_triton_op(name, kernel_module, function, register)
+    return _TRITON_OPS[name]
+
+
+def _register_triton_op(name, kernel_module, function, register):
     launcher = getattr(importlib.import_module(f"pyaudiok.kernels.{kernel_module}"), function)
     torch.library.triton_op(f"pyaudiok::{name}", mutates_args=())(launcher)
     if register is not None:

@@ -1,0 +1,110 @@
+"""The comparison harness every op's tests use: run a public op on a backend and on the reference
+(in float64), compare outputs and the gradients of every input, relative error per dtype."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.dispatch import Op
+
+# Relative error ‖out − ref‖ / ‖ref‖ allowed against a float64 reference, per dtype of the backend run.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+FUSED_BACKENDS = ("cpu", "triton", "cuda")
+
+
+def device_for(backend: str) -> torch.device:
+    """Where a backend's tests run: Triton on the GPU when there is one, else in its interpreter."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def require_backend(op: Op, backend: str, dtype: torch.dtype = torch.float32) -> torch.device:
+    """The device to test `backend` of `op` on; skips the test (with the reason) if it cannot run."""
+    device = device_for(backend)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{backend}: needs a CUDA device")
+    impl = op.impls.get(backend)
+    if impl is None:
+        pytest.skip(f"{op.name} has no {backend} backend")
+    reason = impl.why_not(device, dtype)
+    if reason is not None:
+        pytest.skip(f"{op.name}/{backend}: {reason}")
+    return device
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """torch.empty (also inside C++ and Triton launchers) returns NaN / max-int filled memory, so an
+    output element a kernel forgot to write shows up as NaN or an absurd index."""
+    old = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
+        torch.utils.deterministic.fill_uninitialized_memory = old[2]
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    assert not torch.isnan(out).any(), f"{name}: NaN in output (unwritten or invalid elements)"
+    err = rel_error(out, ref)
+    tol = TOLERANCE[dtype] * scale
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+
+
+def run_with_grads(fn: Callable, inputs: Sequence, backend: str, grad_seed: int):
+    """Run fn(*inputs) on `backend` (inputs that require grad get leaf copies); backpropagate random
+    weights through every float output; return (outputs, grads of the grad-requiring inputs)."""
+    leaves = [x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+              for x in inputs]
+    with poisoned_outputs(), pyaudiok.use_backend(backend):
+        outputs = fn(*leaves)
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    gen = torch.Generator().manual_seed(grad_seed)
+    loss = 0
+    for out in outputs:
+        if out.is_floating_point() and out.requires_grad:
+            weight = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.device, out.dtype)
+            loss = loss + (out * weight).sum()
+    if isinstance(loss, torch.Tensor):
+        loss.backward()
+    grads = [x.grad for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad]
+    return outputs, grads
+
+
+def compare_with_reference(fn: Callable, inputs: Sequence, backend: str, *, scale: float = 1.0,
+                           exact: Sequence[int] = ()) -> tuple:
+    """Check fn on `backend` against fn on the reference in float64: every float output and every
+    input gradient within tolerance; outputs at indices `exact` (e.g. integer codes) identical.
+    Returns (backend outputs, reference outputs)."""
+    dtype = next(x.dtype for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point())
+    ref_inputs = [x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
+    ref_out, ref_grads = run_with_grads(fn, ref_inputs, "reference", grad_seed=1)
+    out, grads = run_with_grads(fn, inputs, backend, grad_seed=1)
+    for i, (o, r) in enumerate(zip(out, ref_out)):
+        if i in exact or not o.is_floating_point():
+            assert torch.equal(o.cpu(), r.cpu()), f"output {i} differs from the reference"
+        else:
+            assert_close(f"output {i}", o, r, dtype, scale)
+    assert len(grads) == len(ref_grads)
+    for i, (g, r) in enumerate(zip(grads, ref_grads)):
+        assert (g is None) == (r is None), f"gradient of input {i}: backend None={g is None}, reference None={r is None}"
+        if g is not None:
+            assert_close(f"gradient of input {i}", g, r, dtype, scale)
+    return out, ref_out

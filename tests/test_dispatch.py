@@ -1,0 +1,112 @@
+"""The backend registry: explicit choice, environment override, automatic fallback, reasons."""
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.info import backend_table
+from pyaudiok import dispatch
+from pyaudiok.ops import residual_vq
+from pyaudiok.ops.rvq import FORWARD
+
+
+def _calls(op, monkeypatch):
+    """Record which backend runs each call of `op`."""
+    seen = []
+    for name, impl in list(op.impls.items()):
+        def traced(*args, _fn=impl.fn, _name=name):
+            seen.append(_name)
+            return _fn(*args)
+        monkeypatch.setitem(op.impls, name, dispatch.Implementation(**{**impl.__dict__, "fn": traced}))
+    return seen
+
+
+def _inputs():
+    return torch.randn(5, 4), torch.randn(2, 3, 4)
+
+
+def test_automatic_choice_prefers_the_compiled_cpu_kernel(monkeypatch):
+    seen = _calls(FORWARD, monkeypatch)
+    residual_vq(*_inputs())
+    expected = "cpu" if FORWARD.impls["cpu"].why_not(torch.device("cpu"), torch.float32) is None else "reference"
+    assert seen == [expected]
+
+
+def test_use_backend_context_nests_and_restores(monkeypatch):
+    seen = _calls(FORWARD, monkeypatch)
+    with pyaudiok.use_backend("reference"):
+        residual_vq(*_inputs())
+        with pyaudiok.use_backend("auto"):
+            residual_vq(*_inputs())
+        residual_vq(*_inputs())
+    assert seen[0] == seen[2] == "reference"
+    assert seen[1] == FORWARD.select(torch.device("cpu"), torch.float32).backend
+    assert dispatch.requested_backend() is None
+
+
+def test_environment_variable_forces_a_backend(monkeypatch):
+    seen = _calls(FORWARD, monkeypatch)
+    monkeypatch.setenv("PYAUDIOK_BACKEND", "reference")
+    residual_vq(*_inputs())
+    assert seen == ["reference"]
+    monkeypatch.setenv("PYAUDIOK_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="PYAUDIOK_BACKEND"):
+        residual_vq(*_inputs())
+
+
+def test_context_overrides_environment(monkeypatch):
+    automatic = FORWARD.select(torch.device("cpu"), torch.float32).backend
+    seen = _calls(FORWARD, monkeypatch)
+    monkeypatch.setenv("PYAUDIOK_BACKEND", "reference")
+    with pyaudiok.use_backend("auto"):
+        residual_vq(*_inputs())
+    assert seen == [automatic]
+
+
+def test_explicit_unavailable_backend_raises_with_reason():
+    with pyaudiok.use_backend("cuda"):
+        with pytest.raises(pyaudiok.BackendUnavailableError, match="'cuda'.*runs on cuda tensors, not cpu"):
+            residual_vq(*_inputs())
+    with pyaudiok.use_backend("cpu"):  # the cpu kernels are float32 only
+        with pytest.raises(pyaudiok.BackendUnavailableError, match="float64"):
+            residual_vq(*(t.double() for t in _inputs()))
+
+
+def test_unknown_backend_name_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown backend"):
+        with pyaudiok.use_backend("gpu"):
+            pass
+
+
+def test_automatic_fallback_warns_once_and_uses_reference(monkeypatch):
+    monkeypatch.setattr(dispatch, "_warned", set())
+    seen = _calls(FORWARD, monkeypatch)
+    x, c = (t.double() for t in _inputs())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        residual_vq(x, c)
+        residual_vq(x, c)
+    assert seen == ["reference", "reference"]
+    fallbacks = [w for w in caught if issubclass(w.category, pyaudiok.BackendFallbackWarning)]
+    if FORWARD.impls["cpu"].availability(torch.device("cpu")) is None:
+        assert len(fallbacks) == 1 and "float64" in str(fallbacks[0].message)
+
+
+def test_info_lists_every_op_and_backend_with_reasons():
+    text = pyaudiok.info()
+    assert pyaudiok.__version__ in text and torch.__version__ in text
+    rows = backend_table()
+    for op in ("residual_vq", "rvq_decode"):
+        assert {r["backend"] for r in rows if r["op"] == op} == set(dispatch.BACKENDS)
+    for r in rows:
+        assert r["available"] == (r["reason"] == ""), r  # every "no" says why
+        assert f"{r['op']}" in text and r["reason"] in text
+
+
+def test_python_m_pyaudiok_info_runs():
+    out = subprocess.run([sys.executable, "-m", "pyaudiok", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "residual_vq" in out.stdout and "rvq_decode" in out.stdout
