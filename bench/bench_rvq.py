@@ -113,11 +113,14 @@ def backward_case(device, rows) -> Case:
     cands += _backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q), lambda b: _with_backend(b, train_step))
     vqp, reason = _vqp_residual_vq(codebooks)
 
-    def run_vqp():  # eval mode: straight-through output only (its commitment loss is a training-mode term)
-        quantized, _, _ = vqp(x[None])
-        quantized.square().mean().backward()
+    def run_vqp():  # training mode: the only mode with gradients; it also updates its EMA codebooks
+        quantized, _, commit = vqp(x[None])
+        (quantized.square().mean() + commit.sum()).backward()
         x.grad = None
-    cands.append(Candidate("vector-quantize-pytorch ResidualVQ", "peer", run_vqp if vqp else None, skip=reason))
+    if vqp is not None:
+        vqp.train()
+    cands.append(Candidate("vector-quantize-pytorch ResidualVQ (train)", "peer", run_vqp if vqp else None,
+                           skip=reason))
     return Case("rvq.forward+backward", {"N": rows, "Q": Q, "K": K, "D": D}, cands)
 
 

@@ -93,6 +93,28 @@ def _read_status_kib(field: str) -> int | None:
     return None
 
 
+_MALLOC_TUNED = False
+_LIBC = None
+
+
+def _mmap_large_allocations() -> None:
+    """Make glibc serve every allocation above 64 KiB with its own mapping and return it on free
+    (no dynamic threshold), so the resident high-water mark follows the tensors a call allocates
+    instead of reusing earlier freed heap."""
+    global _MALLOC_TUNED, _LIBC
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+        _LIBC = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        _LIBC.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        _LIBC.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        _LIBC = None
+
+
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
     """Bytes allocated at the peak of one call, above what was in use before it."""
     if device.type == "cuda":
@@ -102,6 +124,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)  # give freed heap back, so what the call allocates must be faulted in anew
     try:  # writing 5 resets the resident-set high-water mark (VmHWM) of this process
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -115,6 +139,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
 def run_case(case: Case, device: torch.device, min_time: float) -> list[Result]:
     results: list[Result] = []
     reference_output = None
+    if device.type == "cpu":
+        _mmap_large_allocations()
     for cand in case.candidates:
         res = Result(case.name, cand.name, cand.kind, case.params, skip=cand.skip)
         results.append(res)
@@ -168,8 +194,10 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def _fmt(value, fmt):
-    return "-" if value is None else format(value, fmt)
+def _fmt(value, fmt, suffix=""):
+    if value is None:
+        return format("-", f">{len(format(1.0, fmt)) + len(suffix)}")
+    return format(value, fmt) + suffix
 
 
 def format_table(results: list[Result]) -> str:
@@ -184,13 +212,28 @@ def format_table(results: list[Result]) -> str:
         if r.skip:
             lines.append(f"{r.case:<18} {r.candidate:<40} {'skipped':>10}  {r.skip}")
             continue
-        lines.append(f"{r.case:<18} {r.candidate:<40} {_fmt(r.median_s and r.median_s * 1e3, '10.2f')} "
-                     f"{_fmt(r.speedup_vs_reference, '6.2f')}x {_fmt(r.speedup_vs_best_peer, '7.2f')}x "
-                     f"{_fmt(r.times_floor, '7.2f')}x {_fmt(r.peak_bytes and r.peak_bytes / 2**20, '8.1f')}  {r.note}")
+        peak = None if r.peak_bytes is None else r.peak_bytes / 2**20
+        lines.append(f"{r.case:<18} {r.candidate:<40} {_fmt(r.median_s * 1e3, '10.2f')} "
+                     f"{_fmt(r.speedup_vs_reference, '6.2f', 'x')} {_fmt(r.speedup_vs_best_peer, '7.2f', 'x')} "
+                     f"{_fmt(r.times_floor, '7.2f', 'x')} {_fmt(peak, '8.1f')}  {r.note}")
     lines.append("")
+    lines += peer_summary(results)
     lines.append("vs ref / vs peer: speed-up over the reference / the fastest peer (>1 is faster); "
                  "x floor: time over the speed floor's time.")
     return "\n".join(lines)
+
+
+def peer_summary(results: list[Result]) -> list[str]:
+    """One line per case and backend: its speed-up over each peer, measured in this run."""
+    lines = []
+    for case in dict.fromkeys(r.case for r in results):
+        rows = [r for r in results if r.case == case and r.median_s]
+        peers = [r for r in rows if r.kind == "peer"]
+        for r in rows:
+            if r.kind == "backend" and peers:
+                ratios = ", ".join(f"{p.median_s / r.median_s:.2f}x {p.candidate}" for p in peers)
+                lines.append(f"{case}: {r.candidate} is {ratios}")
+    return lines + ([""] if lines else [])
 
 
 def write_json(path: str | os.PathLike, env: dict, results: list[Result]) -> None:

@@ -7,6 +7,10 @@
 #include <string>
 #include <vector>
 
+#ifdef PYAUDIOK_WITH_CUDA
+#include "../cuda/rvq.h"
+#endif
+
 #ifndef PYAUDIOK_VERSION
 #define PYAUDIOK_VERSION "unknown"
 #endif
@@ -42,4 +46,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return info;
   });
+#ifdef PYAUDIOK_WITH_CUDA
+  m.def("rvq_cuda_max_dim", &pyaudiok_rvq_forward_cuda_max_dim,
+        "largest D the CUDA RVQ forward supports on a device (shared-memory bound)");
+#endif
 }

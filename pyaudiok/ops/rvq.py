@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .. import backends, dispatch
+from .. import _extension, backends, dispatch
 from . import _checks
 from ._library import cpp_op, extension_loaded, triton_op
 
@@ -168,6 +168,14 @@ def _fused_decode(get_op: Callable[[], Callable]):
 
 _GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+
+def _cuda_width_limit(x, codebooks, n_q):
+    """The CUDA forward keeps a tile's residual in shared memory: D is bounded per device."""
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    limit = _extension.MODULE.rvq_cuda_max_dim(index)
+    return None if x.shape[-1] <= limit else f"D = {x.shape[-1]} exceeds the CUDA kernel's limit of {limit} here"
+
+
 FORWARD = dispatch.op("residual_vq")
 FORWARD.register("reference", rvq_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 FORWARD.register("cpu", _fused_forward(lambda: cpp_op("rvq_forward")), devices=("cpu",),
@@ -175,7 +183,7 @@ FORWARD.register("cpu", _fused_forward(lambda: cpp_op("rvq_forward")), devices=(
 FORWARD.register("triton", _fused_forward(_triton_forward), devices=("cuda", "cpu"), dtypes=_GPU_DTYPES,
                  availability=backends.triton_reason)
 FORWARD.register("cuda", _fused_forward(lambda: cpp_op("rvq_forward")), devices=("cuda",),
-                 dtypes=_GPU_DTYPES, availability=backends.cuda_reason)
+                 dtypes=_GPU_DTYPES, availability=backends.cuda_reason, constraint=_cuda_width_limit)
 
 DECODE = dispatch.op("rvq_decode")
 DECODE.register("reference", rvq_decode_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)

@@ -1,0 +1,30 @@
+"""pytest-benchmark view of the same cases `pyaudiok bench` runs:
+
+    pytest bench --benchmark-only                 # quick sizes
+    PYAUDIOK_BENCH_FULL=1 pytest bench --benchmark-only
+
+One benchmark per case × candidate; candidates that cannot run here are skipped with the reason."""
+import os
+
+import pytest
+import torch
+
+from .registry import collect
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+QUICK = os.environ.get("PYAUDIOK_BENCH_FULL", "0") in ("", "0")
+CANDIDATES = [(case, cand) for case in collect(DEVICE, QUICK) for cand in case.candidates]
+
+
+@pytest.mark.parametrize("case,candidate", CANDIDATES, ids=[f"{c.name}-{k.name}" for c, k in CANDIDATES])
+def test_benchmark(benchmark, case, candidate):
+    if candidate.skip is not None:
+        pytest.skip(candidate.skip)
+    benchmark.group = case.name
+    benchmark.extra_info.update(case.params)
+
+    def run():
+        candidate.run()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+    benchmark(run)
