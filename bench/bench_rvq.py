@@ -9,7 +9,7 @@ import torch
 import pyaudiok
 from pyaudiok.ops.rvq import DECODE, FORWARD, residual_vq, rvq_decode
 
-from .harness import Candidate, Case
+from .harness import Candidate, Case, backend_candidates
 from .peers import load, load_encodec_quantizer
 
 Q, K, D = 8, 1024, 128
@@ -32,15 +32,6 @@ def _codes_check(codes_of):
         same = (ours.reshape(ref.shape) == ref).float().mean().item()
         return "codes identical" if same == 1.0 else f"codes {100 * same:.3f}% identical"
     return check
-
-
-def _backend_candidates(op, device, dtype, args, make_run, check=None):
-    out = []
-    for backend in ("cpu", "triton", "cuda"):
-        impl = op.impls.get(backend)
-        reason = "not implemented" if impl is None else impl.why_not(device, dtype, args)
-        out.append(Candidate(backend, "backend", None if reason else make_run(backend), skip=reason, check=check))
-    return out
 
 
 def _with_backend(backend, fn):
@@ -76,7 +67,7 @@ def forward_case(device, rows) -> Case:
     x, codebooks = _inputs(device, rows)
     check = _codes_check(lambda out: out.codes)
     cands = [Candidate("reference", "reference", _with_backend("reference", lambda: residual_vq(x, codebooks)))]
-    cands += _backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q),
+    cands += backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q),
                                  lambda b: _with_backend(b, lambda: residual_vq(x, codebooks)), check)
     vqp, reason = _vqp_residual_vq(codebooks)
 
@@ -110,7 +101,7 @@ def backward_case(device, rows) -> Case:
         x.grad = None
 
     cands = [Candidate("reference", "reference", _with_backend("reference", train_step))]
-    cands += _backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q), lambda b: _with_backend(b, train_step))
+    cands += backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q), lambda b: _with_backend(b, train_step))
     vqp, reason = _vqp_residual_vq(codebooks)
 
     def run_vqp():  # training mode: the only mode with gradients; it also updates its EMA codebooks
@@ -131,7 +122,7 @@ def decode_case(device, rows) -> Case:
     def check(output, reference):
         return "identical" if torch.equal(output, reference) else f"max diff {(output - reference).abs().max():.2e}"
     cands = [Candidate("reference", "reference", _with_backend("reference", lambda: rvq_decode(codes, codebooks)))]
-    cands += _backend_candidates(DECODE, device, codebooks.dtype, (codes, codebooks),
+    cands += backend_candidates(DECODE, device, codebooks.dtype, (codes, codebooks),
                                  lambda b: _with_backend(b, lambda: rvq_decode(codes, codebooks)), check)
     return Case("rvq.decode", {"N": rows, "Q": Q, "K": K, "D": D}, cands)
 

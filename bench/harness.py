@@ -56,6 +56,20 @@ class Result:
     times_floor: float | None = None
 
 
+def backend_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple,
+                       make_run: Callable[[str], Callable[[], Any]], check=None) -> list[Candidate]:
+    """One candidate per fused backend of a registered op (`pyaudiok.dispatch.Op`), skipped with
+    the registry's reason where it cannot run; `make_run(backend)` builds the timed closure."""
+    out = []
+    for backend in ("cpu", "triton", "cuda"):
+        impl = op.impls.get(backend)
+        reason = "not implemented" if impl is None else impl.why_not(device, dtype, args)
+        if reason is None and backend == "triton" and device.type == "cpu":
+            reason = "the Triton interpreter is for tests, not timing"
+        out.append(Candidate(backend, "backend", None if reason else make_run(backend), skip=reason, check=check))
+    return out
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,0 +1,49 @@
+"""The benchmark harness and `pyaudiok bench` (smallest sizes, short timing)."""
+import json
+import subprocess
+import sys
+
+import torch
+
+from pyaudiok.bench import harness
+
+
+def test_ratios_and_failing_peer_reported_not_raised():
+    calls = []
+
+    def boom():
+        raise RuntimeError("peer broke")
+    case = harness.Case("demo", {"n": 1}, [
+        harness.Candidate("reference", "reference", lambda: calls.append("r") or torch.ones(2000).sum()),
+        harness.Candidate("fast", "backend", lambda: calls.append("f") or torch.ones(20).sum(),
+                          check=lambda out, ref: "same" if torch.equal(out, ref) else "differs"),
+        harness.Candidate("broken peer", "peer", boom),
+        harness.Candidate("missing peer", "peer", None, skip="not installed"),
+    ])
+    results = harness.run_case(case, torch.device("cpu"), min_time=0.01)
+    ref, fast, broken, missing = results
+    assert ref.speedup_vs_reference == 1.0 and fast.speedup_vs_reference > 0
+    assert fast.note == "differs"  # the check compares against the reference output
+    assert broken.skip.startswith("failed: RuntimeError: peer broke") and broken.median_s is None
+    assert missing.skip == "not installed"
+    table = harness.format_table(results)
+    assert "broken peer" in table and "not installed" in table
+
+
+def test_cli_bench_quick_writes_json_and_plot(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pyaudiok", "bench", "--quick", "--only", "rvq", "--min-time", "0.01",
+                          "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "rvq.forward" in out.stdout and "floor: stage matmuls" in out.stdout
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert {"device", "torch", "commit", "date", "median_s", "peak_bytes"} <= set(rows[0])
+    cpu = next(r for r in rows if r["case"] == "rvq.forward" and r["candidate"] == "cpu")
+    assert cpu["median_s"] > 0 and cpu["note"] == "codes identical"
+    assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_cli_rejects_unknown_benchmark():
+    out = subprocess.run([sys.executable, "-m", "pyaudiok", "bench", "--only", "nope"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "unknown benchmark" in out.stderr
