@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -73,7 +73,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["pyaudiok", "pyaudiok.ops", "pyaudiok.kernels", "pyaudiok.bench"],
+    packages=find_packages(include=["pyaudiok", "pyaudiok.*"]) + ["pyaudiok.kernels", "pyaudiok.bench"],
     package_dir={"pyaudiok": "pyaudiok", "pyaudiok.kernels": "kernels", "pyaudiok.bench": "bench"},
     ext_modules=[Extension("pyaudiok._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},

@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
-from .. import _extension
+from .. import _extension, backends, dispatch
+
+GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def extension_loaded() -> bool:
@@ -40,3 +42,19 @@ def _register_triton_op(name, kernel_module, function, register):
     if register is not None:
         register(f"pyaudiok::{name}")
     return getattr(torch.ops.pyaudiok, name)
+
+
+def register_backends(op: dispatch.Op, *, reference: Callable, cpu: Callable | None = None,
+                      triton: Callable | None = None, cuda: Callable | None = None,
+                      cpu_dtypes=(torch.float32,), gpu_dtypes=GPU_DTYPES,
+                      cuda_constraint: Callable | None = None) -> None:
+    """The usual registration of an op's backends: the reference anywhere in any float dtype, the
+    C++ kernels where the extension has them, Triton on GPUs (and its interpreter on the CPU)."""
+    op.register("reference", reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
+    if cpu is not None:
+        op.register("cpu", cpu, devices=("cpu",), dtypes=cpu_dtypes, availability=backends.cpu_reason)
+    if triton is not None:
+        op.register("triton", triton, devices=("cuda", "cpu"), dtypes=gpu_dtypes, availability=backends.triton_reason)
+    if cuda is not None:
+        op.register("cuda", cuda, devices=("cuda",), dtypes=gpu_dtypes, availability=backends.cuda_reason,
+                    constraint=cuda_constraint)

@@ -25,9 +25,9 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .. import _extension, backends, dispatch
+from .. import _extension, dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, triton_op
+from ._library import cpp_op, extension_loaded, register_backends, triton_op
 
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "rvq_reference", "rvq_decode_reference"]
 
@@ -166,9 +166,6 @@ def _fused_decode(get_op: Callable[[], Callable]):
     return lambda codes, codebooks: get_op()(codes.contiguous(), codebooks.contiguous(), None)
 
 
-_GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _cuda_width_limit(x, codebooks, n_q):
     """The CUDA forward keeps a tile's residual in shared memory: D is bounded per device."""
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
@@ -177,22 +174,12 @@ def _cuda_width_limit(x, codebooks, n_q):
 
 
 FORWARD = dispatch.op("residual_vq")
-FORWARD.register("reference", rvq_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-FORWARD.register("cpu", _fused_forward(lambda: cpp_op("rvq_forward")), devices=("cpu",),
-                 dtypes=(torch.float32,), availability=backends.cpu_reason)
-FORWARD.register("triton", _fused_forward(_triton_forward), devices=("cuda", "cpu"), dtypes=_GPU_DTYPES,
-                 availability=backends.triton_reason)
-FORWARD.register("cuda", _fused_forward(lambda: cpp_op("rvq_forward")), devices=("cuda",),
-                 dtypes=_GPU_DTYPES, availability=backends.cuda_reason, constraint=_cuda_width_limit)
-
+register_backends(FORWARD, reference=rvq_reference, cpu=_fused_forward(lambda: cpp_op("rvq_forward")),
+                  triton=_fused_forward(_triton_forward), cuda=_fused_forward(lambda: cpp_op("rvq_forward")),
+                  cuda_constraint=_cuda_width_limit)
 DECODE = dispatch.op("rvq_decode")
-DECODE.register("reference", rvq_decode_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-DECODE.register("cpu", _fused_decode(lambda: cpp_op("rvq_decode")), devices=("cpu",),
-                dtypes=(torch.float32,), availability=backends.cpu_reason)
-DECODE.register("triton", _fused_decode(_triton_decode), devices=("cuda", "cpu"), dtypes=_GPU_DTYPES,
-                availability=backends.triton_reason)
-DECODE.register("cuda", _fused_decode(lambda: cpp_op("rvq_decode")), devices=("cuda",),
-                dtypes=_GPU_DTYPES, availability=backends.cuda_reason)
+register_backends(DECODE, reference=rvq_decode_reference, cpu=_fused_decode(lambda: cpp_op("rvq_decode")),
+                  triton=_fused_decode(_triton_decode), cuda=_fused_decode(lambda: cpp_op("rvq_decode")))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The codec file format and audio I/O behind `pyaudiok codec`."""

@@ -1,0 +1,1 @@
+"""Embedded data: generated on the fly, no network."""

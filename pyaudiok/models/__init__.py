@@ -1,0 +1,1 @@
+"""The full systems, built from pyaudiok.nn modules."""

@@ -1,0 +1,1 @@
+"""SoundStream: streaming neural audio codec (DESIGN.md §2)."""

@@ -1,0 +1,1 @@
+"""nn.Modules that hold parameters and buffers and call the fused ops."""
