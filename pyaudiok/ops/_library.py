@@ -47,6 +47,7 @@ def _register_triton_op(name, kernel_module, function, register):
 def register_backends(op: dispatch.Op, *, reference: Callable, cpu: Callable | None = None,
                       triton: Callable | None = None, cuda: Callable | None = None,
                       cpu_dtypes=(torch.float32,), gpu_dtypes=GPU_DTYPES,
+                      triton_constraint: Callable | None = None,
                       cuda_constraint: Callable | None = None) -> None:
     """The usual registration of an op's backends: the reference anywhere in any float dtype, the
     C++ kernels where the extension has them, Triton on GPUs (and its interpreter on the CPU)."""
@@ -54,7 +55,8 @@ def register_backends(op: dispatch.Op, *, reference: Callable, cpu: Callable | N
     if cpu is not None:
         op.register("cpu", cpu, devices=("cpu",), dtypes=cpu_dtypes, availability=backends.cpu_reason)
     if triton is not None:
-        op.register("triton", triton, devices=("cuda", "cpu"), dtypes=gpu_dtypes, availability=backends.triton_reason)
+        op.register("triton", triton, devices=("cuda", "cpu"), dtypes=gpu_dtypes, availability=backends.triton_reason,
+                    constraint=triton_constraint)
     if cuda is not None:
         op.register("cuda", cuda, devices=("cuda",), dtypes=gpu_dtypes, availability=backends.cuda_reason,
                     constraint=cuda_constraint)

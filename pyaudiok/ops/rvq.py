@@ -173,10 +173,16 @@ def _cuda_width_limit(x, codebooks, n_q):
     return None if x.shape[-1] <= limit else f"D = {x.shape[-1]} exceeds the CUDA kernel's limit of {limit} here"
 
 
+def _triton_width_limit(x, codebooks, n_q):
+    """The Triton forward keeps a tile's residual in registers: D is bounded."""
+    from pyaudiok.kernels.rvq import MAX_D
+    return None if x.shape[-1] <= MAX_D else f"D = {x.shape[-1]} exceeds the Triton kernel's limit of {MAX_D}"
+
+
 FORWARD = dispatch.op("residual_vq")
 register_backends(FORWARD, reference=rvq_reference, cpu=_fused_forward(lambda: cpp_op("rvq_forward")),
                   triton=_fused_forward(_triton_forward), cuda=_fused_forward(lambda: cpp_op("rvq_forward")),
-                  cuda_constraint=_cuda_width_limit)
+                  triton_constraint=_triton_width_limit, cuda_constraint=_cuda_width_limit)
 DECODE = dispatch.op("rvq_decode")
 register_backends(DECODE, reference=rvq_decode_reference, cpu=_fused_decode(lambda: cpp_op("rvq_decode")),
                   triton=_fused_decode(_triton_decode), cuda=_fused_decode(lambda: cpp_op("rvq_decode")))
