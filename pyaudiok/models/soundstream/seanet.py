@@ -1,0 +1,136 @@
+"""The causal SEANet encoder and decoder of SoundStream (DESIGN.md §2).
+
+Encoder  wav[B, 1, T] -> z[B, dim, T // hop]   (hop = prod(strides); 320 -> 75 Hz at 24 kHz)
+    CausalConv(1 -> C, k7)
+    per stride s (channels c = C, 2C, 4C, 8C):
+        3 × ResidualUnit(c, dilation 1, 3, 9)
+        CausalConv(c -> 2c, k = 2s, stride s)
+    ELU -> CausalConv(16C -> dim, k3)                       [-> FiLM(condition)]
+
+Decoder  z[B, dim, F] -> wav[B, 1, F · hop]   (the mirror image)
+    [FiLM(condition) ->] CausalConv(dim -> 16C, k7)
+    per stride s, in reverse order (c = 16C, 8C, 4C, 2C):
+        CausalConvTranspose(c -> c/2, k = 2s, stride s)
+        3 × ResidualUnit(c/2, dilation 1, 3, 9)
+    ELU -> CausalConv(C -> 1, k7)                           (linear output: no tanh)
+
+Choices, documented here once:
+- Residual unit: ``y = x + ELU(Conv_k1(ELU(Conv_k7,dilation d(x))))`` — ELU *after* each conv
+  (conv k7 → ELU → conv k1 → ELU, plus skip), as DESIGN.md §2 specifies for SoundStream, rather
+  than the pre-activation (ELU before each conv) of later SEANet/EnCodec code. Between blocks the skip path is
+  linear, so an ELU precedes the last conv of each network to give its input a nonlinearity.
+- No normalisation layers and zero (not reflect) padding: both are needed for causal streaming.
+- No output activation: a tanh would bound the waveform but squash loud transients; the
+  reconstruction losses keep the output in range.
+- FiLM (optional, e.g. denoising on/off) sits at the bottleneck: on the encoder's output and on
+  the decoder's input, with per-channel γ, β from a learned embedding of an integer condition.
+
+Both networks stream through `streaming.py`: ``with encoder.stream(): encoder(chunk)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .streaming import CausalConv1d, CausalConvTranspose1d, StreamingModule
+
+__all__ = ["ResidualUnit", "FiLM", "SEANetEncoder", "SEANetDecoder"]
+
+
+class ResidualUnit(nn.Module):
+    """``x + ELU(Conv_k1(ELU(Conv_k(x, dilation))))``; length-preserving and causal."""
+
+    def __init__(self, channels: int, dilation: int, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.dilated = CausalConv1d(channels, channels, kernel_size, dilation=dilation)
+        self.pointwise = CausalConv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.elu(self.pointwise(F.elu(self.dilated(x))))
+
+
+class FiLM(nn.Module):
+    """Feature-wise affine modulation ``(1 + γ_c) · x + β_c`` with (γ, β) = Linear(Embedding(cond)).
+
+    `condition`: int or LongTensor[B] in [0, num_conditions); None means condition 0 (e.g.
+    "denoising off"). Pointwise in time, so it needs no streaming state.
+    """
+
+    def __init__(self, channels: int, num_conditions: int = 2, embedding_dim: int = 16) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_conditions, embedding_dim)
+        self.to_scale_shift = nn.Linear(embedding_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | int | None = None) -> torch.Tensor:
+        if condition is None:
+            condition = 0
+        condition = torch.as_tensor(condition, device=x.device, dtype=torch.long).expand(x.shape[0])
+        gamma, beta = self.to_scale_shift(self.embedding(condition)).to(x.dtype).chunk(2, dim=-1)
+        return (1 + gamma[..., None]) * x + beta[..., None]
+
+
+def _residual_units(channels: int, dilations: Sequence[int]) -> list[nn.Module]:
+    return [ResidualUnit(channels, d) for d in dilations]
+
+
+class _SEANet(StreamingModule):
+    """What encoder and decoder share: a causal layer stack and an optional bottleneck FiLM."""
+
+    def __init__(self, channels: int, dim: int, strides: Sequence[int], film_conditioning: bool,
+                 num_conditions: int) -> None:
+        super().__init__()
+        if not strides or any(s < 1 for s in strides):
+            raise ValueError(f"strides must be a non-empty sequence of positive ints; got {strides}")
+        self.channels, self.dim, self.strides = channels, dim, tuple(strides)
+        self.hop_length = math.prod(self.strides)
+        self.film = FiLM(dim, num_conditions) if film_conditioning else None
+
+    def _film(self, x: torch.Tensor, condition: torch.Tensor | int | None) -> torch.Tensor:
+        return x if self.film is None else self.film(x, condition)
+
+
+class SEANetEncoder(_SEANet):
+    """wav[B, 1, T] -> z[B, dim, T // hop]: T // hop frames for any T (a trailing partial hop
+    yields no frame; `SoundStream.encode` zero-pads it to a full one). Frame j depends only on
+    samples < (j + 1)·hop. See the module docstring for the layer stack and choices."""
+
+    def __init__(self, channels: int = 32, dim: int = 128, strides: Sequence[int] = (2, 4, 5, 8),
+                 dilations: Sequence[int] = (1, 3, 9), film_conditioning: bool = False,
+                 num_conditions: int = 2) -> None:
+        super().__init__(channels, dim, strides, film_conditioning, num_conditions)
+        layers: list[nn.Module] = [CausalConv1d(1, channels, 7)]
+        c = channels
+        for s in self.strides:
+            layers += _residual_units(c, dilations)
+            layers.append(CausalConv1d(c, 2 * c, 2 * s, stride=s))
+            c *= 2
+        layers += [nn.ELU(), CausalConv1d(c, dim, 3)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, wav: torch.Tensor, condition: torch.Tensor | int | None = None) -> torch.Tensor:
+        return self._film(self.layers(wav), condition)
+
+
+class SEANetDecoder(_SEANet):
+    """z[B, dim, F] -> wav[B, 1, F · hop]; output block j depends only on frames ≤ j.
+    Mirror of `SEANetEncoder`; see the module docstring."""
+
+    def __init__(self, channels: int = 32, dim: int = 128, strides: Sequence[int] = (2, 4, 5, 8),
+                 dilations: Sequence[int] = (1, 3, 9), film_conditioning: bool = False,
+                 num_conditions: int = 2) -> None:
+        super().__init__(channels, dim, strides, film_conditioning, num_conditions)
+        c = channels * 2 ** len(self.strides)
+        layers: list[nn.Module] = [CausalConv1d(dim, c, 7)]
+        for s in reversed(self.strides):
+            layers.append(CausalConvTranspose1d(c, c // 2, 2 * s, stride=s))
+            c //= 2
+            layers += _residual_units(c, dilations)
+        layers += [nn.ELU(), CausalConv1d(c, 1, 7)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, condition: torch.Tensor | int | None = None) -> torch.Tensor:
+        return self.layers(self._film(z, condition))
