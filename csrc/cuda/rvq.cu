@@ -30,7 +30,7 @@
 #include <math.h>
 #include <stdint.h>
 
-// `RVQ_UNROLL` only for the device pass: host compilers warn on it in
+// `#pragma unroll` only for the device pass: host compilers warn on it in
 // __host__ __device__ functions under -Wall.
 #if defined(__CUDA_ARCH__)
 #define RVQ_UNROLL _Pragma("unroll")
@@ -44,7 +44,7 @@ constexpr int kThreads = 256;            // 16 x 16 thread grid, 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileK = 64;               // codewords per chunk (16 tx * 4)
 constexpr int kTileD = 32;               // dims per codebook tile
-constexpr int kCStride = kTileK + 4;     // padded: transposed stores hit 32 banks
+constexpr int kCStride = kTileK + 4;     // pad: transposed stores, 32 banks
 constexpr int kPartialRows = PYAUDIOK_RVQ_PARTIAL_ROWS;
 static_assert(kPartialRows == 32, "a partial is reduced by one warp");
 
@@ -131,14 +131,14 @@ __host__ __device__ __forceinline__ void rvq_dot_tile(const float* r,
                                                       float (&acc)[TM][4]) {
   constexpr int RS = Tile<TM>::kRStride;
   for (int d0 = 0; d0 < L; d0 += 8) {
-RVQ_UNROLL
+    RVQ_UNROLL
     for (int u = 0; u < 8; ++u) {
       float a[TM], b[4];
       VecLoad<TM>::run(r + (d0 + u) * RS + TM * ty, a);
       VecLoad<4>::run(c + (d0 + u) * kCStride + 4 * tx, b);
-RVQ_UNROLL
+      RVQ_UNROLL
       for (int i = 0; i < TM; ++i)
-RVQ_UNROLL
+        RVQ_UNROLL
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
   }
@@ -151,12 +151,12 @@ template <int TM>
 __host__ __device__ __forceinline__ void rvq_argmin_chunk(
     const float (&acc)[TM][4], const float* cn, int k0, int K, int tx,
     float (&best_s)[TM], int (&best_k)[TM]) {
-RVQ_UNROLL
+  RVQ_UNROLL
   for (int j = 0; j < 4; ++j) {
     const int k = k0 + 4 * tx + j;
     if (k < K) {  // tail of K: zero-padded codewords never compete
       const float cnk = cn[k];
-RVQ_UNROLL
+      RVQ_UNROLL
       for (int i = 0; i < TM; ++i) {
         const float s = fmaf(-2.0f, acc[i][j], cnk);
         if (rvq_better(s, k, best_s[i], best_k[i])) {
@@ -222,7 +222,7 @@ __host__ __device__ __forceinline__ float rvq_decode_element(
 
 __device__ __forceinline__ float warp_sum(float v) {
   // Butterfly: every lane ends with the same bits (fp add is commutative).
-RVQ_UNROLL
+  RVQ_UNROLL
   for (int off = 16; off > 0; off >>= 1)
     v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
@@ -271,7 +271,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     float best_s[TM];
     int best_k[TM];
-RVQ_UNROLL
+    RVQ_UNROLL
     for (int i = 0; i < TM; ++i) {
       best_s[i] = INFINITY;
       best_k[i] = INT_MAX;
@@ -279,9 +279,9 @@ RVQ_UNROLL
 
     for (int k0 = 0; k0 < K; k0 += kTileK) {
       float acc[TM][4];
-RVQ_UNROLL
+      RVQ_UNROLL
       for (int i = 0; i < TM; ++i)
-RVQ_UNROLL
+        RVQ_UNROLL
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
       for (int d0 = 0; d0 < Dpad; d0 += kTileD) {
@@ -299,9 +299,9 @@ RVQ_UNROLL
     // The 16 tx threads of a row group are lanes of one warp half, so xor
     // offsets < 16 reduce exactly them. rvq_better keeps the lower index on
     // ties regardless of merge order.
-RVQ_UNROLL
+    RVQ_UNROLL
     for (int off = 8; off > 0; off >>= 1) {
-RVQ_UNROLL
+      RVQ_UNROLL
       for (int i = 0; i < TM; ++i) {
         const float os = __shfl_xor_sync(0xffffffffu, best_s[i], off);
         const int ok = __shfl_xor_sync(0xffffffffu, best_k[i], off);
@@ -312,7 +312,7 @@ RVQ_UNROLL
       }
     }
     if (tx == 0) {
-RVQ_UNROLL
+      RVQ_UNROLL
       for (int i = 0; i < TM; ++i)  // all scores NaN-free +inf: index 0
         code_s[TM * ty + i] = best_k[i] < K ? best_k[i] : 0;
     }
@@ -405,7 +405,8 @@ cudaError_t launch_forward(const void* x, const void* cbs, const float* cnorm,
   // Opting in above 48 KiB is per kernel; cheap, so done on every call.
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                        (int)smem);
-  kernel<<<grid, kThreads, smem, stream>>>(xt, ct, cnorm, qt, codes, partials, N, D, K, n_q);
+  kernel<<<grid, kThreads, smem, stream>>>(xt, ct, cnorm, qt, codes,
+                                           partials, N, D, K, n_q);
   return cudaGetLastError();
 }
 
@@ -419,7 +420,9 @@ cudaError_t launch_decode(const int64_t* codes, const void* cbs,
   const int64_t cap = (int64_t)sms * 32;  // grid-stride beyond this
   if (blocks > cap) blocks = cap;
   const dim3 grid((unsigned)blocks);
-  rvq_decode_kernel<T><<<grid, kThreads, 0, stream>>>(codes, static_cast<const T*>(cbs), weights, static_cast<T*>(out), N, D, K, n_q);
+  rvq_decode_kernel<T><<<grid, kThreads, 0, stream>>>(
+      codes, static_cast<const T*>(cbs), weights, static_cast<T*>(out), N, D,
+      K, n_q);
   return cudaGetLastError();
 }
 
