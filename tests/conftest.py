@@ -32,3 +32,13 @@ def _seed(request):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@pytest.fixture
+def one_thread():
+    """Run on one thread: small models only pay synchronisation cost for more (a lot of it on a
+    busy machine). Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,13 +20,7 @@ from pyaudiok.ops import residual_vq, rvq_decode
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: extra threads only add synchronisation cost (large on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class StandInRVQ(nn.Module):
