@@ -79,10 +79,11 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     # torch is deliberately not listed: installing it through pip's resolver would pull a
     # multi-GB CUDA build on CPU machines. Install the torch you want first (README).
-    install_requires=["numpy", "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+    install_requires=["numpy", "soundfile", "soxr", "tqdm", "matplotlib",
+                      "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "matplotlib"],
-        "bench": ["pytest-benchmark", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "bench": ["pytest-benchmark"],
         "peers": ["vector-quantize-pytorch", "encodec"],
     },
     entry_points={"console_scripts": ["pyaudiok = pyaudiok.cli:main"]},
