@@ -1,4 +1,4 @@
-"""The `pyaudiok` command: `pyaudiok info`, `pyaudiok bench`."""
+"""The `pyaudiok` command: `info`, `bench`, `train SYSTEM ...`, `codec encode|decode`."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,34 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+# `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
+TRAINERS = {"soundstream": "pyaudiok.train.soundstream"}
+
+
+def _cmd_train(args) -> int:
+    import importlib
+    return importlib.import_module(TRAINERS[args.system]).main(args.args) or 0
+
+
+def _cmd_codec(args) -> int:
+    from .codec import codec
+    from .codec.bitstream import CodecFormatError
+
+    try:
+        model = codec.load_model(args.checkpoint)
+        if args.action == "encode":
+            header = codec.encode_file(model, args.input, args.output, args.bitrate)
+            print(f"{args.output}: {header.n_q} quantizers, {float(header.bitrate):.0f} bit/s, "
+                  f"{header.n_frames} frames, {header.payload_bytes} payload bytes")
+        else:
+            header = codec.decode_file(model, args.input, args.output)
+            print(f"{args.output}: {header.n_samples} samples at {header.sample_rate} Hz")
+    except (CodecFormatError, ValueError, FileNotFoundError) as e:
+        print(f"pyaudiok codec {args.action}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyaudiok", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per candidate (default 1)")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("train", help="train a full model on embedded data (see `pyaudiok train NAME --help`)")
+    p.add_argument("system", choices=sorted(TRAINERS))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own options")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("codec", help="encode audio to / decode audio from an .ssc file with a SoundStream checkpoint")
+    p.add_argument("action", choices=("encode", "decode"))
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint file, or a training output directory")
+    p.add_argument("--bitrate", default="6k", help="encode: target bitrate, e.g. 3k, 6kbps, 12000 (default 6k)")
+    p.set_defaults(func=_cmd_codec)
     return parser
 
 
