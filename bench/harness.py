@@ -170,6 +170,8 @@ def run_case(case: Case, device: torch.device, min_time: float) -> list[Result]:
             del output
             res.median_s, res.repeats = time_median(cand.run, device, min_time)
             res.peak_bytes = peak_memory(cand.run, device)
+            if "audio_seconds" in case.params:  # audio models: real-time factor, < 1 is faster
+                res.note = f"{res.note}  RTF {res.median_s / case.params['audio_seconds']:.3f}".strip()
         except Exception as e:  # a peer's failure is a result to report, not a crash of the run
             res.skip = f"failed: {type(e).__name__}: {e}"[:200]
     _add_ratios(results)
