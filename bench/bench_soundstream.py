@@ -143,5 +143,32 @@ def train_step_case(device: torch.device, quick: bool) -> Case:
     return Case("soundstream.train_step", params, cands)
 
 
+def quantizer_train_case(device: torch.device, quick: bool) -> Case:
+    """The quantizer alone in training mode (forward, backward, EMA codebook update, dead codes,
+    quantizer dropout) at the 24 kHz preset's size: 24 stages of 1024 codes, D = 128, a batch of
+    8 one-second clips (600 frames)."""
+    from pyaudiok.nn.quantization import ResidualVQ
+
+    clips, frames = (2, 75) if quick else (8, 75)
+    torch.manual_seed(0)
+    ours = ResidualVQ(128, 24, 1024, kmeans_init=False).to(device).train()
+    module, reason = load("vector_quantize_pytorch", "vector-quantize-pytorch")
+    peer = SwappedResidualVQ(ours, module).to(device).train() if module else None
+    x = torch.randn(clips, frames, 128, device=device, requires_grad=True)
+
+    def step(quantizer, backend=None):
+        def run():
+            with pyaudiok.use_backend(backend) if backend else contextlib.nullcontext():
+                quantized, _, commit = quantizer(x)
+                (quantized.square().mean() + commit).backward()
+                x.grad = None
+        return run
+
+    cands = [Candidate("ResidualVQ, reference op", "reference", step(ours, "reference")),
+             Candidate("ResidualVQ, pyaudiok op", "backend", step(ours)),
+             Candidate("vector-quantize-pytorch ResidualVQ", "peer", step(peer) if peer else None, skip=reason)]
+    return Case("soundstream.quantizer_train", {"frames": clips * frames, "Q": 24, "K": 1024, "D": 128}, cands)
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
-    return [codec_case(device, quick), train_step_case(device, quick)]
+    return [codec_case(device, quick), train_step_case(device, quick), quantizer_train_case(device, quick)]

@@ -367,3 +367,10 @@ def test_si_snr():
     assert torch.allclose(si_snr(ref + noise, ref), torch.full((3, 1), 10.0), atol=1e-2)
     assert torch.allclose(si_snr(5 * ref + noise * 5, ref), si_snr(ref + noise, ref), atol=1e-3)  # scale-free
     assert (si_snr(ref, ref) > 60).all()
+
+
+def test_public_names():
+    import pyaudiok.models
+    import pyaudiok.nn
+    from pyaudiok.nn.quantization import ResidualVQ
+    assert pyaudiok.models.SoundStream is SoundStream and pyaudiok.nn.ResidualVQ is ResidualVQ
