@@ -79,12 +79,12 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     # torch is deliberately not listed: installing it through pip's resolver would pull a
     # multi-GB CUDA build on CPU machines. Install the torch you want first (README).
-    install_requires=["numpy", "soundfile", "soxr", "tqdm", "matplotlib",
+    install_requires=["numpy", "scipy", "soundfile", "soxr", "tqdm", "matplotlib",
                       "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "pyannote.metrics"],
         "bench": ["pytest-benchmark"],
-        "peers": ["vector-quantize-pytorch", "encodec"],
+        "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics"],
     },
     entry_points={"console_scripts": ["pyaudiok = pyaudiok.cli:main"]},
 )

@@ -1,0 +1,181 @@
+"""Diarization error rate: hand-computed cases (collar, overlap, missed and extra speakers, UEM),
+agreement with pyannote.metrics on random inputs, the frame-level version, RTTM, bad inputs."""
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+
+from pyaudiok.metrics import (diarization_error_rate, frame_diarization_error_rate, read_rttm, segments_to_frames,
+                              write_rttm)
+
+
+def parts(result):
+    return (result.missed, result.false_alarm, result.confusion, result.total)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-computed cases.
+
+def test_perfect_up_to_renaming():
+    ref = [(0, 2, "A"), (2, 5, "B"), (6, 7, "A")]
+    hyp = [(0, 2, "x"), (2, 5, "y"), (6, 7, "x")]
+    result = diarization_error_rate(ref, hyp)
+    assert parts(result) == (0, 0, 0, 6) and result.der == 0
+    assert result.mapping == {"x": "A", "y": "B"}
+
+
+def test_missed_false_alarm_and_confusion():
+    ref = [(0, 4, "A"), (4, 10, "B")]
+    # x covers A exactly and 2 s of B; y covers the rest of B but starts 1 s late; z is an extra
+    # speaker talking over [11, 12) where no one is (false alarm).
+    hyp = [(0, 6, "x"), (7, 10, "y"), (11, 12, "z")]
+    result = diarization_error_rate(ref, hyp)
+    # Mapping x->A (4 s together) and y->B (3 s): [4, 6) is confusion (x talks, B is reference),
+    # [6, 7) missed, [11, 12) false alarm.
+    assert parts(result) == pytest.approx((1, 1, 2, 10))
+    assert result.der == pytest.approx(0.4)
+    assert result.mapping == {"x": "A", "y": "B"}
+
+
+def test_overlap_counts_each_speaker_and_skip_overlap_drops_it():
+    ref = [(0, 6, "A"), (4, 10, "B")]          # [4, 6): both speak
+    hyp = [(0, 10, "x")]                        # one speaker throughout
+    result = diarization_error_rate(ref, hyp)
+    # x->A (6 s) ; on [6, 10) B is confused with x (4 s) ; on [4, 6) B is missed (2 s).
+    assert parts(result) == pytest.approx((2, 0, 4, 12))
+    skipped = diarization_error_rate(ref, hyp, skip_overlap=True)
+    assert parts(skipped) == pytest.approx((0, 0, 4, 8))
+
+
+def test_collar_is_the_total_width_around_reference_boundaries():
+    ref = [(0, 4, "A"), (4, 10, "B")]
+    hyp = [(0, 4.2, "x"), (4.2, 10, "y")]       # boundary 0.2 s late
+    assert parts(diarization_error_rate(ref, hyp)) == pytest.approx((0, 0, 0.2, 10))
+    # collar 0.5: [3.75, 4.25] is ignored (and [-0.25, 0.25], [9.75, 10.25]): the error is gone.
+    result = diarization_error_rate(ref, hyp, collar=0.5)
+    assert parts(result) == pytest.approx((0, 0, 0, 10 - 0.25 - 0.5 - 0.25))
+    # collar 0.3 only covers ±0.15: 0.05 s of confusion remains.
+    assert diarization_error_rate(ref, hyp, collar=0.3).confusion == pytest.approx(0.05)
+
+
+def test_uem_restricts_the_evaluation_and_absent_hypothesis_is_all_missed():
+    ref = [(0, 4, "A"), (6, 10, "B")]
+    result = diarization_error_rate(ref, [(0, 4, "x")], uem=[(2, 8)])
+    assert parts(result) == pytest.approx((2, 0, 0, 4))
+    assert diarization_error_rate(ref, []).der == 1.0
+    assert diarization_error_rate([], []).der == 0.0
+    assert diarization_error_rate([], [(0, 1, "x")]).der == float("inf")
+
+
+def test_more_reference_than_hypothesis_speakers():
+    ref = [(0, 2, "A"), (2, 4, "B"), (4, 6, "C")]
+    hyp = [(0, 4, "x"), (4, 6, "y")]
+    result = diarization_error_rate(ref, hyp)
+    assert parts(result) == pytest.approx((0, 0, 2, 6))  # one of A or B is confused with x
+
+
+# ----------------------------------------------------------------------------------------------
+# Agreement with pyannote.metrics.
+
+def random_turns(rng: random.Random, speakers: list[str], length: float, count: int):
+    """Segments of each speaker that never overlap themselves (other speakers may overlap)."""
+    out = []
+    for spk in speakers:
+        times = sorted(round(rng.uniform(0, length), 2) for _ in range(2 * count))
+        out += [(times[i], times[i + 1], spk) for i in range(0, len(times), 2) if times[i + 1] > times[i]]
+    return out
+
+
+@pytest.mark.parametrize("collar,skip_overlap,use_uem", [(0.0, False, False), (0.5, False, False),
+                                                          (0.25, True, False), (0.0, True, True), (1.0, False, True)])
+def test_agrees_with_pyannote(collar, skip_overlap, use_uem):
+    metrics = pytest.importorskip("pyannote.metrics.diarization")
+    core = pytest.importorskip("pyannote.core")
+    rng = random.Random(hash((collar, skip_overlap, use_uem)) % 1000)
+    for _ in range(5):
+        ref = random_turns(rng, ["A", "B", "C"], 60, 6)
+        hyp = random_turns(rng, ["1", "2", "3", "4"][:rng.randint(1, 4)], 60, 7)
+        uem = [(5.0, 30.0), (35.5, 58.0)] if use_uem else None
+
+        def annotation(segments):
+            a = core.Annotation()
+            for i, (s, e, spk) in enumerate(segments):
+                a[core.Segment(s, e), i] = spk
+            return a
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = metrics.DiarizationErrorRate(collar=collar, skip_overlap=skip_overlap)(
+                annotation(ref), annotation(hyp), detailed=True,
+                uem=core.Timeline([core.Segment(*u) for u in uem]) if uem else None)
+        ours = diarization_error_rate(ref, hyp, collar=collar, skip_overlap=skip_overlap, uem=uem)
+        assert parts(ours) == pytest.approx((expected["missed detection"], expected["false alarm"],
+                                             expected["confusion"], expected["total"]), abs=1e-6)
+        assert ours.der == pytest.approx(expected["diarization error rate"], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame level.
+
+def test_frame_level_matches_segments_within_a_frame():
+    rng = random.Random(3)
+    frame_rate, length = 100, 30.0
+    T = int(length * frame_rate)
+    refs, hyps, expected = [], [], []
+    for _ in range(3):
+        ref = random_turns(rng, ["A", "B"], length, 5)
+        hyp = random_turns(rng, ["x", "y", "z"], length, 5)
+        refs.append(segments_to_frames(ref, ["A", "B"], frame_rate, T))
+        hyps.append(segments_to_frames(hyp, ["x", "y", "z"], frame_rate, T))
+        expected.append(diarization_error_rate(ref, hyp, collar=0.5, uem=[(0, length)]))
+    result = frame_diarization_error_rate(torch.stack(refs), torch.stack(hyps), collar_frames=0.5 * frame_rate)
+    n_boundaries = 2 * 5 * 2  # at most this many reference boundaries per item
+    for i, e in enumerate(expected):
+        for key in ("missed", "false_alarm", "confusion", "total"):
+            seconds = result[key][i].item() / frame_rate
+            assert seconds == pytest.approx(getattr(e, key), abs=2 * n_boundaries / frame_rate), key
+
+
+def test_frame_level_hand_case_and_mapping_search():
+    # Four speakers, hypothesis labels permuted: exhaustive search must find the permutation.
+    ref = torch.zeros(1, 4, 8, dtype=torch.bool)
+    for s in range(4):
+        ref[0, s, 2 * s:2 * s + 2] = True
+    hyp = ref[:, [2, 0, 3, 1]].clone()
+    hyp[0, 2, 7] = False   # hypothesis row 2 is reference speaker 3 (frames 6, 7): one missed frame
+    out = frame_diarization_error_rate(ref, hyp)
+    assert [out[k].item() for k in ("missed", "false_alarm", "confusion", "total")] == [1, 0, 0, 8]
+    assert out["der"].item() == pytest.approx(1 / 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# RTTM and bad input.
+
+def test_rttm_round_trip(tmp_path):
+    segments = [(0.5, 1.25, "spk1"), (1.0, 3.0, "spk2"), (4.0, 4.5, "spk1")]
+    write_rttm(tmp_path / "a.rttm", segments, file_id="conv1")
+    text = (tmp_path / "a.rttm").read_text()
+    assert text.splitlines()[0] == "SPEAKER conv1 1 0.500 0.750 <NA> <NA> spk1 <NA> <NA>"
+    back = read_rttm(tmp_path / "a.rttm")
+    assert list(back) == ["conv1"]
+    assert [(s.start, s.end, s.speaker) for s in back["conv1"]] == [pytest.approx(s) for s in segments]
+    (tmp_path / "bad.rttm").write_text("SPEAKER conv1 1 zero 1.0 <NA> <NA> a <NA> <NA>\n")
+    with pytest.raises(ValueError, match="bad.rttm:1"):
+        read_rttm(tmp_path / "bad.rttm")
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="collar"):
+        diarization_error_rate([(0, 1, "A")], [], collar=-0.1)
+    with pytest.raises(ValueError, match="speaker 'A' overlap"):
+        diarization_error_rate([(0, 2, "A"), (1, 3, "A")], [])
+    with pytest.raises(ValueError, match=r"reference\[0\]: end 1.0 is before start 2.0"):
+        diarization_error_rate([(2, 1, "A")], [])
+    with pytest.raises(TypeError, match=r"hypothesis\[0\] must be \(start, end, speaker\)"):
+        diarization_error_rate([], [(0, 1)])
+    with pytest.raises(ValueError, match="share B and T"):
+        frame_diarization_error_rate(torch.zeros(1, 2, 10), torch.zeros(1, 2, 11))
+    with pytest.raises(ValueError, match=r"reference must be a tensor \[B, S, T\]"):
+        frame_diarization_error_rate(torch.zeros(2, 10), torch.zeros(1, 2, 10))
