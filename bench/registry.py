@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from . import bench_der, bench_rvq, bench_soundstream
+from . import bench_der, bench_rvq, bench_si_sdr, bench_soundstream
 
-MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der}
+MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der, "si_sdr": bench_si_sdr}
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):

@@ -1,5 +1,6 @@
 """The fused ops. Each module holds one op: its public function, reference, checks, registration
 and backend dispatch (DESIGN.md, "Ops: the contract")."""
 from .rvq import RVQResult, residual_vq, rvq_decode
+from .si_sdr import PITResult, neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
 
-__all__ = ["RVQResult", "residual_vq", "rvq_decode"]
+__all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_loss", "pit_si_sdr", "si_sdr_matrix"]

@@ -1,0 +1,126 @@
+"""si_sdr_matrix, pit_si_sdr and neg_si_sdr_loss: every backend against the reference (values and
+gradients), hand-computed cases, the assignment search, bad inputs."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.ops import neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
+from pyaudiok.ops.si_sdr import MATRIX, _triton_stats, si_sdr_matrix_reference
+
+from ..harness import compare_with_reference, require_backend
+
+BACKENDS = ("cpu", "triton", "cuda")
+
+
+def mixtures(B, N, M, T, device="cpu", dtype=torch.float32, dc=0.0):
+    """References, and estimates that each resemble one reference (so SI-SDR spans a useful range)."""
+    refs = torch.randn(B, M, T, dtype=torch.float64)
+    mix = refs[:, torch.randperm(M)[:N]] + 0.3 * torch.randn(B, N, T, dtype=torch.float64)
+    return (mix + dc).to(device, dtype), (refs - dc).to(device, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,N,M,T", [(2, 2, 2, 300), (3, 1, 3, 257), (1, 5, 6, 1000), (0, 2, 2, 50)])
+@pytest.mark.parametrize("zero_mean", [True, False])
+def test_matrix_and_gradients_match_reference(backend, B, N, M, T, zero_mean):
+    device = require_backend(MATRIX, backend)
+    e, r = mixtures(B, N, M, T, device, dc=0.5)
+    e.requires_grad_(True)
+    r.requires_grad_(True)
+    compare_with_reference(lambda e, r: si_sdr_matrix(e, r, zero_mean=zero_mean), (e, r), backend, scale=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    device = require_backend(MATRIX, backend)
+    e, r = mixtures(2, 3, 3, 400, device)
+    e_t = e.transpose(1, 2).contiguous().transpose(1, 2)   # same values, strides [.., 1, N]
+    r_view = torch.cat([r, r], dim=-1)[..., ::2]           # every other sample: a strided view
+    with pyaudiok.use_backend(backend):
+        got = si_sdr_matrix(e_t, r_view)
+    want = si_sdr_matrix_reference(e.double(), r_view.double())
+    assert torch.allclose(got.double(), want, atol=1e-3)
+
+
+def test_hand_computed_values():
+    t = torch.linspace(0, 1, 1000, dtype=torch.float64)
+    r = torch.sin(2 * math.pi * 5 * t)
+    r = r - r.mean()
+    noise = torch.cos(2 * math.pi * 50 * t)
+    noise = noise - noise.mean()
+    noise = noise - (noise @ r) / (r @ r) * r  # zero-mean and orthogonal to r
+    for backend in ("reference", "cpu"):
+        with pyaudiok.use_backend(backend):
+            # e = 3 r + n with ‖n‖² = ‖3r‖² / 10 -> exactly 10 dB, whatever the scale of e.
+            n = noise * (3 * r).norm() / noise.norm() / math.sqrt(10)
+            value = si_sdr_matrix((3 * r + n)[None, None], r[None, None])
+            assert value.item() == pytest.approx(10.0, abs=1e-6)
+            # A DC offset on either side changes nothing with zero_mean.
+            shifted = si_sdr_matrix((3 * r + n + 7)[None, None], (r - 2)[None, None])
+            assert shifted.item() == pytest.approx(10.0, abs=1e-6)
+            # A silent reference: finite and very negative.
+            silent = si_sdr_matrix(r[None, None], torch.zeros(1, 1, 1000, dtype=torch.float64))
+            assert torch.isfinite(silent).all() and silent.item() < -70
+
+
+def test_pit_finds_the_best_assignment_exhaustively():
+    e, r = mixtures(4, 3, 4, 500)
+    result = pit_si_sdr(e, r)
+    matrix = si_sdr_matrix_reference(e.double(), r.double())
+    for b in range(4):
+        best = max(itertools.permutations(range(4), 3), key=lambda p: sum(matrix[b, i, p[i]] for i in range(3)))
+        assert result.permutation[b].tolist() == list(best)
+        assert result.si_sdr[b].item() == pytest.approx(matrix[b, range(3), list(best)].mean().item(), abs=1e-4)
+
+
+def test_pit_above_the_exhaustive_limit_uses_hungarian():
+    M = 10
+    r = torch.randn(2, M, 400, dtype=torch.float64)
+    order = torch.stack([torch.randperm(M) for _ in range(2)])
+    e = torch.stack([r[b, order[b]] for b in range(2)]) + 0.1 * torch.randn(2, M, 400, dtype=torch.float64)
+    result = pit_si_sdr(e, r)
+    assert torch.equal(result.permutation, order)
+
+
+def test_loss_clips_and_backpropagates():
+    e, r = mixtures(3, 2, 2, 300)
+    e.requires_grad_(True)
+    loss = neg_si_sdr_loss(e, r, clip_db=None)
+    loss.backward()
+    assert loss.item() == pytest.approx(-pit_si_sdr(e, r).si_sdr.mean().item(), rel=1e-5)
+    assert torch.isfinite(e.grad).all() and e.grad.abs().sum() > 0
+    perfect = neg_si_sdr_loss(r.clone(), r, clip_db=30.0)
+    assert perfect.item() == pytest.approx(-30.0)
+
+
+@pytest.mark.parametrize("backend", ("triton",))
+def test_stats_op_passes_opcheck(backend):
+    device = require_backend(MATRIX, backend)
+    e, r = mixtures(2, 2, 3, 100, device)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(_triton_stats(), (e.requires_grad_(True), r.requires_grad_(True), True), test_utils=tests)
+
+
+def test_bad_inputs():
+    e, r = torch.randn(2, 2, 100), torch.randn(2, 3, 100)
+    with pytest.raises(ValueError, match=r"estimates must have shape \[B, N, T\]"):
+        si_sdr_matrix(e[0], r)
+    with pytest.raises(ValueError, match="expected 100 to match estimates' length T"):
+        si_sdr_matrix(e, r[..., :99])
+    with pytest.raises(ValueError, match="batch size"):
+        si_sdr_matrix(e, r[:1])
+    with pytest.raises(TypeError, match="references must have the dtype of estimates"):
+        si_sdr_matrix(e, r.double())
+    with pytest.raises(TypeError, match="estimates must have dtype"):
+        si_sdr_matrix(e.long(), r)
+    with pytest.raises(ValueError, match="eps"):
+        si_sdr_matrix(e, r, eps=0)
+    with pytest.raises(ValueError, match="T >= 1"):
+        si_sdr_matrix(e[..., :0], r[..., :0])
+    with pytest.raises(ValueError, match="must not outnumber references: N = 3 > M = 2"):
+        pit_si_sdr(r, e)
