@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from . import bench_rvq, bench_soundstream
+from . import bench_latent_attention, bench_rvq, bench_soundstream
 
-MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream}
+MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "latent_attention": bench_latent_attention}
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):
