@@ -1,1 +1,2 @@
 """The full systems, built from pyaudiok.nn modules."""
+from .perceiver_ar import PerceiverAR, PerceiverARConfig  # noqa: E402,F401
