@@ -112,20 +112,25 @@ def _cpu_forward_row(q, k, v, L, scale):
 
 
 def _cpu_backward_row(grad_out, q, k, v, out, lse, L, scale):
-    N = q.shape[2]
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    B, H, N, D = q.shape
+    M = k.shape[2]
     if L == 0:
-        return dq, dk, dv
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     q0, prefix, seg = _row_parts(N, L)
     qs, gs, os_, ls = q[:, :, q0:], grad_out[:, :, q0:], out[:, :, q0:], lse[:, :, q0:]
-    parts = [(seg, L, True)] + ([(0, prefix, False)] if prefix > 0 else [])
+    parts = ([(0, prefix, False)] if prefix > 0 else []) + [(seg, L, True)]
+    dq, dks, dvs = 0, [], []
     for lo, hi, causal in parts:
         gq, gk, gv = _ATEN._scaled_dot_product_flash_attention_for_cpu_backward(
             gs, qs, k[:, :, lo:hi], v[:, :, lo:hi], os_, ls, 0.0, causal, scale=scale)
-        dq[:, :, q0:] += gq
-        dk[:, :, lo:hi] = gk
-        dv[:, :, lo:hi] = gv
-    return dq, dk, dv
+        dq, dks, dvs = dq + gq, dks + [gk], dvs + [gv]
+    if L < M:  # keys at and after L get no gradient
+        dks.append(k.new_zeros(B, H, M - L, D))
+        dvs.append(v.new_zeros(B, H, M - L, D))
+    if q0 > 0:  # queries before q0 see no key
+        dq = torch.cat((q.new_zeros(B, H, q0, D), dq), dim=2)
+    cat = (lambda xs: xs[0]) if len(dks) == 1 else (lambda xs: torch.cat(xs, dim=2))
+    return dq, cat(dks), cat(dvs)
 
 
 def _lengths(key_lengths, B, M):

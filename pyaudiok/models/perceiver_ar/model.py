@@ -119,16 +119,16 @@ class PerceiverAR(nn.Module):
         n = self.config.latents if latents is None else latents
         self._check(tokens, n)
         B, T = tokens.shape
-        x = self.embed(tokens.long())
         positions = torch.arange(T, device=tokens.device)
         keep = self._keep(B, T, n, tokens.device)
-        if keep is not None:
-            x_kv = x.gather(1, keep[..., None].expand(B, keep.shape[1], x.shape[-1]))
-            k, v = self.cross.attn.keys_values(self.cross.norm_kv(x_kv), keep)
+        if keep is not None:  # gather tokens, not embeddings: only kept inputs are embedded
+            x = self.embed(tokens.long().gather(1, keep))
+            k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), keep)
         else:
+            x = self.embed(tokens.long())
             k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), positions)
         lat_pos = positions[T - n:]
-        h = x[:, T - n:]
+        h = x[:, -n:]  # the latents are the last n inputs, kept or not
         q = self.cross.attn.queries(self.cross.norm_q(h), lat_pos)
         h = self.cross.finish(h, q, k, v)
         layers = [[] for _ in self.blocks] if return_cache else [None] * len(self.blocks)
@@ -163,8 +163,10 @@ class PerceiverAR(nn.Module):
         tokens = sequence[:, :-1]
         n = min(self.config.latents, tokens.shape[1])
         logits, _ = self(tokens, n)
-        targets = sequence[:, -n:].long()
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return self.loss_from_logits(logits, sequence[:, -n:])
+
+    def loss_from_logits(self, logits: torch.Tensor, targets: torch.Tensor):
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.long().flatten())
         log_z = torch.logsumexp(logits.float(), dim=-1)
         z = log_z.square().mean()
         total = nll + self.config.z_loss * z if self.config.z_loss else nll
