@@ -1,13 +1,14 @@
 """Benchmark of one Perceiver AR training step (forward, loss, backward, Adam) at the trainer's
 default size (context 8192, 256 latents, width 128, 2 heads of 64, 3 latent layers, cross-attend
 dropout 0.5, batch 4) against `perceiver-ar-pytorch`'s model of equal size (same widths, depth,
-heads, latents and dropout)."""
+heads, latents and dropout), both with the trainer's optimiser (fused Adam)."""
 from __future__ import annotations
 
 import torch
 
 import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
+from pyaudiok.train.perceiver_ar import make_optimizer
 
 from .harness import Candidate, Case
 from .peers import load
@@ -23,7 +24,7 @@ def _ours(size, device, backend):
     config = PerceiverARConfig(vocab_size=256, max_context=size["max_context"], latents=size["latents"],
                                width=size["width"], heads=size["heads"], layers=size["layers"], cross_dropout=0.5)
     model = PerceiverAR(config).to(device)
-    opt = torch.optim.Adam(model.parameters(), 3e-4)
+    opt = make_optimizer(model, 3e-4)
     seq = torch.randint(0, 256, (size["batch"], size["max_context"] + 1), device=device)
 
     def step():
@@ -44,7 +45,7 @@ def _peer(size, device):
     model = module.PerceiverAR(num_tokens=256, dim=size["width"], depth=size["layers"], max_seq_len=M,
                                cross_attn_seq_len=M - N, dim_head=size["width"] // size["heads"],
                                heads=size["heads"], cross_attn_dropout=0.5).to(device)
-    opt = torch.optim.Adam(model.parameters(), 3e-4)
+    opt = make_optimizer(model, 3e-4)  # the same optimiser: the models are compared
     seq = torch.randint(1, 256, (size["batch"], M + 1), device=device)
 
     def step():

@@ -20,19 +20,27 @@ class PartialRotary(nn.Module):
         inv_freq = base ** (-torch.arange(0, self.dims, 2, dtype=torch.float64) / max(self.dims, 1))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x[B, H, T, d], positions[T] or [B, T] (ints) -> x with its first `dims` channels rotated."""
-        if self.dims == 0:
-            return x
-        pos = positions.to(x.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
-        angles = pos[..., None] * self.inv_freq.to(pos.dtype)  # [(B,) T, dims/2]
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [T, dims/2] for positions[T], or [B, 1, T, dims/2] for positions[B, T]: computed
+        once per forward and shared by every layer."""
+        pos = positions.to(torch.float64 if dtype == torch.float64 else torch.float32)
+        angles = pos[..., None] * self.inv_freq.to(pos.dtype)
         if angles.dim() == 3:
             angles = angles[:, None]  # per-row positions: broadcast over heads
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        rot, rest = x[..., :self.dims], x[..., self.dims:]
-        a, b = rot[..., 0::2], rot[..., 1::2]
-        rotated = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-        return torch.cat((rotated, rest), dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def apply(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x[B, H, T, d] with channel pairs (i, i + dims/2), i < dims/2, rotated; the rest unchanged."""
+        if self.dims == 0:
+            return x
+        cos, sin = tables
+        half = self.dims // 2
+        a, b, rest = x[..., :half], x[..., half:self.dims], x[..., self.dims:]
+        return torch.cat((a * cos - b * sin, b * cos + a * sin, rest), dim=-1)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x[B, H, T, d], positions[T] or [B, T] (ints) -> x with its first `dims` channels rotated."""
+        return self.apply(x, self.tables(positions.to(x.device), x.dtype))
 
 
 class LatentAttention(nn.Module):
@@ -53,12 +61,13 @@ class LatentAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.heads, self.head_dim).transpose(1, 2)
 
-    def queries(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.rotary(self._split(self.q(x)), positions)
+    def queries(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotary-encoded queries [B, H, T, d]; rope = self.rotary.tables(positions, dtype)."""
+        return self.rotary.apply(self._split(self.q(x)), rope)
 
-    def keys_values(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv(x).chunk(2, dim=-1)
-        return self.rotary(self._split(k), positions), self._split(v)
+        return self.rotary.apply(self._split(k), rope), self._split(v)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = latent_cross_attention(q, k, v)

@@ -57,10 +57,10 @@ class _SelfBlock(nn.Module):
         self.norm, self.attn = nn.LayerNorm(c.width), LatentAttention(c.width, c.heads, c.rotary_fraction)
         self.norm_mlp, self.mlp = nn.LayerNorm(c.width), squared_relu_mlp(c.width, c.mlp_ratio)
 
-    def forward(self, x, positions, cache: list | None = None):
+    def forward(self, x, rope, cache: list | None = None):
         h = self.norm(x)
-        q = self.attn.queries(h, positions)
-        k, v = self.attn.keys_values(h, positions)
+        q = self.attn.queries(h, rope)
+        k, v = self.attn.keys_values(h, rope)
         if cache is not None:  # [k, v] of the earlier latents, extended in place
             if cache:
                 k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
@@ -121,19 +121,19 @@ class PerceiverAR(nn.Module):
         B, T = tokens.shape
         positions = torch.arange(T, device=tokens.device)
         keep = self._keep(B, T, n, tokens.device)
+        tables = self.cross.attn.rotary.tables  # the same for every layer (same head dim, fraction)
         if keep is not None:  # gather tokens, not embeddings: only kept inputs are embedded
             x = self.embed(tokens.long().gather(1, keep))
-            k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), keep)
         else:
             x = self.embed(tokens.long())
-            k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), positions)
-        lat_pos = positions[T - n:]
+        k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), tables(positions if keep is None else keep, x.dtype))
+        rope = tables(positions[T - n:], x.dtype)
         h = x[:, -n:]  # the latents are the last n inputs, kept or not
-        q = self.cross.attn.queries(self.cross.norm_q(h), lat_pos)
+        q = self.cross.attn.queries(self.cross.norm_q(h), rope)
         h = self.cross.finish(h, q, k, v)
         layers = [[] for _ in self.blocks] if return_cache else [None] * len(self.blocks)
         for block, layer_cache in zip(self.blocks, layers):
-            h = block(h, lat_pos, layer_cache)
+            h = block(h, rope, layer_cache)
         logits = self.logits(self.norm(h))
         if not return_cache:
             return logits, None
@@ -144,15 +144,15 @@ class PerceiverAR(nn.Module):
         """Append one token [B] to the window of `cache` (as a new latent); its logits [B, V]."""
         if cache.length >= self.config.max_context or cache.latents >= self.config.latents:
             raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
-        pos = torch.tensor([cache.length], device=token.device)
         x = self.embed(token.long())[:, None]
-        k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), pos)
+        rope = self.cross.attn.rotary.tables(torch.tensor([cache.length], device=token.device), x.dtype)
+        k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), rope)
         cache.cross_k = torch.cat((cache.cross_k, k), dim=2)
         cache.cross_v = torch.cat((cache.cross_v, v), dim=2)
-        q = self.cross.attn.queries(self.cross.norm_q(x), pos)
+        q = self.cross.attn.queries(self.cross.norm_q(x), rope)
         h = self.cross.finish(x, q, cache.cross_k, cache.cross_v)
         for block, layer_cache in zip(self.blocks, cache.layers):
-            h = block(h, pos, layer_cache)
+            h = block(h, rope, layer_cache)
         cache.length += 1
         cache.latents += 1
         return self.logits(self.norm(h))[:, 0]
