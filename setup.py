@@ -84,7 +84,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "pyannote.metrics"],
         "bench": ["pytest-benchmark"],
-        "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics"],
+        "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics", "perceiver-ar-pytorch"],
     },
     entry_points={"console_scripts": ["pyaudiok = pyaudiok.cli:main"]},
 )

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from . import bench_der, bench_rvq, bench_si_sdr, bench_soundstream
+from . import bench_der, bench_latent_attention, bench_perceiver_ar, bench_rvq, bench_si_sdr, bench_soundstream
 
-MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der, "si_sdr": bench_si_sdr}
+MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der, "si_sdr": bench_si_sdr,
+           "latent_attention": bench_latent_attention, "perceiver_ar": bench_perceiver_ar}
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):

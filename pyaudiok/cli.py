@@ -44,12 +44,20 @@ def _cmd_bench(args) -> int:
 
 
 # `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
-TRAINERS = {"soundstream": "pyaudiok.train.soundstream"}
+TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "perceiver-ar": "pyaudiok.train.perceiver_ar"}
+# `pyaudiok generate NAME ...` hands the remaining arguments to module:function(argv).
+GENERATORS = {"perceiver-ar": ("pyaudiok.train.perceiver_ar", "generate_main")}
 
 
 def _cmd_train(args) -> int:
     import importlib
     return importlib.import_module(TRAINERS[args.system]).main(args.args) or 0
+
+
+def _cmd_generate(args) -> int:
+    import importlib
+    module, function = GENERATORS[args.system]
+    return getattr(importlib.import_module(module), function)(args.args) or 0
 
 
 def _cmd_codec(args) -> int:
@@ -88,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("system", choices=sorted(TRAINERS))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own options")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("generate", help="sample from a trained model (see `pyaudiok generate NAME --help`)")
+    p.add_argument("system", choices=sorted(GENERATORS))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the generator's own options")
+    p.set_defaults(func=_cmd_generate)
     p = sub.add_parser("codec", help="encode audio to / decode audio from an .ssc file with a SoundStream checkpoint")
     p.add_argument("action", choices=("encode", "decode"))
     p.add_argument("input")

@@ -1,0 +1,139 @@
+"""Benchmark of bottom-right causal latent cross-attention (DESIGN §1), forward + backward, at
+Perceiver AR's size (CPU: M = 16 384, N = 1024, H = 8, d = 64; GPU: M = 65 536, bf16; B = 1),
+against the reference, every backend, the peers PyTorch SDPA with `causal_lower_right` (its CPU
+flash kernel; flash/cuDNN on GPU) and `flex_attention` with the same mask, and the speed floor:
+plain matmuls doing the same multiply-adds (the visible part of QKᵀ and PV, ×2.5 with backward).
+
+`latent_attn.lengths` runs B = 2 rows with different key_lengths; its SDPA peer gets the per-row
+mask materialised, which is what SDPA needs for it."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+import pyaudiok
+from pyaudiok.ops.latent_attention import OP, latent_cross_attention, visible_mask
+
+from .harness import Candidate, Case, backend_candidates
+
+H, D = 8, 64
+SIZES = {"cpu": (1024, 16384), "cuda": (1024, 65536)}       # (N, M)
+QUICK = {"cpu": (256, 4096), "cuda": (1024, 16384)}
+DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
+
+
+def _inputs(B, N, M, device, dtype, grad):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, S, D, generator=gen).to(device, dtype).requires_grad_(grad) for S in (N, M, M))
+    return q, k, v
+
+
+def _step(fn, q, k, v, backward):
+    """fn() once; with backward, backpropagate a fixed weight and clear the gradients."""
+    weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.device, q.dtype)
+
+    def run():
+        out = fn()
+        if backward:
+            (out * weight).sum().backward()
+            q.grad = k.grad = v.grad = None
+            return None
+        return out.detach()
+    return run
+
+
+def _with_backend(backend, fn):
+    def run():
+        with pyaudiok.use_backend(backend):
+            return fn()
+    return run
+
+
+def _check(output, reference):
+    if output is None or reference is None:
+        return ""
+    err = ((output.float() - reference.float()).norm() / reference.float().norm()).item()
+    return f"rel err {err:.1e}"
+
+
+def _flex(q, k, v, lengths):
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError as e:
+        return None, f"flex_attention unavailable: {e}"
+    N, M = q.shape[2], k.shape[2]
+    L = torch.tensor(lengths if lengths is not None else [M] * q.shape[0], device=q.device)
+
+    def mask_mod(b, h, j, i):
+        return (i <= L[b] - N + j) & (i < L[b])
+    try:
+        block_mask = create_block_mask(mask_mod, q.shape[0], None, N, M, device=q.device)
+        compiled = torch.compile(flex_attention, dynamic=False)
+        return (lambda: compiled(q, k, v, block_mask=block_mask)), None
+    except Exception as e:  # no compiler toolchain, unsupported here: a skip, not a crash
+        return None, f"flex_attention failed: {type(e).__name__}: {e}"[:160]
+
+
+def _floor(q, k, backward):
+    """Matmuls with the multiply-adds of the visible scores (QKᵀ and PV), at the op's dtype."""
+    B, _, N, _ = q.shape
+    M = k.shape[2]
+    visible_cols = M - N + (N + 1) / 2  # mean visible keys per query
+    width = int(visible_cols) // 64 * 64
+    a = torch.randn(B * H * N, D, device=q.device, dtype=q.dtype)
+    b = torch.randn(D, width, device=q.device, dtype=q.dtype)
+    c = torch.randn(width, D, device=q.device, dtype=q.dtype)
+    matmuls = 7 if backward else 2  # forward: QKᵀ, PV; backward adds QKᵀ again, dP, dV, dK, dQ
+
+    def run():
+        s = a @ b
+        for i in range(matmuls // 2):
+            s @ c if i % 2 == 0 else a @ b
+        if matmuls % 2:
+            s @ c
+    return run
+
+
+def attention_case(device, N, M, backward, lengths=None) -> Case:
+    B = 1 if lengths is None else len(lengths)
+    dtype = DTYPE[device.type]
+    q, k, v = _inputs(B, N, M, device, dtype, backward)
+    name = ("latent_attn.fwd+bwd" if backward else "latent_attn.fwd") + (".lengths" if lengths else "")
+    ours = _step(lambda: latent_cross_attention(q, k, v, key_lengths=lengths), q, k, v, backward)
+    check = None if backward else _check
+    cands = []
+    if device.type == "cpu" and M * N * B * H <= 2**26:  # the reference's [N, M] scores must fit
+        cands.append(Candidate("reference", "reference", _with_backend("reference", ours)))
+    else:
+        cands.append(Candidate("reference", "reference", None, skip="the [N, M] score matrix is too large here"))
+    cands += backend_candidates(OP, device, dtype, (q, k, v, None, D ** -0.5, None),
+                                lambda b: _with_backend(b, ours), check)
+    if lengths is None:
+        mask = causal_lower_right(N, M)
+    else:  # SDPA has no per-row lengths: a materialised [B, 1, N, M] mask
+        mask = visible_mask(N, M, torch.tensor(lengths), device)
+    cands.append(Candidate("torch SDPA causal_lower_right" if lengths is None else "torch SDPA (row masks)", "peer",
+                           _step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v, backward),
+                           check=check))
+    if lengths is not None:  # the cost the per-row path is held to: every row at full length
+        full = causal_lower_right(N, M)
+        cands.append(Candidate("torch SDPA causal_lower_right (rows full)", "peer",
+                               _step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=full), q, k, v,
+                                     backward)))
+    flex, reason = _flex(q, k, v, lengths)
+    cands.append(Candidate("torch flex_attention (compiled)", "peer",
+                           _step(flex, q, k, v, backward) if flex else None, skip=reason, check=check))
+    cands.append(Candidate("floor: matmuls of the visible scores", "floor", _floor(q, k, backward)))
+    params = {"B": B, "H": H, "N": N, "M": M, "d": D, "dtype": str(dtype).replace("torch.", "")}
+    if lengths is not None:
+        params["key_lengths"] = list(lengths)
+    return Case(name, params, cands)
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    N, M = (QUICK if quick else SIZES)[device.type]
+    # Row lengths: one full, one with 3/4 of the keys (odd, so no block edge is aligned).
+    lengths = [M, 3 * M // 4 + 1]
+    return [attention_case(device, N, M, backward=False), attention_case(device, N, M, backward=True),
+            attention_case(device, N, M, backward=True, lengths=lengths)]

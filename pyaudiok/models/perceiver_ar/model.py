@@ -1,0 +1,173 @@
+"""Perceiver AR (DESIGN §1): tokens x[B, T]; the last n positions are latents that cross-attend,
+bottom-right causally, to all T inputs, then run L causal self-attention blocks; logits at the n
+latent positions predict the token after each.
+
+Rotary positions are the positions inside the given window (keys at 0..T-1, latent j at
+T - n + j), so only their differences matter. In training, cross-attend dropout keeps a random
+subset of the prefix (the first T - n positions) per row, never the latents' own segment, and
+gathers the kept embeddings before projecting them: compute shrinks with the rate, and the
+bottom-right mask stays valid on the gathered sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyaudiok.nn.attention import LatentAttention, squared_relu_mlp
+
+__all__ = ["PerceiverARConfig", "PerceiverAR", "LatentCache"]
+
+
+@dataclass
+class PerceiverARConfig:
+    vocab_size: int = 256          # bytes
+    max_context: int = 8192        # M: inputs seen by the cross-attention
+    latents: int = 256             # N: latent positions (those with a loss)
+    width: int = 256
+    heads: int = 4
+    layers: int = 4                # latent self-attention blocks
+    mlp_ratio: int = 4
+    rotary_fraction: float = 0.5
+    cross_dropout: float = 0.5     # fraction of the prefix dropped per row in training
+    z_loss: float = 0.0            # weight of log²Z (1e-4 in DESIGN §1 when on)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _CrossBlock(nn.Module):
+    def __init__(self, c: PerceiverARConfig):
+        super().__init__()
+        self.norm_q, self.norm_kv = nn.LayerNorm(c.width), nn.LayerNorm(c.width)
+        self.attn = LatentAttention(c.width, c.heads, c.rotary_fraction)
+        self.norm_mlp, self.mlp = nn.LayerNorm(c.width), squared_relu_mlp(c.width, c.mlp_ratio)
+
+    def finish(self, latents: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        x = latents + self.attn.attend(q, k, v)  # query residual
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class _SelfBlock(nn.Module):
+    def __init__(self, c: PerceiverARConfig):
+        super().__init__()
+        self.norm, self.attn = nn.LayerNorm(c.width), LatentAttention(c.width, c.heads, c.rotary_fraction)
+        self.norm_mlp, self.mlp = nn.LayerNorm(c.width), squared_relu_mlp(c.width, c.mlp_ratio)
+
+    def forward(self, x, rope, cache: list | None = None):
+        h = self.norm(x)
+        q = self.attn.queries(h, rope)
+        k, v = self.attn.keys_values(h, rope)
+        if cache is not None:  # [k, v] of the earlier latents, extended in place
+            if cache:
+                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+            cache[:] = [k, v]
+        x = x + self.attn.attend(q, k, v)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+@dataclass
+class LatentCache:
+    """What generation keeps between steps of one window: the cross-attention keys/values of all
+    inputs and each latent block's keys/values (rotary already applied)."""
+    cross_k: torch.Tensor
+    cross_v: torch.Tensor
+    layers: list[list[torch.Tensor]]
+    length: int       # inputs in the window
+    latents: int      # latents in the window
+
+
+class PerceiverAR(nn.Module):
+    def __init__(self, config: PerceiverARConfig | None = None):
+        super().__init__()
+        self.config = c = config or PerceiverARConfig()
+        self.embed = nn.Embedding(c.vocab_size, c.width)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.cross = _CrossBlock(c)
+        self.blocks = nn.ModuleList(_SelfBlock(c) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.width)
+        self.logits = nn.Linear(c.width, c.vocab_size)
+        nn.init.zeros_(self.logits.weight)  # start at the uniform distribution
+        nn.init.zeros_(self.logits.bias)
+
+    # ------------------------------------------------------------------------------------------
+    def _check(self, tokens: torch.Tensor, n: int) -> None:
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise ValueError(f"tokens must be an integer tensor [B, T]; got {tokens.dtype} {tuple(tokens.shape)}")
+        T = tokens.shape[1]
+        if not 1 <= n <= min(T, self.config.latents) or T > self.config.max_context:
+            raise ValueError(f"need 1 <= latents ({n}) <= min(T = {T}, {self.config.latents}) and "
+                             f"T <= max_context = {self.config.max_context}")
+
+    def _keep(self, B: int, T: int, n: int, device) -> torch.Tensor | None:
+        """Kept input positions [B, T'] (sorted): a random subset of the prefix and all latents."""
+        prefix = T - n
+        kept = prefix - int(round(prefix * self.config.cross_dropout))
+        if not self.training or self.config.cross_dropout <= 0 or kept == prefix:
+            return None
+        order = torch.rand(B, prefix, device=device).argsort(dim=1)[:, :kept].sort(dim=1).values
+        latent = torch.arange(prefix, T, device=device).expand(B, n)
+        return torch.cat((order, latent), dim=1)
+
+    def forward(self, tokens: torch.Tensor, latents: int | None = None,
+                return_cache: bool = False) -> tuple[torch.Tensor, LatentCache | None]:
+        """tokens[B, T] -> (logits[B, n, V] at the last n positions, the window's LatentCache for
+        `step` if return_cache else None)."""
+        n = self.config.latents if latents is None else latents
+        self._check(tokens, n)
+        B, T = tokens.shape
+        positions = torch.arange(T, device=tokens.device)
+        keep = self._keep(B, T, n, tokens.device)
+        tables = self.cross.attn.rotary.tables  # the same for every layer (same head dim, fraction)
+        if keep is not None:  # gather tokens, not embeddings: only kept inputs are embedded
+            x = self.embed(tokens.long().gather(1, keep))
+        else:
+            x = self.embed(tokens.long())
+        k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), tables(positions if keep is None else keep, x.dtype))
+        rope = tables(positions[T - n:], x.dtype)
+        h = x[:, -n:]  # the latents are the last n inputs, kept or not
+        q = self.cross.attn.queries(self.cross.norm_q(h), rope)
+        h = self.cross.finish(h, q, k, v)
+        layers = [[] for _ in self.blocks] if return_cache else [None] * len(self.blocks)
+        for block, layer_cache in zip(self.blocks, layers):
+            h = block(h, rope, layer_cache)
+        logits = self.logits(self.norm(h))
+        if not return_cache:
+            return logits, None
+        return logits, LatentCache(k, v, layers, T, n)
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor, cache: LatentCache) -> torch.Tensor:
+        """Append one token [B] to the window of `cache` (as a new latent); its logits [B, V]."""
+        if cache.length >= self.config.max_context or cache.latents >= self.config.latents:
+            raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
+        x = self.embed(token.long())[:, None]
+        rope = self.cross.attn.rotary.tables(torch.tensor([cache.length], device=token.device), x.dtype)
+        k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), rope)
+        cache.cross_k = torch.cat((cache.cross_k, k), dim=2)
+        cache.cross_v = torch.cat((cache.cross_v, v), dim=2)
+        q = self.cross.attn.queries(self.cross.norm_q(x), rope)
+        h = self.cross.finish(x, q, cache.cross_k, cache.cross_v)
+        for block, layer_cache in zip(self.blocks, cache.layers):
+            h = block(h, rope, layer_cache)
+        cache.length += 1
+        cache.latents += 1
+        return self.logits(self.norm(h))[:, 0]
+
+    def loss(self, sequence: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """sequence[B, T + 1]: inputs sequence[:, :T], targets the token after each latent.
+        Returns (loss to minimise, {"nll": mean nats per target, "z": mean log²Z})."""
+        tokens = sequence[:, :-1]
+        n = min(self.config.latents, tokens.shape[1])
+        logits, _ = self(tokens, n)
+        return self.loss_from_logits(logits, sequence[:, -n:])
+
+    def loss_from_logits(self, logits: torch.Tensor, targets: torch.Tensor):
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.long().flatten())
+        log_z = torch.logsumexp(logits.float(), dim=-1)
+        z = log_z.square().mean()
+        total = nll + self.config.z_loss * z if self.config.z_loss else nll
+        return total, {"nll": nll.detach(), "z": z.detach()}

@@ -1,0 +1,79 @@
+"""Sampling from Perceiver AR, with and without the latent KV cache.
+
+Both samplers follow the same window schedule, so they compute the same logits: a window starts
+with `carry` latents (the last tokens so far) over at most max_context − (N − carry) inputs, then
+grows by one input and one latent per generated token until it holds N latents or max_context
+inputs; the next token starts a new window. The cached sampler runs the full model once per window
+and `PerceiverAR.step` for each token after; the uncached one runs the full model on the current
+window for every token.
+"""
+from __future__ import annotations
+
+import torch
+
+from .model import PerceiverAR
+
+__all__ = ["filter_logits", "sample_next", "generate"]
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Temperature, then keep the top_k largest and the smallest set with probability >= top_p."""
+    logits = logits.float() / max(temperature, 1e-8)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs.float().cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+
+def _window(model: PerceiverAR, total: int, carry: int) -> tuple[int, int]:
+    """(first input position, latents) of a window started when `total` tokens exist."""
+    c = model.config
+    n = min(total, carry)
+    start = max(0, total - (c.max_context - (c.latents - n)))
+    return start, n
+
+
+@torch.no_grad()
+def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             use_cache: bool = True, carry: int | None = None) -> torch.Tensor:
+    """prompt[B, T0] (T0 >= 1) -> [B, T0 + steps] tokens. `carry` (default N/2) latents start each
+    window."""
+    c = model.config
+    carry = max(1, min(c.latents // 2 if carry is None else carry, c.latents))
+    was_training = model.training
+    model.eval()
+    seq = prompt.long()
+    cache, start, n = None, 0, 0
+    try:
+        for _ in range(steps):
+            total = seq.shape[1]
+            fresh = n == 0 or n + 1 > c.latents or total - start > c.max_context
+            if fresh:
+                start, n = _window(model, total, carry)
+            else:
+                n += 1
+            if use_cache and not fresh:
+                logits = model.step(seq[:, -1], cache)
+            else:
+                logits, cache = model(seq[:, start:], n, return_cache=use_cache)
+                logits = logits[:, -1]
+            seq = torch.cat((seq, sample_next(logits, generator, temperature, top_k, top_p)[:, None]), dim=1)
+    finally:
+        model.train(was_training)
+    return seq
+

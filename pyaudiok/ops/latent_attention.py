@@ -1,0 +1,308 @@
+"""Bottom-right causal latent cross-attention, the core of Perceiver AR (DESIGN §1).
+
+`latent_cross_attention(q, k, v)` with q[B, H, N, d] and k, v[B, H, M, d], M ≥ N: query j of row
+b sees key i iff  i ≤ L_b − N + j  and  i < L_b,  with L_b = key_lengths[b] (default M). This is
+FlashAttention ≥ 2.1's causal convention for N ≠ M (PyTorch's `causal_lower_right`), not the
+top-left `is_causal=True`. A query that sees no key outputs 0. M = N is square causal
+self-attention (the latent stack).
+
+`dropout_keep[B, M']` (int64, strictly increasing positions in [0, M)) gathers the kept keys of
+each row first (cross-attend dropout): the mask and key_lengths then apply to the M' kept keys,
+and dropped keys get zero gradient.
+
+Backends: `reference` (below: explicit mask + softmax), `cpu` (PyTorch's CPU flash-attention
+kernels, see `_cpu_forward`), `triton` (kernels/latent_attention.py). Each fused backend is a
+registered pair of raw ops
+
+    forward(q, k, v, key_lengths?, scale, keep?) -> (out, lse[B, H, N])
+    backward(grad_out, q, k, v, out, lse, key_lengths?, scale, keep?) -> (dq, dk, dv)
+
+(lse: natural log-sum-exp of the scaled scores over the visible keys, −inf if none), with the
+autograd of the forward registered here once for both.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .. import backends, dispatch
+from . import _checks
+from ._library import triton_op
+
+__all__ = ["latent_cross_attention", "latent_attention_reference"]
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference: the definition of the op.
+
+def visible_mask(N: int, M: int, key_lengths: torch.Tensor | None, device=None) -> torch.Tensor:
+    """Boolean [B or 1, 1, N, M]: query j sees key i iff i <= L_b - N + j and i < L_b."""
+    L = (torch.tensor([M], device=device) if key_lengths is None else key_lengths.to(device).long())
+    L = L[:, None, None, None]
+    j = torch.arange(N, device=device)[:, None]
+    i = torch.arange(M, device=device)[None, :]
+    return (i <= L - N + j) & (i < L)
+
+
+def _gather_keys(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    index = keep[:, None, :, None].expand(x.shape[0], x.shape[1], keep.shape[1], x.shape[3])
+    return x.gather(2, index)
+
+
+def latent_attention_reference(q, k, v, key_lengths=None, scale=None, dropout_keep=None):
+    """Explicit scores, mask and softmax (float32 for half inputs, float64 for float64)."""
+    if dropout_keep is not None:
+        k, v = _gather_keys(k, dropout_keep), _gather_keys(v, dropout_keep)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
+    mask = visible_mask(q.shape[2], k.shape[2], key_lengths, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).masked_fill(~mask, 0.0)  # rows with no key: NaN -> 0
+    return (probs @ v.to(acc)).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# cpu backend: PyTorch's CPU flash-attention kernels (blocked, never an [N, M] score matrix, near
+# the machine's matmul peak). The bottom-right mask splits each row's keys in two: the prefix
+# [0, L − N), which every query sees (no mask at all), and the last N keys, where the mask is the
+# square causal one the kernel skips blocks for. The two parts are merged by their log-sum-exps;
+# the backward of each part, given the merged out and lse, is exactly that part's share of the
+# gradient (dQ sums over parts). Rows of different key_lengths run one by one on views.
+
+_ATEN = torch.ops.aten
+
+
+def _merge(o1, l1, o2, l2):
+    lse = torch.logaddexp(l1, l2)
+    safe = lse.masked_fill(lse == float("-inf"), 0.0)
+    w1, w2 = (l1 - safe).exp().unsqueeze(-1), (l2 - safe).exp().unsqueeze(-1)
+    return (o1 * w1.to(o1.dtype) + o2 * w2.to(o2.dtype)), lse
+
+
+def _row_parts(N: int, L: int):
+    """(query start, prefix end, causal segment [start, L)) of one row's visible keys."""
+    if L >= N:
+        return 0, L - N, L - N
+    return N - L, 0, 0  # only queries N - L.. see anything: square causal over keys [0, L)
+
+
+def _cpu_forward_row(q, k, v, L, scale):
+    B, H, N, D = q.shape
+    out = q.new_zeros(q.shape)
+    lse = q.new_full((B, H, N), float("-inf"), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if L == 0:
+        return out, lse
+    q0, prefix, seg = _row_parts(N, L)
+    qs = q[:, :, q0:]
+    o, l = _ATEN._scaled_dot_product_flash_attention_for_cpu(qs, k[:, :, seg:L], v[:, :, seg:L], 0.0, True,
+                                                              scale=scale)
+    if prefix > 0:
+        o1, l1 = _ATEN._scaled_dot_product_flash_attention_for_cpu(qs, k[:, :, :prefix], v[:, :, :prefix], 0.0,
+                                                                    False, scale=scale)
+        o, l = _merge(o1, l1, o, l)
+    if q0 == 0:
+        return o.to(q.dtype), l.to(lse.dtype)
+    out[:, :, q0:] = o
+    lse[:, :, q0:] = l
+    return out, lse
+
+
+def _cpu_backward_row(grad_out, q, k, v, out, lse, L, scale):
+    B, H, N, D = q.shape
+    M = k.shape[2]
+    if L == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    q0, prefix, seg = _row_parts(N, L)
+    qs, gs, os_, ls = q[:, :, q0:], grad_out[:, :, q0:], out[:, :, q0:], lse[:, :, q0:]
+    parts = ([(0, prefix, False)] if prefix > 0 else []) + [(seg, L, True)]
+    dq, dks, dvs = 0, [], []
+    for lo, hi, causal in parts:
+        gq, gk, gv = _ATEN._scaled_dot_product_flash_attention_for_cpu_backward(
+            gs, qs, k[:, :, lo:hi], v[:, :, lo:hi], os_, ls, 0.0, causal, scale=scale)
+        dq, dks, dvs = dq + gq, dks + [gk], dvs + [gv]
+    if L < M:  # keys at and after L get no gradient
+        dks.append(k.new_zeros(B, H, M - L, D))
+        dvs.append(v.new_zeros(B, H, M - L, D))
+    if q0 > 0:  # queries before q0 see no key
+        dq = torch.cat((q.new_zeros(B, H, q0, D), dq), dim=2)
+    cat = (lambda xs: xs[0]) if len(dks) == 1 else (lambda xs: torch.cat(xs, dim=2))
+    return dq, cat(dks), cat(dvs)
+
+
+def _lengths(key_lengths, B, M):
+    return [M] * B if key_lengths is None else [int(x) for x in key_lengths.tolist()]
+
+
+def _by_row(fn, B, lengths, *tensors):
+    """fn(row tensors..., L) over groups of rows: all at once when every row has the same length."""
+    if len(set(lengths)) <= 1:
+        return fn(*tensors, lengths[0] if lengths else 0)
+    parts = [fn(*(t[b:b + 1] for t in tensors), lengths[b]) for b in range(B)]
+    return tuple(torch.cat(p, 0) for p in zip(*parts))
+
+
+@torch.library.custom_op("pyaudiok::latent_attention_cpu", mutates_args=(), device_types="cpu")
+def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
+                 scale: float, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if keep is not None:
+        k, v = _gather_keys(k, keep), _gather_keys(v, keep)
+    B, M = q.shape[0], k.shape[2]
+    out, lse = _by_row(lambda q, k, v, L: _cpu_forward_row(q, k, v, L, scale), B, _lengths(key_lengths, B, M),
+                       q, k, v)
+    return out.contiguous(), lse.contiguous()
+
+
+@torch.library.custom_op("pyaudiok::latent_attention_cpu_backward", mutates_args=(), device_types="cpu")
+def _cpu_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, key_lengths: torch.Tensor | None, scale: float,
+                  keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    k_full, v_full = k, v
+    if keep is not None:
+        k, v = _gather_keys(k, keep), _gather_keys(v, keep)
+    B, M = q.shape[0], k.shape[2]
+    dq, dk, dv = _by_row(lambda g, q, k, v, o, l, L: _cpu_backward_row(g, q, k, v, o, l, L, scale), B,
+                         _lengths(key_lengths, B, M), grad_out.contiguous(), q, k, v, out, lse)
+    if keep is not None:
+        index = keep[:, None, :, None].expand_as(dk)
+        dk = torch.zeros_like(k_full).scatter_(2, index, dk)
+        dv = torch.zeros_like(v_full).scatter_(2, index, dv)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake (meta) implementations and autograd of the raw op pairs.
+
+def _register(forward: str, backward: Callable[[], Callable]) -> None:
+    """Fake + autograd for a backend's forward op; `backward()` gives that backend's backward op."""
+
+    @torch.library.register_fake(forward)
+    def _(q, k, v, key_lengths, scale, keep):
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=lse_dtype)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, key_lengths, scale, keep = inputs
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, output[0], output[1], key_lengths, keep)
+
+    def grad(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, key_lengths, keep = ctx.saved_tensors
+        # lse is an auxiliary output for the backward; its gradient is not propagated.
+        dq, dk, dv = backward()(grad_out, q, k, v, out, lse, key_lengths, ctx.scale, keep)
+        return dq, dk, dv, None, None, None
+
+    torch.library.register_autograd(forward, grad, setup_context=setup_context)
+
+
+def _register_backward_fake(qualname: str) -> None:
+    @torch.library.register_fake(qualname)
+    def _(grad_out, q, k, v, out, lse, key_lengths, scale, keep):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+_register_backward_fake("pyaudiok::latent_attention_cpu_backward")
+_register("pyaudiok::latent_attention_cpu", lambda: _cpu_backward)
+
+
+def _triton_backward():
+    return triton_op("latent_attention_backward_triton", "latent_attention", "latent_attention_backward",
+                     _register_backward_fake)
+
+
+def _triton_forward():
+    _triton_backward()
+    return triton_op("latent_attention_triton", "latent_attention", "latent_attention_forward",
+                     lambda name: _register(name, _triton_backward))
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend registry.
+
+def _fused(get_op: Callable[[], Callable]):
+    def run(q, k, v, key_lengths, scale, keep):
+        if key_lengths is not None:
+            key_lengths = key_lengths.to(q.device, torch.int64)
+        return get_op()(q.contiguous(), k.contiguous(), v.contiguous(), key_lengths, scale, keep)[0]
+    return run
+
+
+def _triton_head_dim(q, k, v, key_lengths, scale, keep):
+    from pyaudiok.kernels.latent_attention import HEAD_DIMS
+    return None if q.shape[-1] in HEAD_DIMS else f"head dim {q.shape[-1]} is not one of the kernels' {HEAD_DIMS}"
+
+
+OP = dispatch.op("latent_cross_attention")
+OP.register("reference", latent_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
+# Pure ATen: available wherever torch is, extension or not.
+OP.register("cpu", _fused(lambda: _cpu_forward), devices=("cpu",), dtypes=(torch.float32, torch.float64))
+OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16,
+            torch.bfloat16), availability=backends.triton_reason, constraint=_triton_head_dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+def _check_int_vector(name: str, value, B: int, low: int, high: int, device) -> torch.Tensor:
+    if isinstance(value, Sequence) and not isinstance(value, torch.Tensor):
+        value = torch.tensor(list(value), dtype=torch.int64)
+    value = _checks.tensor(name, value, ndim=1, layout=f"[B] = [{B}]", dtypes=_INT_DTYPES)
+    if value.shape[0] != B:
+        raise ValueError(f"{name} must have shape [B] = [{B}]; got {_checks.shape_str(value.shape)}")
+    if value.numel() and (int(value.min()) < low or int(value.max()) > high):
+        raise ValueError(f"{name} must lie in [{low}, {high}]; got values in [{int(value.min())}, {int(value.max())}]")
+    return value.to(device)
+
+
+def _check_keep(keep, B: int, N: int, M: int, device) -> torch.Tensor:
+    keep = _checks.tensor("dropout_keep", keep, ndim=2, layout="[B, M'] (kept key positions)", dtypes=_INT_DTYPES)
+    _checks.same_device("dropout_keep", keep, "q", torch.empty(0, device=device))
+    if keep.shape[0] != B or not N <= keep.shape[1] <= M:
+        raise ValueError(f"dropout_keep must have shape [B, M'] with B = {B} and N = {N} <= M' <= M = {M}; "
+                         f"got {_checks.shape_str(keep.shape)}")
+    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= M):
+        raise ValueError(f"dropout_keep positions must lie in [0, M) = [0, {M})")
+    if keep.shape[1] > 1 and not bool((keep[:, 1:] > keep[:, :-1]).all()):
+        raise ValueError("dropout_keep positions must be strictly increasing along each row")
+    return keep.long().contiguous()
+
+
+def latent_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                           key_lengths: torch.Tensor | Sequence[int] | None = None, scale: float | None = None,
+                           dropout_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Bottom-right causal attention of latent queries q[B, H, N, d] over k, v[B, H, M, d] (M ≥ N).
+
+    key_lengths[B] (ints in [0, M], default M) right-pads rows; dropout_keep[B, M'] gathers the kept
+    keys of each row first (see the module doc). scale defaults to d ** -0.5. Returns [B, H, N, d]
+    in q's dtype, 0 for queries that see no key. Checks the integer arguments' values (one sync).
+    """
+    q = _checks.float_tensor("q", q, ndim=4, layout="[B, H, N, d]")
+    k = _checks.float_tensor("k", k, ndim=4, layout="[B, H, M, d]")
+    v = _checks.float_tensor("v", v, ndim=4, layout="[B, H, M, d]")
+    for name, x in (("k", k), ("v", v)):
+        _checks.same_dtype(name, x, "q", q)
+        _checks.same_device(name, x, "q", q)
+    B, H, N, d = q.shape
+    if k.shape[:2] != q.shape[:2] or k.shape[3] != d:
+        raise ValueError(f"k must have shape [B, H, M, d] = [{B}, {H}, M, {d}] to match q "
+                         f"{_checks.shape_str(q.shape)}; got {_checks.shape_str(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {_checks.shape_str(k.shape)}; got {_checks.shape_str(v.shape)}")
+    M = k.shape[2]
+    if M < N:
+        raise ValueError(f"k must have M >= N keys (bottom-right causal latents); got M = {M} < N = {N}")
+    if d < 1:
+        raise ValueError(f"q must have head dim d >= 1; got {_checks.shape_str(q.shape)}")
+    keep = None if dropout_keep is None else _check_keep(dropout_keep, B, N, M, q.device)
+    Mk = M if keep is None else keep.shape[1]
+    lengths = None if key_lengths is None else _check_int_vector("key_lengths", key_lengths, B, 0, Mk, q.device)
+    if scale is None:
+        scale = d ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a positive float; got {scale!r}")
+    if q.numel() == 0 or Mk == 0:  # nothing to compute: the reference handles empty shapes exactly
+        return latent_attention_reference(q, k, v, lengths, float(scale), keep)
+    return OP(q, k, v, lengths, float(scale), keep, device=q.device, dtype=q.dtype)

@@ -1,0 +1,35 @@
+"""Partial rotary encoding and the attention module over latent_cross_attention."""
+import torch
+
+from pyaudiok.nn import LatentAttention, PartialRotary
+from pyaudiok.ops.latent_attention import latent_attention_reference
+
+
+def test_partial_rotary_depends_on_relative_position_only():
+    rotary = PartialRotary(16, fraction=0.5)
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+
+    def score(p, s):
+        return (rotary(q, torch.tensor([p])) * rotary(k, torch.tensor([s]))).sum()
+    torch.testing.assert_close(score(7, 3), score(104, 100))
+    assert not torch.allclose(score(7, 3), score(7, 4))
+    # Only the first half of the channels move; norms are kept.
+    out = rotary(q, torch.tensor([5]))
+    assert torch.equal(out[..., 8:], q[..., 8:]) and not torch.equal(out[..., :8], q[..., :8])
+    torch.testing.assert_close(out.norm(), q.norm())
+    # Per-row positions [B, T] equal separate calls.
+    x = torch.randn(2, 3, 4, 16, dtype=torch.float64)
+    pos = torch.tensor([[0, 2, 5, 9], [1, 3, 4, 8]])
+    torch.testing.assert_close(rotary(x, pos), torch.cat([rotary(x[b:b + 1], pos[b]) for b in range(2)]))
+
+
+def test_latent_attention_module_matches_explicit_attention():
+    attn = LatentAttention(32, 2).double()
+    x = torch.randn(2, 20, 32, dtype=torch.float64)
+    tables_k = attn.rotary.tables(torch.arange(20), x.dtype)
+    tables_q = attn.rotary.tables(torch.arange(14, 20), x.dtype)
+    q = attn.queries(x[:, -6:], tables_q)
+    k, v = attn.keys_values(x, tables_k)
+    out = attn.attend(q, k, v)
+    want = attn.out(latent_attention_reference(q, k, v).transpose(1, 2).reshape(2, 6, 32))
+    torch.testing.assert_close(out, want)

@@ -1,0 +1,215 @@
+"""Bottom-right causal latent cross-attention: every backend against the reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.attention.bias import causal_lower_right
+
+import pyaudiok
+from pyaudiok.ops import latent_cross_attention
+from pyaudiok.ops.latent_attention import OP, latent_attention_reference
+
+from ..harness import assert_close, compare_with_reference, poisoned_outputs, require_backend
+
+BACKENDS = ("cpu", "triton")
+
+CASES = [  # (B, H, N, M, d, key_lengths): odd sizes, square, padded rows, rows with no visible key
+    (2, 2, 37, 101, 16, None),
+    (1, 3, 17, 17, 32, None),              # M = N: square causal self-attention
+    (3, 1, 20, 45, 32, [45, 10, 0]),       # L < N: early queries see nothing; L = 0: no key at all
+    (2, 2, 19, 50, 16, [30, 19]),
+    (1, 1, 1, 33, 16, None),
+]
+
+
+def _inputs(B, H, N, M, d, device, dtype=torch.float32, grad=True):
+    q, k, v = (torch.randn(B, H, S, d, dtype=torch.float64).to(device, dtype) for S in (N, M, M))
+    return [x.requires_grad_(grad) for x in (q, k, v)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,H,N,M,d,lengths", CASES)
+def test_forward_and_gradients_match_reference(backend, B, H, N, M, d, lengths):
+    device = require_backend(OP, backend)
+    q, k, v = _inputs(B, H, N, M, d, device)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), backend)
+
+
+def test_cpu_backend_in_float64():
+    require_backend(OP, "cpu", torch.float64)
+    q, k, v = _inputs(2, 2, 23, 70, 24, "cpu", torch.float64)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=[70, 9], scale=0.3),
+                           (q, k, v), "cpu")
+
+
+@settings(max_examples=8, deadline=None)
+@given(N=st.integers(1, 40), extra=st.integers(0, 60), d=st.sampled_from([16, 32]), B=st.integers(1, 3),
+       data=st.data())
+def test_generated_shapes(N, extra, d, B, data):
+    M = N + extra
+    lengths = data.draw(st.one_of(st.none(), st.lists(st.integers(0, M), min_size=B, max_size=B)))
+    backend = data.draw(st.sampled_from(BACKENDS))
+    device = require_backend(OP, backend)
+    q, k, v = _inputs(B, 2, N, M, d, device)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_keep_gathers_kept_keys(backend):
+    device = require_backend(OP, backend)
+    B, H, N, M, d = 2, 2, 12, 60, 16
+    q, k, v = _inputs(B, H, N, M, d, device)
+    # Keep a random half of each row's prefix and all of its last N keys.
+    keep = torch.stack([torch.cat([torch.randperm(M - N)[:20].sort().values, torch.arange(M - N, M)])
+                        for _ in range(B)]).to(device)
+    out, _ = compare_with_reference(
+        lambda q, k, v: latent_cross_attention(q, k, v, dropout_keep=keep, key_lengths=[32, 25]), (q, k, v), backend)
+    # Same thing as attending the gathered keys.
+    idx = keep[:, None, :, None].expand(B, H, keep.shape[1], d)
+    gathered = latent_attention_reference(q, k.gather(2, idx), v.gather(2, idx), torch.tensor([32, 25]))
+    assert_close("gathered", out[0], gathered.double(), torch.float32)
+
+
+def test_triton_split_kv_forward():
+    device = require_backend(OP, "triton")
+    from pyaudiok.kernels.latent_attention import launch_forward
+    for lengths in (None, torch.tensor([90, 5, 0])):
+        q, k, v = _inputs(3, 2, 21, 90, 32, device, grad=False)
+        ref = latent_attention_reference(q.double(), k.double(), v.double(), lengths)
+        kl = None if lengths is None else lengths.to(device)
+        with poisoned_outputs():
+            out, lse = launch_forward(q, k, v, kl, 32 ** -0.5, None, splits=3)
+            single, lse1 = launch_forward(q, k, v, kl, 32 ** -0.5, None, splits=1)
+        assert_close("split-KV output", out, ref, torch.float32)
+        torch.testing.assert_close(lse, lse1)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_bottom_right_semantics(backend):
+    """Key i may change query j's output only if i <= L - N + j: perturb each key and look."""
+    device = require_backend(OP, backend) if backend != "reference" else torch.device("cpu")
+    B, H, N, M, d = 2, 1, 6, 15, 16
+    lengths = [15, 9]
+    q, k, v = _inputs(B, H, N, M, d, device, grad=False)
+    with pyaudiok.use_backend(backend):
+        base = latent_cross_attention(q, k, v, key_lengths=lengths)
+        for i in range(M):
+            k2, v2 = k.clone(), v.clone()
+            k2[:, :, i] += 1.0
+            v2[:, :, i] += 1.0
+            changed = (latent_cross_attention(q, k2, v2, key_lengths=lengths) - base).abs().amax(dim=(1, 3)) > 0
+            for b, L in enumerate(lengths):
+                expected = torch.tensor([i <= L - N + j and i < L for j in range(N)])
+                assert torch.equal(changed[b].cpu(), expected), f"row {b}, key {i}"
+
+
+def test_reference_is_pytorch_causal_lower_right():
+    q, k, v = _inputs(2, 3, 9, 31, 16, "cpu", torch.float64, grad=False)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(9, 31))
+    torch.testing.assert_close(latent_attention_reference(q, k, v), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_without_visible_keys_are_zero(backend):
+    device = require_backend(OP, backend)
+    q, k, v = _inputs(2, 2, 8, 20, 16, device)
+    with pyaudiok.use_backend(backend):
+        out = latent_cross_attention(q, k, v, key_lengths=[3, 0])
+    out.sum().backward()
+    assert torch.equal(out[0, :, :5].cpu(), torch.zeros(2, 5, 16)) and torch.equal(out[1].cpu(), torch.zeros(2, 8, 16))
+    assert out[0, :, 5:].abs().min() > 0
+    assert torch.equal(q.grad[1].cpu(), torch.zeros(2, 8, 16)) and torch.equal(k.grad[:, :, 3:].cpu(),
+                                                                                 torch.zeros(2, 2, 17, 16))
+    assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    device = require_backend(OP, backend)
+    q, k, v = _inputs(2, 3, 10, 40, 16, device, grad=False)
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for x in (q, k, v))
+    assert not q.is_contiguous()
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v), (q, k, v), backend)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 2, 4, 8), (2, 0, 4, 8), (2, 2, 0, 8)])
+def test_empty(backend, shape):
+    device = require_backend(OP, backend) if backend != "reference" else torch.device("cpu")
+    q = torch.randn(shape, device=device, requires_grad=True)
+    k = torch.randn(shape[0], shape[1], 6, 16, device=device)[..., :8]
+    with pyaudiok.use_backend(backend):
+        out = latent_cross_attention(q, k, k)
+    assert out.shape == shape
+    out.sum().backward()
+    assert q.grad.shape == shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("d", (32, 64, 128))
+def test_triton_half_precision(dtype, d):
+    device = require_backend(OP, "triton", dtype)
+    q, k, v = _inputs(2, 4, 300, 2000, d, device, dtype)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=[2000, 1234]), (q, k, v),
+                           "triton")
+
+
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_registered_ops_pass_opcheck(backend):
+    device = require_backend(OP, backend)
+    q, k, v = _inputs(2, 2, 8, 24, 16, device)
+    lengths = torch.tensor([24, 5], device=device)
+    keep = torch.arange(2, 24, device=device).expand(2, 22).contiguous()
+    if backend == "triton":
+        from pyaudiok.ops.latent_attention import _triton_backward, _triton_forward
+        forward, backward = _triton_forward(), _triton_backward()
+    else:
+        forward, backward = torch.ops.pyaudiok.latent_attention_cpu, torch.ops.pyaudiok.latent_attention_cpu_backward
+    tests = OPCHECK_TESTS
+    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
+        tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    for kl, kp in ((None, None), (lengths, None), (None, keep)):
+        torch.library.opcheck(forward, (q, k, v, kl, 0.25, kp), test_utils=tests)
+    out, lse = forward(q, k, v, lengths, 0.25, None)
+    torch.library.opcheck(backward, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(),
+                                     lse.detach(), lengths, 0.25, None), test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors naming the argument.
+
+def _good():
+    return torch.randn(2, 3, 4, 8), torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)
+
+
+@pytest.mark.parametrize("make,kwargs,exc,words", [
+    (lambda q, k, v: (q, k[:, :, :3], v[:, :, :3]), {}, ValueError, ["M >= N", "M = 3"]),
+    (lambda q, k, v: (q, k[..., :4], v[..., :4]), {}, ValueError, ["k", "[B, H, M, d]"]),
+    (lambda q, k, v: (q, k, v[..., :4]), {}, ValueError, ["v", "shape"]),
+    (lambda q, k, v: (q, k[:1], v[:1]), {}, ValueError, ["k", "[2, 3, M, 8]"]),
+    (lambda q, k, v: (q, k.double(), v), {}, TypeError, ["k", "dtype"]),
+    (lambda q, k, v: (q.long(), k, v), {}, TypeError, ["q", "dtype"]),
+    (lambda q, k, v: (q[0], k, v), {}, ValueError, ["q", "[B, H, N, d]"]),
+    (lambda q, k, v: (q, k.to("meta"), v), {}, ValueError, ["k", "device"]),
+    (lambda q, k, v: (q, k, v), {"key_lengths": [10, 11]}, ValueError, ["key_lengths", "[0, 10]"]),
+    (lambda q, k, v: (q, k, v), {"key_lengths": [-1, 3]}, ValueError, ["key_lengths"]),
+    (lambda q, k, v: (q, k, v), {"key_lengths": [3]}, ValueError, ["key_lengths", "[B] = [2]"]),
+    (lambda q, k, v: (q, k, v), {"key_lengths": torch.tensor([3.0, 4.0])}, TypeError, ["key_lengths", "dtype"]),
+    (lambda q, k, v: (q, k, v), {"scale": -1.0}, ValueError, ["scale"]),
+    (lambda q, k, v: (q, k, v), {"dropout_keep": torch.tensor([[0, 1, 2]] * 2)}, ValueError, ["dropout_keep", "M'"]),
+    (lambda q, k, v: (q, k, v), {"dropout_keep": torch.tensor([[0, 1, 2, 10]] * 2)}, ValueError,
+     ["dropout_keep", "[0, M)"]),
+    (lambda q, k, v: (q, k, v), {"dropout_keep": torch.tensor([[0, 2, 1, 3]] * 2)}, ValueError,
+     ["dropout_keep", "increasing"]),
+])
+def test_bad_input_raises_named_error(make, kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        latent_cross_attention(*make(*_good()), **kwargs)
+    for word in words:
+        assert word in str(info.value)
