@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from . import bench_der, bench_latent_attention, bench_perceiver_ar, bench_rvq, bench_si_sdr, bench_soundstream
+from . import bench_der, bench_kmeans, bench_latent_attention, bench_perceiver_ar, bench_rvq, bench_si_sdr, bench_soundstream
 
-MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der, "si_sdr": bench_si_sdr,
+MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der, "si_sdr": bench_si_sdr, "kmeans": bench_kmeans,
            "latent_attention": bench_latent_attention, "perceiver_ar": bench_perceiver_ar}
 
 

@@ -1,0 +1,153 @@
+"""Batched k-means on device (DESIGN §9: Wavesplit's inference-time speaker centroids).
+
+    kmeans(x[B, P, d], k, *, n_iters=20, init="kmeans++", generator=None) -> KMeansResult(centroids[B, k, d],
+                                                                                        assignments[B, P])
+
+Initialisation (shared by every backend, on the tensors' device, no host round trip): k-means++
+(each next centre drawn with probability ∝ squared distance to the nearest chosen one) or
+"random" (k distinct points), or an explicit `init` tensor [B, k, d]. Then `n_iters` Lloyd
+iterations: assign each point to its nearest centroid (ties → lowest index), move each centroid to
+the mean of its points; a centroid with no points stays where it is. The returned assignments are
+those of the final centroids. Distances are computed in float32 (float64 for float64 input).
+
+Backends run the Lloyd iterations: `reference` (explicit ‖x − c‖² on [B, P, k, d]), `cpu` (the
+GEMM expansion ‖x‖² − 2 x·c + ‖c‖², one batched matmul per iteration), `triton`
+(kernels/kmeans.py: one launch per iteration, assignment with the centroids streamed through
+registers and the sums accumulated atomically).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .. import dispatch
+from . import _checks
+from ._library import register_backends, triton_op
+
+__all__ = ["KMeansResult", "kmeans", "kmeans_plus_plus", "lloyd_reference"]
+
+
+class KMeansResult(NamedTuple):
+    centroids: torch.Tensor    # [B, k, d]
+    assignments: torch.Tensor  # [B, P] int64
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _update(x: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Means of the points of each cluster; empty clusters keep their centroid. The sums are one
+    batched matmul of the one-hot assignments with the points (a scatter-add is several times
+    slower on CPUs)."""
+    members = torch.nn.functional.one_hot(assignments, centroids.shape[1]).to(x.dtype).transpose(1, 2)  # [B, k, P]
+    sums = torch.bmm(members, x)
+    counts = members.sum(-1, keepdim=True)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference and the GEMM backend: Lloyd iterations.
+
+def lloyd_reference(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
+    x, c = x.to(_acc(x.dtype)), centroids.to(_acc(x.dtype))
+    for i in range(n_iters + 1):
+        distances = (x[:, :, None, :] - c[:, None, :, :]).pow(2).sum(-1)  # [B, P, k]
+        assignments = distances.argmin(-1)
+        if i == n_iters:
+            break
+        c = _update(x, assignments, c)
+    return c.to(centroids.dtype), assignments
+
+
+def _lloyd_gemm(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
+    x, c = x.to(_acc(x.dtype)), centroids.to(_acc(x.dtype))
+    x_norm = x.square().sum(-1, keepdim=True)
+    for i in range(n_iters + 1):
+        distances = torch.baddbmm(x_norm + c.square().sum(-1)[:, None, :], x, c.transpose(1, 2), alpha=-2)
+        assignments = distances.argmin(-1)
+        if i == n_iters:
+            break
+        c = _update(x, assignments, c)
+    return c.to(centroids.dtype), assignments
+
+
+def _lloyd_triton(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
+    return triton_op("kmeans_lloyd_triton", "kmeans", "lloyd", _register_fake)(x.contiguous(), centroids.contiguous(),
+                                                                               n_iters)
+
+
+def _register_fake(qualname: str) -> None:
+    @torch.library.register_fake(qualname)
+    def _(x, centroids, n_iters):
+        return centroids.new_empty(centroids.shape), x.new_empty(x.shape[:2], dtype=torch.int64)
+
+
+def _triton_width_limit(x, centroids, n_iters):
+    from pyaudiok.kernels.kmeans import MAX_D
+    return None if x.shape[-1] <= MAX_D else f"d = {x.shape[-1]} exceeds the Triton kernel's limit of {MAX_D}"
+
+
+LLOYD = dispatch.op("kmeans")
+register_backends(LLOYD, reference=lloyd_reference, triton=_lloyd_triton, triton_constraint=_triton_width_limit)
+# The cpu backend is torch's batched GEMM (no extension needed): registered as always available.
+LLOYD.register("cpu", _lloyd_gemm, devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation.
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-means++ centres [B, k, d] of x[B, P, d], drawn on x's device (one draw per centre)."""
+    B, P, d = x.shape
+    xa = x.to(_acc(x.dtype))
+    rows = torch.arange(B, device=x.device)
+    first = torch.randint(P, (B,), device=x.device, generator=generator)
+    centres = [xa[rows, first]]
+    nearest = (xa - centres[0][:, None]).square().sum(-1)  # [B, P]
+    for _ in range(1, k):
+        # All points coincide with chosen centres (weights all zero): draw uniformly instead.
+        weights = torch.where(nearest.sum(-1, keepdim=True) > 0, nearest, torch.ones_like(nearest))
+        pick = torch.multinomial(weights, 1, generator=generator)[:, 0]
+        centres.append(xa[rows, pick])
+        nearest = torch.minimum(nearest, (xa - centres[-1][:, None]).square().sum(-1))
+    return torch.stack(centres, 1).to(x.dtype)
+
+
+def _random_init(x: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    B, P, _ = x.shape
+    keys = torch.rand(B, P, device=x.device, generator=generator)
+    picks = keys.argsort(-1)[:, :k]
+    return x.gather(1, picks[..., None].expand(B, k, x.shape[2]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+def kmeans(x: torch.Tensor, k: int, *, n_iters: int = 20, init: str | torch.Tensor = "kmeans++",
+           generator: torch.Generator | None = None) -> KMeansResult:
+    """Cluster each item of x[B, P, d] into k clusters (see the module docstring)."""
+    x = _checks.float_tensor("x", x, ndim=3, layout="[B, P, d]")
+    B, P, d = x.shape
+    if P == 0:
+        raise ValueError("x must hold at least one point per item (P >= 1)")
+    k = _checks.int_in_range("k", k, 1, P)
+    n_iters = _checks.int_in_range("n_iters", n_iters, 0, 1_000_000)
+    if isinstance(init, torch.Tensor):
+        centroids = _checks.float_tensor("init", init, ndim=3, layout="[B, k, d]")
+        if tuple(centroids.shape) != (B, k, d):
+            raise ValueError(f"init must have shape [B, k, d] = [{B}, {k}, {d}]; got "
+                             f"{_checks.shape_str(centroids.shape)}")
+        _checks.same_dtype("init", centroids, "x", x)
+        _checks.same_device("init", centroids, "x", x)
+    elif init == "kmeans++":
+        centroids = kmeans_plus_plus(x, k, generator) if B else x.new_empty(0, k, d)
+    elif init == "random":
+        centroids = _random_init(x, k, generator)
+    else:
+        raise ValueError(f"init must be 'kmeans++', 'random' or a tensor [B, k, d]; got {init!r}")
+    if B == 0:
+        return KMeansResult(centroids, torch.zeros(0, P, dtype=torch.int64, device=x.device))
+    centroids, assignments = LLOYD(x, centroids, n_iters, device=x.device, dtype=x.dtype)
+    return KMeansResult(centroids, assignments)

@@ -1,0 +1,101 @@
+"""Batched k-means: every backend against the float64 reference from a fixed initialisation,
+k-means++ initialisation, empty clusters, bad inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.ops import kmeans
+from pyaudiok.ops.kmeans import LLOYD, _lloyd_triton, kmeans_plus_plus, lloyd_reference
+
+from ..harness import TOLERANCE, rel_error, require_backend
+
+BACKENDS = ("cpu", "triton", "cuda")
+
+
+def clustered(B, P, d, k, device="cpu", dtype=torch.float32, spread=0.2, seed=0):
+    """Points around k well-separated centres per item (nearest-centroid ties have probability 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(B, k, d, generator=gen, dtype=torch.float64) * 4
+    labels = torch.randint(0, k, (B, P), generator=gen)
+    x = centres.gather(1, labels[..., None].expand(B, P, d)) + spread * torch.randn(B, P, d, generator=gen,
+                                                                                   dtype=torch.float64)
+    return x.to(device, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,P,d,k,n_iters", [(2, 64, 4, 3, 5), (3, 37, 3, 5, 8), (1, 200, 17, 9, 3), (2, 9, 2, 1, 2),
+                                             (1, 40, 6, 4, 0)])
+def test_lloyd_matches_float64_reference(backend, B, P, d, k, n_iters):
+    device = require_backend(LLOYD, backend)
+    x = clustered(B, P, d, k, device)
+    init = x[:, :k].clone()
+    with pyaudiok.use_backend(backend):
+        got = kmeans(x, k, n_iters=n_iters, init=init)
+    want_c, want_a = lloyd_reference(x.double().cpu(), init.double().cpu(), n_iters)
+    assert torch.equal(got.assignments.cpu(), want_a)
+    assert rel_error(got.centroids, want_c) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("backend", ("cpu", "triton"))
+def test_non_contiguous_points(backend):
+    device = require_backend(LLOYD, backend)
+    x = clustered(2, 50, 4, 3, device).transpose(1, 2).contiguous().transpose(1, 2)  # strides [.., 1, P]
+    init = x[:, :3].clone()
+    with pyaudiok.use_backend(backend):
+        got = kmeans(x, 3, n_iters=4, init=init)
+    assert torch.equal(got.assignments.cpu(), lloyd_reference(x.double().cpu(), init.double().cpu(), 4)[1])
+
+
+def test_kmeans_plus_plus_recovers_separated_clusters():
+    x = clustered(4, 120, 3, 4, spread=0.05, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    centres = kmeans_plus_plus(x, 4, gen)
+    # Every initial centre is a data point, and (clusters far apart) each lies in another cluster.
+    assert all(any(torch.equal(c, p) for p in x[b]) for b in range(4) for c in centres[b])
+    result = kmeans(x, 4, n_iters=10, generator=torch.Generator().manual_seed(0))
+    for b in range(4):
+        # Points of one true cluster share one label: pairwise distances < 1 within clusters.
+        same = torch.cdist(x[b], x[b]) < 1
+        assert torch.equal(same, result.assignments[b][:, None] == result.assignments[b][None, :])
+    again = kmeans(x, 4, n_iters=10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.centroids, result.centroids)  # reproducible from the generator
+
+
+def test_empty_cluster_keeps_its_centroid_and_edge_cases():
+    x = clustered(1, 30, 2, 2)
+    far = torch.full((1, 1, 2), 1e3)
+    init = torch.cat([x[:, :2], far], 1)
+    for backend in ("reference", "cpu"):
+        with pyaudiok.use_backend(backend):
+            result = kmeans(x, 3, n_iters=3, init=init)
+        assert torch.equal(result.centroids[0, 2], far[0, 0]) and not (result.assignments == 2).any()
+    empty = kmeans(torch.zeros(0, 5, 3), 2)
+    assert empty.centroids.shape == (0, 2, 3) and empty.assignments.shape == (0, 5)
+    one = kmeans(torch.ones(2, 4, 3), 1, n_iters=2)
+    assert torch.equal(one.centroids, torch.ones(2, 1, 3)) and not one.assignments.any()
+
+
+def test_triton_op_passes_opcheck():
+    device = require_backend(LLOYD, "triton")
+    x = clustered(2, 20, 3, 3, device)
+    _lloyd_triton(x, x[:, :3].clone(), 1)  # registers the op
+    torch.library.opcheck(torch.ops.pyaudiok.kmeans_lloyd_triton, (x, x[:, :3].clone(), 2),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 10, 3)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, P, d\]"):
+        kmeans(x[0], 2)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        kmeans(x.long(), 2)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 10\]"):
+        kmeans(x, 11)
+    with pytest.raises(ValueError, match=r"init must have shape \[B, k, d\] = \[2, 2, 3\]"):
+        kmeans(x, 2, init=torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match="init must be 'kmeans\\+\\+', 'random' or a tensor"):
+        kmeans(x, 2, init="forgy")
+    with pytest.raises(ValueError, match="P >= 1"):
+        kmeans(torch.zeros(2, 0, 3), 1)
