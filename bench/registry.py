@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from . import bench_rvq, bench_soundstream
+from . import bench_fourier_crop, bench_rvq, bench_soundstream
 
-MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream}
+MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "fourier_crop": bench_fourier_crop}
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):

@@ -42,7 +42,9 @@ at::Tensor matrix_cpu(const at::Tensor& mask, int64_t n_in, int64_t n_out) {
   const at::Tensor m = mask.contiguous();
   at::Tensor A = at::empty({n_out, n_in}, mask.options());
   AT_DISPATCH_FLOATING_TYPES(mask.scalar_type(), "fourier_crop_matrix", [&] {
-    at::parallel_for(0, n_out, 4, [&](int64_t b, int64_t e) {
+    // Rows per task from the work (n_in·(K+1) rotations a row): small matrices stay on one thread.
+    const int64_t grain = std::max<int64_t>(1, 65536 / (n_in * m.size(0)));
+    at::parallel_for(0, n_out, grain, [&](int64_t b, int64_t e) {
       cpu::fourier_crop_matrix<scalar_t>(m.data_ptr<scalar_t>(), m.size(0) - 1, n_in, n_out, b, e,
                                          A.data_ptr<scalar_t>());
     });
@@ -58,7 +60,7 @@ at::Tensor matrix_backward_cpu(const at::Tensor& grad, const at::Tensor& mask) {
   const at::Tensor g = grad.contiguous();
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fourier_crop_matrix_backward", [&] {
-    out = parallel_reduce_into(n_out, 4, K + 1, [&](int64_t b, int64_t e, double* p) {
+    out = parallel_reduce_into(n_out, std::max<int64_t>(1, 65536 / (n_in * (K + 1))), K + 1, [&](int64_t b, int64_t e, double* p) {
       cpu::fourier_crop_matrix_backward<scalar_t>(g.data_ptr<scalar_t>(), K, n_in, n_out, b, e, p);
     });
   });
