@@ -44,7 +44,7 @@ def _cmd_bench(args) -> int:
 
 
 # `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
-TRAINERS = {"soundstream": "pyaudiok.train.soundstream"}
+TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "diffstride": "pyaudiok.train.diffstride"}
 
 
 def _cmd_train(args) -> int:
