@@ -22,6 +22,7 @@ SIZES = {
              (32, 64, (16000,))],
 }
 QUICK_BATCH = {"cpu": 8, "cuda": 32}
+MATMUL_BENCH_MAX = 1024
 
 
 def _train_step(x, strides, grad, method=None):
@@ -62,6 +63,9 @@ def case(device, batch, channels, spatial) -> Case:
         for cand in backend_candidates(FOURIER_CROP, device, x.dtype, (x, strides, 4.0, method),
                                        lambda b: _with_backend(b, _train_step(x, strides, grad, method))):
             cand.name = f"{cand.name} {method}"
+            if method == "matmul" and max(spatial) > MATMUL_BENCH_MAX and cand.skip is None:
+                cand.run, cand.skip = None, (f"[N_out, N] matrices for N = {max(spatial)}: O(N²) memory and "
+                                             "O(N³/S) work, not a contender")
             cands.append(cand)
     cands.append(Candidate("auto (dispatch by size)", "backend", _train_step(x, strides, grad)))
     cands.append(Candidate("floor: conv3x3 C->C stride 1 (fwd+bwd)", "floor", _conv_step(x.detach().clone()
