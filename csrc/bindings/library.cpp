@@ -6,4 +6,9 @@ TORCH_LIBRARY(pyaudiok, m) {
   // Residual vector quantization (pyaudiok/ops/rvq.py documents the contract and the gradients).
   m.def("rvq_forward(Tensor x, Tensor codebooks, int n_q) -> (Tensor, Tensor, Tensor)");
   m.def("rvq_decode(Tensor codes, Tensor codebooks, Tensor? weights) -> Tensor");
+  // Fourier-domain cropping (pyaudiok/ops/fourier_crop.py documents the contract and the gradients).
+  m.def("fourier_crop_matrix(Tensor mask, int n_in, int n_out) -> Tensor");
+  m.def("fourier_crop_matrix_backward(Tensor grad, Tensor mask) -> Tensor");
+  m.def("fourier_mask_crop(Tensor spectrum, Tensor mask_rows, Tensor mask_cols) -> Tensor");
+  m.def("fourier_mask_crop_backward(Tensor grad, Tensor spectrum, Tensor mask_rows, Tensor mask_cols) -> (Tensor, Tensor)");
 }

@@ -1,5 +1,8 @@
 """nn.Modules that hold parameters and buffers and call the fused ops."""
 from .attention import LatentAttention, PartialRotary
+from .diffstride import (DiffStride1d, DiffStride2d, SpectralPool1d, SpectralPool2d, clamp_strides_,
+                         diffstride_penalty, learned_strides)
 from .quantization import ResidualVQ
 
-__all__ = ["LatentAttention", "PartialRotary", "ResidualVQ"]
+__all__ = ["LatentAttention", "PartialRotary", "ResidualVQ", "DiffStride1d", "DiffStride2d", "SpectralPool1d",
+           "SpectralPool2d", "clamp_strides_", "diffstride_penalty", "learned_strides"]

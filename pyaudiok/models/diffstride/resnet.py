@@ -1,0 +1,100 @@
+"""Pre-activation ResNet-18 with DiffStride downsampling (DESIGN §3), in 2-D (images) and 1-D
+(audio features: log-mel frames [B, n_mels, T] or waveform [B, 1, T]).
+
+Five downsampling places (the stem and the first block of each of the four stages) take the
+strides `strides` (default 1, 1, 2, 2, 2). With pooling="diffstride" each is `conv3×3 (stride 1) →
+DiffStride` with a learnable stride, and the block's shortcut goes through the same DiffStride
+instance; "spectral" uses fixed-stride spectral pooling in the same places; "conv" is the usual
+strided 3×3 convolution (and strided 1×1 shortcut), strides rounded to integers.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from pyaudiok.nn.diffstride import DiffStride1d, DiffStride2d, SpectralPool1d, SpectralPool2d
+
+__all__ = ["ResNet18DiffStride", "resnet18_diffstride", "POOLINGS"]
+
+POOLINGS = ("diffstride", "spectral", "conv")
+_LAYERS = {1: (nn.Conv1d, nn.BatchNorm1d, DiffStride1d, SpectralPool1d, nn.AdaptiveAvgPool1d),
+           2: (nn.Conv2d, nn.BatchNorm2d, DiffStride2d, SpectralPool2d, nn.AdaptiveAvgPool2d)}
+
+
+class _Down(nn.Module):
+    """conv3×3 then the downsampling of one place; `pool` (None for strided conv) is shared with
+    the block's shortcut."""
+
+    def __init__(self, dims, c_in, c_out, stride, pooling, per_axis):
+        super().__init__()
+        conv, _, diff, spectral, _ = _LAYERS[dims]
+        if pooling == "conv":
+            self.conv, self.pool = conv(c_in, c_out, 3, stride=max(1, round(stride)), padding=1, bias=False), None
+        else:
+            self.conv = conv(c_in, c_out, 3, padding=1, bias=False)
+            kwargs = {"per_axis": per_axis} if pooling == "diffstride" and dims == 2 else {}
+            self.pool = diff(stride, **kwargs) if pooling == "diffstride" else spectral(stride)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x if self.pool is None else self.pool(x)
+
+
+class _Block(nn.Module):
+    """Pre-activation basic block; `down` replaces its first conv where the block downsamples."""
+
+    def __init__(self, dims, c_in, c_out, down: _Down | None):
+        super().__init__()
+        conv, norm, *_ = _LAYERS[dims]
+        self.norm1, self.norm2 = norm(c_in), norm(c_out)
+        self.down = down
+        self.conv1 = down if down is not None else conv(c_in, c_out, 3, padding=1, bias=False)
+        self.conv2 = conv(c_out, c_out, 3, padding=1, bias=False)
+        self.project = None
+        if c_in != c_out or (down is not None and down.pool is None and down.conv.stride[0] != 1):
+            stride = 1 if down is None or down.pool is not None else down.conv.stride[0]
+            self.project = conv(c_in, c_out, 1, stride=stride, bias=False)
+
+    def forward(self, x):
+        pre = torch.relu(self.norm1(x))
+        shortcut = pre if self.down is not None else x
+        if self.down is not None and self.down.pool is not None:
+            shortcut = self.down.pool(shortcut)  # the same layer, the same learned stride
+        if self.project is not None:
+            shortcut = self.project(shortcut)
+        out = self.conv2(torch.relu(self.norm2(self.conv1(pre))))
+        return out + shortcut
+
+
+class ResNet18DiffStride(nn.Module):
+    def __init__(self, num_classes: int, strides: Sequence[float] = (1, 1, 2, 2, 2), *, in_channels: int = 3,
+                 dims: int = 2, pooling: str = "diffstride", width: int = 64, per_axis: bool = False):
+        super().__init__()
+        if dims not in _LAYERS:
+            raise ValueError(f"dims must be 1 or 2; got {dims}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        if len(strides) != 5 or min(strides) < 1:
+            raise ValueError(f"strides must be 5 values >= 1 (stem and four stages); got {tuple(strides)}")
+        _, norm, _, _, avgpool = _LAYERS[dims]
+        self.stem = _Down(dims, in_channels, width, strides[0], pooling, per_axis)
+        channels = [width, width, 2 * width, 4 * width, 8 * width]
+        blocks = []
+        for stage in range(4):
+            c_in, c_out = channels[stage], channels[stage + 1]
+            down = _Down(dims, c_in, c_out, strides[stage + 1], pooling, per_axis)
+            blocks += [_Block(dims, c_in, c_out, down), _Block(dims, c_out, c_out, None)]
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(norm(channels[-1]), nn.ReLU(), avgpool(1), nn.Flatten(),
+                                  nn.Linear(channels[-1], num_classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def resnet18_diffstride(num_classes: int, strides: Sequence[float] = (1, 1, 2, 2, 2), **kwargs) -> ResNet18DiffStride:
+    """Pre-activation ResNet-18 with DiffStride downsampling; kwargs: in_channels (3), dims (2; 1 for
+    audio), pooling ("diffstride", "spectral" or "conv"), width (64), per_axis (False)."""
+    return ResNet18DiffStride(num_classes, strides, **kwargs)

@@ -1,0 +1,45 @@
+"""ResNet-18 with DiffStride downsampling: shapes, shared pooling in the shortcut, baselines."""
+import pytest
+import torch
+
+from pyaudiok.models import resnet18_diffstride
+from pyaudiok.nn import DiffStride2d, diffstride_penalty, learned_strides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("pooling", ["diffstride", "spectral", "conv"])
+def test_image_model_shapes_and_gradients(pooling):
+    model = resnet18_diffstride(5, width=4, pooling=pooling)
+    x = torch.randn(2, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, 5)
+    (logits.sum() + diffstride_penalty(model)).backward()
+    if pooling == "diffstride":
+        strides = [m.strides for m in model.modules() if isinstance(m, DiffStride2d)]
+        assert len(strides) == 5 and all(s.grad is not None for s in strides)
+        assert learned_strides(model) == [[1.0], [1.0], [2.0], [2.0], [2.0]]
+
+
+def test_shortcut_shares_the_downsampling_layer():
+    model = resnet18_diffstride(3, width=4)
+    block = model.blocks[2]  # first block of stage 2: downsamples
+    seen = []
+    hook = block.down.pool.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model(torch.randn(1, 3, 32, 32))
+    hook.remove()
+    # main path (after conv1: 8 channels) and shortcut (before its projection: 4), the same map size
+    assert len(seen) == 2 and seen[0][2:] == seen[1][2:] == (23, 25)
+
+
+def test_audio_variant_on_log_mel_frames():
+    model = resnet18_diffstride(7, dims=1, in_channels=20, width=4, strides=(1, 1, 3, 2, 3))
+    out = model(torch.randn(2, 20, 150))
+    assert out.shape == (2, 7)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="strides"):
+        resnet18_diffstride(10, strides=(1, 2))
+    with pytest.raises(ValueError, match="pooling"):
+        resnet18_diffstride(10, pooling="max")

@@ -1,0 +1,237 @@
+"""Fourier-domain cropping: both implementations on every backend against the reference, the
+gradient to the strides against finite differences, sizes, identity, raw-op checks, bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.ops import fourier_crop
+from pyaudiok.ops.fourier_crop import (FOURIER_CROP, METHODS, _triton_kernels, _triton_mask_crop_backward,
+                                       _triton_matrix_backward, choose_method, fourier_crop_output_size,
+                                       fourier_crop_reference)
+
+from ..harness import assert_close, poisoned_outputs, require_backend, run_with_grads
+
+BACKENDS = ("cpu", "triton")
+STRIDES = (1.0, 1.5, 2.0, 3.7)
+SHAPES = {"1d": (2, 3, 45), "2d": (2, 3, 33, 40)}  # odd and even lengths, rows and columns both cropped
+# dL/dS sums B·C·H·W products that largely cancel: its float32 error is relative to those terms,
+# so it gets a looser bound than outputs and dx (which stay at the harness tolerance).
+STRIDE_GRAD_SCALE = {torch.float64: 1.0, torch.float32: 10.0}
+
+
+def compare(x, strides, backend, method, dtype):
+    """Outputs, dx and dstrides of `backend`/`method` at `dtype` against the float64 reference."""
+    inputs64 = (x.double().requires_grad_(), strides.double().requires_grad_())
+    ref, ref_grads = run_with_grads(lambda x, s: fourier_crop(x, s), inputs64, "reference", grad_seed=1)
+    inputs = (x.to(dtype).requires_grad_(), strides.to(dtype).requires_grad_())
+    out, grads = run_with_grads(lambda x, s: fourier_crop(x, s, method=method), inputs, backend, grad_seed=1)
+    assert_close("output", out[0], ref[0], dtype)
+    assert_close("dx", grads[0], ref_grads[0], dtype)
+    assert_close("dstrides", grads[1], ref_grads[1], dtype, STRIDE_GRAD_SCALE[dtype])
+    return out[0]
+
+
+# The full grid on the C++ backend; the Triton interpreter is slow, so it gets a cross-section
+# (every stride in float32, float64 at one stride); on a GPU it runs everything.
+FULL_GRID = [(b, m, d, r, s) for b in BACKENDS for m in METHODS for d in (torch.float64, torch.float32)
+             for r in ("1d", "2d") for s in STRIDES
+             if b == "cpu" or torch.cuda.is_available() or (d == torch.float32 or s == 2.0)]
+
+
+@pytest.mark.parametrize("backend,method,dtype,rank,stride", FULL_GRID)
+def test_matches_reference(backend, method, dtype, rank, stride):
+    device = require_backend(FOURIER_CROP, backend, dtype)
+    shape = SHAPES[rank] if backend == "cpu" else (1, 2) + SHAPES[rank][2:]
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    out = compare(x, torch.tensor([stride], device=device), backend, method, dtype)
+    n = SHAPES[rank][-1]
+    assert out.shape[-1] == fourier_crop_output_size(n, stride)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_per_axis_strides_and_non_contiguous_input(backend, method):
+    device = require_backend(FOURIER_CROP, backend)
+    x = torch.randn(3, 2, 26, 31, device=device).transpose(0, 1)  # [2, 3, 26, 31], not contiguous
+    assert not x.is_contiguous()
+    out = compare(x, torch.tensor([2.7, 1.3], device=device), backend, method, torch.float32)
+    assert out.shape == (2, 3, fourier_crop_output_size(26, 2.7, rfft=False), fourier_crop_output_size(31, 1.3))
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(0, 3, 40), (0, 2, 24, 24)])
+def test_empty_batch(backend, method, shape):
+    device = require_backend(FOURIER_CROP, backend) if backend != "reference" else torch.device("cpu")
+    x = torch.randn(shape, device=device, requires_grad=True)
+    s = torch.tensor([2.5], device=device, requires_grad=True)
+    with pyaudiok.use_backend(backend):
+        y = fourier_crop(x, s, method=method)
+    y.sum().backward()
+    assert y.shape[:2] == shape[:2] and x.grad.shape == shape and s.grad.item() == 0
+
+
+def loss_at(fn, x, g, strides):
+    return (fn(x, strides) * g).sum().item()
+
+
+@pytest.mark.parametrize("impl,shape,strides", [
+    (impl, shape, strides) for impl in ("reference", "cpu/fft", "cpu/matmul", "triton/fft", "triton/matmul")
+    for shape, strides in (((2, 2, 40), [1.5]), ((2, 2, 40), [3.7]), ((1, 2, 28, 33), [1.7, 2.9]))
+    if not impl.startswith("triton") or strides == [3.7]])
+def test_stride_gradient_matches_finite_differences(impl, shape, strides):
+    """Central differences in float64 at strides where no size changes within ±h and no bin sits
+    on a corner of the mask."""
+    backend, _, method = impl.partition("/")
+    device = require_backend(FOURIER_CROP, backend, torch.float64) if backend != "reference" else "cpu"
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+
+    def fn(x, s):
+        with pyaudiok.use_backend(backend):
+            return fourier_crop(x, s, method=method or None)
+    s = torch.tensor(strides, dtype=torch.float64, device=device, requires_grad=True)
+    y = fn(x, s)
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad((y * g).sum(), s)
+    h = 1e-6
+    for i in range(len(strides)):
+        e = torch.zeros_like(s.detach())
+        e[i] = h
+        plus, minus = fn(x, s.detach() + e), fn(x, s.detach() - e)
+        assert plus.shape == minus.shape == y.shape
+        fd = ((plus * g).sum() - (minus * g).sum()).item() / (2 * h)
+        assert abs(fd) > 1e-3  # the stride does move the output here
+        assert grad[i].item() == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_reference_gradcheck():
+    x = torch.randn(1, 1, 20, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([3.3], dtype=torch.float64, requires_grad=True)  # 20 -> 17: cropped, on the ramp
+    torch.autograd.gradcheck(fourier_crop_reference, (x, s))
+
+
+@pytest.mark.parametrize("n,stride,rfft,expected", [
+    (32, 2.0, True, 25),    # T = 16/2 + 1 = 9, K = ceil(4 + 9) - 1 = 12, 2K + 1
+    (32, 2.0, False, 23),   # rows: T = 8, K = 11
+    (32, 1.5, True, 31),    # T = 11.67, K = 15 < 16 = N/2
+    (32, 1.2, True, 32),    # K = 18 >= 16: every bin kept, the size stays N
+    (33, 3.7, False, 17),   # T = 4.46, K = 8
+    (16000, 2.0, True, 8009),
+    (100, 80.0, True, 11),  # N/S below 2: n' = 2, T = 2, K = 5
+    (5, 1.0, False, 5),
+    (2, 9.0, True, 2),
+])
+def test_output_size_formula(n, stride, rfft, expected):
+    assert fourier_crop_output_size(n, stride, rfft=rfft) == expected
+    t = max(n / stride, 2) / 2 + rfft
+    k = math.ceil(4 + t) - 1
+    assert expected == (n if k >= n // 2 else 2 * k + 1)
+    x = torch.randn(1, 1, n) if rfft else torch.randn(1, 1, n, 3)
+    y = fourier_crop(x, torch.tensor([stride]))
+    assert y.shape[2] == expected
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(2, 3, 31), (2, 3, 32), (1, 2, 9, 16), (1, 2, 20, 11)])
+def test_stride_one_is_identity_and_constants_stay_constant(backend, method, shape):
+    device = require_backend(FOURIER_CROP, backend) if backend != "reference" else torch.device("cpu")
+    x = torch.randn(shape, device=device)
+    s = torch.ones(1, device=device, requires_grad=True)  # with a gradient: no shortcut
+    with pyaudiok.use_backend(backend):
+        y = fourier_crop(x, s, method=method)
+        assert_close("identity", y, x.double(), torch.float32)
+        c = torch.full(shape, 0.7, device=device)
+        yc = fourier_crop(c, torch.tensor([2.5, 3.0][:len(shape) - 2], device=device), method=method)
+    torch.testing.assert_close(yc, torch.full_like(yc, 0.7), atol=1e-5, rtol=0)
+
+
+def test_dispatch_picks_matmul_for_small_maps_and_fft_for_long_signals():
+    assert choose_method(torch.empty(1, 1, 32, 32)) == "matmul"
+    assert choose_method(torch.empty(1, 1, 16000)) == "fft"
+
+
+# ---------------------------------------------------------------------------------------------
+# The raw ops: opcheck (schema, fake, autograd registration, AOT).
+
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def raw_ops(backend):
+    if backend == "triton":
+        k = _triton_kernels()
+        return k.matrix, k.mask_crop, _triton_matrix_backward(), _triton_mask_crop_backward()
+    cpp = pyaudiok.ops._library.cpp_op
+    return (cpp("fourier_crop_matrix"), cpp("fourier_mask_crop"), cpp("fourier_crop_matrix_backward"),
+            cpp("fourier_mask_crop_backward"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_registered_ops_pass_opcheck(backend):
+    device = require_backend(FOURIER_CROP, backend)
+    matrix, mask_crop, matrix_backward, mask_crop_backward = raw_ops(backend)
+    tests = OPCHECK_TESTS
+    if backend == "triton" and device.type == "cpu":
+        # AOT tracing hands the interpreter functional tensors without storage; on a GPU it runs.
+        tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    mask = torch.rand(7, device=device, requires_grad=True)
+    torch.library.opcheck(matrix, (mask, 20, 13), test_utils=tests)
+    torch.library.opcheck(matrix_backward, (torch.randn(13, 20, device=device), mask.detach()), test_utils=tests)
+    spectrum = torch.randn(3, 20, 11, 2, device=device, requires_grad=True)
+    rows, cols = torch.rand(13, device=device, requires_grad=True), torch.rand(8, device=device, requires_grad=True)
+    torch.library.opcheck(mask_crop, (spectrum, rows, cols), test_utils=tests)
+    torch.library.opcheck(mask_crop_backward, (torch.randn(3, 13, 8, 2, device=device), spectrum.detach(),
+                                               rows.detach(), cols.detach()), test_utils=tests)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_crop_backward_writes_zeros_outside_the_crop(backend):
+    device = require_backend(FOURIER_CROP, backend)
+    _, _, _, mask_crop_backward = raw_ops(backend)
+    spectrum = torch.randn(2, 12, 7, 2, device=device)
+    grad = torch.randn(2, 9, 5, 2, device=device)
+    rows, cols = torch.rand(9, device=device), torch.rand(5, device=device)
+    with poisoned_outputs():
+        dx, e = mask_crop_backward(grad, spectrum, rows, cols)
+    kept = [0, 1, 2, 3, 4, 8, 9, 10, 11]  # rows 0..4 and the negative frequencies -4..-1
+    want = torch.zeros_like(spectrum)
+    want[:, kept, :5] = grad * rows[:, None, None] * cols[None, :, None]
+    torch.testing.assert_close(dx, want)
+    torch.testing.assert_close(e, (grad * spectrum[:, kept, :5]).sum((0, 3)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors naming the argument.
+
+@pytest.mark.parametrize("x,strides,exc,words", [
+    (torch.randn(2, 3, 40), torch.tensor([0.5]), ValueError, ["strides", ">= 1"]),
+    (torch.randn(2, 3, 40), torch.tensor([float("nan")]), ValueError, ["strides", "finite"]),
+    (torch.randn(3, 40), torch.tensor([2.0]), ValueError, ["x", "[B, C, T] or [B, C, H, W]"]),
+    (torch.randn(1, 2, 3, 4, 5), torch.tensor([2.0]), ValueError, ["x", "[B, C, T] or [B, C, H, W]"]),
+    (torch.randn(2, 3, 40), torch.tensor([2.0, 2.0]), ValueError, ["strides", "[1]", "1-D"]),
+    (torch.randn(2, 3, 8, 8), torch.tensor([2.0, 2.0, 2.0]), ValueError, ["strides", "[1] or [2]"]),
+    (torch.randn(2, 3, 8, 8), torch.ones(2, 1) * 2, ValueError, ["strides", "[1] or [2]"]),
+    (torch.randn(2, 3, 1), torch.tensor([1.0]), ValueError, ["x", "smaller than the mask"]),
+    (torch.randn(2, 3, 8, 1), torch.tensor([1.0]), ValueError, ["x", "smaller than the mask"]),
+    (torch.randn(2, 3, 8).long(), torch.tensor([2.0]), TypeError, ["x", "dtype"]),
+    (torch.randn(2, 3, 8), torch.tensor([2]), TypeError, ["strides", "dtype"]),
+    (torch.randn(2, 3, 8), [2.0], TypeError, ["strides", "torch.Tensor"]),
+    (torch.randn(2, 3, 8), torch.tensor([2.0], device="meta"), ValueError, ["strides", "device"]),
+])
+def test_bad_input_raises_named_error(x, strides, exc, words):
+    with pytest.raises(exc) as info:
+        fourier_crop(x, strides)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_bad_method_and_smoothness():
+    x, s = torch.randn(1, 1, 16), torch.tensor([2.0])
+    with pytest.raises(ValueError, match="method"):
+        fourier_crop(x, s, method="dct")
+    with pytest.raises(ValueError, match="smoothness"):
+        fourier_crop(x, s, smoothness=0.0)
