@@ -105,14 +105,16 @@ def codec_case(device: torch.device, quick: bool) -> Case:
     return Case("soundstream.codec", {"audio_seconds": seconds, "n_q": n_q, "threads": 1, "preset": "24khz"}, cands)
 
 
-def train_step_case(device: torch.device, quick: bool) -> Case:
-    """One step of `pyaudiok train soundstream`'s default configuration (tiny preset, 4 clips of
-    0.5 s), discriminators on: a discriminator step, then a generator step."""
+def train_step_case(device: torch.device, quick: bool, preset: str = "tiny") -> Case:
+    """One step of `pyaudiok train soundstream --preset PRESET` (4 clips of 0.5 s), discriminators
+    on: a discriminator step, then a generator step. `tiny` is the CPU default (8 stages of 256
+    codes, D = 64: the quantizer is a small part of the step); `24khz` is the paper's codec (24
+    stages of 1024 codes, D = 128)."""
     from pyaudiok.data.audio_synth import SyntheticAudio
     from pyaudiok.models.soundstream.losses import MultiScaleMelLoss
     from pyaudiok.train.soundstream import TrainConfig, _Trainer, build_models
 
-    config = TrainConfig(discriminator_start=0, real_speech=False)
+    config = TrainConfig(preset=preset, discriminator_start=0, real_speech=False)
     wav = SyntheticAudio(sample_rate=config.model_config().sample_rate, segment_seconds=config.segment_seconds,
                          real_speech=False).batch(range(config.batch_size)).to(device)
     module, reason = load("vector_quantize_pytorch", "vector-quantize-pytorch")
@@ -140,7 +142,7 @@ def train_step_case(device: torch.device, quick: bool) -> Case:
              Candidate("train step, vector-quantize-pytorch ResidualVQ", "peer",
                        step(trainer(True)) if module else None, skip=reason)]
     params = {"preset": config.preset, "batch": config.batch_size, "seconds": config.segment_seconds}
-    return Case("soundstream.train_step", params, cands)
+    return Case(f"soundstream.train_step.{preset}", params, cands)
 
 
 def quantizer_train_case(device: torch.device, quick: bool) -> Case:
@@ -171,4 +173,5 @@ def quantizer_train_case(device: torch.device, quick: bool) -> Case:
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
-    return [codec_case(device, quick), train_step_case(device, quick), quantizer_train_case(device, quick)]
+    return [codec_case(device, quick), train_step_case(device, quick, "tiny"), train_step_case(device, quick, "24khz"),
+            quantizer_train_case(device, quick)]
