@@ -16,7 +16,6 @@ Written to `out_dir` (rank 0): `train_log.csv`, `valid_log.csv`, `checkpoints/st
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -32,9 +31,8 @@ from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generat
 
 from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
                          save_checkpoint)
-# The process/thread/RNG plumbing every trainer shares.
-from .soundstream import (_auto_threads, _Averager, _gather_rng_states, _Runtime, _seed_everything, _start_runtime,
-                          _unwrap, _write_csv)
+from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, unwrap,
+                      write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -103,8 +101,8 @@ def validate(model: PerceiverAR, windows: torch.Tensor, batch_size: int) -> floa
 def train(config: TrainConfig) -> dict[str, float]:
     """Train (or resume); returns the final {step, valid_bits_per_byte, unigram_bits_per_byte,
     train_bits_per_byte, seconds}."""
-    runtime = _start_runtime(config)
-    torch.set_num_threads(config.threads or _auto_threads(runtime.local_world_size))
+    runtime = start_runtime(config.device)
+    torch.set_num_threads(config.threads or auto_threads(runtime.local_world_size))
     try:
         return _train(config, runtime)
     finally:
@@ -112,7 +110,7 @@ def train(config: TrainConfig) -> dict[str, float]:
             torch.distributed.destroy_process_group()
 
 
-def _train(config: TrainConfig, runtime: _Runtime) -> dict[str, float]:
+def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
     torch.manual_seed(config.seed)
     model = PerceiverAR(config.model_config()).to(runtime.device)
@@ -133,20 +131,20 @@ def _train(config: TrainConfig, runtime: _Runtime) -> dict[str, float]:
         if len(state["rng"]) == runtime.world_size:
             restore_rng_state(state["rng"][runtime.rank])
         else:  # a different number of processes: reproducible, not bit-exact
-            _seed_everything(config.seed + 7919 * (step + runtime.rank))
+            seed_everything(config.seed + 7919 * (step + runtime.rank))
     else:
-        _seed_everything(config.seed + 104729 * (runtime.rank + 1))
-    averager = _Averager(history["pending"]["sums"], history["pending"]["count"])
+        seed_everything(config.seed + 104729 * (runtime.rank + 1))
+    averager = Averager(history["pending"]["sums"], history["pending"]["count"])
 
     def run_validation(at: int) -> float:
         value = validate(model, valid, config.batch_size)
         history["valid"].append({"step": at, "valid_bits_per_byte": value, "unigram_bits_per_byte": unigram})
-        _write_csv(out / "valid_log.csv", history["valid"])
+        write_csv(out / "valid_log.csv", history["valid"])
         return value
 
     def checkpoint(at: int) -> None:
         history["pending"] = {"sums": dict(averager.sums), "count": averager.count}
-        rng = _gather_rng_states(runtime)
+        rng = gather_rng_states(runtime)
         if runtime.is_main:
             save_checkpoint(checkpoint_path(out / "checkpoints", at), {
                 "step": at, "train_config": asdict(config), "model_config": model.config.to_dict(),
@@ -179,7 +177,7 @@ def _train(config: TrainConfig, runtime: _Runtime) -> dict[str, float]:
             history["train"].append(row)
             bar.set_postfix(bpb=f"{row['bits_per_byte']:.3f}", refresh=False)
             if runtime.is_main:
-                _write_csv(out / "train_log.csv", history["train"])
+                write_csv(out / "train_log.csv", history["train"])
         if runtime.is_main and step % config.eval_every == 0 and step != config.steps:
             bar.write(f"step {step}: valid {run_validation(step):.3f} bits/byte (unigram {unigram:.3f})")
         if step % config.checkpoint_every == 0 and step != config.steps:
@@ -205,7 +203,7 @@ def _train(config: TrainConfig, runtime: _Runtime) -> dict[str, float]:
 
 def _loss(wrapped, sequence: torch.Tensor):
     """The model's loss, through DDP's forward when wrapped (so gradients are all-reduced)."""
-    model = _unwrap(wrapped)
+    model = unwrap(wrapped)
     tokens = sequence[:, :-1]
     n = min(model.config.latents, tokens.shape[1])
     logits, _ = wrapped(tokens, n)

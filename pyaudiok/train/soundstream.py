@@ -28,18 +28,13 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
-import io
-import math
 import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence, get_type_hints
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -54,8 +49,10 @@ from pyaudiok.models.soundstream.losses import (MultiScaleMelLoss, feature_match
                                                 hinge_generator_loss, si_snr)
 from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
-from .checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                         restore_rng_state, save_checkpoint)
+from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
+                         save_checkpoint)
+from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, unwrap,
+                      write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "mel_distance", "PRESETS"]
 
@@ -119,48 +116,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Processes, devices and threads.
-
-@dataclass(frozen=True)
-class _Runtime:
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _start_runtime(config: TrainConfig) -> _Runtime:
-    """Read torchrun's environment; join the process group when there is more than one process."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return _Runtime(rank, world, local_rank, local_world, device)
-
-
-def _auto_threads(local_world_size: int) -> int:
-    """This process's share of the cores, reduced to those the 1-minute load average leaves idle:
-    on a busy machine, oversubscribed threads wait on each other and run many times slower."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // local_world_size)
-    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
-    return max(1, min(share, int(idle / local_world_size)))
-
-
 # ----------------------------------------------------------------------------------------------
 # Models, optimisers, data.
 
@@ -174,12 +129,6 @@ def build_models(config: TrainConfig) -> tuple[SoundStream, SoundStreamDiscrimin
         WaveformDiscriminator(channels=config.waveform_channels, max_channels=config.waveform_max_channels),
         STFTDiscriminator(channels=config.stft_channels))
     return generator, discriminators
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _step_indices(step: int, rank: int, world_size: int, batch_size: int) -> range:
@@ -203,7 +152,7 @@ class _Trainer:
 
     @property
     def codec(self) -> SoundStream:
-        return _unwrap(self.generator)
+        return unwrap(self.generator)
 
     def step(self, wav: torch.Tensor, step: int) -> dict[str, float]:
         """One generator step, preceded by a discriminator step once the GAN is on; the losses."""
@@ -220,7 +169,7 @@ class _Trainer:
             logged["discriminator"] = self._discriminator_step(wav, fake.detach())
             # The updated discriminators judge the generator, called without the DDP wrapper:
             # their parameters take no gradient from this loss (backward(inputs=...) below).
-            real_out, fake_out = _split(_unwrap(self.discriminators)(torch.cat([wav, fake])), len(wav))
+            real_out, fake_out = _split(unwrap(self.discriminators)(torch.cat([wav, fake])), len(wav))
             terms["adversarial"] = hinge_generator_loss(fake_out.logits)
             terms["feature"] = feature_matching_loss(real_out.features, fake_out.features)
         total = sum(weights[name] * value for name, value in terms.items())
@@ -237,10 +186,6 @@ class _Trainer:
         loss.backward()
         self.opt_d.step()
         return float(loss.detach())
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def _split(output: DiscriminatorOutput, n: int) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
@@ -298,16 +243,6 @@ def _validate(codec: SoundStream, wav: torch.Tensor, counts: Sequence[int],
 # ----------------------------------------------------------------------------------------------
 # Output files (rank 0).
 
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_writer(path) as f:
-        f.write(text.getvalue().encode())
-
-
 def _plot_curves(path: Path, train_rows: list[dict[str, float]], valid_rows: list[dict[str, float]]) -> None:
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
@@ -352,23 +287,13 @@ def _write_references(directory: Path, wav: torch.Tensor, sample_rate: int, coun
 # ----------------------------------------------------------------------------------------------
 # Checkpoint state.
 
-def _gather_rng_states(runtime: _Runtime) -> list[dict[str, Any]]:
-    """Every rank's RNG state (collective under DDP: all ranks call it)."""
-    state = capture_rng_state()
-    if not runtime.distributed:
-        return [state]
-    states: list[Any] = [None] * runtime.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def _training_state(trainer: _Trainer, step: int, history: dict[str, Any], rng: list[dict[str, Any]]) -> dict:
     return {
         "step": step,
         "train_config": asdict(trainer.config),
         "model_config": trainer.codec.config.to_dict(),
         "generator": trainer.codec.state_dict(),
-        "discriminators": _unwrap(trainer.discriminators).state_dict(),
+        "discriminators": unwrap(trainer.discriminators).state_dict(),
         "opt_g": trainer.opt_g.state_dict(),
         "opt_d": trainer.opt_d.state_dict(),
         "history": history,
@@ -376,46 +301,26 @@ def _training_state(trainer: _Trainer, step: int, history: dict[str, Any], rng: 
     }
 
 
-def _restore(trainer: _Trainer, state: dict[str, Any], runtime: _Runtime) -> None:
+def _restore(trainer: _Trainer, state: dict[str, Any], runtime: Runtime) -> None:
     trainer.codec.load_state_dict(state["generator"])
-    _unwrap(trainer.discriminators).load_state_dict(state["discriminators"])
+    unwrap(trainer.discriminators).load_state_dict(state["discriminators"])
     trainer.opt_g.load_state_dict(state["opt_g"])
     trainer.opt_d.load_state_dict(state["opt_d"])
     rng = state["rng"]
     if len(rng) == runtime.world_size:
         restore_rng_state(rng[runtime.rank])
     else:  # a different number of processes: continue, reproducibly but not bit-exactly
-        _seed_everything(trainer.config.seed + 7919 * (state["step"] + runtime.rank))
+        seed_everything(trainer.config.seed + 7919 * (state["step"] + runtime.rank))
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
-class _Averager:
-    """Running sums of the logged losses over one `log_every` interval."""
-
-    def __init__(self, sums: dict[str, float] | None = None, count: int = 0) -> None:
-        self.sums, self.count = dict(sums or {}), count
-
-    def add(self, values: dict[str, float]) -> None:
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.count += 1
-
-    def peek(self) -> dict[str, float]:
-        return {key: value / max(self.count, 1) for key, value in self.sums.items()}
-
-    def pop(self) -> dict[str, float]:
-        means = self.peek()
-        self.sums, self.count = {}, 0
-        return means
-
-
 def train(config: TrainConfig) -> dict[str, float]:
     """Train (or resume) as `config` says; returns the final validation metrics plus `step`,
     `seconds` (training wall time of this call) and the last logged losses (`train/…`)."""
-    runtime = _start_runtime(config)
-    torch.set_num_threads(config.threads or _auto_threads(runtime.local_world_size))
+    runtime = start_runtime(config.device)
+    torch.set_num_threads(config.threads or auto_threads(runtime.local_world_size))
     try:
         return _train(config, runtime)
     finally:
@@ -423,7 +328,7 @@ def train(config: TrainConfig) -> dict[str, float]:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, runtime: _Runtime) -> dict[str, float]:
+def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
     generator, discriminators = build_models(config)
     generator.to(runtime.device)
@@ -452,20 +357,20 @@ def _train(config: TrainConfig, runtime: _Runtime) -> dict[str, float]:
         _restore(trainer, state, runtime)
         step, history = state["step"], state["history"]
     else:
-        _seed_everything(config.seed + 104729 * (runtime.rank + 1))  # training randomness, per rank
-    averager = _Averager(history["pending"]["sums"], history["pending"]["count"])
+        seed_everything(config.seed + 104729 * (runtime.rank + 1))  # training randomness, per rank
+    averager = Averager(history["pending"]["sums"], history["pending"]["count"])
 
     def validate(at: int) -> dict[str, float]:
         metrics, outputs = _validate(trainer.codec, valid_wav, counts, trainer.mel)
         history["valid"].append({"step": at, **metrics})
         _write_samples(out / "samples", at, outputs, model_config, config.audio_samples)
-        _write_csv(out / "valid_log.csv", history["valid"])
+        write_csv(out / "valid_log.csv", history["valid"])
         _plot_curves(out / "curves.png", history["train"], history["valid"])
         return metrics
 
     def checkpoint(at: int) -> None:
         history["pending"] = {"sums": dict(averager.sums), "count": averager.count}
-        rng = _gather_rng_states(runtime)
+        rng = gather_rng_states(runtime)
         if runtime.is_main:
             save_checkpoint(checkpoint_path(out / "checkpoints", at), _training_state(trainer, at, history, rng))
             prune_checkpoints(out / "checkpoints", config.keep_checkpoints)
@@ -490,11 +395,11 @@ def _train(config: TrainConfig, runtime: _Runtime) -> dict[str, float]:
             history["train"].append(row)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k != "step"}, refresh=False)
             if runtime.is_main:
-                _write_csv(out / "train_log.csv", history["train"])
+                write_csv(out / "train_log.csv", history["train"])
         elif step == config.steps and runtime.is_main:
             # A last, shorter interval is written out but stays pending in the history: a resumed
             # run completes it, so its rows are those of an uninterrupted run.
-            _write_csv(out / "train_log.csv", history["train"] + [{"step": step, **averager.peek()}])
+            write_csv(out / "train_log.csv", history["train"] + [{"step": step, **averager.peek()}])
         if runtime.is_main and step % config.eval_every == 0 and step != config.steps:
             metrics = validate(step)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))

@@ -1,0 +1,117 @@
+"""What every trainer shares besides checkpoints: torchrun processes and devices, CPU threads,
+seeding, per-rank RNG states, running loss averages and CSV logs."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pyaudiok.codec.bitstream import atomic_writer
+
+from .checkpoint import capture_rng_state
+
+__all__ = ["Runtime", "start_runtime", "auto_threads", "seed_everything", "unwrap", "gather_rng_states", "Averager",
+           "write_csv"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """This process's place in a (possibly single-process) run."""
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def start_runtime(device: str = "auto") -> Runtime:
+    """Read torchrun's environment; join the process group when there is more than one process.
+    device: "auto" (CUDA when available), "cpu" or "cuda"."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(where)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Runtime(rank, world, local_rank, local_world, where)
+
+
+def auto_threads(local_world_size: int) -> int:
+    """This process's share of the cores, reduced to those the 1-minute load average leaves idle:
+    on a busy machine, oversubscribed threads wait on each other and run many times slower."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // local_world_size)
+    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
+    return max(1, min(share, int(idle / local_world_size)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def gather_rng_states(runtime: Runtime) -> list[dict[str, Any]]:
+    """Every rank's RNG state (collective under DDP: all ranks call it)."""
+    state = capture_rng_state()
+    if not runtime.distributed:
+        return [state]
+    states: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+class Averager:
+    """Running sums of the logged losses over one logging interval (resumable: sums and count)."""
+
+    def __init__(self, sums: dict[str, float] | None = None, count: int = 0) -> None:
+        self.sums, self.count = dict(sums or {}), count
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def peek(self) -> dict[str, float]:
+        return {key: value / max(self.count, 1) for key, value in self.sums.items()}
+
+    def pop(self) -> dict[str, float]:
+        means = self.peek()
+        self.sums, self.count = {}, 0
+        return means
+
+
+def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    """Rows (dicts; columns in order of first appearance) to a CSV file, atomically."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_writer(path) as f:
+        f.write(text.getvalue().encode())
