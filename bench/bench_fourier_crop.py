@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 
-import pyaudiok
 from pyaudiok.ops.fourier_crop import FOURIER_CROP, METHODS, fourier_crop
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, with_backend
 
 STRIDE = 2.0
 # (B, C, spatial) per device; quick sizes keep the layer shapes with a smaller batch.
@@ -33,13 +32,6 @@ def _train_step(x, strides, grad, method=None):
     return run
 
 
-def _with_backend(backend, fn):
-    def run():
-        with pyaudiok.use_backend(backend):
-            return fn()
-    return run
-
-
 def _conv_step(x):
     conv = (torch.nn.Conv2d if x.dim() == 4 else torch.nn.Conv1d)(x.shape[1], x.shape[1], 3, padding=1,
                                                                     bias=False).to(x.device)
@@ -58,10 +50,10 @@ def case(device, batch, channels, spatial) -> Case:
     strides = torch.tensor([STRIDE], device=device, requires_grad=True)
     with torch.no_grad():
         grad = torch.randn_like(fourier_crop(x, strides))
-    cands = [Candidate("reference", "reference", _with_backend("reference", _train_step(x, strides, grad)))]
+    cands = [Candidate("reference", "reference", with_backend("reference", _train_step(x, strides, grad)))]
     for method in METHODS:
         for cand in backend_candidates(FOURIER_CROP, device, x.dtype, (x, strides, 4.0, method),
-                                       lambda b: _with_backend(b, _train_step(x, strides, grad, method))):
+                                       lambda b: with_backend(b, _train_step(x, strides, grad, method))):
             cand.name = f"{cand.name} {method}"
             if method == "matmul" and max(spatial) > MATMUL_BENCH_MAX and cand.skip is None:
                 cand.run, cand.skip = None, (f"[N_out, N] matrices for N = {max(spatial)}: O(N²) memory and "

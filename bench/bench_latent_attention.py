@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-import pyaudiok
 from pyaudiok.ops.latent_attention import OP, latent_cross_attention, visible_mask
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, with_backend
 
 H, D = 8, 64
 SIZES = {"cpu": (1024, 16384), "cuda": (1024, 65536)}       # (N, M)
@@ -40,13 +39,6 @@ def _step(fn, q, k, v, backward):
             q.grad = k.grad = v.grad = None
             return None
         return out.detach()
-    return run
-
-
-def _with_backend(backend, fn):
-    def run():
-        with pyaudiok.use_backend(backend):
-            return fn()
     return run
 
 
@@ -104,11 +96,11 @@ def attention_case(device, N, M, backward, lengths=None) -> Case:
     check = None if backward else _check
     cands = []
     if device.type == "cpu" and M * N * B * H <= 2**26:  # the reference's [N, M] scores must fit
-        cands.append(Candidate("reference", "reference", _with_backend("reference", ours)))
+        cands.append(Candidate("reference", "reference", with_backend("reference", ours)))
     else:
         cands.append(Candidate("reference", "reference", None, skip="the [N, M] score matrix is too large here"))
     cands += backend_candidates(OP, device, dtype, (q, k, v, None, D ** -0.5, None),
-                                lambda b: _with_backend(b, ours), check)
+                                lambda b: with_backend(b, ours), check)
     if lengths is None:
         mask = causal_lower_right(N, M)
     else:  # SDPA has no per-row lengths: a materialised [B, 1, N, M] mask

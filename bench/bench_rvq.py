@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-import pyaudiok
 from pyaudiok.ops.rvq import DECODE, FORWARD, residual_vq, rvq_decode
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, with_backend
 from .peers import load, load_encodec_quantizer
 
 Q, K, D = 8, 1024, 128
@@ -32,13 +31,6 @@ def _codes_check(codes_of):
         same = (ours.reshape(ref.shape) == ref).float().mean().item()
         return "codes identical" if same == 1.0 else f"codes {100 * same:.3f}% identical"
     return check
-
-
-def _with_backend(backend, fn):
-    def run():
-        with pyaudiok.use_backend(backend):
-            return fn()
-    return run
 
 
 def _vqp_residual_vq(codebooks):
@@ -66,9 +58,9 @@ def _encodec_rvq(codebooks):
 def forward_case(device, rows) -> Case:
     x, codebooks = _inputs(device, rows)
     check = _codes_check(lambda out: out.codes)
-    cands = [Candidate("reference", "reference", _with_backend("reference", lambda: residual_vq(x, codebooks)))]
+    cands = [Candidate("reference", "reference", with_backend("reference", lambda: residual_vq(x, codebooks)))]
     cands += backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q),
-                                 lambda b: _with_backend(b, lambda: residual_vq(x, codebooks)), check)
+                                 lambda b: with_backend(b, lambda: residual_vq(x, codebooks)), check)
     vqp, reason = _vqp_residual_vq(codebooks)
 
     def run_vqp():
@@ -100,8 +92,8 @@ def backward_case(device, rows) -> Case:
         (out.quantized.square().mean() + out.commit_loss.sum()).backward()
         x.grad = None
 
-    cands = [Candidate("reference", "reference", _with_backend("reference", train_step))]
-    cands += backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q), lambda b: _with_backend(b, train_step))
+    cands = [Candidate("reference", "reference", with_backend("reference", train_step))]
+    cands += backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q), lambda b: with_backend(b, train_step))
     vqp, reason = _vqp_residual_vq(codebooks)
 
     def run_vqp():  # training mode: the only mode with gradients; it also updates its EMA codebooks
@@ -121,9 +113,9 @@ def decode_case(device, rows) -> Case:
 
     def check(output, reference):
         return "identical" if torch.equal(output, reference) else f"max diff {(output - reference).abs().max():.2e}"
-    cands = [Candidate("reference", "reference", _with_backend("reference", lambda: rvq_decode(codes, codebooks)))]
+    cands = [Candidate("reference", "reference", with_backend("reference", lambda: rvq_decode(codes, codebooks)))]
     cands += backend_candidates(DECODE, device, codebooks.dtype, (codes, codebooks),
-                                 lambda b: _with_backend(b, lambda: rvq_decode(codes, codebooks)), check)
+                                 lambda b: with_backend(b, lambda: rvq_decode(codes, codebooks)), check)
     return Case("rvq.decode", {"N": rows, "Q": Q, "K": K, "D": D}, cands)
 
 

@@ -56,6 +56,16 @@ class Result:
     times_floor: float | None = None
 
 
+def with_backend(backend: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """fn, run with `backend` forced (pyaudiok.use_backend)."""
+    import pyaudiok
+
+    def run():
+        with pyaudiok.use_backend(backend):
+            return fn()
+    return run
+
+
 def backend_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple,
                        make_run: Callable[[str], Callable[[], Any]], check=None) -> list[Candidate]:
     """One candidate per fused backend of a registered op (`pyaudiok.dispatch.Op`), skipped with

@@ -50,27 +50,29 @@ def _update(x: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor)
 # ----------------------------------------------------------------------------------------------
 # Reference and the GEMM backend: Lloyd iterations.
 
-def lloyd_reference(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, n_iters: int, distances):
+    """Lloyd iterations with `distances(x, c) -> [B, P, k]`; final centroids and assignments."""
     x, c = x.to(_acc(x.dtype)), centroids.to(_acc(x.dtype))
     for i in range(n_iters + 1):
-        distances = (x[:, :, None, :] - c[:, None, :, :]).pow(2).sum(-1)  # [B, P, k]
-        assignments = distances.argmin(-1)
+        assignments = distances(x, c).argmin(-1)
         if i == n_iters:
             break
         c = _update(x, assignments, c)
     return c.to(centroids.dtype), assignments
+
+
+def lloyd_reference(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
+    return _lloyd(x, centroids, n_iters, lambda x, c: (x[:, :, None, :] - c[:, None, :, :]).pow(2).sum(-1))
+
+
+def _gemm_distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """‖x‖² − 2 x·c + ‖c‖² by one batched matmul."""
+    return torch.baddbmm(x.square().sum(-1, keepdim=True) + c.square().sum(-1)[:, None, :], x, c.transpose(1, 2),
+                         alpha=-2)
 
 
 def _lloyd_gemm(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
-    x, c = x.to(_acc(x.dtype)), centroids.to(_acc(x.dtype))
-    x_norm = x.square().sum(-1, keepdim=True)
-    for i in range(n_iters + 1):
-        distances = torch.baddbmm(x_norm + c.square().sum(-1)[:, None, :], x, c.transpose(1, 2), alpha=-2)
-        assignments = distances.argmin(-1)
-        if i == n_iters:
-            break
-        c = _update(x, assignments, c)
-    return c.to(centroids.dtype), assignments
+    return _lloyd(x, centroids, n_iters, _gemm_distances)
 
 
 def _lloyd_triton(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
