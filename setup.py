@@ -84,7 +84,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
         "bench": ["pytest-benchmark"],
-        "peers": ["vector-quantize-pytorch", "encodec"],
+        "peers": ["vector-quantize-pytorch", "encodec", "torchsort", "POT"],
     },
     entry_points={"console_scripts": ["pyaudiok = pyaudiok.cli:main"]},
 )

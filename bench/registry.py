@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from . import bench_rvq, bench_soundstream
+from . import bench_soft_rank
 
 MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream}
+MODULES["soft_rank"] = bench_soft_rank
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):

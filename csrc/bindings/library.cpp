@@ -6,4 +6,8 @@ TORCH_LIBRARY(pyaudiok, m) {
   // Residual vector quantization (pyaudiok/ops/rvq.py documents the contract and the gradients).
   m.def("rvq_forward(Tensor x, Tensor codebooks, int n_q) -> (Tensor, Tensor, Tensor)");
   m.def("rvq_decode(Tensor codes, Tensor codebooks, Tensor? weights) -> Tensor");
+  // Soft rank / soft sort by PAV (pyaudiok/ops/soft_rank.py).
+  m.def("soft_sort_rank(Tensor x, float strength, bool kl, bool rank, bool descending) -> (Tensor, Tensor, Tensor)");
+  m.def("soft_sort_rank_backward(Tensor grad, Tensor x, Tensor out, Tensor perm, Tensor blocks, float strength, "
+        "bool kl, bool rank, bool descending) -> Tensor");
 }
