@@ -5,9 +5,11 @@ import torch
 
 from . import bench_rvq, bench_soundstream
 from . import bench_soft_rank
+from . import bench_sinkhorn
 
 MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream}
 MODULES["soft_rank"] = bench_soft_rank
+MODULES["sinkhorn"] = bench_sinkhorn
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):

@@ -10,4 +10,9 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("soft_sort_rank(Tensor x, float strength, bool kl, bool rank, bool descending) -> (Tensor, Tensor, Tensor)");
   m.def("soft_sort_rank_backward(Tensor grad, Tensor x, Tensor out, Tensor perm, Tensor blocks, float strength, "
         "bool kl, bool rank, bool descending) -> Tensor");
+  // Batched log-domain Sinkhorn (pyaudiok/ops/sinkhorn.py).
+  m.def("sinkhorn_forward(Tensor cost, Tensor log_a, Tensor log_b, float eps, int n_iters, float tol, bool history) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("sinkhorn_backward(Tensor grad_plan, Tensor grad_f, Tensor grad_g, Tensor cost, Tensor log_a, Tensor log_b, "
+        "Tensor plan, Tensor iters, Tensor hist_f, Tensor hist_g, float eps) -> (Tensor, Tensor, Tensor)");
 }
