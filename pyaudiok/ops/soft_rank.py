@@ -175,7 +175,8 @@ SORT = dispatch.op("soft_sort")
 _CPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 for _op, _ref, _rank in ((RANK, soft_rank_reference, True), (SORT, soft_sort_reference, False)):
     register_backends(_op, reference=_ref, cpu=_fused(lambda: cpp_op("soft_sort_rank"), _rank),
-                      triton=_fused(_triton_forward, _rank), cpu_dtypes=_CPU_DTYPES)
+                      triton=_fused(_triton_forward, _rank), cuda=_fused(lambda: cpp_op("soft_sort_rank"), _rank),
+                      cpu_dtypes=_CPU_DTYPES)
 
 
 # ----------------------------------------------------------------------------------------------
