@@ -1,1 +1,2 @@
 """The full systems, built from pyaudiok.nn modules."""
+from .permutation import PermutationPretext
