@@ -45,6 +45,7 @@ def _cmd_bench(args) -> int:
 
 # `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
 TRAINERS = {"soundstream": "pyaudiok.train.soundstream"}
+TRAINERS["permutation"] = "pyaudiok.train.permutation"
 
 
 def _cmd_train(args) -> int:
