@@ -93,19 +93,19 @@ def _pav_forward_kernel(
         end = tl.load(start_ptr + base + k + 1, mask=k + 1 < top, other=n)
         v = _block_value(tl.load(sy_ptr + base + k), tl.load(sw_ptr + base + k), KL)
         for c in range(begin, end, BLOCK):
-            j = c + lanes
-            ok = j < end
-            tl.store(blocks_ptr + base + j, end - 1, mask=ok)
+            pos = c + lanes
+            ok = pos < end
+            tl.store(blocks_ptr + base + pos, end - 1, mask=ok)
             if RANK:
-                sj = tl.load(s_ptr + base + j, mask=ok, other=0.0)
-                idx = tl.load(perm_ptr + base + j, mask=ok, other=0)
+                sj = tl.load(s_ptr + base + pos, mask=ok, other=0.0)
+                idx = tl.load(perm_ptr + base + pos, mask=ok, other=0)
                 if KL:
                     o = tl.exp(sj - v)
                 else:
                     o = sj - v
                 tl.store(out_ptr + base + idx, o, mask=ok)
             else:
-                tl.store(out_ptr + base + j, sign * ((n - j).to(tl.float32) * inv_eps - v), mask=ok)
+                tl.store(out_ptr + base + pos, sign * ((n - pos).to(tl.float32) * inv_eps - v), mask=ok)
 
 
 @triton.jit
