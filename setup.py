@@ -84,7 +84,9 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "pyannote.metrics"],
         "bench": ["pytest-benchmark"],
-        "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics", "perceiver-ar-pytorch"],
+        # torchsort (a soft_rank peer) is not listed: it builds from source, see bench/bench_soft_rank.py.
+        "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics", "perceiver-ar-pytorch", "POT",
+                  "torchmetrics", "scikit-learn"],
     },
     entry_points={"console_scripts": ["pyaudiok = pyaudiok.cli:main"]},
 )

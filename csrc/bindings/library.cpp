@@ -11,4 +11,13 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("fourier_crop_matrix_backward(Tensor grad, Tensor mask) -> Tensor");
   m.def("fourier_mask_crop(Tensor spectrum, Tensor mask_rows, Tensor mask_cols) -> Tensor");
   m.def("fourier_mask_crop_backward(Tensor grad, Tensor spectrum, Tensor mask_rows, Tensor mask_cols) -> (Tensor, Tensor)");
+  // Soft rank / soft sort by PAV (pyaudiok/ops/soft_rank.py).
+  m.def("soft_sort_rank(Tensor x, float strength, bool kl, bool rank, bool descending) -> (Tensor, Tensor, Tensor)");
+  m.def("soft_sort_rank_backward(Tensor grad, Tensor x, Tensor out, Tensor perm, Tensor blocks, float strength, "
+        "bool kl, bool rank, bool descending) -> Tensor");
+  // Batched log-domain Sinkhorn (pyaudiok/ops/sinkhorn.py).
+  m.def("sinkhorn_forward(Tensor cost, Tensor log_a, Tensor log_b, float eps, int n_iters, float tol, bool history) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("sinkhorn_backward(Tensor grad_plan, Tensor grad_f, Tensor grad_g, Tensor cost, Tensor log_a, Tensor log_b, "
+        "Tensor plan, Tensor iters, Tensor hist_f, Tensor hist_g, float eps) -> (Tensor, Tensor, Tensor)");
 }

@@ -5,6 +5,10 @@ from .kmeans import KMeansResult, kmeans
 from .latent_attention import latent_cross_attention
 from .rvq import RVQResult, residual_vq, rvq_decode
 from .si_sdr import PITResult, neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
+from .sinkhorn import SinkhornResult, log_sinkhorn_normalize, sinkhorn, sinkhorn_rank, sinkhorn_sort
+from .soft_rank import soft_rank, soft_sort
 
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_loss", "pit_si_sdr", "si_sdr_matrix",
-           "latent_cross_attention", "KMeansResult", "kmeans", "fourier_crop", "fourier_crop_output_size"]
+           "latent_cross_attention", "KMeansResult", "kmeans", "fourier_crop", "fourier_crop_output_size",
+           "soft_rank", "soft_sort", "SinkhornResult", "log_sinkhorn_normalize", "sinkhorn", "sinkhorn_rank",
+           "sinkhorn_sort"]

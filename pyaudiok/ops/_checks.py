@@ -60,3 +60,12 @@ def int_in_range(name: str, value, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}]; got {value}")
     return value
+
+
+def positive_float(name: str, value) -> float:
+    """A finite real number > 0 (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive float; got {type(value).__name__}")
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0; got {value}")
+    return float(value)

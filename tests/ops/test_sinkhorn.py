@@ -1,0 +1,209 @@
+"""Log-domain Sinkhorn and what is built on it: every backend against the reference (forward and
+backward, unrolled and implicit), marginals within tol, implicit = unrolled at convergence,
+zero-mass marginals, OT ranking/sorting, Gumbel-Sinkhorn, bad inputs, opcheck."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.ops import log_sinkhorn_normalize, sinkhorn, sinkhorn_rank, sinkhorn_sort
+from pyaudiok.ops.sinkhorn import SINKHORN, _triton_backward, _triton_forward, sinkhorn_reference
+
+from ..harness import FUSED_BACKENDS, compare_with_reference, poisoned_outputs, require_backend
+
+
+def marginals(B, n, m, device, zero_row=False):
+    a = torch.rand(B, n, device=device) + 0.2
+    if zero_row:
+        a[:, 0] = 0
+    b = torch.rand(B, m, device=device) + 0.2
+    return a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+
+
+def _state(**kw):
+    def fn(cost, a, b):
+        r = sinkhorn(cost, a, b, return_state=True, **kw)
+        return r.plan, r.f, r.g, r.n_iters
+    return fn
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("B,n,m,eps", [(2, 5, 9, 0.1), (3, 17, 4, 0.05), (1, 1, 3, 0.2), (2, 33, 20, 0.02)])
+def test_unrolled_forward_and_gradients_match_reference(backend, B, n, m, eps):
+    device = require_backend(SINKHORN, backend)
+    cost = torch.rand(B, n, m, device=device).requires_grad_(True)
+    a, b = marginals(B, n, m, device)
+    compare_with_reference(_state(eps=eps, n_iters=12, tol=None), (cost, a.requires_grad_(True),
+                                                                 b.requires_grad_(True)), backend, scale=5)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_early_stop_and_implicit_backward_match_reference(backend):
+    device = require_backend(SINKHORN, backend)
+    cost = torch.rand(3, 8, 11, device=device).requires_grad_(True)
+    a, b = marginals(3, 8, 11, device)
+    # Stop counts must agree exactly: a loose tol keeps the fp32 error far from the threshold.
+    out, ref = compare_with_reference(_state(eps=0.1, n_iters=200, tol=1e-3), (cost, a, b), backend, scale=5)
+    assert (out[3] < 200).all() and (out[3] > 1).all()
+    # Implicit gradients at the same iterate (a fixed count: fp32's error floor is near a tight tol).
+    compare_with_reference(_state(eps=0.1, n_iters=30, tol=None, backward="implicit"),
+                           (cost, a.requires_grad_(True), b.requires_grad_(True)), backend, scale=20)
+
+
+def test_reference_gradcheck():
+    cost = torch.rand(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    a, b = marginals(2, 4, 5, "cpu")
+    la, lb = a.double().log().requires_grad_(True), b.double().log().requires_grad_(True)
+    torch.autograd.gradcheck(lambda c, x, y: sinkhorn_reference(c, x, y, 0.3, 6, None)[:3], (cost, la, lb))
+
+
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+def test_plan_marginals_within_tol(backend):
+    device = require_backend(SINKHORN, backend) if backend != "reference" else torch.device("cpu")
+    cost = torch.rand(4, 10, 7, device=device)
+    a, b = marginals(4, 10, 7, device)
+    tol = 1e-4
+    with pyaudiok.use_backend(backend):
+        r = sinkhorn(cost, a, b, eps=0.05, tol=tol, return_state=True)
+    assert (r.n_iters < 1000).all()
+    assert ((r.plan.sum(2) - a).abs().sum(-1) <= tol * 1.01).all()
+    torch.testing.assert_close(r.plan.sum(1), b, atol=1e-6, rtol=1e-5)  # exact after the g-update
+
+
+def test_implicit_and_unrolled_gradients_agree_at_convergence():
+    cost = torch.rand(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    a, b = marginals(2, 6, 8, "cpu")
+    a, b = a.double(), b.double()
+    weight = torch.randn(2, 6, 8, dtype=torch.float64)
+    grads = []
+    for mode in ("unroll", "implicit"):
+        with pyaudiok.use_backend("reference"):
+            plan = sinkhorn(cost, a, b, eps=0.2, n_iters=400, tol=1e-12, backward=mode)
+        (g,) = torch.autograd.grad((plan * weight).sum(), cost)
+        grads.append(g)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+def test_zero_mass_rows_and_empty_batch(backend):
+    device = require_backend(SINKHORN, backend) if backend != "reference" else torch.device("cpu")
+    cost = torch.rand(2, 5, 6, device=device, requires_grad=True)
+    a, b = marginals(2, 5, 6, device, zero_row=True)
+    with pyaudiok.use_backend(backend), poisoned_outputs():
+        plan = sinkhorn(cost, a, b, eps=0.1, n_iters=30, tol=None)
+        plan.square().sum().backward()
+        assert (plan[:, 0] == 0).all() and torch.isfinite(plan).all() and torch.isfinite(cost.grad).all()
+        empty = sinkhorn(torch.rand(0, 3, 4, device=device), eps=0.1, n_iters=5)
+        assert empty.shape == (0, 3, 4)
+
+
+def test_half_cost_on_cpu():
+    require_backend(SINKHORN, "cpu", torch.float16)
+    cost = torch.rand(2, 64, 64).half()
+    with pyaudiok.use_backend("cpu"):
+        plan = sinkhorn(cost, eps=0.01, n_iters=50)
+    assert plan.dtype == torch.float16 and torch.isfinite(plan).all()
+
+
+# Hundreds of iterations are slow in the Triton interpreter: Triton's ranking is checked against the
+# reference below, its convergence on a GPU.
+def _slow_in_interpreter(backend):
+    device = require_backend(SINKHORN, backend) if backend != "reference" else torch.device("cpu")
+    if backend == "triton" and device.type == "cpu":
+        pytest.skip("hundreds of iterations: too slow for the Triton interpreter")
+    return device
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_sinkhorn_rank_and_sort_match_reference(backend):
+    device = require_backend(SINKHORN, backend)
+    scores = torch.randn(2, 7, device=device).requires_grad_(True)
+    for fn in (sinkhorn_rank, sinkhorn_sort):
+        compare_with_reference(lambda x: fn(x, eps=0.05, n_iters=8), (scores,), backend, scale=5)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+def test_sinkhorn_rank_and_sort(backend):
+    device = _slow_in_interpreter(backend)
+    scores = (torch.randperm(9, device=device).float() + torch.rand(9, device=device) * 0.1)[None].repeat(2, 1)
+    scores[1] = -scores[1]
+    hard = scores.argsort(-1).argsort(-1).float() + 1
+    with pyaudiok.use_backend(backend):
+        ranks = sinkhorn_rank(scores, eps=1e-3, n_iters=300)
+        sorted_ = sinkhorn_sort(scores, eps=1e-3, n_iters=300)
+        assert torch.equal(sinkhorn_rank(scores[:, :1]), torch.ones(2, 1, device=device))
+    assert (ranks - hard).abs().max() < 0.25
+    assert (sorted_ - scores.sort(-1).values).abs().max() < 0.25
+    x = scores.clone().requires_grad_(True)
+    with pyaudiok.use_backend(backend):
+        sinkhorn_rank(x, eps=0.05, n_iters=20).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_log_sinkhorn_normalize_matches_reference_and_is_doubly_stochastic(backend):
+    device = require_backend(SINKHORN, backend)
+    logits = torch.randn(2, 3, 6, 6, device=device).requires_grad_(True)
+    compare_with_reference(lambda x: log_sinkhorn_normalize(x, n_iters=10, tau=0.5), (logits,), backend, scale=5)
+    _slow_in_interpreter(backend)
+    with pyaudiok.use_backend(backend):
+        out = log_sinkhorn_normalize(logits, n_iters=200, tau=0.5, gumbel_noise=True,
+                                     generator=torch.Generator().manual_seed(0)).exp()
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, 3, 6, device=device), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.sum(-2), torch.ones(2, 3, 6, device=device), atol=1e-5, rtol=0)
+
+
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("history", (True, False))
+def test_registered_ops_pass_opcheck(backend, history):
+    device = require_backend(SINKHORN, backend)
+    tests = OPCHECK_TESTS
+    if backend == "triton":
+        forward, backward = _triton_forward(), _triton_backward()
+        if device.type == "cpu":
+            tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    else:
+        forward = pyaudiok.ops._library.cpp_op("sinkhorn_forward")
+        backward = pyaudiok.ops._library.cpp_op("sinkhorn_backward")
+    cost = torch.rand(2, 5, 6, device=device, requires_grad=True)
+    a, b = marginals(2, 5, 6, device)
+    la, lb = a.log().requires_grad_(True), b.log().requires_grad_(True)
+    torch.library.opcheck(forward, (cost, la, lb, 0.1, 4, 0.0, history), test_utils=tests)
+    if history:
+        out = forward(cost.detach(), la.detach(), lb.detach(), 0.1, 4, 0.0, True)
+        args = (torch.rand_like(out[0]), torch.rand_like(la), torch.rand_like(lb), cost.detach(), la.detach(),
+                lb.detach(), out[0], out[3], out[4], out[5], 0.1)
+        torch.library.opcheck(backward, args, test_utils=tuple(t for t in tests if t == "test_schema"
+                                                                or t == "test_faketensor"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors naming the argument.
+
+def _cost():
+    return torch.rand(2, 3, 4)
+
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda: sinkhorn(_cost(), eps=0.0), ValueError, ["eps", "> 0"]),
+    (lambda: sinkhorn(_cost(), eps=-1.0), ValueError, ["eps"]),
+    (lambda: sinkhorn(_cost()[0], eps=0.1), ValueError, ["cost", "[B, n, m]"]),
+    (lambda: sinkhorn(_cost().long(), eps=0.1), TypeError, ["cost", "dtype"]),
+    (lambda: sinkhorn(_cost(), torch.full((2, 3), -1 / 3), eps=0.1), ValueError, ["a", "non-negative"]),
+    (lambda: sinkhorn(_cost(), torch.full((2, 4), 0.25), eps=0.1), ValueError, ["a", "[B, n]"]),
+    (lambda: sinkhorn(_cost(), None, torch.full((2, 3), 1 / 3), eps=0.1), ValueError, ["b", "[B, m]"]),
+    (lambda: sinkhorn(_cost(), torch.full((2, 3), 0.5), eps=0.1), ValueError, ["equal totals"]),
+    (lambda: sinkhorn(_cost(), eps=0.1, backward="adjoint"), ValueError, ["backward", "implicit"]),
+    (lambda: sinkhorn(_cost(), eps=0.1, n_iters=0), ValueError, ["n_iters"]),
+    (lambda: sinkhorn(_cost(), eps=0.1, n_iters=None, tol=None), ValueError, ["n_iters", "tol"]),
+    (lambda: sinkhorn_rank(torch.rand(3), eps=0.1), ValueError, ["scores", "[B, n]"]),
+    (lambda: log_sinkhorn_normalize(torch.rand(3, 3), tau=0), ValueError, ["tau"]),
+])
+def test_bad_inputs(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert all(w in str(info.value) for w in words), str(info.value)
