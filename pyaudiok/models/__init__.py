@@ -2,5 +2,7 @@
 from .diffstride import resnet18_diffstride
 from .perceiver_ar import PerceiverAR, PerceiverARConfig
 from .soundstream.model import SoundStream, SoundStreamConfig
+from .wavesplit import Wavesplit, WavesplitConfig
 
 __all__ = ["PerceiverAR", "PerceiverARConfig", "SoundStream", "SoundStreamConfig", "resnet18_diffstride"]
+__all__ += ["Wavesplit", "WavesplitConfig"]
