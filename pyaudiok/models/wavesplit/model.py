@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from pyaudiok.ops import kmeans, neg_si_sdr_loss
 
-__all__ = ["WavesplitConfig", "Wavesplit", "WavesplitOutput", "speaker_loss"]
+__all__ = ["WavesplitConfig", "Wavesplit", "WavesplitOutput", "speaker_loss", "DilatedResidual"]
 
 
 @dataclass
@@ -45,7 +45,7 @@ class WavesplitConfig:
     clip_db: float = 30.0
 
 
-class _Residual(nn.Module):
+class DilatedResidual(nn.Module):
     """Dilated conv → (FiLM) → PReLU → 1×1, added back."""
 
     def __init__(self, channels: int, dilation: int, cond_dim: int = 0) -> None:
@@ -112,10 +112,10 @@ class Wavesplit(nn.Module):
             raise ValueError(f"need 1 <= num_sources <= num_speakers; got {cfg.num_sources}, {cfg.num_speakers}")
         C, N, d = cfg.channels, cfg.num_sources, cfg.embed_dim
         self.encoder = nn.Conv1d(1, C, cfg.kernel, stride=cfg.hop, padding=cfg.kernel // 2, bias=False)
-        self.speaker_stack = nn.ModuleList(_Residual(C, 2 ** i) for i in range(cfg.speaker_layers))
+        self.speaker_stack = nn.ModuleList(DilatedResidual(C, 2 ** i) for i in range(cfg.speaker_layers))
         self.speaker_head = nn.Conv1d(C, N * d, 1)
         self.separation_in = nn.Conv1d(C, C, 1)
-        self.separation_stack = nn.ModuleList(_Residual(C, 2 ** (i % 6), N * d) for i in range(cfg.separation_layers))
+        self.separation_stack = nn.ModuleList(DilatedResidual(C, 2 ** (i % 6), N * d) for i in range(cfg.separation_layers))
         self.masks = nn.Conv1d(C, N * C, 1)
         self.decoder = nn.ConvTranspose1d(C, 1, cfg.kernel, stride=cfg.hop, padding=cfg.kernel // 2, bias=False)
         self.table = nn.Parameter(F.normalize(torch.randn(cfg.num_speakers, d), dim=-1))
