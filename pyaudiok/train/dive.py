@@ -26,10 +26,10 @@ from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .runtime import Averager, seed_everything, write_csv
 
-__all__ = ["TrainConfig", "train", "evaluate", "batch", "main"]
+__all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
 
 @dataclass
@@ -142,6 +142,39 @@ def main(argv=None) -> int:
     args = vars(p.parse_args(argv))
     args["out_dir"] = args.pop("out")
     train(TrainConfig(**args))
+    return 0
+
+
+def load_model(checkpoint: str | Path) -> DIVE:
+    """The model of a `pyaudiok train dive` checkpoint (file or output directory), in eval mode."""
+    path = Path(checkpoint)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = load_checkpoint(path)
+    model = DIVE(DIVEConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def diarize_main(argv=None) -> int:
+    """`pyaudiok diarize IN.wav --checkpoint CKPT > OUT.rttm`."""
+    import sys
+    import tempfile
+
+    from pyaudiok.codec.audio import load_audio
+    from pyaudiok.metrics import write_rttm
+    p = argparse.ArgumentParser(prog="pyaudiok diarize", description="who spoke when, as RTTM on stdout")
+    p.add_argument("input")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt, or the training output directory")
+    p.add_argument("--threshold", type=float, default=0.5, help="activity probability threshold")
+    args = p.parse_args(argv)
+    model = load_model(args.checkpoint)
+    wav, _ = load_audio(args.input, model.config.sample_rate)
+    segments = model.diarize(wav, args.threshold)[0]
+    with tempfile.TemporaryDirectory() as tmp:  # write_rttm writes files: format there, print here
+        write_rttm(Path(tmp) / "out.rttm", segments, file_id=Path(args.input).stem)
+        sys.stdout.write((Path(tmp) / "out.rttm").read_text())
     return 0
 
 

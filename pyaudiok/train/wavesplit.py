@@ -25,10 +25,10 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .runtime import Averager, seed_everything, write_csv
 
-__all__ = ["TrainConfig", "train", "evaluate", "main"]
+__all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
 
 @dataclass
@@ -131,6 +131,40 @@ def main(argv=None) -> int:
     args = vars(p.parse_args(argv))
     args["out_dir"] = args.pop("out")
     train(TrainConfig(**args))
+    return 0
+
+
+def load_model(checkpoint: str | Path) -> tuple[Wavesplit, int]:
+    """The model of a `pyaudiok train wavesplit` checkpoint (file or output directory), in eval
+    mode, and its sample rate."""
+    path = Path(checkpoint)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = load_checkpoint(path)
+    model = Wavesplit(WavesplitConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), int(state["result"]["config"]["sample_rate"])
+
+
+def separate_main(argv=None) -> int:
+    """`pyaudiok separate IN.wav --checkpoint CKPT OUTDIR/`: one WAV per estimated source."""
+    from pyaudiok.codec.audio import load_audio, save_audio
+    p = argparse.ArgumentParser(prog="pyaudiok separate", description="separate a mixture with a Wavesplit checkpoint")
+    p.add_argument("input")
+    p.add_argument("outdir")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt, or the training output directory")
+    args = p.parse_args(argv)
+    model, rate = load_model(args.checkpoint)
+    wav, _ = load_audio(args.input, rate)
+    with torch.no_grad():
+        estimates = model(wav, generator=torch.Generator().manual_seed(0)).estimates[0]
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate(estimates):
+        source = source / max(1.0, float(source.abs().max()) / 0.99)  # keep within [-1, 1]
+        save_audio(out / f"source_{i}.wav", source, rate)
+        print(out / f"source_{i}.wav")
     return 0
 
 

@@ -2,8 +2,12 @@
 import json
 
 import pytest
+import torch
 
 from pyaudiok import cli
+from pyaudiok.codec.audio import save_audio
+from pyaudiok.data.speakers import Conversations, SpeakerBank
+from pyaudiok.metrics import read_rttm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,3 +22,13 @@ def test_cli_trains_and_reports_der(tmp_path, capsys):
     assert after["der"] == pytest.approx((after["missed"] + after["false_alarm"] + after["confusion"]) / after["total"])
     assert [r["step"] for r in result["log"]] == [2, 4] and (tmp_path / "checkpoint.pt").exists()
     assert "DER" in capsys.readouterr().out
+
+    # `pyaudiok diarize` with that checkpoint: RTTM lines for the file on stdout.
+    wav, _ = Conversations(SpeakerBank(8_000, "valid", num_speakers=3, source="synthetic"), 2, duration=2.0).item(0)
+    save_audio(tmp_path / "talk.wav", wav, 8_000)
+    assert cli.main(["diarize", str(tmp_path / "talk.wav"), "--checkpoint", str(tmp_path), "--threshold", "0.0"]) == 0
+    rttm = capsys.readouterr().out
+    (tmp_path / "talk.rttm").write_text(rttm)
+    segments = read_rttm(tmp_path / "talk.rttm")["talk"]
+    assert segments and all(0 <= s.start < s.end <= 2.0 for s in segments)  # threshold 0: the first slot is active
+    assert cli.main(["diarize", str(tmp_path / "talk.wav"), "--checkpoint", str(tmp_path / "none.pt")]) == 2
