@@ -8,7 +8,7 @@
         inference: allowed = frames whose cosine similarity to every selected e_k is below
                    `exclusion`; stops when no allowed frame scores above 0.5
     score_t = sigmoid(w·h_t), trained (BCE) to find frames with exactly one active speaker
-    VAD decoder: p[B, N, T] = sigmoid(f([h_t; e_i])), overlap allowed
+    VAD decoder: p[B, N, T] = sigmoid(f([h_t; e_i; h_t ⊙ e_i])), overlap allowed
     loss: multi-speaker BCE over frames not within ±collar of any reference turn boundary
         (+ `score_weight` × the score's BCE)
 """
@@ -93,7 +93,7 @@ class DIVE(nn.Module):
         self.stack = nn.ModuleList(DilatedResidual(C, 2 ** i) for i in range(cfg.layers))
         self.embed = nn.Conv1d(C, d, 1)
         self.score = nn.Conv1d(d, 1, 1)
-        self.vad = nn.Sequential(nn.Conv1d(2 * d, C, 5, padding=2), nn.PReLU(), DilatedResidual(C, 1),
+        self.vad = nn.Sequential(nn.Conv1d(3 * d, C, 5, padding=2), nn.PReLU(), DilatedResidual(C, 1),
                                  DilatedResidual(C, 2), nn.Conv1d(C, 1, 1))
 
     def embeddings(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +109,10 @@ class DIVE(nn.Module):
         """VAD logits [B, N, T] for embeddings e[B, N, d]."""
         B, T, d = h.shape
         N = e.shape[1]
-        pair = torch.cat([h.transpose(1, 2)[:, None].expand(B, N, d, T), e[..., None].expand(B, N, d, T)], 2)
-        return self.vad(pair.reshape(B * N, 2 * d, T)).view(B, N, T)
+        ht, et = h.transpose(1, 2)[:, None].expand(B, N, d, T), e[..., None].expand(B, N, d, T)
+        # [h; e; h ⊙ e]: the product's channel sum is the cosine similarity, the cue for "this speaker".
+        pair = torch.cat([ht, et, ht * et], 2)
+        return self.vad(pair.reshape(B * N, 3 * d, T)).view(B, N, T)
 
     def _select_training(self, h, scores, reference):
         B, S, T = reference.shape
