@@ -45,9 +45,12 @@ def _cmd_bench(args) -> int:
 
 # `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
 TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "perceiver-ar": "pyaudiok.train.perceiver_ar",
-            "diffstride": "pyaudiok.train.diffstride", "permutation": "pyaudiok.train.permutation"}
+            "diffstride": "pyaudiok.train.diffstride", "permutation": "pyaudiok.train.permutation",
+            "wavesplit": "pyaudiok.train.wavesplit", "dive": "pyaudiok.train.dive"}
 # `pyaudiok generate NAME ...` hands the remaining arguments to module:function(argv).
 GENERATORS = {"perceiver-ar": ("pyaudiok.train.perceiver_ar", "generate_main")}
+# `pyaudiok separate|diarize ...` hand the remaining arguments to module:function(argv).
+TOOLS = {"separate": ("pyaudiok.train.wavesplit", "separate_main"), "diarize": ("pyaudiok.train.dive", "diarize_main")}
 
 
 def _cmd_train(args) -> int:
@@ -59,6 +62,16 @@ def _cmd_generate(args) -> int:
     import importlib
     module, function = GENERATORS[args.system]
     return getattr(importlib.import_module(module), function)(args.args) or 0
+
+
+def _cmd_tool(args) -> int:
+    import importlib
+    module, function = TOOLS[args.command]
+    try:
+        return getattr(importlib.import_module(module), function)(args.args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"pyaudiok {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 def _cmd_codec(args) -> int:
@@ -101,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("system", choices=sorted(GENERATORS))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the generator's own options")
     p.set_defaults(func=_cmd_generate)
+    for name, text in (("separate", "split a mixture into sources with a Wavesplit checkpoint"),
+                       ("diarize", "who spoke when (RTTM on stdout) with a DIVE checkpoint")):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER, help=f"see `pyaudiok {name} --help`")
+        p.set_defaults(func=_cmd_tool)
     p = sub.add_parser("codec", help="encode audio to / decode audio from an .ssc file with a SoundStream checkpoint")
     p.add_argument("action", choices=("encode", "decode"))
     p.add_argument("input")

@@ -3,6 +3,8 @@ from .diffstride import resnet18_diffstride
 from .perceiver_ar import PerceiverAR, PerceiverARConfig
 from .permutation import PermutationPretext
 from .soundstream.model import SoundStream, SoundStreamConfig
+from .wavesplit import Wavesplit, WavesplitConfig
+from .dive import DIVE, DIVEConfig
 
-__all__ = ["PerceiverAR", "PerceiverARConfig", "PermutationPretext", "SoundStream", "SoundStreamConfig",
-           "resnet18_diffstride"]
+__all__ = ["DIVE", "DIVEConfig", "PerceiverAR", "PerceiverARConfig", "PermutationPretext", "SoundStream",
+           "SoundStreamConfig", "Wavesplit", "WavesplitConfig", "resnet18_diffstride"]

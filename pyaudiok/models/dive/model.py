@@ -1,0 +1,196 @@
+"""DIVE (DESIGN.md §8): frame embeddings, iterative speaker selection, per-speaker VAD.
+
+    x[B, S] → encoder (learned filterbank, hop = sample_rate / frame_rate) → dilated residual
+    convs → h[B, T, d] (L2-normalised), about 100 frames per second
+    selection, i = 1..N: t_i = argmax_t score_t over the allowed frames, e_i = h[t_i]
+        training:  allowed = frames where exactly one not-yet-selected reference speaker is
+                   active (that speaker becomes output i: the order is fixed, no PIT needed)
+        inference: allowed = frames whose cosine similarity to every selected e_k is below
+                   `exclusion`; stops when no allowed frame scores above 0.5
+    score_t = sigmoid(w·h_t), trained (BCE) to find frames with exactly one active speaker
+    VAD decoder: p[B, N, T] = sigmoid(f([h_t; e_i; h_t ⊙ e_i])), overlap allowed
+    loss: multi-speaker BCE over frames not within ±collar of any reference turn boundary
+        (+ `score_weight` × the score's BCE)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyaudiok.metrics.diarization import Segment
+from pyaudiok.models.wavesplit.model import DilatedResidual
+
+__all__ = ["DIVEConfig", "DIVE", "DIVEOutput", "collar_mask", "frames_to_segments"]
+
+
+@dataclass
+class DIVEConfig:
+    sample_rate: int = 8_000
+    frame_rate: int = 100
+    channels: int = 64
+    embed_dim: int = 32
+    layers: int = 6               # dilations 1, 2, 4, …
+    max_speakers: int = 3         # N at inference
+    collar: float = 0.25          # seconds per side excluded from the VAD loss
+    exclusion: float = 0.7        # inference: frames this similar to a selected speaker are skipped
+    score_weight: float = 0.5
+
+    @property
+    def hop(self) -> int:
+        return self.sample_rate // self.frame_rate
+
+
+def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
+    """reference[B, S, T] activity → keep[B, T] bool: False for frames whose centre lies strictly
+    within `collar_frames` of a turn boundary (a frame edge where any speaker turns on or off; the
+    edges 0 and T count when a speaker is active there)."""
+    if collar_frames < 0:
+        raise ValueError(f"collar_frames must be >= 0; got {collar_frames}")
+    B, _, T = reference.shape
+    padded = F.pad(reference.float(), (1, 1))
+    boundary = (padded[..., 1:] != padded[..., :-1]).any(1).float()          # [B, T + 1], boundary b at frame edge b
+    # Frame t (centre t + 0.5) is within the collar of edge b = t + j iff 0.5 − c < j < 0.5 + c.
+    lo, hi = math.floor(0.5 - collar_frames) + 1, math.ceil(0.5 + collar_frames) - 1
+    if hi < lo:  # no collar
+        return torch.ones(B, T, dtype=torch.bool, device=reference.device)
+    left = max(0, -lo)
+    padded = F.pad(boundary, (left, max(0, hi - 1)))                        # padded[k] = boundary[k − left]
+    near = padded[:, lo + left:].unfold(1, hi - lo + 1, 1)[:, :T].amax(-1)   # max over boundary[t + lo .. t + hi]
+    return near == 0
+
+
+def frames_to_segments(active: torch.Tensor, frame_rate: float, speakers=None) -> list[Segment]:
+    """active[N, T] bool → segments (runs of active frames), speaker names `speakers[n]` or "spk<n>"."""
+    out = []
+    for n, row in enumerate(active.bool().cpu()):
+        padded = F.pad(row.int(), (1, 1))
+        edges = (padded[1:] - padded[:-1]).nonzero()[:, 0]
+        name = speakers[n] if speakers is not None else f"spk{n}"
+        out += [Segment(float(a) / frame_rate, float(b) / frame_rate, name) for a, b in edges.view(-1, 2).tolist()]
+    return sorted(out)
+
+
+class DIVEOutput(NamedTuple):
+    probs: torch.Tensor       # [B, N, T] speaker activity probabilities
+    embeddings: torch.Tensor  # [B, N, d] selected speaker embeddings
+    selected: torch.Tensor    # [B, N] bool: slot holds a selected speaker
+    frames: torch.Tensor      # [B, N] selected frame per slot (−1: none)
+    scores: torch.Tensor      # [B, T] selection score logits
+
+
+class DIVE(nn.Module):
+    def __init__(self, config: DIVEConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or DIVEConfig()
+        C, d = cfg.channels, cfg.embed_dim
+        self.encoder = nn.Conv1d(1, C, 2 * cfg.hop, stride=cfg.hop, padding=cfg.hop // 2, bias=False)
+        self.encoder_norm = nn.GroupNorm(1, C)  # waveform level varies: normalise the filterbank output
+        self.stack = nn.ModuleList(DilatedResidual(C, 2 ** i) for i in range(cfg.layers))
+        self.embed = nn.Conv1d(C, d, 1)
+        self.score = nn.Conv1d(d, 1, 1)
+        self.vad = nn.Sequential(nn.Conv1d(3 * d, C, 5, padding=2), nn.PReLU(), DilatedResidual(C, 1),
+                                 DilatedResidual(C, 2), nn.Conv1d(C, 1, 1))
+
+    def embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """x[B, S] → h[B, T, d], T = S // hop."""
+        if x.dim() != 2:
+            raise ValueError(f"x must have shape [B, S]; got {list(x.shape)}")
+        z = self.encoder_norm(self.encoder(x[:, None])[..., :x.shape[-1] // self.config.hop])
+        for block in self.stack:
+            z = block(z)
+        return F.normalize(self.embed(z), dim=1).transpose(1, 2)
+
+    def decode(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """VAD logits [B, N, T] for embeddings e[B, N, d]."""
+        B, T, d = h.shape
+        N = e.shape[1]
+        ht, et = h.transpose(1, 2)[:, None].expand(B, N, d, T), e[..., None].expand(B, N, d, T)
+        # [h; e; h ⊙ e]: the product's channel sum is the cosine similarity, the cue for "this speaker".
+        pair = torch.cat([ht, et, ht * et], 2)
+        return self.vad(pair.reshape(B * N, 3 * d, T)).view(B, N, T)
+
+    def _select_training(self, h, scores, reference):
+        B, S, T = reference.shape
+        frames = torch.full((B, S), -1, dtype=torch.long, device=h.device)
+        order = torch.full((B, S), -1, dtype=torch.long, device=h.device)   # slot i ← reference speaker order[b, i]
+        ref = reference.bool()
+        for b in range(B):
+            remaining = ref[b].any(-1).clone()                               # speakers still to select
+            for i in range(S):
+                if not remaining.any():
+                    break
+                solo = (ref[b] & remaining[:, None]).sum(0) == 1              # exactly one unselected speaker active
+                if not solo.any():  # a speaker never alone: fall back to its least-overlapped frame
+                    count = ref[b].sum(0).float().masked_fill(~(ref[b] & remaining[:, None]).any(0), float("inf"))
+                    solo = count == count.min()
+                t = int(scores[b].detach().masked_fill(~solo, float("-inf")).argmax())
+                speaker = int((ref[b, :, t] & remaining).float().argmax())
+                frames[b, i], order[b, i] = t, speaker
+                remaining[speaker] = False
+        return frames, order
+
+    @torch.no_grad()
+    def _select_inference(self, h, scores):
+        B, T, _ = h.shape
+        N = self.config.max_speakers
+        frames = torch.full((B, N), -1, dtype=torch.long, device=h.device)
+        allowed = torch.ones(B, T, dtype=torch.bool, device=h.device)
+        for i in range(N):
+            masked = scores.masked_fill(~allowed, float("-inf"))
+            best, t = masked.max(-1)
+            ok = best > 0 if i else best > float("-inf")  # the first speaker is always selected
+            frames[:, i] = torch.where(ok, t, torch.full_like(t, -1))
+            e = h[torch.arange(B), t]                                          # [B, d]
+            near = (h @ e[..., None])[..., 0] > self.config.exclusion
+            allowed &= ~(near & ok[:, None])
+            allowed &= ok[:, None]
+        return frames
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor | None = None) -> DIVEOutput:
+        """x[B, S]; reference[B, S_ref, T] activity (training: fixes the selection and the order)."""
+        h = self.embeddings(x)
+        B, T, d = h.shape
+        scores = self.score(h.transpose(1, 2))[:, 0]
+        if reference is not None:
+            if reference.dim() != 3 or reference.shape[0] != B or reference.shape[2] != T:
+                raise ValueError(f"reference must have shape [B, S_ref, T] = [{B}, S_ref, {T}] (T = S // hop); "
+                                 f"got {list(reference.shape)}")
+            frames, _ = self._select_training(h, scores, reference)
+        else:
+            frames = self._select_inference(h, scores)
+        selected = frames >= 0
+        e = h.gather(1, frames.clamp_min(0)[..., None].expand(-1, -1, d)) * selected[..., None]
+        return DIVEOutput(torch.sigmoid(self.decode(h, e)), e, selected, frames, scores)
+
+    def loss(self, x: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Collar-masked multi-speaker BCE (targets in selection order) + the score's BCE."""
+        h = self.embeddings(x)
+        B, T, d = h.shape
+        if reference.dim() != 3 or reference.shape[0] != B or reference.shape[2] != T:
+            raise ValueError(f"reference must have shape [B, S_ref, T] = [{B}, S_ref, {T}]; got {list(reference.shape)}")
+        scores = self.score(h.transpose(1, 2))[:, 0]
+        frames, order = self._select_training(h, scores, reference)
+        selected = frames >= 0
+        e = h.gather(1, frames.clamp_min(0)[..., None].expand(-1, -1, d))
+        logits = self.decode(h, e)
+        target = reference.float().gather(1, order.clamp_min(0)[..., None].expand(-1, -1, T))
+        keep = collar_mask(reference, self.config.collar * self.config.frame_rate)[:, None] & selected[..., None]
+        weights = keep.float()
+        vad = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).sum() \
+            / weights.sum().clamp_min(1)
+        solo = (reference.float().sum(1) == 1).float()
+        score = F.binary_cross_entropy_with_logits(scores, solo)
+        total = vad + self.config.score_weight * score
+        return total, {"vad": float(vad.detach()), "score": float(score.detach())}
+
+    @torch.no_grad()
+    def diarize(self, x: torch.Tensor, threshold: float = 0.5) -> list[list[Segment]]:
+        """Segments per item of x[B, S] (speakers named spk0, spk1, … in selection order)."""
+        out = self(x)
+        active = (out.probs > threshold) & out.selected[..., None]
+        return [frames_to_segments(a, self.config.frame_rate) for a in active]

@@ -1,0 +1,4 @@
+"""Wavesplit: speaker-conditioned separation (DESIGN.md §9)."""
+from .model import Wavesplit, WavesplitConfig, WavesplitOutput, speaker_loss
+
+__all__ = ["Wavesplit", "WavesplitConfig", "WavesplitOutput", "speaker_loss"]
