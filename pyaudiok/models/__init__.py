@@ -1,10 +1,10 @@
 """The full systems, built from pyaudiok.nn modules."""
 from .diffstride import resnet18_diffstride
+from .dive import DIVE, DIVEConfig
 from .perceiver_ar import PerceiverAR, PerceiverARConfig
 from .permutation import PermutationPretext
 from .soundstream.model import SoundStream, SoundStreamConfig
 from .wavesplit import Wavesplit, WavesplitConfig
-from .dive import DIVE, DIVEConfig
 
 __all__ = ["DIVE", "DIVEConfig", "PerceiverAR", "PerceiverARConfig", "PermutationPretext", "SoundStream",
            "SoundStreamConfig", "Wavesplit", "WavesplitConfig", "resnet18_diffstride"]
