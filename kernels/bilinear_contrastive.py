@@ -120,7 +120,8 @@ def _config(D: int, device: torch.device) -> tuple[int, int, int, int, int]:
     if device.type != "cuda":  # the interpreter: small tiles so tests cross many block edges
         return 16, 16, 16, 16, 4
     block_k = max(16, min(64, triton.next_power_of_2(D)))
-    return 64, 64, block_k, max(16, min(64, triton.next_power_of_2(D))), 4
+    # dX / dY recompute the score tiles once per D chunk: wide chunks, fewer recomputations.
+    return 64, 64, block_k, max(16, min(128, triton.next_power_of_2(D))), 4
 
 
 def _precision(dtype: torch.dtype) -> str:
