@@ -70,7 +70,11 @@ def pretrain(cfg: TrainConfig, model: COLA, log=print) -> list[float]:
     clips = data.batch(range(cfg.pool))[:, 0]
     clips = clips / clips.norm(dim=1, keepdim=True).clamp(min=1e-12)  # L2-normalised clips
     n = int(round(cfg.crop_seconds * SAMPLE_RATE))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # Adam moves every entry of W by ~lr per step, which moves a logit gᵀWg' by up to ~lr·d² (d =
+    # embedding_dim, |g_i| ≲ 1): W gets lr / d so the logits move by O(lr·d), like the other layers'.
+    others = [p for name, p in model.named_parameters() if name != "similarity"]
+    opt = torch.optim.Adam([{"params": others, "lr": cfg.lr},
+                            {"params": [model.similarity], "lr": cfg.lr / cfg.embedding_dim}])
     gen = torch.Generator().manual_seed(cfg.seed)
     losses = []
     model.train()

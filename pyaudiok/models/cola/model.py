@@ -71,7 +71,9 @@ class COLA(nn.Module):
         self.encoder = nn.Sequential(*(_block(a, b) for a, b in zip(chans[:-1], chans[1:])))
         self.head = nn.Sequential(nn.Linear(chans[-1], cfg.embedding_dim), nn.LayerNorm(cfg.embedding_dim), nn.Tanh())
         self.similarity = nn.Parameter(torch.empty(cfg.embedding_dim, cfg.embedding_dim))
-        nn.init.normal_(self.similarity, std=cfg.embedding_dim ** -0.5)
+        # g has |g_i| ≲ 1 in every one of the d dims, so ‖g‖² ~ d: std 1/d keeps the initial logits
+        # O(1) (std 1/√d gives logits of std ~√d and a loss far above chance at the start).
+        nn.init.normal_(self.similarity, std=1.0 / cfg.embedding_dim)
 
     def embed(self, wav: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(self.norm(self.frontend(wav)))
