@@ -1,4 +1,5 @@
 """The full systems, built from pyaudiok.nn modules."""
+from .cola import COLA, COLAConfig
 from .diffstride import resnet18_diffstride
 from .dive import DIVE, DIVEConfig
 from .perceiver_ar import PerceiverAR, PerceiverARConfig
@@ -6,5 +7,5 @@ from .permutation import PermutationPretext
 from .soundstream.model import SoundStream, SoundStreamConfig
 from .wavesplit import Wavesplit, WavesplitConfig
 
-__all__ = ["DIVE", "DIVEConfig", "PerceiverAR", "PerceiverARConfig", "PermutationPretext", "SoundStream",
-           "SoundStreamConfig", "Wavesplit", "WavesplitConfig", "resnet18_diffstride"]
+__all__ = ["COLA", "COLAConfig", "DIVE", "DIVEConfig", "PerceiverAR", "PerceiverARConfig", "PermutationPretext",
+           "SoundStream", "SoundStreamConfig", "Wavesplit", "WavesplitConfig", "resnet18_diffstride"]

@@ -1,5 +1,6 @@
 """The fused ops. Each module holds one op: its public function, reference, checks, registration
 and backend dispatch (DESIGN.md, "Ops: the contract")."""
+from .bilinear_contrastive import bilinear_contrastive_loss
 from .fourier_crop import fourier_crop, fourier_crop_output_size
 from .kmeans import KMeansResult, kmeans
 from .latent_attention import latent_cross_attention
@@ -11,4 +12,4 @@ from .soft_rank import soft_rank, soft_sort
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_loss", "pit_si_sdr", "si_sdr_matrix",
            "latent_cross_attention", "KMeansResult", "kmeans", "fourier_crop", "fourier_crop_output_size",
            "soft_rank", "soft_sort", "SinkhornResult", "log_sinkhorn_normalize", "sinkhorn", "sinkhorn_rank",
-           "sinkhorn_sort"]
+           "sinkhorn_sort", "bilinear_contrastive_loss"]

@@ -1,0 +1,46 @@
+"""Benchmark of the bilinear contrastive loss (DESIGN §6), forward + backward to anchors, positives
+and W, D = 512, B = 1024…16 384: the reference (the plain PyTorch a user writes: `[B, B]` logits and
+`F.cross_entropy`, which is also the peer), and every backend."""
+from __future__ import annotations
+
+import torch
+
+import pyaudiok
+from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_loss
+
+from .harness import Candidate, Case, backend_candidates
+
+D = 512
+SIZES = {"cpu": (1024, 4096, 8192), "cuda": (1024, 4096, 8192, 16384)}
+QUICK = {"cpu": (1024,), "cuda": (4096,)}
+DTYPE = {"cpu": torch.float32, "cuda": torch.float32}
+
+
+def _step(backend, a, p, w):
+    def run():
+        with pyaudiok.use_backend(backend):
+            loss = bilinear_contrastive_loss(a, p, w)
+        loss.backward()
+        a.grad = p.grad = w.grad = None
+        return loss.detach()
+    return run
+
+
+def contrastive_case(device: torch.device, B: int) -> Case:
+    dtype = DTYPE[device.type]
+    gen = torch.Generator().manual_seed(B)
+    a = torch.randn(B, D, generator=gen).tanh()
+    p = (a + 0.1 * torch.randn(B, D, generator=gen)).tanh()
+    w = torch.randn(D, D, generator=gen) / D
+    a, p, w = (x.to(device, dtype).requires_grad_() for x in (a, p, w))
+
+    def check(output, reference):
+        return f"loss diff {abs(output.item() - reference.item()):.1e}"
+
+    cands = [Candidate("reference", "reference", _step("reference", a, p, w))]
+    cands += backend_candidates(OP, device, dtype, (a, p, w, False, "mean"), lambda b: _step(b, a, p, w), check)
+    return Case("bilinear_contrastive.fwd+bwd", {"B": B, "D": D, "dtype": str(dtype).replace("torch.", "")}, cands)
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    return [contrastive_case(device, B) for B in (QUICK if quick else SIZES)[device.type]]

@@ -1,0 +1,3 @@
+from .model import COLA, COLAConfig, LogMel
+
+__all__ = ["COLA", "COLAConfig", "LogMel"]

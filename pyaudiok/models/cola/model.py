@@ -1,0 +1,89 @@
+"""COLA: contrastive learning of general-purpose audio representations (DESIGN §6).
+
+Two crops of one clip are a positive pair; the batch's other clips are the negatives. Log-mel
+frontend (STFT window 400, hop 160, FFT 1024, Hann; 64 mel bins 60–7800 Hz; log(clip(·, 1e-5))),
+a conv encoder, global max pool, the projection Dense → LayerNorm → tanh, and the bilinear
+similarity g(x)ᵀ W g(x') scored by the fused `bilinear_contrastive_loss`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ...ops import bilinear_contrastive_loss
+from ..soundstream.losses import mel_filterbank
+
+__all__ = ["COLA", "COLAConfig", "LogMel"]
+
+
+@dataclasses.dataclass
+class COLAConfig:
+    sample_rate: int = 16_000
+    n_fft: int = 1024
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 60.0
+    f_max: float = 7800.0
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # conv encoder stages (each halves time and mel)
+    embedding_dim: int = 512                      # the projection g's width (Dense(512))
+    symmetric: bool = False
+
+
+class LogMel(nn.Module):
+    """wav [B, T] or [B, 1, T] -> log-mel [B, 1, frames, n_mels], frames = 1 + (T − win) // hop
+    (98 for 1 s at 16 kHz): frames of `win_length` samples, Hann-windowed, zero-padded to n_fft."""
+
+    def __init__(self, cfg: COLAConfig):
+        super().__init__()
+        self.n_fft, self.win, self.hop = cfg.n_fft, cfg.win_length, cfg.hop_length
+        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
+        fb = mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max).clone()
+        self.register_buffer("filterbank", fb, persistent=False)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        if wav.dim() == 3:
+            wav = wav[:, 0]
+        frames = wav.unfold(-1, self.win, self.hop) * self.window  # [B, frames, win]
+        spec = torch.fft.rfft(frames, n=self.n_fft).abs()
+        mel = spec @ self.filterbank.T
+        return torch.log(mel.clamp(min=1e-5))[:, None]
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2, ceil_mode=True))
+
+
+class COLA(nn.Module):
+    """`embed(wav)` -> the encoder's max-pooled features [B, widths[-1]] (what a downstream linear
+    probe reads); `project(wav)` -> g [B, embedding_dim]; `forward(anchors, positives)` -> the loss."""
+
+    def __init__(self, cfg: COLAConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or COLAConfig()
+        self.frontend = LogMel(cfg)
+        self.norm = nn.BatchNorm2d(1)  # log-mel levels vary by tens of dB: normalise the input
+        chans = (1,) + tuple(cfg.widths)
+        self.encoder = nn.Sequential(*(_block(a, b) for a, b in zip(chans[:-1], chans[1:])))
+        self.head = nn.Sequential(nn.Linear(chans[-1], cfg.embedding_dim), nn.LayerNorm(cfg.embedding_dim), nn.Tanh())
+        self.similarity = nn.Parameter(torch.empty(cfg.embedding_dim, cfg.embedding_dim))
+        # g has |g_i| ≲ 1 in every one of the d dims, so ‖g‖² ~ d: std 1/d keeps the initial logits
+        # O(1) (std 1/√d gives logits of std ~√d and a loss far above chance at the start).
+        nn.init.normal_(self.similarity, std=1.0 / cfg.embedding_dim)
+
+    def embed(self, wav: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(self.norm(self.frontend(wav)))
+        return feats.amax(dim=(2, 3))  # global max pool
+
+    def project(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(wav))
+
+    def forward(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        # Anchors and positives go through the encoder together (one batch, shared statistics).
+        g = self.project(torch.cat([anchors, positives]))
+        ga, gp = g.chunk(2)
+        return bilinear_contrastive_loss(ga, gp, self.similarity, symmetric=self.cfg.symmetric)

@@ -1,0 +1,191 @@
+"""`pyaudiok train cola`: COLA self-supervised pre-training (DESIGN §6) on embedded unlabeled audio,
+then a linear probe on an embedded labeled task, against the same probe on a randomly
+initialised encoder.
+
+    pyaudiok train cola --steps 300 --out runs/cola
+
+Pre-training data: clips of pyaudiok.data.audio_synth.SyntheticAudio (speech-like and music-like,
+generated, no download). Each step draws a batch of clips, L2-normalises each, and takes two random
+crops of `crop_seconds` (they may overlap): the anchor and the positive (+ Gaussian noise,
+σ = 0.001). Loss: the fused bilinear contrastive loss over the batch.
+
+Probe: 7 synthetic sound classes (the generators chord, melody, chirp, coloured noise, noise burst,
+speech-like, music-like), clips of `probe_chunks` non-overlapping crops; a logistic-regression
+layer on the frozen max-pooled encoder features of each chunk, the logits averaged over the chunks
+of a test clip. Written to `out`: `results.json` and the pre-trained checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyaudiok.data import audio_synth
+from pyaudiok.models.cola import COLA, COLAConfig
+
+from .checkpoint import save_checkpoint
+
+__all__ = ["TrainConfig", "pretrain", "probe", "labeled_set", "main"]
+
+PROBE_CLASSES = (audio_synth.chord, audio_synth.melody, audio_synth.chirp, audio_synth.coloured_noise,
+                 audio_synth.noise_burst, audio_synth.speech_like, audio_synth.music_like)
+SAMPLE_RATE = 16_000
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch: int = 32
+    lr: float = 1e-3
+    crop_seconds: float = 1.0      # DESIGN §6: 1 s crops
+    clip_seconds: float = 1.5      # pre-training clips the crops are taken from
+    pool: int = 1024               # distinct unlabeled clips, generated once
+    widths: tuple = (16, 32, 64, 128)
+    embedding_dim: int = 512
+    symmetric: bool = False
+    probe_train: int = 350
+    probe_test: int = 350
+    probe_chunks: int = 2
+    probe_steps: int = 300
+    seed: int = 0
+    out_dir: str | None = None
+
+
+def _crop(wav: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """One random crop of n samples per row of wav [B, T]."""
+    starts = torch.randint(0, wav.shape[1] - n + 1, (wav.shape[0],), generator=gen)
+    index = starts[:, None] + torch.arange(n)
+    return wav.gather(1, index)
+
+
+def pretrain(cfg: TrainConfig, model: COLA, log=print) -> list[float]:
+    """COLA pre-training of `model` in place; returns the per-step losses."""
+    data = audio_synth.SyntheticAudio(SAMPLE_RATE, cfg.clip_seconds, seed=cfg.seed, real_speech=False)
+    clips = data.batch(range(cfg.pool))[:, 0]
+    clips = clips / clips.norm(dim=1, keepdim=True).clamp(min=1e-12)  # L2-normalised clips
+    n = int(round(cfg.crop_seconds * SAMPLE_RATE))
+    # Adam moves every entry of W by ~lr per step, which moves a logit gᵀWg' by up to ~lr·d² (d =
+    # embedding_dim, |g_i| ≲ 1): W gets lr / d so the logits move by O(lr·d), like the other layers'.
+    others = [p for name, p in model.named_parameters() if name != "similarity"]
+    opt = torch.optim.Adam([{"params": others, "lr": cfg.lr},
+                            {"params": [model.similarity], "lr": cfg.lr / cfg.embedding_dim}])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    model.train()
+    for step in range(cfg.steps):
+        wav = clips[torch.randint(0, len(clips), (cfg.batch,), generator=gen)]
+        anchors = _crop(wav, n, gen)
+        positives = _crop(wav, n, gen) + 0.001 * torch.randn(wav.shape[0], n, generator=gen)
+        loss = model(anchors, positives)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if log and (step % max(cfg.steps // 10, 1) == 0 or step == cfg.steps - 1):
+            log(f"  step {step:4d}  contrastive loss {np.mean(losses[-20:]):.3f}  (chance {np.log(cfg.batch):.3f})")
+    return losses
+
+
+def labeled_set(n: int, chunks: int, seconds: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n clips [n, chunks, samples] of the probe classes (peak-normalised, random gain, faint noise)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(PROBE_CLASSES), n)
+    T = int(round(seconds * SAMPLE_RATE))
+    clips = []
+    for c in labels:
+        wav = PROBE_CLASSES[int(c)](rng, T * chunks, SAMPLE_RATE)
+        wav = wav / (np.abs(wav).max() + 1e-9) * 10 ** (rng.uniform(-20, -1) / 20)
+        clips.append(wav + rng.normal(0, 1e-4, wav.shape))
+    wav = torch.tensor(np.stack(clips), dtype=torch.float32).view(n, chunks, T)
+    return wav / wav.norm(dim=2, keepdim=True).clamp(min=1e-12), torch.tensor(labels)
+
+
+@torch.no_grad()
+def _features(model: COLA, wav: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Frozen encoder features of every chunk: [n, chunks, F]."""
+    model.eval()
+    flat = wav.reshape(-1, wav.shape[-1])
+    feats = torch.cat([model.embed(flat[i:i + batch]) for i in range(0, len(flat), batch)])
+    return feats.view(wav.shape[0], wav.shape[1], -1)
+
+
+def probe(model: COLA, train_set, test_set, steps: int = 300, seed: int = 0) -> dict:
+    """Linear classifier on the frozen features (per chunk); test logits averaged over chunks."""
+    (xtr, ytr), (xte, yte) = train_set, test_set
+    ftr, fte = _features(model, xtr), _features(model, xte)
+    mean, std = ftr.mean((0, 1)), ftr.std((0, 1)).clamp(min=1e-6)
+    ftr, fte = (ftr - mean) / std, (fte - mean) / std
+    torch.manual_seed(seed)
+    classes = int(max(ytr.max(), yte.max())) + 1
+    linear = nn.Linear(ftr.shape[-1], classes)
+    opt = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-4)
+    targets = ytr[:, None].expand(-1, ftr.shape[1]).reshape(-1)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(linear(ftr.reshape(-1, ftr.shape[-1])), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        train_acc = (linear(ftr).mean(1).argmax(1) == ytr).float().mean().item()
+        test_acc = (linear(fte).mean(1).argmax(1) == yte).float().mean().item()
+    return {"probe_train_accuracy": round(train_acc, 4), "probe_test_accuracy": round(test_acc, 4)}
+
+
+def run(cfg: TrainConfig, log=print) -> dict:
+    """Pre-train COLA, then probe it and a randomly initialised copy of the same architecture."""
+    torch.manual_seed(cfg.seed)
+    mcfg = COLAConfig(widths=tuple(cfg.widths), embedding_dim=cfg.embedding_dim, symmetric=cfg.symmetric)
+    model = COLA(mcfg)
+    random_encoder = COLA(mcfg)
+    random_encoder.load_state_dict(model.state_dict())  # the same initialisation, never trained
+    train_set = labeled_set(cfg.probe_train, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1)
+    test_set = labeled_set(cfg.probe_test, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1_000_003)
+    start = time.perf_counter()
+    losses = pretrain(cfg, model, log)
+    seconds = time.perf_counter() - start
+    result = {"config": asdict(cfg), "pretrain_seconds": round(seconds, 1),
+              "first_loss": round(float(np.mean(losses[:10])), 4), "last_loss": round(float(np.mean(losses[-10:])), 4),
+              "cola": probe(model, train_set, test_set, cfg.probe_steps, cfg.seed),
+              "random_encoder": probe(random_encoder, train_set, test_set, cfg.probe_steps, cfg.seed)}
+    if cfg.out_dir:
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out / "cola.pt", {"model": model.state_dict(), "config": asdict(mcfg), "result": result})
+        (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="pyaudiok train cola", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainConfig()
+    for name in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test", "probe_chunks",
+                 "probe_steps", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    for name in ("lr", "crop_seconds", "clip_seconds"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    p.add_argument("--widths", default=",".join(map(str, d.widths)), help="conv encoder stage widths")
+    p.add_argument("--symmetric", action="store_true", help="symmetric (both directions) contrastive loss")
+    p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
+    args = p.parse_args(argv)
+    if args.clip_seconds < args.crop_seconds:
+        p.error("--clip-seconds must be at least --crop-seconds")
+    kwargs = {k: getattr(args, k) for k in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test",
+                                            "probe_chunks", "probe_steps", "seed", "lr", "crop_seconds",
+                                            "clip_seconds", "symmetric")}
+    cfg = TrainConfig(widths=tuple(int(w) for w in args.widths.split(",")), out_dir=args.out, **kwargs)
+    result = run(cfg)
+    print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "
+          f"random encoder {result['random_encoder']['probe_test_accuracy']:.3f}  "
+          f"(contrastive loss {result['first_loss']:.3f} -> {result['last_loss']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""COLA model: log-mel frontend shape (DESIGN §6), embedding shapes, loss and its gradients."""
+import pytest
+import torch
+
+from pyaudiok.models import COLA, COLAConfig
+from pyaudiok.ops.bilinear_contrastive import bilinear_contrastive_reference
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_logmel_frontend_matches_design_shape():
+    model = COLA(COLAConfig(widths=(4, 8)))
+    mel = model.frontend(torch.randn(3, 16000))
+    assert mel.shape == (3, 1, 98, 64)
+    assert mel.min() >= torch.log(torch.tensor(1e-5)) - 1e-6  # log(clip(·, 1e-5))
+    silent = model.frontend(torch.zeros(1, 1, 16000))
+    assert torch.all(silent == torch.log(torch.tensor(1e-5)))
+
+
+def test_embeddings_and_loss_backpropagate_to_every_parameter():
+    cfg = COLAConfig(widths=(4, 8), embedding_dim=16)
+    model = COLA(cfg)
+    a, p = torch.randn(5, 4000), torch.randn(5, 4000)
+    assert model.embed(a).shape == (5, 8)
+    g = model.project(a)
+    assert g.shape == (5, 16) and g.abs().max() <= 1  # tanh head
+    loss = model(a, p)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert model.similarity.grad.abs().sum() > 0
+
+
+def test_loss_is_the_bilinear_cross_entropy_of_the_projections():
+    model = COLA(COLAConfig(widths=(4,), embedding_dim=8, symmetric=True)).eval()
+    a, p = torch.randn(6, 3000), torch.randn(6, 3000)
+    g = model.project(torch.cat([a, p]))
+    expected = bilinear_contrastive_reference(g[:6], g[6:], model.similarity, True)
+    torch.testing.assert_close(model(a, p), expected, rtol=1e-5, atol=1e-6)
