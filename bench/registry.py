@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import torch
 
+from . import bench_leaf
 from . import (bench_der, bench_fourier_crop, bench_kmeans, bench_latent_attention, bench_perceiver_ar, bench_rvq,
                bench_si_sdr, bench_soundstream)
 
 MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der, "si_sdr": bench_si_sdr,
            "kmeans": bench_kmeans, "latent_attention": bench_latent_attention, "perceiver_ar": bench_perceiver_ar,
            "fourier_crop": bench_fourier_crop}
+MODULES["leaf"] = bench_leaf
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):

@@ -11,4 +11,7 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("fourier_crop_matrix_backward(Tensor grad, Tensor mask) -> Tensor");
   m.def("fourier_mask_crop(Tensor spectrum, Tensor mask_rows, Tensor mask_cols) -> Tensor");
   m.def("fourier_mask_crop_backward(Tensor grad, Tensor spectrum, Tensor mask_rows, Tensor mask_cols) -> (Tensor, Tensor)");
+  // sPCEN (pyaudiok/ops/pcen.py documents the contract and the gradients).
+  m.def("pcen_forward(Tensor E, Tensor params, float eps) -> (Tensor, Tensor)");
+  m.def("pcen_backward(Tensor grad, Tensor E, Tensor M, Tensor params, float eps) -> (Tensor, Tensor)");
 }
