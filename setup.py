@@ -84,7 +84,8 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "pyannote.metrics"],
         "bench": ["pytest-benchmark"],
-        "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics", "perceiver-ar-pytorch"],
+        "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics", "perceiver-ar-pytorch",
+                  "speechbrain", "torchaudio"],
     },
     entry_points={"console_scripts": ["pyaudiok = pyaudiok.cli:main"]},
 )

@@ -46,6 +46,7 @@ def _cmd_bench(args) -> int:
 # `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
 TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "perceiver-ar": "pyaudiok.train.perceiver_ar",
             "diffstride": "pyaudiok.train.diffstride"}
+TRAINERS["leaf"] = "pyaudiok.train.leaf"
 # `pyaudiok generate NAME ...` hands the remaining arguments to module:function(argv).
 GENERATORS = {"perceiver-ar": ("pyaudiok.train.perceiver_ar", "generate_main")}
 
