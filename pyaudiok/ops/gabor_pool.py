@@ -93,8 +93,9 @@ def _tile(segment, filters, windows, first, n_samples, stride):
     return Fn.conv1d(energy, windows, stride=stride, groups=energy.shape[1])
 
 
-def tile_frames(batch: int, n_filters: int, stride: int, budget: int = 1 << 21) -> int:
-    """Frames per tile so that a tile's [B, 2F, L] intermediate stays near `budget` elements."""
+def tile_frames(batch: int, n_filters: int, stride: int, budget: int = 1 << 23) -> int:
+    """Frames per tile so that a tile's [B, 2F, L] intermediate stays near `budget` elements (32 MB in fp32:
+    smaller tiles cost more than the recompute, measured on CPU)."""
     return max(1, budget // max(1, batch * 2 * n_filters * stride))
 
 

@@ -26,7 +26,7 @@ def inputs(B, F, T, device="cpu", dtype=torch.float32, grad=True):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("B,F,T", [(2, 3, 50), (1, 40, 1), (3, 5, 131), (0, 4, 10), (1, 17, 300)])
+@pytest.mark.parametrize("B,F,T", [(2, 3, 50), (1, 40, 1), (3, 5, 131), (0, 4, 10), (1, 17, 150)])
 def test_forward_and_gradients_match_reference(backend, B, F, T):
     device = require_backend(PCEN, backend)
     compare_with_reference(pcen, inputs(B, F, T, device), backend, scale=5)
