@@ -84,7 +84,8 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "pyannote.metrics"],
         "bench": ["pytest-benchmark"],
-        # torchsort (a soft_rank peer) is not listed: it builds from source, see bench/bench_soft_rank.py.
+        # Not listed: torchsort (builds from source; see bench/bench_soft_rank.py) and SpeechBrain /
+        # torchaudio (need their own torch; see DESIGN, "Peers on this machine"): benches report them skipped.
         "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics", "perceiver-ar-pytorch", "POT",
                   "torchmetrics", "scikit-learn"],
     },

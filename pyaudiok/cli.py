@@ -46,7 +46,8 @@ def _cmd_bench(args) -> int:
 # `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
 TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "perceiver-ar": "pyaudiok.train.perceiver_ar",
             "diffstride": "pyaudiok.train.diffstride", "permutation": "pyaudiok.train.permutation",
-            "wavesplit": "pyaudiok.train.wavesplit", "dive": "pyaudiok.train.dive", "cola": "pyaudiok.train.cola"}
+            "wavesplit": "pyaudiok.train.wavesplit", "dive": "pyaudiok.train.dive", "cola": "pyaudiok.train.cola",
+            "leaf": "pyaudiok.train.leaf"}
 # `pyaudiok generate NAME ...` hands the remaining arguments to module:function(argv).
 GENERATORS = {"perceiver-ar": ("pyaudiok.train.perceiver_ar", "generate_main")}
 # `pyaudiok separate|diarize ...` hand the remaining arguments to module:function(argv).

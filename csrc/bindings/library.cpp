@@ -20,4 +20,7 @@ TORCH_LIBRARY(pyaudiok, m) {
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("sinkhorn_backward(Tensor grad_plan, Tensor grad_f, Tensor grad_g, Tensor cost, Tensor log_a, Tensor log_b, "
         "Tensor plan, Tensor iters, Tensor hist_f, Tensor hist_g, float eps) -> (Tensor, Tensor, Tensor)");
+  // sPCEN (pyaudiok/ops/pcen.py documents the contract and the gradients).
+  m.def("pcen_forward(Tensor E, Tensor params, float eps) -> (Tensor, Tensor)");
+  m.def("pcen_backward(Tensor grad, Tensor E, Tensor M, Tensor params, float eps) -> (Tensor, Tensor)");
 }

@@ -1,0 +1,99 @@
+// sPCEN on the CPU: a loop over time, kLanes channels side by side, so the independent recurrences
+// of neighbouring channels overlap instead of waiting on each other's multiply-add.
+#include "pcen.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace pyaudiok::cpu {
+namespace {
+
+constexpr int64_t kLanes = 8;
+
+// Per-lane channel parameters and derived constants.
+template <typename T>
+struct Lane {
+  T alpha, delta, inv_r, s, delta_root, log_delta;
+  Lane() = default;
+  Lane(const T* params, int64_t F, int64_t f)
+      : alpha(params[f]), delta(params[F + f]), inv_r(T(1) / params[2 * F + f]), s(params[3 * F + f]) {
+    log_delta = std::log(delta);
+    delta_root = std::exp(log_delta * inv_r);
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps, int64_t row_begin,
+                  int64_t row_end, T* y, T* M) {
+  const T e0 = static_cast<T>(eps);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
+    const int64_t lanes = std::min(kLanes, row_end - r0);
+    Lane<T> p[kLanes];
+    T state[kLanes];
+    for (int64_t j = 0; j < lanes; ++j) {
+      p[j] = Lane<T>(params, F, (r0 + j) % F);
+      state[j] = E[(r0 + j) * n_time];  // M_0 = E_0
+    }
+    for (int64_t t = 0; t < n_time; ++t) {
+      for (int64_t j = 0; j < lanes; ++j) {
+        const int64_t i = (r0 + j) * n_time + t;
+        const T e = E[i];
+        if (t > 0) state[j] = p[j].s * e + (T(1) - p[j].s) * state[j];
+        M[i] = state[j];
+        const T z = e * std::exp(-p[j].alpha * std::log(e0 + state[j])) + p[j].delta;
+        y[i] = std::exp(std::log(z) * p[j].inv_r) - p[j].delta_root;
+      }
+    }
+  }
+}
+
+template <typename T>
+void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time, double eps,
+                   int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
+  const T e0 = static_cast<T>(eps);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
+    const int64_t lanes = std::min(kLanes, row_end - r0);
+    Lane<T> p[kLanes];
+    T lam[kLanes] = {};
+    double acc[kLanes][4] = {};  // ∂α, ∂δ, ∂r, ∂s sums of the row
+    for (int64_t j = 0; j < lanes; ++j) p[j] = Lane<T>(params, F, (r0 + j) % F);
+    for (int64_t t = n_time - 1; t >= 0; --t) {
+      for (int64_t j = 0; j < lanes; ++j) {
+        const Lane<T>& q = p[j];
+        const int64_t i = (r0 + j) * n_time + t;
+        const T g = grad[i], e = E[i], m = M[i];
+        const T log_m = std::log(e0 + m);
+        const T P = std::exp(-q.alpha * log_m);
+        const T z = e * P + q.delta;
+        const T log_z = std::log(z);
+        const T z_root = std::exp(log_z * q.inv_r);
+        const T gz = g * q.inv_r * z_root / z;  // g · (1/r) Z^{1/r − 1}
+        const T gzeP = gz * e * P;
+        lam[j] = -q.alpha * gzeP / (e0 + m) + (T(1) - q.s) * lam[j];
+        acc[j][0] -= static_cast<double>(gzeP * log_m);
+        acc[j][1] += static_cast<double>(gz - g * q.inv_r * q.delta_root / q.delta);
+        acc[j][2] -= static_cast<double>(g * q.inv_r * q.inv_r * (z_root * log_z - q.delta_root * q.log_delta));
+        if (t > 0) {
+          grad_E[i] = gz * P + q.s * lam[j];
+          acc[j][3] += static_cast<double>(lam[j] * (e - M[i - 1]));
+        } else {
+          grad_E[i] = gz * P + lam[j];
+        }
+      }
+    }
+    for (int64_t j = 0; j < lanes; ++j)
+      for (int k = 0; k < 4; ++k) partial[(r0 + j) * 4 + k] = static_cast<T>(acc[j][k]);
+  }
+}
+
+#define PYAUDIOK_PCEN_INSTANTIATE(T)                                                                            \
+  template void pcen_forward<T>(const T*, const T*, int64_t, int64_t, double, int64_t, int64_t, T*, T*);       \
+  template void pcen_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, double, int64_t,    \
+                                 int64_t, T*, T*);
+PYAUDIOK_PCEN_INSTANTIATE(float)
+PYAUDIOK_PCEN_INSTANTIATE(double)
+#undef PYAUDIOK_PCEN_INSTANTIATE
+
+}  // namespace pyaudiok::cpu

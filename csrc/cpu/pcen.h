@@ -1,0 +1,20 @@
+// sPCEN (LEAF's compression), CPU kernels. Torch-free: raw pointers and sizes; the binding
+// (csrc/bindings/pcen_cpu.cpp) validates, allocates and splits the rows over threads.
+// pyaudiok/ops/pcen.py documents the math. Rows are the B·F channels of E[B, F, T] (time
+// contiguous); params is [4, F] = (alpha, delta, r, smooth). T is float or double (the state type).
+#pragma once
+#include <cstdint>
+
+namespace pyaudiok::cpu {
+
+// y and M (the smoother state) for rows [row_begin, row_end).
+template <typename T>
+void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps, int64_t row_begin,
+                  int64_t row_end, T* y, T* M);
+
+// grad_E for rows [row_begin, row_end), and partial[row * 4 + k] = that row's ∂/∂params[k] sum.
+template <typename T>
+void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time, double eps,
+                   int64_t row_begin, int64_t row_end, T* grad_E, T* partial);
+
+}  // namespace pyaudiok::cpu

@@ -1,0 +1,69 @@
+"""LeafClassifier (DESIGN §4): a learnable LEAF frontend (or a fixed log-mel baseline with the same
+frame layout) → a 2-D conv classifier over [F, frames]. The default head is the official example's
+6-layer ConvNet (64-128-256-256-512-512, 3×3 conv + batch norm + ReLU, 2×2 max pooling after the
+first four) + global max pool + linear."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pyaudiok.nn.leaf import Leaf, mel_filterbank
+
+__all__ = ["LeafClassifier", "LogMel", "ConvNet"]
+
+
+class LogMel(nn.Module):
+    """Fixed log-mel frontend with LEAF's framing (25 ms Hann window, 10 ms hop, 40 bands 60–7800 Hz):
+    the baseline LEAF replaces. [B, T] → [B, F, ⌈T/hop⌉ + 1]."""
+
+    def __init__(self, n_filters: int = 40, sample_rate: int = 16_000, window_ms: float = 25.0, hop_ms: float = 10.0,
+                 min_freq: float = 60.0, max_freq: float = 7800.0, n_fft: int = 512):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, int(round(sample_rate * hop_ms / 1000))
+        self.win = int(sample_rate * window_ms / 1000)
+        self.register_buffer("window", torch.hann_window(self.win), persistent=False)
+        self.register_buffer("bank", mel_filterbank(n_filters, n_fft, sample_rate, min_freq, max_freq).float(),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(x, self.n_fft, self.hop, self.win, self.window, return_complex=True).abs() ** 2
+        return torch.log(self.bank @ spec + 1e-6)
+
+
+class ConvNet(nn.Module):
+    """[B, F, frames] → logits: conv blocks over the (F, frames) plane, global max pool, linear."""
+
+    def __init__(self, n_classes: int, channels=(64, 128, 256, 256, 512, 512), pooled_layers: int = 4):
+        super().__init__()
+        layers, c_in = [], 1
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            if i < pooled_layers:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, n_classes)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        h = self.features(feats[:, None])
+        return self.head(h.amax(dim=(2, 3)))
+
+
+class LeafClassifier(nn.Module):
+    """Waveforms [B, T] → class logits; `frontend` is "leaf" (learnable) or "mel" (fixed baseline).
+    Features are normalised per channel over time (instance norm) before the classifier."""
+
+    def __init__(self, n_classes: int, frontend: str = "leaf", n_filters: int = 40, sample_rate: int = 16_000,
+                 channels=(64, 128, 256, 256, 512, 512), **frontend_options):
+        super().__init__()
+        if frontend == "leaf":
+            self.frontend = Leaf(n_filters, sample_rate, **frontend_options)
+        elif frontend == "mel":
+            self.frontend = LogMel(n_filters, sample_rate, **frontend_options)
+        else:
+            raise ValueError(f"frontend must be 'leaf' or 'mel'; got {frontend!r}")
+        self.norm = nn.InstanceNorm1d(n_filters)
+        self.classifier = ConvNet(n_classes, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(self.frontend(x)))

@@ -1,0 +1,30 @@
+"""LeafClassifier: shapes and gradients for both frontends, the default ConvNet widths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyaudiok.models import LeafClassifier
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("frontend", ["leaf", "mel"])
+def test_logits_and_gradients(frontend):
+    model = LeafClassifier(5, frontend=frontend, n_filters=16, channels=(4, 8, 8, 8, 8, 8))
+    x = torch.randn(2, 2000)
+    logits = model(x)
+    assert logits.shape == (2, 5)
+    logits.sum().backward()
+    frontend_grads = [p.grad for p in model.frontend.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in frontend_grads)
+    assert (len(frontend_grads) > 0) == (frontend == "leaf")
+
+
+def test_default_head_widths_and_bad_frontend():
+    model = LeafClassifier(10)
+    convs = [m.out_channels for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [64, 128, 256, 256, 512, 512]
+    assert sum(p.numel() for p in model.frontend.parameters()) == 280
+    with pytest.raises(ValueError, match="frontend must be 'leaf' or 'mel'"):
+        LeafClassifier(10, frontend="sinc")

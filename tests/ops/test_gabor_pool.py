@@ -1,0 +1,117 @@
+"""gabor_pool: every backend against the reference (values and the gradients to x and the three
+parameter vectors), the reference against a direct evaluation of the definition, tiling edge cases,
+bad inputs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.ops import gabor_pool
+from pyaudiok.ops.gabor_pool import (FLOOR, GABOR_POOL, _triton_forward, gabor_filters, gabor_pool_reference,
+                                     gabor_pool_tiled, gaussian_windows)
+
+from ..harness import compare_with_reference, require_backend
+
+BACKENDS = ("cpu", "triton")
+
+
+def params(F, device="cpu", dtype=torch.float32, window=401, grad=True):
+    """Parameters spread over the DESIGN's clipped ranges."""
+    eta = torch.rand(F, dtype=torch.float64) * math.pi
+    lo, hi = 4 * math.sqrt(2 * math.log(2)) / math.pi, window * math.sqrt(2 * math.log(2)) / math.pi
+    sigma = lo + (hi - lo) * torch.rand(F, dtype=torch.float64) ** 2
+    pool = 2 / window + (0.5 - 2 / window) * torch.rand(F, dtype=torch.float64)
+    return [t.to(device, dtype).requires_grad_(grad) for t in (eta, sigma, pool)]
+
+
+def waveform(B, T, device="cpu", dtype=torch.float32, grad=True):
+    return torch.randn(B, T, dtype=torch.float64).to(device, dtype).requires_grad_(grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,T,F,window,stride", [(2, 401, 3, 401, 160), (1, 1003, 5, 401, 160),
+                                                  (3, 257, 4, 101, 40), (0, 500, 2, 401, 160),
+                                                  (2, 333, 16, 65, 16)])
+def test_forward_and_gradients_match_reference(backend, B, T, F, window, stride):
+    device = require_backend(GABOR_POOL, backend)
+    if backend == "triton" and device.type == "cpu" and (window > 101 or B * T > 700):
+        pytest.skip("large cases take ~20 s in the Triton interpreter: covered on a GPU")
+    inputs = [waveform(B, T, device), *params(F, device, window=window)]
+    fn = lambda x, e, s, p: gabor_pool(x, e, s, p, window=window, stride=stride)  # noqa: E731
+    out, _ = compare_with_reference(fn, inputs, backend, scale=10)
+    assert out[0].shape == (B, F, -(-T // stride))
+
+
+@pytest.mark.parametrize("frames_per_tile", [1, 2, 7])
+def test_tiles_of_any_size_match_reference(frames_per_tile):
+    x = waveform(2, 1290, dtype=torch.float64, grad=False)
+    eta, sigma, pool = params(6, dtype=torch.float64, window=129, grad=False)
+    got = gabor_pool_tiled(x, eta, sigma, pool, 129, 64, frames_per_tile=frames_per_tile)
+    want = gabor_pool_reference(x, eta, sigma, pool, 129, 64)
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+def test_reference_matches_the_definition():
+    """A direct double sum of the DESIGN's formula (frame k centred on sample stride·k)."""
+    window, stride, T = 31, 8, 70
+    h = window // 2
+    x = torch.randn(1, T, dtype=torch.float64)
+    eta, sigma, pool = (torch.tensor(v, dtype=torch.float64) for v in ([0.3, 2.5], [2.0, 6.0], [0.2, 0.45]))
+    got = gabor_pool_reference(x, eta, sigma, pool, window, stride)
+    t = torch.arange(-h, h + 1, dtype=torch.float64)
+    xp = torch.nn.functional.pad(x[0], (h, h))
+    for f in range(2):
+        phi = torch.exp(1j * eta[f] * t) * torch.exp(-t**2 / (2 * sigma[f] ** 2)) / (math.sqrt(2 * math.pi) * sigma[f])
+        u = torch.stack([(phi * xp[n:n + window]).sum() for n in range(T)])
+        w = torch.exp(-0.5 * ((torch.arange(window) - h) / (pool[f] * h)) ** 2)
+        for k in range(got.shape[-1]):
+            acc = sum(w[j] * abs(u[stride * k + j - h]) ** 2 for j in range(window) if 0 <= stride * k + j - h < T)
+            assert got[0, f, k].item() == pytest.approx(max(acc.item(), FLOOR), rel=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_input(backend):
+    device = require_backend(GABOR_POOL, backend)
+    x = waveform(4, 300, device, grad=False)
+    eta, sigma, pool = params(4, device, window=33, grad=False)
+    view = x[::2, ::2]
+    with pyaudiok.use_backend(backend):
+        got = gabor_pool(view, eta, sigma, pool, window=33, stride=16)
+    want = gabor_pool_reference(view.double(), eta.double(), sigma.double(), pool.double(), 33, 16)
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 800)
+    eta, sigma, pool = params(3, grad=False)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, T\]"):
+        gabor_pool(x[0], eta, sigma, pool)
+    with pytest.raises(ValueError, match="T >= window = 401"):
+        gabor_pool(x[:, :400], eta, sigma, pool)
+    with pytest.raises(ValueError, match="bandwidths has size 2 .* expected 3 to match center_freqs' length F"):
+        gabor_pool(x, eta, sigma[:2], pool)
+    with pytest.raises(ValueError, match="pool_widths must be positive"):
+        gabor_pool(x, eta, sigma, -pool)
+    with pytest.raises(ValueError, match="bandwidths must be positive"):
+        gabor_pool(x, eta, torch.zeros_like(sigma), pool)
+    with pytest.raises(ValueError, match="window must be odd"):
+        gabor_pool(x, eta, sigma, pool, window=400)
+    with pytest.raises(TypeError, match="center_freqs must have dtype"):
+        gabor_pool(x, eta.long(), sigma, pool)
+    with pytest.raises(TypeError, match="stride must be an int"):
+        gabor_pool(x, eta, sigma, pool, stride=1.5)
+
+
+def test_triton_raw_op_passes_opcheck():
+    device = require_backend(GABOR_POOL, "triton")
+    window = 33
+    filters = gabor_filters(*params(3, device, window=window, grad=False)[:2], window)
+    re = filters[0::2, 0].T.contiguous().requires_grad_(True)
+    im = filters[1::2, 0].T.contiguous().requires_grad_(True)
+    windows = gaussian_windows(torch.full((3,), 0.4, device=device), window)[:, 0].T.contiguous()
+    x = waveform(2, 100, device)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(_triton_forward(), (x, re, im, windows.requires_grad_(True), 16, FLOOR), test_utils=tests)
