@@ -115,3 +115,58 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     writer.writerows(rows)
     with atomic_writer(path) as f:
         f.write(text.getvalue().encode())
+
+
+# ----------------------------------------------------------------------------------------------
+# Single-file runs (a results.json, a log.csv and one checkpoint.pt in an output directory).
+
+def write_run(out_dir: str | os.PathLike, rows: list[dict[str, float]], result: dict, model: nn.Module,
+              model_config: dict) -> None:
+    """Write a finished run: log.csv (rows), results.json (result) and checkpoint.pt (the model's
+    weights, its config and the result)."""
+    import json
+
+    from .checkpoint import save_checkpoint
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "log.csv", rows)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "model_config": model_config,
+                                           "result": result})
+
+
+def read_run_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The state written by `write_run` (a checkpoint.pt file, or the run's output directory)."""
+    from .checkpoint import load_checkpoint
+
+    path = Path(checkpoint)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return load_checkpoint(path)
+
+
+def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
+                     choices: dict[str, tuple[str, ...]] | None = None):
+    """A dataclass config from command-line options generated from its fields (`--field-name`,
+    typed by the default; `choices` restricts some; `--out` sets `out_dir`)."""
+    import argparse
+    from dataclasses import asdict
+
+    choices = choices or {}
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in asdict(config_cls()).items():
+        if name == "out_dir":
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if name in choices:
+            parser.add_argument(flag, choices=choices[name], default=value)
+        elif isinstance(value, bool):  # type=bool would read "False" as True
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    parser.add_argument("--out", dest="out_dir", default=None,
+                        help="directory for log.csv, results.json and checkpoint.pt")
+    return config_cls(**vars(parser.parse_args(argv)))

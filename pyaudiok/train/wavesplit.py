@@ -14,7 +14,6 @@ each source. Written to `out`: `log.csv` (step, losses), `results.json`, `checkp
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +24,7 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .runtime import Averager, seed_everything, write_csv
+from .runtime import Averager, config_from_argv, read_run_checkpoint, seed_everything, write_run
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -109,39 +107,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
     result = {"config": asdict(cfg), "speakers": train_bank.kind, "before": before, "after": after,
               "log": rows, "seconds": round(seconds, 1)}
     if cfg.out_dir:
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / "log.csv", rows)
-        (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-        save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "model_config": asdict(model.config),
-                                               "result": result})
+        write_run(cfg.out_dir, rows, result, model, asdict(model.config))
     return result
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="pyaudiok train wavesplit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig()
-    for name, value in asdict(defaults).items():
-        if name in ("out_dir", "source"):
-            continue
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--source", choices=("auto", "synthetic", "tts"), default=defaults.source)
-    p.add_argument("--out", default=None, help="directory for log.csv, results.json and checkpoint.pt")
-    args = vars(p.parse_args(argv))
-    args["out_dir"] = args.pop("out")
-    train(TrainConfig(**args))
+    train(config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
+                           choices={"source": ("auto", "synthetic", "tts")}))
     return 0
 
 
 def load_model(checkpoint: str | Path) -> tuple[Wavesplit, int]:
     """The model of a `pyaudiok train wavesplit` checkpoint (file or output directory), in eval
     mode, and its sample rate."""
-    path = Path(checkpoint)
-    path = path / "checkpoint.pt" if path.is_dir() else path
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = load_checkpoint(path)
+    state = read_run_checkpoint(checkpoint)
     model = Wavesplit(WavesplitConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), int(state["result"]["config"]["sample_rate"])
