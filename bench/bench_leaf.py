@@ -10,11 +10,10 @@ import math
 
 import torch
 
-import pyaudiok
 from pyaudiok.ops.gabor_pool import GABOR_POOL, gabor_pool
 from pyaudiok.ops.pcen import PCEN, pcen
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, with_backend
 from .peers import load
 
 SAMPLE_RATE, SECONDS, F, WINDOW, STRIDE = 16_000, 4, 40, 401, 160
@@ -28,13 +27,6 @@ def _step(fn, backward, *inputs):
             for t in inputs:
                 t.grad = None
         return y
-    return run
-
-
-def _with_backend(backend, fn):
-    def run():
-        with pyaudiok.use_backend(backend):
-            return fn()
     return run
 
 
@@ -61,9 +53,9 @@ def gabor_case(device, batch, backward) -> Case:
     args = (x, eta, sigma, pool, WINDOW, STRIDE)
     fn = lambda: gabor_pool(x, eta, sigma, pool, window=WINDOW, stride=STRIDE)  # noqa: E731
     inputs = (x, eta, sigma, pool)
-    cands = [Candidate("reference", "reference", _with_backend("reference", _step(fn, backward, *inputs)))]
+    cands = [Candidate("reference", "reference", with_backend("reference", _step(fn, backward, *inputs)))]
     cands += backend_candidates(GABOR_POOL, device, x.dtype, args,
-                                lambda b: _with_backend(b, _step(fn, backward, *inputs)), _check)
+                                lambda b: with_backend(b, _step(fn, backward, *inputs)), _check)
     leaf, reason = _speechbrain_leaf(device, batch)
     cands.append(Candidate("SpeechBrain Leaf", "peer", _step(lambda: leaf(x[..., None]), backward, x) if leaf else None,
                            skip=reason))
@@ -86,9 +78,9 @@ def pcen_case(device, batch, backward) -> Case:
     fn = lambda: pcen(E, *params)  # noqa: E731
     inputs = (E, *params)
     cands = [Candidate("reference (Python loop over frames)", "reference",
-                       _with_backend("reference", _step(fn, backward, *inputs)))]
+                       with_backend("reference", _step(fn, backward, *inputs)))]
     cands += backend_candidates(PCEN, device, E.dtype, (E, *params, 1e-12),
-                                lambda b: _with_backend(b, _step(fn, backward, *inputs)), _check)
+                                lambda b: with_backend(b, _step(fn, backward, *inputs)), _check)
     mode = "fwd+bwd" if backward else "fwd"
     return Case(f"pcen.{mode}", {"B": batch, "F": F, "frames": frames}, cands)
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-import pyaudiok
 from pyaudiok.ops.sinkhorn import SINKHORN, sinkhorn
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, with_backend
 from .peers import load
 
 EPS, ITERS = 0.05, 100
@@ -52,18 +51,11 @@ def _check(output, reference):
     return f"plan rel err {err:.1e}"
 
 
-def _with_backend(backend, fn):
-    def run():
-        with pyaudiok.use_backend(backend):
-            return fn()
-    return run
-
-
 def forward_case(device, B, n, m) -> Case:
     cost = _inputs(device, B, n, m)
     ours = lambda: sinkhorn(cost, eps=EPS, n_iters=ITERS, tol=None)  # noqa: E731
-    cands = [Candidate("reference", "reference", _with_backend("reference", ours))]
-    cands += backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: _with_backend(b, ours), _check)
+    cands = [Candidate("reference", "reference", with_backend("reference", ours))]
+    cands += backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: with_backend(b, ours), _check)
     cands.append(Candidate("PyTorch log-domain loop", "peer", lambda: torch_loop(cost), check=_check))
     pot, reason = _pot(cost)
     cands.append(Candidate("POT ot.bregman.sinkhorn_log", "peer", pot, skip=reason, check=_check))
@@ -80,8 +72,8 @@ def backward_case(device, B, n, m) -> Case:
             return grad
         return run
     ours = step(lambda: sinkhorn(cost, eps=EPS, n_iters=ITERS, tol=None))
-    cands = [Candidate("reference", "reference", _with_backend("reference", ours))]
-    cands += backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: _with_backend(b, ours), _check)
+    cands = [Candidate("reference", "reference", with_backend("reference", ours))]
+    cands += backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: with_backend(b, ours), _check)
     cands.append(Candidate("PyTorch log-domain loop (autograd)", "peer", step(lambda: torch_loop(cost)),
                            check=_check))
     return Case("sinkhorn.fwd+bwd", {"B": B, "n": n, "m": m, "iters": ITERS, "eps": EPS}, cands)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-import pyaudiok
 from pyaudiok.ops.soft_rank import RANK, soft_rank
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, with_backend
 from .peers import load
 
 SHAPES = {"cpu": [(256, 100), (4096, 20)], "cuda": [(1024, 2000), (256, 8192)]}
@@ -30,19 +29,12 @@ def _fwd_bwd(fn, x):
     return run
 
 
-def _with_backend(backend, fn):
-    def run():
-        with pyaudiok.use_backend(backend):
-            return fn()
-    return run
-
-
 def case(device, B, n) -> Case:
     x = torch.randn(B, n, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
     ours = _fwd_bwd(lambda t: soft_rank(t, regularization_strength=STRENGTH), x)
-    cands = [Candidate("reference", "reference", _with_backend("reference", ours))]
+    cands = [Candidate("reference", "reference", with_backend("reference", ours))]
     cands += backend_candidates(RANK, device, x.dtype, (x, "l2", STRENGTH, False),
-                                lambda b: _with_backend(b, ours), _check)
+                                lambda b: with_backend(b, ours), _check)
     torchsort, reason = load("torchsort", "torchsort")
     peer = None if torchsort is None else _fwd_bwd(
         lambda t: torchsort.soft_rank(t, regularization_strength=STRENGTH), x)
