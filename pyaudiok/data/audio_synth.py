@@ -23,18 +23,17 @@ Each clip is peak-normalised, then given a random gain. Waveforms are float32 [1
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+
+from .tts import cached_synthesis
 
 __all__ = ["SyntheticAudio", "speech_like", "music_like", "harmonic_note", "chord", "chirp", "noise_burst",
            "adsr", "coloured_noise", "EspeakSpeech", "default_cache_dir"]
@@ -300,27 +299,13 @@ class EspeakSpeech:
 
     def _synthesise(self, binary: str, voice: tuple[str, int, int], text: str) -> Path | None:
         name, speed, pitch = voice
-        key = hashlib.sha1(f"{name}|{speed}|{pitch}|{text}".encode()).hexdigest()[:16]
-        path = self.directory / f"{key}.wav"
-        if path.exists():
-            return path
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".wav", dir=self.directory)
-            os.close(fd)
-        except OSError:
-            return None
-        try:
-            subprocess.run([binary, "-v", name, "-s", str(speed), "-p", str(pitch), "-w", tmp, text],
-                           check=True, capture_output=True, timeout=60)
-            os.replace(tmp, path)  # atomic: another process never reads a half-written file
-            return path
-        except (OSError, subprocess.SubprocessError):
-            Path(tmp).unlink(missing_ok=True)
-            return None
+        return cached_synthesis(self.directory, f"{name}|{speed}|{pitch}|{text}",
+                                lambda out: [binary, "-v", name, "-s", str(speed), "-p", str(pitch), "-w", out, text])
 
     def _load(self, path: Path) -> np.ndarray | None:
-        from pyaudiok.codec.audio import load_audio  # soundfile/soxr only when real speech is used
+        from pyaudiok.codec.audio import (
+            load_audio,  # soundfile/soxr only when real speech is used
+        )
         try:
             wav, _ = load_audio(path, self.sample_rate)
         except ValueError:  # an unreadable cache entry: skip it

@@ -25,12 +25,8 @@ Sets built from them (every item a pure function of (seed, split, index)):
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +36,14 @@ import torch
 
 from pyaudiok.metrics.diarization import Segment
 
-from .audio_synth import SENTENCES, _syllable_envelope, _syllables, coloured_noise, default_cache_dir
+from .audio_synth import (
+    SENTENCES,
+    _syllable_envelope,
+    _syllables,
+    coloured_noise,
+    default_cache_dir,
+)
+from .tts import cached_synthesis
 
 __all__ = ["Voice", "synthetic_voice", "harmonic_utterance", "SpeakerBank", "TtsVoices", "SeparationMixtures",
            "Conversations", "SPLITS"]
@@ -163,22 +166,10 @@ class TtsVoices:
 
     def _speak(self, identity: int, text: str) -> np.ndarray | None:
         engine, binary, voice, pitch = self.identities[identity]
-        key = hashlib.sha1(f"{engine}|{voice}|{pitch}|{text}".encode()).hexdigest()[:16]
-        path = self.directory / f"{key}.wav"
-        if not path.exists():
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(suffix=".wav", dir=self.directory)
-                os.close(fd)
-            except OSError:
-                return None
-            try:
-                subprocess.run(_command(engine, binary, voice, pitch, text, tmp), check=True, capture_output=True,
-                               timeout=60)
-                os.replace(tmp, path)  # atomic: a concurrent reader never sees a partial file
-            except (OSError, subprocess.SubprocessError):
-                Path(tmp).unlink(missing_ok=True)
-                return None
+        path = cached_synthesis(self.directory, f"{engine}|{voice}|{pitch}|{text}",
+                                lambda out: _command(engine, binary, voice, pitch, text, out))
+        if path is None:
+            return None
         from pyaudiok.codec.audio import load_audio
         try:
             wav, _ = load_audio(path, self.sample_rate)
