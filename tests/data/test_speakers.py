@@ -133,3 +133,22 @@ def test_bad_arguments_are_named():
         spk.SpeakerBank(SR, source="wav")
     with pytest.raises(ValueError, match="overlap_prob"):
         spk.Conversations(_bank(), overlap_prob=1.5)
+
+
+@pytest.mark.parametrize("engine", ["espeak-ng", "flite"])
+def test_real_synthesiser_voices(engine, tmp_path):
+    """With the Debian synthesiser installed (CI installs both), its voices speak: audible,
+    trimmed utterances, a different signal per voice."""
+    import shutil
+
+    if shutil.which(engine) is None:
+        pytest.skip(f"{engine} is not installed")
+    bank = spk.SpeakerBank(SR, "train", num_speakers=40, utterances_per_speaker=1, source="tts",
+                           cache_dir=tmp_path / "cache")
+    mine = [s for s in range(len(bank)) if bank.tts.identities[bank.identity(s)][0] == engine][:2]
+    assert len(mine) == 2
+    first, second = (bank.utterance(s, 0) for s in mine)
+    for wav in (first, second):
+        assert 0.3 * SR < len(wav) < 10 * SR and np.isfinite(wav).all()
+        assert np.sqrt(np.mean(wav ** 2)) > 0.05  # speech, not silence (peak-normalised)
+    assert len(first) != len(second) or not np.allclose(first, second)
