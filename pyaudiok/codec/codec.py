@@ -73,16 +73,9 @@ def load_model(checkpoint: str | Path):
     """The SoundStream model of a training checkpoint (a file, or a training output directory:
     its latest checkpoint), in eval mode."""
     from ..models.soundstream.model import SoundStream, SoundStreamConfig
-    from ..train.checkpoint import latest_checkpoint, load_checkpoint
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint found in directory {path}")
-        path = found
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model_config" not in state or "generator" not in state:
         raise ValueError(f"{path} is not a SoundStream training checkpoint (no model_config/generator)")

@@ -20,7 +20,7 @@ import torch
 from pyaudiok.codec.bitstream import atomic_writer
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "checkpoint_path",
-           "list_checkpoints", "latest_checkpoint", "prune_checkpoints"]
+           "list_checkpoints", "latest_checkpoint", "resolve_checkpoint", "prune_checkpoints"]
 
 PathLike = str | os.PathLike[str]
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -92,6 +92,20 @@ def list_checkpoints(directory: PathLike) -> list[tuple[int, Path]]:
 def latest_checkpoint(directory: PathLike) -> Path | None:
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """A checkpoint file as given, or for a training output directory its newest checkpoint
+    (in `checkpoints/` or the directory itself); FileNotFoundError when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint found in directory {path}")
+        path = found
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
 
 
 def prune_checkpoints(directory: PathLike, keep: int) -> None:

@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 from pyaudiok.data.text_corpus import ByteCorpus, bits
 from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generate
 
-from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
-                         save_checkpoint)
+from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, resolve_checkpoint,
+                         restore_rng_state, save_checkpoint)
 from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, unwrap,
                       write_csv)
 
@@ -236,13 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_model(checkpoint: str | os.PathLike, device: str = "cpu") -> PerceiverAR:
     """A trained model from a checkpoint file or a training output directory (its newest one)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in {path}")
-        path = found
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(resolve_checkpoint(checkpoint), map_location=device)
     model = PerceiverAR(PerceiverARConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
