@@ -60,12 +60,28 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / denom if denom > 0 else diff
 
 
-def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
+# A fused result may be as far from the float64 reference as this many times the reference's own
+# error when it runs in the same dtype: on badly conditioned draws (sums that cancel) no float32
+# computation meets the fixed tolerance, and the test should say so only if the kernel is worse.
+CONDITIONING_FACTOR = 4.0
+
+
+def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, scale: float = 1.0,
+                 same_dtype_ref: Callable[[], torch.Tensor] | None = None) -> None:
+    """‖out − ref‖/‖ref‖ within TOLERANCE[dtype]·scale. `same_dtype_ref`, if given, computes the
+    reference in `dtype`; it is run only when the fixed tolerance fails, and the check then passes
+    if `out` is at most CONDITIONING_FACTOR times as far from `ref` as that computation is."""
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
     assert not torch.isnan(out).any(), f"{name}: NaN in output (unwritten or invalid elements)"
     err = rel_error(out, ref)
     tol = TOLERANCE[dtype] * scale
-    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+    if err <= tol:
+        return
+    same = same_dtype_ref() if same_dtype_ref is not None else None
+    ref_err = rel_error(same, ref) if same is not None else 0.0
+    assert err <= CONDITIONING_FACTOR * ref_err, (
+        f"{name}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+        + (f" and > {CONDITIONING_FACTOR:g}× the reference's own {ref_err:.3e} in that dtype" if same is not None else ""))
 
 
 def run_with_grads(fn: Callable, inputs: Sequence, backend: str, grad_seed: int):
@@ -97,14 +113,35 @@ def compare_with_reference(fn: Callable, inputs: Sequence, backend: str, *, scal
     ref_inputs = [x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
     ref_out, ref_grads = run_with_grads(fn, ref_inputs, "reference", grad_seed=1)
     out, grads = run_with_grads(fn, inputs, backend, grad_seed=1)
+    same_dtype = same_dtype_reference(fn, inputs)
     for i, (o, r) in enumerate(zip(out, ref_out)):
         if i in exact or not o.is_floating_point():
             assert torch.equal(o.cpu(), r.cpu()), f"output {i} differs from the reference"
         else:
-            assert_close(f"output {i}", o, r, dtype, scale)
+            assert_close(f"output {i}", o, r, dtype, scale, lambda i=i: pick(same_dtype(), 0, i))
     assert len(grads) == len(ref_grads)
     for i, (g, r) in enumerate(zip(grads, ref_grads)):
         assert (g is None) == (r is None), f"gradient of input {i}: backend None={g is None}, reference None={r is None}"
         if g is not None:
-            assert_close(f"gradient of input {i}", g, r, dtype, scale)
+            assert_close(f"gradient of input {i}", g, r, dtype, scale, lambda i=i: pick(same_dtype(), 1, i))
     return out, ref_out
+
+
+def pick(result: tuple | None, kind: int, i: int) -> torch.Tensor | None:
+    """Output (kind 0) or gradient (kind 1) number i of a same_dtype_reference result, if it ran."""
+    return None if result is None else result[kind][i]
+
+
+def same_dtype_reference(fn: Callable, inputs: Sequence) -> Callable[[], tuple]:
+    """A memoised thunk: (outputs, grads) of fn on the reference backend at the inputs' own dtype,
+    for assert_close's conditioning fallback (computed only if some check needs it)."""
+    cache: list = []
+
+    def run() -> tuple:
+        if not cache:
+            try:
+                cache.append(run_with_grads(fn, inputs, "reference", grad_seed=1))
+            except (RuntimeError, NotImplementedError):  # e.g. no half-precision FFT on this device
+                cache.append(None)
+        return cache[0]
+    return run
