@@ -1,14 +1,24 @@
-// Log-domain Sinkhorn on the CPU, one batch element per task (the binding spreads the batch over
-// threads). Each iteration is two passes over the cost matrix: the f-update is a row-wise
-// log-sum-exp, the g-update a column-wise one done row by row (a max pass, then an exp-sum pass,
-// vectorised across columns). All exponentials go through a polynomial 8-wide exp (Cephes'
-// expf, ~2 ulp) compiled for AVX2 where the CPU has it: exp is the whole cost here.
+// Sinkhorn on the CPU, one batch element per task (the binding spreads the batch over threads).
+//
+// The iterations are those of the log domain (pyaudiok/ops/sinkhorn.py), run in the stabilised
+// scaling domain where that is safe: with potentials (f̂, ĝ) absorbed into a kernel
+// K̂_ij = e^{(f̂_i + ĝ_j − C_ij)/ε} (kept in both layouts), an f-update is one matrix-vector product,
+// f_i = f̂_i + ε (log a_i − log Σ_j K̂_ij e^{(g_j − ĝ_j)/ε}), and the g-update likewise: no
+// exponential per element per iteration. When a scaling e^{(p − p̂)/ε} leaves [e^−30, e^30] or a
+// sum leaves its safe range, that update runs in the log domain instead (row-wise log-sum-exp, a
+// max pass then an exp-sum pass) and the current potentials are absorbed into a fresh kernel (one
+// exponential per element), retried with a growing back-off when it keeps failing. The unrolled
+// backward does the same per reversed iteration. All exponentials go through a polynomial 8-wide
+// exp (Cephes' expf, ~2 ulp) compiled for AVX2 where the CPU has it.
 #include "sinkhorn.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 namespace pyaudiok::cpu {
 namespace {
@@ -87,17 +97,20 @@ inline float row_lse(const float* g, const float* c, int64_t m, float inv_eps, f
 #define PYAUDIOK_CLONES
 #endif
 
-// f_new = ε log a − ε LSE_j((g − C_i·)/ε); returns Σ_i |a_i e^{(f_old_i − f_new_i)/ε} − a_i|.
+// f_new = ε log a − ε LSE_j((g − C_i·)/ε), in the log domain.
 PYAUDIOK_CLONES
-float f_update(const float* cost, const float* log_a, const float* g, const float* f_old, float* f_new,
-               const SinkhornShape& s) {
+void f_update(const float* cost, const float* log_a, const float* g, float* f_new, const SinkhornShape& s) {
+  const float inv_eps = 1.f / s.eps;
+  for (int64_t i = 0; i < s.n; ++i) f_new[i] = s.eps * log_a[i] - row_lse(g, cost + i * s.m, s.m, inv_eps, s.eps);
+}
+
+// Σ_i |a_i e^{(f_old_i − f_new_i)/ε} − a_i|: the row-marginal error of the plan before f_new.
+PYAUDIOK_CLONES
+float marginal_error(const float* log_a, const float* f_old, const float* f_new, const SinkhornShape& s) {
   const float inv_eps = 1.f / s.eps;
   float err = 0.f;
-  for (int64_t i = 0; i < s.n; ++i) {
-    const float fi = s.eps * log_a[i] - row_lse(g, cost + i * s.m, s.m, inv_eps, s.eps);
-    if (log_a[i] != -kInf) err += std::fabs(exp1(log_a[i] + (f_old[i] - fi) * inv_eps) - exp1(log_a[i]));
-    f_new[i] = fi;
-  }
+  for (int64_t i = 0; i < s.n; ++i)
+    if (log_a[i] != -kInf) err += std::fabs(exp1(log_a[i] + (f_old[i] - f_new[i]) * inv_eps) - exp1(log_a[i]));
   return err;
 }
 
@@ -126,17 +139,25 @@ void g_update(const float* cost, const float* log_b, const float* f, float* g, f
     g[j] = colmax[j] == -kInf ? -kInf : s.eps * log_b[j] - (colmax[j] + s.eps * std::log(colsum[j]));
 }
 
-// plan_ij = exp((f_i + g_j − C_ij)/ε)
+// plan_ij = exp((f_i + g_j − C_ij)/ε), the exponent formed in double: rounding f + g − C in float
+// would put a relative error of ~ulp(1)/ε on each entry, and the scaling domain reuses these
+// entries (as its kernel) for many iterations, where such errors would add up coherently.
 PYAUDIOK_CLONES
 void make_plan(const float* cost, const float* f, const float* g, float* plan, const SinkhornShape& s) {
-  const float inv_eps = 1.f / s.eps;
+  typedef double v8d __attribute__((vector_size(64)));
+  const double inv_eps = 1.0 / s.eps;
   const int64_t m = s.m, m8 = m - m % 8;
   for (int64_t i = 0; i < s.n; ++i) {
     const float* c = cost + i * m;
     float* p = plan + i * m;
-    const v8f fi = splat(f[i]);
-    for (int64_t j = 0; j < m8; j += 8) store8(p + j, exp8((fi + load8(g + j) - load8(c + j)) * inv_eps));
-    for (int64_t j = m8; j < m; ++j) p[j] = exp1((f[i] + g[j] - c[j]) * inv_eps);
+    const v8d fi = v8d{} + static_cast<double>(f[i]);
+    for (int64_t j = 0; j < m8; j += 8) {
+      const v8d e = (fi + __builtin_convertvector(load8(g + j), v8d) - __builtin_convertvector(load8(c + j), v8d)) *
+                    inv_eps;
+      store8(p + j, exp8(__builtin_convertvector(e, v8f)));
+    }
+    for (int64_t j = m8; j < m; ++j)
+      p[j] = exp1(static_cast<float>((static_cast<double>(f[i]) + g[j] - c[j]) * inv_eps));
   }
 }
 
@@ -177,6 +198,165 @@ void backward_step(const float* cost, const float* la, const float* lb, const fl
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The scaling domain.
+
+// |(p − p̂)/ε| beyond this gives the log domain (or a fresh absorption): e^30 ≈ 1e13 keeps
+// products of scalings and kernel entries far from float32's range limits.
+constexpr float kMaxLogScale = 30.f;
+// A kernel-vector sum outside this range is too close to underflow (kernel entries below e^−87
+// are already flushed to zero) or overflow to be trusted.
+constexpr float kMinSum = 1e-15f, kMaxSum = 1e30f;
+
+// Flush denormals to zero while a kernel runs: products of tiny kernel entries and scalings land
+// there, where x86 arithmetic is ~100× slower, and they are far below anything that moves a sum.
+class FlushDenormals {
+#if defined(__SSE__)
+ public:
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
+
+// out[r] = Σ_c mat[r, c] x[c]: dot products along the contiguous axis.
+PYAUDIOK_CLONES
+void matvec_dot(const float* mat, int64_t rows, int64_t cols, const float* x, float* out) {
+  const int64_t c8 = cols - cols % 8;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = mat + r * cols;
+    v8f acc = splat(0.f);
+    for (int64_t c = 0; c < c8; c += 8) acc += load8(row + c) * load8(x + c);
+    float sum = hsum(acc);
+    for (int64_t c = c8; c < cols; ++c) sum += row[c] * x[c];
+    out[r] = sum;
+  }
+}
+
+// out[c] = Σ_r x[r] mat[r, c]: scaled rows summed, vectorised along the contiguous axis.
+PYAUDIOK_CLONES
+void matvec_axpy(const float* mat, int64_t rows, int64_t cols, const float* x, float* out) {
+  const int64_t c8 = cols - cols % 8;
+  std::fill(out, out + cols, 0.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = mat + r * cols;
+    const v8f xr = splat(x[r]);
+    for (int64_t c = 0; c < c8; c += 8) store8(out + c, load8(out + c) + xr * load8(row + c));
+    for (int64_t c = c8; c < cols; ++c) out[c] += x[r] * row[c];
+  }
+}
+
+// d[r, c] += x[r] y[c] + z[r] w[c]
+PYAUDIOK_CLONES
+void rank2_update(float* d, const float* x, const float* y, const float* z, const float* w, int64_t rows,
+                  int64_t cols) {
+  const int64_t c8 = cols - cols % 8;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = d + r * cols;
+    const v8f xr = splat(x[r]), zr = splat(z[r]);
+    for (int64_t c = 0; c < c8; c += 8) store8(row + c, load8(row + c) + xr * load8(y + c) + zr * load8(w + c));
+    for (int64_t c = c8; c < cols; ++c) row[c] += x[r] * y[c] + z[r] * w[c];
+  }
+}
+
+// K̂ = e^{(f̂ ⊕ ĝ − C)/ε} in both layouts, so that K̂x and K̂ᵀy each take the better loop form.
+struct AbsorbedKernel {
+  int64_t n, m;
+  std::vector<float> k, kt, f_hat, g_hat;  // [n, m], [m, n], [n], [m]
+
+  AbsorbedKernel(int64_t n_, int64_t m_) : n(n_), m(m_), k(n_ * m_), kt(n_ * m_), f_hat(n_), g_hat(m_) {}
+
+  void absorb(const float* cost, const float* f, const float* g, const SinkhornShape& s) {
+    std::copy(f, f + n, f_hat.begin());
+    std::copy(g, g + m, g_hat.begin());
+    make_plan(cost, f, g, k.data(), s);
+    transpose();
+  }
+  void transpose() {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) kt[j * n + i] = k[i * m + j];
+  }
+  // The dot form when the reduction is at least as long as the output, else the axpy form.
+  void times(const float* x, float* out) const {  // out[n] = K̂ x
+    m >= n ? matvec_dot(k.data(), n, m, x, out) : matvec_axpy(kt.data(), m, n, x, out);
+  }
+  void times_transposed(const float* y, float* out) const {  // out[m] = K̂ᵀ y
+    n >= m ? matvec_dot(kt.data(), m, n, y, out) : matvec_axpy(k.data(), n, m, y, out);
+  }
+};
+
+// out = e^{(p − p̂)/ε} (0 where p = −inf: zero mass); false if some exponent leaves ±kMaxLogScale.
+bool scalings(const float* p, const float* p_hat, int64_t len, float inv_eps, float* out) {
+  for (int64_t i = 0; i < len; ++i) {
+    if (p[i] == -kInf) {
+      out[i] = 0.f;
+      continue;
+    }
+    const float e = (p[i] - p_hat[i]) * inv_eps;
+    if (!(std::fabs(e) <= kMaxLogScale)) return false;
+    out[i] = e;
+  }
+  for (int64_t i = 0; i < len; ++i) out[i] = p[i] == -kInf ? 0.f : exp1(out[i]);
+  return true;
+}
+
+// p = p̂ + ε (log marginal − log sums) (−inf where the marginal is 0); false (p partly written)
+// where a sum is outside the safe range.
+bool potentials_from_sums(const float* sums, const float* log_marginal, const float* p_hat, int64_t len, float eps,
+                          float* p) {
+  for (int64_t i = 0; i < len; ++i) {
+    if (log_marginal[i] == -kInf) {
+      p[i] = -kInf;
+      continue;
+    }
+    if (!(sums[i] >= kMinSum && sums[i] <= kMaxSum)) return false;
+    p[i] = p_hat[i] + eps * (log_marginal[i] - std::log(sums[i]));
+  }
+  return true;
+}
+
+// The work buffers of the scaling-domain updates of one batch element.
+struct ScalingBuffers {
+  std::vector<float> row_scale, col_scale, row_sums, col_sums;
+  ScalingBuffers(int64_t n, int64_t m) : row_scale(n), col_scale(m), row_sums(n), col_sums(m) {}
+};
+
+bool scaled_f_update(const AbsorbedKernel& kern, const float* log_a, const float* g, float* f_new,
+                     ScalingBuffers& buf, const SinkhornShape& s) {
+  if (!scalings(g, kern.g_hat.data(), s.m, 1.f / s.eps, buf.col_scale.data())) return false;
+  kern.times(buf.col_scale.data(), buf.row_sums.data());
+  return potentials_from_sums(buf.row_sums.data(), log_a, kern.f_hat.data(), s.n, s.eps, f_new);
+}
+
+bool scaled_g_update(const AbsorbedKernel& kern, const float* log_b, const float* f, float* g_new,
+                     ScalingBuffers& buf, const SinkhornShape& s) {
+  if (!scalings(f, kern.f_hat.data(), s.n, 1.f / s.eps, buf.row_scale.data())) return false;
+  kern.times_transposed(buf.row_scale.data(), buf.col_sums.data());
+  return potentials_from_sums(buf.col_sums.data(), log_b, kern.g_hat.data(), s.m, s.eps, g_new);
+}
+
+// When to absorb the current potentials into a new kernel after the scaling domain failed:
+// at once the first time, then only after 1, 2, 4, … further failing iterations, so that a
+// problem that keeps leaving the safe range costs little more than the pure log domain.
+class AbsorbSchedule {
+ public:
+  bool due_after_failure() {
+    if (wait_ > 0) {
+      --wait_;
+      return false;
+    }
+    wait_ = backoff_;
+    backoff_ = std::max<int64_t>(1, 2 * backoff_);
+    return true;
+  }
+  void success() { backoff_ = 0; }
+
+ private:
+  int64_t wait_ = 0, backoff_ = 0;
+};
+
 // −inf (zero mass) -> 0, so e^{x − log a} stays e^{−inf} = 0 instead of NaN.
 std::vector<float> finite_or_zero(const float* v, int64_t size) {
   std::vector<float> out(v, v + size);
@@ -184,21 +364,97 @@ std::vector<float> finite_or_zero(const float* v, int64_t size) {
   return out;
 }
 
+// The reversed iterations in the scaling domain. With U = e^{(f − f̂)/ε}, V = e^{(g − ĝ)/ε},
+// V' = e^{(g_prev − ĝ)/ε}: T = K̂ ⊙ (U ⊗ V/b), S = K̂ ⊙ (U/a ⊗ V'), so
+//   f̄ = f̄0 − U ⊙ K̂ y with y = V ⊙ ḡ / b,   ḡ_prev = −V' ⊙ K̂ᵀ z with z = f̄ ⊙ U / a,
+//   C̄ += K̂ ⊙ (U yᵀ + z V'ᵀ),
+// and the rank-2 terms accumulate in D until the kernel changes (C̄ += K̂ ⊙ D then).
+class ScaledBackward {
+ public:
+  ScaledBackward(int64_t n, int64_t m, const float* la, const float* lb)
+      : kern_(n, m), d_(n * m), u_(n), z_(n), t_(n), inv_a_(n), v_(m), v_prev_(m), y_(m), w_(m), inv_b_(m),
+        g_mid_(m) {
+    for (int64_t i = 0; i < n; ++i) inv_a_[i] = exp1(-la[i]);
+    for (int64_t j = 0; j < m; ++j) inv_b_[j] = exp1(-lb[j]);
+  }
+
+  // One reversed iteration; false if its scalings stay out of range even after a fresh
+  // absorption (the caller then takes the log-domain step).
+  bool step(const float* cost, const float* f, const float* g, const float* g_prev, const float* fbar0,
+            const float* gbar, float* gbar_prev, float* grad_cost, float* grad_log_a, const SinkhornShape& s) {
+    if (!scale(f, g, g_prev, s)) {
+      flush(grad_cost);
+      // ĝ halfway between g and g_prev halves the exponents of both V and V'.
+      for (int64_t j = 0; j < kern_.m; ++j)
+        g_mid_[j] = g[j] == -kInf || g_prev[j] == -kInf ? g[j] : 0.5f * (g[j] + g_prev[j]);
+      kern_.absorb(cost, f, g_mid_.data(), s);
+      has_kernel_ = true;
+      if (!scale(f, g, g_prev, s)) return false;
+    }
+    const int64_t n = kern_.n, m = kern_.m;
+    for (int64_t j = 0; j < m; ++j) y_[j] = v_[j] * gbar[j] * inv_b_[j];
+    kern_.times(y_.data(), t_.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const float fb = (fbar0 ? fbar0[i] : 0.f) - u_[i] * t_[i];
+      grad_log_a[i] += s.eps * fb;
+      z_[i] = fb * u_[i] * inv_a_[i];
+    }
+    kern_.times_transposed(z_.data(), w_.data());
+    for (int64_t j = 0; j < m; ++j) gbar_prev[j] = -v_prev_[j] * w_[j];
+    rank2_update(d_.data(), u_.data(), y_.data(), z_.data(), v_prev_.data(), n, m);
+    return true;
+  }
+
+  // C̄ += K̂ ⊙ D; D = 0.
+  void flush(float* grad_cost) {
+    if (!has_kernel_) return;
+    for (int64_t e = 0; e < kern_.n * kern_.m; ++e) grad_cost[e] += kern_.k[e] * d_[e];
+    std::fill(d_.begin(), d_.end(), 0.f);
+  }
+
+ private:
+  bool scale(const float* f, const float* g, const float* g_prev, const SinkhornShape& s) {
+    const float inv_eps = 1.f / s.eps;
+    return has_kernel_ && scalings(f, kern_.f_hat.data(), kern_.n, inv_eps, u_.data()) &&
+           scalings(g, kern_.g_hat.data(), kern_.m, inv_eps, v_.data()) &&
+           scalings(g_prev, kern_.g_hat.data(), kern_.m, inv_eps, v_prev_.data());
+  }
+
+  AbsorbedKernel kern_;
+  bool has_kernel_ = false;
+  std::vector<float> d_, u_, z_, t_, inv_a_, v_, v_prev_, y_, w_, inv_b_, g_mid_;
+};
+
 }  // namespace
 
 void sinkhorn_forward_one(const float* cost, const float* log_a, const float* log_b, const SinkhornShape& s,
                           float* plan, float* f, float* g, int64_t* iters, float* hist_f, float* hist_g) {
+  FlushDenormals flush_denormals;
   auto slot_f = [&](int64_t k) { return hist_f + (s.slots == 2 ? k & 1 : k) * s.n; };
   auto slot_g = [&](int64_t k) { return hist_g + (s.slots == 2 ? k & 1 : k) * s.m; };
   std::fill(slot_f(0), slot_f(0) + s.n, 0.f);
   std::fill(slot_g(0), slot_g(0) + s.m, 0.f);
   std::vector<float> colmax(s.m), colsum(s.m);
+  AbsorbedKernel kern(s.n, s.m);
+  ScalingBuffers buf(s.n, s.m);
+  AbsorbSchedule schedule;
+  kern.absorb(cost, slot_f(0), slot_g(0), s);
   int64_t done = 0;
   for (int64_t k = 1; k <= s.n_iters; ++k) {
-    const float err = f_update(cost, log_a, slot_g(k - 1), slot_f(k - 1), slot_f(k), s);
+    bool scaled = scaled_f_update(kern, log_a, slot_g(k - 1), slot_f(k), buf, s);
+    if (!scaled) f_update(cost, log_a, slot_g(k - 1), slot_f(k), s);
+    const float err = marginal_error(log_a, slot_f(k - 1), slot_f(k), s);
     if (s.tol > 0 && k > 1 && err <= s.tol) break;
-    g_update(cost, log_b, slot_f(k), slot_g(k), colmax.data(), colsum.data(), s);
+    if (!(scaled && scaled_g_update(kern, log_b, slot_f(k), slot_g(k), buf, s))) {
+      g_update(cost, log_b, slot_f(k), slot_g(k), colmax.data(), colsum.data(), s);
+      scaled = false;
+    }
     done = k;
+    if (scaled) {
+      schedule.success();
+    } else if (schedule.due_after_failure()) {
+      kern.absorb(cost, slot_f(k), slot_g(k), s);
+    }
   }
   *iters = done;
   std::copy(slot_f(done), slot_f(done) + s.n, f);
@@ -210,6 +466,7 @@ void sinkhorn_backward_one(const float* grad_plan, const float* grad_f, const fl
                            const float* log_a, const float* log_b, const float* plan, int64_t iters,
                            const float* hist_f, const float* hist_g, const SinkhornShape& s, float* grad_cost,
                            float* grad_log_a, float* grad_log_b) {
+  FlushDenormals flush_denormals;
   const int64_t n = s.n, m = s.m;
   const float inv_eps = 1.f / s.eps;
   const std::vector<float> la = finite_or_zero(log_a, n), lb = finite_or_zero(log_b, m);
@@ -225,12 +482,19 @@ void sinkhorn_backward_one(const float* grad_plan, const float* grad_f, const fl
   }
   std::fill(grad_log_a, grad_log_a + n, 0.f);
   std::fill(grad_log_b, grad_log_b + m, 0.f);
+  ScaledBackward scaled(n, m, la.data(), lb.data());
   for (int64_t k = iters; k >= 1; --k) {
     for (int64_t j = 0; j < m; ++j) grad_log_b[j] += s.eps * gbar[j];
-    backward_step(cost, la.data(), lb.data(), hist_f + k * n, hist_g + k * m, hist_g + (k - 1) * m,
-                  k == iters ? fbar.data() : nullptr, gbar.data(), gbar_prev.data(), grad_cost, grad_log_a, s);
+    const float* f = hist_f + k * n;
+    const float* g = hist_g + k * m;
+    const float* g_prev = hist_g + (k - 1) * m;
+    const float* fbar0 = k == iters ? fbar.data() : nullptr;
+    if (!scaled.step(cost, f, g, g_prev, fbar0, gbar.data(), gbar_prev.data(), grad_cost, grad_log_a, s))
+      backward_step(cost, la.data(), lb.data(), f, g, g_prev, fbar0, gbar.data(), gbar_prev.data(), grad_cost,
+                    grad_log_a, s);
     gbar.swap(gbar_prev);
   }
+  scaled.flush(grad_cost);
 }
 
 }  // namespace pyaudiok::cpu

@@ -31,6 +31,10 @@ Every fused backend exposes the same two raw ops (cost[B, n, m], log_a[B, n], lo
 
 hist_* hold the potentials of iteration k in slot k (S = n_iters + 1) when history is set, else in
 slot k % 2 (S = 2); tol ≤ 0 means no early stop.
+
+The CPU kernel runs these same iterations in the stabilised scaling domain wherever that is safe
+(matrix-vector products with an absorbed kernel instead of an exponential per element and
+iteration) and in the log domain elsewhere: csrc/cpu/sinkhorn.cpp says how it decides.
 """
 from __future__ import annotations
 
