@@ -17,8 +17,8 @@ backend: with centred signals, ∂ee/∂e = 2e, ∂er/∂e = r, ∂er/∂r = e, 
 drops out because centred signals sum to zero).
 
 Backends: `reference` (the formula above on explicit [B, N, M, T] pairs, any float dtype),
-`cpu` (statistics by a float64 batched matmul of the centred signals: the exact route that runs
-at the machine's GEMM speed), `triton` (kernels/si_sdr.py, fp32 accumulation).
+`cpu` (C++, csrc/cpu/si_sdr.cpp: the statistics of all pairs in one sweep over time, summed in
+float64 like the reference's exact route), `triton` (kernels/si_sdr.py, fp32 accumulation).
 
 `pit_si_sdr` finds, per item, the assignment of estimates to distinct references with the best
 mean SI-SDR: an exhaustive search over all assignments on the tensors' device when M ≤ 8, the
@@ -34,7 +34,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import register_backends, triton_op
+from ._library import cpp_op, extension_loaded, register_backends, triton_op
 
 __all__ = ["si_sdr_matrix", "si_sdr_matrix_reference", "pit_si_sdr", "PITResult", "neg_si_sdr_loss"]
 
@@ -74,20 +74,22 @@ def _centred(x: torch.Tensor, zero_mean: bool) -> torch.Tensor:
 
 
 def _stats_backward(estimates, references, zero_mean, g_ee, g_rr, g_er):
-    e, r = _centred(estimates.float(), zero_mean), _centred(references.float(), zero_mean)
+    dtype = torch.float64 if estimates.dtype == torch.float64 else torch.float32
+    e, r = _centred(estimates.to(dtype), zero_mean), _centred(references.to(dtype), zero_mean)
+    g_ee, g_rr, g_er = g_ee.to(dtype), g_rr.to(dtype), g_er.to(dtype)
     d_e = 2 * g_ee[..., None] * e + torch.bmm(g_er, r)
     d_r = 2 * g_rr[..., None] * r + torch.bmm(g_er.transpose(1, 2), e)
     return d_e.to(estimates.dtype), d_r.to(references.dtype)
 
 
-def _register_stats(qualname: str) -> None:
+def _register_stats(qualname: str, stats_dtype: torch.dtype = torch.float32) -> None:
     """Fake + autograd of a backend's statistics op (estimates, references, zero_mean) -> (ee, rr, er)."""
 
     @torch.library.register_fake(qualname)
     def _(estimates, references, zero_mean):
         B, N, _ = estimates.shape
         M = references.shape[1]
-        new = lambda *shape: estimates.new_empty(shape, dtype=torch.float32)  # noqa: E731
+        new = lambda *shape: estimates.new_empty(shape, dtype=stats_dtype)  # noqa: E731
         return new(B, N), new(B, M), new(B, N, M)
 
     def setup_context(ctx, inputs, output):
@@ -103,15 +105,14 @@ def _register_stats(qualname: str) -> None:
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
 
 
-def _cpu_stats(estimates, references, zero_mean):
-    """float64 statistics by one batched matmul of the centred signals (exact to float64 sums)."""
-    e = _centred(estimates.double(), zero_mean)
-    r = _centred(references.double(), zero_mean)
-    return e.square().sum(-1), r.square().sum(-1), torch.bmm(e, r.transpose(1, 2))
+if extension_loaded():  # the C++ kernel returns float64 statistics (csrc/cpu/si_sdr.cpp)
+    _register_stats("pyaudiok::si_sdr_stats", torch.float64)
 
 
-def _stats_backend(stats):
+def _stats_backend(stats, input_dtypes=(torch.float32,)):
     def run(estimates, references, zero_mean, eps):
+        if estimates.dtype not in input_dtypes:  # half precision: the kernels read float32
+            estimates, references = estimates.float(), references.float()
         ee, rr, er = stats()(estimates.contiguous(), references.contiguous(), zero_mean)
         out = _si_sdr_from_stats(ee.double(), rr.double(), er.double(), eps)
         return out.to(estimates.dtype)
@@ -129,11 +130,9 @@ def _triton_limit(estimates, references, zero_mean, eps):
 
 
 MATRIX = dispatch.op("si_sdr_matrix")
-register_backends(MATRIX, reference=si_sdr_matrix_reference, triton=_stats_backend(_triton_stats),
-                  triton_constraint=_triton_limit)
-# The cpu backend is torch's GEMM on centred float64 signals (no extension needed), so it is
-# registered as always available, in every float dtype.
-MATRIX.register("cpu", _stats_backend(lambda: _cpu_stats), devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES)
+register_backends(MATRIX, reference=si_sdr_matrix_reference,
+                  cpu=_stats_backend(lambda: cpp_op("si_sdr_stats"), (torch.float32, torch.float64)), cpu_dtypes=dispatch.FLOAT_DTYPES,
+                  triton=_stats_backend(_triton_stats), triton_constraint=_triton_limit)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -98,12 +98,24 @@ def test_loss_clips_and_backpropagates():
     assert perfect.item() == pytest.approx(-30.0)
 
 
-@pytest.mark.parametrize("backend", ("triton",))
+@pytest.mark.parametrize("backend", ("cpu", "triton"))
 def test_stats_op_passes_opcheck(backend):
     device = require_backend(MATRIX, backend)
     e, r = mixtures(2, 2, 3, 100, device)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(_triton_stats(), (e.requires_grad_(True), r.requires_grad_(True), True), test_utils=tests)
+    if backend == "cpu":
+        tests += ("test_aot_dispatch_dynamic",)
+    stats = _triton_stats() if backend == "triton" else pyaudiok.ops._library.cpp_op("si_sdr_stats")
+    torch.library.opcheck(stats, (e.requires_grad_(True), r.requires_grad_(True), True), test_utils=tests)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_cpu_backend_in_other_dtypes(dtype):
+    """float64 runs the kernel in double (reference-exact); half types are read as float32."""
+    require_backend(MATRIX, "cpu", dtype)
+    e, r = mixtures(2, 3, 4, 777, "cpu", dtype=dtype, dc=0.5)
+    compare_with_reference(lambda e, r: si_sdr_matrix(e, r), (e.requires_grad_(True), r.requires_grad_(True)), "cpu",
+                           scale=5)
 
 
 def test_bad_inputs():
