@@ -25,7 +25,7 @@ from torch import nn
 from ..ops import _checks
 from ..ops.sinkhorn import sinkhorn
 
-__all__ = ["ChannelReorder", "ChannelEncoder", "Reordered", "NORMALIZATIONS"]
+__all__ = ["ChannelReorder", "ChannelEncoder", "Reordered", "NORMALIZATIONS", "reordering_loss"]
 
 NORMALIZATIONS = ("softmax", "sinkhorn")
 
@@ -130,3 +130,21 @@ class ChannelReorder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_canonical={self.n_canonical}, d={self.d}, normalization={self.normalization!r}"
+
+
+def reordering_loss(A: torch.Tensor, where: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean −log A[b, k, where[b, k]] over the canonical slots k whose electrode is present: a
+    supervision of A where the order is known (e.g. channels shuffled on purpose in training).
+    A[B, K, C_in]; where[B, K] int64, the input position of canonical channel k; present[B, K]
+    bool (default all)."""
+    A = _checks.float_tensor("A", A, ndim=3, layout="[B, K, C_in]")
+    where = _checks.tensor("where", where, ndim=2, layout=f"[B, K] = {_checks.shape_str(A.shape[:2])}",
+                           dtypes=(torch.int64,))
+    if tuple(where.shape) != tuple(A.shape[:2]):
+        raise ValueError(f"where must have shape [B, K] = {_checks.shape_str(A.shape[:2])}; "
+                         f"got {_checks.shape_str(where.shape)}")
+    picked = A.gather(2, where[:, :, None])[:, :, 0].clamp_min(1e-12).log()
+    if present is None:
+        return -picked.mean()
+    present = present.to(picked.dtype)
+    return -(picked * present).sum() / present.sum().clamp_min(1.0)

@@ -8,12 +8,16 @@ the 10–20 montage, `n_classes` classes that differ only in where a 9–13 Hz r
 scalp, over background rhythms, blinks, muscle bursts and sensor noise. Every step draws a fresh
 batch (a function of (seed, step) alone, so a resumed run takes exactly the steps of an
 uninterrupted one); each example's channels are shuffled with probability `p_shuffle` and 25 %
-of them dropped (zeroed, masked) with probability `p_drop`. Both models see the same batches.
+of them dropped (zeroed, masked) with probability `p_drop`. Both models see the same batches and
+the same classification loss; CHARM's loss adds `reorder_weight` × `reordering_loss` (−log of A's
+weight on the right input electrode, for the present ones): the shuffles are made here, so their
+permutations are known, and this makes A an actual reordering (`--reorder-weight 0` trains CHARM
+through the classifier alone; its A then mixes channels without putting them in order).
 
 Evaluation on `test_trials` held-out trials, the same for both models: (a) canonical order, (b)
 channels shuffled, (c) 25 % of the channels missing (canonical order), (d) missing and shuffled.
 For CHARM also the share of canonical slots whose largest weight in A lands on the right input
-electrode (under (b); the model is never told the permutation, so this is a by-product).
+electrode (under (b)).
 
 Written to `out`: `train_log.csv`, `results.json`, `checkpoints/step_*.pt` (both models, both
 optimisers, the log and the RNG states).
@@ -32,6 +36,7 @@ from torch.nn import functional as F
 
 from pyaudiok.data.eeg_synth import SyntheticEEG, drop_channels, shuffle_channels
 from pyaudiok.models.charm import CharmClassifier, CharmConfig
+from pyaudiok.nn.channel_reorder import reordering_loss
 
 from .checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
                          resolve_checkpoint, restore_rng_state, save_checkpoint)
@@ -52,6 +57,7 @@ class TrainConfig:
     n_classes: int = 4
     p_shuffle: float = 0.5          # per example, in training
     p_drop: float = 0.5             # per example: 25 % of the channels missing
+    reorder_weight: float = 1.0     # CHARM: weight of reordering_loss on the known training shuffles
     d: int = 32
     normalization: str = "softmax"
     filters: int = 32
@@ -77,12 +83,13 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def training_batch(data: SyntheticEEG, cfg: TrainConfig, step: int):
-    """(x, mask, labels) of training step `step`: fresh trials, shuffled and masked per example."""
+    """(x, mask, labels, perm) of training step `step`: fresh trials, shuffled and masked per
+    example (perm[b, j]: the electrode at input position j)."""
     gen = _step_generator(cfg.seed, step)
     x, y = data.trials(cfg.batch, seed=int(torch.randint(0, 2**62, (1,), generator=gen)))
     x, mask = drop_channels(x, MISSING, gen, p=cfg.p_drop)
-    x, mask, _ = shuffle_channels(x, mask, gen, p=cfg.p_shuffle)
-    return x, mask, y
+    x, mask, perm = shuffle_channels(x, mask, gen, p=cfg.p_shuffle)
+    return x, mask, y, perm
 
 
 def conditions(x: torch.Tensor, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -163,11 +170,14 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                dynamic_ncols=True)
     started, last_checkpoint = time.perf_counter(), step
     while step < cfg.steps:
-        x, mask, y = (t.to(runtime.device) for t in training_batch(data, cfg, step))
+        x, mask, y, perm = (t.to(runtime.device) for t in training_batch(data, cfg, step))
+        where = torch.argsort(perm, dim=1)  # the input position of each canonical electrode
         values = {}
         for name, model in models.items():
-            logits = model(x, mask)
+            logits, A = model(x, mask, return_reordering=True)
             loss = F.cross_entropy(logits, y)
+            if A is not None and cfg.reorder_weight > 0:
+                loss = loss + cfg.reorder_weight * reordering_loss(A, where, mask.gather(1, where))
             opts[name].zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -177,7 +187,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         averager.add(values)
         step += 1
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0:
             row = {"step": step, **averager.pop()}
             history["train"].append(row)
             write_csv(out / "train_log.csv", history["train"])
@@ -187,6 +197,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
             last_checkpoint = step
     bar.close()
     seconds = time.perf_counter() - started
+    if averager.count:  # a last, shorter interval: written out, but it stays pending for a resume
+        write_csv(out / "train_log.csv", history["train"] + [{"step": step, **averager.peek()}])
     if step != last_checkpoint or resume_from is None:
         checkpoint(step)
     result = {"config": asdict(cfg), "step": step, "train_seconds": round(seconds, 1),

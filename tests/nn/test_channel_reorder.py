@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyaudiok.nn import ChannelReorder
+from pyaudiok.nn import ChannelReorder, reordering_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,3 +166,16 @@ def test_bad_arguments(kwargs, error, words):
 def test_encoder_with_the_wrong_output_shape_is_named():
     with pytest.raises(ValueError, match=r"encoder must map \[N, T\] = \[6, 10\] to \[N, d\] = \[6, 8\]; got \[6, 3\]"):
         ChannelReorder(4, d=8, encoder=BadEncoder())(torch.randn(2, 3, 10))
+
+
+def test_reordering_loss():
+    A = torch.softmax(torch.randn(2, 3, 4), -1)
+    where = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    picked = A.gather(2, where[:, :, None])[:, :, 0].log()
+    torch.testing.assert_close(reordering_loss(A, where), -picked.mean())
+    torch.testing.assert_close(reordering_loss(A, where, present), -picked[present].mean())
+    with pytest.raises(ValueError, match=r"where must have shape \[B, K\] = \[2, 3\]; got \[2, 4\]"):
+        reordering_loss(A, torch.zeros(2, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="where must have dtype int64"):
+        reordering_loss(A, where.float())
