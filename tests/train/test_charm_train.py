@@ -62,3 +62,11 @@ def test_evaluation_conditions():
         expected = x.gather(1, perm[:, :, None].expand_as(x)) * mask[:, :, None]
         assert torch.equal(xc, expected)
         assert torch.equal(perm, torch.arange(16).expand(8, 16)) == (not name.endswith("shuffled"))
+
+
+def test_sinkhorn_normalization_trains(tmp_path):
+    result = trainer.train(trainer.TrainConfig(steps=2, batch=8, d=8, filters=8, test_trials=16, threads=1,
+                                               normalization="sinkhorn", progress=False, out_dir=str(tmp_path)),
+                           log=lambda *_: None)
+    assert result["charm"]["canonical"] == pytest.approx(result["charm"]["shuffled"], abs=1 / 16)
+    assert result["config"]["normalization"] == "sinkhorn"
