@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from . import bench_charm
 from . import (bench_bilinear_contrastive, bench_der, bench_fourier_crop, bench_kmeans, bench_latent_attention, bench_leaf,
                bench_perceiver_ar, bench_rvq, bench_si_sdr, bench_sinkhorn, bench_soft_rank, bench_soundstream)
 
@@ -10,6 +11,7 @@ MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der,
            "kmeans": bench_kmeans, "latent_attention": bench_latent_attention, "perceiver_ar": bench_perceiver_ar,
            "fourier_crop": bench_fourier_crop, "soft_rank": bench_soft_rank, "sinkhorn": bench_sinkhorn,
            "bilinear_contrastive": bench_bilinear_contrastive, "leaf": bench_leaf}
+MODULES["charm"] = bench_charm
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None):
