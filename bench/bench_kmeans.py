@@ -4,6 +4,7 @@ initial centroids; the reference, every backend, and a per-item scikit-learn `KM
 (init = the same centroids, n_init = 1, tol = 0 so it runs the same iterations)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import pyaudiok
@@ -42,7 +43,7 @@ def kmeans_case(device: torch.device, quick: bool) -> Case:
     def run_sklearn():
         labels = [cluster.KMeans(K, init=init_np[b], n_init=1, max_iter=ITERS + 1, tol=0, algorithm="lloyd")
                   .fit(x_np[b]).labels_ for b in range(B)]
-        return torch.as_tensor(labels)
+        return torch.as_tensor(np.stack(labels))
     cands.append(Candidate("scikit-learn KMeans (per item)", "peer", run_sklearn if cluster else None, skip=reason,
                            check=check))
     return Case("kmeans", {"B": B, "P": P, "d": d, "k": K, "iters": ITERS}, cands)

@@ -15,6 +15,8 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("soft_sort_rank(Tensor x, float strength, bool kl, bool rank, bool descending) -> (Tensor, Tensor, Tensor)");
   m.def("soft_sort_rank_backward(Tensor grad, Tensor x, Tensor out, Tensor perm, Tensor blocks, float strength, "
         "bool kl, bool rank, bool descending) -> Tensor");
+  // Batched k-means, Lloyd iterations from given centroids (pyaudiok/ops/kmeans.py).
+  m.def("kmeans_lloyd(Tensor x, Tensor centroids, int n_iters) -> (Tensor, Tensor)");
   // SI-SDR statistics of every estimate/reference pair (pyaudiok/ops/si_sdr.py), float64.
   m.def("si_sdr_stats(Tensor estimates, Tensor references, bool zero_mean) -> (Tensor, Tensor, Tensor)");
   // Batched log-domain Sinkhorn (pyaudiok/ops/sinkhorn.py).

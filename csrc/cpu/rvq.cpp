@@ -60,11 +60,13 @@ inline __attribute__((always_inline)) void score_block(const float* rT, const fl
   }
 }
 
+}  // namespace
+
 // Nearest codeword of stage codebook C[K, D] for each of the tile's 16 rows.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-void nearest_codewords(const float* rT, const float* C, const float* cnorm, int64_t K, int64_t D,
+void nearest_rows_tile(const float* rT, const float* C, const float* cnorm, int64_t K, int64_t D,
                        int32_t* out_idx) {
   v8f best[2] = {splat(std::numeric_limits<float>::infinity()), splat(std::numeric_limits<float>::infinity())};
   v8i idx[2] = {v8i{}, v8i{}};
@@ -82,8 +84,6 @@ void nearest_codewords(const float* rT, const float* C, const float* cnorm, int6
   std::memcpy(out_idx, &idx[0], sizeof(v8i));
   std::memcpy(out_idx + 8, &idx[1], sizeof(v8i));
 }
-
-}  // namespace
 
 void rvq_codeword_norms(const float* codebooks, int64_t n_q, int64_t K, int64_t D, float* cnorm) {
   for (int64_t k = 0; k < n_q * K; ++k) {
@@ -111,7 +111,7 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
 
     for (int64_t q = 0; q < n_q; ++q) {
       const float* C = codebooks + q * K * D;
-      nearest_codewords(rT.data(), C, cnorm + q * K, K, D, chosen);
+      nearest_rows_tile(rT.data(), C, cnorm + q * K, K, D, chosen);
       float sq = 0.f;
       for (int i = 0; i < rows; ++i) {
         codes[(row0 + i) * n_q + q] = chosen[i];

@@ -9,6 +9,11 @@ namespace pyaudiok::cpu {
 // ceil(N / kRvqTileRows) tiles and may run disjoint tile ranges on different threads.
 constexpr int64_t kRvqTileRows = 16;
 
+// Nearest row of C[K, D] for each row of a tile of kRvqTileRows rows stored transposed,
+// rT[D][kRvqTileRows]: out_idx[i] = argmin_k cnorm[k] − 2⟨r_i, C_k⟩ (ties -> lowest k), with
+// cnorm[k] = ||C_k||². The search of every RVQ stage; k-means' assignment step shares it.
+void nearest_rows_tile(const float* rT, const float* C, const float* cnorm, int64_t K, int64_t D, int32_t* out_idx);
+
 // cnorm[q * K + k] = ||codebooks[q, k, :]||², for q < n_q.
 void rvq_codeword_norms(const float* codebooks, int64_t n_q, int64_t K, int64_t D, float* cnorm);
 

@@ -10,8 +10,10 @@ iterations: assign each point to its nearest centroid (ties → lowest index), m
 the mean of its points; a centroid with no points stays where it is. The returned assignments are
 those of the final centroids. Distances are computed in float32 (float64 for float64 input).
 
-Backends run the Lloyd iterations: `reference` (explicit ‖x − c‖² on [B, P, k, d]), `cpu` (the
-GEMM expansion ‖x‖² − 2 x·c + ‖c‖², one batched matmul per iteration), `triton`
+Backends run the Lloyd iterations: `reference` (explicit ‖x − c‖² on [B, P, k, d]), `cpu` (float32:
+csrc/cpu/kmeans.cpp, one sweep per iteration with RVQ's register-blocked nearest-row search and
+float64 cluster sums; other dtypes: the GEMM expansion ‖x‖² − 2 x·c + ‖c‖², one batched matmul
+per iteration), `triton`
 (kernels/kmeans.py: one launch per iteration, assignment with the centroids streamed through
 registers and the sums accumulated atomically).
 """
@@ -23,7 +25,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import register_backends, triton_op
+from ._library import cpp_op, extension_loaded, register_backends, triton_op
 
 __all__ = ["KMeansResult", "kmeans", "kmeans_plus_plus", "lloyd_reference"]
 
@@ -91,10 +93,22 @@ def _triton_width_limit(x, centroids, n_iters):
     return None if x.shape[-1] <= MAX_D else f"d = {x.shape[-1]} exceeds the Triton kernel's limit of {MAX_D}"
 
 
+if extension_loaded():
+    _register_fake("pyaudiok::kmeans_lloyd")
+
+
+def _lloyd_cpu(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
+    """The C++ kernel for float32 (csrc/cpu/kmeans.cpp); other dtypes, or a build without the
+    extension, take the batched-GEMM route."""
+    if x.dtype == torch.float32 and extension_loaded():
+        return cpp_op("kmeans_lloyd")(x, centroids, n_iters)
+    return _lloyd_gemm(x, centroids, n_iters)
+
+
 LLOYD = dispatch.op("kmeans")
 register_backends(LLOYD, reference=lloyd_reference, triton=_lloyd_triton, triton_constraint=_triton_width_limit)
-# The cpu backend is torch's batched GEMM (no extension needed): registered as always available.
-LLOYD.register("cpu", _lloyd_gemm, devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES)
+# Registered as always available: without the extension the cpu backend still has the GEMM route.
+LLOYD.register("cpu", _lloyd_cpu, devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -99,3 +99,23 @@ def test_bad_inputs():
         kmeans(x, 2, init="forgy")
     with pytest.raises(ValueError, match="P >= 1"):
         kmeans(torch.zeros(2, 0, 3), 1)
+
+
+def test_cpu_kernel_passes_opcheck():
+    require_backend(LLOYD, "cpu")
+    if not pyaudiok.ops._library.extension_loaded():
+        pytest.skip("the C++ extension is not built")
+    x = clustered(2, 21, 5, 3)
+    torch.library.opcheck(pyaudiok.ops._library.cpp_op("kmeans_lloyd"), (x, x[:, :3].clone(), 3),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_cpu_backend_in_float64_and_empty_batch():
+    require_backend(LLOYD, "cpu", torch.float64)
+    x = clustered(2, 45, 7, 4, dtype=torch.float64)
+    with pyaudiok.use_backend("cpu"):
+        got = kmeans(x, 4, n_iters=6, init=x[:, :4].clone())
+        empty = kmeans(torch.randn(0, 10, 3), 2, n_iters=3, init=torch.randn(0, 2, 3))
+    want_c, want_a = lloyd_reference(x, x[:, :4].clone(), 6)
+    assert torch.equal(got.assignments, want_a) and rel_error(got.centroids, want_c) <= TOLERANCE[torch.float64]
+    assert empty.centroids.shape == (0, 2, 3) and empty.assignments.shape == (0, 10)
