@@ -38,6 +38,7 @@ class Config:
     ranker: str = "pav"
     eps: float = 0.1
     time_patches: int = 4
+    freq_patches: int = 1
     dim: int = 128
     n_pitches: int = 12
     probe_train: int = 512
@@ -98,7 +99,7 @@ def train(cfg: Config) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = PermutationPretext(N_MELS, FRAMES, cfg.time_patches, dim=cfg.dim, ranker=cfg.ranker, eps=cfg.eps)
+    model = PermutationPretext(N_MELS, FRAMES, cfg.time_patches, cfg.freq_patches, dim=cfg.dim, ranker=cfg.ranker, eps=cfg.eps)
     baseline = copy.deepcopy(model)  # the randomly initialised encoder
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     log = []
