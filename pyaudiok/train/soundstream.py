@@ -54,7 +54,7 @@ from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, pr
 from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, unwrap,
                       write_csv)
 
-__all__ = ["TrainConfig", "train", "main", "build_models", "mel_distance", "PRESETS"]
+__all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
 PRESETS = {"tiny": SoundStreamConfig.preset_tiny, "16khz": SoundStreamConfig.preset_16khz,
            "24khz": SoundStreamConfig.preset_24khz}
@@ -123,12 +123,26 @@ def build_models(config: TrainConfig) -> tuple[SoundStream, SoundStreamDiscrimin
     """The codec (quantizer dropout on) and the discriminators, initialised from `config.seed`."""
     torch.manual_seed(config.seed)
     model_config = config.model_config()
-    model_config.quantizer_kwargs = {"quantizer_dropout": True, **model_config.quantizer_kwargs}
+    model_config.quantizer_kwargs = {"quantizer_dropout": True,
+                                     "dead_code_threshold": dead_code_threshold(config, model_config),
+                                     **model_config.quantizer_kwargs}
     generator = SoundStream(model_config)
     discriminators = SoundStreamDiscriminators(
         WaveformDiscriminator(channels=config.waveform_channels, max_channels=config.waveform_max_channels),
         STFTDiscriminator(channels=config.stft_channels))
     return generator, discriminators
+
+
+def dead_code_threshold(config: TrainConfig, model_config: SoundStreamConfig) -> float:
+    """DESIGN.md §2's EMA count < 2, capped at a tenth of the mean hits per codeword and step.
+
+    An EMA count converges to a codeword's hits per step, which average N / K for N vectors per
+    step. The paper's batches give N ≫ 2K; a CPU batch does not (tiny preset: 4 clips × 25
+    frames = 100 vectors for K = 256): with the threshold at 2, every codeword was "dead" and
+    replaced by a random residual at every step, so code indices never kept a meaning.
+    """
+    frames = -(-round(config.segment_seconds * model_config.sample_rate) // model_config.hop_length)
+    return min(2.0, 0.1 * config.batch_size * frames / model_config.codebook_size)
 
 
 def _step_indices(step: int, rank: int, world_size: int, batch_size: int) -> range:
