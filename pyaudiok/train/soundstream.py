@@ -85,7 +85,11 @@ class TrainConfig:
     weight_feature: float = _opt(100.0, "λ_feat, feature-matching loss")
     weight_reconstruction: float = _opt(1.0, "λ_rec, multi-scale mel loss")
     weight_commitment: float = _opt(1.0, "commitment loss weight")
-    weight_waveform: float = _opt(0.0, "λ_t, L1 distance of the waveforms (EnCodec's time-domain term; "
+    # Not in the SoundStream paper (EnCodec's time-domain term): the mel loss leaves the phase free,
+    # so without it SI-SNR stays at chance level through the GAN warm-up of a short CPU run. The
+    # mel loss with the paper's √(s/2) weights is ~10³ in size; λ_t = 10⁴ makes the L1 term a few
+    # tenths of it (10³ did not move SI-SNR in 30 steps, 10⁵ set the mel distance back).
+    weight_waveform: float = _opt(1e4, "λ_t, L1 distance of the waveforms (EnCodec's time-domain term; "
                                        "not in the SoundStream paper)")
     discriminator_start: int = _opt(400, "first step with discriminators and adversarial losses (GAN warm-up)")
     waveform_channels: int = _opt(4, "first width of the waveform discriminators (MelGAN: 16)")

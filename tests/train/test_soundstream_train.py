@@ -72,10 +72,13 @@ def test_short_run_reconstructions_improve_and_outputs_are_written(tmp_path):
     valid = read_csv(tmp_path / "valid_log.csv")
     assert [r["step"] for r in valid] == [0, 30]
     # The training loss swings with each batch's random clips; the fixed validation clips show
-    # the learning: reconstructions improve at every bitrate.
+    # the learning: reconstructions improve at every bitrate (the initial network already passes
+    # the waveform through, so step 0's mel distance is not that of a constant output), and the
+    # codes carry information: all quantizers reconstruct better than one.
     for k in kbps:
-        assert valid[-1][f"mel_distance@{k}"] < 0.7 * valid[0][f"mel_distance@{k}"]
+        assert valid[-1][f"mel_distance@{k}"] < 0.95 * valid[0][f"mel_distance@{k}"]
         assert valid[-1][f"si_snr@{k}"] > valid[0][f"si_snr@{k}"] + 3
+    assert valid[-1]["mel_distance@3.2kbps"] < 0.95 * valid[-1]["mel_distance@0.4kbps"]
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert (tmp_path / "samples" / "reference_0.wav").exists()
     assert (tmp_path / "samples" / "step_00000030" / "ex0_3.2kbps.wav").exists()
