@@ -8,9 +8,10 @@
 Each step (DESIGN.md §2): the generator (encoder → ResidualVQ with quantizer dropout → decoder)
 reconstructs a batch of clips; once `discriminator_start` is reached, the discriminators take a
 hinge step on real vs. reconstructed audio, then the generator a step on
-λ_rec·mel + λ_commit·commitment + λ_adv·hinge + λ_feat·feature-matching. Before that step the
-generator learns from reconstruction and commitment alone: a GAN warm-up that gets a small CPU
-budget to audible reconstructions quickly.
+λ_rec·mel + λ_t·waveform L1 + λ_commit·commitment + λ_adv·hinge + λ_feat·feature-matching. Before
+that step the generator learns from reconstruction and commitment alone: a GAN warm-up that gets a
+small CPU budget to audible reconstructions quickly. (λ_t, EnCodec's time-domain term, is not in
+the SoundStream paper: see `TrainConfig.weight_waveform`.)
 
 Written to `out_dir` (by rank 0 only): `train_log.csv` (losses averaged over `log_every` steps),
 `valid_log.csv` (mel distance and SI-SNR of the validation clips at a few bitrates), `curves.png`,
@@ -54,7 +55,7 @@ from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, pr
 from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, unwrap,
                       write_csv)
 
-__all__ = ["TrainConfig", "train", "main", "build_models", "mel_distance", "PRESETS"]
+__all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
 PRESETS = {"tiny": SoundStreamConfig.preset_tiny, "16khz": SoundStreamConfig.preset_16khz,
            "24khz": SoundStreamConfig.preset_24khz}
@@ -85,6 +86,9 @@ class TrainConfig:
     weight_feature: float = _opt(100.0, "λ_feat, feature-matching loss")
     weight_reconstruction: float = _opt(1.0, "λ_rec, multi-scale mel loss")
     weight_commitment: float = _opt(1.0, "commitment loss weight")
+    # Off by default, as in the paper. The mel loss with the paper's √(s/2) weights is ~10³ in size:
+    # λ_t ≈ 10⁴ makes the L1 term a few tenths of it; that made SI-SNR learn faster in a 30-step run
+    # on 0.25 s clips, but not in the first 100 steps of the default run.
     weight_waveform: float = _opt(0.0, "λ_t, L1 distance of the waveforms (EnCodec's time-domain term; "
                                        "not in the SoundStream paper)")
     discriminator_start: int = _opt(400, "first step with discriminators and adversarial losses (GAN warm-up)")
@@ -123,12 +127,26 @@ def build_models(config: TrainConfig) -> tuple[SoundStream, SoundStreamDiscrimin
     """The codec (quantizer dropout on) and the discriminators, initialised from `config.seed`."""
     torch.manual_seed(config.seed)
     model_config = config.model_config()
-    model_config.quantizer_kwargs = {"quantizer_dropout": True, **model_config.quantizer_kwargs}
+    model_config.quantizer_kwargs = {"quantizer_dropout": True,
+                                     "dead_code_threshold": dead_code_threshold(config, model_config),
+                                     **model_config.quantizer_kwargs}
     generator = SoundStream(model_config)
     discriminators = SoundStreamDiscriminators(
         WaveformDiscriminator(channels=config.waveform_channels, max_channels=config.waveform_max_channels),
         STFTDiscriminator(channels=config.stft_channels))
     return generator, discriminators
+
+
+def dead_code_threshold(config: TrainConfig, model_config: SoundStreamConfig) -> float:
+    """DESIGN.md §2's EMA count < 2, capped at a tenth of the mean hits per codeword and step.
+
+    An EMA count converges to a codeword's hits per step, which average N / K for N vectors per
+    step. The paper's batches give N ≫ 2K; a CPU batch does not (tiny preset: 4 clips × 25
+    frames = 100 vectors for K = 256): with the threshold at 2, every codeword was "dead" and
+    replaced by a random residual at every step, so code indices never kept a meaning.
+    """
+    frames = -(-round(config.segment_seconds * model_config.sample_rate) // model_config.hop_length)
+    return min(2.0, 0.1 * config.batch_size * frames / model_config.codebook_size)
 
 
 def _step_indices(step: int, rank: int, world_size: int, batch_size: int) -> range:

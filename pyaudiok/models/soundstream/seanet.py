@@ -22,6 +22,13 @@ Choices, documented here once:
 - No normalisation layers and zero (not reflect) padding: both are needed for causal streaming.
 - No output activation: a tanh would bound the waveform but squash loud transients; the
   reconstruction losses keep the output in range.
+- Initialisation (the papers' code uses PyTorch's default): every conv weight ~ N(0, 1/fan_in)
+  with fan_in = in_channels · kernel / stride for the transposed convs (the inputs one output
+  sample sees), biases 0, and the last conv of every residual branch 0, so each residual unit
+  starts as the identity. The network then starts as a variance-preserving chain of convs that
+  passes the waveform's detail through. PyTorch's default (weights ~1/√3 of that scale, biases of
+  the same size as the signal) starts bias-dominated, the output barely depends on the input,
+  and training on the synthetic data stalled at a constant-spectrum output for hundreds of steps.
 - FiLM (optional, e.g. denoising on/off) sits at the bottleneck: on the encoder's output and on
   the decoder's input, with per-channel γ, β from a learned embedding of an integer condition.
 
@@ -89,6 +96,22 @@ class _SEANet(StreamingModule):
         self.hop_length = math.prod(self.strides)
         self.film = FiLM(dim, num_conditions) if film_conditioning else None
 
+    def _reset_parameters(self) -> None:
+        """The initialisation described in the module docstring."""
+        for module in self.modules():
+            if isinstance(module, nn.ConvTranspose1d):
+                fan_in = module.in_channels * module.kernel_size[0] / module.stride[0]
+            elif isinstance(module, nn.Conv1d):
+                fan_in = module.in_channels * module.kernel_size[0] / module.groups
+            else:
+                continue
+            nn.init.normal_(module.weight, std=fan_in ** -0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, ResidualUnit):
+                nn.init.zeros_(module.pointwise.conv.weight)
+
     def _film(self, x: torch.Tensor, condition: torch.Tensor | int | None) -> torch.Tensor:
         return x if self.film is None else self.film(x, condition)
 
@@ -110,6 +133,7 @@ class SEANetEncoder(_SEANet):
             c *= 2
         layers += [nn.ELU(), CausalConv1d(c, dim, 3)]
         self.layers = nn.Sequential(*layers)
+        self._reset_parameters()
 
     def forward(self, wav: torch.Tensor, condition: torch.Tensor | int | None = None) -> torch.Tensor:
         return self._film(self.layers(wav), condition)
@@ -131,6 +155,7 @@ class SEANetDecoder(_SEANet):
             layers += _residual_units(c, dilations)
         layers += [nn.ELU(), CausalConv1d(c, 1, 7)]
         self.layers = nn.Sequential(*layers)
+        self._reset_parameters()
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor | int | None = None) -> torch.Tensor:
         return self.layers(self._film(z, condition))
