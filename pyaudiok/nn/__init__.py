@@ -2,9 +2,11 @@
 from .attention import LatentAttention, PartialRotary
 from .diffstride import (DiffStride1d, DiffStride2d, SpectralPool1d, SpectralPool2d, clamp_strides_,
                          diffstride_penalty, learned_strides)
+from .label_proportions import OTPseudoLabelLoss, ProportionLoss
 from .leaf import SPCEN, GaborFilterbank, GaussianLowpass, Leaf
 from .quantization import ResidualVQ
 
 __all__ = ["LatentAttention", "PartialRotary", "ResidualVQ", "DiffStride1d", "DiffStride2d", "SpectralPool1d",
            "SpectralPool2d", "clamp_strides_", "diffstride_penalty", "learned_strides"]
 __all__ += ["Leaf", "GaborFilterbank", "GaussianLowpass", "SPCEN"]
+__all__ += ["ProportionLoss", "OTPseudoLabelLoss"]
