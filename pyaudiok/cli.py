@@ -48,6 +48,7 @@ TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "perceiver-ar": "pyaudi
             "diffstride": "pyaudiok.train.diffstride", "permutation": "pyaudiok.train.permutation",
             "wavesplit": "pyaudiok.train.wavesplit", "dive": "pyaudiok.train.dive", "cola": "pyaudiok.train.cola",
             "leaf": "pyaudiok.train.leaf"}
+TRAINERS["llp"] = "pyaudiok.train.llp"
 # `pyaudiok generate NAME ...` hands the remaining arguments to module:function(argv).
 GENERATORS = {"perceiver-ar": ("pyaudiok.train.perceiver_ar", "generate_main")}
 # `pyaudiok separate|diarize ...` hand the remaining arguments to module:function(argv).
