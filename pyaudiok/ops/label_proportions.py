@@ -9,7 +9,10 @@ bag only the class proportions π_b ∈ Δ_K are known.
   without gradient, or one-hot argmax rows of Q (hard=True).
 
 Bags of different sizes are packed into one [n_bags, max_bag, K] batch: the padding rows carry
-zero mass, which the Sinkhorn op supports, so all bags run in one call.
+zero mass, which the Sinkhorn op supports, so all bags run in one call. When bags are longer than
+the class count the problem is solved transposed (classes as rows, see _classes_as_rows): the
+last Sinkhorn half-step then makes the instance rows exact and the class totals hold within tol;
+otherwise the reverse.
 """
 from __future__ import annotations
 
@@ -101,6 +104,17 @@ def _pack(bag_index: torch.Tensor, n_bags: int):
     return row_of_bag[bag_index], pos, counts, live
 
 
+def _classes_as_rows(K: int, max_bag: int) -> bool:
+    """Solve the transposed problem (classes × instances; the same plan, transposed)? The fused
+    Sinkhorn kernels vectorise along m, so the longer side goes there (on the CPU, 64 × 10 bags
+    run ~2× faster as 10 × 64), unless it exceeds the Triton kernel's limit on m."""
+    try:
+        from pyaudiok.kernels.sinkhorn import MAX_M
+    except ImportError:  # no Triton: no limit to respect
+        MAX_M = max_bag
+    return K < max_bag <= MAX_M
+
+
 def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportions: torch.Tensor, *,
                      eps: float = 1.0, n_iters: int | None = 100, tol: float | None = 1e-6,
                      hard: bool = False) -> torch.Tensor:
@@ -127,8 +141,12 @@ def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportio
         b = proportions[live].to(log_probs.dtype)
         b = b / b.sum(1, keepdim=True)  # exactly balanced with a (rows checked to sum to 1 ± atol)
         # "implicit" keeps no per-iteration history: no gradient flows through the labels.
-        plan = sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, tol=tol, backward="implicit")
-        q = plan[row, pos]
+        if _classes_as_rows(K, max_bag):
+            plan = sinkhorn(cost.transpose(1, 2).contiguous(), b, a, eps=eps, n_iters=n_iters, tol=tol,
+                            backward="implicit")
+            q = plan[row, :, pos]
+        else:
+            q = sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, tol=tol, backward="implicit")[row, pos]
     if hard:
         return torch.nn.functional.one_hot(q.argmax(1), K).to(log_probs.dtype)
     return q * counts[bag_index, None].to(q.dtype)
