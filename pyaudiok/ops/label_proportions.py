@@ -133,19 +133,21 @@ def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportio
     row, pos, counts, live = _pack(bag_index, proportions.shape[0])
     n_live, max_bag = int(live.sum()), int(counts.max())
     floor = math.log(torch.finfo(log_probs.dtype).tiny)
+    transpose = _classes_as_rows(K, max_bag)
     with torch.no_grad():
-        cost = log_probs.new_zeros(n_live, max_bag, K)
-        cost[row, pos] = -log_probs.detach().clamp_min(floor)
         a = log_probs.new_zeros(n_live, max_bag)
         a[row, pos] = 1.0 / counts[bag_index].to(log_probs.dtype)
         b = proportions[live].to(log_probs.dtype)
         b = b / b.sum(1, keepdim=True)  # exactly balanced with a (rows checked to sum to 1 ± atol)
+        cost_rows = -log_probs.detach().clamp_min(floor)
         # "implicit" keeps no per-iteration history: no gradient flows through the labels.
-        if _classes_as_rows(K, max_bag):
-            plan = sinkhorn(cost.transpose(1, 2).contiguous(), b, a, eps=eps, n_iters=n_iters, tol=tol,
-                            backward="implicit")
-            q = plan[row, :, pos]
+        if transpose:
+            cost = log_probs.new_zeros(n_live, K, max_bag)
+            cost[row, :, pos] = cost_rows
+            q = sinkhorn(cost, b, a, eps=eps, n_iters=n_iters, tol=tol, backward="implicit")[row, :, pos]
         else:
+            cost = log_probs.new_zeros(n_live, max_bag, K)
+            cost[row, pos] = cost_rows
             q = sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, tol=tol, backward="implicit")[row, pos]
     if hard:
         return torch.nn.functional.one_hot(q.argmax(1), K).to(log_probs.dtype)
