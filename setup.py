@@ -82,8 +82,9 @@ setup(
     install_requires=["numpy", "scipy", "soundfile", "soxr", "tqdm", "matplotlib",
                       "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "pyannote.metrics"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "pyannote.metrics", "scikit-learn"],
         "bench": ["pytest-benchmark"],
+        "train": ["scikit-learn"],  # `pyaudiok train llp`: the digits images ship with scikit-learn
         # Not listed: torchsort (builds from source; see bench/bench_soft_rank.py) and SpeechBrain /
         # torchaudio (need their own torch; see DESIGN, "Peers on this machine"): benches report them skipped.
         "peers": ["vector-quantize-pytorch", "encodec", "pyannote.metrics", "perceiver-ar-pytorch", "POT",

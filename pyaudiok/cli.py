@@ -47,8 +47,7 @@ def _cmd_bench(args) -> int:
 TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "perceiver-ar": "pyaudiok.train.perceiver_ar",
             "diffstride": "pyaudiok.train.diffstride", "permutation": "pyaudiok.train.permutation",
             "wavesplit": "pyaudiok.train.wavesplit", "dive": "pyaudiok.train.dive", "cola": "pyaudiok.train.cola",
-            "leaf": "pyaudiok.train.leaf"}
-TRAINERS["charm"] = "pyaudiok.train.charm"
+            "leaf": "pyaudiok.train.leaf", "charm": "pyaudiok.train.charm", "llp": "pyaudiok.train.llp"}
 # `pyaudiok generate NAME ...` hands the remaining arguments to module:function(argv).
 GENERATORS = {"perceiver-ar": ("pyaudiok.train.perceiver_ar", "generate_main")}
 # `pyaudiok separate|diarize ...` hand the remaining arguments to module:function(argv).

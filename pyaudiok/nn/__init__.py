@@ -3,6 +3,7 @@ from .attention import LatentAttention, PartialRotary
 from .channel_reorder import ChannelEncoder, ChannelReorder, Reordered, reordering_loss
 from .diffstride import (DiffStride1d, DiffStride2d, SpectralPool1d, SpectralPool2d, clamp_strides_,
                          diffstride_penalty, learned_strides)
+from .label_proportions import OTPseudoLabelLoss, ProportionLoss
 from .leaf import SPCEN, GaborFilterbank, GaussianLowpass, Leaf
 from .quantization import ResidualVQ
 
@@ -10,3 +11,4 @@ __all__ = ["LatentAttention", "PartialRotary", "ResidualVQ", "DiffStride1d", "Di
            "SpectralPool2d", "clamp_strides_", "diffstride_penalty", "learned_strides"]
 __all__ += ["Leaf", "GaborFilterbank", "GaussianLowpass", "SPCEN"]
 __all__ += ["ChannelReorder", "ChannelEncoder", "Reordered", "reordering_loss"]
+__all__ += ["ProportionLoss", "OTPseudoLabelLoss"]

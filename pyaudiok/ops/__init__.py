@@ -4,6 +4,7 @@ from .bilinear_contrastive import bilinear_contrastive_loss
 from .fourier_crop import fourier_crop, fourier_crop_output_size
 from .gabor_pool import gabor_pool
 from .kmeans import KMeansResult, kmeans
+from .label_proportions import ot_pseudo_labels, proportion_loss
 from .latent_attention import latent_cross_attention
 from .pcen import pcen
 from .rvq import RVQResult, residual_vq, rvq_decode
@@ -14,4 +15,5 @@ from .soft_rank import soft_rank, soft_sort
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_loss", "pit_si_sdr", "si_sdr_matrix",
            "latent_cross_attention", "KMeansResult", "kmeans", "fourier_crop", "fourier_crop_output_size",
            "soft_rank", "soft_sort", "SinkhornResult", "log_sinkhorn_normalize", "sinkhorn", "sinkhorn_rank",
-           "sinkhorn_sort", "bilinear_contrastive_loss", "gabor_pool", "pcen"]
+           "sinkhorn_sort", "bilinear_contrastive_loss", "gabor_pool", "pcen",
+           "proportion_loss", "ot_pseudo_labels"]
