@@ -302,40 +302,71 @@ bool scalings(const float* p, const float* p_hat, int64_t len, float inv_eps, fl
   return true;
 }
 
-// p = p̂ + ε (log marginal − log sums) (−inf where the marginal is 0); false (p partly written)
-// where a sum is outside the safe range.
-bool potentials_from_sums(const float* sums, const float* log_marginal, const float* p_hat, int64_t len, float eps,
-                          float* p) {
-  for (int64_t i = 0; i < len; ++i) {
-    if (log_marginal[i] == -kInf) {
-      p[i] = -kInf;
-      continue;
-    }
-    if (!(sums[i] >= kMinSum && sums[i] <= kMaxSum)) return false;
-    p[i] = p_hat[i] + eps * (log_marginal[i] - std::log(sums[i]));
+// The forward's scaling-domain state: u = e^{(f − f̂)/ε}, v = e^{(g − ĝ)/ε} relative to the
+// absorbed kernel. An iteration is u' = a / K̂v, v' = b / K̂ᵀu' (0 where the marginal is 0): two
+// matrix-vector products and n + m divisions. The potentials f = f̂ + ε log u are formed only
+// where they are needed (history for the backward, a switch to the log domain, the result).
+class ScaledForward {
+ public:
+  ScaledForward(const float* log_a, const float* log_b, int64_t n, int64_t m)
+      : kern(n, m), u(n), v(m), u_new(n), v_new(m), a(n), b(m) {
+    for (int64_t i = 0; i < n; ++i) a[i] = log_a[i] == -kInf ? 0.f : exp1(log_a[i]);
+    for (int64_t j = 0; j < m; ++j) b[j] = log_b[j] == -kInf ? 0.f : exp1(log_b[j]);
   }
-  return true;
-}
 
-// The work buffers of the scaling-domain updates of one batch element.
-struct ScalingBuffers {
-  std::vector<float> row_scale, col_scale, row_sums, col_sums;
-  ScalingBuffers(int64_t n, int64_t m) : row_scale(n), col_scale(m), row_sums(n), col_sums(m) {}
+  // Absorb potentials (f, g): K̂ from them, u = v = 1 (0 for zero mass).
+  void absorb(const float* cost, const float* f, const float* g, const SinkhornShape& s) {
+    kern.absorb(cost, f, g, s);
+    for (int64_t i = 0; i < s.n; ++i) u[i] = f[i] == -kInf ? 0.f : 1.f;
+    for (int64_t j = 0; j < s.m; ++j) v[j] = g[j] == -kInf ? 0.f : 1.f;
+  }
+
+  // u_new = a / K̂v; false if a sum or a scaling leaves the safe range. *err = the row-marginal
+  // error of the plan before this update, Σ_i |a_i u_i / u_new_i − a_i|.
+  bool f_update(float* err) {
+    kern.times(v.data(), u_new.data());
+    if (!divide(a.data(), u_new.data(), kern.n)) return false;
+    float e = 0.f;
+    for (int64_t i = 0; i < kern.n; ++i)
+      if (a[i] > 0.f) e += std::fabs(a[i] * u[i] / u_new[i] - a[i]);
+    *err = e;
+    return true;
+  }
+  // v_new = b / K̂ᵀu_new; false if out of the safe range.
+  bool g_update() {
+    kern.times_transposed(u_new.data(), v_new.data());
+    return divide(b.data(), v_new.data(), kern.m);
+  }
+  void accept() {
+    u.swap(u_new);
+    v.swap(v_new);
+  }
+
+  // f = f̂ + ε log(scale) (−inf where the scale is 0).
+  static void potentials(const std::vector<float>& scale, const std::vector<float>& hat, float eps, float* out) {
+    for (size_t i = 0; i < scale.size(); ++i) out[i] = scale[i] > 0.f ? hat[i] + eps * std::log(scale[i]) : -kInf;
+  }
+
+  AbsorbedKernel kern;
+  std::vector<float> u, v, u_new, v_new;
+
+ private:
+  // sums[i] = marginal[i] / sums[i] in place; false if some sum of a massive entry is outside
+  // [kMinSum, kMaxSum] or the scaling outside e^±kMaxLogScale.
+  static bool divide(const float* marginal, float* sums, int64_t len) {
+    const float lo = std::exp(-kMaxLogScale), hi = std::exp(kMaxLogScale);
+    bool ok = true;
+    for (int64_t i = 0; i < len; ++i) {
+      const float x = sums[i];
+      const float q = marginal[i] > 0.f ? marginal[i] / x : 0.f;
+      ok &= marginal[i] == 0.f || (x >= kMinSum && x <= kMaxSum && q >= lo && q <= hi);
+      sums[i] = q;
+    }
+    return ok;
+  }
+
+  std::vector<float> a, b;
 };
-
-bool scaled_f_update(const AbsorbedKernel& kern, const float* log_a, const float* g, float* f_new,
-                     ScalingBuffers& buf, const SinkhornShape& s) {
-  if (!scalings(g, kern.g_hat.data(), s.m, 1.f / s.eps, buf.col_scale.data())) return false;
-  kern.times(buf.col_scale.data(), buf.row_sums.data());
-  return potentials_from_sums(buf.row_sums.data(), log_a, kern.f_hat.data(), s.n, s.eps, f_new);
-}
-
-bool scaled_g_update(const AbsorbedKernel& kern, const float* log_b, const float* f, float* g_new,
-                     ScalingBuffers& buf, const SinkhornShape& s) {
-  if (!scalings(f, kern.f_hat.data(), s.n, 1.f / s.eps, buf.row_scale.data())) return false;
-  kern.times_transposed(buf.row_scale.data(), buf.col_sums.data());
-  return potentials_from_sums(buf.col_sums.data(), log_b, kern.g_hat.data(), s.m, s.eps, g_new);
-}
 
 // When to absorb the current potentials into a new kernel after the scaling domain failed:
 // at once the first time, then only after 1, 2, 4, … further failing iterations, so that a
@@ -432,33 +463,58 @@ void sinkhorn_forward_one(const float* cost, const float* log_a, const float* lo
   FlushDenormals flush_denormals;
   auto slot_f = [&](int64_t k) { return hist_f + (s.slots == 2 ? k & 1 : k) * s.n; };
   auto slot_g = [&](int64_t k) { return hist_g + (s.slots == 2 ? k & 1 : k) * s.m; };
+  const bool history = s.slots > 2;
   std::fill(slot_f(0), slot_f(0) + s.n, 0.f);
   std::fill(slot_g(0), slot_g(0) + s.m, 0.f);
   std::vector<float> colmax(s.m), colsum(s.m);
-  AbsorbedKernel kern(s.n, s.m);
-  ScalingBuffers buf(s.n, s.m);
+  ScaledForward sc(log_a, log_b, s.n, s.m);
   AbsorbSchedule schedule;
-  kern.absorb(cost, slot_f(0), slot_g(0), s);
+  sc.absorb(cost, slot_f(0), slot_g(0), s);
+  bool scaled = true;  // (u, v) hold the iterate; else the slots do
+  // The potentials of iteration k from the scaling state, into its slots.
+  auto materialise = [&](int64_t k) {
+    ScaledForward::potentials(sc.u, sc.kern.f_hat, s.eps, slot_f(k));
+    ScaledForward::potentials(sc.v, sc.kern.g_hat, s.eps, slot_g(k));
+  };
   int64_t done = 0;
   for (int64_t k = 1; k <= s.n_iters; ++k) {
-    bool scaled = scaled_f_update(kern, log_a, slot_g(k - 1), slot_f(k), buf, s);
-    if (!scaled) f_update(cost, log_a, slot_g(k - 1), slot_f(k), s);
-    const float err = marginal_error(log_a, slot_f(k - 1), slot_f(k), s);
-    if (s.tol > 0 && k > 1 && err <= s.tol) break;
-    if (!(scaled && scaled_g_update(kern, log_b, slot_f(k), slot_g(k), buf, s))) {
-      g_update(cost, log_b, slot_f(k), slot_g(k), colmax.data(), colsum.data(), s);
-      scaled = false;
+    float err = 0.f;
+    if (scaled && sc.f_update(&err)) {
+      if (s.tol > 0 && k > 1 && err <= s.tol) break;
+      if (sc.g_update()) {
+        sc.accept();
+        if (history) materialise(k);
+        schedule.success();
+        done = k;
+        continue;
+      }
+      // The g-update left the safe range: finish this iteration in the log domain from f_k.
+      ScaledForward::potentials(sc.u_new, sc.kern.f_hat, s.eps, slot_f(k));
+    } else {
+      if (scaled) materialise(k - 1);
+      f_update(cost, log_a, slot_g(k - 1), slot_f(k), s);
+      err = marginal_error(log_a, slot_f(k - 1), slot_f(k), s);
+      if (s.tol > 0 && k > 1 && err <= s.tol) {
+        scaled = false;
+        break;
+      }
     }
+    g_update(cost, log_b, slot_f(k), slot_g(k), colmax.data(), colsum.data(), s);
     done = k;
-    if (scaled) {
-      schedule.success();
-    } else if (schedule.due_after_failure()) {
-      kern.absorb(cost, slot_f(k), slot_g(k), s);
+    scaled = false;
+    if (schedule.due_after_failure()) {
+      sc.absorb(cost, slot_f(k), slot_g(k), s);
+      scaled = true;
     }
   }
+  if (scaled) materialise(done);
   *iters = done;
   std::copy(slot_f(done), slot_f(done) + s.n, f);
   std::copy(slot_g(done), slot_g(done) + s.m, g);
+  if (!history) {  // the scaled path leaves the other slot unwritten: make it defined (the final values)
+    std::copy(f, f + s.n, slot_f(done + 1));
+    std::copy(g, g + s.m, slot_g(done + 1));
+  }
   make_plan(cost, f, g, plan, s);
 }
 

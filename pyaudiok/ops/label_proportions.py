@@ -9,10 +9,10 @@ bag only the class proportions π_b ∈ Δ_K are known.
   without gradient, or one-hot argmax rows of Q (hard=True).
 
 Bags of different sizes are packed into one [n_bags, max_bag, K] batch: the padding rows carry
-zero mass, which the Sinkhorn op supports, so all bags run in one call. When bags are longer than
-the class count the problem is solved transposed (classes as rows, see _classes_as_rows): the
-last Sinkhorn half-step then makes the instance rows exact and the class totals hold within tol;
-otherwise the reverse.
+zero mass, which the Sinkhorn op supports, so all bags run in one call. The problem is solved
+transposed (classes as rows, see _classes_as_rows): the last Sinkhorn half-step then makes the
+instance rows exact and the class totals hold within tol (bags beyond the Triton kernel's column
+limit: the reverse).
 """
 from __future__ import annotations
 
@@ -105,14 +105,15 @@ def _pack(bag_index: torch.Tensor, n_bags: int):
 
 
 def _classes_as_rows(K: int, max_bag: int) -> bool:
-    """Solve the transposed problem (classes × instances; the same plan, transposed)? The fused
-    Sinkhorn kernels vectorise along m, so the longer side goes there (on the CPU, 64 × 10 bags
-    run ~2× faster as 10 × 64), unless it exceeds the Triton kernel's limit on m."""
+    """Solve the transposed problem (classes × instances; the same plan, transposed)? Sinkhorn's
+    last half-step makes the column marginal exact, so with instances as columns every soft label
+    row sums to 1 exactly (class totals within tol). Only bags longer than the Triton kernel's
+    limit on m keep instances as rows."""
     try:
         from pyaudiok.kernels.sinkhorn import MAX_M
     except ImportError:  # no Triton: no limit to respect
         MAX_M = max_bag
-    return K < max_bag <= MAX_M
+    return max_bag <= MAX_M
 
 
 def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportions: torch.Tensor, *,

@@ -29,8 +29,9 @@ Every fused backend exposes the same two raw ops (cost[B, n, m], log_a[B, n], lo
     sinkhorn_backward(grad_plan, grad_f, grad_g, cost, log_a, log_b, plan, iters, hist_f, hist_g, eps)
         -> (grad_cost, grad_log_a, grad_log_b)
 
-hist_* hold the potentials of iteration k in slot k (S = n_iters + 1) when history is set, else in
-slot k % 2 (S = 2); tol ≤ 0 means no early stop.
+hist_* hold the potentials of iteration k in slot k (S = n_iters + 1) when history is set; else
+(S = 2) they are scratch, of which only slot iters % 2 is meaningful (the final potentials; the
+other slot is backend-specific). tol ≤ 0 means no early stop.
 
 The CPU kernel runs these same iterations in the stabilised scaling domain wherever that is safe
 (matrix-vector products with an absorbed kernel instead of an exponential per element and

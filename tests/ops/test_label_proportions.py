@@ -250,11 +250,21 @@ def test_bad_options():
         ot_pseudo_labels(torch.full((4, 3), math.nan), bags, props)
 
 
-def test_orientation_puts_the_longer_side_along_m_within_the_triton_limit():
+def test_orientation_puts_instances_along_m_within_the_triton_limit():
     from pyaudiok.ops.label_proportions import _classes_as_rows
-    assert _classes_as_rows(10, 64) and not _classes_as_rows(10, 8) and not _classes_as_rows(10, 10)
+    assert _classes_as_rows(10, 64) and _classes_as_rows(10, 8) and _classes_as_rows(10, 10)
     try:
         from pyaudiok.kernels.sinkhorn import MAX_M
     except ImportError:
         pytest.skip("no Triton: no limit on m")
     assert _classes_as_rows(10, MAX_M) and not _classes_as_rows(10, MAX_M + 1)
+
+
+def test_soft_label_rows_sum_to_one_exactly_with_short_bags():
+    """Bags shorter than the class count: still instances along m, so rows are exact distributions."""
+    gen = torch.Generator().manual_seed(3)
+    log_probs = torch.log_softmax(torch.randn(12, 10, generator=gen), 1)
+    bags = torch.arange(12) // 4
+    props = torch.softmax(torch.randn(3, 10, generator=gen), 1)
+    labels = ot_pseudo_labels(log_probs, bags, props, n_iters=5, tol=None)
+    torch.testing.assert_close(labels.sum(1), torch.ones(12), atol=1e-5, rtol=0)
