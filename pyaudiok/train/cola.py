@@ -28,6 +28,7 @@ from torch import nn
 
 from pyaudiok.data import audio_synth
 from pyaudiok.models.cola import COLA, COLAConfig
+from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
 
@@ -46,6 +47,8 @@ class TrainConfig:
     crop_seconds: float = 1.0      # DESIGN §6: 1 s crops
     clip_seconds: float = 1.5      # pre-training clips the crops are taken from
     pool: int = 1024               # distinct unlabeled clips, generated once
+    frontend: str = "logmel"
+    encoder: str = "conv"
     widths: tuple = (16, 32, 64, 128)
     embedding_dim: int = 512
     symmetric: bool = False
@@ -140,7 +143,8 @@ def probe(model: COLA, train_set, test_set, steps: int = 300, seed: int = 0) -> 
 def run(cfg: TrainConfig, log=print) -> dict:
     """Pre-train COLA, then probe it and a randomly initialised copy of the same architecture."""
     torch.manual_seed(cfg.seed)
-    mcfg = COLAConfig(widths=tuple(cfg.widths), embedding_dim=cfg.embedding_dim, symmetric=cfg.symmetric)
+    mcfg = COLAConfig(frontend=cfg.frontend, encoder=cfg.encoder, widths=tuple(cfg.widths),
+                      embedding_dim=cfg.embedding_dim, symmetric=cfg.symmetric)
     model = COLA(mcfg)
     random_encoder = COLA(mcfg)
     random_encoder.load_state_dict(model.state_dict())  # the same initialisation, never trained
@@ -172,13 +176,15 @@ def main(argv=None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--widths", default=",".join(map(str, d.widths)), help="conv encoder stage widths")
     p.add_argument("--symmetric", action="store_true", help="symmetric (both directions) contrastive loss")
+    p.add_argument("--frontend", choices=FRONTENDS, default=d.frontend, help="log-mel or LEAF")
+    p.add_argument("--encoder", choices=ENCODERS, default=d.encoder, help="the conv stages or EfficientNet-B0")
     p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
     args = p.parse_args(argv)
     if args.clip_seconds < args.crop_seconds:
         p.error("--clip-seconds must be at least --crop-seconds")
     kwargs = {k: getattr(args, k) for k in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test",
                                             "probe_chunks", "probe_steps", "seed", "lr", "crop_seconds",
-                                            "clip_seconds", "symmetric")}
+                                            "clip_seconds", "symmetric", "frontend", "encoder")}
     cfg = TrainConfig(widths=tuple(int(w) for w in args.widths.split(",")), out_dir=args.out, **kwargs)
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "

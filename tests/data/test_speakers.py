@@ -1,5 +1,4 @@
 """Multi-speaker data: synthetic speakers, synthesiser voices (a fake binary), mixtures, conversations."""
-import os
 import stat
 import sys
 from pathlib import Path

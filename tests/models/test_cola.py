@@ -37,3 +37,24 @@ def test_loss_is_the_bilinear_cross_entropy_of_the_projections():
     g = model.project(torch.cat([a, p]))
     expected = bilinear_contrastive_reference(g[:6], g[6:], model.similarity, True)
     torch.testing.assert_close(model(a, p), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_efficientnet_b0_encoder_and_leaf_frontend():
+    from pyaudiok.models.cola.efficientnet import B0_STAGES, EfficientNetB0, MBConv
+    net = EfficientNetB0()
+    assert sum(isinstance(m, MBConv) for m in net.modules()) == sum(s[2] for s in B0_STAGES) == 16
+    assert net(torch.randn(2, 1, 98, 64)).shape == (2, 1280, 4, 2)  # /32, ceil
+    cfg = COLAConfig(frontend="leaf", encoder="efficientnet", embedding_dim=16)
+    model = COLA(cfg)
+    assert model.frontend(torch.randn(2, 16000)).shape == (2, 1, 100, 64)  # ⌈16000 / 160⌉ frames, 64 filters
+    a, p = torch.randn(3, 8000), torch.randn(3, 8000)
+    assert model.embed(a).shape == (3, 1280)
+    model(a, p).backward()
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in model.parameters())
+
+
+def test_unknown_frontend_or_encoder_is_rejected():
+    with pytest.raises(ValueError, match="frontend must be one of"):
+        COLAConfig(frontend="mfcc")
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        COLAConfig(encoder="resnet")

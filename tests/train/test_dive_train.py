@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from pyaudiok import cli
 from pyaudiok.codec.audio import save_audio

@@ -1,8 +1,8 @@
 """COLA: contrastive learning of general-purpose audio representations (DESIGN §6).
 
 Two crops of one clip are a positive pair; the batch's other clips are the negatives. Log-mel
-frontend (STFT window 400, hop 160, FFT 1024, Hann; 64 mel bins 60–7800 Hz; log(clip(·, 1e-5))),
-a conv encoder, global max pool, the projection Dense → LayerNorm → tanh, and the bilinear
+frontend (STFT window 400, hop 160, FFT 1024, Hann; 64 mel bins 60–7800 Hz; log(clip(·, 1e-5)))
+or LEAF, a conv encoder (or EfficientNet-B0, models/cola/efficientnet.py), global max pool, the projection Dense → LayerNorm → tanh, and the bilinear
 similarity g(x)ᵀ W g(x') scored by the fused `bilinear_contrastive_loss`.
 """
 from __future__ import annotations
@@ -12,8 +12,10 @@ import dataclasses
 import torch
 from torch import nn
 
+from ...nn.leaf import Leaf
 from ...ops import bilinear_contrastive_loss
 from ..soundstream.losses import mel_filterbank
+from .efficientnet import EfficientNetB0
 
 __all__ = ["COLA", "COLAConfig", "LogMel"]
 
@@ -27,9 +29,21 @@ class COLAConfig:
     n_mels: int = 64
     f_min: float = 60.0
     f_max: float = 7800.0
+    frontend: str = "logmel"                      # "logmel" or "leaf" (pyaudiok.nn.Leaf, n_mels filters)
+    encoder: str = "conv"                         # "conv" (the stages below) or "efficientnet" (B0)
     widths: tuple[int, ...] = (32, 64, 128, 256)  # conv encoder stages (each halves time and mel)
     embedding_dim: int = 512                      # the projection g's width (Dense(512))
     symmetric: bool = False
+
+    def __post_init__(self):
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {FRONTENDS}; got {self.frontend!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}; got {self.encoder!r}")
+
+
+FRONTENDS = ("logmel", "leaf")
+ENCODERS = ("conv", "efficientnet")
 
 
 class LogMel(nn.Module):
@@ -58,6 +72,29 @@ def _block(cin: int, cout: int) -> nn.Sequential:
                          nn.MaxPool2d(2, ceil_mode=True))
 
 
+class LeafFrontend(nn.Module):
+    """LEAF (pyaudiok.nn.Leaf, hop `hop_length`, window `win_length`) in LogMel's layout
+    [B, 1, frames, n_filters]: the learnable alternative to the fixed log-mel."""
+
+    def __init__(self, cfg: COLAConfig):
+        super().__init__()
+        ms = 1000.0 / cfg.sample_rate
+        self.leaf = Leaf(cfg.n_mels, cfg.sample_rate, window_ms=cfg.win_length * ms, hop_ms=cfg.hop_length * ms,
+                         min_freq=cfg.f_min, max_freq=cfg.f_max)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.leaf(wav).transpose(1, 2)[:, None]
+
+
+def _encoder(cfg: COLAConfig) -> tuple[nn.Module, int]:
+    """The encoder and its output width."""
+    if cfg.encoder == "efficientnet":
+        net = EfficientNetB0(in_channels=1)
+        return net, net.out_channels
+    chans = (1,) + tuple(cfg.widths)
+    return nn.Sequential(*(_block(a, b) for a, b in zip(chans[:-1], chans[1:]))), chans[-1]
+
+
 class COLA(nn.Module):
     """`embed(wav)` -> the encoder's max-pooled features [B, widths[-1]] (what a downstream linear
     probe reads); `project(wav)` -> g [B, embedding_dim]; `forward(anchors, positives)` -> the loss."""
@@ -65,11 +102,10 @@ class COLA(nn.Module):
     def __init__(self, cfg: COLAConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or COLAConfig()
-        self.frontend = LogMel(cfg)
+        self.frontend = LeafFrontend(cfg) if cfg.frontend == "leaf" else LogMel(cfg)
         self.norm = nn.BatchNorm2d(1)  # log-mel levels vary by tens of dB: normalise the input
-        chans = (1,) + tuple(cfg.widths)
-        self.encoder = nn.Sequential(*(_block(a, b) for a, b in zip(chans[:-1], chans[1:])))
-        self.head = nn.Sequential(nn.Linear(chans[-1], cfg.embedding_dim), nn.LayerNorm(cfg.embedding_dim), nn.Tanh())
+        self.encoder, width = _encoder(cfg)
+        self.head = nn.Sequential(nn.Linear(width, cfg.embedding_dim), nn.LayerNorm(cfg.embedding_dim), nn.Tanh())
         self.similarity = nn.Parameter(torch.empty(cfg.embedding_dim, cfg.embedding_dim))
         # g has |g_i| ≲ 1 in every one of the d dims, so ‖g‖² ~ d: std 1/d keeps the initial logits
         # O(1) (std 1/√d gives logits of std ~√d and a loss far above chance at the start).
