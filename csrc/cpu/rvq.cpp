@@ -6,6 +6,7 @@
 // loads two 8-wide row vectors and broadcasts one scalar per codeword; each codeword's score is
 // then a vector over rows, and the argmin is a per-lane compare-and-select (no horizontal work).
 #include "rvq.h"
+#include "target_clones.h"
 
 #include <cstring>
 #include <limits>
@@ -63,9 +64,7 @@ inline __attribute__((always_inline)) void score_block(const float* rT, const fl
 }  // namespace
 
 // Nearest codeword of stage codebook C[K, D] for each of the tile's 16 rows.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+PYAUDIOK_CLONES
 void nearest_rows_tile(const float* rT, const float* C, const float* cnorm, int64_t K, int64_t D,
                        int32_t* out_idx) {
   v8f best[2] = {splat(std::numeric_limits<float>::infinity()), splat(std::numeric_limits<float>::infinity())};

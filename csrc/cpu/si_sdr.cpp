@@ -4,6 +4,7 @@
 // Everything is accumulated in double, so the statistics are exact to double sums, as the
 // reference's float64 route.
 #include "si_sdr.h"
+#include "target_clones.h"
 
 #include <algorithm>
 #include <vector>
@@ -17,12 +18,6 @@ typedef double v4d_u __attribute__((vector_size(32), aligned(8)));
 constexpr int64_t kBlock = 512;  // samples per block: N + M rows of it stay in L1
 
 inline v4d load4(const double* p) { return *reinterpret_cast<const v4d_u*>(p); }
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYAUDIOK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define PYAUDIOK_CLONES
-#endif
 
 // Σ_t a[t] b[t] over one block (len a multiple of 4 after zero padding).
 PYAUDIOK_CLONES

@@ -11,6 +11,7 @@
 // backward does the same per reversed iteration. All exponentials go through a polynomial 8-wide
 // exp (Cephes' expf, ~2 ulp) compiled for AVX2 where the CPU has it.
 #include "sinkhorn.h"
+#include "target_clones.h"
 
 #include <algorithm>
 #include <cmath>
@@ -90,12 +91,6 @@ inline float row_lse(const float* g, const float* c, int64_t m, float inv_eps, f
   for (; j < m; ++j) sum += exp1((g[j] - c[j] - mx) * inv_eps);
   return mx + eps * std::log(sum);
 }
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYAUDIOK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define PYAUDIOK_CLONES
-#endif
 
 // f_new = ε log a − ε LSE_j((g − C_i·)/ε), in the log domain.
 PYAUDIOK_CLONES
