@@ -6,6 +6,7 @@
 // loads two 8-wide row vectors and broadcasts one scalar per codeword; each codeword's score is
 // then a vector over rows, and the argmin is a per-lane compare-and-select (no horizontal work).
 #include "rvq.h"
+#include "simd.h"
 #include "target_clones.h"
 
 #include <cstring>
@@ -15,20 +16,12 @@
 namespace pyaudiok::cpu {
 namespace {
 
-// GCC/Clang vector extensions: compiled to AVX2 in the x86-64-v3 clone below, to SSE pairs (or NEON)
-// elsewhere. The unaligned variant is for loads from arbitrary float pointers.
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8f_u __attribute__((vector_size(32), aligned(4)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+using namespace simd;
 
 constexpr int kRows = static_cast<int>(kRvqTileRows);  // 2 vectors of 8 rows
 constexpr int kCodewordsPerStep = 6;                   // 12 accumulators + 2 row loads + 1 broadcast
 
 static_assert(kRows == 16, "the micro-kernel holds a tile as two 8-wide vectors");
-
-inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_u*>(p); }
-inline v8f splat(float v) { return v8f{} + v; }
-inline v8i splat_i(int32_t v) { return v8i{} + v; }
 
 // Scores of NC codewords (starting at k0) against the 16 rows, merged into the running argmin.
 // Codewords are visited in increasing k and replace only on a strictly smaller score, which

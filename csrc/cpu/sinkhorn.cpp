@@ -11,6 +11,7 @@
 // backward does the same per reversed iteration. All exponentials go through a polynomial 8-wide
 // exp (Cephes' expf, ~2 ulp) compiled for AVX2 where the CPU has it.
 #include "sinkhorn.h"
+#include "simd.h"
 #include "target_clones.h"
 
 #include <algorithm>
@@ -24,15 +25,10 @@
 namespace pyaudiok::cpu {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8f_u __attribute__((vector_size(32), aligned(4)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+using namespace simd;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_u*>(p); }
-inline void store8(float* p, v8f v) { *reinterpret_cast<v8f_u*>(p) = v; }
-inline v8f splat(float v) { return v8f{} + v; }
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 
 // e^x for 8 lanes; x < −87.3 (including −inf) gives 0, NaN stays NaN.
