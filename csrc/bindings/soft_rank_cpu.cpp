@@ -6,18 +6,12 @@
 #include <torch/library.h>
 
 #include "../cpu/soft_rank.h"
+#include "soft_rank_common.h"
 
 namespace pyaudiok::bindings {
 namespace {
 
-void check_rows(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
-  TORCH_CHECK(t.dim() == 2 && t.is_contiguous() && t.scalar_type() == dtype && t.sizes() == shape && t.is_cpu(),
-              "soft_sort_rank (cpu): ", name, " must be a contiguous ", at::toString(dtype), " CPU tensor of shape ",
-              shape);
-}
-
 cpu::SoftSortRankFlags flags(double strength, bool kl, bool rank, bool descending) {
-  TORCH_CHECK(strength > 0, "soft_sort_rank: strength must be > 0");
   return {static_cast<float>(strength), kl, rank, descending};
 }
 
@@ -26,9 +20,7 @@ int64_t grain(int64_t n) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_sort_rank_cpu(const at::Tensor& x, double strength, bool kl,
                                                                   bool rank, bool descending) {
-  TORCH_CHECK(x.dim() == 2, "soft_sort_rank: x must be [R, n]");
-  check_rows(x, "x", at::kFloat, x.sizes());
-  TORCH_CHECK(x.size(1) < (int64_t{1} << 31), "soft_sort_rank: n must be < 2**31");
+  check_soft_rank_forward(x, strength, at::kCPU);
   const auto f = flags(strength, kl, rank, descending);
   at::Tensor out = at::empty_like(x);
   at::Tensor perm = at::empty(x.sizes(), x.options().dtype(at::kLong));
@@ -44,12 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_sort_rank_cpu(const at::Tens
 at::Tensor soft_sort_rank_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out,
                                        const at::Tensor& perm, const at::Tensor& blocks, double strength, bool kl,
                                        bool rank, bool descending) {
-  TORCH_CHECK(x.dim() == 2, "soft_sort_rank_backward: x must be [R, n]");
-  check_rows(grad, "grad", at::kFloat, x.sizes());
-  check_rows(x, "x", at::kFloat, x.sizes());
-  check_rows(out, "out", at::kFloat, x.sizes());
-  check_rows(perm, "perm", at::kLong, x.sizes());
-  check_rows(blocks, "blocks", at::kInt, x.sizes());
+  check_soft_rank_backward(grad, x, out, perm, blocks, strength, at::kCPU);
   const auto f = flags(strength, kl, rank, descending);
   at::Tensor grad_x = at::empty_like(x);
   const int64_t R = x.size(0), n = x.size(1);

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../cuda/soft_rank.h"
+#include "soft_rank_common.h"
 
 namespace pyaudiok::bindings {
 namespace {
@@ -15,24 +16,15 @@ void check_launch(int status, const char* what) {
   TORCH_CHECK(status == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(status)));
 }
 
-void check_rows(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
-  TORCH_CHECK(t.dim() == 2 && t.is_contiguous() && t.scalar_type() == dtype && t.sizes() == shape && t.is_cuda(),
-              "soft_sort_rank (cuda): ", name, " must be a contiguous ", at::toString(dtype),
-              " CUDA tensor of shape ", shape);
-}
-
 // z = sign * x * scale is sorted in decreasing order (pyaudiok/ops/soft_rank.py).
 std::pair<float, float> key(double strength, bool rank, bool descending) {
-  TORCH_CHECK(strength > 0, "soft_sort_rank: strength must be > 0");
   const float sign = rank ? (descending ? -1.f : 1.f) : (descending ? 1.f : -1.f);
   return {sign, rank ? static_cast<float>(1.0 / strength) : 1.f};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_sort_rank_cuda(const at::Tensor& x, double strength, bool kl,
                                                                    bool rank, bool descending) {
-  TORCH_CHECK(x.dim() == 2, "soft_sort_rank: x must be [R, n]");
-  check_rows(x, "x", at::kFloat, x.sizes());
-  TORCH_CHECK(x.size(1) < (int64_t{1} << 31), "soft_sort_rank: n must be < 2**31");
+  check_soft_rank_forward(x, strength, at::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto [sign, scale] = key(strength, rank, descending);
   auto [s, perm] = at::sort(x * (sign * scale), /*stable=*/true, /*dim=*/-1, /*descending=*/true);
@@ -52,12 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_sort_rank_cuda(const at::Ten
 at::Tensor soft_sort_rank_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out,
                                         const at::Tensor& perm, const at::Tensor& blocks, double strength, bool kl,
                                         bool rank, bool descending) {
-  TORCH_CHECK(x.dim() == 2, "soft_sort_rank_backward: x must be [R, n]");
-  check_rows(grad, "grad", at::kFloat, x.sizes());
-  check_rows(x, "x", at::kFloat, x.sizes());
-  check_rows(out, "out", at::kFloat, x.sizes());
-  check_rows(perm, "perm", at::kLong, x.sizes());
-  check_rows(blocks, "blocks", at::kInt, x.sizes());
+  check_soft_rank_backward(grad, x, out, perm, blocks, strength, at::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto [sign, scale] = key(strength, rank, descending);
   const at::Tensor s = (x * (sign * scale)).gather(1, perm).contiguous();
