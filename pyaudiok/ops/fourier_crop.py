@@ -243,9 +243,11 @@ class _FFTPath(torch.autograd.Function):
         spectrum, mask_rows, mask_cols = ctx.saved_tensors
         sizes, outs, dims = ctx.sizes, ctx.outs, ctx.dims
         g = torch.view_as_real(torch.fft.rfftn(grad.contiguous(), dim=dims))
-        padded, e = ctx.kernels.mask_crop_backward(g, spectrum, mask_rows, mask_cols)
+        # The adjoint's 1/scale rides on the (tiny) column mask instead of a pass over dx; e does
+        # not depend on the masks.
         scale = math.prod(outs) / math.prod(sizes)
-        dx = torch.fft.irfftn(torch.view_as_complex(padded), s=sizes, dim=dims) / scale
+        padded, e = ctx.kernels.mask_crop_backward(g, spectrum, mask_rows, mask_cols / scale)
+        dx = torch.fft.irfftn(torch.view_as_complex(padded), s=sizes, dim=dims)
         c = torch.full((mask_cols.shape[0],), 2.0, dtype=e.dtype, device=e.device)
         c[0] = 1.0
         if outs[-1] % 2 == 0 and mask_cols.shape[0] == outs[-1] // 2 + 1:
