@@ -1,6 +1,9 @@
-// sPCEN on the CPU: a loop over time, kLanes channels side by side, so the independent recurrences
-// of neighbouring channels overlap instead of waiting on each other's multiply-add.
+// sPCEN on the CPU: the smoother is a loop over time with kLanes channels side by side, so the
+// independent recurrences of neighbouring channels overlap instead of waiting on each other's
+// multiply-add; the compression (four log/exp per value) then runs vectorised along time.
 #include "pcen.h"
+#include "simd.h"
+#include "target_clones.h"
 
 #include <algorithm>
 #include <cmath>
@@ -22,8 +25,37 @@ struct Lane {
   }
 };
 
+// y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) along one row of n values, 8 at a time.
+PYAUDIOK_CLONES
+void compress_row_f32(const float* E, const float* M, float alpha, float delta, float inv_r, float delta_root,
+                      float eps, int64_t n, float* y) {
+  using namespace simd;
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const v8f z = load8(E + t) * exp8(-alpha * log8(load8(M + t) + eps)) + delta;
+    store8(y + t, exp8(log8(z) * inv_r) - delta_root);
+  }
+  for (; t < n; ++t) {
+    const float z = E[t] * std::exp(-alpha * std::log(eps + M[t])) + delta;
+    y[t] = std::exp(std::log(z) * inv_r) - delta_root;
+  }
+}
+
+void compress_row(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
+  compress_row_f32(E, M, q.alpha, q.delta, q.inv_r, q.delta_root, eps, n, y);
+}
+
+void compress_row(const double* E, const double* M, const Lane<double>& q, double eps, int64_t n, double* y) {
+  for (int64_t t = 0; t < n; ++t) {
+    const double z = E[t] * std::exp(-q.alpha * std::log(eps + M[t])) + q.delta;
+    y[t] = std::exp(std::log(z) * q.inv_r) - q.delta_root;
+  }
+}
+
 }  // namespace
 
+// Two phases per group of kLanes rows: the smoother's recurrence (sequential in time, the lanes
+// interleaved), then the compression, elementwise and vectorised along each row.
 template <typename T>
 void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps, int64_t row_begin,
                   int64_t row_end, T* y, T* M) {
@@ -39,12 +71,13 @@ void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double
     for (int64_t t = 0; t < n_time; ++t) {
       for (int64_t j = 0; j < lanes; ++j) {
         const int64_t i = (r0 + j) * n_time + t;
-        const T e = E[i];
-        if (t > 0) state[j] = p[j].s * e + (T(1) - p[j].s) * state[j];
+        if (t > 0) state[j] = p[j].s * E[i] + (T(1) - p[j].s) * state[j];
         M[i] = state[j];
-        const T z = e * std::exp(-p[j].alpha * std::log(e0 + state[j])) + p[j].delta;
-        y[i] = std::exp(std::log(z) * p[j].inv_r) - p[j].delta_root;
       }
+    }
+    for (int64_t j = 0; j < lanes; ++j) {
+      const int64_t row = (r0 + j) * n_time;
+      compress_row(E + row, M + row, p[j], e0, n_time, y + row);
     }
   }
 }

@@ -29,33 +29,6 @@ using namespace simd;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
-
-// e^x for 8 lanes; x < −87.3 (including −inf) gives 0, NaN stays NaN.
-inline __attribute__((always_inline)) v8f exp8(v8f x) {
-  const v8f lo = splat(-87.3f), hi = splat(88.7f);
-  const v8i underflow = x < lo;
-  v8f xc = vmax(x, lo);
-  xc = xc < hi ? xc : hi;
-  v8f fx = xc * 1.44269504088896341f + 0.5f;
-  v8f fl = __builtin_convertvector(__builtin_convertvector(fx, v8i), v8f);
-  fl = fl > fx ? fl - 1.0f : fl;  // floor
-  v8f r = xc - fl * 0.693359375f + fl * 2.12194440e-4f;
-  v8f y = splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  v8i e = (__builtin_convertvector(fl, v8i) + 127) << 23;
-  v8f scale;
-  __builtin_memcpy(&scale, &e, sizeof scale);
-  y = y * scale;
-  y = x != x ? x : y;  // NaN in, NaN out
-  return underflow ? splat(0.f) : y;
-}
-
 inline float exp1(float x) {
   v8f v = splat(x);
   return exp8(v)[0];
