@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace pyaudiok::cpu {
 namespace {
@@ -52,6 +53,64 @@ void compress_row(const double* E, const double* M, const Lane<double>& q, doubl
   }
 }
 
+// The backward's per-value terms of one row, independent of the recurrence: with
+// P = (eps + M)^(−α), z = E·P + δ, gz = g·(1/r)·z^(1/r − 1):
+//   direct[t] = gz·P (∂y/∂E at fixed M), drive[t] = −α·gz·E·P/(eps + M) (what feeds λ),
+// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2].
+PYAUDIOK_CLONES
+void backward_terms_f32(const float* g, const float* E, const float* M, float alpha, float delta, float inv_r,
+                        float delta_root, float log_delta, float eps, int64_t n, float* direct, float* drive,
+                        double* acc) {
+  using namespace simd;
+  const float delta_term = inv_r * delta_root / delta, r_term = delta_root * log_delta;
+  v8f s0{}, s1{}, s2{};
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const v8f gv = load8(g + t), e = load8(E + t), me = load8(M + t) + eps;
+    const v8f log_m = log8(me), P = exp8(-alpha * log_m), z = e * P + delta, log_z = log8(z);
+    const v8f z_root = exp8(log_z * inv_r), gz = gv * inv_r * z_root / z, gzeP = gz * e * P;
+    store8(direct + t, gz * P);
+    store8(drive + t, -alpha * gzeP / me);
+    s0 -= gzeP * log_m;
+    s1 += gz - gv * delta_term;
+    s2 -= gv * inv_r * inv_r * (z_root * log_z - r_term);
+  }
+  for (int l = 0; l < 8; ++l) {
+    acc[0] += s0[l];
+    acc[1] += s1[l];
+    acc[2] += s2[l];
+  }
+  for (; t < n; ++t) {
+    const float me = M[t] + eps, log_m = std::log(me), P = std::exp(-alpha * log_m), z = E[t] * P + delta;
+    const float log_z = std::log(z), z_root = std::exp(log_z * inv_r), gz = g[t] * inv_r * z_root / z;
+    const float gzeP = gz * E[t] * P;
+    direct[t] = gz * P;
+    drive[t] = -alpha * gzeP / me;
+    acc[0] -= gzeP * log_m;
+    acc[1] += gz - g[t] * delta_term;
+    acc[2] -= g[t] * inv_r * inv_r * (z_root * log_z - r_term);
+  }
+}
+
+void backward_terms(const float* g, const float* E, const float* M, const Lane<float>& q, float eps, int64_t n,
+                    float* direct, float* drive, double* acc) {
+  backward_terms_f32(g, E, M, q.alpha, q.delta, q.inv_r, q.delta_root, q.log_delta, eps, n, direct, drive, acc);
+}
+
+void backward_terms(const double* g, const double* E, const double* M, const Lane<double>& q, double eps, int64_t n,
+                    double* direct, double* drive, double* acc) {
+  for (int64_t t = 0; t < n; ++t) {
+    const double me = M[t] + eps, log_m = std::log(me), P = std::exp(-q.alpha * log_m), z = E[t] * P + q.delta;
+    const double log_z = std::log(z), z_root = std::exp(log_z * q.inv_r), gz = g[t] * q.inv_r * z_root / z;
+    const double gzeP = gz * E[t] * P;
+    direct[t] = gz * P;
+    drive[t] = -q.alpha * gzeP / me;
+    acc[0] -= gzeP * log_m;
+    acc[1] += gz - g[t] * q.inv_r * q.delta_root / q.delta;
+    acc[2] -= g[t] * q.inv_r * q.inv_r * (z_root * log_z - q.delta_root * q.log_delta);
+  }
+}
+
 }  // namespace
 
 // Two phases per group of kLanes rows: the smoother's recurrence (sequential in time, the lanes
@@ -86,33 +145,28 @@ template <typename T>
 void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time, double eps,
                    int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
   const T e0 = static_cast<T>(eps);
+  std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
     const int64_t lanes = std::min(kLanes, row_end - r0);
     Lane<T> p[kLanes];
     T lam[kLanes] = {};
     double acc[kLanes][4] = {};  // ∂α, ∂δ, ∂r, ∂s sums of the row
-    for (int64_t j = 0; j < lanes; ++j) p[j] = Lane<T>(params, F, (r0 + j) % F);
+    for (int64_t j = 0; j < lanes; ++j) {
+      p[j] = Lane<T>(params, F, (r0 + j) % F);
+      const int64_t row = (r0 + j) * n_time;
+      backward_terms(grad + row, E + row, M + row, p[j], e0, n_time, direct.data() + j * n_time,
+                     drive.data() + j * n_time, acc[j]);
+    }
+    // The smoother's adjoint λ, backwards in time, the lanes interleaved.
     for (int64_t t = n_time - 1; t >= 0; --t) {
       for (int64_t j = 0; j < lanes; ++j) {
-        const Lane<T>& q = p[j];
         const int64_t i = (r0 + j) * n_time + t;
-        const T g = grad[i], e = E[i], m = M[i];
-        const T log_m = std::log(e0 + m);
-        const T P = std::exp(-q.alpha * log_m);
-        const T z = e * P + q.delta;
-        const T log_z = std::log(z);
-        const T z_root = std::exp(log_z * q.inv_r);
-        const T gz = g * q.inv_r * z_root / z;  // g · (1/r) Z^{1/r − 1}
-        const T gzeP = gz * e * P;
-        lam[j] = -q.alpha * gzeP / (e0 + m) + (T(1) - q.s) * lam[j];
-        acc[j][0] -= static_cast<double>(gzeP * log_m);
-        acc[j][1] += static_cast<double>(gz - g * q.inv_r * q.delta_root / q.delta);
-        acc[j][2] -= static_cast<double>(g * q.inv_r * q.inv_r * (z_root * log_z - q.delta_root * q.log_delta));
+        lam[j] = drive[j * n_time + t] + (T(1) - p[j].s) * lam[j];
         if (t > 0) {
-          grad_E[i] = gz * P + q.s * lam[j];
-          acc[j][3] += static_cast<double>(lam[j] * (e - M[i - 1]));
+          grad_E[i] = direct[j * n_time + t] + p[j].s * lam[j];
+          acc[j][3] += static_cast<double>(lam[j] * (E[i] - M[i - 1]));
         } else {
-          grad_E[i] = gz * P + lam[j];
+          grad_E[i] = direct[j * n_time + t] + lam[j];
         }
       }
     }
