@@ -104,7 +104,7 @@ def _pack(bag_index: torch.Tensor, n_bags: int):
     return row_of_bag[bag_index], pos, counts, live
 
 
-def _classes_as_rows(K: int, max_bag: int) -> bool:
+def _classes_as_rows(max_bag: int) -> bool:
     """Solve the transposed problem (classes × instances; the same plan, transposed)? Sinkhorn's
     last half-step makes the column marginal exact, so with instances as columns every soft label
     row sums to 1 exactly (class totals within tol). Only bags longer than the Triton kernel's
@@ -134,7 +134,7 @@ def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportio
     row, pos, counts, live = _pack(bag_index, proportions.shape[0])
     n_live, max_bag = int(live.sum()), int(counts.max())
     floor = math.log(torch.finfo(log_probs.dtype).tiny)
-    transpose = _classes_as_rows(K, max_bag)
+    transpose = _classes_as_rows(max_bag)
     with torch.no_grad():
         a = log_probs.new_zeros(n_live, max_bag)
         a[row, pos] = 1.0 / counts[bag_index].to(log_probs.dtype)

@@ -120,7 +120,7 @@ def test_pseudo_label_marginals(backend):
     assert (labels[:, 0] == 0).all()  # a class absent from every bag gets no label mass
 
 
-@pytest.mark.parametrize("k,K", [(7, 3), (3, 7)])  # either orientation of the packed problem
+@pytest.mark.parametrize("k,K", [(7, 3), (3, 7)])  # bags longer and shorter than the class count
 def test_pseudo_labels_are_one_bag_of_sinkhorn(k, K):
     """A single bag, converged: k·Q of the op on cost −log P with masses 1/k and π."""
     log_probs = torch.log_softmax(torch.randn(k, K, dtype=torch.float64), 1)
@@ -252,12 +252,12 @@ def test_bad_options():
 
 def test_orientation_puts_instances_along_m_within_the_triton_limit():
     from pyaudiok.ops.label_proportions import _classes_as_rows
-    assert _classes_as_rows(10, 64) and _classes_as_rows(10, 8) and _classes_as_rows(10, 10)
+    assert _classes_as_rows(64) and _classes_as_rows(8) and _classes_as_rows(10)
     try:
         from pyaudiok.kernels.sinkhorn import MAX_M
     except ImportError:
         pytest.skip("no Triton: no limit on m")
-    assert _classes_as_rows(10, MAX_M) and not _classes_as_rows(10, MAX_M + 1)
+    assert _classes_as_rows(MAX_M) and not _classes_as_rows(MAX_M + 1)
 
 
 def test_soft_label_rows_sum_to_one_exactly_with_short_bags():
