@@ -49,7 +49,9 @@ def _check(output, reference):
     return f"rel err {err:.1e}"
 
 
-def _flex(q, k, v, lengths):
+def _flex(q, k, v, lengths, backward):
+    if backward and q.device.type == "cpu":
+        return None, "flex_attention has no backward on the CPU"
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError as e:
@@ -113,7 +115,7 @@ def attention_case(device, N, M, backward, lengths=None) -> Case:
         cands.append(Candidate("torch SDPA causal_lower_right (rows full)", "peer",
                                _step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=full), q, k, v,
                                      backward)))
-    flex, reason = _flex(q, k, v, lengths)
+    flex, reason = _flex(q, k, v, lengths, backward)
     cands.append(Candidate("torch flex_attention (compiled)", "peer",
                            _step(flex, q, k, v, backward) if flex else None, skip=reason, check=check))
     cands.append(Candidate("floor: matmuls of the visible scores", "floor", _floor(q, k, backward)))

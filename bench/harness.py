@@ -117,26 +117,41 @@ def _read_status_kib(field: str) -> int | None:
     return None
 
 
-_MALLOC_TUNED = False
 _LIBC = None
+_LIBC_LOADED = False
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
-def _mmap_large_allocations() -> None:
-    """Make glibc serve every allocation above 64 KiB with its own mapping and return it on free
-    (no dynamic threshold), so the resident high-water mark follows the tensors a call allocates
-    instead of reusing earlier freed heap."""
-    global _MALLOC_TUNED, _LIBC
-    if _MALLOC_TUNED:
+def _libc():
+    global _LIBC, _LIBC_LOADED
+    if not _LIBC_LOADED:
+        _LIBC_LOADED = True
+        try:
+            import ctypes
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.mallopt  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = None
+    return _LIBC
+
+
+def _malloc_mode(for_peak_memory: bool) -> None:
+    """glibc's allocator, set for what is measured next.
+
+    Peak memory: every allocation above 64 KiB gets its own mapping, returned on free, so the
+    resident high-water mark follows the tensors a call allocates instead of reusing freed heap.
+    Timing: allocations up to 32 MiB come from the heap and stay there when freed, as glibc's
+    dynamic threshold makes them in a long-running process after the first call; otherwise every
+    timed call would pay page faults for its scratch buffers that no user's loop pays."""
+    libc = _libc()
+    if libc is None:
         return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-        _LIBC = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        _LIBC.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
-        _LIBC.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):
-        _LIBC = None
+    if for_peak_memory:
+        libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    else:
+        libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024)
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
@@ -148,15 +163,19 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)  # give freed heap back, so what the call allocates must be faulted in anew
-    try:  # writing 5 resets the resident-set high-water mark (VmHWM) of this process
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return None
-    before = _read_status_kib("VmRSS")
-    fn()
-    peak = _read_status_kib("VmHWM")
+    _malloc_mode(for_peak_memory=True)
+    try:
+        if _libc() is not None:
+            _libc().malloc_trim(0)  # give freed heap back, so what the call allocates must be faulted in anew
+        try:  # writing 5 resets the resident-set high-water mark (VmHWM) of this process
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return None
+        before = _read_status_kib("VmRSS")
+        fn()
+        peak = _read_status_kib("VmHWM")
+    finally:
+        _malloc_mode(for_peak_memory=False)
     return None if before is None or peak is None else max(peak - before, 0) * 1024
 
 
@@ -164,7 +183,7 @@ def run_case(case: Case, device: torch.device, min_time: float) -> list[Result]:
     results: list[Result] = []
     reference_output = None
     if device.type == "cpu":
-        _mmap_large_allocations()
+        _malloc_mode(for_peak_memory=False)
     for cand in case.candidates:
         res = Result(case.name, cand.name, cand.kind, case.params, skip=cand.skip)
         results.append(res)

@@ -5,8 +5,10 @@
 One launch per iteration: program (b, tile of BLOCK_P points) keeps its points in registers,
 streams item b's centroids in chunks of BLOCK_K computing ‖c‖² − 2 x·c with ``tl.dot`` (fp32,
 no TF32) and a running argmin (ties → lowest index), writes the assignments and adds its points
-to the per-cluster sums and counts with atomics. The centroid update (sum / count, empty clusters
-unchanged) is a [B, k, d]-sized torch expression.
+to the per-cluster sums and counts with atomics, and counts the assignments it changed. An item
+whose iteration changed none has reached Lloyd's fixed point: later launches mask it out (flags on
+the device, so no host round trip); the final assignment pass covers every item. The centroid
+update (sum / count, empty clusters unchanged) is a [B, k, d]-sized torch expression.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ MAX_D = 256  # a tile of points lives in registers
 
 
 @triton.jit
-def _assign_kernel(x_ptr, c_ptr, cnorm_ptr, assign_ptr, sums_ptr, counts_ptr, P, K, D,
+def _assign_kernel(x_ptr, c_ptr, cnorm_ptr, assign_ptr, moving_ptr, changed_ptr, sums_ptr, counts_ptr, P, K, D,
                    ACCUMULATE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     points = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    point_ok = points < P
+    live = tl.minimum(tl.load(moving_ptr + b), 1)  # moving_ptr holds counts of changes; 0: settled
+    point_ok = points < P * live  # a settled item reads and writes nothing
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < D
     x = tl.load(x_ptr + b * P * D + points[:, None].to(tl.int64) * D + dims[None, :],
@@ -43,33 +46,42 @@ def _assign_kernel(x_ptr, c_ptr, cnorm_ptr, assign_ptr, sums_ptr, counts_ptr, P,
         better = chunk_best < best  # strict: an earlier chunk keeps ties
         best_index = tl.where(better, chunk_index, best_index)
         best = tl.where(better, chunk_best, best)
+    previous = tl.load(assign_ptr + b * P + points, mask=point_ok, other=0)
     tl.store(assign_ptr + b * P + points, best_index.to(tl.int64), mask=point_ok)
     if ACCUMULATE:
+        tl.atomic_add(changed_ptr + b, tl.sum((point_ok & (previous != best_index.to(tl.int64))).to(tl.int32), 0))
         target = b * K + best_index.to(tl.int64)
         tl.atomic_add(sums_ptr + target[:, None] * D + dims[None, :], x, mask=point_ok[:, None] & dim_ok[None, :])
         tl.atomic_add(counts_ptr + target, tl.full((BLOCK_P,), 1.0, dtype=tl.float32), mask=point_ok)
 
 
-def _assign(x: Tensor, c: Tensor, accumulate: bool):
+def _assign(x: Tensor, c: Tensor, assignments: Tensor, moving: Tensor, accumulate: bool):
+    """One assignment pass over the moving items (updating `assignments` in place); returns the
+    cluster sums and counts and, per item, how many assignments changed."""
     B, P, D = x.shape
     K = c.shape[1]
-    assignments = torch.empty(B, P, dtype=torch.int64, device=x.device)
+    changed = torch.zeros(B, dtype=torch.int32, device=x.device)
     sums = torch.zeros(B, K, D, dtype=torch.float32, device=x.device)
     counts = torch.zeros(B, K, dtype=torch.float32, device=x.device)
     cnorm = c.float().square().sum(-1).contiguous()
     block_d = max(16, triton.next_power_of_2(D))
     block_p, block_k = (64, 32) if block_d <= 128 else (32, 32)
     grid = (B, triton.cdiv(P, block_p))
-    wrap_triton(_assign_kernel)[grid](x, c, cnorm, assignments, sums, counts, P, K, D, ACCUMULATE=accumulate,
-                                      BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d)
-    return assignments, sums, counts
+    wrap_triton(_assign_kernel)[grid](x, c, cnorm, assignments, moving, changed, sums, counts, P, K, D,
+                                      ACCUMULATE=accumulate, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d)
+    return sums, counts, changed
 
 
 def lloyd(x: Tensor, centroids: Tensor, n_iters: int) -> tuple[Tensor, Tensor]:
     """n_iters Lloyd iterations from `centroids`; returns the final centroids and assignments."""
     c = centroids.contiguous()
+    B, P, _ = x.shape
+    assignments = torch.full((B, P), -1, dtype=torch.int64, device=x.device)
+    moving = torch.ones(B, dtype=torch.int32, device=x.device)
     for _ in range(n_iters):
-        _, sums, counts = _assign(x, c, accumulate=True)
+        sums, counts, changed = _assign(x, c, assignments, moving, accumulate=True)
+        # A settled item has zero counts, so it keeps its centroids.
         c = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], c.float()).to(centroids.dtype)
-    assignments, _, _ = _assign(x, c, accumulate=False)
+        moving = changed
+    _assign(x, c, assignments, torch.ones_like(moving), accumulate=False)
     return c.clone() if n_iters == 0 else c, assignments

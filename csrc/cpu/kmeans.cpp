@@ -2,7 +2,9 @@
 // tiles of kRvqTileRows (the layout of the RVQ search, whose register-blocked nearest-row kernel
 // does the assignment step here too); each iteration is one sweep over the tiles: assign a
 // tile, add its points to their clusters' float sums (flushed into double sums every 256 points).
-// The [P, K] distance matrix never exists.
+// The [P, K] distance matrix never exists. A sweep that changes no assignment ends the loop: the
+// update would rebuild the same sums in the same order, so every later iteration is bit-identical
+// (the result equals n_iters iterations exactly; well-separated items stop after a few sweeps).
 #include "kmeans.h"
 
 #include <algorithm>
@@ -51,22 +53,25 @@ void kmeans_lloyd_one(const float* x, int64_t P, int64_t D, int64_t K, int64_t n
     std::fill(block.begin(), block.end(), 0.f);
   };
   int32_t chosen[kTile];
+  std::fill(assignments, assignments + P, int64_t{-1});  // no point is assigned before the first sweep
   for (int64_t it = 0; it <= n_iters; ++it) {
     const bool last = it == n_iters;
+    bool changed = false;
     rvq_codeword_norms(centroids, 1, K, D, cnorm.data());
     std::fill(sums.begin(), sums.end(), 0.0);
     std::fill(counts.begin(), counts.end(), 0);
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t rows = std::min(kTile, P - tile * kTile);
       nearest_rows_tile(xT.data() + tile * D * kTile, centroids, cnorm.data(), K, D, chosen);
-      if (last) {
-        for (int64_t i = 0; i < rows; ++i) assignments[tile * kTile + i] = chosen[i];
-        continue;
+      for (int64_t i = 0; i < rows; ++i) {
+        changed |= assignments[tile * kTile + i] != chosen[i];
+        assignments[tile * kTile + i] = chosen[i];
       }
+      if (last) continue;
       add_rows(x + tile * kTile * D, chosen, rows, D, block_sums.data(), counts.data());
       if (tile % kTilesPerBlock == kTilesPerBlock - 1 || tile == tiles - 1) flush(block_sums, sums);
     }
-    if (last) break;
+    if (last || !changed) break;  // unchanged: the centroids are already the fixed point
     for (int64_t k = 0; k < K; ++k) {  // an empty cluster keeps its centroid
       if (counts[k] == 0) continue;
       const double inv = 1.0 / static_cast<double>(counts[k]);

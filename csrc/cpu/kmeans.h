@@ -7,7 +7,8 @@
 namespace pyaudiok::cpu {
 
 // One batch element: points x[P, D]; centroids[K, D] holds the initial centroids and receives
-// the final ones after n_iters iterations; assignments[P] are those of the final centroids.
+// the final ones after n_iters iterations (fewer sweeps once the assignments stop changing, with
+// the identical result); assignments[P] are those of the final centroids.
 void kmeans_lloyd_one(const float* x, int64_t P, int64_t D, int64_t K, int64_t n_iters, float* centroids,
                       int64_t* assignments);
 

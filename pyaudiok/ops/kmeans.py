@@ -9,13 +9,15 @@ Initialisation (shared by every backend, on the tensors' device, no host round t
 iterations: assign each point to its nearest centroid (ties → lowest index), move each centroid to
 the mean of its points; a centroid with no points stays where it is. The returned assignments are
 those of the final centroids. Distances are computed in float32 (float64 for float64 input).
+Fast backends stop sweeping an item once an iteration leaves all its assignments unchanged (Lloyd
+has reached its fixed point, so the result is unchanged; scikit-learn stops the same way).
 
 Backends run the Lloyd iterations: `reference` (explicit ‖x − c‖² on [B, P, k, d]), `cpu` (float32:
 csrc/cpu/kmeans.cpp, one sweep per iteration with RVQ's register-blocked nearest-row search and
 float64 cluster sums; other dtypes: the GEMM expansion ‖x‖² − 2 x·c + ‖c‖², one batched matmul
 per iteration), `triton`
 (kernels/kmeans.py: one launch per iteration, assignment with the centroids streamed through
-registers and the sums accumulated atomically).
+registers and the sums accumulated atomically; settled items are masked out on the device).
 """
 from __future__ import annotations
 
@@ -52,14 +54,19 @@ def _update(x: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor)
 # ----------------------------------------------------------------------------------------------
 # Reference and the GEMM backend: Lloyd iterations.
 
-def _lloyd(x: torch.Tensor, centroids: torch.Tensor, n_iters: int, distances):
-    """Lloyd iterations with `distances(x, c) -> [B, P, k]`; final centroids and assignments."""
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, n_iters: int, distances, stop_when_stable: bool = False):
+    """Lloyd iterations with `distances(x, c) -> [B, P, k]`; final centroids and assignments.
+
+    `stop_when_stable` ends the loop once an iteration changes no assignment in any item: the
+    update would then rebuild the same centroids, so the result is that of all n_iters iterations
+    (one host sync per iteration, which the CPU route can afford)."""
     x, c = x.to(_acc(x.dtype)), centroids.to(_acc(x.dtype))
+    previous = None
     for i in range(n_iters + 1):
         assignments = distances(x, c).argmin(-1)
-        if i == n_iters:
+        if i == n_iters or (stop_when_stable and previous is not None and torch.equal(assignments, previous)):
             break
-        c = _update(x, assignments, c)
+        c, previous = _update(x, assignments, c), assignments
     return c.to(centroids.dtype), assignments
 
 
@@ -74,7 +81,7 @@ def _gemm_distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def _lloyd_gemm(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
-    return _lloyd(x, centroids, n_iters, _gemm_distances)
+    return _lloyd(x, centroids, n_iters, _gemm_distances, stop_when_stable=True)
 
 
 def _lloyd_triton(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):

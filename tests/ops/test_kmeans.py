@@ -38,6 +38,31 @@ def test_lloyd_matches_float64_reference(backend, B, P, d, k, n_iters):
     assert rel_error(got.centroids, want_c) <= TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_items_settling_at_different_iterations_match_the_full_loop(backend, dtype):
+    """Fast backends stop sweeping an item once its assignments stop changing: items that settle
+    after one sweep, after several, or not within the budget must all give the reference's result
+    for exactly n_iters iterations."""
+    device = require_backend(LLOYD, backend)
+    if dtype == torch.float64 and backend != "cpu":
+        pytest.skip("float64 runs on the cpu backend's GEMM route only")
+    x = torch.cat([clustered(1, 90, 5, 4, spread=s, seed=i) for i, s in enumerate((0.01, 1.5, 4.0))])
+    # k-means++ seeds (not the first points): two seeds inside one tight cluster would leave near-ties
+    # that float32 distances cannot order.
+    init = kmeans_plus_plus(x, 4, torch.Generator().manual_seed(1))
+    x, init = x.to(device, dtype), init.to(device, dtype)
+    settled_at = []
+    for n_iters in (1, 3, 40):
+        want_c, want_a = lloyd_reference(x.double().cpu(), init.double().cpu(), n_iters)
+        with pyaudiok.use_backend(backend):
+            got = kmeans(x, 4, n_iters=n_iters, init=init)
+        assert torch.equal(got.assignments.cpu(), want_a), n_iters
+        assert rel_error(got.centroids, want_c) <= TOLERANCE[torch.float32], n_iters
+        settled_at.append(want_a)
+    assert not torch.equal(settled_at[0][2], settled_at[2][2])  # the loose item is still moving after one sweep
+
+
 @pytest.mark.parametrize("backend", ("cpu", "triton"))
 def test_non_contiguous_points(backend):
     device = require_backend(LLOYD, backend)
