@@ -15,11 +15,18 @@ the centres by a T-dependent offset instead. The op applies the parameters as gi
 the DESIGN's ranges is pyaudiok.nn.GaborFilterbank's / GaussianLowpass's job.
 
 Backends: `reference` (conv1d with the 2F real filters → squared modulus → depthwise pooling conv,
-the whole [B, 2F, T] intermediate in memory), and `cpu` — on any device, in fact: the same GEMM-backed
-convolutions run over tiles of frames (a tile of K frames needs stride·(K−1)+W modulus samples and a
-further W − 1 waveform samples of halo), each tile checkpointed so the backward recomputes it. Only
-one tile's stride-1 intermediate exists at a time, forward or backward; gradients reach x and all
-three parameter vectors through the filters built once per call.
+the whole [B, 2F, T] intermediate in memory), and `cpu` — on any device, in fact, with two exact
+routes, the faster one per window length (measured on CPU; both keep only a block of the stride-1
+intermediate at a time, forward or backward, and recompute it in the backward):
+- FFT (windows ≥ FFT_MIN_WINDOW, LEAF's 401 among them): one transform of each waveform shared by
+  all F filters, each filter's output one inverse transform of its product with the filter's
+  spectrum; a hand-written backward (two transforms per filter and item). Its cost does not grow
+  with the window: 3× the tiled route's speed forward and 5× forward+backward at LEAF's sizes.
+- tiled convolution (shorter windows): the same GEMM-backed convolutions as the reference over tiles
+  of frames (a tile of K frames needs stride·(K−1)+W modulus samples and a further W − 1 waveform
+  samples of halo), each tile checkpointed.
+Gradients reach x and all three parameter vectors through the filters built once per call.
+`triton` fuses the forward; its backward recomputes tiles with the tiled route.
 """
 from __future__ import annotations
 
@@ -124,6 +131,131 @@ def gabor_pool_tiled(x, center_freqs, bandwidths, pool_widths, window=401, strid
 
 
 # ----------------------------------------------------------------------------------------------
+# FFT route: one transform of each waveform shared by all F filters.
+
+def fft_length(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n (sizes the FFT libraries handle without a slow prime path)."""
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def filter_spectra(filters: torch.Tensor, n: int) -> torch.Tensor:
+    """K[f, ω] = Σ_t φ_f(t) e^{+2πiωt/n}: the spectra that turn the cross-correlation with φ_f into a
+    circular product, from the interleaved real filters [2F, 1, W]."""
+    window = filters.shape[-1]
+    half = window // 2
+    phi = torch.complex(filters[0::2, 0], filters[1::2, 0])  # [F, W], t = −h … h
+    # φ(t) at index t mod n: t = 0 … h first, t = −h … −1 last.
+    placed = torch.cat([phi[:, half:], phi.new_zeros(phi.shape[0], n - window), phi[:, :half]], dim=1)
+    return torch.fft.ifft(placed, dim=-1) * n
+
+
+class _PoolFFT(torch.autograd.Function):
+    """y[b, f, k] = Σ_j w_f(j) |u_{b,f}[stride·k + j − h]|² with u_{b,f} = ifft(X_b · K_f) on [0, T).
+
+    Inputs: x[B, T] (real), the filter spectra K[F, n] (complex, n ≥ T + h) and the windows
+    [F, W]. Works one item and a few filters at a time, so each [G, n] complex block stays in
+    cache and only y is kept; the backward recomputes the blocks. With g = 2 u ∂L/∂|u|² and
+    G = fft(g) (PyTorch's convention for complex gradients: grad z = ∂L/∂Re z + i ∂L/∂Im z):
+        ∂L/∂K_f = Σ_b conj(X_b) G_{b,f} / n,    ∂L/∂x_b = Re ifft(Σ_f conj(K_f) G_{b,f}) on [0, T)."""
+
+    @staticmethod
+    def forward(ctx, x, spectra, windows, stride, group):
+        ctx.save_for_backward(x, spectra, windows)
+        ctx.stride, ctx.group = stride, group
+        B, T = x.shape
+        F, W = windows.shape
+        y = windows.new_empty(B, F, n_frames(T, stride))
+        for b in range(B):
+            X = torch.fft.fft(x[b], n=spectra.shape[-1])
+            for f0 in range(0, F, group):
+                f1 = min(F, f0 + group)
+                _, frames = _energy_frames(X, spectra[f0:f1], T, W, stride)
+                y[b, f0:f1] = torch.bmm(frames, windows[f0:f1, :, None])[..., 0]
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, spectra, windows = ctx.saved_tensors
+        stride, group = ctx.stride, ctx.group
+        B, T = x.shape
+        F, W = windows.shape
+        n, half = spectra.shape[-1], W // 2
+        need_x, need_k, need_w = ctx.needs_input_grad[:3]
+        dx = torch.zeros_like(x) if need_x else None
+        dk = torch.zeros_like(spectra) if need_k else None
+        dw = torch.zeros_like(windows) if need_w else None
+        dy = dy.to(windows.dtype)
+        for b in range(B):
+            X = torch.fft.fft(x[b], n=n)
+            gX = torch.zeros_like(X) if need_x else None
+            for f0 in range(0, F, group):
+                f1 = min(F, f0 + group)
+                u, frames = _energy_frames(X, spectra[f0:f1], T, W, stride)
+                if need_w:
+                    dw[f0:f1] += torch.bmm(dy[b, f0:f1, None, :], frames)[:, 0]
+                if not (need_x or need_k):
+                    continue
+                # ∂L/∂|u|² on [0, T): the pooling's transpose, frame k's window starting at stride·k − h.
+                dE = Fn.conv_transpose1d(dy[b, f0:f1][None], windows[f0:f1, None, :], stride=stride,
+                                         groups=f1 - f0)[0, :, half:half + T]
+                g = u.new_zeros(f1 - f0, n)
+                g[:, :T] = 2 * dE * u
+                G = torch.fft.fft(g, dim=-1)
+                if need_x:
+                    gX += (spectra[f0:f1].conj() * G).sum(0)
+                if need_k:
+                    dk[f0:f1] += X.conj() * G / n
+            if need_x:
+                dx[b] = torch.fft.ifft(gX).real[:T]
+        return dx, dk, dw, None, None
+
+
+def _energy_frames(X, spectra, T, W, stride):
+    """u = ifft(X · K) on [0, T) for a block of filters, and the pooling windows of |u|² as a strided
+    view [G, frames, W] (zero padding: |u| = 0 outside [0, T))."""
+    half = W // 2
+    u = torch.fft.ifft(X * spectra, dim=-1)[:, :T]
+    energy = u.real.square() + u.imag.square()
+    frames = n_frames(T, stride)
+    padded = Fn.pad(energy, (half, max(0, stride * (frames - 1) + W - half - T)))
+    return u, padded.unfold(-1, W, stride)[:, :frames]
+
+
+def fft_filters_per_block(n: int, budget: int = 1 << 19) -> int:
+    """Filters per block so that a [G, n] complex block stays near `budget` elements (4 MB in
+    complex64: about what the CPU's caches hold)."""
+    return max(1, budget // max(1, n))
+
+
+def pool_fft(x, filters, windows, stride, filters_per_block=None):
+    """The op from its filter tensors ([2F, 1, W] and [F, 1, W]) by the FFT route."""
+    T = x.shape[1]
+    half = filters.shape[-1] // 2
+    n = fft_length(T + half)  # T + h: a correlation with taps −h … h never wraps onto [0, T)
+    spectra = filter_spectra(filters, n)
+    group = filters_per_block or fft_filters_per_block(n)
+    y = _PoolFFT.apply(x.to(filters.dtype), spectra, windows[:, 0], stride, group)
+    return y.clamp_min(FLOOR)
+
+
+def gabor_pool_fft(x, center_freqs, bandwidths, pool_widths, window=401, stride=160, filters_per_block=None):
+    filters = gabor_filters(center_freqs, bandwidths, window).to(x.device)
+    windows = gaussian_windows(pool_widths, window).to(x.device)
+    return pool_fft(x, filters, windows, stride, filters_per_block).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
 # Triton: fused forward (kernels/gabor_pool.py); the backward recomputes tiles with pool_tiles.
 
 def _register_triton(qualname: str) -> None:
@@ -159,11 +291,19 @@ def _gabor_pool_triton(x, center_freqs, bandwidths, pool_widths, window=401, str
     return _triton_forward()(x.contiguous(), re, im, windows[:, 0].T.contiguous(), stride, FLOOR)
 
 
+FFT_MIN_WINDOW = 129  # below, the tiled convolution is faster forward and as fast forward+backward
+
+
+def gabor_pool_cpu(x, center_freqs, bandwidths, pool_widths, window=401, stride=160):
+    route = gabor_pool_fft if window >= FFT_MIN_WINDOW else gabor_pool_tiled
+    return route(x, center_freqs, bandwidths, pool_widths, window, stride)
+
+
 GABOR_POOL = dispatch.op("gabor_pool")
 GABOR_POOL.register("reference", gabor_pool_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-# The tiled route runs on torch's GEMM-backed convolutions, so it needs no extension; it is the
-# automatic choice on the CPU and a fallback on GPUs.
-GABOR_POOL.register("cpu", gabor_pool_tiled, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
+# Both routes run on torch's FFTs and convolutions, so they need no extension; the automatic choice
+# on the CPU and a fallback on GPUs.
+GABOR_POOL.register("cpu", gabor_pool_cpu, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 GABOR_POOL.register("triton", _gabor_pool_triton, devices=("cuda", "cpu"), dtypes=GPU_DTYPES,
                     availability=backends.triton_reason)
 

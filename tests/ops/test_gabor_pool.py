@@ -10,8 +10,8 @@ import torch
 
 import pyaudiok
 from pyaudiok.ops import gabor_pool
-from pyaudiok.ops.gabor_pool import (FLOOR, GABOR_POOL, _triton_forward, gabor_filters, gabor_pool_reference,
-                                     gabor_pool_tiled, gaussian_windows)
+from pyaudiok.ops.gabor_pool import (FFT_MIN_WINDOW, FLOOR, GABOR_POOL, _triton_forward, fft_length, gabor_filters,
+                                     gabor_pool_fft, gabor_pool_reference, gabor_pool_tiled, gaussian_windows)
 
 from ..harness import compare_with_reference, require_backend
 
@@ -52,6 +52,49 @@ def test_tiles_of_any_size_match_reference(frames_per_tile):
     got = gabor_pool_tiled(x, eta, sigma, pool, 129, 64, frames_per_tile=frames_per_tile)
     want = gabor_pool_reference(x, eta, sigma, pool, 129, 64)
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+@pytest.mark.parametrize("B,T,F,window,stride,block", [(2, 1290, 6, 129, 64, 1), (1, 1003, 5, 401, 160, 2),
+                                                       (3, 457, 7, 201, 100, 7), (2, 401, 3, 401, 1, 2)])
+def test_fft_route_matches_reference_for_any_filter_block(dtype, B, T, F, window, stride, block):
+    """The FFT route with its hand-written backward, blocks of 1 … F filters, against the reference
+    (forward and the four gradients)."""
+    from ..harness import TOLERANCE, rel_error
+    x = waveform(B, T, dtype=dtype)
+    eta, sigma, pool = params(F, dtype=dtype, window=window)
+    got = gabor_pool_fft(x, eta, sigma, pool, window, stride, filters_per_block=block)
+    want = gabor_pool_reference(x, eta, sigma, pool, window, stride)
+    weights = torch.randn(want.shape, dtype=dtype)
+    got_grads = torch.autograd.grad((got * weights).sum(), [x, eta, sigma, pool])
+    want_grads = torch.autograd.grad((want * weights).sum(), [x, eta, sigma, pool])
+    assert rel_error(got, want) <= TOLERANCE[dtype] * 10
+    for name, g, w in zip(("x", "center_freqs", "bandwidths", "pool_widths"), got_grads, want_grads):
+        assert rel_error(g, w) <= TOLERANCE[dtype] * 10, name
+
+
+def test_fft_length_is_smooth_and_minimal():
+    def smooth(n):
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+        return n == 1
+    for n in (1, 7, 401, 1202, 64200, 100003):
+        got = fft_length(n)
+        assert got >= n and smooth(got) and not any(smooth(m) for m in range(n, got))
+
+
+def test_cpu_backend_takes_the_fft_route_for_long_windows(monkeypatch):
+    import importlib
+    module = importlib.import_module("pyaudiok.ops.gabor_pool")
+    taken = []
+    monkeypatch.setattr(module, "gabor_pool_fft", lambda *a: taken.append("fft") or gabor_pool_reference(*a))
+    monkeypatch.setattr(module, "gabor_pool_tiled", lambda *a: taken.append("tiled") or gabor_pool_reference(*a))
+    x = waveform(1, 500, grad=False)
+    for window in (FFT_MIN_WINDOW - 2, FFT_MIN_WINDOW, 401):
+        with pyaudiok.use_backend("cpu"):
+            gabor_pool(x, *params(2, window=window, grad=False), window=window, stride=50)
+    assert taken == ["tiled", "fft", "fft"]
 
 
 def test_reference_matches_the_definition():
