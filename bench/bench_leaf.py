@@ -3,7 +3,13 @@
   reference, every backend, and the peers SpeechBrain `Leaf` and torchaudio `MelSpectrogram` (the
   mel frontend LEAF replaces: "x floor" is how far the filterbank is from it);
 - `pcen` on the resulting [32, 40, 400] energies, forward and forward+backward: the reference
-  (a Python loop over frames, like SpeechBrain's EMA), every backend."""
+  (a Python loop over frames, like SpeechBrain's EMA), every backend;
+- the whole frontend, `pyaudiok.nn.Leaf` (filterbank, pooling, sPCEN; gradients to the waveform and
+  every parameter) on the reference ops and on the automatic backends, against SpeechBrain's `Leaf`
+  (the same three stages) and torchaudio's `MelSpectrogram`, forward and forward+backward.
+
+SpeechBrain and torchaudio need a torch they were built for (DESIGN, "Peers on this machine"):
+run `pyaudiok bench --only leaf` in such an environment to fill their rows."""
 from __future__ import annotations
 
 import math
@@ -59,13 +65,7 @@ def gabor_case(device, batch, backward) -> Case:
     leaf, reason = _speechbrain_leaf(device, batch)
     cands.append(Candidate("SpeechBrain Leaf", "peer", _step(lambda: leaf(x[..., None]), backward, x) if leaf else None,
                            skip=reason))
-    audio, reason = load("torchaudio.transforms", "torchaudio")
-    if audio is not None:
-        mel = audio.MelSpectrogram(SAMPLE_RATE, n_fft=512, win_length=WINDOW - 1, hop_length=STRIDE,
-                                   n_mels=F).to(device)
-        cands.append(Candidate("torchaudio MelSpectrogram", "floor", _step(lambda: mel(x), backward, x)))
-    else:
-        cands.append(Candidate("torchaudio MelSpectrogram", "floor", None, skip=reason))
+    cands.append(_mel_floor(device, x, backward))
     mode = "fwd+bwd" if backward else "fwd"
     return Case(f"gabor_pool.{mode}", {"B": batch, "T": x.shape[1], "F": F, "W": WINDOW, "stride": STRIDE}, cands)
 
@@ -85,6 +85,35 @@ def pcen_case(device, batch, backward) -> Case:
     return Case(f"pcen.{mode}", {"B": batch, "F": F, "frames": frames}, cands)
 
 
+def _mel_floor(device, x, backward) -> Candidate:
+    audio, reason = load("torchaudio.transforms", "torchaudio")
+    if audio is None:
+        return Candidate("torchaudio MelSpectrogram", "floor", None, skip=reason)
+    mel = audio.MelSpectrogram(SAMPLE_RATE, n_fft=512, win_length=WINDOW - 1, hop_length=STRIDE, n_mels=F).to(device)
+    return Candidate("torchaudio MelSpectrogram", "floor", _step(lambda: mel(x), backward, x))
+
+
+def frontend_case(device, batch, backward) -> Case:
+    from pyaudiok.nn import Leaf
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, SAMPLE_RATE * SECONDS, generator=gen).to(device).requires_grad_(backward)
+    ours = Leaf(n_filters=F, sample_rate=SAMPLE_RATE).to(device).requires_grad_(backward)
+    inputs = (x, *ours.parameters())
+    step = _step(lambda: ours(x), backward, *inputs)
+    cands = [Candidate("pyaudiok Leaf, reference ops", "reference", with_backend("reference", step)),
+             Candidate("pyaudiok Leaf", "backend", step, check=_check)]
+    leaf, reason = _speechbrain_leaf(device, batch)
+    if leaf is not None:
+        leaf.requires_grad_(backward)
+    cands.append(Candidate("SpeechBrain Leaf", "peer",
+                           _step(lambda: leaf(x[..., None]), backward, x, *leaf.parameters()) if leaf else None,
+                           skip=reason))
+    cands.append(_mel_floor(device, x, backward))
+    mode = "fwd+bwd" if backward else "fwd"
+    return Case(f"leaf.{mode}", {"B": batch, "T": x.shape[1], "F": F, "W": WINDOW, "stride": STRIDE}, cands)
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
     batch = 4 if quick else 32
-    return [make(device, batch, backward) for make in (gabor_case, pcen_case) for backward in (False, True)]
+    return [make(device, batch, backward) for make in (gabor_case, pcen_case, frontend_case)
+            for backward in (False, True)]
