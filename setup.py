@@ -40,6 +40,18 @@ def cuda_decision():
     return True, ""
 
 
+def cpu_only_torch_args():
+    """CMake arguments naming torch's headers and libraries directly, for a CPU-only build against
+    a CUDA build of torch (whose CMake config demands a CUDA toolkit)."""
+    import torch
+    from torch.utils import cpp_extension
+
+    return [f"-DPYAUDIOK_TORCH_INCLUDE_DIRS={';'.join(cpp_extension.include_paths())}",
+            f"-DPYAUDIOK_TORCH_LIBRARY_DIR={cpp_extension.library_paths()[0]}",
+            f"-DPYAUDIOK_TORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-DPYAUDIOK_TORCH_VERSION={torch.__version__.split('+')[0]}"]
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import pybind11
@@ -61,6 +73,8 @@ class CMakeBuild(build_ext):
         ]
         if with_cuda:
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('PYAUDIOK_CUDA_ARCHS', '80;90a')}")
+        elif torch.version.cuda is not None:
+            args += cpu_only_torch_args()
         subprocess.run(["cmake", *args], check=True)
         jobs = os.environ.get("PYAUDIOK_JOBS", str(os.cpu_count() or 1))
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)

@@ -35,9 +35,17 @@ def test_forward_and_gradients_match_reference(backend, B, D, symmetric, reducti
 
 
 def test_cpu_backend_in_float64_and_large_batch():
-    """B well past one row block of the cpu path (blocks of 2**21 scores: 512 rows here)."""
+    """B well past one row block of the cpu path (blocks of 2**22 scores: 1997 rows here)."""
     require_backend(OP, "cpu", torch.float64)
-    compare_with_reference(_loss(True, "mean"), _inputs(2100, 7, "cpu", torch.float64, scale=0.1), "cpu")
+    compare_with_reference(_loss(True, "mean"), _inputs(4100, 7, "cpu", torch.float64, scale=0.1), "cpu")
+
+
+@pytest.mark.parametrize("symmetric,reduction", [(False, "mean"), (True, "none")])
+def test_cpu_backend_with_sharp_logits(symmetric, reduction):
+    """Logits spread over hundreds of units: most probabilities underflow float32 (the cpu path
+    clamps their exponent above the denormal range), the result must not move."""
+    require_backend(OP, "cpu")
+    compare_with_reference(_loss(symmetric, reduction), _inputs(600, 24, "cpu", scale=8.0), "cpu")
 
 
 def test_cpu_backend_at_4096():
