@@ -46,7 +46,7 @@ def _speechbrain_leaf(device, batch):
     features, reason = load("speechbrain.lobes.features", "speechbrain")
     if features is None:
         return None, reason
-    leaf = features.Leaf(out_channels=F, sample_rate=SAMPLE_RATE).to(device)
+    leaf = features.Leaf(out_channels=F, sample_rate=SAMPLE_RATE, in_channels=1).to(device)
     return leaf, None
 
 
