@@ -32,6 +32,13 @@ void compress_row_f32(const float* E, const float* M, float alpha, float delta, 
                       float eps, int64_t n, float* y) {
   using namespace simd;
   int64_t t = 0;
+  // Four independent vectors per step: each value is a long chain of dependent log/exp, and the
+  // interleaving lets the core overlap them (1.3x measured).
+  for (; t + 32 <= n; t += 32) {
+    v8f z[4];
+    for (int u = 0; u < 4; ++u) z[u] = load8(E + t + 8 * u) * exp8(-alpha * log8(load8(M + t + 8 * u) + eps)) + delta;
+    for (int u = 0; u < 4; ++u) store8(y + t + 8 * u, exp8(log8(z[u]) * inv_r) - delta_root);
+  }
   for (; t + 8 <= n; t += 8) {
     const v8f z = load8(E + t) * exp8(-alpha * log8(load8(M + t) + eps)) + delta;
     store8(y + t, exp8(log8(z) * inv_r) - delta_root);
@@ -63,23 +70,28 @@ void backward_terms_f32(const float* g, const float* E, const float* M, float al
                         double* acc) {
   using namespace simd;
   const float delta_term = inv_r * delta_root / delta, r_term = delta_root * log_delta;
-  v8f s0{}, s1{}, s2{};
-  int64_t t = 0;
-  for (; t + 8 <= n; t += 8) {
+  constexpr int kUnroll = 4;  // independent vectors in flight (see compress_row_f32)
+  v8f s0[kUnroll]{}, s1[kUnroll]{}, s2[kUnroll]{};
+  auto terms = [&](int64_t t, int u) __attribute__((always_inline)) {
     const v8f gv = load8(g + t), e = load8(E + t), me = load8(M + t) + eps;
     const v8f log_m = log8(me), P = exp8(-alpha * log_m), z = e * P + delta, log_z = log8(z);
     const v8f z_root = exp8(log_z * inv_r), gz = gv * inv_r * z_root / z, gzeP = gz * e * P;
     store8(direct + t, gz * P);
     store8(drive + t, -alpha * gzeP / me);
-    s0 -= gzeP * log_m;
-    s1 += gz - gv * delta_term;
-    s2 -= gv * inv_r * inv_r * (z_root * log_z - r_term);
-  }
-  for (int l = 0; l < 8; ++l) {
-    acc[0] += s0[l];
-    acc[1] += s1[l];
-    acc[2] += s2[l];
-  }
+    s0[u] -= gzeP * log_m;
+    s1[u] += gz - gv * delta_term;
+    s2[u] -= gv * inv_r * inv_r * (z_root * log_z - r_term);
+  };
+  int64_t t = 0;
+  for (; t + 8 * kUnroll <= n; t += 8 * kUnroll)
+    for (int u = 0; u < kUnroll; ++u) terms(t + 8 * u, u);
+  for (; t + 8 <= n; t += 8) terms(t, 0);
+  for (int u = 0; u < kUnroll; ++u)
+    for (int l = 0; l < 8; ++l) {
+      acc[0] += s0[u][l];
+      acc[1] += s1[u][l];
+      acc[2] += s2[u][l];
+    }
   for (; t < n; ++t) {
     const float me = M[t] + eps, log_m = std::log(me), P = std::exp(-alpha * log_m), z = E[t] * P + delta;
     const float log_z = std::log(z), z_root = std::exp(log_z * inv_r), gz = g[t] * inv_r * z_root / z;
