@@ -12,8 +12,28 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_u*>(p); }
 inline void store8(float* p, v8f v) { *reinterpret_cast<v8f_u*>(p) = v; }
+// Lane-wise broadcasts, as a shuffle of lane 0: the compiler then emits one broadcast. `v8f{} + v`
+// is not an identity for v = −0 (0 + −0 = +0), so it kept a scalar add in front of every broadcast
+// (in the RVQ micro-kernel that doubled the floating-point uops per multiply-add), and an
+// initialiser list or GCC's __builtin_shuffle became a chain of lane inserts.
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define PYAUDIOK_HAS_SHUFFLEVECTOR 1
+#endif
+#endif
+#ifdef PYAUDIOK_HAS_SHUFFLEVECTOR
+inline v8f splat(float v) {
+  const v8f r = {v};
+  return __builtin_shufflevector(r, r, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+inline v8i splat_i(int32_t v) {
+  const v8i r = {v};
+  return __builtin_shufflevector(r, r, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+#else  // older compilers: correct, one scalar add slower
 inline v8f splat(float v) { return v8f{} + v; }
 inline v8i splat_i(int32_t v) { return v8i{} + v; }
+#endif
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 
 // e^x for 8 lanes; x < −87.3 (including −inf) gives 0, NaN stays NaN.

@@ -174,11 +174,18 @@ def test_log_sinkhorn_normalize_matches_reference_and_is_doubly_stochastic(backe
     logits = torch.randn(2, 3, 6, 6, device=device).requires_grad_(True)
     compare_with_reference(lambda x: log_sinkhorn_normalize(x, n_iters=10, tau=0.5), (logits,), backend, scale=5)
     _slow_in_interpreter(backend)
-    with pyaudiok.use_backend(backend):
-        out = log_sinkhorn_normalize(logits, n_iters=200, tau=0.5, gumbel_noise=True,
-                                     generator=torch.Generator().manual_seed(0)).exp()
-    torch.testing.assert_close(out.sum(-1), torch.ones(2, 3, 6, device=device), atol=1e-3, rtol=0)
+
+    def normalized(name):
+        with pyaudiok.use_backend(name):
+            return log_sinkhorn_normalize(logits.detach(), n_iters=200, tau=0.5, gumbel_noise=True,
+                                          generator=torch.Generator().manual_seed(0)).exp()
+    out, want = normalized(backend), normalized("reference")
+    # Columns are normalised last, so they sum to 1 exactly; the rows only as far as 200 iterations
+    # have converged on this draw (Gumbel noise at tau = 0.5 can leave ~1e-3): as far as the
+    # reference has, then, and close to 1.
     torch.testing.assert_close(out.sum(-2), torch.ones(2, 3, 6, device=device), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.sum(-1), want.sum(-1).to(device), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, 3, 6, device=device), atol=1e-2, rtol=0)
 
 
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
