@@ -22,8 +22,10 @@ from torch.library import wrap_triton
 
 # 2π as the sum of two float32 numbers: Triton makes float constants float32, and the float64
 # kernels need 2π to float64 precision (hi + lo is exact to ~1e-15).
-TWO_PI_HI = float(np.float32(2 * math.pi))
-TWO_PI_LO = float(np.float32(2 * math.pi - TWO_PI_HI))
+# Globals a kernel reads must be tl.constexpr: the interpreter accepts a plain float, the GPU
+# compiler does not.
+TWO_PI_HI = tl.constexpr(float(np.float32(2 * math.pi)))
+TWO_PI_LO = tl.constexpr(float(np.float32(2 * math.pi - TWO_PI_HI.value)))
 
 
 @triton.jit

@@ -1,5 +1,6 @@
 """Shared test setup: Triton's interpreter when there is no GPU (set before anything imports
-triton), fixed seeds, and the `gpu` mark for tests that need a CUDA device."""
+triton), the record of its launches for tests/test_triton_sm90.py (which runs last), fixed seeds,
+and the `gpu` mark for tests that need a CUDA device."""
 import os
 import random
 
@@ -11,12 +12,19 @@ if not torch.cuda.is_available():
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from . import triton_launches  # noqa: E402
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    triton_launches.install()
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
 
 
 def pytest_collection_modifyitems(config, items):
+    # The GPU-compile check of the recorded Triton launches needs every other test to have run.
+    items.sort(key=lambda item: item.module.__name__.endswith("test_triton_sm90"))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

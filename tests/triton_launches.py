@@ -1,0 +1,87 @@
+"""Records the Triton kernel launches the test session makes in the interpreter (no GPU here), so
+that `tests/test_triton_sm90.py` can compile each one for a real GPU target afterwards: the
+interpreter executes a kernel's semantics but accepts programs the GPU compiler rejects.
+
+A launch is recorded as a spec: the kernel's module and name, its argument types in Triton's
+signature notation, and its compile-time constants."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+SPECS: dict[str, dict] = {}  # key -> spec, first launch of each distinct specialisation
+
+_POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
+            torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.int8: "*i8",
+            torch.uint8: "*u8", torch.bool: "*i1"}
+
+
+def _scalar_type(value) -> str | None:
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    return None
+
+
+def _constant(value):
+    """A JSON-safe compile-time constant, or raises TypeError."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"unsupported constexpr {value!r}")
+
+
+def spec_of(fn, args: tuple, kwargs: dict) -> dict | None:
+    """The compile spec of a launch of the Python kernel `fn`, or None if an argument has no
+    Triton signature type here (the launch is then not checked)."""
+    params = list(inspect.signature(fn).parameters.values())
+    bound = dict(zip((p.name for p in params), args))
+    bound.update({k: v for k, v in kwargs.items() if k in {p.name for p in params}})
+    signature, constants = {}, {}
+    for p in params:
+        if p.name not in bound:
+            if p.default is inspect.Parameter.empty:
+                return None
+            bound[p.name] = p.default
+        value = bound[p.name]
+        try:
+            if "constexpr" in str(p.annotation):
+                signature[p.name] = "constexpr"
+                constants[p.name] = _constant(value)
+            elif isinstance(value, torch.Tensor):
+                signature[p.name] = _POINTER[value.dtype]
+            elif value is None:
+                signature[p.name] = "constexpr"
+                constants[p.name] = None
+            else:
+                kind = _scalar_type(value)
+                if kind is None:
+                    return None
+                signature[p.name] = kind
+        except (KeyError, TypeError):
+            return None
+    return {"module": fn.__module__, "name": fn.__name__, "signature": signature, "constants": constants}
+
+
+def install() -> bool:
+    """Wrap the interpreter's launch to record specs; False when Triton is not interpreting."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return False
+    if getattr(InterpretedFunction.run, "_records_specs", False):
+        return True
+    original = InterpretedFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        spec = spec_of(self.fn, args, kwargs)
+        if spec is not None:
+            SPECS.setdefault(repr(sorted((k, repr(v)) for k, v in spec.items())), spec)
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    run._records_specs = True
+    InterpretedFunction.run = run
+    return True
