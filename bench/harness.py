@@ -3,8 +3,10 @@ backend, the peers users would pick instead, and optionally a speed floor) timed
 one run, on the same inputs.
 
 Timing: warm-up, then the median of repeats: `torch.utils.benchmark` on the CPU, CUDA events on a
-GPU. Peak memory: the CUDA allocator's peak on a GPU; on the CPU the process's resident high-water
-mark (Linux /proc, reset before each candidate) above what was resident before the call.
+GPU; on the CPU with glibc reusing freed heap as a long-running process does (`_malloc_mode`).
+Peak memory: the CUDA allocator's peak on a GPU; on the CPU the process's resident high-water mark
+(Linux /proc, reset before each candidate) above what was resident before the call, measured with
+every larger allocation mapped and returned on its own so the mark follows the call's tensors.
 """
 from __future__ import annotations
 
