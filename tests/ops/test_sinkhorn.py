@@ -62,7 +62,9 @@ def test_numerical_regimes_match_reference(backend, regime, eps):
     def fn(cost, a, b):
         plan, f, g, _ = _state(eps=eps, n_iters=40, tol=None)(cost, a, b)
         return plan, f, g.clamp_min(-1e4)  # the zero-mass column's potential is −inf
-    compare_with_reference(fn, (cost, a.requires_grad_(True), b), backend, scale=5)
+    # At ε = 0.003 the costs are ~300 ε: float32 rounding of the potentials is amplified by C/ε in
+    # the unrolled gradients (the Triton kernel's gradient to `a` spreads 1e-5…1.2e-4 over draws).
+    compare_with_reference(fn, (cost, a.requires_grad_(True), b), backend, scale=20 if regime == "sharp" else 5)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
