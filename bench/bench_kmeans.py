@@ -1,7 +1,8 @@
 """Benchmark of batched k-means (DESIGN §9: Wavesplit clusters its per-step speaker vectors):
 B = 32 items of P = 2 000 points in d = 128, k = 3 clusters, 20 Lloyd iterations from the same
 initial centroids; the reference, every backend, and a per-item scikit-learn `KMeans` loop
-(init = the same centroids, n_init = 1, tol = 0 so it runs the same iterations)."""
+(init = the same centroids, n_init = 1, tol = 0: like ours it stops only once no assignment
+changes, so both run the same iterations)."""
 from __future__ import annotations
 
 import numpy as np

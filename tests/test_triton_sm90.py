@@ -29,7 +29,10 @@ def _nvidia_backend_reason() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_nvidia_backend_reason() is not None, reason=str(_nvidia_backend_reason()))
+SKIP_REASON = _nvidia_backend_reason()
+
+
+@pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_recorded_triton_launches_compile_for_sm90(tmp_path):
     specs = list(triton_launches.SPECS.values())
     if not specs:
@@ -40,5 +43,4 @@ def test_recorded_triton_launches_compile_for_sm90(tmp_path):
     script = Path(__file__).with_name("compile_triton_specs.py")
     done = subprocess.run([sys.executable, str(script), str(path), "--arch", "90"], env=env, capture_output=True,
                           text=True, timeout=1500)
-    print(done.stdout)
     assert done.returncode == 0, f"{len(specs)} launch specs; compile output:\n{done.stdout[-6000:]}{done.stderr[-3000:]}"

@@ -7,6 +7,7 @@ signature notation, and its compile-time constants."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import torch
 
@@ -79,7 +80,7 @@ def install() -> bool:
     def run(self, *args, grid, warmup, **kwargs):
         spec = spec_of(self.fn, args, kwargs)
         if spec is not None:
-            SPECS.setdefault(repr(sorted((k, repr(v)) for k, v in spec.items())), spec)
+            SPECS.setdefault(json.dumps(spec, sort_keys=True), spec)
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     run._records_specs = True

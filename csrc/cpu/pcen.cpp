@@ -31,18 +31,16 @@ PYAUDIOK_CLONES
 void compress_row_f32(const float* E, const float* M, float alpha, float delta, float inv_r, float delta_root,
                       float eps, int64_t n, float* y) {
   using namespace simd;
-  int64_t t = 0;
-  // Four independent vectors per step: each value is a long chain of dependent log/exp, and the
-  // interleaving lets the core overlap them (1.3x measured).
-  for (; t + 32 <= n; t += 32) {
-    v8f z[4];
-    for (int u = 0; u < 4; ++u) z[u] = load8(E + t + 8 * u) * exp8(-alpha * log8(load8(M + t + 8 * u) + eps)) + delta;
-    for (int u = 0; u < 4; ++u) store8(y + t + 8 * u, exp8(log8(z[u]) * inv_r) - delta_root);
-  }
-  for (; t + 8 <= n; t += 8) {
+  auto compress8 = [&](int64_t t) __attribute__((always_inline)) {
     const v8f z = load8(E + t) * exp8(-alpha * log8(load8(M + t) + eps)) + delta;
     store8(y + t, exp8(log8(z) * inv_r) - delta_root);
-  }
+  };
+  // Four independent vectors per step: each value is a long chain of dependent log/exp, and the
+  // interleaving lets the core overlap them (1.3x measured).
+  int64_t t = 0;
+  for (; t + 32 <= n; t += 32)
+    for (int u = 0; u < 4; ++u) compress8(t + 8 * u);
+  for (; t + 8 <= n; t += 8) compress8(t);
   for (; t < n; ++t) {
     const float z = E[t] * std::exp(-alpha * std::log(eps + M[t])) + delta;
     y[t] = std::exp(std::log(z) * inv_r) - delta_root;

@@ -64,10 +64,15 @@ _BLOCK_ELEMENTS = 1 << 22  # 16 MiB of fp32 scores per row block (smaller blocks
 _EXP_FLOOR = -87.0
 
 
+def _exp_(t: torch.Tensor) -> torch.Tensor:
+    """exp in place, arguments clamped at _EXP_FLOOR (no denormal results)."""
+    return t.clamp_min_(_EXP_FLOOR).exp_()
+
+
 def _block_lse(s: torch.Tensor) -> torch.Tensor:
     """logsumexp over rows of a score block, without denormal exponentials."""
     top = s.amax(dim=1, keepdim=True)
-    return (s - top).clamp_min_(_EXP_FLOOR).exp_().sum(1).log_().add_(top[:, 0])
+    return _exp_(s - top).sum(1).log_().add_(top[:, 0])
 
 
 def _row_blocks(B: int):
@@ -92,7 +97,7 @@ def _cpu_forward(x: torch.Tensor, y: torch.Tensor, with_grad: bool
         block_lse = _block_lse(s)
         lse[r:r + step] = block_lse
         if with_grad:
-            p = s.sub_(block_lse[:, None]).clamp_min_(_EXP_FLOOR).exp_()
+            p = _exp_(s.sub_(block_lse[:, None]))
             torch.mm(p, y, out=gx[r:r + step])
             gy.addmm_(p.T, x[r:r + step])
     if with_grad:
@@ -111,8 +116,7 @@ def _cpu_backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     starts, step = _row_blocks(B)
     yt = y.T
     for r in starts:
-        p = torch.addmm(lse[r:r + step, None].neg(), x[r:r + step], yt).clamp_min_(_EXP_FLOOR).exp_()
-        p.mul_(g[r:r + step, None])
+        p = _exp_(torch.addmm(lse[r:r + step, None].neg(), x[r:r + step], yt)).mul_(g[r:r + step, None])
         torch.mm(p, y, out=dx[r:r + step])
         dy.addmm_(p.T, x[r:r + step])
     dx.sub_(g[:, None] * y)

@@ -124,9 +124,14 @@ def pool_tiles(x, filters, windows, stride, frames_per_tile=None):
     return torch.cat(outs, dim=-1).clamp_min(FLOOR)
 
 
+def _filter_tensors(x, center_freqs, bandwidths, pool_widths, window):
+    """The [2F, 1, W] Gabor filters and [F, 1, W] pooling windows on x's device."""
+    return (gabor_filters(center_freqs, bandwidths, window).to(x.device),
+            gaussian_windows(pool_widths, window).to(x.device))
+
+
 def gabor_pool_tiled(x, center_freqs, bandwidths, pool_widths, window=401, stride=160, frames_per_tile=None):
-    filters = gabor_filters(center_freqs, bandwidths, window).to(x.device)
-    windows = gaussian_windows(pool_widths, window).to(x.device)
+    filters, windows = _filter_tensors(x, center_freqs, bandwidths, pool_widths, window)
     return pool_tiles(x, filters, windows, stride, frames_per_tile).to(x.dtype)
 
 
@@ -180,7 +185,7 @@ class _PoolFFT(torch.autograd.Function):
             X = torch.fft.fft(x[b], n=spectra.shape[-1])
             for f0 in range(0, F, group):
                 f1 = min(F, f0 + group)
-                _, frames = _energy_frames(X, spectra[f0:f1], T, W, stride)
+                frames = _pooling_frames(_filtered(X, spectra[f0:f1], T), W, stride)
                 y[b, f0:f1] = torch.bmm(frames, windows[f0:f1, :, None])[..., 0]
         return y
 
@@ -201,17 +206,15 @@ class _PoolFFT(torch.autograd.Function):
             gX = torch.zeros_like(X) if need_x else None
             for f0 in range(0, F, group):
                 f1 = min(F, f0 + group)
-                u, frames = _energy_frames(X, spectra[f0:f1], T, W, stride)
+                u = _filtered(X, spectra[f0:f1], T)
                 if need_w:
-                    dw[f0:f1] += torch.bmm(dy[b, f0:f1, None, :], frames)[:, 0]
+                    dw[f0:f1] += torch.bmm(dy[b, f0:f1, None, :], _pooling_frames(u, W, stride))[:, 0]
                 if not (need_x or need_k):
                     continue
                 # ∂L/∂|u|² on [0, T): the pooling's transpose, frame k's window starting at stride·k − h.
                 dE = Fn.conv_transpose1d(dy[b, f0:f1][None], windows[f0:f1, None, :], stride=stride,
                                          groups=f1 - f0)[0, :, half:half + T]
-                g = u.new_zeros(f1 - f0, n)
-                g[:, :T] = 2 * dE * u
-                G = torch.fft.fft(g, dim=-1)
+                G = torch.fft.fft(2 * dE * u, n=n, dim=-1)  # g is zero beyond T: fft pads it
                 if need_x:
                     gX += (spectra[f0:f1].conj() * G).sum(0)
                 if need_k:
@@ -221,15 +224,19 @@ class _PoolFFT(torch.autograd.Function):
         return dx, dk, dw, None, None
 
 
-def _energy_frames(X, spectra, T, W, stride):
-    """u = ifft(X · K) on [0, T) for a block of filters, and the pooling windows of |u|² as a strided
-    view [G, frames, W] (zero padding: |u| = 0 outside [0, T))."""
-    half = W // 2
-    u = torch.fft.ifft(X * spectra, dim=-1)[:, :T]
+def _filtered(X, spectra, T):
+    """u = ifft(X · K) on [0, T) for a block of filters [G, n]."""
+    return torch.fft.ifft(X * spectra, dim=-1)[:, :T]
+
+
+def _pooling_frames(u, W, stride):
+    """The pooling windows of |u|² as a strided view [G, frames, W] (zero padding: |u| = 0 outside
+    [0, T))."""
+    T, half = u.shape[-1], W // 2
     energy = u.real.square() + u.imag.square()
     frames = n_frames(T, stride)
     padded = Fn.pad(energy, (half, max(0, stride * (frames - 1) + W - half - T)))
-    return u, padded.unfold(-1, W, stride)[:, :frames]
+    return padded.unfold(-1, W, stride)[:, :frames]
 
 
 def fft_filters_per_block(n: int, budget: int = 1 << 19) -> int:
@@ -250,8 +257,7 @@ def pool_fft(x, filters, windows, stride, filters_per_block=None):
 
 
 def gabor_pool_fft(x, center_freqs, bandwidths, pool_widths, window=401, stride=160, filters_per_block=None):
-    filters = gabor_filters(center_freqs, bandwidths, window).to(x.device)
-    windows = gaussian_windows(pool_widths, window).to(x.device)
+    filters, windows = _filter_tensors(x, center_freqs, bandwidths, pool_widths, window)
     return pool_fft(x, filters, windows, stride, filters_per_block).to(x.dtype)
 
 
