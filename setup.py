@@ -40,9 +40,30 @@ def cuda_decision():
     return True, ""
 
 
-def cpu_only_torch_args():
-    """CMake arguments naming torch's headers and libraries directly, for a CPU-only build against
-    a CUDA build of torch (whose CMake config demands a CUDA toolkit)."""
+def cuda_toolkit_root():
+    """The toolkit's root: CUDA_HOME, else where nvcc really lives (nvcc on PATH may be a wrapper
+    script in /usr/local/bin), read from its own --dryrun report (TOP=...)."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise RuntimeError("PYAUDIOK_CUDA: nvcc not found (set CUDA_HOME or PATH)")
+    probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"pyaudiok-probe-{os.getpid()}.cu"
+    probe.write_text("")
+    try:
+        report = subprocess.run([nvcc, "--dryrun", "-c", str(probe), "-o", os.devnull],
+                                capture_output=True, text=True).stderr
+    finally:
+        probe.unlink()
+    top = re.search(r"^#\$ TOP=(.*)$", report, re.MULTILINE)
+    return os.path.realpath(top.group(1).strip()) if top else str(Path(nvcc).resolve().parent.parent)
+
+
+def direct_torch_args():
+    """CMake arguments naming torch's headers and libraries directly, as torch.utils.cpp_extension
+    does, for any build against a CUDA build of torch: torch's own CMake config then goes through
+    the legacy FindCUDA, which fails where nvcc is a wrapper script or the toolkit lacks a part
+    torch's build had (NVTX, cuDNN), and demands a toolkit even for a CPU-only build."""
     import torch
     from torch.utils import cpp_extension
 
@@ -72,9 +93,12 @@ class CMakeBuild(build_ext):
             f"-DPYAUDIOK_CUDA_SKIPPED_REASON={reason}",
         ]
         if with_cuda:
-            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('PYAUDIOK_CUDA_ARCHS', '80;90a')}")
-        elif torch.version.cuda is not None:
-            args += cpu_only_torch_args()
+            root = cuda_toolkit_root()
+            print(f"pyaudiok: CUDA toolkit {root}")
+            args += [f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('PYAUDIOK_CUDA_ARCHS', '80;90a')}",
+                     f"-DCMAKE_CUDA_COMPILER={root}/bin/nvcc", f"-DCUDAToolkit_ROOT={root}"]
+        if torch.version.cuda is not None:
+            args += direct_torch_args()
         subprocess.run(["cmake", *args], check=True)
         jobs = os.environ.get("PYAUDIOK_JOBS", str(os.cpu_count() or 1))
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)

@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,16 +93,17 @@ def time_median(fn: Callable[[], Any], device: torch.device, min_time: float) ->
     fn()
     synchronize(device)
     if device.type == "cuda":
+        # Device time per call from events; the loop's budget is wall-clock time, since for a
+        # kernel of microseconds the launches and synchronisations dominate the wall time.
         times = []
-        budget = 0.0
-        while budget < min_time or len(times) < 5:
+        deadline = time.perf_counter() + min_time
+        while (time.perf_counter() < deadline or len(times) < 5) and len(times) < 10_000:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
-            budget += times[-1]
         return statistics.median(times), len(times)
     from torch.utils import benchmark
     measurement = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Everything a GPU machine has to check, in one run that fits a short lease: build with the CUDA
+# kernels, run every test that touches the GPU (Triton and CUDA backends, `gpu`-marked tests),
+# then the benchmark module by module (each with its own time limit, so one slow module cannot
+# starve the rest). Logs, JUnit XML and bench JSON go to OUT_DIR (default $OUT, else ./gpu-check).
+#
+#   bash bench/gpu_check.sh [OUT_DIR]
+#
+# Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
+# BENCH_MIN_TIME (default 0.25 s per candidate). Wheels of missing Python packages (peers,
+# soundfile, soxr) are installed first when .whl/ holds any (machines without a package index).
+set -uo pipefail
+out=$(realpath -m "${1:-${OUT:-gpu-check}}")
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+phase() { echo "== $1 (+$(( $(date +%s) - t0 )) s)"; }
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pyaudiok-site .whl/*.whl \
+    && export PYTHONPATH=/tmp/pyaudiok-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+
+phase "build (CUDA kernels for sm_90a)"
+if ! PYAUDIOK_CUDA=1 PYAUDIOK_CUDA_ARCHS=${PYAUDIOK_CUDA_ARCHS:-90a} timeout "${BUILD_S:-300}" \
+     python3 -m pip install --no-build-isolation --no-deps --no-index -v -e . > "$out/build.log" 2>&1; then
+  tail -n 60 "$out/build.log"; echo "BUILD FAILED"; exit 1
+fi
+python3 -m pyaudiok info 2>&1 | tee "$out/info.txt"
+
+phase "tests (Triton, CUDA, gpu-marked)"
+workers=${PYTEST_WORKERS:-8}
+timeout "${TEST_S:-240}" python3 -m pytest -q -p no:cacheprovider -n "$workers" --timeout 120 \
+  -k "triton or cuda or gpu" --junitxml="$out/tests.xml" > "$out/tests.log" 2>&1
+echo "pytest exit status $?"
+grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -n 40
+
+phase "bench (--device cuda)"
+json_dir=$(mktemp -d)
+for module in $(python3 -c "from pyaudiok.bench import registry; print(' '.join(registry.MODULES))"); do
+  timeout "${BENCH_MODULE_S:-60}" python3 -m pyaudiok bench --device cuda --only "$module" \
+    --min-time "${BENCH_MIN_TIME:-0.25}" --json "$json_dir/$module.json" >> "$out/bench.log" 2>&1 \
+    || echo "bench $module: exit status $?" | tee -a "$out/bench.log"
+  tar -C "$json_dir" -czf "$out/bench_json.tgz" .
+done
+grep -vE "^  [a-z_.0-9]+ \{" "$out/bench.log" | grep -vE "^pyaudiok bench on|^wrote |^$|^vs ref" | tail -n 150
+phase done
