@@ -18,7 +18,9 @@ drops out because centred signals sum to zero).
 
 Backends: `reference` (the formula above on explicit [B, N, M, T] pairs, any float dtype),
 `cpu` (C++, csrc/cpu/si_sdr.cpp: the statistics of all pairs in one sweep over time, summed in
-float64 like the reference's exact route), `triton` (kernels/si_sdr.py, fp32 accumulation).
+float64 like the reference's exact route), `triton` (kernels/si_sdr.py: fp32 accumulation over
+T-chunks in parallel, then one launch that merges the chunks and evaluates the formula in float64;
+it returns the statistics too, and its backward differentiates the same formula in PyTorch).
 
 `pit_si_sdr` finds, per item, the assignment of estimates to distinct references with the best
 mean SI-SDR: an exhaustive search over all assignments on the tensors' device when M ≤ 8, the
@@ -26,6 +28,7 @@ Hungarian algorithm (scipy, on the CPU) above. `neg_si_sdr_loss` is its training
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import NamedTuple
@@ -82,14 +85,14 @@ def _stats_backward(estimates, references, zero_mean, g_ee, g_rr, g_er):
     return d_e.to(estimates.dtype), d_r.to(references.dtype)
 
 
-def _register_stats(qualname: str, stats_dtype: torch.dtype = torch.float32) -> None:
-    """Fake + autograd of a backend's statistics op (estimates, references, zero_mean) -> (ee, rr, er)."""
+def _register_stats(qualname: str) -> None:
+    """Fake + autograd of the C++ statistics op (estimates, references, zero_mean) -> float64 (ee, rr, er)."""
 
     @torch.library.register_fake(qualname)
     def _(estimates, references, zero_mean):
         B, N, _ = estimates.shape
         M = references.shape[1]
-        new = lambda *shape: estimates.new_empty(shape, dtype=stats_dtype)  # noqa: E731
+        new = lambda *shape: estimates.new_empty(shape, dtype=torch.float64)  # noqa: E731
         return new(B, N), new(B, M), new(B, N, M)
 
     def setup_context(ctx, inputs, output):
@@ -106,21 +109,55 @@ def _register_stats(qualname: str, stats_dtype: torch.dtype = torch.float32) -> 
 
 
 if extension_loaded():  # the C++ kernel returns float64 statistics (csrc/cpu/si_sdr.cpp)
-    _register_stats("pyaudiok::si_sdr_stats", torch.float64)
+    _register_stats("pyaudiok::si_sdr_stats")
 
 
-def _stats_backend(stats, input_dtypes=(torch.float32,)):
-    def run(estimates, references, zero_mean, eps):
-        if estimates.dtype not in input_dtypes:  # half precision: the kernels read float32
-            estimates, references = estimates.float(), references.float()
-        ee, rr, er = stats()(estimates.contiguous(), references.contiguous(), zero_mean)
-        out = _si_sdr_from_stats(ee.double(), rr.double(), er.double(), eps)
-        return out.to(estimates.dtype)
-    return run
+def _cpu_matrix(estimates, references, zero_mean, eps):
+    if estimates.dtype not in (torch.float32, torch.float64):  # half precision: the kernel reads float32
+        estimates, references = estimates.float(), references.float()
+    ee, rr, er = cpp_op("si_sdr_stats")(estimates.contiguous(), references.contiguous(), zero_mean)
+    return _si_sdr_from_stats(ee, rr, er, eps).to(estimates.dtype)
 
 
-def _triton_stats():
-    return triton_op("si_sdr_stats_triton", "si_sdr", "si_sdr_stats", _register_stats)
+def _register_triton_matrix(qualname: str) -> None:
+    """Fake + autograd of the Triton op (estimates, references, zero_mean, eps) -> (matrix, ee, rr, er):
+    the statistics are returned (float64) for the backward, which goes through the shared formula."""
+
+    @torch.library.register_fake(qualname)
+    def _(estimates, references, zero_mean, eps):
+        B, N, _ = estimates.shape
+        M = references.shape[1]
+        new = lambda *shape: estimates.new_empty(shape, dtype=torch.float64)  # noqa: E731
+        return estimates.new_empty(B, N, M, dtype=torch.float32), new(B, N), new(B, M), new(B, N, M)
+
+    def setup_context(ctx, inputs, output):
+        estimates, references, zero_mean, eps = inputs
+        _, ee, rr, er = output
+        ctx.save_for_backward(estimates, references, ee, rr, er)
+        ctx.zero_mean, ctx.eps = zero_mean, eps
+        ctx.mark_non_differentiable(ee, rr, er)
+
+    def backward(ctx, g_matrix, *_):
+        estimates, references, ee, rr, er = ctx.saved_tensors
+        _, pull_back = torch.func.vjp(lambda *stats: _si_sdr_from_stats(*stats, ctx.eps), ee, rr, er)
+        g_ee, g_rr, g_er = pull_back(g_matrix.to(torch.float64))
+        d_e, d_r = _stats_backward(estimates, references, ctx.zero_mean, g_ee, g_rr, g_er)
+        return d_e, d_r, None, None
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+
+
+def _triton_matrix_op():
+    return triton_op("si_sdr_matrix_triton", "si_sdr", "si_sdr_matrix", _register_triton_matrix)
+
+
+def _triton_matrix(estimates, references, zero_mean, eps):
+    """Statistics and formula in two Triton launches (kernels/si_sdr.py); float32 in and out."""
+    dtype = estimates.dtype
+    if dtype != torch.float32:
+        estimates, references = estimates.float(), references.float()
+    matrix = _triton_matrix_op()(estimates.contiguous(), references.contiguous(), zero_mean, eps)[0]
+    return matrix if dtype == torch.float32 else matrix.to(dtype)
 
 
 def _triton_limit(estimates, references, zero_mean, eps):
@@ -131,8 +168,8 @@ def _triton_limit(estimates, references, zero_mean, eps):
 
 MATRIX = dispatch.op("si_sdr_matrix")
 register_backends(MATRIX, reference=si_sdr_matrix_reference,
-                  cpu=_stats_backend(lambda: cpp_op("si_sdr_stats"), (torch.float32, torch.float64)), cpu_dtypes=dispatch.FLOAT_DTYPES,
-                  triton=_stats_backend(_triton_stats), triton_constraint=_triton_limit)
+                  cpu=_cpu_matrix, cpu_dtypes=dispatch.FLOAT_DTYPES,
+                  triton=_triton_matrix, triton_constraint=_triton_limit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,16 +208,22 @@ class PITResult(NamedTuple):
     matrix: torch.Tensor       # [B, N, M] the SI-SDR matrix
 
 
-def _assignments(N: int, M: int, device) -> torch.Tensor:
-    return torch.tensor(list(itertools.permutations(range(M), N)), device=device, dtype=torch.int64).reshape(-1, N)
+@functools.cache
+def _assignments(N: int, M: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every assignment of N estimates to distinct references, [P, N], and the positions of its
+    pairs in a flattened [N, M] matrix. Built once per shape and device: no host-to-device copy
+    per call."""
+    candidates = torch.tensor(list(itertools.permutations(range(M), N)), dtype=torch.int64).reshape(-1, N)
+    flat = candidates + M * torch.arange(N)
+    return candidates.to(device), flat.to(device)
 
 
 def _best_assignment(scores: torch.Tensor) -> torch.Tensor:
     """[B, N, M] -> [B, N] reference index per estimate, distinct, maximising the total score."""
     B, N, M = scores.shape
-    if M <= EXHAUSTIVE_MAX_SOURCES:
-        candidates = _assignments(N, M, scores.device)                      # [P, N]
-        totals = scores.detach()[:, torch.arange(N, device=scores.device), candidates].sum(-1)  # [B, P]
+    if M <= EXHAUSTIVE_MAX_SOURCES:  # on the device, without a sync: gather, sum, argmax
+        candidates, flat = _assignments(N, M, scores.device)
+        totals = scores.detach().reshape(B, N * M)[:, flat].sum(-1)  # [B, P]
         return candidates[totals.argmax(-1)]
     import numpy as np
     from scipy.optimize import linear_sum_assignment

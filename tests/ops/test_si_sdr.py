@@ -10,7 +10,7 @@ import torch
 
 import pyaudiok
 from pyaudiok.ops import neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
-from pyaudiok.ops.si_sdr import MATRIX, _triton_stats, si_sdr_matrix_reference
+from pyaudiok.ops.si_sdr import MATRIX, _triton_matrix_op, si_sdr_matrix_reference
 
 from ..harness import compare_with_reference, require_backend
 
@@ -25,7 +25,9 @@ def mixtures(B, N, M, T, device="cpu", dtype=torch.float32, dc=0.0):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("B,N,M,T", [(2, 2, 2, 300), (3, 1, 3, 257), (1, 5, 6, 1000), (0, 2, 2, 50)])
+# (1, 2, 3, 5000): several T-chunks in the Triton kernel, the last one partial; (2, 16, 17, 300): its tl.dot route.
+@pytest.mark.parametrize("B,N,M,T", [(2, 2, 2, 300), (3, 1, 3, 257), (1, 5, 6, 1000), (0, 2, 2, 50), (1, 2, 3, 5000),
+                                     (2, 16, 17, 300)])
 @pytest.mark.parametrize("zero_mean", [True, False])
 def test_matrix_and_gradients_match_reference(backend, B, N, M, T, zero_mean):
     device = require_backend(MATRIX, backend)
@@ -33,6 +35,20 @@ def test_matrix_and_gradients_match_reference(backend, B, N, M, T, zero_mean):
     e.requires_grad_(True)
     r.requires_grad_(True)
     compare_with_reference(lambda e, r: si_sdr_matrix(e, r, zero_mean=zero_mean), (e, r), backend, scale=5)
+
+
+def test_triton_merges_many_chunks(monkeypatch):
+    """Tiny chunks, and fewer combine lanes than chunks: the float64 merge loops over chunk blocks."""
+    device = require_backend(MATRIX, "triton")
+    from pyaudiok.kernels import si_sdr as kernel
+    monkeypatch.setattr(kernel, "TARGET_PROGRAMS", 10**6)
+    monkeypatch.setattr(kernel, "COMBINE_TILE", 16)
+    block_s, _, _, chunks = kernel._launch_config(1, 3, 4, 2000)
+    assert chunks > kernel.COMBINE_TILE // block_s
+    for zero_mean in (True, False):
+        e, r = mixtures(1, 3, 4, 2000, device, dc=3.0)
+        compare_with_reference(lambda e, r: si_sdr_matrix(e, r, zero_mean=zero_mean),
+                               (e.requires_grad_(True), r.requires_grad_(True)), "triton", scale=5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -68,10 +84,13 @@ def test_hand_computed_values():
             assert torch.isfinite(silent).all() and silent.item() < -70
 
 
-def test_pit_finds_the_best_assignment_exhaustively():
-    e, r = mixtures(4, 3, 4, 500)
-    result = pit_si_sdr(e, r)
-    matrix = si_sdr_matrix_reference(e.double(), r.double())
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_pit_finds_the_best_assignment_exhaustively(backend):
+    device = require_backend(MATRIX, backend)
+    e, r = mixtures(4, 3, 4, 500, device)
+    with pyaudiok.use_backend(backend):
+        result = pit_si_sdr(e, r)
+    matrix = si_sdr_matrix_reference(e.double(), r.double()).cpu()
     for b in range(4):
         best = max(itertools.permutations(range(4), 3), key=lambda p: sum(matrix[b, i, p[i]] for i in range(3)))
         assert result.permutation[b].tolist() == list(best)
@@ -103,18 +122,22 @@ def test_stats_op_passes_opcheck(backend):
     device = require_backend(MATRIX, backend)
     e, r = mixtures(2, 2, 3, 100, device)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    e, r = e.requires_grad_(True), r.requires_grad_(True)
     if backend == "cpu":
+        args = (pyaudiok.ops._library.cpp_op("si_sdr_stats"), (e, r, True))
         tests += ("test_aot_dispatch_dynamic",)
-    stats = _triton_stats() if backend == "triton" else pyaudiok.ops._library.cpp_op("si_sdr_stats")
-    torch.library.opcheck(stats, (e.requires_grad_(True), r.requires_grad_(True), True), test_utils=tests)
+    else:
+        args = (_triton_matrix_op(), (e, r, True, 1e-8))
+    torch.library.opcheck(*args, test_utils=tests)
 
 
+@pytest.mark.parametrize("backend", ("cpu", "triton"))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_cpu_backend_in_other_dtypes(dtype):
-    """float64 runs the kernel in double (reference-exact); half types are read as float32."""
-    require_backend(MATRIX, "cpu", dtype)
-    e, r = mixtures(2, 3, 4, 777, "cpu", dtype=dtype, dc=0.5)
-    compare_with_reference(lambda e, r: si_sdr_matrix(e, r), (e.requires_grad_(True), r.requires_grad_(True)), "cpu",
+def test_backends_in_other_dtypes(backend, dtype):
+    """float64 runs the C++ kernel in double (reference-exact); half types are read as float32."""
+    device = require_backend(MATRIX, backend, dtype)
+    e, r = mixtures(2, 3, 4, 777, device, dtype=dtype, dc=0.5)
+    compare_with_reference(lambda e, r: si_sdr_matrix(e, r), (e.requires_grad_(True), r.requires_grad_(True)), backend,
                            scale=5)
 
 
