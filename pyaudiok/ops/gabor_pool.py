@@ -15,18 +15,21 @@ the centres by a T-dependent offset instead. The op applies the parameters as gi
 the DESIGN's ranges is pyaudiok.nn.GaborFilterbank's / GaussianLowpass's job.
 
 Backends: `reference` (conv1d with the 2F real filters → squared modulus → depthwise pooling conv,
-the whole [B, 2F, T] intermediate in memory), and `cpu` — on any device, in fact, with two exact
-routes, the faster one per window length (measured on CPU; both keep only a block of the stride-1
-intermediate at a time, forward or backward, and recompute it in the backward):
-- FFT (windows ≥ FFT_MIN_WINDOW, LEAF's 401 among them): one transform of each waveform shared by
-  all F filters, each filter's output one inverse transform of its product with the filter's
-  spectrum; a hand-written backward (two transforms per filter and item). Its cost does not grow
-  with the window: 3× the tiled route's speed forward and 5× forward+backward at LEAF's sizes.
-- tiled convolution (shorter windows): the same GEMM-backed convolutions as the reference over tiles
-  of frames (a tile of K frames needs stride·(K−1)+W modulus samples and a further W − 1 waveform
-  samples of halo), each tile checkpointed.
+the whole [B, 2F, T] intermediate in memory); `cpu` and `cuda`, two exact routes on torch ops that
+keep only a block of the stride-1 intermediate at a time, forward or backward, and recompute it in
+the backward:
+- FFT (`cuda`: every window; `cpu`: windows ≥ FFT_MIN_WINDOW, LEAF's 401 among them): one transform
+  of each waveform shared by all F filters, each filter's output one inverse transform of its
+  product with the filter's spectrum, |·|², then the pooling as a GEMM over blocks of `stride`
+  samples; a hand-written backward (two transforms per filter and item). Its cost does not grow
+  with the window. Blocks of one item and a few filters on the CPU (cache-sized), of many items and
+  filters on GPUs (large batched cuFFT calls; fft_blocks).
+- tiled convolution (`cpu`, shorter windows): the same GEMM-backed convolutions as the reference
+  over tiles of frames (a tile of K frames needs stride·(K−1)+W modulus samples and a further W − 1
+  waveform samples of halo), each tile checkpointed.
 Gradients reach x and all three parameter vectors through the filters built once per call.
-`triton` fuses the forward; its backward recomputes tiles with the tiled route.
+`triton` fuses the forward; its backward recomputes tiles with the tiled route. It is not the
+automatic choice on GPUs (_triton_on_request says why).
 """
 from __future__ import annotations
 
@@ -155,114 +158,167 @@ def fft_length(n: int) -> int:
 
 
 def filter_spectra(filters: torch.Tensor, n: int) -> torch.Tensor:
-    """K[f, ω] = Σ_t φ_f(t) e^{+2πiωt/n}: the spectra that turn the cross-correlation with φ_f into a
-    circular product, from the interleaved real filters [2F, 1, W]."""
-    window = filters.shape[-1]
-    half = window // 2
+    """K[f] = fft(φ_f reversed, n) from the interleaved real filters [2F, 1, W]: ifft(X · K_f)[i] is the
+    cross-correlation u_f at sample i − h, i.e. the filtered signal already sits where the pooling's
+    left padding of h samples puts it (so the pooling reads it without a padded copy)."""
     phi = torch.complex(filters[0::2, 0], filters[1::2, 0])  # [F, W], t = −h … h
-    # φ(t) at index t mod n: t = 0 … h first, t = −h … −1 last.
-    placed = torch.cat([phi[:, half:], phi.new_zeros(phi.shape[0], n - window), phi[:, :half]], dim=1)
-    return torch.fft.ifft(placed, dim=-1) * n
+    return torch.fft.fft(phi.flip(-1), n=n, dim=-1)
+
+
+def _blocked_windows(windows: torch.Tensor, stride: int) -> torch.Tensor:
+    """The pooling windows [F, W] zero-padded to R = ⌈W/stride⌉ blocks of `stride` taps: [F, R, stride]."""
+    R = -(-windows.shape[-1] // stride)
+    return Fn.pad(windows, (0, R * stride - windows.shape[-1])).unflatten(-1, (R, stride))
+
+
+def _pool(energy: torch.Tensor, blocked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strided pooling of the padded energies [..., G, M·stride] with windows [G, R, stride] as one
+    GEMM over non-overlapping blocks of `stride` samples, Z[m, r] = Σ_s E[stride·m + s] w[stride·r + s],
+    then y[k] = Σ_r Z[k + r, r]: it reads E once, where unfolding the 2.5×-overlapping windows copies them.
+    Returns (y [..., G, M − R + 1], the blocks view of E)."""
+    R, stride = blocked.shape[-2:]
+    blocks = energy.unflatten(-1, (-1, stride))
+    Z = torch.matmul(blocks, blocked.transpose(-1, -2))  # [..., G, M, R]
+    K = Z.shape[-2] - R + 1
+    y = Z[..., :K, 0]
+    for r in range(1, R):
+        y = y + Z[..., r:r + K, r]
+    return y, blocks
+
+
+def _pool_output_grad(dy: torch.Tensor, R: int) -> torch.Tensor:
+    """∂L/∂Z [..., G, M, R] from ∂L/∂y [..., G, K] (the transpose of y[k] = Σ_r Z[k + r, r])."""
+    K = dy.shape[-1]
+    dZ = dy.new_zeros(*dy.shape[:-1], K + R - 1, R)
+    for r in range(R):
+        dZ[..., r:r + K, r] = dy
+    return dZ
+
+
+def _energy(u: torch.Tensor, T: int, half: int, length: int) -> torch.Tensor:
+    """|u|² on the padded frame [0, length): samples h … h + T − 1 are the signal's, the rest the
+    pooling's zero padding (what ifft puts there is the circular wrap-around)."""
+    energy = u.real.new_empty(*u.shape[:-1], length)
+    body = min(T, length - half)  # samples past `length` are under no window
+    energy[..., :half].zero_()
+    energy[..., half + body:].zero_()
+    signal = u[..., half:half + body]
+    torch.mul(signal.real, signal.real, out=energy[..., half:half + body]).addcmul_(signal.imag, signal.imag)
+    return energy
+
+
+def _item_spectra(x: torch.Tensor, n: int, items: int):
+    """(b0, b1, fft(x[b0:b1], n)) per block of items."""
+    for b0 in range(0, x.shape[0], items):
+        b1 = min(x.shape[0], b0 + items)
+        yield b0, b1, torch.fft.fft(x[b0:b1], n=n, dim=-1)
 
 
 class _PoolFFT(torch.autograd.Function):
-    """y[b, f, k] = Σ_j w_f(j) |u_{b,f}[stride·k + j − h]|² with u_{b,f} = ifft(X_b · K_f) on [0, T).
+    """y[b, f, k] = Σ_j w_f(j) |u_{b,f}[stride·k + j − h]|², u_{b,f}[i − h] = ifft(X_b · K_f)[i] for
+    i ∈ [h, h + T) (filter_spectra), |u| = 0 elsewhere.
 
-    Inputs: x[B, T] (real), the filter spectra K[F, n] (complex, n ≥ T + h) and the windows
-    [F, W]. Works one item and a few filters at a time, so each [G, n] complex block stays in
-    cache and only y is kept; the backward recomputes the blocks. With g = 2 u ∂L/∂|u|² and
-    G = fft(g) (PyTorch's convention for complex gradients: grad z = ∂L/∂Re z + i ∂L/∂Im z):
+    Inputs: x[B, T] (real), the filter spectra K[F, n] (complex, n ≥ T + h, so no wrap-around reaches
+    [h, h + T)), the windows [F, W], and the block sizes: the [items, filters, n] complex blocks are
+    all that is held at a time, and only y is kept; the backward recomputes the blocks. With
+    g = 2 u ∂L/∂|u|² (zero off [h, h + T)) and G = fft(g) (PyTorch's convention for complex
+    gradients: grad z = ∂L/∂Re z + i ∂L/∂Im z):
         ∂L/∂K_f = Σ_b conj(X_b) G_{b,f} / n,    ∂L/∂x_b = Re ifft(Σ_f conj(K_f) G_{b,f}) on [0, T)."""
 
     @staticmethod
-    def forward(ctx, x, spectra, windows, stride, group):
+    def forward(ctx, x, spectra, windows, stride, items, group):
         ctx.save_for_backward(x, spectra, windows)
-        ctx.stride, ctx.group = stride, group
+        ctx.blocks = stride, items, group
         B, T = x.shape
         F, W = windows.shape
+        blocked = _blocked_windows(windows, stride)
+        length = (n_frames(T, stride) + blocked.shape[1] - 1) * stride  # the padded energies' length
         y = windows.new_empty(B, F, n_frames(T, stride))
-        for b in range(B):
-            X = torch.fft.fft(x[b], n=spectra.shape[-1])
+        for b0, b1, X in _item_spectra(x, spectra.shape[-1], items):
             for f0 in range(0, F, group):
                 f1 = min(F, f0 + group)
-                frames = _pooling_frames(_filtered(X, spectra[f0:f1], T), W, stride)
-                y[b, f0:f1] = torch.bmm(frames, windows[f0:f1, :, None])[..., 0]
+                u = torch.fft.ifft(X[:, None] * spectra[f0:f1], dim=-1)
+                y[b0:b1, f0:f1] = _pool(_energy(u, T, W // 2, length), blocked[f0:f1])[0]
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, spectra, windows = ctx.saved_tensors
-        stride, group = ctx.stride, ctx.group
-        B, T = x.shape
+        stride, items, group = ctx.blocks
+        T = x.shape[1]
         F, W = windows.shape
         n, half = spectra.shape[-1], W // 2
         need_x, need_k, need_w = ctx.needs_input_grad[:3]
+        blocked = _blocked_windows(windows, stride)
+        R = blocked.shape[1]
+        length = (n_frames(T, stride) + R - 1) * stride
+        body = min(T, length - half)
         dx = torch.zeros_like(x) if need_x else None
         dk = torch.zeros_like(spectra) if need_k else None
-        dw = torch.zeros_like(windows) if need_w else None
-        dy = dy.to(windows.dtype)
-        for b in range(B):
-            X = torch.fft.fft(x[b], n=n)
+        dblocked = torch.zeros_like(blocked) if need_w else None
+        dZ = _pool_output_grad(dy.to(windows.dtype), R)  # [B, F, M, R]: small (stride× smaller than E)
+        for b0, b1, X in _item_spectra(x, n, items):
             gX = torch.zeros_like(X) if need_x else None
             for f0 in range(0, F, group):
                 f1 = min(F, f0 + group)
-                u = _filtered(X, spectra[f0:f1], T)
+                u = torch.fft.ifft(X[:, None] * spectra[f0:f1], dim=-1)
+                dZ_block = dZ[b0:b1, f0:f1]
                 if need_w:
-                    dw[f0:f1] += torch.bmm(dy[b, f0:f1, None, :], _pooling_frames(u, W, stride))[:, 0]
+                    _, blocks = _pool(_energy(u, T, half, length), blocked[f0:f1])
+                    dblocked[f0:f1] += torch.matmul(blocks.transpose(-1, -2), dZ_block).sum(0).transpose(-1, -2)
                 if not (need_x or need_k):
                     continue
-                # ∂L/∂|u|² on [0, T): the pooling's transpose, frame k's window starting at stride·k − h.
-                dE = Fn.conv_transpose1d(dy[b, f0:f1][None], windows[f0:f1, None, :], stride=stride,
-                                         groups=f1 - f0)[0, :, half:half + T]
-                G = torch.fft.fft(2 * dE * u, n=n, dim=-1)  # g is zero beyond T: fft pads it
+                # g = 2 u ∂L/∂|u|², written over u; ∂L/∂|u|² is the pooling's transpose (the 2 folded
+                # into the windows).
+                dE = torch.matmul(dZ_block, 2 * blocked[f0:f1]).flatten(-2)
+                u[..., :half] = 0
+                u[..., half + body:] = 0
+                u[..., half:half + body].mul_(dE[..., half:half + body])
+                G = torch.fft.fft(u, dim=-1)
                 if need_x:
-                    gX += (spectra[f0:f1].conj() * G).sum(0)
+                    gX += (G * spectra[f0:f1].conj()).sum(1)
                 if need_k:
-                    dk[f0:f1] += X.conj() * G / n
+                    dk[f0:f1] += G.mul_(X.conj()[:, None]).sum(0)
             if need_x:
-                dx[b] = torch.fft.ifft(gX).real[:T]
-        return dx, dk, dw, None, None
+                dx[b0:b1] = torch.fft.ifft(gX, dim=-1).real[:, :T]
+        dw = dblocked.flatten(1)[:, :W] if need_w else None
+        return dx, dk / n if need_k else None, dw, None, None, None
 
 
-def _filtered(X, spectra, T):
-    """u = ifft(X · K) on [0, T) for a block of filters [G, n]."""
-    return torch.fft.ifft(X * spectra, dim=-1)[:, :T]
+def fft_blocks(batch: int, n_filters: int, n: int, device: torch.device) -> tuple[int, int]:
+    """(items, filters) per block of the [items, filters, n] complex intermediates.
+    CPU: one item and a [G, n] block near 2^19 elements (4 MB in complex64, about what the caches hold:
+    measured fastest). GPU: up to 2^23 elements (64 MB) of as many items as fit, then filters: at LEAF's
+    sizes (B = 32, n = 64 800) blocks of 32 × 4, so each cuFFT call transforms 128 signals (~0.17 ms
+    of memory traffic at ~4 TB/s) against ~15 launches per block forward and ~30 backward (~5 µs
+    each): the GPU stays the bottleneck, and peak memory is a few blocks (~0.25 GB, the reference's
+    [B, 2F, T] and [B, F, T] intermediates take 1.56 GB)."""
+    budget = 1 << (23 if device.type == "cuda" else 19)
+    items = 1 if device.type != "cuda" else min(max(1, batch), max(1, budget // n))
+    return items, max(1, min(n_filters, budget // (items * n)))
 
 
-def _pooling_frames(u, W, stride):
-    """The pooling windows of |u|² as a strided view [G, frames, W] (zero padding: |u| = 0 outside
-    [0, T))."""
-    T, half = u.shape[-1], W // 2
-    energy = u.real.square() + u.imag.square()
-    frames = n_frames(T, stride)
-    padded = Fn.pad(energy, (half, max(0, stride * (frames - 1) + W - half - T)))
-    return padded.unfold(-1, W, stride)[:, :frames]
-
-
-def fft_filters_per_block(n: int, budget: int = 1 << 19) -> int:
-    """Filters per block so that a [G, n] complex block stays near `budget` elements (4 MB in
-    complex64: about what the CPU's caches hold)."""
-    return max(1, budget // max(1, n))
-
-
-def pool_fft(x, filters, windows, stride, filters_per_block=None):
+def pool_fft(x, filters, windows, stride, filters_per_block=None, items_per_block=None):
     """The op from its filter tensors ([2F, 1, W] and [F, 1, W]) by the FFT route."""
-    T = x.shape[1]
+    B, T = x.shape
     half = filters.shape[-1] // 2
-    n = fft_length(T + half)  # T + h: a correlation with taps −h … h never wraps onto [0, T)
+    n = fft_length(T + half)  # T + h: a correlation with taps −h … h never wraps onto the output
     spectra = filter_spectra(filters, n)
-    group = filters_per_block or fft_filters_per_block(n)
-    y = _PoolFFT.apply(x.to(filters.dtype), spectra, windows[:, 0], stride, group)
+    items, group = fft_blocks(B, windows.shape[0], n, x.device)
+    y = _PoolFFT.apply(x.to(filters.dtype), spectra, windows[:, 0], stride, items_per_block or items,
+                       filters_per_block or group)
     return y.clamp_min(FLOOR)
 
 
-def gabor_pool_fft(x, center_freqs, bandwidths, pool_widths, window=401, stride=160, filters_per_block=None):
+def gabor_pool_fft(x, center_freqs, bandwidths, pool_widths, window=401, stride=160, filters_per_block=None,
+                   items_per_block=None):
     filters, windows = _filter_tensors(x, center_freqs, bandwidths, pool_widths, window)
-    return pool_fft(x, filters, windows, stride, filters_per_block).to(x.dtype)
+    return pool_fft(x, filters, windows, stride, filters_per_block, items_per_block).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
-# Triton: fused forward (kernels/gabor_pool.py); the backward recomputes tiles with pool_tiles.
+# Triton: fused forward (kernels/gabor_pool.py); the backward recomputes tiles with pool_tiles. Not
+# the automatic choice on GPUs (_triton_on_request says why).
 
 def _register_triton(qualname: str) -> None:
     @torch.library.register_fake(qualname)
@@ -305,13 +361,33 @@ def gabor_pool_cpu(x, center_freqs, bandwidths, pool_widths, window=401, stride=
     return route(x, center_freqs, bandwidths, pool_widths, window, stride)
 
 
+def _triton_on_request(x, *args) -> str | None:
+    """The fused direct-convolution kernel is not the automatic choice for CUDA tensors: its fp32
+    tl.dot (input_precision="ieee", for the fp32 tolerance) runs on the CUDA cores, not the tensor
+    cores, and each frame recomputes the W modulus samples under its window (the windows overlap
+    W/stride = 2.5×) with F padded to a power of two: at LEAF's sizes (B = 32, T = 64 000, F = 40,
+    W = 401) 12 800 programs × 2 × 416 · 416 · 64 ≈ 2.8·10¹¹ FMAs, 4× the direct convolution's and
+    ≈ 9 ms at the H200's ~60 TFLOP/s fp32 peak (measured 21 ms, 3.6× the cuDNN reference). Even on
+    tensor cores at fp32 accuracy (3×TF32) a direct convolution costs 2·F·W multiply-adds per sample,
+    where the cuFFT route ('cuda') costs O(log n) per sample and filter and is bound by memory
+    traffic (by estimate ~0.7 GB per block of 128 filtered signals forward, ~1.6 GB backward: ~2 ms
+    forward and ~6 ms forward+backward at LEAF's sizes at ~4 TB/s): the faster one for any LEAF-like
+    window. The kernel still runs when requested (use_backend("triton")), for comparisons."""
+    if x.device.type == "cuda" and dispatch.requested_backend() != "triton":
+        return ("chosen for CUDA tensors only on request: its fused direct convolution runs on CUDA cores at "
+                "~4× a direct convolution's 2F·W FMAs per sample; the cuFFT route ('cuda') is faster")
+    return None
+
+
 GABOR_POOL = dispatch.op("gabor_pool")
 GABOR_POOL.register("reference", gabor_pool_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-# Both routes run on torch's FFTs and convolutions, so they need no extension; the automatic choice
-# on the CPU and a fallback on GPUs.
-GABOR_POOL.register("cpu", gabor_pool_cpu, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
+# The FFT and tiled routes run on torch's FFTs and convolutions, so they need no extension: "cpu" is
+# the automatic choice on the CPU (cache-sized blocks), "cuda" on GPUs (the FFT route in GPU-sized
+# blocks: cuFFT and cuBLAS, every window length).
+GABOR_POOL.register("cpu", gabor_pool_cpu, devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES)
+GABOR_POOL.register("cuda", gabor_pool_fft, devices=("cuda",), dtypes=dispatch.FLOAT_DTYPES)
 GABOR_POOL.register("triton", _gabor_pool_triton, devices=("cuda", "cpu"), dtypes=GPU_DTYPES,
-                    availability=backends.triton_reason)
+                    availability=backends.triton_reason, constraint=_triton_on_request)
 
 
 # ----------------------------------------------------------------------------------------------

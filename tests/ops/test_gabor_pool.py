@@ -4,18 +4,21 @@ bad inputs."""
 from __future__ import annotations
 
 import math
+import types
+import warnings
 
 import pytest
 import torch
 
 import pyaudiok
 from pyaudiok.ops import gabor_pool
-from pyaudiok.ops.gabor_pool import (FFT_MIN_WINDOW, FLOOR, GABOR_POOL, _triton_forward, fft_length, gabor_filters,
-                                     gabor_pool_fft, gabor_pool_reference, gabor_pool_tiled, gaussian_windows)
+from pyaudiok.ops.gabor_pool import (FFT_MIN_WINDOW, FLOOR, GABOR_POOL, _triton_forward, fft_blocks, fft_length,
+                                     gabor_filters, gabor_pool_fft, gabor_pool_reference, gabor_pool_tiled,
+                                     gaussian_windows)
 
-from ..harness import compare_with_reference, require_backend
+from ..harness import TOLERANCE, compare_with_reference, rel_error, require_backend
 
-BACKENDS = ("cpu", "triton")
+BACKENDS = ("cpu", "triton", "cuda")
 
 
 def params(F, device="cpu", dtype=torch.float32, window=401, grad=True):
@@ -54,23 +57,66 @@ def test_tiles_of_any_size_match_reference(frames_per_tile):
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("items", [1, 2])
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
 @pytest.mark.parametrize("B,T,F,window,stride,block", [(2, 1290, 6, 129, 64, 1), (1, 1003, 5, 401, 160, 2),
-                                                       (3, 457, 7, 201, 100, 7), (2, 401, 3, 401, 1, 2)])
-def test_fft_route_matches_reference_for_any_filter_block(dtype, B, T, F, window, stride, block):
-    """The FFT route with its hand-written backward, blocks of 1 … F filters, against the reference
+                                                       (3, 457, 7, 201, 100, 7), (2, 401, 3, 401, 1, 2),
+                                                       (3, 1003, 4, 33, 50, 3), (3, 65, 3, 65, 7, 2),
+                                                       (0, 500, 2, 401, 160, 1)])
+def test_fft_route_matches_reference_for_any_block(items, dtype, B, T, F, window, stride, block):
+    """The FFT route with its hand-written backward, blocks of 1 … F filters and of one item (the CPU's
+    layout) or several (the GPU's), strides from 1 to beyond the window, against the reference
     (forward and the four gradients)."""
-    from ..harness import TOLERANCE, rel_error
     x = waveform(B, T, dtype=dtype)
     eta, sigma, pool = params(F, dtype=dtype, window=window)
-    got = gabor_pool_fft(x, eta, sigma, pool, window, stride, filters_per_block=block)
+    got = gabor_pool_fft(x, eta, sigma, pool, window, stride, filters_per_block=block, items_per_block=items)
     want = gabor_pool_reference(x, eta, sigma, pool, window, stride)
     weights = torch.randn(want.shape, dtype=dtype)
     got_grads = torch.autograd.grad((got * weights).sum(), [x, eta, sigma, pool])
     want_grads = torch.autograd.grad((want * weights).sum(), [x, eta, sigma, pool])
+    assert got.shape == want.shape
     assert rel_error(got, want) <= TOLERANCE[dtype] * 10
     for name, g, w in zip(("x", "center_freqs", "bandwidths", "pool_widths"), got_grads, want_grads):
         assert rel_error(g, w) <= TOLERANCE[dtype] * 10, name
+
+
+@pytest.mark.parametrize("wrt", ["x", "params"])
+def test_fft_route_gradients_to_a_subset_and_non_contiguous_input(wrt):
+    """Gradients to x only or to the parameters only (the backward skips the other transforms), from
+    a strided view of x, in blocks of several items."""
+    base = waveform(4, 1800, dtype=torch.float64, grad=False)
+    x = base[::2, ::2].requires_grad_(wrt == "x")
+    eta, sigma, pool = params(5, dtype=torch.float64, window=129, grad=wrt == "params")
+    inputs = [x] if wrt == "x" else [eta, sigma, pool]
+    weights = torch.randn(2, 5, -(-900 // 40), dtype=torch.float64)
+    got = torch.autograd.grad((gabor_pool_fft(x, eta, sigma, pool, 129, 40, 2, 2) * weights).sum(), inputs)
+    want = torch.autograd.grad((gabor_pool_reference(x, eta, sigma, pool, 129, 40) * weights).sum(), inputs)
+    for g, w in zip(got, want):
+        assert rel_error(g, w) <= TOLERANCE[torch.float64] * 10
+
+
+def test_fft_blocks_fit_their_budget():
+    n = fft_length(64_000 + 200)
+    assert fft_blocks(32, 40, n, torch.device("cpu")) == (1, 8)            # cache-sized, one item
+    items, filters = fft_blocks(32, 40, n, torch.device("cuda"))
+    assert items == 32 and 1 <= filters < 40 and items * filters * n <= 1 << 23  # 64 MB of complex64
+    assert fft_blocks(1 << 10, 40, 1 << 20, torch.device("cuda")) == (8, 1)  # long signals: fewer items
+    assert fft_blocks(0, 3, 1000, torch.device("cuda"))[0] >= 1
+
+
+def test_cuda_tensors_take_the_fft_route_and_triton_only_on_request():
+    """The automatic choice for CUDA tensors is the cuFFT route; the Triton kernel runs when requested
+    (checked through the registry, so it needs no GPU)."""
+    cuda_x = types.SimpleNamespace(device=torch.device("cuda"))
+    args = (cuda_x, None, None, None, 401, 160)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyaudiok.BackendFallbackWarning)
+        assert GABOR_POOL.select(torch.device("cuda"), torch.float32, args).backend == "cuda"
+    triton = GABOR_POOL.impls["triton"]
+    assert "only on request" in triton.constraint(*args)
+    with pyaudiok.use_backend("triton"):
+        assert triton.constraint(*args) is None
+    assert triton.constraint(types.SimpleNamespace(device=torch.device("cpu")), *args[1:]) is None
 
 
 def test_fft_length_is_smooth_and_minimal():
