@@ -14,9 +14,12 @@ Reference semantics (what the kernels reproduce), with ``r = x.float()`` and ``a
         acc = acc + C[k];  r = r - C[k];  sqerr[q] = (r * r).sum()
     quantized = acc.to(x.dtype)
 
-The forward is a single launch: each program owns ``BLOCK_N`` rows, keeps their fp32
-residual and accumulator in registers for all stages and streams each stage's codebook
-in ``BLOCK_K`` chunks, so the ``[N, K]`` score matrix never touches memory.
+The forward is one search launch plus a decode: each search program owns ``BLOCK_N`` rows,
+keeps their fp32 residual on chip for all stages and streams each stage's codebook in
+``BLOCK_K`` chunks, so the ``[N, K]`` score matrix never touches memory; ``quantized`` is
+then the decode of the codes (same fp32 accumulation order). Up to D = 128 the scores come
+from TF32 tensor cores with a 3-product hi/lo split (about fp32 accuracy; exact for small
+integers), above that from fp32 FMAs.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-# Largest supported feature dimension (the residual row lives in registers).
+# Largest supported feature dimension (the residual row lives on chip).
 # Block-size defaults are tuned for D <= 512; up to 1024 works with smaller tiles.
 MAX_D = 1024
-# In-kernel offsets inside one codebook are int32 (row offsets into x / out are int64).
+# In-kernel offsets inside one codebook, padded or not, are int32 (row offsets into x / out
+# are int64).
 _MAX_CODEBOOK_NUMEL = 2**31 - 1
 
 
@@ -38,77 +42,92 @@ _MAX_CODEBOOK_NUMEL = 2**31 - 1
 
 
 @triton.jit
+def _split_tf32(v):
+    """``v == hi + lo`` exactly, with ``hi`` rounded to TF32 (10 mantissa bits)."""
+    bits = v.to(tl.int32, bitcast=True)
+    hi = ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    return hi, v - hi
+
+
+@triton.jit
 def _rvq_forward_kernel(
     x_ptr,  # [N, D]  x.dtype
     cb_ptr,  # [Q, K, D] x.dtype
-    cnorm_ptr,  # [Q, K] fp32, ||C_qk||^2
-    quant_ptr,  # [N, D]  x.dtype (out)
+    chi_ptr,  # [Q, KP, BLOCK_D] fp32 codebooks, zero-padded (TF32-rounded if TF32X3)
+    clo_ptr,  # [Q, KP, BLOCK_D] fp32, codebooks - chi (read only if TF32X3 and C_LO)
+    cnorm_ptr,  # [Q, KP] fp32, ||C_qk||^2, +inf for the padding codes
     codes_ptr,  # [N, n_q] int64 (out)
     partial_ptr,  # [num_programs, n_q] fp32 (out), per-program squared-error sums
     N,
     D,
     K,
+    KP,  # K rounded up to a multiple of BLOCK_K
     n_q,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    TF32X3: tl.constexpr,  # tensor-core dot from TF32 parts, else fp32 FMA ("ieee")
+    C_LO: tl.constexpr,  # codebooks have a nonzero TF32 remainder (fp32 codebooks)
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     rows64 = rows.to(tl.int64)  # row * D may exceed 2**31
     cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    tile_ok = row_ok[:, None] & col_ok[None, :]
-    tile_off = rows64[:, None] * D + cols[None, :]
+    tile_ok = row_ok[:, None] & (cols < D)[None, :]
 
     # Padded rows/columns are zero and stay zero, so they add nothing to sqerr.
-    r = tl.load(x_ptr + tile_off, mask=tile_ok, other=0.0).to(tl.float32)
-    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    r = tl.load(x_ptr + rows64[:, None] * D + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
     k_lane = tl.arange(0, BLOCK_K)
+    # Padded codebook tiles need no masks (fewer registers, vector loads): padding codes
+    # are zero vectors with score +inf, never chosen.
+    c_tile = k_lane[:, None] * BLOCK_D + cols[None, :]
 
-    # Per-stage base pointers; pointer arithmetic is 64-bit, offsets within one
-    # codebook (< K*D elements) fit in int32.
+    # Per-stage base pointers (64-bit pointer arithmetic); offsets within one codebook fit in int32.
     cb_q = cb_ptr
+    chi_q = chi_ptr
+    clo_q = clo_ptr
     cnorm_q = cnorm_ptr
     for q in range(0, n_q):
         best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
         best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
+        if TF32X3:
+            r_hi, r_lo = _split_tf32(r)
 
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + k_lane
-            k_ok = ks < K
-            c = tl.load(
-                cb_q + ks[:, None] * D + cols[None, :],
-                mask=k_ok[:, None] & col_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            cn = tl.load(cnorm_q + ks, mask=k_ok, other=0.0)
-            # fp32 FMA dot ("ieee", no TF32) so codes match the fp32 reference.
-            dot = tl.dot(r, tl.trans(c), input_precision="ieee")
+        for k0 in range(0, KP, BLOCK_K):
+            c = tl.load(chi_q + k0 * BLOCK_D + c_tile)
+            cn = tl.load(cnorm_q + k0 + k_lane)
+            if TF32X3:
+                # r.c to about fp32 accuracy from three TF32 tensor-core products
+                # (lo*lo is below fp32 rounding), small terms first.
+                dot = tl.dot(r_lo, tl.trans(c), input_precision="tf32")
+                if C_LO:
+                    c_lo = tl.load(clo_q + k0 * BLOCK_D + c_tile)
+                    dot = tl.dot(r_hi, tl.trans(c_lo), dot, input_precision="tf32")
+                dot = tl.dot(r_hi, tl.trans(c), dot, input_precision="tf32")
+            else:
+                dot = tl.dot(r, tl.trans(c), input_precision="ieee")
             score = cn[None, :] - 2.0 * dot
-            score = tl.where(k_ok[None, :], score, float("inf"))
 
             # Lowest index among the chunk's minima; chunks are visited in increasing k,
             # so replacing only on a strictly smaller score keeps the global lowest index.
+            ks = k0 + k_lane
             chunk_min = tl.min(score, axis=1)
-            chunk_k = tl.min(tl.where(score == chunk_min[:, None], ks[None, :], K), axis=1)
+            chunk_k = tl.min(tl.where(score == chunk_min[:, None], ks[None, :], KP), axis=1)
             better = chunk_min < best
             best = tl.where(better, chunk_min, best)
             best_k = tl.where(better, chunk_k, best_k)
 
         # Gather the chosen codewords (masked rows read nothing and contribute zero).
         cw = tl.load(cb_q + best_k[:, None] * D + cols[None, :], mask=tile_ok, other=0.0)
-        cw = cw.to(tl.float32)
-        acc = acc + cw
-        r = r - cw
+        r = r - cw.to(tl.float32)
 
         tl.store(codes_ptr + rows64 * n_q + q, best_k.to(tl.int64), mask=row_ok)
         tl.store(partial_ptr + pid * n_q + q, tl.sum(tl.sum(r * r, axis=1), axis=0))
         cb_q += K * D
-        cnorm_q += K
-
-    tl.store(quant_ptr + tile_off, acc.to(quant_ptr.dtype.element_ty), mask=tile_ok)
+        chi_q += KP * BLOCK_D
+        clo_q += KP * BLOCK_D
+        cnorm_q += KP
 
 
 @triton.jit
@@ -166,25 +185,56 @@ def _check_codebooks(codebooks: Tensor) -> None:
         raise ValueError("one codebook (K * D elements) must have fewer than 2**31 elements")
 
 
-# (max BLOCK_D, BLOCK_N, BLOCK_K, num_warps). The fp32 "ieee" tl.dot runs on CUDA-core FMAs,
-# whose operand fragments are register-hungry: these are the largest tiles that compile
-# without register spills for sm_90 (checked with cuobjdump, num_stages=2, fp32/fp16/bf16).
-# tl.dot needs every dim >= 16. D in (512, 1024] works but spills a little.
+# (max BLOCK_D, BLOCK_N, BLOCK_K, num_warps, num_stages, TF32X3) per padded feature dim.
+# The whole problem is 2*N*K*D*n_q FLOP of r @ C.T; only tensor cores are fast enough, so up to
+# BLOCK_D = 128 the dot is three TF32 wgmma products. Each program keeps its residual split
+# (r_hi, r_lo) in shared memory (2 * BLOCK_N * BLOCK_D * 4 bytes) and streams the codebook's
+# hi/lo tiles through a num_stages-deep cp.async pipeline: at BLOCK_D = 128 that is
+# 64 KB + 2 stages x 64 KB = 192 KB, one 4-warp program per SM. 64 x 64 tiles are the smallest at which
+# the operand traffic (A reloaded from shared memory per product, B streamed) stays within
+# shared-memory bandwidth, and BLOCK_N = 64 still gives N / 64 programs (4096 for N = 2**18
+# against 132 SMs). Larger residual rows do not fit beside the operands (the wgmma A fragment
+# alone is BLOCK_D / 2 registers per thread), so BLOCK_D >= 256 keeps the fp32 FMA dot.
+# All configs compile for sm_90 without register spills for fp32/fp16/bf16 (cuobjdump) except
+# fp16/bf16 at BLOCK_D = 1024 (40 bytes).
 _FORWARD_CONFIGS = (
-    (16, 64, 64, 8),
-    (32, 32, 32, 4),
-    (128, 32, 32, 8),
-    (256, 16, 16, 4),
-    (MAX_D, 16, 16, 8),
+    (32, 64, 64, 4, 3, True),
+    (128, 64, 64, 4, 2, True),
+    (256, 64, 32, 8, 2, False),
+    (512, 32, 32, 8, 2, False),
+    (MAX_D, 16, 32, 8, 2, False),
 )
 
 
-def _forward_config(block_d: int) -> tuple[int, int, int]:
-    """Default (BLOCK_N, BLOCK_K, num_warps) for a padded feature dim BLOCK_D."""
-    for max_d, block_n, block_k, num_warps in _FORWARD_CONFIGS:
+def _forward_config(block_d: int) -> tuple[int, int, int, int, bool]:
+    """Default (BLOCK_N, BLOCK_K, num_warps, num_stages, TF32X3) for a padded feature dim."""
+    for max_d, *config in _FORWARD_CONFIGS:
         if block_d <= max_d:
-            return block_n, block_k, num_warps
+            return tuple(config)
     raise ValueError(f"BLOCK_D={block_d} exceeds {MAX_D}")
+
+
+def _tf32_parts(c: Tensor) -> tuple[Tensor, Tensor]:
+    """``c == hi + lo`` exactly (fp32), ``hi`` rounded to TF32: the host twin of _split_tf32."""
+    hi = ((c.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+    return hi, c - hi
+
+
+def _codebook_operands(codebooks: Tensor, n_q: int, block_k: int, block_d: int, tf32x3: bool):
+    """The first n_q codebooks as the kernel streams them: fp32, padded to [n_q, KP, BLOCK_D]
+    (TF32 hi/lo parts when tf32x3), and their squared norms [n_q, KP], +inf for padding codes."""
+    cb = codebooks[:n_q].float()
+    _, K, D = cb.shape
+    kp = triton.cdiv(K, block_k) * block_k
+    padded = cb.new_zeros((n_q, kp, block_d))
+    padded[:, :K, :D] = cb
+    cnorm = cb.new_full((n_q, kp), float("inf"))
+    cnorm[:, :K] = cb.pow(2).sum(-1)
+    # fp16/bf16 values are exact in TF32: no remainder, two products instead of three.
+    if not tf32x3 or codebooks.dtype != torch.float32:
+        return padded, padded, cnorm, False
+    hi, lo = _tf32_parts(padded)
+    return hi, lo, cnorm, True
 
 
 def _launch_forward(
@@ -195,7 +245,7 @@ def _launch_forward(
     block_n: int | None = None,
     block_k: int | None = None,
     num_warps: int | None = None,
-    num_stages: int = 2,
+    num_stages: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_codebooks(codebooks)
     Q, K, D = codebooks.shape
@@ -207,30 +257,34 @@ def _launch_forward(
         raise ValueError(f"n_q must be in [1, {Q}], got {n_q}")
     N = x.shape[0]
 
-    quantized = torch.empty((N, D), dtype=x.dtype, device=x.device)
     codes = torch.empty((N, n_q), dtype=torch.int64, device=x.device)
     if N == 0:
+        quantized = torch.empty((N, D), dtype=x.dtype, device=x.device)
         return quantized, codes, torch.zeros(n_q, dtype=torch.float32, device=x.device)
 
     x = x.contiguous()
     codebooks = codebooks.contiguous()
-    cnorm = codebooks.float().pow(2).sum(-1)  # [Q, K] fp32
-
     block_d = max(16, triton.next_power_of_2(D))
-    dflt_n, dflt_k, dflt_warps = _forward_config(block_d)
+    dflt_n, dflt_k, dflt_warps, dflt_stages, tf32x3 = _forward_config(block_d)
     block_n = block_n or dflt_n
     block_k = block_k or dflt_k
-    num_warps = num_warps or dflt_warps
+    if triton.cdiv(K, block_k) * block_k * block_d > _MAX_CODEBOOK_NUMEL:
+        raise ValueError("one padded codebook (K * D elements) must have fewer than 2**31 elements")
+    chi, clo, cnorm, c_lo = _codebook_operands(codebooks, n_q, block_k, block_d, tf32x3)
 
     num_programs = triton.cdiv(N, block_n)
     # One row of partial sums per program, reduced below: deterministic, no atomics.
     partial = torch.empty((num_programs, n_q), dtype=torch.float32, device=x.device)
     wrap_triton(_rvq_forward_kernel)[(num_programs,)](
-        x, codebooks, cnorm, quantized, codes, partial,
-        N, D, K, n_q,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
-        num_warps=num_warps, num_stages=num_stages,
+        x, codebooks, chi, clo, cnorm, codes, partial,
+        N, D, K, cnorm.shape[1], n_q,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=tf32x3, C_LO=c_lo,
+        num_warps=num_warps or dflt_warps, num_stages=num_stages or dflt_stages,
     )  # fmt: skip
+    # quantized = the chosen codewords summed in fp32 in stage order: exactly the decode of the
+    # codes. This memory-bound launch (0.25 ms at N = 2**18, D = 128 on an H200) keeps an
+    # fp32 accumulator out of the search kernel's registers, which its tensor-core tiles need.
+    quantized = _launch_decode(codes, codebooks, None)
     return quantized, codes, partial.sum(dim=0)
 
 
