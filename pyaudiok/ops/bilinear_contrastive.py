@@ -9,13 +9,16 @@ direction (each positive over all anchors): ½ (ℓ_i + logsumexp_j S_ji − S_i
 Every fused backend first forms Q = anchors @ W ([B, D], one GEMM whose gradients to anchors and W
 autograd gives), then a registered pair of raw ops over S = Q Yᵀ, which never hold [B, B]:
 
-    rows_forward(X[B, D], Y[B, D]) -> (loss[B], lse[B])            ℓ_i = lse_i − X_i·Y_i
+    rows_forward(X[B, D], Y[B, D], with_grad) -> (loss[B], Σ loss, lse[B], gX, gY)
+        ℓ_i = lse_i − X_i·Y_i; with with_grad, (gX, gY) = ∇ Σ ℓ from the forward's pass over S
     rows_backward(g[B], X, Y, lse) -> (dX, dY)
         dX_i = g_i (Σ_j p_ij Y_j − Y_i),  dY_j = Σ_i g_i p_ij X_i − g_j X_j,  p_ij = exp(S_ij − lse_i)
 
 with fp32 accumulation (fp64 for fp64). The column direction is the same pair with X and Y swapped.
 Backends: `reference` (below), `cpu` (row blocks of S through ATen's GEMMs, memory O(block · B);
-see `_cpu_forward`), `triton` (kernels/bilinear_contrastive.py: online log-sum-exp over tiles).
+see `_cpu_forward`), `triton` (kernels/bilinear_contrastive.py: the same blocked algorithm, strips
+of S through tensor-core GEMM kernels, 3xTF32 for fp32). Both do 3 B²D products for a mean or sum
+loss, like the reference, which stores all of [B, B].
 """
 from __future__ import annotations
 
@@ -127,30 +130,28 @@ def _cpu_backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
 # Fake (meta) implementations and autograd of the raw op pairs.
 
 def _register(forward: str, backward: Callable[[], Callable]) -> None:
-    """Fake + autograd for a backend's forward op; `backward()` gives that backend's backward op."""
+    """Fake + autograd for a backend's forward op (x, y, with_grad) -> (loss, total, lse, gx, gy);
+    `backward()` gives that backend's backward op."""
 
     @torch.library.register_fake(forward)
-    def _(x, y, *with_grad):
+    def _(x, y, with_grad):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         rows = x.new_empty(x.shape[:1], dtype=acc)
-        if not with_grad:  # triton: (loss, lse)
-            return rows, torch.empty_like(rows)
-        pre = (torch.empty_like(x), torch.empty_like(y)) if with_grad[0] else (x.new_empty(0), y.new_empty(0))
+        pre = (torch.empty_like(x), torch.empty_like(y)) if with_grad else (x.new_empty(0), y.new_empty(0))
         return (rows, x.new_empty((), dtype=acc), torch.empty_like(rows)) + pre
 
     def setup_context(ctx, inputs, output):
         ctx.set_materialize_grads(False)  # None for unused outputs: which of loss / total was used
-        ctx.has_total = len(output) == 5
-        ctx.save_for_backward(inputs[0], inputs[1], *output[(2 if ctx.has_total else 1):])
+        ctx.save_for_backward(inputs[0], inputs[1], *output[2:])
 
-    def grad(ctx, grad_loss, *rest):
+    def grad(ctx, grad_loss, grad_total, *rest):
         x, y, lse, *pre = ctx.saved_tensors
         # lse (and gx, gy) are auxiliary outputs for the backward; their gradients are not propagated.
         dx = dy = None
         if grad_loss is not None:
             dx, dy = backward()(grad_loss.contiguous(), x, y, lse)
-        if ctx.has_total and rest[0] is not None:
-            g = rest[0].to(x.dtype)
+        if grad_total is not None:
+            g = grad_total.to(x.dtype)
             if pre[0].numel():
                 gx, gy = g * pre[0], g * pre[1]
             else:  # the forward did not precompute them: the uniform row gradient through the backward op
@@ -158,7 +159,7 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
             dx, dy = (gx, gy) if dx is None else (dx + gx, dy + gy)
         if dx is None:
             dx, dy = torch.zeros_like(x), torch.zeros_like(y)
-        return (dx, dy, None) if ctx.has_total else (dx, dy)
+        return dx, dy, None
 
     torch.library.register_autograd(forward, grad, setup_context=setup_context)
 
@@ -187,9 +188,8 @@ def _triton_forward():
 # ----------------------------------------------------------------------------------------------
 # Backend registry.
 
-def _fused(get_op: Callable[[], Callable]):
+def _fused(rows: Callable):
     def run(anchors, positives, weight, symmetric, reduction):
-        rows = get_op()
         q = (anchors @ weight).contiguous()  # Q = A W: its gradients to A and W come from autograd
         positives = positives.contiguous()
         total = reduction != "none"  # rows(x, y, total): Σ of the row losses, or the rows
@@ -200,23 +200,22 @@ def _fused(get_op: Callable[[], Callable]):
     return run
 
 
-OP = dispatch.op("bilinear_contrastive_loss")
-OP.register("reference", bilinear_contrastive_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-# Pure ATen: available wherever torch is, extension or not.
-def _cpu_rows(x, y, total):
-    out = _cpu_forward(x, y, total and torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))
-    return out[1] if total else out[0]
-
-
-def _rows(get_op: Callable[[], Callable]):
+def _rows(get_forward: Callable[[], Callable]):
+    """rows(x, y, total): the row losses, or their sum (total); the sum's gradients come with the
+    forward when they will be needed (see _cpu_forward)."""
     def run(x, y, total):
-        loss = get_op()(x, y)[0]
-        return loss.sum() if total else loss
+        with_grad = total and torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+        out = get_forward()(x, y, with_grad)
+        return out[1] if total else out[0]
     return run
 
 
-OP.register("cpu", _fused(lambda: _cpu_rows), devices=("cpu",), dtypes=(torch.float32, torch.float64))
-OP.register("triton", _fused(lambda: _rows(_triton_forward)), devices=("cuda", "cpu"),
+OP = dispatch.op("bilinear_contrastive_loss")
+OP.register("reference", bilinear_contrastive_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
+# Pure ATen: available wherever torch is, extension or not.
+OP.register("cpu", _fused(_rows(lambda: _cpu_forward)), devices=("cpu",), dtypes=(torch.float32, torch.float64))
+# The same blocked algorithm on tensor cores (3xTF32 for fp32; kernels/bilinear_contrastive.py).
+OP.register("triton", _fused(_rows(_triton_forward)), devices=("cuda", "cpu"),
             dtypes=(torch.float32, torch.float16, torch.bfloat16), availability=backends.triton_reason)
 
 

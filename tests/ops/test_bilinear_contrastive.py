@@ -2,6 +2,9 @@
 anchors, positives and W; edge cases, bad inputs, opcheck of the registered raw ops."""
 from __future__ import annotations
 
+from itertools import pairwise
+from unittest.mock import patch
+
 import pytest
 import torch
 
@@ -9,7 +12,7 @@ import pyaudiok
 from pyaudiok.ops import bilinear_contrastive_loss
 from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_reference
 
-from ..harness import assert_close, compare_with_reference, poisoned_outputs, require_backend
+from ..harness import TOLERANCE, assert_close, compare_with_reference, poisoned_outputs, require_backend
 
 BACKENDS = ("cpu", "triton")
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -100,22 +103,98 @@ def test_reference_matches_explicit_formula():
 
 
 def test_triton_rows_kernels_without_autograd():
-    """The raw kernels on their own, poisoned outputs, odd sizes crossing tile edges."""
+    """The raw kernels on their own, poisoned outputs, odd sizes crossing tile and strip edges
+    (two strips of S in the interpreter); the forward's own gradients of Σ loss included."""
     device = require_backend(OP, "triton")
     from pyaudiok.kernels.bilinear_contrastive import rows_backward, rows_forward
     x, y = torch.randn(45, 21, device=device), torch.randn(45, 21, device=device)
     g = torch.randn(45, device=device)
     with poisoned_outputs():
-        loss, lse = rows_forward(x, y)
+        loss, total, lse, gx, gy = rows_forward(x, y, True)
+        loss_only = rows_forward(x, y, False)
         dx, dy = rows_backward(g, x, y, lse)
     xd, yd = x.double().requires_grad_(), y.double().requires_grad_()
     S = xd @ yd.T
     ref = torch.logsumexp(S, 1) - S.diagonal()
+    gx_ref, gy_ref = torch.autograd.grad(ref.sum(), (xd, yd), retain_graph=True)
     (ref * g.double()).sum().backward()
-    assert_close("loss", loss, ref, torch.float32)
+    for out in (loss, loss_only[0]):
+        assert_close("loss", out, ref, torch.float32)
+    assert_close("total", total, ref.sum(), torch.float32)
     assert_close("lse", lse, torch.logsumexp(S, 1), torch.float32)
+    assert_close("gx", gx, gx_ref, torch.float32)
+    assert_close("gy", gy, gy_ref, torch.float32)
+    assert loss_only[3].numel() == loss_only[4].numel() == 0
     assert_close("dx", dx, xd.grad, torch.float32)
     assert_close("dy", dy, yd.grad, torch.float32)
+
+
+def test_triton_tf32_split_is_exact():
+    """hi is exact in TF32 (13 low mantissa bits clear), hi + lo = x exactly; the operands hold
+    [hi, hi, lo] (X) and [hi, lo, hi] (Y) along K and the transposed parts."""
+    from pyaudiok.kernels.bilinear_contrastive import _operands, tf32_parts
+    x = torch.randn(33, 7) * torch.logspace(-30, 30, 7)
+    hi, lo = tf32_parts(x)
+    assert torch.equal(hi + lo, x)
+    assert not (hi.view(torch.int32) & 8191).any()
+    assert (lo.abs() <= x.abs() * 2.0**-10).all()
+    xo, yo = _operands(x, 2 * x)
+    assert torch.equal(xo.k_cat, torch.cat([hi, hi, lo], 1)) and torch.equal(yo.k_cat, 2 * torch.cat([hi, lo, hi], 1))
+    assert torch.equal(xo.t_hi, hi.T) and torch.equal(xo.t_lo, lo.T)
+    half, _ = _operands(x.half(), x.half())
+    assert not half.split and half.k_cat is half.full and half.t_lo is half.t_hi
+    assert torch.equal(half.t_hi, half.full.T)
+
+
+def _tf32(t):
+    """What a TF32 tensor core reads of an fp32 value: the 13 low mantissa bits dropped."""
+    return (t.view(torch.int32) & -8192).view(torch.float32)
+
+
+def test_three_tf32_products_reach_float32_tolerance():
+    """The GPU kernels' products, emulated: hi·hi + hi·lo + lo·hi of TF32-truncated parts (fp32
+    sums) of the bench's scale (D = 512) stay within the fp32 tolerance of the exact product,
+    where one TF32 product does not (why fp32 inputs take 3 tensor-core products)."""
+    from pyaudiok.kernels.bilinear_contrastive import tf32_parts
+    x, y = torch.randn(256, 512), torch.randn(512, 256)
+    exact = x.double() @ y.double()
+    (xh, xl), (yh, yl) = tf32_parts(x), tf32_parts(y)
+    three = xh @ _tf32(yl) + _tf32(xl) @ yh + xh @ yh
+    one = _tf32(x) @ _tf32(y)
+    def err(out):
+        return ((out.double() - exact).norm() / exact.norm()).item()
+
+    assert err(three) <= 0.1 * TOLERANCE[torch.float32] < err(one)
+
+
+def test_triton_gpu_plan():
+    """The GPU configuration: strips covering B of at most _STRIP_ELEMENTS scores unless the dX
+    kernel needs more rows to give every SM a program; 128-row tiles then, 64-row tiles for small B."""
+    from pyaudiok.kernels import bilinear_contrastive as k
+    cuda = torch.device("cuda", 0)
+    with patch.object(k, "_sm_count", lambda index: 132):
+        for B in (1024, 4096, 8192, 16384, 50000):
+            cfg = k._config(B, 512, cuda)
+            strips = k._strips(B, cfg)
+            assert strips[0][0] == 0 and sum(rows for _, rows in strips) == B
+            assert all(r + n == r2 for (r, n), (r2, _) in pairwise(strips))
+            assert cfg["strip"] * B <= k._STRIP_ELEMENTS or cfg["strip"] // 128 * 4 in range(132, 136)
+            assert cfg["block_m"] == (64 if B == 1024 else 128)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,D,strip_elements", [(4096, 512, None), (700, 72, 1 << 16)])
+def test_triton_on_gpu_tiles_and_strips(B, D, strip_elements):
+    """The GPU's 128-row tiles of 8 warps (132 SMs, as on an H100 / H200): at B = 4096, D = 512
+    (one strip), and over several strips with a ragged last one (a small strip budget)."""
+    device = require_backend(OP, "triton")
+    from pyaudiok.kernels import bilinear_contrastive as k
+    with patch.object(k, "_STRIP_ELEMENTS", strip_elements or k._STRIP_ELEMENTS), \
+            patch.object(k, "_sm_count", lambda index: 132 if strip_elements is None else 1):
+        cfg = k._config(B, D, device)
+        assert cfg["block_m"] == 128 and len(k._strips(B, cfg)) == (1 if strip_elements is None else 6)
+        for symmetric, reduction in ((True, "mean"), (False, "none")):
+            compare_with_reference(_loss(symmetric, reduction), _inputs(B, D, device, scale=0.05), "triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -127,15 +206,12 @@ def test_registered_ops_pass_opcheck(backend):
     else:
         from pyaudiok.ops.bilinear_contrastive import _cpu_backward as backward, _cpu_forward as forward
     x, y = (torch.randn(13, 7, device=device, requires_grad=True) for _ in range(2))
-    extra = () if backend == "triton" else (True,)  # cpu: with_grad (gradients for g = 1 in the forward)
     tests = OPCHECK_TESTS
     if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
-    torch.library.opcheck(forward, (x, y) + extra, test_utils=tests)
-    if extra:
-        torch.library.opcheck(forward, (x, y, False), test_utils=tests)
-    out = forward(x, y, *extra)
-    loss, lse = out[0], out[2 if extra else 1]
+    for with_grad in (True, False):  # with_grad: the gradients for g = 1 come with the forward
+        torch.library.opcheck(forward, (x, y, with_grad), test_utils=tests)
+    loss, _, lse, _, _ = forward(x, y, True)
     torch.library.opcheck(backward, (torch.randn_like(loss), x.detach(), y.detach(), lse.detach()),
                           test_utils=("test_schema", "test_faketensor"))
 
