@@ -74,7 +74,7 @@ def _swapped(model: SoundStream, num_quantizers=None):
     swapped = SoundStream(config, quantizer=SwappedResidualVQ(model.quantizer, module, num_quantizers))
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
     swapped.load_state_dict(own, strict=False)
-    return swapped.eval(), None
+    return swapped.to(next(model.parameters()).device).eval(), None
 
 
 def codec_case(device: torch.device, quick: bool) -> Case:

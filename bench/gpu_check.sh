@@ -7,8 +7,9 @@
 #   bash bench/gpu_check.sh [OUT_DIR]
 #
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
-# BENCH_MIN_TIME (default 0.25 s per candidate). Wheels of missing Python packages (peers,
-# soundfile, soxr) are installed first when .whl/ holds any (machines without a package index).
+# BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all).
+# Wheels of missing Python packages (peers, soundfile, soxr) are installed first when .whl/ holds
+# any (machines without a package index).
 set -uo pipefail
 out=$(realpath -m "${1:-${OUT:-gpu-check}}")
 mkdir -p "$out"
@@ -38,7 +39,8 @@ grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -n 40
 
 phase "bench (--device cuda)"
 json_dir=$(mktemp -d)
-for module in $(python3 -c "from pyaudiok.bench import registry; print(' '.join(registry.MODULES))"); do
+modules=${BENCH_ONLY:-$(python3 -c "from pyaudiok.bench import registry; print(' '.join(registry.MODULES))")}
+for module in $modules; do
   timeout "${BENCH_MODULE_S:-60}" python3 -m pyaudiok bench --device cuda --only "$module" \
     --min-time "${BENCH_MIN_TIME:-0.25}" --json "$json_dir/$module.json" >> "$out/bench.log" 2>&1 \
     || echo "bench $module: exit status $?" | tee -a "$out/bench.log"
