@@ -13,14 +13,26 @@ log-sum-exp of the scaled scores over the visible keys (``-inf`` where none is v
 
 Flash-style: each program streams key blocks through an online softmax held in fp32 registers,
 so memory is O(N + M). Key blocks that lie wholly above a block's diagonal are never loaded, and
-only blocks that straddle the diagonal (or L_b) pay for the mask. The forward can split the key
-range over a third grid axis (split-KV, for few query blocks and long M); the partial results are
-merged by their log-sum-exp. The backward is FlashAttention-2's: one kernel owns a key block and
-accumulates dK, dV over the query blocks that see it; another owns a query block for dQ. No
-atomics, so results are deterministic.
+only blocks that straddle the diagonal (or L_b) pay for the mask; the others run a loop with no
+mask and no bounds checks at all. When the query blocks alone leave SMs idle (few latents, long M)
+the key range is split over a third grid axis (split-KV) in the forward and in the dQ pass; the
+forward's partial results are merged by their log-sum-exp, the dQ parts are summed. The backward is
+FlashAttention-2's without atomics: one kernel owns a key block and accumulates dK, dV over the
+query blocks that see it, another owns a query block (and key range) for dQ, so the scores and dP
+are computed twice (7 matmuls of the forward's size in all, against 5 with atomic dQ, which would
+serialise thousands of key blocks on the few query blocks of a latent layer); results are
+deterministic.
+
+Every product runs on tensor cores: bf16/fp16 operands directly, fp32 operands as TF32 when
+``torch.backends.cuda.matmul.allow_tf32`` is set, else as 3×TF32 (``tf32x3``: fp32 accuracy, the
+scheme of PyTorch's fp32 memory-efficient SDPA). A plain fp32 ("ieee") dot lowers to FMA loops
+that hold whole operand rows in registers: on sm_90 the dK/dV kernel spilled ~13 KB a thread.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -33,11 +45,22 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX: tl.constexpr):
+def _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX: tl.constexpr, CHECK: tl.constexpr):
     """Row of each (kept) key position `cols` in the full k/v tensors (int64)."""
     if HAS_IDX:
-        return tl.load(IDX + b.to(tl.int64) * Mk + cols, mask=col_ok, other=0).to(tl.int64)
+        if CHECK:
+            return tl.load(IDX + b.to(tl.int64) * Mk + cols, mask=col_ok, other=0).to(tl.int64)
+        return tl.load(IDX + b.to(tl.int64) * Mk + cols).to(tl.int64)
     return cols.to(tl.int64)
+
+
+@triton.jit
+def _rows(P, rows, d, ok, D: tl.constexpr, CHECK: tl.constexpr):
+    """Rows `rows` of the [*, D] matrix at P; rows with `ok` false read as 0 when CHECK."""
+    ptrs = P + rows[:, None] * D + d[None, :]
+    if CHECK:
+        return tl.load(ptrs, mask=ok[:, None], other=0.0)
+    return tl.load(ptrs)
 
 
 @triton.jit
@@ -48,24 +71,38 @@ def _key_length(KL, b, Mk, HAS_KL: tl.constexpr):
 
 
 @triton.jit
+def _key_range(L, offset, start_row, split, kv_chunk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(lo, full, hi) of the keys a query block's split visits: [lo, full) whole blocks every row
+    sees (no mask), [full, hi) the rest that some row sees."""
+    hi = tl.minimum(L, offset + start_row + BLOCK_M)
+    full = tl.maximum(tl.minimum(L, offset + start_row + 1), 0)
+    lo_s = split * kv_chunk
+    hi_s = tl.maximum(tl.minimum(hi, lo_s + kv_chunk), lo_s)
+    full_s = lo_s + (tl.maximum(tl.minimum(full, hi_s) - lo_s, 0) // BLOCK_N) * BLOCK_N
+    return lo_s, full_s, hi_s
+
+
+@triton.jit
 def _fwd_block(acc, l_i, m_i, q, K, V, IDX, b, Mk, start, end, offset, rows, d,
                qk_scale, MASKED: tl.constexpr, HAS_IDX: tl.constexpr,
                BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < end
-        krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX)
-        k = tl.load(K + krow[:, None] * D + d[None, :], mask=col_ok[:, None], other=0.0)
+        krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX, MASKED)
+        k = _rows(K, krow, d, col_ok, D, MASKED)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # log2 units
         if MASKED:
             visible = (cols[None, :] <= offset + rows[:, None]) & col_ok[None, :]
             s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        m_safe = m_new
+        if MASKED:  # rows with nothing visible yet; in unmasked blocks every row has a finite score
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + krow[:, None] * D + d[None, :], mask=col_ok[:, None], other=0.0)
+        v = _rows(V, krow, d, col_ok, D, MASKED)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     return acc, l_i, m_i
@@ -85,23 +122,17 @@ def _fwd_kernel(Q, K, V, KL, IDX, O, LSE, H, N, M, Mk, kv_chunk, qk_scale,
     rows = start_row + tl.arange(0, BLOCK_M)
     row_ok = rows < N
     d = tl.arange(0, D)
-    q = tl.load(Q + bh * N * D + rows[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _rows(Q + bh * N * D, rows, d, row_ok, D, True)
     Kb = K + bh * M * D
     Vb = V + bh * M * D
-
-    # Keys < hi are visible to some row of this block; keys < full to all of its rows.
-    hi = tl.minimum(L, offset + start_row + BLOCK_M)
-    full = tl.maximum(tl.minimum(L, offset + start_row + 1), 0)
-    lo_s = split * kv_chunk
-    hi_s = tl.maximum(tl.minimum(hi, lo_s + kv_chunk), lo_s)
-    full_s = lo_s + (tl.maximum(tl.minimum(full, hi_s) - lo_s, 0) // BLOCK_N) * BLOCK_N
+    lo, full, hi = _key_range(L, offset, start_row, split, kv_chunk, BLOCK_M, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, lo_s, full_s, offset, rows, d,
+    acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, lo, full, offset, rows, d,
                                qk_scale, False, HAS_IDX, BLOCK_N, D, PREC)
-    acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, full_s, hi_s, offset, rows, d,
+    acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, full, hi, offset, rows, d,
                                qk_scale, True, HAS_IDX, BLOCK_N, D, PREC)
 
     empty = l_i == 0.0
@@ -110,6 +141,66 @@ def _fwd_kernel(Q, K, V, KL, IDX, O, LSE, H, N, M, Mk, kv_chunk, qk_scale,
     o_off = (split * tl.num_programs(1) + bh) * N
     tl.store(O + (o_off + rows[:, None]) * D + d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + o_off + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _merge_kernel(OP, LSEP, O, LSE, S, R, BLOCK: tl.constexpr, D: tl.constexpr):
+    """out, lse of R rows from S split-KV parts OP[S, R, D], LSEP[S, R] (each normalised over its keys)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < R
+    d = tl.arange(0, D)
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    for s in range(S):
+        m = tl.maximum(m, tl.load(LSEP + s * R + rows, mask=ok, other=float("-inf")))
+    m = tl.where(m == float("-inf"), 0.0, m)  # all parts empty: weights 0, out 0
+    den = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, D], tl.float32)
+    for s in range(S):
+        w = tl.exp(tl.load(LSEP + s * R + rows, mask=ok, other=float("-inf")) - m)
+        den += w
+        acc += w[:, None] * _rows(OP + s * R * D, rows, d, ok, D, True)
+    empty = den == 0.0
+    tl.store(O + rows[:, None] * D + d[None, :], (acc / tl.where(empty, 1.0, den)[:, None]).to(O.dtype.element_ty),
+             mask=ok[:, None])
+    tl.store(LSE + rows, tl.where(empty, float("-inf"), m + tl.log(tl.where(empty, 1.0, den))), mask=ok)
+
+
+@triton.jit
+def _bwd_prep_kernel(O, DO, LSE, DELTA, LSE2, R, BLOCK: tl.constexpr, D: tl.constexpr):
+    """delta = rowsum(dO * O) and the lse in log2 units (+inf where no key is visible, so those
+    rows' probabilities come out exactly 0) for R rows."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < R
+    d = tl.arange(0, D)
+    o = _rows(O, rows, d, ok, D, True).to(tl.float32)
+    do = _rows(DO, rows, d, ok, D, True).to(tl.float32)
+    tl.store(DELTA + rows, tl.sum(o * do, axis=1), mask=ok)
+    lse = tl.load(LSE + rows, mask=ok, other=0.0)
+    tl.store(LSE2 + rows, tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634), mask=ok)
+
+
+@triton.jit
+def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, N, start, end, offset, L, cols, d, qk_scale,
+                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    # Scores are formed transposed, [keys, queries], so P^T and dS^T come out of the tensor cores
+    # in the layout the dV and dK products take them in (no transpose through shared memory).
+    for m0 in range(start, end, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < N
+        q = _rows(Q, rows, d, row_ok, D, True)
+        do = _rows(DO, rows, d, row_ok, D, True)
+        lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))  # log2 units, +inf: none visible
+        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+        st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+        pt = tl.exp2(st - lse[None, :])
+        if MASKED:
+            visible = (cols[:, None] <= offset + rows[None, :]) & (cols[:, None] < L)
+            pt = tl.where(visible, pt, 0.0)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+    return dk, dv
 
 
 @triton.jit
@@ -125,45 +216,56 @@ def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DK, DV, H, N, M, Mk, qk_s
     cols = ks + tl.arange(0, BLOCK_N)
     col_ok = cols < Mk
     d = tl.arange(0, D)
-    krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX)
-    k = tl.load(K + bh * M * D + krow[:, None] * D + d[None, :], mask=col_ok[:, None], other=0.0)
-    v = tl.load(V + bh * M * D + krow[:, None] * D + d[None, :], mask=col_ok[:, None], other=0.0)
+    krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX, True)
+    k = _rows(K + bh * M * D, krow, d, col_ok, D, True)
+    v = _rows(V + bh * M * D, krow, d, col_ok, D, True)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
 
-    # Query j sees key i iff j >= i - offset: start at the first query block that sees this block;
-    # blocks wholly below the diagonal (and keys all < L) need no mask.
-    q_lo = (tl.maximum(ks - offset, 0) // BLOCK_M) * BLOCK_M
+    # Query j sees key i iff j >= i - offset: start at the first query block that sees this block
+    # (none if the block starts at or after L); from q_full on every row sees every key of the
+    # block (and the keys are all < L), so no mask.
+    q_lo = tl.where(ks < L, (tl.maximum(ks - offset, 0) // BLOCK_M) * BLOCK_M, N)
     q_full = q_lo + tl.cdiv(tl.maximum(ks + BLOCK_N - 1 - offset - q_lo, 0), BLOCK_M) * BLOCK_M
     q_full = tl.where(ks + BLOCK_N <= L, tl.minimum(q_full, N), N)
-    if ks < L:
-        for m0 in range(q_lo, N, BLOCK_M):
-            rows = m0 + tl.arange(0, BLOCK_M)
-            row_ok = rows < N
-            q = tl.load(Q + bh * N * D + rows[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(DO + bh * N * D + rows[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-            lse = tl.load(LSE + bh * N + rows, mask=row_ok, other=float("inf"))  # log2 units, +inf: none
-            delta = tl.load(DELTA + bh * N + rows, mask=row_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-            p = tl.exp2(s - lse[:, None])
-            if m0 < q_full:
-                visible = (cols[None, :] <= offset + rows[:, None]) & (cols[None, :] < L)
-                p = tl.where(visible, p, 0.0)
-            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PREC)
-            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PREC)
+    Qb, DOb, LSEb, DELTAb = Q + bh * N * D, DO + bh * N * D, LSE + bh * N, DELTA + bh * N
+    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, N, q_lo, q_full, offset, L, cols, d, qk_scale,
+                         True, BLOCK_M, D, PREC)
+    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, N, q_full, N, offset, L, cols, d, qk_scale,
+                         False, BLOCK_M, D, PREC)
     off = bh * M * D + krow[:, None] * D + d[None, :]
     tl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DQ, H, N, M, Mk, qk_scale, sm_scale,
+def _dq_block(dq, q, do, lse, delta, K, V, IDX, b, Mk, start, end, offset, rows, d, qk_scale,
+              MASKED: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+              PREC: tl.constexpr):
+    for n0 in range(start, end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < end
+        krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX, MASKED)
+        k = _rows(K, krow, d, col_ok, D, MASKED)
+        v = _rows(V, krow, d, col_ok, D, MASKED)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:
+            visible = (cols[None, :] <= offset + rows[:, None]) & col_ok[None, :]
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DQ, H, N, M, Mk, kv_chunk, qk_scale, sm_scale,
                    HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
     b = bh // H
     L = _key_length(KL, b, Mk, HAS_KL)
     offset = L - N
@@ -171,47 +273,85 @@ def _bwd_dq_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DQ, H, N, M, Mk, qk_scale, 
     rows = start_row + tl.arange(0, BLOCK_M)
     row_ok = rows < N
     d = tl.arange(0, D)
-    q = tl.load(Q + bh * N * D + rows[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + bh * N * D + rows[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _rows(Q + bh * N * D, rows, d, row_ok, D, True)
+    do = _rows(DO + bh * N * D, rows, d, row_ok, D, True)
     lse = tl.load(LSE + bh * N + rows, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + bh * N + rows, mask=row_ok, other=0.0)
+    Kb = K + bh * M * D
+    Vb = V + bh * M * D
+    lo, full, hi = _key_range(L, offset, start_row, split, kv_chunk, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
-    hi = tl.maximum(tl.minimum(L, offset + start_row + BLOCK_M), 0)
-    full = tl.maximum(tl.minimum(L, offset + start_row + 1), 0)
-    full = (full // BLOCK_N) * BLOCK_N
-    for n0 in range(0, hi, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < hi
-        krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX)
-        k = tl.load(K + bh * M * D + krow[:, None] * D + d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + bh * M * D + krow[:, None] * D + d[None, :], mask=col_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.exp2(s - lse[:, None])
-        if n0 >= full:
-            visible = (cols[None, :] <= offset + rows[:, None]) & col_ok[None, :]
-            p = tl.where(visible, p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    tl.store(DQ + bh * N * D + rows[:, None] * D + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+    dq = _dq_block(dq, q, do, lse, delta, Kb, Vb, IDX, b, Mk, lo, full, offset, rows, d, qk_scale,
+                   False, HAS_IDX, BLOCK_N, D, PREC)
+    dq = _dq_block(dq, q, do, lse, delta, Kb, Vb, IDX, b, Mk, full, hi, offset, rows, d, qk_scale,
+                   True, HAS_IDX, BLOCK_N, D, PREC)
+    o_off = (split * tl.num_programs(1) + bh) * N
+    tl.store(DQ + (o_off + rows[:, None]) * D + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None])
 
 
 # --------------------------------------------------------------------------- launchers
 
 
-def _config(D: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages)."""
-    if device.type != "cuda":  # the interpreter: small tiles so tests cross many block edges
-        return 16, 16, 4, 1
+class _Tile(NamedTuple):
+    block_m: int  # queries per tile
+    block_n: int  # keys per tile
+    warps: int
+    stages: int
+
+
+_INTERPRETER = _Tile(16, 16, 4, 1)  # small tiles so the tests cross many block edges
+
+
+def _tiles(D: int, dtype: torch.dtype, device: torch.device) -> tuple[_Tile, _Tile, _Tile]:
+    """Tiles of the (forward, dK/dV, dQ) kernels on a Hopper GPU.
+
+    bf16/fp16: 128-query accumulators over two warpgroups (8 warps) issuing wgmma, with 2–3 stages
+    of cp.async prefetch. At d ≤ 64 the forward needs ~124 registers a thread and 64 KiB of shared
+    memory, so two CTAs share an SM and one's softmax overlaps the other's matmuls. The dK/dV
+    kernel keeps two [128 keys, d] fp32 accumulators and streams 64-query tiles of q and dO (the
+    wider the key tile, the fewer times q and dO are re-read). fp32 runs 3xTF32: every operand
+    tile is split into two TF32 halves in registers, so its tiles are halved. Each choice compiles
+    for sm_90 without register spills, but fp32's backward at d = 128 (a little, at any tile tried).
+    """
+    if device.type != "cuda":
+        return _INTERPRETER, _INTERPRETER, _INTERPRETER
     if dtype == torch.float32:
-        return 64, 32, 4, 2
-    return (128, 64, 8, 3) if D <= 64 else (64, 64, 4, 3)
+        if D <= 64:
+            return _Tile(64, 64, 4, 2), _Tile(32, 128, 8, 2), _Tile(64, 32, 4, 2)
+        return _Tile(64, 32, 4, 2), _Tile(16, 32, 4, 2), _Tile(32, 32, 4, 2)  # the backward spills a little
+    if D <= 64:
+        return _Tile(128, 64, 8, 3), _Tile(64, 128, 8, 3), _Tile(128, 64, 8, 3)
+    return _Tile(128, 64, 8, 2), _Tile(32, 128, 8, 2), _Tile(128, 64, 8, 2)
 
 
 def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs get full fp32 products (no TF32), so they match an fp32 reference.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """fp32: TF32 where PyTorch's matmuls may use it, else 3xTF32 (fp32-accurate on tensor cores)."""
+    if dtype != torch.float32:
+        return "tf32"  # unused: half-precision operands go to the tensor cores as they are
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def choose_splits(programs: int, Mk: int, device: torch.device) -> int:
+    """Key-range splits for a launch of `programs` query tiles over Mk keys.
+
+    An SM holds up to two of these CTAs, so the launch runs in ceil(programs·S / (2·SMs)) waves
+    of programs 1/S as long: take the fewest splits S that minimise waves / S. E.g. 64 query tiles
+    (N = 1024 in tiles of 128, B·H = 8) on 132 SMs: S = 4, 256 CTAs in one wave, which also runs in
+    two waves at 97 % occupancy where only one CTA fits an SM. Each split keeps ≥ 1024 keys, so
+    the prologue, epilogue and merge stay small beside its loop.
+    """
+    if device.type != "cuda":
+        return 1
+    slots = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    if programs >= slots:
+        return 1
+    return min(range(1, max(1, min(32, Mk // 1024)) + 1), key=lambda s: (triton.cdiv(programs * s, slots) / s, s))
 
 
 def _common(q, k, key_lengths, keep):
@@ -222,69 +362,68 @@ def _common(q, k, key_lengths, keep):
     Mk = keep.shape[1] if keep is not None else M
     kl = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else q  # unread when absent
     idx = keep.contiguous() if keep is not None else q
-    return B, H, N, D, M, Mk, kl, idx
+    flags = {"HAS_KL": key_lengths is not None, "HAS_IDX": keep is not None, "D": D, "PREC": _precision(q.dtype)}
+    return B, H, N, D, M, Mk, kl, idx, flags
 
 
-def choose_splits(q: Tensor, Mk: int, block_m: int, block_n: int) -> int:
-    """Split-KV when the query blocks alone cannot fill the GPU and the key range is long."""
-    if q.device.type != "cuda":
-        return 1
-    B, H, N, _ = q.shape
-    programs = triton.cdiv(N, block_m) * B * H
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    if programs >= sms or Mk < 4096:
-        return 1
-    return max(1, min(triton.cdiv(2 * sms, programs), Mk // 1024, 32))
+def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:
+    """(keys per split, a multiple of block_n; number of non-empty splits)."""
+    chunk = triton.cdiv(triton.cdiv(Mk, splits), block_n) * block_n
+    return chunk, triton.cdiv(Mk, chunk)
+
+
+_ROWS_BLOCK = 64  # rows per program of the small row-wise kernels (merge, backward preprocessing)
 
 
 def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, scale: float,
                    keep: Tensor | None, splits: int | None = None) -> tuple[Tensor, Tensor]:
-    B, H, N, D, M, Mk, kl, idx = _common(q, k, key_lengths, keep)
-    block_m, block_n, warps, stages = _config(D, q.dtype, q.device)
-    splits = splits or choose_splits(q, Mk, block_m, block_n)
-    kv_chunk = triton.cdiv(triton.cdiv(Mk, splits), block_n) * block_n
-    splits = triton.cdiv(Mk, kv_chunk)
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, H, N, D, M, Mk, kl, idx, flags = _common(q, k, key_lengths, keep)
+    tile = _tiles(D, q.dtype, q.device)[0]
+    programs = triton.cdiv(N, tile.block_m) * B * H
+    kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), tile.block_n)
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     if splits == 1:
-        out = torch.empty_like(q)
-        lse = torch.empty((B, H, N), dtype=lse_dtype, device=q.device)
+        part_out, part_lse = out, lse
     else:  # partial results, merged below
-        out = torch.empty((splits, B, H, N, D), dtype=torch.float32, device=q.device)
-        lse = torch.empty((splits, B, H, N), dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(N, block_m), B * H, splits)
-    wrap_triton(_fwd_kernel)[grid](
-        q, k, v, kl, idx, out, lse, H, N, M, Mk, kv_chunk, scale * _LOG2E,
-        HAS_KL=key_lengths is not None, HAS_IDX=keep is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, D=D, PREC=_precision(q.dtype),
-        num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    if splits == 1:
-        return out, lse
-    total = torch.logsumexp(lse, dim=0)
-    weight = torch.exp(lse - total.masked_fill(total == float("-inf"), 0.0))  # 0 for empty parts
-    merged = (weight[..., None] * out).sum(0)
-    return merged.to(q.dtype), total
+        part_out = torch.empty((splits, B, H, N, D), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((splits, B, H, N), dtype=torch.float32, device=q.device)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(N, tile.block_m), B * H, splits)](
+        q, k, v, kl, idx, part_out, part_lse, H, N, M, Mk, kv_chunk, scale * _LOG2E,
+        BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, num_warps=tile.warps, num_stages=tile.stages, **flags)
+    if splits > 1:
+        R = B * H * N
+        wrap_triton(_merge_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
+                                                                   BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
+    return out, lse
 
 
 def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                    key_lengths: Tensor | None, scale: float, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    B, H, N, D, M, Mk, kl, idx = _common(q, k, key_lengths, keep)
-    block_m, block_n, warps, stages = _config(D, q.dtype, q.device)
-    grad_out = grad_out.contiguous()
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    delta = (grad_out.to(acc) * out.to(acc)).sum(-1)
-    # log2 units; +inf where no key is visible, so those rows' probabilities are exactly 0.
-    lse2 = (lse.to(acc) * _LOG2E).masked_fill(lse == float("-inf"), float("inf")).contiguous()
-    dq = torch.empty_like(q)
+                    key_lengths: Tensor | None, scale: float, keep: Tensor | None,
+                    splits: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    B, H, N, D, M, Mk, kl, idx, flags = _common(q, k, key_lengths, keep)
+    _, t_kv, t_q = _tiles(D, q.dtype, q.device)
+    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    R = B * H * N
+    delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    wrap_triton(_bwd_prep_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, lse2, R,
+                                                                BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     # Dropped keys get no gradient: their rows are never written when keys are gathered.
     dk = torch.zeros_like(k) if keep is not None else torch.empty_like(k)
     dv = torch.zeros_like(v) if keep is not None else torch.empty_like(v)
-    common = dict(HAS_KL=key_lengths is not None, HAS_IDX=keep is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-                  D=D, PREC=_precision(q.dtype), num_warps=warps, num_stages=stages)
-    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(Mk, block_n), B * H)](
-        q, k, v, kl, idx, grad_out, lse2, delta, dk, dv, H, N, M, Mk, scale * _LOG2E, scale, **common)
-    wrap_triton(_bwd_dq_kernel)[(triton.cdiv(N, block_m), B * H)](
-        q, k, v, kl, idx, grad_out, lse2, delta, dq, H, N, M, Mk, scale * _LOG2E, scale, **common)
+    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(Mk, t_kv.block_n), B * H)](
+        q, k, v, kl, idx, grad_out, lse2, delta, dk, dv, H, N, M, Mk, scale * _LOG2E, scale,
+        BLOCK_M=t_kv.block_m, BLOCK_N=t_kv.block_n, num_warps=t_kv.warps, num_stages=t_kv.stages, **flags)
+    programs = triton.cdiv(N, t_q.block_m) * B * H
+    kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), t_q.block_n)
+    dq = torch.empty_like(q) if splits == 1 else torch.empty((splits, B, H, N, D), dtype=torch.float32,
+                                                              device=q.device)
+    wrap_triton(_bwd_dq_kernel)[(triton.cdiv(N, t_q.block_m), B * H, splits)](
+        q, k, v, kl, idx, grad_out, lse2, delta, dq, H, N, M, Mk, kv_chunk, scale * _LOG2E, scale,
+        BLOCK_M=t_q.block_m, BLOCK_N=t_q.block_n, num_warps=t_q.warps, num_stages=t_q.stages, **flags)
+    if splits > 1:  # the parts are sums over disjoint key ranges
+        dq = dq.sum(0).to(q.dtype)
     return dq, dk, dv
 
 

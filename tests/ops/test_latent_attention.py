@@ -83,7 +83,56 @@ def test_triton_split_kv_forward():
             out, lse = launch_forward(q, k, v, kl, 32 ** -0.5, None, splits=3)
             single, lse1 = launch_forward(q, k, v, kl, 32 ** -0.5, None, splits=1)
         assert_close("split-KV output", out, ref, torch.float32)
+        torch.testing.assert_close(out, single)
         torch.testing.assert_close(lse, lse1)
+
+
+def test_triton_split_kv_backward():
+    """dQ split over key ranges (the parts summed) equals the unsplit pass and the reference."""
+    device = require_backend(OP, "triton")
+    from pyaudiok.kernels.latent_attention import launch_backward, launch_forward
+    for lengths in (None, torch.tensor([90, 5, 0])):
+        q, k, v = _inputs(3, 2, 21, 90, 32, device)
+        kl = None if lengths is None else lengths.to(device)
+        grad = torch.randn_like(q)
+        ref = latent_attention_reference(q.double(), k.double(), v.double(), lengths)
+        want = torch.autograd.grad(ref, (q, k, v), grad.double())
+        with torch.no_grad(), poisoned_outputs():
+            out, lse = launch_forward(q, k, v, kl, 32 ** -0.5, None)
+            split = launch_backward(grad, q, k, v, out, lse, kl, 32 ** -0.5, None, splits=3)
+            single = launch_backward(grad, q, k, v, out, lse, kl, 32 ** -0.5, None, splits=1)
+        for name, a, b, w in zip(("dq", "dk", "dv"), split, single, want):
+            assert_close(f"split-KV {name}", a, w.double(), torch.float32)
+            torch.testing.assert_close(a, b)
+
+
+def test_triton_fp32_runs_on_tensor_cores():
+    """fp32 dots are 3xTF32 (fp32-accurate), TF32 only where PyTorch's matmuls may use TF32: never
+    the FMA fallback, which spills registers on the GPU."""
+    pytest.importorskip("triton")
+    from pyaudiok.kernels.latent_attention import _precision
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert _precision(torch.float32) == "tf32x3"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert _precision(torch.float32) == "tf32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_triton_split_count_fills_the_gpu(monkeypatch):
+    """Few query tiles over long key ranges are split until the launch fills every SM (up to two
+    CTAs each); enough tiles, short ranges or the interpreter are never split."""
+    pytest.importorskip("triton")
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert kernels.choose_splits(64, 65536, cuda) == 4      # N = 1024, 8 heads: 256 CTAs, one wave
+    assert kernels.choose_splits(128, 65536, cuda) == 2
+    assert kernels.choose_splits(264, 65536, cuda) == 1
+    assert kernels.choose_splits(64, 1500, cuda) == 1
+    assert kernels.choose_splits(64, 65536, torch.device("cpu")) == 1
 
 
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
