@@ -76,8 +76,10 @@ def test_single_pair_has_zero_loss_and_zero_gradients(backend):
     loss.backward()
     # lse of one score is the score itself (up to the rounding of two dot-product orders).
     assert abs(loss.item()) <= 1e-6
+    # The GPU route recomputes the score for the gradient as 3×TF32 products summed in another
+    # order, so P = exp(S − lse) is 1 only to a few float32 ulps (1.4e-6 seen on an H200).
     for x in (a, p, w):
-        assert x.grad.abs().max() <= 1e-6
+        assert x.grad.abs().max() <= 5e-6
 
 
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
