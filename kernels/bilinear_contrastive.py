@@ -96,6 +96,20 @@ def _probabilities(S, LSE2, G, rows, cols, R, B, WEIGHT_ROWS: tl.constexpr):
 
 
 @triton.jit
+def _accumulate_p_times(p, OPH, OPL, off, mask, acc, SPLIT: tl.constexpr):
+    """acc + p · OPᵀ for one [BLOCK_D, BLOCK_K] tile of a transposed operand (OPH/OPL: its TF32 high
+    part and remainder), as 3×TF32 products when SPLIT, else one product in the operand's dtype."""
+    op_hi = tl.load(OPH + off, mask=mask, other=0.0)
+    if SPLIT:
+        p_hi, p_lo = _tf32_split(p)
+        op_lo = tl.load(OPL + off, mask=mask, other=0.0)
+        acc = _dot3(p_hi, p_lo, tl.trans(op_hi), tl.trans(op_lo), acc)
+    else:
+        acc = tl.dot(p.to(op_hi.dtype), tl.trans(op_hi), acc)
+    return acc
+
+
+@triton.jit
 def _dx_kernel(S, LSE2, G, YTH, YTL, Y, DX, row0, R, B, D,
                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
     """DX[row0 + i] = g_i (Σ_j P_ij Y_j − Y_i) for the strip's rows i < R; YT* are Yᵀ ([D, B])."""
@@ -109,14 +123,7 @@ def _dx_kernel(S, LSE2, G, YTH, YTL, Y, DX, row0, R, B, D,
     for k0 in range(0, B, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         p = _probabilities(S, LSE2 + row0, G, rows, kk, R, B, False)
-        y_mask = d_ok[:, None] & (kk < B)[None, :]
-        yh = tl.load(YTH + yt_off + kk[None, :], mask=y_mask, other=0.0)
-        if SPLIT:
-            ph, pl = _tf32_split(p)
-            yl = tl.load(YTL + yt_off + kk[None, :], mask=y_mask, other=0.0)
-            acc = _dot3(ph, pl, tl.trans(yh), tl.trans(yl), acc)
-        else:
-            acc = tl.dot(p.to(yh.dtype), tl.trans(yh), acc)
+        acc = _accumulate_p_times(p, YTH, YTL, yt_off + kk[None, :], d_ok[:, None] & (kk < B)[None, :], acc, SPLIT)
     row_ok = rows < R
     mask = row_ok[:, None] & d_ok[None, :]
     out = (row0 + rows).to(tl.int64)[:, None] * D + dd[None, :]
@@ -140,14 +147,7 @@ def _dy_kernel(S, LSE2, G, XTH, XTL, X, DY, row0, R, B, D,
     for k0 in range(0, R, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         pt = tl.trans(_probabilities(S, LSE2 + row0, G + row0, kk, cols, R, B, True))  # [cols, strip rows]
-        x_mask = d_ok[:, None] & (kk < R)[None, :]
-        xh = tl.load(XTH + xt_off + kk[None, :], mask=x_mask, other=0.0)
-        if SPLIT:
-            ph, pl = _tf32_split(pt)
-            xl = tl.load(XTL + xt_off + kk[None, :], mask=x_mask, other=0.0)
-            acc = _dot3(ph, pl, tl.trans(xh), tl.trans(xl), acc)
-        else:
-            acc = tl.dot(pt.to(xh.dtype), tl.trans(xh), acc)
+        acc = _accumulate_p_times(pt, XTH, XTL, xt_off + kk[None, :], d_ok[:, None] & (kk < R)[None, :], acc, SPLIT)
     col_ok = cols < B
     mask = col_ok[:, None] & d_ok[None, :]
     out = cols.to(tl.int64)[:, None] * D + dd[None, :]
