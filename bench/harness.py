@@ -94,10 +94,11 @@ def time_median(fn: Callable[[], Any], device: torch.device, min_time: float) ->
     synchronize(device)
     if device.type == "cuda":
         # Device time per call from events; the loop's budget is wall-clock time, since for a
-        # kernel of microseconds the launches and synchronisations dominate the wall time.
+        # kernel of microseconds the launches and synchronisations dominate the wall time. At
+        # least 3 calls (a median), 10 000 at most.
         times = []
         deadline = time.perf_counter() + min_time
-        while (time.perf_counter() < deadline or len(times) < 5) and len(times) < 10_000:
+        while (time.perf_counter() < deadline or len(times) < 3) and len(times) < 10_000:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
