@@ -8,8 +8,14 @@
 #
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
 # BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all).
-# Wheels of missing Python packages (peers, soundfile, soxr) are installed first when .whl/ holds
-# any (machines without a package index).
+# Wheels of missing Python packages are installed first when .whl/ holds any, and source
+# distributions there are built (machines without a package index). Fill .whl/ on a machine with
+# one, e.g. for the peers and audio I/O (cp312 wheels for a Linux x86-64 GPU machine):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
+#     soundfile soxr cffi pycparser vector-quantize-pytorch einx frozendict loguru torch-einops-utils \
+#     perceiver-ar-pytorch POT speechbrain hyperpyyaml "ruamel.yaml<0.19" ruamel.yaml.clib
+#   (torchsort as an sdist: pip download --no-deps --no-binary=:all: torchsort; it is built there)
 set -uo pipefail
 out=$(realpath -m "${1:-${OUT:-gpu-check}}")
 mkdir -p "$out"
@@ -17,10 +23,19 @@ export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 phase() { echo "== $1 (+$(( $(date +%s) - t0 )) s)"; }
 
+export PYTHONPATH=/tmp/pyaudiok-site${PYTHONPATH:+:$PYTHONPATH}
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pyaudiok-site .whl/*.whl \
-    && export PYTHONPATH=/tmp/pyaudiok-site${PYTHONPATH:+:$PYTHONPATH}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pyaudiok-site .whl/*.whl
 fi
+# Source distributions there (peers with CUDA extensions, e.g. torchsort) are built against this
+# machine's torch, for its GPU only.
+for sdist in .whl/*.tar.gz; do
+  [ -e "$sdist" ] || continue
+  nvcc_top=$(echo > /tmp/pyaudiok-probe.cu && nvcc --dryrun -c /tmp/pyaudiok-probe.cu 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
+  CUDA_HOME=${CUDA_HOME:-$(realpath -m "$nvcc_top")} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
+    timeout "${SDIST_S:-300}" python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+    --target /tmp/pyaudiok-site "$sdist" > "$out/sdist.log" 2>&1 || echo "building $sdist failed (see sdist.log)"
+done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 
 phase "build (CUDA kernels for sm_90a)"
