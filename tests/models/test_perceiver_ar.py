@@ -122,3 +122,101 @@ def test_tiny_training_run_loss_falls():
         opt.step()
         losses.append(parts["nll"].item())
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+
+
+def _rotary_reference(x, cos, sin, dims):
+    half = dims // 2
+    a, b, rest = x[..., :half], x[..., half:dims], x[..., dims:]
+    return torch.cat((a * cos - b * sin, b * cos + a * sin, rest), dim=-1)
+
+
+@pytest.mark.parametrize("T", (24, 8192))  # few-ops route / large route (pairs only, head by head)
+def test_head_split_with_rotary_matches_reference(T):
+    """queries_keys_values = split heads + rotate q and k, forward and backward (float64)."""
+    from pyaudiok.nn import LatentAttention
+    attn = LatentAttention(128, 2).double()
+    x = torch.randn(1, T, 128, dtype=torch.float64, requires_grad=True)
+    rope = attn.rotary.tables(torch.arange(T), x.dtype, T)
+    got = attn.queries_keys_values(x, rope)
+    dims = attn.rotary.dims
+    qkv = torch.nn.functional.linear(x, torch.cat((attn.q.weight, attn.kv.weight)))
+    parts = qkv.view(1, T, 3, 2, 64).permute(2, 0, 3, 1, 4)
+    want = (_rotary_reference(parts[0], *rope, dims), _rotary_reference(parts[1], *rope, dims), parts[2])
+    grads = [torch.randn_like(w) for w in want]
+    for g, w in zip(got, want):
+        assert g.is_contiguous()
+        torch.testing.assert_close(g, w)
+    got_grad = torch.autograd.grad(got, (x, attn.q.weight, attn.kv.weight), grads)
+    want_grad = torch.autograd.grad(want, (x, attn.q.weight, attn.kv.weight), grads)
+    for g, w in zip(got_grad, want_grad):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("dropout", (0.0, 0.5))
+def test_vocabulary_table_keys_equal_projected_inputs(dropout):
+    """Cross-attention keys/values gathered from the projected vocabulary equal those projected from
+    the embedded inputs, with per-row positions too; so do the parameters' gradients (float64)."""
+    model = _model(cross_dropout=dropout).double().train()
+    tokens = torch.randint(0, 32, (3, 40))
+    keep = model._keep(3, 40, 12, "cpu")
+    inputs, positions = (tokens, torch.arange(40)) if keep is None else (tokens.gather(1, keep), keep)
+    assert inputs.numel() > model.config.vocab_size  # the table route
+    rope = model._tables(positions)
+    got = model._input_keys_values(inputs, rope)
+    cross = model.cross
+    want = cross.attn.keys_values(cross.norm_kv(model.embed(inputs)), rope)
+    params = (model.embed.weight, cross.norm_kv.weight, cross.norm_kv.bias, cross.attn.kv.weight)
+    grads = [torch.randn_like(w) for w in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    for g, w in zip(torch.autograd.grad(got, params, grads), torch.autograd.grad(want, params, grads)):
+        torch.testing.assert_close(g, w)
+
+
+def test_cached_rotary_tables_equal_computed():
+    model = _model().double()
+    rotary = model.cross.attn.rotary
+    for positions in (torch.arange(5, 17), torch.randint(0, 40, (2, 9))):
+        for cached, computed in zip(rotary.tables(positions, torch.float64, 40),
+                                    rotary.tables(positions, torch.float64)):
+            torch.testing.assert_close(cached, computed, rtol=0, atol=1e-15)
+
+
+def test_squared_relu_gradient():
+    from pyaudiok.nn.attention import _SquaredReLU
+    x = torch.randn(7, 9, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(_SquaredReLU(), (x,))
+    torch.testing.assert_close(_SquaredReLU()(x), torch.relu(x) ** 2)
+
+
+@pytest.mark.parametrize("z_loss", (0.0, 1e-2))
+def test_loss_parts(z_loss):
+    model = _model(z_loss=z_loss).double().eval()  # no dropout: both calls see the same inputs
+    seq = torch.randint(0, 32, (2, 41))
+    loss, parts = model.loss(seq)
+    logits = model(seq[:, :-1])[0].float()  # the loss is taken in float32 at least
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), seq[:, -12:].flatten())
+    z = torch.logsumexp(logits, -1).square().mean()
+    torch.testing.assert_close(parts["nll"], nll.detach())
+    torch.testing.assert_close(parts["z"], z.detach())
+    torch.testing.assert_close(loss, nll + z_loss * z)
+    want = torch.autograd.grad(nll + z_loss * z, model.logits.weight)[0]
+    torch.testing.assert_close(torch.autograd.grad(loss, model.logits.weight)[0], want)
+
+
+def test_cross_attend_dropout_selection_equals_sorting(monkeypatch):
+    """The kept prefix positions are those of the smallest random scores: the same set the sort of
+    the scores gives, ties at the boundary included (the sort decides those)."""
+    model = _model(cross_dropout=0.5).train()
+
+    def check(seed):
+        torch.manual_seed(seed)
+        keep = model._keep(3, 1000, 12, "cpu")
+        torch.manual_seed(seed)
+        want = torch.rand(3, 988).argsort(dim=1)[:, :494].sort(dim=1).values
+        assert torch.equal(keep[:, :-12], want)
+    for seed in range(5):
+        check(seed)
+    rand = torch.rand  # scores with ties at the boundary: the sorting route
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: (rand(*shape, **kw) * 4).floor())
+    check(0)

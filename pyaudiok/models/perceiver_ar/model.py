@@ -59,8 +59,7 @@ class _SelfBlock(nn.Module):
 
     def forward(self, x, rope, cache: list | None = None):
         h = self.norm(x)
-        q = self.attn.queries(h, rope)
-        k, v = self.attn.keys_values(h, rope)
+        q, k, v = self.attn.queries_keys_values(h, rope)
         if cache is not None:  # [k, v] of the earlier latents, extended in place
             if cache:
                 k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
@@ -108,7 +107,16 @@ class PerceiverAR(nn.Module):
         kept = prefix - int(round(prefix * self.config.cross_dropout))
         if not self.training or self.config.cross_dropout <= 0 or kept == prefix:
             return None
-        order = torch.rand(B, prefix, device=device).argsort(dim=1)[:, :kept].sort(dim=1).values
+        scores = torch.rand(B, prefix, device=device)  # keep the `kept` smallest scores of each row
+        order = None
+        if kept > 0 and scores.device.type == "cpu":
+            # The kept-th smallest score bounds the kept set: a selection, not a sort of the row, and
+            # the same set as the sort whenever no other score ties it (else the sort decides ties).
+            chosen = scores <= scores.kthvalue(kept, dim=1, keepdim=True).values
+            if bool((chosen.sum(dim=1) == kept).all()):
+                order = torch.arange(prefix).expand(B, prefix)[chosen].view(B, kept)
+        if order is None:
+            order = scores.argsort(dim=1)[:, :kept].sort(dim=1).values
         latent = torch.arange(prefix, T, device=device).expand(B, n)
         return torch.cat((order, latent), dim=1)
 
@@ -119,16 +127,14 @@ class PerceiverAR(nn.Module):
         n = self.config.latents if latents is None else latents
         self._check(tokens, n)
         B, T = tokens.shape
+        tokens = tokens.long()
         positions = torch.arange(T, device=tokens.device)
+        rope = self._tables(positions[T - n:])
+        h = self.embed(tokens[:, T - n:])  # the latents are the last n inputs, kept or not
         keep = self._keep(B, T, n, tokens.device)
-        tables = self.cross.attn.rotary.tables  # the same for every layer (same head dim, fraction)
         if keep is not None:  # gather tokens, not embeddings: only kept inputs are embedded
-            x = self.embed(tokens.long().gather(1, keep))
-        else:
-            x = self.embed(tokens.long())
-        k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), tables(positions if keep is None else keep, x.dtype))
-        rope = tables(positions[T - n:], x.dtype)
-        h = x[:, -n:]  # the latents are the last n inputs, kept or not
+            tokens, positions = tokens.gather(1, keep), keep
+        k, v = self._input_keys_values(tokens, self._tables(positions))
         q = self.cross.attn.queries(self.cross.norm_q(h), rope)
         h = self.cross.finish(h, q, k, v)
         layers = [[] for _ in self.blocks] if return_cache else [None] * len(self.blocks)
@@ -139,14 +145,30 @@ class PerceiverAR(nn.Module):
             return logits, None
         return logits, LatentCache(k, v, layers, T, n)
 
+    def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary (cos, sin) at positions: the same for every layer (same head dim and fraction)."""
+        return self.cross.attn.rotary.tables(positions, self.embed.weight.dtype, self.config.max_context)
+
+    def _input_keys_values(self, tokens: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention's keys and values [B, H, T, d] of the inputs tokens[B, T].
+
+        embed -> norm_kv -> kv is a function of the token alone, so for more inputs than vocabulary
+        entries it runs on the vocabulary once and its rows are gathered: the context's LayerNorm and
+        projection (and their backward, a matmul over every input) shrink to V rows, and the gather's
+        backward sums each token's gradients before that V-row backward."""
+        cross = self.cross
+        if tokens.numel() > self.config.vocab_size:
+            return cross.attn.gathered_keys_values(cross.attn.kv(cross.norm_kv(self.embed.weight)), tokens, rope)
+        return cross.attn.keys_values(cross.norm_kv(self.embed(tokens)), rope)
+
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: LatentCache) -> torch.Tensor:
         """Append one token [B] to the window of `cache` (as a new latent); its logits [B, V]."""
         if cache.length >= self.config.max_context or cache.latents >= self.config.latents:
             raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
         x = self.embed(token.long())[:, None]
-        rope = self.cross.attn.rotary.tables(torch.tensor([cache.length], device=token.device), x.dtype)
-        k, v = self.cross.attn.keys_values(self.cross.norm_kv(x), rope)
+        rope = self._tables(torch.tensor([cache.length], device=token.device))
+        k, v = self._input_keys_values(token.long()[:, None], rope)
         cache.cross_k = torch.cat((cache.cross_k, k), dim=2)
         cache.cross_v = torch.cat((cache.cross_v, v), dim=2)
         q = self.cross.attn.queries(self.cross.norm_q(x), rope)
@@ -166,8 +188,9 @@ class PerceiverAR(nn.Module):
         return self.loss_from_logits(logits, sequence[:, -n:])
 
     def loss_from_logits(self, logits: torch.Tensor, targets: torch.Tensor):
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.long().flatten())
-        log_z = torch.logsumexp(logits.float(), dim=-1)
-        z = log_z.square().mean()
+        logits = logits.float()
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.long().flatten())
+        with torch.set_grad_enabled(bool(self.config.z_loss) and torch.is_grad_enabled()):
+            z = torch.logsumexp(logits, dim=-1).square().mean()  # only reported unless weighted
         total = nll + self.config.z_loss * z if self.config.z_loss else nll
         return total, {"nll": nll.detach(), "z": z.detach()}
