@@ -8,6 +8,8 @@
 #
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
 # BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all).
+# A copied tree's git metadata may be stale: the commit recorded in the bench rows is read from
+# .bench-commit when present (write it before copying: git rev-parse --short HEAD > .bench-commit).
 # Wheels of missing Python packages are installed first when .whl/ holds any, and source
 # distributions there are built (machines without a package index). Fill .whl/ on a machine with
 # one, e.g. for the peers and audio I/O (cp312 wheels for a Linux x86-64 GPU machine):
@@ -20,6 +22,7 @@ set -uo pipefail
 out=$(realpath -m "${1:-${OUT:-gpu-check}}")
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+[ -f .bench-commit ] && export PYAUDIOK_COMMIT=$(cat .bench-commit)
 t0=$(date +%s)
 phase() { echo "== $1 (+$(( $(date +%s) - t0 )) s)"; }
 

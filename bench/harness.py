@@ -228,12 +228,20 @@ def _add_ratios(results: list[Result]) -> None:
             r.times_floor = r.median_s / floor
 
 
-def environment(device: torch.device) -> dict:
+def _commit() -> str:
+    """The commit being measured: PYAUDIOK_COMMIT when set (a copy of the tree whose git metadata is
+    missing or stale, e.g. on a lent GPU machine), else git's HEAD."""
+    if os.environ.get("PYAUDIOK_COMMIT"):
+        return os.environ["PYAUDIOK_COMMIT"]
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    commit = _commit()
     from pyaudiok import backends, __version__
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {
