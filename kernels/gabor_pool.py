@@ -13,8 +13,8 @@ Cost: fp32 dots with input_precision="ieee" run on the CUDA cores (FMA), not the
 the kernel is bound by its 2 · W² · BLOCK_F / stride FMAs per sample and item (the 2.5× window
 overlap and F = 40 padded to BLOCK_F = 64: 4× a direct convolution's 2F·W at LEAF's W = 401):
 3.6× slower than the cuDNN reference on an H200. The FFT route is cheaper for such windows; the
-dispatcher runs this kernel on CUDA tensors only on request (pyaudiok/ops/gabor_pool.py,
-_triton_on_request).
+dispatcher tries the cuFFT route first on CUDA tensors (GABOR_POOL.prefer in
+pyaudiok/ops/gabor_pool.py).
 """
 from __future__ import annotations
 

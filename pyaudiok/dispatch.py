@@ -6,7 +6,8 @@ on, in order of precedence:
 
 1. the backend named by `use_backend("…")` (innermost context wins), else
 2. the backend named by the environment variable ``PYAUDIOK_BACKEND``, else
-3. the first backend of the device's preference list that is available and supports the inputs.
+3. the first backend of the device's preference list (the op's own order where it set one with
+   `Op.prefer`, measured to differ from the default) that is available and supports the inputs.
 
 An explicitly requested backend that cannot run the call raises `BackendUnavailableError` with
 the reason; an automatic choice falls back to the next backend and warns once per reason.
@@ -79,6 +80,18 @@ class Op:
     def __init__(self, name: str):
         self.name = name
         self.impls: dict[str, Implementation] = {}
+        self.preference: dict[str, tuple[str, ...]] = {}
+
+    def prefer(self, device_type: str, backends: Sequence[str]) -> None:
+        """This op's automatic order for `device_type`, in place of PREFERENCE's (say why where it is called)."""
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; expected some of {BACKENDS}")
+        self.preference[device_type] = tuple(backends)
+
+    def order(self, device_type: str) -> tuple[str, ...]:
+        """The backends tried, in order, for an automatic choice on `device_type`."""
+        return self.preference.get(device_type) or PREFERENCE.get(device_type, ("reference",))
 
     def register(self, backend: str, fn: Callable, *, devices: Sequence[str], dtypes: Sequence[torch.dtype],
                  availability: Callable[[torch.device], str | None] | None = None,
@@ -102,7 +115,7 @@ class Op:
                                               f"this call: {reason}")
             return impl
         skipped = []
-        for backend in PREFERENCE.get(device.type, ("reference",)):
+        for backend in self.order(device.type):
             impl = self.impls.get(backend)
             if impl is None:
                 continue

@@ -81,6 +81,22 @@ def test_unknown_backend_name_is_a_value_error():
             pass
 
 
+def test_an_op_can_set_its_own_automatic_order(monkeypatch):
+    op = dispatch.Op("toy")
+    for name in ("reference", "cpu"):
+        op.register(name, lambda x, _name=name: _name, devices=("cpu",), dtypes=(torch.float32,))
+    x = torch.zeros(1)
+    assert op.order("cpu") == dispatch.PREFERENCE["cpu"]
+    assert op(x, device=x.device, dtype=x.dtype) == "cpu"
+    op.prefer("cpu", ("reference", "cpu"))
+    assert op.order("cpu") == ("reference", "cpu") and op.order("cuda") == dispatch.PREFERENCE["cuda"]
+    assert op(x, device=x.device, dtype=x.dtype) == "reference"
+    with pyaudiok.use_backend("cpu"):  # an explicit request still wins
+        assert op(x, device=x.device, dtype=x.dtype) == "cpu"
+    with pytest.raises(ValueError, match="unknown backend"):
+        op.prefer("cpu", ("gpu",))
+
+
 def test_automatic_fallback_warns_once_and_uses_reference(monkeypatch):
     monkeypatch.setattr(dispatch, "_warned", set())
     seen = _calls(FORWARD, monkeypatch)

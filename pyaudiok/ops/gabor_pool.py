@@ -28,8 +28,8 @@ the backward:
   over tiles of frames (a tile of K frames needs stride·(K−1)+W modulus samples and a further W − 1
   waveform samples of halo), each tile checkpointed.
 Gradients reach x and all three parameter vectors through the filters built once per call.
-`triton` fuses the forward; its backward recomputes tiles with the tiled route. It is not the
-automatic choice on GPUs (_triton_on_request says why).
+`triton` fuses the forward; its backward recomputes tiles with the tiled route. On GPUs it comes
+after `cuda` in the automatic order (GABOR_POOL.prefer below says why).
 """
 from __future__ import annotations
 
@@ -317,8 +317,8 @@ def gabor_pool_fft(x, center_freqs, bandwidths, pool_widths, window=401, stride=
 
 
 # ----------------------------------------------------------------------------------------------
-# Triton: fused forward (kernels/gabor_pool.py); the backward recomputes tiles with pool_tiles. Not
-# the automatic choice on GPUs (_triton_on_request says why).
+# Triton: fused forward (kernels/gabor_pool.py); the backward recomputes tiles with pool_tiles. After
+# the cuFFT route in the automatic order on GPUs (GABOR_POOL.prefer below says why).
 
 def _register_triton(qualname: str) -> None:
     @torch.library.register_fake(qualname)
@@ -361,24 +361,6 @@ def gabor_pool_cpu(x, center_freqs, bandwidths, pool_widths, window=401, stride=
     return route(x, center_freqs, bandwidths, pool_widths, window, stride)
 
 
-def _triton_on_request(x, *args) -> str | None:
-    """The fused direct-convolution kernel is not the automatic choice for CUDA tensors: its fp32
-    tl.dot (input_precision="ieee", for the fp32 tolerance) runs on the CUDA cores, not the tensor
-    cores, and each frame recomputes the W modulus samples under its window (the windows overlap
-    W/stride = 2.5×) with F padded to a power of two: at LEAF's sizes (B = 32, T = 64 000, F = 40,
-    W = 401) 12 800 programs × 2 × 416 · 416 · 64 ≈ 2.8·10¹¹ FMAs, 4× the direct convolution's and
-    ≈ 9 ms at the H200's ~60 TFLOP/s fp32 peak (measured 21 ms, 3.6× the cuDNN reference). Even on
-    tensor cores at fp32 accuracy (3×TF32) a direct convolution costs 2·F·W multiply-adds per sample,
-    where the cuFFT route ('cuda') costs O(log n) per sample and filter and is bound by memory
-    traffic (by estimate ~0.7 GB per block of 128 filtered signals forward, ~1.6 GB backward: ~2 ms
-    forward and ~6 ms forward+backward at LEAF's sizes at ~4 TB/s): the faster one for any LEAF-like
-    window. The kernel still runs when requested (use_backend("triton")), for comparisons."""
-    if x.device.type == "cuda" and dispatch.requested_backend() != "triton":
-        return ("chosen for CUDA tensors only on request: its fused direct convolution runs on CUDA cores at "
-                "~4× a direct convolution's 2F·W FMAs per sample; the cuFFT route ('cuda') is faster")
-    return None
-
-
 GABOR_POOL = dispatch.op("gabor_pool")
 GABOR_POOL.register("reference", gabor_pool_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 # The FFT and tiled routes run on torch's FFTs and convolutions, so they need no extension: "cpu" is
@@ -387,7 +369,15 @@ GABOR_POOL.register("reference", gabor_pool_reference, devices=("cpu", "cuda"), 
 GABOR_POOL.register("cpu", gabor_pool_cpu, devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES)
 GABOR_POOL.register("cuda", gabor_pool_fft, devices=("cuda",), dtypes=dispatch.FLOAT_DTYPES)
 GABOR_POOL.register("triton", _gabor_pool_triton, devices=("cuda", "cpu"), dtypes=GPU_DTYPES,
-                    availability=backends.triton_reason, constraint=_triton_on_request)
+                    availability=backends.triton_reason)
+# CUDA tensors: the cuFFT route first. The fused Triton kernel is a direct convolution whose fp32
+# tl.dot ("ieee", for the fp32 tolerance) runs on CUDA cores, each frame recomputing the W modulus
+# samples under its window (overlap W/stride = 2.5×): ≈ 2.8·10¹¹ FMAs at LEAF's sizes (B 32, T 64 000,
+# F 40, W 401), 4× a direct convolution's; measured on an H200, its forward took 21 ms against 3.8 ms
+# for the cuFFT route and 5.5 ms for the cuDNN reference (bench/results/2026-11-26_h200_*). A direct
+# convolution costs 2·F·W multiply-adds per sample even on tensor cores; the FFT route's cost does not
+# grow with the window.
+GABOR_POOL.prefer("cuda", ("cuda", "triton", "reference"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -104,19 +104,18 @@ def test_fft_blocks_fit_their_budget():
     assert fft_blocks(0, 3, 1000, torch.device("cuda"))[0] >= 1
 
 
-def test_cuda_tensors_take_the_fft_route_and_triton_only_on_request():
-    """The automatic choice for CUDA tensors is the cuFFT route; the Triton kernel runs when requested
-    (checked through the registry, so it needs no GPU)."""
+def test_cuda_tensors_take_the_fft_route_first():
+    """The automatic choice for CUDA tensors is the cuFFT route, as the first choice (no fallback
+    warning); the Triton kernel comes next and has no constraint of its own (checked through the
+    registry, so it needs no GPU)."""
     cuda_x = types.SimpleNamespace(device=torch.device("cuda"))
     args = (cuda_x, None, None, None, 401, 160)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", pyaudiok.BackendFallbackWarning)
+        warnings.simplefilter("error", pyaudiok.BackendFallbackWarning)
         assert GABOR_POOL.select(torch.device("cuda"), torch.float32, args).backend == "cuda"
-    triton = GABOR_POOL.impls["triton"]
-    assert "only on request" in triton.constraint(*args)
-    with pyaudiok.use_backend("triton"):
-        assert triton.constraint(*args) is None
-    assert triton.constraint(types.SimpleNamespace(device=torch.device("cpu")), *args[1:]) is None
+    assert GABOR_POOL.order("cuda") == ("cuda", "triton", "reference")
+    assert GABOR_POOL.order("cpu")[0] == "cpu"
+    assert GABOR_POOL.impls["triton"].constraint is None
 
 
 def test_fft_length_is_smooth_and_minimal():
