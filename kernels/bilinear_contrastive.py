@@ -33,18 +33,13 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from .tf32 import parts as tf32_parts, split as tf32_split
+
 _LOG2E = 1.4426950408889634
 # Scores per strip on a GPU: 256 MiB of fp32, or the rows that give the dX kernel a program per SM
 # if more (B = 16 384, D = 512, 132 SMs: 4224 rows, 33 × 4 programs of 128 rows × 128 features).
 _STRIP_ELEMENTS = 1 << 26
 _INTERPRETER_STRIP_ROWS = 32  # tests cross strip edges at small B
-
-
-@triton.jit
-def _tf32_split(x):
-    """x = hi + lo, hi = x with the 13 low mantissa bits cleared (exact in TF32), lo exact in fp32."""
-    hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-    return hi, x - hi
 
 
 @triton.jit
@@ -101,7 +96,7 @@ def _accumulate_p_times(p, OPH, OPL, off, mask, acc, SPLIT: tl.constexpr):
     part and remainder), as 3×TF32 products when SPLIT, else one product in the operand's dtype."""
     op_hi = tl.load(OPH + off, mask=mask, other=0.0)
     if SPLIT:
-        p_hi, p_lo = _tf32_split(p)
+        p_hi, p_lo = tf32_split(p)
         op_lo = tl.load(OPL + off, mask=mask, other=0.0)
         acc = _dot3(p_hi, p_lo, tl.trans(op_hi), tl.trans(op_lo), acc)
     else:
@@ -187,12 +182,6 @@ def _config(B: int, D: int, device: torch.device) -> dict:
     big = triton.cdiv(min(strip, B), 128) * triton.cdiv(D, block_d) >= 0.9 * sms
     return dict(block_m=128 if big else 64, block_d=block_d, block_k=32, warps=8 if big else 4, stages=3,
                 strip=strip)
-
-
-def tf32_parts(t: Tensor) -> tuple[Tensor, Tensor]:
-    """t = hi + lo (fp32), as _tf32_split: hi exact in TF32, lo exact in fp32."""
-    hi = (t.view(torch.int32) & -8192).view(torch.float32)
-    return hi, t - hi
 
 
 class _Operand:

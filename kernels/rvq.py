@@ -30,6 +30,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from .tf32 import parts as tf32_parts, split as tf32_split
+
 # Largest supported feature dimension (the residual row lives on chip).
 # Block-size defaults are tuned for D <= 512; up to 1024 works with smaller tiles.
 MAX_D = 1024
@@ -39,14 +41,6 @@ _MAX_CODEBOOK_NUMEL = 2**31 - 1
 
 
 # --------------------------------------------------------------------------- kernels
-
-
-@triton.jit
-def _split_tf32(v):
-    """``v == hi + lo`` exactly, with ``hi`` rounded to TF32 (10 mantissa bits)."""
-    bits = v.to(tl.int32, bitcast=True)
-    hi = ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
-    return hi, v - hi
 
 
 @triton.jit
@@ -92,7 +86,7 @@ def _rvq_forward_kernel(
         best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
         best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
         if TF32X3:
-            r_hi, r_lo = _split_tf32(r)
+            r_hi, r_lo = tf32_split(r)
 
         for k0 in range(0, KP, BLOCK_K):
             c = tl.load(chi_q + k0 * BLOCK_D + c_tile)
@@ -214,12 +208,6 @@ def _forward_config(block_d: int) -> tuple[int, int, int, int, bool]:
     raise ValueError(f"BLOCK_D={block_d} exceeds {MAX_D}")
 
 
-def _tf32_parts(c: Tensor) -> tuple[Tensor, Tensor]:
-    """``c == hi + lo`` exactly (fp32), ``hi`` rounded to TF32: the host twin of _split_tf32."""
-    hi = ((c.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
-    return hi, c - hi
-
-
 def _codebook_operands(codebooks: Tensor, n_q: int, block_k: int, block_d: int, tf32x3: bool):
     """The first n_q codebooks as the kernel streams them: fp32, padded to [n_q, KP, BLOCK_D]
     (TF32 hi/lo parts when tf32x3), and their squared norms [n_q, KP], +inf for padding codes."""
@@ -233,7 +221,7 @@ def _codebook_operands(codebooks: Tensor, n_q: int, block_k: int, block_d: int, 
     # fp16/bf16 values are exact in TF32: no remainder, two products instead of three.
     if not tf32x3 or codebooks.dtype != torch.float32:
         return padded, padded, cnorm, False
-    hi, lo = _tf32_parts(padded)
+    hi, lo = tf32_parts(padded)
     return hi, lo, cnorm, True
 
 

@@ -134,7 +134,8 @@ def test_triton_rows_kernels_without_autograd():
 def test_triton_tf32_split_is_exact():
     """hi is exact in TF32 (13 low mantissa bits clear), hi + lo = x exactly; the operands hold
     [hi, hi, lo] (X) and [hi, lo, hi] (Y) along K and the transposed parts."""
-    from pyaudiok.kernels.bilinear_contrastive import _operands, tf32_parts
+    from pyaudiok.kernels.bilinear_contrastive import _operands
+    from pyaudiok.kernels.tf32 import parts as tf32_parts
     x = torch.randn(33, 7) * torch.logspace(-30, 30, 7)
     hi, lo = tf32_parts(x)
     assert torch.equal(hi + lo, x)
@@ -157,7 +158,7 @@ def test_three_tf32_products_reach_float32_tolerance():
     """The GPU kernels' products, emulated: hi·hi + hi·lo + lo·hi of TF32-truncated parts (fp32
     sums) of the bench's scale (D = 512) stay within the fp32 tolerance of the exact product,
     where one TF32 product does not (why fp32 inputs take 3 tensor-core products)."""
-    from pyaudiok.kernels.bilinear_contrastive import tf32_parts
+    from pyaudiok.kernels.tf32 import parts as tf32_parts
     x, y = torch.randn(256, 512), torch.randn(512, 256)
     exact = x.double() @ y.double()
     (xh, xl), (yh, yl) = tf32_parts(x), tf32_parts(y)
