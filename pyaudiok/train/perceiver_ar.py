@@ -31,8 +31,8 @@ from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generat
 
 from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, resolve_checkpoint,
                          restore_rng_state, save_checkpoint)
-from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, unwrap,
-                      write_csv)
+from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, stop_runtime,
+                      unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -103,11 +103,13 @@ def train(config: TrainConfig) -> dict[str, float]:
     train_bits_per_byte, seconds}."""
     runtime = start_runtime(config.device)
     torch.set_num_threads(config.threads or auto_threads(runtime.local_world_size))
+    finished = False
     try:
-        return _train(config, runtime)
+        result = _train(config, runtime)
+        finished = True
+        return result
     finally:
-        if runtime.distributed:
-            torch.distributed.destroy_process_group()
+        stop_runtime(runtime, finished=finished)
 
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:

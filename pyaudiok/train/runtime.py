@@ -20,7 +20,7 @@ from pyaudiok.codec.bitstream import atomic_writer
 
 from .checkpoint import capture_rng_state
 
-__all__ = ["Runtime", "start_runtime", "auto_threads", "seed_everything", "unwrap", "gather_rng_states", "Averager",
+__all__ = ["Runtime", "start_runtime", "stop_runtime", "auto_threads", "seed_everything", "unwrap", "gather_rng_states", "Averager",
            "write_csv"]
 
 
@@ -55,6 +55,17 @@ def start_runtime(device: str = "auto") -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Runtime(rank, world, local_rank, local_world, where)
+
+
+def stop_runtime(runtime: Runtime, *, finished: bool) -> None:
+    """Leave the process group. After a finished run every rank first waits for the others, so none
+    closes its gloo connections while a peer still has a collective in flight on them (the peer would
+    abort on the closed socket); after a failure there is no waiting, since a peer may be gone."""
+    if not runtime.distributed or not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def auto_threads(local_world_size: int) -> int:

@@ -52,8 +52,8 @@ from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
 from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
                          save_checkpoint)
-from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, unwrap,
-                      write_csv)
+from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, stop_runtime,
+                      unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
@@ -341,11 +341,13 @@ def train(config: TrainConfig) -> dict[str, float]:
     `seconds` (training wall time of this call) and the last logged losses (`train/…`)."""
     runtime = start_runtime(config.device)
     torch.set_num_threads(config.threads or auto_threads(runtime.local_world_size))
+    finished = False
     try:
-        return _train(config, runtime)
+        result = _train(config, runtime)
+        finished = True
+        return result
     finally:
-        if runtime.distributed:
-            dist.destroy_process_group()
+        stop_runtime(runtime, finished=finished)
 
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
