@@ -17,8 +17,13 @@ TORCH_LIBRARY(pyaudiok, m) {
         "bool kl, bool rank, bool descending) -> Tensor");
   // Batched k-means, Lloyd iterations from given centroids (pyaudiok/ops/kmeans.py).
   m.def("kmeans_lloyd(Tensor x, Tensor centroids, int n_iters) -> (Tensor, Tensor)");
-  // SI-SDR statistics of every estimate/reference pair (pyaudiok/ops/si_sdr.py), float64.
-  m.def("si_sdr_stats(Tensor estimates, Tensor references, bool zero_mean) -> (Tensor, Tensor, Tensor)");
+  // SI-SDR matrix of every estimate/reference pair and its float64 statistics (pyaudiok/ops/si_sdr.py).
+  m.def("si_sdr_matrix_cpu(Tensor estimates, Tensor references, bool zero_mean, float eps) -> "
+        "(Tensor, Tensor, Tensor, Tensor)");
+  // PIT's exhaustive assignment search: scores [B, N, M] -> best column per row [B, N] (int64).
+  m.def("pit_assign_cpu(Tensor scores) -> Tensor");
+  // The whole PIT SI-SDR without gradients: (mean SI-SDR [B], permutation [B, N], matrix [B, N, M]).
+  m.def("pit_si_sdr_cpu(Tensor estimates, Tensor references, bool zero_mean, float eps) -> (Tensor, Tensor, Tensor)");
   // Batched log-domain Sinkhorn (pyaudiok/ops/sinkhorn.py).
   m.def("sinkhorn_forward(Tensor cost, Tensor log_a, Tensor log_b, float eps, int n_iters, float tol, bool history) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");

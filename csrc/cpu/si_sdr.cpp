@@ -1,117 +1,226 @@
-// SI-SDR statistics in one sweep over time per batch element: the signals are widened to double
-// and centred block by block (the means come from a first, cheap pass), and every product of the
-// block (N + M norms, N·M cross terms) is summed from the same L1-resident rows, 4 lanes at a time.
-// Everything is accumulated in double, so the statistics are exact to double sums, as the
-// reference's float64 route.
+// SI-SDR of every estimate/reference pair in one sweep over time (pyaudiok/ops/si_sdr.py has the math).
+//
+// The signals are read once. Each block of samples is shifted by a per-row constant c (the mean of
+// the row's first samples: a cheap centre) into an L1-resident buffer, and register-tiled
+// micro-kernels sum every product a pair needs plus each row's plain sum. The exact centring comes
+// at the end from those sums, an identity for any shift:
+//     Σ (e − ē)(r − r̄) = Σ (e − c_e)(r − c_r) − S_e S_r / T,   S_x = Σ (x − c_x).
+// Products are taken in the input's precision and every block's sums are added in double: float64
+// inputs get statistics as exact as the reference's float64 route; float32 inputs get float32
+// products summed over at most 32 terms per lane before they reach double (the Triton backend's
+// accuracy class), at twice the lanes per instruction. A run over [t_begin, t_end) writes partial
+// sums, so one long item can be split over threads.
 #include "si_sdr.h"
 #include "target_clones.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace pyaudiok::cpu {
 namespace {
 
-typedef double v4d __attribute__((vector_size(32)));
-typedef double v4d_u __attribute__((vector_size(32), aligned(8)));
-
-constexpr int64_t kBlock = 512;  // samples per block: N + M rows of it stay in L1
-
-inline v4d load4(const double* p) { return *reinterpret_cast<const v4d_u*>(p); }
-
-// Σ_t a[t] b[t] over one block (len a multiple of 4 after zero padding).
-// Four accumulators: a multiply-add waits ~4 cycles on its predecessor in the same chain.
-PYAUDIOK_CLONES
-double dot(const double* a, const double* b, int64_t len) {
-  v4d acc0{}, acc1{}, acc2{}, acc3{};
-  int64_t t = 0;
-  for (; t + 16 <= len; t += 16) {
-    acc0 += load4(a + t) * load4(b + t);
-    acc1 += load4(a + t + 4) * load4(b + t + 4);
-    acc2 += load4(a + t + 8) * load4(b + t + 8);
-    acc3 += load4(a + t + 12) * load4(b + t + 12);
+// Blocks hold the shifted rows in the input's own precision: float inputs are multiplied in float,
+// eight lanes at a time, and each block's sums (256 products per lane group at most) are added into
+// double; double inputs stay double throughout.
+template <typename S>
+struct Lanes {
+  typedef S vec __attribute__((vector_size(32)));
+  typedef S vec_u __attribute__((vector_size(32), aligned(alignof(S))));
+  static constexpr int n = 32 / sizeof(S);
+  static PYAUDIOK_INLINE vec load(const S* p) { return *reinterpret_cast<const vec_u*>(p); }
+  static PYAUDIOK_INLINE double sum(vec v) {
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) total += static_cast<double>(v[i]);
+    return total;
   }
-  for (; t < len; t += 4) acc0 += load4(a + t) * load4(b + t);
-  const v4d acc = (acc0 + acc1) + (acc2 + acc3);
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+};
+
+constexpr int64_t kBlock = 256;  // samples per block: up to 16 rows of it stay in L1
+constexpr int64_t kStep = 32;    // the longest unrolled step of the micro-kernels (4 × 8 float lanes)
+constexpr int64_t kShiftSamples = 256;
+
+// Unroll over time so that about 6–8 sums are in flight: a multiply-add waits ~4 cycles on the
+// previous one into the same sum, and the core starts two per cycle (more would spill registers).
+constexpr int unroll_for(int sums) { return sums >= 6 ? 1 : sums >= 3 ? 2 : 4; }
+
+// cross[a·ld + c] += Σ_t e_a[t] r_c[t] for A estimate rows and C reference rows of one block.
+template <int A, int C, typename S>
+PYAUDIOK_INLINE void cross_tile(const S* e, const S* r, int64_t len, double* cross, int64_t ld) {
+  using L = Lanes<S>;
+  constexpr int U = unroll_for(A * C);
+  typename L::vec acc[U][A][C] = {};
+  for (int64_t t = 0; t < len; t += L::n * U)
+    for (int u = 0; u < U; ++u) {
+      typename L::vec ev[A];
+      for (int a = 0; a < A; ++a) ev[a] = L::load(e + a * kBlock + t + L::n * u);
+      for (int c = 0; c < C; ++c) {
+        const typename L::vec rv = L::load(r + c * kBlock + t + L::n * u);
+        for (int a = 0; a < A; ++a) acc[u][a][c] += ev[a] * rv;
+      }
+    }
+  for (int a = 0; a < A; ++a)
+    for (int c = 0; c < C; ++c) {
+      typename L::vec sum = acc[0][a][c];
+      for (int u = 1; u < U; ++u) sum += acc[u][a][c];
+      cross[a * ld + c] += L::sum(sum);
+    }
 }
 
-typedef float v4f_u __attribute__((vector_size(16), aligned(4)));
-
-// Four values widened to double (one instruction; the baseline compiler converts one by one).
-inline v4d load4(const float* p) { return __builtin_convertvector(*reinterpret_cast<const v4f_u*>(p), v4d); }
-
-// Σ x over a row in double, four vector accumulators (a single running sum would wait on each
-// add's latency: that first pass then cost more than the whole sweep of products).
-template <typename T>
-PYAUDIOK_CLONES double row_sum(const T* x, int64_t n) {
-  v4d acc0{}, acc1{}, acc2{}, acc3{};
-  int64_t t = 0;
-  for (; t + 16 <= n; t += 16) {
-    acc0 += load4(x + t);
-    acc1 += load4(x + t + 4);
-    acc2 += load4(x + t + 8);
-    acc3 += load4(x + t + 12);
+// sums[k] += Σ_t x_k[t] and squares[k] += Σ_t x_k[t]² for K rows of one block.
+template <int K, typename S>
+PYAUDIOK_INLINE void moment_tile(const S* x, int64_t len, double* sums, double* squares) {
+  using L = Lanes<S>;
+  constexpr int U = unroll_for(2 * K);
+  typename L::vec s1[U][K] = {}, s2[U][K] = {};
+  for (int64_t t = 0; t < len; t += L::n * U)
+    for (int u = 0; u < U; ++u)
+      for (int k = 0; k < K; ++k) {
+        const typename L::vec v = L::load(x + k * kBlock + t + L::n * u);
+        s1[u][k] += v;
+        s2[u][k] += v * v;
+      }
+  for (int k = 0; k < K; ++k) {
+    typename L::vec a = s1[0][k], b = s2[0][k];
+    for (int u = 1; u < U; ++u) a += s1[u][k], b += s2[u][k];
+    sums[k] += L::sum(a);
+    squares[k] += L::sum(b);
   }
-  double sum = 0.0;
-  for (; t < n; ++t) sum += static_cast<double>(x[t]);
-  const v4d acc = (acc0 + acc1) + (acc2 + acc3);
-  return sum + (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-template <typename T>
-double mean(const T* x, int64_t n_time) {
-  return row_sum(x, n_time) / static_cast<double>(n_time);
+template <int A, typename S>
+PYAUDIOK_INLINE void cross_rows(const S* e, const S* r, int64_t M, int64_t len, double* cross) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) cross_tile<A, 4>(e, r + m * kBlock, len, cross + m, M);
+  switch (M - m) {
+    case 3: cross_tile<A, 3>(e, r + m * kBlock, len, cross + m, M); break;
+    case 2: cross_tile<A, 2>(e, r + m * kBlock, len, cross + m, M); break;
+    case 1: cross_tile<A, 1>(e, r + m * kBlock, len, cross + m, M); break;
+  }
 }
 
-// rows[k] = (src_k[t0 : t0 + len] − shift_k) in double, zero-padded to a multiple of 4.
+template <typename S>
+PYAUDIOK_INLINE void moments(const S* x, int64_t rows, int64_t len, double* sums, double* squares) {
+  int64_t k = 0;
+  for (; k + 4 <= rows; k += 4) moment_tile<4>(x + k * kBlock, len, sums + k, squares + k);
+  switch (rows - k) {
+    case 3: moment_tile<3>(x + k * kBlock, len, sums + k, squares + k); break;
+    case 2: moment_tile<2>(x + k * kBlock, len, sums + k, squares + k); break;
+    case 1: moment_tile<1>(x + k * kBlock, len, sums + k, squares + k); break;
+  }
+}
+
+// block[k] = src_k[t0 : t0 + len] − shift[k], zero-padded to `padded`; the shifts are values of
+// the input type (si_sdr_shifts rounds them), so the subtraction is the only rounding.
 template <typename T>
-PYAUDIOK_CLONES void widen_block(const T* src, int64_t rows, int64_t n_time, int64_t t0, int64_t len,
-                                 const double* shift, double* block) {
-  const int64_t padded = (len + 3) / 4 * 4;
+PYAUDIOK_INLINE void shift_block(const T* __restrict src, int64_t rows, int64_t n_time, int64_t t0, int64_t len,
+                        int64_t padded, const double* shift, T* __restrict block) {
   for (int64_t k = 0; k < rows; ++k) {
-    const T* s = src + k * n_time + t0;
-    double* d = block + k * kBlock;
-    int64_t t = 0;
-    for (; t + 4 <= len; t += 4) *reinterpret_cast<v4d_u*>(d + t) = load4(s + t) - shift[k];
-    for (; t < len; ++t) d[t] = static_cast<double>(s[t]) - shift[k];
-    std::fill(d + len, d + padded, 0.0);
+    const T* __restrict s = src + k * n_time + t0;
+    T* __restrict d = block + k * kBlock;
+    const T c = static_cast<T>(shift[k]);
+    for (int64_t t = 0; t < len; ++t) d[t] = s[t] - c;
+    for (int64_t t = len; t < padded; ++t) d[t] = T(0);
   }
 }
 
 }  // namespace
 
 template <typename T>
-void si_sdr_stats_one(const T* estimates, const T* references, int64_t N, int64_t M, int64_t n_time, bool zero_mean,
-                      double* ee, double* rr, double* er) {
-  std::vector<double> shift_e(N, 0.0), shift_r(M, 0.0);
-  if (zero_mean) {
-    for (int64_t n = 0; n < N; ++n) shift_e[n] = mean(estimates + n * n_time, n_time);
-    for (int64_t m = 0; m < M; ++m) shift_r[m] = mean(references + m * n_time, n_time);
+PYAUDIOK_CLONES void si_sdr_shifts(const T* rows, int64_t n_rows, int64_t n_time, double* shift) {
+  const int64_t n = std::min(n_time, kShiftSamples);
+  for (int64_t k = 0; k < n_rows; ++k) {
+    double sum = 0.0;
+    for (int64_t t = 0; t < n; ++t) sum += static_cast<double>(rows[k * n_time + t]);
+    shift[k] = static_cast<T>(sum / static_cast<double>(n));  // a value of T: exact in every block
   }
-  std::fill(ee, ee + N, 0.0);
-  std::fill(rr, rr + M, 0.0);
-  std::fill(er, er + N * M, 0.0);
-  std::vector<double> e_block(N * kBlock), r_block(M * kBlock);
-  for (int64_t t0 = 0; t0 < n_time; t0 += kBlock) {
-    const int64_t len = std::min(kBlock, n_time - t0), padded = (len + 3) / 4 * 4;
-    widen_block(estimates, N, n_time, t0, len, shift_e.data(), e_block.data());
-    widen_block(references, M, n_time, t0, len, shift_r.data(), r_block.data());
-    for (int64_t n = 0; n < N; ++n) {
-      const double* e = e_block.data() + n * kBlock;
-      ee[n] += dot(e, e, padded);
-      for (int64_t m = 0; m < M; ++m) er[n * M + m] += dot(e, r_block.data() + m * kBlock, padded);
-    }
+}
+
+template <typename T>
+PYAUDIOK_CLONES void si_sdr_partial(const T* estimates, const T* references, int64_t N, int64_t M, int64_t n_time,
+                                    int64_t t_begin, int64_t t_end, const double* shift, double* partial) {
+  const int64_t K = N + M;
+  double* sums = partial;
+  double* squares = partial + K;
+  double* cross = partial + 2 * K;
+  std::fill(partial, partial + si_sdr_partial_size(N, M), 0.0);
+  std::vector<T> block(K * kBlock);
+  for (int64_t t0 = t_begin; t0 < t_end; t0 += kBlock) {
+    const int64_t len = std::min(kBlock, t_end - t0), padded = (len + kStep - 1) / kStep * kStep;
+    shift_block(estimates, N, n_time, t0, len, padded, shift, block.data());
+    shift_block(references, M, n_time, t0, len, padded, shift + N, block.data() + N * kBlock);
+    const T* r = block.data() + N * kBlock;
+    int64_t n = 0;
+    for (; n + 2 <= N; n += 2) cross_rows<2>(block.data() + n * kBlock, r, M, padded, cross + n * M);
+    if (n < N) cross_rows<1>(block.data() + n * kBlock, r, M, padded, cross + n * M);
+    moments(block.data(), K, padded, sums, squares);
+  }
+}
+
+template <typename T>
+void si_sdr_finish(const double* partial, int64_t N, int64_t M, int64_t n_time, bool zero_mean, double eps,
+                   double* ee, double* rr, double* er, T* matrix) {
+  const int64_t K = N + M;
+  const double* sums = partial;
+  const double* squares = partial + K;
+  const double* cross = partial + 2 * K;
+  // With zero_mean the shifts were near-means and the sums restore the exact centring; without
+  // it the shifts were zero and the sums are not used.
+  const double inv_t = zero_mean ? 1.0 / static_cast<double>(n_time) : 0.0;
+  for (int64_t n = 0; n < N; ++n) ee[n] = std::max(squares[n] - sums[n] * sums[n] * inv_t, 0.0);
+  for (int64_t m = 0; m < M; ++m) rr[m] = std::max(squares[N + m] - sums[N + m] * sums[N + m] * inv_t, 0.0);
+  for (int64_t n = 0; n < N; ++n)
     for (int64_t m = 0; m < M; ++m) {
-      const double* r = r_block.data() + m * kBlock;
-      rr[m] += dot(r, r, padded);
+      const double dot = cross[n * M + m] - sums[n] * sums[N + m] * inv_t;
+      er[n * M + m] = dot;
+      // SI-SDR from the statistics, as _si_sdr_from_stats in pyaudiok/ops/si_sdr.py.
+      const double alpha = dot / (rr[m] + eps), target = alpha * alpha * rr[m];
+      const double noise = std::max(ee[n] - 2.0 * alpha * dot + target, 0.0);
+      matrix[n * M + m] = static_cast<T>(10.0 * std::log10((target + eps) / (noise + eps)));
+    }
+}
+
+template <typename T>
+void best_assignment(const T* scores, int64_t N, int64_t M, int64_t* perm) {
+  // Depth-first over partial assignments, columns tried in increasing order, so leaves come in
+  // lexicographic order and a strictly larger total is needed to replace the best so far.
+  int64_t current[kMaxExhaustiveSources];
+  double partial[kMaxExhaustiveSources + 1] = {0.0};
+  bool used[kMaxExhaustiveSources] = {};
+  double best = -INFINITY;
+  bool found = false;
+  int64_t depth = 0;
+  current[0] = -1;
+  while (depth >= 0) {
+    if (current[depth] >= 0) used[current[depth]] = false;  // leave the column tried last
+    int64_t col = current[depth] + 1;
+    while (col < M && used[col]) ++col;
+    if (col == M) {  // this row has no column left: back up
+      --depth;
+      continue;
+    }
+    current[depth] = col;
+    used[col] = true;
+    partial[depth + 1] = partial[depth] + static_cast<double>(scores[depth * M + col]);
+    if (depth + 1 < N) {
+      current[++depth] = -1;
+    } else if (!found || partial[N] > best) {
+      best = partial[N];
+      found = true;
+      std::copy(current, current + N, perm);
     }
   }
 }
 
-template void si_sdr_stats_one<float>(const float*, const float*, int64_t, int64_t, int64_t, bool, double*, double*,
-                                      double*);
-template void si_sdr_stats_one<double>(const double*, const double*, int64_t, int64_t, int64_t, bool, double*,
-                                       double*, double*);
+#define PYAUDIOK_SI_SDR_INSTANTIATE(T)                                                                          \
+  template void si_sdr_shifts<T>(const T*, int64_t, int64_t, double*);                                         \
+  template void si_sdr_partial<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, \
+                                  double*);                                                                    \
+  template void si_sdr_finish<T>(const double*, int64_t, int64_t, int64_t, bool, double, double*, double*,      \
+                                 double*, T*);                                                                 \
+  template void best_assignment<T>(const T*, int64_t, int64_t, int64_t*);
+PYAUDIOK_SI_SDR_INSTANTIATE(float)
+PYAUDIOK_SI_SDR_INSTANTIATE(double)
+#undef PYAUDIOK_SI_SDR_INSTANTIATE
 
 }  // namespace pyaudiok::cpu

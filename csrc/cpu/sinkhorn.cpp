@@ -29,24 +29,24 @@ using namespace simd;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-inline float exp1(float x) {
+PYAUDIOK_INLINE float exp1(float x) {
   v8f v = splat(x);
   return exp8(v)[0];
 }
 
-inline float hmax(v8f v) {
+PYAUDIOK_INLINE float hmax(v8f v) {
   float r = v[0];
   for (int k = 1; k < 8; ++k) r = std::max(r, v[k]);
   return r;
 }
-inline float hsum(v8f v) {
+PYAUDIOK_INLINE float hsum(v8f v) {
   float r = 0.f;
   for (int k = 0; k < 8; ++k) r += v[k];
   return r;
 }
 
 // LSE_j (g_j − c_j) / ε, returned as ε · LSE (the shift mx is in cost units).
-inline float row_lse(const float* g, const float* c, int64_t m, float inv_eps, float eps) {
+PYAUDIOK_INLINE float row_lse(const float* g, const float* c, int64_t m, float inv_eps, float eps) {
   int64_t j = 0;
   v8f vm = splat(-kInf);
   for (; j + 8 <= m; j += 8) vm = vmax(vm, load8(g + j) - load8(c + j));
