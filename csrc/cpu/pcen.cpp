@@ -1,6 +1,8 @@
 // sPCEN on the CPU: the smoother is a loop over time with kLanes channels side by side, so the
 // independent recurrences of neighbouring channels overlap instead of waiting on each other's
-// multiply-add; the compression (four log/exp per value) then runs vectorised along time.
+// multiply-add; the compression (four log/exp per value) then runs vectorised along time, four
+// vectors at a time so that their long log/exp chains interleave. The backward's adjoint is the
+// same kind of loop; everything else in it runs row by row along time.
 #include "pcen.h"
 #include "simd.h"
 #include "target_clones.h"
@@ -26,21 +28,31 @@ struct Lane {
   }
 };
 
-// y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) along one row of n values, 8 at a time.
+// y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) along one row of n values, U vectors of 8 at a time:
+// each value is two exp/log pairs of long dependent chains, and simd.h's exp_n/log_n interleave the
+// U chains so that the core overlaps them.
+template <int U>
+PYAUDIOK_INLINE void compress_vectors(const float* E, const float* M, float alpha, float delta, float inv_r,
+                                      float delta_root, float eps, float* y) {
+  using namespace simd;
+  v8f w[U];
+  for (int u = 0; u < U; ++u) w[u] = load8(M + 8 * u) + eps;
+  log_n<U>(w);
+  for (int u = 0; u < U; ++u) w[u] = -alpha * w[u];
+  exp_n<U>(w);
+  for (int u = 0; u < U; ++u) w[u] = load8(E + 8 * u) * w[u] + delta;
+  log_n<U>(w);
+  for (int u = 0; u < U; ++u) w[u] = w[u] * inv_r;
+  exp_n<U>(w);
+  for (int u = 0; u < U; ++u) store8(y + 8 * u, w[u] - delta_root);
+}
+
 PYAUDIOK_CLONES
 void compress_row_f32(const float* E, const float* M, float alpha, float delta, float inv_r, float delta_root,
                       float eps, int64_t n, float* y) {
-  using namespace simd;
-  auto compress8 = [&](int64_t t) __attribute__((always_inline)) {
-    const v8f z = load8(E + t) * exp8(-alpha * log8(load8(M + t) + eps)) + delta;
-    store8(y + t, exp8(log8(z) * inv_r) - delta_root);
-  };
-  // Four independent vectors per step: each value is a long chain of dependent log/exp, and the
-  // interleaving lets the core overlap them (1.3x measured).
   int64_t t = 0;
-  for (; t + 32 <= n; t += 32)
-    for (int u = 0; u < 4; ++u) compress8(t + 8 * u);
-  for (; t + 8 <= n; t += 8) compress8(t);
+  for (; t + 32 <= n; t += 32) compress_vectors<4>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, y + t);
+  for (; t + 8 <= n; t += 8) compress_vectors<1>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, y + t);
   for (; t < n; ++t) {
     const float z = E[t] * std::exp(-alpha * std::log(eps + M[t])) + delta;
     y[t] = std::exp(std::log(z) * inv_r) - delta_root;
@@ -58,32 +70,49 @@ void compress_row(const double* E, const double* M, const Lane<double>& q, doubl
   }
 }
 
+template <int U>
+PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const float* M, float alpha, float delta,
+                                      float inv_r, float delta_term, float r_term, float eps, float* direct,
+                                      float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
+  using namespace simd;
+  v8f me[U], log_m[U], P[U], z[U], log_z[U], z_root[U];
+  for (int u = 0; u < U; ++u) log_m[u] = me[u] = load8(M + 8 * u) + eps;
+  log_n<U>(log_m);
+  for (int u = 0; u < U; ++u) P[u] = -alpha * log_m[u];
+  exp_n<U>(P);
+  for (int u = 0; u < U; ++u) log_z[u] = z[u] = load8(E + 8 * u) * P[u] + delta;
+  log_n<U>(log_z);
+  for (int u = 0; u < U; ++u) z_root[u] = log_z[u] * inv_r;
+  exp_n<U>(z_root);
+  for (int u = 0; u < U; ++u) {
+    const v8f gv = load8(g + 8 * u), gz = gv * inv_r * z_root[u] / z[u], gzeP = gz * load8(E + 8 * u) * P[u];
+    store8(direct + 8 * u, gz * P[u]);
+    store8(drive + 8 * u, -alpha * gzeP / me[u]);
+    s0[u] -= gzeP * log_m[u];
+    s1[u] += gz - gv * delta_term;
+    s2[u] -= gv * inv_r * inv_r * (z_root[u] * log_z[u] - r_term);
+  }
+}
+
 // The backward's per-value terms of one row, independent of the recurrence: with
 // P = (eps + M)^(−α), z = E·P + δ, gz = g·(1/r)·z^(1/r − 1):
 //   direct[t] = gz·P (∂y/∂E at fixed M), drive[t] = −α·gz·E·P/(eps + M) (what feeds λ),
-// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2].
+// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2]. Four vectors at a time, as compress_row_f32.
 PYAUDIOK_CLONES
 void backward_terms_f32(const float* g, const float* E, const float* M, float alpha, float delta, float inv_r,
                         float delta_root, float log_delta, float eps, int64_t n, float* direct, float* drive,
                         double* acc) {
   using namespace simd;
   const float delta_term = inv_r * delta_root / delta, r_term = delta_root * log_delta;
-  constexpr int kUnroll = 4;  // independent vectors in flight (see compress_row_f32)
+  constexpr int kUnroll = 4;
   v8f s0[kUnroll]{}, s1[kUnroll]{}, s2[kUnroll]{};
-  auto terms = [&](int64_t t, int u) __attribute__((always_inline)) {
-    const v8f gv = load8(g + t), e = load8(E + t), me = load8(M + t) + eps;
-    const v8f log_m = log8(me), P = exp8(-alpha * log_m), z = e * P + delta, log_z = log8(z);
-    const v8f z_root = exp8(log_z * inv_r), gz = gv * inv_r * z_root / z, gzeP = gz * e * P;
-    store8(direct + t, gz * P);
-    store8(drive + t, -alpha * gzeP / me);
-    s0[u] -= gzeP * log_m;
-    s1[u] += gz - gv * delta_term;
-    s2[u] -= gv * inv_r * inv_r * (z_root * log_z - r_term);
-  };
   int64_t t = 0;
   for (; t + 8 * kUnroll <= n; t += 8 * kUnroll)
-    for (int u = 0; u < kUnroll; ++u) terms(t + 8 * u, u);
-  for (; t + 8 <= n; t += 8) terms(t, 0);
+    backward_vectors<kUnroll>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, direct + t,
+                              drive + t, s0, s1, s2);
+  for (; t + 8 <= n; t += 8)
+    backward_vectors<1>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, direct + t, drive + t, s0,
+                        s1, s2);
   for (int u = 0; u < kUnroll; ++u)
     for (int l = 0; l < 8; ++l) {
       acc[0] += s0[u][l];
@@ -121,28 +150,66 @@ void backward_terms(const double* g, const double* E, const double* M, const Lan
   }
 }
 
+// The smoother of L rows (row stride n_time) side by side: M_0 = E_0, M_t = s E_t + (1 − s) M_{t−1}.
+// The lanes' independent recurrences overlap; L fixed at compile time keeps the states in registers.
+template <int L, typename T>
+PYAUDIOK_INLINE void smooth_lanes(const T* E, const T* s, int64_t n_time, T* M) {
+  T state[L], keep[L];
+  for (int j = 0; j < L; ++j) {
+    state[j] = M[j * n_time] = E[j * n_time];
+    keep[j] = T(1) - s[j];
+  }
+  for (int64_t t = 1; t < n_time; ++t)
+    for (int j = 0; j < L; ++j) M[j * n_time + t] = state[j] = s[j] * E[j * n_time + t] + keep[j] * state[j];
+}
+
+// The smoother's adjoint for L rows of the scratch `drive` (row stride n_time), backwards in time,
+// in place: λ_t = drive_t + (1 − s) λ_{t+1}. Only this recurrence is sequential; what λ feeds is
+// summed row by row afterwards, vectorised along time.
+template <int L, typename T>
+PYAUDIOK_INLINE void adjoint_lanes(T* drive, const T* s, int64_t n_time) {
+  T lam[L] = {}, keep[L];
+  for (int j = 0; j < L; ++j) keep[j] = T(1) - s[j];
+  for (int64_t t = n_time - 1; t >= 0; --t)
+    for (int j = 0; j < L; ++j) drive[j * n_time + t] = lam[j] = drive[j * n_time + t] + keep[j] * lam[j];
+}
+
+// One row's gradient to E from its λ, and its ∂s = Σ_{t≥1} λ_t (E_t − M_{t−1}) (four partial sums
+// in double: independent additions, and no float rounding of a 10⁵-term sum).
+template <typename T>
+PYAUDIOK_INLINE double finish_row(const T* direct, const T* lam, const T* E, const T* M, T s, int64_t n_time,
+                                  T* grad_E) {
+  grad_E[0] = direct[0] + lam[0];
+  for (int64_t t = 1; t < n_time; ++t) grad_E[t] = direct[t] + s * lam[t];
+  double part[4] = {};
+  int64_t t = 1;
+  for (; t + 4 <= n_time; t += 4)
+    for (int k = 0; k < 4; ++k) part[k] += static_cast<double>(lam[t + k] * (E[t + k] - M[t + k - 1]));
+  for (; t < n_time; ++t) part[0] += static_cast<double>(lam[t] * (E[t] - M[t - 1]));
+  return (part[0] + part[1]) + (part[2] + part[3]);
+}
+
 }  // namespace
 
 // Two phases per group of kLanes rows: the smoother's recurrence (sequential in time, the lanes
 // interleaved), then the compression, elementwise and vectorised along each row.
 template <typename T>
-void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps, int64_t row_begin,
-                  int64_t row_end, T* y, T* M) {
+PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps,
+                                  int64_t row_begin, int64_t row_end, T* y, T* M) {
   const T e0 = static_cast<T>(eps);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
     const int64_t lanes = std::min(kLanes, row_end - r0);
     Lane<T> p[kLanes];
-    T state[kLanes];
+    T s[kLanes];
     for (int64_t j = 0; j < lanes; ++j) {
       p[j] = Lane<T>(params, F, (r0 + j) % F);
-      state[j] = E[(r0 + j) * n_time];  // M_0 = E_0
+      s[j] = p[j].s;
     }
-    for (int64_t t = 0; t < n_time; ++t) {
-      for (int64_t j = 0; j < lanes; ++j) {
-        const int64_t i = (r0 + j) * n_time + t;
-        if (t > 0) state[j] = p[j].s * E[i] + (T(1) - p[j].s) * state[j];
-        M[i] = state[j];
-      }
+    const int64_t first = r0 * n_time;
+    if (lanes == kLanes) {
+      smooth_lanes<kLanes>(E + first, s, n_time, M + first);
+    } else {
+      for (int64_t j = 0; j < lanes; ++j) smooth_lanes<1>(E + first + j * n_time, s + j, n_time, M + first + j * n_time);
     }
     for (int64_t j = 0; j < lanes; ++j) {
       const int64_t row = (r0 + j) * n_time;
@@ -152,36 +219,33 @@ void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double
 }
 
 template <typename T>
-void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time, double eps,
-                   int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
+PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time,
+                                   double eps, int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
   const T e0 = static_cast<T>(eps);
   std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
     const int64_t lanes = std::min(kLanes, row_end - r0);
     Lane<T> p[kLanes];
-    T lam[kLanes] = {};
+    T s[kLanes];
     double acc[kLanes][4] = {};  // ∂α, ∂δ, ∂r, ∂s sums of the row
     for (int64_t j = 0; j < lanes; ++j) {
       p[j] = Lane<T>(params, F, (r0 + j) % F);
+      s[j] = p[j].s;
       const int64_t row = (r0 + j) * n_time;
       backward_terms(grad + row, E + row, M + row, p[j], e0, n_time, direct.data() + j * n_time,
                      drive.data() + j * n_time, acc[j]);
     }
-    // The smoother's adjoint λ, backwards in time, the lanes interleaved.
-    for (int64_t t = n_time - 1; t >= 0; --t) {
-      for (int64_t j = 0; j < lanes; ++j) {
-        const int64_t i = (r0 + j) * n_time + t;
-        lam[j] = drive[j * n_time + t] + (T(1) - p[j].s) * lam[j];
-        if (t > 0) {
-          grad_E[i] = direct[j * n_time + t] + p[j].s * lam[j];
-          acc[j][3] += static_cast<double>(lam[j] * (E[i] - M[i - 1]));
-        } else {
-          grad_E[i] = direct[j * n_time + t] + lam[j];
-        }
-      }
+    if (lanes == kLanes) {
+      adjoint_lanes<kLanes>(drive.data(), s, n_time);
+    } else {
+      for (int64_t j = 0; j < lanes; ++j) adjoint_lanes<1>(drive.data() + j * n_time, s + j, n_time);
     }
-    for (int64_t j = 0; j < lanes; ++j)
+    for (int64_t j = 0; j < lanes; ++j) {
+      const int64_t row = (r0 + j) * n_time;
+      acc[j][3] = finish_row(direct.data() + j * n_time, drive.data() + j * n_time, E + row, M + row, s[j], n_time,
+                             grad_E + row);
       for (int k = 0; k < 4; ++k) partial[(r0 + j) * 4 + k] = static_cast<T>(acc[j][k]);
+    }
   }
 }
 

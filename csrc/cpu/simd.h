@@ -36,62 +36,87 @@ inline v8i splat_i(int32_t v) { return v8i{} + v; }
 #endif
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 
-// e^x for 8 lanes; x < −87.3 (including −inf) gives 0, NaN stays NaN.
-inline __attribute__((always_inline)) v8f exp8(v8f x) {
+// exp and log over U vectors at once, in place: every step is written for the U vectors in a row,
+// so U independent evaluations interleave in program order. Each evaluation is a chain of ~30
+// dependent operations; out-of-order execution alone overlaps only about two of them, which left
+// sPCEN's compression bound by latency. (A 32-lane vector type does the same on paper, but GCC 12
+// lowers its conversions and selects lane by lane.) U = 1 is exp8/log8 below.
+#define PYAUDIOK_EACH for (int u = 0; u < U; ++u)
+
+// e^x lane-wise; x < −87.3 (including −inf) gives 0, NaN stays NaN.
+template <int U>
+inline __attribute__((always_inline)) void exp_n(v8f* x) {
   const v8f lo = splat(-87.3f), hi = splat(88.7f);
-  const v8i underflow = x < lo;
-  v8f xc = vmax(x, lo);
-  xc = xc < hi ? xc : hi;
-  v8f fx = xc * 1.44269504088896341f + 0.5f;
-  v8f fl = __builtin_convertvector(__builtin_convertvector(fx, v8i), v8f);
-  fl = fl > fx ? fl - 1.0f : fl;  // floor
-  v8f r = xc - fl * 0.693359375f + fl * 2.12194440e-4f;
-  v8f y = splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  v8i e = (__builtin_convertvector(fl, v8i) + 127) << 23;
-  v8f scale;
-  __builtin_memcpy(&scale, &e, sizeof scale);
-  y = y * scale;
-  y = x != x ? x : y;  // NaN in, NaN out
-  return underflow ? splat(0.f) : y;
+  v8f xc[U], fl[U], r[U], y[U];
+  PYAUDIOK_EACH {
+    xc[u] = vmax(x[u], lo);
+    xc[u] = xc[u] < hi ? xc[u] : hi;
+  }
+  PYAUDIOK_EACH {
+    const v8f fx = xc[u] * 1.44269504088896341f + 0.5f;
+    fl[u] = __builtin_convertvector(__builtin_convertvector(fx, v8i), v8f);
+    fl[u] = fl[u] > fx ? fl[u] - 1.0f : fl[u];  // floor
+  }
+  PYAUDIOK_EACH r[u] = xc[u] - fl[u] * 0.693359375f + fl[u] * 2.12194440e-4f;
+  PYAUDIOK_EACH y[u] = r[u] * 1.9875691500e-4f + 1.3981999507e-3f;
+  PYAUDIOK_EACH y[u] = y[u] * r[u] + 8.3334519073e-3f;
+  PYAUDIOK_EACH y[u] = y[u] * r[u] + 4.1665795894e-2f;
+  PYAUDIOK_EACH y[u] = y[u] * r[u] + 1.6666665459e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * r[u] + 5.0000001201e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * r[u] * r[u] + r[u] + 1.0f;
+  PYAUDIOK_EACH {
+    const v8i e = (__builtin_convertvector(fl[u], v8i) + 127) << 23;
+    v8f scale;
+    __builtin_memcpy(&scale, &e, sizeof scale);
+    y[u] = y[u] * scale;
+    y[u] = x[u] != x[u] ? x[u] : y[u];  // NaN in, NaN out
+    x[u] = x[u] < lo ? splat(0.f) : y[u];
+  }
 }
 
-
-// ln x for 8 lanes (Cephes' logf, ~2 ulp for normal x > 0); 0 gives −inf, x < 0 and NaN give NaN,
+// ln x lane-wise (Cephes' logf, ~2 ulp for normal x > 0); 0 gives −inf, x < 0 and NaN give NaN,
 // +inf stays +inf. Denormal inputs are treated as 0.
+template <int U>
+inline __attribute__((always_inline)) void log_n(v8f* x) {
+  v8f e[U], m[U], z[U], y[U];
+  PYAUDIOK_EACH {
+    v8i bits;
+    __builtin_memcpy(&bits, &x[u], sizeof bits);
+    e[u] = __builtin_convertvector(((bits >> 23) & 0xff) - 126, v8f);
+    const v8i mant = (bits & 0x007fffff) | 0x3f000000;  // m in [0.5, 1)
+    __builtin_memcpy(&m[u], &mant, sizeof m[u]);
+    const v8i small = m[u] < 0.707106781186547524f;
+    e[u] = small ? e[u] - 1.0f : e[u];
+    m[u] = small ? m[u] + m[u] - 1.0f : m[u] - 1.0f;
+    z[u] = m[u] * m[u];
+  }
+  PYAUDIOK_EACH y[u] = m[u] * 7.0376836292e-2f - 1.1514610310e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * m[u] + 1.1676998740e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * m[u] - 1.2420140846e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * m[u] + 1.4249322787e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * m[u] - 1.6668057665e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * m[u] + 2.0000714765e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * m[u] - 2.4999993993e-1f;
+  PYAUDIOK_EACH y[u] = y[u] * m[u] + 3.3333331174e-1f;
+  PYAUDIOK_EACH {
+    y[u] = y[u] * m[u] * z[u] - 2.12194440e-4f * e[u] - 0.5f * z[u];
+    v8f r = m[u] + y[u] + 0.693359375f * e[u];
+    const float inf = __builtin_inff(), nan = __builtin_nanf("");
+    r = x[u] == inf ? splat(inf) : r;
+    r = x[u] < 1.17549435e-38f ? splat(-inf) : r;  // 0 and denormals
+    x[u] = (x[u] < 0.f) | (x[u] != x[u]) ? splat(nan) : r;
+  }
+}
+
+#undef PYAUDIOK_EACH
+
+inline __attribute__((always_inline)) v8f exp8(v8f x) {
+  exp_n<1>(&x);
+  return x;
+}
 inline __attribute__((always_inline)) v8f log8(v8f x) {
-  v8i bits;
-  __builtin_memcpy(&bits, &x, sizeof bits);
-  v8f e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, v8f);
-  const v8i mant = (bits & 0x007fffff) | 0x3f000000;  // m in [0.5, 1)
-  v8f m;
-  __builtin_memcpy(&m, &mant, sizeof m);
-  const v8i small = m < 0.707106781186547524f;
-  e = small ? e - 1.0f : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
-  const v8f z = m * m;
-  v8f y = splat(7.0376836292e-2f);
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
-  v8f r = m + y + 0.693359375f * e;
-  const float inf = __builtin_inff();
-  r = x == inf ? splat(inf) : r;
-  r = x < 1.17549435e-38f ? splat(-inf) : r;  // 0 and denormals
-  const float nan = __builtin_nanf("");
-  r = (x < 0.f) | (x != x) ? splat(nan) : r;
-  return r;
+  log_n<1>(&x);
+  return x;
 }
 
 }  // namespace pyaudiok::cpu::simd

@@ -68,8 +68,11 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable]) -> Non
         E, params, eps = inputs
         ctx.save_for_backward(E, output[1], params)
         ctx.eps = eps
+        ctx.set_materialize_grads(False)  # M's gradient is always absent: no [B, F, T] of zeros for it
 
     def backward(ctx, grad_y, grad_M):
+        if grad_y is None:
+            return None, None, None
         E, M, params = ctx.saved_tensors
         grad_E, partial = backward_op()(grad_y.contiguous(), E, M, params, ctx.eps)
         B, F = E.shape[0], E.shape[1]
