@@ -149,6 +149,25 @@ def test_cpu_evaluation_route_equals_the_differentiable_route(dtype):
     assert torch.equal(fast.si_sdr, slow.si_sdr.detach())
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_torch_compile_traces_pit_on_cpu(grad):
+    """Both CPU routes of pit_si_sdr (one C++ call without gradients, the composite with them)
+    trace under torch.compile and give the eager results."""
+    require_backend(MATRIX, "cpu")
+    e, r = mixtures(3, 2, 3, 500)
+    e.requires_grad_(grad)
+
+    def f(e, r):
+        out = pit_si_sdr(e, r)
+        return out.si_sdr * 2, out.permutation, out.matrix
+
+    compiled = torch.compile(f, backend="aot_eager")
+    with pyaudiok.use_backend("cpu"):
+        got, want = compiled(e, r), f(e, r)
+    for g, w in zip(got, want):
+        assert torch.allclose(g.detach().double(), w.detach().double(), rtol=1e-6, atol=1e-6)
+
+
 def test_pit_above_the_exhaustive_limit_uses_hungarian():
     M = 10
     r = torch.randn(2, M, 400, dtype=torch.float64)
@@ -181,6 +200,19 @@ def test_matrix_op_passes_opcheck(backend):
     else:
         op = _triton_matrix_op()
     torch.library.opcheck(op, (e, r, True, 1e-8), test_utils=tests)
+
+
+def test_pit_cpu_ops_pass_opcheck():
+    """The C++ assignment search and the one-call evaluation route: schema and fake tensors (they
+    carry no gradient: the differentiable route is the matrix op's)."""
+    if not pyaudiok.ops._library.extension_loaded():
+        pytest.skip("needs the C++ extension")
+    e, r = mixtures(2, 2, 3, 100)
+    tests = ("test_schema", "test_faketensor")
+    torch.library.opcheck(pyaudiok.ops._library.cpp_op("pit_assign_cpu"), (torch.randn(3, 2, 4),), test_utils=tests)
+    torch.library.opcheck(pyaudiok.ops._library.cpp_op("pit_si_sdr_cpu"), (e, r, True, 1e-8), test_utils=tests)
+    with pytest.raises(RuntimeError, match="N <= M <= 8"):
+        pyaudiok.ops._library.cpp_op("pit_assign_cpu")(torch.randn(1, 2, 9))
 
 
 @pytest.mark.parametrize("backend", ("cpu", "triton"))
