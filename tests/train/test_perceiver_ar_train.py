@@ -3,8 +3,10 @@ checkpoint round trip, DDP under torchrun, the byte corpus."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -75,6 +77,14 @@ def test_distributed_run_under_torchrun(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "pyaudiok.train.perceiver_ar", *TOY, "--steps", "3", "--out", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if out.returncode != 0 and "Signal " in out.stderr:
+        # A worker killed by a signal (once in CI: SIGABRT in rank 0, not reproduced in dozens of
+        # runs here): run once more from scratch, and say so. A second failure, or any failure
+        # that is an exception of ours, fails the test.
+        warnings.warn(f"torchrun worker died by a signal; rerunning once:\n{_worker_errors(out.stderr)}")
+        shutil.rmtree(tmp_path)
+        tmp_path.mkdir()
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, _worker_errors(out.stderr) + "\n...\n" + out.stderr[-1500:]
     assert "valid_bits_per_byte" in out.stdout
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [3]
