@@ -7,7 +7,9 @@
 #   bash bench/gpu_check.sh [OUT_DIR]
 #
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
-# BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all).
+# BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all;
+# BENCH_ONLY=none skips the bench), SWEEP (e.g. "--dtype bf16 --d 64": also time the latent-attention
+# kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it).
 # A copied tree's git metadata may be stale: the commit recorded in the bench rows is read from
 # .bench-commit when present (write it before copying: git rev-parse --short HEAD > .bench-commit).
 # Wheels of missing Python packages are installed first when .whl/ holds any, and source
@@ -58,6 +60,7 @@ grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -n 40
 phase "bench (--device cuda)"
 json_dir=$(mktemp -d)
 modules=${BENCH_ONLY:-$(python3 -c "from pyaudiok.bench import registry; print(' '.join(registry.MODULES))")}
+[ "$modules" = none ] && modules=""
 for module in $modules; do
   timeout "${BENCH_MODULE_S:-60}" python3 -m pyaudiok bench --device cuda --only "$module" \
     --min-time "${BENCH_MIN_TIME:-0.25}" --json "$json_dir/$module.json" >> "$out/bench.log" 2>&1 \
@@ -65,4 +68,11 @@ for module in $modules; do
   tar -C "$json_dir" -czf "$out/bench_json.tgz" .
 done
 grep -vE "^  [a-z_.0-9]+ \{" "$out/bench.log" | grep -vE "^pyaudiok bench on|^wrote |^$|^vs ref" | tail -n 150
+
+if [ -n "${SWEEP:-}" ]; then  # tiles of the latent-attention kernels, timed (bench/tile_sweep.py)
+  phase "tile sweep (latent attention, $SWEEP)"
+  timeout "${SWEEP_S:-400}" python3 -m pyaudiok.bench.tile_sweep ${SWEEP} --budget "${SWEEP_BUDGET_S:-120}" \
+    > "$out/tile_sweep.txt" 2>&1 || echo "tile sweep: exit status $?"
+  tail -n 12 "$out/tile_sweep.txt"
+fi
 phase done

@@ -47,3 +47,19 @@ def test_cli_rejects_unknown_benchmark():
     out = subprocess.run([sys.executable, "-m", "pyaudiok", "bench", "--only", "nope"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
+
+
+def test_tile_sweep_runs_every_kernel_and_reports_the_best():
+    """The GPU tile sweep, checked in Triton's interpreter at toy size (timings meaningless here)."""
+    from pyaudiok.bench import tile_sweep
+    from pyaudiok.kernels.latent_attention import _Tile
+    tiles = [_Tile(16, 16, 4, 1), _Tile(32, 16, 4, 1)]
+    grids = {"forward": tiles, "dK/dV": tiles, "dQ": tiles[:1]}
+    rows, best, baselines = tile_sweep.sweep(16, 48, 16, torch.float32, torch.device("cpu"), min_time=0.0,
+                                             grids=grids, min_calls=1)
+    assert [r.kernel for r in rows] == ["forward"] * 2 + ["dK/dV"] * 2 + ["dQ"]
+    assert all(r.seconds is not None and r.seconds > 0 for r in rows), rows
+    assert len(best) == 3 and all(isinstance(t, _Tile) for t in best)
+    assert set(baselines) == {"current forward", "current backward"}
+    text = tile_sweep.report(rows, best, baselines)
+    assert "best (forward, dK/dV, dQ)" in text and "current backward" in text

@@ -1,0 +1,164 @@
+"""Tile sweep of the Triton latent-attention kernels (DESIGN §1), for a short GPU lease.
+
+The kernels' tiles (`pyaudiok.kernels.latent_attention._tiles`: queries × keys per program, warps,
+pipeline stages, for the forward, the dK/dV and the dQ kernel) were chosen from sm_90 compile
+reports, not from timings. This times them at the benchmark's size, one kernel at a time: the
+forward over its candidate tiles, then the backward with the best forward varying the dK/dV tile,
+then the dQ tile; next to the current tiles and PyTorch SDPA (`causal_lower_right`). Tiles that do
+not compile or run out of shared memory are reported and skipped. It prints the best tiles as the
+`_Tile(...)` triple to put in `_tiles`.
+
+    python -m pyaudiok.bench.tile_sweep [--d 64] [--dtype bf16] [--n 1024] [--m 65536] [--budget 150]
+
+On a CPU it runs in Triton's interpreter (TRITON_INTERPRET=1) at toy sizes: a check of the tool,
+not a measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from contextlib import contextmanager
+from typing import Callable, NamedTuple
+
+import torch
+
+HEADS = 8
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class Row(NamedTuple):
+    kernel: str             # "forward", "dK/dV" or "dQ"
+    tile: object            # the kernel module's _Tile
+    seconds: float | None   # median time of the timed call (forward, or forward-free backward)
+    note: str = ""
+
+
+def candidate_tiles(kernel: str, dtype: torch.dtype, tile_type) -> list:
+    """The grid swept for one kernel."""
+    if kernel == "dK/dV":  # block_n keys per program hold the accumulators; block_m queries stream past
+        rows, cols = (16, 32, 64), (32, 64, 128)
+    elif dtype == torch.float32:  # 3xTF32: twice the operand registers, so half the tile
+        rows, cols = (32, 64), (32, 64, 128)
+    else:
+        rows, cols = (64, 128), (64, 128)
+    return [tile_type(m, n, w, s) for m, n, w, s in itertools.product(rows, cols, (4, 8), (2, 3, 4))]
+
+
+def _timer(device: torch.device, min_calls: int = 3) -> Callable[[Callable[[], object], float], float]:
+    def median_seconds(fn, min_time):
+        fn()  # compile + warm up
+        times, start = [], time.perf_counter()
+        while len(times) < min_calls or (time.perf_counter() - start < min_time and len(times) < 200):
+            if device.type == "cuda":
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+    return median_seconds
+
+
+@contextmanager
+def _tiles_fixed(module, tiles):
+    """Every launch of the kernel module uses `tiles` (forward, dK/dV, dQ) meanwhile."""
+    original = module._tiles
+    module._tiles = lambda D, dtype, device: tiles
+    try:
+        yield
+    finally:
+        module._tiles = original
+
+
+def sweep(n: int, m: int, d: int, dtype: torch.dtype, device: torch.device, budget_s: float = 150.0,
+          min_time: float = 0.1, grids: dict | None = None,
+          min_calls: int = 3) -> tuple[list[Row], tuple, dict[str, float]]:
+    """Rows of every tile tried, the best (forward, dK/dV, dQ) tiles, and the baselines' seconds
+    ({"current forward", "current backward", "SDPA forward", "SDPA backward"}). `grids` overrides
+    candidate_tiles per kernel (tests); `budget_s` bounds each kernel's sweep; every timing is the
+    median of at least `min_calls` calls after a warm-up call."""
+    from pyaudiok.kernels import latent_attention as kernels
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, s, d, generator=gen).to(device, dtype) for s in (n, m, m))
+    grad = torch.randn(q.shape, generator=gen).to(device, dtype)
+    scale = d ** -0.5
+    timer = _timer(device, min_calls)
+    current = kernels._tiles(d, dtype, device)
+    forward = lambda: kernels.launch_forward(q, k, v, None, scale, None)  # noqa: E731
+    out, lse = forward()
+    backward = lambda: kernels.launch_backward(grad, q, k, v, out, lse, None, scale, None)  # noqa: E731
+
+    baselines = {"current forward": timer(forward, min_time), "current backward": timer(backward, min_time)}
+    if device.type == "cuda":
+        import torch.nn.functional as F
+        from torch.nn.attention.bias import causal_lower_right
+        mask = causal_lower_right(n, m)
+        qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+        baselines["SDPA forward"] = timer(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), min_time)
+        sdpa_out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask)
+        baselines["SDPA backward"] = timer(lambda: torch.autograd.grad(sdpa_out, (qg, kg, vg), grad,
+                                                                       retain_graph=True), min_time)
+
+    rows: list[Row] = []
+    best = list(current)
+    for slot, (kernel, call) in enumerate((("forward", forward), ("dK/dV", backward), ("dQ", backward))):
+        best_s = baselines["current forward" if slot == 0 else "current backward"]
+        started = time.perf_counter()
+        for tile in (grids or {}).get(kernel) or candidate_tiles(kernel, dtype, type(current[0])):
+            if time.perf_counter() - started > budget_s:
+                rows.append(Row(kernel, tile, None, "not tried: budget spent"))
+                continue
+            tiles = tuple(tile if i == slot else best[i] for i in range(3))
+            try:
+                with _tiles_fixed(kernels, tiles):
+                    seconds = timer(call, min_time)
+            except Exception as exc:  # out of resources, no compile for this shape: skip the tile
+                rows.append(Row(kernel, tile, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))
+                continue
+            rows.append(Row(kernel, tile, seconds))
+            if seconds < best_s:
+                best_s, best[slot] = seconds, tile
+    return rows, tuple(best), baselines
+
+
+def report(rows: list[Row], best: tuple, baselines: dict[str, float]) -> str:
+    lines = [f"{'kernel':8} {'block_m':>7} {'block_n':>7} {'warps':>5} {'stages':>6} {'ms':>9}  note"]
+    for row in rows:
+        t = row.tile
+        ms = f"{row.seconds * 1e3:9.3f}" if row.seconds is not None else f"{'-':>9}"
+        lines.append(f"{row.kernel:8} {t.block_m:7d} {t.block_n:7d} {t.warps:5d} {t.stages:6d} {ms}  {row.note}")
+    lines.append("")
+    lines += [f"{name}: {seconds * 1e3:.3f} ms" for name, seconds in baselines.items()]
+    lines.append("best (forward, dK/dV, dQ): " + ", ".join(repr(t) for t in best))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyaudiok.bench.tile_sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--d", type=int, default=64, help="head dim (default 64)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--n", type=int, default=1024, help="queries (default 1024)")
+    parser.add_argument("--m", type=int, default=65536, help="keys (default 65536)")
+    parser.add_argument("--budget", type=float, default=150.0, help="seconds per kernel's sweep (default 150)")
+    parser.add_argument("--min-time", type=float, default=0.1, help="timed seconds per tile (default 0.1)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: the sweep times GPU kernels (it runs in Triton's interpreter only as a check)")
+        return 2
+    rows, best, baselines = sweep(args.n, args.m, args.d, DTYPES[args.dtype], torch.device("cuda"), args.budget,
+                                  args.min_time)
+    print(f"latent attention tiles, N {args.n}, M {args.m}, d {args.d}, {args.dtype}, "
+          f"{torch.cuda.get_device_name()}")
+    print(report(rows, best, baselines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
