@@ -19,7 +19,7 @@ import argparse
 import itertools
 import time
 from contextlib import contextmanager
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -45,26 +45,6 @@ def candidate_tiles(kernel: str, dtype: torch.dtype, tile_type) -> list:
     return [tile_type(m, n, w, s) for m, n, w, s in itertools.product(rows, cols, (4, 8), (2, 3, 4))]
 
 
-def _timer(device: torch.device, min_calls: int = 3) -> Callable[[Callable[[], object], float], float]:
-    def median_seconds(fn, min_time):
-        fn()  # compile + warm up
-        times, start = [], time.perf_counter()
-        while len(times) < min_calls or (time.perf_counter() - start < min_time and len(times) < 200):
-            if device.type == "cuda":
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(begin.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]
-    return median_seconds
-
-
 @contextmanager
 def _tiles_fixed(module, tiles):
     """Every launch of the kernel module uses `tiles` (forward, dK/dV, dQ) meanwhile."""
@@ -77,19 +57,20 @@ def _tiles_fixed(module, tiles):
 
 
 def sweep(n: int, m: int, d: int, dtype: torch.dtype, device: torch.device, budget_s: float = 150.0,
-          min_time: float = 0.1, grids: dict | None = None,
-          min_calls: int = 3) -> tuple[list[Row], tuple, dict[str, float]]:
+          min_time: float = 0.1, grids: dict | None = None) -> tuple[list[Row], tuple, dict[str, float]]:
     """Rows of every tile tried, the best (forward, dK/dV, dQ) tiles, and the baselines' seconds
     ({"current forward", "current backward", "SDPA forward", "SDPA backward"}). `grids` overrides
     candidate_tiles per kernel (tests); `budget_s` bounds each kernel's sweep; every timing is the
-    median of at least `min_calls` calls after a warm-up call."""
+    benchmark harness's median (`harness.time_median`: CUDA events, after a warm-up call)."""
     from pyaudiok.kernels import latent_attention as kernels
+
+    from .harness import time_median
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, HEADS, s, d, generator=gen).to(device, dtype) for s in (n, m, m))
     grad = torch.randn(q.shape, generator=gen).to(device, dtype)
     scale = d ** -0.5
-    timer = _timer(device, min_calls)
+    timer = lambda fn, seconds: time_median(fn, device, seconds)[0]  # noqa: E731
     current = kernels._tiles(d, dtype, device)
     forward = lambda: kernels.launch_forward(q, k, v, None, scale, None)  # noqa: E731
     out, lse = forward()

@@ -56,7 +56,7 @@ def test_tile_sweep_runs_every_kernel_and_reports_the_best():
     tiles = [_Tile(16, 16, 4, 1), _Tile(32, 16, 4, 1)]
     grids = {"forward": tiles, "dK/dV": tiles, "dQ": tiles[:1]}
     rows, best, baselines = tile_sweep.sweep(16, 48, 16, torch.float32, torch.device("cpu"), min_time=0.0,
-                                             grids=grids, min_calls=1)
+                                             grids=grids)
     assert [r.kernel for r in rows] == ["forward"] * 2 + ["dK/dV"] * 2 + ["dQ"]
     assert all(r.seconds is not None and r.seconds > 0 for r in rows), rows
     assert len(best) == 3 and all(isinstance(t, _Tile) for t in best)

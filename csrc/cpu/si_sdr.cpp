@@ -21,8 +21,8 @@ namespace pyaudiok::cpu {
 namespace {
 
 // Blocks hold the shifted rows in the input's own precision: float inputs are multiplied in float,
-// eight lanes at a time, and each block's sums (256 products per lane group at most) are added into
-// double; double inputs stay double throughout.
+// eight lanes at a time, and each block's sums (at most 256 / 8 = 32 products per lane) are added
+// into double; double inputs stay double throughout.
 template <typename S>
 struct Lanes {
   typedef S vec __attribute__((vector_size(32)));
