@@ -9,7 +9,8 @@
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
 # BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all;
 # BENCH_ONLY=none skips the bench), SWEEP (e.g. "--dtype bf16 --d 64": also time the latent-attention
-# kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it).
+# kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it), SKIP_SETUP=1 (a second call
+# on the same warm machine: the wheels and the build are already in place), TESTS=0 (skip the tests).
 # A copied tree's git metadata may be stale: the commit recorded in the bench rows is read from
 # .bench-commit when present (write it before copying: git rev-parse --short HEAD > .bench-commit).
 # Wheels of missing Python packages are installed first when .whl/ holds any, and source
@@ -29,6 +30,7 @@ t0=$(date +%s)
 phase() { echo "== $1 (+$(( $(date +%s) - t0 )) s)"; }
 
 export PYTHONPATH=/tmp/pyaudiok-site${PYTHONPATH:+:$PYTHONPATH}
+if [ "${SKIP_SETUP:-0}" != 1 ]; then
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pyaudiok-site .whl/*.whl
 fi
@@ -48,14 +50,17 @@ if ! PYAUDIOK_CUDA=1 PYAUDIOK_CUDA_ARCHS=${PYAUDIOK_CUDA_ARCHS:-90a} timeout "${
      python3 -m pip install --no-build-isolation --no-deps --no-index -v -e . > "$out/build.log" 2>&1; then
   tail -n 60 "$out/build.log"; echo "BUILD FAILED"; exit 1
 fi
+fi  # SKIP_SETUP
 python3 -m pyaudiok info 2>&1 | tee "$out/info.txt"
 
+if [ "${TESTS:-1}" != 0 ]; then
 phase "tests (Triton, CUDA, gpu-marked)"
 workers=${PYTEST_WORKERS:-8}
 timeout "${TEST_S:-240}" python3 -m pytest -q -p no:cacheprovider -n "$workers" --timeout 120 \
   -k "triton or cuda or gpu" --junitxml="$out/tests.xml" > "$out/tests.log" 2>&1
 echo "pytest exit status $?"
 grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -n 40
+fi
 
 phase "bench (--device cuda)"
 json_dir=$(mktemp -d)
