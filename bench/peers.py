@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 
 
 def load(module: str, package: str) -> tuple[types.ModuleType | None, str | None]:
     """(module, None) or (None, why it cannot be used)."""
+    if module.split(".")[0] == "ot":
+        # POT imports every array library it finds; JAX would then take 75 % of the GPU's memory
+        # at import (its default preallocation) and starve the candidates timed after it.
+        for lib in ("JAX", "TF", "CUPY"):
+            os.environ.setdefault(f"POT_BACKEND_DISABLE_{lib}", "1")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         return importlib.import_module(module), None
     except ImportError as e:
