@@ -313,6 +313,9 @@ def _tiles(D: int, dtype: torch.dtype, device: torch.device) -> tuple[_Tile, _Ti
     wider the key tile, the fewer times q and dO are re-read). fp32 runs 3xTF32: every operand
     tile is split into two TF32 halves in registers, so its tiles are halved. Each choice compiles
     for sm_90 without register spills, but fp32's backward at d = 128 (a little, at any tile tried).
+    The 16-bit backward tiles at d ≤ 64 come from a timed sweep on an H200 (bench/tile_sweep.py,
+    bench/results/2026-11-26_h200_tile_sweep.txt): one warpgroup with 32-query tiles for dK/dV and
+    4 stages for dQ cut the backward from 1.71 to 1.45 ms at N = 1024, M = 65 536 (SDPA: 1.65 ms).
     """
     if device.type != "cuda":
         return _INTERPRETER, _INTERPRETER, _INTERPRETER
@@ -321,7 +324,7 @@ def _tiles(D: int, dtype: torch.dtype, device: torch.device) -> tuple[_Tile, _Ti
             return _Tile(64, 64, 4, 2), _Tile(32, 128, 8, 2), _Tile(64, 32, 4, 2)
         return _Tile(64, 32, 4, 2), _Tile(16, 32, 4, 2), _Tile(32, 32, 4, 2)  # the backward spills a little
     if D <= 64:
-        return _Tile(128, 64, 8, 3), _Tile(64, 128, 8, 3), _Tile(128, 64, 8, 3)
+        return _Tile(128, 64, 8, 3), _Tile(32, 128, 4, 3), _Tile(128, 64, 4, 4)
     return _Tile(128, 64, 8, 2), _Tile(32, 128, 8, 2), _Tile(128, 64, 8, 2)
 
 
