@@ -6,8 +6,8 @@ its own positive i:  ℓ_i = logsumexp_j S_ij − S_ii.  `symmetric=True` averag
 direction (each positive over all anchors): ½ (ℓ_i + logsumexp_j S_ji − S_ii). `reduction` is
 "mean" (0 for an empty batch), "sum" or "none" ([B]).
 
-Every fused backend first forms Q = anchors @ W ([B, D], one GEMM whose gradients to anchors and W
-autograd gives), then a registered pair of raw ops over S = Q Yᵀ, which never hold [B, B]:
+Every fused backend goes through a registered pair of raw ops over S = Q Yᵀ, Q = anchors @ W,
+which never hold [B, B]:
 
     rows_forward(X[B, D], Y[B, D], with_grad) -> (loss[B], Σ loss, lse[B], gX, gY)
         ℓ_i = lse_i − X_i·Y_i; with with_grad, (gX, gY) = ∇ Σ ℓ from the forward's pass over S
@@ -15,6 +15,11 @@ autograd gives), then a registered pair of raw ops over S = Q Yᵀ, which never 
         dX_i = g_i (Σ_j p_ij Y_j − Y_i),  dY_j = Σ_i g_i p_ij X_i − g_j X_j,  p_ij = exp(S_ij − lse_i)
 
 with fp32 accumulation (fp64 for fp64). The column direction is the same pair with X and Y swapped.
+The triton backend forms Q first (one GEMM whose gradients to anchors and W autograd gives) and
+takes X = Q. The cpu backend's pair takes W as well, (X, Y, W, with_grad) -> (…, gX, gY, gW) and
+(g, X, Y, W, lse) -> (dX, dY, dW) with S = (X W) Yᵀ, and forms Q a row block at a time beside that
+block of S, so a training step holds no [B, D] array beyond the inputs and their gradients
+(the column direction: X = positives, Y = anchors, Wᵀ, as Sᵀ = (P Wᵀ) Aᵀ).
 Backends: `reference` (below), `cpu` (row blocks of S through ATen's GEMMs, memory O(block · B);
 see `_cpu_forward`), `triton` (kernels/bilinear_contrastive.py: the same blocked algorithm, strips
 of S through tensor-core GEMM kernels, 3xTF32 for fp32). Both do 3 B²D products for a mean or sum
@@ -72,10 +77,15 @@ def _exp_(t: torch.Tensor) -> torch.Tensor:
     return t.clamp_min_(_EXP_FLOOR).exp_()
 
 
-def _block_lse(s: torch.Tensor) -> torch.Tensor:
-    """logsumexp over rows of a score block, without denormal exponentials."""
+def _softmax_(s: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exp(s − top) of a score block, normalised over rows if asked, and the rows' logsumexp),
+    computed in place over s: no temporary of the block's size."""
     top = s.amax(dim=1, keepdim=True)
-    return _exp_(s - top).sum(1).log_().add_(top[:, 0])
+    e = _exp_(s.sub_(top))
+    total = e.sum(1, keepdim=True)
+    if normalize:
+        e.div_(total)
+    return e, total.log_().add_(top)[:, 0]
 
 
 def _row_blocks(B: int):
@@ -83,91 +93,123 @@ def _row_blocks(B: int):
     return range(0, B, step), step
 
 
+def _block_gradients(p: torch.Tensor, xr: torch.Tensor, q: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+                     gx_rows: torch.Tensor, gy: torch.Tensor, gw: torch.Tensor) -> None:
+    """One row block's share of the gradients, p = G_rows = ∂/∂S of those rows (softmax weights
+    minus the diagonal's one, times the row gradient): gx_rows = G y wᵀ, gw += xrᵀ G y, gy += Gᵀ q."""
+    dq = p @ y
+    torch.mm(dq, w.T, out=gx_rows)
+    gw.addmm_(xr.T, dq)
+    gy.addmm_(p.T, q)
+
+
 @torch.library.custom_op("pyaudiok::bilinear_contrastive_cpu", mutates_args=(), device_types="cpu")
-def _cpu_forward(x: torch.Tensor, y: torch.Tensor, with_grad: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss[B], total = Σ loss, lse, gx, gy). With with_grad, gx, gy are the gradients of `total`
-    (else empty), computed while each block of scores is at hand: a loss reduced by mean or sum then
-    needs no second pass over S in the backward (3 GEMMs of B²D in all instead of 4)."""
+def _cpu_forward(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, with_grad: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of S = (x w) yᵀ: (loss[B], total = Σ loss, lse, gx, gy, gw). Q = x w is formed a row
+    block at a time, next to that block of S, and never whole. With with_grad, gx, gy, gw are the
+    gradients of `total` (else empty), computed while each block of scores is at hand: a loss
+    reduced by mean or sum then needs no second pass over S in the backward (3 GEMMs of B²D in all
+    instead of 4), and no [B, D] temporary besides the gradients themselves."""
     B = x.shape[0]
-    lse = x.new_empty(B)
+    lse, diagonal = x.new_empty(B), x.new_empty(B)
     gx = torch.empty_like(x) if with_grad else x.new_empty(0)
-    gy = -x if with_grad else y.new_empty(0)
+    gy = torch.zeros_like(y) if with_grad else y.new_empty(0)
+    gw = torch.zeros_like(w) if with_grad else w.new_empty(0)
     starts, step = _row_blocks(B)
     yt = y.T
+    s_buffer, q_buffer = x.new_empty(min(step, B), B), x.new_empty(min(step, B), w.shape[1])
     for r in starts:
-        s = x[r:r + step] @ yt
-        block_lse = _block_lse(s)
-        lse[r:r + step] = block_lse
+        xr = x[r:r + step]
+        q = torch.mm(xr, w, out=q_buffer[:xr.shape[0]])
+        s = torch.mm(q, yt, out=s_buffer[:xr.shape[0]])  # one block buffer, reused: no second one alive
+        diagonal[r:r + step] = s.diagonal(r)
+        p, lse[r:r + step] = _softmax_(s, normalize=with_grad)
         if with_grad:
-            p = _exp_(s.sub_(block_lse[:, None]))
-            torch.mm(p, y, out=gx[r:r + step])
-            gy.addmm_(p.T, x[r:r + step])
-    if with_grad:
-        gx.sub_(y)
-    loss = lse - (x * y).sum(1)
-    return loss, loss.sum(), lse, gx, gy
+            p.diagonal(r).sub_(1)  # − the one-hot target of each row
+            _block_gradients(p, xr, q, y, w, gx[r:r + step], gy, gw)
+    loss = lse - diagonal
+    return loss, loss.sum(), lse, gx, gy, gw
 
 
 @torch.library.custom_op("pyaudiok::bilinear_contrastive_cpu_backward", mutates_args=(), device_types="cpu")
-def _cpu_backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                  lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _cpu_backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+                  lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dy, dw) of the row losses of _cpu_forward for the upstream gradient g[B]: S again, a row
+    block at a time."""
     B = x.shape[0]
     g = g.to(x.dtype)
-    dx = torch.empty_like(x)
-    dy = -g[:, None] * x  # the diagonal's share; the softmax's share is accumulated below
+    dx, dy, dw = torch.empty_like(x), torch.zeros_like(y), torch.zeros_like(w)
     starts, step = _row_blocks(B)
     yt = y.T
+    s_buffer, q_buffer = x.new_empty(min(step, B), B), x.new_empty(min(step, B), w.shape[1])
     for r in starts:
-        p = _exp_(torch.addmm(lse[r:r + step, None].neg(), x[r:r + step], yt)).mul_(g[r:r + step, None])
-        torch.mm(p, y, out=dx[r:r + step])
-        dy.addmm_(p.T, x[r:r + step])
-    dx.sub_(g[:, None] * y)
-    return dx, dy
+        xr, gr = x[r:r + step], g[r:r + step]
+        q = torch.mm(xr, w, out=q_buffer[:xr.shape[0]])
+        s = torch.addmm(lse[r:r + step, None].neg(), q, yt, out=s_buffer[:xr.shape[0]])
+        p = _exp_(s).mul_(gr[:, None])
+        p.diagonal(r).sub_(gr)
+        _block_gradients(p, xr, q, y, w, dx[r:r + step], dy, dw)
+    return dx, dy, dw
 
 
 # ----------------------------------------------------------------------------------------------
 # Fake (meta) implementations and autograd of the raw op pairs.
 
 def _register(forward: str, backward: Callable[[], Callable]) -> None:
-    """Fake + autograd for a backend's forward op (x, y, with_grad) -> (loss, total, lse, gx, gy);
-    `backward()` gives that backend's backward op."""
+    """Fake + autograd for a backend's forward op (*inputs, with_grad) -> (loss, total, lse, *pre):
+    inputs (x, y) for rows of S = x yᵀ, or (x, y, w) for rows of S = (x w) yᵀ, and pre the
+    gradients of total to each input when with_grad (else empty). `backward()` gives that
+    backend's backward op (g, *inputs, lse) -> the gradients of Σ g ⊙ loss to each input."""
 
     @torch.library.register_fake(forward)
-    def _(x, y, with_grad):
+    def _(*args):
+        *inputs, with_grad = args
+        x = inputs[0]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         rows = x.new_empty(x.shape[:1], dtype=acc)
-        pre = (torch.empty_like(x), torch.empty_like(y)) if with_grad else (x.new_empty(0), y.new_empty(0))
+        pre = tuple(torch.empty_like(t) if with_grad else t.new_empty(0) for t in inputs)
         return (rows, x.new_empty((), dtype=acc), torch.empty_like(rows)) + pre
 
     def setup_context(ctx, inputs, output):
         ctx.set_materialize_grads(False)  # None for unused outputs: which of loss / total was used
-        ctx.save_for_backward(inputs[0], inputs[1], *output[2:])
+        pre = list(output[3:]) if output[3].numel() else []
+        # The gradients of total that came with the forward. In eager mode they are kept as detached
+        # aliases (not saved tensors): the first backward scales them in place and hands them on as
+        # the gradients, so a step holds no second copy of them, and a later backward through a
+        # retained graph recomputes. Traced (fake or functional tensors) they are saved as usual.
+        eager = bool(pre) and all(type(t) is torch.Tensor for t in output)
+        ctx.pre = [t.detach() for t in pre] if eager else None
+        ctx.inputs = len(inputs) - 1
+        ctx.save_for_backward(*inputs[:-1], output[2], *([] if eager else pre))
 
     def grad(ctx, grad_loss, grad_total, *rest):
-        x, y, lse, *pre = ctx.saved_tensors
-        # lse (and gx, gy) are auxiliary outputs for the backward; their gradients are not propagated.
-        dx = dy = None
+        saved = ctx.saved_tensors
+        inputs, lse, saved_pre = saved[:ctx.inputs], saved[ctx.inputs], saved[ctx.inputs + 1:]
+        # lse (and the pre-computed gradients) are auxiliary outputs: their gradients are not propagated.
+        grads = None
         if grad_loss is not None:
-            dx, dy = backward()(grad_loss.contiguous(), x, y, lse)
+            grads = backward()(grad_loss.contiguous(), *inputs, lse)
         if grad_total is not None:
-            g = grad_total.to(x.dtype)
-            if pre[0].numel():
-                gx, gy = g * pre[0], g * pre[1]
-            else:  # the forward did not precompute them: the uniform row gradient through the backward op
-                gx, gy = backward()(g.expand(x.shape[:1]).contiguous(), x, y, lse)
-            dx, dy = (gx, gy) if dx is None else (dx + gx, dy + gy)
-        if dx is None:
-            dx, dy = torch.zeros_like(x), torch.zeros_like(y)
-        return dx, dy, None
+            g = grad_total.to(inputs[0].dtype)
+            if ctx.pre is not None:
+                more, ctx.pre = [t.mul_(g) for t in ctx.pre], None
+            elif saved_pre:
+                more = [g * t for t in saved_pre]
+            else:  # not pre-computed (or already handed on): the uniform row gradient through the backward op
+                more = backward()(g.expand(inputs[0].shape[:1]).contiguous(), *inputs, lse)
+            grads = more if grads is None else [a + b for a, b in zip(grads, more)]
+        if grads is None:
+            grads = [torch.zeros_like(t) for t in inputs]
+        return (*grads, None)
 
     torch.library.register_autograd(forward, grad, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:
     @torch.library.register_fake(qualname)
-    def _(g, x, y, lse):
-        return torch.empty_like(x), torch.empty_like(y)
+    def _(g, *inputs_and_lse):
+        return tuple(torch.empty_like(t) for t in inputs_and_lse[:-1])
 
 
 _register_backward_fake("pyaudiok::bilinear_contrastive_cpu_backward")
@@ -188,24 +230,34 @@ def _triton_forward():
 # ----------------------------------------------------------------------------------------------
 # Backend registry.
 
-def _fused(rows: Callable):
+def _fused(rows: Callable, weight_inside: bool = False):
+    """The op from a backend's rows(*inputs, total). weight_inside: rows(x, y, w, total) over
+    S = (x w) yᵀ, the weight applied a row block at a time (the column direction is the same with
+    x, y swapped and wᵀ: Sᵀ = (P Wᵀ) Aᵀ); else rows(x, y, total) over S = x yᵀ after one Q = A W,
+    whose gradients to A and W autograd gives."""
     def run(anchors, positives, weight, symmetric, reduction):
-        q = (anchors @ weight).contiguous()  # Q = A W: its gradients to A and W come from autograd
-        positives = positives.contiguous()
-        total = reduction != "none"  # rows(x, y, total): Σ of the row losses, or the rows
-        out = rows(q, positives, total)
-        if symmetric:
-            out = 0.5 * (out + rows(positives, q, total))
+        total = reduction != "none"  # rows(..., total): Σ of the row losses, or the rows
+        if weight_inside:
+            out = rows(anchors, positives, weight, total)
+            if symmetric:
+                out = 0.5 * (out + rows(positives, anchors, weight.T, total))
+        else:
+            q = (anchors @ weight).contiguous()
+            positives = positives.contiguous()
+            out = rows(q, positives, total)
+            if symmetric:
+                out = 0.5 * (out + rows(positives, q, total))
         return (out / anchors.shape[0] if reduction == "mean" else out).to(anchors.dtype)
     return run
 
 
 def _rows(get_forward: Callable[[], Callable]):
-    """rows(x, y, total): the row losses, or their sum (total); the sum's gradients come with the
+    """rows(*inputs, total): the row losses, or their sum (total); the sum's gradients come with the
     forward when they will be needed (see _cpu_forward)."""
-    def run(x, y, total):
-        with_grad = total and torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-        out = get_forward()(x, y, with_grad)
+    def run(*args):
+        *inputs, total = args
+        with_grad = total and torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        out = get_forward()(*inputs, with_grad)
         return out[1] if total else out[0]
     return run
 
@@ -213,7 +265,8 @@ def _rows(get_forward: Callable[[], Callable]):
 OP = dispatch.op("bilinear_contrastive_loss")
 OP.register("reference", bilinear_contrastive_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 # Pure ATen: available wherever torch is, extension or not.
-OP.register("cpu", _fused(_rows(lambda: _cpu_forward)), devices=("cpu",), dtypes=(torch.float32, torch.float64))
+OP.register("cpu", _fused(_rows(lambda: _cpu_forward), weight_inside=True), devices=("cpu",),
+            dtypes=(torch.float32, torch.float64))
 # The same blocked algorithm on tensor cores (3xTF32 for fp32; kernels/bilinear_contrastive.py).
 OP.register("triton", _fused(_rows(_triton_forward)), devices=("cuda", "cpu"),
             dtypes=(torch.float32, torch.float16, torch.bfloat16), availability=backends.triton_reason)

@@ -95,6 +95,22 @@ def test_empty_batch(backend, reduction):
     assert torch.count_nonzero(w.grad) == 0 and a.grad.shape == (0, 4)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_again_through_a_retained_graph(backend):
+    """The forward's precomputed gradients are handed on (scaled in place) by the first backward; a
+    second backward through the retained graph must recompute them, not reuse the scaled buffers."""
+    device = require_backend(OP, backend)
+    inputs = _inputs(40, 12, device)
+    with pyaudiok.use_backend(backend):
+        loss = bilinear_contrastive_loss(*inputs, symmetric=True)
+    first = torch.autograd.grad(loss * 3.0, inputs, retain_graph=True)
+    second = torch.autograd.grad(loss * 3.0, inputs)
+    expected = torch.autograd.grad(bilinear_contrastive_reference(*inputs, symmetric=True) * 3.0, inputs)
+    for name, a, b, ref in zip(("anchors", "positives", "weight"), first, second, expected):
+        assert_close(f"first d{name}", a, ref, torch.float32)
+        assert_close(f"second d{name}", b, ref, torch.float32)
+
+
 def test_reference_matches_explicit_formula():
     a, p, w = (x.detach().double() for x in _inputs(9, 4, "cpu"))
     S = a @ w @ p.T
@@ -209,13 +225,16 @@ def test_registered_ops_pass_opcheck(backend):
     else:
         from pyaudiok.ops.bilinear_contrastive import _cpu_backward as backward, _cpu_forward as forward
     x, y = (torch.randn(13, 7, device=device, requires_grad=True) for _ in range(2))
+    inputs = (x, y)
+    if backend == "cpu":  # the cpu pair applies W itself: S = (x w) yᵀ
+        inputs += (torch.randn(7, 7, device=device, requires_grad=True),)
     tests = OPCHECK_TESTS
     if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
     for with_grad in (True, False):  # with_grad: the gradients for g = 1 come with the forward
-        torch.library.opcheck(forward, (x, y, with_grad), test_utils=tests)
-    loss, _, lse, _, _ = forward(x, y, True)
-    torch.library.opcheck(backward, (torch.randn_like(loss), x.detach(), y.detach(), lse.detach()),
+        torch.library.opcheck(forward, (*inputs, with_grad), test_utils=tests)
+    loss, _, lse, *_ = forward(*inputs, True)
+    torch.library.opcheck(backward, (torch.randn_like(loss), *(t.detach() for t in inputs), lse.detach()),
                           test_utils=("test_schema", "test_faketensor"))
 
 
