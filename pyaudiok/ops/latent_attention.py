@@ -170,7 +170,9 @@ def _cpu_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
         index = keep[:, None, :, None].expand_as(dk)
         dk = torch.zeros_like(k_full).scatter_(2, index, dk)
         dv = torch.zeros_like(v_full).scatter_(2, index, dv)
-    return dq, dk, dv
+    # ATen's flash backward returns its gradients in its own [B, M, H, D] layout: the op's contract
+    # (and its fake, which torch.compile plans with) is contiguous [B, H, M, D].
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +184,7 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
     @torch.library.register_fake(forward)
     def _(q, k, v, key_lengths, scale, keep):
         lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=lse_dtype)
+        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=lse_dtype)
 
     def setup_context(ctx, inputs, output):
         q, k, v, key_lengths, scale, keep = inputs
@@ -201,7 +203,7 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
 def _register_backward_fake(qualname: str) -> None:
     @torch.library.register_fake(qualname)
     def _(grad_out, q, k, v, out, lse, key_lengths, scale, keep):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous
 
 
 _register_backward_fake("pyaudiok::latent_attention_cpu_backward")

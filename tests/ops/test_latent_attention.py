@@ -225,9 +225,30 @@ def test_registered_ops_pass_opcheck(backend):
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
     for kl, kp in ((None, None), (lengths, None), (None, keep)):
         torch.library.opcheck(forward, (q, k, v, kl, 0.25, kp), test_utils=tests)
-    out, lse = forward(q, k, v, lengths, 0.25, None)
-    torch.library.opcheck(backward, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(),
-                                     lse.detach(), lengths, 0.25, None), test_utils=("test_schema", "test_faketensor"))
+    # Every key visible to the last query (one flash call on the cpu backend: its gradients come back
+    # in ATen's layout unless made contiguous), then per-row lengths; square (M = N) and M > N.
+    for kq, kk, kv_, kl in ((q, k, v, None), (q, k, v, lengths), (q, k[:, :, :8], v[:, :, :8], None)):
+        out, lse = forward(kq, kk, kv_, kl, 0.25, None)
+        torch.library.opcheck(backward, (torch.randn_like(out), kq.detach(), kk.detach().contiguous(),
+                                         kv_.detach().contiguous(), out.detach(), lse.detach(), kl, 0.25, None),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_cpu_backend_under_torch_compile():
+    """Forward and backward traced by torch.compile (the fakes must match the real outputs' strides)."""
+    require_backend(OP, "cpu")
+    q, k, v = _inputs(2, 2, 8, 8, 16, "cpu")  # M = N: the square causal case of the latent blocks
+    grad = torch.randn(q.shape, dtype=q.dtype)
+
+    def step(q, k, v):
+        with pyaudiok.use_backend("cpu"):
+            out = latent_cross_attention(q, k, v)
+        return torch.autograd.grad((out * grad).sum(), (q, k, v))
+
+    expected = step(q, k, v)
+    compiled = torch.compile(step)(q, k, v)  # inductor: it checks the real strides against the fakes
+    for name, a, b in zip("qkv", compiled, expected):
+        assert_close(f"d{name}", a, b, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
