@@ -331,8 +331,10 @@ def _blocks(m: int) -> tuple[int, int]:
 
 ROUTES = ("single", "split")
 SPLIT_BYTES = 256 * 1024  # a problem's cost above this streams from HBM rather than L2
-_PROGRAMS_PER_SM = 2
-_INTERPRETER_BLOCKS = 3
+# About two waves of the 2-3 programs an SM holds at once (≈80 registers a thread at 8 warps on
+# sm_90), so that the last, partial wave is a small part of each launch.
+_PROGRAMS_PER_SM = 4
+_INTERPRETER_BLOCKS, _INTERPRETER_TILE_ROWS = 3, 4
 _forced: str | None = None
 
 
@@ -357,9 +359,10 @@ def _split_plan(B: int, n: int, m: int, block_r: int, sms: int) -> tuple[int, in
     while the cost is on-chip or in L2 and one launch beats n_iters + 1. The split route reads it
     once per iteration with B·R programs: taken for a cost over SPLIT_BYTES per problem, or when
     B ≤ a quarter of the SMs (most of the GPU idle) and there are rows to split. R targets
-    _PROGRAMS_PER_SM programs per SM, at most √(n/2) since every program re-reads the 2·R·m
-    column partials of its problem, which then stay below its own n/R·m share of the cost. In the
-    interpreter (sms = 0) a split uses a few small blocks, so that tests see several."""
+    _PROGRAMS_PER_SM programs per SM, at most √(n/2): every program re-reads the 2·R·m
+    column partials of its problem, which so stay below its own n/R·m share of the cost. In the
+    interpreter (sms = 0) a split uses a few blocks of small tiles, so that tests see several of
+    each and a short last block."""
     route = _forced
     if route is None:
         large = n * m * 4 > SPLIT_BYTES
@@ -371,6 +374,7 @@ def _split_plan(B: int, n: int, m: int, block_r: int, sms: int) -> tuple[int, in
         blocks = max(1, min(-(-_PROGRAMS_PER_SM * sms // B), math.isqrt(max(n // 2, 1))))
     else:
         blocks = min(_INTERPRETER_BLOCKS, n)
+        block_r = min(block_r, _INTERPRETER_TILE_ROWS)
     rows = -(-n // blocks)
     if rows >= block_r:
         rows = -(-rows // block_r) * block_r  # whole tiles except in the last block
