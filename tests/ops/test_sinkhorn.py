@@ -307,6 +307,15 @@ def test_split_route_gradients_match_reference(backward, tol, n_iters):
         assert out[3][0] == 1 and out[3][1] > 1, out[3]
 
 
+def test_split_route_passes_opcheck():
+    device, kernels = _routes()
+    cost = torch.rand(2, 5, 6, device=device)
+    a, b = marginals(2, 5, 6, device)
+    with kernels.forced_route("split"):
+        torch.library.opcheck(_triton_forward(), (cost, a.log(), b.log(), 0.1, 3, 0.0, True),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: clear errors naming the argument.
 
