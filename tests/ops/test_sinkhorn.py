@@ -244,6 +244,17 @@ SPLIT_CASES = [  # B, n, m, n_iters, tol, history, zero-mass first row
 
 @pytest.mark.parametrize("B,n,m,n_iters,tol,history,zero_row", SPLIT_CASES)
 def test_split_route_matches_single_launch_and_reference(B, n, m, n_iters, tol, history, zero_row):
+    _compare_routes(B, n, m, n_iters, tol, history, zero_row)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("history", (True, False))
+def test_split_route_on_gpu_matches_single_launch_and_reference(history):
+    """GPU-sized: many row blocks of whole tiles, run concurrently (which the interpreter cannot)."""
+    _compare_routes(3, 700, 513, 150, 1e-2, history, True)
+
+
+def _compare_routes(B, n, m, n_iters, tol, history, zero_row):
     device, kernels = _routes()
     # Batch elements that stop at different iterations: a constant cost after the first (the
     # earliest stop), then smoother and rougher random costs.
