@@ -3,8 +3,9 @@
 against the reference, every backend and the peers: a plain PyTorch log-domain loop and POT's
 `ot.bregman.sinkhorn_log` (one problem at a time, 100 iterations, no stopping check).
 
-On a GPU also B = 256 of 512 × 512 (a cost far above L2), and the Triton forward on each of its
-routes: "triton" as dispatched, "triton split-row" forced onto the split route (kernels/sinkhorn.py)."""
+On a GPU also B = 256 of 512 × 512 (a cost far above L2). "triton" is the Triton backend as
+dispatched; "triton single-launch" and "triton split-row" force each route of its forward
+(kernels/sinkhorn.py), which the dispatched one repeats."""
 from __future__ import annotations
 
 import torch
@@ -55,18 +56,23 @@ def _check(output, reference):
 
 
 def _ours(device, cost, ours) -> list[Candidate]:
-    """Every backend, and the Triton forward forced onto its split-row route."""
+    """Every backend, and the Triton forward forced onto each of its routes."""
     cands = backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: with_backend(b, ours), _check)
     triton = next(c for c in cands if c.name == "triton")
-    run = None
-    if triton.skip is None:
-        from pyaudiok.kernels.sinkhorn import forced_route
-
-        def run():
-            with forced_route("split"):
-                return triton.run()
     at = cands.index(triton) + 1
-    return cands[:at] + [Candidate("triton split-row", "backend", run, skip=triton.skip, check=_check)] + cands[at:]
+    return cands[:at] + [_forced(triton, route) for route in ("single", "split")] + cands[at:]
+
+
+def _forced(triton: Candidate, route: str) -> Candidate:
+    name = {"single": "triton single-launch", "split": "triton split-row"}[route]
+    if triton.skip is not None:
+        return Candidate(name, "backend", None, skip=triton.skip)
+    from pyaudiok.kernels.sinkhorn import forced_route
+
+    def run():
+        with forced_route(route):
+            return triton.run()
+    return Candidate(name, "backend", run, check=_check)
 
 
 def _name(kind, B, n, m, first):
