@@ -357,17 +357,17 @@ def _split_plan(B: int, n: int, m: int, block_r: int, sms: int) -> tuple[int, in
 
     The single launch reads each problem's cost twice per iteration, one program per problem: good
     while the cost is on-chip or in L2 and one launch beats n_iters + 1. The split route reads it
-    once per iteration with B·R programs: taken for a cost over SPLIT_BYTES per problem, or when
-    B ≤ a quarter of the SMs (most of the GPU idle) and there are rows to split. R targets
+    once per iteration with B·R programs: taken for a cost over SPLIT_BYTES per problem, or over
+    half of it when B ≤ a quarter of the SMs (most of the GPU idle; below that an iteration of the
+    single launch is about as short as a launch). R targets
     _PROGRAMS_PER_SM programs per SM, at most √(n/2): every program re-reads the 2·R·m
     column partials of its problem, which so stay below its own n/R·m share of the cost. In the
     interpreter (sms = 0) a split uses a few blocks of small tiles, so that tests see several of
     each and a short last block."""
     route = _forced
     if route is None:
-        large = n * m * 4 > SPLIT_BYTES
-        idle = 4 * B <= sms and n >= 2 * block_r
-        route = "split" if large or idle else "single"
+        size = n * m * 4
+        route = "split" if size > SPLIT_BYTES or (4 * B <= sms and 2 * size > SPLIT_BYTES) else "single"
     if route == "single":
         return None
     if sms:

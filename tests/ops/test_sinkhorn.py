@@ -283,7 +283,10 @@ def _compare_routes(B, n, m, n_iters, tol, history, zero_row):
 def test_split_route_rule():
     _, kernels = _routes()
     plan = kernels._split_plan
-    assert plan(64, 128, 128, 32, 132) is None  # on-chip sized, batch fills the GPU: one launch
+    assert plan(64, 128, 128, 32, 132) is None  # L2 sized, batch fills the GPU: one launch
+    assert plan(8, 128, 128, 32, 132) is None  # too small for a launch per iteration
+    assert plan(8, 256, 200, 16, 132) == (8, 32, 16)  # 200 KiB, most SMs idle: R ≤ √(256/2), whole tiles
+    assert plan(64, 256, 200, 16, 132) is None
     assert plan(256, 512, 512, 8, 132) == (3, 176, 8)  # 1 MiB per problem: 3 row blocks, 4 programs per SM
     for B, n, m, block_r, sms in [(1, 1024, 1024, 4, 132), (8, 128, 128, 32, 132), (3, 1000, 300, 8, 80),
                                   (5, 17, 9, 64, 0), (2, 1, 3, 64, 0)]:
