@@ -257,7 +257,7 @@ def test_split_route_on_gpu_matches_single_launch_and_reference(history):
 def _compare_routes(B, n, m, n_iters, tol, history, zero_row):
     device, kernels = _routes()
     # Batch elements that stop at different iterations: a constant cost after the first (the
-    # earliest stop), then smoother and rougher random costs.
+    # earliest stop; with tol = 0 it must run on), then smoother and rougher random costs.
     cost = torch.rand(B, n, m, device=device) * torch.arange(B, device=device)[:, None, None] / 2
     a, b = marginals(B, n, m, device, zero_row)
     args = (cost, a.log(), b.log(), 0.1, n_iters, tol, history)
