@@ -1,7 +1,11 @@
 """Benchmark of batched log-domain Sinkhorn (DESIGN §5): B = 64 cost matrices of 128 × 128,
 ε = 0.05, exactly 100 iterations (no early stop), forward and forward + backward (unrolled),
 against the reference, every backend and the peers: a plain PyTorch log-domain loop and POT's
-`ot.bregman.sinkhorn_log` (one problem at a time, 100 iterations, no stopping check)."""
+`ot.bregman.sinkhorn_log` (one problem at a time, 100 iterations, no stopping check).
+
+On a GPU also B = 256 of 512 × 512 (a cost far above L2). "triton" is the Triton backend as
+dispatched; "triton single-launch" and "triton split-row" force each route of its forward
+(kernels/sinkhorn.py), which the dispatched one repeats."""
 from __future__ import annotations
 
 import torch
@@ -12,8 +16,8 @@ from .harness import Candidate, Case, backend_candidates, with_backend
 from .peers import load
 
 EPS, ITERS = 0.05, 100
-SHAPES = {"cpu": (64, 128, 128), "cuda": (256, 512, 512)}
-QUICK_SHAPES = {"cpu": (16, 64, 64), "cuda": (64, 256, 256)}
+SHAPES = {"cpu": [(64, 128, 128)], "cuda": [(256, 512, 512), (64, 128, 128)]}
+QUICK_SHAPES = {"cpu": [(16, 64, 64)], "cuda": [(64, 256, 256), (64, 128, 128)]}
 
 
 def _inputs(device, B, n, m):
@@ -51,18 +55,42 @@ def _check(output, reference):
     return f"plan rel err {err:.1e}"
 
 
-def forward_case(device, B, n, m) -> Case:
+def _ours(device, cost, ours) -> list[Candidate]:
+    """Every backend, and the Triton forward forced onto each of its routes."""
+    cands = backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: with_backend(b, ours), _check)
+    triton = next(c for c in cands if c.name == "triton")
+    at = cands.index(triton) + 1
+    return cands[:at] + [_forced(triton, route) for route in ("single", "split")] + cands[at:]
+
+
+def _forced(triton: Candidate, route: str) -> Candidate:
+    name = {"single": "triton single-launch", "split": "triton split-row"}[route]
+    if triton.skip is not None:
+        return Candidate(name, "backend", None, skip=triton.skip)
+    from pyaudiok.kernels.sinkhorn import forced_route
+
+    def run():
+        with forced_route(route):
+            return triton.run()
+    return Candidate(name, "backend", run, check=_check)
+
+
+def _name(kind, B, n, m, first):
+    return f"sinkhorn.{kind}" if first else f"sinkhorn.{kind}.B{B}n{n}"
+
+
+def forward_case(device, B, n, m, first=True) -> Case:
     cost = _inputs(device, B, n, m)
     ours = lambda: sinkhorn(cost, eps=EPS, n_iters=ITERS, tol=None)  # noqa: E731
     cands = [Candidate("reference", "reference", with_backend("reference", ours))]
-    cands += backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: with_backend(b, ours), _check)
+    cands += _ours(device, cost, ours)
     cands.append(Candidate("PyTorch log-domain loop", "peer", lambda: torch_loop(cost), check=_check))
     pot, reason = _pot(cost)
     cands.append(Candidate("POT ot.bregman.sinkhorn_log", "peer", pot, skip=reason, check=_check))
-    return Case("sinkhorn.forward", {"B": B, "n": n, "m": m, "iters": ITERS, "eps": EPS}, cands)
+    return Case(_name("forward", B, n, m, first), {"B": B, "n": n, "m": m, "iters": ITERS, "eps": EPS}, cands)
 
 
-def backward_case(device, B, n, m) -> Case:
+def backward_case(device, B, n, m, first=True) -> Case:
     cost = _inputs(device, B, n, m).requires_grad_(True)
     weight = torch.randn(cost.shape, generator=torch.Generator().manual_seed(1)).to(device)
 
@@ -73,12 +101,13 @@ def backward_case(device, B, n, m) -> Case:
         return run
     ours = step(lambda: sinkhorn(cost, eps=EPS, n_iters=ITERS, tol=None))
     cands = [Candidate("reference", "reference", with_backend("reference", ours))]
-    cands += backend_candidates(SINKHORN, device, cost.dtype, (cost,), lambda b: with_backend(b, ours), _check)
+    cands += _ours(device, cost, ours)
     cands.append(Candidate("PyTorch log-domain loop (autograd)", "peer", step(lambda: torch_loop(cost)),
                            check=_check))
-    return Case("sinkhorn.fwd+bwd", {"B": B, "n": n, "m": m, "iters": ITERS, "eps": EPS}, cands)
+    return Case(_name("fwd+bwd", B, n, m, first), {"B": B, "n": n, "m": m, "iters": ITERS, "eps": EPS}, cands)
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
-    shape = (QUICK_SHAPES if quick else SHAPES)[device.type]
-    return [forward_case(device, *shape), backward_case(device, *shape)]
+    shapes = (QUICK_SHAPES if quick else SHAPES)[device.type]
+    return [case(device, *shape, first=i == 0) for i, shape in enumerate(shapes)
+            for case in (forward_case, backward_case)]

@@ -6,14 +6,26 @@ the contract of the two raw ops).
 * ``sinkhorn_backward(grad_plan, grad_f, grad_g, cost, log_a, log_b, plan, iters, hist_f, hist_g, eps)``
   -> ``(grad_cost, grad_log_a, grad_log_b)``
 
-One program per batch element runs every iteration in a single launch (forward and backward,
-early stop included). A full row of the cost (m ≤ MAX_M) and the column potential g live in
-registers; rows stream in BLOCK_R-row tiles (L2-resident for the sizes this is for), the
-f-update as a row-wise log-sum-exp and the g-update as an online (rescaled) column-wise one, so
-each iteration reads the cost twice. The potentials of each iteration go to the history slots,
-which double as the working storage (barriers order the phases).
+Two forward routes, chosen by `_split_plan`:
+
+* single launch: one program per batch element runs every iteration in one launch (the backward
+  too, early stop included). A full row of the cost (m ≤ MAX_M) and the column potential g live in
+  registers; rows stream in BLOCK_R-row tiles (L2-resident for the sizes this is for), the
+  f-update as a row-wise log-sum-exp and the g-update as an online (rescaled) column-wise one, so
+  each iteration reads the cost twice. The potentials of each iteration go to the history slots,
+  which double as the working storage (barriers order the phases).
+* split rows, for costs too large for L2 or batches too small to fill the GPU: each problem's rows
+  are split over R programs and every iteration is one launch reading the cost once. Launch k
+  combines the column partials (max and sum-exp of (f_i − C_ij)/ε over each row block) written
+  by launch k − 1 into g⁽ᵏ⁻¹⁾, then does the f-update of its rows and writes the partials of
+  f⁽ᵏ⁾ for launch k + 1; a last launch writes the plan. Early stop as in the single launch: the
+  error partials of launch k − 1 decide, and a stopped problem's programs return at once (a flag
+  per problem in device memory, no host sync).
 """
 from __future__ import annotations
+
+import contextlib
+import math
 
 import torch
 import triton
@@ -31,6 +43,67 @@ def _slot(k, HISTORY: tl.constexpr):
         return k
     else:
         return k % 2
+
+
+@triton.jit
+def _f_update(c, g_prev, la, col_ok, eps, inv_eps):
+    """f_i = ε log a_i − ε LSE_j((g_j − C_ij)/ε) for a [BLOCK_R, BLOCK_M] tile of whole rows."""
+    ninf = -float("inf")
+    t = tl.where(col_ok[None, :], g_prev[None, :] - c, ninf)
+    mx = tl.max(t, axis=1)
+    safe = tl.where(mx == ninf, 0.0, mx)
+    lse = safe + eps * tl.log(tl.sum(tl.exp((t - safe[:, None]) * inv_eps), axis=1))
+    return eps * la - lse
+
+
+@triton.jit
+def _row_error(la, f_old, f_new, row_ok, inv_eps):
+    """Σ_i |a_i exp((f_old − f_new)/ε) − a_i| over a tile's rows (zero-mass rows contribute 0)."""
+    term = tl.abs(tl.exp(la + (f_old - f_new) * inv_eps) - tl.exp(la))
+    return tl.sum(tl.where(row_ok & (la != -float("inf")), term, 0.0), axis=0)
+
+
+@triton.jit
+def _col_lse_step(col_max, col_sum, f, c, row_ok, inv_eps):
+    """Online column statistics of (f_i − C_ij) over one more tile of rows: the running maximum
+    and Σ exp((f_i − C_ij − max)/ε)."""
+    ninf = -float("inf")
+    t = tl.where(row_ok[:, None], f[:, None] - c, ninf)
+    new_max = tl.maximum(col_max, tl.max(t, axis=0))
+    safe = tl.where(new_max == ninf, 0.0, new_max)
+    col_sum = col_sum * tl.exp((col_max - safe) * inv_eps) + tl.sum(tl.exp((t - safe[None, :]) * inv_eps), axis=0)
+    return new_max, col_sum
+
+
+@triton.jit
+def _col_lse_merge(col_max, col_sum, other_max, other_sum, inv_eps):
+    """The column statistics of two sets of rows combined (the split route's partials)."""
+    new_max = tl.maximum(col_max, other_max)
+    safe = tl.where(new_max == -float("inf"), 0.0, new_max)
+    return new_max, col_sum * tl.exp((col_max - safe) * inv_eps) + other_sum * tl.exp((other_max - safe) * inv_eps)
+
+
+@triton.jit
+def _g_update(col_max, col_sum, lb, eps):
+    """g_j = ε log b_j − ε LSE_i((f_i − C_ij)/ε) from the column statistics (−inf for empty columns)."""
+    return tl.where(col_max == -float("inf"), -float("inf"), eps * lb - (col_max + eps * tl.log(col_sum)))
+
+
+@triton.jit
+def _write_plan(cost_b, plan_b, f_out, f_hist, g, m, row_start, row_end, inv_eps,
+                BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Rows [row_start, row_end) of the plan exp((f_i + g_j − C_ij)/ε), and of f (from the history slot)."""
+    cols = tl.arange(0, BLOCK_M)
+    col_ok = cols < m
+    lanes = tl.arange(0, BLOCK_R)
+    for r0 in range(row_start, row_end, BLOCK_R):
+        rows = r0 + lanes
+        row_ok = rows < row_end
+        ok = row_ok[:, None] & col_ok[None, :]
+        f = tl.load(f_hist + rows, mask=row_ok, other=0.0)
+        tl.store(f_out + rows, f, mask=row_ok)
+        c = tl.load(cost_b + rows[:, None] * m + cols[None, :], mask=ok, other=0.0)
+        tl.store(plan_b + rows[:, None] * m + cols[None, :], tl.exp((f[:, None] + g[None, :] - c) * inv_eps), mask=ok)
 
 
 @triton.jit
@@ -69,15 +142,10 @@ def _sinkhorn_forward_kernel(
             rows = r0 + lanes
             row_ok = rows < n
             c = tl.load(cost_b + rows[:, None] * m + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-            t = tl.where(col_ok[None, :], g_prev[None, :] - c, ninf)
-            mx = tl.max(t, axis=1)
-            safe = tl.where(mx == ninf, 0.0, mx)
-            lse = safe + eps * tl.log(tl.sum(tl.exp((t - safe[:, None]) * inv_eps), axis=1))
             la = tl.load(la_ptr + b * n + rows, mask=row_ok, other=0.0)
-            f_new = eps * la - lse
+            f_new = _f_update(c, g_prev, la, col_ok, eps, inv_eps)
             f_old = tl.load(hf + prev * n + rows, mask=row_ok, other=0.0)
-            term = tl.abs(tl.exp(la + (f_old - f_new) * inv_eps) - tl.exp(la))
-            err += tl.sum(tl.where(row_ok & (la != ninf), term, 0.0), axis=0)
+            err += _row_error(la, f_old, f_new, row_ok, inv_eps)
             tl.store(hf + cur * n + rows, f_new, mask=row_ok)
         tl.debug_barrier()
         stop = (tol > 0) & (k > 1) & (err <= tol)
@@ -90,14 +158,8 @@ def _sinkhorn_forward_kernel(
                 c = tl.load(cost_b + rows[:, None] * m + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
                             other=0.0)
                 f = tl.load(hf + cur * n + rows, mask=row_ok, other=0.0)
-                t = tl.where(row_ok[:, None], f[:, None] - c, ninf)
-                new_max = tl.maximum(col_max, tl.max(t, axis=0))
-                safe = tl.where(new_max == ninf, 0.0, new_max)
-                col_sum = col_sum * tl.exp((col_max - safe) * inv_eps) + tl.sum(
-                    tl.exp((t - safe[None, :]) * inv_eps), axis=0)
-                col_max = new_max
-            g = tl.where(col_max == ninf, ninf, eps * lb - (col_max + eps * tl.log(col_sum)))
-            tl.store(hg + cur * m + cols, g, mask=col_ok)
+                col_max, col_sum = _col_lse_step(col_max, col_sum, f, c, row_ok, inv_eps)
+            tl.store(hg + cur * m + cols, _g_update(col_max, col_sum, lb, eps), mask=col_ok)
             tl.debug_barrier()
             done = k
         running = (not stop) & (k < n_iters)
@@ -107,15 +169,92 @@ def _sinkhorn_forward_kernel(
     g = tl.load(hg + last * m + cols, mask=col_ok, other=0.0)
     tl.store(g_ptr + b * m + cols, g, mask=col_ok)
     tl.store(iters_ptr + b, done.to(tl.int64))
-    for r0 in range(0, n, BLOCK_R):
-        rows = r0 + lanes
-        row_ok = rows < n
-        ok = row_ok[:, None] & col_ok[None, :]
-        f = tl.load(hf + last * n + rows, mask=row_ok, other=0.0)
-        tl.store(f_ptr + b * n + rows, f, mask=row_ok)
-        c = tl.load(cost_b + rows[:, None] * m + cols[None, :], mask=ok, other=0.0)
-        tl.store(plan_ptr + b * n * m + rows[:, None] * m + cols[None, :],
-                 tl.exp((f[:, None] + g[None, :] - c) * inv_eps), mask=ok)
+    _write_plan(cost_b, plan_ptr + b * n * m, f_ptr + b * n, hf + last * n, g, m, 0, n, inv_eps, BLOCK_R, BLOCK_M)
+
+
+@triton.jit(do_not_specialize=["k"])
+def _sinkhorn_split_kernel(
+    cost_ptr, la_ptr, lb_ptr,  # [B, n, m], [B, n], [B, m] fp32
+    plan_ptr, f_ptr, g_ptr, iters_ptr,  # outputs
+    hf_ptr, hg_ptr,  # [B, S, n], [B, S, m]; slot 0 zeroed by the launcher
+    cmax_ptr, csum_ptr, err_ptr, state_ptr,  # [2, B, R, m], [2, B, R, m], [2, B, R] by parity; [B] int32
+    n, m, S, R, rows_per_block, k, n_iters, eps, tol,
+    HISTORY: tl.constexpr, FINAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """Launch k ≤ n_iters of the split route (FINAL: launch n_iters + 1, the outputs), program r of
+    batch element b. state[b] is −1 while b runs, then its final iteration count."""
+    pid = tl.program_id(0)
+    b = (pid // R).to(tl.int64)
+    r = pid % R
+    B = tl.num_programs(0) // R
+    cost_b = cost_ptr + b * n * m
+    hf = hf_ptr + b * S * n
+    hg = hg_ptr + b * S * m
+    inv_eps = 1.0 / eps
+    cols = tl.arange(0, BLOCK_M)
+    col_ok = cols < m
+    lb = tl.load(lb_ptr + b * m + cols, mask=col_ok, other=0.0)
+    ninf = -float("inf")
+    row_start = r * rows_per_block
+    row_end = tl.minimum(row_start + rows_per_block, n)
+
+    # g⁽ᵏ⁻¹⁾ and the error of iteration k − 1 from the partials of launch k − 1 (g⁽⁰⁾ = 0),
+    # combined redundantly by every program of the problem.
+    state = tl.load(state_ptr + b)
+    live = state < 0
+    have = live & (k > 1)
+    part = ((k - 1) % 2 * B + b) * R
+    part_ok = cols < tl.where(have, m, 0)  # (a scalar condition &-ed into a mask breaks the interpreter)
+    col_max = tl.full([BLOCK_M], ninf, tl.float32)
+    col_sum = tl.zeros([BLOCK_M], tl.float32)
+    err = 0.0
+    for j in range(0, R):
+        other_max = tl.load(cmax_ptr + (part + j) * m + cols, mask=part_ok, other=ninf)
+        other_sum = tl.load(csum_ptr + (part + j) * m + cols, mask=part_ok, other=0.0)
+        col_max, col_sum = _col_lse_merge(col_max, col_sum, other_max, other_sum, inv_eps)
+        err += tl.load(err_ptr + part + j, mask=have, other=0.0)
+    g_prev = tl.where(have, _g_update(col_max, col_sum, lb, eps), 0.0)
+    # Iteration k − 1 stops (its g-update undone: the state is that of k − 2) as in the single launch.
+    stop = live & (tol > 0) & (k > 2) & (err <= tol)
+    go = live & (stop == 0)
+
+    if FINAL:
+        done = tl.where(live, tl.where(stop, k - 2, k - 1), state)
+        last = _slot(done, HISTORY)
+        g = tl.where(go, g_prev, tl.load(hg + last * m + cols, mask=cols < tl.where(go, 0, m), other=0.0))
+        if r == 0:
+            tl.store(hg + last * m + cols, g, mask=cols < tl.where(go, m, 0))
+            tl.store(g_ptr + b * m + cols, g, mask=col_ok)
+            tl.store(iters_ptr + b, done.to(tl.int64))
+        _write_plan(cost_b, plan_ptr + b * n * m, f_ptr + b * n, hf + last * n, g, m, row_start, row_end, inv_eps,
+                    BLOCK_R, BLOCK_M)
+    else:
+        if stop & (r == 0):
+            tl.store(state_ptr + b, (k - 2).to(tl.int32))
+        if go:
+            cur = _slot(k, HISTORY)
+            prev = _slot(k - 1, HISTORY)
+            if r == 0:
+                tl.store(hg + prev * m + cols, g_prev, mask=col_ok)
+            lanes = tl.arange(0, BLOCK_R)
+            col_max = tl.full([BLOCK_M], ninf, tl.float32)
+            col_sum = tl.zeros([BLOCK_M], tl.float32)
+            err = 0.0
+            for r0 in range(row_start, row_end, BLOCK_R):
+                rows = r0 + lanes
+                row_ok = rows < row_end
+                c = tl.load(cost_b + rows[:, None] * m + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                            other=0.0)
+                la = tl.load(la_ptr + b * n + rows, mask=row_ok, other=0.0)
+                f_new = _f_update(c, g_prev, la, col_ok, eps, inv_eps)
+                f_old = tl.load(hf + prev * n + rows, mask=row_ok, other=0.0)
+                err += _row_error(la, f_old, f_new, row_ok, inv_eps)
+                tl.store(hf + cur * n + rows, f_new, mask=row_ok)
+                col_max, col_sum = _col_lse_step(col_max, col_sum, f_new, c, row_ok, inv_eps)
+            q = (k % 2 * B + b) * R + r
+            tl.store(cmax_ptr + q * m + cols, col_max, mask=col_ok)
+            tl.store(csum_ptr + q * m + cols, col_sum, mask=col_ok)
+            tl.store(err_ptr + q, err)
 
 
 @triton.jit
@@ -190,6 +329,77 @@ def _blocks(m: int) -> tuple[int, int]:
     return max(1, min(64, _TILE // block_m)), block_m
 
 
+ROUTES = ("single", "split")
+SPLIT_BYTES = 256 * 1024  # a problem's cost above this streams from HBM rather than L2
+# About two waves of the 2-3 programs an SM holds at once (≈80 registers a thread at 8 warps on
+# sm_90), so that the last, partial wave is a small part of each launch.
+_PROGRAMS_PER_SM = 4
+_INTERPRETER_BLOCKS, _INTERPRETER_TILE_ROWS = 3, 4
+_forced: str | None = None
+
+
+@contextlib.contextmanager
+def forced_route(route: str | None):
+    """Run the forward on `route` ("single" or "split"; None: the automatic choice) inside the
+    block, for tests and the bench."""
+    global _forced
+    if route is not None and route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES} or None; got {route!r}")
+    old, _forced = _forced, route
+    try:
+        yield
+    finally:
+        _forced = old
+
+
+def _split_plan(B: int, n: int, m: int, block_r: int, sms: int) -> tuple[int, int, int] | None:
+    """(R row blocks, rows per block, BLOCK_R) of the split route, or None for the single launch.
+
+    The single launch reads each problem's cost twice per iteration, one program per problem: good
+    while the cost is on-chip or in L2 and one launch beats n_iters + 1. The split route reads it
+    once per iteration with B·R programs: taken for a cost over SPLIT_BYTES per problem, or over
+    half of it when B ≤ a quarter of the SMs (most of the GPU idle; below that an iteration of the
+    single launch is about as short as a launch). R targets
+    _PROGRAMS_PER_SM programs per SM, at most √(n/2): every program re-reads the 2·R·m
+    column partials of its problem, which so stay below its own n/R·m share of the cost. In the
+    interpreter (sms = 0) a split uses a few blocks of small tiles, so that tests see several of
+    each and a short last block."""
+    route = _forced
+    if route is None:
+        size = n * m * 4
+        route = "split" if size > SPLIT_BYTES or (4 * B <= sms and 2 * size > SPLIT_BYTES) else "single"
+    if route == "single":
+        return None
+    if sms:
+        blocks = max(1, min(-(-_PROGRAMS_PER_SM * sms // B), math.isqrt(max(n // 2, 1))))
+    else:
+        blocks = min(_INTERPRETER_BLOCKS, n)
+        block_r = min(block_r, _INTERPRETER_TILE_ROWS)
+    rows = -(-n // blocks)
+    if rows >= block_r:
+        rows = -(-rows // block_r) * block_r  # whole tiles except in the last block
+    else:
+        block_r = triton.next_power_of_2(rows)
+    return -(-n // rows), rows, block_r
+
+
+def _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n_iters, tol, history, split, block_m):
+    B, n, m = cost.shape
+    R, rows, block_r = split
+    hist_f[:, 0].zero_()
+    hist_g[:, 0].zero_()
+    cmax = torch.empty((2, B, R, m), dtype=cost.dtype, device=cost.device)
+    csum = torch.empty_like(cmax)
+    err = torch.empty((2, B, R), dtype=cost.dtype, device=cost.device)
+    state = torch.full((B,), -1, dtype=torch.int32, device=cost.device)
+    kernel = wrap_triton(_sinkhorn_split_kernel)
+    for k in range(1, n_iters + 2):  # launches are queued without a sync; a stopped problem's programs return
+        kernel[(B * R,)](cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, cmax, csum, err, state,
+                         n, m, hist_f.shape[1], R, rows, k, n_iters, eps, tol,
+                         HISTORY=history, FINAL=k > n_iters, BLOCK_R=block_r, BLOCK_M=block_m,
+                         num_warps=8 if block_m >= 512 else 4)
+
+
 def sinkhorn_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, n_iters: int, tol: float,
                      history: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     B, n, m = cost.shape
@@ -204,9 +414,15 @@ def sinkhorn_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, n_i
     hist_g = torch.empty((B, S, m), dtype=cost.dtype, device=cost.device)
     if B:
         block_r, block_m = _blocks(m)
-        wrap_triton(_sinkhorn_forward_kernel)[(B,)](
-            cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, n, m, S, n_iters, eps, tol,
-            HISTORY=history, BLOCK_R=block_r, BLOCK_M=block_m, num_warps=8 if block_m >= 512 else 4)
+        sms = torch.cuda.get_device_properties(cost.device).multi_processor_count if cost.is_cuda else 0
+        split = _split_plan(B, n, m, block_r, sms)
+        if split is not None:
+            _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n_iters, tol, history, split,
+                           block_m)
+        else:
+            wrap_triton(_sinkhorn_forward_kernel)[(B,)](
+                cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, n, m, S, n_iters, eps, tol,
+                HISTORY=history, BLOCK_R=block_r, BLOCK_M=block_m, num_warps=8 if block_m >= 512 else 4)
     return plan, f, g, iters, hist_f, hist_g
 
 

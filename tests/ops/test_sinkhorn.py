@@ -218,6 +218,119 @@ def test_registered_ops_pass_opcheck(backend, history):
 
 
 # ---------------------------------------------------------------------------------------------
+# The Triton forward's split-row route (kernels/sinkhorn.py) against its single launch and the
+# reference. In the interpreter a forced split runs 2-3 row blocks of 1-4-row tiles.
+
+def _routes():
+    """The Triton device and kernels module (skips where Triton cannot run)."""
+    device = require_backend(SINKHORN, "triton")
+    from pyaudiok.kernels import sinkhorn as kernels
+    return device, kernels
+
+
+def _on_route(kernels, route, *args):
+    with kernels.forced_route(route), poisoned_outputs():
+        return _triton_forward()(*args)
+
+
+SPLIT_CASES = [  # B, n, m, n_iters, tol, history, zero-mass first row
+    pytest.param(2, 17, 9, 5, 0.0, True, False, id="odd-sizes-no-stop"),
+    pytest.param(3, 8, 11, 1, 0.0, False, False, id="one-iteration"),
+    pytest.param(2, 5, 6, 6, 0.0, True, True, id="zero-mass-rows"),
+    pytest.param(3, 7, 5, 20, 1e-2, True, False, id="early-stop-history"),
+    pytest.param(3, 7, 5, 20, 1e-2, False, True, id="early-stop-scratch"),
+]
+
+
+@pytest.mark.parametrize("B,n,m,n_iters,tol,history,zero_row", SPLIT_CASES)
+def test_split_route_matches_single_launch_and_reference(B, n, m, n_iters, tol, history, zero_row):
+    _compare_routes(B, n, m, n_iters, tol, history, zero_row)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("history", (True, False))
+def test_split_route_on_gpu_matches_single_launch_and_reference(history):
+    """GPU-sized: many row blocks of whole tiles, run concurrently (which the interpreter cannot)."""
+    _compare_routes(3, 700, 513, 150, 1e-2, history, True)
+
+
+def _compare_routes(B, n, m, n_iters, tol, history, zero_row):
+    device, kernels = _routes()
+    # Batch elements that stop at different iterations: a constant cost after the first (the
+    # earliest stop; with tol = 0 it must run on), then smoother and rougher random costs.
+    cost = torch.rand(B, n, m, device=device) * torch.arange(B, device=device)[:, None, None] / 2
+    a, b = marginals(B, n, m, device, zero_row)
+    args = (cost, a.log(), b.log(), 0.1, n_iters, tol, history)
+    split, single = _on_route(kernels, "split", *args), _on_route(kernels, "single", *args)
+    plan, f, g, iters = sinkhorn_reference(*(x.double() for x in args[:3]), 0.1, n_iters, tol or None)
+
+    assert torch.equal(split[3], single[3]) and torch.equal(split[3].cpu(), iters)
+    if tol:
+        assert iters[0] == 1 and (iters[1:] > 1).all(), iters
+    else:
+        assert (iters == n_iters).all()
+    for i, (name, want) in enumerate([("plan", plan), ("f", f), ("g", g)]):
+        torch.testing.assert_close(split[i], single[i], atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(split[i].double().cpu(), want, atol=1e-6, rtol=1e-4, msg=name)
+    for h in (4, 5):  # the history slots (all of them), or the scratch slot of the final potentials
+        for e, k in enumerate(iters.tolist()):
+            slots = slice(0, k + 1) if history else k % 2
+            torch.testing.assert_close(split[h][e, slots], single[h][e, slots], atol=1e-6, rtol=1e-5)
+    if zero_row:
+        assert (split[0][:, 0] == 0).all() and (split[1][:, 0] == -float("inf")).all()
+
+
+def test_split_route_rule():
+    _, kernels = _routes()
+    plan = kernels._split_plan
+    assert plan(64, 128, 128, 32, 132) is None  # L2 sized, batch fills the GPU: one launch
+    assert plan(8, 128, 128, 32, 132) is None  # too small for a launch per iteration
+    assert plan(8, 256, 200, 16, 132) == (8, 32, 16)  # 200 KiB, most SMs idle: R ≤ √(256/2), whole tiles
+    assert plan(64, 256, 200, 16, 132) is None
+    assert plan(256, 512, 512, 8, 132) == (3, 176, 8)  # 1 MiB per problem: 3 row blocks, 4 programs per SM
+    for B, n, m, block_r, sms in [(1, 1024, 1024, 4, 132), (8, 128, 128, 32, 132), (3, 1000, 300, 8, 80),
+                                  (5, 17, 9, 64, 0), (2, 1, 3, 64, 0)]:
+        with kernels.forced_route("split"):
+            R, rows, tile = plan(B, n, m, block_r, sms)
+        assert (R - 1) * rows < n <= R * rows and tile <= block_r
+        if sms:
+            assert R * R <= n // 2 and rows % tile == 0  # partials re-read ≤ own share; whole tiles
+        else:
+            assert R == min(3, n)
+    with kernels.forced_route("single"):
+        assert plan(1, 1024, 1024, 4, 132) is None
+    with pytest.raises(ValueError, match="route"):
+        with kernels.forced_route("rows"):
+            pass
+
+
+@pytest.mark.parametrize("backward,tol,n_iters", [("unroll", None, 6), ("unroll", 1e-2, 20), ("implicit", None, 10)])
+def test_split_route_gradients_match_reference(backward, tol, n_iters):
+    """The backward (unrolled kernel, or implicit at the plan) fed by the split forward; with tol,
+    a constant cost stops after one iteration, a random one later."""
+    device, kernels = _routes()
+    cost = (torch.rand(2, 11, 6, device=device) * torch.tensor([0.0, 0.5], device=device)[:, None, None]
+            ).requires_grad_(True)
+    a, b = marginals(2, 11, 6, device)
+    with kernels.forced_route("split"):
+        out, _ = compare_with_reference(_state(eps=0.1, n_iters=n_iters, tol=tol, backward=backward),
+                                        (cost, a.requires_grad_(True), b.requires_grad_(True)), "triton", scale=5)
+        with pyaudiok.use_backend("triton"):
+            assert sinkhorn(torch.rand(0, 3, 4, device=device), eps=0.1, n_iters=3).shape == (0, 3, 4)
+    if tol:
+        assert out[3][0] == 1 and out[3][1] > 1, out[3]
+
+
+def test_split_route_passes_opcheck():
+    device, kernels = _routes()
+    cost = torch.rand(2, 5, 6, device=device)
+    a, b = marginals(2, 5, 6, device)
+    with kernels.forced_route("split"):
+        torch.library.opcheck(_triton_forward(), (cost, a.log(), b.log(), 0.1, 3, 0.0, True),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input: clear errors naming the argument.
 
 def _cost():
