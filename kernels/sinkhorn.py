@@ -336,6 +336,7 @@ SPLIT_BYTES = 256 * 1024  # a problem's cost above this streams from HBM rather 
 _PROGRAMS_PER_SM = 4
 _INTERPRETER_BLOCKS, _INTERPRETER_TILE_ROWS = 3, 4
 _forced: str | None = None
+_STOP_CHECK_EVERY = 32  # launches of the split route between host checks for early stop (eager, with tol)
 
 
 @contextlib.contextmanager
@@ -383,7 +384,9 @@ def _split_plan(B: int, n: int, m: int, block_r: int, sms: int) -> tuple[int, in
     return -(-n // rows), rows, block_r
 
 
-def _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n_iters, tol, history, split, block_m):
+def _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n_iters, tol, history, split,
+                   block_m) -> int:
+    """The split route into the given outputs; returns the number of launches made."""
     B, n, m = cost.shape
     R, rows, block_r = split
     hist_f[:, 0].zero_()
@@ -393,11 +396,25 @@ def _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n
     err = torch.empty((2, B, R), dtype=cost.dtype, device=cost.device)
     state = torch.full((B,), -1, dtype=torch.int32, device=cost.device)
     kernel = wrap_triton(_sinkhorn_split_kernel)
-    for k in range(1, n_iters + 2):  # launches are queued without a sync; a stopped problem's programs return
+
+    def launch(k: int) -> None:  # launch n_iters + 1 is the final one
         kernel[(B * R,)](cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, cmax, csum, err, state,
                          n, m, hist_f.shape[1], R, rows, k, n_iters, eps, tol,
                          HISTORY=history, FINAL=k > n_iters, BLOCK_R=block_r, BLOCK_M=block_m,
                          num_warps=8 if block_m >= 512 else 4)
+
+    # Eager calls with a tolerance look every _STOP_CHECK_EVERY launches whether every problem has
+    # stopped, and if so go straight to the final launch (with tol alone n_iters defaults to 1000:
+    # launches of returning programs would otherwise outnumber the working ones). Traced calls
+    # (fake or functional tensors) cannot read device memory and queue every launch.
+    check = tol > 0 and type(state) is torch.Tensor and not torch.compiler.is_compiling()
+    for k in range(1, n_iters + 1):  # queued without a sync; a stopped problem's programs return
+        launch(k)
+        if check and k < n_iters and k % _STOP_CHECK_EVERY == 0 and bool((state >= 0).all()):
+            launch(n_iters + 1)  # the outputs of the stopped problems, from their state
+            return k + 1
+    launch(n_iters + 1)
+    return n_iters + 1
 
 
 def sinkhorn_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, n_iters: int, tol: float,

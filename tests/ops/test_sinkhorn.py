@@ -280,6 +280,26 @@ def _compare_routes(B, n, m, n_iters, tol, history, zero_row):
         assert (split[0][:, 0] == 0).all() and (split[1][:, 0] == -float("inf")).all()
 
 
+def test_split_route_stops_launching_once_every_problem_has_stopped():
+    """With a tolerance the split route checks every _STOP_CHECK_EVERY launches whether all problems
+    have stopped and then makes only the final launch; the outputs equal the single launch's."""
+    device, kernels = _routes()
+    cost = torch.rand(3, 7, 5, device=device)
+    a, b = marginals(3, 7, 5, device)
+    args = (cost, a.log(), b.log(), 0.5, 1000, 1e-4, False)
+    single = _on_route(kernels, "single", *args)
+    assert (single[3] < 20).all(), single[3]  # every problem converges within a few iterations
+    outputs = [torch.empty_like(t) for t in single]
+    block_r, block_m = kernels._blocks(5)
+    with kernels.forced_route("split"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "_STOP_CHECK_EVERY", 4)
+        launches = kernels._forward_split(*args[:3], *outputs, 0.5, 1000, 1e-4, False,
+                                          kernels._split_plan(3, 7, 5, block_r, 0), block_m)
+    assert launches <= int(single[3].max()) + 2 + 4, launches  # not the 1 001 of a full run
+    for name, ours, ref in zip(("plan", "f", "g", "iters"), outputs, single):
+        assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6), name
+
+
 def test_split_route_rule():
     _, kernels = _routes()
     plan = kernels._split_plan
