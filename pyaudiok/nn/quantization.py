@@ -189,13 +189,17 @@ def _laplace_smooth(count: torch.Tensor, eps: float) -> torch.Tensor:
     return (count + eps) / (total + count.shape[-1] * eps) * total
 
 
-def _sample_stage_residuals(residuals: torch.Tensor, weight: torch.Tensor, count: int) -> torch.Tensor:
-    """`count` random residuals per stage, [n, count, D], drawn from the rows that used the stage
+def _dead_codes_readable(device: torch.device) -> bool:
+    """Whether finding the dead codes on the host is free: on the CPU, in a single process (under
+    DDP every process must install rank 0's candidates, so they are gathered and broadcast)."""
+    return device.type == "cpu" and not _distributed()
+
+
+def _sample_stage_rows(weight: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` random row indices per stage, [n, count], drawn from the rows that used the stage
     (from all rows of a stage no row used on this process)."""
     usable = torch.where(weight.sum(-1, keepdim=True) > 0, weight, torch.ones_like(weight))
-    rows = torch.multinomial(usable, count, replacement=True)
-    stages = torch.arange(residuals.shape[0], device=residuals.device)[:, None]
-    return residuals[stages, rows]
+    return torch.multinomial(usable, count, replacement=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,27 +351,46 @@ class ResidualVQ(nn.Module):
             self._replace_dead_codes_(residuals, weight, active)
 
     def _ema_update_(self, counts: torch.Tensor, sums: torch.Tensor, active: torch.Tensor) -> None:
-        n, gamma = counts.shape[0], self.decay
-        keep = ~active[:, None]
-        count = torch.where(keep, self.ema_count[:n], gamma * self.ema_count[:n] + (1 - gamma) * counts)
-        total = torch.where(keep[..., None], self.ema_sum[:n], gamma * self.ema_sum[:n] + (1 - gamma) * sums)
-        self.ema_count[:n] = count
-        self.ema_sum[:n] = total
+        """EMA of the counts and sums (counts and sums are this step's, consumed), codebooks =
+        sums / Laplace-smoothed counts. In place over the [n, K, D] buffers: each is one pass or two,
+        no temporaries of that size but the division's."""
+        n = counts.shape[0]
+        # A stage that no vector reached keeps its state bit for bit: its weights are (1, 0), and its
+        # counts and sums are zero. The weights are formed in float64, as a Python float would be.
+        f64 = dict(dtype=torch.float64, device=counts.device)
+        new = torch.zeros(n, **f64).masked_fill_(active, 1 - self.decay).to(counts.dtype)
+        old = torch.ones(n, **f64).masked_fill_(active, self.decay).to(counts.dtype)
+        count, total = self.ema_count[:n], self.ema_sum[:n]
+        count.mul_(old[:, None]).add_(counts.mul_(new[:, None]))
+        total.mul_(old[:, None, None]).add_(sums.mul_(new[:, None, None]))
         smoothed = _laplace_smooth(count, self.eps)
-        self.codebooks[:n] = torch.where(keep[..., None], self.codebooks[:n], total / smoothed[..., None])
+        codebooks = self.codebooks[:n]
+        torch.where(active[:, None, None], total / smoothed[..., None], codebooks, out=codebooks)
 
     def _replace_dead_codes_(self, residuals: torch.Tensor, weight: torch.Tensor, active: torch.Tensor) -> None:
         # A replaced codeword restarts at count = threshold (sum = vector · threshold): it keeps
         # its place only if it then earns about `threshold` hits per step, like any other.
         n, threshold = residuals.shape[0], self.dead_code_threshold
         dead = (self.ema_count[:n] < threshold) & active[:, None]
-        # Candidates are drawn every step: asking whether any code is dead would sync the device.
-        candidates = _sample_stage_residuals(residuals, weight, self.codebook_size)
-        _broadcast_from_rank0_(candidates)  # every process must install the same vectors
-        candidates = candidates.to(self.codebooks.dtype)
-        self.codebooks[:n] = torch.where(dead[..., None], candidates, self.codebooks[:n])
-        self.ema_count[:n] = torch.where(dead, torch.full_like(self.ema_count[:n], threshold), self.ema_count[:n])
-        self.ema_sum[:n] = torch.where(dead[..., None], candidates * threshold, self.ema_sum[:n])
+        # Candidates are drawn every step (the same random stream on every route).
+        rows = _sample_stage_rows(weight, self.codebook_size)
+        codebooks, count, total = self.codebooks[:n], self.ema_count[:n], self.ema_sum[:n]
+        if _dead_codes_readable(residuals.device):  # only the dead codes' candidates are gathered
+            stage, code = dead.nonzero(as_tuple=True)
+            if stage.numel():
+                vectors = residuals[stage, rows[stage, code]].to(codebooks.dtype)
+                codebooks[stage, code] = vectors
+                count[stage, code] = threshold
+                total[stage, code] = vectors * threshold
+            return
+        # Elsewhere asking whether any code is dead would sync the device: every candidate is
+        # gathered, and rank 0's installed by every process.
+        candidates = residuals[torch.arange(n, device=residuals.device)[:, None], rows]
+        _broadcast_from_rank0_(candidates)
+        candidates = candidates.to(codebooks.dtype)
+        torch.where(dead[..., None], candidates, codebooks, out=codebooks)
+        count.masked_fill_(dead, threshold)
+        torch.where(dead[..., None], candidates.mul_(threshold), total, out=total)
 
     # ------------------------------------------------------------------------------------------
     # Codes.

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from pyaudiok.nn import quantization
 from pyaudiok.nn.quantization import ResidualVQ, kmeans
 
 
@@ -205,8 +206,13 @@ def is_row_of(vector: torch.Tensor, rows: torch.Tensor) -> bool:
     return bool((rows == vector).all(-1).any())
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["dead-only", "dense"])
 @pytest.mark.parametrize("n_q", [None, [2, 1]], ids=["all-stages", "per-example"])
-def test_dead_codes_replaced_by_batch_residuals(n_q):
+def test_dead_codes_replaced_by_batch_residuals(n_q, dense, monkeypatch):
+    """Both routes: gathering only the dead codes' candidates (CPU, one process) and the sync-free
+    dense one (GPU, DDP)."""
+    if dense:
+        monkeypatch.setattr(quantization, "_dead_codes_readable", lambda device: False)
     per_example = None if n_q is None else torch.tensor(n_q)
     module, x = dead_code_setup(threshold=2.0)
     twin, _ = dead_code_setup(threshold=0.0)  # same step without replacement
