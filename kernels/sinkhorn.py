@@ -46,6 +46,15 @@ def _slot(k, HISTORY: tl.constexpr):
 
 
 @triton.jit
+def _problem(cost_ptr, hf_ptr, hg_ptr, lb_ptr, b, n, m, S, BLOCK_M: tl.constexpr):
+    """Batch element b's cost and history pointers, its columns (and which are real) and log b."""
+    cols = tl.arange(0, BLOCK_M)
+    col_ok = cols < m
+    lb = tl.load(lb_ptr + b * m + cols, mask=col_ok, other=0.0)
+    return cost_ptr + b * n * m, hf_ptr + b * S * n, hg_ptr + b * S * m, cols, col_ok, lb
+
+
+@triton.jit
 def _f_update(c, g_prev, la, col_ok, eps, inv_eps):
     """f_i = ε log a_i − ε LSE_j((g_j − C_ij)/ε) for a [BLOCK_R, BLOCK_M] tile of whole rows."""
     ninf = -float("inf")
@@ -115,14 +124,9 @@ def _sinkhorn_forward_kernel(
     HISTORY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
-    cost_b = cost_ptr + b * n * m
-    hf = hf_ptr + b * S * n
-    hg = hg_ptr + b * S * m
+    cost_b, hf, hg, cols, col_ok, lb = _problem(cost_ptr, hf_ptr, hg_ptr, lb_ptr, b, n, m, S, BLOCK_M)
     inv_eps = 1.0 / eps
-    cols = tl.arange(0, BLOCK_M)
-    col_ok = cols < m
     lanes = tl.arange(0, BLOCK_R)
-    lb = tl.load(lb_ptr + b * m + cols, mask=col_ok, other=0.0)
     ninf = -float("inf")
 
     tl.store(hg + cols, tl.zeros([BLOCK_M], tl.float32), mask=col_ok)
@@ -187,13 +191,8 @@ def _sinkhorn_split_kernel(
     b = (pid // R).to(tl.int64)
     r = pid % R
     B = tl.num_programs(0) // R
-    cost_b = cost_ptr + b * n * m
-    hf = hf_ptr + b * S * n
-    hg = hg_ptr + b * S * m
+    cost_b, hf, hg, cols, col_ok, lb = _problem(cost_ptr, hf_ptr, hg_ptr, lb_ptr, b, n, m, S, BLOCK_M)
     inv_eps = 1.0 / eps
-    cols = tl.arange(0, BLOCK_M)
-    col_ok = cols < m
-    lb = tl.load(lb_ptr + b * m + cols, mask=col_ok, other=0.0)
     ninf = -float("inf")
     row_start = r * rows_per_block
     row_end = tl.minimum(row_start + rows_per_block, n)
