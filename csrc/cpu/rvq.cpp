@@ -9,6 +9,7 @@
 #include "simd.h"
 #include "target_clones.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -89,36 +90,56 @@ void rvq_codeword_norms(const float* codebooks, int64_t n_q, int64_t K, int64_t 
 void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnorm, int64_t N,
                        int64_t D, int64_t K, int64_t n_q, int64_t tile_begin, int64_t tile_end,
                        float* quantized, int64_t* codes, float* sqerr_tiles) {
-  std::vector<float> rT(static_cast<size_t>(D) * kRows);    // residual, transposed
-  std::vector<float> accT(static_cast<size_t>(D) * kRows);  // sum of chosen codewords, transposed
+  // Tiles go through the stages a group at a time: each stage's codebook (K·D floats, 512 KiB at the
+  // 24 kHz preset, more than L2) is streamed once per group of kTileGroup tiles instead of once per
+  // tile, while the group's residuals (2 · kTileGroup · 16 · D floats) stay in L2. Every tile's
+  // arithmetic is unchanged: the results do not depend on the grouping.
+  constexpr int64_t kTileGroup = 8;
+  const size_t tile_floats = static_cast<size_t>(D) * kRows;
+  std::vector<float> rT(tile_floats * kTileGroup);    // residuals, transposed, tile by tile
+  std::vector<float> accT(tile_floats * kTileGroup);  // sums of the chosen codewords, transposed
   int32_t chosen[kRows];
-  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    const int64_t row0 = tile * kRows;
-    const int rows = static_cast<int>(N - row0 < kRows ? N - row0 : kRows);
+  for (int64_t group = tile_begin; group < tile_end; group += kTileGroup) {
+    const int64_t tiles = std::min<int64_t>(kTileGroup, tile_end - group);
     // Padding rows stay zero: they are scored like real rows but never written out.
-    std::fill(rT.begin(), rT.end(), 0.f);
-    std::fill(accT.begin(), accT.end(), 0.f);
-    for (int i = 0; i < rows; ++i)
-      for (int64_t d = 0; d < D; ++d) rT[d * kRows + i] = x[(row0 + i) * D + d];
-
+    std::fill(rT.begin(), rT.begin() + tiles * tile_floats, 0.f);
+    std::fill(accT.begin(), accT.begin() + tiles * tile_floats, 0.f);
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t row0 = (group + t) * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, N - row0));
+      float* r = rT.data() + t * tile_floats;
+      for (int i = 0; i < rows; ++i)
+        for (int64_t d = 0; d < D; ++d) r[d * kRows + i] = x[(row0 + i) * D + d];
+    }
     for (int64_t q = 0; q < n_q; ++q) {
       const float* C = codebooks + q * K * D;
-      nearest_rows_tile(rT.data(), C, cnorm + q * K, K, D, chosen);
-      float sq = 0.f;
-      for (int i = 0; i < rows; ++i) {
-        codes[(row0 + i) * n_q + q] = chosen[i];
-        const float* c = C + static_cast<int64_t>(chosen[i]) * D;
-        for (int64_t d = 0; d < D; ++d) {
-          float& r = rT[d * kRows + i];
-          accT[d * kRows + i] += c[d];
-          r -= c[d];
-          sq += r * r;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t tile = group + t, row0 = tile * kRows;
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, N - row0));
+        float* r = rT.data() + t * tile_floats;
+        float* acc = accT.data() + t * tile_floats;
+        nearest_rows_tile(r, C, cnorm + q * K, K, D, chosen);
+        float sq = 0.f;
+        for (int i = 0; i < rows; ++i) {
+          codes[(row0 + i) * n_q + q] = chosen[i];
+          const float* c = C + static_cast<int64_t>(chosen[i]) * D;
+          for (int64_t d = 0; d < D; ++d) {
+            float& ri = r[d * kRows + i];
+            acc[d * kRows + i] += c[d];
+            ri -= c[d];
+            sq += ri * ri;
+          }
         }
+        sqerr_tiles[tile * n_q + q] = sq;
       }
-      sqerr_tiles[tile * n_q + q] = sq;
     }
-    for (int i = 0; i < rows; ++i)
-      for (int64_t d = 0; d < D; ++d) quantized[(row0 + i) * D + d] = accT[d * kRows + i];
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t row0 = (group + t) * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, N - row0));
+      const float* acc = accT.data() + t * tile_floats;
+      for (int i = 0; i < rows; ++i)
+        for (int64_t d = 0; d < D; ++d) quantized[(row0 + i) * D + d] = acc[d * kRows + i];
+    }
   }
 }
 
