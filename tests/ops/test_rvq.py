@@ -92,6 +92,25 @@ def test_codes_identical_exact_arithmetic(backend, N, D, K, Q):
         assert torch.equal(out.commit_loss.cpu(), ref[2].cpu()), f"n_q={n_q}: commit loss differs"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_tile_groups_and_thread_split(threads):
+    """The cpu kernel runs 16-row tiles through the stages in groups (16 tiles at D <= 128): rows
+    spanning several groups, a short last group and a short last tile, on 1 and 2 threads."""
+    device = require_backend(FORWARD, "cpu")
+    N = 16 * 16 * 2 + 16 * 5 + 7
+    x, codebooks = integer_inputs(N, 20, 50, 3, device)
+    ref = rvq_reference(x, codebooks, 3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with poisoned_outputs(), pyaudiok.use_backend("cpu"):
+            out = residual_vq(x, codebooks, 3)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out.codes, ref[1]) and torch.equal(out.quantized, ref[0])
+    assert torch.equal(out.commit_loss, ref[2])
+
+
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_ties_resolve_to_lowest_index(backend):
     device = require_backend(FORWARD, backend)
