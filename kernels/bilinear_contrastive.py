@@ -33,6 +33,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from .gpu import sm_count as _sm_count
 from .tf32 import parts as tf32_parts, split as tf32_split
 
 _LOG2E = 1.4426950408889634
@@ -157,11 +158,6 @@ def _dy_kernel(S, LSE2, G, XTH, XTL, X, DY, row0, R, B, D,
 # --------------------------------------------------------------------------- launchers
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _config(B: int, D: int, device: torch.device) -> dict:
     """Tiles (block_m rows or columns of S, block_d features), K step, warps, pipeline stages and
     rows per strip.
@@ -175,7 +171,7 @@ def _config(B: int, D: int, device: torch.device) -> dict:
     if device.type != "cuda":
         return dict(block_m=16, block_d=16, block_k=16, warps=4, stages=1, strip=_INTERPRETER_STRIP_ROWS)
     block_d = min(128, max(16, triton.next_power_of_2(D)))
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _sm_count(device)
     # At least the rows whose 128-row dX tiles fill the SMs (one program per tile and feature tile).
     fill = triton.cdiv(sms, triton.cdiv(D, block_d)) * 128
     strip = max(fill, _STRIP_ELEMENTS // max(B, 1) // 128 * 128)

@@ -31,7 +31,6 @@ that hold whole operand rows in registers: on sm_90 the dK/dV kernel spilled ~13
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -39,6 +38,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
+
+from .gpu import sm_count as _sm_count
 
 HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
@@ -335,11 +336,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def choose_splits(programs: int, Mk: int, device: torch.device) -> int:
     """Key-range splits for a launch of `programs` query tiles over Mk keys.
 
@@ -351,7 +347,7 @@ def choose_splits(programs: int, Mk: int, device: torch.device) -> int:
     """
     if device.type != "cuda":
         return 1
-    slots = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    slots = 2 * _sm_count(device)
     if programs >= slots:
         return 1
     return min(range(1, max(1, min(32, Mk // 1024)) + 1), key=lambda s: (triton.cdiv(programs * s, slots) / s, s))

@@ -33,6 +33,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from .gpu import sm_count
+
 MAX_M = 1024
 _TILE = 4096  # elements per [BLOCK_R, BLOCK_M] tile
 
@@ -323,6 +325,10 @@ def _sinkhorn_backward_kernel(
     tl.store(dlb_ptr + b * m + cols, dlb, mask=col_ok)
 
 
+def _warps(block_m: int) -> int:
+    return 8 if block_m >= 512 else 4
+
+
 def _blocks(m: int) -> tuple[int, int]:
     block_m = max(16, triton.next_power_of_2(m))
     return max(1, min(64, _TILE // block_m)), block_m
@@ -400,7 +406,7 @@ def _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n
         kernel[(B * R,)](cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, cmax, csum, err, state,
                          n, m, hist_f.shape[1], R, rows, k, n_iters, eps, tol,
                          HISTORY=history, FINAL=k > n_iters, BLOCK_R=block_r, BLOCK_M=block_m,
-                         num_warps=8 if block_m >= 512 else 4)
+                         num_warps=_warps(block_m))
 
     # Eager calls with a tolerance look every _STOP_CHECK_EVERY launches whether every problem has
     # stopped, and if so go straight to the final launch (with tol alone n_iters defaults to 1000:
@@ -430,15 +436,14 @@ def sinkhorn_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, n_i
     hist_g = torch.empty((B, S, m), dtype=cost.dtype, device=cost.device)
     if B:
         block_r, block_m = _blocks(m)
-        sms = torch.cuda.get_device_properties(cost.device).multi_processor_count if cost.is_cuda else 0
-        split = _split_plan(B, n, m, block_r, sms)
+        split = _split_plan(B, n, m, block_r, sm_count(cost.device))
         if split is not None:
             _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n_iters, tol, history, split,
                            block_m)
         else:
             wrap_triton(_sinkhorn_forward_kernel)[(B,)](
                 cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, n, m, S, n_iters, eps, tol,
-                HISTORY=history, BLOCK_R=block_r, BLOCK_M=block_m, num_warps=8 if block_m >= 512 else 4)
+                HISTORY=history, BLOCK_R=block_r, BLOCK_M=block_m, num_warps=_warps(block_m))
     return plan, f, g, iters, hist_f, hist_g
 
 
@@ -455,5 +460,5 @@ def sinkhorn_backward(grad_plan: Tensor, grad_f: Tensor, grad_g: Tensor, cost: T
         wrap_triton(_sinkhorn_backward_kernel)[(B,)](
             grad_plan, grad_f, grad_g, cost, log_a, log_b, plan, iters, hist_f, hist_g,
             grad_cost, grad_log_a, grad_log_b, fbar, n, m, hist_f.shape[1], eps,
-            BLOCK_R=block_r, BLOCK_M=block_m, num_warps=8 if block_m >= 512 else 4)
+            BLOCK_R=block_r, BLOCK_M=block_m, num_warps=_warps(block_m))
     return grad_cost, grad_log_a, grad_log_b

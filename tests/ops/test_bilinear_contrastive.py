@@ -191,7 +191,7 @@ def test_triton_gpu_plan():
     kernel needs more rows to give every SM a program; 128-row tiles then, 64-row tiles for small B."""
     from pyaudiok.kernels import bilinear_contrastive as k
     cuda = torch.device("cuda", 0)
-    with patch.object(k, "_sm_count", lambda index: 132):
+    with patch.object(k, "_sm_count", lambda device: 132):
         for B in (1024, 4096, 8192, 16384, 50000):
             cfg = k._config(B, 512, cuda)
             strips = k._strips(B, cfg)
@@ -209,7 +209,7 @@ def test_triton_on_gpu_tiles_and_strips(B, D, strip_elements):
     device = require_backend(OP, "triton")
     from pyaudiok.kernels import bilinear_contrastive as k
     with patch.object(k, "_STRIP_ELEMENTS", strip_elements or k._STRIP_ELEMENTS), \
-            patch.object(k, "_sm_count", lambda index: 132 if strip_elements is None else 1):
+            patch.object(k, "_sm_count", lambda device: 132 if strip_elements is None else 1):
         cfg = k._config(B, D, device)
         assert cfg["block_m"] == 128 and len(k._strips(B, cfg)) == (1 if strip_elements is None else 6)
         for symmetric, reduction in ((True, "mean"), (False, "none")):

@@ -126,7 +126,7 @@ def test_triton_split_count_fills_the_gpu(monkeypatch):
     CTAs each); enough tiles, short ranges or the interpreter are never split."""
     pytest.importorskip("triton")
     from pyaudiok.kernels import latent_attention as kernels
-    monkeypatch.setattr(kernels, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
     cuda = torch.device("cuda", 0)
     assert kernels.choose_splits(64, 65536, cuda) == 4      # N = 1024, 8 heads: 256 CTAs, one wave
     assert kernels.choose_splits(128, 65536, cuda) == 2
