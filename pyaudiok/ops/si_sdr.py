@@ -18,8 +18,8 @@ drops out because centred signals sum to zero).
 
 Backends: `reference` (the formula above on explicit [B, N, M, T] pairs, any float dtype),
 `cpu` (C++, csrc/cpu/si_sdr.cpp: the statistics of all pairs in one sweep over time, summed in
-float64 like the reference's exact route, and the formula, in one call), `triton` (kernels/si_sdr.py: fp32 accumulation over
-T-chunks in parallel, then one launch that merges the chunks and evaluates the formula in float64;
+float64 like the reference's exact route, and the formula, in one call), `triton`
+(kernels/si_sdr.py: fp32 accumulation over T-chunks in parallel, then one launch that merges the chunks and evaluates the formula in float64;
 it returns the statistics too, and its backward differentiates the same formula in PyTorch).
 
 `pit_si_sdr` finds, per item, the assignment of estimates to distinct references with the best
@@ -215,7 +215,8 @@ def _fused_cpu_pit(estimates: torch.Tensor, references: torch.Tensor, zero_mean:
     if (estimates.device.type != "cpu" or estimates.dtype not in (torch.float32, torch.float64)
             or references.shape[1] > EXHAUSTIVE_MAX_SOURCES
             or (torch.is_grad_enabled() and (estimates.requires_grad or references.requires_grad))
-            or MATRIX.select(estimates.device, estimates.dtype, (estimates, references, zero_mean, eps)).backend != "cpu"):
+            or MATRIX.select(estimates.device, estimates.dtype,
+                             (estimates, references, zero_mean, eps)).backend != "cpu"):
         return None
     si_sdr, permutation, matrix = cpp_op("pit_si_sdr_cpu")(estimates, references, zero_mean, eps)
     return PITResult(si_sdr, permutation, matrix)

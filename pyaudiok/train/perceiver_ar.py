@@ -31,8 +31,7 @@ from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generat
 
 from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, resolve_checkpoint,
                          restore_rng_state, save_checkpoint)
-from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, stop_runtime,
-                      unwrap, write_csv)
+from .runtime import (Averager, Runtime, gather_rng_states, seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -101,15 +100,8 @@ def validate(model: PerceiverAR, windows: torch.Tensor, batch_size: int) -> floa
 def train(config: TrainConfig) -> dict[str, float]:
     """Train (or resume); returns the final {step, valid_bits_per_byte, unigram_bits_per_byte,
     train_bits_per_byte, seconds}."""
-    runtime = start_runtime(config.device)
-    torch.set_num_threads(config.threads or auto_threads(runtime.local_world_size))
-    finished = False
-    try:
-        result = _train(config, runtime)
-        finished = True
-        return result
-    finally:
-        stop_runtime(runtime, finished=finished)
+    with training_runtime(config.device, config.threads) as runtime:
+        return _train(config, runtime)
 
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:

@@ -2,13 +2,14 @@
 seeding, per-rank RNG states, running loss averages and CSV logs."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from pyaudiok.codec.bitstream import atomic_writer
 
 from .checkpoint import capture_rng_state
 
-__all__ = ["Runtime", "start_runtime", "stop_runtime", "auto_threads", "seed_everything", "unwrap", "gather_rng_states", "Averager",
-           "write_csv"]
+__all__ = ["Runtime", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything", "unwrap",
+           "gather_rng_states", "Averager", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,21 @@ def stop_runtime(runtime: Runtime, *, finished: bool) -> None:
     if finished:
         dist.barrier()
     dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def training_runtime(device: str, threads: int | None) -> Iterator[Runtime]:
+    """A trainer's runtime for the body of a `with`: started (process group under torchrun, this
+    process's thread count, `threads` or auto_threads), and stopped at the end, with the waiting of a
+    finished run only when the body returned normally."""
+    runtime = start_runtime(device)
+    torch.set_num_threads(threads or auto_threads(runtime.local_world_size))
+    finished = False
+    try:
+        yield runtime
+        finished = True
+    finally:
+        stop_runtime(runtime, finished=finished)
 
 
 def auto_threads(local_world_size: int) -> int:

@@ -52,8 +52,7 @@ from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
 from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
                          save_checkpoint)
-from .runtime import (Averager, Runtime, auto_threads, gather_rng_states, seed_everything, start_runtime, stop_runtime,
-                      unwrap, write_csv)
+from .runtime import (Averager, Runtime, gather_rng_states, seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
@@ -339,15 +338,8 @@ def _restore(trainer: _Trainer, state: dict[str, Any], runtime: Runtime) -> None
 def train(config: TrainConfig) -> dict[str, float]:
     """Train (or resume) as `config` says; returns the final validation metrics plus `step`,
     `seconds` (training wall time of this call) and the last logged losses (`train/…`)."""
-    runtime = start_runtime(config.device)
-    torch.set_num_threads(config.threads or auto_threads(runtime.local_world_size))
-    finished = False
-    try:
-        result = _train(config, runtime)
-        finished = True
-        return result
-    finally:
-        stop_runtime(runtime, finished=finished)
+    with training_runtime(config.device, config.threads) as runtime:
+        return _train(config, runtime)
 
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
