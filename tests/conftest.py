@@ -18,6 +18,8 @@ from . import triton_launches  # noqa: E402
 if os.environ.get("TRITON_INTERPRET") == "1":
     triton_launches.install()
 
+from .harness import threads  # noqa: E402  (after the launch record is installed)
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
@@ -48,7 +50,5 @@ def _seed(request):
 def one_thread():
     """Run on one thread: small models only pay synchronisation cost for more (a lot of it on a
     busy machine). Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with threads(1):
+        yield

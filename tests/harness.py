@@ -53,6 +53,17 @@ def poisoned_outputs():
         torch.utils.deterministic.fill_uninitialized_memory = old[2]
 
 
+@contextlib.contextmanager
+def threads(count: int):
+    """torch (and the C++ kernels' parallel loops) on `count` threads meanwhile."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
     denom = ref.norm().item()

@@ -60,6 +60,7 @@ def test_tile_sweep_runs_every_kernel_and_reports_the_best():
     assert [r.kernel for r in rows] == ["forward"] * 2 + ["dK/dV"] * 2 + ["dQ"]
     assert all(r.seconds is not None and r.seconds > 0 for r in rows), rows
     assert len(best) == 3 and all(isinstance(t, _Tile) for t in best)
-    assert set(baselines) == {"current forward", "current backward", "current forward, again", "current backward, again"}
+    assert set(baselines) == {"current forward", "current backward",
+                              "current forward, again", "current backward, again"}
     text = tile_sweep.report(rows, best, baselines)
     assert "best (forward, dK/dV, dQ)" in text and "current backward" in text

@@ -11,6 +11,7 @@ from pyaudiok.ops import residual_vq, rvq_decode
 from pyaudiok.ops.rvq import DECODE, FORWARD, rvq_reference
 
 from ..harness import FUSED_BACKENDS, assert_close, compare_with_reference, poisoned_outputs, require_backend
+from ..harness import threads as threads_of
 
 SHAPES = [  # (N, D, K, Q): odd sizes, K not a multiple of any block, D not a power of two
     (1, 3, 7, 1),
@@ -92,21 +93,16 @@ def test_codes_identical_exact_arithmetic(backend, N, D, K, Q):
         assert torch.equal(out.commit_loss.cpu(), ref[2].cpu()), f"n_q={n_q}: commit loss differs"
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_tile_groups_and_thread_split(threads):
+@pytest.mark.parametrize("count", [1, 2])
+def test_cpu_tile_groups_and_thread_split(count):
     """The cpu kernel runs 16-row tiles through the stages in groups (16 tiles at D <= 128): rows
     spanning several groups, a short last group and a short last tile, on 1 and 2 threads."""
     device = require_backend(FORWARD, "cpu")
     N = 16 * 16 * 2 + 16 * 5 + 7
     x, codebooks = integer_inputs(N, 20, 50, 3, device)
     ref = rvq_reference(x, codebooks, 3)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with poisoned_outputs(), pyaudiok.use_backend("cpu"):
-            out = residual_vq(x, codebooks, 3)
-    finally:
-        torch.set_num_threads(before)
+    with threads_of(count), poisoned_outputs(), pyaudiok.use_backend("cpu"):
+        out = residual_vq(x, codebooks, 3)
     assert torch.equal(out.codes, ref[1]) and torch.equal(out.quantized, ref[0])
     assert torch.equal(out.commit_loss, ref[2])
 

@@ -12,7 +12,7 @@ import pyaudiok
 from pyaudiok.ops import neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
 from pyaudiok.ops.si_sdr import MATRIX, _triton_matrix_op, si_sdr_matrix_reference
 
-from ..harness import compare_with_reference, require_backend
+from ..harness import compare_with_reference, require_backend, threads as threads_of
 
 BACKENDS = ("cpu", "triton", "cuda")
 
@@ -51,22 +51,17 @@ def test_triton_merges_many_chunks(monkeypatch):
                                (e.requires_grad_(True), r.requires_grad_(True)), "triton", scale=5)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_cpu_long_items_split_over_threads(threads):
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_cpu_long_items_split_over_threads(count):
     """Fewer items than threads: the C++ kernel sums time chunks of one item on several threads and
     adds them; a DC offset 100× the signal, which the near-mean shift plus the sums must cancel
     exactly; a last block shorter than the unrolled step."""
     require_backend(MATRIX, "cpu")
     e, r = mixtures(1, 2, 3, 3 * 8192 + 5, dc=100.0)
     expected = si_sdr_matrix_reference(e.double(), r.double())
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with pyaudiok.use_backend("cpu"):
-            got = si_sdr_matrix(e.double(), r.double())
-            got32 = si_sdr_matrix(e, r)
-    finally:
-        torch.set_num_threads(previous)
+    with threads_of(count), pyaudiok.use_backend("cpu"):
+        got = si_sdr_matrix(e.double(), r.double())
+        got32 = si_sdr_matrix(e, r)
     assert (got - expected).abs().max() < 1e-9
     assert (got32.double() - expected).abs().max() < 1e-4
 
