@@ -37,7 +37,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> si_sdr_matrix_cpu(con
   at::Tensor matrix = at::empty({B, N, M}, e.options());
   // Enough chunks per item to give every thread work, none shorter than kMinChunk.
   const int64_t threads = at::get_num_threads();
-  const int64_t chunks = B == 0 || B >= threads ? 1 : std::max<int64_t>(1, std::min((threads + B - 1) / B, n_time / kMinChunk));
+  const int64_t chunks =
+      B == 0 || B >= threads ? 1 : std::max<int64_t>(1, std::min((threads + B - 1) / B, n_time / kMinChunk));
   const int64_t chunk_len = (n_time + chunks - 1) / chunks;
   at::Tensor shift = at::zeros({B, K}, f64), partial = at::empty({B, chunks, P}, f64);
   AT_DISPATCH_FLOATING_TYPES(e.scalar_type(), "si_sdr_matrix_cpu", [&] {
@@ -70,9 +71,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> si_sdr_matrix_cpu(con
   return {matrix, ee, rr, er};
 }
 
-void check_assignable(const at::Tensor& scores, const char* op) {
-  TORCH_CHECK(scores.dim() == 3 && scores.size(1) <= scores.size(2) && scores.size(2) <= cpu::kMaxExhaustiveSources,
-              op, ": scores must be [B, N, M] with N <= M <= ", cpu::kMaxExhaustiveSources);
+void check_assignable(int64_t N, int64_t M, const char* op) {
+  TORCH_CHECK(N <= M && M <= cpu::kMaxExhaustiveSources, op, ": N <= M <= ", cpu::kMaxExhaustiveSources,
+              " sources needed for the exhaustive search; got N = ", N, ", M = ", M);
 }
 
 // Best column per row of contiguous scores[B, N, M] into perm[B, N].
@@ -88,7 +89,8 @@ void assign(const at::Tensor& scores, at::Tensor& perm) {
 // PIT's exhaustive assignment search per item: scores[B, N, M] -> [B, N] int64 column per row.
 at::Tensor pit_assign_cpu(const at::Tensor& scores_in) {
   TORCH_CHECK(scores_in.device().is_cpu(), "pit_assign_cpu: scores must be on the CPU");
-  check_assignable(scores_in, "pit_assign_cpu");
+  TORCH_CHECK(scores_in.dim() == 3, "pit_assign_cpu: scores must be [B, N, M]");
+  check_assignable(scores_in.size(1), scores_in.size(2), "pit_assign_cpu");
   TORCH_CHECK(scores_in.scalar_type() == at::kFloat || scores_in.scalar_type() == at::kDouble,
               "pit_assign_cpu: scores must be float32 or float64");
   const at::Tensor scores = scores_in.contiguous();
@@ -102,8 +104,10 @@ at::Tensor pit_assign_cpu(const at::Tensor& scores_in) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pit_si_sdr_cpu(const at::Tensor& estimates,
                                                              const at::Tensor& references, bool zero_mean,
                                                              double eps) {
+  TORCH_CHECK(estimates.dim() == 3 && references.dim() == 3,
+              "pit_si_sdr_cpu: estimates must be [B, N, T] and references [B, M, T]");
+  check_assignable(estimates.size(1), references.size(1), "pit_si_sdr_cpu");  // before any work
   at::Tensor matrix = std::get<0>(si_sdr_matrix_cpu(estimates, references, zero_mean, eps));
-  check_assignable(matrix, "pit_si_sdr_cpu");
   const int64_t B = matrix.size(0), N = matrix.size(1);
   at::Tensor perm = at::empty({B, N}, matrix.options().dtype(at::kLong));
   assign(matrix, perm);

@@ -209,7 +209,8 @@ PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_
     if (lanes == kLanes) {
       smooth_lanes<kLanes>(E + first, s, n_time, M + first);
     } else {
-      for (int64_t j = 0; j < lanes; ++j) smooth_lanes<1>(E + first + j * n_time, s + j, n_time, M + first + j * n_time);
+      for (int64_t j = 0; j < lanes; ++j)
+        smooth_lanes<1>(E + first + j * n_time, s + j, n_time, M + first + j * n_time);
     }
     for (int64_t j = 0; j < lanes; ++j) {
       const int64_t row = (r0 + j) * n_time;

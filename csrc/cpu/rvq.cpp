@@ -95,7 +95,8 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
   // the group's residuals and sums (256 KiB: 16 tiles at D = 128, measured best of 4–32 on a Zen 3
   // core) stay in L2. Every tile's arithmetic is unchanged: the results do not depend on the grouping.
   const size_t tile_floats = static_cast<size_t>(D) * kRows;
-  const int64_t group_tiles = std::max<int64_t>(1, std::min<int64_t>(16, (256 << 10) / (2 * tile_floats * sizeof(float))));
+  const int64_t group_tiles =
+      std::max<int64_t>(1, std::min<int64_t>(16, (256 << 10) / (2 * tile_floats * sizeof(float))));
   std::vector<float> rT(tile_floats * group_tiles);    // residuals, transposed, tile by tile
   std::vector<float> accT(tile_floats * group_tiles);  // sums of the chosen codewords, transposed
   int32_t chosen[kRows];

@@ -208,6 +208,8 @@ def test_pit_cpu_ops_pass_opcheck():
     torch.library.opcheck(pyaudiok.ops._library.cpp_op("pit_si_sdr_cpu"), (e, r, True, 1e-8), test_utils=tests)
     with pytest.raises(RuntimeError, match="N <= M <= 8"):
         pyaudiok.ops._library.cpp_op("pit_assign_cpu")(torch.randn(1, 2, 9))
+    with pytest.raises(RuntimeError, match="N <= M <= 8"):  # refused before any work
+        pyaudiok.ops._library.cpp_op("pit_si_sdr_cpu")(*mixtures(1, 2, 9, 100), True, 1e-8)
 
 
 @pytest.mark.parametrize("backend", ("cpu", "triton"))
