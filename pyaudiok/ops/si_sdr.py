@@ -19,8 +19,9 @@ drops out because centred signals sum to zero).
 Backends: `reference` (the formula above on explicit [B, N, M, T] pairs, any float dtype),
 `cpu` (C++, csrc/cpu/si_sdr.cpp: the statistics of all pairs in one sweep over time, summed in
 float64 like the reference's exact route, and the formula, in one call), `triton`
-(kernels/si_sdr.py: fp32 accumulation over T-chunks in parallel, then one launch that merges the chunks and evaluates the formula in float64;
-it returns the statistics too, and its backward differentiates the same formula in PyTorch).
+(kernels/si_sdr.py: fp32 accumulation over T-chunks in parallel, then one launch that merges the
+chunks and evaluates the formula in float64; it returns the statistics too, and its backward
+differentiates the same formula in PyTorch).
 
 `pit_si_sdr` finds, per item, the assignment of estimates to distinct references with the best
 mean SI-SDR: an exhaustive search over all assignments on the tensors' device when M ≤ 8, the
