@@ -16,7 +16,7 @@ from torch import nn
 import pyaudiok
 from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
-from .harness import Candidate, Case
+from .harness import Candidate, Case, threads
 from .peers import load
 
 
@@ -56,16 +56,6 @@ class SwappedResidualVQ(nn.Module):
         return self._ours[0].num_quantizers_for_bitrate(bitrate, frame_rate)
 
 
-@contextlib.contextmanager
-def _threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _swapped(model: SoundStream, num_quantizers=None):
     module, reason = load("vector_quantize_pytorch", "vector-quantize-pytorch")
     if module is None:
@@ -87,7 +77,7 @@ def codec_case(device: torch.device, quick: bool) -> Case:
 
     def round_trip(m, backend=None):
         def run():
-            with torch.no_grad(), _threads(1), (pyaudiok.use_backend(backend) if backend else contextlib.nullcontext()):
+            with torch.no_grad(), threads(1), (pyaudiok.use_backend(backend) if backend else contextlib.nullcontext()):
                 codes = m.encode(wav, n_q=n_q)
                 return codes, m.decode(codes)
         return run

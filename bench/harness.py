@@ -10,6 +10,7 @@ every larger allocation mapped and returned on its own so the mark follows the c
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -86,6 +87,17 @@ def backend_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def threads(count: int):
+    """torch (and the C++ kernels' parallel loops) on `count` threads meanwhile."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def time_median(fn: Callable[[], Any], device: torch.device, min_time: float) -> tuple[float, int]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import pyaudiok
+from pyaudiok.bench.harness import threads  # noqa: F401  (re-exported for the tests)
 from pyaudiok.dispatch import Op
 
 # Relative error ‖out − ref‖ / ‖ref‖ allowed against a float64 reference, per dtype of the backend run.
@@ -51,17 +52,6 @@ def poisoned_outputs():
     finally:
         torch.use_deterministic_algorithms(old[0], warn_only=old[1])
         torch.utils.deterministic.fill_uninitialized_memory = old[2]
-
-
-@contextlib.contextmanager
-def threads(count: int):
-    """torch (and the C++ kernels' parallel loops) on `count` threads meanwhile."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
