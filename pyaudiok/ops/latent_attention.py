@@ -10,7 +10,7 @@ self-attention (the latent stack).
 each row first (cross-attend dropout): the mask and key_lengths then apply to the M' kept keys,
 and dropped keys get zero gradient.
 
-Backends: `reference` (below: explicit mask + softmax), `cpu` (PyTorch's CPU flash-attention
+Backends: `reference` (below: explicit mask + softmax), `cpu` (the extension's flash-style C++
 kernels, see `_cpu_forward`), `triton` (kernels/latent_attention.py). Each fused backend is a
 registered pair of raw ops
 
@@ -28,7 +28,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import triton_op
+from ._library import cpp_op, triton_op
 
 __all__ = ["latent_cross_attention", "latent_attention_reference"]
 
@@ -66,83 +66,13 @@ def latent_attention_reference(q, k, v, key_lengths=None, scale=None, dropout_ke
 
 
 # ----------------------------------------------------------------------------------------------
-# cpu backend: PyTorch's CPU flash-attention kernels (blocked, never an [N, M] score matrix, near
-# the machine's matmul peak). The bottom-right mask splits each row's keys in two: the prefix
-# [0, L − N), which every query sees (no mask at all), and the last N keys, where the mask is the
-# square causal one the kernel skips blocks for. The two parts are merged by their log-sum-exps;
-# the backward of each part, given the merged out and lse, is exactly that part's share of the
-# gradient (dQ sums over parts). Rows of different key_lengths run one by one on views.
+# cpu backend: the extension's flash-style kernels (csrc/cpu/latent_attention.cpp: blocks of keys
+# with an online softmax, never an [N, M] score matrix, the products on the CPU BLAS; per-row
+# key_lengths handled inside, one call for every row). Kept keys are gathered here first, and
+# dropped keys' gradients scattered back.
 
-_ATEN = torch.ops.aten
-
-
-def _merge(o1, l1, o2, l2):
-    lse = torch.logaddexp(l1, l2)
-    safe = lse.masked_fill(lse == float("-inf"), 0.0)
-    w1, w2 = (l1 - safe).exp().unsqueeze(-1), (l2 - safe).exp().unsqueeze(-1)
-    return (o1 * w1.to(o1.dtype) + o2 * w2.to(o2.dtype)), lse
-
-
-def _row_parts(N: int, L: int):
-    """(query start, prefix end, causal segment [start, L)) of one row's visible keys."""
-    if L >= N:
-        return 0, L - N, L - N
-    return N - L, 0, 0  # only queries N - L.. see anything: square causal over keys [0, L)
-
-
-def _cpu_forward_row(q, k, v, L, scale):
-    B, H, N, D = q.shape
-    out = q.new_zeros(q.shape)
-    lse = q.new_full((B, H, N), float("-inf"), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
-    if L == 0:
-        return out, lse
-    q0, prefix, seg = _row_parts(N, L)
-    qs = q[:, :, q0:]
-    o, l = _ATEN._scaled_dot_product_flash_attention_for_cpu(qs, k[:, :, seg:L], v[:, :, seg:L], 0.0, True,
-                                                              scale=scale)
-    if prefix > 0:
-        o1, l1 = _ATEN._scaled_dot_product_flash_attention_for_cpu(qs, k[:, :, :prefix], v[:, :, :prefix], 0.0,
-                                                                    False, scale=scale)
-        o, l = _merge(o1, l1, o, l)
-    if q0 == 0:
-        return o.to(q.dtype), l.to(lse.dtype)
-    out[:, :, q0:] = o
-    lse[:, :, q0:] = l
-    return out, lse
-
-
-def _cpu_backward_row(grad_out, q, k, v, out, lse, L, scale):
-    B, H, N, D = q.shape
-    M = k.shape[2]
-    if L == 0:
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    q0, prefix, seg = _row_parts(N, L)
-    qs, gs, os_, ls = q[:, :, q0:], grad_out[:, :, q0:], out[:, :, q0:], lse[:, :, q0:]
-    parts = ([(0, prefix, False)] if prefix > 0 else []) + [(seg, L, True)]
-    dq, dks, dvs = 0, [], []
-    for lo, hi, causal in parts:
-        gq, gk, gv = _ATEN._scaled_dot_product_flash_attention_for_cpu_backward(
-            gs, qs, k[:, :, lo:hi], v[:, :, lo:hi], os_, ls, 0.0, causal, scale=scale)
-        dq, dks, dvs = dq + gq, dks + [gk], dvs + [gv]
-    if L < M:  # keys at and after L get no gradient
-        dks.append(k.new_zeros(B, H, M - L, D))
-        dvs.append(v.new_zeros(B, H, M - L, D))
-    if q0 > 0:  # queries before q0 see no key
-        dq = torch.cat((q.new_zeros(B, H, q0, D), dq), dim=2)
-    cat = (lambda xs: xs[0]) if len(dks) == 1 else (lambda xs: torch.cat(xs, dim=2))
-    return dq, cat(dks), cat(dvs)
-
-
-def _lengths(key_lengths, B, M):
-    return [M] * B if key_lengths is None else [int(x) for x in key_lengths.tolist()]
-
-
-def _by_row(fn, B, lengths, *tensors):
-    """fn(row tensors..., L) over groups of rows: all at once when every row has the same length."""
-    if len(set(lengths)) <= 1:
-        return fn(*tensors, lengths[0] if lengths else 0)
-    parts = [fn(*(t[b:b + 1] for t in tensors), lengths[b]) for b in range(B)]
-    return tuple(torch.cat(p, 0) for p in zip(*parts))
+def _lengths_arg(key_lengths: torch.Tensor | None) -> torch.Tensor | None:
+    return None if key_lengths is None else key_lengths.to("cpu", torch.int64)
 
 
 @torch.library.custom_op("pyaudiok::latent_attention_cpu", mutates_args=(), device_types="cpu")
@@ -150,10 +80,7 @@ def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths:
                  scale: float, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if keep is not None:
         k, v = _gather_keys(k, keep), _gather_keys(v, keep)
-    B, M = q.shape[0], k.shape[2]
-    out, lse = _by_row(lambda q, k, v, L: _cpu_forward_row(q, k, v, L, scale), B, _lengths(key_lengths, B, M),
-                       q, k, v)
-    return out.contiguous(), lse.contiguous()
+    return cpp_op("latent_attention_forward")(q, k.contiguous(), v.contiguous(), _lengths_arg(key_lengths), scale)
 
 
 @torch.library.custom_op("pyaudiok::latent_attention_cpu_backward", mutates_args=(), device_types="cpu")
@@ -162,17 +89,14 @@ def _cpu_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
                   keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     k_full, v_full = k, v
     if keep is not None:
-        k, v = _gather_keys(k, keep), _gather_keys(v, keep)
-    B, M = q.shape[0], k.shape[2]
-    dq, dk, dv = _by_row(lambda g, q, k, v, o, l, L: _cpu_backward_row(g, q, k, v, o, l, L, scale), B,
-                         _lengths(key_lengths, B, M), grad_out.contiguous(), q, k, v, out, lse)
+        k, v = _gather_keys(k, keep).contiguous(), _gather_keys(v, keep).contiguous()
+    dq, dk, dv = cpp_op("latent_attention_backward")(grad_out.contiguous(), q, k, v, out, lse,
+                                                     _lengths_arg(key_lengths), scale)
     if keep is not None:
         index = keep[:, None, :, None].expand_as(dk)
         dk = torch.zeros_like(k_full).scatter_(2, index, dk)
         dv = torch.zeros_like(v_full).scatter_(2, index, dv)
-    # ATen's flash backward returns its gradients in its own [B, M, H, D] layout: the op's contract
-    # (and its fake, which torch.compile plans with) is contiguous [B, H, M, D].
-    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+    return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,8 +163,8 @@ def _triton_head_dim(q, k, v, key_lengths, scale, keep):
 
 OP = dispatch.op("latent_cross_attention")
 OP.register("reference", latent_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-# Pure ATen: available wherever torch is, extension or not.
-OP.register("cpu", _fused(lambda: _cpu_forward), devices=("cpu",), dtypes=(torch.float32, torch.float64))
+OP.register("cpu", _fused(lambda: _cpu_forward), devices=("cpu",), dtypes=(torch.float32, torch.float64),
+            availability=backends.cpu_reason)
 OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16,
             torch.bfloat16), availability=backends.triton_reason, constraint=_triton_head_dim)
 

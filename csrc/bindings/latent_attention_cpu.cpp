@@ -1,0 +1,173 @@
+// CPU implementations of pyaudiok::latent_attention_forward / _backward: checks, allocation and the
+// split into tasks here (torch's intra-op thread pool), the work in csrc/cpu/latent_attention.cpp
+// with ATen's CPU BLAS as its GEMM.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
+#include "../cpu/latent_attention.h"
+
+namespace pyaudiok::bindings {
+namespace {
+
+// The GEMM: the Fortran BLAS that libtorch_cpu exports (MKL or OpenBLAS, 32-bit sizes), the same
+// routine ATen's own CPU matmuls end in; resolved weakly, so that a torch without it falls back to
+// at::addmm_out on views (a few microseconds more per call). PYAUDIOK_ATTENTION_GEMM=aten forces
+// the fallback (the tests run both).
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
+            const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
+bool use_aten_gemm() {
+  static const bool forced = [] {
+    const char* v = std::getenv("PYAUDIOK_ATTENTION_GEMM");
+    return v != nullptr && std::string(v) == "aten";
+  }();
+  return forced || sgemm_ == nullptr || dgemm_ == nullptr;
+}
+
+template <typename T>
+void aten_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor t = at::from_blob(const_cast<T*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1}, opts);
+    return trans ? t.t() : t;
+  };
+  at::Tensor out = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::addmm_out(out, out, view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b), beta, alpha);
+}
+
+// Row-major C = alpha·op(A)·op(B) + beta·C is column-major Cᵀ = alpha·op(B)ᵀ·op(A)ᵀ + beta·Cᵀ.
+template <typename T>
+void blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm_(&tb, &ta, &ni, &mi, &ki, &alpha, b, &lb, a, &la, &beta, c, &lc);
+  } else {
+    dgemm_(&tb, &ta, &ni, &mi, &ki, &alpha, b, &lb, a, &la, &beta, c, &lc);
+  }
+}
+
+template <typename T>
+cpu::GemmFn<T> gemm_fn() {
+  return use_aten_gemm() ? &aten_gemm<T> : &blas_gemm<T>;
+}
+
+struct Dims {
+  int64_t B, H, N, M, D;
+};
+
+Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const std::optional<at::Tensor>& key_lengths) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "latent_attention (cpu): q, k, v must be [B, H, *, D]");
+  const Dims d{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == d.B && k.size(1) == d.H && k.size(3) == d.D && d.M >= d.N,
+              "latent_attention (cpu): k, v must be [B, H, M >= N, D] matching q");
+  for (const at::Tensor* t : {&q, &k, &v})
+    TORCH_CHECK(t->is_cpu() && t->is_contiguous() && t->scalar_type() == q.scalar_type() &&
+                    (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble),
+                "latent_attention (cpu): q, k, v must be contiguous float32/64 CPU tensors of one dtype");
+  if (key_lengths)
+    TORCH_CHECK(key_lengths->is_cpu() && key_lengths->scalar_type() == at::kLong && key_lengths->dim() == 1 &&
+                    key_lengths->size(0) == d.B,
+                "latent_attention (cpu): key_lengths must be an int64 CPU tensor of shape [B]");
+  return d;
+}
+
+std::vector<int64_t> lengths_of(const std::optional<at::Tensor>& key_lengths, const Dims& d) {
+  std::vector<int64_t> lengths(d.B, d.M);
+  if (key_lengths) {
+    const at::Tensor kl = key_lengths->contiguous();
+    for (int64_t b = 0; b < d.B; ++b) {
+      lengths[b] = kl.data_ptr<int64_t>()[b];
+      TORCH_CHECK(lengths[b] >= 0 && lengths[b] <= d.M, "latent_attention (cpu): key_lengths must lie in [0, M]");
+    }
+  }
+  return lengths;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const std::optional<at::Tensor>& key_lengths, double scale) {
+  const Dims d = check_inputs(q, k, v, key_lengths);
+  const std::vector<int64_t> lengths = lengths_of(key_lengths, d);
+  at::Tensor out = at::empty_like(q), lse = at::empty({d.B, d.H, d.N}, q.options());
+  // Tasks: (batch·head, block of queries); a block is independent of the others.
+  const int64_t q_blocks = ceil_div(d.N, cpu::kAttentionQueryBlock), tasks = d.B * d.H * q_blocks;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "latent_attention_forward", [&] {
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t bh = t / q_blocks, j0 = (t % q_blocks) * cpu::kAttentionQueryBlock;
+        const cpu::AttentionShape s{d.N, d.M, d.D, lengths[bh / d.H]};
+        cpu::latent_attention_forward<scalar_t>(
+            q.data_ptr<scalar_t>() + bh * d.N * d.D, k.data_ptr<scalar_t>() + bh * d.M * d.D,
+            v.data_ptr<scalar_t>() + bh * d.M * d.D, s, static_cast<scalar_t>(scale), j0,
+            std::min(d.N, j0 + cpu::kAttentionQueryBlock), gemm_fn<scalar_t>(),
+            out.data_ptr<scalar_t>() + bh * d.N * d.D, lse.data_ptr<scalar_t>() + bh * d.N);
+      }
+    });
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const at::Tensor& q,
+                                                            const at::Tensor& k, const at::Tensor& v,
+                                                            const at::Tensor& out, const at::Tensor& lse,
+                                                            const std::optional<at::Tensor>& key_lengths,
+                                                            double scale) {
+  const Dims d = check_inputs(q, k, v, key_lengths);
+  TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
+                  lse.sizes() == at::IntArrayRef({d.B, d.H, d.N}) && lse.is_contiguous() &&
+                  grad_in.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type() &&
+                  lse.scalar_type() == q.scalar_type(),
+              "latent_attention_backward (cpu): grad and out must be q's shape, lse [B, H, N], all of q's dtype");
+  const std::vector<int64_t> lengths = lengths_of(key_lengths, d);
+  const at::Tensor grad = grad_in.contiguous(), delta = (grad * out).sum(-1);
+  // Tasks: (batch·head, range of key blocks), each owning its keys' dk/dv. With fewer batch·heads
+  // than threads the keys are split further, each range adding its dq share to its own buffer.
+  const int64_t BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, cpu::kAttentionKeyBlock));
+  const int64_t splits = std::min(k_blocks, ceil_div(at::get_num_threads(), std::max<int64_t>(1, BH)));
+  const int64_t blocks_per_split = ceil_div(k_blocks, splits);
+  at::Tensor dq_parts = at::zeros({splits, d.B, d.H, d.N, d.D}, q.options());
+  at::Tensor dk = at::empty_like(k), dv = at::empty_like(v);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "latent_attention_backward", [&] {
+    at::parallel_for(0, BH * splits, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t bh = t / splits, split = t % splits;
+        const int64_t k_begin = std::min(d.M, split * blocks_per_split * cpu::kAttentionKeyBlock);
+        const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * cpu::kAttentionKeyBlock);
+        const cpu::AttentionShape s{d.N, d.M, d.D, lengths[bh / d.H]};
+        const int64_t qo = bh * d.N * d.D, ko = bh * d.M * d.D;
+        cpu::latent_attention_backward<scalar_t>(
+            grad.data_ptr<scalar_t>() + qo, q.data_ptr<scalar_t>() + qo, k.data_ptr<scalar_t>() + ko,
+            v.data_ptr<scalar_t>() + ko, lse.data_ptr<scalar_t>() + bh * d.N, delta.data_ptr<scalar_t>() + bh * d.N,
+            s, static_cast<scalar_t>(scale), k_begin, k_end, gemm_fn<scalar_t>(),
+            dq_parts.data_ptr<scalar_t>() + split * BH * d.N * d.D + qo, dk.data_ptr<scalar_t>() + ko,
+            dv.data_ptr<scalar_t>() + ko);
+      }
+    });
+  });
+  at::Tensor dq = splits == 1 ? dq_parts[0] : dq_parts.sum(0);
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace pyaudiok::bindings
+
+TORCH_LIBRARY_IMPL(pyaudiok, CPU, m) {
+  m.impl("latent_attention_forward", &pyaudiok::bindings::forward_cpu);
+  m.impl("latent_attention_backward", &pyaudiok::bindings::backward_cpu);
+}

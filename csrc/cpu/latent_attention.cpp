@@ -1,0 +1,173 @@
+// Latent cross-attention on the CPU, flash-style: blocks of kAttentionQueryBlock queries against
+// blocks of kAttentionKeyBlock keys, the scores of one block pair in a tile that stays in cache,
+// the products on the caller's GEMM. Compared with PyTorch's CPU flash kernel the blocks are
+// larger (its 64-query blocks leave the GEMMs short), and the bottom-right mask is applied per row
+// inside the few blocks it cuts, so one call covers every key (no prefix/causal split to merge).
+#include "latent_attention.h"
+#include "simd.h"
+#include "target_clones.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace pyaudiok::cpu {
+namespace {
+
+constexpr int64_t kQ = kAttentionQueryBlock, kK = kAttentionKeyBlock;
+
+template <typename T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+// Row primitives; float runs 8 lanes at a time (AVX2 in the PYAUDIOK_CLONES callers).
+PYAUDIOK_INLINE float row_max(const float* x, int64_t n) {
+  using namespace simd;
+  v8f m = splat(kNegInf<float>);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) m = vmax(m, load8(x + i));
+  float r = kNegInf<float>;
+  for (int l = 0; l < 8; ++l) r = std::max(r, m[l]);
+  for (; i < n; ++i) r = std::max(r, x[i]);
+  return r;
+}
+
+PYAUDIOK_INLINE double row_max(const double* x, int64_t n) {
+  double r = kNegInf<double>;
+  for (int64_t i = 0; i < n; ++i) r = std::max(r, x[i]);
+  return r;
+}
+
+// x = exp(x − shift) in place over n values; returns their sum.
+PYAUDIOK_INLINE float exp_shifted(float* x, int64_t n, float shift) {
+  using namespace simd;
+  v8f acc = splat(0.f);
+  const v8f sh = splat(shift);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const v8f e = exp8(load8(x + i) - sh);
+    store8(x + i, e);
+    acc += e;
+  }
+  float sum = 0.f;
+  for (int l = 0; l < 8; ++l) sum += acc[l];
+  for (; i < n; ++i) sum += (x[i] = std::exp(x[i] - shift));
+  return sum;
+}
+
+PYAUDIOK_INLINE double exp_shifted(double* x, int64_t n, double shift) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - shift));
+  return sum;
+}
+
+// dS = P ⊙ (dP − Δ) · scale, written over dP.
+template <typename T>
+PYAUDIOK_INLINE void softmax_backward_row(const T* p, T* dp, int64_t n, T delta, T scale) {
+  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - delta) * scale;
+}
+
+// Keys of block [i0, i0 + cols) that query j sees: the first `visible` (query j sees keys < shift + j + 1).
+inline int64_t visible_keys(int64_t shift, int64_t j, int64_t i0, int64_t cols) {
+  return std::clamp<int64_t>(shift + j + 1 - i0, 0, cols);
+}
+
+}  // namespace
+
+template <typename T>
+PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v, const AttentionShape& s, T scale,
+                                              int64_t q_begin, int64_t q_end, GemmFn<T> gemm, T* out, T* lse) {
+  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N;
+  std::vector<T> scores(kQ * kK), row_peak(kQ), row_sum(kQ);
+  for (int64_t j0 = q_begin; j0 < q_end; j0 += kQ) {
+    const int64_t rows = std::min(kQ, q_end - j0);
+    T* o = out + j0 * D;
+    std::fill(o, o + rows * D, T(0));
+    std::fill(row_peak.begin(), row_peak.begin() + rows, kNegInf<T>);
+    std::fill(row_sum.begin(), row_sum.begin() + rows, T(0));
+    // Keys [0, open) are seen by every row of the block; the last row sees keys [0, end).
+    const int64_t open = std::clamp<int64_t>(shift + j0 + 1, 0, L), end = std::clamp<int64_t>(shift + j0 + rows, 0, L);
+    for (int64_t i0 = 0; i0 < end; i0 += kK) {
+      const int64_t cols = std::min(kK, end - i0);
+      gemm(false, true, rows, cols, D, scale, q + j0 * D, D, k + i0 * D, D, T(0), scores.data(), cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* p = scores.data() + r * cols;
+        const int64_t visible = i0 + cols <= open ? cols : visible_keys(shift, j0 + r, i0, cols);
+        const T peak = std::max(row_peak[r], row_max(p, visible));
+        std::fill(p + visible, p + cols, T(0));
+        if (peak == kNegInf<T>) {  // nothing visible yet (or no key at all)
+          std::fill(p, p + visible, T(0));
+          continue;
+        }
+        const T sum = exp_shifted(p, visible, peak);
+        if (peak != row_peak[r]) {  // rescale what the earlier blocks accumulated
+          const T factor = std::exp(row_peak[r] - peak);
+          row_sum[r] *= factor;
+          for (int64_t d = 0; d < D; ++d) o[r * D + d] *= factor;
+          row_peak[r] = peak;
+        }
+        row_sum[r] += sum;
+      }
+      gemm(false, false, rows, D, cols, T(1), scores.data(), cols, v + i0 * D, D, T(1), o, D);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      if (row_sum[r] > T(0)) {
+        const T inv = T(1) / row_sum[r];
+        for (int64_t d = 0; d < D; ++d) o[r * D + d] *= inv;
+        lse[j0 + r] = row_peak[r] + std::log(row_sum[r]);
+      } else {
+        lse[j0 + r] = kNegInf<T>;
+      }
+    }
+  }
+}
+
+template <typename T>
+PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const T* k, const T* v, const T* lse,
+                                               const T* delta, const AttentionShape& s, T scale, int64_t k_begin,
+                                               int64_t k_end, GemmFn<T> gemm, T* dq, T* dk, T* dv) {
+  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N;
+  std::vector<T> probs(kQ * kK), dprobs(kQ * kK);
+  for (int64_t i0 = k_begin; i0 < k_end; i0 += kK) {
+    const int64_t block = std::min(kK, k_end - i0);
+    T *dk_block = dk + i0 * D, *dv_block = dv + i0 * D;
+    std::fill(dk_block, dk_block + block * D, T(0));
+    std::fill(dv_block, dv_block + block * D, T(0));
+    const int64_t cols = std::clamp<int64_t>(L - i0, 0, block);  // keys at and after L: no gradient
+    if (cols == 0) continue;
+    // Query j sees key i0 iff j >= i0 − shift; the queries before that see none of this block.
+    for (int64_t j0 = std::max<int64_t>(0, i0 - shift); j0 < N; j0 += kQ) {
+      const int64_t rows = std::min(kQ, N - j0);
+      const bool cut = i0 + cols > shift + j0 + 1;  // the mask cuts this block for some rows
+      T *p = probs.data(), *dp = dprobs.data();
+      gemm(false, true, rows, cols, D, scale, q + j0 * D, D, k + i0 * D, D, T(0), p, cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* row = p + r * cols;
+        const int64_t visible = cut ? visible_keys(shift, j0 + r, i0, cols) : cols;
+        if (lse[j0 + r] == kNegInf<T>) {
+          std::fill(row, row + cols, T(0));
+          continue;
+        }
+        exp_shifted(row, visible, lse[j0 + r]);
+        std::fill(row + visible, row + cols, T(0));
+      }
+      const T* g = grad + j0 * D;
+      gemm(true, false, cols, D, rows, T(1), p, cols, g, D, T(1), dv_block, D);       // dV += Pᵀ dO
+      gemm(false, true, rows, cols, D, T(1), g, D, v + i0 * D, D, T(0), dp, cols);    // dP = dO Vᵀ
+      for (int64_t r = 0; r < rows; ++r) softmax_backward_row(p + r * cols, dp + r * cols, cols, delta[j0 + r], scale);
+      gemm(false, false, rows, D, cols, T(1), dp, cols, k + i0 * D, D, T(1), dq + j0 * D, D);  // dQ += dS K
+      gemm(true, false, cols, D, rows, T(1), dp, cols, q + j0 * D, D, T(1), dk_block, D);      // dK += dSᵀ Q
+    }
+  }
+}
+
+#define PYAUDIOK_ATTENTION_INSTANTIATE(T)                                                                           \
+  template void latent_attention_forward<T>(const T*, const T*, const T*, const AttentionShape&, T, int64_t,       \
+                                            int64_t, GemmFn<T>, T*, T*);                                            \
+  template void latent_attention_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*,           \
+                                             const AttentionShape&, T, int64_t, int64_t, GemmFn<T>, T*, T*, T*);
+PYAUDIOK_ATTENTION_INSTANTIATE(float)
+PYAUDIOK_ATTENTION_INSTANTIATE(double)
+#undef PYAUDIOK_ATTENTION_INSTANTIATE
+
+}  // namespace pyaudiok::cpu
