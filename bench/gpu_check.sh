@@ -10,7 +10,9 @@
 # BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all;
 # BENCH_ONLY=none skips the bench), SWEEP (e.g. "--dtype bf16 --d 64": also time the latent-attention
 # kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it), SKIP_SETUP=1 (a second call
-# on the same warm machine: the wheels and the build are already in place), TESTS=0 (skip the tests).
+# on the same warm machine: the wheels and the build are already in place), TESTS=0 (skip the tests),
+# PROFILE (';'-separated argument lists of bench/profile.py, e.g. "--only fourier_crop --case 2d
+# --index 3": where those cases' time goes; PROFILE_S bounds each).
 # A copied tree's git metadata may be stale: the commit recorded in the bench rows is read from
 # .bench-commit when present (write it before copying: git rev-parse --short HEAD > .bench-commit).
 # Wheels of missing Python packages are installed first when .whl/ holds any, and source
@@ -79,5 +81,16 @@ if [ -n "${SWEEP:-}" ]; then  # tiles of the latent-attention kernels, timed (be
   timeout "${SWEEP_S:-400}" python3 -m pyaudiok.bench.tile_sweep ${SWEEP} --budget "${SWEEP_BUDGET_S:-120}" \
     > "$out/tile_sweep.txt" 2>&1 || echo "tile sweep: exit status $?"
   tail -n 12 "$out/tile_sweep.txt"
+fi
+
+if [ -n "${PROFILE:-}" ]; then  # where chosen cases' time goes (bench/profile.py), one per ';'
+  phase "profiles"
+  IFS=';' read -ra profiles <<< "$PROFILE"
+  for spec in "${profiles[@]}"; do
+    echo "== profile $spec" >> "$out/profiles.txt"
+    timeout "${PROFILE_S:-120}" python3 -m pyaudiok.bench.profile --device cuda $spec >> "$out/profiles.txt" 2>&1 \
+      || echo "profile $spec: exit status $?" | tee -a "$out/profiles.txt"
+  done
+  grep -E "^(==|--)" "$out/profiles.txt"
 fi
 phase done

@@ -43,6 +43,15 @@ def test_cli_bench_quick_writes_json_and_plot(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
+def test_profile_lists_the_operators_of_a_case():
+    out = subprocess.run([sys.executable, "-m", "pyaudiok.bench.profile", "--only", "fourier_crop", "--case", "2d",
+                          "--index", "3", "--candidate", "reference", "--device", "cpu", "--quick", "--calls", "1",
+                          "--rows", "5"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "fourier_crop.2d.fwd+bwd" in out.stdout and "-- reference:" in out.stdout
+    assert "aten::_fft_r2c" in out.stdout  # the reference's transforms are among its top operators
+
+
 def test_cli_rejects_unknown_benchmark():
     out = subprocess.run([sys.executable, "-m", "pyaudiok", "bench", "--only", "nope"], capture_output=True,
                          text=True, timeout=120)
