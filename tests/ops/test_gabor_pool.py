@@ -12,9 +12,9 @@ import torch
 
 import pyaudiok
 from pyaudiok.ops import gabor_pool
-from pyaudiok.ops.gabor_pool import (FFT_MIN_WINDOW, FLOOR, GABOR_POOL, _triton_forward, fft_blocks, fft_length,
-                                     gabor_filters, gabor_pool_fft, gabor_pool_reference, gabor_pool_tiled,
-                                     gaussian_windows)
+from pyaudiok.ops.gabor_pool import (CPU_SEGMENT, FFT_MIN_WINDOW, FLOOR, GABOR_POOL, _triton_forward, fft_blocks,
+                                     fft_length, gabor_filters, gabor_pool_fft, gabor_pool_reference,
+                                     gabor_pool_tiled, gaussian_windows, segment_length)
 
 from ..harness import TOLERANCE, compare_with_reference, rel_error, require_backend
 
@@ -78,6 +78,37 @@ def test_fft_route_matches_reference_for_any_block(items, dtype, B, T, F, window
     assert rel_error(got, want) <= TOLERANCE[dtype] * 10
     for name, g, w in zip(("x", "center_freqs", "bandwidths", "pool_widths"), got_grads, want_grads):
         assert rel_error(g, w) <= TOLERANCE[dtype] * 10, name
+
+
+@pytest.mark.parametrize("items", [1, 2])
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+@pytest.mark.parametrize("B,T,F,window,stride,segment", [(2, 1290, 6, 129, 64, 256), (1, 1003, 5, 401, 160, 512),
+                                                         (3, 700, 3, 65, 7, 130), (2, 300, 2, 101, 50, 101),
+                                                         (1, 2000, 3, 33, 160, 2000)])
+def test_fft_route_in_overlap_save_segments(items, dtype, B, T, F, window, stride, segment):
+    """The FFT route on segments shorter than the signal (the CPU's layout for long signals): hops of
+    128 to 1 samples, a last segment past the signal's end, a segment as long as the signal."""
+    x = waveform(B, T, dtype=dtype)
+    eta, sigma, pool = params(F, dtype=dtype, window=window)
+    got = gabor_pool_fft(x, eta, sigma, pool, window, stride, filters_per_block=2, items_per_block=items,
+                         segment=segment)
+    want = gabor_pool_reference(x, eta, sigma, pool, window, stride)
+    weights = torch.randn(want.shape, dtype=dtype)
+    got_grads = torch.autograd.grad((got * weights).sum(), [x, eta, sigma, pool])
+    want_grads = torch.autograd.grad((want * weights).sum(), [x, eta, sigma, pool])
+    assert rel_error(got, want) <= TOLERANCE[dtype] * 10
+    for name, g, w in zip(("x", "center_freqs", "bandwidths", "pool_widths"), got_grads, want_grads):
+        assert rel_error(g, w) <= TOLERANCE[dtype] * 10, name
+
+
+def test_segment_lengths():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert segment_length(64_000, 401, cpu) == CPU_SEGMENT                   # LEAF's 4 s: cache-sized segments
+    assert segment_length(64_000, 401, cuda) == fft_length(64_000 + 400)    # GPUs: one transform per signal
+    assert segment_length(1000, 401, cpu) == fft_length(1400)               # short signals: one segment
+    assert segment_length(10 ** 6, 4001, cpu) == fft_length(4 * 4001)       # long windows: segments of >= 4 W
+    with pytest.raises(ValueError, match="segment must be >= the window"):
+        gabor_pool_fft(waveform(1, 500), *params(2, window=129), 129, 64, segment=100)
 
 
 @pytest.mark.parametrize("wrt", ["x", "params"])
