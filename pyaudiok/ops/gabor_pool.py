@@ -236,10 +236,17 @@ class _Segments(NamedTuple):
 
     def adjoint_signal(self, g: torch.Tensor) -> torch.Tensor:
         """The transpose of `signal`: g[..., G, body ≤ T] -> [..., count, G, n] (zero where no output)."""
-        out = g.new_zeros(*g.shape[:-2], self.count, g.shape[-2], self.n)
-        spread = g.new_zeros(*g.shape[:-1], self.count * self.hop)
-        spread[..., :g.shape[-1]] = g
-        out[..., self.n - self.hop:] = spread.unflatten(-1, (self.count, self.hop)).transpose(-3, -2)
+        out = g.new_empty(*g.shape[:-2], self.count, g.shape[-2], self.n)
+        head, body = self.n - self.hop, g.shape[-1]
+        out[..., :head].zero_()
+        full = body // self.hop  # segments whose outputs all carry signal
+        valid = out[..., head:].transpose(-3, -2)  # [..., G, count, hop]
+        valid[..., :full, :] = g[..., :full * self.hop].unflatten(-1, (full, self.hop))
+        if full < self.count:
+            rest = body - full * self.hop
+            valid[..., full, :rest] = g[..., full * self.hop:]
+            valid[..., full, rest:].zero_()
+            valid[..., full + 1:, :].zero_()
         return out
 
     def overlap_add(self, d: torch.Tensor, T: int, half: int) -> torch.Tensor:
