@@ -305,8 +305,11 @@ class _PoolFFT(torch.autograd.Function):
         dk = torch.zeros_like(spectra) if need_k else None
         dblocked = torch.zeros_like(blocked) if need_w else None
         dZ = _pool_output_grad(dy.to(windows.dtype), R)  # [B, F, M, R]: small (stride× smaller than E)
+        # Conjugates materialised once: a lazy conj() is resolved again by every product that reads it.
+        spectra_conj = spectra.conj().resolve_conj() if need_x else None
         for b0, b1, X in segments.spectra(x, items, half):
             gX = torch.zeros_like(X) if need_x else None
+            X_conj = X.conj().resolve_conj()[:, :, None] if need_k else None
             for f0 in range(0, F, group):
                 f1 = min(F, f0 + group)
                 u = segments.signal(torch.fft.ifft(X[:, :, None] * spectra[f0:f1], dim=-1), T)
@@ -321,9 +324,9 @@ class _PoolFFT(torch.autograd.Function):
                 dE = torch.matmul(dZ_block, 2 * blocked[f0:f1]).flatten(-2)
                 G = torch.fft.fft(segments.adjoint_signal(u[..., :body] * dE[..., half:half + body]), dim=-1)
                 if need_x:
-                    gX += (G * spectra[f0:f1].conj()).sum(2)
+                    gX += (G * spectra_conj[f0:f1]).sum(2)
                 if need_k:
-                    dk[f0:f1] += G.mul_(X.conj()[:, :, None]).sum((0, 1))
+                    dk[f0:f1] += G.mul_(X_conj).sum((0, 1))
             if need_x:
                 dx[b0:b1] = segments.overlap_add(torch.fft.ifft(gX, dim=-1).real, T, half)
         dw = dblocked.flatten(1)[:, :W] if need_w else None
