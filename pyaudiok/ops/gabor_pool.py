@@ -196,18 +196,6 @@ def _pool_output_grad(dy: torch.Tensor, R: int) -> torch.Tensor:
     return dZ
 
 
-def _energy(signal: torch.Tensor, half: int, length: int) -> torch.Tensor:
-    """|u|² on the padded frame [0, length) from the filtered signal u[..., T]: samples h … h + T − 1
-    are the signal's, the rest the pooling's zero padding."""
-    energy = signal.real.new_empty(*signal.shape[:-1], length)
-    body = min(signal.shape[-1], length - half)  # samples past `length` are under no window
-    energy[..., :half].zero_()
-    energy[..., half + body:].zero_()
-    u = signal[..., :body]
-    torch.mul(u.real, u.real, out=energy[..., half:half + body]).addcmul_(u.imag, u.imag)
-    return energy
-
-
 class _Segments(NamedTuple):
     """Overlap-save segmentation of the waveform for the FFT route: segments of n samples every hop
     = n − (W − 1) of x padded by h on the left, so the last hop outputs of segment s's circular
@@ -229,25 +217,30 @@ class _Segments(NamedTuple):
             b1 = min(x.shape[0], b0 + items)
             yield b0, b1, torch.fft.fft(padded[b0:b1].unfold(-1, self.n, self.hop), dim=-1)
 
-    def signal(self, u: torch.Tensor, T: int) -> torch.Tensor:
-        """u[..., count, G, n] (each segment's circular correlation) -> the signal [..., G, T]."""
-        valid = u[..., self.n - self.hop:].transpose(-3, -2)  # [..., G, count, hop]
-        return valid.flatten(-2)[..., :T]
+    def energy(self, u: torch.Tensor, T: int, half: int, length: int) -> torch.Tensor:
+        """|u|² on the pooling's padded frame [..., G, length] from the segments' correlations
+        u[..., count, G, n]: sample i of the signal at h + i, zeros elsewhere; written straight from
+        each segment's outputs (no gathered copy of the signal)."""
+        head, span = self.n - self.hop, self.count * self.hop
+        valid = u[..., head:].transpose(-3, -2)  # [..., G, count, hop]
+        energy = u.real.new_empty(*valid.shape[:-2], max(length, half + span))
+        out = energy[..., half:half + span].unflatten(-1, (self.count, self.hop))
+        torch.mul(valid.real, valid.real, out=out).addcmul_(valid.imag, valid.imag)
+        energy[..., :half].zero_()
+        energy[..., half + min(T, length - half):].zero_()  # past the signal (samples past `length` are unused)
+        return energy[..., :length]
 
-    def adjoint_signal(self, g: torch.Tensor) -> torch.Tensor:
-        """The transpose of `signal`: g[..., G, body ≤ T] -> [..., count, G, n] (zero where no output)."""
-        out = g.new_empty(*g.shape[:-2], self.count, g.shape[-2], self.n)
-        head, body = self.n - self.hop, g.shape[-1]
-        out[..., :head].zero_()
-        full = body // self.hop  # segments whose outputs all carry signal
-        valid = out[..., head:].transpose(-3, -2)  # [..., G, count, hop]
-        valid[..., :full, :] = g[..., :full * self.hop].unflatten(-1, (full, self.hop))
-        if full < self.count:
-            rest = body - full * self.hop
-            valid[..., full, :rest] = g[..., full * self.hop:]
-            valid[..., full, rest:].zero_()
-            valid[..., full + 1:, :].zero_()
-        return out
+    def adjoint_product(self, u: torch.Tensor, dE: torch.Tensor, T: int, half: int) -> torch.Tensor:
+        """g = u · ∂L/∂|u|² (dE[..., G, length] on the padded frame) put back at each segment's output
+        positions: [..., count, G, n], zero at the wrapped heads and past the signal."""
+        head, span = self.n - self.hop, self.count * self.hop
+        body = min(T, dE.shape[-1] - half)
+        d = dE.new_zeros(*dE.shape[:-1], span)
+        d[..., :body] = dE[..., half:half + body]
+        g = torch.empty_like(u)
+        g[..., :head].zero_()
+        torch.mul(u[..., head:], d.unflatten(-1, (self.count, self.hop)).transpose(-3, -2), out=g[..., head:])
+        return g
 
     def overlap_add(self, d: torch.Tensor, T: int, half: int) -> torch.Tensor:
         """The transpose of `spectra`' segmentation: d[..., count, n] (per-segment gradients of the
@@ -284,8 +277,8 @@ class _PoolFFT(torch.autograd.Function):
         for b0, b1, X in segments.spectra(x, items, W // 2):
             for f0 in range(0, F, group):
                 f1 = min(F, f0 + group)
-                u = segments.signal(torch.fft.ifft(X[:, :, None] * spectra[f0:f1], dim=-1), T)
-                y[b0:b1, f0:f1] = _pool(_energy(u, W // 2, length), blocked[f0:f1])[0]
+                u = torch.fft.ifft(X[:, :, None] * spectra[f0:f1], dim=-1)
+                y[b0:b1, f0:f1] = _pool(segments.energy(u, T, W // 2, length), blocked[f0:f1])[0]
         return y
 
     @staticmethod
@@ -300,7 +293,6 @@ class _PoolFFT(torch.autograd.Function):
         blocked = _blocked_windows(windows, stride)
         R = blocked.shape[1]
         length = (n_frames(T, stride) + R - 1) * stride
-        body = min(T, length - half)
         dx = torch.zeros_like(x) if need_x else None
         dk = torch.zeros_like(spectra) if need_k else None
         dblocked = torch.zeros_like(blocked) if need_w else None
@@ -312,17 +304,17 @@ class _PoolFFT(torch.autograd.Function):
             X_conj = X.conj().resolve_conj()[:, :, None] if need_k else None
             for f0 in range(0, F, group):
                 f1 = min(F, f0 + group)
-                u = segments.signal(torch.fft.ifft(X[:, :, None] * spectra[f0:f1], dim=-1), T)
+                u = torch.fft.ifft(X[:, :, None] * spectra[f0:f1], dim=-1)
                 dZ_block = dZ[b0:b1, f0:f1]
                 if need_w:
-                    _, blocks = _pool(_energy(u, half, length), blocked[f0:f1])
+                    _, blocks = _pool(segments.energy(u, T, half, length), blocked[f0:f1])
                     dblocked[f0:f1] += torch.matmul(blocks.transpose(-1, -2), dZ_block).sum(0).transpose(-1, -2)
                 if not (need_x or need_k):
                     continue
                 # g = 2 u ∂L/∂|u|² on the signal's samples; ∂L/∂|u|² is the pooling's transpose (the 2
                 # folded into the windows).
                 dE = torch.matmul(dZ_block, 2 * blocked[f0:f1]).flatten(-2)
-                G = torch.fft.fft(segments.adjoint_signal(u[..., :body] * dE[..., half:half + body]), dim=-1)
+                G = torch.fft.fft(segments.adjoint_product(u, dE, T, half), dim=-1)
                 if need_x:
                     gX += (G * spectra_conj[f0:f1]).sum(2)
                 if need_k:
