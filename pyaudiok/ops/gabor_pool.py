@@ -230,17 +230,16 @@ class _Segments(NamedTuple):
         energy[..., half + min(T, length - half):].zero_()  # past the signal (samples past `length` are unused)
         return energy[..., :length]
 
-    def adjoint_product(self, u: torch.Tensor, dE: torch.Tensor, T: int, half: int) -> torch.Tensor:
-        """g = u · ∂L/∂|u|² (dE[..., G, length] on the padded frame) put back at each segment's output
-        positions: [..., count, G, n], zero at the wrapped heads and past the signal."""
+    def adjoint_product_(self, u: torch.Tensor, dE: torch.Tensor, T: int, half: int) -> torch.Tensor:
+        """g = u · ∂L/∂|u|² (dE[..., G, length] on the padded frame) at each segment's output
+        positions, zero at the wrapped heads and past the signal: written over u[..., count, G, n]."""
         head, span = self.n - self.hop, self.count * self.hop
         body = min(T, dE.shape[-1] - half)
         d = dE.new_zeros(*dE.shape[:-1], span)
         d[..., :body] = dE[..., half:half + body]
-        g = torch.empty_like(u)
-        g[..., :head].zero_()
-        torch.mul(u[..., head:], d.unflatten(-1, (self.count, self.hop)).transpose(-3, -2), out=g[..., head:])
-        return g
+        u[..., :head] = 0
+        u[..., head:].mul_(d.unflatten(-1, (self.count, self.hop)).transpose(-3, -2))
+        return u
 
     def overlap_add(self, d: torch.Tensor, T: int, half: int) -> torch.Tensor:
         """The transpose of `spectra`' segmentation: d[..., count, n] (per-segment gradients of the
@@ -314,7 +313,7 @@ class _PoolFFT(torch.autograd.Function):
                 # g = 2 u ∂L/∂|u|² on the signal's samples; ∂L/∂|u|² is the pooling's transpose (the 2
                 # folded into the windows).
                 dE = torch.matmul(dZ_block, 2 * blocked[f0:f1]).flatten(-2)
-                G = torch.fft.fft(segments.adjoint_product(u, dE, T, half), dim=-1)
+                G = torch.fft.fft(segments.adjoint_product_(u, dE, T, half), dim=-1)
                 if need_x:
                     gX += (G * spectra_conj[f0:f1]).sum(2)
                 if need_k:
