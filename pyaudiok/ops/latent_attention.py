@@ -80,7 +80,8 @@ def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths:
                  scale: float, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if keep is not None:
         k, v = _gather_keys(k, keep), _gather_keys(v, keep)
-    return cpp_op("latent_attention_forward")(q, k.contiguous(), v.contiguous(), _lengths_arg(key_lengths), scale)
+    return cpp_op("latent_attention_forward")(q.contiguous(), k.contiguous(), v.contiguous(), _lengths_arg(key_lengths),
+                                              scale)
 
 
 @torch.library.custom_op("pyaudiok::latent_attention_cpu_backward", mutates_args=(), device_types="cpu")
@@ -89,8 +90,9 @@ def _cpu_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
                   keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     k_full, v_full = k, v
     if keep is not None:
-        k, v = _gather_keys(k, keep).contiguous(), _gather_keys(v, keep).contiguous()
-    dq, dk, dv = cpp_op("latent_attention_backward")(grad_out.contiguous(), q, k, v, out, lse,
+        k, v = _gather_keys(k, keep), _gather_keys(v, keep)
+    dq, dk, dv = cpp_op("latent_attention_backward")(grad_out.contiguous(), q.contiguous(), k.contiguous(),
+                                                     v.contiguous(), out.contiguous(), lse.contiguous(),
                                                      _lengths_arg(key_lengths), scale)
     if keep is not None:
         index = keep[:, None, :, None].expand_as(dk)
