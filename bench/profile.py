@@ -13,13 +13,12 @@ few megabytes of data shows here whether launches, synchronisations or one slow 
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
 
 from . import registry
-from .harness import Candidate, Case, synchronize
+from .harness import Candidate, Case, synchronize, time_median
 
 
 def select_case(device: torch.device, module: str, name: str, index: int, quick: bool) -> Case:
@@ -47,14 +46,8 @@ def count_syncs(fn, device: torch.device) -> int | None:
 
 
 def profile_candidate(cand: Candidate, device: torch.device, calls: int, rows: int) -> str:
-    for _ in range(2):  # warm-up: compilation, autotuning, caches
-        cand.run()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        cand.run()
-    synchronize(device)
-    per_call_ms = (time.perf_counter() - start) / calls * 1e3
+    # The bench's own timing (its warm-up call and timed calls also warm the caches and compilers).
+    per_call_ms = time_median(cand.run, device, min_time=0.2)[0] * 1e3
     syncs = count_syncs(cand.run, device)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -67,7 +60,7 @@ def profile_candidate(cand: Candidate, device: torch.device, calls: int, rows: i
     on_device = device.type == "cuda"
     launches = sum(e.count for e in events if on_device and e.device_type == torch.autograd.DeviceType.CUDA)
     sort = "self_device_time_total" if on_device else "self_cpu_time_total"
-    head = f"-- {cand.name}: {per_call_ms:.3f} ms per call (wall, unprofiled)"
+    head = f"-- {cand.name}: {per_call_ms:.3f} ms per call (the bench's median, unprofiled)"
     if on_device:
         head += f"; {launches / calls:.0f} kernels and {syncs} host-device synchronisations per call"
     return head + "\n" + events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
