@@ -88,9 +88,16 @@ def _softmax_(s: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Ten
     return e, total.log_().add_(top)[:, 0]
 
 
-def _row_blocks(B: int):
+def _q_blocks(x: torch.Tensor, w: torch.Tensor):
+    """(rows, x[rows], q = x[rows] w, a score buffer [len(rows), B]) per block of rows: one Q block
+    and one score block allocated for all blocks, so no second one is ever alive."""
+    B = x.shape[0]
     step = max(1, min(B, _BLOCK_ELEMENTS // max(B, 1)))
-    return range(0, B, step), step
+    s_buffer, q_buffer = x.new_empty(min(step, B), B), x.new_empty(min(step, B), w.shape[1])
+    for r in range(0, B, step):
+        xr = x[r:r + step]
+        n = xr.shape[0]
+        yield slice(r, r + n), xr, torch.mm(xr, w, out=q_buffer[:n]), s_buffer[:n]
 
 
 def _block_gradients(p: torch.Tensor, xr: torch.Tensor, q: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
@@ -116,18 +123,13 @@ def _cpu_forward(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, with_grad: b
     gx = torch.empty_like(x) if with_grad else x.new_empty(0)
     gy = torch.zeros_like(y) if with_grad else y.new_empty(0)
     gw = torch.zeros_like(w) if with_grad else w.new_empty(0)
-    starts, step = _row_blocks(B)
-    yt = y.T
-    s_buffer, q_buffer = x.new_empty(min(step, B), B), x.new_empty(min(step, B), w.shape[1])
-    for r in starts:
-        xr = x[r:r + step]
-        q = torch.mm(xr, w, out=q_buffer[:xr.shape[0]])
-        s = torch.mm(q, yt, out=s_buffer[:xr.shape[0]])  # one block buffer, reused: no second one alive
-        diagonal[r:r + step] = s.diagonal(r)
-        p, lse[r:r + step] = _softmax_(s, normalize=with_grad)
+    for rows, xr, q, s_out in _q_blocks(x, w):
+        s = torch.mm(q, y.T, out=s_out)
+        diagonal[rows] = s.diagonal(rows.start)
+        p, lse[rows] = _softmax_(s, normalize=with_grad)
         if with_grad:
-            p.diagonal(r).sub_(1)  # − the one-hot target of each row
-            _block_gradients(p, xr, q, y, w, gx[r:r + step], gy, gw)
+            p.diagonal(rows.start).sub_(1)  # − the one-hot target of each row
+            _block_gradients(p, xr, q, y, w, gx[rows], gy, gw)
     loss = lse - diagonal
     return loss, loss.sum(), lse, gx, gy, gw
 
@@ -137,19 +139,13 @@ def _cpu_backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Te
                   lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dy, dw) of the row losses of _cpu_forward for the upstream gradient g[B]: S again, a row
     block at a time."""
-    B = x.shape[0]
     g = g.to(x.dtype)
     dx, dy, dw = torch.empty_like(x), torch.zeros_like(y), torch.zeros_like(w)
-    starts, step = _row_blocks(B)
-    yt = y.T
-    s_buffer, q_buffer = x.new_empty(min(step, B), B), x.new_empty(min(step, B), w.shape[1])
-    for r in starts:
-        xr, gr = x[r:r + step], g[r:r + step]
-        q = torch.mm(xr, w, out=q_buffer[:xr.shape[0]])
-        s = torch.addmm(lse[r:r + step, None].neg(), q, yt, out=s_buffer[:xr.shape[0]])
-        p = _exp_(s).mul_(gr[:, None])
-        p.diagonal(r).sub_(gr)
-        _block_gradients(p, xr, q, y, w, dx[r:r + step], dy, dw)
+    for rows, xr, q, s_out in _q_blocks(x, w):
+        gr = g[rows]
+        p = _exp_(torch.addmm(lse[rows, None].neg(), q, y.T, out=s_out)).mul_(gr[:, None])
+        p.diagonal(rows.start).sub_(gr)
+        _block_gradients(p, xr, q, y, w, dx[rows], dy, dw)
     return dx, dy, dw
 
 
