@@ -99,6 +99,7 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
       std::max<int64_t>(1, std::min<int64_t>(16, (256 << 10) / (2 * tile_floats * sizeof(float))));
   std::vector<float> rT(tile_floats * group_tiles);    // residuals, transposed, tile by tile
   std::vector<float> accT(tile_floats * group_tiles);  // sums of the chosen codewords, transposed
+  const auto rows_of = [&](int64_t tile) { return static_cast<int>(std::min<int64_t>(kRows, N - tile * kRows)); };
   int32_t chosen[kRows];
   for (int64_t group = tile_begin; group < tile_end; group += group_tiles) {
     const int64_t tiles = std::min<int64_t>(group_tiles, tile_end - group);
@@ -107,7 +108,7 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
     std::fill(accT.begin(), accT.begin() + tiles * tile_floats, 0.f);
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t row0 = (group + t) * kRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kRows, N - row0));
+      const int rows = rows_of(group + t);
       float* r = rT.data() + t * tile_floats;
       for (int i = 0; i < rows; ++i)
         for (int64_t d = 0; d < D; ++d) r[d * kRows + i] = x[(row0 + i) * D + d];
@@ -116,7 +117,7 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
       const float* C = codebooks + q * K * D;
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t tile = group + t, row0 = tile * kRows;
-        const int rows = static_cast<int>(std::min<int64_t>(kRows, N - row0));
+        const int rows = rows_of(tile);
         float* r = rT.data() + t * tile_floats;
         float* acc = accT.data() + t * tile_floats;
         nearest_rows_tile(r, C, cnorm + q * K, K, D, chosen);
@@ -136,7 +137,7 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
     }
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t row0 = (group + t) * kRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kRows, N - row0));
+      const int rows = rows_of(group + t);
       const float* acc = accT.data() + t * tile_floats;
       for (int i = 0; i < rows; ++i)
         for (int64_t d = 0; d < D; ++d) quantized[(row0 + i) * D + d] = acc[d * kRows + i];
