@@ -111,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t bh = t / q_blocks, j0 = (t % q_blocks) * cpu::kAttentionQueryBlock;
-        const cpu::AttentionShape s{d.N, d.M, d.D, lengths[bh / d.H]};
+        const cpu::AttentionShape s{d.N, d.D, lengths[bh / d.H]};
         cpu::latent_attention_forward<scalar_t>(
             q.data_ptr<scalar_t>() + bh * d.N * d.D, k.data_ptr<scalar_t>() + bh * d.M * d.D,
             v.data_ptr<scalar_t>() + bh * d.M * d.D, s, static_cast<scalar_t>(scale), j0,
@@ -149,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
         const int64_t bh = t / splits, split = t % splits;
         const int64_t k_begin = std::min(d.M, split * blocks_per_split * cpu::kAttentionKeyBlock);
         const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * cpu::kAttentionKeyBlock);
-        const cpu::AttentionShape s{d.N, d.M, d.D, lengths[bh / d.H]};
+        const cpu::AttentionShape s{d.N, d.D, lengths[bh / d.H]};
         const int64_t qo = bh * d.N * d.D, ko = bh * d.M * d.D;
         cpu::latent_attention_backward<scalar_t>(
             grad.data_ptr<scalar_t>() + qo, q.data_ptr<scalar_t>() + qo, k.data_ptr<scalar_t>() + ko,

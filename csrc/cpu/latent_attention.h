@@ -12,9 +12,10 @@ template <typename T>
 using GemmFn = void (*)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
                         int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
 
-// One (batch, head): q[N, D], k and v[M, D], every matrix contiguous; keys [0, length) exist.
+// One (batch, head): q[N, D], k and v[M ≥ length, D], every matrix contiguous; keys [0, length)
+// exist (the kernels never read a key at or after length).
 struct AttentionShape {
-  int64_t n_queries, n_keys, head_dim, length;
+  int64_t n_queries, head_dim, length;
 };
 
 // Queries [q_begin, q_end) of one (batch, head) → out[N, D] and lse[N] at those rows (flash-style:
