@@ -210,9 +210,14 @@ class _Segments(NamedTuple):
         hop = n - (window - 1)
         return _Segments(n, hop, max(1, -(-T // hop)))
 
+    @property
+    def padded_length(self) -> int:
+        """Samples of the padded x that the segments cover."""
+        return (self.count - 1) * self.hop + self.n
+
     def spectra(self, x: torch.Tensor, items: int, half: int):
         """(b0, b1, fft of the segments [items, count, n]) per block of items."""
-        padded = Fn.pad(x, (half, self.count * self.hop - x.shape[-1] + self.n - self.hop - half))
+        padded = Fn.pad(x, (half, self.padded_length - half - x.shape[-1]))
         for b0 in range(0, x.shape[0], items):
             b1 = min(x.shape[0], b0 + items)
             yield b0, b1, torch.fft.fft(padded[b0:b1].unfold(-1, self.n, self.hop), dim=-1)
@@ -244,7 +249,7 @@ class _Segments(NamedTuple):
     def overlap_add(self, d: torch.Tensor, T: int, half: int) -> torch.Tensor:
         """The transpose of `spectra`' segmentation: d[..., count, n] (per-segment gradients of the
         padded x) summed back into x[..., T]."""
-        out = d.new_zeros(*d.shape[:-2], (self.count - 1) * self.hop + self.n)
+        out = d.new_zeros(*d.shape[:-2], self.padded_length)
         for s in range(self.count):
             out[..., s * self.hop:s * self.hop + self.n] += d[..., s, :]
         return out[..., half:half + T]
