@@ -219,35 +219,88 @@ def _row_mask(axis: Axis, mask: torch.Tensor) -> torch.Tensor:
     return mask[torch.minimum(r, axis.out - r)]
 
 
+# Rows (signals, or maps) per FFT call on the CPU: a chunk's spectrum (~8 MiB) is still in cache when
+# the mask kernel reads it, and its buffers come back from the heap on the next chunk instead of a
+# whole batch's spectrum being allocated (and faulted in) per call. GPUs take the batch in one call.
+CPU_CHUNK_BYTES = 8 << 20
+
+
+def chunk_rows(rows: int, spectrum_row_bytes: int, device: torch.device) -> int:
+    """How many rows one FFT call of the FFT path transforms."""
+    if device.type != "cpu":
+        return max(rows, 1)
+    return max(1, min(rows, CPU_CHUNK_BYTES // max(spectrum_row_bytes, 1)))
+
+
+def _crop_into(dst: torch.Tensor, spectrum: torch.Tensor) -> None:
+    """dst[b, r, n] = spectrum[b, source row of r, n]: the kept bins, unmasked. Output rows past the
+    middle are the negative frequencies, the spectrum's last rows."""
+    h, h_out, kc = spectrum.shape[1], dst.shape[1], dst.shape[2]
+    top = (h_out + 1) // 2
+    dst[:, :top] = spectrum[:, :top, :kc]
+    if h_out > top:
+        dst[:, top:] = spectrum[:, h - (h_out - top):, :kc]
+
+
+def _pad_rows_into(dst: torch.Tensor, cropped: torch.Tensor) -> None:
+    """The adjoint of _crop_into over the rows (dst's other rows stay as they are: zeros)."""
+    h, h_out = dst.shape[1], cropped.shape[1]
+    top = (h_out + 1) // 2
+    dst[:, :top] = cropped[:, :top]
+    if h_out > top:
+        dst[:, h - (h_out - top):] = cropped[:, top:]
+
+
 class _FFTPath(torch.autograd.Function):
-    """rfftn → fused mask/crop → irfftn, with the backward in closed form (the adjoint is again one
-    r2c, the fused pad kernel and one c2r):
+    """rfftn → crop → fused mask → irfftn, a chunk of rows at a time, with the backward in closed
+    form (the adjoint is again one r2c, the fused mask kernel, a zero pad and one c2r):
 
         dx = irfftn_N(pad(M ⊙ rfftn_out(g))) / scale,   dL/dM[f, n] = c_n Σ_bc Re(conj(G) X) / (H_out W_out)
 
     where M = m_rows ⊗ m_cols includes scale = H_out W_out / (H W) and c_n is the irfft weight of
-    column n (1 for DC and an output Nyquist column, else 2). Autograd through torch's FFTs would
-    run a full-size c2c on a zero-filled spectrum instead."""
+    column n (1 for DC and an output Nyquist column, else 2). Only X's kept bins are saved for the
+    mask gradient (the kernels take them as a spectrum of H_out rows: each row its own source).
+    Autograd through torch's FFTs would run a full-size c2c on a zero-filled spectrum instead."""
 
     @staticmethod
     def forward(ctx, x, mask_rows, mask_cols, kernels, sizes, outs):
         dims = tuple(range(-len(sizes), 0))
-        spectrum = torch.view_as_real(torch.fft.rfftn(x, dim=dims))
-        y = torch.fft.irfftn(torch.view_as_complex(kernels.mask_crop(spectrum, mask_rows, mask_cols)), s=outs, dim=dims)
-        ctx.save_for_backward(spectrum, mask_rows, mask_cols)
-        ctx.kernels, ctx.sizes, ctx.outs, ctx.dims = kernels, sizes, outs, dims
+        n = x.shape[0]
+        step = chunk_rows(n, math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1) * 2 * x.element_size(), x.device)
+        y = x.new_empty((*x.shape[:-len(sizes)], *outs))
+        kept = x.new_empty((n, mask_rows.shape[0], mask_cols.shape[0], 2))
+        for r in range(0, n, step):
+            rows = slice(r, r + step)
+            _crop_into(kept[rows], torch.view_as_real(torch.fft.rfftn(x[rows], dim=dims)))
+            masked = kernels.mask_crop(kept[rows], mask_rows, mask_cols)
+            torch.fft.irfftn(torch.view_as_complex(masked), s=outs, dim=dims, out=y[rows])
+        ctx.save_for_backward(kept, mask_rows, mask_cols)
+        ctx.kernels, ctx.sizes, ctx.outs, ctx.dims, ctx.step = kernels, sizes, outs, dims, step
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        spectrum, mask_rows, mask_cols = ctx.saved_tensors
-        sizes, outs, dims = ctx.sizes, ctx.outs, ctx.dims
-        g = torch.view_as_real(torch.fft.rfftn(grad.contiguous(), dim=dims))
+        kept, mask_rows, mask_cols = ctx.saved_tensors
+        sizes, outs, dims, step = ctx.sizes, ctx.outs, ctx.dims, ctx.step
+        grad = grad.contiguous()
+        n = grad.shape[0]
         # The adjoint's 1/scale rides on the (tiny) column mask instead of a pass over dx; e does
         # not depend on the masks.
         scale = math.prod(outs) / math.prod(sizes)
-        padded, e = ctx.kernels.mask_crop_backward(g, spectrum, mask_rows, mask_cols / scale)
-        dx = torch.fft.irfftn(torch.view_as_complex(padded), s=sizes, dim=dims)
+        dx = grad.new_empty((*grad.shape[:-len(outs)], *sizes))
+        e = None
+        # Rows cropped away get no gradient: a zeroed buffer whose kept rows each chunk overwrites
+        # (irfftn zero-pads the last axis itself).
+        padded = kept.new_zeros((min(step, n), sizes[0], *kept.shape[2:])) if len(sizes) == 2 else None
+        for r in range(0, n, step):
+            rows = slice(r, r + step)
+            g = torch.view_as_real(torch.fft.rfftn(grad[rows], dim=dims))
+            masked, e_rows = ctx.kernels.mask_crop_backward(g, kept[rows], mask_rows, mask_cols / scale)
+            e = e_rows if e is None else e + e_rows
+            if padded is not None:
+                _pad_rows_into(padded[:masked.shape[0]], masked)
+                masked = padded[:masked.shape[0]]
+            torch.fft.irfftn(torch.view_as_complex(masked), s=sizes, dim=dims, out=dx[rows])
         c = torch.full((mask_cols.shape[0],), 2.0, dtype=e.dtype, device=e.device)
         c[0] = 1.0
         if outs[-1] % 2 == 0 and mask_cols.shape[0] == outs[-1] // 2 + 1:

@@ -2,6 +2,7 @@
 gradient to the strides against finite differences, sizes, identity, raw-op checks, bad input."""
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -14,6 +15,9 @@ from pyaudiok.ops.fourier_crop import (FOURIER_CROP, METHODS, _triton_kernels, _
                                        fourier_crop_reference)
 
 from ..harness import assert_close, poisoned_outputs, require_backend, pick, run_with_grads, same_dtype_reference
+
+# The module (the package's attribute of that name is the function).
+fourier_crop_module = importlib.import_module("pyaudiok.ops.fourier_crop")
 
 BACKENDS = ("cpu", "triton")
 STRIDES = (1.0, 1.5, 2.0, 3.7)
@@ -62,6 +66,18 @@ def test_per_axis_strides_and_non_contiguous_input(backend, method):
     assert not x.is_contiguous()
     out = compare(x, torch.tensor([2.7, 1.3], device=device), backend, method, torch.float32)
     assert out.shape == (2, 3, fourier_crop_output_size(26, 2.7, rfft=False), fourier_crop_output_size(31, 1.3))
+
+
+@pytest.mark.parametrize("rank,stride", [("1d", 2.0), ("2d", 1.5), ("2d", 3.7)])
+def test_fft_path_in_chunks_of_rows(monkeypatch, rank, stride):
+    """The CPU FFT path transforms a few rows per call: chunks of 4 rows over B·C = 6 (the last
+    chunk short) match the reference, forward and backward."""
+    device = require_backend(FOURIER_CROP, "cpu")
+    row_bytes = math.prod(SHAPES[rank][2:-1]) * (SHAPES[rank][-1] // 2 + 1) * 2 * 8
+    monkeypatch.setattr(fourier_crop_module, "CPU_CHUNK_BYTES", 4 * row_bytes)
+    assert fourier_crop_module.chunk_rows(6, row_bytes, device) == 4
+    x = torch.randn(SHAPES[rank], dtype=torch.float64, device=device)
+    compare(x, torch.tensor([stride], device=device), "cpu", "fft", torch.float64)
 
 
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
