@@ -242,13 +242,14 @@ def _crop_into(dst: torch.Tensor, spectrum: torch.Tensor) -> None:
         dst[:, top:] = spectrum[:, h - (h_out - top):, :kc]
 
 
-def _pad_rows_into(dst: torch.Tensor, cropped: torch.Tensor) -> None:
-    """The adjoint of _crop_into over the rows (dst's other rows stay as they are: zeros)."""
-    h, h_out = dst.shape[1], cropped.shape[1]
+def _pad_into(dst: torch.Tensor, cropped: torch.Tensor) -> None:
+    """The adjoint of _crop_into: cropped's bins to their places in the spectrum dst (dst's other
+    bins stay as they are: zeros)."""
+    h, h_out, kc = dst.shape[1], cropped.shape[1], cropped.shape[2]
     top = (h_out + 1) // 2
-    dst[:, :top] = cropped[:, :top]
+    dst[:, :top, :kc] = cropped[:, :top]
     if h_out > top:
-        dst[:, h - (h_out - top):] = cropped[:, top:]
+        dst[:, h - (h_out - top):, :kc] = cropped[:, top:]
 
 
 class _FFTPath(torch.autograd.Function):
@@ -289,18 +290,16 @@ class _FFTPath(torch.autograd.Function):
         scale = math.prod(outs) / math.prod(sizes)
         dx = grad.new_empty((*grad.shape[:-len(outs)], *sizes))
         e = None
-        # Rows cropped away get no gradient: a zeroed buffer whose kept rows each chunk overwrites
-        # (irfftn zero-pads the last axis itself).
-        padded = kept.new_zeros((min(step, n), sizes[0], *kept.shape[2:])) if len(sizes) == 2 else None
+        # Bins cropped away get no gradient: a zeroed spectrum whose kept bins each chunk overwrites.
+        padded = kept.new_zeros((min(step, n), dx.shape[1], sizes[-1] // 2 + 1, 2))
         for r in range(0, n, step):
             rows = slice(r, r + step)
             g = torch.view_as_real(torch.fft.rfftn(grad[rows], dim=dims))
             masked, e_rows = ctx.kernels.mask_crop_backward(g, kept[rows], mask_rows, mask_cols / scale)
             e = e_rows if e is None else e + e_rows
-            if padded is not None:
-                _pad_rows_into(padded[:masked.shape[0]], masked)
-                masked = padded[:masked.shape[0]]
-            torch.fft.irfftn(torch.view_as_complex(masked), s=sizes, dim=dims, out=dx[rows])
+            spectrum = padded[:masked.shape[0]]
+            _pad_into(spectrum, masked)
+            torch.fft.irfftn(torch.view_as_complex(spectrum), s=sizes, dim=dims, out=dx[rows])
         c = torch.full((mask_cols.shape[0],), 2.0, dtype=e.dtype, device=e.device)
         c[0] = 1.0
         if outs[-1] % 2 == 0 and mask_cols.shape[0] == outs[-1] // 2 + 1:
