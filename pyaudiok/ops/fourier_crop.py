@@ -17,7 +17,8 @@ y = A_h · x · A_wᵀ per (b, c), with the real [N_out, N] matrices
     A[t, j] = (1/N) Σ_{f=0..K} c_f m(f) cos(2π f (t/N_out − j/N)),  c_0 = 1, c_f = 2, c_{N_out/2} = 1
 
 So there are two exact implementations, picked per call by size (`method`):
-- "fft": rfft2 → fused mask/crop kernel → irfft2 (FFTs are torch's; the kernel is the backend's),
+- "fft": rfft2 → crop → fused mask kernel → irfft2 (FFTs are torch's; the kernel is the backend's),
+  a chunk of rows (b, c) per FFT call on the CPU (CPU_CHUNK_BYTES of spectrum) and one on GPUs,
 - "matmul": A_h, A_w built on the fly by the backend's kernel, then two GEMMs (torch's).
 Backends: `reference` (rfft → mask → crop → irfft in plain torch), `cpu` (csrc/cpu/fourier_crop.cpp),
 `triton` (kernels/fourier_crop.py). Raw ops of every fused backend:
