@@ -52,7 +52,7 @@ def case(device, batch, channels, spatial) -> Case:
         grad = torch.randn_like(fourier_crop(x, strides))
     cands = [Candidate("reference", "reference", with_backend("reference", _train_step(x, strides, grad)))]
     for method in METHODS:
-        for cand in backend_candidates(FOURIER_CROP, device, x.dtype, (x, strides, 4.0, method),
+        for cand in backend_candidates(FOURIER_CROP, device, x.dtype, (x, strides, 4.0, method, (STRIDE,)),
                                        lambda b: with_backend(b, _train_step(x, strides, grad, method))):
             cand.name = f"{cand.name} {method}"
             if method == "matmul" and max(spatial) > MATMUL_BENCH_MAX and cand.skip is None:

@@ -78,23 +78,59 @@ def fourier_crop_output_size(size: int, stride: float, smoothness: float = 4.0, 
     return plan_axis(size, stride, smoothness, rfft).out
 
 
-def axis_mask(axis: Axis, stride: torch.Tensor, smoothness: float, dtype: torch.dtype) -> torch.Tensor:
-    """m(f) for f = 0..K, differentiable in `stride` (computed in float64: the same bins are on the
-    ramp, clipped or exactly at a corner whatever the dtype of x)."""
-    f = torch.arange(axis.cutoff + 1, dtype=torch.float64, device=stride.device)
-    t = _threshold(axis.size, stride.double(), axis.rfft)
-    return torch.clamp((smoothness + t - f) / smoothness, 0.0, 1.0).to(dtype)
+def stride_values(strides: torch.Tensor) -> list[float]:
+    """The strides on the host (the sizes depend on them): the op's one device-to-host copy."""
+    return strides.detach().double().cpu().reshape(-1).tolist()
 
 
-def _plans(x: torch.Tensor, strides: torch.Tensor, smoothness: float):
-    """(axes, per-axis stride tensors): one axis for 1-D input, (rows, columns) for 2-D."""
-    values = strides.detach().double().cpu().tolist()
+def _plans(x: torch.Tensor, strides: torch.Tensor, smoothness: float, values: list[float] | None = None):
+    """(axes, per-axis stride tensors, per-axis stride values): one axis for 1-D input, (rows,
+    columns) for 2-D. `values`: stride_values(strides) when already taken."""
+    values = stride_values(strides) if values is None else list(values)
     per_axis = [strides[0]] * (x.dim() - 2) if strides.numel() == 1 else list(strides.unbind())
     floats = [values[0]] * (x.dim() - 2) if len(values) == 1 else values
     sizes = x.shape[2:]
     rfft_flags = (True,) if x.dim() == 3 else (False, True)
     axes = [plan_axis(n, s, smoothness, r) for n, s, r in zip(sizes, floats, rfft_flags)]
-    return axes, per_axis
+    return axes, per_axis, floats
+
+
+def _ramp(axis: Axis, stride: float, smoothness: float, device: torch.device) -> torch.Tensor:
+    """v(f) = (R + T − f)/R for f = 0..K, the mask before clipping, from the host stride in the same
+    float64 operations as the reference's mask: the same values bit for bit."""
+    f = torch.arange(axis.cutoff + 1, dtype=torch.float64, device=device)
+    return (smoothness + _threshold(axis.size, stride, axis.rfft) - f) / smoothness
+
+
+def keeps_everything(axis: Axis, stride: float, smoothness: float) -> bool:
+    """Whether the axis is neither cropped nor masked (every m(f) = 1: v is smallest at f = K)."""
+    return axis.out == axis.size and (smoothness + _threshold(axis.size, stride, axis.rfft) - axis.cutoff) \
+        / smoothness >= 1.0
+
+
+class _StrideMasks(torch.autograd.Function):
+    """The masks m(f), f = 0..K, of every axis from the strides ([1] shared, or one per axis) as one
+    node of the graph instead of a dozen small ones per axis, with dL/dS in closed form — the
+    derivative autograd takes of the reference's formula (clamp passes the gradient at its bounds):
+
+        ∂m_f/∂S = [0 ≤ v_f ≤ 1] · (1/R) · ∂T/∂S,   ∂T/∂S = −N/(2S²) where N/S ≥ 2, else 0."""
+
+    @staticmethod
+    def forward(ctx, strides, axes, values, smoothness, dtype):
+        ramps = [_ramp(a, s, smoothness, strides.device) for a, s in zip(axes, values)]
+        ctx.save_for_backward(*ramps)
+        ctx.slopes = [(-a.size / (2 * s * s) if a.size / s >= 2.0 else 0.0) / smoothness for a, s in zip(axes, values)]
+        ctx.shared, ctx.dtype = strides.numel() == 1, strides.dtype
+        return tuple(v.clamp(0.0, 1.0).to(dtype) for v in ramps)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        parts = []
+        for v, slope, g in zip(ctx.saved_tensors, ctx.slopes, grads):
+            on_ramp = (v >= 0.0) & (v <= 1.0)
+            parts.append(torch.where(on_ramp, g.double(), 0.0).sum() * slope if g is not None else v.new_zeros(()))
+        grad = torch.stack(parts)
+        return (grad.sum(0, keepdim=True) if ctx.shared else grad).to(ctx.dtype), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,7 +138,11 @@ def _plans(x: torch.Tensor, strides: torch.Tensor, smoothness: float):
 
 def fourier_crop_reference(x: torch.Tensor, strides: torch.Tensor, smoothness: float = 4.0) -> torch.Tensor:
     """rfft → mask → crop → irfft, in plain torch (autograd to x and strides)."""
-    axes, per_axis = _plans(x, strides, smoothness)
+    return _reference(x, strides, smoothness)
+
+
+def _reference(x, strides, smoothness, values=None):
+    axes, per_axis, _ = _plans(x, strides, smoothness, values)
     if x.dim() == 3:
         (ax,), (s,) = axes, per_axis
         spectrum = torch.fft.rfft(x)
@@ -348,19 +388,19 @@ def choose_method(x: torch.Tensor) -> str:
 
 
 def _fused(get_kernels):
-    def run(x, strides, smoothness, method):
-        axes, per_axis = _plans(x, strides, smoothness)
-        masks = [axis_mask(a, s, smoothness, x.dtype) for a, s in zip(axes, per_axis)]
+    def run(x, strides, smoothness, method, values):
+        axes, _, floats = _plans(x, strides, smoothness, values)
         if not torch.is_grad_enabled() or not strides.requires_grad:
-            if all(a.out == a.size and bool((m == 1).all()) for a, m in zip(axes, masks)):
+            if all(keeps_everything(a, s, smoothness) for a, s in zip(axes, floats)):
                 return x.clone()  # nothing cropped and an all-ones mask: the identity
+        masks = _StrideMasks.apply(strides, axes, floats, smoothness, x.dtype)
         impl = _via_matmul if (method or choose_method(x)) == "matmul" else _via_fft
         return impl(get_kernels(), x, axes, masks)
     return run
 
 
 FOURIER_CROP = dispatch.op("fourier_crop")
-register_backends(FOURIER_CROP, reference=lambda x, s, r, method: fourier_crop_reference(x, s, r),
+register_backends(FOURIER_CROP, reference=lambda x, s, r, method, values: _reference(x, s, r, values),
                   cpu=_fused(_cpp_kernels), triton=_fused(_triton_kernels),
                   cpu_dtypes=(torch.float32, torch.float64), gpu_dtypes=(torch.float32, torch.float64))
 
@@ -388,9 +428,9 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
         expected = "[1]" if n_axes == 1 else "[1] or [2]"
         raise ValueError(f"strides must have shape {expected} for {n_axes}-D input; got "
                          f"{_checks.shape_str(strides.shape)}")
-    values = strides.detach().double().cpu().reshape(-1)
-    if not bool(torch.isfinite(values).all()) or float(values.min()) < 1.0:
-        raise ValueError(f"strides must be finite and >= 1; got {values.tolist()}")
+    values = stride_values(strides)
+    if not all(math.isfinite(v) and v >= 1.0 for v in values):
+        raise ValueError(f"strides must be finite and >= 1; got {values}")
     smoothness = float(smoothness)
     if not smoothness > 0:
         raise ValueError(f"smoothness must be > 0; got {smoothness}")
@@ -402,6 +442,6 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
         raise ValueError(f"method must be one of {METHODS} or None; got {method!r}")
     strides = strides.reshape(-1)
     if x.numel() == 0:  # FFT libraries reject empty batches; the result is empty, the gradients zero
-        axes, _ = _plans(x, strides, smoothness)
+        axes, _, _ = _plans(x, strides, smoothness, values)
         return x.new_zeros((*x.shape[:2], *(a.out for a in axes))) + 0 * (x.sum() + strides.sum())
-    return FOURIER_CROP(x, strides, smoothness, method, device=x.device, dtype=x.dtype)
+    return FOURIER_CROP(x, strides, smoothness, method, tuple(values), device=x.device, dtype=x.dtype)

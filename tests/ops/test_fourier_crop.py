@@ -80,6 +80,18 @@ def test_fft_path_in_chunks_of_rows(monkeypatch, rank, stride):
     compare(x, torch.tensor([stride], device=device), "cpu", "fft", torch.float64)
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape,stride", [((2, 3, 40), 2.0),    # T = 11: bin 11 sits on the ramp's top corner
+                                          ((2, 3, 40), 20.0),   # N/S = 2: the threshold's clamp boundary
+                                          ((2, 3, 24, 40), 12.0)])  # both, rows and columns
+def test_stride_gradient_at_the_corners_of_the_mask(method, shape, stride):
+    """The fused paths' closed-form dL/dS takes the reference's autograd convention where a bin or the
+    threshold sits exactly on a corner of a clamp (the gradient passes at the bounds)."""
+    device = require_backend(FOURIER_CROP, "cpu", torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    compare(x, torch.tensor([stride], device=device), "cpu", method, torch.float64)
+
+
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(0, 3, 40), (0, 2, 24, 24)])
