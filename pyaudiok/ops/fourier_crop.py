@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .. import dispatch
@@ -95,41 +96,46 @@ def _plans(x: torch.Tensor, strides: torch.Tensor, smoothness: float, values: li
     return axes, per_axis, floats
 
 
-def _ramp(axis: Axis, stride: float, smoothness: float, device: torch.device) -> torch.Tensor:
-    """v(f) = (R + T − f)/R for f = 0..K, the mask before clipping, from the host stride in the same
-    float64 operations as the reference's mask: the same values bit for bit."""
-    f = torch.arange(axis.cutoff + 1, dtype=torch.float64, device=device)
-    return (smoothness + _threshold(axis.size, stride, axis.rfft) - f) / smoothness
-
-
 def keeps_everything(axis: Axis, stride: float, smoothness: float) -> bool:
     """Whether the axis is neither cropped nor masked (every m(f) = 1: v is smallest at f = K)."""
     return axis.out == axis.size and (smoothness + _threshold(axis.size, stride, axis.rfft) - axis.cutoff) \
         / smoothness >= 1.0
 
 
-class _StrideMasks(torch.autograd.Function):
-    """The masks m(f), f = 0..K, of every axis from the strides ([1] shared, or one per axis) as one
-    node of the graph instead of a dozen small ones per axis, with dL/dS in closed form — the
-    derivative autograd takes of the reference's formula (clamp passes the gradient at its bounds):
+def _mask_and_slope(axis: Axis, stride: float, smoothness: float) -> np.ndarray:
+    """[m(f), ∂m(f)/∂S] for f = 0..K, float64 [2, K+1], computed on the host from the host stride.
+    v(f) = (R + T − f)/R takes the reference's float64 operations in the same order, so the mask is
+    the reference's bit for bit; the slope is the derivative autograd takes of that formula (clamp
+    passes the gradient at its bounds):
 
         ∂m_f/∂S = [0 ≤ v_f ≤ 1] · (1/R) · ∂T/∂S,   ∂T/∂S = −N/(2S²) where N/S ≥ 2, else 0."""
+    v = (smoothness + _threshold(axis.size, stride, axis.rfft) - np.arange(axis.cutoff + 1, dtype=np.float64)) \
+        / smoothness
+    dt = -axis.size / (2 * stride * stride) if axis.size / stride >= 2.0 else 0.0
+    return np.stack([np.clip(v, 0.0, 1.0), ((v >= 0.0) & (v <= 1.0)) * (dt / smoothness)])
+
+
+class _StrideMasks(torch.autograd.Function):
+    """The masks m(f), f = 0..K, of every axis from the strides ([1] shared, or one per axis) as one
+    node of the graph, built on the host (the sizes already are: no device op per mask value) and
+    copied over in one transfer, with dL/dS = Σ_f ∂L/∂m_f · ∂m_f/∂S (_mask_and_slope)."""
 
     @staticmethod
     def forward(ctx, strides, axes, values, smoothness, dtype):
-        ramps = [_ramp(a, s, smoothness, strides.device) for a, s in zip(axes, values)]
-        ctx.save_for_backward(*ramps)
-        ctx.slopes = [(-a.size / (2 * s * s) if a.size / s >= 2.0 else 0.0) / smoothness for a, s in zip(axes, values)]
-        ctx.shared, ctx.dtype = strides.numel() == 1, strides.dtype
-        return tuple(v.clamp(0.0, 1.0).to(dtype) for v in ramps)
+        host = np.concatenate([_mask_and_slope(a, s, smoothness) for a, s in zip(axes, values)], axis=1)
+        # non_blocking: a pageable host buffer is staged at once, and the host does not wait on the device.
+        both = torch.from_numpy(host).to(strides.device, non_blocking=True)
+        sizes = [a.cutoff + 1 for a in axes]
+        ctx.save_for_backward(both[1])
+        ctx.sizes, ctx.shared, ctx.dtype = sizes, strides.numel() == 1, strides.dtype
+        return both[0].to(dtype).split(sizes)
 
     @staticmethod
     def backward(ctx, *grads):
-        parts = []
-        for v, slope, g in zip(ctx.saved_tensors, ctx.slopes, grads):
-            on_ramp = (v >= 0.0) & (v <= 1.0)
-            parts.append(torch.where(on_ramp, g.double(), 0.0).sum() * slope if g is not None else v.new_zeros(()))
-        grad = torch.stack(parts)
+        (slopes,) = ctx.saved_tensors
+        grad_masks = torch.cat([g if g is not None else slopes.new_zeros(n) for g, n in zip(grads, ctx.sizes)])
+        per_axis = (grad_masks.double() * slopes).split(ctx.sizes)
+        grad = torch.stack([p.sum() for p in per_axis])
         return (grad.sum(0, keepdim=True) if ctx.shared else grad).to(ctx.dtype), None, None, None, None
 
 
@@ -218,12 +224,14 @@ def _register_mask_crop_backward(qualname: str) -> None:
 
 class _Kernels(NamedTuple):
     matrix: object
+    matrix_backward: object
     mask_crop: object
     mask_crop_backward: object
 
 
 def _cpp_kernels() -> _Kernels:
-    return _Kernels(cpp_op("fourier_crop_matrix"), cpp_op("fourier_mask_crop"), cpp_op("fourier_mask_crop_backward"))
+    return _Kernels(cpp_op("fourier_crop_matrix"), cpp_op("fourier_crop_matrix_backward"), cpp_op("fourier_mask_crop"),
+                    cpp_op("fourier_mask_crop_backward"))
 
 
 if extension_loaded():
@@ -248,7 +256,7 @@ def _triton_kernels() -> _Kernels:
                        lambda q: _register_matrix(q, _triton_matrix_backward))
     mask_crop = triton_op("fourier_mask_crop_triton", "fourier_crop", "fourier_mask_crop",
                           lambda q: _register_mask_crop(q, _triton_mask_crop_backward))
-    return _Kernels(matrix, mask_crop, _triton_mask_crop_backward())
+    return _Kernels(matrix, _triton_matrix_backward(), mask_crop, _triton_mask_crop_backward())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,19 +370,53 @@ def _via_fft(kernels: _Kernels, x, axes, masks):
     return y.reshape(*x.shape[:2], ah.out, aw.out)
 
 
+class _Separable(torch.autograd.Function):
+    """The matmul path as one node of the graph: y = x · A_wᵀ (1-D) or A_h · x · A_wᵀ per (b, c) (2-D),
+    A = kernels.matrix(mask); the backward is the GEMMs' transposes and the matrices' adjoints to
+    the masks (kernels.matrix_backward). One node instead of a dozen keeps the host's share of a
+    call small (small maps on a GPU are bound by it)."""
+
+    @staticmethod
+    def forward(ctx, x, mask_h, mask_w, axes, kernels):
+        aw = axes[-1]
+        a_w = kernels.matrix(mask_w, aw.size, aw.out)
+        z = torch.matmul(x, a_w.T)  # [..., W] @ [W, W_out]: batch folded into one GEMM
+        ctx.kernels, ctx.axes = kernels, axes
+        if x.dim() == 3:
+            ctx.save_for_backward(x, mask_w, a_w)
+            return z
+        ah = axes[0]
+        a_h = kernels.matrix(mask_h, ah.size, ah.out)
+        # A_h · z[b, c] for every (b, c) as one GEMM: rows first, [H, BC·W_out] (measured faster on
+        # the CPU than a batched GEMM with a broadcast A_h or a transposed fold).
+        bc = x.shape[0] * x.shape[1]
+        z_rows = z.reshape(bc, ah.size, aw.out).transpose(0, 1).reshape(ah.size, bc * aw.out)
+        rows = a_h @ z_rows
+        ctx.save_for_backward(x, mask_w, a_w, mask_h, a_h, z_rows)
+        return rows.reshape(ah.out, bc, aw.out).transpose(0, 1).reshape(*x.shape[:2], ah.out, aw.out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        kernels, axes = ctx.kernels, ctx.axes
+        need_x, need_h, need_w = ctx.needs_input_grad[:3]
+        x, mask_w, a_w, *rows_axis = ctx.saved_tensors
+        aw = axes[-1]
+        d_mask_h = None
+        if rows_axis:  # 2-D: through A_h first, back to the columns' product dz = A_hᵀ · grad per (b, c)
+            mask_h, a_h, z_rows = rows_axis
+            ah, bc = axes[0], x.shape[0] * x.shape[1]
+            g_rows = grad.reshape(bc, ah.out, aw.out).transpose(0, 1).reshape(ah.out, bc * aw.out)
+            if need_h:
+                d_mask_h = kernels.matrix_backward(g_rows @ z_rows.T, mask_h)
+            grad = (a_h.T @ g_rows).reshape(ah.size, bc, aw.out).transpose(0, 1)
+        dz = grad.reshape(-1, aw.out)
+        dx = (dz @ a_w).reshape(x.shape) if need_x else None
+        d_mask_w = kernels.matrix_backward(dz.T @ x.reshape(-1, aw.size), mask_w) if need_w else None
+        return dx, d_mask_h, d_mask_w, None, None
+
+
 def _via_matmul(kernels: _Kernels, x, axes, masks):
-    aw, mw = axes[-1], masks[-1]
-    a_w = kernels.matrix(mw, aw.size, aw.out)
-    z = torch.matmul(x, a_w.T)  # [..., W] @ [W, W_out]: batch folded into one GEMM
-    if x.dim() == 3:
-        return z
-    ah, mh = axes[0], masks[0]
-    a_h = kernels.matrix(mh, ah.size, ah.out)
-    # A_h · z[b, c] for every (b, c) as one GEMM: rows first, [H, BC·W_out] (measured faster on
-    # the CPU than a batched GEMM with a broadcast A_h or a transposed fold).
-    bc, h, w_out = z.numel() // (ah.size * aw.out), ah.size, aw.out
-    rows = a_h @ z.reshape(bc, h, w_out).transpose(0, 1).reshape(h, bc * w_out)
-    return rows.reshape(ah.out, bc, w_out).transpose(0, 1).reshape(*x.shape[:2], ah.out, w_out)
+    return _Separable.apply(x, masks[0] if len(masks) == 2 else None, masks[-1], axes, kernels)
 
 
 # The largest axis up to which the matmul path is used. Measured on the CPU (forward+backward,
