@@ -3,7 +3,8 @@
   reference, every backend, and the peers SpeechBrain `Leaf` and torchaudio `MelSpectrogram` (the
   mel frontend LEAF replaces: "x floor" is how far the filterbank is from it);
 - `pcen` on the resulting [32, 40, 400] energies, forward and forward+backward: the reference
-  (a Python loop over frames, like SpeechBrain's EMA), every backend;
+  (a Python loop over frames), every backend, and the peer SpeechBrain's `PCEN` (per-channel
+  smoothing, learnable: the Python-loop EMA users have);
 - the whole frontend, `pyaudiok.nn.Leaf` (filterbank, pooling, sPCEN; gradients to the waveform and
   every parameter) on the reference ops and on the automatic backends, against SpeechBrain's `Leaf`
   (the same three stages) and torchaudio's `MelSpectrogram`, forward and forward+backward.
@@ -81,8 +82,20 @@ def pcen_case(device, batch, backward) -> Case:
                        with_backend("reference", _step(fn, backward, *inputs)))]
     cands += backend_candidates(PCEN, device, E.dtype, (E, *params, 1e-12),
                                 lambda b: with_backend(b, _step(fn, backward, *inputs)), _check)
+    cands.append(_speechbrain_pcen(device, E, backward))
     mode = "fwd+bwd" if backward else "fwd"
     return Case(f"pcen.{mode}", {"B": batch, "F": F, "frames": frames}, cands)
+
+
+def _speechbrain_pcen(device, E, backward) -> Candidate:
+    """SpeechBrain's PCEN with the same parameters (its layout is [B, F, T] with skip_transpose)."""
+    norm, reason = load("speechbrain.nnet.normalization", "speechbrain")
+    if norm is None:
+        return Candidate("SpeechBrain PCEN", "peer", None, skip=reason)
+    peer = norm.PCEN(F, alpha=0.96, smooth_coef=0.04, delta=2.0, root=2.0, floor=1e-12, trainable=True,
+                     per_channel_smooth_coef=True, skip_transpose=True).to(device).requires_grad_(backward)
+    return Candidate("SpeechBrain PCEN", "peer", _step(lambda: peer(E), backward, E, *peer.parameters()),
+                     check=_check)
 
 
 def _mel_floor(device, x, backward) -> Candidate:
