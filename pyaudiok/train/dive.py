@@ -14,7 +14,6 @@ Written to `out`: `log.csv`, `results.json`, `checkpoint.pt`.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .runtime import Averager, config_from_argv, read_run_checkpoint, seed_everything, write_run
+from .runtime import config_from_argv, fit_steps, read_run_checkpoint, seed_everything, write_run
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -96,21 +95,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
     before = evaluate(model, held_out, cfg.eval_conversations, cfg.eval_collar)
     log(f"dive: {train_bank.kind} speakers ({len(train_bank)} train, {len(eval_bank)} held out), "
         f"{sum(p.numel() for p in model.parameters())} parameters; held-out DER before training {before['der']:.3f}")
-    rows, avg, start = [], Averager(), time.perf_counter()
-    for step in range(cfg.steps):
+
+    def step_loss(step):
         x, ref, _ = batch(data, range(step * cfg.batch, (step + 1) * cfg.batch), cfg.max_speakers,
                           model.config.frame_rate)
-        loss, parts = model.loss(x, ref)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        avg.add({"loss": float(loss.detach()), **parts})
-        if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
-            row = {"step": step + 1, **avg.pop()}
-            rows.append(row)
-            log(f"  step {step + 1:5d}  loss {row['loss']:.3f}  vad {row['vad']:.3f}  score {row['score']:.3f}")
-    seconds = time.perf_counter() - start
+        return model.loss(x, ref)
+
+    rows, seconds = fit_steps(
+        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
+        describe=lambda row: f"  step {row['step']:5d}  loss {row['loss']:.3f}  vad {row['vad']:.3f}  "
+                             f"score {row['score']:.3f}")
     after = evaluate(model, held_out, cfg.eval_conversations, cfg.eval_collar)
     log(f"held-out ({cfg.eval_conversations} conversations of unseen speakers, collar {cfg.eval_collar} s total): "
         f"DER {after['der']:.3f} (missed {after['missed']:.1f} s, false alarm {after['false_alarm']:.1f} s, "

@@ -14,7 +14,6 @@ each source. Written to `out`: `log.csv` (step, losses), `results.json`, `checkp
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import Averager, config_from_argv, read_run_checkpoint, seed_everything, write_run
+from .runtime import config_from_argv, fit_steps, read_run_checkpoint, seed_everything, write_run
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -86,21 +85,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
     log(f"wavesplit: {train_bank.kind} speakers ({len(train_bank)} train, {len(eval_bank)} held out), "
         f"{sum(p.numel() for p in model.parameters())} parameters; held-out SI-SDRi before training "
         f"{before['si_sdri']:.2f} dB")
-    rows, avg, start = [], Averager(), time.perf_counter()
-    for step in range(cfg.steps):
+
+    def step_loss(step):
         mix, src, who = data.batch(range(step * cfg.batch, (step + 1) * cfg.batch))
-        loss, parts = model.loss(mix, src, who)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        avg.add({"loss": float(loss.detach()), **parts})
-        if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
-            row = {"step": step + 1, **avg.pop()}
-            rows.append(row)
-            log(f"  step {step + 1:5d}  loss {row['loss']:.3f}  -SI-SDR {row['separation']:.2f}  "
-                f"speaker {row['speaker']:.3f}")
-    seconds = time.perf_counter() - start
+        return model.loss(mix, src, who)
+
+    rows, seconds = fit_steps(
+        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
+        describe=lambda row: f"  step {row['step']:5d}  loss {row['loss']:.3f}  -SI-SDR {row['separation']:.2f}  "
+                             f"speaker {row['speaker']:.3f}")
     after = evaluate(model, held_out, cfg.eval_mixtures)
     log(f"held-out ({cfg.eval_mixtures} mixtures of unseen speakers): SI-SDR {after['si_sdr']:.2f} dB, "
         f"mixture {after['mixture_si_sdr']:.2f} dB, SI-SDRi {after['si_sdri']:.2f} dB")
