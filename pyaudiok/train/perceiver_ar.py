@@ -29,9 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from pyaudiok.data.text_corpus import ByteCorpus, bits
 from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generate
 
-from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, resolve_checkpoint,
-                         restore_rng_state, save_checkpoint)
-from .runtime import (Averager, Runtime, gather_rng_states, seed_everything, training_runtime, unwrap, write_csv)
+from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
+from .runtime import (Averager, Runtime, progress_bar, same_on_every_rank, save_resumable, seed_everything,
+                      training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -137,22 +137,16 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
         return value
 
     def checkpoint(at: int) -> None:
-        history["pending"] = {"sums": dict(averager.sums), "count": averager.count}
-        rng = gather_rng_states(runtime)
-        if runtime.is_main:
-            save_checkpoint(checkpoint_path(out / "checkpoints", at), {
-                "step": at, "train_config": asdict(config), "model_config": model.config.to_dict(),
-                "model": model.state_dict(), "opt": opt.state_dict(), "history": history, "rng": rng})
-            prune_checkpoints(out / "checkpoints", config.keep_checkpoints)
+        save_resumable(runtime, out / "checkpoints", at, config.keep_checkpoints, history, averager, lambda rng: {
+            "step": at, "train_config": asdict(config), "model_config": model.config.to_dict(),
+            "model": model.state_dict(), "opt": opt.state_dict(), "history": history, "rng": rng})
 
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if step == 0:
             run_validation(0)
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and runtime.is_main),
-               desc="perceiver-ar", unit="step", dynamic_ncols=True)
+    bar = progress_bar(runtime, config.steps, step, config.progress, "perceiver-ar")
     started, last_checkpoint = time.perf_counter(), step
     while step < config.steps:
         batch = corpus.batch(config.context + 1, config.batch_size, config.seed, step, runtime.rank)
@@ -188,11 +182,7 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
                   "train_bits_per_byte": last.get("bits_per_byte", float("nan")), "seconds": seconds}
     if step != last_checkpoint or resume_from is None:
         checkpoint(step)
-    if runtime.distributed:
-        shared = [result]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        result = shared[0]
-    return result
+    return same_on_every_rank(runtime, result)
 
 
 def _loss(wrapped, sequence: torch.Tensor):

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyaudiok.codec.bitstream import atomic_writer
 
-from .checkpoint import capture_rng_state
+from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
 
 __all__ = ["Runtime", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything", "unwrap",
            "gather_rng_states", "Averager", "write_csv"]
@@ -112,6 +112,34 @@ def gather_rng_states(runtime: Runtime) -> list[dict[str, Any]]:
     states: list[Any] = [None] * runtime.world_size
     dist.all_gather_object(states, state)
     return states
+
+
+def save_resumable(runtime: Runtime, directory: Path, at: int, keep: int, history: dict[str, Any],
+                   averager: "Averager", state: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+    """The checkpoint of a resumable run at step `at` (collective under DDP: all ranks call it): the
+    averager's pending interval goes into `history`, every rank's RNG state is gathered, and the
+    main rank writes state(rng states) and keeps only the newest `keep` checkpoints."""
+    history["pending"] = {"sums": dict(averager.sums), "count": averager.count}
+    rng = gather_rng_states(runtime)
+    if runtime.is_main:
+        save_checkpoint(checkpoint_path(directory, at), state(rng))
+        prune_checkpoints(directory, keep)
+
+
+def progress_bar(runtime: Runtime, total: int, initial: int, enabled: bool, desc: str):
+    """The step progress bar of a resumable run (shown on the main rank only)."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not (enabled and runtime.is_main), desc=desc, unit="step",
+                dynamic_ncols=True)
+
+
+def same_on_every_rank(runtime: Runtime, result: Any) -> Any:
+    """The main rank's `result` on every rank (a broadcast under DDP)."""
+    if not runtime.distributed:
+        return result
+    shared = [result]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 class Averager:

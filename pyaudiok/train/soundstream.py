@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Sequence, get_type_hints
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -50,9 +49,9 @@ from pyaudiok.models.soundstream.losses import (MultiScaleMelLoss, feature_match
                                                 hinge_generator_loss, si_snr)
 from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
-from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng_state,
-                         save_checkpoint)
-from .runtime import (Averager, Runtime, gather_rng_states, seed_everything, training_runtime, unwrap, write_csv)
+from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state
+from .runtime import (Averager, Runtime, progress_bar, same_on_every_rank, save_resumable, seed_everything,
+                      training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
@@ -383,11 +382,8 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
         return metrics
 
     def checkpoint(at: int) -> None:
-        history["pending"] = {"sums": dict(averager.sums), "count": averager.count}
-        rng = gather_rng_states(runtime)
-        if runtime.is_main:
-            save_checkpoint(checkpoint_path(out / "checkpoints", at), _training_state(trainer, at, history, rng))
-            prune_checkpoints(out / "checkpoints", config.keep_checkpoints)
+        save_resumable(runtime, out / "checkpoints", at, config.keep_checkpoints, history, averager,
+                       lambda rng: _training_state(trainer, at, history, rng))
 
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -395,9 +391,7 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
         if step == 0:
             validate(0)
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and runtime.is_main),
-               desc="soundstream", unit="step", dynamic_ncols=True)
+    bar = progress_bar(runtime, config.steps, step, config.progress, "soundstream")
     started, last_checkpoint = time.perf_counter(), step
     while step < config.steps:
         wav = train_data.batch(_step_indices(step, runtime.rank, runtime.world_size, config.batch_size))
@@ -432,11 +426,7 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
         result["seconds"] = seconds
     if step != last_checkpoint or resume_from is None:  # else: resumed a finished run, nothing new
         checkpoint(step)
-    if runtime.distributed:  # every rank returns the same figures
-        shared = [result]
-        dist.broadcast_object_list(shared, src=0)
-        result = shared[0]
-    return result
+    return same_on_every_rank(runtime, result)  # every rank returns the same figures
 
 
 # ----------------------------------------------------------------------------------------------
