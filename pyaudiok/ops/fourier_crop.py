@@ -84,33 +84,33 @@ def stride_values(strides: torch.Tensor) -> list[float]:
     return strides.detach().double().cpu().reshape(-1).tolist()
 
 
-def _plans(x: torch.Tensor, strides: torch.Tensor, smoothness: float, values: list[float] | None = None):
-    """(axes, per-axis stride tensors, per-axis stride values): one axis for 1-D input, (rows,
-    columns) for 2-D. `values`: stride_values(strides) when already taken."""
-    values = stride_values(strides) if values is None else list(values)
-    per_axis = [strides[0]] * (x.dim() - 2) if strides.numel() == 1 else list(strides.unbind())
-    floats = [values[0]] * (x.dim() - 2) if len(values) == 1 else values
-    sizes = x.shape[2:]
+def _plans(x: torch.Tensor, values, smoothness: float) -> tuple[list[Axis], list[float]]:
+    """(axes, per-axis stride values) from the host strides: one axis for 1-D input, (rows, columns)
+    for 2-D."""
+    floats = [values[0]] * (x.dim() - 2) if len(values) == 1 else list(values)
     rfft_flags = (True,) if x.dim() == 3 else (False, True)
-    axes = [plan_axis(n, s, smoothness, r) for n, s, r in zip(sizes, floats, rfft_flags)]
-    return axes, per_axis, floats
+    return [plan_axis(n, s, smoothness, r) for n, s, r in zip(x.shape[2:], floats, rfft_flags)], floats
+
+
+def _ramp(axis: Axis, stride, smoothness: float, f):
+    """v(f) = (R + T − f)/R, the mask before clipping to [0, 1]: for a host stride and f a number or
+    a numpy array, or (autograd) a stride tensor and f a tensor. The same float64 operations in the
+    same order in each case, so every path masks the same bins with the same values."""
+    return (smoothness + _threshold(axis.size, stride, axis.rfft) - f) / smoothness
 
 
 def keeps_everything(axis: Axis, stride: float, smoothness: float) -> bool:
     """Whether the axis is neither cropped nor masked (every m(f) = 1: v is smallest at f = K)."""
-    return axis.out == axis.size and (smoothness + _threshold(axis.size, stride, axis.rfft) - axis.cutoff) \
-        / smoothness >= 1.0
+    return axis.out == axis.size and _ramp(axis, stride, smoothness, axis.cutoff) >= 1.0
 
 
 def _mask_and_slope(axis: Axis, stride: float, smoothness: float) -> np.ndarray:
-    """[m(f), ∂m(f)/∂S] for f = 0..K, float64 [2, K+1], computed on the host from the host stride.
-    v(f) = (R + T − f)/R takes the reference's float64 operations in the same order, so the mask is
-    the reference's bit for bit; the slope is the derivative autograd takes of that formula (clamp
+    """[m(f), ∂m(f)/∂S] for f = 0..K, float64 [2, K+1], computed on the host from the host stride:
+    the reference's mask bit for bit (_ramp), and the derivative autograd takes of its formula (clamp
     passes the gradient at its bounds):
 
         ∂m_f/∂S = [0 ≤ v_f ≤ 1] · (1/R) · ∂T/∂S,   ∂T/∂S = −N/(2S²) where N/S ≥ 2, else 0."""
-    v = (smoothness + _threshold(axis.size, stride, axis.rfft) - np.arange(axis.cutoff + 1, dtype=np.float64)) \
-        / smoothness
+    v = _ramp(axis, stride, smoothness, np.arange(axis.cutoff + 1, dtype=np.float64))
     dt = -axis.size / (2 * stride * stride) if axis.size / stride >= 2.0 else 0.0
     return np.stack([np.clip(v, 0.0, 1.0), ((v >= 0.0) & (v <= 1.0)) * (dt / smoothness)])
 
@@ -148,7 +148,8 @@ def fourier_crop_reference(x: torch.Tensor, strides: torch.Tensor, smoothness: f
 
 
 def _reference(x, strides, smoothness, values=None):
-    axes, per_axis, _ = _plans(x, strides, smoothness, values)
+    axes, _ = _plans(x, stride_values(strides) if values is None else values, smoothness)
+    per_axis = [strides[0]] * len(axes) if strides.numel() == 1 else list(strides.unbind())
     if x.dim() == 3:
         (ax,), (s,) = axes, per_axis
         spectrum = torch.fft.rfft(x)
@@ -171,8 +172,7 @@ def _full_mask(axis: Axis, stride, smoothness, dtype, length, half):
     min(i, N − i) (full spectrum). Bins past K are cropped away afterwards."""
     idx = torch.arange(length, device=stride.device)
     f = idx if half else torch.minimum(idx, axis.size - idx)
-    t = _threshold(axis.size, stride.double(), axis.rfft)
-    return torch.clamp((smoothness + t - f.double()) / smoothness, 0.0, 1.0).to(dtype)
+    return torch.clamp(_ramp(axis, stride.double(), smoothness, f.double()), 0.0, 1.0).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,6 +337,7 @@ class _FFTPath(torch.autograd.Function):
         # The adjoint's 1/scale rides on the (tiny) column mask instead of a pass over dx; e does
         # not depend on the masks.
         scale = math.prod(outs) / math.prod(sizes)
+        cols_adjoint = mask_cols / scale
         dx = grad.new_empty((*grad.shape[:-len(outs)], *sizes))
         e = None
         # Bins cropped away get no gradient: a zeroed spectrum whose kept bins each chunk overwrites.
@@ -344,7 +345,7 @@ class _FFTPath(torch.autograd.Function):
         for r in range(0, n, step):
             rows = slice(r, r + step)
             g = torch.view_as_real(torch.fft.rfftn(grad[rows], dim=dims))
-            masked, e_rows = ctx.kernels.mask_crop_backward(g, kept[rows], mask_rows, mask_cols / scale)
+            masked, e_rows = ctx.kernels.mask_crop_backward(g, kept[rows], mask_rows, cols_adjoint)
             e = e_rows if e is None else e + e_rows
             spectrum = padded[:masked.shape[0]]
             _pad_into(spectrum, masked)
@@ -381,9 +382,12 @@ class _Separable(torch.autograd.Function):
         aw = axes[-1]
         a_w = kernels.matrix(mask_w, aw.size, aw.out)
         z = torch.matmul(x, a_w.T)  # [..., W] @ [W, W_out]: batch folded into one GEMM
-        ctx.kernels, ctx.axes = kernels, axes
+        ctx.kernels, ctx.axes, ctx.x_shape = kernels, axes, x.shape
+        # x is needed only for the columns' mask gradient, z only for the rows': a layer with fixed
+        # strides keeps neither alive.
+        x_kept = x if mask_w.requires_grad else None
         if x.dim() == 3:
-            ctx.save_for_backward(x, mask_w, a_w)
+            ctx.save_for_backward(x_kept, mask_w, a_w)
             return z
         ah = axes[0]
         a_h = kernels.matrix(mask_h, ah.size, ah.out)
@@ -392,7 +396,7 @@ class _Separable(torch.autograd.Function):
         bc = x.shape[0] * x.shape[1]
         z_rows = z.reshape(bc, ah.size, aw.out).transpose(0, 1).reshape(ah.size, bc * aw.out)
         rows = a_h @ z_rows
-        ctx.save_for_backward(x, mask_w, a_w, mask_h, a_h, z_rows)
+        ctx.save_for_backward(x_kept, mask_w, a_w, mask_h, a_h, z_rows if mask_h.requires_grad else None)
         return rows.reshape(ah.out, bc, aw.out).transpose(0, 1).reshape(*x.shape[:2], ah.out, aw.out)
 
     @staticmethod
@@ -404,13 +408,13 @@ class _Separable(torch.autograd.Function):
         d_mask_h = None
         if rows_axis:  # 2-D: through A_h first, back to the columns' product dz = A_hᵀ · grad per (b, c)
             mask_h, a_h, z_rows = rows_axis
-            ah, bc = axes[0], x.shape[0] * x.shape[1]
+            ah, bc = axes[0], ctx.x_shape[0] * ctx.x_shape[1]
             g_rows = grad.reshape(bc, ah.out, aw.out).transpose(0, 1).reshape(ah.out, bc * aw.out)
             if need_h:
                 d_mask_h = kernels.matrix_backward(g_rows @ z_rows.T, mask_h)
             grad = (a_h.T @ g_rows).reshape(ah.size, bc, aw.out).transpose(0, 1)
         dz = grad.reshape(-1, aw.out)
-        dx = (dz @ a_w).reshape(x.shape) if need_x else None
+        dx = (dz @ a_w).reshape(ctx.x_shape) if need_x else None
         d_mask_w = kernels.matrix_backward(dz.T @ x.reshape(-1, aw.size), mask_w) if need_w else None
         return dx, d_mask_h, d_mask_w, None, None
 
@@ -431,7 +435,7 @@ def choose_method(x: torch.Tensor) -> str:
 
 def _fused(get_kernels):
     def run(x, strides, smoothness, method, values):
-        axes, _, floats = _plans(x, strides, smoothness, values)
+        axes, floats = _plans(x, values, smoothness)
         if not torch.is_grad_enabled() or not strides.requires_grad:
             if all(keeps_everything(a, s, smoothness) for a, s in zip(axes, floats)):
                 return x.clone()  # nothing cropped and an all-ones mask: the identity
@@ -484,6 +488,6 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
         raise ValueError(f"method must be one of {METHODS} or None; got {method!r}")
     strides = strides.reshape(-1)
     if x.numel() == 0:  # FFT libraries reject empty batches; the result is empty, the gradients zero
-        axes, _, _ = _plans(x, strides, smoothness, values)
+        axes, _ = _plans(x, values, smoothness)
         return x.new_zeros((*x.shape[:2], *(a.out for a in axes))) + 0 * (x.sum() + strides.sum())
     return FOURIER_CROP(x, strides, smoothness, method, tuple(values), device=x.device, dtype=x.dtype)

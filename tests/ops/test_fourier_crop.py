@@ -199,6 +199,23 @@ def test_stride_one_is_identity_and_constants_stay_constant(backend, method, sha
     torch.testing.assert_close(yc, torch.full_like(yc, 0.7), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(4, 8, 20, 24), (16, 16, 45)])
+def test_fixed_strides_keep_no_copy_of_the_input_for_the_backward(shape):
+    """With strides that take no gradient (a SpectralPool layer) the matmul path saves neither x nor
+    its column product for the backward (only the small matrices and masks), and dx still matches
+    the reference."""
+    device = require_backend(FOURIER_CROP, "cpu")
+    x = torch.randn(shape, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with pyaudiok.use_backend("cpu"):
+            y = fourier_crop(x, torch.tensor([2.0], device=device), method="matmul")
+    largest = max(t.numel() for t in saved)
+    assert largest < x.numel() // 4, f"a saved tensor of {largest} values (x has {x.numel()})"
+    compare(x.detach().double(), torch.tensor([2.0], device=device), "cpu", "matmul", torch.float32)
+    assert y.shape[:2] == shape[:2]
+
+
 def test_dispatch_picks_matmul_for_small_maps_and_fft_for_long_signals():
     assert choose_method(torch.empty(1, 1, 32, 32)) == "matmul"
     assert choose_method(torch.empty(1, 1, 16000)) == "fft"
