@@ -67,9 +67,15 @@ def test_fft_route_matches_reference_for_any_block(items, dtype, B, T, F, window
     """The FFT route with its hand-written backward, blocks of 1 … F filters and of one item (the CPU's
     layout) or several (the GPU's), strides from 1 to beyond the window, against the reference
     (forward and the four gradients)."""
+    check_fft_route(dtype, B, T, F, window, stride, filters_per_block=block, items_per_block=items)
+
+
+def check_fft_route(dtype, B, T, F, window, stride, **route):
+    """gabor_pool_fft with the route's block/segment options against the reference: the output and
+    the gradients to x and the three parameter vectors."""
     x = waveform(B, T, dtype=dtype)
     eta, sigma, pool = params(F, dtype=dtype, window=window)
-    got = gabor_pool_fft(x, eta, sigma, pool, window, stride, filters_per_block=block, items_per_block=items)
+    got = gabor_pool_fft(x, eta, sigma, pool, window, stride, **route)
     want = gabor_pool_reference(x, eta, sigma, pool, window, stride)
     weights = torch.randn(want.shape, dtype=dtype)
     got_grads = torch.autograd.grad((got * weights).sum(), [x, eta, sigma, pool])
@@ -88,17 +94,7 @@ def test_fft_route_matches_reference_for_any_block(items, dtype, B, T, F, window
 def test_fft_route_in_overlap_save_segments(items, dtype, B, T, F, window, stride, segment):
     """The FFT route on segments shorter than the signal (the CPU's layout for long signals): hops of
     128 to 1 samples, a last segment past the signal's end, a segment as long as the signal."""
-    x = waveform(B, T, dtype=dtype)
-    eta, sigma, pool = params(F, dtype=dtype, window=window)
-    got = gabor_pool_fft(x, eta, sigma, pool, window, stride, filters_per_block=2, items_per_block=items,
-                         segment=segment)
-    want = gabor_pool_reference(x, eta, sigma, pool, window, stride)
-    weights = torch.randn(want.shape, dtype=dtype)
-    got_grads = torch.autograd.grad((got * weights).sum(), [x, eta, sigma, pool])
-    want_grads = torch.autograd.grad((want * weights).sum(), [x, eta, sigma, pool])
-    assert rel_error(got, want) <= TOLERANCE[dtype] * 10
-    for name, g, w in zip(("x", "center_freqs", "bandwidths", "pool_widths"), got_grads, want_grads):
-        assert rel_error(g, w) <= TOLERANCE[dtype] * 10, name
+    check_fft_route(dtype, B, T, F, window, stride, filters_per_block=2, items_per_block=items, segment=segment)
 
 
 def test_segment_lengths():
