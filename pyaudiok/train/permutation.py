@@ -1,72 +1,60 @@
-"""`pyaudiok train permutation`: the permutation pretext task (DESIGN §5) on embedded synthetic
+"""`pyaudiok train permutation`: the permutation pretext task (DESIGN §5) on generated NSynth-like
 notes, then linear probes on the frozen patch encoder.
 
-Notes: pitch (one of `n_pitches` semitones) × "instrument" (one of 4 timbres: harmonic roll-off
-and odd/even balance) × envelope (random attack/decay), 0.5 s at 16 kHz, as log-mel [64, 64].
-The pretext model learns to put shuffled time patches back in order (PAV soft-rank or Sinkhorn
-ranking loss). Then, for the trained encoder and for a randomly initialised one (the baseline),
-a logistic-regression probe on the frozen embeddings is trained for pitch and for instrument and
-scored on held-out notes. Both accuracies are printed and written to `out_dir/probe.json`
-(with the pretext loss curve in `train_log.csv` and the final model in `checkpoints/`).
+    pyaudiok train permutation --steps 600 --out runs/permutation
+
+Notes (pyaudiok.data.notes, no download): pitch (one of `n_pitches` semitones) × instrument family
+(9 families, each a range of timbres and envelopes) with random onset, level, detuning and
+background noise; 0.53 s at 16 kHz, as log-mel [64, 64]. The pretext model learns to put the
+shuffled patches of a 4 (frequency) × 2 (time) grid back in order (PAV soft-rank or Sinkhorn
+ranking loss). Then, for the trained encoder and for a randomly initialised copy (the baseline), a
+logistic-regression probe on the frozen embeddings (the patch embeddings, concatenated) is trained
+for pitch and for family and scored on held-out notes. Written to `out`: `log.csv` (step, pretext
+loss, order accuracy), `results.json` (both encoders' probe accuracies), `checkpoint.pt`.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
-import json
-import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
+from ..data import notes
 from ..models.permutation import PermutationPretext
+from ..models.permutation.model import POOLINGS, RANKERS
 from ..models.soundstream.losses import mel_filterbank
-from .checkpoint import checkpoint_path, save_checkpoint
+from .runtime import config_from_argv, fit_steps, seed_everything, write_run
+
+__all__ = ["TrainConfig", "train", "main", "synth_notes", "log_mel", "linear_probe"]
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS, FRAMES = 16000, 512, 125, 64, 64
-INSTRUMENTS = 4
+FAMILIES = len(notes.FAMILIES)
 
 
 @dataclass
-class Config:
-    steps: int = 300
+class TrainConfig:
+    steps: int = 600
     batch: int = 32
     lr: float = 2e-3
     ranker: str = "pav"
     eps: float = 0.1
-    time_patches: int = 4
-    freq_patches: int = 1
+    time_patches: int = 2
+    freq_patches: int = 4
     dim: int = 128
     n_pitches: int = 12
-    probe_train: int = 512
-    probe_test: int = 256
+    probe_features: str = "concat"
+    probe_train: int = 1024
+    probe_test: int = 1024
     probe_steps: int = 300
     seed: int = 0
-    out_dir: str = "runs/permutation"
+    log_every: int = 50
+    out_dir: str | None = None
 
 
 def synth_notes(n: int, n_pitches: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(audio[n, samples], pitch[n], instrument[n]): harmonic notes with a per-instrument timbre."""
-    samples = FRAMES * HOP + N_FFT
-    pitch = torch.randint(0, n_pitches, (n,), generator=gen)
-    inst = torch.randint(0, INSTRUMENTS, (n,), generator=gen)
-    f0 = 220.0 * 2 ** (pitch.float() / 12) * (1 + 0.003 * torch.randn(n, generator=gen))
-    t = torch.arange(samples) / SAMPLE_RATE
-    h = torch.arange(1, 21).float()
-    rolloff = torch.tensor([0.6, 1.2, 2.0, 1.0])[inst][:, None]
-    odd_only = (inst == 3).float()[:, None]  # a clarinet-like timbre: odd harmonics only
-    amps = h[None] ** -rolloff * (1 - odd_only * (h[None] % 2 == 0).float())
-    amps = amps * (h[None] * f0[:, None] < 0.45 * SAMPLE_RATE)
-    phase = 2 * math.pi * f0[:, None, None] * h[None, :, None] * t[None, None, :]
-    audio = (amps[:, :, None] * torch.sin(phase)).sum(1)
-    attack = 0.005 + 0.1 * torch.rand(n, 1, generator=gen)
-    decay = 0.1 + 0.8 * torch.rand(n, 1, generator=gen)
-    env = torch.clamp(t[None] / attack, max=1.0) * torch.exp(-t[None] / decay)
-    audio = audio * env
-    return audio / audio.abs().amax(-1, keepdim=True).clamp_min(1e-6), pitch, inst
+    """(audio[n, samples], pitch[n], family[n]): NSynth-like notes long enough for FRAMES frames."""
+    return notes.synth_notes(n, n_pitches, gen, samples=FRAMES * HOP + N_FFT, sample_rate=SAMPLE_RATE)
 
 
 def log_mel(audio: torch.Tensor) -> torch.Tensor:
@@ -76,9 +64,9 @@ def log_mel(audio: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _embed(model: PermutationPretext, x: torch.Tensor) -> torch.Tensor:
+def _embed(model: PermutationPretext, x: torch.Tensor, pooling: str) -> torch.Tensor:
     model.eval()
-    return torch.cat([model.embed(x[i:i + 256]) for i in range(0, len(x), 256)])
+    return torch.cat([model.embed(x[i:i + 256], pooling) for i in range(0, len(x), 256)])
 
 
 def linear_probe(train_x, train_y, test_x, test_y, classes: int, steps: int) -> float:
@@ -91,57 +79,60 @@ def linear_probe(train_x, train_y, test_x, test_y, classes: int, steps: int) -> 
         opt.zero_grad()
         F.cross_entropy(probe(train_x), train_y).backward()
         opt.step()
-    return (probe(test_x).argmax(-1) == test_y).float().mean().item()
+    with torch.no_grad():
+        return (probe(test_x).argmax(-1) == test_y).float().mean().item()
 
 
-def train(cfg: Config) -> dict:
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = PermutationPretext(N_MELS, FRAMES, cfg.time_patches, cfg.freq_patches, dim=cfg.dim, ranker=cfg.ranker, eps=cfg.eps)
-    baseline = copy.deepcopy(model)  # the randomly initialised encoder
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    log = []
-    for step in range(1, cfg.steps + 1):
-        model.train()
-        audio, _, _ = synth_notes(cfg.batch, cfg.n_pitches, gen)
-        result = model(log_mel(audio), generator=gen)
-        opt.zero_grad()
-        result.loss.backward()
-        opt.step()
-        log.append({"step": step, "loss": result.loss.item(), "order_accuracy": result.accuracy.item()})
-    with open(out / "train_log.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "order_accuracy"])
-        writer.writeheader()
-        writer.writerows(log)
-    save_checkpoint(checkpoint_path(out / "checkpoints", cfg.steps), {"model": model.state_dict(), "config": asdict(cfg)})
-
-    data = [synth_notes(n, cfg.n_pitches, gen) for n in (cfg.probe_train, cfg.probe_test)]
-    (tr_a, tr_p, tr_i), (te_a, te_p, te_i) = data
+def probe_encoders(encoders: dict[str, PermutationPretext], cfg: TrainConfig, gen: torch.Generator) -> dict:
+    """Pitch and family probe accuracies of each frozen encoder, on one set of held-out notes."""
+    (tr_a, tr_p, tr_f), (te_a, te_p, te_f) = (synth_notes(n, cfg.n_pitches, gen)
+                                              for n in (cfg.probe_train, cfg.probe_test))
     tr_x, te_x = log_mel(tr_a), log_mel(te_a)
-    results = {"config": asdict(cfg), "final_pretext_loss": sum(r["loss"] for r in log[-10:]) / min(10, len(log))}
-    for name, encoder in (("pretext", model), ("random_init", baseline)):
-        ftr, fte = _embed(encoder, tr_x), _embed(encoder, te_x)
+    results = {}
+    for name, encoder in encoders.items():
+        ftr, fte = _embed(encoder, tr_x, cfg.probe_features), _embed(encoder, te_x, cfg.probe_features)
         results[name] = {
             "pitch_accuracy": linear_probe(ftr, tr_p, fte, te_p, cfg.n_pitches, cfg.probe_steps),
-            "instrument_accuracy": linear_probe(ftr, tr_i, fte, te_i, INSTRUMENTS, cfg.probe_steps),
+            "instrument_accuracy": linear_probe(ftr, tr_f, fte, te_f, FAMILIES, cfg.probe_steps),
         }
-    (out / "probe.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyaudiok train permutation", description=__doc__.split("\n")[0])
-    for name, default in asdict(Config()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    cfg = Config(**vars(parser.parse_args(argv)))
-    results = train(cfg)
-    print(f"pretext loss (last 10 steps) {results['final_pretext_loss']:.3f}")
-    for name in ("pretext", "random_init"):
-        r = results[name]
-        print(f"{name:>12} encoder: pitch probe {r['pitch_accuracy']:.3f}, instrument probe {r['instrument_accuracy']:.3f}")
-    print(f"wrote {Path(cfg.out_dir) / 'probe.json'}")
+def train(cfg: TrainConfig, log=print) -> dict:
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model_config = dict(n_mels=N_MELS, frames=FRAMES, time_patches=cfg.time_patches, freq_patches=cfg.freq_patches,
+                        dim=cfg.dim, ranker=cfg.ranker, eps=cfg.eps)
+    model = PermutationPretext(**model_config)
+    baseline = copy.deepcopy(model)  # the randomly initialised encoder
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    log(f"permutation pretext: {model.n_patches} patches ({cfg.freq_patches} frequency × {cfg.time_patches} time), "
+        f"{cfg.n_pitches} pitches × {FAMILIES} families, {sum(p.numel() for p in model.parameters())} parameters")
+
+    def step_loss(step):
+        model.train()
+        audio, _, _ = synth_notes(cfg.batch, cfg.n_pitches, gen)
+        out = model(log_mel(audio), generator=gen)
+        return out.loss, {"order_accuracy": float(out.accuracy)}
+
+    rows, seconds = fit_steps(
+        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
+        describe=lambda row: f"  step {row['step']:5d}  loss {row['loss']:.3f}  "
+                             f"order accuracy {row['order_accuracy']:.3f}")
+    probes = probe_encoders({"pretext": model, "random_init": baseline}, cfg, gen)
+    for name, r in probes.items():
+        log(f"{name:>12} encoder: pitch probe {r['pitch_accuracy']:.3f}, "
+            f"instrument probe {r['instrument_accuracy']:.3f}")
+    result = {"config": asdict(cfg), "final_pretext_loss": rows[-1]["loss"] if rows else None, **probes,
+              "log": rows, "seconds": round(seconds, 1)}
+    if cfg.out_dir:
+        write_run(cfg.out_dir, rows, result, model, model_config)
+    return result
+
+
+def main(argv=None) -> int:
+    train(config_from_argv(TrainConfig, argv, prog="pyaudiok train permutation", description=__doc__,
+                           choices={"ranker": RANKERS, "probe_features": POOLINGS}))
     return 0
 
 

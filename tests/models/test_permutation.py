@@ -32,7 +32,21 @@ def test_a_few_steps_reduce_the_ranking_loss(ranker, eps):
         losses.append(out.loss.item())
     assert out.scores.shape == (4, 4) and out.perm.shape == (4, 4)
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
-    assert model.embed(x).shape == (4, 16)
+    assert model.embed(x).shape == (4, 4 * 16)  # the 4 patches' embeddings, concatenated
+    assert model.embed(x, "mean").shape == (4, 16)
+
+
+def test_concatenated_embedding_keeps_the_patch_order():
+    """"concat" is the patch embeddings in their original order; "mean" is their average."""
+    torch.manual_seed(0)
+    model = PermutationPretext(n_mels=8, frames=8, time_patches=2, freq_patches=2, dim=8).eval()
+    x = torch.randn(3, 8, 8)
+    with torch.no_grad():
+        each = torch.stack([model.encoder(p[:, None]) for p in model.patches(x).unbind(1)], 1)
+        torch.testing.assert_close(model.embed(x), each.flatten(1))
+        torch.testing.assert_close(model.embed(x, "mean"), each.mean(1))
+        swapped = model.patches(x).flip(1)  # the same patches in another order: another concatenation
+        assert not torch.allclose(model.embed(x), model._encode(swapped).flatten(1))
 
 
 def test_bad_configuration():
@@ -42,3 +56,5 @@ def test_bad_configuration():
         PermutationPretext(n_mels=10, freq_patches=3)
     with pytest.raises(ValueError, match="logmel"):
         PermutationPretext(n_mels=8, frames=8, time_patches=2, dim=8).patches(torch.zeros(1, 8, 9))
+    with pytest.raises(ValueError, match="pooling"):
+        PermutationPretext(n_mels=8, frames=8, time_patches=2, dim=8).embed(torch.zeros(1, 8, 8), "max")

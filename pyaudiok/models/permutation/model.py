@@ -2,7 +2,8 @@
 and/or frequency, shuffle them with a random permutation, encode each patch with one shared
 encoder, score each patch, and learn to rank: loss ‖soft_rank(scores) − true ranks‖² (PAV) or the
 Sinkhorn-ranking variant. Prediction is argsort of the scores. `embed` gives the frozen
-representation for a linear probe (mean of the patch embeddings of the unshuffled input)."""
+representation for a linear probe (the patch embeddings of the unshuffled input, concatenated or
+averaged)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -13,6 +14,7 @@ from torch import nn
 from ...ops import sinkhorn_rank, soft_rank
 
 RANKERS = ("pav", "sinkhorn")
+POOLINGS = ("concat", "mean")
 
 
 class PretextOutput(NamedTuple):
@@ -58,9 +60,15 @@ class PermutationPretext(nn.Module):
         B, P, h, w = patches.shape
         return self.encoder(patches.reshape(B * P, 1, h, w)).reshape(B, P, -1)
 
-    def embed(self, logmel: torch.Tensor) -> torch.Tensor:
-        """[B, dim] representation for downstream probes."""
-        return self._encode(self.patches(logmel)).mean(1)
+    def embed(self, logmel: torch.Tensor, pooling: str = "concat") -> torch.Tensor:
+        """Representation for downstream probes, from the patches in their original order: "concat"
+        [B, P·dim] keeps which patch (which band, which time) holds what, "mean" [B, dim] averages it
+        away. The encoder pools over each patch, so with frequency patches only "concat" can say where
+        in frequency a feature is: pitch is such a position."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        z = self._encode(self.patches(logmel))
+        return z.flatten(1) if pooling == "concat" else z.mean(1)
 
     def rank(self, scores: torch.Tensor) -> torch.Tensor:
         if self.ranker == "pav":
