@@ -4,10 +4,11 @@ initialised encoder.
 
     pyaudiok train cola --steps 300 --out runs/cola
 
-Pre-training data: clips of pyaudiok.data.audio_synth.SyntheticAudio (speech-like and music-like,
-generated, no download). Each step draws a batch of clips, L2-normalises each, and takes two random
-crops of `crop_seconds` (they may overlap): the anchor and the positive (+ Gaussian noise,
-σ = 0.001). Loss: the fused bilinear contrastive loss over the batch.
+Pre-training data (generated, no download): clips of pyaudiok.data.audio_synth.SyntheticAudio
+(speech-like and music-like), or with `--pretrain-data mixed` clips of all seven probe classes
+drawn apart from the probe's clips, their labels unused. Each step draws a batch of clips,
+L2-normalises each, and takes two random crops of `crop_seconds` (they may overlap): the anchor and
+the positive (+ Gaussian noise, σ = 0.001). Loss: the fused bilinear contrastive loss over the batch.
 
 Probe: 7 synthetic sound classes (the generators chord, melody, chirp, coloured noise, noise burst,
 speech-like, music-like), clips of `probe_chunks` non-overlapping crops; a logistic-regression
@@ -37,6 +38,7 @@ __all__ = ["TrainConfig", "pretrain", "probe", "labeled_set", "main"]
 PROBE_CLASSES = (audio_synth.chord, audio_synth.melody, audio_synth.chirp, audio_synth.coloured_noise,
                  audio_synth.noise_burst, audio_synth.speech_like, audio_synth.music_like)
 SAMPLE_RATE = 16_000
+PRETRAIN_DATA = ("speech-music", "mixed")
 
 
 @dataclass
@@ -47,13 +49,14 @@ class TrainConfig:
     crop_seconds: float = 1.0      # DESIGN §6: 1 s crops
     clip_seconds: float = 1.5      # pre-training clips the crops are taken from
     pool: int = 1024               # distinct unlabeled clips, generated once
+    pretrain_data: str = "speech-music"  # or "mixed": see pretraining_pool
     frontend: str = "logmel"
     encoder: str = "conv"
     widths: tuple = (16, 32, 64, 128)
     embedding_dim: int = 512
     symmetric: bool = False
-    probe_train: int = 350
-    probe_test: int = 350
+    probe_train: int = 700
+    probe_test: int = 700
     probe_chunks: int = 2
     probe_steps: int = 300
     seed: int = 0
@@ -67,10 +70,20 @@ def _crop(wav: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     return wav.gather(1, index)
 
 
+def pretraining_pool(cfg: TrainConfig) -> torch.Tensor:
+    """The unlabeled clips [pool, samples]: "speech-music" draws SyntheticAudio's speech-like and
+    music-like clips; "mixed" draws clips of all the probe's sound classes, from a seed of their own
+    (no clip is a probe clip) and with their labels thrown away, as self-supervised pre-training
+    on audio of the kind the downstream task holds."""
+    if cfg.pretrain_data == "mixed":
+        return labeled_set(cfg.pool, 1, cfg.clip_seconds, cfg.seed + 2)[0][:, 0]
+    data = audio_synth.SyntheticAudio(SAMPLE_RATE, cfg.clip_seconds, seed=cfg.seed, real_speech=False)
+    return data.batch(range(cfg.pool))[:, 0]
+
+
 def pretrain(cfg: TrainConfig, model: COLA, log=print) -> list[float]:
     """COLA pre-training of `model` in place; returns the per-step losses."""
-    data = audio_synth.SyntheticAudio(SAMPLE_RATE, cfg.clip_seconds, seed=cfg.seed, real_speech=False)
-    clips = data.batch(range(cfg.pool))[:, 0]
+    clips = pretraining_pool(cfg)
     clips = clips / clips.norm(dim=1, keepdim=True).clamp(min=1e-12)  # L2-normalised clips
     n = int(round(cfg.crop_seconds * SAMPLE_RATE))
     # Adam moves every entry of W by ~lr per step, which moves a logit gᵀWg' by up to ~lr·d² (d =
@@ -176,6 +189,8 @@ def main(argv=None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--widths", default=",".join(map(str, d.widths)), help="conv encoder stage widths")
     p.add_argument("--symmetric", action="store_true", help="symmetric (both directions) contrastive loss")
+    p.add_argument("--pretrain-data", choices=PRETRAIN_DATA, default=d.pretrain_data,
+                   help="unlabeled clips: speech- and music-like, or all the probe's sound classes (labels unused)")
     p.add_argument("--frontend", choices=FRONTENDS, default=d.frontend, help="log-mel or LEAF")
     p.add_argument("--encoder", choices=ENCODERS, default=d.encoder, help="the conv stages or EfficientNet-B0")
     p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
@@ -184,7 +199,7 @@ def main(argv=None) -> int:
         p.error("--clip-seconds must be at least --crop-seconds")
     kwargs = {k: getattr(args, k) for k in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test",
                                             "probe_chunks", "probe_steps", "seed", "lr", "crop_seconds",
-                                            "clip_seconds", "symmetric", "frontend", "encoder")}
+                                            "clip_seconds", "symmetric", "frontend", "encoder", "pretrain_data")}
     cfg = TrainConfig(widths=tuple(int(w) for w in args.widths.split(",")), out_dir=args.out, **kwargs)
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "

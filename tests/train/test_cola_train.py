@@ -28,3 +28,13 @@ def test_cli_pretrains_and_probes(tmp_path, capsys):
         assert 0 <= result[run]["probe_test_accuracy"] <= 1
     assert (tmp_path / "cola.pt").exists()
     assert "random encoder" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source", cola.PRETRAIN_DATA)
+def test_pretraining_pool_is_unlabeled_clips_apart_from_the_probe(source):
+    cfg = cola.TrainConfig(pool=6, clip_seconds=0.25, pretrain_data=source)
+    pool = cola.pretraining_pool(cfg)
+    assert pool.shape == (6, 4000) and torch.isfinite(pool).all() and pool.abs().amax(1).min() > 0
+    probe_clips = cola.labeled_set(6, 1, 0.25, cfg.seed + 1)[0][:, 0]
+    assert not any(torch.allclose(a, b) for a in pool for b in probe_clips)
+    assert torch.equal(pool, cola.pretraining_pool(cfg))
