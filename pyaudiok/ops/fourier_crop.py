@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from .. import dispatch
@@ -93,10 +92,13 @@ def _plans(x: torch.Tensor, values, smoothness: float) -> tuple[list[Axis], list
 
 
 def _ramp(axis: Axis, stride, smoothness: float, f):
-    """v(f) = (R + T − f)/R, the mask before clipping to [0, 1]: for a host stride and f a number or
-    a numpy array, or (autograd) a stride tensor and f a tensor. The same float64 operations in the
-    same order in each case, so every path masks the same bins with the same values."""
-    return (smoothness + _threshold(axis.size, stride, axis.rfft) - f) / smoothness
+    """v(f) = (R + T − f)/R, the mask before clipping to [0, 1]: for a host stride and f a number or a
+    range (a list back), or (autograd) a stride tensor and f a tensor. The same float64 operations
+    in the same order in each case, so every path masks the same bins with the same values."""
+    top = smoothness + _threshold(axis.size, stride, axis.rfft)
+    if isinstance(f, range):
+        return [(top - k) / smoothness for k in f]
+    return (top - f) / smoothness
 
 
 def keeps_everything(axis: Axis, stride: float, smoothness: float) -> bool:
@@ -104,39 +106,59 @@ def keeps_everything(axis: Axis, stride: float, smoothness: float) -> bool:
     return axis.out == axis.size and _ramp(axis, stride, smoothness, axis.cutoff) >= 1.0
 
 
-def _mask_and_slope(axis: Axis, stride: float, smoothness: float) -> np.ndarray:
-    """[m(f), ∂m(f)/∂S] for f = 0..K, float64 [2, K+1], computed on the host from the host stride:
-    the reference's mask bit for bit (_ramp), and the derivative autograd takes of its formula (clamp
+def _mask_and_slope(axis: Axis, stride: float, smoothness: float) -> tuple[list[float], list[float]]:
+    """([m(f)], [∂m(f)/∂S]) for f = 0..K, computed on the host from the host stride in float64
+    (Python floats: for the few dozen values of a mask, faster than numpy's per-call cost): the
+    reference's mask bit for bit (_ramp), and the derivative autograd takes of its formula (clamp
     passes the gradient at its bounds):
 
         ∂m_f/∂S = [0 ≤ v_f ≤ 1] · (1/R) · ∂T/∂S,   ∂T/∂S = −N/(2S²) where N/S ≥ 2, else 0."""
-    v = _ramp(axis, stride, smoothness, np.arange(axis.cutoff + 1, dtype=np.float64))
-    dt = -axis.size / (2 * stride * stride) if axis.size / stride >= 2.0 else 0.0
-    return np.stack([np.clip(v, 0.0, 1.0), ((v >= 0.0) & (v <= 1.0)) * (dt / smoothness)])
+    v = _ramp(axis, stride, smoothness, range(axis.cutoff + 1))
+    slope = (-axis.size / (2 * stride * stride) if axis.size / stride >= 2.0 else 0.0) / smoothness
+    return [min(max(u, 0.0), 1.0) for u in v], [slope if 0.0 <= u <= 1.0 else 0.0 for u in v]
 
 
-class _StrideMasks(torch.autograd.Function):
-    """The masks m(f), f = 0..K, of every axis from the strides ([1] shared, or one per axis) as one
-    node of the graph, built on the host (the sizes already are: no device op per mask value) and
-    copied over in one transfer, with dL/dS = Σ_f ∂L/∂m_f · ∂m_f/∂S (_mask_and_slope)."""
+class MaskArg(NamedTuple):
+    """One mask vector a path's kernels take: axis `axis`'s m(f), f = 0..K, times `scale`, or, with
+    `rows`, expanded to that axis's N_out output rows (row r has |frequency| min(r, N_out − r))."""
+    axis: int
+    rows: bool = False
+    scale: float = 1.0
 
-    @staticmethod
-    def forward(ctx, strides, axes, values, smoothness, dtype):
-        host = np.concatenate([_mask_and_slope(a, s, smoothness) for a, s in zip(axes, values)], axis=1)
-        # non_blocking: a pageable host buffer is staged at once, and the host does not wait on the device.
-        both = torch.from_numpy(host).to(strides.device, non_blocking=True)
-        sizes = [a.cutoff + 1 for a in axes]
-        ctx.save_for_backward(both[1])
-        ctx.sizes, ctx.shared, ctx.dtype = sizes, strides.numel() == 1, strides.dtype
-        return both[0].to(dtype).split(sizes)
 
-    @staticmethod
-    def backward(ctx, *grads):
-        (slopes,) = ctx.saved_tensors
-        grad_masks = torch.cat([g if g is not None else slopes.new_zeros(n) for g, n in zip(grads, ctx.sizes)])
-        per_axis = (grad_masks.double() * slopes).split(ctx.sizes)
-        grad = torch.stack([p.sum() for p in per_axis])
-        return (grad.sum(0, keepdim=True) if ctx.shared else grad).to(ctx.dtype), None, None, None, None
+def _host_masks(x: torch.Tensor, strides: torch.Tensor, axes: list[Axis], values: list[float], smoothness: float,
+                args: tuple[MaskArg | None, ...], learn: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """(masks, weights): the mask vectors of `args` (None: a constant [1.0]) in x's dtype on x's
+    device, built on the host (the sizes already are: no device op per mask value) and copied over
+    in one transfer; with `learn`, weights [len(strides), Σ len(mask)] float64 maps the masks'
+    gradients to the strides': dL/dS = weights @ cat(dL/dmask), each entry's ∂m/∂S under the
+    stride its axis uses (_mask_and_slope)."""
+    n_strides = strides.numel()
+    masks, weights, sizes = [], [[] for _ in range(n_strides * learn)], []
+    for arg in args:
+        if arg is None:
+            mask, slope, owner = [1.0], [0.0], 0
+        else:
+            axis, owner = axes[arg.axis], arg.axis * (n_strides > 1)
+            mask, slope = _mask_and_slope(axis, values[arg.axis], smoothness)
+            if arg.rows:
+                rows = [min(r, axis.out - r) for r in range(axis.out)]
+                mask, slope = [mask[f] for f in rows], [slope[f] for f in rows]
+            if arg.scale != 1.0:
+                mask, slope = [m * arg.scale for m in mask], [d * arg.scale for d in slope]
+        masks += mask
+        sizes.append(len(mask))
+        for i, row in enumerate(weights):
+            row += slope if i == owner else [0.0] * len(slope)
+    # One transfer; non_blocking: a pageable host buffer is staged at once, and the host does not
+    # wait on the device.
+    device = torch.tensor([masks] + weights, dtype=torch.float64).to(x.device, non_blocking=True)
+    return list(device[0].to(x.dtype).split(sizes)), device[1:] if learn else None
+
+
+def _stride_grad(weights: torch.Tensor, grad_masks: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """dL/dS from the gradients of all the masks _host_masks built, with its weights."""
+    return (weights @ torch.cat(grad_masks).to(weights.dtype)).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,12 +284,6 @@ def _triton_kernels() -> _Kernels:
 # ----------------------------------------------------------------------------------------------
 # The two implementations over a backend's kernels.
 
-def _row_mask(axis: Axis, mask: torch.Tensor) -> torch.Tensor:
-    """Mask per output row of a full-spectrum axis: row r has |frequency| min(r, N_out − r)."""
-    r = torch.arange(axis.out, device=mask.device)
-    return mask[torch.minimum(r, axis.out - r)]
-
-
 # Rows (signals, or maps) per FFT call on the CPU: a chunk's spectrum (~8 MiB) is still in cache when
 # the mask kernel reads it, and its buffers come back from the heap on the next chunk instead of a
 # whole batch's spectrum being allocated (and faulted in) per call. GPUs take the batch in one call.
@@ -301,6 +317,18 @@ def _pad_into(dst: torch.Tensor, cropped: torch.Tensor) -> None:
         dst[:, h - (h_out - top):, :kc] = cropped[:, top:]
 
 
+class Masking(NamedTuple):
+    """What a path builds its masks from (_host_masks): the axes, their host stride values, R, and
+    whether the strides take a gradient."""
+    axes: list[Axis]
+    values: list[float]
+    smoothness: float
+    learn: bool
+
+    def build(self, x: torch.Tensor, strides: torch.Tensor, args: tuple[MaskArg | None, ...]):
+        return _host_masks(x, strides, self.axes, self.values, self.smoothness, args, self.learn)
+
+
 class _FFTPath(torch.autograd.Function):
     """rfftn → crop → fused mask → irfftn, a chunk of rows at a time, with the backward in closed
     form (the adjoint is again one r2c, the fused mask kernel, a zero pad and one c2r):
@@ -310,10 +338,12 @@ class _FFTPath(torch.autograd.Function):
     where M = m_rows ⊗ m_cols includes scale = H_out W_out / (H W) and c_n is the irfft weight of
     column n (1 for DC and an output Nyquist column, else 2). Only X's kept bins are saved for the
     mask gradient (the kernels take them as a spectrum of H_out rows: each row its own source).
-    Autograd through torch's FFTs would run a full-size c2c on a zero-filled spectrum instead."""
+    Autograd through torch's FFTs would run a full-size c2c on a zero-filled spectrum instead.
+    The masks are built inside (one node for the whole path: a small call is bound by the host)."""
 
     @staticmethod
-    def forward(ctx, x, mask_rows, mask_cols, kernels, sizes, outs):
+    def forward(ctx, x, strides, masking, args, kernels, sizes, outs):
+        (mask_rows, mask_cols), weights = masking.build(x, strides, args)
         dims = tuple(range(-len(sizes), 0))
         n = x.shape[0]
         step = chunk_rows(n, math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1) * 2 * x.element_size(), x.device)
@@ -324,13 +354,14 @@ class _FFTPath(torch.autograd.Function):
             _crop_into(kept[rows], torch.view_as_real(torch.fft.rfftn(x[rows], dim=dims)))
             masked = kernels.mask_crop(kept[rows], mask_rows, mask_cols)
             torch.fft.irfftn(torch.view_as_complex(masked), s=outs, dim=dims, out=y[rows])
-        ctx.save_for_backward(kept, mask_rows, mask_cols)
+        ctx.save_for_backward(kept, mask_rows, mask_cols, weights)
         ctx.kernels, ctx.sizes, ctx.outs, ctx.dims, ctx.step = kernels, sizes, outs, dims, step
+        ctx.stride_dtype = strides.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        kept, mask_rows, mask_cols = ctx.saved_tensors
+        kept, mask_rows, mask_cols, weights = ctx.saved_tensors
         sizes, outs, dims, step = ctx.sizes, ctx.outs, ctx.dims, ctx.step
         grad = grad.contiguous()
         n = grad.shape[0]
@@ -350,77 +381,81 @@ class _FFTPath(torch.autograd.Function):
             spectrum = padded[:masked.shape[0]]
             _pad_into(spectrum, masked)
             torch.fft.irfftn(torch.view_as_complex(spectrum), s=sizes, dim=dims, out=dx[rows])
-        c = torch.full((mask_cols.shape[0],), 2.0, dtype=e.dtype, device=e.device)
-        c[0] = 1.0
-        if outs[-1] % 2 == 0 and mask_cols.shape[0] == outs[-1] // 2 + 1:
-            c[-1] = 1.0
-        d_mask = e * (c / math.prod(outs))
-        return dx, d_mask @ mask_cols, mask_rows @ d_mask, None, None, None
+        d_strides = None
+        if weights is not None:
+            c = torch.full((mask_cols.shape[0],), 2.0, dtype=e.dtype, device=e.device)
+            c[0] = 1.0
+            if outs[-1] % 2 == 0 and mask_cols.shape[0] == outs[-1] // 2 + 1:
+                c[-1] = 1.0
+            d_mask = e * (c / math.prod(outs))
+            d_strides = _stride_grad(weights, [d_mask @ mask_cols, mask_rows @ d_mask], ctx.stride_dtype)
+        return dx, d_strides, None, None, None, None, None
 
 
-def _via_fft(kernels: _Kernels, x, axes, masks):
+def _via_fft(kernels: _Kernels, x, strides, masking: Masking):
     if x.dim() == 3:
-        (ax,), (m,) = axes, masks
-        y = _FFTPath.apply(x.reshape(-1, 1, ax.size), m.new_ones(1), m * (ax.out / ax.size), kernels,
-                           (ax.size,), (ax.out,))
+        (ax,) = masking.axes
+        args = (None, MaskArg(0, scale=ax.out / ax.size))  # one row, masked along time
+        y = _FFTPath.apply(x.reshape(-1, 1, ax.size), strides, masking, args, kernels, (ax.size,), (ax.out,))
         return y.reshape(*x.shape[:2], ax.out)
-    (ah, aw), (mh, mw) = axes, masks
-    scale = ah.out * aw.out / (ah.size * aw.size)
-    y = _FFTPath.apply(x.reshape(-1, ah.size, aw.size), _row_mask(ah, mh), mw * scale, kernels,
-                       (ah.size, aw.size), (ah.out, aw.out))
+    ah, aw = masking.axes
+    args = (MaskArg(0, rows=True), MaskArg(1, scale=ah.out * aw.out / (ah.size * aw.size)))
+    y = _FFTPath.apply(x.reshape(-1, ah.size, aw.size), strides, masking, args, kernels, (ah.size, aw.size),
+                       (ah.out, aw.out))
     return y.reshape(*x.shape[:2], ah.out, aw.out)
 
 
 class _Separable(torch.autograd.Function):
     """The matmul path as one node of the graph: y = x · A_wᵀ (1-D) or A_h · x · A_wᵀ per (b, c) (2-D),
-    A = kernels.matrix(mask); the backward is the GEMMs' transposes and the matrices' adjoints to
-    the masks (kernels.matrix_backward). One node instead of a dozen keeps the host's share of a
-    call small (small maps on a GPU are bound by it)."""
+    A = kernels.matrix(mask), the masks built inside; the backward is the GEMMs' transposes and the
+    matrices' adjoints to the masks (kernels.matrix_backward). One node instead of a dozen keeps
+    the host's share of a call small (small maps on a GPU are bound by it)."""
 
     @staticmethod
-    def forward(ctx, x, mask_h, mask_w, axes, kernels):
-        aw = axes[-1]
+    def forward(ctx, x, strides, masking, kernels):
+        axes = masking.axes
+        masks, weights = masking.build(x, strides, tuple(MaskArg(i) for i in range(len(axes))))
+        aw, mask_w = axes[-1], masks[-1]
         a_w = kernels.matrix(mask_w, aw.size, aw.out)
         z = torch.matmul(x, a_w.T)  # [..., W] @ [W, W_out]: batch folded into one GEMM
-        ctx.kernels, ctx.axes, ctx.x_shape = kernels, axes, x.shape
+        ctx.kernels, ctx.axes, ctx.x_shape, ctx.stride_dtype = kernels, axes, x.shape, strides.dtype
         # x is needed only for the columns' mask gradient, z only for the rows': a layer with fixed
         # strides keeps neither alive.
-        x_kept = x if mask_w.requires_grad else None
+        x_kept = x if masking.learn else None
         if x.dim() == 3:
-            ctx.save_for_backward(x_kept, mask_w, a_w)
+            ctx.save_for_backward(weights, x_kept, mask_w, a_w)
             return z
-        ah = axes[0]
+        ah, mask_h = axes[0], masks[0]
         a_h = kernels.matrix(mask_h, ah.size, ah.out)
         # A_h · z[b, c] for every (b, c) as one GEMM: rows first, [H, BC·W_out] (measured faster on
         # the CPU than a batched GEMM with a broadcast A_h or a transposed fold).
         bc = x.shape[0] * x.shape[1]
         z_rows = z.reshape(bc, ah.size, aw.out).transpose(0, 1).reshape(ah.size, bc * aw.out)
         rows = a_h @ z_rows
-        ctx.save_for_backward(x_kept, mask_w, a_w, mask_h, a_h, z_rows if mask_h.requires_grad else None)
+        ctx.save_for_backward(weights, x_kept, mask_w, a_w, mask_h, a_h, z_rows if masking.learn else None)
         return rows.reshape(ah.out, bc, aw.out).transpose(0, 1).reshape(*x.shape[:2], ah.out, aw.out)
 
     @staticmethod
     def backward(ctx, grad):
         kernels, axes = ctx.kernels, ctx.axes
-        need_x, need_h, need_w = ctx.needs_input_grad[:3]
-        x, mask_w, a_w, *rows_axis = ctx.saved_tensors
+        weights, x, mask_w, a_w, *rows_axis = ctx.saved_tensors
+        learn = weights is not None
         aw = axes[-1]
-        d_mask_h = None
+        d_masks = []
         if rows_axis:  # 2-D: through A_h first, back to the columns' product dz = A_hᵀ · grad per (b, c)
             mask_h, a_h, z_rows = rows_axis
             ah, bc = axes[0], ctx.x_shape[0] * ctx.x_shape[1]
             g_rows = grad.reshape(bc, ah.out, aw.out).transpose(0, 1).reshape(ah.out, bc * aw.out)
-            if need_h:
-                d_mask_h = kernels.matrix_backward(g_rows @ z_rows.T, mask_h)
+            if learn:
+                d_masks.append(kernels.matrix_backward(g_rows @ z_rows.T, mask_h))
             grad = (a_h.T @ g_rows).reshape(ah.size, bc, aw.out).transpose(0, 1)
         dz = grad.reshape(-1, aw.out)
-        dx = (dz @ a_w).reshape(ctx.x_shape) if need_x else None
-        d_mask_w = kernels.matrix_backward(dz.T @ x.reshape(-1, aw.size), mask_w) if need_w else None
-        return dx, d_mask_h, d_mask_w, None, None
-
-
-def _via_matmul(kernels: _Kernels, x, axes, masks):
-    return _Separable.apply(x, masks[0] if len(masks) == 2 else None, masks[-1], axes, kernels)
+        dx = (dz @ a_w).reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        d_strides = None
+        if learn:
+            d_masks.append(kernels.matrix_backward(dz.T @ x.reshape(-1, aw.size), mask_w))
+            d_strides = _stride_grad(weights, d_masks, ctx.stride_dtype)
+        return dx, d_strides, None, None
 
 
 # The largest axis up to which the matmul path is used. Measured on the CPU (forward+backward,
@@ -436,12 +471,13 @@ def choose_method(x: torch.Tensor) -> str:
 def _fused(get_kernels):
     def run(x, strides, smoothness, method, values):
         axes, floats = _plans(x, values, smoothness)
-        if not torch.is_grad_enabled() or not strides.requires_grad:
-            if all(keeps_everything(a, s, smoothness) for a, s in zip(axes, floats)):
-                return x.clone()  # nothing cropped and an all-ones mask: the identity
-        masks = _StrideMasks.apply(strides, axes, floats, smoothness, x.dtype)
-        impl = _via_matmul if (method or choose_method(x)) == "matmul" else _via_fft
-        return impl(get_kernels(), x, axes, masks)
+        learn = torch.is_grad_enabled() and strides.requires_grad
+        if not learn and all(keeps_everything(a, s, smoothness) for a, s in zip(axes, floats)):
+            return x.clone()  # nothing cropped and an all-ones mask: the identity
+        masking = Masking(axes, floats, smoothness, learn)
+        if (method or choose_method(x)) == "matmul":
+            return _Separable.apply(x, strides, masking, get_kernels())
+        return _via_fft(get_kernels(), x, strides, masking)
     return run
 
 
