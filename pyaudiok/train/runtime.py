@@ -22,8 +22,8 @@ from pyaudiok.codec.bitstream import atomic_writer
 
 from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
 
-__all__ = ["Runtime", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything", "unwrap",
-           "gather_rng_states", "Averager", "write_csv"]
+__all__ = ["Runtime", "DEVICES", "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads",
+           "seed_everything", "unwrap", "gather_rng_states", "Averager", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,31 @@ class Runtime:
         return self.world_size > 1
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(device: str = "auto", index: int = 0) -> torch.device:
+    """The device a trainer runs on: "auto" (CUDA when available), "cpu" or "cuda" (CUDA device
+    `index`, made the current one)."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    where = torch.device("cuda", index)
+    torch.cuda.set_device(where)
+    return where
+
+
 def start_runtime(device: str = "auto") -> Runtime:
     """Read torchrun's environment; join the process group when there is more than one process.
     device: "auto" (CUDA when available), "cpu" or "cuda"."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(where)
+    where = pick_device(device, local_rank)
+    use_cuda = where.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Runtime(rank, world, local_rank, local_world, where)

@@ -41,3 +41,14 @@ def test_gradient_norm_is_clipped_before_the_step():
 
     fit_steps(model, opt, 1, step_loss, log_every=1, log=lambda line: None, describe=str, clip=0.5)
     assert abs(model.weight.item() - 0.5) < 1e-6
+
+
+def test_pick_device_names_and_errors():
+    from pyaudiok.train.runtime import pick_device
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            pick_device("cuda")
