@@ -2,6 +2,7 @@
 step, the logged lines, clipping, and a loss that goes down."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pyaudiok.train.runtime import fit_steps
