@@ -14,6 +14,7 @@ Probe: 7 synthetic sound classes (the generators chord, melody, chirp, coloured 
 speech-like, music-like), clips of `probe_chunks` non-overlapping crops; a logistic-regression
 layer on the frozen max-pooled encoder features of each chunk, the logits averaged over the chunks
 of a test clip. Written to `out`: `results.json` and the pre-trained checkpoint.
+`--device auto|cpu|cuda` (auto: CUDA when available) runs the encoders; clips are drawn on the CPU.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
+from .runtime import DEVICES, pick_device
 
 __all__ = ["TrainConfig", "pretrain", "probe", "labeled_set", "main"]
 
@@ -60,6 +62,7 @@ class TrainConfig:
     probe_chunks: int = 2
     probe_steps: int = 300
     seed: int = 0
+    device: str = "auto"           # "auto": CUDA when available
     out_dir: str | None = None
 
 
@@ -82,7 +85,9 @@ def pretraining_pool(cfg: TrainConfig) -> torch.Tensor:
 
 
 def pretrain(cfg: TrainConfig, model: COLA, log=print) -> list[float]:
-    """COLA pre-training of `model` in place; returns the per-step losses."""
+    """COLA pre-training of `model` in place (on the device its parameters are on); returns the
+    per-step losses."""
+    device = model.similarity.device
     clips = pretraining_pool(cfg)
     clips = clips / clips.norm(dim=1, keepdim=True).clamp(min=1e-12)  # L2-normalised clips
     n = int(round(cfg.crop_seconds * SAMPLE_RATE))
@@ -91,14 +96,14 @@ def pretrain(cfg: TrainConfig, model: COLA, log=print) -> list[float]:
     others = [p for name, p in model.named_parameters() if name != "similarity"]
     opt = torch.optim.Adam([{"params": others, "lr": cfg.lr},
                             {"params": [model.similarity], "lr": cfg.lr / cfg.embedding_dim}])
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # CPU: crops and noise are drawn there, on any device
     losses = []
     model.train()
     for step in range(cfg.steps):
         wav = clips[torch.randint(0, len(clips), (cfg.batch,), generator=gen)]
         anchors = _crop(wav, n, gen)
         positives = _crop(wav, n, gen) + 0.001 * torch.randn(wav.shape[0], n, generator=gen)
-        loss = model(anchors, positives)
+        loss = model(anchors.to(device), positives.to(device))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -124,10 +129,12 @@ def labeled_set(n: int, chunks: int, seconds: float, seed: int) -> tuple[torch.T
 
 @torch.no_grad()
 def _features(model: COLA, wav: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Frozen encoder features of every chunk: [n, chunks, F]."""
+    """Frozen encoder features of every chunk: [n, chunks, F], computed on the model's device and
+    returned on the CPU, where the probe trains."""
     model.eval()
+    device = model.similarity.device
     flat = wav.reshape(-1, wav.shape[-1])
-    feats = torch.cat([model.embed(flat[i:i + batch]) for i in range(0, len(flat), batch)])
+    feats = torch.cat([model.embed(flat[i:i + batch].to(device)).cpu() for i in range(0, len(flat), batch)])
     return feats.view(wav.shape[0], wav.shape[1], -1)
 
 
@@ -155,11 +162,12 @@ def probe(model: COLA, train_set, test_set, steps: int = 300, seed: int = 0) -> 
 
 def run(cfg: TrainConfig, log=print) -> dict:
     """Pre-train COLA, then probe it and a randomly initialised copy of the same architecture."""
+    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     mcfg = COLAConfig(frontend=cfg.frontend, encoder=cfg.encoder, widths=tuple(cfg.widths),
                       embedding_dim=cfg.embedding_dim, symmetric=cfg.symmetric)
-    model = COLA(mcfg)
-    random_encoder = COLA(mcfg)
+    model = COLA(mcfg).to(device)
+    random_encoder = COLA(mcfg).to(device)
     random_encoder.load_state_dict(model.state_dict())  # the same initialisation, never trained
     train_set = labeled_set(cfg.probe_train, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1)
     test_set = labeled_set(cfg.probe_test, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1_000_003)
@@ -173,7 +181,8 @@ def run(cfg: TrainConfig, log=print) -> dict:
     if cfg.out_dir:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out / "cola.pt", {"model": model.state_dict(), "config": asdict(mcfg), "result": result})
+        weights = {k: v.cpu() for k, v in model.state_dict().items()}  # loads on a machine without CUDA
+        save_checkpoint(out / "cola.pt", {"model": weights, "config": asdict(mcfg), "result": result})
         (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -193,13 +202,15 @@ def main(argv=None) -> int:
                    help="unlabeled clips: speech- and music-like, or all the probe's sound classes (labels unused)")
     p.add_argument("--frontend", choices=FRONTENDS, default=d.frontend, help="log-mel or LEAF")
     p.add_argument("--encoder", choices=ENCODERS, default=d.encoder, help="the conv stages or EfficientNet-B0")
+    p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: CUDA when available")
     p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
     args = p.parse_args(argv)
     if args.clip_seconds < args.crop_seconds:
         p.error("--clip-seconds must be at least --crop-seconds")
     kwargs = {k: getattr(args, k) for k in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test",
                                             "probe_chunks", "probe_steps", "seed", "lr", "crop_seconds",
-                                            "clip_seconds", "symmetric", "frontend", "encoder", "pretrain_data")}
+                                            "clip_seconds", "symmetric", "frontend", "encoder", "pretrain_data",
+                                            "device")}
     cfg = TrainConfig(widths=tuple(int(w) for w in args.widths.split(",")), out_dir=args.out, **kwargs)
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "

@@ -3,6 +3,7 @@ against its baselines.
 
     pyaudiok train diffstride --task image --steps 100 --out runs/ds        # all four runs
     pyaudiok train diffstride --task audio --runs diffstride,poor_init
+    pyaudiok train diffstride --device cpu                                  # --device auto|cpu|cuda
 
 Runs (the same data, seed, model width and steps for each):
   conv        strided 3×3 convolutions at the nominal strides (1, 1, 2, 2, 2)
@@ -38,6 +39,7 @@ from pyaudiok.models.soundstream.losses import mel_filterbank
 from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_strides
 
 from .checkpoint import save_checkpoint
+from .runtime import DEVICES, pick_device
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -61,6 +63,7 @@ class TrainConfig:
     train_size: int = 1024
     test_size: int = 256
     seed: int = 0
+    device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
 
 
@@ -148,28 +151,39 @@ def _model(cfg: TrainConfig, in_channels: int, classes: int) -> nn.Module:
 
 
 def _feature_size(model: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """The map size the head sees, from one example in eval mode (in train mode the pass would move
+    the BatchNorm running statistics of the model about to be saved)."""
     seen = []
     hook = model.head.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         model(x[:1])
+    model.train(was_training)
     hook.remove()
     return seen[0]
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Share of x classified as y, computed on the model's device."""
+    device = next(model.parameters()).device
     model.eval()
-    correct = sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
+    # Counted on the device and read once: no host sync per batch.
+    correct = sum((model(x[i:i + batch].to(device)).argmax(1) == y[i:i + batch].to(device)).sum()
+                  for i in range(0, len(x), batch))
     model.train()
-    return correct / max(len(x), 1)
+    return int(correct) / max(len(x), 1)
 
 
 def train(cfg: TrainConfig, data=None, log=print) -> dict:
     """Train one model; returns {accuracy, strides (initial and learned), feature_size, ...}."""
+    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    train_x, train_y, test_x, test_y = data if data is not None else _data(cfg)
+    # Data and model are made on the CPU (the same on every device), then moved.
+    train_x, train_y, test_x, test_y = (t.to(device) for t in (data if data is not None else _data(cfg)))
     classes = int(max(train_y.max(), test_y.max())) + 1
-    model = _model(cfg, train_x.shape[1], classes)
+    model = _model(cfg, train_x.shape[1], classes).to(device)
     strides = [p for n, p in model.named_parameters() if n.endswith("strides")]
     others = [p for n, p in model.named_parameters() if not n.endswith("strides")]
     groups = [{"params": others, "lr": cfg.lr}] + ([{"params": strides, "lr": cfg.stride_lr}] if strides else [])
@@ -180,7 +194,7 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     for step in range(cfg.steps):
-        idx = torch.randint(0, len(train_x), (cfg.batch,), generator=gen)
+        idx = torch.randint(0, len(train_x), (cfg.batch,), generator=gen).to(device)  # drawn by the CPU generator
         loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
         penalty = diffstride_penalty(model)
         (loss + cfg.penalty * penalty).backward()
@@ -237,6 +251,7 @@ def main(argv=None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "stride_lr", "penalty"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--device", choices=DEVICES, default=defaults.device, help="auto: CUDA when available")
     p.add_argument("--out", default=None, help="directory for results.json and checkpoints")
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -245,7 +260,7 @@ def main(argv=None) -> int:
         p.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
     cfg = TrainConfig(task=args.task, steps=args.steps, batch=args.batch, width=args.width, lr=args.lr,
                       stride_lr=args.stride_lr, penalty=args.penalty, train_size=args.train_size,
-                      test_size=args.test_size, seed=args.seed, out_dir=args.out)
+                      test_size=args.test_size, seed=args.seed, device=args.device, out_dir=args.out)
     results = compare(cfg, runs)
     print(format_results(results))
     return 0

@@ -1,6 +1,6 @@
 """`pyaudiok train dive`: DIVE (DESIGN §8) on generated conversations.
 
-    pyaudiok train dive --steps 2000 --out runs/dive
+    pyaudiok train dive --steps 2000 --out runs/dive      # --device auto|cpu|cuda
 
 Data (pyaudiok.data.speakers, no download): `duration`-second conversations of 2–3 speakers
 taking turns with pauses and overlaps, new ones every step, from `train_speakers` training
@@ -24,7 +24,7 @@ from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .runtime import config_from_argv, fit_steps, read_run_checkpoint, seed_everything, write_run
+from .runtime import DEVICES, config_from_argv, fit_steps, pick_device, read_run_checkpoint, seed_everything, write_run
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -48,6 +48,7 @@ class TrainConfig:
     source: str = "auto"
     seed: int = 0
     log_every: int = 50
+    device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
 
 
@@ -66,13 +67,15 @@ def batch(conversations: Conversations, indices, max_speakers: int, frame_rate: 
 
 @torch.no_grad()
 def evaluate(model: DIVE, conversations: Conversations, count: int, collar: float) -> dict:
-    """Segment-level DER summed over `count` held-out conversations (errors / total reference speech)."""
+    """Segment-level DER summed over `count` held-out conversations (errors / total reference speech),
+    the model run on its own device."""
+    device = next(model.parameters()).device
     model.eval()
     parts = {"missed": 0.0, "false_alarm": 0.0, "confusion": 0.0, "total": 0.0}
     for first in range(0, count, 4):
         x, _, refs = batch(conversations, range(first, min(count, first + 4)), model.config.max_speakers,
                            model.config.frame_rate)
-        for reference, hypothesis in zip(refs, model.diarize(x)):
+        for reference, hypothesis in zip(refs, model.diarize(x.to(device))):
             r = diarization_error_rate(reference, hypothesis, collar=collar)
             for k in parts:
                 parts[k] += getattr(r, k)
@@ -82,6 +85,7 @@ def evaluate(model: DIVE, conversations: Conversations, count: int, collar: floa
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=cfg.source)
     train_bank = SpeakerBank(split="train", num_speakers=cfg.train_speakers, **common)
@@ -90,16 +94,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
     data = Conversations(train_bank, counts, cfg.duration, seed=cfg.seed)
     held_out = Conversations(eval_bank, counts, cfg.duration, seed=cfg.seed)
     model = DIVE(DIVEConfig(sample_rate=cfg.sample_rate, channels=cfg.channels, embed_dim=cfg.embed_dim,
-                            layers=cfg.layers, max_speakers=cfg.max_speakers, collar=cfg.collar))
+                            layers=cfg.layers, max_speakers=cfg.max_speakers, collar=cfg.collar)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     before = evaluate(model, held_out, cfg.eval_conversations, cfg.eval_collar)
     log(f"dive: {train_bank.kind} speakers ({len(train_bank)} train, {len(eval_bank)} held out), "
-        f"{sum(p.numel() for p in model.parameters())} parameters; held-out DER before training {before['der']:.3f}")
+        f"{sum(p.numel() for p in model.parameters())} parameters on {device}; "
+        f"held-out DER before training {before['der']:.3f}")
 
     def step_loss(step):
+        # Generated on the CPU (its RNGs decide the data), then moved to the model's device.
         x, ref, _ = batch(data, range(step * cfg.batch, (step + 1) * cfg.batch), cfg.max_speakers,
                           model.config.frame_rate)
-        return model.loss(x, ref)
+        return model.loss(x.to(device), ref.to(device))
 
     rows, seconds = fit_steps(
         model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
@@ -118,13 +124,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def main(argv=None) -> int:
     train(config_from_argv(TrainConfig, argv, prog="pyaudiok train dive", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts")}))
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}))
     return 0
 
 
 def load_model(checkpoint: str | Path) -> DIVE:
-    """The model of a `pyaudiok train dive` checkpoint (file or output directory), in eval mode."""
-    state = read_run_checkpoint(checkpoint)
+    """The model of a `pyaudiok train dive` checkpoint (file or output directory), in eval mode, on
+    the CPU (whatever device it was trained on)."""
+    state = read_run_checkpoint(checkpoint)  # tensors mapped to the CPU
     model = DIVE(DIVEConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval()

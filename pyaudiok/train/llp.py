@@ -2,6 +2,7 @@
 accuracy against bag size.
 
     pyaudiok train llp --out runs/llp                  # --resume skips the runs already finished
+    pyaudiok train llp --device cuda --out runs/llp    # --device auto|cpu|cuda
 
 The training images are cut once into random bags of each size in `bag_sizes` (the last bag of a
 size holds the remainder); a learner sees only each bag's class proportions. For every bag size
@@ -32,7 +33,7 @@ from pyaudiok.data.label_proportions import Split, load_digits, make_bags
 from pyaudiok.nn import OTPseudoLabelLoss, ProportionLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .runtime import auto_threads, seed_everything, write_csv
+from .runtime import DEVICES, auto_threads, pick_device, seed_everything, write_csv
 
 __all__ = ["TrainConfig", "METHODS", "make_model", "train_one", "run", "main"]
 
@@ -53,6 +54,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     seed: int = 0
     threads: int = 0               # 0: this process's share of the idle cores
+    device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     resume: bool = False
     progress: bool = True
     out_dir: str | None = None
@@ -105,17 +107,21 @@ def _minibatches(sizes: torch.Tensor, batch: int, gen: torch.Generator) -> list[
 
 
 def train_one(cfg: TrainConfig, data: Split, method: str, bag_size: int, init: dict,
-              on_epoch=None) -> tuple[dict, list, nn.Module]:
-    """Train one run ("supervised" ignores bag_size's proportions and uses the labels); returns
-    (result, per-epoch log rows, model)."""
+              on_epoch=None, device: torch.device | None = None) -> tuple[dict, list, nn.Module]:
+    """Train one run ("supervised" ignores bag_size's proportions and uses the labels) on `device`
+    (None: pick_device(cfg.device)); returns (result, per-epoch log rows, model)."""
+    device = pick_device(cfg.device) if device is None else device
     model = make_model(data.x_train.shape[1], cfg.hidden, data.n_classes)
     model.load_state_dict(init)
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     bags = make_bags(data.y_train, bag_size, data.n_classes, seed=cfg.seed)
-    # Instances sorted by bag: a step's instances are then a few contiguous slices.
+    # Instances sorted by bag: a step's instances are then a few contiguous slices. The bag
+    # bookkeeping and the step order stay on the CPU (its generator); what the model sees is moved.
     order = torch.argsort(bags.bag_index, stable=True)
     start = torch.cumsum(bags.sizes, 0) - bags.sizes
-    x, y, bag_of = data.x_train[order], data.y_train[order], bags.bag_index[order]
+    x, y, bag_of = data.x_train[order].to(device), data.y_train[order].to(device), bags.bag_index[order]
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     loss_fn = None if method == "supervised" else _loss_fn(method, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     rows, begin = [], time.perf_counter()
@@ -123,25 +129,26 @@ def train_one(cfg: TrainConfig, data: Split, method: str, bag_size: int, init: d
         total, steps = 0.0, 0
         for group in _minibatches(bags.sizes, cfg.batch, gen):
             idx = torch.cat([torch.arange(int(start[b]), int(start[b] + bags.sizes[b])) for b in group.tolist()])
-            logits = model(x[idx])
+            on_device = idx.to(device)
+            logits = model(x[on_device])
             if loss_fn is None:
-                loss = F.cross_entropy(logits, y[idx])
+                loss = F.cross_entropy(logits, y[on_device])
             else:
                 # Renumber the step's bags 0..len(group)-1 so proportions hold only this step's bags.
                 local = torch.empty(len(bags.sizes), dtype=torch.int64)
                 local[group] = torch.arange(len(group))
-                loss = loss_fn(logits, local[bag_of[idx]], bags.proportions[group])
+                loss = loss_fn(logits, local[bag_of[idx]].to(device), bags.proportions[group].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, steps = total + loss.item(), steps + 1
         rows.append({"run": _name(method, bag_size), "epoch": epoch + 1, "loss": total / max(steps, 1),
-                     "test_accuracy": accuracy(model, data.x_test, data.y_test)})
+                     "test_accuracy": accuracy(model, x_test, y_test)})
         if on_epoch is not None:
             on_epoch()
     result = {"method": method, "bag_size": bag_size if method != "supervised" else 1, "n_bags": len(bags.sizes),
-              "test_accuracy": round(rows[-1]["test_accuracy"], 4) if rows else accuracy(model, data.x_test, data.y_test),
-              "train_accuracy": round(accuracy(model, data.x_train, data.y_train), 4),
+              "test_accuracy": round(rows[-1]["test_accuracy"], 4) if rows else accuracy(model, x_test, y_test),
+              "train_accuracy": round(accuracy(model, x, y), 4),  # x, y: the training set in bag order
               "seconds": round(time.perf_counter() - begin, 1)}
     return result, rows, model
 
@@ -155,13 +162,16 @@ def run(cfg: TrainConfig, log=print) -> dict:
     from tqdm.auto import tqdm
 
     sizes, methods = cfg.bag_size_list(), cfg.method_list()
+    device = pick_device(cfg.device)
     torch.set_num_threads(cfg.threads or auto_threads(1))
     seed_everything(cfg.seed)
     data = load_digits(cfg.test_fraction, cfg.seed)
     init = make_model(data.x_train.shape[1], cfg.hidden, data.n_classes).state_dict()  # one initialisation for all
     plan = ([("supervised", 1)] if cfg.supervised else []) + [(m, k) for k in sizes for m in methods]
     out = Path(cfg.out_dir) if cfg.out_dir else None
-    same_config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress", "threads", "out_dir")}
+    # The device changes where a run is trained, not which run it is: a finished run counts on any device.
+    same_config = {k: v for k, v in asdict(cfg).items()
+                   if k not in ("resume", "progress", "threads", "device", "out_dir")}
     n = len(data.y_train)
     bar = tqdm(total=sum(cfg.epochs for _ in plan), disable=not cfg.progress, unit="epoch",
                dynamic_ncols=True)
@@ -177,7 +187,8 @@ def run(cfg: TrainConfig, log=print) -> dict:
                 bar.update(cfg.epochs)
                 continue
         bar.set_description(name)
-        result, run_rows, model = train_one(cfg, data, method, bag_size, init, on_epoch=lambda: bar.update(1))
+        result, run_rows, model = train_one(cfg, data, method, bag_size, init, on_epoch=lambda: bar.update(1),
+                                            device=device)
         results.append(result)
         rows += run_rows
         if path is not None:
@@ -214,7 +225,8 @@ def table(results: list[dict]) -> str:
 def main(argv=None) -> int:
     from .runtime import config_from_argv
 
-    cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train llp", description=__doc__)
+    cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train llp", description=__doc__,
+                           choices={"device": DEVICES})
     try:
         cfg.bag_size_list(), cfg.method_list()
         run(cfg)

@@ -11,6 +11,7 @@ ranking loss). Then, for the trained encoder and for a randomly initialised copy
 logistic-regression probe on the frozen embeddings (the patch embeddings, concatenated) is trained
 for pitch and for family and scored on held-out notes. Written to `out`: `log.csv` (step, pretext
 loss, order accuracy), `results.json` (both encoders' probe accuracies), `checkpoint.pt`.
+`--device auto|cpu|cuda` (auto: CUDA when available) runs the encoders; notes are drawn on the CPU.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ..data import notes
 from ..models.permutation import PermutationPretext
 from ..models.permutation.model import POOLINGS, RANKERS
 from ..models.soundstream.losses import mel_filterbank
-from .runtime import config_from_argv, fit_steps, seed_everything, write_run
+from .runtime import DEVICES, config_from_argv, fit_steps, pick_device, seed_everything, write_run
 
 __all__ = ["TrainConfig", "train", "main", "synth_notes", "log_mel", "linear_probe"]
 
@@ -49,6 +50,7 @@ class TrainConfig:
     probe_steps: int = 300
     seed: int = 0
     log_every: int = 50
+    device: str = "auto"            # "auto": CUDA when available
     out_dir: str | None = None
 
 
@@ -58,15 +60,18 @@ def synth_notes(n: int, n_pitches: int, gen: torch.Generator) -> tuple[torch.Ten
 
 
 def log_mel(audio: torch.Tensor) -> torch.Tensor:
-    spec = torch.stft(audio, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True).abs().square()
-    mel = mel_filterbank(N_FFT, N_MELS, SAMPLE_RATE) @ spec[..., :FRAMES]
+    """audio[n, samples] -> log-mel [n, N_MELS, FRAMES], on audio's device."""
+    window = torch.hann_window(N_FFT, device=audio.device)
+    spec = torch.stft(audio, N_FFT, HOP, window=window, return_complex=True).abs().square()
+    mel = mel_filterbank(N_FFT, N_MELS, SAMPLE_RATE, device=audio.device) @ spec[..., :FRAMES]
     return torch.log(mel + 1e-5)
 
 
 @torch.no_grad()
 def _embed(model: PermutationPretext, x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The frozen embeddings of x (on the model's device), on the CPU, where the probes train."""
     model.eval()
-    return torch.cat([model.embed(x[i:i + 256], pooling) for i in range(0, len(x), 256)])
+    return torch.cat([model.embed(x[i:i + 256], pooling) for i in range(0, len(x), 256)]).cpu()
 
 
 def linear_probe(train_x, train_y, test_x, test_y, classes: int, steps: int) -> float:
@@ -83,11 +88,13 @@ def linear_probe(train_x, train_y, test_x, test_y, classes: int, steps: int) -> 
         return (probe(test_x).argmax(-1) == test_y).float().mean().item()
 
 
-def probe_encoders(encoders: dict[str, PermutationPretext], cfg: TrainConfig, gen: torch.Generator) -> dict:
-    """Pitch and family probe accuracies of each frozen encoder, on one set of held-out notes."""
+def probe_encoders(encoders: dict[str, PermutationPretext], cfg: TrainConfig, gen: torch.Generator,
+                   device: torch.device | str = "cpu") -> dict:
+    """Pitch and family probe accuracies of each frozen encoder (on `device`), on one set of
+    held-out notes."""
     (tr_a, tr_p, tr_f), (te_a, te_p, te_f) = (synth_notes(n, cfg.n_pitches, gen)
                                               for n in (cfg.probe_train, cfg.probe_test))
-    tr_x, te_x = log_mel(tr_a), log_mel(te_a)
+    tr_x, te_x = log_mel(tr_a.to(device)), log_mel(te_a.to(device))
     results = {}
     for name, encoder in encoders.items():
         ftr, fte = _embed(encoder, tr_x, cfg.probe_features), _embed(encoder, te_x, cfg.probe_features)
@@ -99,12 +106,13 @@ def probe_encoders(encoders: dict[str, PermutationPretext], cfg: TrainConfig, ge
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # CPU: the data and the patch shuffles, on any device
     model_config = dict(n_mels=N_MELS, frames=FRAMES, time_patches=cfg.time_patches, freq_patches=cfg.freq_patches,
                         dim=cfg.dim, ranker=cfg.ranker, eps=cfg.eps)
-    model = PermutationPretext(**model_config)
-    baseline = copy.deepcopy(model)  # the randomly initialised encoder
+    model = PermutationPretext(**model_config).to(device)
+    baseline = copy.deepcopy(model)  # the randomly initialised encoder (on the same device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     log(f"permutation pretext: {model.n_patches} patches ({cfg.freq_patches} frequency × {cfg.time_patches} time), "
         f"{cfg.n_pitches} pitches × {FAMILIES} families, {sum(p.numel() for p in model.parameters())} parameters")
@@ -112,14 +120,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
     def step_loss(step):
         model.train()
         audio, _, _ = synth_notes(cfg.batch, cfg.n_pitches, gen)
-        out = model(log_mel(audio), generator=gen)
+        out = model(log_mel(audio.to(device)), generator=gen)
         return out.loss, {"order_accuracy": float(out.accuracy)}
 
     rows, seconds = fit_steps(
         model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
         describe=lambda row: f"  step {row['step']:5d}  loss {row['loss']:.3f}  "
                              f"order accuracy {row['order_accuracy']:.3f}")
-    probes = probe_encoders({"pretext": model, "random_init": baseline}, cfg, gen)
+    probes = probe_encoders({"pretext": model, "random_init": baseline}, cfg, gen, device)
     for name, r in probes.items():
         log(f"{name:>12} encoder: pitch probe {r['pitch_accuracy']:.3f}, "
             f"instrument probe {r['instrument_accuracy']:.3f}")
@@ -132,7 +140,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def main(argv=None) -> int:
     train(config_from_argv(TrainConfig, argv, prog="pyaudiok train permutation", description=__doc__,
-                           choices={"ranker": RANKERS, "probe_features": POOLINGS}))
+                           choices={"ranker": RANKERS, "probe_features": POOLINGS, "device": DEVICES}))
     return 0
 
 

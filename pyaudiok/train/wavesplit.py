@@ -1,6 +1,6 @@
 """`pyaudiok train wavesplit`: Wavesplit (DESIGN §9) on generated multi-speaker mixtures.
 
-    pyaudiok train wavesplit --steps 2000 --num-sources 2 --out runs/wavesplit
+    pyaudiok train wavesplit --steps 2000 --num-sources 2 --out runs/wavesplit      # --device auto|cpu|cuda
 
 Data (pyaudiok.data.speakers, no download): training mixtures of `num_sources` speakers drawn from
 `train_speakers` training identities with dynamic remixing (every step new speaker combinations,
@@ -23,7 +23,7 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import config_from_argv, fit_steps, read_run_checkpoint, seed_everything, write_run
+from .runtime import DEVICES, config_from_argv, fit_steps, pick_device, read_run_checkpoint, seed_everything, write_run
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -46,6 +46,7 @@ class TrainConfig:
     source: str = "auto"           # speakers: "auto", "synthetic" or "tts"
     seed: int = 0
     log_every: int = 50
+    device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
 
 
@@ -57,21 +58,26 @@ def _banks(cfg: TrainConfig) -> tuple[SpeakerBank, SpeakerBank]:
 
 @torch.no_grad()
 def evaluate(model: Wavesplit, mixtures: SeparationMixtures, count: int, batch: int = 8) -> dict:
-    """Mean SI-SDR of the estimates (PIT), of the mixture, and their difference, over `count` items."""
+    """Mean SI-SDR of the estimates (PIT), of the mixture, and their difference, over `count` items,
+    the model run on its own device."""
+    device = next(model.parameters()).device
     model.eval()
-    gen = torch.Generator().manual_seed(0)
+    # k-means++ draws its centres on the points' device: the generator must live there too.
+    gen = torch.Generator(device).manual_seed(0)
     estimated, unprocessed = [], []
     for first in range(0, count, batch):
-        mix, src, _ = mixtures.batch(range(first, min(count, first + batch)))
+        mix, src, _ = (t.to(device) for t in mixtures.batch(range(first, min(count, first + batch))))
         out = model(mix, generator=gen)
         estimated.append(pit_si_sdr(out.estimates, src).si_sdr)
-        unprocessed.append(si_sdr_matrix(mix[:, None].expand_as(src).contiguous(), src).diagonal(dim1=1, dim2=2).mean(-1))
+        mixture = si_sdr_matrix(mix[:, None].expand_as(src).contiguous(), src)
+        unprocessed.append(mixture.diagonal(dim1=1, dim2=2).mean(-1))
     model.train()
     est, base = torch.cat(estimated), torch.cat(unprocessed)
     return {"si_sdr": float(est.mean()), "mixture_si_sdr": float(base.mean()), "si_sdri": float((est - base).mean())}
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     train_bank, eval_bank = _banks(cfg)
     data = SeparationMixtures(train_bank, cfg.num_sources, cfg.segment_seconds, dynamic=True, seed=cfg.seed)
@@ -79,15 +85,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                   num_mixtures=cfg.eval_mixtures, seed=cfg.seed)
     model = Wavesplit(WavesplitConfig(num_sources=cfg.num_sources, num_speakers=len(train_bank), channels=cfg.channels,
                                       embed_dim=cfg.embed_dim, speaker_layers=cfg.speaker_layers,
-                                      separation_layers=cfg.separation_layers))
+                                      separation_layers=cfg.separation_layers)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     before = evaluate(model, held_out, cfg.eval_mixtures)
     log(f"wavesplit: {train_bank.kind} speakers ({len(train_bank)} train, {len(eval_bank)} held out), "
-        f"{sum(p.numel() for p in model.parameters())} parameters; held-out SI-SDRi before training "
+        f"{sum(p.numel() for p in model.parameters())} parameters on {device}; held-out SI-SDRi before training "
         f"{before['si_sdri']:.2f} dB")
 
     def step_loss(step):
-        mix, src, who = data.batch(range(step * cfg.batch, (step + 1) * cfg.batch))
+        # Remixed on the CPU (its RNGs decide the data), then moved to the model's device.
+        mix, src, who = (t.to(device) for t in data.batch(range(step * cfg.batch, (step + 1) * cfg.batch)))
         return model.loss(mix, src, who)
 
     rows, seconds = fit_steps(
@@ -106,14 +113,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def main(argv=None) -> int:
     train(config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts")}))
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}))
     return 0
 
 
 def load_model(checkpoint: str | Path) -> tuple[Wavesplit, int]:
     """The model of a `pyaudiok train wavesplit` checkpoint (file or output directory), in eval
-    mode, and its sample rate."""
-    state = read_run_checkpoint(checkpoint)
+    mode on the CPU (whatever device it was trained on), and its sample rate."""
+    state = read_run_checkpoint(checkpoint)  # tensors mapped to the CPU
     model = Wavesplit(WavesplitConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), int(state["result"]["config"]["sample_rate"])

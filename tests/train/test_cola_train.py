@@ -17,17 +17,38 @@ def test_labeled_set_is_deterministic_and_normalised():
     assert torch.equal(x, cola.labeled_set(12, 2, 0.25, seed=3)[0])
 
 
-def test_cli_pretrains_and_probes(tmp_path, capsys):
-    argv = ["train", "cola", "--steps", "25", "--batch", "8", "--pool", "16", "--crop-seconds", "0.25",
+def _tiny_run(out) -> list[str]:
+    return ["train", "cola", "--steps", "25", "--batch", "8", "--pool", "16", "--crop-seconds", "0.25",
             "--clip-seconds", "0.4", "--widths", "4,8", "--embedding-dim", "32", "--lr", "3e-3",
-            "--probe-train", "14", "--probe-test", "14", "--probe-steps", "20", "--out", str(tmp_path)]
-    assert cli.main(argv) == 0
+            "--probe-train", "14", "--probe-test", "14", "--probe-steps", "20", "--out", str(out)]
+
+
+def test_cli_pretrains_and_probes(tmp_path, capsys):
+    assert cli.main(_tiny_run(tmp_path)) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["last_loss"] < result["first_loss"]  # it learns to tell the pairs apart
     for run in ("cola", "random_encoder"):
         assert 0 <= result[run]["probe_test_accuracy"] <= 1
     assert (tmp_path / "cola.pt").exists()
     assert "random encoder" in capsys.readouterr().out
+
+
+def test_cli_accepts_a_device(tmp_path):
+    assert cli.main(_tiny_run(tmp_path) + ["--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["device"] == "cpu"
+    with pytest.raises(SystemExit):
+        cli.main(_tiny_run(tmp_path) + ["--device", "tpu"])
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_cuda(tmp_path):
+    assert cli.main(_tiny_run(tmp_path) + ["--device", "cuda"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["device"] == "cuda" and result["last_loss"] < result["first_loss"]
+    for run in ("cola", "random_encoder"):
+        assert 0 <= result[run]["probe_test_accuracy"] <= 1
+    state = torch.load(tmp_path / "cola.pt", weights_only=False)  # saved on the CPU: no map_location needed
+    assert all(t.device.type == "cpu" for t in state["model"].values())
 
 
 @pytest.mark.parametrize("source", cola.PRETRAIN_DATA)

@@ -1,5 +1,6 @@
 """`pyaudiok train dive`: a few steps on generated conversations, held-out DER, outputs."""
 import json
+import math
 
 import pytest
 
@@ -7,14 +8,17 @@ from pyaudiok import cli
 from pyaudiok.codec.audio import save_audio
 from pyaudiok.data.speakers import Conversations, SpeakerBank
 from pyaudiok.metrics import read_rttm
+from pyaudiok.train import dive
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+TINY = ["train", "dive", "--steps", "4", "--batch", "2", "--duration", "2", "--channels", "8", "--embed-dim", "4",
+        "--layers", "1", "--train-speakers", "4", "--eval-speakers", "3", "--eval-conversations", "2",
+        "--log-every", "2", "--source", "synthetic"]
+
 
 def test_cli_trains_and_reports_der(tmp_path, capsys):
-    argv = ["train", "dive", "--steps", "4", "--batch", "2", "--duration", "2", "--channels", "8", "--embed-dim", "4",
-            "--layers", "1", "--train-speakers", "4", "--eval-speakers", "3", "--eval-conversations", "2",
-            "--log-every", "2", "--source", "synthetic", "--out", str(tmp_path)]
+    argv = TINY + ["--out", str(tmp_path)]
     assert cli.main(argv) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     after = result["after"]
@@ -31,3 +35,33 @@ def test_cli_trains_and_reports_der(tmp_path, capsys):
     segments = read_rttm(tmp_path / "talk.rttm")["talk"]
     assert segments and all(0 <= s.start < s.end <= 2.0 for s in segments)  # threshold 0: the first slot is active
     assert cli.main(["diarize", str(tmp_path / "talk.wav"), "--checkpoint", str(tmp_path / "none.pt")]) == 2
+
+
+def _check_run(out_dir, device: str) -> dict:
+    """results.json of a tiny run on `device`: DER from its parts, the log's steps, the checkpoint."""
+    result = json.loads((out_dir / "results.json").read_text())
+    after = result["after"]
+    assert result["config"]["device"] == device
+    assert after["der"] == pytest.approx((after["missed"] + after["false_alarm"] + after["confusion"]) / after["total"])
+    assert [r["step"] for r in result["log"]] == [2, 4] and (out_dir / "checkpoint.pt").exists()
+    return result
+
+
+def test_cli_accepts_device_cpu(tmp_path, capsys):
+    assert cli.main(TINY + ["--device", "cpu", "--out", str(tmp_path)]) == 0
+    _check_run(tmp_path, "cpu")
+    assert "parameters on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_cuda(tmp_path, capsys):
+    assert cli.main(TINY + ["--device", "cuda", "--out", str(tmp_path)]) == 0
+    result = _check_run(tmp_path, "cuda")
+    assert all(math.isfinite(row["loss"]) for row in result["log"])
+    assert "parameters on cuda" in capsys.readouterr().out
+    # The checkpoint of the GPU run loads on the CPU, for `pyaudiok diarize`.
+    assert all(p.device.type == "cpu" for p in dive.load_model(tmp_path).parameters())
+    wav, _ = Conversations(SpeakerBank(8_000, "valid", num_speakers=3, source="synthetic"), 2, duration=2.0).item(0)
+    save_audio(tmp_path / "talk.wav", wav, 8_000)
+    assert cli.main(["diarize", str(tmp_path / "talk.wav"), "--checkpoint", str(tmp_path), "--threshold", "0.0"]) == 0
+    assert "SPEAKER talk" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 """`pyaudiok train llp`: bags and proportions of the digits set, short runs of both losses learn,
-results and checkpoints are written, --resume skips finished runs, clear errors."""
+results and checkpoints are written, --resume skips finished runs, clear errors, --device."""
 import json
 
 import pytest
@@ -26,8 +26,10 @@ def test_digits_split_and_bags():
 
 
 def test_short_runs_learn_and_resume(tmp_path, capsys):
+    # On the CPU: the accuracy bounds below were measured there.
     argv = ["train", "llp", "--bag-sizes", "8,64", "--methods", "proportion,ot,ot_hard", "--epochs", "5",
-            "--batch", "64", "--lr", "1e-2", "--hidden", "32", "--ot-iters", "20", "--no-progress", "--out", str(tmp_path)]
+            "--batch", "64", "--lr", "1e-2", "--hidden", "32", "--ot-iters", "20", "--no-progress", "--device", "cpu",
+            "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     runs = {(r["method"], r["bag_size"]): r for r in result["runs"]}
@@ -42,6 +44,40 @@ def test_short_runs_learn_and_resume(tmp_path, capsys):
     stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
     assert len(stamp) == 7
     assert cli.main(argv + ["--resume"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()} == stamp
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == result["runs"]
+
+
+def test_cli_accepts_device_cpu(tmp_path):
+    argv = ["train", "llp", "--bag-sizes", "8", "--methods", "proportion,ot", "--epochs", "2", "--batch", "64",
+            "--hidden", "16", "--ot-iters", "10", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(argv + ["--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["device"] == "cpu" and len(result["runs"]) == 3
+    # The device is not part of a run's identity: --resume on another device skips finished runs.
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
+    assert cli.main(argv + ["--resume", "--device", "auto"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()} == stamp
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_cuda(tmp_path):
+    argv = ["train", "llp", "--bag-sizes", "8", "--methods", "proportion,ot", "--epochs", "5", "--batch", "64",
+            "--lr", "1e-2", "--hidden", "32", "--ot-iters", "20", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(argv + ["--device", "cuda"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["device"] == "cuda"
+    runs = {(r["method"], r["bag_size"]): r for r in result["runs"]}
+    assert set(runs) == {("supervised", 1), ("proportion", 8), ("ot", 8)}
+    assert runs[("supervised", 1)]["test_accuracy"] > 0.85
+    for method in ("proportion", "ot"):
+        assert runs[(method, 8)]["test_accuracy"] > 0.3, runs[(method, 8)]  # chance is 0.1
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 3 * 5
+    # The checkpoints written from the GPU are read back on the CPU: --resume there trains nothing again.
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
+    assert len(stamp) == 3
+    assert cli.main(argv + ["--resume", "--device", "cpu"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()} == stamp
     assert json.loads((tmp_path / "results.json").read_text())["runs"] == result["runs"]
 

@@ -1,11 +1,14 @@
 """`pyaudiok train permutation`: data, a tiny end-to-end run through the CLI, the probe output."""
 import json
+import math
 
 import pytest
 import torch
 
 from pyaudiok import cli
+from pyaudiok.train.checkpoint import load_checkpoint
 from pyaudiok.train.permutation import FAMILIES, FRAMES, N_MELS, linear_probe, log_mel, synth_notes
+from pyaudiok.train.runtime import read_run_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,10 +26,13 @@ def test_linear_probe_separates_separable_features():
     assert linear_probe(x[:150], y[:150], x[150:], y[150:], 2, 300) > 0.85
 
 
+def _tiny_run(out) -> list[str]:
+    return ["train", "permutation", "--steps", "3", "--batch", "4", "--dim", "16", "--probe-train", "32",
+            "--probe-test", "16", "--probe-steps", "5", "--log-every", "1", "--out", str(out)]
+
+
 def test_cli_runs_and_reports_both_encoders(tmp_path, capsys):
-    argv = ["train", "permutation", "--steps", "3", "--batch", "4", "--dim", "16", "--probe-train", "32",
-            "--probe-test", "16", "--probe-steps", "5", "--log-every", "1", "--out", str(tmp_path)]
-    assert cli.main(argv) == 0
+    assert cli.main(_tiny_run(tmp_path)) == 0
     printed = capsys.readouterr().out
     assert "pretext encoder" in printed and "random_init encoder" in printed
     result = json.loads((tmp_path / "results.json").read_text())
@@ -36,3 +42,22 @@ def test_cli_runs_and_reports_both_encoders(tmp_path, capsys):
     assert (tmp_path / "log.csv").read_text().count("\n") == 4  # header + one row per step
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["model_config"]["freq_patches"] == 4 and "encoder.0.weight" in state["model"]
+
+
+def test_cli_accepts_a_device(tmp_path):
+    assert cli.main(_tiny_run(tmp_path) + ["--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["device"] == "cpu"
+    with pytest.raises(SystemExit):
+        cli.main(_tiny_run(tmp_path) + ["--device", "tpu"])
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_cuda(tmp_path):
+    assert cli.main(_tiny_run(tmp_path) + ["--device", "cuda"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["device"] == "cuda" and all(math.isfinite(row["loss"]) for row in result["log"])
+    for name in ("pretext", "random_init"):
+        assert 0 <= result[name]["pitch_accuracy"] <= 1 and 0 <= result[name]["instrument_accuracy"] <= 1
+    saved = load_checkpoint(tmp_path / "checkpoint.pt", map_location=None)["model"]["encoder.0.weight"]
+    assert saved.is_cuda  # trained there
+    assert read_run_checkpoint(tmp_path)["model"]["encoder.0.weight"].device.type == "cpu"  # loads without a GPU

@@ -1,20 +1,23 @@
 """`pyaudiok train wavesplit`: a few steps on generated mixtures, held-out SI-SDRi, outputs."""
 import json
+import math
 
 import pytest
 import torch
 
 from pyaudiok import cli
 from pyaudiok.codec.audio import load_audio, save_audio
+from pyaudiok.train import wavesplit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+TINY = ["train", "wavesplit", "--steps", "4", "--batch", "2", "--segment-seconds", "0.25", "--channels", "8",
+        "--embed-dim", "4", "--speaker-layers", "1", "--separation-layers", "1", "--train-speakers", "4",
+        "--eval-speakers", "3", "--eval-mixtures", "4", "--log-every", "2", "--source", "synthetic"]
+
 
 def test_cli_trains_and_reports_si_sdr_improvement(tmp_path, capsys):
-    argv = ["train", "wavesplit", "--steps", "4", "--batch", "2", "--segment-seconds", "0.25", "--channels", "8",
-            "--embed-dim", "4", "--speaker-layers", "1", "--separation-layers", "1", "--train-speakers", "4",
-            "--eval-speakers", "3", "--eval-mixtures", "4", "--log-every", "2", "--source", "synthetic",
-            "--out", str(tmp_path)]
+    argv = TINY + ["--out", str(tmp_path)]
     assert cli.main(argv) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     after = result["after"]
@@ -34,3 +37,35 @@ def test_cli_trains_and_reports_si_sdr_improvement(tmp_path, capsys):
         assert rate == 8_000 and wav.shape == (1, 3001) and torch.isfinite(wav).all()
     assert cli.main(["separate", str(tmp_path / "mix.wav"), "--checkpoint", str(tmp_path / "none.pt"),
                      str(tmp_path / "sep2")]) == 2
+
+
+def _check_run(out_dir, device: str) -> dict:
+    """results.json of a tiny run on `device`: finite SI-SDRs, SI-SDRi their difference, the log's steps."""
+    result = json.loads((out_dir / "results.json").read_text())
+    after = result["after"]
+    assert result["config"]["device"] == device
+    assert all(math.isfinite(after[k]) for k in ("si_sdr", "mixture_si_sdr", "si_sdri"))
+    assert after["si_sdri"] == pytest.approx(after["si_sdr"] - after["mixture_si_sdr"], abs=1e-4)
+    assert [r["step"] for r in result["log"]] == [2, 4] and (out_dir / "checkpoint.pt").exists()
+    return result
+
+
+def test_cli_accepts_device_cpu(tmp_path, capsys):
+    assert cli.main(TINY + ["--device", "cpu", "--out", str(tmp_path)]) == 0
+    _check_run(tmp_path, "cpu")
+    assert "parameters on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_cuda(tmp_path, capsys):
+    # Evaluation runs k-means++ on the GPU: its generator must be a CUDA one.
+    assert cli.main(TINY + ["--device", "cuda", "--out", str(tmp_path)]) == 0
+    result = _check_run(tmp_path, "cuda")
+    assert all(math.isfinite(row["loss"]) for row in result["log"])
+    assert "parameters on cuda" in capsys.readouterr().out
+    # The checkpoint of the GPU run loads on the CPU, for `pyaudiok separate`.
+    model, rate = wavesplit.load_model(tmp_path)
+    assert rate == 8_000 and all(p.device.type == "cpu" for p in model.parameters())
+    save_audio(tmp_path / "mix.wav", 0.3 * torch.sin(torch.arange(2000) * 0.05), 8_000)
+    assert cli.main(["separate", str(tmp_path / "mix.wav"), "--checkpoint", str(tmp_path), str(tmp_path / "sep")]) == 0
+    assert len(list((tmp_path / "sep").glob("source_*.wav"))) == 2
