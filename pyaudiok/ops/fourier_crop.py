@@ -458,10 +458,12 @@ class _Separable(torch.autograd.Function):
         return dx, d_strides, None, None
 
 
-# The largest axis up to which the matmul path is used. Measured on the CPU (forward+backward,
-# stride 2, 2 cores): matmul beat the FFT path at 16², 32², 64² and 128² maps; at T = 16 000 the
-# matrices alone would be [8009, 16000]. The GPU value is the same until measured there.
-MATMUL_MAX_SIZE = {"cpu": 128, "cuda": 128}
+# The largest axis up to which the matmul path is used, from forward+backward at stride 2:
+# - CPU (2 cores): matmul beat the FFT path at 16², 32², 64² and 128² maps; at T = 16 000 the
+#   matrices alone would be [8009, 16000].
+# - H200 (bench/results/2026-11-26_h200_all.txt): matmul beat the FFT path at 32², 56², 112² and
+#   224² maps (224²: 5.10 against 5.61 ms); larger maps are unmeasured.
+MATMUL_MAX_SIZE = {"cpu": 128, "cuda": 224}
 
 
 def choose_method(x: torch.Tensor) -> str:
