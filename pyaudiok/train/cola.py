@@ -35,7 +35,7 @@ from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 from .checkpoint import save_checkpoint
 from .runtime import DEVICES, pick_device
 
-__all__ = ["TrainConfig", "pretrain", "probe", "labeled_set", "main"]
+__all__ = ["TrainConfig", "pretrain", "calibrate_batchnorm", "probe", "labeled_set", "main"]
 
 PROBE_CLASSES = (audio_synth.chord, audio_synth.melody, audio_synth.chirp, audio_synth.coloured_noise,
                  audio_synth.noise_burst, audio_synth.speech_like, audio_synth.music_like)
@@ -84,12 +84,16 @@ def pretraining_pool(cfg: TrainConfig) -> torch.Tensor:
     return data.batch(range(cfg.pool))[:, 0]
 
 
-def pretrain(cfg: TrainConfig, model: COLA, log=print) -> list[float]:
-    """COLA pre-training of `model` in place (on the device its parameters are on); returns the
-    per-step losses."""
-    device = model.similarity.device
+def _normalised_pool(cfg: TrainConfig) -> torch.Tensor:
     clips = pretraining_pool(cfg)
-    clips = clips / clips.norm(dim=1, keepdim=True).clamp(min=1e-12)  # L2-normalised clips
+    return clips / clips.norm(dim=1, keepdim=True).clamp(min=1e-12)  # L2-normalised clips
+
+
+def pretrain(cfg: TrainConfig, model: COLA, log=print, clips: torch.Tensor | None = None) -> list[float]:
+    """COLA pre-training of `model` in place (on the device its parameters are on) on `clips` (default:
+    the normalised pretraining_pool); returns the per-step losses."""
+    device = model.similarity.device
+    clips = _normalised_pool(cfg) if clips is None else clips
     n = int(round(cfg.crop_seconds * SAMPLE_RATE))
     # Adam moves every entry of W by ~lr per step, which moves a logit gᵀWg' by up to ~lr·d² (d =
     # embedding_dim, |g_i| ≲ 1): W gets lr / d so the logits move by O(lr·d), like the other layers'.
@@ -111,6 +115,29 @@ def pretrain(cfg: TrainConfig, model: COLA, log=print) -> list[float]:
         if log and (step % max(cfg.steps // 10, 1) == 0 or step == cfg.steps - 1):
             log(f"  step {step:4d}  contrastive loss {np.mean(losses[-20:]):.3f}  (chance {np.log(cfg.batch):.3f})")
     return losses
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: COLA, cfg: TrainConfig, clips: torch.Tensor, batches: int = 8) -> None:
+    """BatchNorm statistics for an encoder that is never trained (the random baseline): reset, then
+    averaged over `batches` batches of pre-training crops in train mode, without gradients; the
+    weights stay as initialised. At initialisation the statistics are mean 0, variance 1, and in
+    eval mode a deep encoder's features can collapse (EfficientNet-B0 on LEAF: ~1e-13, the probe at
+    chance), so the baseline would measure the missing statistics, not the random features."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    n = int(round(cfg.crop_seconds * SAMPLE_RATE))
+    device = model.similarity.device
+    model.train()
+    for _ in range(batches if norms else 0):
+        wav = clips[torch.randint(0, len(clips), (cfg.batch,), generator=gen)]
+        model.embed(_crop(wav, n, gen).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 def labeled_set(n: int, chunks: int, seconds: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,9 +198,11 @@ def run(cfg: TrainConfig, log=print) -> dict:
     random_encoder.load_state_dict(model.state_dict())  # the same initialisation, never trained
     train_set = labeled_set(cfg.probe_train, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1)
     test_set = labeled_set(cfg.probe_test, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1_000_003)
+    clips = _normalised_pool(cfg)
     start = time.perf_counter()
-    losses = pretrain(cfg, model, log)
+    losses = pretrain(cfg, model, log, clips)
     seconds = time.perf_counter() - start
+    calibrate_batchnorm(random_encoder, cfg, clips)
     result = {"config": asdict(cfg), "pretrain_seconds": round(seconds, 1),
               "first_loss": round(float(np.mean(losses[:10])), 4), "last_loss": round(float(np.mean(losses[-10:])), 4),
               "cola": probe(model, train_set, test_set, cfg.probe_steps, cfg.seed),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pyaudiok import cli
+from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.train import cola
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,3 +60,18 @@ def test_pretraining_pool_is_unlabeled_clips_apart_from_the_probe(source):
     probe_clips = cola.labeled_set(6, 1, 0.25, cfg.seed + 1)[0][:, 0]
     assert not any(torch.allclose(a, b) for a in pool for b in probe_clips)
     assert torch.equal(pool, cola.pretraining_pool(cfg))
+
+
+def test_calibrate_batchnorm_sets_statistics_and_keeps_weights():
+    """The random baseline's BatchNorm layers get statistics of the pre-training crops (a plain
+    average over the batches); its weights, and the layers' momentum, stay as they were."""
+    cfg = cola.TrainConfig(pool=8, batch=4, crop_seconds=0.25, clip_seconds=0.4, widths=(4, 8), embedding_dim=16)
+    model = COLA(COLAConfig(widths=cfg.widths, embedding_dim=cfg.embedding_dim))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    cola.calibrate_batchnorm(model, cfg, cola._normalised_pool(cfg), batches=3)
+    assert all(torch.equal(weights[k], v) for k, v in model.named_parameters())
+    for m in norms:
+        assert m.num_batches_tracked.item() == 3 and m.momentum == 0.1
+        assert not torch.equal(m.running_var, torch.ones_like(m.running_var))
