@@ -39,7 +39,7 @@ from pyaudiok.models.soundstream.losses import mel_filterbank
 from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_strides
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, pick_device
+from .runtime import DEVICES, classification_accuracy, pick_device
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -164,18 +164,6 @@ def _feature_size(model: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     return seen[0]
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    """Share of x classified as y, computed on the model's device."""
-    device = next(model.parameters()).device
-    model.eval()
-    # Counted on the device and read once: no host sync per batch.
-    correct = sum((model(x[i:i + batch].to(device)).argmax(1) == y[i:i + batch].to(device)).sum()
-                  for i in range(0, len(x), batch))
-    model.train()
-    return int(correct) / max(len(x), 1)
-
-
 def train(cfg: TrainConfig, data=None, log=print) -> dict:
     """Train one model; returns {accuracy, strides (initial and learned), feature_size, ...}."""
     device = pick_device(cfg.device)
@@ -206,8 +194,9 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
             log(f"  [{cfg.pooling} {tuple(cfg.strides)}] step {step:4d}  loss {loss.item():.3f}  "
                 f"penalty {penalty.item():.3f}  strides {learned_strides(model)}")
     seconds = time.perf_counter() - start
-    result = {"config": asdict(cfg), "accuracy": accuracy(model, test_x, test_y),
-              "train_accuracy": accuracy(model, train_x[:cfg.test_size], train_y[:cfg.test_size]),
+    result = {"config": asdict(cfg), "accuracy": classification_accuracy(model, test_x, test_y),
+              "train_accuracy": classification_accuracy(model, train_x[:cfg.test_size],
+                                                        train_y[:cfg.test_size]),
               "initial_strides": initial, "learned_strides": learned_strides(model),
               "feature_size": _feature_size(model, test_x), "penalty": float(diffstride_penalty(model).detach()),
               "seconds": round(seconds, 1), "steps_per_second": round(cfg.steps / seconds, 2)}

@@ -28,7 +28,7 @@ from pyaudiok.data import audio_synth
 from pyaudiok.models.leaf import LeafClassifier
 
 from .checkpoint import capture_rng_state, save_checkpoint
-from .runtime import DEVICES, pick_device, seed_everything
+from .runtime import DEVICES, classification_accuracy, pick_device, seed_everything
 
 __all__ = ["TrainConfig", "CLASSES", "audio_task", "train", "main"]
 
@@ -94,18 +94,6 @@ class TrainConfig:
     progress: bool = True
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 128) -> float:
-    """Share of x classified as y, computed on the model's device."""
-    device = next(model.parameters()).device
-    model.eval()
-    # Counted on the device and read once: no host sync per batch.
-    correct = sum((model(x[i:i + batch].to(device)).argmax(1) == y[i:i + batch].to(device)).sum()
-                  for i in range(0, len(x), batch))
-    model.train()
-    return int(correct) / max(len(x), 1)
-
-
 def train(cfg: TrainConfig, data=None, log=print) -> dict:
     """Train one LeafClassifier; returns {accuracy per epoch, final accuracy, seconds, ...}."""
     from tqdm.auto import tqdm
@@ -132,7 +120,7 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
             opt.zero_grad(set_to_none=True)
             if cfg.progress:  # loss.item() waits for the device: only for a bar that is shown
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        acc = accuracy(model, test_x, test_y)
+        acc = classification_accuracy(model, test_x, test_y, batch=128)
         per_epoch.append(acc)
         if log:
             log(f"  [{cfg.frontend}] epoch {epoch + 1}: loss {loss.item():.3f}  test accuracy {acc:.3f}")

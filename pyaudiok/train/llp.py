@@ -33,7 +33,7 @@ from pyaudiok.data.label_proportions import Split, load_digits, make_bags
 from pyaudiok.nn import OTPseudoLabelLoss, ProportionLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .runtime import DEVICES, auto_threads, pick_device, seed_everything, write_csv
+from .runtime import DEVICES, auto_threads, classification_accuracy, pick_device, seed_everything, write_csv
 
 __all__ = ["TrainConfig", "METHODS", "make_model", "train_one", "run", "main"]
 
@@ -85,13 +85,6 @@ def _loss_fn(method: str, cfg: TrainConfig):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    acc = (model(x).argmax(1) == y).float().mean().item()
-    model.train()
-    return acc
-
-
 def _minibatches(sizes: torch.Tensor, batch: int, gen: torch.Generator) -> list[torch.Tensor]:
     """The bags in a random order, grouped into steps of about `batch` instances (whole bags)."""
     groups, current, filled = [], [], 0
@@ -143,12 +136,13 @@ def train_one(cfg: TrainConfig, data: Split, method: str, bag_size: int, init: d
             opt.step()
             total, steps = total + loss.item(), steps + 1
         rows.append({"run": _name(method, bag_size), "epoch": epoch + 1, "loss": total / max(steps, 1),
-                     "test_accuracy": accuracy(model, x_test, y_test)})
+                     "test_accuracy": classification_accuracy(model, x_test, y_test)})
         if on_epoch is not None:
             on_epoch()
+    test_accuracy = rows[-1]["test_accuracy"] if rows else classification_accuracy(model, x_test, y_test)
     result = {"method": method, "bag_size": bag_size if method != "supervised" else 1, "n_bags": len(bags.sizes),
-              "test_accuracy": round(rows[-1]["test_accuracy"], 4) if rows else accuracy(model, x_test, y_test),
-              "train_accuracy": round(accuracy(model, x, y), 4),  # x, y: the training set in bag order
+              "test_accuracy": round(test_accuracy, 4),
+              "train_accuracy": round(classification_accuracy(model, x, y), 4),  # the training set in bag order
               "seconds": round(time.perf_counter() - begin, 1)}
     return result, rows, model
 

@@ -23,7 +23,7 @@ from pyaudiok.codec.bitstream import atomic_writer
 from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
 
 __all__ = ["Runtime", "DEVICES", "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads",
-           "seed_everything", "unwrap", "gather_rng_states", "Averager", "write_csv"]
+           "seed_everything", "unwrap", "gather_rng_states", "Averager", "classification_accuracy", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,19 @@ def fit_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int,
             rows.append(row)
             log(describe(row))
     return rows, time.perf_counter() - start
+
+
+@torch.no_grad()
+def classification_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Share of x whose argmax class is y: eval mode, batches moved to the model's device and counted
+    there (one host read at the end, no sync per batch); the model's mode is restored."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = sum((model(x[i:i + batch].to(device)).argmax(1) == y[i:i + batch].to(device)).sum()
+                  for i in range(0, len(x), batch))
+    model.train(was_training)
+    return int(correct) / max(len(x), 1)
 
 
 def write_csv(path: Path, rows: list[dict[str, float]]) -> None:

@@ -53,3 +53,16 @@ def test_pick_device_names_and_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             pick_device("cuda")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_classification_accuracy_counts_over_uneven_batches_and_restores_the_mode(training):
+    from pyaudiok.train.runtime import classification_accuracy
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.9)).train(training)
+    x, y = torch.randn(23, 4), torch.randint(0, 3, (23,))
+    with torch.no_grad():
+        expected = (model[0](x).argmax(1) == y).sum().item() / 23  # eval mode: dropout off
+    assert classification_accuracy(model, x, y, batch=5) == expected
+    assert model.training == training
+    assert classification_accuracy(model, x[:0], y[:0]) == 0.0
