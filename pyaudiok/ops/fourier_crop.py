@@ -126,38 +126,46 @@ class MaskArg(NamedTuple):
     scale: float = 1.0
 
 
-def _host_masks(x: torch.Tensor, strides: torch.Tensor, axes: list[Axis], values: list[float], smoothness: float,
-                args: tuple[MaskArg | None, ...], learn: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """(masks, weights): the mask vectors of `args` (None: a constant [1.0]) in x's dtype on x's
-    device, built on the host (the sizes already are: no device op per mask value) and copied over
-    in one transfer; with `learn`, weights [len(strides), Σ len(mask)] float64 maps the masks'
-    gradients to the strides': dL/dS = weights @ cat(dL/dmask), each entry's ∂m/∂S under the
-    stride its axis uses (_mask_and_slope)."""
-    n_strides = strides.numel()
-    masks, weights, sizes = [], [[] for _ in range(n_strides * learn)], []
-    for arg in args:
-        if arg is None:
-            mask, slope, owner = [1.0], [0.0], 0
-        else:
-            axis, owner = axes[arg.axis], arg.axis * (n_strides > 1)
-            mask, slope = _mask_and_slope(axis, values[arg.axis], smoothness)
-            if arg.rows:
-                rows = [min(r, axis.out - r) for r in range(axis.out)]
-                mask, slope = [mask[f] for f in rows], [slope[f] for f in rows]
-            if arg.scale != 1.0:
-                mask, slope = [m * arg.scale for m in mask], [d * arg.scale for d in slope]
-        masks += mask
-        sizes.append(len(mask))
-        for i, row in enumerate(weights):
-            row += slope if i == owner else [0.0] * len(slope)
-    # One transfer; non_blocking: a pageable host buffer is staged at once, and the host does not
-    # wait on the device.
-    device = torch.tensor([masks] + weights, dtype=torch.float64).to(x.device, non_blocking=True)
-    return list(device[0].to(x.dtype).split(sizes)), device[1:] if learn else None
+class Masking(NamedTuple):
+    """What a path builds its masks from: the axes, their host stride values, R, and whether the
+    strides take a gradient."""
+    axes: list[Axis]
+    values: list[float]
+    smoothness: float
+    learn: bool
+
+    def build(self, x: torch.Tensor, strides: torch.Tensor,
+              args: tuple[MaskArg | None, ...]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(masks, weights): the mask vectors of `args` (None: a constant [1.0]) in x's dtype on x's
+        device, built on the host (the sizes already are: no device op per mask value) and copied
+        over in one transfer; with `learn`, weights [len(strides), Σ len(mask)] float64 maps the
+        masks' gradients to the strides': dL/dS = weights @ cat(dL/dmask), each entry's ∂m/∂S under
+        the stride its axis uses (_mask_and_slope)."""
+        n_strides = strides.numel()
+        masks, weights, sizes = [], [[] for _ in range(n_strides * self.learn)], []
+        for arg in args:
+            if arg is None:
+                mask, slope, owner = [1.0], [0.0], 0
+            else:
+                axis, owner = self.axes[arg.axis], arg.axis * (n_strides > 1)
+                mask, slope = _mask_and_slope(axis, self.values[arg.axis], self.smoothness)
+                if arg.rows:
+                    rows = [min(r, axis.out - r) for r in range(axis.out)]
+                    mask, slope = [mask[f] for f in rows], [slope[f] for f in rows]
+                if arg.scale != 1.0:
+                    mask, slope = [m * arg.scale for m in mask], [d * arg.scale for d in slope]
+            masks += mask
+            sizes.append(len(mask))
+            for i, row in enumerate(weights):
+                row += slope if i == owner else [0.0] * len(slope)
+        # One transfer; non_blocking: a pageable host buffer is staged at once, and the host does not
+        # wait on the device.
+        device = torch.tensor([masks] + weights, dtype=torch.float64).to(x.device, non_blocking=True)
+        return list(device[0].to(x.dtype).split(sizes)), device[1:] if self.learn else None
 
 
 def _stride_grad(weights: torch.Tensor, grad_masks: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """dL/dS from the gradients of all the masks _host_masks built, with its weights."""
+    """dL/dS from the gradients of all the masks Masking.build built, with its weights."""
     return (weights @ torch.cat(grad_masks).to(weights.dtype)).to(dtype)
 
 
@@ -315,18 +323,6 @@ def _pad_into(dst: torch.Tensor, cropped: torch.Tensor) -> None:
     dst[:, :top, :kc] = cropped[:, :top]
     if h_out > top:
         dst[:, h - (h_out - top):, :kc] = cropped[:, top:]
-
-
-class Masking(NamedTuple):
-    """What a path builds its masks from (_host_masks): the axes, their host stride values, R, and
-    whether the strides take a gradient."""
-    axes: list[Axis]
-    values: list[float]
-    smoothness: float
-    learn: bool
-
-    def build(self, x: torch.Tensor, strides: torch.Tensor, args: tuple[MaskArg | None, ...]):
-        return _host_masks(x, strides, self.axes, self.values, self.smoothness, args, self.learn)
 
 
 class _FFTPath(torch.autograd.Function):
