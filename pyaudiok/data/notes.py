@@ -36,7 +36,7 @@ class Family(NamedTuple):
     attack: tuple[float, float]
     decay: tuple[float, float]        # time constant of the fall towards the sustain level
     sustain: tuple[float, float]      # level the note settles at (0: it dies away)
-    vibrato: tuple[float, float]      # depth, as a fraction of f0 (rate 4.5–6.5 Hz)
+    vibrato: tuple[float, float]      # depth, as a fraction of f0 (rate: VIBRATO_HZ)
     breath: tuple[float, float]       # enveloped noise, relative to the partials' RMS
     mallet: bool = False              # partials at the modes of a free bar instead of harmonics
 
@@ -65,6 +65,7 @@ FAMILIES: dict[str, Family] = {
 GAIN_DB = (-30.0, 0.0)
 SNR_DB = (5.0, 35.0)
 ONSET_S = (0.0, 0.08)
+VIBRATO_HZ = (4.5, 6.5)
 DETUNE_CENTS = 15.0
 CHUNK = 64
 
@@ -73,6 +74,12 @@ def _uniform(ranges: torch.Tensor, family: torch.Tensor, gen: torch.Generator) -
     """One draw per note from its family's (low, high) range: ranges[F, 2], family[n] -> [n, 1]."""
     low, high = ranges[family, 0], ranges[family, 1]
     return (low + (high - low) * torch.rand(family.shape, generator=gen, dtype=torch.float64))[:, None]
+
+
+def _between(bounds: tuple[float, float], n: int, gen: torch.Generator) -> torch.Tensor:
+    """[n, 1] float64 uniform draws in [low, high)."""
+    low, high = bounds
+    return low + (high - low) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
 
 
 def _coloured_noise(n: int, samples: int, gen: torch.Generator) -> torch.Tensor:
@@ -118,9 +125,9 @@ def _synth_chunk(n: int, n_pitches: int, gen: torch.Generator, samples: int, sam
     amp = amp * (1 + 0.3 * torch.randn(n, PARTIALS, generator=gen, dtype=torch.float64)).clamp_min(0)
     amp = amp * ((freq < 0.45 * sample_rate) & (ratio > 0))
 
-    onset = ONSET_S[0] + (ONSET_S[1] - ONSET_S[0]) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    onset = _between(ONSET_S, n, gen)
     t = (torch.arange(samples, dtype=torch.float64)[None] / sample_rate - onset).clamp_min(0)  # [n, T]
-    rate = 4.5 + 2 * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    rate = _between(VIBRATO_HZ, n, gen)
     # phase of f0 (1 + depth sin 2π rate t), integrated
     warp = t + draw["vibrato"] * (1 - torch.cos(2 * math.pi * rate * t)) / (2 * math.pi * rate)
     phase0 = 2 * math.pi * torch.rand(n, PARTIALS, 1, generator=gen)
@@ -138,9 +145,9 @@ def _synth_chunk(n: int, n_pitches: int, gen: torch.Generator, samples: int, sam
     note = tone + breath * attack * (sustain + (1 - sustain) * torch.exp(-t / draw["decay"]))  # the first partial's
     note = note / note.abs().amax(-1, keepdim=True).clamp_min(1e-12)
 
-    snr_db = SNR_DB[0] + (SNR_DB[1] - SNR_DB[0]) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    snr_db = _between(SNR_DB, n, gen)
     note_rms = note.pow(2).mean(-1, keepdim=True).sqrt()
     audio = note + note_rms * 10 ** (-snr_db / 20) * _coloured_noise(n, samples, gen)
-    gain_db = GAIN_DB[0] + (GAIN_DB[1] - GAIN_DB[0]) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    gain_db = _between(GAIN_DB, n, gen)
     audio = audio / audio.abs().amax(-1, keepdim=True).clamp_min(1e-12) * 10 ** (gain_db / 20)
     return audio.float(), pitch, family
