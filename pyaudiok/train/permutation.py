@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         model.train()
         audio, _, _ = synth_notes(cfg.batch, cfg.n_pitches, gen)
         out = model(log_mel(audio.to(device)), generator=gen)
-        return out.loss, {"order_accuracy": float(out.accuracy)}
+        return out.loss, {"order_accuracy": out.accuracy.detach()}
 
     rows, seconds = fit_steps(
         model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,

@@ -181,19 +181,23 @@ def fit_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int,
               step_loss: Callable[[int], tuple[torch.Tensor, dict[str, float]]], *, log_every: int,
               describe: Callable[[dict[str, float]], str], log: Callable[[str], Any] = print,
               clip: float = 5.0) -> tuple[list[dict[str, float]], float]:
-    """The plain loop of the single-file trainers: per step, the loss and its logged parts from
-    step_loss(step), one optimiser step with the gradient norm clipped at `clip`; every log_every
-    steps (and at the last) a row of the interval's means, logged as describe(row).
-    Returns (rows, seconds)."""
-    rows, avg, start = [], Averager(), time.perf_counter()
+    """The plain loop of the single-file trainers: per step, the loss and its logged parts (floats or
+    scalar tensors) from step_loss(step), one optimiser step with the gradient norm clipped at
+    `clip`; every log_every steps (and at the last) a row of the interval's means, logged as
+    describe(row). The values are read to the host only for a row: on a GPU, one wait per interval
+    instead of one per step. Returns (rows, seconds)."""
+    rows, avg, pending, start = [], Averager(), [], time.perf_counter()
     for step in range(steps):
         loss, parts = step_loss(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
-        avg.add({"loss": float(loss.detach()), **parts})
+        pending.append({"loss": loss.detach(), **parts})
         if (step + 1) % log_every == 0 or step == steps - 1:
+            for values in pending:
+                avg.add({k: float(v) for k, v in values.items()})
+            pending = []
             row = {"step": step + 1, **avg.pop()}
             rows.append(row)
             log(describe(row))

@@ -19,7 +19,7 @@ def test_rows_are_interval_means_logged_every_few_steps_and_at_the_end():
     def step_loss(step):
         seen.append(step)
         loss = torch.nn.functional.mse_loss(model(x), y)
-        return loss, {"double": 2 * float(loss.detach())}
+        return loss, {"double": 2 * float(loss.detach()), "triple": 3 * loss.detach()}  # a float and a tensor part
 
     rows, seconds = fit_steps(model, opt, 7, step_loss, log_every=3, log=lines.append,
                               describe=lambda row: f"step {row['step']} loss {row['loss']:.4f}")
@@ -27,7 +27,8 @@ def test_rows_are_interval_means_logged_every_few_steps_and_at_the_end():
     assert [row["step"] for row in rows] == [3, 6, 7]
     assert lines == [f"step {row['step']} loss {row['loss']:.4f}" for row in rows]
     for row in rows:
-        assert abs(row["double"] - 2 * row["loss"]) < 1e-6
+        assert abs(row["double"] - 2 * row["loss"]) < 1e-6 and abs(row["triple"] - 3 * row["loss"]) < 1e-6
+        assert all(type(v) in (int, float) for v in row.values())  # tensor parts come back as numbers
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
