@@ -111,10 +111,11 @@ def pretrain(cfg: TrainConfig, model: COLA, log=print, clips: torch.Tensor | Non
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss.detach())  # read to the host only when logged: no wait per step on a GPU
         if log and (step % max(cfg.steps // 10, 1) == 0 or step == cfg.steps - 1):
-            log(f"  step {step:4d}  contrastive loss {np.mean(losses[-20:]):.3f}  (chance {np.log(cfg.batch):.3f})")
-    return losses
+            log(f"  step {step:4d}  contrastive loss {torch.stack(losses[-20:]).mean():.3f}  "
+                f"(chance {np.log(cfg.batch):.3f})")
+    return torch.stack(losses).tolist() if losses else []
 
 
 @torch.no_grad()
