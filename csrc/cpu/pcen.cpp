@@ -1,8 +1,8 @@
-// sPCEN on the CPU: the smoother is a loop over time with kLanes channels side by side, so the
-// independent recurrences of neighbouring channels overlap instead of waiting on each other's
-// multiply-add; the compression (four log/exp per value) then runs vectorised along time, four
-// vectors at a time so that their long log/exp chains interleave. The backward's adjoint is the
-// same kind of loop; everything else in it runs row by row along time.
+// sPCEN on the CPU, in groups of kLanes = 8 channels. The smoother runs on 8×8 blocks transposed
+// so that one vector holds one time step of the 8 channels (their independent recurrences advance
+// together); the compression (two powers per value) then runs vectorised along time, four vectors
+// at a time so that the long chains of the powers interleave. The backward's adjoint is the same
+// kind of blocked scan, backwards in time; everything else in it runs row by row along time.
 #include "pcen.h"
 #include "simd.h"
 #include "target_clones.h"
@@ -28,23 +28,69 @@ struct Lane {
   }
 };
 
-// y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) along one row of n values, U vectors of 8 at a time:
-// each value is two exp/log pairs of long dependent chains, and simd.h's exp_n/log_n interleave the
-// U chains so that the core overlaps them.
+// The per-value quantities of the compression for U vectors of 8 values at E, M:
+//   me = eps + M, log_m = ln me, P = me^(−α), z = E·P + δ, log_z = ln z, root = z^(1/r).
+// Each power is two long dependent chains; every step runs for the U vectors in a row so that the
+// core overlaps their chains. The fast route computes x^p as 2^(p·log2 x) (simd.h's log2_normal_n,
+// exp2_small_n); it needs me and z positive, normal and finite and every p·log2 x within ±126.
+// Where any lane is not (0, ∞, NaN, a negative E, an extreme α or r), the exact route, simd.h's
+// log_n/exp_n with their special values, recomputes the U vectors.
+template <int U>
+struct Terms {
+  simd::v8f me[U], log_m[U], P[U], z[U], log_z[U], root[U];
+};
+
+template <int U>
+PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, float alpha, float delta, float inv_r,
+                                       float eps, Terms<U>& q) {
+  using namespace simd;
+  constexpr float kMinNormal = 1.17549435e-38f, kInf = __builtin_inff(), kLn2 = 0.693147180559945309f;
+  v8f l2m[U], l2z[U];
+  v8i off{};
+  for (int u = 0; u < U; ++u) {
+    l2m[u] = q.me[u] = load8(M + 8 * u) + eps;
+    off |= outside(q.me[u], kMinNormal, kInf);
+  }
+  log2_normal_n<U>(l2m);
+  for (int u = 0; u < U; ++u) {
+    q.P[u] = -alpha * l2m[u];
+    off |= outside(q.P[u], -126.f, 126.f);
+  }
+  exp2_small_n<U>(q.P);
+  for (int u = 0; u < U; ++u) {
+    l2z[u] = q.z[u] = load8(E + 8 * u) * q.P[u] + delta;
+    off |= outside(q.z[u], kMinNormal, kInf);
+  }
+  log2_normal_n<U>(l2z);
+  for (int u = 0; u < U; ++u) {
+    q.root[u] = l2z[u] * inv_r;
+    off |= outside(q.root[u], -126.f, 126.f);
+  }
+  exp2_small_n<U>(q.root);
+  if (!any(off)) {
+    for (int u = 0; u < U; ++u) {
+      q.log_m[u] = l2m[u] * kLn2;
+      q.log_z[u] = l2z[u] * kLn2;
+    }
+    return;
+  }
+  for (int u = 0; u < U; ++u) q.log_m[u] = q.me[u];
+  log_n<U>(q.log_m);
+  for (int u = 0; u < U; ++u) q.P[u] = -alpha * q.log_m[u];
+  exp_n<U>(q.P);
+  for (int u = 0; u < U; ++u) q.log_z[u] = q.z[u] = load8(E + 8 * u) * q.P[u] + delta;
+  log_n<U>(q.log_z);
+  for (int u = 0; u < U; ++u) q.root[u] = q.log_z[u] * inv_r;
+  exp_n<U>(q.root);
+}
+
+// y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) for U vectors.
 template <int U>
 PYAUDIOK_INLINE void compress_vectors(const float* E, const float* M, float alpha, float delta, float inv_r,
                                       float delta_root, float eps, float* y) {
-  using namespace simd;
-  v8f w[U];
-  for (int u = 0; u < U; ++u) w[u] = load8(M + 8 * u) + eps;
-  log_n<U>(w);
-  for (int u = 0; u < U; ++u) w[u] = -alpha * w[u];
-  exp_n<U>(w);
-  for (int u = 0; u < U; ++u) w[u] = load8(E + 8 * u) * w[u] + delta;
-  log_n<U>(w);
-  for (int u = 0; u < U; ++u) w[u] = w[u] * inv_r;
-  exp_n<U>(w);
-  for (int u = 0; u < U; ++u) store8(y + 8 * u, w[u] - delta_root);
+  Terms<U> q;
+  compression_terms<U>(E, M, alpha, delta, inv_r, eps, q);
+  for (int u = 0; u < U; ++u) simd::store8(y + 8 * u, q.root[u] - delta_root);
 }
 
 PYAUDIOK_CLONES
@@ -75,22 +121,15 @@ PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const floa
                                       float inv_r, float delta_term, float r_term, float eps, float* direct,
                                       float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
   using namespace simd;
-  v8f me[U], log_m[U], P[U], z[U], log_z[U], z_root[U];
-  for (int u = 0; u < U; ++u) log_m[u] = me[u] = load8(M + 8 * u) + eps;
-  log_n<U>(log_m);
-  for (int u = 0; u < U; ++u) P[u] = -alpha * log_m[u];
-  exp_n<U>(P);
-  for (int u = 0; u < U; ++u) log_z[u] = z[u] = load8(E + 8 * u) * P[u] + delta;
-  log_n<U>(log_z);
-  for (int u = 0; u < U; ++u) z_root[u] = log_z[u] * inv_r;
-  exp_n<U>(z_root);
+  Terms<U> q;
+  compression_terms<U>(E, M, alpha, delta, inv_r, eps, q);
   for (int u = 0; u < U; ++u) {
-    const v8f gv = load8(g + 8 * u), gz = gv * inv_r * z_root[u] / z[u], gzeP = gz * load8(E + 8 * u) * P[u];
-    store8(direct + 8 * u, gz * P[u]);
-    store8(drive + 8 * u, -alpha * gzeP / me[u]);
-    s0[u] -= gzeP * log_m[u];
+    const v8f gv = load8(g + 8 * u), gz = gv * inv_r * q.root[u] / q.z[u], gzeP = gz * load8(E + 8 * u) * q.P[u];
+    store8(direct + 8 * u, gz * q.P[u]);
+    store8(drive + 8 * u, -alpha * gzeP / q.me[u]);
+    s0[u] -= gzeP * q.log_m[u];
     s1[u] += gz - gv * delta_term;
-    s2[u] -= gv * inv_r * inv_r * (z_root[u] * log_z[u] - r_term);
+    s2[u] -= gv * inv_r * inv_r * (q.root[u] * q.log_z[u] - r_term);
   }
 }
 
@@ -150,28 +189,97 @@ void backward_terms(const double* g, const double* E, const double* M, const Lan
   }
 }
 
-// The smoother of L rows (row stride n_time) side by side: M_0 = E_0, M_t = s E_t + (1 − s) M_{t−1}.
-// The lanes' independent recurrences overlap; L fixed at compile time keeps the states in registers.
+// Steps [t_begin, t_end) of the smoother of L rows (row stride n_time) side by side, from and
+// updating `state`: M_t = s E_t + (1 − s) M_{t−1}. The lanes' independent recurrences overlap; L
+// fixed at compile time keeps the states in registers.
 template <int L, typename T>
-PYAUDIOK_INLINE void smooth_lanes(const T* E, const T* s, int64_t n_time, T* M) {
-  T state[L], keep[L];
-  for (int j = 0; j < L; ++j) {
-    state[j] = M[j * n_time] = E[j * n_time];
-    keep[j] = T(1) - s[j];
-  }
-  for (int64_t t = 1; t < n_time; ++t)
+PYAUDIOK_INLINE void smooth_steps(const T* E, const T* s, int64_t n_time, int64_t t_begin, int64_t t_end, T* state,
+                                  T* M) {
+  T keep[L];
+  for (int j = 0; j < L; ++j) keep[j] = T(1) - s[j];
+  for (int64_t t = t_begin; t < t_end; ++t)
     for (int j = 0; j < L; ++j) M[j * n_time + t] = state[j] = s[j] * E[j * n_time + t] + keep[j] * state[j];
 }
 
-// The smoother's adjoint for L rows of the scratch `drive` (row stride n_time), backwards in time,
-// in place: λ_t = drive_t + (1 − s) λ_{t+1}. Only this recurrence is sequential; what λ feeds is
-// summed row by row afterwards, vectorised along time.
+// The whole smoother of L rows: M_0 = E_0, then every step.
+template <int L, typename T>
+PYAUDIOK_INLINE void smooth_lanes(const T* E, const T* s, int64_t n_time, T* M) {
+  T state[L];
+  for (int j = 0; j < L; ++j) state[j] = M[j * n_time] = E[j * n_time];
+  smooth_steps<L>(E, s, n_time, 1, n_time, state, M);
+}
+
+// The smoother of a group of kLanes rows; float has the blocked overload below.
+template <typename T>
+PYAUDIOK_INLINE void smooth_rows(const T* E, const T* s, int64_t n_time, T* M) {
+  smooth_lanes<kLanes>(E, s, n_time, M);
+}
+
+// The same for 8 float rows, in blocks of 8 steps: the block is transposed so that each vector
+// holds one step of the 8 rows, the recurrence runs on whole vectors (one multiply-add per step
+// for all 8 rows), and the block is transposed back. The first steps and the tail run lane by lane.
+static_assert(kLanes == 8, "the blocked smoother and adjoint transpose 8 rows");
+PYAUDIOK_INLINE void smooth_rows(const float* E, const float* s, int64_t n_time, float* M) {
+  using namespace simd;
+  float first[8];
+  for (int j = 0; j < 8; ++j) first[j] = M[j * n_time] = E[j * n_time];
+  smooth_steps<8>(E, s, n_time, 1, std::min<int64_t>(8, n_time), first, M);
+  const v8f sv = load8(s), keep = 1.0f - sv;
+  v8f state = load8(first);
+  int64_t t = 8;
+  for (; t + 8 <= n_time; t += 8) {
+    v8f c[8];
+    for (int i = 0; i < 8; ++i) c[i] = load8(E + i * n_time + t);
+    transpose8x8(c);
+    for (int j = 0; j < 8; ++j) c[j] = state = sv * c[j] + keep * state;
+    transpose8x8(c);
+    for (int i = 0; i < 8; ++i) store8(M + i * n_time + t, c[i]);
+  }
+  store8(first, state);
+  if (t < n_time) smooth_steps<8>(E, s, n_time, t, n_time, first, M);
+}
+
+// Steps t_end − 1 down to t_begin of the smoother's adjoint for L rows of the scratch `drive`
+// (row stride n_time), in place and from `lam`: λ_t = drive_t + (1 − s) λ_{t+1}. Only this
+// recurrence is sequential; what λ feeds is summed row by row afterwards, vectorised along time.
+template <int L, typename T>
+PYAUDIOK_INLINE void adjoint_steps(T* drive, const T* s, int64_t n_time, int64_t t_begin, int64_t t_end, T* lam) {
+  T keep[L];
+  for (int j = 0; j < L; ++j) keep[j] = T(1) - s[j];
+  for (int64_t t = t_end - 1; t >= t_begin; --t)
+    for (int j = 0; j < L; ++j) drive[j * n_time + t] = lam[j] = drive[j * n_time + t] + keep[j] * lam[j];
+}
+
+// The whole adjoint of L rows, from λ_T = 0.
 template <int L, typename T>
 PYAUDIOK_INLINE void adjoint_lanes(T* drive, const T* s, int64_t n_time) {
-  T lam[L] = {}, keep[L];
-  for (int j = 0; j < L; ++j) keep[j] = T(1) - s[j];
-  for (int64_t t = n_time - 1; t >= 0; --t)
-    for (int j = 0; j < L; ++j) drive[j * n_time + t] = lam[j] = drive[j * n_time + t] + keep[j] * lam[j];
+  T lam[L] = {};
+  adjoint_steps<L>(drive, s, n_time, 0, n_time, lam);
+}
+
+// The adjoint of a group of kLanes rows; float has the blocked overload below.
+template <typename T>
+PYAUDIOK_INLINE void adjoint_rows(T* drive, const T* s, int64_t n_time) {
+  adjoint_lanes<kLanes>(drive, s, n_time);
+}
+
+// The same for 8 float rows, in transposed blocks of 8 steps as the smoother above: the tail past
+// the last whole block lane by lane, then the blocks from the end.
+PYAUDIOK_INLINE void adjoint_rows(float* drive, const float* s, int64_t n_time) {
+  using namespace simd;
+  const int64_t blocks_end = n_time / 8 * 8;
+  float last[8] = {};
+  adjoint_steps<8>(drive, s, n_time, blocks_end, n_time, last);
+  const v8f keep = 1.0f - load8(s);
+  v8f lam = load8(last);
+  for (int64_t t = blocks_end - 8; t >= 0; t -= 8) {
+    v8f c[8];
+    for (int i = 0; i < 8; ++i) c[i] = load8(drive + i * n_time + t);
+    transpose8x8(c);
+    for (int j = 7; j >= 0; --j) c[j] = lam = c[j] + keep * lam;
+    transpose8x8(c);
+    for (int i = 0; i < 8; ++i) store8(drive + i * n_time + t, c[i]);
+  }
 }
 
 // One row's gradient to E from its λ, and its ∂s = Σ_{t≥1} λ_t (E_t − M_{t−1}) (four partial sums
@@ -207,7 +315,7 @@ PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_
     }
     const int64_t first = r0 * n_time;
     if (lanes == kLanes) {
-      smooth_lanes<kLanes>(E + first, s, n_time, M + first);
+      smooth_rows(E + first, s, n_time, M + first);
     } else {
       for (int64_t j = 0; j < lanes; ++j)
         smooth_lanes<1>(E + first + j * n_time, s + j, n_time, M + first + j * n_time);
@@ -237,7 +345,7 @@ PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const 
                      drive.data() + j * n_time, acc[j]);
     }
     if (lanes == kLanes) {
-      adjoint_lanes<kLanes>(drive.data(), s, n_time);
+      adjoint_rows(drive.data(), s, n_time);
     } else {
       for (int64_t j = 0; j < lanes; ++j) adjoint_lanes<1>(drive.data() + j * n_time, s + j, n_time);
     }

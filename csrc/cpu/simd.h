@@ -34,6 +34,31 @@ inline v8i splat_i(int32_t v) {
 inline v8f splat(float v) { return v8f{} + v; }
 inline v8i splat_i(int32_t v) { return v8i{} + v; }
 #endif
+// Transposes the 8×8 block r[i][j] in place (r[i] becomes the old column i): unpack pairs, then
+// pairs of pairs, then swap the 128-bit halves, 24 shuffles in all.
+inline __attribute__((always_inline)) void transpose8x8(v8f* r) {
+#ifdef PYAUDIOK_HAS_SHUFFLEVECTOR
+  v8f t[8], q[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int k = 0; k < 2; ++k) {
+      q[i + 2 * k] = __builtin_shufflevector(t[i + k], t[i + k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      q[i + 2 * k + 1] = __builtin_shufflevector(t[i + k], t[i + k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shufflevector(q[i], q[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[i + 4] = __builtin_shufflevector(q[i], q[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+#else
+  float m[8][8];
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 8; ++j) m[j][i] = r[i][j];
+  for (int i = 0; i < 8; ++i) __builtin_memcpy(&r[i], m[i], sizeof r[i]);
+#endif
+}
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 
 // exp and log over U vectors at once, in place: every step is written for the U vectors in a row,
@@ -43,10 +68,12 @@ inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 // lowers its conversions and selects lane by lane.) U = 1 is exp8/log8 below.
 #define PYAUDIOK_EACH for (int u = 0; u < U; ++u)
 
-// e^x lane-wise; x < −87.3 (including −inf) gives 0, NaN stays NaN.
+// e^x lane-wise; x < −87.3 (including −inf) gives 0, x > ln FLT_MAX (including +inf) gives +inf,
+// NaN stays NaN. The power of two is capped at 2^127 so that results up to FLT_MAX stay finite (the
+// polynomial is then evaluated up to r = 0.97, still within 3e-7 where the result is finite).
 template <int U>
 inline __attribute__((always_inline)) void exp_n(v8f* x) {
-  const v8f lo = splat(-87.3f), hi = splat(88.7f);
+  const v8f lo = splat(-87.3f), hi = splat(89.0f);
   v8f xc[U], fl[U], r[U], y[U];
   PYAUDIOK_EACH {
     xc[u] = vmax(x[u], lo);
@@ -56,6 +83,7 @@ inline __attribute__((always_inline)) void exp_n(v8f* x) {
     const v8f fx = xc[u] * 1.44269504088896341f + 0.5f;
     fl[u] = __builtin_convertvector(__builtin_convertvector(fx, v8i), v8f);
     fl[u] = fl[u] > fx ? fl[u] - 1.0f : fl[u];  // floor
+    fl[u] = fl[u] < 127.f ? fl[u] : splat(127.f);
   }
   PYAUDIOK_EACH r[u] = xc[u] - fl[u] * 0.693359375f + fl[u] * 2.12194440e-4f;
   PYAUDIOK_EACH y[u] = r[u] * 1.9875691500e-4f + 1.3981999507e-3f;
@@ -106,6 +134,68 @@ inline __attribute__((always_inline)) void log_n(v8f* x) {
     r = x[u] < 1.17549435e-38f ? splat(-inf) : r;  // 0 and denormals
     x[u] = (x[u] < 0.f) | (x[u] != x[u]) ? splat(nan) : r;
   }
+}
+
+
+// Fast log2 and exp2 for arguments the caller has checked (see in_range): about half the
+// operations of log_n/exp_n above, with no special-value handling. Where a result feeds an exp,
+// as in x^p = 2^(p·log2 x), only log2's absolute error matters, here < 1e-9 (plus rounding).
+// log2 x for positive normal finite x: x = 2^e·m, m in [√½, √2), log2 m = s·P(s²), s = (m−1)/(m+1).
+template <int U>
+inline __attribute__((always_inline)) void log2_normal_n(v8f* x) {
+  v8f s[U], z[U], y[U], e[U];
+  PYAUDIOK_EACH {
+    v8i bits;
+    __builtin_memcpy(&bits, &x[u], sizeof bits);
+    v8i mant = (bits & 0x007fffff) | 0x3f800000;  // m in [1, 2)
+    const v8i big = mant > 0x3fb504f3;            // m > √2: halve it (−1 in the lanes where true)
+    mant += big & -0x00800000;
+    e[u] = __builtin_convertvector((bits >> 23) - 127 - big, v8f);
+    v8f m;
+    __builtin_memcpy(&m, &mant, sizeof m);
+    s[u] = (m - 1.0f) / (m + 1.0f);
+    z[u] = s[u] * s[u];
+  }
+  PYAUDIOK_EACH y[u] = z[u] * 0.43424180150032043f + 0.5765852928161621f;
+  PYAUDIOK_EACH y[u] = y[u] * z[u] + 0.961800754070282f;
+  PYAUDIOK_EACH y[u] = y[u] * z[u] + 2.885390043258667f;
+  PYAUDIOK_EACH x[u] = s[u] * y[u] + e[u];
+}
+
+// 2^x for |x| < 126 (a normal result): x = n + f, n the nearest integer, 2^f a minimax polynomial
+// on [−½, ½] (relative error 3e-9 before rounding). Adding 1.5·2^23 rounds to the nearest integer
+// and leaves n in the low bits of the sum.
+template <int U>
+inline __attribute__((always_inline)) void exp2_small_n(v8f* x) {
+  constexpr float kRound = 12582912.0f;  // 1.5·2^23
+  v8f f[U], y[U];
+  v8i n[U];
+  PYAUDIOK_EACH {
+    const v8f t = x[u] + kRound;
+    __builtin_memcpy(&n[u], &t, sizeof n[u]);
+    f[u] = x[u] - (t - kRound);
+  }
+  PYAUDIOK_EACH y[u] = f[u] * 0.00015337580407503992f + 0.001339986571110785f;
+  PYAUDIOK_EACH y[u] = y[u] * f[u] + 0.009618519805371761f;
+  PYAUDIOK_EACH y[u] = y[u] * f[u] + 0.05550329014658928f;
+  PYAUDIOK_EACH y[u] = y[u] * f[u] + 0.24022646248340607f;
+  PYAUDIOK_EACH y[u] = y[u] * f[u] + 0.6931471824645996f;
+  PYAUDIOK_EACH {
+    y[u] = y[u] * f[u] + 1.0f;
+    v8i bits;
+    __builtin_memcpy(&bits, &y[u], sizeof bits);
+    bits += (n[u] - 0x4b400000) << 23;
+    __builtin_memcpy(&x[u], &bits, sizeof bits);
+  }
+}
+
+// Lanes with lo <= x < hi (false for NaN), as a mask to OR into a "some lane left the range" flag.
+inline __attribute__((always_inline)) v8i outside(v8f x, float lo, float hi) { return ~((x >= lo) & (x < hi)); }
+// True if any lane of the mask is set.
+inline __attribute__((always_inline)) bool any(v8i mask) {
+  uint64_t w[4];
+  __builtin_memcpy(w, &mask, sizeof w);
+  return (w[0] | w[1] | w[2] | w[3]) != 0;
 }
 
 #undef PYAUDIOK_EACH

@@ -2,6 +2,8 @@
 against a float64 loop, fp32 state for half inputs, opcheck, bad inputs."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -55,14 +57,60 @@ def test_long_sequence_does_not_drift(backend):
     device = require_backend(PCEN, backend)
     # The Triton interpreter takes ~0.4 s a chunk: the full length only on a GPU.
     T = 100_000 if backend == "cpu" or device.type == "cuda" else 1_000
-    E, a, d, r, s = inputs(1, 2, T, device, grad=False)
-    s = torch.tensor([0.04, 0.001], device=device)
+    # 8 channels: one whole group of the CPU kernel's blocked scan.
+    E, a, d, r, s = inputs(1, 8, T, device, grad=False)
+    s = torch.tensor([0.04, 0.001, 0.3, 0.01, 0.5, 0.002, 0.1, 0.0001], device=device)
     with pyaudiok.use_backend(backend):
         got = pcen(E, a, d, r, s)
     want = pcen_reference(E.double(), a.double(), d.double(), r.double(), s.double())
     tail = slice(T - 500, T)
     assert_close("y (whole)", got, want, torch.float32, scale=5)
     assert_close("y (last 500 frames)", got[..., tail], want[..., tail], torch.float32, scale=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Triton interpreter's numpy on ∞ and NaN
+def test_special_values_and_extreme_parameters_match_reference(backend):
+    """Zeros, ∞, NaN and negative energies, eps = 0, and exponents past the float range (α = 6 on
+    tiny smoothed energies, r = 0.01): the CPU kernel leaves its fast route for these, and every
+    backend must give the reference's value, ±∞ or NaN included."""
+    device = require_backend(PCEN, backend)
+    E, a, d, r, s = inputs(2, 9, 70, device, grad=False)
+    E[0, 0, 5], E[0, 1, 40], E[1, 2, 0], E[1, 3, 33] = 0.0, float("inf"), float("nan"), -3.0
+    E[1, 4, :] = 0.0
+    E[0, 5] = 1e-30
+    a[5], r[6] = 6.0, 0.01
+    for eps in (1e-12, 0.0):
+        with pyaudiok.use_backend(backend):
+            got = pcen(E, a, d, r, s, eps=eps)
+        want = pcen_reference(E.double(), a.double(), d.double(), r.double(), s.double(), eps=eps).float()
+        want_f32 = pcen_reference(E, a, d, r, s, eps=eps)
+        assert torch.equal(got.isnan(), want_f32.isnan()), f"eps={eps}: NaN at other places than the reference"
+        assert torch.equal(got.isinf(), want_f32.isinf()), f"eps={eps}: ±∞ at other places than the reference"
+        assert torch.equal(got[got.isinf()], want_f32[want_f32.isinf()]), f"eps={eps}: ∞ of the wrong sign"
+        # Finite values: as close to the float64 reference as 1e-5, or as the float32 reference is
+        # (r = 0.01 raises z to the 100th power, and with it z's rounding error).
+        finite = want_f32.isfinite()
+        err, ref_err = (got - want)[finite].abs(), (want_f32 - want)[finite].abs()
+        bound = 4 * ref_err + 1e-5 * want[finite].abs() + 1e-6
+        assert (err <= bound).all(), f"eps={eps}: worst excess {(err / bound).max():.2f}x"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("log2_y", [125.5, 127.2, 127.9])
+def test_results_near_the_float_maximum_stay_finite(backend, log2_y):
+    """A constant E makes z = E (ε + E)^(−α) + δ constant; r is chosen so that z^(1/r) = 2^log2_y,
+    up to 1.1e-38 below FLT_MAX = 2^128 (1 − 2^−24)."""
+    device = require_backend(PCEN, backend)
+    E = torch.full((1, 1, 40), 2.0, device=device)
+    alpha, delta, s = (torch.tensor([v], device=device) for v in (0.5, 2.0, 0.1))
+    z = 2.0 * (1e-12 + 2.0) ** -0.5 + 2.0
+    r = torch.tensor([math.log2(z) / log2_y], device=device)
+    with pyaudiok.use_backend(backend):
+        got = pcen(E, alpha, delta, r, s)
+    want = pcen_reference(E.double(), alpha.double(), delta.double(), r.double(), s.double())
+    assert got.isfinite().all()
+    assert_close("y", got, want, torch.float32, scale=50)  # z's rounding, raised to the 1/r ≈ 70th power
 
 
 @pytest.mark.gpu
