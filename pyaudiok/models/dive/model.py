@@ -121,9 +121,12 @@ class DIVE(nn.Module):
 
     def _select_training(self, h, scores, reference):
         B, S, T = reference.shape
-        frames = torch.full((B, S), -1, dtype=torch.long, device=h.device)
-        order = torch.full((B, S), -1, dtype=torch.long, device=h.device)   # slot i ← reference speaker order[b, i]
-        ref = reference.bool()
+        # The greedy walk is sequential and small: on the host, after one copy, instead of a device
+        # wait for each of its B·S decisions.
+        frames = torch.full((B, S), -1, dtype=torch.long)
+        order = torch.full((B, S), -1, dtype=torch.long)   # slot i ← reference speaker order[b, i]
+        ref = reference.bool().cpu()
+        scores = scores.detach().cpu()
         for b in range(B):
             remaining = ref[b].any(-1).clone()                               # speakers still to select
             for i in range(S):
@@ -133,11 +136,11 @@ class DIVE(nn.Module):
                 if not solo.any():  # a speaker never alone: fall back to its least-overlapped frame
                     count = ref[b].sum(0).float().masked_fill(~(ref[b] & remaining[:, None]).any(0), float("inf"))
                     solo = count == count.min()
-                t = int(scores[b].detach().masked_fill(~solo, float("-inf")).argmax())
+                t = int(scores[b].masked_fill(~solo, float("-inf")).argmax())
                 speaker = int((ref[b, :, t] & remaining).float().argmax())
                 frames[b, i], order[b, i] = t, speaker
                 remaining[speaker] = False
-        return frames, order
+        return frames.to(h.device), order.to(h.device)
 
     @torch.no_grad()
     def _select_inference(self, h, scores):
@@ -191,7 +194,8 @@ class DIVE(nn.Module):
         solo = (reference.float().sum(1) == 1).float()
         score = F.binary_cross_entropy_with_logits(scores, solo)
         total = vad + self.config.score_weight * score
-        return total, {"vad": float(vad.detach()), "score": float(score.detach())}
+        # Parts as tensors: the training loop reads them when it logs, not one device wait per step.
+        return total, {"vad": vad.detach(), "score": score.detach()}
 
     @torch.no_grad()
     def diarize(self, x: torch.Tensor, threshold: float = 0.5) -> list[list[Segment]]:

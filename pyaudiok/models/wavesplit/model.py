@@ -171,4 +171,5 @@ class Wavesplit(nn.Module):
         out = self(x, speakers)
         separation = neg_si_sdr_loss(out.estimates, sources, clip_db=self.config.clip_db)
         total = separation + self.config.speaker_weight * out.speaker_loss
-        return total, {"separation": float(separation.detach()), "speaker": float(out.speaker_loss.detach())}
+        # Parts as tensors: the training loop reads them when it logs, not one device wait per step.
+        return total, {"separation": separation.detach(), "speaker": out.speaker_loss.detach()}
