@@ -32,9 +32,10 @@ struct Lane {
 //   me = eps + M, log_m = ln me, P = me^(−α), z = E·P + δ, log_z = ln z, root = z^(1/r).
 // Each power is two long dependent chains; every step runs for the U vectors in a row so that the
 // core overlaps their chains. The fast route computes x^p as 2^(p·log2 x) (simd.h's log2_normal_n,
-// exp2_small_n); it needs me and z positive, normal and finite and every p·log2 x within ±126.
-// Where any lane is not (0, ∞, NaN, a negative E, an extreme α or r), the exact route, simd.h's
-// log_n/exp_n with their special values, recomputes the U vectors.
+// exp2_small_n); it needs me and z positive, normal and finite, every p·log2 x within ±126, and
+// the row's α and 1/r finite (`fast`, see fast_route). Where any lane is not (0, ∞, NaN, a negative
+// E, an extreme α or r), the exact route, simd.h's log_n/exp_n with their special values,
+// recomputes the U vectors.
 template <int U>
 struct Terms {
   simd::v8f me[U], log_m[U], P[U], z[U], log_z[U], root[U];
@@ -42,39 +43,41 @@ struct Terms {
 
 template <int U>
 PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, float alpha, float delta, float inv_r,
-                                       float eps, Terms<U>& q) {
+                                       float eps, bool fast, Terms<U>& q) {
   using namespace simd;
-  constexpr float kMinNormal = 1.17549435e-38f, kInf = __builtin_inff(), kLn2 = 0.693147180559945309f;
-  v8f l2m[U], l2z[U];
-  v8i off{};
-  for (int u = 0; u < U; ++u) {
-    l2m[u] = q.me[u] = load8(M + 8 * u) + eps;
-    off |= outside(q.me[u], kMinNormal, kInf);
-  }
-  log2_normal_n<U>(l2m);
-  for (int u = 0; u < U; ++u) {
-    q.P[u] = -alpha * l2m[u];
-    off |= outside(q.P[u], -126.f, 126.f);
-  }
-  exp2_small_n<U>(q.P);
-  for (int u = 0; u < U; ++u) {
-    l2z[u] = q.z[u] = load8(E + 8 * u) * q.P[u] + delta;
-    off |= outside(q.z[u], kMinNormal, kInf);
-  }
-  log2_normal_n<U>(l2z);
-  for (int u = 0; u < U; ++u) {
-    q.root[u] = l2z[u] * inv_r;
-    off |= outside(q.root[u], -126.f, 126.f);
-  }
-  exp2_small_n<U>(q.root);
-  if (!any(off)) {
+  constexpr float kLn2 = 0.693147180559945309f;
+  if (fast) {
+    v8f l2m[U], l2z[U];
+    FastRangeGuard guard;
     for (int u = 0; u < U; ++u) {
-      q.log_m[u] = l2m[u] * kLn2;
-      q.log_z[u] = l2z[u] * kLn2;
+      l2m[u] = q.me[u] = load8(M + 8 * u) + eps;
+      guard.log2_arg(q.me[u]);
     }
-    return;
+    log2_normal_n<U>(l2m);
+    for (int u = 0; u < U; ++u) {
+      q.P[u] = -alpha * l2m[u];
+      guard.exponent(q.P[u]);
+    }
+    exp2_small_n<U>(q.P);
+    for (int u = 0; u < U; ++u) {
+      l2z[u] = q.z[u] = load8(E + 8 * u) * q.P[u] + delta;
+      guard.log2_arg(q.z[u]);
+    }
+    log2_normal_n<U>(l2z);
+    for (int u = 0; u < U; ++u) {
+      q.root[u] = l2z[u] * inv_r;
+      guard.exponent(q.root[u]);
+    }
+    exp2_small_n<U>(q.root);
+    if (guard.ok()) {
+      for (int u = 0; u < U; ++u) {
+        q.log_m[u] = l2m[u] * kLn2;
+        q.log_z[u] = l2z[u] * kLn2;
+      }
+      return;
+    }
   }
-  for (int u = 0; u < U; ++u) q.log_m[u] = q.me[u];
+  for (int u = 0; u < U; ++u) q.log_m[u] = q.me[u] = load8(M + 8 * u) + eps;
   log_n<U>(q.log_m);
   for (int u = 0; u < U; ++u) q.P[u] = -alpha * q.log_m[u];
   exp_n<U>(q.P);
@@ -84,21 +87,27 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, float alp
   exp_n<U>(q.root);
 }
 
+// Whether a row may take the fast route at all: the factors of its exponents finite (a NaN α
+// must give NaN, which the guard's min/max could miss).
+inline bool fast_route(float alpha, float inv_r) { return std::isfinite(alpha) && std::isfinite(inv_r); }
+
 // y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) for U vectors.
 template <int U>
 PYAUDIOK_INLINE void compress_vectors(const float* E, const float* M, float alpha, float delta, float inv_r,
-                                      float delta_root, float eps, float* y) {
+                                      float delta_root, float eps, bool fast, float* y) {
   Terms<U> q;
-  compression_terms<U>(E, M, alpha, delta, inv_r, eps, q);
+  compression_terms<U>(E, M, alpha, delta, inv_r, eps, fast, q);
   for (int u = 0; u < U; ++u) simd::store8(y + 8 * u, q.root[u] - delta_root);
 }
 
 PYAUDIOK_CLONES
 void compress_row_f32(const float* E, const float* M, float alpha, float delta, float inv_r, float delta_root,
                       float eps, int64_t n, float* y) {
+  const bool fast = fast_route(alpha, inv_r);
   int64_t t = 0;
-  for (; t + 32 <= n; t += 32) compress_vectors<4>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, y + t);
-  for (; t + 8 <= n; t += 8) compress_vectors<1>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, y + t);
+  for (; t + 64 <= n; t += 64) compress_vectors<8>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, fast, y + t);
+  for (; t + 32 <= n; t += 32) compress_vectors<4>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, fast, y + t);
+  for (; t + 8 <= n; t += 8) compress_vectors<1>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, fast, y + t);
   for (; t < n; ++t) {
     const float z = E[t] * std::exp(-alpha * std::log(eps + M[t])) + delta;
     y[t] = std::exp(std::log(z) * inv_r) - delta_root;
@@ -118,11 +127,11 @@ void compress_row(const double* E, const double* M, const Lane<double>& q, doubl
 
 template <int U>
 PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const float* M, float alpha, float delta,
-                                      float inv_r, float delta_term, float r_term, float eps, float* direct,
-                                      float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
+                                      float inv_r, float delta_term, float r_term, float eps, bool fast,
+                                      float* direct, float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
   using namespace simd;
   Terms<U> q;
-  compression_terms<U>(E, M, alpha, delta, inv_r, eps, q);
+  compression_terms<U>(E, M, alpha, delta, inv_r, eps, fast, q);
   for (int u = 0; u < U; ++u) {
     const v8f gv = load8(g + 8 * u), gz = gv * inv_r * q.root[u] / q.z[u], gzeP = gz * load8(E + 8 * u) * q.P[u];
     store8(direct + 8 * u, gz * q.P[u]);
@@ -143,15 +152,16 @@ void backward_terms_f32(const float* g, const float* E, const float* M, float al
                         double* acc) {
   using namespace simd;
   const float delta_term = inv_r * delta_root / delta, r_term = delta_root * log_delta;
-  constexpr int kUnroll = 4;
+  const bool fast = fast_route(alpha, inv_r);
+  constexpr int kUnroll = 8;
   v8f s0[kUnroll]{}, s1[kUnroll]{}, s2[kUnroll]{};
   int64_t t = 0;
   for (; t + 8 * kUnroll <= n; t += 8 * kUnroll)
-    backward_vectors<kUnroll>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, direct + t,
+    backward_vectors<kUnroll>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, fast, direct + t,
                               drive + t, s0, s1, s2);
   for (; t + 8 <= n; t += 8)
-    backward_vectors<1>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, direct + t, drive + t, s0,
-                        s1, s2);
+    backward_vectors<1>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, fast, direct + t,
+                        drive + t, s0, s1, s2);
   for (int u = 0; u < kUnroll; ++u)
     for (int l = 0; l < 8; ++l) {
       acc[0] += s0[u][l];

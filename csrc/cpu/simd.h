@@ -137,7 +137,7 @@ inline __attribute__((always_inline)) void log_n(v8f* x) {
 }
 
 
-// Fast log2 and exp2 for arguments the caller has checked (see in_range): about half the
+// Fast log2 and exp2 for arguments the caller has checked (see FastRangeGuard): about half the
 // operations of log_n/exp_n above, with no special-value handling. Where a result feeds an exp,
 // as in x^p = 2^(p·log2 x), only log2's absolute error matters, here < 1e-9 (plus rounding).
 // log2 x for positive normal finite x: x = 2^e·m, m in [√½, √2), log2 m = s·P(s²), s = (m−1)/(m+1).
@@ -189,14 +189,31 @@ inline __attribute__((always_inline)) void exp2_small_n(v8f* x) {
   }
 }
 
-// Lanes with lo <= x < hi (false for NaN), as a mask to OR into a "some lane left the range" flag.
-inline __attribute__((always_inline)) v8i outside(v8f x, float lo, float hi) { return ~((x >= lo) & (x < hi)); }
 // True if any lane of the mask is set.
 inline __attribute__((always_inline)) bool any(v8i mask) {
   uint64_t w[4];
   __builtin_memcpy(w, &mask, sizeof w);
   return (w[0] | w[1] | w[2] | w[3]) != 0;
 }
+
+// What log2_normal_n and exp2_small_n need of their arguments, folded over any number of vectors at
+// two operations each and tested once: log2 arguments positive, normal and finite; exponents
+// within ±126. An exponent is assumed finite (the caller checks its factors): a NaN or ±∞ log2
+// argument poisons `poison` (x·0 + p is NaN for them), while min/max may drop a NaN.
+struct FastRangeGuard {
+  v8f poison{}, smallest = splat(1.f), lowest{}, highest{};
+  void log2_arg(v8f x) {
+    poison = x * 0.f + poison;
+    smallest = smallest < x ? smallest : x;
+  }
+  void exponent(v8f y) {
+    lowest = lowest < y ? lowest : y;
+    highest = highest > y ? highest : y;
+  }
+  bool ok() const {
+    return !any(~((poison == 0.f) & (smallest >= 1.17549435e-38f) & (lowest > -126.f) & (highest < 126.f)));
+  }
+};
 
 #undef PYAUDIOK_EACH
 
