@@ -79,7 +79,7 @@ def test_special_values_and_extreme_parameters_match_reference(backend):
     E[0, 0, 5], E[0, 1, 40], E[1, 2, 0], E[1, 3, 33] = 0.0, float("inf"), float("nan"), -3.0
     E[1, 4, :] = 0.0
     E[0, 5] = 1e-30
-    a[5], r[6] = 6.0, 0.01
+    a[5], r[6], a[7] = 6.0, 0.01, float("nan")  # a NaN parameter (a diverged run) must give NaN
     for eps in (1e-12, 0.0):
         with pyaudiok.use_backend(backend):
             got = pcen(E, a, d, r, s, eps=eps)
