@@ -1,13 +1,18 @@
-"""Benchmark of one Perceiver AR training step (forward, loss, backward, Adam) at the trainer's
-default size (context 8192, 256 latents, width 128, 2 heads of 64, 3 latent layers, cross-attend
-dropout 0.5, batch 4) against `perceiver-ar-pytorch`'s model of equal size (same widths, depth,
-heads, latents and dropout), both with the trainer's optimiser (fused Adam)."""
+"""Benchmarks of Perceiver AR at the trainer's default size (context 8192, 256 latents, width 128,
+2 heads of 64, 3 latent layers, cross-attend dropout 0.5) against `perceiver-ar-pytorch`'s model of
+equal size (same widths, depth, heads, latents and dropout):
+- one training step (forward, loss, backward, the trainer's fused Adam for both), batch 4;
+- sampling: a full-context prompt continued by greedy decoding, batch 1, with the latent KV cache
+  (`generate`), without it (the full model per token: the definition the cached tokens must equal),
+  and the peer's `AutoregressiveWrapper.generate` (its model run on the last 8192 tokens per token,
+  top-k sampling: the time per token is what is compared)."""
 from __future__ import annotations
 
 import torch
 
 import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
+from pyaudiok.models.perceiver_ar.sampling import generate
 from pyaudiok.train.perceiver_ar import make_optimizer
 
 from .harness import Candidate, Case
@@ -15,15 +20,20 @@ from .peers import load
 
 SIZES = {"cpu": dict(max_context=8192, latents=256, width=128, heads=2, layers=3, batch=4),
          "cuda": dict(max_context=8192, latents=1024, width=768, heads=12, layers=12, batch=4)}
+GENERATE_TOKENS = 64  # half a window of the default 256 latents: one full run, then cached steps
 QUICK = {"cpu": dict(max_context=2048, latents=128, width=128, heads=2, layers=2, batch=2),
          "cuda": dict(max_context=4096, latents=512, width=256, heads=4, layers=4, batch=4)}
 
 
-def _ours(size, device, backend):
+def _model(size, device) -> PerceiverAR:
     torch.manual_seed(0)
     config = PerceiverARConfig(vocab_size=256, max_context=size["max_context"], latents=size["latents"],
                                width=size["width"], heads=size["heads"], layers=size["layers"], cross_dropout=0.5)
-    model = PerceiverAR(config).to(device)
+    return PerceiverAR(config).to(device)
+
+
+def _ours(size, device, backend):
+    model = _model(size, device)
     opt = make_optimizer(model, 3e-4)
     seq = torch.randint(0, 256, (size["batch"], size["max_context"] + 1), device=device)
 
@@ -36,15 +46,20 @@ def _ours(size, device, backend):
     return step
 
 
+def _peer_model(module, size, device):
+    torch.manual_seed(0)
+    M, N = size["max_context"], size["latents"]
+    return module.PerceiverAR(num_tokens=256, dim=size["width"], depth=size["layers"], max_seq_len=M,
+                              cross_attn_seq_len=M - N, dim_head=size["width"] // size["heads"],
+                              heads=size["heads"], cross_attn_dropout=0.5).to(device)
+
+
 def _peer(size, device):
     module, reason = load("perceiver_ar_pytorch", "perceiver-ar-pytorch")
     if module is None:
         return None, reason
-    torch.manual_seed(0)
-    M, N = size["max_context"], size["latents"]
-    model = module.PerceiverAR(num_tokens=256, dim=size["width"], depth=size["layers"], max_seq_len=M,
-                               cross_attn_seq_len=M - N, dim_head=size["width"] // size["heads"],
-                               heads=size["heads"], cross_attn_dropout=0.5).to(device)
+    M = size["max_context"]
+    model = _peer_model(module, size, device)
     opt = make_optimizer(model, 3e-4)  # the same optimiser: the models are compared
     seq = torch.randint(1, 256, (size["batch"], M + 1), device=device)
 
@@ -56,6 +71,29 @@ def _peer(size, device):
     return step, None
 
 
+def _tokens_identical(out, ref) -> str:
+    return "tokens identical" if torch.equal(out, ref) else "tokens differ"
+
+
+def generate_case(size, device, tokens: int) -> Case:
+    model = _model(size, device)
+    prompt = torch.randint(0, 256, (1, size["max_context"]), generator=torch.Generator().manual_seed(1)).to(device)
+
+    def ours(use_cache):
+        return lambda: generate(model, prompt, tokens, temperature=0, use_cache=use_cache)
+    cands = [Candidate("generate, no cache (full model per token)", "reference", ours(False)),
+             Candidate("generate, latent KV cache", "backend", ours(True), check=_tokens_identical)]
+    module, reason = load("perceiver_ar_pytorch", "perceiver-ar-pytorch")
+    sampler, _ = load("perceiver_ar_pytorch.autoregressive_wrapper", "perceiver-ar-pytorch")
+    peer = None
+    if module is not None and sampler is not None:
+        wrapper = sampler.AutoregressiveWrapper(_peer_model(module, size, device))
+        peer = lambda: wrapper.generate(prompt, tokens)  # noqa: E731
+    cands.append(Candidate("perceiver-ar-pytorch AutoregressiveWrapper.generate", "peer", peer, skip=reason))
+    params = {k: size[k] for k in ("max_context", "latents", "width", "heads", "layers")}
+    return Case("perceiver_ar.generate", {**params, "prompt": size["max_context"], "tokens": tokens}, cands)
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
     size = (QUICK if quick else SIZES)[device.type]
     fused = "cpu" if device.type == "cpu" else "triton"
@@ -63,4 +101,5 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     cands = [Candidate("reference attention", "reference", _ours(size, device, "reference")),
              Candidate(f"PerceiverAR ({fused} attention)", "backend", _ours(size, device, fused)),
              Candidate("perceiver-ar-pytorch PerceiverAR", "peer", peer, skip=reason)]
-    return [Case("perceiver_ar.train_step", dict(size), cands)]
+    return [Case("perceiver_ar.train_step", dict(size), cands),
+            generate_case(size, device, tokens=8 if quick else GENERATE_TOKENS)]

@@ -69,16 +69,33 @@ struct Dims {
   int64_t B, H, N, M, D;
 };
 
+// Whether each (batch, head) of t[B, H, M, D] is M contiguous rows of D values; the heads and the
+// items may lie anywhere (e.g. the first M rows of a larger cache).
+bool rows_contiguous(const at::Tensor& t) {
+  return (t.size(3) == 1 || t.stride(3) == 1) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
+}
+
+// The first of the M rows of (batch·head) bh of t[B, H, M, D].
+template <typename T>
+const T* head_rows(const at::Tensor& t, int64_t bh) {
+  const int64_t H = t.size(1);
+  return t.data_ptr<T>() + (bh / H) * t.stride(0) + (bh % H) * t.stride(1);
+}
+
+// `strided_kv`: k and v need only rows_contiguous (the forward reads them head by head).
 Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const std::optional<at::Tensor>& key_lengths) {
+                  const std::optional<at::Tensor>& key_lengths, bool strided_kv = false) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "latent_attention (cpu): q, k, v must be [B, H, *, D]");
   const Dims d{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
   TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == d.B && k.size(1) == d.H && k.size(3) == d.D && d.M >= d.N,
               "latent_attention (cpu): k, v must be [B, H, M >= N, D] matching q");
-  for (const at::Tensor* t : {&q, &k, &v})
-    TORCH_CHECK(t->is_cpu() && t->is_contiguous() && t->scalar_type() == q.scalar_type() &&
+  for (const at::Tensor* t : {&q, &k, &v}) {
+    const bool layout_ok = t == &q || !strided_kv ? t->is_contiguous() : rows_contiguous(*t);
+    TORCH_CHECK(t->is_cpu() && layout_ok && t->scalar_type() == q.scalar_type() &&
                     (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble),
-                "latent_attention (cpu): q, k, v must be contiguous float32/64 CPU tensors of one dtype");
+                "latent_attention (cpu): q, k, v must be contiguous float32/64 CPU tensors of one dtype (the "
+                "forward's k and v: contiguous rows)");
+  }
   if (key_lengths)
     TORCH_CHECK(key_lengths->is_cpu() && key_lengths->scalar_type() == at::kLong && key_lengths->dim() == 1 &&
                     key_lengths->size(0) == d.B,
@@ -102,7 +119,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                const std::optional<at::Tensor>& key_lengths, double scale) {
-  const Dims d = check_inputs(q, k, v, key_lengths);
+  const Dims d = check_inputs(q, k, v, key_lengths, /*strided_kv=*/true);
   const std::vector<int64_t> lengths = lengths_of(key_lengths, d);
   at::Tensor out = at::empty_like(q), lse = at::empty({d.B, d.H, d.N}, q.options());
   // Tasks: (batch·head, block of queries); a block is independent of the others.
@@ -113,8 +130,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
         const int64_t bh = t / q_blocks, j0 = (t % q_blocks) * cpu::kAttentionQueryBlock;
         const cpu::AttentionShape s{d.N, d.D, lengths[bh / d.H]};
         cpu::latent_attention_forward<scalar_t>(
-            q.data_ptr<scalar_t>() + bh * d.N * d.D, k.data_ptr<scalar_t>() + bh * d.M * d.D,
-            v.data_ptr<scalar_t>() + bh * d.M * d.D, s, static_cast<scalar_t>(scale), j0,
+            q.data_ptr<scalar_t>() + bh * d.N * d.D, head_rows<scalar_t>(k, bh), head_rows<scalar_t>(v, bh), s, static_cast<scalar_t>(scale), j0,
             std::min(d.N, j0 + cpu::kAttentionQueryBlock), gemm_fn<scalar_t>(),
             out.data_ptr<scalar_t>() + bh * d.N * d.D, lse.data_ptr<scalar_t>() + bh * d.N);
       }

@@ -46,6 +46,23 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
     out[..., dims:].copy_(x[..., dims:])
 
 
+def _split_rotate(parts, cos, sin, dims: int, rotated: int):
+    """_HeadsRotary's forward: (the P outputs, the full_cos table used or None)."""
+    full_cos = _full_cos(cos, parts.shape[-1]) if parts[0].numel() < _SMALL else None
+    outs = tuple(parts.new_empty(parts.shape[1:]) for _ in range(parts.shape[0]))
+    for i, out in enumerate(outs):
+        _rotate_into(out, parts[i], cos, sin, dims if i < rotated else 0, 1.0, full_cos)
+    return outs, full_cos
+
+
+def split_rotate(parts, cos, sin, dims: int, rotated: int) -> tuple[torch.Tensor, ...]:
+    """_HeadsRotary where a gradient is needed; without one (sampling) the same writes without the
+    autograd node, whose Python overhead was most of the time of a one-token call."""
+    if torch.is_grad_enabled() and (parts.requires_grad or cos.requires_grad or sin.requires_grad):
+        return _HeadsRotary.apply(parts, cos, sin, dims, rotated)
+    return _split_rotate(parts, cos, sin, dims, rotated)[0]
+
+
 class _HeadsRotary(torch.autograd.Function):
     """parts[P, B, H, T, d] (any strides, e.g. a view of a projection's output [B, T, P·H·d]) ->
     P contiguous [B, H, T, d], the first `rotated` of them rotary-encoded. The head split, the copy
@@ -55,10 +72,7 @@ class _HeadsRotary(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, parts, cos, sin, dims: int, rotated: int):
-        full_cos = _full_cos(cos, parts.shape[-1]) if parts[0].numel() < _SMALL else None
-        outs = tuple(parts.new_empty(parts.shape[1:]) for _ in range(parts.shape[0]))
-        for i, out in enumerate(outs):
-            _rotate_into(out, parts[i], cos, sin, dims if i < rotated else 0, 1.0, full_cos)
+        outs, full_cos = _split_rotate(parts, cos, sin, dims, rotated)
         ctx.save_for_backward(cos, sin, full_cos)
         ctx.dims, ctx.rotated = dims, rotated
         ctx.layout = torch.empty_like(parts, device="meta")  # parts' strides where dense, for the gradient
@@ -169,7 +183,7 @@ class PartialRotary(nn.Module):
         """x[B, H, T, d] with channel pairs (i, i + dims/2), i < dims/2, rotated; the rest unchanged."""
         if self.dims == 0:
             return x
-        return _HeadsRotary.apply(x[None], *tables, self.dims, 1)[0]
+        return split_rotate(x[None], *tables, self.dims, 1)[0]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x[B, H, T, d], positions[T] or [B, T] (ints) -> x with its first `dims` channels rotated."""
@@ -195,7 +209,7 @@ class LatentAttention(nn.Module):
         """Projections x[B, T, P·width] -> P contiguous [B, H, T, d], the first `rotated` rotary-encoded."""
         B, T, C = x.shape
         parts = x.view(B, T, C // (self.heads * self.head_dim), self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return _HeadsRotary.apply(parts, *rope, self.rotary.dims, rotated)
+        return split_rotate(parts, *rope, self.rotary.dims, rotated)
 
     def gathered_keys_values(self, table: torch.Tensor, tokens: torch.Tensor,
                              rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,13 +75,21 @@ def _lengths_arg(key_lengths: torch.Tensor | None) -> torch.Tensor | None:
     return None if key_lengths is None else key_lengths.to("cpu", torch.int64)
 
 
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t[B, H, M, d] as the CPU forward reads keys and values: each head's M rows contiguous, the
+    heads anywhere. The views of a growing cache's first rows pass without a copy."""
+    if (t.shape[3] == 1 or t.stride(3) == 1) and (t.shape[2] <= 1 or t.stride(2) == t.shape[3]):
+        return t
+    return t.contiguous()
+
+
 @torch.library.custom_op("pyaudiok::latent_attention_cpu", mutates_args=(), device_types="cpu")
 def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
                  scale: float, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if keep is not None:
         k, v = _gather_keys(k, keep), _gather_keys(v, keep)
-    return cpp_op("latent_attention_forward")(q.contiguous(), k.contiguous(), v.contiguous(), _lengths_arg(key_lengths),
-                                              scale)
+    return cpp_op("latent_attention_forward")(q.contiguous(), _rows_contiguous(k), _rows_contiguous(v),
+                                              _lengths_arg(key_lengths), scale)
 
 
 @torch.library.custom_op("pyaudiok::latent_attention_cpu_backward", mutates_args=(), device_types="cpu")
@@ -150,11 +158,12 @@ def _triton_forward():
 # ----------------------------------------------------------------------------------------------
 # Backend registry.
 
-def _fused(get_op: Callable[[], Callable]):
+def _fused(get_op: Callable[[], Callable], kv_layout: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.contiguous):
+    """A backend's call of its raw op; `kv_layout` gives k and v the layout its kernel reads."""
     def run(q, k, v, key_lengths, scale, keep):
         if key_lengths is not None:
             key_lengths = key_lengths.to(q.device, torch.int64)
-        return get_op()(q.contiguous(), k.contiguous(), v.contiguous(), key_lengths, scale, keep)[0]
+        return get_op()(q.contiguous(), kv_layout(k), kv_layout(v), key_lengths, scale, keep)[0]
     return run
 
 
@@ -165,7 +174,7 @@ def _triton_head_dim(q, k, v, key_lengths, scale, keep):
 
 OP = dispatch.op("latent_cross_attention")
 OP.register("reference", latent_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-OP.register("cpu", _fused(lambda: _cpu_forward), devices=("cpu",), dtypes=(torch.float32, torch.float64),
+OP.register("cpu", _fused(lambda: _cpu_forward, _rows_contiguous), devices=("cpu",), dtypes=(torch.float32, torch.float64),
             availability=backends.cpu_reason)
 OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16,
             torch.bfloat16), availability=backends.triton_reason, constraint=_triton_head_dim)

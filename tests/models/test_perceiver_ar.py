@@ -6,7 +6,7 @@ import torch
 
 import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
-from pyaudiok.models.perceiver_ar import filter_logits, generate
+from pyaudiok.models.perceiver_ar import KVBuffer, filter_logits, generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,6 +86,26 @@ def test_step_logits_equal_full_forward():
         step_logits = model.step(tokens[:, t], cache)
         full, _ = model(tokens[:, :t + 1], t + 1 - 20)
         torch.testing.assert_close(step_logits, full[:, -1])
+
+
+def test_cache_grows_in_place_to_its_capacity():
+    """The window's caches are allocated once at its capacity (N latents or max_context inputs):
+    steps write rows into them, and a step past the capacity is refused."""
+    model = _model().eval()  # 12 latents, max_context 40
+    _, cache = model(torch.randint(0, 32, (2, 30)), 5, return_cache=True)
+    assert cache.cross.capacity == 30 + 7 and all(layer.capacity == 12 for layer in cache.layers)
+    storage = cache.cross.k.data_ptr()
+    for t in range(7):
+        model.step(torch.randint(0, 32, (2,)), cache)
+    assert cache.cross.k.data_ptr() == storage and cache.cross.length == 37 and cache.latents == 12
+    with pytest.raises(ValueError, match="full"):
+        model.step(torch.randint(0, 32, (2,)), cache)
+    buffer = KVBuffer(3)
+    k = torch.randn(1, 2, 2, 4)
+    got_k, got_v = buffer.append(k, -k)
+    assert torch.equal(got_k, k) and torch.equal(got_v, -k)
+    with pytest.raises(ValueError, match="holds 3"):
+        buffer.append(k, k)
 
 
 def test_filter_logits():

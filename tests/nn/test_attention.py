@@ -33,3 +33,19 @@ def test_latent_attention_module_matches_explicit_attention():
     out = attn.attend(q, k, v)
     want = attn.out(latent_attention_reference(q, k, v).transpose(1, 2).reshape(2, 6, 32))
     torch.testing.assert_close(out, want)
+
+
+def test_head_split_without_gradient_equals_the_autograd_path():
+    """Under no_grad the heads are split and rotated without the autograd node (sampling's path):
+    the same values, small (few-ops route) and large (head-by-head route) alike."""
+    attn = LatentAttention(128, 2).double()
+    for T in (3, 8192):
+        x = torch.randn(1, T, 128, dtype=torch.float64)
+        rope = attn.rotary.tables(torch.arange(T), x.dtype, T)
+        with_grad = attn.queries_keys_values(x, rope)
+        assert with_grad[0].grad_fn is not None
+        with torch.no_grad():
+            without = attn.queries_keys_values(x, rope)
+        assert without[0].grad_fn is None
+        for a, b in zip(with_grad, without):
+            assert b.is_contiguous() and torch.equal(a.detach(), b)

@@ -215,6 +215,27 @@ def test_non_contiguous_inputs(backend):
     compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v), (q, k, v), backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keys_values_viewed_from_a_larger_cache(backend):
+    """k, v as the first M rows of [B, H, capacity, d] buffers (a growing generation cache): the CPU
+    forward reads them in place, and every backend gives the reference's result."""
+    device = require_backend(OP, backend)
+    q, k, v = _inputs(2, 3, 5, 37, 16, device, grad=False)
+    k_buf, v_buf = (torch.randn(2, 3, 50, 16, device=device) for _ in range(2))
+    k_buf[:, :, :37], v_buf[:, :, :37] = k, v
+    k_view, v_view = k_buf[:, :, :37], v_buf[:, :, :37]
+    assert not k_view.is_contiguous()
+    with pyaudiok.use_backend(backend):
+        got = latent_cross_attention(q, k_view, v_view)
+    assert_close("out", got, latent_attention_reference(q.double(), k.double(), v.double()), torch.float32)
+    if backend == "cpu":  # the raw op takes the views as they are; other strides still get a clear error
+        out, _ = torch.ops.pyaudiok.latent_attention_forward(q, k_view, v_view, None, 0.25)
+        torch.testing.assert_close(out, latent_attention_reference(q, k, v, scale=0.25))
+        with pytest.raises(RuntimeError, match="contiguous rows"):
+            torch.ops.pyaudiok.latent_attention_forward(q, k.transpose(2, 3).contiguous().transpose(2, 3), v, None,
+                                                        0.25)
+
+
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 2, 4, 8), (2, 0, 4, 8), (2, 2, 0, 8)])
 def test_empty(backend, shape):
