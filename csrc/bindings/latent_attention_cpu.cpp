@@ -130,8 +130,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
         const int64_t bh = t / q_blocks, j0 = (t % q_blocks) * cpu::kAttentionQueryBlock;
         const cpu::AttentionShape s{d.N, d.D, lengths[bh / d.H]};
         cpu::latent_attention_forward<scalar_t>(
-            q.data_ptr<scalar_t>() + bh * d.N * d.D, head_rows<scalar_t>(k, bh), head_rows<scalar_t>(v, bh), s, static_cast<scalar_t>(scale), j0,
-            std::min(d.N, j0 + cpu::kAttentionQueryBlock), gemm_fn<scalar_t>(),
+            q.data_ptr<scalar_t>() + bh * d.N * d.D, head_rows<scalar_t>(k, bh), head_rows<scalar_t>(v, bh), s,
+            static_cast<scalar_t>(scale), j0, std::min(d.N, j0 + cpu::kAttentionQueryBlock), gemm_fn<scalar_t>(),
             out.data_ptr<scalar_t>() + bh * d.N * d.D, lse.data_ptr<scalar_t>() + bh * d.N);
       }
     });

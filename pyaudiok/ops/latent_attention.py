@@ -174,8 +174,8 @@ def _triton_head_dim(q, k, v, key_lengths, scale, keep):
 
 OP = dispatch.op("latent_cross_attention")
 OP.register("reference", latent_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-OP.register("cpu", _fused(lambda: _cpu_forward, _rows_contiguous), devices=("cpu",), dtypes=(torch.float32, torch.float64),
-            availability=backends.cpu_reason)
+OP.register("cpu", _fused(lambda: _cpu_forward, _rows_contiguous), devices=("cpu",),
+            dtypes=(torch.float32, torch.float64), availability=backends.cpu_reason)
 OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16,
             torch.bfloat16), availability=backends.triton_reason, constraint=_triton_head_dim)
 
