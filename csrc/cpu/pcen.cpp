@@ -28,25 +28,68 @@ struct Lane {
   }
 };
 
+// A row's constants as the float kernels use them. δ^(1/r) and ln δ are kept as each route computes
+// them: y = z^(1/r) − δ^(1/r) and ∂r's z^(1/r) ln z − δ^(1/r) ln δ cancel where E·P ≪ δ, so each
+// route subtracts its own evaluation of the same function at δ (z = δ then gives exactly 0, as the
+// reference's single pow does, and the routes' smooth errors cancel with the terms).
+struct Row {
+  float alpha, delta, inv_r, eps;
+  bool fast;                             // may take the fast route (see fast_route)
+  float exact_root, exact_log_delta;     // δ^(1/r), ln δ by the exact route
+  float fast_root, fast_log_delta;       // and by the fast route
+  // The backward's δ terms: (1/r)·δ^(1/r)/δ (∂δ) and δ^(1/r)·ln δ (∂r), [0] exact, [1] fast.
+  float delta_term[2], r_term[2];
+};
+
+// Whether a row may take the fast route at all: the factors of its exponents finite (a NaN α
+// must give NaN, which the range guard's min/max could miss).
+inline bool fast_route(float alpha, float inv_r) { return std::isfinite(alpha) && std::isfinite(inv_r); }
+
+PYAUDIOK_INLINE Row make_row(float alpha, float delta, float inv_r, float eps) {
+  using namespace simd;
+  v8f ld = splat(delta);
+  log_n<1>(&ld);
+  v8f dr = ld * inv_r;
+  exp_n<1>(&dr);
+  Row row{alpha, delta, inv_r, eps, fast_route(alpha, inv_r), dr[0], ld[0], dr[0], ld[0], {}, {}};
+  v8f l2 = splat(delta);
+  FastRangeGuard guard;
+  guard.log2_arg(l2);
+  log2_normal_n<1>(&l2);
+  v8f root = l2 * inv_r;
+  guard.exponent(root);
+  exp2_small_n<1>(&root);
+  if (guard.ok()) {  // else lanes near δ leave the fast route too, or δ^(1/r) is out of its range
+    row.fast_root = root[0];
+    row.fast_log_delta = l2[0] * 0.693147180559945309f;
+  }
+  row.delta_term[0] = inv_r * row.exact_root / delta;
+  row.delta_term[1] = inv_r * row.fast_root / delta;
+  row.r_term[0] = row.exact_root * row.exact_log_delta;
+  row.r_term[1] = row.fast_root * row.fast_log_delta;
+  return row;
+}
+
 // The per-value quantities of the compression for U vectors of 8 values at E, M:
-//   me = eps + M, log_m = ln me, P = me^(−α), z = E·P + δ, log_z = ln z, root = z^(1/r).
+//   me = eps + M, log_m = ln me, P = me^(−α), z = E·P + δ, log_z = ln z, root = z^(1/r),
+// and whether the fast route computed them (`fast`: subtract Row's fast δ terms, else the exact ones).
 // Each power is two long dependent chains; every step runs for the U vectors in a row so that the
 // core overlaps their chains. The fast route computes x^p as 2^(p·log2 x) (simd.h's log2_normal_n,
 // exp2_small_n); it needs me and z positive, normal and finite, every p·log2 x within ±126, and
-// the row's α and 1/r finite (`fast`, see fast_route). Where any lane is not (0, ∞, NaN, a negative
-// E, an extreme α or r), the exact route, simd.h's log_n/exp_n with their special values,
-// recomputes the U vectors.
+// the row's α and 1/r finite. Where any lane is not (0, ∞, NaN, a negative E, an extreme α or r),
+// the exact route, simd.h's log_n/exp_n with their special values, recomputes the U vectors.
 template <int U>
 struct Terms {
   simd::v8f me[U], log_m[U], P[U], z[U], log_z[U], root[U];
+  bool fast;
 };
 
 template <int U>
-PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, float alpha, float delta, float inv_r,
-                                       float eps, bool fast, Terms<U>& q) {
+PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row& row, Terms<U>& q) {
   using namespace simd;
   constexpr float kLn2 = 0.693147180559945309f;
-  if (fast) {
+  const float alpha = row.alpha, delta = row.delta, inv_r = row.inv_r, eps = row.eps;
+  if (row.fast) {
     v8f l2m[U], l2z[U];
     FastRangeGuard guard;
     for (int u = 0; u < U; ++u) {
@@ -74,6 +117,7 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, float alp
         q.log_m[u] = l2m[u] * kLn2;
         q.log_z[u] = l2z[u] * kLn2;
       }
+      q.fast = true;
       return;
     }
   }
@@ -85,37 +129,34 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, float alp
   log_n<U>(q.log_z);
   for (int u = 0; u < U; ++u) q.root[u] = q.log_z[u] * inv_r;
   exp_n<U>(q.root);
+  q.fast = false;
 }
-
-// Whether a row may take the fast route at all: the factors of its exponents finite (a NaN α
-// must give NaN, which the guard's min/max could miss).
-inline bool fast_route(float alpha, float inv_r) { return std::isfinite(alpha) && std::isfinite(inv_r); }
 
 // y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) for U vectors.
 template <int U>
-PYAUDIOK_INLINE void compress_vectors(const float* E, const float* M, float alpha, float delta, float inv_r,
-                                      float delta_root, float eps, bool fast, float* y) {
+PYAUDIOK_INLINE void compress_vectors(const float* E, const float* M, const Row& row, float* y) {
   Terms<U> q;
-  compression_terms<U>(E, M, alpha, delta, inv_r, eps, fast, q);
+  compression_terms<U>(E, M, row, q);
+  const float delta_root = q.fast ? row.fast_root : row.exact_root;
   for (int u = 0; u < U; ++u) simd::store8(y + 8 * u, q.root[u] - delta_root);
 }
 
+// The scalar tail uses libm, with the δ terms `q` computed by libm too.
 PYAUDIOK_CLONES
-void compress_row_f32(const float* E, const float* M, float alpha, float delta, float inv_r, float delta_root,
-                      float eps, int64_t n, float* y) {
-  const bool fast = fast_route(alpha, inv_r);
+void compress_row_f32(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
+  const Row row = make_row(q.alpha, q.delta, q.inv_r, eps);
   int64_t t = 0;
-  for (; t + 64 <= n; t += 64) compress_vectors<8>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, fast, y + t);
-  for (; t + 32 <= n; t += 32) compress_vectors<4>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, fast, y + t);
-  for (; t + 8 <= n; t += 8) compress_vectors<1>(E + t, M + t, alpha, delta, inv_r, delta_root, eps, fast, y + t);
+  for (; t + 64 <= n; t += 64) compress_vectors<8>(E + t, M + t, row, y + t);
+  for (; t + 32 <= n; t += 32) compress_vectors<4>(E + t, M + t, row, y + t);
+  for (; t + 8 <= n; t += 8) compress_vectors<1>(E + t, M + t, row, y + t);
   for (; t < n; ++t) {
-    const float z = E[t] * std::exp(-alpha * std::log(eps + M[t])) + delta;
-    y[t] = std::exp(std::log(z) * inv_r) - delta_root;
+    const float z = E[t] * std::exp(-q.alpha * std::log(eps + M[t])) + q.delta;
+    y[t] = std::exp(std::log(z) * q.inv_r) - q.delta_root;
   }
 }
 
 void compress_row(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
-  compress_row_f32(E, M, q.alpha, q.delta, q.inv_r, q.delta_root, eps, n, y);
+  compress_row_f32(E, M, q, eps, n, y);
 }
 
 void compress_row(const double* E, const double* M, const Lane<double>& q, double eps, int64_t n, double* y) {
@@ -126,12 +167,14 @@ void compress_row(const double* E, const double* M, const Lane<double>& q, doubl
 }
 
 template <int U>
-PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const float* M, float alpha, float delta,
-                                      float inv_r, float delta_term, float r_term, float eps, bool fast,
-                                      float* direct, float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
+PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const float* M, const Row& row, float* direct,
+                                      float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
   using namespace simd;
   Terms<U> q;
-  compression_terms<U>(E, M, alpha, delta, inv_r, eps, fast, q);
+  compression_terms<U>(E, M, row, q);
+  const float alpha = row.alpha, inv_r = row.inv_r;
+  const float delta_term = q.fast ? row.delta_term[1] : row.delta_term[0];
+  const float r_term = q.fast ? row.r_term[1] : row.r_term[0];
   for (int u = 0; u < U; ++u) {
     const v8f gv = load8(g + 8 * u), gz = gv * inv_r * q.root[u] / q.z[u], gzeP = gz * load8(E + 8 * u) * q.P[u];
     store8(direct + 8 * u, gz * q.P[u]);
@@ -145,29 +188,26 @@ PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const floa
 // The backward's per-value terms of one row, independent of the recurrence: with
 // P = (eps + M)^(−α), z = E·P + δ, gz = g·(1/r)·z^(1/r − 1):
 //   direct[t] = gz·P (∂y/∂E at fixed M), drive[t] = −α·gz·E·P/(eps + M) (what feeds λ),
-// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2]. Four vectors at a time, as compress_row_f32.
+// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2]. Eight vectors at a time, as compress_row_f32.
 PYAUDIOK_CLONES
-void backward_terms_f32(const float* g, const float* E, const float* M, float alpha, float delta, float inv_r,
-                        float delta_root, float log_delta, float eps, int64_t n, float* direct, float* drive,
-                        double* acc) {
+void backward_terms_f32(const float* g, const float* E, const float* M, const Lane<float>& lane, float eps, int64_t n,
+                        float* direct, float* drive, double* acc) {
   using namespace simd;
-  const float delta_term = inv_r * delta_root / delta, r_term = delta_root * log_delta;
-  const bool fast = fast_route(alpha, inv_r);
+  const Row row = make_row(lane.alpha, lane.delta, lane.inv_r, eps);
   constexpr int kUnroll = 8;
   v8f s0[kUnroll]{}, s1[kUnroll]{}, s2[kUnroll]{};
   int64_t t = 0;
   for (; t + 8 * kUnroll <= n; t += 8 * kUnroll)
-    backward_vectors<kUnroll>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, fast, direct + t,
-                              drive + t, s0, s1, s2);
-  for (; t + 8 <= n; t += 8)
-    backward_vectors<1>(g + t, E + t, M + t, alpha, delta, inv_r, delta_term, r_term, eps, fast, direct + t,
-                        drive + t, s0, s1, s2);
+    backward_vectors<kUnroll>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
+  for (; t + 8 <= n; t += 8) backward_vectors<1>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
   for (int u = 0; u < kUnroll; ++u)
     for (int l = 0; l < 8; ++l) {
       acc[0] += s0[u][l];
       acc[1] += s1[u][l];
       acc[2] += s2[u][l];
     }
+  const float alpha = lane.alpha, delta = lane.delta, inv_r = lane.inv_r;
+  const float delta_term = inv_r * lane.delta_root / delta, r_term = lane.delta_root * lane.log_delta;
   for (; t < n; ++t) {
     const float me = M[t] + eps, log_m = std::log(me), P = std::exp(-alpha * log_m), z = E[t] * P + delta;
     const float log_z = std::log(z), z_root = std::exp(log_z * inv_r), gz = g[t] * inv_r * z_root / z;
@@ -182,7 +222,7 @@ void backward_terms_f32(const float* g, const float* E, const float* M, float al
 
 void backward_terms(const float* g, const float* E, const float* M, const Lane<float>& q, float eps, int64_t n,
                     float* direct, float* drive, double* acc) {
-  backward_terms_f32(g, E, M, q.alpha, q.delta, q.inv_r, q.delta_root, q.log_delta, eps, n, direct, drive, acc);
+  backward_terms_f32(g, E, M, q, eps, n, direct, drive, acc);
 }
 
 void backward_terms(const double* g, const double* E, const double* M, const Lane<double>& q, double eps, int64_t n,

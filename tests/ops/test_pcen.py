@@ -96,6 +96,27 @@ def test_special_values_and_extreme_parameters_match_reference(backend):
         assert (err <= bound).all(), f"eps={eps}: worst excess {(err / bound).max():.2f}x"
 
 
+def test_silence_gives_exactly_zero_on_cpu():
+    """E = 0 makes z = δ exactly, so y = z^(1/r) − δ^(1/r) must be exactly 0, as in the reference: the
+    kernel subtracts δ^(1/r) as computed by the same route as z^(1/r) (with 1/r up to 10, the routes'
+    rounding differences would otherwise show in y where E·P ≪ δ)."""
+    require_backend(PCEN, "cpu")
+    E, a, d, r, s = inputs(2, 9, 70, grad=False)
+    E[:, :, :] = 0.0
+    r = torch.linspace(0.1, 3.0, 9)
+    got = pcen(E, a, d, r, s)
+    assert torch.equal(got, torch.zeros_like(got))
+    # Near silence, E·P ≪ δ: the error measured against the terms that cancel (δ^(1/r)) is within 4× the
+    # float32 reference's.
+    E = 10 ** (torch.rand(2, 9, 70) * 4 - 12)
+    got = pcen(E, a, d, r, s).double()
+    want = pcen_reference(E.double(), a.double(), d.double(), r.double(), s.double())
+    want_f32 = pcen_reference(E, a, d, r, s).double()
+    scale = d.double()[:, None] ** (1 / r.double()[:, None])
+    err, ref_err = ((got - want).abs() / scale).max(), ((want_f32 - want).abs() / scale).max()
+    assert err <= 4 * ref_err, (err, ref_err)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("log2_y", [125.5, 127.2, 127.9])
 def test_results_near_the_float_maximum_stay_finite(backend, log2_y):
