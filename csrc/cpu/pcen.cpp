@@ -1,6 +1,6 @@
 // sPCEN on the CPU, in groups of kLanes = 8 channels. The smoother runs on 8×8 blocks transposed
 // so that one vector holds one time step of the 8 channels (their independent recurrences advance
-// together); the compression (two powers per value) then runs vectorised along time, four vectors
+// together); the compression (two powers per value) then runs vectorised along time, eight vectors
 // at a time so that the long chains of the powers interleave. The backward's adjoint is the same
 // kind of blocked scan, backwards in time; everything else in it runs row by row along time.
 #include "pcen.h"
@@ -28,30 +28,48 @@ struct Lane {
   }
 };
 
-// A row's constants as the float kernels use them. δ^(1/r) and ln δ are kept as each route computes
-// them: y = z^(1/r) − δ^(1/r) and ∂r's z^(1/r) ln z − δ^(1/r) ln δ cancel where E·P ≪ δ, so each
-// route subtracts its own evaluation of the same function at δ (z = δ then gives exactly 0, as the
-// reference's single pow does, and the routes' smooth errors cancel with the terms).
+// δ^(1/r) and the backward's δ terms, as one route computes δ^(1/r) and ln δ. y = z^(1/r) − δ^(1/r)
+// and ∂r's z^(1/r) ln z − δ^(1/r) ln δ cancel where E·P ≪ δ, so each route (fast, exact, the
+// scalar tail's libm) subtracts its own evaluation of the same function at δ: z = δ then gives
+// exactly 0, as the reference's single pow does, and the route's smooth errors cancel with the terms.
+template <typename T>
+struct DeltaTerms {
+  T root;        // δ^(1/r)
+  T delta_term;  // (1/r)·δ^(1/r)/δ, in ∂δ
+  T r_term;      // δ^(1/r)·ln δ, in ∂r
+};
+
+template <typename T>
+PYAUDIOK_INLINE DeltaTerms<T> delta_terms(T root, T log_delta, T delta, T inv_r) {
+  return {root, inv_r * root / delta, root * log_delta};
+}
+
+// The libm terms of a lane (its delta_root and log_delta), for the scalar loops.
+template <typename T>
+PYAUDIOK_INLINE DeltaTerms<T> delta_terms(const Lane<T>& q) {
+  return delta_terms(q.delta_root, q.log_delta, q.delta, q.inv_r);
+}
+
+// A row's constants as the float kernels use them.
 struct Row {
   float alpha, delta, inv_r, eps;
-  bool fast;                             // may take the fast route (see fast_route)
-  float exact_root, exact_log_delta;     // δ^(1/r), ln δ by the exact route
-  float fast_root, fast_log_delta;       // and by the fast route
-  // The backward's δ terms: (1/r)·δ^(1/r)/δ (∂δ) and δ^(1/r)·ln δ (∂r), [0] exact, [1] fast.
-  float delta_term[2], r_term[2];
+  bool try_fast;                  // may take the fast route (see fast_route)
+  DeltaTerms<float> exact, fast;  // by each route
 };
 
 // Whether a row may take the fast route at all: the factors of its exponents finite (a NaN α
 // must give NaN, which the range guard's min/max could miss).
 inline bool fast_route(float alpha, float inv_r) { return std::isfinite(alpha) && std::isfinite(inv_r); }
 
-PYAUDIOK_INLINE Row make_row(float alpha, float delta, float inv_r, float eps) {
+PYAUDIOK_INLINE Row make_row(const Lane<float>& lane, float eps) {
   using namespace simd;
+  const float delta = lane.delta, inv_r = lane.inv_r;
   v8f ld = splat(delta);
   log_n<1>(&ld);
   v8f dr = ld * inv_r;
   exp_n<1>(&dr);
-  Row row{alpha, delta, inv_r, eps, fast_route(alpha, inv_r), dr[0], ld[0], dr[0], ld[0], {}, {}};
+  const DeltaTerms<float> exact = delta_terms(dr[0], ld[0], delta, inv_r);
+  Row row{lane.alpha, delta, inv_r, eps, fast_route(lane.alpha, inv_r), exact, exact};
   v8f l2 = splat(delta);
   FastRangeGuard guard;
   guard.log2_arg(l2);
@@ -59,20 +77,14 @@ PYAUDIOK_INLINE Row make_row(float alpha, float delta, float inv_r, float eps) {
   v8f root = l2 * inv_r;
   guard.exponent(root);
   exp2_small_n<1>(&root);
-  if (guard.ok()) {  // else lanes near δ leave the fast route too, or δ^(1/r) is out of its range
-    row.fast_root = root[0];
-    row.fast_log_delta = l2[0] * 0.693147180559945309f;
-  }
-  row.delta_term[0] = inv_r * row.exact_root / delta;
-  row.delta_term[1] = inv_r * row.fast_root / delta;
-  row.r_term[0] = row.exact_root * row.exact_log_delta;
-  row.r_term[1] = row.fast_root * row.fast_log_delta;
+  if (guard.ok())  // else lanes near δ leave the fast route too, or δ^(1/r) is out of its range
+    row.fast = delta_terms(root[0], l2[0] * 0.693147180559945309f, delta, inv_r);
   return row;
 }
 
 // The per-value quantities of the compression for U vectors of 8 values at E, M:
 //   me = eps + M, log_m = ln me, P = me^(−α), z = E·P + δ, log_z = ln z, root = z^(1/r),
-// and whether the fast route computed them (`fast`: subtract Row's fast δ terms, else the exact ones).
+// and whether the fast route computed them (`fast`: they take Row's fast δ terms, else the exact ones).
 // Each power is two long dependent chains; every step runs for the U vectors in a row so that the
 // core overlaps their chains. The fast route computes x^p as 2^(p·log2 x) (simd.h's log2_normal_n,
 // exp2_small_n); it needs me and z positive, normal and finite, every p·log2 x within ±126, and
@@ -89,7 +101,7 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row
   using namespace simd;
   constexpr float kLn2 = 0.693147180559945309f;
   const float alpha = row.alpha, delta = row.delta, inv_r = row.inv_r, eps = row.eps;
-  if (row.fast) {
+  if (row.try_fast) {
     v8f l2m[U], l2z[U];
     FastRangeGuard guard;
     for (int u = 0; u < U; ++u) {
@@ -137,33 +149,32 @@ template <int U>
 PYAUDIOK_INLINE void compress_vectors(const float* E, const float* M, const Row& row, float* y) {
   Terms<U> q;
   compression_terms<U>(E, M, row, q);
-  const float delta_root = q.fast ? row.fast_root : row.exact_root;
+  const float delta_root = q.fast ? row.fast.root : row.exact.root;
   for (int u = 0; u < U; ++u) simd::store8(y + 8 * u, q.root[u] - delta_root);
 }
 
-// The scalar tail uses libm, with the δ terms `q` computed by libm too.
+// The same, value by value with libm, for t in [t_begin, n): float's tail and the double kernel.
+template <typename T>
+PYAUDIOK_INLINE void compress_scalar(const T* E, const T* M, const Lane<T>& q, T eps, int64_t t_begin, int64_t n,
+                                     T* y) {
+  for (int64_t t = t_begin; t < n; ++t) {
+    const T z = E[t] * std::exp(-q.alpha * std::log(eps + M[t])) + q.delta;
+    y[t] = std::exp(std::log(z) * q.inv_r) - q.delta_root;
+  }
+}
+
 PYAUDIOK_CLONES
-void compress_row_f32(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
-  const Row row = make_row(q.alpha, q.delta, q.inv_r, eps);
+void compress_row(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
+  const Row row = make_row(q, eps);
   int64_t t = 0;
   for (; t + 64 <= n; t += 64) compress_vectors<8>(E + t, M + t, row, y + t);
   for (; t + 32 <= n; t += 32) compress_vectors<4>(E + t, M + t, row, y + t);
   for (; t + 8 <= n; t += 8) compress_vectors<1>(E + t, M + t, row, y + t);
-  for (; t < n; ++t) {
-    const float z = E[t] * std::exp(-q.alpha * std::log(eps + M[t])) + q.delta;
-    y[t] = std::exp(std::log(z) * q.inv_r) - q.delta_root;
-  }
-}
-
-void compress_row(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
-  compress_row_f32(E, M, q, eps, n, y);
+  compress_scalar(E, M, q, eps, t, n, y);
 }
 
 void compress_row(const double* E, const double* M, const Lane<double>& q, double eps, int64_t n, double* y) {
-  for (int64_t t = 0; t < n; ++t) {
-    const double z = E[t] * std::exp(-q.alpha * std::log(eps + M[t])) + q.delta;
-    y[t] = std::exp(std::log(z) * q.inv_r) - q.delta_root;
-  }
+  compress_scalar(E, M, q, eps, 0, n, y);
 }
 
 template <int U>
@@ -173,8 +184,9 @@ PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const floa
   Terms<U> q;
   compression_terms<U>(E, M, row, q);
   const float alpha = row.alpha, inv_r = row.inv_r;
-  const float delta_term = q.fast ? row.delta_term[1] : row.delta_term[0];
-  const float r_term = q.fast ? row.r_term[1] : row.r_term[0];
+  // Selected by value: a reference into `row` would keep it in memory, reloaded after every store.
+  const float delta_term = q.fast ? row.fast.delta_term : row.exact.delta_term;
+  const float r_term = q.fast ? row.fast.r_term : row.exact.r_term;
   for (int u = 0; u < U; ++u) {
     const v8f gv = load8(g + 8 * u), gz = gv * inv_r * q.root[u] / q.z[u], gzeP = gz * load8(E + 8 * u) * q.P[u];
     store8(direct + 8 * u, gz * q.P[u]);
@@ -188,12 +200,30 @@ PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const floa
 // The backward's per-value terms of one row, independent of the recurrence: with
 // P = (eps + M)^(−α), z = E·P + δ, gz = g·(1/r)·z^(1/r − 1):
 //   direct[t] = gz·P (∂y/∂E at fixed M), drive[t] = −α·gz·E·P/(eps + M) (what feeds λ),
-// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2]. Eight vectors at a time, as compress_row_f32.
+// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2]. Value by value with libm, for t in [t_begin, n):
+// float's tail and the double kernel.
+template <typename T>
+PYAUDIOK_INLINE void backward_scalar(const T* g, const T* E, const T* M, const Lane<T>& q, T eps, int64_t t_begin,
+                                     int64_t n, T* direct, T* drive, double* acc) {
+  const DeltaTerms<T> d = delta_terms(q);
+  for (int64_t t = t_begin; t < n; ++t) {
+    const T me = M[t] + eps, log_m = std::log(me), P = std::exp(-q.alpha * log_m), z = E[t] * P + q.delta;
+    const T log_z = std::log(z), z_root = std::exp(log_z * q.inv_r), gz = g[t] * q.inv_r * z_root / z;
+    const T gzeP = gz * E[t] * P;
+    direct[t] = gz * P;
+    drive[t] = -q.alpha * gzeP / me;
+    acc[0] -= gzeP * log_m;
+    acc[1] += gz - g[t] * d.delta_term;
+    acc[2] -= g[t] * q.inv_r * q.inv_r * (z_root * log_z - d.r_term);
+  }
+}
+
+// The same terms, eight vectors at a time as compress_row, the tail by backward_scalar.
 PYAUDIOK_CLONES
-void backward_terms_f32(const float* g, const float* E, const float* M, const Lane<float>& lane, float eps, int64_t n,
-                        float* direct, float* drive, double* acc) {
+void backward_terms(const float* g, const float* E, const float* M, const Lane<float>& q, float eps, int64_t n,
+                    float* direct, float* drive, double* acc) {
   using namespace simd;
-  const Row row = make_row(lane.alpha, lane.delta, lane.inv_r, eps);
+  const Row row = make_row(q, eps);
   constexpr int kUnroll = 8;
   v8f s0[kUnroll]{}, s1[kUnroll]{}, s2[kUnroll]{};
   int64_t t = 0;
@@ -206,37 +236,12 @@ void backward_terms_f32(const float* g, const float* E, const float* M, const La
       acc[1] += s1[u][l];
       acc[2] += s2[u][l];
     }
-  const float alpha = lane.alpha, delta = lane.delta, inv_r = lane.inv_r;
-  const float delta_term = inv_r * lane.delta_root / delta, r_term = lane.delta_root * lane.log_delta;
-  for (; t < n; ++t) {
-    const float me = M[t] + eps, log_m = std::log(me), P = std::exp(-alpha * log_m), z = E[t] * P + delta;
-    const float log_z = std::log(z), z_root = std::exp(log_z * inv_r), gz = g[t] * inv_r * z_root / z;
-    const float gzeP = gz * E[t] * P;
-    direct[t] = gz * P;
-    drive[t] = -alpha * gzeP / me;
-    acc[0] -= gzeP * log_m;
-    acc[1] += gz - g[t] * delta_term;
-    acc[2] -= g[t] * inv_r * inv_r * (z_root * log_z - r_term);
-  }
-}
-
-void backward_terms(const float* g, const float* E, const float* M, const Lane<float>& q, float eps, int64_t n,
-                    float* direct, float* drive, double* acc) {
-  backward_terms_f32(g, E, M, q, eps, n, direct, drive, acc);
+  backward_scalar(g, E, M, q, eps, t, n, direct, drive, acc);
 }
 
 void backward_terms(const double* g, const double* E, const double* M, const Lane<double>& q, double eps, int64_t n,
                     double* direct, double* drive, double* acc) {
-  for (int64_t t = 0; t < n; ++t) {
-    const double me = M[t] + eps, log_m = std::log(me), P = std::exp(-q.alpha * log_m), z = E[t] * P + q.delta;
-    const double log_z = std::log(z), z_root = std::exp(log_z * q.inv_r), gz = g[t] * q.inv_r * z_root / z;
-    const double gzeP = gz * E[t] * P;
-    direct[t] = gz * P;
-    drive[t] = -q.alpha * gzeP / me;
-    acc[0] -= gzeP * log_m;
-    acc[1] += gz - g[t] * q.inv_r * q.delta_root / q.delta;
-    acc[2] -= g[t] * q.inv_r * q.inv_r * (z_root * log_z - q.delta_root * q.log_delta);
-  }
+  backward_scalar(g, E, M, q, eps, 0, n, direct, drive, acc);
 }
 
 // Steps [t_begin, t_end) of the smoother of L rows (row stride n_time) side by side, from and

@@ -59,7 +59,8 @@ inline __attribute__((always_inline)) void transpose8x8(v8f* r) {
   for (int i = 0; i < 8; ++i) __builtin_memcpy(&r[i], m[i], sizeof r[i]);
 #endif
 }
-inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+inline __attribute__((always_inline)) v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+inline __attribute__((always_inline)) v8f vmin(v8f a, v8f b) { return a < b ? a : b; }
 
 // exp and log over U vectors at once, in place: every step is written for the U vectors in a row,
 // so U independent evaluations interleave in program order. Each evaluation is a chain of ~30
@@ -136,7 +137,6 @@ inline __attribute__((always_inline)) void log_n(v8f* x) {
   }
 }
 
-
 // Fast log2 and exp2 for arguments the caller has checked (see FastRangeGuard): about half the
 // operations of log_n/exp_n above, with no special-value handling. Where a result feeds an exp,
 // as in x^p = 2^(p·log2 x), only log2's absolute error matters, here < 1e-9 (plus rounding).
@@ -202,15 +202,15 @@ inline __attribute__((always_inline)) bool any(v8i mask) {
 // argument poisons `poison` (x·0 + p is NaN for them), while min/max may drop a NaN.
 struct FastRangeGuard {
   v8f poison{}, smallest = splat(1.f), lowest{}, highest{};
-  void log2_arg(v8f x) {
+  __attribute__((always_inline)) void log2_arg(v8f x) {
     poison = x * 0.f + poison;
-    smallest = smallest < x ? smallest : x;
+    smallest = vmin(smallest, x);
   }
-  void exponent(v8f y) {
-    lowest = lowest < y ? lowest : y;
-    highest = highest > y ? highest : y;
+  __attribute__((always_inline)) void exponent(v8f y) {
+    lowest = vmin(lowest, y);
+    highest = vmax(highest, y);
   }
-  bool ok() const {
+  __attribute__((always_inline)) bool ok() const {
     return !any(~((poison == 0.f) & (smallest >= 1.17549435e-38f) & (lowest > -126.f) & (highest < 126.f)));
   }
 };
