@@ -86,9 +86,10 @@ def generate_case(size, device, tokens: int) -> Case:
     cands = [Candidate("generate, no cache (full model per token)", "reference", ours(False)),
              Candidate("generate, latent KV cache", "backend", ours(True), check=_tokens_identical)]
     module, reason = load("perceiver_ar_pytorch", "perceiver-ar-pytorch")
-    sampler, _ = load("perceiver_ar_pytorch.autoregressive_wrapper", "perceiver-ar-pytorch")
+    sampler, sampler_reason = load("perceiver_ar_pytorch.autoregressive_wrapper", "perceiver-ar-pytorch")
+    reason = reason or sampler_reason
     peer = None
-    if module is not None and sampler is not None:
+    if reason is None:
         wrapper = sampler.AutoregressiveWrapper(_peer_model(module, size, device))
         peer = lambda: wrapper.generate(prompt, tokens)  # noqa: E731
     cands.append(Candidate("perceiver-ar-pytorch AutoregressiveWrapper.generate", "peer", peer, skip=reason))

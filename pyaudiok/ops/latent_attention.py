@@ -159,7 +159,8 @@ def _triton_forward():
 # Backend registry.
 
 def _fused(get_op: Callable[[], Callable], kv_layout: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.contiguous):
-    """A backend's call of its raw op; `kv_layout` gives k and v the layout its kernel reads."""
+    """A backend's call of its raw op; `kv_layout` gives k and v the layout its kernel reads (the CPU
+    op lays them out itself: _rows_contiguous)."""
     def run(q, k, v, key_lengths, scale, keep):
         if key_lengths is not None:
             key_lengths = key_lengths.to(q.device, torch.int64)
@@ -174,7 +175,7 @@ def _triton_head_dim(q, k, v, key_lengths, scale, keep):
 
 OP = dispatch.op("latent_cross_attention")
 OP.register("reference", latent_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-OP.register("cpu", _fused(lambda: _cpu_forward, _rows_contiguous), devices=("cpu",),
+OP.register("cpu", _fused(lambda: _cpu_forward, kv_layout=lambda t: t), devices=("cpu",),
             dtypes=(torch.float32, torch.float64), availability=backends.cpu_reason)
 OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16,
             torch.bfloat16), availability=backends.triton_reason, constraint=_triton_head_dim)

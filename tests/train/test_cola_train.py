@@ -8,6 +8,8 @@ from pyaudiok import cli
 from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.train import cola
 
+from .device_runs import assert_unknown_device_refused, run_on
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -35,17 +37,14 @@ def test_cli_pretrains_and_probes(tmp_path, capsys):
 
 
 def test_cli_accepts_a_device(tmp_path):
-    assert cli.main(_tiny_run(tmp_path) + ["--device", "cpu"]) == 0
-    assert json.loads((tmp_path / "results.json").read_text())["config"]["device"] == "cpu"
-    with pytest.raises(SystemExit):
-        cli.main(_tiny_run(tmp_path) + ["--device", "tpu"])
+    run_on(cli.main, _tiny_run(tmp_path), tmp_path, "cpu")
+    assert_unknown_device_refused(cli.main, _tiny_run(tmp_path))
 
 
 @pytest.mark.gpu
 def test_cli_trains_on_cuda(tmp_path):
-    assert cli.main(_tiny_run(tmp_path) + ["--device", "cuda"]) == 0
-    result = json.loads((tmp_path / "results.json").read_text())
-    assert result["config"]["device"] == "cuda" and result["last_loss"] < result["first_loss"]
+    result = run_on(cli.main, _tiny_run(tmp_path), tmp_path, "cuda")
+    assert result["last_loss"] < result["first_loss"]
     for run in ("cola", "random_encoder"):
         assert 0 <= result[run]["probe_test_accuracy"] <= 1
     state = torch.load(tmp_path / "cola.pt", weights_only=False)  # saved on the CPU: no map_location needed

@@ -1,6 +1,5 @@
 """`pyaudiok train dive`: a few steps on generated conversations, held-out DER, outputs."""
 import json
-import math
 
 import pytest
 
@@ -9,6 +8,8 @@ from pyaudiok.codec.audio import save_audio
 from pyaudiok.data.speakers import Conversations, SpeakerBank
 from pyaudiok.metrics import read_rttm
 from pyaudiok.train import dive
+
+from .device_runs import assert_unknown_device_refused, run_on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,27 +38,24 @@ def test_cli_trains_and_reports_der(tmp_path, capsys):
     assert cli.main(["diarize", str(tmp_path / "talk.wav"), "--checkpoint", str(tmp_path / "none.pt")]) == 2
 
 
-def _check_run(out_dir, device: str) -> dict:
-    """results.json of a tiny run on `device`: DER from its parts, the log's steps, the checkpoint."""
-    result = json.loads((out_dir / "results.json").read_text())
+def _run_on(out_dir, device: str) -> dict:
+    """A tiny run on `device` (device_runs.run_on): DER from its parts, the log's steps, the checkpoint."""
+    result = run_on(cli.main, TINY + ["--out", str(out_dir)], out_dir, device)
     after = result["after"]
-    assert result["config"]["device"] == device
     assert after["der"] == pytest.approx((after["missed"] + after["false_alarm"] + after["confusion"]) / after["total"])
     assert [r["step"] for r in result["log"]] == [2, 4] and (out_dir / "checkpoint.pt").exists()
     return result
 
 
 def test_cli_accepts_device_cpu(tmp_path, capsys):
-    assert cli.main(TINY + ["--device", "cpu", "--out", str(tmp_path)]) == 0
-    _check_run(tmp_path, "cpu")
+    _run_on(tmp_path, "cpu")
     assert "parameters on cpu" in capsys.readouterr().out
+    assert_unknown_device_refused(cli.main, TINY + ["--out", str(tmp_path)])
 
 
 @pytest.mark.gpu
 def test_cli_trains_on_cuda(tmp_path, capsys):
-    assert cli.main(TINY + ["--device", "cuda", "--out", str(tmp_path)]) == 0
-    result = _check_run(tmp_path, "cuda")
-    assert all(math.isfinite(row["loss"]) for row in result["log"])
+    _run_on(tmp_path, "cuda")
     assert "parameters on cuda" in capsys.readouterr().out
     # The checkpoint of the GPU run loads on the CPU, for `pyaudiok diarize`.
     assert all(p.device.type == "cpu" for p in dive.load_model(tmp_path).parameters())

@@ -1,6 +1,5 @@
 """`pyaudiok train permutation`: data, a tiny end-to-end run through the CLI, the probe output."""
 import json
-import math
 
 import pytest
 import torch
@@ -9,6 +8,8 @@ from pyaudiok import cli
 from pyaudiok.train.checkpoint import load_checkpoint
 from pyaudiok.train.permutation import FAMILIES, FRAMES, N_MELS, linear_probe, log_mel, synth_notes
 from pyaudiok.train.runtime import read_run_checkpoint
+
+from .device_runs import assert_unknown_device_refused, run_on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,17 +46,14 @@ def test_cli_runs_and_reports_both_encoders(tmp_path, capsys):
 
 
 def test_cli_accepts_a_device(tmp_path):
-    assert cli.main(_tiny_run(tmp_path) + ["--device", "cpu"]) == 0
-    assert json.loads((tmp_path / "results.json").read_text())["config"]["device"] == "cpu"
-    with pytest.raises(SystemExit):
-        cli.main(_tiny_run(tmp_path) + ["--device", "tpu"])
+    run_on(cli.main, _tiny_run(tmp_path), tmp_path, "cpu")
+    assert_unknown_device_refused(cli.main, _tiny_run(tmp_path))
 
 
 @pytest.mark.gpu
 def test_cli_trains_on_cuda(tmp_path):
-    assert cli.main(_tiny_run(tmp_path) + ["--device", "cuda"]) == 0
-    result = json.loads((tmp_path / "results.json").read_text())
-    assert result["config"]["device"] == "cuda" and all(math.isfinite(row["loss"]) for row in result["log"])
+    result = run_on(cli.main, _tiny_run(tmp_path), tmp_path, "cuda")
+    assert result["log"]  # run_on checked every logged loss is finite
     for name in ("pretext", "random_init"):
         assert 0 <= result[name]["pitch_accuracy"] <= 1 and 0 <= result[name]["instrument_accuracy"] <= 1
     saved = load_checkpoint(tmp_path / "checkpoint.pt", map_location=None)["model"]["encoder.0.weight"]

@@ -9,6 +9,8 @@ from pyaudiok import cli
 from pyaudiok.codec.audio import load_audio, save_audio
 from pyaudiok.train import wavesplit
 
+from .device_runs import assert_unknown_device_refused, run_on
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["train", "wavesplit", "--steps", "4", "--batch", "2", "--segment-seconds", "0.25", "--channels", "8",
@@ -39,11 +41,10 @@ def test_cli_trains_and_reports_si_sdr_improvement(tmp_path, capsys):
                      str(tmp_path / "sep2")]) == 2
 
 
-def _check_run(out_dir, device: str) -> dict:
-    """results.json of a tiny run on `device`: finite SI-SDRs, SI-SDRi their difference, the log's steps."""
-    result = json.loads((out_dir / "results.json").read_text())
+def _run_on(out_dir, device: str) -> dict:
+    """A tiny run on `device` (device_runs.run_on): finite SI-SDRs, SI-SDRi their difference, the log's steps."""
+    result = run_on(cli.main, TINY + ["--out", str(out_dir)], out_dir, device)
     after = result["after"]
-    assert result["config"]["device"] == device
     assert all(math.isfinite(after[k]) for k in ("si_sdr", "mixture_si_sdr", "si_sdri"))
     assert after["si_sdri"] == pytest.approx(after["si_sdr"] - after["mixture_si_sdr"], abs=1e-4)
     assert [r["step"] for r in result["log"]] == [2, 4] and (out_dir / "checkpoint.pt").exists()
@@ -51,17 +52,15 @@ def _check_run(out_dir, device: str) -> dict:
 
 
 def test_cli_accepts_device_cpu(tmp_path, capsys):
-    assert cli.main(TINY + ["--device", "cpu", "--out", str(tmp_path)]) == 0
-    _check_run(tmp_path, "cpu")
+    _run_on(tmp_path, "cpu")
     assert "parameters on cpu" in capsys.readouterr().out
+    assert_unknown_device_refused(cli.main, TINY + ["--out", str(tmp_path)])
 
 
 @pytest.mark.gpu
 def test_cli_trains_on_cuda(tmp_path, capsys):
     # Evaluation runs k-means++ on the GPU: its generator must be a CUDA one.
-    assert cli.main(TINY + ["--device", "cuda", "--out", str(tmp_path)]) == 0
-    result = _check_run(tmp_path, "cuda")
-    assert all(math.isfinite(row["loss"]) for row in result["log"])
+    _run_on(tmp_path, "cuda")
     assert "parameters on cuda" in capsys.readouterr().out
     # The checkpoint of the GPU run loads on the CPU, for `pyaudiok separate`.
     model, rate = wavesplit.load_model(tmp_path)
