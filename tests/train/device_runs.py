@@ -21,3 +21,11 @@ def run_on(main: Callable[[list[str]], int], argv: list[str], out_dir: Path, dev
 def assert_unknown_device_refused(main: Callable[[list[str]], int], argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         main(argv + ["--device", "tpu"])
+
+
+def check_device_option(main: Callable[[list[str]], int], argv: list[str], out_dir: Path) -> dict:
+    """What every trainer's CPU test of the option checks: a run with --device cpu (run_on), and
+    an unknown device refused. Returns the run's results."""
+    result = run_on(main, argv, out_dir, "cpu")
+    assert_unknown_device_refused(main, argv)
+    return result

@@ -8,7 +8,7 @@ from pyaudiok import cli
 from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.train import cola
 
-from .device_runs import assert_unknown_device_refused, run_on
+from .device_runs import check_device_option, run_on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,8 +37,7 @@ def test_cli_pretrains_and_probes(tmp_path, capsys):
 
 
 def test_cli_accepts_a_device(tmp_path):
-    run_on(cli.main, _tiny_run(tmp_path), tmp_path, "cpu")
-    assert_unknown_device_refused(cli.main, _tiny_run(tmp_path))
+    check_device_option(cli.main, _tiny_run(tmp_path), tmp_path)
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ from pyaudiok.train.checkpoint import load_checkpoint
 from pyaudiok.train.permutation import FAMILIES, FRAMES, N_MELS, linear_probe, log_mel, synth_notes
 from pyaudiok.train.runtime import read_run_checkpoint
 
-from .device_runs import assert_unknown_device_refused, run_on
+from .device_runs import check_device_option, run_on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,8 +46,7 @@ def test_cli_runs_and_reports_both_encoders(tmp_path, capsys):
 
 
 def test_cli_accepts_a_device(tmp_path):
-    run_on(cli.main, _tiny_run(tmp_path), tmp_path, "cpu")
-    assert_unknown_device_refused(cli.main, _tiny_run(tmp_path))
+    check_device_option(cli.main, _tiny_run(tmp_path), tmp_path)
 
 
 @pytest.mark.gpu
