@@ -54,12 +54,34 @@ PYAUDIOK_INLINE DeltaTerms<T> delta_terms(const Lane<T>& q) {
 struct Row {
   float alpha, delta, inv_r, eps;
   bool try_fast;                  // may take the fast route (see fast_route)
+  bool exponents_bounded;         // the fast route's exponents need no check (see exponents_bounded)
   DeltaTerms<float> exact, fast;  // by each route
 };
 
 // Whether a row may take the fast route at all: the factors of its exponents finite (a NaN α
 // must give NaN, which the range guard's min/max could miss).
 inline bool fast_route(float alpha, float inv_r) { return std::isfinite(alpha) && std::isfinite(inv_r); }
+
+// Whether every exponent of a row, −α·log2(eps + M) and log2(z)/r, is within ±126 whatever the
+// values: log2 of a normal float lies in [−126, 128), so factors of magnitude ≤ 0.98 keep them
+// within ±125.5. LEAF's ranges (α ≤ 1, r ≥ 1) mostly are; such rows skip the exponents' guard.
+inline bool exponents_bounded(float alpha, float inv_r) {
+  return std::fabs(alpha) <= 0.98f && std::fabs(inv_r) <= 0.98f;
+}
+
+// z^(1/r) for U vectors of l2 = log2 z on the fast route, the exponents checked unless kBounded.
+// make_row's δ^(1/r) takes the same code, and z = δ must give it bit for bit (silence gives y = 0
+// exactly). The product is rounded on its own (+ 0 makes it the end of a multiply-add): else the
+// compiler may fuse it into exp2's rounding steps in one place and not in the other (it did, where
+// make_row's lone lane was computed as a scalar).
+template <int U, bool kBounded>
+PYAUDIOK_INLINE void fast_root(const simd::v8f* l2, float inv_r, simd::FastRangeGuard& guard, simd::v8f* root) {
+  for (int u = 0; u < U; ++u) {
+    root[u] = l2[u] * inv_r + 0.0f;
+    if constexpr (!kBounded) guard.exponent(root[u]);
+  }
+  simd::exp2_small_n<U>(root);
+}
 
 PYAUDIOK_INLINE Row make_row(const Lane<float>& lane, float eps) {
   using namespace simd;
@@ -69,14 +91,16 @@ PYAUDIOK_INLINE Row make_row(const Lane<float>& lane, float eps) {
   v8f dr = ld * inv_r;
   exp_n<1>(&dr);
   const DeltaTerms<float> exact = delta_terms(dr[0], ld[0], delta, inv_r);
-  Row row{lane.alpha, delta, inv_r, eps, fast_route(lane.alpha, inv_r), exact, exact};
-  v8f l2 = splat(delta);
+  Row row{lane.alpha, delta, inv_r, eps, fast_route(lane.alpha, inv_r), exponents_bounded(lane.alpha, inv_r),
+          exact, exact};
+  v8f l2 = splat(delta), root;
   FastRangeGuard guard;
   guard.log2_arg(l2);
   log2_normal_n<1>(&l2);
-  v8f root = l2 * inv_r;
-  guard.exponent(root);
-  exp2_small_n<1>(&root);
+  if (row.exponents_bounded)
+    fast_root<1, true>(&l2, inv_r, guard, &root);
+  else
+    fast_root<1, false>(&l2, inv_r, guard, &root);
   if (guard.ok())  // else lanes near δ leave the fast route too, or δ^(1/r) is out of its range
     row.fast = delta_terms(root[0], l2[0] * 0.693147180559945309f, delta, inv_r);
   return row;
@@ -96,7 +120,7 @@ struct Terms {
   bool fast;
 };
 
-template <int U>
+template <int U, bool kBounded>
 PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row& row, Terms<U>& q) {
   using namespace simd;
   constexpr float kLn2 = 0.693147180559945309f;
@@ -111,7 +135,7 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row
     log2_normal_n<U>(l2m);
     for (int u = 0; u < U; ++u) {
       q.P[u] = -alpha * l2m[u];
-      guard.exponent(q.P[u]);
+      if constexpr (!kBounded) guard.exponent(q.P[u]);
     }
     exp2_small_n<U>(q.P);
     for (int u = 0; u < U; ++u) {
@@ -119,11 +143,7 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row
       guard.log2_arg(q.z[u]);
     }
     log2_normal_n<U>(l2z);
-    for (int u = 0; u < U; ++u) {
-      q.root[u] = l2z[u] * inv_r;
-      guard.exponent(q.root[u]);
-    }
-    exp2_small_n<U>(q.root);
+    fast_root<U, kBounded>(l2z, inv_r, guard, q.root);
     if (guard.ok()) {
       for (int u = 0; u < U; ++u) {
         q.log_m[u] = l2m[u] * kLn2;
@@ -145,10 +165,10 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row
 }
 
 // y = (E·(eps + M)^(−α) + δ)^(1/r) − δ^(1/r) for U vectors.
-template <int U>
+template <int U, bool kBounded>
 PYAUDIOK_INLINE void compress_vectors(const float* E, const float* M, const Row& row, float* y) {
   Terms<U> q;
-  compression_terms<U>(E, M, row, q);
+  compression_terms<U, kBounded>(E, M, row, q);
   const float delta_root = q.fast ? row.fast.root : row.exact.root;
   for (int u = 0; u < U; ++u) simd::store8(y + 8 * u, q.root[u] - delta_root);
 }
@@ -163,13 +183,23 @@ PYAUDIOK_INLINE void compress_scalar(const T* E, const T* M, const Lane<T>& q, T
   }
 }
 
+// The whole vectors of a row, from t (left past them).
+template <bool kBounded>
+PYAUDIOK_INLINE void compress_vectors_of_row(const float* E, const float* M, const Row& row, int64_t n, float* y,
+                                             int64_t& t) {
+  for (; t + 64 <= n; t += 64) compress_vectors<8, kBounded>(E + t, M + t, row, y + t);
+  for (; t + 32 <= n; t += 32) compress_vectors<4, kBounded>(E + t, M + t, row, y + t);
+  for (; t + 8 <= n; t += 8) compress_vectors<1, kBounded>(E + t, M + t, row, y + t);
+}
+
 PYAUDIOK_CLONES
 void compress_row(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
   const Row row = make_row(q, eps);
   int64_t t = 0;
-  for (; t + 64 <= n; t += 64) compress_vectors<8>(E + t, M + t, row, y + t);
-  for (; t + 32 <= n; t += 32) compress_vectors<4>(E + t, M + t, row, y + t);
-  for (; t + 8 <= n; t += 8) compress_vectors<1>(E + t, M + t, row, y + t);
+  if (row.exponents_bounded)
+    compress_vectors_of_row<true>(E, M, row, n, y, t);
+  else
+    compress_vectors_of_row<false>(E, M, row, n, y, t);
   compress_scalar(E, M, q, eps, t, n, y);
 }
 
@@ -177,12 +207,12 @@ void compress_row(const double* E, const double* M, const Lane<double>& q, doubl
   compress_scalar(E, M, q, eps, 0, n, y);
 }
 
-template <int U>
+template <int U, bool kBounded>
 PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const float* M, const Row& row, float* direct,
                                       float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
   using namespace simd;
   Terms<U> q;
-  compression_terms<U>(E, M, row, q);
+  compression_terms<U, kBounded>(E, M, row, q);
   const float alpha = row.alpha, inv_r = row.inv_r;
   // Selected by value: a reference into `row` would keep it in memory, reloaded after every store.
   const float delta_term = q.fast ? row.fast.delta_term : row.exact.delta_term;
@@ -218,18 +248,30 @@ PYAUDIOK_INLINE void backward_scalar(const T* g, const T* E, const T* M, const L
   }
 }
 
+constexpr int kUnroll = 8;  // vectors in flight in the backward's row loop
+
+// backward_vectors over the whole vectors of a row, from t (left past them).
+template <bool kBounded>
+PYAUDIOK_INLINE void backward_vectors_of_row(const float* g, const float* E, const float* M, const Row& row,
+                                             int64_t n, float* direct, float* drive, simd::v8f* s0, simd::v8f* s1,
+                                             simd::v8f* s2, int64_t& t) {
+  for (; t + 8 * kUnroll <= n; t += 8 * kUnroll)
+    backward_vectors<kUnroll, kBounded>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
+  for (; t + 8 <= n; t += 8) backward_vectors<1, kBounded>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
+}
+
 // The same terms, eight vectors at a time as compress_row, the tail by backward_scalar.
 PYAUDIOK_CLONES
 void backward_terms(const float* g, const float* E, const float* M, const Lane<float>& q, float eps, int64_t n,
                     float* direct, float* drive, double* acc) {
   using namespace simd;
   const Row row = make_row(q, eps);
-  constexpr int kUnroll = 8;
   v8f s0[kUnroll]{}, s1[kUnroll]{}, s2[kUnroll]{};
   int64_t t = 0;
-  for (; t + 8 * kUnroll <= n; t += 8 * kUnroll)
-    backward_vectors<kUnroll>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
-  for (; t + 8 <= n; t += 8) backward_vectors<1>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
+  if (row.exponents_bounded)
+    backward_vectors_of_row<true>(g, E, M, row, n, direct, drive, s0, s1, s2, t);
+  else
+    backward_vectors_of_row<false>(g, E, M, row, n, direct, drive, s0, s1, s2, t);
   for (int u = 0; u < kUnroll; ++u)
     for (int l = 0; l < 8; ++l) {
       acc[0] += s0[u][l];
@@ -354,30 +396,46 @@ PYAUDIOK_INLINE double finish_row(const T* direct, const T* lam, const T* E, con
 
 }  // namespace
 
-// Two phases per group of kLanes rows: the smoother's recurrence (sequential in time, the lanes
-// interleaved), then the compression, elementwise and vectorised along each row.
+// A group of up to kLanes rows from r0: each row's parameters, and its smoother state M
+// (M_group, `lanes` rows of n_time), from E's rows.
 template <typename T>
-PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps,
-                                  int64_t row_begin, int64_t row_end, T* y, T* M) {
-  const T e0 = static_cast<T>(eps);
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
-    const int64_t lanes = std::min(kLanes, row_end - r0);
-    Lane<T> p[kLanes];
-    T s[kLanes];
+struct Group {
+  int64_t lanes;
+  Lane<T> p[kLanes];
+  T s[kLanes];
+
+  Group(const T* params, int64_t F, int64_t r0, int64_t row_end) : lanes(std::min(kLanes, row_end - r0)) {
     for (int64_t j = 0; j < lanes; ++j) {
       p[j] = Lane<T>(params, F, (r0 + j) % F);
       s[j] = p[j].s;
     }
-    const int64_t first = r0 * n_time;
+  }
+
+  PYAUDIOK_INLINE void smooth(const T* E_group, int64_t n_time, T* M_group) const {
     if (lanes == kLanes) {
-      smooth_rows(E + first, s, n_time, M + first);
+      smooth_rows(E_group, s, n_time, M_group);
     } else {
-      for (int64_t j = 0; j < lanes; ++j)
-        smooth_lanes<1>(E + first + j * n_time, s + j, n_time, M + first + j * n_time);
+      for (int64_t j = 0; j < lanes; ++j) smooth_lanes<1>(E_group + j * n_time, s + j, n_time, M_group + j * n_time);
     }
-    for (int64_t j = 0; j < lanes; ++j) {
-      const int64_t row = (r0 + j) * n_time;
-      compress_row(E + row, M + row, p[j], e0, n_time, y + row);
+  }
+};
+
+// Two phases per group of kLanes rows: the smoother's recurrence (sequential in time, the lanes
+// interleaved), then the compression, elementwise and vectorised along each row. Without M the
+// state stays in a per-group scratch that stays in cache.
+template <typename T>
+PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps,
+                                  int64_t row_begin, int64_t row_end, T* y, T* M) {
+  const T e0 = static_cast<T>(eps);
+  std::vector<T> scratch(M ? 0 : kLanes * n_time);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
+    const Group<T> group(params, F, r0, row_end);
+    const int64_t first = r0 * n_time;
+    T* M_group = M ? M + first : scratch.data();
+    group.smooth(E + first, n_time, M_group);
+    for (int64_t j = 0; j < group.lanes; ++j) {
+      const int64_t row = first + j * n_time;
+      compress_row(E + row, M_group + j * n_time, group.p[j], e0, n_time, y + row);
     }
   }
 }
@@ -386,28 +444,27 @@ template <typename T>
 PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time,
                                    double eps, int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
   const T e0 = static_cast<T>(eps);
-  std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time);
+  std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time), scratch(M ? 0 : kLanes * n_time);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
-    const int64_t lanes = std::min(kLanes, row_end - r0);
-    Lane<T> p[kLanes];
-    T s[kLanes];
+    const Group<T> group(params, F, r0, row_end);
+    const int64_t lanes = group.lanes, first = r0 * n_time;
+    const T* M_group = M ? M + first : scratch.data();
+    if (!M) group.smooth(E + first, n_time, scratch.data());  // the forward's state, recomputed
     double acc[kLanes][4] = {};  // ∂α, ∂δ, ∂r, ∂s sums of the row
     for (int64_t j = 0; j < lanes; ++j) {
-      p[j] = Lane<T>(params, F, (r0 + j) % F);
-      s[j] = p[j].s;
-      const int64_t row = (r0 + j) * n_time;
-      backward_terms(grad + row, E + row, M + row, p[j], e0, n_time, direct.data() + j * n_time,
+      const int64_t row = first + j * n_time;
+      backward_terms(grad + row, E + row, M_group + j * n_time, group.p[j], e0, n_time, direct.data() + j * n_time,
                      drive.data() + j * n_time, acc[j]);
     }
     if (lanes == kLanes) {
-      adjoint_rows(drive.data(), s, n_time);
+      adjoint_rows(drive.data(), group.s, n_time);
     } else {
-      for (int64_t j = 0; j < lanes; ++j) adjoint_lanes<1>(drive.data() + j * n_time, s + j, n_time);
+      for (int64_t j = 0; j < lanes; ++j) adjoint_lanes<1>(drive.data() + j * n_time, group.s + j, n_time);
     }
     for (int64_t j = 0; j < lanes; ++j) {
-      const int64_t row = (r0 + j) * n_time;
-      acc[j][3] = finish_row(direct.data() + j * n_time, drive.data() + j * n_time, E + row, M + row, s[j], n_time,
-                             grad_E + row);
+      const int64_t row = first + j * n_time;
+      acc[j][3] = finish_row(direct.data() + j * n_time, drive.data() + j * n_time, E + row, M_group + j * n_time,
+                             group.s[j], n_time, grad_E + row);
       for (int k = 0; k < 4; ++k) partial[(r0 + j) * 4 + k] = static_cast<T>(acc[j][k]);
     }
   }

@@ -7,12 +7,14 @@
 
 namespace pyaudiok::cpu {
 
-// y and M (the smoother state) for rows [row_begin, row_end).
+// y for rows [row_begin, row_end), and their smoother state in M unless M is null.
 template <typename T>
 void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps, int64_t row_begin,
                   int64_t row_end, T* y, T* M);
 
-// grad_E for rows [row_begin, row_end), and partial[row * 4 + k] = that row's ∂/∂params[k] sum.
+// grad_E for rows [row_begin, row_end), and partial[row * 4 + k] = that row's ∂/∂params[k] sum. M is
+// the forward's state, or null: then each group of rows recomputes it (the smoother is a small part
+// of the backward, cheaper than writing the state out in the forward and reading it back).
 template <typename T>
 void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time, double eps,
                    int64_t row_begin, int64_t row_end, T* grad_E, T* partial);

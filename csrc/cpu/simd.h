@@ -9,6 +9,7 @@ namespace pyaudiok::cpu::simd {
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v8f_u __attribute__((vector_size(32), aligned(4)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
 
 inline v8f load8(const float* p) { return *reinterpret_cast<const v8f_u*>(p); }
 inline void store8(float* p, v8f v) { *reinterpret_cast<v8f_u*>(p) = v; }
@@ -147,10 +148,11 @@ inline __attribute__((always_inline)) void log2_normal_n(v8f* x) {
   PYAUDIOK_EACH {
     v8i bits;
     __builtin_memcpy(&bits, &x[u], sizeof bits);
-    v8i mant = (bits & 0x007fffff) | 0x3f800000;  // m in [1, 2)
-    const v8i big = mant > 0x3fb504f3;            // m > √2: halve it (−1 in the lanes where true)
-    mant += big & -0x00800000;
-    e[u] = __builtin_convertvector((bits >> 23) - 127 - big, v8f);
+    // Subtracting √½'s bits carries into the exponent field exactly when m would reach √2, so the
+    // arithmetic shift gives e and removing e from the exponent field leaves m in [√½, √2).
+    const v8i k = (bits - 0x3f3504f3) >> 23;
+    const v8i mant = bits - (k << 23);
+    e[u] = __builtin_convertvector(k, v8f);
     v8f m;
     __builtin_memcpy(&m, &mant, sizeof m);
     s[u] = (m - 1.0f) / (m + 1.0f);
@@ -164,12 +166,13 @@ inline __attribute__((always_inline)) void log2_normal_n(v8f* x) {
 
 // 2^x for |x| < 126 (a normal result): x = n + f, n the nearest integer, 2^f a minimax polynomial
 // on [−½, ½] (relative error 3e-9 before rounding). Adding 1.5·2^23 rounds to the nearest integer
-// and leaves n in the low bits of the sum.
+// and leaves n in the low bits of the sum; shifted into the exponent field, the sum's other bits
+// (1.5·2^23's) fall off the top, so it adds n to 2^f's exponent as it is.
 template <int U>
 inline __attribute__((always_inline)) void exp2_small_n(v8f* x) {
   constexpr float kRound = 12582912.0f;  // 1.5·2^23
   v8f f[U], y[U];
-  v8i n[U];
+  v8u n[U];  // unsigned: the shift below wraps by design
   PYAUDIOK_EACH {
     const v8f t = x[u] + kRound;
     __builtin_memcpy(&n[u], &t, sizeof n[u]);
@@ -182,9 +185,9 @@ inline __attribute__((always_inline)) void exp2_small_n(v8f* x) {
   PYAUDIOK_EACH y[u] = y[u] * f[u] + 0.6931471824645996f;
   PYAUDIOK_EACH {
     y[u] = y[u] * f[u] + 1.0f;
-    v8i bits;
+    v8u bits;
     __builtin_memcpy(&bits, &y[u], sizeof bits);
-    bits += (n[u] - 0x4b400000) << 23;
+    bits += n[u] << 23;
     __builtin_memcpy(&x[u], &bits, sizeof bits);
   }
 }

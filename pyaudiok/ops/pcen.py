@@ -12,8 +12,12 @@ definition), `cpu` (csrc/cpu/pcen.cpp: a loop over time, blocks of channels side
 `triton` (kernels/pcen.py: associative scan over time, reverse scan for the backward). Raw ops of
 the fused backends, with params = stack(α, δ, r, s) [4, F] in the state dtype:
 
-    pcen_forward(E[B, F, T], params[4, F], eps) -> (y[B, F, T] in E's dtype, M[B, F, T] fp32/fp64)
+    pcen_forward(E[B, F, T], params[4, F], eps) -> (y[B, F, T] in E's dtype, M[B, F, T] fp32/fp64 or [0])
     pcen_backward(grad_y, E, M, params, eps) -> (grad_E, partial[B·F, 4])
+
+M is the smoother state for the backward. The CPU forward returns it empty and its backward
+recomputes it group by group of channels: the recurrence costs less than writing [B, F, T] out and
+reading it back, and the op then saves no activation beyond E. Triton's forward returns it.
 
 The backward is the adjoint of the recurrence: with gz = g (1/r) Z^{1/r−1}, Z = E P + δ, P = (ε+M)^{−α},
     λ_t = −α gz_t E_t P_t / (ε + M_t) + (1 − s) λ_{t+1}
@@ -59,10 +63,12 @@ def pcen_reference(E: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor, r:
 # ----------------------------------------------------------------------------------------------
 # Fake + autograd of a backend's raw forward op.
 
-def _register_forward(qualname: str, backward_op: Callable[[], Callable]) -> None:
+def _register_forward(qualname: str, backward_op: Callable[[], Callable], returns_state: bool) -> None:
+    """`returns_state`: whether the backend's forward returns M (else an empty M, and its backward
+    recomputes the state)."""
     @torch.library.register_fake(qualname)
     def _(E, params, eps):
-        return E.new_empty(E.shape), E.new_empty(E.shape, dtype=params.dtype)
+        return E.new_empty(E.shape), E.new_empty(E.shape if returns_state else (0,), dtype=params.dtype)
 
     def setup_context(ctx, inputs, output):
         E, params, eps = inputs
@@ -90,7 +96,7 @@ def _register_backward(qualname: str) -> None:
 
 if extension_loaded():
     _register_backward("pyaudiok::pcen_backward")
-    _register_forward("pyaudiok::pcen_forward", lambda: cpp_op("pcen_backward"))
+    _register_forward("pyaudiok::pcen_forward", lambda: cpp_op("pcen_backward"), returns_state=False)
 
 
 def _triton_backward():
@@ -100,7 +106,7 @@ def _triton_backward():
 def _triton_forward():
     _triton_backward()
     return triton_op("pcen_forward_triton", "pcen", "pcen_forward",
-                     lambda name: _register_forward(name, _triton_backward))
+                     lambda name: _register_forward(name, _triton_backward, returns_state=True))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,6 +34,43 @@ def test_forward_and_gradients_match_reference(backend, B, F, T):
     compare_with_reference(pcen, inputs(B, F, T, device), backend, scale=5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parameters_on_both_sides_of_the_guard_free_range(backend):
+    """The CPU kernel skips its exponent check where |α| and 1/r are at most 0.98 (the exponents then
+    stay in range whatever E): rows inside and outside that range, and at α = 1, r = 1 (LEAF's clipping
+    bounds), all match the reference, values and gradients."""
+    device = require_backend(PCEN, backend)
+    E, _, d, _, s = inputs(2, 8, 75, device)
+    alpha = torch.tensor([0.5, 0.98, 0.981, 1.0, 0.96, 0.5, 1.0, 0.7], device=device).requires_grad_(True)
+    r = torch.tensor([2.0, 1.0 / 0.98, 1.02, 1.0, 1.0, 0.9, 3.0, 1.5], device=device).requires_grad_(True)
+    compare_with_reference(pcen, (E, alpha, d, r, s), backend, scale=5)
+
+
+def test_cpu_backward_with_or_without_the_saved_state():
+    """The CPU forward saves no smoother state (its backward recomputes it); the raw backward also
+    takes the state when given one, with the same result."""
+    require_backend(PCEN, "cpu")
+    E, a, d, r, s = inputs(3, 11, 97, grad=False)
+    params = torch.stack([a, d, r, s])
+    y, M = torch.ops.pyaudiok.pcen_forward(E, params, 1e-12)
+    assert M.numel() == 0
+    state = _smoother_state(E, s)
+    grad = torch.randn_like(E)
+    recomputed = torch.ops.pyaudiok.pcen_backward(grad, E, M, params, 1e-12)
+    given = torch.ops.pyaudiok.pcen_backward(grad, E, state, params, 1e-12)
+    for name, got, want in zip(("grad_E", "partial"), recomputed, given):
+        assert_close(name, got, want, torch.float32)
+
+
+def _smoother_state(E, s):
+    """M_0 = E_0, M_t = s E_t + (1 − s) M_{t−1}, in float64, as E's dtype."""
+    e, s = E.double(), s.double()[:, None]
+    states = [e[..., 0]]
+    for t in range(1, e.shape[-1]):
+        states.append(s[:, 0] * e[..., t] + (1 - s[:, 0]) * states[-1])
+    return torch.stack(states, -1).to(E.dtype)
+
+
 def test_cpu_float64_matches_reference():
     require_backend(PCEN, "cpu", torch.float64)
     E, a, d, r, s = inputs(2, 3, 40, dtype=torch.float64)
