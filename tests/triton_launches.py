@@ -67,22 +67,41 @@ def spec_of(fn, args: tuple, kwargs: dict) -> dict | None:
     return {"module": fn.__module__, "name": fn.__name__, "signature": signature, "constants": constants}
 
 
+def _record(fn, args: tuple, kwargs: dict) -> None:
+    spec = spec_of(fn, args, kwargs)
+    if spec is not None:
+        SPECS.setdefault(json.dumps(spec, sort_keys=True), spec)
+
+
 def install() -> bool:
-    """Wrap the interpreter's launch to record specs; False when Triton is not interpreting."""
+    """Wrap the interpreter's launch to record specs; False when Triton is not interpreting.
+    Newer Triton launches through the class's `run`; older releases (3.5) set `run` per instance
+    and launch `kernel[grid](...)` through `__getitem__`, which is wrapped there instead."""
     try:
         from triton.runtime.interpreter import InterpretedFunction
     except ImportError:
         return False
-    if getattr(InterpretedFunction.run, "_records_specs", False):
+    if getattr(InterpretedFunction, "_records_specs", False):
         return True
-    original = InterpretedFunction.run
+    if hasattr(InterpretedFunction, "run"):
+        original = InterpretedFunction.run
 
-    def run(self, *args, grid, warmup, **kwargs):
-        spec = spec_of(self.fn, args, kwargs)
-        if spec is not None:
-            SPECS.setdefault(json.dumps(spec, sort_keys=True), spec)
-        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        def run(self, *args, grid, warmup, **kwargs):
+            _record(self.fn, args, kwargs)
+            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
-    run._records_specs = True
-    InterpretedFunction.run = run
+        InterpretedFunction.run = run
+    else:
+        original_getitem = InterpretedFunction.__getitem__
+
+        def getitem(self, grid):
+            launch = original_getitem(self, grid)
+
+            def recorded(*args, **kwargs):
+                _record(self.fn, args, kwargs)
+                return launch(*args, **kwargs)
+            return recorded
+
+        InterpretedFunction.__getitem__ = getitem
+    InterpretedFunction._records_specs = True
     return True
