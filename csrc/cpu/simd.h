@@ -150,8 +150,9 @@ inline __attribute__((always_inline)) void log2_normal_n(v8f* x) {
     __builtin_memcpy(&bits, &x[u], sizeof bits);
     // Subtracting √½'s bits carries into the exponent field exactly when m would reach √2, so the
     // arithmetic shift gives e and removing e from the exponent field leaves m in [√½, √2).
-    const v8i k = (bits - 0x3f3504f3) >> 23;
-    const v8i mant = bits - (k << 23);
+    // (Unsigned where it may wrap: the lanes that later fail the guard hold any bits.)
+    const v8i k = (v8i)((v8u)bits - 0x3f3504f3u) >> 23;
+    const v8u mant = (v8u)bits - ((v8u)k << 23);
     e[u] = __builtin_convertvector(k, v8f);
     v8f m;
     __builtin_memcpy(&m, &mant, sizeof m);
