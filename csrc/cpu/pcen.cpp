@@ -69,18 +69,19 @@ inline bool exponents_bounded(float alpha, float inv_r) {
   return std::fabs(alpha) <= 0.98f && std::fabs(inv_r) <= 0.98f;
 }
 
-// z^(1/r) for U vectors of l2 = log2 z on the fast route, the exponents checked unless kBounded.
+// z^(1/r) for U vectors of l2 = log2 z on the fast route, the exponents checked unless kBounded
+// (without kPower only the check: the backward takes z^(1/r) from y).
 // make_row's δ^(1/r) takes the same code, and z = δ must give it bit for bit (silence gives y = 0
 // exactly). The product is rounded on its own (+ 0 makes it the end of a multiply-add): else the
 // compiler may fuse it into exp2's rounding steps in one place and not in the other (it did, where
 // make_row's lone lane was computed as a scalar).
-template <int U, bool kBounded>
+template <int U, bool kBounded, bool kPower = true>
 PYAUDIOK_INLINE void fast_root(const simd::v8f* l2, float inv_r, simd::FastRangeGuard& guard, simd::v8f* root) {
   for (int u = 0; u < U; ++u) {
     root[u] = l2[u] * inv_r + 0.0f;
     if constexpr (!kBounded) guard.exponent(root[u]);
   }
-  simd::exp2_small_n<U>(root);
+  if constexpr (kPower) simd::exp2_small_n<U>(root);
 }
 
 PYAUDIOK_INLINE Row make_row(const Lane<float>& lane, float eps) {
@@ -114,13 +115,14 @@ PYAUDIOK_INLINE Row make_row(const Lane<float>& lane, float eps) {
 // exp2_small_n); it needs me and z positive, normal and finite, every p·log2 x within ±126, and
 // the row's α and 1/r finite. Where any lane is not (0, ∞, NaN, a negative E, an extreme α or r),
 // the exact route, simd.h's log_n/exp_n with their special values, recomputes the U vectors.
+// Without kRoot, root is left for the caller: the backward has it as y + δ^(1/r) (one power fewer).
 template <int U>
 struct Terms {
   simd::v8f me[U], log_m[U], P[U], z[U], log_z[U], root[U];
   bool fast;
 };
 
-template <int U, bool kBounded>
+template <int U, bool kBounded, bool kRoot = true>
 PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row& row, Terms<U>& q) {
   using namespace simd;
   constexpr float kLn2 = 0.693147180559945309f;
@@ -143,7 +145,7 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row
       guard.log2_arg(q.z[u]);
     }
     log2_normal_n<U>(l2z);
-    fast_root<U, kBounded>(l2z, inv_r, guard, q.root);
+    fast_root<U, kBounded, kRoot>(l2z, inv_r, guard, q.root);
     if (guard.ok()) {
       for (int u = 0; u < U; ++u) {
         q.log_m[u] = l2m[u] * kLn2;
@@ -159,8 +161,10 @@ PYAUDIOK_INLINE void compression_terms(const float* E, const float* M, const Row
   exp_n<U>(q.P);
   for (int u = 0; u < U; ++u) q.log_z[u] = q.z[u] = load8(E + 8 * u) * q.P[u] + delta;
   log_n<U>(q.log_z);
-  for (int u = 0; u < U; ++u) q.root[u] = q.log_z[u] * inv_r;
-  exp_n<U>(q.root);
+  if constexpr (kRoot) {
+    for (int u = 0; u < U; ++u) q.root[u] = q.log_z[u] * inv_r;
+    exp_n<U>(q.root);
+  }
   q.fast = false;
 }
 
@@ -208,15 +212,18 @@ void compress_row(const double* E, const double* M, const Lane<double>& q, doubl
 }
 
 template <int U, bool kBounded>
-PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const float* M, const Row& row, float* direct,
-                                      float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
+PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const float* M, const float* y, const Row& row,
+                                      float* direct, float* drive, simd::v8f* s0, simd::v8f* s1, simd::v8f* s2) {
   using namespace simd;
   Terms<U> q;
-  compression_terms<U, kBounded>(E, M, row, q);
+  compression_terms<U, kBounded, false>(E, M, row, q);
   const float alpha = row.alpha, inv_r = row.inv_r;
   // Selected by value: a reference into `row` would keep it in memory, reloaded after every store.
   const float delta_term = q.fast ? row.fast.delta_term : row.exact.delta_term;
   const float r_term = q.fast ? row.fast.r_term : row.exact.r_term;
+  // The forward's y subtracted the same route's δ^(1/r): adding it back gives that route's z^(1/r).
+  const float delta_root = q.fast ? row.fast.root : row.exact.root;
+  for (int u = 0; u < U; ++u) q.root[u] = load8(y + 8 * u) + delta_root;
   for (int u = 0; u < U; ++u) {
     const v8f gv = load8(g + 8 * u), gz = gv * inv_r * q.root[u] / q.z[u], gzeP = gz * load8(E + 8 * u) * q.P[u];
     store8(direct + 8 * u, gz * q.P[u]);
@@ -230,15 +237,15 @@ PYAUDIOK_INLINE void backward_vectors(const float* g, const float* E, const floa
 // The backward's per-value terms of one row, independent of the recurrence: with
 // P = (eps + M)^(−α), z = E·P + δ, gz = g·(1/r)·z^(1/r − 1):
 //   direct[t] = gz·P (∂y/∂E at fixed M), drive[t] = −α·gz·E·P/(eps + M) (what feeds λ),
-// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2]. Value by value with libm, for t in [t_begin, n):
-// float's tail and the double kernel.
+// and the row's ∂α, ∂δ, ∂r sums added to acc[0..2]; z^(1/r) is the forward's y + δ^(1/r). Value by
+// value with libm, for t in [t_begin, n): float's tail and the double kernel.
 template <typename T>
-PYAUDIOK_INLINE void backward_scalar(const T* g, const T* E, const T* M, const Lane<T>& q, T eps, int64_t t_begin,
-                                     int64_t n, T* direct, T* drive, double* acc) {
+PYAUDIOK_INLINE void backward_scalar(const T* g, const T* E, const T* M, const T* y, const Lane<T>& q, T eps,
+                                     int64_t t_begin, int64_t n, T* direct, T* drive, double* acc) {
   const DeltaTerms<T> d = delta_terms(q);
   for (int64_t t = t_begin; t < n; ++t) {
     const T me = M[t] + eps, log_m = std::log(me), P = std::exp(-q.alpha * log_m), z = E[t] * P + q.delta;
-    const T log_z = std::log(z), z_root = std::exp(log_z * q.inv_r), gz = g[t] * q.inv_r * z_root / z;
+    const T log_z = std::log(z), z_root = y[t] + d.root, gz = g[t] * q.inv_r * z_root / z;
     const T gzeP = gz * E[t] * P;
     direct[t] = gz * P;
     drive[t] = -q.alpha * gzeP / me;
@@ -252,38 +259,39 @@ constexpr int kUnroll = 8;  // vectors in flight in the backward's row loop
 
 // backward_vectors over the whole vectors of a row, from t (left past them).
 template <bool kBounded>
-PYAUDIOK_INLINE void backward_vectors_of_row(const float* g, const float* E, const float* M, const Row& row,
-                                             int64_t n, float* direct, float* drive, simd::v8f* s0, simd::v8f* s1,
-                                             simd::v8f* s2, int64_t& t) {
+PYAUDIOK_INLINE void backward_vectors_of_row(const float* g, const float* E, const float* M, const float* y,
+                                             const Row& row, int64_t n, float* direct, float* drive, simd::v8f* s0,
+                                             simd::v8f* s1, simd::v8f* s2, int64_t& t) {
   for (; t + 8 * kUnroll <= n; t += 8 * kUnroll)
-    backward_vectors<kUnroll, kBounded>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
-  for (; t + 8 <= n; t += 8) backward_vectors<1, kBounded>(g + t, E + t, M + t, row, direct + t, drive + t, s0, s1, s2);
+    backward_vectors<kUnroll, kBounded>(g + t, E + t, M + t, y + t, row, direct + t, drive + t, s0, s1, s2);
+  for (; t + 8 <= n; t += 8)
+    backward_vectors<1, kBounded>(g + t, E + t, M + t, y + t, row, direct + t, drive + t, s0, s1, s2);
 }
 
 // The same terms, eight vectors at a time as compress_row, the tail by backward_scalar.
 PYAUDIOK_CLONES
-void backward_terms(const float* g, const float* E, const float* M, const Lane<float>& q, float eps, int64_t n,
-                    float* direct, float* drive, double* acc) {
+void backward_terms(const float* g, const float* E, const float* M, const float* y, const Lane<float>& q, float eps,
+                    int64_t n, float* direct, float* drive, double* acc) {
   using namespace simd;
   const Row row = make_row(q, eps);
   v8f s0[kUnroll]{}, s1[kUnroll]{}, s2[kUnroll]{};
   int64_t t = 0;
   if (row.exponents_bounded)
-    backward_vectors_of_row<true>(g, E, M, row, n, direct, drive, s0, s1, s2, t);
+    backward_vectors_of_row<true>(g, E, M, y, row, n, direct, drive, s0, s1, s2, t);
   else
-    backward_vectors_of_row<false>(g, E, M, row, n, direct, drive, s0, s1, s2, t);
+    backward_vectors_of_row<false>(g, E, M, y, row, n, direct, drive, s0, s1, s2, t);
   for (int u = 0; u < kUnroll; ++u)
     for (int l = 0; l < 8; ++l) {
       acc[0] += s0[u][l];
       acc[1] += s1[u][l];
       acc[2] += s2[u][l];
     }
-  backward_scalar(g, E, M, q, eps, t, n, direct, drive, acc);
+  backward_scalar(g, E, M, y, q, eps, t, n, direct, drive, acc);
 }
 
-void backward_terms(const double* g, const double* E, const double* M, const Lane<double>& q, double eps, int64_t n,
-                    double* direct, double* drive, double* acc) {
-  backward_scalar(g, E, M, q, eps, 0, n, direct, drive, acc);
+void backward_terms(const double* g, const double* E, const double* M, const double* y, const Lane<double>& q,
+                    double eps, int64_t n, double* direct, double* drive, double* acc) {
+  backward_scalar(g, E, M, y, q, eps, 0, n, direct, drive, acc);
 }
 
 // Steps [t_begin, t_end) of the smoother of L rows (row stride n_time) side by side, from and
@@ -441,8 +449,9 @@ PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_
 }
 
 template <typename T>
-PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const T* params, int64_t F, int64_t n_time,
-                                   double eps, int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
+PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const T* y, const T* params, int64_t F,
+                                   int64_t n_time, double eps, int64_t row_begin, int64_t row_end, T* grad_E,
+                                   T* partial) {
   const T e0 = static_cast<T>(eps);
   std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time), scratch(M ? 0 : kLanes * n_time);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
@@ -453,8 +462,8 @@ PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const 
     double acc[kLanes][4] = {};  // ∂α, ∂δ, ∂r, ∂s sums of the row
     for (int64_t j = 0; j < lanes; ++j) {
       const int64_t row = first + j * n_time;
-      backward_terms(grad + row, E + row, M_group + j * n_time, group.p[j], e0, n_time, direct.data() + j * n_time,
-                     drive.data() + j * n_time, acc[j]);
+      backward_terms(grad + row, E + row, M_group + j * n_time, y + row, group.p[j], e0, n_time,
+                     direct.data() + j * n_time, drive.data() + j * n_time, acc[j]);
     }
     if (lanes == kLanes) {
       adjoint_rows(drive.data(), group.s, n_time);
@@ -472,8 +481,8 @@ PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const 
 
 #define PYAUDIOK_PCEN_INSTANTIATE(T)                                                                            \
   template void pcen_forward<T>(const T*, const T*, int64_t, int64_t, double, int64_t, int64_t, T*, T*);       \
-  template void pcen_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, double, int64_t,    \
-                                 int64_t, T*, T*);
+  template void pcen_backward<T>(const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, double,  \
+                                 int64_t, int64_t, T*, T*);
 PYAUDIOK_PCEN_INSTANTIATE(float)
 PYAUDIOK_PCEN_INSTANTIATE(double)
 #undef PYAUDIOK_PCEN_INSTANTIATE

@@ -13,11 +13,12 @@ definition), `cpu` (csrc/cpu/pcen.cpp: a loop over time, blocks of channels side
 the fused backends, with params = stack(α, δ, r, s) [4, F] in the state dtype:
 
     pcen_forward(E[B, F, T], params[4, F], eps) -> (y[B, F, T] in E's dtype, M[B, F, T] fp32/fp64 or [0])
-    pcen_backward(grad_y, E, M, params, eps) -> (grad_E, partial[B·F, 4])
+    pcen_backward(grad_y, E, M, params, eps[, y]) -> (grad_E, partial[B·F, 4])
 
 M is the smoother state for the backward. The CPU forward returns it empty and its backward
 recomputes it group by group of channels: the recurrence costs less than writing [B, F, T] out and
-reading it back, and the op then saves no activation beyond E. Triton's forward returns it.
+reading it back. The CPU backward takes the forward's y instead (z^{1/r} = y + δ^{1/r}, one power
+fewer), so the op saves E and its output. Triton's forward returns M and its backward takes no y.
 
 The backward is the adjoint of the recurrence: with gz = g (1/r) Z^{1/r−1}, Z = E P + δ, P = (ε+M)^{−α},
     λ_t = −α gz_t E_t P_t / (ε + M_t) + (1 − s) λ_{t+1}
@@ -63,24 +64,26 @@ def pcen_reference(E: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor, r:
 # ----------------------------------------------------------------------------------------------
 # Fake + autograd of a backend's raw forward op.
 
-def _register_forward(qualname: str, backward_op: Callable[[], Callable], returns_state: bool) -> None:
-    """`returns_state`: whether the backend's forward returns M (else an empty M, and its backward
-    recomputes the state)."""
+def _register_forward(qualname: str, backward_op: Callable[[], Callable], recomputes_state: bool) -> None:
+    """`recomputes_state`: the backend's forward returns an empty M, and its backward recomputes the
+    state from E and takes the forward's y (the CPU's); else M is saved and y is not."""
     @torch.library.register_fake(qualname)
     def _(E, params, eps):
-        return E.new_empty(E.shape), E.new_empty(E.shape if returns_state else (0,), dtype=params.dtype)
+        return E.new_empty(E.shape), E.new_empty((0,) if recomputes_state else E.shape, dtype=params.dtype)
 
     def setup_context(ctx, inputs, output):
         E, params, eps = inputs
-        ctx.save_for_backward(E, output[1], params)
+        y, M = output
+        ctx.save_for_backward(E, M, params, y if recomputes_state else None)
         ctx.eps = eps
         ctx.set_materialize_grads(False)  # M's gradient is always absent: no [B, F, T] of zeros for it
 
     def backward(ctx, grad_y, grad_M):
         if grad_y is None:
             return None, None, None
-        E, M, params = ctx.saved_tensors
-        grad_E, partial = backward_op()(grad_y.contiguous(), E, M, params, ctx.eps)
+        E, M, params, y = ctx.saved_tensors
+        args = (grad_y.contiguous(), E, M, params, ctx.eps) + ((y,) if recomputes_state else ())
+        grad_E, partial = backward_op()(*args)
         B, F = E.shape[0], E.shape[1]
         grad_params = partial.view(B, F, 4).sum(0).T.to(params.dtype)
         return grad_E, grad_params, None
@@ -90,13 +93,13 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable], return
 
 def _register_backward(qualname: str) -> None:
     @torch.library.register_fake(qualname)
-    def _(grad, E, M, params, eps):
+    def _(grad, E, M, params, eps, y=None):
         return E.new_empty(E.shape), E.new_empty((E.shape[0] * E.shape[1], 4), dtype=params.dtype)
 
 
 if extension_loaded():
     _register_backward("pyaudiok::pcen_backward")
-    _register_forward("pyaudiok::pcen_forward", lambda: cpp_op("pcen_backward"), returns_state=False)
+    _register_forward("pyaudiok::pcen_forward", lambda: cpp_op("pcen_backward"), recomputes_state=True)
 
 
 def _triton_backward():
@@ -106,7 +109,7 @@ def _triton_backward():
 def _triton_forward():
     _triton_backward()
     return triton_op("pcen_forward_triton", "pcen", "pcen_forward",
-                     lambda name: _register_forward(name, _triton_backward, returns_state=True))
+                     lambda name: _register_forward(name, _triton_backward, recomputes_state=False))
 
 
 # ----------------------------------------------------------------------------------------------

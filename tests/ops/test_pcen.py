@@ -56,8 +56,8 @@ def test_cpu_backward_with_or_without_the_saved_state():
     assert M.numel() == 0
     state = _smoother_state(E, s)
     grad = torch.randn_like(E)
-    recomputed = torch.ops.pyaudiok.pcen_backward(grad, E, M, params, 1e-12)
-    given = torch.ops.pyaudiok.pcen_backward(grad, E, state, params, 1e-12)
+    recomputed = torch.ops.pyaudiok.pcen_backward(grad, E, M, params, 1e-12, y)
+    given = torch.ops.pyaudiok.pcen_backward(grad, E, state, params, 1e-12, y)
     for name, got, want in zip(("grad_E", "partial"), recomputed, given):
         assert_close(name, got, want, torch.float32)
 
