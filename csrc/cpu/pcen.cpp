@@ -387,19 +387,44 @@ PYAUDIOK_INLINE void adjoint_rows(float* drive, const float* s, int64_t n_time) 
   }
 }
 
-// One row's gradient to E from its λ, and its ∂s = Σ_{t≥1} λ_t (E_t − M_{t−1}) (four partial sums
-// in double: independent additions, and no float rounding of a 10⁵-term sum).
+// One row's gradient to E from its λ, and its ∂s = Σ_{t≥1} λ_t (E_t − M_{t−1}): the terms in T, their
+// sum in double (no float rounding of a 10⁵-term sum). Float adds its terms in vector lanes, kBlock
+// terms per lane, before each block goes into the double sum.
+template <typename T>
+PYAUDIOK_INLINE double state_grad_tail(const T* lam, const T* E, const T* M, int64_t t, int64_t n_time) {
+  double sum = 0;
+  for (; t < n_time; ++t) sum += static_cast<double>(lam[t] * (E[t] - M[t - 1]));
+  return sum;
+}
+
+template <typename T>
+PYAUDIOK_INLINE double state_grad(const T* lam, const T* E, const T* M, int64_t n_time) {
+  return state_grad_tail(lam, E, M, 1, n_time);
+}
+
+PYAUDIOK_INLINE double state_grad(const float* lam, const float* E, const float* M, int64_t n_time) {
+  using namespace simd;
+  constexpr int64_t kBlock = 32;  // terms each lane adds in float
+  double sum = 0;
+  int64_t t = 1;
+  while (t + 16 <= n_time) {
+    v8f a{}, b{};  // two chains: the adds' latency, not their rate, would bound one
+    for (int64_t k = 0; k < kBlock && t + 16 <= n_time; ++k, t += 16) {
+      a += load8(lam + t) * (load8(E + t) - load8(M + t - 1));
+      b += load8(lam + t + 8) * (load8(E + t + 8) - load8(M + t + 7));
+    }
+    const v8f ab = a + b;
+    for (int l = 0; l < 8; ++l) sum += ab[l];
+  }
+  return sum + state_grad_tail(lam, E, M, t, n_time);
+}
+
 template <typename T>
 PYAUDIOK_INLINE double finish_row(const T* direct, const T* lam, const T* E, const T* M, T s, int64_t n_time,
                                   T* grad_E) {
   grad_E[0] = direct[0] + lam[0];
   for (int64_t t = 1; t < n_time; ++t) grad_E[t] = direct[t] + s * lam[t];
-  double part[4] = {};
-  int64_t t = 1;
-  for (; t + 4 <= n_time; t += 4)
-    for (int k = 0; k < 4; ++k) part[k] += static_cast<double>(lam[t + k] * (E[t + k] - M[t + k - 1]));
-  for (; t < n_time; ++t) part[0] += static_cast<double>(lam[t] * (E[t] - M[t - 1]));
-  return (part[0] + part[1]) + (part[2] + part[3]);
+  return state_grad(lam, E, M, n_time);
 }
 
 }  // namespace

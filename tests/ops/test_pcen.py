@@ -46,6 +46,13 @@ def test_parameters_on_both_sides_of_the_guard_free_range(backend):
     compare_with_reference(pcen, (E, alpha, d, r, s), backend, scale=5)
 
 
+def test_cpu_gradients_over_many_frames():
+    """3 000 frames: the CPU backward's ∂s sums its terms in float blocks and the blocks in double,
+    and its adjoint runs over hundreds of blocks; all gradients against the float64 loop."""
+    require_backend(PCEN, "cpu")
+    compare_with_reference(pcen, inputs(1, 9, 3000), "cpu", scale=5)
+
+
 def test_cpu_backward_with_or_without_the_saved_state():
     """The CPU forward saves no smoother state (its backward recomputes it); the raw backward also
     takes the state when given one, with the same result."""
