@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& E_in, const at:
   AT_DISPATCH_FLOATING_TYPES(E.scalar_type(), "pcen_forward", [&] {
     at::parallel_for(0, rows, grain(n_time), [&](int64_t b, int64_t e) {
       cpu::pcen_forward<scalar_t>(E.data_ptr<scalar_t>(), params.data_ptr<scalar_t>(), F, n_time, eps, b, e,
-                                  y.data_ptr<scalar_t>(), nullptr);
+                                  y.data_ptr<scalar_t>());
     });
   });
   return {y, M};
@@ -41,19 +41,18 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const
                                                 const at::Tensor& M_in, const at::Tensor& params_in, double eps,
                                                 const at::Tensor& y_in) {
   check_inputs(E_in, params_in);
-  const bool has_state = M_in.numel() > 0;  // else recomputed from E
-  TORCH_CHECK(grad_in.sizes() == E_in.sizes() && (!has_state || M_in.sizes() == E_in.sizes()) &&
-                  y_in.sizes() == E_in.sizes() && grad_in.scalar_type() == E_in.scalar_type() &&
-                  M_in.scalar_type() == E_in.scalar_type() && y_in.scalar_type() == E_in.scalar_type(),
-              "pcen_backward (cpu): grad, y and M (unless empty) must match E's shape and dtype");
-  const at::Tensor g = grad_in.contiguous(), E = E_in.contiguous(), M = M_in.contiguous(), y = y_in.contiguous(),
+  TORCH_CHECK(M_in.numel() == 0, "pcen_backward (cpu): M must be the CPU forward's empty state (the backward "
+              "recomputes it); got ", M_in.sizes());
+  TORCH_CHECK(grad_in.sizes() == E_in.sizes() && y_in.sizes() == E_in.sizes() &&
+                  grad_in.scalar_type() == E_in.scalar_type() && y_in.scalar_type() == E_in.scalar_type(),
+              "pcen_backward (cpu): grad and y must match E's shape and dtype");
+  const at::Tensor g = grad_in.contiguous(), E = E_in.contiguous(), y = y_in.contiguous(),
                    params = params_in.contiguous();
   const int64_t F = E.size(1), n_time = E.size(2), rows = E.size(0) * F;
   at::Tensor grad_E = at::empty_like(E), partial = at::empty({rows, 4}, E.options());
   AT_DISPATCH_FLOATING_TYPES(E.scalar_type(), "pcen_backward", [&] {
     at::parallel_for(0, rows, grain(n_time), [&](int64_t b, int64_t e) {
-      cpu::pcen_backward<scalar_t>(g.data_ptr<scalar_t>(), E.data_ptr<scalar_t>(),
-                                   has_state ? M.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
+      cpu::pcen_backward<scalar_t>(g.data_ptr<scalar_t>(), E.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                    params.data_ptr<scalar_t>(), F, n_time, eps, b, e, grad_E.data_ptr<scalar_t>(),
                                    partial.data_ptr<scalar_t>());
     });

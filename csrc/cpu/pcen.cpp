@@ -427,10 +427,8 @@ PYAUDIOK_INLINE double finish_row(const T* direct, const T* lam, const T* E, con
   return state_grad(lam, E, M, n_time);
 }
 
-}  // namespace
-
 // A group of up to kLanes rows from r0: each row's parameters, and its smoother state M
-// (M_group, `lanes` rows of n_time), from E's rows.
+// (`lanes` rows of n_time) from E's rows.
 template <typename T>
 struct Group {
   int64_t lanes;
@@ -453,41 +451,40 @@ struct Group {
   }
 };
 
+}  // namespace
+
 // Two phases per group of kLanes rows: the smoother's recurrence (sequential in time, the lanes
-// interleaved), then the compression, elementwise and vectorised along each row. Without M the
-// state stays in a per-group scratch that stays in cache.
+// interleaved) into a per-group buffer that stays in cache, then the compression, elementwise and
+// vectorised along each row.
 template <typename T>
 PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps,
-                                  int64_t row_begin, int64_t row_end, T* y, T* M) {
+                                  int64_t row_begin, int64_t row_end, T* y) {
   const T e0 = static_cast<T>(eps);
-  std::vector<T> scratch(M ? 0 : kLanes * n_time);
+  std::vector<T> M(kLanes * n_time);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
     const Group<T> group(params, F, r0, row_end);
     const int64_t first = r0 * n_time;
-    T* M_group = M ? M + first : scratch.data();
-    group.smooth(E + first, n_time, M_group);
+    group.smooth(E + first, n_time, M.data());
     for (int64_t j = 0; j < group.lanes; ++j) {
       const int64_t row = first + j * n_time;
-      compress_row(E + row, M_group + j * n_time, group.p[j], e0, n_time, y + row);
+      compress_row(E + row, M.data() + j * n_time, group.p[j], e0, n_time, y + row);
     }
   }
 }
 
 template <typename T>
-PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const T* y, const T* params, int64_t F,
-                                   int64_t n_time, double eps, int64_t row_begin, int64_t row_end, T* grad_E,
-                                   T* partial) {
+PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* y, const T* params, int64_t F, int64_t n_time,
+                                   double eps, int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
   const T e0 = static_cast<T>(eps);
-  std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time), scratch(M ? 0 : kLanes * n_time);
+  std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time), M(kLanes * n_time);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kLanes) {
     const Group<T> group(params, F, r0, row_end);
     const int64_t lanes = group.lanes, first = r0 * n_time;
-    const T* M_group = M ? M + first : scratch.data();
-    if (!M) group.smooth(E + first, n_time, scratch.data());  // the forward's state, recomputed
+    group.smooth(E + first, n_time, M.data());  // the forward's state, recomputed
     double acc[kLanes][4] = {};  // ∂α, ∂δ, ∂r, ∂s sums of the row
     for (int64_t j = 0; j < lanes; ++j) {
       const int64_t row = first + j * n_time;
-      backward_terms(grad + row, E + row, M_group + j * n_time, y + row, group.p[j], e0, n_time,
+      backward_terms(grad + row, E + row, M.data() + j * n_time, y + row, group.p[j], e0, n_time,
                      direct.data() + j * n_time, drive.data() + j * n_time, acc[j]);
     }
     if (lanes == kLanes) {
@@ -497,7 +494,7 @@ PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const 
     }
     for (int64_t j = 0; j < lanes; ++j) {
       const int64_t row = first + j * n_time;
-      acc[j][3] = finish_row(direct.data() + j * n_time, drive.data() + j * n_time, E + row, M_group + j * n_time,
+      acc[j][3] = finish_row(direct.data() + j * n_time, drive.data() + j * n_time, E + row, M.data() + j * n_time,
                              group.s[j], n_time, grad_E + row);
       for (int k = 0; k < 4; ++k) partial[(r0 + j) * 4 + k] = static_cast<T>(acc[j][k]);
     }
@@ -505,9 +502,9 @@ PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* M, const 
 }
 
 #define PYAUDIOK_PCEN_INSTANTIATE(T)                                                                            \
-  template void pcen_forward<T>(const T*, const T*, int64_t, int64_t, double, int64_t, int64_t, T*, T*);       \
-  template void pcen_backward<T>(const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, double,  \
-                                 int64_t, int64_t, T*, T*);
+  template void pcen_forward<T>(const T*, const T*, int64_t, int64_t, double, int64_t, int64_t, T*);           \
+  template void pcen_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, double, int64_t,    \
+                                 int64_t, T*, T*);
 PYAUDIOK_PCEN_INSTANTIATE(float)
 PYAUDIOK_PCEN_INSTANTIATE(double)
 #undef PYAUDIOK_PCEN_INSTANTIATE
