@@ -196,7 +196,7 @@ PYAUDIOK_INLINE void compress_vectors_of_row(const float* E, const float* M, con
   for (; t + 8 <= n; t += 8) compress_vectors<1, kBounded>(E + t, M + t, row, y + t);
 }
 
-PYAUDIOK_CLONES
+PYAUDIOK_CLONES_AVX512
 void compress_row(const float* E, const float* M, const Lane<float>& q, float eps, int64_t n, float* y) {
   const Row row = make_row(q, eps);
   int64_t t = 0;
@@ -269,7 +269,7 @@ PYAUDIOK_INLINE void backward_vectors_of_row(const float* g, const float* E, con
 }
 
 // The same terms, eight vectors at a time as compress_row, the tail by backward_scalar.
-PYAUDIOK_CLONES
+PYAUDIOK_CLONES_AVX512
 void backward_terms(const float* g, const float* E, const float* M, const float* y, const Lane<float>& q, float eps,
                     int64_t n, float* direct, float* drive, double* acc) {
   using namespace simd;
@@ -457,7 +457,7 @@ struct Group {
 // interleaved) into a per-group buffer that stays in cache, then the compression, elementwise and
 // vectorised along each row.
 template <typename T>
-PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps,
+PYAUDIOK_CLONES_AVX512 void pcen_forward(const T* E, const T* params, int64_t F, int64_t n_time, double eps,
                                   int64_t row_begin, int64_t row_end, T* y) {
   const T e0 = static_cast<T>(eps);
   std::vector<T> M(kLanes * n_time);
@@ -473,7 +473,7 @@ PYAUDIOK_CLONES void pcen_forward(const T* E, const T* params, int64_t F, int64_
 }
 
 template <typename T>
-PYAUDIOK_CLONES void pcen_backward(const T* grad, const T* E, const T* y, const T* params, int64_t F, int64_t n_time,
+PYAUDIOK_CLONES_AVX512 void pcen_backward(const T* grad, const T* E, const T* y, const T* params, int64_t F, int64_t n_time,
                                    double eps, int64_t row_begin, int64_t row_end, T* grad_E, T* partial) {
   const T e0 = static_cast<T>(eps);
   std::vector<T> direct(kLanes * n_time), drive(kLanes * n_time), M(kLanes * n_time);
