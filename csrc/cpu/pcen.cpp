@@ -320,23 +320,37 @@ PYAUDIOK_INLINE void smooth_rows(const T* E, const T* s, int64_t n_time, T* M) {
   smooth_lanes<kLanes>(E, s, n_time, M);
 }
 
+// (1 − s)² lane-wise, rounded once from the double product: the two-step recurrences below decay
+// by it, and a float square would round twice.
+PYAUDIOK_INLINE simd::v8f squared(simd::v8f keep) {
+  simd::v8f k2;
+  for (int l = 0; l < 8; ++l) k2[l] = static_cast<float>(static_cast<double>(keep[l]) * keep[l]);
+  return k2;
+}
+
 // The same for 8 float rows, in blocks of 8 steps: the block is transposed so that each vector
-// holds one step of the 8 rows, the recurrence runs on whole vectors (one multiply-add per step
-// for all 8 rows), and the block is transposed back. The first steps and the tail run lane by lane.
+// holds one step of the 8 rows, the recurrence runs on whole vectors, and the block is transposed
+// back. The first steps and the tail run lane by lane. Two steps per multiply-add on the chain:
+// M_{t+2} = (1 − s)²·M_t + ((1 − s)·u_{t+1} + u_{t+2}), u = s·E, and M_{t+1} off the chain. One
+// step per multiply-add made the chain's latency (8 per block) the smoother's bound.
 static_assert(kLanes == 8, "the blocked smoother and adjoint transpose 8 rows");
 PYAUDIOK_INLINE void smooth_rows(const float* E, const float* s, int64_t n_time, float* M) {
   using namespace simd;
   float first[8];
   for (int j = 0; j < 8; ++j) first[j] = M[j * n_time] = E[j * n_time];
   smooth_steps<8>(E, s, n_time, 1, std::min<int64_t>(8, n_time), first, M);
-  const v8f sv = load8(s), keep = 1.0f - sv;
+  const v8f sv = load8(s), keep = 1.0f - sv, keep2 = squared(keep);
   v8f state = load8(first);
   int64_t t = 8;
   for (; t + 8 <= n_time; t += 8) {
     v8f c[8];
     for (int i = 0; i < 8; ++i) c[i] = load8(E + i * n_time + t);
     transpose8x8(c);
-    for (int j = 0; j < 8; ++j) c[j] = state = sv * c[j] + keep * state;
+    for (int j = 0; j < 8; j += 2) {
+      const v8f u0 = sv * c[j], u1 = sv * c[j + 1];
+      c[j] = keep * state + u0;
+      c[j + 1] = state = keep2 * state + (keep * u0 + u1);
+    }
     transpose8x8(c);
     for (int i = 0; i < 8; ++i) store8(M + i * n_time + t, c[i]);
   }
@@ -368,20 +382,25 @@ PYAUDIOK_INLINE void adjoint_rows(T* drive, const T* s, int64_t n_time) {
   adjoint_lanes<kLanes>(drive, s, n_time);
 }
 
-// The same for 8 float rows, in transposed blocks of 8 steps as the smoother above: the tail past
-// the last whole block lane by lane, then the blocks from the end.
+// The same for 8 float rows, in transposed blocks of 8 steps as the smoother above (two steps per
+// multiply-add on the chain): the tail past the last whole block lane by lane, then the blocks
+// from the end.
 PYAUDIOK_INLINE void adjoint_rows(float* drive, const float* s, int64_t n_time) {
   using namespace simd;
   const int64_t blocks_end = n_time / 8 * 8;
   float last[8] = {};
   adjoint_steps<8>(drive, s, n_time, blocks_end, n_time, last);
-  const v8f keep = 1.0f - load8(s);
+  const v8f keep = 1.0f - load8(s), keep2 = squared(keep);
   v8f lam = load8(last);
   for (int64_t t = blocks_end - 8; t >= 0; t -= 8) {
     v8f c[8];
     for (int i = 0; i < 8; ++i) c[i] = load8(drive + i * n_time + t);
     transpose8x8(c);
-    for (int j = 7; j >= 0; --j) c[j] = lam = c[j] + keep * lam;
+    for (int j = 7; j >= 0; j -= 2) {
+      const v8f d1 = c[j], d0 = c[j - 1];
+      c[j] = keep * lam + d1;
+      c[j - 1] = lam = keep2 * lam + (keep * d1 + d0);
+    }
     transpose8x8(c);
     for (int i = 0; i < 8; ++i) store8(drive + i * n_time + t, c[i]);
   }
