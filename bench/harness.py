@@ -252,10 +252,22 @@ def _commit() -> str:
         return "unknown"
 
 
+def _cpu_name() -> str:
+    """The CPU's model name and the vector instruction set torch's kernels use on it (figures from
+    AVX2 and AVX-512 machines differ, for our kernels and for the peers)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def environment(device: torch.device) -> dict:
     commit = _commit()
     from pyaudiok import backends, __version__
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "device": device.type, "device_name": name, "threads": torch.get_num_threads(),
         "pyaudiok": __version__, "torch": torch.__version__, "triton": backends.triton_version(),
