@@ -31,7 +31,7 @@ TORCH_LIBRARY(pyaudiok, m) {
         "Tensor plan, Tensor iters, Tensor hist_f, Tensor hist_g, float eps) -> (Tensor, Tensor, Tensor)");
   // sPCEN (pyaudiok/ops/pcen.py documents the contract and the gradients).
   m.def("pcen_forward(Tensor E, Tensor params, float eps) -> (Tensor, Tensor)");
-  m.def("pcen_backward(Tensor grad, Tensor E, Tensor M, Tensor params, float eps, Tensor y) -> (Tensor, Tensor)");
+  m.def("pcen_backward(Tensor grad, Tensor E, Tensor y, Tensor params, float eps) -> (Tensor, Tensor)");
   // Bottom-right causal latent attention (pyaudiok/ops/latent_attention.py): (out, lse) and (dq, dk, dv).
   m.def("latent_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_lengths, float scale) -> (Tensor, Tensor)");
   m.def("latent_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "

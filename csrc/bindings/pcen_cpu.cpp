@@ -37,12 +37,10 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& E_in, const at:
   return {y, M};
 }
 
+// y is the forward's output (the state is recomputed from E, see pcen.h).
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const at::Tensor& E_in,
-                                                const at::Tensor& M_in, const at::Tensor& params_in, double eps,
-                                                const at::Tensor& y_in) {
+                                                const at::Tensor& y_in, const at::Tensor& params_in, double eps) {
   check_inputs(E_in, params_in);
-  TORCH_CHECK(M_in.numel() == 0, "pcen_backward (cpu): M must be the CPU forward's empty state (the backward "
-              "recomputes it); got ", M_in.sizes());
   TORCH_CHECK(grad_in.sizes() == E_in.sizes() && y_in.sizes() == E_in.sizes() &&
                   grad_in.scalar_type() == E_in.scalar_type() && y_in.scalar_type() == E_in.scalar_type(),
               "pcen_backward (cpu): grad and y must match E's shape and dtype");

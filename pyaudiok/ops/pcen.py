@@ -13,12 +13,13 @@ definition), `cpu` (csrc/cpu/pcen.cpp: a loop over time, blocks of channels side
 the fused backends, with params = stack(α, δ, r, s) [4, F] in the state dtype:
 
     pcen_forward(E[B, F, T], params[4, F], eps) -> (y[B, F, T] in E's dtype, M[B, F, T] fp32/fp64 or [0])
-    pcen_backward(grad_y, E, M, params, eps[, y]) -> (grad_E, partial[B·F, 4])
+    pcen_backward(grad_y, E, kept, params, eps) -> (grad_E, partial[B·F, 4])
 
-M is the smoother state for the backward. The CPU forward returns it empty and its backward
-recomputes it group by group of channels: the recurrence costs less than writing [B, F, T] out and
-reading it back. The CPU backward takes the forward's y instead (z^{1/r} = y + δ^{1/r}, one power
-fewer), so the op saves E and its output. Triton's forward returns M and its backward takes no y.
+`kept` is what the forward keeps for the backward. Triton's forward returns the smoother state M
+and its backward takes it. The CPU forward returns M empty: its backward recomputes the state group
+by group of channels (the recurrence costs less than writing [B, F, T] out and reading it back) and
+takes the forward's y instead (z^{1/r} = y + δ^{1/r}, one power fewer), so the op saves E and its
+output.
 
 The backward is the adjoint of the recurrence: with gz = g (1/r) Z^{1/r−1}, Z = E P + δ, P = (ε+M)^{−α},
     λ_t = −α gz_t E_t P_t / (ε + M_t) + (1 − s) λ_{t+1}
@@ -66,7 +67,7 @@ def pcen_reference(E: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor, r:
 
 def _register_forward(qualname: str, backward_op: Callable[[], Callable], recomputes_state: bool) -> None:
     """`recomputes_state`: the backend's forward returns an empty M, and its backward recomputes the
-    state from E and takes the forward's y (the CPU's); else M is saved and y is not."""
+    state from E and takes the forward's y (the CPU's); else its backward takes M."""
     @torch.library.register_fake(qualname)
     def _(E, params, eps):
         return E.new_empty(E.shape), E.new_empty((0,) if recomputes_state else E.shape, dtype=params.dtype)
@@ -74,16 +75,15 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable], recomp
     def setup_context(ctx, inputs, output):
         E, params, eps = inputs
         y, M = output
-        ctx.save_for_backward(E, M, params, y if recomputes_state else None)
+        ctx.save_for_backward(E, y if recomputes_state else M, params)
         ctx.eps = eps
         ctx.set_materialize_grads(False)  # M's gradient is always absent: no [B, F, T] of zeros for it
 
     def backward(ctx, grad_y, grad_M):
         if grad_y is None:
             return None, None, None
-        E, M, params, y = ctx.saved_tensors
-        args = (grad_y.contiguous(), E, M, params, ctx.eps) + ((y,) if recomputes_state else ())
-        grad_E, partial = backward_op()(*args)
+        E, kept, params = ctx.saved_tensors
+        grad_E, partial = backward_op()(grad_y.contiguous(), E, kept, params, ctx.eps)
         B, F = E.shape[0], E.shape[1]
         grad_params = partial.view(B, F, 4).sum(0).T.to(params.dtype)
         return grad_E, grad_params, None
@@ -93,7 +93,7 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable], recomp
 
 def _register_backward(qualname: str) -> None:
     @torch.library.register_fake(qualname)
-    def _(grad, E, M, params, eps, y=None):
+    def _(grad, E, kept, params, eps):
         return E.new_empty(E.shape), E.new_empty((E.shape[0] * E.shape[1], 4), dtype=params.dtype)
 
 
