@@ -1,6 +1,9 @@
 """Benchmark of the bilinear contrastive loss (DESIGN §6), forward + backward to anchors, positives
 and W, D = 512, B = 1024…16 384: the reference (the plain PyTorch a user writes: `[B, B]` logits and
-`F.cross_entropy`, which is also the peer), and every backend."""
+`F.cross_entropy`, which is also the peer), every backend, and the speed floor of any exact method:
+the three B²D GEMMs (S = Ã Pᵀ, then S P and Sᵀ Ã for the gradients) in torch at the input dtype,
+into preallocated outputs. The reference runs the same three products plus its passes over [B, B],
+so reference time / floor time bounds the speed-up any backend can reach at that precision."""
 from __future__ import annotations
 
 import torch
@@ -26,6 +29,19 @@ def _step(backend, a, p, w):
     return run
 
 
+def _three_gemms(a, p):
+    """The products every exact method runs, on buffers allocated once (Ã stands in for A W: the
+    B·D² product is not part of the floor)."""
+    scores = a.new_empty((a.shape[0], p.shape[0]))
+    d_a, d_p = torch.empty_like(a), torch.empty_like(p)
+
+    def run():
+        torch.mm(a, p.T, out=scores)
+        torch.mm(scores, p, out=d_a)
+        torch.mm(scores.T, a, out=d_p)
+    return run
+
+
 def contrastive_case(device: torch.device, B: int) -> Case:
     dtype = DTYPE[device.type]
     gen = torch.Generator().manual_seed(B)
@@ -39,6 +55,7 @@ def contrastive_case(device: torch.device, B: int) -> Case:
 
     cands = [Candidate("reference", "reference", _step("reference", a, p, w))]
     cands += backend_candidates(OP, device, dtype, (a, p, w, False, "mean"), lambda b: _step(b, a, p, w), check)
+    cands.append(Candidate("floor: three B²D GEMMs", "floor", _three_gemms(a.detach(), p.detach())))
     return Case("bilinear_contrastive.fwd+bwd", {"B": B, "D": D, "dtype": str(dtype).replace("torch.", "")}, cands)
 
 
