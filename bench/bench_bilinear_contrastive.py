@@ -1,9 +1,10 @@
 """Benchmark of the bilinear contrastive loss (DESIGN §6), forward + backward to anchors, positives
 and W, D = 512, B = 1024…16 384: the reference (the plain PyTorch a user writes: `[B, B]` logits and
 `F.cross_entropy`, which is also the peer), every backend, and the speed floor of any exact method:
-the three B²D GEMMs (S = Ã Pᵀ, then S P and Sᵀ Ã for the gradients) in torch at the input dtype,
-into preallocated outputs. The reference runs the same three products plus its passes over [B, B],
-so reference time / floor time bounds the speed-up any backend can reach at that precision."""
+its GEMMs in torch at the input dtype, into preallocated outputs: Ã = A W, the three B²D products
+(S = Ã Pᵀ, then S P and Sᵀ Ã for the gradients), and the two B·D² products of the backward through
+W (dA = dÃ Wᵀ, dW = Aᵀ dÃ). The reference runs the same products plus its passes over [B, B], so
+reference time / floor time bounds the speed-up any backend can reach at that precision."""
 from __future__ import annotations
 
 import torch
@@ -29,16 +30,19 @@ def _step(backend, a, p, w):
     return run
 
 
-def _three_gemms(a, p):
-    """The products every exact method runs, on buffers allocated once (Ã stands in for A W: the
-    B·D² product is not part of the floor)."""
+def _gemm_floor(a, p, w):
+    """The products every exact method runs, on buffers allocated once (S stands in for the
+    gradient of the scores, d_at for that of Ã: the same shapes)."""
     scores = a.new_empty((a.shape[0], p.shape[0]))
-    d_a, d_p = torch.empty_like(a), torch.empty_like(p)
+    at, d_at, d_p, d_a, d_w = (torch.empty_like(t) for t in (a, a, p, a, w))
 
     def run():
-        torch.mm(a, p.T, out=scores)
-        torch.mm(scores, p, out=d_a)
-        torch.mm(scores.T, a, out=d_p)
+        torch.mm(a, w, out=at)
+        torch.mm(at, p.T, out=scores)
+        torch.mm(scores, p, out=d_at)
+        torch.mm(scores.T, at, out=d_p)
+        torch.mm(d_at, w.T, out=d_a)
+        torch.mm(a.T, d_at, out=d_w)
     return run
 
 
@@ -55,7 +59,8 @@ def contrastive_case(device: torch.device, B: int) -> Case:
 
     cands = [Candidate("reference", "reference", _step("reference", a, p, w))]
     cands += backend_candidates(OP, device, dtype, (a, p, w, False, "mean"), lambda b: _step(b, a, p, w), check)
-    cands.append(Candidate("floor: three B²D GEMMs", "floor", _three_gemms(a.detach(), p.detach())))
+    floor = _gemm_floor(a.detach(), p.detach(), w.detach())
+    cands.append(Candidate("floor: its GEMMs (3 B²D + 3 BD²)", "floor", floor))
     return Case("bilinear_contrastive.fwd+bwd", {"B": B, "D": D, "dtype": str(dtype).replace("torch.", "")}, cands)
 
 
