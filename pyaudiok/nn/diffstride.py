@@ -42,7 +42,9 @@ class _FourierCrop(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.dims + 2:
             raise ValueError(f"{type(self).__name__} expects {self.dims + 2}-D input; got shape {tuple(x.shape)}")
-        return fourier_crop(x, self.strides.to(x.dtype), smoothness=self.smoothness)
+        # float64 strides for float64 maps; never rounded to half precision (the op computes in fp32 there).
+        strides = self.strides.to(torch.promote_types(self.strides.dtype, x.dtype))
+        return fourier_crop(x, strides, smoothness=self.smoothness)
 
     @torch.no_grad()
     def clamp_(self) -> None:

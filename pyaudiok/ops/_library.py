@@ -13,6 +13,7 @@ import torch
 from .. import _extension, backends, dispatch
 
 GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def extension_loaded() -> bool:
@@ -22,6 +23,31 @@ def extension_loaded() -> bool:
 def cpp_op(name: str):
     """torch.ops.pyaudiok.<name>, defined by the compiled extension (loaded at import)."""
     return getattr(torch.ops.pyaudiok, name)
+
+
+def upcast_half(fn: Callable) -> Callable:
+    """A float32 backend's call made to take half-precision inputs: fp16 / bf16 tensor arguments are
+    upcast to float32 (differentiably, so their gradients come back in their own dtypes), and the
+    floating results are rounded to the dtype of the first such argument. The CPU kernels run in
+    fp32 as the GPU kernels do for half inputs, instead of the reference running in half precision
+    (with its O(N²) intermediates where it has them)."""
+    def run(*args):
+        half = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES), None)
+        if half is None:
+            return fn(*args)
+        out = fn(*(a.float() if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES else a for a in args))
+        return _round_floating(out, half)
+    return run
+
+
+def _round_floating(out, dtype: torch.dtype):
+    """out's floating tensors (alone, or in a tuple or NamedTuple) in `dtype`; the rest as it is."""
+    if isinstance(out, torch.Tensor):
+        return out.to(dtype) if out.is_floating_point() else out
+    if isinstance(out, tuple):
+        items = [_round_floating(item, dtype) for item in out]
+        return type(out)(*items) if hasattr(out, "_fields") else tuple(items)
+    return out
 
 
 _TRITON_OPS: dict[str, object] = {}

@@ -33,7 +33,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import triton_op
+from ._library import HALF_DTYPES, triton_op, upcast_half
 
 __all__ = ["bilinear_contrastive_loss", "bilinear_contrastive_reference"]
 
@@ -261,8 +261,8 @@ def _rows(get_forward: Callable[[], Callable]):
 OP = dispatch.op("bilinear_contrastive_loss")
 OP.register("reference", bilinear_contrastive_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 # Pure ATen: available wherever torch is, extension or not.
-OP.register("cpu", _fused(_rows(lambda: _cpu_forward), weight_inside=True), devices=("cpu",),
-            dtypes=(torch.float32, torch.float64))
+OP.register("cpu", upcast_half(_fused(_rows(lambda: _cpu_forward), weight_inside=True)), devices=("cpu",),
+            dtypes=HALF_DTYPES + (torch.float32, torch.float64))
 # The same blocked algorithm on tensor cores (3xTF32 for fp32; kernels/bilinear_contrastive.py).
 OP.register("triton", _fused(_rows(_triton_forward)), devices=("cuda", "cpu"),
             dtypes=(torch.float32, torch.float16, torch.bfloat16), availability=backends.triton_reason)

@@ -40,7 +40,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
 
 __all__ = ["fourier_crop", "fourier_crop_reference", "fourier_crop_output_size", "METHODS"]
 
@@ -178,6 +178,9 @@ def fourier_crop_reference(x: torch.Tensor, strides: torch.Tensor, smoothness: f
 
 
 def _reference(x, strides, smoothness, values=None):
+    if x.dtype in HALF_DTYPES:  # torch's FFTs have no half-precision CPU kernels (cuFFT: fp16 at 2^k only)
+        up = strides.float() if strides.dtype in HALF_DTYPES else strides
+        return _reference(x.float(), up, smoothness, values).to(x.dtype)
     axes, _ = _plans(x, stride_values(strides) if values is None else values, smoothness)
     per_axis = [strides[0]] * len(axes) if strides.numel() == 1 else list(strides.unbind())
     if x.dim() == 3:
@@ -481,8 +484,8 @@ def _fused(get_kernels):
 
 FOURIER_CROP = dispatch.op("fourier_crop")
 register_backends(FOURIER_CROP, reference=lambda x, s, r, method, values: _reference(x, s, r, values),
-                  cpu=_fused(_cpp_kernels), triton=_fused(_triton_kernels),
-                  cpu_dtypes=(torch.float32, torch.float64), gpu_dtypes=(torch.float32, torch.float64))
+                  cpu=upcast_half(_fused(_cpp_kernels)), triton=_fused(_triton_kernels),
+                  cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64), gpu_dtypes=(torch.float32, torch.float64))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,7 +503,8 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
     if x.dim() not in (3, 4):
         raise ValueError(f"x must have shape [B, C, T] or [B, C, H, W]; got {_checks.shape_str(x.shape)}")
     if isinstance(strides, (int, float)) and not isinstance(strides, bool):
-        strides = torch.tensor([float(strides)], dtype=x.dtype, device=x.device)
+        # A constant stride in float32 at least: a half-precision one would round the user's value.
+        strides = torch.tensor([float(strides)], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     strides = _checks.float_tensor("strides", strides, layout="[1] or [2]")
     _checks.same_device("strides", strides, "x", x)
     n_axes = x.dim() - 2

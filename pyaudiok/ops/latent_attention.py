@@ -28,7 +28,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import cpp_op, triton_op
+from ._library import HALF_DTYPES, cpp_op, triton_op, upcast_half
 
 __all__ = ["latent_cross_attention", "latent_attention_reference"]
 
@@ -175,8 +175,8 @@ def _triton_head_dim(q, k, v, key_lengths, scale, keep):
 
 OP = dispatch.op("latent_cross_attention")
 OP.register("reference", latent_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
-OP.register("cpu", _fused(lambda: _cpu_forward, kv_layout=lambda t: t), devices=("cpu",),
-            dtypes=(torch.float32, torch.float64), availability=backends.cpu_reason)
+OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward, kv_layout=lambda t: t)), devices=("cpu",),
+            dtypes=HALF_DTYPES + (torch.float32, torch.float64), availability=backends.cpu_reason)
 OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16,
             torch.bfloat16), availability=backends.triton_reason, constraint=_triton_head_dim)
 

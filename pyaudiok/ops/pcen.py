@@ -36,7 +36,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
 
 __all__ = ["pcen", "pcen_reference"]
 
@@ -123,8 +123,8 @@ def _fused(get_op: Callable[[], Callable]):
 
 
 PCEN = dispatch.op("pcen")
-register_backends(PCEN, reference=pcen_reference, cpu=_fused(lambda: cpp_op("pcen_forward")),
-                  cpu_dtypes=(torch.float32, torch.float64), triton=_fused(_triton_forward))
+register_backends(PCEN, reference=pcen_reference, cpu=upcast_half(_fused(lambda: cpp_op("pcen_forward"))),
+                  cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64), triton=_fused(_triton_forward))
 
 
 # ----------------------------------------------------------------------------------------------

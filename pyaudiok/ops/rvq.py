@@ -27,7 +27,7 @@ import torch
 
 from .. import _extension, dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
 
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "rvq_reference", "rvq_decode_reference"]
 
@@ -180,12 +180,14 @@ def _triton_width_limit(x, codebooks, n_q):
 
 
 FORWARD = dispatch.op("residual_vq")
-register_backends(FORWARD, reference=rvq_reference, cpu=_fused_forward(lambda: cpp_op("rvq_forward")),
+register_backends(FORWARD, reference=rvq_reference, cpu=upcast_half(_fused_forward(lambda: cpp_op("rvq_forward"))),
                   triton=_fused_forward(_triton_forward), cuda=_fused_forward(lambda: cpp_op("rvq_forward")),
+                  cpu_dtypes=HALF_DTYPES + (torch.float32,),
                   triton_constraint=_triton_width_limit, cuda_constraint=_cuda_width_limit)
 DECODE = dispatch.op("rvq_decode")
-register_backends(DECODE, reference=rvq_decode_reference, cpu=_fused_decode(lambda: cpp_op("rvq_decode")),
-                  triton=_fused_decode(_triton_decode), cuda=_fused_decode(lambda: cpp_op("rvq_decode")))
+register_backends(DECODE, reference=rvq_decode_reference, cpu=upcast_half(_fused_decode(lambda: cpp_op("rvq_decode"))),
+                  triton=_fused_decode(_triton_decode), cuda=_fused_decode(lambda: cpp_op("rvq_decode")),
+                  cpu_dtypes=HALF_DTYPES + (torch.float32,))
 
 
 # ----------------------------------------------------------------------------------------------

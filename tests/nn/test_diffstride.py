@@ -27,6 +27,22 @@ def test_layer_is_the_op_and_its_stride_learns():
     assert layer.strides.grad is not None and layer.strides.grad.abs().min() > 0
 
 
+def test_half_precision_maps_keep_the_strides_in_float32():
+    """A bf16 map (autocast) is cropped at the float32 stride itself, not at its bf16 rounding
+    (1.7 → 1.703125), and the gradient reaches the float32 parameter."""
+    layer = DiffStride2d(1.7)
+    x = torch.randn(2, 3, 40, 36).bfloat16()
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    (y.double() ** 2).sum().backward()
+    stride64 = torch.tensor([1.7], dtype=torch.float64, requires_grad=True)
+    want = fourier_crop(x.double(), stride64)
+    (want ** 2).sum().backward()
+    torch.testing.assert_close(y.double(), want, atol=0.03, rtol=0.02)
+    assert layer.strides.grad.dtype == torch.float32
+    torch.testing.assert_close(layer.strides.grad.double(), stride64.grad, atol=0, rtol=0.05)
+
+
 def test_spectral_pool_has_fixed_strides():
     pool = SpectralPool2d(2.0)
     assert not any(p.requires_grad for p in pool.parameters()) and "strides" in dict(pool.named_buffers())

@@ -238,11 +238,14 @@ def test_registered_ops_pass_opcheck(backend):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cpu", pytest.param("triton", marks=pytest.mark.gpu)))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_triton_half_precision(dtype):
-    device = require_backend(OP, "triton", dtype)
-    compare_with_reference(_loss(True, "mean"), _inputs(300, 64, device, dtype, scale=0.05), "triton", scale=2.0)
+def test_half_precision(backend, dtype):
+    """Half inputs: Triton's kernels take them as they are, the CPU kernels compute in float32."""
+    device = require_backend(OP, backend, dtype)
+    out, _ = compare_with_reference(_loss(True, "mean"), _inputs(300, 64, device, dtype, scale=0.05), backend,
+                                    scale=2.0)
+    assert out[0].dtype == dtype
 
 
 # ---------------------------------------------------------------------------------------------

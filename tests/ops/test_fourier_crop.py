@@ -24,14 +24,16 @@ STRIDES = (1.0, 1.5, 2.0, 3.7)
 SHAPES = {"1d": (2, 3, 45), "2d": (2, 3, 33, 40)}  # odd and even lengths, rows and columns both cropped
 # dL/dS sums B·C·H·W products that largely cancel: its float32 error is relative to those terms,
 # so it gets a looser bound than outputs and dx (which stay at the harness tolerance).
-STRIDE_GRAD_SCALE = {torch.float64: 1.0, torch.float32: 10.0}
+STRIDE_GRAD_SCALE = {torch.float64: 1.0, torch.float32: 10.0, torch.float16: 1.0, torch.bfloat16: 1.0}
 
 
-def compare(x, strides, backend, method, dtype):
-    """Outputs, dx and dstrides of `backend`/`method` at `dtype` against the float64 reference."""
+def compare(x, strides, backend, method, dtype, stride_dtype=None):
+    """Outputs, dx and dstrides of `backend`/`method` with x in `dtype` (the strides in
+    `stride_dtype`, default `dtype`) against the float64 reference on the same rounded values."""
+    x, strides = x.to(dtype), strides.to(stride_dtype or dtype)
     inputs64 = (x.double().requires_grad_(), strides.double().requires_grad_())
     ref, ref_grads = run_with_grads(lambda x, s: fourier_crop(x, s), inputs64, "reference", grad_seed=1)
-    inputs = (x.to(dtype).requires_grad_(), strides.to(dtype).requires_grad_())
+    inputs = (x.requires_grad_(), strides.requires_grad_())
     out, grads = run_with_grads(lambda x, s: fourier_crop(x, s, method=method), inputs, backend, grad_seed=1)
     same_dtype = same_dtype_reference(lambda x, s: fourier_crop(x, s), inputs)
     assert_close("output", out[0], ref[0], dtype, same_dtype_ref=lambda: pick(same_dtype(), 0, 0))
@@ -66,6 +68,24 @@ def test_per_axis_strides_and_non_contiguous_input(backend, method):
     assert not x.is_contiguous()
     out = compare(x, torch.tensor([2.7, 1.3], device=device), backend, method, torch.float32)
     assert out.shape == (2, 3, fourier_crop_output_size(26, 2.7, rfft=False), fourier_crop_output_size(31, 1.3))
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("rank", ("1d", "2d"))
+def test_half_precision_inputs_on_the_cpu(dtype, method, rank):
+    """Half-precision maps (with the float32 strides a DiffStride layer keeps) run the CPU kernels
+    in float32, rounded to the maps' dtype: within that dtype's tolerance of the float64 reference,
+    and so is the reference itself (torch has no half-precision FFTs on the CPU: it computes in
+    float32 too)."""
+    device = require_backend(FOURIER_CROP, "cpu", dtype)
+    x = torch.randn(SHAPES[rank], dtype=torch.float64, device=device)
+    out = compare(x, torch.tensor([1.5], device=device), "cpu", method, dtype, stride_dtype=torch.float32)
+    assert out.dtype == dtype
+    with pyaudiok.use_backend("reference"):
+        ref = fourier_crop(x.to(dtype), 1.5)
+    assert ref.dtype == dtype
+    assert_close("reference in half precision", ref, fourier_crop(x.to(dtype).double(), 1.5), dtype)
 
 
 @pytest.mark.parametrize("rank,stride", [("1d", 2.0), ("2d", 1.5), ("2d", 3.7)])

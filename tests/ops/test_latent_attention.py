@@ -249,14 +249,16 @@ def test_empty(backend, shape):
     assert q.grad.shape == shape
 
 
-@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cpu", pytest.param("triton", marks=pytest.mark.gpu)))
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("d", (32, 64, 128))
-def test_triton_half_precision(dtype, d):
-    device = require_backend(OP, "triton", dtype)
+def test_half_precision(backend, dtype, d):
+    """Half inputs: Triton's kernels take them as they are, the CPU kernels compute in float32."""
+    device = require_backend(OP, backend, dtype)
     q, k, v = _inputs(2, 4, 300, 2000, d, device, dtype)
-    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=[2000, 1234]), (q, k, v),
-                           "triton")
+    out, _ = compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=[2000, 1234]),
+                                    (q, k, v), backend)
+    assert out[0].dtype == dtype
 
 
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")

@@ -170,12 +170,15 @@ def test_results_near_the_float_maximum_stay_finite(backend, log2_y):
     assert_close("y", got, want, torch.float32, scale=50)  # z's rounding, raised to the 1/r ≈ 70th power
 
 
-@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cpu", pytest.param("triton", marks=pytest.mark.gpu)))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_keep_fp32_state(dtype):
-    E, a, d, r, s = inputs(2, 8, 4000, "cuda", grad=False)
+def test_half_inputs_keep_fp32_state(backend, dtype):
+    """Half energies with float32 parameters (a LEAF frontend's under autocast): the state and the
+    compression in float32 (Triton's kernel and the CPU kernel upcast), the result in half."""
+    device = require_backend(PCEN, backend, dtype)
+    E, a, d, r, s = inputs(2, 8, 4000, device, grad=False)
     s = torch.full_like(s, 0.001)  # tiny updates that a half-precision state would lose
-    with pyaudiok.use_backend("triton"):
+    with pyaudiok.use_backend(backend):
         got = pcen(E.to(dtype), a, d, r, s)
     want = pcen_reference(E.to(dtype).double(), a.double(), d.double(), r.double(), s.double())
     assert got.dtype == dtype

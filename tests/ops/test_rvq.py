@@ -128,14 +128,20 @@ def test_forward_and_gradients_match_reference(backend, N, D, K, Q):
         compare_with_reference(lambda x, c: residual_vq(x, c, n_q), (x, codebooks), backend, exact=(1,))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ("triton", "cuda"))
+@pytest.mark.parametrize("backend", ["cpu"] + [pytest.param(b, marks=pytest.mark.gpu) for b in ("triton", "cuda")])
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_half_precision(backend, dtype):
+    """Half inputs: the GPU kernels take them as they are, the CPU kernels compute in float32; the
+    codes are the reference's, and so is decoding them."""
     device = require_backend(FORWARD, backend, dtype)
     x, codebooks = planted_inputs(300, 64, 256, 4, device, dtype=dtype)
     x.requires_grad_(True)
-    compare_with_reference(lambda x, c: residual_vq(x, c), (x, codebooks), backend, exact=(1,))
+    out, _ = compare_with_reference(lambda x, c: residual_vq(x, c), (x, codebooks), backend, exact=(1,))
+    assert out[0].dtype == dtype
+    codes = out[1]
+    decoded, _ = compare_with_reference(lambda c, cb: rvq_decode(c, cb), (codes, codebooks.requires_grad_(True)),
+                                        backend)
+    assert decoded[0].dtype == dtype
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
