@@ -484,8 +484,9 @@ def _fused(get_kernels):
 
 FOURIER_CROP = dispatch.op("fourier_crop")
 register_backends(FOURIER_CROP, reference=lambda x, s, r, method, values: _reference(x, s, r, values),
-                  cpu=upcast_half(_fused(_cpp_kernels)), triton=_fused(_triton_kernels),
-                  cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64), gpu_dtypes=(torch.float32, torch.float64))
+                  cpu=upcast_half(_fused(_cpp_kernels)), triton=upcast_half(_fused(_triton_kernels)),
+                  cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64),
+                  gpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64))
 
 
 # ----------------------------------------------------------------------------------------------

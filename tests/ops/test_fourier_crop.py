@@ -70,17 +70,18 @@ def test_per_axis_strides_and_non_contiguous_input(backend, method):
     assert out.shape == (2, 3, fourier_crop_output_size(26, 2.7, rfft=False), fourier_crop_output_size(31, 1.3))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("rank", ("1d", "2d"))
-def test_half_precision_inputs_on_the_cpu(dtype, method, rank):
-    """Half-precision maps (with the float32 strides a DiffStride layer keeps) run the CPU kernels
-    in float32, rounded to the maps' dtype: within that dtype's tolerance of the float64 reference,
-    and so is the reference itself (torch has no half-precision FFTs on the CPU: it computes in
-    float32 too)."""
-    device = require_backend(FOURIER_CROP, "cpu", dtype)
+def test_half_precision_inputs(backend, dtype, method, rank):
+    """Half-precision maps (with the float32 strides a DiffStride layer keeps) run the kernels in
+    float32, rounded to the maps' dtype: within that dtype's tolerance of the float64 reference,
+    and so is the reference itself (torch has no half-precision FFTs on the CPU, cuFFT only at
+    powers of two: it computes in float32 too)."""
+    device = require_backend(FOURIER_CROP, backend, dtype)
     x = torch.randn(SHAPES[rank], dtype=torch.float64, device=device)
-    out = compare(x, torch.tensor([1.5], device=device), "cpu", method, dtype, stride_dtype=torch.float32)
+    out = compare(x, torch.tensor([1.5], device=device), backend, method, dtype, stride_dtype=torch.float32)
     assert out.dtype == dtype
     with pyaudiok.use_backend("reference"):
         ref = fourier_crop(x.to(dtype), 1.5)
