@@ -129,7 +129,13 @@ class Op:
         raise BackendUnavailableError(f"{self.name}: no backend can run {device.type} {dtype} inputs ({details})")
 
     def __call__(self, *args, device: torch.device, dtype: torch.dtype):
-        return self.select(device, dtype, args).fn(*args)
+        impl = self.select(device, dtype, args)
+        if torch.is_autocast_enabled(device.type):
+            # The inputs' dtype chose the backend and is the dtype it computes in: autocast must not
+            # recast the torch ops inside it (a matmul of its glue in bf16 beside its fp32 kernels).
+            with torch.autocast(device.type, enabled=False):
+                return impl.fn(*args)
+        return impl.fn(*args)
 
 
 def _warn_once(op: str, backend: str, reason: str, used: str) -> None:

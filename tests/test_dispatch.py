@@ -126,3 +126,16 @@ def test_python_m_pyaudiok_info_runs():
     out = subprocess.run([sys.executable, "-m", "pyaudiok", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "residual_vq" in out.stdout and "rvq_decode" in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_backends_compute_in_the_inputs_dtype_under_autocast(backend):
+    """Autocast does not recast the torch ops inside a backend (the dtype of the inputs chose it):
+    fourier_crop's matmul route, whose GEMMs are torch's, gives the float32 result bit for bit."""
+    from pyaudiok.ops import fourier_crop
+    x, strides = torch.randn(2, 3, 16, 20), torch.tensor([1.5])
+    with pyaudiok.use_backend(backend):
+        want = fourier_crop(x, strides, method="matmul")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fourier_crop(x, strides, method="matmul")
+    assert got.dtype == torch.float32 and torch.equal(got, want)

@@ -5,6 +5,7 @@ here, lazily, with `torch.library.triton_op`, so `import pyaudiok` does not impo
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Callable
 
@@ -48,6 +49,18 @@ def _round_floating(out, dtype: torch.dtype):
         items = [_round_floating(item, dtype) for item in out]
         return type(out)(*items) if hasattr(out, "_fields") else tuple(items)
     return out
+
+
+def without_autocast(backward: Callable) -> Callable:
+    """An autograd.Function's backward run with autocast off on its gradients' device: it computes in
+    the dtypes its forward saved, as the forward did (the dispatcher runs backends with autocast
+    off), also when the caller runs backward() inside an autocast region."""
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        device = next((g.device.type for g in grads if isinstance(g, torch.Tensor)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return backward(ctx, *grads)
+    return run
 
 
 _TRITON_OPS: dict[str, object] = {}

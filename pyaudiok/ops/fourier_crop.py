@@ -40,7 +40,8 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
+from ._library import (HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half,
+                       without_autocast)
 
 __all__ = ["fourier_crop", "fourier_crop_reference", "fourier_crop_output_size", "METHODS"]
 
@@ -359,6 +360,7 @@ class _FFTPath(torch.autograd.Function):
         return y
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad):
         kept, mask_rows, mask_cols, weights = ctx.saved_tensors
         sizes, outs, dims, step = ctx.sizes, ctx.outs, ctx.dims, ctx.step
@@ -435,6 +437,7 @@ class _Separable(torch.autograd.Function):
         return rows.reshape(ah.out, bc, aw.out).transpose(0, 1).reshape(*x.shape[:2], ah.out, aw.out)
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad):
         kernels, axes = ctx.kernels, ctx.axes
         weights, x, mask_w, a_w, *rows_axis = ctx.saved_tensors

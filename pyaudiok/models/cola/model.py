@@ -122,4 +122,8 @@ class COLA(nn.Module):
         # Anchors and positives go through the encoder together (one batch, shared statistics).
         g = self.project(torch.cat([anchors, positives]))
         ga, gp = g.chunk(2)
-        return bilinear_contrastive_loss(ga, gp, self.similarity, symmetric=self.cfg.symmetric)
+        # Under autocast the embeddings come in half precision and W stays float32: the loss runs in
+        # the wider dtype, as autocast runs losses.
+        dtype = torch.promote_types(g.dtype, self.similarity.dtype)
+        return bilinear_contrastive_loss(ga.to(dtype), gp.to(dtype), self.similarity.to(dtype),
+                                         symmetric=self.cfg.symmetric)

@@ -169,7 +169,9 @@ class Wavesplit(nn.Module):
     def loss(self, x: torch.Tensor, sources: torch.Tensor, speakers: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Total training loss and its parts: clipped negative SI-SDR (PIT) + weighted speaker loss."""
         out = self(x, speakers)
-        separation = neg_si_sdr_loss(out.estimates, sources, clip_db=self.config.clip_db)
+        # Under autocast the estimates come in half precision: the loss runs in the wider dtype of the two.
+        dtype = torch.promote_types(out.estimates.dtype, sources.dtype)
+        separation = neg_si_sdr_loss(out.estimates.to(dtype), sources.to(dtype), clip_db=self.config.clip_db)
         total = separation + self.config.speaker_weight * out.speaker_loss
         # Parts as tensors: the training loop reads them when it logs, not one device wait per step.
         return total, {"separation": separation.detach(), "speaker": out.speaker_loss.detach()}
