@@ -131,6 +131,9 @@ def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportio
     B, K = log_probs.shape
     if B == 0:
         return log_probs.new_zeros(0, K)
+    # Half-precision log-probabilities (autocast) are transported in float32: the marginals 1/k_b
+    # and π_b rounded to bf16 would not balance. The labels come back in the input's dtype.
+    out_dtype, log_probs = log_probs.dtype, log_probs.to(torch.promote_types(log_probs.dtype, torch.float32))
     row, pos, counts, live = _pack(bag_index, proportions.shape[0])
     n_live, max_bag = int(live.sum()), int(counts.max())
     floor = math.log(torch.finfo(log_probs.dtype).tiny)
@@ -151,5 +154,5 @@ def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportio
             cost[row, pos] = cost_rows
             q = sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, tol=tol, backward="implicit")[row, pos]
     if hard:
-        return torch.nn.functional.one_hot(q.argmax(1), K).to(log_probs.dtype)
-    return q * counts[bag_index, None].to(q.dtype)
+        return torch.nn.functional.one_hot(q.argmax(1), K).to(out_dtype)
+    return (q * counts[bag_index, None].to(q.dtype)).to(out_dtype)

@@ -40,7 +40,8 @@ from pyaudiok.nn.channel_reorder import reordering_loss
 
 from .checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
                          resolve_checkpoint, restore_rng_state, save_checkpoint)
-from .runtime import Averager, auto_threads, config_from_argv, seed_everything, start_runtime, write_csv
+from .runtime import (Averager, auto_threads, config_from_argv, precision_scope, seed_everything, start_runtime,
+                      write_csv)
 
 __all__ = ["TrainConfig", "train", "evaluate", "conditions", "main", "load_model", "MODELS", "CONDITIONS"]
 
@@ -69,6 +70,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     threads: int = 0                # torch CPU threads (0: the idle cores)
     device: str = "auto"
+    precision: str = "fp32"         # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     resume: bool = False
     progress: bool = True
     out_dir: str = "runs/charm"
@@ -174,10 +176,11 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         where = torch.argsort(perm, dim=1)  # the input position of each canonical electrode
         values = {}
         for name, model in models.items():
-            logits, A = model(x, mask, return_reordering=True)
-            loss = F.cross_entropy(logits, y)
-            if A is not None and cfg.reorder_weight > 0:
-                loss = loss + cfg.reorder_weight * reordering_loss(A, where, mask.gather(1, where))
+            with precision_scope(runtime.device, cfg.precision):
+                logits, A = model(x, mask, return_reordering=True)
+                loss = F.cross_entropy(logits, y)
+                if A is not None and cfg.reorder_weight > 0:
+                    loss = loss + cfg.reorder_weight * reordering_loss(A, where, mask.gather(1, where))
             opts[name].zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

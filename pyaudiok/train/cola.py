@@ -33,7 +33,7 @@ from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, pick_device
+from .runtime import DEVICES, PRECISIONS, pick_device, precision_scope
 
 __all__ = ["TrainConfig", "pretrain", "calibrate_batchnorm", "probe", "labeled_set", "main"]
 
@@ -63,6 +63,7 @@ class TrainConfig:
     probe_steps: int = 300
     seed: int = 0
     device: str = "auto"           # "auto": CUDA when available
+    precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     out_dir: str | None = None
 
 
@@ -107,7 +108,8 @@ def pretrain(cfg: TrainConfig, model: COLA, log=print, clips: torch.Tensor | Non
         wav = clips[torch.randint(0, len(clips), (cfg.batch,), generator=gen)]
         anchors = _crop(wav, n, gen)
         positives = _crop(wav, n, gen) + 0.001 * torch.randn(wav.shape[0], n, generator=gen)
-        loss = model(anchors.to(device), positives.to(device))
+        with precision_scope(device, cfg.precision):
+            loss = model(anchors.to(device), positives.to(device))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -233,6 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--frontend", choices=FRONTENDS, default=d.frontend, help="log-mel or LEAF")
     p.add_argument("--encoder", choices=ENCODERS, default=d.encoder, help="the conv stages or EfficientNet-B0")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: CUDA when available")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="bf16: training steps under bf16 autocast")
     p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
     args = p.parse_args(argv)
     if args.clip_seconds < args.crop_seconds:
@@ -240,7 +244,7 @@ def main(argv=None) -> int:
     kwargs = {k: getattr(args, k) for k in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test",
                                             "probe_chunks", "probe_steps", "seed", "lr", "crop_seconds",
                                             "clip_seconds", "symmetric", "frontend", "encoder", "pretrain_data",
-                                            "device")}
+                                            "device", "precision")}
     cfg = TrainConfig(widths=tuple(int(w) for w in args.widths.split(",")), out_dir=args.out, **kwargs)
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "

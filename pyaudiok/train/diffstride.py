@@ -39,7 +39,7 @@ from pyaudiok.models.soundstream.losses import mel_filterbank
 from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_strides
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, classification_accuracy, pick_device
+from .runtime import DEVICES, PRECISIONS, classification_accuracy, pick_device, precision_scope
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -64,6 +64,7 @@ class TrainConfig:
     test_size: int = 256
     seed: int = 0
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
+    precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     out_dir: str | None = None
 
 
@@ -183,8 +184,9 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
     start = time.perf_counter()
     for step in range(cfg.steps):
         idx = torch.randint(0, len(train_x), (cfg.batch,), generator=gen).to(device)  # drawn by the CPU generator
-        loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
-        penalty = diffstride_penalty(model)
+        with precision_scope(device, cfg.precision):
+            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
+            penalty = diffstride_penalty(model)
         (loss + cfg.penalty * penalty).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -241,6 +243,8 @@ def main(argv=None) -> int:
     for name in ("lr", "stride_lr", "penalty"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--device", choices=DEVICES, default=defaults.device, help="auto: CUDA when available")
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                   help="bf16: training steps under bf16 autocast")
     p.add_argument("--out", default=None, help="directory for results.json and checkpoints")
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -249,7 +253,8 @@ def main(argv=None) -> int:
         p.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
     cfg = TrainConfig(task=args.task, steps=args.steps, batch=args.batch, width=args.width, lr=args.lr,
                       stride_lr=args.stride_lr, penalty=args.penalty, train_size=args.train_size,
-                      test_size=args.test_size, seed=args.seed, device=args.device, out_dir=args.out)
+                      test_size=args.test_size, seed=args.seed, device=args.device, precision=args.precision,
+                      out_dir=args.out)
     results = compare(cfg, runs)
     print(format_results(results))
     return 0

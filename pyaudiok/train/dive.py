@@ -48,6 +48,7 @@ class TrainConfig:
     source: str = "auto"
     seed: int = 0
     log_every: int = 50
+    precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
 
@@ -108,7 +109,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return model.loss(x.to(device), ref.to(device))
 
     rows, seconds = fit_steps(
-        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
+        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log, precision=cfg.precision,
         describe=lambda row: f"  step {row['step']:5d}  loss {row['loss']:.3f}  vad {row['vad']:.3f}  "
                              f"score {row['score']:.3f}")
     after = evaluate(model, held_out, cfg.eval_conversations, cfg.eval_collar)

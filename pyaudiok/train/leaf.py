@@ -28,7 +28,7 @@ from pyaudiok.data import audio_synth
 from pyaudiok.models.leaf import LeafClassifier
 
 from .checkpoint import capture_rng_state, save_checkpoint
-from .runtime import DEVICES, classification_accuracy, pick_device, seed_everything
+from .runtime import DEVICES, PRECISIONS, classification_accuracy, pick_device, precision_scope, seed_everything
 
 __all__ = ["TrainConfig", "CLASSES", "audio_task", "train", "main"]
 
@@ -90,6 +90,7 @@ class TrainConfig:
     channels: tuple = (16, 32, 64, 64, 128, 128)  # the paper's 64…512 with --channels full
     seed: int = 0
     device: str = "auto"    # "auto" (CUDA when available), "cpu" or "cuda"
+    precision: str = "fp32"  # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     out_dir: str | None = None
     progress: bool = True
 
@@ -114,7 +115,8 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
                    leave=False)
         for step in bar:
             idx = order[step * cfg.batch:(step + 1) * cfg.batch]
-            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
+            with precision_scope(device, cfg.precision):
+                loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -144,6 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels", default="small", help="'small' (16…128) or 'full' (64-128-256-256-512-512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default=TrainConfig.device, help="auto: CUDA when available")
+    p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision,
+                   help="bf16: training steps under bf16 autocast")
     p.add_argument("--out", default=None, help="directory for checkpoints and results.json")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -153,7 +157,8 @@ def main(argv=None) -> int:
     for frontend in args.frontends.split(","):
         cfg = TrainConfig(frontend=frontend, epochs=args.epochs, batch=args.batch, lr=args.lr,
                           train_size=args.train_size, test_size=args.test_size, channels=channels, seed=args.seed,
-                          device=args.device, out_dir=args.out, progress=not args.no_progress)
+                          device=args.device, precision=args.precision, out_dir=args.out,
+                          progress=not args.no_progress)
         results[frontend] = train(cfg, data)
     for name, r in results.items():
         print(f"{name:5s} accuracy {r['accuracy']:.3f}  per epoch {[round(a, 3) for a in r['accuracy_per_epoch']]}  "

@@ -33,7 +33,8 @@ from pyaudiok.data.label_proportions import Split, load_digits, make_bags
 from pyaudiok.nn import OTPseudoLabelLoss, ProportionLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .runtime import DEVICES, auto_threads, classification_accuracy, pick_device, seed_everything, write_csv
+from .runtime import (DEVICES, auto_threads, classification_accuracy, pick_device, precision_scope,
+                      seed_everything, write_csv)
 
 __all__ = ["TrainConfig", "METHODS", "make_model", "train_one", "run", "main"]
 
@@ -55,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0               # 0: this process's share of the idle cores
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
+    precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     resume: bool = False
     progress: bool = True
     out_dir: str | None = None
@@ -123,14 +125,15 @@ def train_one(cfg: TrainConfig, data: Split, method: str, bag_size: int, init: d
         for group in _minibatches(bags.sizes, cfg.batch, gen):
             idx = torch.cat([torch.arange(int(start[b]), int(start[b] + bags.sizes[b])) for b in group.tolist()])
             on_device = idx.to(device)
-            logits = model(x[on_device])
-            if loss_fn is None:
-                loss = F.cross_entropy(logits, y[on_device])
-            else:
-                # Renumber the step's bags 0..len(group)-1 so proportions hold only this step's bags.
-                local = torch.empty(len(bags.sizes), dtype=torch.int64)
-                local[group] = torch.arange(len(group))
-                loss = loss_fn(logits, local[bag_of[idx]].to(device), bags.proportions[group].to(device))
+            with precision_scope(device, cfg.precision):
+                logits = model(x[on_device])
+                if loss_fn is None:
+                    loss = F.cross_entropy(logits, y[on_device])
+                else:
+                    # Renumber the step's bags 0..len(group)-1 so proportions hold only this step's bags.
+                    local = torch.empty(len(bags.sizes), dtype=torch.int64)
+                    local[group] = torch.arange(len(group))
+                    loss = loss_fn(logits, local[bag_of[idx]].to(device), bags.proportions[group].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -30,8 +30,8 @@ from pyaudiok.data.text_corpus import ByteCorpus, bits
 from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generate
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
-from .runtime import (Averager, Runtime, progress_bar, same_on_every_rank, save_resumable, seed_everything,
-                      training_runtime, unwrap, write_csv)
+from .runtime import (PRECISIONS, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank, save_resumable,
+                      seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -66,6 +66,7 @@ class TrainConfig:
     seed: int = _opt(0, "seed of initialisation, data and dropout")
     threads: int = _opt(0, "torch CPU threads per process (0: the idle cores)")
     device: str = _opt("auto", "auto, cpu, cuda")
+    precision: str = _opt("fp32", "fp32, or bf16: training steps under bf16 autocast")
     resume: bool = _opt(False, "continue from the newest checkpoint in out_dir")
     progress: bool = _opt(True, "show a progress bar")
 
@@ -152,7 +153,8 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
         batch = corpus.batch(config.context + 1, config.batch_size, config.seed, step, runtime.rank)
         for group in opt.param_groups:
             group["lr"] = _lr_at(config, step)
-        loss, parts = _loss(wrapped, batch.to(runtime.device))
+        with precision_scope(runtime.device, config.precision):
+            loss, parts = _loss(wrapped, batch.to(runtime.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -204,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         common = dict(dest=f.name, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif f.name == "precision":
+            parser.add_argument(flag, choices=PRECISIONS, **common)
         else:
             parser.add_argument(flag, type=type(f.default), **common)
     return parser

@@ -50,6 +50,7 @@ class TrainConfig:
     probe_steps: int = 300
     seed: int = 0
     log_every: int = 50
+    precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     device: str = "auto"            # "auto": CUDA when available
     out_dir: str | None = None
 
@@ -124,7 +125,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return out.loss, {"order_accuracy": out.accuracy.detach()}
 
     rows, seconds = fit_steps(
-        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
+        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log, precision=cfg.precision,
         describe=lambda row: f"  step {row['step']:5d}  loss {row['loss']:.3f}  "
                              f"order accuracy {row['order_accuracy']:.3f}")
     probes = probe_encoders({"pretext": model, "random_init": baseline}, cfg, gen, device)

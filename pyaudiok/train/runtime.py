@@ -22,7 +22,8 @@ from pyaudiok.codec.bitstream import atomic_writer
 
 from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
 
-__all__ = ["Runtime", "DEVICES", "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads",
+__all__ = ["Runtime", "DEVICES", "PRECISIONS", "precision_scope", "pick_device", "start_runtime", "stop_runtime",
+           "training_runtime", "auto_threads",
            "seed_everything", "unwrap", "gather_rng_states", "Averager", "classification_accuracy", "write_csv"]
 
 
@@ -45,6 +46,17 @@ class Runtime:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_scope(device: torch.device, precision: str):
+    """The region a training step's forward and losses run in: "fp32" as they are, "bf16" under
+    bf16 autocast on the run's device (matmuls and convolutions in bf16; the parameters, their
+    gradients and the optimiser stay float32, and the fused ops take the bf16 activations with
+    float32 accumulation). Validation runs outside it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def pick_device(device: str = "auto", index: int = 0) -> torch.device:
@@ -180,15 +192,17 @@ class Averager:
 def fit_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int,
               step_loss: Callable[[int], tuple[torch.Tensor, dict[str, float]]], *, log_every: int,
               describe: Callable[[dict[str, float]], str], log: Callable[[str], Any] = print,
-              clip: float = 5.0) -> tuple[list[dict[str, float]], float]:
+              clip: float = 5.0, precision: str = "fp32") -> tuple[list[dict[str, float]], float]:
     """The plain loop of the single-file trainers: per step, the loss and its logged parts (floats or
-    scalar tensors) from step_loss(step), one optimiser step with the gradient norm clipped at
-    `clip`; every log_every steps (and at the last) a row of the interval's means, logged as
-    describe(row). The values are read to the host only for a row: on a GPU, one wait per interval
-    instead of one per step. Returns (rows, seconds)."""
+    scalar tensors) from step_loss(step) (run in `precision`: precision_scope), one optimiser step
+    with the gradient norm clipped at `clip`; every log_every steps (and at the last) a row of the
+    interval's means, logged as describe(row). The values are read to the host only for a row: on a
+    GPU, one wait per interval instead of one per step. Returns (rows, seconds)."""
     rows, avg, pending, start = [], Averager(), [], time.perf_counter()
+    device = next(model.parameters()).device
     for step in range(steps):
-        loss, parts = step_loss(step)
+        with precision_scope(device, precision):
+            loss, parts = step_loss(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -261,11 +275,12 @@ def read_run_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
 def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
                      choices: dict[str, tuple[str, ...]] | None = None):
     """A dataclass config from command-line options generated from its fields (`--field-name`,
-    typed by the default; `choices` restricts some; `--out` sets `out_dir`)."""
+    typed by the default; `choices` restricts some, `device` and `precision` always; `--out` sets
+    `out_dir`)."""
     import argparse
     from dataclasses import asdict
 
-    choices = choices or {}
+    choices = {"device": DEVICES, "precision": PRECISIONS, **(choices or {})}
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, value in asdict(config_cls()).items():

@@ -50,8 +50,8 @@ from pyaudiok.models.soundstream.losses import (MultiScaleMelLoss, feature_match
 from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state
-from .runtime import (Averager, Runtime, progress_bar, same_on_every_rank, save_resumable, seed_everything,
-                      training_runtime, unwrap, write_csv)
+from .runtime import (PRECISIONS, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank, save_resumable,
+                      seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
@@ -106,6 +106,7 @@ class TrainConfig:
     seed: int = _opt(0, "seed of the model initialisation, the data and the training randomness")
     threads: int = _opt(0, "torch CPU threads per process (0: the idle cores, shared among local ranks)")
     device: str = _opt("auto", "auto, cpu, cuda")
+    precision: str = _opt("fp32", "fp32, or bf16: training steps under bf16 autocast")
     real_speech: bool | None = _opt(None, "mix in espeak-ng speech (default: when the binary is on PATH)")
     resume: bool = _opt(False, "continue from the newest checkpoint in out_dir")
     progress: bool = _opt(True, "show a progress bar")
@@ -174,6 +175,10 @@ class _Trainer:
 
     def step(self, wav: torch.Tensor, step: int) -> dict[str, float]:
         """One generator step, preceded by a discriminator step once the GAN is on; the losses."""
+        with precision_scope(wav.device, self.config.precision):
+            return self._step(wav, step)
+
+    def _step(self, wav: torch.Tensor, step: int) -> dict[str, float]:
         c = self.config
         out = self.generator(wav)
         fake = out.reconstruction
@@ -467,6 +472,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif hint == (bool | None):
             parser.add_argument(flag, type=_optional_bool, metavar="yes|no|auto", **common)
+        elif f.name == "precision":
+            parser.add_argument(flag, choices=PRECISIONS, **common)
         elif f.name == "model":
             parser.add_argument(flag, type=_parse_model_override, action="append", metavar="KEY=VALUE",
                                 **{**common, "default": []})

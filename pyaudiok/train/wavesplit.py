@@ -46,6 +46,7 @@ class TrainConfig:
     source: str = "auto"           # speakers: "auto", "synthetic" or "tts"
     seed: int = 0
     log_every: int = 50
+    precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
 
@@ -98,7 +99,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return model.loss(mix, src, who)
 
     rows, seconds = fit_steps(
-        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log,
+        model, opt, cfg.steps, step_loss, log_every=cfg.log_every, log=log, precision=cfg.precision,
         describe=lambda row: f"  step {row['step']:5d}  loss {row['loss']:.3f}  -SI-SDR {row['separation']:.2f}  "
                              f"speaker {row['speaker']:.3f}")
     after = evaluate(model, held_out, cfg.eval_mixtures)

@@ -120,6 +120,20 @@ def test_pseudo_label_marginals(backend):
     assert (labels[:, 0] == 0).all()  # a class absent from every bag gets no label mass
 
 
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_half_precision_log_probs_are_transported_in_float32(dtype):
+    """Half-precision log-probabilities (a classifier under autocast): the marginals 1/k_b and π_b
+    would not balance in half precision; the labels are the float32 ones, rounded."""
+    sizes, K = [6, 1, 13, 4], 5
+    bag_index, props = random_bags(sizes, K, torch.device("cpu"))
+    log_probs = torch.log_softmax(torch.randn(len(bag_index), K), 1).to(dtype)
+    labels = ot_pseudo_labels(log_probs, bag_index, props, eps=0.5, n_iters=200)
+    assert labels.dtype == dtype
+    assert torch.equal(labels, ot_pseudo_labels(log_probs.float(), bag_index, props, eps=0.5, n_iters=200).to(dtype))
+    hard = ot_pseudo_labels(log_probs, bag_index, props, eps=0.5, n_iters=200, hard=True)
+    assert hard.dtype == dtype and torch.equal(hard.sum(1), torch.ones(len(bag_index), dtype=dtype))
+
+
 @pytest.mark.parametrize("k,K", [(7, 3), (3, 7)])  # bags longer and shorter than the class count
 def test_pseudo_labels_are_one_bag_of_sinkhorn(k, K):
     """A single bag, converged: k·Q of the op on cost −log P with masses 1/k and π."""
