@@ -1,7 +1,8 @@
 """Benchmarks of Perceiver AR at the trainer's default size (context 8192, 256 latents, width 128,
 2 heads of 64, 3 latent layers, cross-attend dropout 0.5) against `perceiver-ar-pytorch`'s model of
 equal size (same widths, depth, heads, latents and dropout):
-- one training step (forward, loss, backward, the trainer's fused Adam for both), batch 4;
+- one training step (forward, loss, backward, the trainer's fused Adam for both), batch 4, in
+  float32 and under bf16 autocast (`pyaudiok train perceiver-ar --precision bf16`), both models;
 - sampling: a full-context prompt continued by greedy decoding, batch 1, with the latent KV cache
   (`generate`), without it (the full model per token: the definition the cached tokens must equal),
   and the peer's `AutoregressiveWrapper.generate` (its model run on the last 8192 tokens per token,
@@ -14,6 +15,7 @@ import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
 from pyaudiok.models.perceiver_ar.sampling import generate
 from pyaudiok.train.perceiver_ar import make_optimizer
+from pyaudiok.train.runtime import precision_scope
 
 from .harness import Candidate, Case
 from .peers import load
@@ -34,13 +36,13 @@ def _model(size, device) -> PerceiverAR:
     return PerceiverAR(config).to(device)
 
 
-def _ours(size, device, backend):
+def _ours(size, device, backend, precision="fp32"):
     model = _model(size, device)
     opt = make_optimizer(model, 3e-4)
     seq = torch.randint(0, 256, (size["batch"], size["max_context"] + 1), device=device)
 
     def step():
-        with pyaudiok.use_backend(backend):
+        with pyaudiok.use_backend(backend), precision_scope(device, precision):
             loss, _ = model.loss(seq)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -56,7 +58,7 @@ def _peer_model(module, size, device):
                               heads=size["heads"], cross_attn_dropout=0.5).to(device)
 
 
-def _peer(size, device):
+def _peer(size, device, precision="fp32"):
     module, reason = load("perceiver_ar_pytorch", "perceiver-ar-pytorch")
     if module is None:
         return None, reason
@@ -66,7 +68,8 @@ def _peer(size, device):
     seq = torch.randint(1, 256, (size["batch"], M + 1), device=device)
 
     def step():
-        loss = model(seq[:, :-1], labels=seq[:, 1:])
+        with precision_scope(device, precision):
+            loss = model(seq[:, :-1], labels=seq[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -101,8 +104,12 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     size = (QUICK if quick else SIZES)[device.type]
     fused = "cpu" if device.type == "cpu" else "triton"
     peer, reason = _peer(size, device)
+    peer_bf16, _ = _peer(size, device, "bf16")
     cands = [Candidate("reference attention", "reference", _ours(size, device, "reference")),
              Candidate(f"PerceiverAR ({fused} attention)", "backend", _ours(size, device, fused)),
-             Candidate("perceiver-ar-pytorch PerceiverAR", "peer", peer, skip=reason)]
+             Candidate(f"PerceiverAR ({fused} attention), bf16 autocast", "backend",
+                       _ours(size, device, fused, "bf16")),
+             Candidate("perceiver-ar-pytorch PerceiverAR", "peer", peer, skip=reason),
+             Candidate("perceiver-ar-pytorch PerceiverAR, bf16 autocast", "peer", peer_bf16, skip=reason)]
     return [Case("perceiver_ar.train_step", dict(size), cands),
             generate_case(size, device, tokens=8 if quick else GENERATE_TOKENS[device.type])]
