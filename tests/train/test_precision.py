@@ -1,6 +1,6 @@
 """The trainers' `--precision bf16`: each trainer's tiny run goes through the CLI with its training
-steps under bf16 autocast (every autocast region entered is recorded), finishes with finite
-losses, and an unknown precision is refused by the argument parser."""
+steps under bf16 autocast on the run's device (every autocast region entered is recorded),
+finishes with finite losses, and an unknown precision is refused by the argument parser."""
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +44,13 @@ TRAINERS = {
 }
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("name", list(TRAINERS))
-def test_bf16_training_steps_run_under_autocast(name, tmp_path, monkeypatch):
-    main, argv = TRAINERS[name]
+def test_bf16_training_steps_run_under_autocast(name, device, tmp_path, monkeypatch):
+    main, run_argv = TRAINERS[name]
+
+    def argv(out):
+        return run_argv(out) + ["--device", device]
     regions = []
     real_autocast = torch.autocast
 
@@ -55,7 +59,7 @@ def test_bf16_training_steps_run_under_autocast(name, tmp_path, monkeypatch):
         return real_autocast(device_type, dtype=dtype, enabled=enabled, **kw)
     monkeypatch.setattr(torch, "autocast", recording_autocast)
     assert main(argv(tmp_path) + ["--precision", "bf16"]) == 0
-    assert ("cpu", torch.bfloat16, True) in regions
+    assert (device, torch.bfloat16, True) in regions
     for path in tmp_path.rglob("*.csv"):  # every logged loss finite
         for line in path.read_text().splitlines()[1:]:
             assert all(math.isfinite(float(v)) for v in line.split(",") if _is_number(v)), (path, line)
