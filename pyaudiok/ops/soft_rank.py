@@ -30,7 +30,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op
+from ._library import cpp_op, extension_loaded, register_backends, triton_op, upcast_half
 
 __all__ = ["soft_rank", "soft_sort", "soft_rank_reference", "soft_sort_reference", "pav_blocks"]
 
@@ -165,9 +165,8 @@ def _triton_forward():
 
 def _fused(get_op: Callable[[], Callable], rank: bool):
     def run(x, regularization, strength, descending):
-        out = get_op()(x.float().contiguous(), float(strength), regularization == "kl", rank, descending)[0]
-        return out.to(x.dtype)
-    return run
+        return get_op()(x.contiguous(), float(strength), regularization == "kl", rank, descending)[0]
+    return upcast_half(run)
 
 
 RANK = dispatch.op("soft_rank")
