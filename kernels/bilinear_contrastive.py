@@ -21,7 +21,8 @@ reference's. X and Y are split once on the host: the scores kernel is one plain 
 K = 3D ([hi, hi, lo] · [hi, lo, hi]), a single product per K step, which Triton keeps
 asynchronous on Hopper; the P products read the transposed parts (TF32 tensor-core operands in
 shared memory must be K-major) and split P, computed in registers, in the kernel. fp16 / bf16
-inputs take one native product. No atomics: the strips run in order, results are deterministic.
+inputs take one native product, and so do fp32 inputs as one TF32 product where torch's matmuls
+may use TF32 (torch.backends.cuda.matmul.allow_tf32). No atomics: the strips run in order, results are deterministic.
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ class _Operand:
     fp16 / bf16: the input itself, one part."""
 
     def __init__(self, full: Tensor, order: tuple[int, int, int]):
-        self.full, self.split = full, full.dtype == torch.float32
+        self.full, self.split = full, _three_products(full.dtype)
         if self.split:
             parts = tf32_parts(full)
             self.k_cat = torch.cat([parts[i] for i in order], 1)
@@ -207,6 +208,13 @@ class _Operand:
     @functools.cached_property
     def t_lo(self) -> Tensor:
         return self._transposed(1) if self.split else self.t_hi
+
+
+def _three_products(dtype: torch.dtype) -> bool:
+    """fp32 operands as 3×TF32 products (fp32 accuracy), unless torch's matmuls may use TF32
+    (torch.backends.cuda.matmul.allow_tf32, as latent attention follows it): then one TF32 product
+    each, as torch's own fp32 matmuls would run."""
+    return dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def _operands(x: Tensor, y: Tensor) -> tuple[_Operand, _Operand]:

@@ -165,6 +165,26 @@ def test_triton_tf32_split_is_exact():
     assert torch.equal(half.t_hi, half.full.T)
 
 
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_triton_follows_torchs_tf32_switch(allow_tf32):
+    """fp32 operands are split for 3×TF32 products unless torch's matmuls may use TF32, as for
+    latent attention: then one TF32 product, still against the reference's tolerance scaled for it
+    (exact in the interpreter, which computes the products in fp32)."""
+    from pyaudiok.kernels.bilinear_contrastive import _operands
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    try:
+        xo, _ = _operands(torch.randn(5, 3), torch.randn(5, 3))
+        assert xo.split is not allow_tf32
+        assert xo.k_cat.shape == ((5, 3) if allow_tf32 else (5, 9))
+        device = require_backend(OP, "triton")
+        # One TF32 product rounds each operand to 10 mantissa bits: ~1e-3 relative on a GPU.
+        compare_with_reference(_loss(True, "mean"), _inputs(40, 24, device), "triton",
+                               scale=500.0 if allow_tf32 else 1.0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def _tf32(t):
     """What a TF32 tensor core reads of an fp32 value: the 13 low mantissa bits dropped."""
     return (t.view(torch.int32) & -8192).view(torch.float32)
