@@ -30,6 +30,18 @@ def _step(backend, a, p, w):
     return run
 
 
+def _with_tf32(run):
+    """run with torch.backends.cuda.matmul.allow_tf32 set (restored after)."""
+    def with_tf32():
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return run()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    return with_tf32
+
+
 def _gemm_floor(a, p, w):
     """The products every exact method runs, on buffers allocated once (S stands in for the
     gradient of the scores, d_at for that of Ã: the same shapes)."""
@@ -59,6 +71,10 @@ def contrastive_case(device: torch.device, B: int) -> Case:
 
     cands = [Candidate("reference", "reference", _step("reference", a, p, w))]
     cands += backend_candidates(OP, device, dtype, (a, p, w, False, "mean"), lambda b: _step(b, a, p, w), check)
+    if device.type == "cuda":  # what a user who lets torch's matmuls use TF32 gets, and would pick instead
+        cands.append(Candidate("triton, TF32 allowed", "backend", _with_tf32(_step("triton", a, p, w)), check=check))
+        cands.append(Candidate("reference, TF32 allowed", "peer", _with_tf32(_step("reference", a, p, w)),
+                               check=check))
     floor = _gemm_floor(a.detach(), p.detach(), w.detach())
     cands.append(Candidate("floor: its GEMMs (3 B²D + 3 BD²)", "floor", floor))
     return Case("bilinear_contrastive.fwd+bwd", {"B": B, "D": D, "dtype": str(dtype).replace("torch.", "")}, cands)
