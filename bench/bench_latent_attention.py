@@ -71,16 +71,21 @@ def _flex(q, k, v, lengths, backward):
         return None, f"flex_attention failed: {type(e).__name__}: {e}"[:160]
 
 
+def _visible_work(q, k, backward) -> tuple[float, int]:
+    """(mean keys a query sees, matmuls over them): the floors' share of the op's multiply-adds,
+    every row at full length. Forward: QKᵀ, PV; the backward adds QKᵀ again, dP, dV, dK, dQ."""
+    N, M = q.shape[2], k.shape[2]
+    return M - N + (N + 1) / 2, 7 if backward else 2
+
+
 def _floor(q, k, backward):
     """Matmuls with the multiply-adds of the visible scores (QKᵀ and PV), at the op's dtype."""
     B, _, N, _ = q.shape
-    M = k.shape[2]
-    visible_cols = M - N + (N + 1) / 2  # mean visible keys per query
+    visible_cols, matmuls = _visible_work(q, k, backward)
     width = int(visible_cols) // 64 * 64
     a = torch.randn(B * H * N, D, device=q.device, dtype=q.dtype)
     b = torch.randn(D, width, device=q.device, dtype=q.dtype)
     c = torch.randn(width, D, device=q.device, dtype=q.dtype)
-    matmuls = 7 if backward else 2  # forward: QKᵀ, PV; backward adds QKᵀ again, dP, dV, dK, dQ
 
     def run():
         s = a @ b
@@ -95,8 +100,8 @@ def _peak_floor(q, k, backward):
     """One [4096, K] × [K, 4096] GEMM at the op's dtype, K chosen for the multiply-adds of _floor:
     the rate the machine's matmuls reach when nothing but the GEMM is in the way."""
     B, _, N, _ = q.shape
-    M = k.shape[2]
-    macs = B * H * N * D * (M - N + (N + 1) / 2) * (7 if backward else 2)
+    visible_cols, matmuls = _visible_work(q, k, backward)
+    macs = B * H * N * D * visible_cols * matmuls
     side = 4096
     inner = max(64, round(macs / side ** 2 / 64) * 64)
     a = torch.randn(side, inner, device=q.device, dtype=q.dtype)
