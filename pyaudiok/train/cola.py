@@ -33,7 +33,7 @@ from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, PRECISIONS, pick_device, precision_scope
+from .runtime import DEVICES, add_precision_option, pick_device, precision_scope
 
 __all__ = ["TrainConfig", "pretrain", "calibrate_batchnorm", "probe", "labeled_set", "main"]
 
@@ -235,8 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--frontend", choices=FRONTENDS, default=d.frontend, help="log-mel or LEAF")
     p.add_argument("--encoder", choices=ENCODERS, default=d.encoder, help="the conv stages or EfficientNet-B0")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: CUDA when available")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="bf16: training steps under bf16 autocast")
+    add_precision_option(p, d.precision)
     p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
     args = p.parse_args(argv)
     if args.clip_seconds < args.crop_seconds:

@@ -39,7 +39,7 @@ from pyaudiok.models.soundstream.losses import mel_filterbank
 from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_strides
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, PRECISIONS, classification_accuracy, pick_device, precision_scope
+from .runtime import DEVICES, add_precision_option, classification_accuracy, pick_device, precision_scope
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -243,8 +243,7 @@ def main(argv=None) -> int:
     for name in ("lr", "stride_lr", "penalty"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--device", choices=DEVICES, default=defaults.device, help="auto: CUDA when available")
-    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
-                   help="bf16: training steps under bf16 autocast")
+    add_precision_option(p, defaults.precision)
     p.add_argument("--out", default=None, help="directory for results.json and checkpoints")
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]

@@ -28,7 +28,8 @@ from pyaudiok.data import audio_synth
 from pyaudiok.models.leaf import LeafClassifier
 
 from .checkpoint import capture_rng_state, save_checkpoint
-from .runtime import DEVICES, PRECISIONS, classification_accuracy, pick_device, precision_scope, seed_everything
+from .runtime import (DEVICES, add_precision_option, classification_accuracy, pick_device, precision_scope,
+                      seed_everything)
 
 __all__ = ["TrainConfig", "CLASSES", "audio_task", "train", "main"]
 
@@ -146,8 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--channels", default="small", help="'small' (16…128) or 'full' (64-128-256-256-512-512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default=TrainConfig.device, help="auto: CUDA when available")
-    p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision,
-                   help="bf16: training steps under bf16 autocast")
+    add_precision_option(p, TrainConfig.precision)
     p.add_argument("--out", default=None, help="directory for checkpoints and results.json")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

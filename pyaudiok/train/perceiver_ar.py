@@ -30,8 +30,8 @@ from pyaudiok.data.text_corpus import ByteCorpus, bits
 from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generate
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
-from .runtime import (PRECISIONS, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank, save_resumable,
-                      seed_everything, training_runtime, unwrap, write_csv)
+from .runtime import (SHARED_CHOICES, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank,
+                      save_resumable, seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         common = dict(dest=f.name, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif f.name == "precision":
-            parser.add_argument(flag, choices=PRECISIONS, **common)
+        elif f.name in SHARED_CHOICES:
+            parser.add_argument(flag, choices=SHARED_CHOICES[f.name], **common)
         else:
             parser.add_argument(flag, type=type(f.default), **common)
     return parser

@@ -22,9 +22,9 @@ from pyaudiok.codec.bitstream import atomic_writer
 
 from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
 
-__all__ = ["Runtime", "DEVICES", "PRECISIONS", "precision_scope", "pick_device", "start_runtime", "stop_runtime",
-           "training_runtime", "auto_threads",
-           "seed_everything", "unwrap", "gather_rng_states", "Averager", "classification_accuracy", "write_csv"]
+__all__ = ["Runtime", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
+           "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything", "unwrap", "gather_rng_states",
+           "Averager", "classification_accuracy", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Runtime:
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+# The options every trainer has, and the values their command lines accept.
+SHARED_CHOICES = {"device": DEVICES, "precision": PRECISIONS}
 
 
 def precision_scope(device: torch.device, precision: str):
@@ -57,6 +59,12 @@ def precision_scope(device: torch.device, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def add_precision_option(parser, default: str) -> None:
+    """`--precision` on a trainer's hand-written argument parser (config_from_argv adds it itself)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help="bf16: training steps under bf16 autocast (parameters and validation stay float32)")
 
 
 def pick_device(device: str = "auto", index: int = 0) -> torch.device:
@@ -280,7 +288,7 @@ def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
     import argparse
     from dataclasses import asdict
 
-    choices = {"device": DEVICES, "precision": PRECISIONS, **(choices or {})}
+    choices = {**SHARED_CHOICES, **(choices or {})}
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, value in asdict(config_cls()).items():

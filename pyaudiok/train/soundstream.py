@@ -50,8 +50,8 @@ from pyaudiok.models.soundstream.losses import (MultiScaleMelLoss, feature_match
 from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state
-from .runtime import (PRECISIONS, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank, save_resumable,
-                      seed_everything, training_runtime, unwrap, write_csv)
+from .runtime import (SHARED_CHOICES, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank,
+                      save_resumable, seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
@@ -472,8 +472,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif hint == (bool | None):
             parser.add_argument(flag, type=_optional_bool, metavar="yes|no|auto", **common)
-        elif f.name == "precision":
-            parser.add_argument(flag, choices=PRECISIONS, **common)
+        elif f.name in SHARED_CHOICES:
+            parser.add_argument(flag, choices=SHARED_CHOICES[f.name], **common)
         elif f.name == "model":
             parser.add_argument(flag, type=_parse_model_override, action="append", metavar="KEY=VALUE",
                                 **{**common, "default": []})
