@@ -23,8 +23,8 @@ from pyaudiok.codec.bitstream import atomic_writer
 from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
 
 __all__ = ["Runtime", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
-           "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything", "unwrap", "gather_rng_states",
-           "Averager", "classification_accuracy", "write_csv"]
+           "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything",
+           "unwrap", "gather_rng_states", "Averager", "classification_accuracy", "write_csv"]
 
 
 @dataclass(frozen=True)
