@@ -4,7 +4,8 @@ Each op registers its implementations with the devices and dtypes they support a
 saying whether the backend is usable at all in this process (built? imported?). A call then runs
 on, in order of precedence:
 
-1. the backend named by `use_backend("…")` (innermost context wins), else
+1. the backend named by `use_backend("…")` (innermost context wins; process-wide, not per thread,
+   so that torch.compile can trace the choice), else
 2. the backend named by the environment variable ``PYAUDIOK_BACKEND``, else
 3. the first backend of the device's preference list (the op's own order where it set one with
    `Op.prefer`, measured to differ from the default) that is available and supports the inputs.
@@ -15,7 +16,6 @@ the reason; an automatic choice falls back to the next backend and warns once pe
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import os
 import warnings
@@ -34,7 +34,16 @@ PREFERENCE = {
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-_requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyaudiok_backend", default=None)
+
+
+class _Requested:
+    """The backend `use_backend` asked for: process-wide, like torch.backends' switches. A plain
+    attribute of a module global (not a ContextVar or threading.local) because torch.compile reads
+    it while tracing and guards on its value, so a compiled call re-dispatches when it changes."""
+    backend: str | None = None
+
+
+_requested = _Requested()
 _warned: set[tuple[str, str, str]] = set()
 
 
@@ -161,7 +170,7 @@ def registered_ops() -> dict[str, Op]:
 
 def requested_backend() -> str | None:
     """The backend forced by `use_backend` or ``PYAUDIOK_BACKEND``, or None for automatic."""
-    requested = _requested.get()
+    requested = _requested.backend
     if requested is None:
         requested = os.environ.get("PYAUDIOK_BACKEND") or None
         if requested is not None and requested not in BACKENDS and requested != "auto":
@@ -175,8 +184,8 @@ def use_backend(backend: str | None) -> Iterator[None]:
     'auto' or None restores the automatic choice)."""
     if backend is not None and backend not in BACKENDS and backend != "auto":
         raise ValueError(f"use_backend: unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'")
-    token = _requested.set(backend or "auto")
+    previous, _requested.backend = _requested.backend, backend or "auto"
     try:
         yield
     finally:
-        _requested.reset(token)
+        _requested.backend = previous

@@ -20,6 +20,16 @@ def _full_cos(cos: torch.Tensor, head_dim: int) -> torch.Tensor:
     return torch.cat((cos, cos, ones), dim=-1)
 
 
+def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
+    """x[..., d] with channel pairs (i, i + dims/2) rotated, as plain tensor ops: the form traced
+    under torch.compile, which fuses it (the eager paths below write into views, which it cannot)."""
+    if not dims:
+        return x
+    half = dims // 2
+    a, b = x[..., :half], x[..., half:dims]
+    return torch.cat((a * cos - b * sin, b * cos + a * sin, x[..., dims:]), dim=-1)
+
+
 def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int,
                  sign: float, full_cos: torch.Tensor | None = None) -> None:
     """out = x[..., d] with channel pairs (i, i + dims/2) rotated by sign·angle, the rest copied (dims
@@ -58,6 +68,9 @@ def _split_rotate(parts, cos, sin, dims: int, rotated: int):
 def split_rotate(parts, cos, sin, dims: int, rotated: int) -> tuple[torch.Tensor, ...]:
     """_HeadsRotary where a gradient is needed; without one (sampling) the same writes without the
     autograd node, whose Python overhead was most of the time of a one-token call."""
+    if torch.compiler.is_compiling():
+        return tuple(_rotated(parts[i], cos, sin, dims if i < rotated else 0).contiguous()
+                     for i in range(parts.shape[0]))
     if torch.is_grad_enabled() and (parts.requires_grad or cos.requires_grad or sin.requires_grad):
         return _HeadsRotary.apply(parts, cos, sin, dims, rotated)
     return _split_rotate(parts, cos, sin, dims, rotated)[0]
@@ -223,6 +236,9 @@ class LatentAttention(nn.Module):
         V, d = table.shape[0], self.head_dim
         rows = table.view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
         index = tokens[:, None] + V * torch.arange(self.heads, device=tokens.device)[:, None]  # [B, H, T]
+        if torch.compiler.is_compiling():  # plain gathers and rotation, for the compiler to fuse
+            k, v = F.embedding(index, rows), F.embedding(index + self.heads * V, rows)
+            return _rotated(k, *rope, self.rotary.dims), v
         k, v = _GatherRows.apply(rows, index, index + self.heads * V)
         return _RotaryInPlace.apply(k, *rope, self.rotary.dims), v
 

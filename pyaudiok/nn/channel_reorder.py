@@ -92,8 +92,7 @@ class ChannelReorder(nn.Module):
             raise ValueError(f"mask must have shape [B, C_in] = [{B}, {C}] (that of x's first two dims); "
                              f"got {_checks.shape_str(mask.shape)}")
         _checks.same_device("mask", mask, "x", x)
-        if B and not bool(mask.any(1).all()):
-            raise ValueError("mask must mark at least one channel present (True) in every example")
+        _checks.values_hold(mask.any(1), "mask must mark at least one channel present (True) in every example")
         return x, mask
 
     def logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -177,10 +177,10 @@ def _assignment_stats(residuals: torch.Tensor, codes: torch.Tensor, weight: torc
     n, N, D = residuals.shape
     # One flat index over all stages' codewords, so a single bincount / index_add_ does it all.
     flat = (codes.T + codebook_size * torch.arange(n, device=codes.device)[:, None]).reshape(-1)
-    counts = torch.bincount(flat, weights=weight.reshape(-1), minlength=n * codebook_size)
-    sums = torch.zeros(n * codebook_size, D, dtype=residuals.dtype, device=residuals.device)
-    sums.index_add_(0, flat, (residuals * weight[..., None]).reshape(-1, D))
-    return counts.to(residuals.dtype).view(n, codebook_size), sums.view(n, codebook_size, D)
+    # index_add_ rather than bincount: the same sums, with a size torch.compile knows while tracing.
+    counts = residuals.new_zeros(n * codebook_size).index_add_(0, flat, weight.reshape(-1).to(residuals.dtype))
+    sums = residuals.new_zeros(n * codebook_size, D).index_add_(0, flat, (residuals * weight[..., None]).reshape(-1, D))
+    return counts.view(n, codebook_size), sums.view(n, codebook_size, D)
 
 
 def _laplace_smooth(count: torch.Tensor, eps: float) -> torch.Tensor:
@@ -191,8 +191,9 @@ def _laplace_smooth(count: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _dead_codes_readable(device: torch.device) -> bool:
     """Whether finding the dead codes on the host is free: on the CPU, in a single process (under
-    DDP every process must install rank 0's candidates, so they are gathered and broadcast)."""
-    return device.type == "cpu" and not _distributed()
+    DDP every process must install rank 0's candidates, so they are gathered and broadcast), and
+    not while torch.compile traces (a host read would split its graph)."""
+    return device.type == "cpu" and not _distributed() and not torch.compiler.is_compiling()
 
 
 def _sample_stage_rows(weight: torch.Tensor, count: int) -> torch.Tensor:
@@ -248,6 +249,15 @@ class ResidualVQ(nn.Module):
         self.register_buffer("ema_count", torch.full(shape[:2], start_count))
         self.register_buffer("ema_sum", codebooks * start_count)
         self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
+        # A host copy of `initialized` once it is known to be set, so that the check before every
+        # training call reads no tensor (torch.compile would split its graph there). Loading a
+        # state dict may clear the buffer: it forgets the copy.
+        self._initialized_seen = False
+        self.register_load_state_dict_post_hook(ResidualVQ._forget_initialized)
+
+    @staticmethod
+    def _forget_initialized(module: "ResidualVQ", incompatible_keys) -> None:
+        module._initialized_seen = False
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_quantizers={self.num_quantizers}, codebook_size={self.codebook_size}, "
@@ -272,9 +282,9 @@ class ResidualVQ(nn.Module):
         if n_q.shape[0] != x.shape[0]:
             raise ValueError(f"n_q must have shape [B] with B = {x.shape[0]} (x's batch size); got "
                              f"{_checks.shape_str(n_q.shape)}")
-        if n_q.numel() and (int(n_q.min()) < 1 or int(n_q.max()) > self.num_quantizers):
-            raise ValueError(f"n_q values must lie in [1, {self.num_quantizers}]; got values in "
-                             f"[{int(n_q.min())}, {int(n_q.max())}]")
+        _checks.values_hold((n_q >= 1) & (n_q <= self.num_quantizers),
+                            f"n_q values must lie in [1, {self.num_quantizers}]",
+                            lambda: f"values in [{int(n_q.min())}, {int(n_q.max())}]")
         return n_q.to(device=x.device, dtype=torch.int64)
 
     # ------------------------------------------------------------------------------------------
@@ -299,8 +309,10 @@ class ResidualVQ(nn.Module):
         B, T, D = x.shape
         flat = x.reshape(-1, D).to(self.codebooks.dtype)
         learn = self.training and flat.shape[0] > 0
-        if learn and self.kmeans_init and not bool(self.initialized):
-            self._kmeans_init_(flat)
+        if learn and self.kmeans_init and not self._initialized_seen:
+            if not bool(self.initialized):
+                self._kmeans_init_(flat)
+            self._initialized_seen = True
         # The fused op saves the codebooks for its backward: in training, give it a snapshot that
         # the in-place EMA update below leaves untouched (it is also "the values before the update").
         codebooks = self.codebooks.clone() if learn else self.codebooks

@@ -2,11 +2,24 @@
 name the argument and say what was expected. Kernels may then assume valid input."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ..dispatch import FLOAT_DTYPES
+
+
+def values_hold(ok: torch.Tensor, expectation: str, got: Callable[[], str] | None = None,
+                error: type[Exception] = ValueError) -> None:
+    """A check on tensor values: every element of the bool tensor `ok` must be true. Eagerly a
+    failure raises `error`("<expectation>; got <got()>"), got() reading the offending values. Inside
+    torch.compile, where tracing cannot branch on values, it becomes an assertion in the graph
+    (RuntimeError with the expectation), so compiled code is checked too and keeps one graph."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), expectation)
+        return
+    if not bool(ok.all()):
+        raise error(expectation if got is None else f"{expectation}; got {got()}")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -230,7 +230,10 @@ class _Segments(NamedTuple):
         valid = u[..., head:].transpose(-3, -2)  # [..., G, count, hop]
         energy = u.real.new_empty(*valid.shape[:-2], max(length, half + span))
         out = energy[..., half:half + span].unflatten(-1, (self.count, self.hop))
-        torch.mul(valid.real, valid.real, out=out).addcmul_(valid.imag, valid.imag)
+        if torch.compiler.is_compiling():  # tracing cannot write `out=` into a view
+            out.copy_(valid.real.square() + valid.imag.square())
+        else:
+            torch.mul(valid.real, valid.real, out=out).addcmul_(valid.imag, valid.imag)
         energy[..., :half].zero_()
         energy[..., half + min(T, length - half):].zero_()  # past the signal (samples past `length` are unused)
         return energy[..., :length]
@@ -446,8 +449,7 @@ GABOR_POOL.prefer("cuda", ("cuda", "triton", "reference"))
 # Public API.
 
 def _check_positive(name: str, value: torch.Tensor) -> None:
-    if value.numel() and not bool((value > 0).all()):
-        raise ValueError(f"{name} must be positive; got a minimum of {value.min().item():.4g}")
+    _checks.values_hold(value > 0, f"{name} must be positive", lambda: f"a minimum of {value.min().item():.4g}")
 
 
 def gabor_pool(x: torch.Tensor, center_freqs: torch.Tensor, bandwidths: torch.Tensor, pool_widths: torch.Tensor,

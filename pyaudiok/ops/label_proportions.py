@@ -42,19 +42,17 @@ def check_bags(name: str, x, bag_index, proportions) -> tuple[torch.Tensor, torc
     n_bags, K = proportions.shape
     if K == 0:
         raise ValueError(f"{name} must have K >= 1 classes; got shape {_checks.shape_str(x.shape)}")
-    if bag_index.numel():
-        low, high = int(bag_index.min()), int(bag_index.max())
-        if low < 0 or high >= n_bags:
-            raise ValueError(f"bag_index must be in [0, n_bags) = [0, {n_bags}) (n_bags = proportions.shape[0]); "
-                             f"got values in [{low}, {high}]")
-    if proportions.numel():
-        if bool((proportions < 0).any() | ~torch.isfinite(proportions).all()):
-            raise ValueError("proportions must be finite and non-negative")
-        sums = proportions.double().sum(1)
-        bad = ((sums - 1).abs() > PROPORTION_ATOL).nonzero()[:, 0]
-        if bad.numel():
-            raise ValueError(f"every row of proportions [n_bags, K] must sum to 1 (±{PROPORTION_ATOL}); rows "
-                             f"{bad[:4].tolist()} sum to {sums[bad[:4]].tolist()}")
+    _checks.values_hold((bag_index >= 0) & (bag_index < n_bags),
+                        f"bag_index must be in [0, n_bags) = [0, {n_bags}) (n_bags = proportions.shape[0])",
+                        lambda: f"values in [{int(bag_index.min())}, {int(bag_index.max())}]")
+    _checks.values_hold(torch.isfinite(proportions) & (proportions >= 0), "proportions must be finite and non-negative")
+    sums = proportions.double().sum(1)
+    off = (sums - 1).abs() > PROPORTION_ATOL
+
+    def rows_off() -> str:
+        bad = off.nonzero()[:, 0][:4]
+        return f"rows {bad.tolist()} summing to {sums[bad].tolist()}"
+    _checks.values_hold(~off, f"every row of proportions [n_bags, K] must sum to 1 (±{PROPORTION_ATOL})", rows_off)
     return x, bag_index, proportions
 
 
@@ -74,9 +72,9 @@ def proportion_loss(probs_or_logits: torch.Tensor, bag_index: torch.Tensor, prop
         probs = torch.softmax(x.to(work), dim=1)
     else:
         probs = x.to(work)
-        if probs.numel() and bool((probs < 0).any() | ((probs.sum(1) - 1).abs() > 1e-3).any()):
-            raise ValueError("probs_or_logits with from_logits=False must hold probabilities: non-negative rows "
-                             "summing to 1 (pass logits with from_logits=True)")
+        _checks.values_hold((probs >= 0).all(1) & ((probs.sum(1) - 1).abs() <= 1e-3),
+                            "probs_or_logits with from_logits=False must hold probabilities: non-negative rows "
+                            "summing to 1 (pass logits with from_logits=True)")
     n_bags = proportions.shape[0]
     counts = torch.bincount(bag_index, minlength=n_bags)
     sums = probs.new_zeros(n_bags, probs.shape[1]).index_add(0, bag_index, probs)
@@ -126,8 +124,7 @@ def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportio
     eps, n_iters, tol as in pyaudiok.ops.sinkhorn (log-probabilities are clamped at log of the
     dtype's smallest normal number, so a zero probability is a large, finite cost)."""
     log_probs, bag_index, proportions = check_bags("log_probs", log_probs, bag_index, proportions)
-    if torch.isnan(log_probs).any() or (log_probs == math.inf).any():
-        raise ValueError("log_probs must not hold NaN or +inf")
+    _checks.values_hold(~torch.isnan(log_probs) & (log_probs != math.inf), "log_probs must not hold NaN or +inf")
     B, K = log_probs.shape
     if B == 0:
         return log_probs.new_zeros(0, K)

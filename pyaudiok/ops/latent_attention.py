@@ -190,9 +190,10 @@ def _check_int_vector(name: str, value, B: int, low: int, high: int, device) -> 
     value = _checks.tensor(name, value, ndim=1, layout=f"[B] = [{B}]", dtypes=_INT_DTYPES)
     if value.shape[0] != B:
         raise ValueError(f"{name} must have shape [B] = [{B}]; got {_checks.shape_str(value.shape)}")
-    if value.numel() and (int(value.min()) < low or int(value.max()) > high):
-        raise ValueError(f"{name} must lie in [{low}, {high}]; got values in [{int(value.min())}, {int(value.max())}]")
-    return value.to(device)
+    value = value.to(device)
+    _checks.values_hold((value >= low) & (value <= high), f"{name} must lie in [{low}, {high}]",
+                        lambda: f"values in [{int(value.min())}, {int(value.max())}]")
+    return value
 
 
 def _check_keep(keep, B: int, N: int, M: int, device) -> torch.Tensor:
@@ -201,10 +202,9 @@ def _check_keep(keep, B: int, N: int, M: int, device) -> torch.Tensor:
     if keep.shape[0] != B or not N <= keep.shape[1] <= M:
         raise ValueError(f"dropout_keep must have shape [B, M'] with B = {B} and N = {N} <= M' <= M = {M}; "
                          f"got {_checks.shape_str(keep.shape)}")
-    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= M):
-        raise ValueError(f"dropout_keep positions must lie in [0, M) = [0, {M})")
-    if keep.shape[1] > 1 and not bool((keep[:, 1:] > keep[:, :-1]).all()):
-        raise ValueError("dropout_keep positions must be strictly increasing along each row")
+    _checks.values_hold((keep >= 0) & (keep < M), f"dropout_keep positions must lie in [0, M) = [0, {M})",
+                        lambda: f"values in [{int(keep.min())}, {int(keep.max())}]")
+    _checks.values_hold(keep[:, 1:] > keep[:, :-1], "dropout_keep positions must be strictly increasing along each row")
     return keep.long().contiguous()
 
 

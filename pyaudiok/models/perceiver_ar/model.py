@@ -131,7 +131,7 @@ class PerceiverAR(nn.Module):
             return None
         scores = torch.rand(B, prefix, device=device)  # keep the `kept` smallest scores of each row
         order = None
-        if kept > 0 and scores.device.type == "cpu":
+        if kept > 0 and scores.device.type == "cpu" and not torch.compiler.is_compiling():
             # The kept-th smallest score bounds the kept set: a selection, not a sort of the row, and
             # the same set as the sort whenever no other score ties it (else the sort decides ties).
             chosen = scores <= scores.kthvalue(kept, dim=1, keepdim=True).values

@@ -1,0 +1,210 @@
+"""torch.compile over the public ops and the models.
+
+Every op traces into one graph (fullgraph=True) and matches eager mode, forward and backward, except
+the two whose output sizes are data (they split the graph where they read them). Every model traces
+without a graph break except where it reads data on purpose (DiffStride's output sizes, DIVE's
+host-side speaker walk), and its compiled loss and gradients match eager mode. The dispatcher's
+choice is part of the trace: `use_backend` around a compiled call re-dispatches it, and value
+checks stay checks (an assertion in the graph) instead of splitting it.
+
+Correctness runs on AOT autograd's eager backend (dynamo, fake tensors, functionalization and the
+autograd graph, without code generation, which is slow here); one case goes through inductor."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+
+import pyaudiok
+import pyaudiok.ops as ops
+from pyaudiok.nn.quantization import ResidualVQ
+
+from .harness import assert_close
+from .models.test_autocast import MODELS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _leaves(inputs):
+    return [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def _first_tensor(result) -> torch.Tensor:
+    """The op's main output: the tensor itself, or the first field of its result tuple."""
+    return result if isinstance(result, torch.Tensor) else result[0]
+
+
+def _run(fn, inputs):
+    """(output, gradients of a fixed random projection of it) for fresh copies of `inputs`."""
+    inputs = [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+              for t in inputs]
+    out = _first_tensor(fn(*inputs))
+    leaves = _leaves(inputs)
+    if not leaves or not out.requires_grad:
+        return out.detach(), []
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+    return out.detach(), list(torch.autograd.grad((out * weight.to(out.device)).sum(), leaves))
+
+
+def _op_cases(device):
+    """name -> (fn, inputs): small inputs of every public op, odd sizes."""
+    def t(*shape, grad=True, fn=torch.randn):
+        return fn(*shape, device=device).requires_grad_(grad)
+    bags, props = (torch.tensor([0, 0, 0, 1, 1, 1, 1], device=device),
+                   torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]], device=device))
+    params = [(torch.rand(5, device=device) * 0.5 + 0.1).requires_grad_() for _ in range(4)]
+    return {
+        "latent_cross_attention": (lambda q, k, v, n: ops.latent_cross_attention(q, k, v, key_lengths=n),
+                                   (t(2, 2, 5, 16), t(2, 2, 11, 16), t(2, 2, 11, 16),
+                                    torch.tensor([11, 7], device=device))),
+        "residual_vq": (lambda x, c: ops.residual_vq(x, c).quantized, (t(7, 6), t(3, 9, 6, grad=False))),
+        "rvq_decode": (lambda c, b: ops.rvq_decode(c, b), (torch.randint(0, 9, (5, 3), device=device), t(3, 9, 6))),
+        "si_sdr_matrix": (ops.si_sdr_matrix, (t(2, 3, 101), t(2, 3, 101, grad=False))),
+        "pit_si_sdr": (lambda e, r: ops.pit_si_sdr(e, r)[0], (t(2, 3, 101), t(2, 3, 101, grad=False))),
+        "neg_si_sdr_loss": (ops.neg_si_sdr_loss, (t(2, 3, 101), t(2, 3, 101, grad=False))),
+        "fourier_crop": (ops.fourier_crop, (t(2, 3, 33), torch.tensor([1.7], device=device, requires_grad=True))),
+        "soft_rank": (ops.soft_rank, (t(4, 9),)),
+        "soft_sort": (ops.soft_sort, (t(4, 9),)),
+        "sinkhorn": (lambda c: ops.sinkhorn(c, eps=0.1, n_iters=30), (t(2, 6, 7, fn=torch.rand),)),
+        "sinkhorn_rank": (ops.sinkhorn_rank, (t(3, 6),)),
+        "sinkhorn_sort": (ops.sinkhorn_sort, (t(3, 6),)),
+        "log_sinkhorn_normalize": (ops.log_sinkhorn_normalize, (t(2, 5, 5),)),
+        "bilinear_contrastive_loss": (ops.bilinear_contrastive_loss, (t(9, 7), t(9, 7), t(7, 7))),
+        "pcen": (ops.pcen, (t(2, 5, 31, fn=torch.rand), *params)),
+        "gabor_pool": (lambda x, f, b, w: ops.gabor_pool(x, f, b, w, window=33, stride=8),
+                       (t(2, 301), torch.tensor([0.05, 0.2, 0.31], device=device), t(3, fn=torch.rand) + 0.5,
+                        t(3, fn=torch.rand) + 0.5)),
+        "proportion_loss": (lambda x: ops.proportion_loss(x, bags, props), (t(7, 3),)),
+        "ot_pseudo_labels": (lambda x: ops.ot_pseudo_labels(torch.log_softmax(x, -1), bags, props), (t(7, 3),)),
+        "kmeans": (lambda x: ops.kmeans(x, 3, init=x[:, :3]).centroids, (t(2, 20, 3, grad=False),)),
+    }
+
+
+# Ops whose output sizes are data: the graph splits where they read it (and nowhere else).
+SIZES_FROM_DATA = {"fourier_crop": "the output size follows the stride values",
+                   "ot_pseudo_labels": "the packed bags' size follows bag_index"}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("name", list(_op_cases("cpu")))
+def test_op_compiles_and_matches_eager(name, device):
+    fn, inputs = _op_cases(device)[name]
+    torch.manual_seed(0)
+    expected, expected_grads = _run(fn, inputs)
+    fullgraph = name not in SIZES_FROM_DATA
+    out, grads = _run(torch.compile(fn, backend="aot_eager", fullgraph=fullgraph), inputs)
+    assert_close(f"{name} output", out, expected, torch.float32)
+    assert len(grads) == len(expected_grads)
+    for i, (g, e) in enumerate(zip(grads, expected_grads)):
+        assert_close(f"{name} gradient {i}", g, e, torch.float32)
+    if not fullgraph:
+        assert torch._dynamo.explain(fn)(*inputs).graph_break_count >= 1, "now traceable: move it out of SIZES_FROM_DATA"
+
+
+def test_op_under_inductor_matches_eager():
+    """The whole stack once through inductor's code generation: the fused op between generated kernels."""
+    fn = lambda q, k, v: ops.latent_cross_attention(q, k, v).square().sum(-1).tanh()  # noqa: E731
+    inputs = [torch.randn(2, 2, 5, 16, requires_grad=True), torch.randn(2, 2, 9, 16, requires_grad=True),
+              torch.randn(2, 2, 9, 16, requires_grad=True)]
+    expected, expected_grads = _run(fn, inputs)
+    out, grads = _run(torch.compile(fn, fullgraph=True), inputs)
+    assert_close("output", out, expected, torch.float32)
+    for name, g, e in zip("qkv", grads, expected_grads):
+        assert_close(f"d{name}", g, e, torch.float32)
+
+
+def _graph_targets(fn, *args) -> list[str]:
+    """The call targets of the graph(s) torch.compile captures for fn(*args)."""
+    targets: list[str] = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+    torch.compile(fn, backend=record, fullgraph=True)(*args)
+    return targets
+
+
+def test_use_backend_around_a_compiled_call_redispatches():
+    """The requested backend is read while tracing and guarded on: changing it retraces the call."""
+    q, k, v = torch.randn(1, 1, 3, 8), torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8)
+    compiled_targets: list[list[str]] = []
+
+    def record(gm, example_inputs):
+        compiled_targets.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+        return gm.forward
+    fn = torch.compile(lambda q, k, v: ops.latent_cross_attention(q, k, v), backend=record, fullgraph=True)
+    with pyaudiok.use_backend("cpu"):
+        fn(q, k, v)
+    with pyaudiok.use_backend("reference"):
+        fn(q, k, v)
+    assert len(compiled_targets) == 2, "the second backend did not retrace"
+    fused, reference = (any("pyaudiok" in target for target in targets) for targets in compiled_targets)
+    assert fused and not reference
+
+
+def test_value_checks_stay_in_the_graph():
+    """A value check compiles to an assertion: bad values still fail, with the message."""
+    fn = torch.compile(lambda codes, books: ops.rvq_decode(codes, books), backend="aot_eager", fullgraph=True)
+    books = torch.randn(2, 4, 3)
+    fn(torch.tensor([[0, 3]]), books)
+    with pytest.raises(RuntimeError, match=r"codes must lie in \[0, K\) = \[0, 4\)"):
+        fn(torch.tensor([[0, 4]]), books)
+    targets = _graph_targets(lambda c: ops.rvq_decode(c, books), torch.tensor([[1, 2]]))
+    assert any("_assert_async" in target for target in targets)
+
+
+# Models: the reasons a graph may split, where a model reads data on purpose.
+MODEL_BREAKS = {"diffstride_2d": "tolist", "diffstride_1d": "tolist", "dive": "Data-dependent branching"}
+
+
+def _loss_and_grads(model, loss_fn):
+    torch.manual_seed(3)
+    loss = loss_fn()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return loss.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_compiles_and_matches_eager(name):
+    torch.manual_seed(0)
+    model, loss_fn = MODELS[name]("cpu")
+    loss_fn()  # first call: one-time work (e.g. the quantizer's k-means initialisation)
+    twin = copy.deepcopy(model)
+    explanation = torch._dynamo.explain(loss_fn)()
+    allowed = MODEL_BREAKS.get(name)
+    reasons = [str(b.reason) for b in explanation.break_reasons]
+    assert all(allowed and allowed in r for r in reasons), f"unexpected graph breaks: {reasons}"
+    torch._dynamo.reset()
+    # The same state for both runs (the explained call above may have updated buffers).
+    model.load_state_dict(twin.state_dict())
+    expected_loss, expected_grads = _loss_and_grads(model, loss_fn)
+    model.load_state_dict(twin.state_dict())
+    compiled = torch.compile(loss_fn, backend="aot_eager")
+    loss, grads = _loss_and_grads(model, compiled)
+    assert_close("loss", loss, expected_loss, torch.float32)
+    for (pname, _), g, e in zip(((n, p) for n, p in model.named_parameters() if p.requires_grad), grads,
+                                expected_grads):
+        assert_close(f"grad {pname}", g, e, torch.float32, scale=10.0)
+
+
+def test_quantizer_rechecks_initialisation_after_loading_a_state_dict():
+    """The host copy of `initialized` is forgotten when a state dict is loaded: a fresh (untrained)
+    state dict makes the next training call initialise the codebooks again."""
+    fresh = ResidualVQ(4, 2, 8, kmeans_iters=2)
+    trained = copy.deepcopy(fresh).train()
+    trained(torch.randn(1, 32, 4))
+    assert bool(trained.initialized)
+    trained.load_state_dict(fresh.state_dict())
+    assert not bool(trained.initialized)
+    trained(torch.randn(1, 32, 4))
+    assert bool(trained.initialized)
