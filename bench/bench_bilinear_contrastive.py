@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-import pyaudiok
 from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_loss
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, compiled, with_backend
 
 D = 512
 SIZES = {"cpu": (1024, 4096, 8192), "cuda": (1024, 4096, 8192, 16384)}
@@ -20,14 +19,17 @@ QUICK = {"cpu": (1024,), "cuda": (4096,)}
 DTYPE = {"cpu": torch.float32, "cuda": torch.float32}
 
 
-def _step(backend, a, p, w):
+def _loss_step(a, p, w):
     def run():
-        with pyaudiok.use_backend(backend):
-            loss = bilinear_contrastive_loss(a, p, w)
+        loss = bilinear_contrastive_loss(a, p, w)
         loss.backward()
         a.grad = p.grad = w.grad = None
         return loss.detach()
     return run
+
+
+def _step(backend, a, p, w):
+    return with_backend(backend, _loss_step(a, p, w))
 
 
 def _with_tf32(run):
@@ -75,6 +77,7 @@ def contrastive_case(device: torch.device, B: int) -> Case:
         cands.append(Candidate("triton, TF32 allowed", "backend", _with_tf32(_step("triton", a, p, w)), check=check))
         cands.append(Candidate("reference, TF32 allowed", "peer", _with_tf32(_step("reference", a, p, w)),
                                check=check))
+    cands.append(compiled("reference, torch.compile", _loss_step(a, p, w), check=check))
     floor = _gemm_floor(a.detach(), p.detach(), w.detach())
     cands.append(Candidate("floor: its GEMMs (3 B²D + 3 BD²)", "floor", floor))
     return Case("bilinear_contrastive.fwd+bwd", {"B": B, "D": D, "dtype": str(dtype).replace("torch.", "")}, cands)

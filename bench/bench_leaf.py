@@ -20,7 +20,7 @@ import torch
 from pyaudiok.ops.gabor_pool import GABOR_POOL, gabor_pool
 from pyaudiok.ops.pcen import PCEN, pcen
 
-from .harness import Candidate, Case, backend_candidates, with_backend
+from .harness import Candidate, Case, backend_candidates, compiled, with_backend
 from .peers import load
 
 SAMPLE_RATE, SECONDS, F, WINDOW, STRIDE = 16_000, 4, 40, 401, 160
@@ -63,6 +63,7 @@ def gabor_case(device, batch, backward) -> Case:
     cands = [Candidate("reference", "reference", with_backend("reference", _step(fn, backward, *inputs)))]
     cands += backend_candidates(GABOR_POOL, device, x.dtype, args,
                                 lambda b: with_backend(b, _step(fn, backward, *inputs)), _check)
+    cands.append(compiled("reference, torch.compile", _step(fn, backward, *inputs), check=_check))
     leaf, reason = _speechbrain_leaf(device, batch)
     cands.append(Candidate("SpeechBrain Leaf", "peer", _step(lambda: leaf(x[..., None]), backward, x) if leaf else None,
                            skip=reason))

@@ -8,7 +8,7 @@ import torch
 
 from pyaudiok.ops.rvq import DECODE, FORWARD, residual_vq, rvq_decode
 
-from .harness import Candidate, Case, backend_candidates, with_backend
+from .harness import Candidate, Case, backend_candidates, compiled, with_backend
 from .peers import load, load_encodec_quantizer
 
 Q, K, D = 8, 1024, 128
@@ -61,6 +61,7 @@ def forward_case(device, rows) -> Case:
     cands = [Candidate("reference", "reference", with_backend("reference", lambda: residual_vq(x, codebooks)))]
     cands += backend_candidates(FORWARD, device, x.dtype, (x, codebooks, Q),
                                  lambda b: with_backend(b, lambda: residual_vq(x, codebooks)), check)
+    cands.append(compiled("reference, torch.compile", lambda: residual_vq(x, codebooks), check=check))
     vqp, reason = _vqp_residual_vq(codebooks)
 
     def run_vqp():
@@ -116,6 +117,7 @@ def decode_case(device, rows) -> Case:
     cands = [Candidate("reference", "reference", with_backend("reference", lambda: rvq_decode(codes, codebooks)))]
     cands += backend_candidates(DECODE, device, codebooks.dtype, (codes, codebooks),
                                  lambda b: with_backend(b, lambda: rvq_decode(codes, codebooks)), check)
+    cands.append(compiled("reference, torch.compile", lambda: rvq_decode(codes, codebooks), check=check))
     return Case("rvq.decode", {"N": rows, "Q": Q, "K": K, "D": D}, cands)
 
 

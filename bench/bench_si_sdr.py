@@ -8,7 +8,7 @@ import torch
 import pyaudiok
 from pyaudiok.ops.si_sdr import MATRIX, pit_si_sdr
 
-from .harness import Candidate, Case, backend_candidates
+from .harness import Candidate, Case, backend_candidates, compiled
 from .peers import load
 
 B, T = 8, 32_000
@@ -32,6 +32,7 @@ def pit_case(device: torch.device, sources: int) -> Case:
 
     cands = [Candidate("reference", "reference", ours("reference"))]
     cands += backend_candidates(MATRIX, device, ests.dtype, (ests, refs, True, 1e-8), ours, check)
+    cands.append(compiled("reference, torch.compile", lambda: pit_si_sdr(ests, refs).si_sdr, check=check))
     audio, reason = load("torchmetrics.functional.audio", "torchmetrics")
 
     def run_torchmetrics():

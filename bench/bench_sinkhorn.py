@@ -1,7 +1,8 @@
 """Benchmark of batched log-domain Sinkhorn (DESIGN §5): B = 64 cost matrices of 128 × 128,
 ε = 0.05, exactly 100 iterations (no early stop), forward and forward + backward (unrolled),
-against the reference, every backend and the peers: a plain PyTorch log-domain loop and POT's
-`ot.bregman.sinkhorn_log` (one problem at a time, 100 iterations, no stopping check).
+against the reference, every backend and the peers: a plain PyTorch log-domain loop (in the forward
+also under torch.compile) and POT's `ot.bregman.sinkhorn_log` (one problem at a time, 100 iterations,
+no stopping check).
 
 On a GPU also B = 256 of 512 × 512 (a cost far above L2, beside the floor of reading it once per
 iteration). "triton" is the Triton backend as dispatched; "triton single-launch" and "triton
@@ -12,7 +13,7 @@ import torch
 
 from pyaudiok.ops.sinkhorn import SINKHORN, sinkhorn
 
-from .harness import Candidate, Case, backend_candidates, with_backend
+from .harness import Candidate, Case, backend_candidates, compiled, with_backend
 from .peers import load
 
 EPS, ITERS = 0.05, 100
@@ -103,6 +104,8 @@ def forward_case(device, B, n, m, first=True) -> Case:
     cands = [Candidate("reference", "reference", with_backend("reference", ours))]
     cands += _ours(device, cost, ours)
     cands.append(Candidate("PyTorch log-domain loop", "peer", lambda: torch_loop(cost), check=_check))
+    cands.append(compiled("PyTorch log-domain loop, torch.compile", lambda: torch_loop(cost), backend=None,
+                          check=_check))
     pot, reason = _pot(cost)
     cands.append(Candidate("POT ot.bregman.sinkhorn_log", "peer", pot, skip=reason, check=_check))
     cands += _stream_floor(cost)

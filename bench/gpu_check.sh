@@ -12,7 +12,8 @@
 # kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it), SKIP_SETUP=1 (a second call
 # on the same warm machine: the wheels and the build are already in place), TESTS=0 (skip the tests),
 # PROFILE (';'-separated argument lists of bench/profile.py, e.g. "--only fourier_crop --case 2d
-# --index 3": where those cases' time goes; PROFILE_S bounds each).
+# --index 3": where those cases' time goes; PROFILE_S bounds each), COMPILED_PEERS=1 (also time the
+# torch.compile peers; off by default: their compiling would eat the modules' time limits).
 # A copied tree's git metadata may be stale: the commit recorded in the bench rows is read from
 # .bench-commit when present (write it before copying: git rev-parse --short HEAD > .bench-commit).
 # Wheels of missing Python packages are installed first when .whl/ holds any, and source
@@ -68,8 +69,9 @@ phase "bench (--device cuda)"
 json_dir=$(mktemp -d)
 modules=${BENCH_ONLY:-$(python3 -c "from pyaudiok.bench import registry; print(' '.join(registry.MODULES))")}
 [ "$modules" = none ] && modules=""
+compile_flag=$([ "${COMPILED_PEERS:-0}" = 1 ] || echo --no-compile)
 for module in $modules; do
-  timeout "${BENCH_MODULE_S:-60}" python3 -m pyaudiok bench --device cuda --only "$module" \
+  timeout "${BENCH_MODULE_S:-60}" python3 -m pyaudiok bench --device cuda --only "$module" $compile_flag \
     --min-time "${BENCH_MIN_TIME:-0.25}" --json "$json_dir/$module.json" >> "$out/bench.log" 2>&1 \
     || echo "bench $module: exit status $?" | tee -a "$out/bench.log"
   tar -C "$json_dir" -czf "$out/bench_json.tgz" .

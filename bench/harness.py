@@ -1,6 +1,7 @@
 """The benchmark harness shared by every op: a case is a set of candidates (the reference, every
 backend, the peers users would pick instead, and optionally a speed floor) timed side by side in
-one run, on the same inputs.
+one run, on the same inputs. Among the peers of the op-level cases is the plain PyTorch version
+under torch.compile (`compiled`), the alternative to a hand-written kernel; full runs only.
 
 Timing: warm-up, then the median of repeats: `torch.utils.benchmark` on the CPU, CUDA events on a
 GPU; on the CPU with glibc reusing freed heap as a long-running process does (`_malloc_mode`).
@@ -35,6 +36,7 @@ class Candidate:
     skip: str | None = None   # why it cannot run here (reported, not an error)
     # Compares this candidate's output with the reference output: a short note, e.g. "codes identical".
     check: Callable[[Any, Any], str] | None = None
+    compiles: bool = False    # its first call runs torch.compile (seconds to a minute): full runs only
 
 
 @dataclasses.dataclass
@@ -68,6 +70,14 @@ def with_backend(backend: str, fn: Callable[[], Any]) -> Callable[[], Any]:
         with pyaudiok.use_backend(backend):
             return fn()
     return run
+
+
+def compiled(name: str, fn: Callable[[], Any], backend: str | None = "reference", check=None) -> Candidate:
+    """The peer a user gets by compiling the plain PyTorch version instead of calling a fused op:
+    fn under torch.compile (inductor, shapes static as in a training loop), pyaudiok's ops in it on
+    `backend`. Compiling happens in the harness' first, untimed call."""
+    run = torch.compile(fn, dynamic=False)
+    return Candidate(name, "peer", with_backend(backend, run) if backend else run, check=check, compiles=True)
 
 
 def backend_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple,
@@ -306,15 +316,22 @@ def format_table(results: list[Result]) -> str:
 
 
 def peer_summary(results: list[Result]) -> list[str]:
-    """One line per case and backend: its speed-up over each peer, measured in this run."""
+    """One line per case and backend: its speed-up over each peer, measured in this run. Cases of
+    one name at several sizes are told apart by their parameters."""
+    def key(r: Result) -> tuple[str, str]:
+        return r.case, json.dumps(r.params, sort_keys=True, default=str)
+    names = [r.case for r in dict((key(r), r) for r in results).values()]
     lines = []
-    for case in dict.fromkeys(r.case for r in results):
-        rows = [r for r in results if r.case == case and r.median_s]
+    for case_key in dict.fromkeys(key(r) for r in results):
+        rows = [r for r in results if key(r) == case_key and r.median_s]
+        label = case_key[0]
+        if names.count(label) > 1:
+            label += " (" + " ".join(f"{k}={v}" for k, v in rows[0].params.items()) + ")" if rows else ""
         peers = [r for r in rows if r.kind == "peer"]
         for r in rows:
             if r.kind == "backend" and peers:
                 ratios = ", ".join(f"{p.median_s / r.median_s:.2f}x {p.candidate}" for p in peers)
-                lines.append(f"{case}: {r.candidate} is {ratios}")
+                lines.append(f"{label}: {r.candidate} is {ratios}")
     return lines + ([""] if lines else [])
 
 

@@ -14,10 +14,16 @@ MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der,
            "llp": bench_llp}
 
 
-def collect(device: torch.device, quick: bool, only: list[str] | None = None):
+def collect(device: torch.device, quick: bool, only: list[str] | None = None, compiled_peers: bool = True):
     names = only or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; available: {', '.join(MODULES)}")
     for name in names:
-        yield from MODULES[name].cases(device, quick)
+        for case in MODULES[name].cases(device, quick):
+            if quick or not compiled_peers:  # compiling a peer may take longer than a quick run
+                why = "compiled only in full runs (not --quick)" if quick else "left out (--no-compile)"
+                for cand in case.candidates:
+                    if cand.compiles and cand.skip is None:
+                        cand.run, cand.skip = None, why
+            yield case

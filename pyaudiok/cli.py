@@ -24,7 +24,7 @@ def _cmd_bench(args) -> int:
     print(f"pyaudiok bench on {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
           f"triton {env['triton']}, commit {env['commit']}{', quick sizes' if args.quick else ''}", flush=True)
     try:
-        cases = list(registry.collect(device, args.quick, args.only))
+        cases = list(registry.collect(device, args.quick, args.only, compiled_peers=not args.no_compile))
     except ValueError as e:
         print(f"pyaudiok bench: {e}", file=sys.stderr)
         return 2
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes (seconds, not minutes)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="leave out the torch.compile peers (compiling them takes seconds to minutes)")
     p.add_argument("--json", metavar="PATH", help="write one JSON row per case x candidate")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per candidate (default 1)")

@@ -30,6 +30,42 @@ def test_ratios_and_failing_peer_reported_not_raised():
     assert "broken peer" in table and "not installed" in table
 
 
+def test_compiled_peer_is_the_reference_under_torch_compile():
+    import pyaudiok
+    from pyaudiok.ops import rvq_decode
+    codes, books = torch.randint(0, 5, (7, 2)), torch.randn(2, 5, 3)
+    graphs = []
+
+    def traced():
+        graphs.append(torch.compiler.is_compiling())
+        return rvq_decode(codes, books)
+    same = lambda out, ref: "identical" if torch.equal(out, ref) else "differs"  # noqa: E731
+    case = harness.Case("demo", {}, [
+        harness.Candidate("reference", "reference", harness.with_backend("reference", lambda: rvq_decode(codes, books))),
+        harness.compiled("reference, torch.compile", traced, check=same)])
+    torch._dynamo.reset()
+    with pyaudiok.use_backend("cpu"):  # the candidate forces its own backend
+        reference, peer = harness.run_case(case, torch.device("cpu"), min_time=0.01)
+    assert peer.kind == "peer" and peer.skip is None and peer.note == "identical"
+    assert graphs and graphs[0], "the candidate's function was not traced by torch.compile"
+
+
+def test_peer_summary_tells_sizes_of_one_case_apart():
+    results = []
+    for n, (ours, peer) in {1: (1.0, 2.0), 2: (1.0, 5.0)}.items():
+        rows = [harness.Result("demo", "cpu", "backend", {"n": n}, median_s=ours),
+                harness.Result("demo", "peer lib", "peer", {"n": n}, median_s=peer)]
+        results += rows
+    assert harness.peer_summary(results)[:2] == ["demo (n=1): cpu is 2.00x peer lib", "demo (n=2): cpu is 5.00x peer lib"]
+
+
+def test_quick_runs_leave_compiled_peers_out():
+    from pyaudiok.bench import registry
+    cases = list(registry.collect(torch.device("cpu"), quick=True, only=["rvq"]))
+    peers = [c for case in cases for c in case.candidates if c.compiles]
+    assert peers and all(c.run is None and "not --quick" in c.skip for c in peers)
+
+
 def test_cli_bench_quick_writes_json_and_plot(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pyaudiok", "bench", "--quick", "--only", "rvq", "--min-time", "0.01",
                           "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")],

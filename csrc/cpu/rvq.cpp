@@ -145,19 +145,44 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
   }
 }
 
+namespace {
+
+// Σ_q w_q · C_q[code_q] over `Vectors` groups of 8 columns from column d0: the sums stay in vector
+// registers while every stage's codeword adds its slice, so the output is written once (a sum kept
+// in memory would chain each stage's add through a store and a reload).
+template <int Vectors>
+PYAUDIOK_INLINE void decode_columns(const int64_t* row_codes, const float* codebooks, const float* weights, int64_t K,
+                                    int64_t D, int64_t n_q, int64_t d0, float* out) {
+  using namespace simd;
+  v8f acc[Vectors];
+#pragma GCC unroll 8
+  for (int j = 0; j < Vectors; ++j) acc[j] = splat(0.f);
+  for (int64_t q = 0; q < n_q; ++q) {
+    const float* c = codebooks + (q * K + row_codes[q]) * D + d0;
+    const v8f w = splat(weights == nullptr ? 1.f : weights[q]);  // × 1 is exact: plain sums stay exact
+#pragma GCC unroll 8
+    for (int j = 0; j < Vectors; ++j) acc[j] += w * load8(c + 8 * j);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < Vectors; ++j) store8(out + d0 + 8 * j, acc[j]);
+}
+
+}  // namespace
+
+PYAUDIOK_CLONES
 void rvq_decode_rows(const int64_t* codes, const float* codebooks, const float* weights, int64_t K,
                      int64_t D, int64_t n_q, int64_t row_begin, int64_t row_end, float* out) {
   for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t* row_codes = codes + row * n_q;
     float* o = out + row * D;
-    std::fill(o, o + D, 0.f);
-    for (int64_t q = 0; q < n_q; ++q) {
-      const float* c = codebooks + (q * K + codes[row * n_q + q]) * D;
-      if (weights == nullptr) {
-        for (int64_t d = 0; d < D; ++d) o[d] += c[d];
-      } else {
-        const float w = weights[q];
-        for (int64_t d = 0; d < D; ++d) o[d] += w * c[d];
-      }
+    int64_t d0 = 0;
+    for (; d0 + 64 <= D; d0 += 64) decode_columns<8>(row_codes, codebooks, weights, K, D, n_q, d0, o);
+    for (; d0 + 8 <= D; d0 += 8) decode_columns<1>(row_codes, codebooks, weights, K, D, n_q, d0, o);
+    for (; d0 < D; ++d0) {  // the last D mod 8 columns
+      float sum = 0.f;
+      for (int64_t q = 0; q < n_q; ++q)
+        sum += (weights == nullptr ? 1.f : weights[q]) * codebooks[(q * K + row_codes[q]) * D + d0];
+      o[d0] = sum;
     }
   }
 }

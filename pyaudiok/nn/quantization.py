@@ -282,9 +282,7 @@ class ResidualVQ(nn.Module):
         if n_q.shape[0] != x.shape[0]:
             raise ValueError(f"n_q must have shape [B] with B = {x.shape[0]} (x's batch size); got "
                              f"{_checks.shape_str(n_q.shape)}")
-        _checks.values_hold((n_q >= 1) & (n_q <= self.num_quantizers),
-                            f"n_q values must lie in [1, {self.num_quantizers}]",
-                            lambda: f"values in [{int(n_q.min())}, {int(n_q.max())}]")
+        _checks.ints_within(n_q, 1, self.num_quantizers, f"n_q values must lie in [1, {self.num_quantizers}]")
         return n_q.to(device=x.device, dtype=torch.int64)
 
     # ------------------------------------------------------------------------------------------

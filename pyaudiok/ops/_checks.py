@@ -22,6 +22,14 @@ def values_hold(ok: torch.Tensor, expectation: str, got: Callable[[], str] | Non
         raise error(expectation if got is None else f"{expectation}; got {got()}")
 
 
+def ints_within(value: torch.Tensor, low: int, high: int, expectation: str) -> None:
+    """values_hold for low <= value <= high over an integer tensor, in one pass (aminmax)."""
+    if value.numel() == 0:
+        return
+    lo, hi = torch.aminmax(value)
+    values_hold((lo >= low) & (hi <= high), expectation, lambda: f"values in [{int(lo)}, {int(hi)}]")
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 

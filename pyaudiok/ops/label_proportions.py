@@ -42,9 +42,8 @@ def check_bags(name: str, x, bag_index, proportions) -> tuple[torch.Tensor, torc
     n_bags, K = proportions.shape
     if K == 0:
         raise ValueError(f"{name} must have K >= 1 classes; got shape {_checks.shape_str(x.shape)}")
-    _checks.values_hold((bag_index >= 0) & (bag_index < n_bags),
-                        f"bag_index must be in [0, n_bags) = [0, {n_bags}) (n_bags = proportions.shape[0])",
-                        lambda: f"values in [{int(bag_index.min())}, {int(bag_index.max())}]")
+    _checks.ints_within(bag_index, 0, n_bags - 1,
+                        f"bag_index must be in [0, n_bags) = [0, {n_bags}) (n_bags = proportions.shape[0])")
     _checks.values_hold(torch.isfinite(proportions) & (proportions >= 0), "proportions must be finite and non-negative")
     sums = proportions.double().sum(1)
     off = (sums - 1).abs() > PROPORTION_ATOL

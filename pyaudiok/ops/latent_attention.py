@@ -191,8 +191,7 @@ def _check_int_vector(name: str, value, B: int, low: int, high: int, device) -> 
     if value.shape[0] != B:
         raise ValueError(f"{name} must have shape [B] = [{B}]; got {_checks.shape_str(value.shape)}")
     value = value.to(device)
-    _checks.values_hold((value >= low) & (value <= high), f"{name} must lie in [{low}, {high}]",
-                        lambda: f"values in [{int(value.min())}, {int(value.max())}]")
+    _checks.ints_within(value, low, high, f"{name} must lie in [{low}, {high}]")
     return value
 
 
@@ -202,8 +201,7 @@ def _check_keep(keep, B: int, N: int, M: int, device) -> torch.Tensor:
     if keep.shape[0] != B or not N <= keep.shape[1] <= M:
         raise ValueError(f"dropout_keep must have shape [B, M'] with B = {B} and N = {N} <= M' <= M = {M}; "
                          f"got {_checks.shape_str(keep.shape)}")
-    _checks.values_hold((keep >= 0) & (keep < M), f"dropout_keep positions must lie in [0, M) = [0, {M})",
-                        lambda: f"values in [{int(keep.min())}, {int(keep.max())}]")
+    _checks.ints_within(keep, 0, M - 1, f"dropout_keep positions must lie in [0, M) = [0, {M})")
     _checks.values_hold(keep[:, 1:] > keep[:, :-1], "dropout_keep positions must be strictly increasing along each row")
     return keep.long().contiguous()
 

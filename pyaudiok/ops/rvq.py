@@ -239,8 +239,7 @@ def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     if not 1 <= n_q <= Q:
         raise ValueError(f"codes must have shape [..., n_q] with 1 <= n_q <= Q = {Q}; got "
                          f"{_checks.shape_str(codes.shape)}")
-    _checks.values_hold((codes >= 0) & (codes < K), f"codes must lie in [0, K) = [0, {K})",
-                        lambda: f"values in [{int(codes.min())}, {int(codes.max())}]")
+    _checks.ints_within(codes, 0, K - 1, f"codes must lie in [0, K) = [0, {K})")
     flat = codes.reshape(-1, n_q).long()
     out = DECODE(flat, codebooks, device=codebooks.device, dtype=codebooks.dtype)
     return out.reshape(*codes.shape[:-1], D)

@@ -165,10 +165,11 @@ def test_decode_and_codebook_gradients_match_reference(backend, N, D, K, Q):
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_weighted_decode_op_and_its_gradients(backend):
+@pytest.mark.parametrize("D", [9, 130])  # the CPU kernel's 8- and 64-column blocks and its scalar tail
+def test_weighted_decode_op_and_its_gradients(backend, D):
     """The raw decode op with stage weights is the backward of the forward: check it directly."""
     device = require_backend(DECODE, backend)
-    codebooks = torch.randn(3, 20, 9, device=device, dtype=torch.float64)
+    codebooks = torch.randn(3, 20, D, device=device, dtype=torch.float64)
     codes = torch.randint(0, 20, (31, 3), device=device)
     weights = torch.randn(3, device=device, dtype=torch.float64)
     ref = sum(weights[q] * codebooks[q][codes[:, q]] for q in range(3))
