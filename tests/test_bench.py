@@ -59,6 +59,17 @@ def test_peer_summary_tells_sizes_of_one_case_apart():
     assert harness.peer_summary(results)[:2] == ["demo (n=1): cpu is 2.00x peer lib", "demo (n=2): cpu is 5.00x peer lib"]
 
 
+def test_model_steps_run_on_both_routes_from_the_same_start():
+    """Every model of the end-to-end bench trains one step on the reference ops and on the fused
+    ones; their first losses agree (same weights, same batch)."""
+    from pyaudiok.bench import bench_models
+    for case in bench_models.cases(torch.device("cpu"), quick=True):
+        reference, fused = harness.run_case(case, torch.device("cpu"), min_time=0.0)
+        assert reference.skip is None and fused.skip is None, (case.name, reference.skip, fused.skip)
+        relative = float(fused.note.split()[-1])
+        assert relative < 1e-4, (case.name, fused.note)
+
+
 def test_quick_runs_leave_compiled_peers_out():
     from pyaudiok.bench import registry
     cases = list(registry.collect(torch.device("cpu"), quick=True, only=["rvq"]))
