@@ -1,9 +1,10 @@
 """End-to-end training steps of the models whose trainers have no bench of their own, at their
 trainers' default sizes: what a user training them gains from the fused ops over stock PyTorch.
 
-Each case times one step (forward, loss, backward, Adam) of the same model twice, with every
-pyaudiok op on the reference backend (plain PyTorch: the "stock" model) and on the device's fused
-backends (the automatic choice). Inputs are random tensors of the trainers' batch shapes: the time
+Each case times one step (forward, loss, backward, Adam) of the same model, with every pyaudiok op
+on the reference backend (plain PyTorch: the "stock" model) and on the device's fused backends (the
+automatic choice), each also with the model's forward and loss under torch.compile (what
+`pyaudiok train … --compile` does; full runs only). Inputs are random tensors of the trainers' batch shapes: the time
 of a step does not depend on what the audio holds. Perceiver AR, SoundStream and CHARM have their
 own step benches (bench_perceiver_ar, bench_soundstream, bench_charm)."""
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 from pyaudiok.models import (COLA, DIVE, COLAConfig, DIVEConfig, LeafClassifier, PermutationPretext, Wavesplit,
                              WavesplitConfig, resnet18_diffstride)
 from pyaudiok.nn.diffstride import clamp_strides_
+from pyaudiok.train.runtime import compile_model
 
 from .harness import Candidate, Case, with_backend
 
@@ -120,11 +122,15 @@ def model_case(device: torch.device, name: str, quick: bool) -> Case:
     model, loss_fn, after_step = SETUPS[name](device, torch.Generator().manual_seed(0), quick)
     model = model.to(device).train()
     fused = "cpu" if device.type == "cpu" else "auto"
-    cands = [Candidate("stock PyTorch (reference ops)", "reference",
-                       with_backend("reference", _train_step(copy.deepcopy(model), loss_fn, after_step))),
-             Candidate(f"pyaudiok ops ({fused})", "backend",
-                       with_backend(fused, _train_step(copy.deepcopy(model), loss_fn, after_step)),
-                       check=_same_first_loss)]
+
+    def step(backend: str, compiled: bool = False):
+        return with_backend(backend, _train_step(compile_model(copy.deepcopy(model), compiled), loss_fn, after_step))
+    cands = [Candidate("stock PyTorch (reference ops)", "reference", step("reference")),
+             Candidate(f"pyaudiok ops ({fused})", "backend", step(fused), check=_same_first_loss),
+             Candidate("stock PyTorch, torch.compile", "peer", step("reference", True), check=_same_first_loss,
+                       compiles=True),
+             Candidate(f"pyaudiok ops ({fused}), torch.compile", "backend", step(fused, True),
+                       check=_same_first_loss, compiles=True)]
     params = sum(p.numel() for p in model.parameters())
     return Case(f"model_step.{name}", {"parameters": params}, cands)
 

@@ -40,8 +40,8 @@ from pyaudiok.nn.channel_reorder import reordering_loss
 
 from .checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
                          resolve_checkpoint, restore_rng_state, save_checkpoint)
-from .runtime import (Averager, auto_threads, config_from_argv, precision_scope, seed_everything, start_runtime,
-                      write_csv)
+from .runtime import (Averager, auto_threads, compile_model, config_from_argv, precision_scope, seed_everything,
+                      start_runtime, write_csv)
 
 __all__ = ["TrainConfig", "train", "evaluate", "conditions", "main", "load_model", "MODELS", "CONDITIONS"]
 
@@ -71,6 +71,7 @@ class TrainConfig:
     threads: int = 0                # torch CPU threads (0: the idle cores)
     device: str = "auto"
     precision: str = "fp32"         # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     resume: bool = False
     progress: bool = True
     out_dir: str = "runs/charm"
@@ -139,7 +140,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     seed_everything(cfg.seed)
     data = SyntheticEEG(cfg.n_classes, montage_seed=cfg.montage_seed)
-    models = {name: CharmClassifier(cfg.model_config(reorder=name == "charm")).to(runtime.device) for name in MODELS}
+    models = {name: compile_model(CharmClassifier(cfg.model_config(reorder=name == "charm")).to(runtime.device),
+                                  cfg.compile) for name in MODELS}
     opts = {name: torch.optim.Adam(m.parameters(), lr=cfg.lr) for name, m in models.items()}
     test_x, test_y = data.trials(cfg.test_trials, seed=cfg.seed + 1_000_003)
     tests = {k: tuple(t.to(runtime.device) for t in v) for k, v in conditions(test_x, cfg.seed + 7).items()}

@@ -33,7 +33,7 @@ from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, add_precision_option, pick_device, precision_scope
+from .runtime import DEVICES, add_compile_option, add_precision_option, compile_model, pick_device, precision_scope
 
 __all__ = ["TrainConfig", "pretrain", "calibrate_batchnorm", "probe", "labeled_set", "main"]
 
@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"           # "auto": CUDA when available
     precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     out_dir: str | None = None
 
 
@@ -199,6 +200,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
     model = COLA(mcfg).to(device)
     random_encoder = COLA(mcfg).to(device)
     random_encoder.load_state_dict(model.state_dict())  # the same initialisation, never trained
+    compile_model(model, cfg.compile)
     train_set = labeled_set(cfg.probe_train, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1)
     test_set = labeled_set(cfg.probe_test, cfg.probe_chunks, cfg.crop_seconds, cfg.seed + 1_000_003)
     clips = _normalised_pool(cfg)
@@ -236,6 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--encoder", choices=ENCODERS, default=d.encoder, help="the conv stages or EfficientNet-B0")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: CUDA when available")
     add_precision_option(p, d.precision)
+    add_compile_option(p)
     p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
     args = p.parse_args(argv)
     if args.clip_seconds < args.crop_seconds:
@@ -243,7 +246,7 @@ def main(argv=None) -> int:
     kwargs = {k: getattr(args, k) for k in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test",
                                             "probe_chunks", "probe_steps", "seed", "lr", "crop_seconds",
                                             "clip_seconds", "symmetric", "frontend", "encoder", "pretrain_data",
-                                            "device", "precision")}
+                                            "device", "precision", "compile")}
     cfg = TrainConfig(widths=tuple(int(w) for w in args.widths.split(",")), out_dir=args.out, **kwargs)
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "

@@ -39,7 +39,8 @@ from pyaudiok.models.soundstream.losses import mel_filterbank
 from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_strides
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, add_precision_option, classification_accuracy, pick_device, precision_scope
+from .runtime import (DEVICES, add_compile_option, add_precision_option, classification_accuracy, compile_model,
+                      pick_device, precision_scope)
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -65,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     out_dir: str | None = None
 
 
@@ -172,7 +174,7 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
     # Data and model are made on the CPU (the same on every device), then moved.
     train_x, train_y, test_x, test_y = (t.to(device) for t in (data if data is not None else _data(cfg)))
     classes = int(max(train_y.max(), test_y.max())) + 1
-    model = _model(cfg, train_x.shape[1], classes).to(device)
+    model = compile_model(_model(cfg, train_x.shape[1], classes).to(device), cfg.compile)
     strides = [p for n, p in model.named_parameters() if n.endswith("strides")]
     others = [p for n, p in model.named_parameters() if not n.endswith("strides")]
     groups = [{"params": others, "lr": cfg.lr}] + ([{"params": strides, "lr": cfg.stride_lr}] if strides else [])
@@ -244,6 +246,7 @@ def main(argv=None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--device", choices=DEVICES, default=defaults.device, help="auto: CUDA when available")
     add_precision_option(p, defaults.precision)
+    add_compile_option(p)
     p.add_argument("--out", default=None, help="directory for results.json and checkpoints")
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -253,7 +256,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(task=args.task, steps=args.steps, batch=args.batch, width=args.width, lr=args.lr,
                       stride_lr=args.stride_lr, penalty=args.penalty, train_size=args.train_size,
                       test_size=args.test_size, seed=args.seed, device=args.device, precision=args.precision,
-                      out_dir=args.out)
+                      compile=args.compile, out_dir=args.out)
     results = compare(cfg, runs)
     print(format_results(results))
     return 0

@@ -24,7 +24,8 @@ from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .runtime import DEVICES, config_from_argv, fit_steps, pick_device, read_run_checkpoint, seed_everything, write_run
+from .runtime import (DEVICES, compile_model, config_from_argv, fit_steps, pick_device, read_run_checkpoint,
+                      seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -49,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
 
@@ -96,6 +98,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     held_out = Conversations(eval_bank, counts, cfg.duration, seed=cfg.seed)
     model = DIVE(DIVEConfig(sample_rate=cfg.sample_rate, channels=cfg.channels, embed_dim=cfg.embed_dim,
                             layers=cfg.layers, max_speakers=cfg.max_speakers, collar=cfg.collar)).to(device)
+    compile_model(model, cfg.compile)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     before = evaluate(model, held_out, cfg.eval_conversations, cfg.eval_collar)
     log(f"dive: {train_bank.kind} speakers ({len(train_bank)} train, {len(eval_bank)} held out), "

@@ -28,8 +28,8 @@ from pyaudiok.data import audio_synth
 from pyaudiok.models.leaf import LeafClassifier
 
 from .checkpoint import capture_rng_state, save_checkpoint
-from .runtime import (DEVICES, add_precision_option, classification_accuracy, pick_device, precision_scope,
-                      seed_everything)
+from .runtime import (DEVICES, add_compile_option, add_precision_option, classification_accuracy, compile_model,
+                      pick_device, precision_scope, seed_everything)
 
 __all__ = ["TrainConfig", "CLASSES", "audio_task", "train", "main"]
 
@@ -92,6 +92,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"    # "auto" (CUDA when available), "cpu" or "cuda"
     precision: str = "fp32"  # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     out_dir: str | None = None
     progress: bool = True
 
@@ -106,6 +107,7 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
     train_x, train_y, test_x, test_y = (t.to(device) for t in (data if data is not None else (
         *audio_task(cfg.train_size, cfg.seed), *audio_task(cfg.test_size, cfg.seed + 1_000_003))))
     model = LeafClassifier(len(CLASSES), frontend=cfg.frontend, channels=tuple(cfg.channels)).to(device)
+    compile_model(model, cfg.compile)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     per_epoch, start = [], time.perf_counter()
@@ -148,6 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default=TrainConfig.device, help="auto: CUDA when available")
     add_precision_option(p, TrainConfig.precision)
+    add_compile_option(p)
     p.add_argument("--out", default=None, help="directory for checkpoints and results.json")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
     for frontend in args.frontends.split(","):
         cfg = TrainConfig(frontend=frontend, epochs=args.epochs, batch=args.batch, lr=args.lr,
                           train_size=args.train_size, test_size=args.test_size, channels=channels, seed=args.seed,
-                          device=args.device, precision=args.precision, out_dir=args.out,
+                          device=args.device, precision=args.precision, compile=args.compile, out_dir=args.out,
                           progress=not args.no_progress)
         results[frontend] = train(cfg, data)
     for name, r in results.items():

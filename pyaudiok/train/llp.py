@@ -33,7 +33,7 @@ from pyaudiok.data.label_proportions import Split, load_digits, make_bags
 from pyaudiok.nn import OTPseudoLabelLoss, ProportionLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .runtime import (DEVICES, auto_threads, classification_accuracy, pick_device, precision_scope,
+from .runtime import (DEVICES, auto_threads, classification_accuracy, compile_model, pick_device, precision_scope,
                       seed_everything, write_csv)
 
 __all__ = ["TrainConfig", "METHODS", "make_model", "train_one", "run", "main"]
@@ -57,6 +57,7 @@ class TrainConfig:
     threads: int = 0               # 0: this process's share of the idle cores
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     resume: bool = False
     progress: bool = True
     out_dir: str | None = None
@@ -108,7 +109,7 @@ def train_one(cfg: TrainConfig, data: Split, method: str, bag_size: int, init: d
     device = pick_device(cfg.device) if device is None else device
     model = make_model(data.x_train.shape[1], cfg.hidden, data.n_classes)
     model.load_state_dict(init)
-    model.to(device)
+    compile_model(model.to(device), cfg.compile)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     bags = make_bags(data.y_train, bag_size, data.n_classes, seed=cfg.seed)
     # Instances sorted by bag: a step's instances are then a few contiguous slices. The bag

@@ -30,8 +30,8 @@ from pyaudiok.data.text_corpus import ByteCorpus, bits
 from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generate
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
-from .runtime import (SHARED_CHOICES, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank,
-                      save_resumable, seed_everything, training_runtime, unwrap, write_csv)
+from .runtime import (COMPILE_HELP, SHARED_CHOICES, Averager, Runtime, compile_model, precision_scope, progress_bar,
+                      same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -67,6 +67,7 @@ class TrainConfig:
     threads: int = _opt(0, "torch CPU threads per process (0: the idle cores)")
     device: str = _opt("auto", "auto, cpu, cuda")
     precision: str = _opt("fp32", "fp32, or bf16: training steps under bf16 autocast")
+    compile: bool = _opt(False, COMPILE_HELP)
     resume: bool = _opt(False, "continue from the newest checkpoint in out_dir")
     progress: bool = _opt(True, "show a progress bar")
 
@@ -108,7 +109,7 @@ def train(config: TrainConfig) -> dict[str, float]:
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
     torch.manual_seed(config.seed)
-    model = PerceiverAR(config.model_config()).to(runtime.device)
+    model = compile_model(PerceiverAR(config.model_config()).to(runtime.device), config.compile)
     opt = make_optimizer(model, config.lr)
     wrapped = DistributedDataParallel(model) if runtime.distributed else model
     corpus = ByteCorpus.stdlib(config.corpus_bytes)

@@ -25,7 +25,7 @@ from ..data import notes
 from ..models.permutation import PermutationPretext
 from ..models.permutation.model import POOLINGS, RANKERS
 from ..models.soundstream.losses import mel_filterbank
-from .runtime import DEVICES, config_from_argv, fit_steps, pick_device, seed_everything, write_run
+from .runtime import DEVICES, compile_model, config_from_argv, fit_steps, pick_device, seed_everything, write_run
 
 __all__ = ["TrainConfig", "train", "main", "synth_notes", "log_mel", "linear_probe"]
 
@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     device: str = "auto"            # "auto": CUDA when available
     out_dir: str | None = None
 
@@ -114,6 +115,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                         dim=cfg.dim, ranker=cfg.ranker, eps=cfg.eps)
     model = PermutationPretext(**model_config).to(device)
     baseline = copy.deepcopy(model)  # the randomly initialised encoder (on the same device)
+    compile_model(model, cfg.compile)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     log(f"permutation pretext: {model.n_patches} patches ({cfg.freq_patches} frequency × {cfg.time_patches} time), "
         f"{cfg.n_pitches} pitches × {FAMILIES} families, {sum(p.numel() for p in model.parameters())} parameters")

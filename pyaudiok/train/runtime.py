@@ -23,6 +23,7 @@ from pyaudiok.codec.bitstream import atomic_writer
 from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
 
 __all__ = ["Runtime", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
+           "compile_model", "add_compile_option", "COMPILE_HELP",
            "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything",
            "unwrap", "gather_rng_states", "Averager", "classification_accuracy", "write_csv"]
 
@@ -65,6 +66,26 @@ def add_precision_option(parser, default: str) -> None:
     """`--precision` on a trainer's hand-written argument parser (config_from_argv adds it itself)."""
     parser.add_argument("--precision", choices=PRECISIONS, default=default,
                         help="bf16: training steps under bf16 autocast (parameters and validation stay float32)")
+
+
+COMPILE_HELP = "run the model's forward and loss under torch.compile (the first steps compile)"
+COMPILED_METHODS = ("forward", "loss")
+
+
+def compile_model(model: nn.Module, enabled: bool) -> nn.Module:
+    """With `enabled`, this model's forward (and its loss, where it has one) run under torch.compile
+    from now on: compiled on the instance itself, so its parameters, state dict, checkpoints and
+    DDP wrapping are those of the plain model. Returns the model."""
+    if enabled:
+        for name in COMPILED_METHODS:
+            if hasattr(type(model), name):
+                setattr(model, name, torch.compile(getattr(model, name)))
+    return model
+
+
+def add_compile_option(parser) -> None:
+    """`--compile` on a trainer's hand-written argument parser (config_from_argv adds bool fields itself)."""
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def pick_device(device: str = "auto", index: int = 0) -> torch.device:

@@ -50,8 +50,8 @@ from pyaudiok.models.soundstream.losses import (MultiScaleMelLoss, feature_match
 from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state
-from .runtime import (SHARED_CHOICES, Averager, Runtime, precision_scope, progress_bar, same_on_every_rank,
-                      save_resumable, seed_everything, training_runtime, unwrap, write_csv)
+from .runtime import (COMPILE_HELP, SHARED_CHOICES, Averager, Runtime, compile_model, precision_scope, progress_bar,
+                      same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
 
@@ -107,6 +107,7 @@ class TrainConfig:
     threads: int = _opt(0, "torch CPU threads per process (0: the idle cores, shared among local ranks)")
     device: str = _opt("auto", "auto, cpu, cuda")
     precision: str = _opt("fp32", "fp32, or bf16: training steps under bf16 autocast")
+    compile: bool = _opt(False, COMPILE_HELP)
     real_speech: bool | None = _opt(None, "mix in espeak-ng speech (default: when the binary is on PATH)")
     resume: bool = _opt(False, "continue from the newest checkpoint in out_dir")
     progress: bool = _opt(True, "show a progress bar")
@@ -349,8 +350,8 @@ def train(config: TrainConfig) -> dict[str, float]:
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
     generator, discriminators = build_models(config)
-    generator.to(runtime.device)
-    discriminators.to(runtime.device)
+    compile_model(generator.to(runtime.device), config.compile)
+    compile_model(discriminators.to(runtime.device), config.compile)
     model_config = generator.config
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None

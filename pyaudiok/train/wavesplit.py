@@ -23,7 +23,8 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import DEVICES, config_from_argv, fit_steps, pick_device, read_run_checkpoint, seed_everything, write_run
+from .runtime import (DEVICES, compile_model, config_from_argv, fit_steps, pick_device, read_run_checkpoint,
+                      seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -47,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
+    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
 
@@ -87,6 +89,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model = Wavesplit(WavesplitConfig(num_sources=cfg.num_sources, num_speakers=len(train_bank), channels=cfg.channels,
                                       embed_dim=cfg.embed_dim, speaker_layers=cfg.speaker_layers,
                                       separation_layers=cfg.separation_layers)).to(device)
+    compile_model(model, cfg.compile)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     before = evaluate(model, held_out, cfg.eval_mixtures)
     log(f"wavesplit: {train_bank.kind} speakers ({len(train_bank)} train, {len(eval_bank)} held out), "
