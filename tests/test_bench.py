@@ -62,10 +62,11 @@ def test_peer_summary_tells_sizes_of_one_case_apart():
 def test_model_steps_run_on_both_routes_from_the_same_start():
     """Every model of the end-to-end bench trains one step on the reference ops and on the fused
     ones; their first losses agree (same weights, same batch)."""
-    from pyaudiok.bench import bench_models
-    for case in bench_models.cases(torch.device("cpu"), quick=True):
-        reference, fused = harness.run_case(case, torch.device("cpu"), min_time=0.0)
+    from pyaudiok.bench import registry
+    for case in registry.collect(torch.device("cpu"), quick=True, only=["models"]):
+        reference, fused, *compiled = harness.run_case(case, torch.device("cpu"), min_time=0.0)
         assert reference.skip is None and fused.skip is None, (case.name, reference.skip, fused.skip)
+        assert all("not --quick" in c.skip for c in compiled)
         relative = float(fused.note.split()[-1])
         assert relative < 1e-4, (case.name, fused.note)
 
