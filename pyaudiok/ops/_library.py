@@ -51,6 +51,20 @@ def _round_floating(out, dtype: torch.dtype):
     return out
 
 
+def eager_under_compile(fn: Callable) -> Callable:
+    """For a public op whose output sizes are data (read on the host): torch.compile splits its
+    graph at the call and runs the op as it is, instead of tracing into it and splitting every frame
+    below (which recompiles the dispatcher's frame per call site). Outside compilation, fn itself.
+    The skipping wrapper is made while tracing: made at import, it would import torch._dynamo with
+    pyaudiok, which breaks Triton's interpreter in the test runs."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return run
+
+
 def without_autocast(backward: Callable) -> Callable:
     """An autograd.Function's backward run with autocast off on its gradients' device: it computes in
     the dtypes its forward saved, as the forward did (the dispatcher runs backends with autocast

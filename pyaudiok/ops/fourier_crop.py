@@ -40,8 +40,8 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import (HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half,
-                       without_autocast)
+from ._library import (HALF_DTYPES, cpp_op, eager_under_compile, extension_loaded, register_backends, triton_op,
+                       upcast_half, without_autocast)
 
 __all__ = ["fourier_crop", "fourier_crop_reference", "fourier_crop_output_size", "METHODS"]
 
@@ -495,6 +495,7 @@ register_backends(FOURIER_CROP, reference=lambda x, s, r, method, values: _refer
 # ----------------------------------------------------------------------------------------------
 # Public API.
 
+@eager_under_compile  # the output size follows the stride values, read on the host
 def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: str | None = None) -> torch.Tensor:
     """Crop x[B, C, T] or x[B, C, H, W] in the Fourier domain at (learnable) `strides`.
 

@@ -21,6 +21,7 @@ import math
 import torch
 
 from . import _checks
+from ._library import eager_under_compile
 from .sinkhorn import sinkhorn
 
 __all__ = ["proportion_loss", "ot_pseudo_labels", "check_bags"]
@@ -113,6 +114,7 @@ def _classes_as_rows(max_bag: int) -> bool:
     return max_bag <= MAX_M
 
 
+@eager_under_compile  # the packed bags' size follows bag_index
 def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportions: torch.Tensor, *,
                      eps: float = 1.0, n_iters: int | None = 100, tol: float | None = 1e-6,
                      hard: bool = False) -> torch.Tensor:
