@@ -20,7 +20,7 @@ from pyaudiok.models import (COLA, DIVE, COLAConfig, DIVEConfig, LeafClassifier,
 from pyaudiok.nn.diffstride import clamp_strides_
 from pyaudiok.train.runtime import compile_model
 
-from .harness import Candidate, Case, with_backend
+from .harness import Candidate, Case, first_compile_alone, with_backend
 
 # A model, a function from the model to its loss on a fixed batch, and what to do after each step.
 Setup = tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor], Callable[[torch.nn.Module], None]]
@@ -124,7 +124,8 @@ def model_case(device: torch.device, name: str, quick: bool) -> Case:
     fused = "cpu" if device.type == "cpu" else "auto"
 
     def step(backend: str, compiled: bool = False):
-        return with_backend(backend, _train_step(compile_model(copy.deepcopy(model), compiled), loss_fn, after_step))
+        run = with_backend(backend, _train_step(compile_model(copy.deepcopy(model), compiled), loss_fn, after_step))
+        return first_compile_alone(run) if compiled else run
     cands = [Candidate("stock PyTorch (reference ops)", "reference", step("reference")),
              Candidate(f"pyaudiok ops ({fused})", "backend", step(fused), check=_same_first_loss),
              Candidate("stock PyTorch, torch.compile", "peer", step("reference", True), check=_same_first_loss,
