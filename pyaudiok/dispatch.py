@@ -35,7 +35,6 @@ PREFERENCE = {
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-
 class _Requested:
     """The backend `use_backend` asked for: process-wide, like torch.backends' switches. A plain
     attribute of a module global (not a ContextVar or threading.local) because torch.compile reads
