@@ -341,8 +341,8 @@ def peer_summary(results: list[Result]) -> list[str]:
     for case_key in dict.fromkeys(key(r) for r in results):
         rows = [r for r in results if key(r) == case_key and r.median_s]
         label = case_key[0]
-        if names.count(label) > 1:
-            label += " (" + " ".join(f"{k}={v}" for k, v in rows[0].params.items()) + ")" if rows else ""
+        if names.count(label) > 1 and rows:
+            label += " (" + " ".join(f"{k}={v}" for k, v in rows[0].params.items()) + ")"
         peers = [r for r in rows if r.kind == "peer"]
         for r in rows:
             if r.kind == "backend" and peers:

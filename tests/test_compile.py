@@ -21,7 +21,7 @@ import pyaudiok
 import pyaudiok.ops as ops
 from pyaudiok.nn.quantization import ResidualVQ
 
-from .harness import assert_close
+from .harness import assert_close, run_with_grads
 from .models.test_autocast import MODELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,25 +34,21 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _leaves(inputs):
-    return [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-
-
-def _first_tensor(result) -> torch.Tensor:
-    """The op's main output: the tensor itself, or the first field of its result tuple."""
-    return result if isinstance(result, torch.Tensor) else result[0]
-
-
-def _run(fn, inputs):
-    """(output, gradients of a fixed random projection of it) for fresh copies of `inputs`."""
-    inputs = [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
-              for t in inputs]
-    out = _first_tensor(fn(*inputs))
-    leaves = _leaves(inputs)
-    if not leaves or not out.requires_grad:
-        return out.detach(), []
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
-    return out.detach(), list(torch.autograd.grad((out * weight.to(out.device)).sum(), leaves))
+def assert_matches_eager(name: str, fn, compiled_fn, inputs) -> None:
+    """compiled_fn(*inputs) against fn(*inputs), both on the automatic backend choice: every output
+    (float ones within float32's tolerance, the rest identical) and every input gradient."""
+    expected, expected_grads = run_with_grads(fn, inputs, "auto", grad_seed=7)
+    out, grads = run_with_grads(compiled_fn, inputs, "auto", grad_seed=7)
+    assert len(out) == len(expected) and len(grads) == len(expected_grads)
+    for i, (o, e) in enumerate(zip(out, expected)):
+        if o.is_floating_point():
+            assert_close(f"{name} output {i}", o, e, torch.float32)
+        else:
+            assert torch.equal(o, e), f"{name} output {i} differs"
+    for i, (g, e) in enumerate(zip(grads, expected_grads)):
+        assert (g is None) == (e is None), f"{name} gradient {i}: compiled None={g is None}, eager None={e is None}"
+        if g is not None:
+            assert_close(f"{name} gradient {i}", g, e, torch.float32)
 
 
 def _op_cases(device):
@@ -99,13 +95,8 @@ SIZES_FROM_DATA = {"fourier_crop": "the output size follows the stride values",
 def test_op_compiles_and_matches_eager(name, device):
     fn, inputs = _op_cases(device)[name]
     torch.manual_seed(0)
-    expected, expected_grads = _run(fn, inputs)
     fullgraph = name not in SIZES_FROM_DATA
-    out, grads = _run(torch.compile(fn, backend="aot_eager", fullgraph=fullgraph), inputs)
-    assert_close(f"{name} output", out, expected, torch.float32)
-    assert len(grads) == len(expected_grads)
-    for i, (g, e) in enumerate(zip(grads, expected_grads)):
-        assert_close(f"{name} gradient {i}", g, e, torch.float32)
+    assert_matches_eager(name, fn, torch.compile(fn, backend="aot_eager", fullgraph=fullgraph), inputs)
     if not fullgraph:  # the op runs as it is, outside the graph
         torch._dynamo.reset()
         with pytest.raises(Exception, match="skipped"):
@@ -117,11 +108,7 @@ def test_op_under_inductor_matches_eager():
     fn = lambda q, k, v: ops.latent_cross_attention(q, k, v).square().sum(-1).tanh()  # noqa: E731
     inputs = [torch.randn(2, 2, 5, 16, requires_grad=True), torch.randn(2, 2, 9, 16, requires_grad=True),
               torch.randn(2, 2, 9, 16, requires_grad=True)]
-    expected, expected_grads = _run(fn, inputs)
-    out, grads = _run(torch.compile(fn, fullgraph=True), inputs)
-    assert_close("output", out, expected, torch.float32)
-    for name, g, e in zip("qkv", grads, expected_grads):
-        assert_close(f"d{name}", g, e, torch.float32)
+    assert_matches_eager("latent attention", fn, torch.compile(fn, fullgraph=True), inputs)
 
 
 def _graph_targets(fn, *args) -> list[str]:

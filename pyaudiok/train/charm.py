@@ -71,7 +71,7 @@ class TrainConfig:
     threads: int = 0                # torch CPU threads (0: the idle cores)
     device: str = "auto"
     precision: str = "fp32"         # "bf16": training steps under bf16 autocast (runtime.precision_scope)
-    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
+    compile: bool = False           # the model's forward (and loss) under torch.compile (runtime.compile_model)
     resume: bool = False
     progress: bool = True
     out_dir: str = "runs/charm"

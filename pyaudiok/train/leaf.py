@@ -92,7 +92,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"    # "auto" (CUDA when available), "cpu" or "cuda"
     precision: str = "fp32"  # "bf16": training steps under bf16 autocast (runtime.precision_scope)
-    compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
+    compile: bool = False    # the model's forward (and loss) under torch.compile (runtime.compile_model)
     out_dir: str | None = None
     progress: bool = True
 
