@@ -2,7 +2,8 @@
 2 heads of 64, 3 latent layers, cross-attend dropout 0.5) against `perceiver-ar-pytorch`'s model of
 equal size (same widths, depth, heads, latents and dropout):
 - one training step (forward, loss, backward, the trainer's fused Adam for both), batch 4, in
-  float32 and under bf16 autocast (`pyaudiok train perceiver-ar --precision bf16`), both models;
+  float32 and under bf16 autocast (`pyaudiok train perceiver-ar --precision bf16`), both models, and
+  ours with its forward compiled (`--compile`; full runs only);
 - sampling: a full-context prompt continued by greedy decoding, batch 1, with the latent KV cache
   (`generate`), without it (the full model per token: the definition the cached tokens must equal),
   and the peer's `AutoregressiveWrapper.generate` (its model run on the last 8192 tokens per token,
@@ -15,9 +16,9 @@ import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
 from pyaudiok.models.perceiver_ar.sampling import generate
 from pyaudiok.train.perceiver_ar import make_optimizer
-from pyaudiok.train.runtime import precision_scope
+from pyaudiok.train.runtime import compile_model, precision_scope
 
-from .harness import Candidate, Case
+from .harness import Candidate, Case, first_compile_alone
 from .peers import load
 
 SIZES = {"cpu": dict(max_context=8192, latents=256, width=128, heads=2, layers=3, batch=4),
@@ -36,8 +37,8 @@ def _model(size, device) -> PerceiverAR:
     return PerceiverAR(config).to(device)
 
 
-def _ours(size, device, backend, precision="fp32"):
-    model = _model(size, device)
+def _ours(size, device, backend, precision="fp32", compiled=False):
+    model = compile_model(_model(size, device), compiled)
     opt = make_optimizer(model, 3e-4)
     seq = torch.randint(0, 256, (size["batch"], size["max_context"] + 1), device=device)
 
@@ -47,7 +48,7 @@ def _ours(size, device, backend, precision="fp32"):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return step
+    return first_compile_alone(step) if compiled else step
 
 
 def _peer_model(module, size, device):
@@ -109,6 +110,8 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
              Candidate(f"PerceiverAR ({fused} attention)", "backend", _ours(size, device, fused)),
              Candidate(f"PerceiverAR ({fused} attention), bf16 autocast", "backend",
                        _ours(size, device, fused, "bf16")),
+             Candidate(f"PerceiverAR ({fused} attention), torch.compile", "backend",
+                       _ours(size, device, fused, compiled=True), compiles=True),
              Candidate("perceiver-ar-pytorch PerceiverAR", "peer", peer, skip=reason),
              Candidate("perceiver-ar-pytorch PerceiverAR, bf16 autocast", "peer", peer_bf16, skip=reason)]
     return [Case("perceiver_ar.train_step", dict(size), cands),
