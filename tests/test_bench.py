@@ -121,3 +121,24 @@ def test_tile_sweep_runs_every_kernel_and_reports_the_best():
                               "current forward, again", "current backward, again"}
     text = tile_sweep.report(rows, best, baselines)
     assert "best (forward, dK/dV, dQ)" in text and "current backward" in text
+
+
+def test_interleave_times_every_candidate_each_round_and_drops_failures(capsys):
+    from pyaudiok.bench import interleave
+    calls = []
+
+    def boom():
+        raise RuntimeError("peer broke")
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "broken": boom}
+    times = interleave.interleaved(runs, torch.device("cpu"), rounds=3, warmup=1)
+    assert set(times) == {"a", "b"} and all(len(t) == 3 for t in times.values())
+    assert calls == ["a", "b"] * 4  # one warm-up round, then alternation
+    assert "broken" in capsys.readouterr().out
+
+
+def test_interleave_cli_on_a_quick_case(capsys):
+    from pyaudiok.bench import interleave
+    assert interleave.main(["--only", "models", "--case", "dive", "--quick", "--rounds", "2", "--warmup", "1",
+                            "--device", "cpu", "--candidate", "stock PyTorch (reference"]) == 0
+    out = capsys.readouterr().out
+    assert "model_step.dive" in out and "stock PyTorch (reference ops)" in out and "median" in out
