@@ -4,7 +4,7 @@ against the reference, every backend and the peers: a plain PyTorch log-domain l
 also under torch.compile) and POT's `ot.bregman.sinkhorn_log` (one problem at a time, 100 iterations,
 no stopping check).
 
-On a GPU also B = 256 of 512 × 512 (a cost far above L2, beside the floor of reading it once per
+On a GPU then also B = 256 of 512 × 512 (a cost far above L2, beside the floor of reading it once per
 iteration). "triton" is the Triton backend as dispatched; "triton single-launch" and "triton
 split-row" force each route of its forward (kernels/sinkhorn.py), which the dispatched one repeats."""
 from __future__ import annotations
@@ -17,7 +17,9 @@ from .harness import Candidate, Case, backend_candidates, compiled, with_backend
 from .peers import load
 
 EPS, ITERS = 0.05, 100
-SHAPES = {"cpu": [(64, 128, 128)], "cuda": [(256, 512, 512), (64, 128, 128)]}
+# The issue's size first everywhere: POT's one-problem-at-a-time loop at the large GPU size takes
+# long enough to hit a module's time limit in a short lease.
+SHAPES = {"cpu": [(64, 128, 128)], "cuda": [(64, 128, 128), (256, 512, 512)]}
 QUICK_SHAPES = {"cpu": [(16, 64, 64)], "cuda": [(64, 256, 256), (64, 128, 128)]}
 
 

@@ -20,6 +20,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
+from .gpu import sm_count
+
 # 2π as the sum of two float32 numbers: Triton makes float constants float32, and the float64
 # kernels need 2π to float64 precision (hi + lo is exact to ~1e-15).
 # Globals a kernel reads must be tl.constexpr: the interpreter accepts a plain float, the GPU
@@ -84,55 +86,63 @@ def _source_row(r, H, H_out):
     return tl.where(r > (H_out - 1) // 2, r + H - H_out, r)
 
 
+# The spectrum kernels work on tiles of BR rows × BC floats of the interleaved (re, im) pairs, so
+# every load and store runs along contiguous memory (float column c is bin c // 2); a row of a
+# spectrum is often short (17 bins of a 32-wide map), so a program takes many rows.
+
 @triton.jit
-def _mask_crop_kernel(x_ptr, rows_ptr, cols_ptr, y_ptr, H, F, H_out, Kc, BN: tl.constexpr):
-    row = tl.program_id(0)  # b * H_out + r
-    b, r = row // H_out, row % H_out
-    n = tl.program_id(1) * BN + tl.arange(0, BN)
-    ok = n < Kc
-    src = x_ptr + ((b.to(tl.int64) * H + _source_row(r, H, H_out)) * F + n) * 2
-    m = tl.load(rows_ptr + r) * tl.load(cols_ptr + n, mask=ok, other=0.0)
-    dst = y_ptr + (row.to(tl.int64) * Kc + n) * 2
+def _mask_crop_kernel(x_ptr, rows_ptr, cols_ptr, y_ptr, B, H, F, H_out, Kc, BR: tl.constexpr, BC: tl.constexpr):
+    row = tl.program_id(0) * BR + tl.arange(0, BR)  # b * H_out + r
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    row_ok = row < B * H_out
+    b, r = (row // H_out).to(tl.int64), row % H_out
+    ok = row_ok[:, None] & (c < 2 * Kc)[None, :]
+    src = x_ptr + ((b * H + _source_row(r, H, H_out)) * F * 2)[:, None] + c[None, :]
+    m = (tl.load(rows_ptr + r, mask=row_ok, other=0.0)[:, None]
+         * tl.load(cols_ptr + c // 2, mask=c < 2 * Kc, other=0.0)[None, :])
+    dst = y_ptr + (row.to(tl.int64) * Kc * 2)[:, None] + c[None, :]
     tl.store(dst, m * tl.load(src, mask=ok, other=0.0), mask=ok)
-    tl.store(dst + 1, m * tl.load(src + 1, mask=ok, other=0.0), mask=ok)
 
 
 @triton.jit
-def _pad_kernel(g_ptr, rows_ptr, cols_ptr, dx_ptr, H, F, H_out, Kc, BN: tl.constexpr):
+def _pad_kernel(g_ptr, rows_ptr, cols_ptr, dx_ptr, B, H, F, H_out, Kc, BR: tl.constexpr, BC: tl.constexpr):
     """grad_spectrum[b, i, n] = mask ⊙ G[b, r(i), n] where row i is kept, else 0 (every element)."""
-    row = tl.program_id(0)  # b * H + i
-    b, i = row // H, row % H
+    row = tl.program_id(0) * BR + tl.arange(0, BR)  # b * H + i
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    row_ok = row < B * H
+    b, i = (row // H).to(tl.int64), row % H
     half = (H_out - 1) // 2
     r = tl.where(i <= half, i, i - H + H_out)
-    kept = (i <= half) | (r > half)
+    kept = row_ok & ((i <= half) | (r > half))
     r = tl.where(kept, r, 0)  # a safe row to read; its values are masked out below
-    n = tl.program_id(1) * BN + tl.arange(0, BN)
-    in_row = n < F
-    ok = in_row & (n < Kc) & ((n * 0 + kept.to(tl.int32)) != 0)  # a scalar bool mask upsets the interpreter
-    src = g_ptr + ((b.to(tl.int64) * H_out + r) * Kc + n) * 2
-    m = tl.load(rows_ptr + r) * tl.load(cols_ptr + n, mask=ok, other=0.0)
-    dst = dx_ptr + (row.to(tl.int64) * F + n) * 2
-    tl.store(dst, m * tl.load(src, mask=ok, other=0.0), mask=in_row)
-    tl.store(dst + 1, m * tl.load(src + 1, mask=ok, other=0.0), mask=in_row)
+    ok = kept[:, None] & (c < 2 * Kc)[None, :]
+    src = g_ptr + ((b * H_out + r) * Kc * 2)[:, None] + c[None, :]
+    m = (tl.load(rows_ptr + r, mask=kept, other=0.0)[:, None]
+         * tl.load(cols_ptr + c // 2, mask=c < 2 * Kc, other=0.0)[None, :])
+    dst = dx_ptr + (row.to(tl.int64) * F * 2)[:, None] + c[None, :]
+    tl.store(dst, m * tl.load(src, mask=ok, other=0.0), mask=row_ok[:, None] & (c < 2 * F)[None, :])
 
 
 @triton.jit
-def _correlation_kernel(g_ptr, x_ptr, e_ptr, B, H, F, H_out, Kc, BB: tl.constexpr, BN: tl.constexpr,
-                        F64: tl.constexpr):
-    """E[r, n] = Σ_b Re(conj(G[b, r, n]) X[b, src(r), n])."""
+def _correlation_kernel(g_ptr, x_ptr, part_ptr, B, H, F, H_out, Kc, rows_per_split, BB: tl.constexpr,
+                        BC: tl.constexpr, F64: tl.constexpr):
+    """part[s, r, c] = Σ_{b in split s} G[b, r, c] X[b, src(r), c] over the interleaved floats c;
+    summing the pairs (re·re + im·im) and the splits gives E[r, n] = Σ_b Re(conj(G) X)."""
     acc_t = tl.float64 if F64 else tl.float32
     r = tl.program_id(0)
-    n = tl.program_id(1) * BN + tl.arange(0, BN)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    split = tl.program_id(2)
     src_row = _source_row(r, H, H_out)
-    acc = tl.zeros([BB, BN], dtype=acc_t)
-    for b0 in range(0, B, BB):
+    b_end = tl.minimum(B, (split + 1) * rows_per_split)
+    acc = tl.zeros([BB, BC], dtype=acc_t)
+    for b0 in range(split * rows_per_split, b_end, BB):
         b = (b0 + tl.arange(0, BB)).to(tl.int64)
-        ok = (b[:, None] < B) & (n[None, :] < Kc)
-        g = g_ptr + ((b[:, None] * H_out + r) * Kc + n[None, :]) * 2
-        x = x_ptr + ((b[:, None] * H + src_row) * F + n[None, :]) * 2
-        acc += (tl.load(g, mask=ok, other=0.0).to(acc_t) * tl.load(x, mask=ok, other=0.0).to(acc_t)
-                + tl.load(g + 1, mask=ok, other=0.0).to(acc_t) * tl.load(x + 1, mask=ok, other=0.0).to(acc_t))
-    tl.store(e_ptr + r * Kc + n, tl.sum(acc, axis=0).to(e_ptr.dtype.element_ty), mask=n < Kc)
+        ok = (b < b_end)[:, None] & (c < 2 * Kc)[None, :]
+        g = tl.load(g_ptr + ((b * H_out + r) * Kc * 2)[:, None] + c[None, :], mask=ok, other=0.0)
+        x = tl.load(x_ptr + ((b * H + src_row) * F * 2)[:, None] + c[None, :], mask=ok, other=0.0)
+        acc += g.to(acc_t) * x.to(acc_t)
+    dst = part_ptr + (split.to(tl.int64) * H_out + r) * Kc * 2 + c
+    tl.store(dst, tl.sum(acc, axis=0).to(part_ptr.dtype.element_ty), mask=c < 2 * Kc)
 
 
 def _is_f64(t: Tensor) -> bool:
@@ -156,15 +166,33 @@ def fourier_crop_matrix_backward(grad: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
+def _spectrum_tiles(rows: int, row_floats: int) -> tuple[int, int]:
+    """(BR, BC) for a spectrum kernel: up to 256 floats of a row, and rows enough for ~4096 floats."""
+    BC = min(256, triton.next_power_of_2(max(row_floats, 1)))
+    BR = min(triton.next_power_of_2(max(rows, 1)), max(1, 4096 // BC))
+    return BR, BC
+
+
+# Rows of the batch one program of the correlation kernel sums at most: long batches are split
+# across programs (partial sums added by torch), so a map with few rows still fills the GPU.
+CORRELATION_ROWS_PER_SPLIT = 512
+_CORRELATION_PROGRAMS = 4  # per multiprocessor, the splits' target
+
+
+def _correlation_splits(B: int, programs: int, BB: int, device: torch.device) -> int:
+    wanted = triton.cdiv(_CORRELATION_PROGRAMS * sm_count(device), max(programs, 1))
+    return max(1, min(max(wanted, triton.cdiv(B, CORRELATION_ROWS_PER_SPLIT)), triton.cdiv(B, BB)))
+
+
 def fourier_mask_crop(spectrum: Tensor, mask_rows: Tensor, mask_cols: Tensor) -> Tensor:
     x = spectrum.contiguous()
     B, H, F, _ = x.shape
     H_out, Kc = mask_rows.shape[0], mask_cols.shape[0]
     y = torch.empty((B, H_out, Kc, 2), dtype=x.dtype, device=x.device)
-    BN = min(128, triton.next_power_of_2(max(Kc, 1)))
+    BR, BC = _spectrum_tiles(B * H_out, 2 * Kc)
     if B:
-        wrap_triton(_mask_crop_kernel)[(B * H_out, triton.cdiv(Kc, BN))](
-            x, mask_rows.contiguous(), mask_cols.contiguous(), y, H, F, H_out, Kc, BN=BN)
+        wrap_triton(_mask_crop_kernel)[(triton.cdiv(B * H_out, BR), triton.cdiv(2 * Kc, BC))](
+            x, mask_rows.contiguous(), mask_cols.contiguous(), y, B, H, F, H_out, Kc, BR=BR, BC=BC)
     return y
 
 
@@ -175,11 +203,16 @@ def fourier_mask_crop_backward(grad: Tensor, spectrum: Tensor, mask_rows: Tensor
     B, H, F, _ = x.shape
     H_out, Kc = rows.shape[0], cols.shape[0]
     dx = torch.empty_like(x)
-    e = torch.empty((H_out, Kc), dtype=x.dtype, device=x.device)
-    BN = min(128, triton.next_power_of_2(max(F, 1)))
     if B:
-        wrap_triton(_pad_kernel)[(B * H, triton.cdiv(F, BN))](g, rows, cols, dx, H, F, H_out, Kc, BN=BN)
-    BNc = min(64, triton.next_power_of_2(max(Kc, 1)))
-    wrap_triton(_correlation_kernel)[(H_out, triton.cdiv(Kc, BNc))](g, x, e, B, H, F, H_out, Kc, BB=16, BN=BNc,
-                                                                     F64=_is_f64(x))
-    return dx, e
+        BR, BC = _spectrum_tiles(B * H, 2 * F)
+        wrap_triton(_pad_kernel)[(triton.cdiv(B * H, BR), triton.cdiv(2 * F, BC))](
+            g, rows, cols, dx, B, H, F, H_out, Kc, BR=BR, BC=BC)
+    BB, BC = 16, min(128, triton.next_power_of_2(max(2 * Kc, 1)))
+    col_blocks = triton.cdiv(2 * Kc, BC)
+    splits = _correlation_splits(B, H_out * col_blocks, BB, x.device)
+    rows_per_split = triton.cdiv(triton.cdiv(B, splits), BB) * BB
+    splits = triton.cdiv(B, rows_per_split) if B else 1
+    part = torch.empty((splits, H_out, Kc, 2), dtype=x.dtype, device=x.device)
+    wrap_triton(_correlation_kernel)[(H_out, col_blocks, splits)](
+        g, x, part, B, H, F, H_out, Kc, rows_per_split, BB=BB, BC=BC, F64=_is_f64(x))
+    return dx, part.sum((0, 3))

@@ -278,9 +278,19 @@ def test_registered_ops_pass_opcheck(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mask_crop_backward_writes_zeros_outside_the_crop(backend):
     device = require_backend(FOURIER_CROP, backend)
-    _, _, _, mask_crop_backward = raw_ops(backend)
-    spectrum = torch.randn(2, 12, 7, 2, device=device)
-    grad = torch.randn(2, 9, 5, 2, device=device)
+    _check_mask_crop_backward(raw_ops(backend)[3], device, batch=2)
+
+
+def test_triton_correlation_sums_the_batch_in_splits(monkeypatch):
+    """Long batches are summed by several programs each (partial sums added after): uneven splits."""
+    device = require_backend(FOURIER_CROP, "triton")
+    monkeypatch.setattr(importlib.import_module("pyaudiok.kernels.fourier_crop"), "CORRELATION_ROWS_PER_SPLIT", 16)
+    _check_mask_crop_backward(raw_ops("triton")[3], device, batch=37)
+
+
+def _check_mask_crop_backward(mask_crop_backward, device, batch):
+    spectrum = torch.randn(batch, 12, 7, 2, device=device)
+    grad = torch.randn(batch, 9, 5, 2, device=device)
     rows, cols = torch.rand(9, device=device), torch.rand(5, device=device)
     with poisoned_outputs():
         dx, e = mask_crop_backward(grad, spectrum, rows, cols)

@@ -262,7 +262,8 @@ def _compare_routes(B, n, m, n_iters, tol, history, zero_row):
     a, b = marginals(B, n, m, device, zero_row)
     args = (cost, a.log(), b.log(), 0.1, n_iters, tol, history)
     split, single = _on_route(kernels, "split", *args), _on_route(kernels, "single", *args)
-    plan, f, g, iters = sinkhorn_reference(*(x.double() for x in args[:3]), 0.1, n_iters, tol or None)
+    plan, f, g, iters = sinkhorn_reference(*(x.double().cpu() for x in args[:3]), 0.1, n_iters,
+                                            tol or None)
 
     assert torch.equal(split[3], single[3]) and torch.equal(split[3].cpu(), iters)
     if tol:

@@ -119,7 +119,10 @@ class MultiScaleMelLoss:
         self.windows = [2 ** i for i in scales]
 
     def mel(self, wav: torch.Tensor, window: int) -> torch.Tensor:
-        """wav[..., T] -> mel magnitudes [N, n_mels, frames] at one window size."""
+        """wav[..., T] -> mel magnitudes [N, n_mels, frames] at one window size, in float32 for
+        half-precision signals (cuFFT has no bf16 transform; bf16 magnitudes would blur the log)."""
+        if wav.dtype in (torch.float16, torch.bfloat16):
+            wav = wav.float()
         spec = torch.stft(wav.reshape(-1, wav.shape[-1]), window, window // 4,
                           window=_hann_window(window, wav.device, wav.dtype), center=True,
                           pad_mode="constant", return_complex=True).abs()
