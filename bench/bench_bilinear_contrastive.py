@@ -11,7 +11,7 @@ import torch
 
 from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_loss
 
-from .harness import Candidate, Case, backend_candidates, compiled, with_backend
+from .harness import Candidate, Case, backend_candidates, compiled, with_backend, with_tf32
 
 D = 512
 SIZES = {"cpu": (1024, 4096, 8192), "cuda": (1024, 4096, 8192, 16384)}
@@ -30,18 +30,6 @@ def _loss_step(a, p, w):
 
 def _step(backend, a, p, w):
     return with_backend(backend, _loss_step(a, p, w))
-
-
-def _with_tf32(run):
-    """run with torch.backends.cuda.matmul.allow_tf32 set (restored after)."""
-    def with_tf32():
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            return run()
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = old
-    return with_tf32
 
 
 def _gemm_floor(a, p, w):
@@ -74,8 +62,8 @@ def contrastive_case(device: torch.device, B: int) -> Case:
     cands = [Candidate("reference", "reference", _step("reference", a, p, w))]
     cands += backend_candidates(OP, device, dtype, (a, p, w, False, "mean"), lambda b: _step(b, a, p, w), check)
     if device.type == "cuda":  # what a user who lets torch's matmuls use TF32 gets, and would pick instead
-        cands.append(Candidate("triton, TF32 allowed", "backend", _with_tf32(_step("triton", a, p, w)), check=check))
-        cands.append(Candidate("reference, TF32 allowed", "peer", _with_tf32(_step("reference", a, p, w)),
+        cands.append(Candidate("triton, TF32 allowed", "backend", with_tf32(_step("triton", a, p, w)), check=check))
+        cands.append(Candidate("reference, TF32 allowed", "peer", with_tf32(_step("reference", a, p, w)),
                                check=check))
     cands.append(compiled("reference, torch.compile", _loss_step(a, p, w), check=check))
     floor = _gemm_floor(a.detach(), p.detach(), w.detach())

@@ -10,7 +10,7 @@ import torch
 
 from pyaudiok.ops.fourier_crop import FOURIER_CROP, METHODS, fourier_crop
 
-from .harness import Candidate, Case, backend_candidates, compiled, with_backend
+from .harness import Candidate, Case, backend_candidates, compiled, with_backend, with_tf32
 
 STRIDE = 2.0
 # (B, C, spatial) per device; quick sizes keep the layer shapes with a smaller batch.
@@ -60,6 +60,9 @@ def case(device, batch, channels, spatial) -> Case:
                                              "O(N³/S) work, not a contender")
             cands.append(cand)
     cands.append(Candidate("auto (dispatch by size)", "backend", _train_step(x, strides, grad)))
+    if device.type == "cuda":  # the matmul path's GEMMs are torch's: TF32 where the user allows it,
+        # as cuDNN's convolution (the floor) uses it by default
+        cands.append(Candidate("auto, TF32 allowed", "backend", with_tf32(_train_step(x, strides, grad))))
     cands.append(compiled("reference, torch.compile", _train_step(x, strides, grad)))
     cands.append(Candidate("floor: conv3x3 C->C stride 1 (fwd+bwd)", "floor", _conv_step(x.detach().clone()
                                                                                           .requires_grad_())))

@@ -72,6 +72,19 @@ def with_backend(backend: str, fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
+def with_tf32(run: Callable[[], Any]) -> Callable[[], Any]:
+    """run with torch.backends.cuda.matmul.allow_tf32 set (restored after): what a user who lets
+    torch's float32 matmuls use TF32 gets (cuDNN's convolutions use it by default)."""
+    def tf32_run():
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return run()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    return tf32_run
+
+
 def first_compile_alone(run: Callable[[], Any]) -> Callable[[], Any]:
     """run, with torch.compile's caches cleared before its first call: each compiled candidate
     compiles as in a program of its own, not within the recompile limit of code objects (model

@@ -190,7 +190,8 @@ class PerceiverAR(nn.Module):
         if cache.length >= self.config.max_context or cache.latents >= self.config.latents:
             raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
         x = self.embed(token.long())[:, None]
-        rope = self._tables(torch.tensor([cache.length], device=token.device))
+        # arange writes the position on the device; a tensor from a host list would be a blocking copy
+        rope = self._tables(torch.arange(cache.length, cache.length + 1, device=token.device))
         k, v = cache.cross.append(*self._input_keys_values(token.long()[:, None], rope))
         q = self.cross.attn.queries(self.cross.norm_q(x), rope)
         h = self.cross.finish(x, q, k, v)
