@@ -76,7 +76,7 @@ for module in $modules; do
     || echo "bench $module: exit status $?" | tee -a "$out/bench.log"
   tar -C "$json_dir" -czf "$out/bench_json.tgz" .
 done
-grep -vE "^  [a-z_.0-9]+ \{" "$out/bench.log" | grep -vE "^pyaudiok bench on|^wrote |^$|^vs ref" | tail -n 150
+grep -vE "^  [a-z_.0-9+]+ \{|^  \| " "$out/bench.log" | grep -vE "^pyaudiok bench on|^wrote |^$|^vs ref" | tail -n 150
 
 if [ -n "${SWEEP:-}" ]; then  # tiles of the latent-attention kernels, timed (bench/tile_sweep.py)
   phase "tile sweep (latent attention, $SWEEP)"

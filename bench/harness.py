@@ -321,6 +321,16 @@ def _fmt(value, fmt, suffix=""):
     return format(value, fmt) + suffix
 
 
+def format_row(r: Result) -> str:
+    """One candidate's line of the table."""
+    if r.skip:
+        return f"{r.case:<18} {r.candidate:<40} {'skipped':>10}  {r.skip}"
+    peak = None if r.peak_bytes is None else r.peak_bytes / 2**20
+    return (f"{r.case:<18} {r.candidate:<40} {_fmt(r.median_s * 1e3, '10.2f')} "
+            f"{_fmt(r.speedup_vs_reference, '6.2f', 'x')} {_fmt(r.speedup_vs_best_peer, '7.2f', 'x')} "
+            f"{_fmt(r.times_floor, '7.2f', 'x')} {_fmt(peak, '8.1f')}  {r.note}")
+
+
 def format_table(results: list[Result]) -> str:
     header = (f"{'case':<18} {'candidate':<40} {'median ms':>10} {'vs ref':>7} {'vs peer':>8} "
               f"{'x floor':>8} {'peak MB':>8}  note")
@@ -330,13 +340,7 @@ def format_table(results: list[Result]) -> str:
         if last_case is not None and r.case != last_case:
             lines.append("")
         last_case = r.case
-        if r.skip:
-            lines.append(f"{r.case:<18} {r.candidate:<40} {'skipped':>10}  {r.skip}")
-            continue
-        peak = None if r.peak_bytes is None else r.peak_bytes / 2**20
-        lines.append(f"{r.case:<18} {r.candidate:<40} {_fmt(r.median_s * 1e3, '10.2f')} "
-                     f"{_fmt(r.speedup_vs_reference, '6.2f', 'x')} {_fmt(r.speedup_vs_best_peer, '7.2f', 'x')} "
-                     f"{_fmt(r.times_floor, '7.2f', 'x')} {_fmt(peak, '8.1f')}  {r.note}")
+        lines.append(format_row(r))
     lines.append("")
     lines += peer_summary(results)
     lines.append("vs ref / vs peer: speed-up over the reference / the fastest peer (>1 is faster); "

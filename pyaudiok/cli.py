@@ -31,11 +31,17 @@ def _cmd_bench(args) -> int:
     results = []
     for case in cases:
         print(f"  {case.name} {case.params} ...", flush=True)
-        results += harness.run_case(case, device, args.min_time)
+        case_results = harness.run_case(case, device, args.min_time)
+        results += case_results
+        # Each case's rows as soon as it is timed (and the JSON so far): a run stopped by a time
+        # limit keeps what it measured.
+        for r in case_results:
+            print(f"  | {harness.format_row(r)}", flush=True)
+        if args.json:
+            harness.write_json(args.json, env, results)
     print()
     print(harness.format_table(results))
     if args.json:
-        harness.write_json(args.json, env, results)
         print(f"wrote {args.json}")
     if args.plot:
         harness.write_plot(args.plot, env, results)
