@@ -9,10 +9,15 @@ few megabytes of data shows here whether launches, synchronisations or one slow 
 
 `--case` picks the cases whose name contains it, `--index` one of those (in the bench's order);
 `--candidate` (repeatable) keeps the candidates whose name contains it (default: all that run).
+`--sort cpu` lists the operators by host time instead; `--python` adds the Python functions with
+the most own time (cProfile): where a call bound by the host spends it.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import warnings
 
 import torch
@@ -45,7 +50,21 @@ def count_syncs(fn, device: torch.device) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def profile_candidate(cand: Candidate, device: torch.device, calls: int, rows: int) -> str:
+def python_hotspots(fn, device: torch.device, calls: int, rows: int) -> str:
+    """The Python functions (and the C functions they call) with the most own time over `calls` calls."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(rows)
+    return out.getvalue().strip()
+
+
+def profile_candidate(cand: Candidate, device: torch.device, calls: int, rows: int, sort_by: str = "device",
+                      python: bool = False) -> str:
     # The bench's own timing (its warm-up call and timed calls also warm the caches and compilers).
     per_call_ms = time_median(cand.run, device, min_time=0.2)[0] * 1e3
     syncs = count_syncs(cand.run, device)
@@ -59,11 +78,15 @@ def profile_candidate(cand: Candidate, device: torch.device, calls: int, rows: i
     events = prof.key_averages()
     on_device = device.type == "cuda"
     launches = sum(e.count for e in events if on_device and e.device_type == torch.autograd.DeviceType.CUDA)
-    sort = "self_device_time_total" if on_device else "self_cpu_time_total"
+    sort = "self_device_time_total" if on_device and sort_by == "device" else "self_cpu_time_total"
     head = f"-- {cand.name}: {per_call_ms:.3f} ms per call (the bench's median, unprofiled)"
     if on_device:
         head += f"; {launches / calls:.0f} kernels and {syncs} host-device synchronisations per call"
-    return head + "\n" + events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    report = head + "\n" + events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    if python:
+        report += f"\n-- {cand.name}: Python functions by own time over {calls} calls\n"
+        report += python_hotspots(cand.run, device, calls, rows)
+    return report
 
 
 def main(argv=None) -> None:
@@ -76,6 +99,9 @@ def main(argv=None) -> None:
     ap.add_argument("--calls", type=int, default=5, help="profiled calls per candidate")
     ap.add_argument("--rows", type=int, default=20, help="operators listed per candidate")
     ap.add_argument("--quick", action="store_true", help="the bench's small sizes")
+    ap.add_argument("--sort", choices=("device", "cpu"), default="device",
+                    help="order the operators by device time (default on a GPU) or by host time")
+    ap.add_argument("--python", action="store_true", help="also the Python functions with the most own time")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     case = select_case(device, args.only, args.case, args.index, args.quick)
@@ -86,7 +112,7 @@ def main(argv=None) -> None:
         raise SystemExit("no runnable candidate matches: " + ", ".join(c.name for c in case.candidates))
     for cand in chosen:
         try:
-            print(profile_candidate(cand, device, args.calls, args.rows))
+            print(profile_candidate(cand, device, args.calls, args.rows, args.sort, args.python))
         except Exception as exc:  # noqa: BLE001 - a failing candidate is reported, the rest still run
             print(f"-- {cand.name}: failed: {type(exc).__name__}: {exc}")
 

@@ -100,6 +100,15 @@ def test_profile_lists_the_operators_of_a_case():
     assert "aten::_fft_r2c" in out.stdout  # the reference's transforms are among its top operators
 
 
+def test_profile_by_host_time_with_python_hotspots():
+    out = subprocess.run([sys.executable, "-m", "pyaudiok.bench.profile", "--only", "fourier_crop", "--case", "2d",
+                          "--candidate", "auto", "--device", "cpu", "--quick", "--calls", "2", "--rows", "30",
+                          "--sort", "cpu", "--python"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "-- auto (dispatch by size): Python functions by own time over 2 calls" in out.stdout
+    assert "fourier_crop.py" in out.stdout  # the op's own Python frames are listed
+
+
 def test_cli_rejects_unknown_benchmark():
     out = subprocess.run([sys.executable, "-m", "pyaudiok", "bench", "--only", "nope"], capture_output=True,
                          text=True, timeout=120)
