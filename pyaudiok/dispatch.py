@@ -8,7 +8,9 @@ on, in order of precedence:
    so that torch.compile can trace the choice), else
 2. the backend named by the environment variable ``PYAUDIOK_BACKEND``, else
 3. the first backend of the device's preference list (the op's own order where it set one with
-   `Op.prefer`, measured to differ from the default) that is available and supports the inputs.
+   `Op.prefer`, measured to differ from the default) that is available and supports the inputs,
+   and whose `auto_skip` rule (measured: another backend is faster for these inputs) does not pass
+   it over; a backend passed over that way still runs when requested.
 
 An explicitly requested backend that cannot run the call raises `BackendUnavailableError` with
 the reason; an automatic choice falls back to the next backend and warns once per reason.
@@ -66,6 +68,9 @@ class Implementation:
     availability: Callable[[torch.device], str | None] = lambda device: None
     # Extra, op-specific limits on the inputs (e.g. a maximum width): None or the reason.
     constraint: Callable[..., str | None] | None = None
+    # Inputs for which the automatic choice passes this backend over although it can run them
+    # (a later one was measured faster): None or the reason. Requests ignore it.
+    auto_skip: Callable[..., str | None] | None = None
 
     def why_not(self, device: torch.device, dtype: torch.dtype, args: tuple = ()) -> str | None:
         """None when this implementation can run a call on `device`/`dtype`, else the reason."""
@@ -103,11 +108,12 @@ class Op:
 
     def register(self, backend: str, fn: Callable, *, devices: Sequence[str], dtypes: Sequence[torch.dtype],
                  availability: Callable[[torch.device], str | None] | None = None,
-                 constraint: Callable[..., str | None] | None = None) -> None:
+                 constraint: Callable[..., str | None] | None = None,
+                 auto_skip: Callable[..., str | None] | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         self.impls[backend] = Implementation(self.name, backend, fn, tuple(devices), tuple(dtypes),
-                                             availability or (lambda device: None), constraint)
+                                             availability or (lambda device: None), constraint, auto_skip)
 
     def select(self, device: torch.device, dtype: torch.dtype, args: tuple = ()) -> Implementation:
         """The implementation that runs a call with inputs on `device` of `dtype`."""
@@ -128,6 +134,8 @@ class Op:
             if impl is None:
                 continue
             reason = impl.why_not(device, dtype, args)
+            if reason is None and impl.auto_skip is not None and args and impl.auto_skip(*args) is not None:
+                continue  # slower for these inputs by measurement: no fallback warning
             if reason is None:
                 for name, why in skipped:
                     _warn_once(self.name, name, why, backend)

@@ -97,6 +97,32 @@ def test_an_op_can_set_its_own_automatic_order(monkeypatch):
         op.prefer("cpu", ("gpu",))
 
 
+def test_auto_skip_passes_a_backend_over_silently_for_some_inputs(monkeypatch):
+    """A measured rule (another backend is faster for these inputs) steers the automatic choice
+    without a fallback warning; an explicit request still runs the backend."""
+    monkeypatch.setattr(dispatch, "_warned", set())
+    op = dispatch.Op("toy")
+    op.register("reference", lambda x: "reference", devices=("cpu",), dtypes=(torch.float32,))
+    op.register("cpu", lambda x: "cpu", devices=("cpu",), dtypes=(torch.float32,),
+                auto_skip=lambda x: "the reference is faster below 4 elements" if x.numel() < 4 else None)
+    small, large = torch.zeros(2), torch.zeros(8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert op(small, device=small.device, dtype=small.dtype) == "reference"
+        assert op(large, device=large.device, dtype=large.dtype) == "cpu"
+        with pyaudiok.use_backend("cpu"):
+            assert op(small, device=small.device, dtype=small.dtype) == "cpu"
+    assert not [w for w in caught if issubclass(w.category, pyaudiok.BackendFallbackWarning)]
+
+
+def test_contrastive_loss_gpu_rule_follows_the_measurements():
+    from pyaudiok.ops.bilinear_contrastive import TRITON_AUTO_MIN_BATCH, reference_faster_on_gpu
+    assert reference_faster_on_gpu(TRITON_AUTO_MIN_BATCH, torch.float32, tf32=False) is None
+    assert "below" in reference_faster_on_gpu(TRITON_AUTO_MIN_BATCH - 1, torch.float32, tf32=False)
+    assert "TF32" in reference_faster_on_gpu(2 * TRITON_AUTO_MIN_BATCH, torch.float32, tf32=True)
+    assert reference_faster_on_gpu(1024, torch.bfloat16, tf32=True) is None  # not measured: the kernels
+
+
 def test_automatic_fallback_warns_once_and_uses_reference(monkeypatch):
     monkeypatch.setattr(dispatch, "_warned", set())
     seen = _calls(FORWARD, monkeypatch)

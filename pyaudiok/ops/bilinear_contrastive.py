@@ -263,9 +263,36 @@ OP.register("reference", bilinear_contrastive_reference, devices=("cpu", "cuda")
 # Pure ATen: available wherever torch is, extension or not.
 OP.register("cpu", upcast_half(_fused(_rows(lambda: _cpu_forward), weight_inside=True)), devices=("cpu",),
             dtypes=HALF_DTYPES + (torch.float32, torch.float64))
+# Below this batch, float32 inputs take the reference on a GPU automatically (see _gpu_auto_skip).
+TRITON_AUTO_MIN_BATCH = 8192
+
+
+def _gpu_auto_skip(anchors, positives, weight, symmetric, reduction) -> str | None:
+    """Where cuBLAS's products in the reference beat the fused kernels on an H200 (fp32, D = 512,
+    bench/results/2026-11-27_h200_session4.txt): with TF32 allowed at every batch size (0.66-0.68x),
+    and in exact fp32 below B = 8 192 (0.50x at 1 024, 0.80x at 4 096; 1.39x at 8 192, 1.59x at
+    16 384). The fused kernels keep their O(B) memory when requested: use_backend("triton").
+    Half-precision inputs are not measured and stay on the kernels."""
+    if anchors.device.type != "cuda":
+        return None
+    return reference_faster_on_gpu(anchors.shape[0], anchors.dtype, torch.backends.cuda.matmul.allow_tf32)
+
+
+def reference_faster_on_gpu(batch: int, dtype: torch.dtype, tf32: bool) -> str | None:
+    """The measured rule of _gpu_auto_skip: why the reference is faster on a GPU, or None."""
+    if dtype != torch.float32:
+        return None
+    if tf32:
+        return "with TF32 allowed, the reference's cuBLAS products are faster"
+    if batch < TRITON_AUTO_MIN_BATCH:
+        return f"below B = {TRITON_AUTO_MIN_BATCH} the reference's cuBLAS products are faster"
+    return None
+
+
 # The same blocked algorithm on tensor cores (3xTF32 for fp32; kernels/bilinear_contrastive.py).
 OP.register("triton", _fused(_rows(_triton_forward)), devices=("cuda", "cpu"),
-            dtypes=(torch.float32, torch.float16, torch.bfloat16), availability=backends.triton_reason)
+            dtypes=(torch.float32, torch.float16, torch.bfloat16), availability=backends.triton_reason,
+            auto_skip=_gpu_auto_skip)
 
 
 # ----------------------------------------------------------------------------------------------
