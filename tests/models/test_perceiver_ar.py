@@ -78,6 +78,17 @@ def test_cached_generation_equals_uncached(sampling):
     assert torch.equal(out[True], out[False])
 
 
+def test_generation_without_a_generator_samples_on_the_logits_device():
+    model = _model()
+    prompt = torch.randint(0, 32, (3, 5))
+    torch.manual_seed(0)
+    out = generate(model, prompt, 20, temperature=0.9, top_k=8)
+    assert out.shape == (3, 25) and out.dtype == torch.long and torch.equal(out[:, :5], prompt)
+    assert int(out.min()) >= 0 and int(out.max()) < model.config.vocab_size
+    torch.manual_seed(0)  # the global generator draws the same tokens again
+    assert torch.equal(generate(model, prompt, 20, temperature=0.9, top_k=8), out)
+
+
 def test_step_logits_equal_full_forward():
     model = _model().double().eval()
     tokens = torch.randint(0, 32, (2, 30))

@@ -33,10 +33,16 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
 
 def sample_next(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """The next token [B] from logits [B, V] (argmax at temperature 0). A generator on another device
+    than the logits (a CPU generator for GPU logits) draws on its device, so a seed gives the same
+    tokens on any device at the cost of a copy and a wait per token; otherwise sampling stays on
+    the logits' device, and a GPU sampler never waits for the host."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs.float().cpu(), 1, generator=generator)[:, 0].to(logits.device)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1).float()
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(logits.device)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def _window(model: PerceiverAR, total: int, carry: int) -> tuple[int, int]:
@@ -57,22 +63,23 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
     carry = max(1, min(c.latents // 2 if carry is None else carry, c.latents))
     was_training = model.training
     model.eval()
-    seq = prompt.long()
+    # The whole output at once, filled a token at a time (no copy of the sequence per token).
+    seq = prompt.new_empty((prompt.shape[0], prompt.shape[1] + steps), dtype=torch.long)
+    seq[:, :prompt.shape[1]] = prompt
     cache, start, n = None, 0, 0
     try:
-        for _ in range(steps):
-            total = seq.shape[1]
+        for total in range(prompt.shape[1], seq.shape[1]):
             fresh = n == 0 or n + 1 > c.latents or total - start > c.max_context
             if fresh:
                 start, n = _window(model, total, carry)
             else:
                 n += 1
             if use_cache and not fresh:
-                logits = model.step(seq[:, -1], cache)
+                logits = model.step(seq[:, total - 1], cache)
             else:
-                logits, cache = model(seq[:, start:], n, return_cache=use_cache)
+                logits, cache = model(seq[:, start:total], n, return_cache=use_cache)
                 logits = logits[:, -1]
-            seq = torch.cat((seq, sample_next(logits, generator, temperature, top_k, top_p)[:, None]), dim=1)
+            seq[:, total] = sample_next(logits, generator, temperature, top_k, top_p)
     finally:
         model.train(was_training)
     return seq
