@@ -231,7 +231,9 @@ def _scores(x: _Operand, y: _Operand, row0: int, rows: int, cfg: dict, stats: bo
     B, K = y.k_cat.shape
     bm = cfg["block_m"]
     s = torch.empty(rows, B, dtype=torch.float32, device=y.full.device)
-    t = s.new_empty(rows, triton.cdiv(B, bm)) if stats else s
+    # Without stats T is never written, but a slot the kernel may write gets a tensor of its own
+    # (torch.compile's kernel analysis counts it as written; tests/test_triton_sm90.py).
+    t = s.new_empty(rows, triton.cdiv(B, bm)) if stats else s.new_empty(1)
     wrap_triton(_scores_kernel)[(triton.cdiv(rows, bm), triton.cdiv(B, bm))](
         x.k_cat, y.k_cat, s, t, row0, rows, B, K, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=cfg["block_k"], STATS=stats,
         num_warps=cfg["warps"], num_stages=cfg["stages"])

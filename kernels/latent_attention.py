@@ -362,9 +362,8 @@ def _common(q, k, key_lengths, keep):
     # An absent KL or IDX is never read, but its slot needs a tensor of its own: torch.compile's
     # analysis of the dK/dV kernel counts IDX as written (the stores' rows come through it), so
     # passing q there would make the compiled graph write into q.
-    unused = q.new_empty(1, dtype=torch.int32) if key_lengths is None or keep is None else None
-    kl = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else unused
-    idx = keep.contiguous() if keep is not None else unused
+    kl = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else q.new_empty(1, dtype=torch.int32)
+    idx = keep.contiguous() if keep is not None else q.new_empty(1, dtype=torch.int32)
     flags = {"HAS_KL": key_lengths is not None, "HAS_IDX": keep is not None, "D": D, "PREC": _precision(q.dtype)}
     return B, H, N, D, M, Mk, kl, idx, flags
 

@@ -12,6 +12,11 @@ import json
 import torch
 
 SPECS: dict[str, dict] = {}  # key -> spec, first launch of each distinct specialisation
+# Launches that passed one tensor in several pointer slots: key -> {"spec", "groups"}. torch.compile
+# reads a kernel's stores to decide which slots it writes (conservatively: a store whose address
+# comes through a slot counts as a write of that slot) and makes the compiled graph write into each
+# such slot's tensor; tests/test_triton_sm90.py checks that no shared tensor sits in such a slot.
+ALIASED: dict[str, dict] = {}
 
 _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
             torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.int8: "*i8",
@@ -67,10 +72,26 @@ def spec_of(fn, args: tuple, kwargs: dict) -> dict | None:
     return {"module": fn.__module__, "name": fn.__name__, "signature": signature, "constants": constants}
 
 
+def shared_tensor_slots(fn, args: tuple, kwargs: dict) -> list[list[str]]:
+    """Groups of pointer parameters of one launch that received tensors with the same data pointer."""
+    names = [p.name for p in inspect.signature(fn).parameters.values()]
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names})
+    by_pointer: dict[int, list[str]] = {}
+    for name in names:
+        value = bound.get(name)
+        if isinstance(value, torch.Tensor) and value.numel():
+            by_pointer.setdefault(value.data_ptr(), []).append(name)
+    return [group for group in by_pointer.values() if len(group) > 1]
+
+
 def _record(fn, args: tuple, kwargs: dict) -> None:
     spec = spec_of(fn, args, kwargs)
     if spec is not None:
         SPECS.setdefault(json.dumps(spec, sort_keys=True), spec)
+    groups = shared_tensor_slots(fn, args, kwargs)
+    if spec is not None and groups:
+        ALIASED.setdefault(json.dumps([spec, groups], sort_keys=True), {"spec": spec, "groups": groups})
 
 
 def install() -> bool:
