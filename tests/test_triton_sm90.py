@@ -62,4 +62,5 @@ def test_no_shared_tensor_sits_in_a_slot_torch_compile_counts_as_written(tmp_pat
     script = Path(__file__).with_name("compile_triton_specs.py")
     done = subprocess.run([sys.executable, str(script), str(path), "--written"], env=env, capture_output=True,
                           text=True, timeout=600)
-    assert done.returncode == 0, f"{len(records)} launches with shared tensors:\n{done.stdout[-6000:]}{done.stderr[-3000:]}"
+    output = done.stdout[-6000:] + done.stderr[-3000:]
+    assert done.returncode == 0, f"{len(records)} launches with shared tensors:\n{output}"
