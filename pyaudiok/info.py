@@ -11,7 +11,9 @@ from ._version import __version__
 
 
 def backend_table() -> list[dict]:
-    """One row per op × backend × device type: {'op', 'backend', 'device', 'available', 'reason'}."""
+    """One row per op × backend × device type: {'op', 'backend', 'device', 'available', 'reason',
+    'note'} (reason: why it is not available; note: the rule by which the automatic choice passes an
+    available backend over for some inputs)."""
     rows = []
     has_cuda = torch.cuda.is_available()
     for name, op in sorted(dispatch.registered_ops().items()):
@@ -19,14 +21,17 @@ def backend_table() -> list[dict]:
             impl = op.impls.get(backend)
             if impl is None:
                 rows.append({"op": name, "backend": backend, "device": "-", "available": False,
-                             "reason": "not implemented"})
+                             "reason": "not implemented", "note": ""})
                 continue
             for device_type in impl.devices:
                 reason = impl.availability(torch.device(device_type))
                 if reason is None and device_type == "cuda" and not has_cuda:
                     reason = "no CUDA device visible to torch"
+                note = ""
+                if reason is None and impl.auto_skip is not None:  # its rule's first docstring line
+                    note = "automatic choice passes it over: " + (impl.auto_skip.__doc__ or "").strip().split("\n")[0]
                 rows.append({"op": name, "backend": backend, "device": device_type,
-                             "available": reason is None, "reason": reason or ""})
+                             "available": reason is None, "reason": reason or "", "note": note})
     return rows
 
 
@@ -55,5 +60,5 @@ def info() -> str:
     lines += [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['op']:<{widths[0]}}  {r['backend']:<{widths[1]}}  {r['device']:<{widths[2]}}  "
-                     f"{'yes' if r['available'] else 'no':<9}  {r['reason']}")
+                     f"{'yes' if r['available'] else 'no':<9}  {r['reason'] or r['note']}")
     return "\n".join(lines)

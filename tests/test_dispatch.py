@@ -145,7 +145,10 @@ def test_info_lists_every_op_and_backend_with_reasons():
         assert {r["backend"] for r in rows if r["op"] == op} == set(dispatch.BACKENDS)
     for r in rows:
         assert r["available"] == (r["reason"] == ""), r  # every "no" says why
-        assert f"{r['op']}" in text and r["reason"] in text
+        assert f"{r['op']}" in text and r["reason"] in text and r["note"] in text
+    notes = [r["note"] for r in rows if r["op"] == "bilinear_contrastive_loss" and r["backend"] == "triton"
+             and r["available"]]
+    assert all(n.startswith("automatic choice passes it over: float32 on a GPU") for n in notes), notes
 
 
 def test_python_m_pyaudiok_info_runs():

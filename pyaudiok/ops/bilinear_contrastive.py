@@ -268,7 +268,9 @@ TRITON_AUTO_MIN_BATCH = 8192
 
 
 def _gpu_auto_skip(anchors, positives, weight, symmetric, reduction) -> str | None:
-    """Where cuBLAS's products in the reference beat the fused kernels on an H200 (fp32, D = 512,
+    """float32 on a GPU: the reference below B = 8 192 or with TF32 allowed (measured faster).
+
+    Where cuBLAS's products in the reference beat the fused kernels on an H200 (fp32, D = 512,
     bench/results/2026-11-27_h200_session4.txt): with TF32 allowed at every batch size (0.66-0.68x),
     and in exact fp32 below B = 8 192 (0.50x at 1 024, 0.80x at 4 096; 1.39x at 8 192, 1.59x at
     16 384). The fused kernels keep their O(B) memory when requested: use_backend("triton").
