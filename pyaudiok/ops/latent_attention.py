@@ -190,9 +190,9 @@ def _check_int_vector(name: str, value, B: int, low: int, high: int, device) -> 
     value = _checks.tensor(name, value, ndim=1, layout=f"[B] = [{B}]", dtypes=_INT_DTYPES)
     if value.shape[0] != B:
         raise ValueError(f"{name} must have shape [B] = [{B}]; got {_checks.shape_str(value.shape)}")
-    value = value.to(device)
+    # Checked where the values are: lengths given on the host cost no wait on the GPU.
     _checks.ints_within(value, low, high, f"{name} must lie in [{low}, {high}]")
-    return value
+    return value.to(device)
 
 
 def _check_keep(keep, B: int, N: int, M: int, device) -> torch.Tensor:
