@@ -17,7 +17,7 @@ import time
 import torch
 
 from .harness import synchronize
-from .profile import select_case
+from .profile import select_candidates, select_case
 
 
 def interleaved(runs: dict[str, callable], device: torch.device, rounds: int, warmup: int) -> dict[str, list[float]]:
@@ -54,8 +54,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     case = select_case(device, args.only, args.case, args.index, args.quick)
-    runs = {c.name: c.run for c in case.candidates
-            if c.run is not None and c.skip is None and (not args.candidate or any(k in c.name for k in args.candidate))}
+    runs = {c.name: c.run for c in select_candidates(case, args.candidate)}
     print(f"{case.name} {case.params}: {args.rounds} rounds of {len(runs)} candidates, {args.warmup} warm-up rounds")
     for name, seconds in interleaved(runs, device, args.rounds, args.warmup).items():
         print(f"  {name:<48} median {statistics.median(seconds) * 1e3:9.2f} ms   min {min(seconds) * 1e3:9.2f} ms")

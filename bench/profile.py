@@ -35,6 +35,12 @@ def select_case(device: torch.device, module: str, name: str, index: int, quick:
     return matches[index]
 
 
+def select_candidates(case: Case, names: list[str] | None) -> list[Candidate]:
+    """The case's runnable candidates whose name contains one of `names` (all of them without)."""
+    return [c for c in case.candidates if c.run is not None and c.skip is None
+            and (not names or any(s in c.name for s in names))]
+
+
 def count_syncs(fn, device: torch.device) -> int | None:
     """Host-device synchronisations of one call (None off CUDA)."""
     if device.type != "cuda":
@@ -106,8 +112,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     case = select_case(device, args.only, args.case, args.index, args.quick)
     print(f"{case.name} {case.params} on {args.device}")
-    chosen = [c for c in case.candidates if c.run is not None and c.skip is None
-              and (not args.candidate or any(s in c.name for s in args.candidate))]
+    chosen = select_candidates(case, args.candidate)
     if not chosen:
         raise SystemExit("no runnable candidate matches: " + ", ".join(c.name for c in case.candidates))
     for cand in chosen:

@@ -41,7 +41,8 @@ def test_compiled_peer_is_the_reference_under_torch_compile():
         return rvq_decode(codes, books)
     same = lambda out, ref: "identical" if torch.equal(out, ref) else "differs"  # noqa: E731
     case = harness.Case("demo", {}, [
-        harness.Candidate("reference", "reference", harness.with_backend("reference", lambda: rvq_decode(codes, books))),
+        harness.Candidate("reference", "reference",
+                          harness.with_backend("reference", lambda: rvq_decode(codes, books))),
         harness.compiled("reference, torch.compile", traced, check=same)])
     torch._dynamo.reset()
     with pyaudiok.use_backend("cpu"):  # the candidate forces its own backend
@@ -56,7 +57,8 @@ def test_peer_summary_tells_sizes_of_one_case_apart():
         rows = [harness.Result("demo", "cpu", "backend", {"n": n}, median_s=ours),
                 harness.Result("demo", "peer lib", "peer", {"n": n}, median_s=peer)]
         results += rows
-    assert harness.peer_summary(results)[:2] == ["demo (n=1): cpu is 2.00x peer lib", "demo (n=2): cpu is 5.00x peer lib"]
+    assert harness.peer_summary(results)[:2] == ["demo (n=1): cpu is 2.00x peer lib",
+                                                 "demo (n=2): cpu is 5.00x peer lib"]
 
 
 def test_model_steps_run_on_both_routes_from_the_same_start():
