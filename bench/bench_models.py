@@ -70,7 +70,9 @@ def _wavesplit(device, gen, batch: int) -> Setup:
 
 
 def _dive(device, gen, batch: int) -> Setup:
-    """`pyaudiok train dive`: 4 s conversations at 8 kHz, up to 3 speakers; collar-aware VAD loss."""
+    """`pyaudiok train dive`: 4 s conversations at 8 kHz, up to 3 speakers; collar-aware VAD loss.
+    No pyaudiok op is in its training step (the loss is plain PyTorch): stock and fused run the same
+    code, and their ratio shows the run's spread; compiling is what this case measures."""
     model = DIVE(DIVEConfig(sample_rate=8000, channels=64, embed_dim=32, layers=6, max_speakers=3, collar=0.25))
     x = torch.randn(batch, 32_000, generator=gen)
     frames = 32_000 // model.config.hop
