@@ -46,16 +46,17 @@ def test_recorded_triton_launches_compile_for_sm90(tmp_path):
     assert done.returncode == 0, f"{len(specs)} launch specs; compile output:\n{done.stdout[-6000:]}{done.stderr[-3000:]}"
 
 
-
 @pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
 def test_no_shared_tensor_sits_in_a_slot_torch_compile_counts_as_written(tmp_path):
     """A tensor passed in two slots of one launch (a stand-in for an unused slot, hi/lo halves that
     are one tensor) is fine while both slots are only read. If torch.compile's analysis of the
     kernel counts one of them as written, a compiled graph writes into that tensor: an op input
     there fails to compile (a leaf that requires grad) or is silently copied over."""
+    if not triton_launches.SPECS:
+        pytest.skip("no Triton launch was recorded in this session (run with the op tests)")
     records = list(triton_launches.ALIASED.values())
     if not records:
-        return  # no launch shared a tensor between slots
+        return  # every recorded launch gave each slot its own tensor
     path = tmp_path / "aliased.json"
     path.write_text(json.dumps(records))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

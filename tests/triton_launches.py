@@ -40,12 +40,19 @@ def _constant(value):
     raise TypeError(f"unsupported constexpr {value!r}")
 
 
+def _bound(fn, args: tuple, kwargs: dict) -> dict:
+    """The launch's arguments by parameter name (positional and keyword; launch options left out)."""
+    names = [p.name for p in inspect.signature(fn).parameters.values()]
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names})
+    return bound
+
+
 def spec_of(fn, args: tuple, kwargs: dict) -> dict | None:
     """The compile spec of a launch of the Python kernel `fn`, or None if an argument has no
     Triton signature type here (the launch is then not checked)."""
     params = list(inspect.signature(fn).parameters.values())
-    bound = dict(zip((p.name for p in params), args))
-    bound.update({k: v for k, v in kwargs.items() if k in {p.name for p in params}})
+    bound = _bound(fn, args, kwargs)
     signature, constants = {}, {}
     for p in params:
         if p.name not in bound:
@@ -74,12 +81,8 @@ def spec_of(fn, args: tuple, kwargs: dict) -> dict | None:
 
 def shared_tensor_slots(fn, args: tuple, kwargs: dict) -> list[list[str]]:
     """Groups of pointer parameters of one launch that received tensors with the same data pointer."""
-    names = [p.name for p in inspect.signature(fn).parameters.values()]
-    bound = dict(zip(names, args))
-    bound.update({k: v for k, v in kwargs.items() if k in names})
     by_pointer: dict[int, list[str]] = {}
-    for name in names:
-        value = bound.get(name)
+    for name, value in _bound(fn, args, kwargs).items():
         if isinstance(value, torch.Tensor) and value.numel():
             by_pointer.setdefault(value.data_ptr(), []).append(name)
     return [group for group in by_pointer.values() if len(group) > 1]
