@@ -61,10 +61,28 @@ PYAUDIOK_INLINE double exp_shifted(double* x, int64_t n, double shift) {
   return sum;
 }
 
-// dS = P ⊙ (dP − Δ) · scale, written over dP.
+// One key's row of the transposed tiles, over queries [0, n): p = exp(s − lse) in place (lse = +inf
+// for a query that sees no key, so its p is 0), then, once dP is in, dS = p ⊙ (dP − Δ) · scale
+// written over dP.
+PYAUDIOK_INLINE void exp_minus(float* x, const float* lse, int64_t n) {
+  using namespace simd;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    v8f e[2] = {load8(x + i) - load8(lse + i), load8(x + i + 8) - load8(lse + i + 8)};
+    exp_n<2>(e);
+    store8(x + i, e[0]);
+    store8(x + i + 8, e[1]);
+  }
+  for (; i < n; ++i) x[i] = std::exp(x[i] - lse[i]);
+}
+
+PYAUDIOK_INLINE void exp_minus(double* x, const double* lse, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i] - lse[i]);
+}
+
 template <typename T>
-PYAUDIOK_INLINE void softmax_backward_row(const T* p, T* dp, int64_t n, T delta, T scale) {
-  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - delta) * scale;
+PYAUDIOK_INLINE void softmax_backward_row(const T* p, T* dp, const T* delta, int64_t n, T scale) {
+  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - delta[i]) * scale;
 }
 
 // Keys of block [i0, i0 + cols) that query j sees: the first `visible` (query j sees keys < shift + j + 1).
@@ -122,12 +140,18 @@ PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v
   }
 }
 
+// The backward forms its tiles transposed, [keys, queries]: the products then take Pᵀ and dSᵀ as
+// stored (dV += Pᵀ dO and dK += dSᵀ Q with no transposed operand, the shape BLAS ran ~30 % slower),
+// and the per-query lse and Δ become vectors along each key's row.
 template <typename T>
 PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const T* k, const T* v, const T* lse,
                                                const T* delta, const AttentionShape& s, T scale, int64_t k_begin,
                                                int64_t k_end, GemmFn<T> gemm, T* dq, T* dk, T* dv) {
   const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N;
-  std::vector<T> probs(kQ * kK), dprobs(kQ * kK);
+  std::vector<T> probs(kK * kQ), dprobs(kK * kQ);
+  // +inf for queries that see no key: exp(s − lse) is then 0 without a branch
+  std::vector<T> lse_or_inf(lse, lse + N);
+  for (T& x : lse_or_inf) x = x == kNegInf<T> ? std::numeric_limits<T>::infinity() : x;
   for (int64_t i0 = k_begin; i0 < k_end; i0 += kK) {
     const int64_t block = std::min(kK, k_end - i0);
     T *dk_block = dk + i0 * D, *dv_block = dv + i0 * D;
@@ -135,28 +159,24 @@ PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const 
     std::fill(dv_block, dv_block + block * D, T(0));
     const int64_t cols = std::clamp<int64_t>(L - i0, 0, block);  // keys at and after L: no gradient
     if (cols == 0) continue;
-    // Query j sees key i0 iff j >= i0 − shift; the queries before that see none of this block.
+    // Query j sees key i iff j >= i − shift; the queries before i0 − shift see none of this block.
     for (int64_t j0 = std::max<int64_t>(0, i0 - shift); j0 < N; j0 += kQ) {
       const int64_t rows = std::min(kQ, N - j0);
-      const bool cut = i0 + cols > shift + j0 + 1;  // the mask cuts this block for some rows
-      T *p = probs.data(), *dp = dprobs.data();
-      gemm(false, true, rows, cols, D, scale, q + j0 * D, D, k + i0 * D, D, T(0), p, cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        T* row = p + r * cols;
-        const int64_t visible = cut ? visible_keys(shift, j0 + r, i0, cols) : cols;
-        if (lse[j0 + r] == kNegInf<T>) {
-          std::fill(row, row + cols, T(0));
-          continue;
-        }
-        exp_shifted(row, visible, lse[j0 + r]);
-        std::fill(row + visible, row + cols, T(0));
+      T *pt = probs.data(), *dpt = dprobs.data();
+      const T *g = grad + j0 * D, *qj = q + j0 * D;
+      gemm(false, true, cols, rows, D, scale, k + i0 * D, D, qj, D, T(0), pt, rows);  // Sᵀ = K Qᵀ
+      for (int64_t c = 0; c < cols; ++c) {
+        T* row = pt + c * rows;
+        const int64_t hidden = std::clamp<int64_t>(i0 + c - shift - j0, 0, rows);  // queries before it
+        std::fill(row, row + hidden, T(0));
+        exp_minus(row + hidden, lse_or_inf.data() + j0 + hidden, rows - hidden);
       }
-      const T* g = grad + j0 * D;
-      gemm(true, false, cols, D, rows, T(1), p, cols, g, D, T(1), dv_block, D);       // dV += Pᵀ dO
-      gemm(false, true, rows, cols, D, T(1), g, D, v + i0 * D, D, T(0), dp, cols);    // dP = dO Vᵀ
-      for (int64_t r = 0; r < rows; ++r) softmax_backward_row(p + r * cols, dp + r * cols, cols, delta[j0 + r], scale);
-      gemm(false, false, rows, D, cols, T(1), dp, cols, k + i0 * D, D, T(1), dq + j0 * D, D);  // dQ += dS K
-      gemm(true, false, cols, D, rows, T(1), dp, cols, q + j0 * D, D, T(1), dk_block, D);      // dK += dSᵀ Q
+      gemm(false, false, cols, D, rows, T(1), pt, rows, g, D, T(1), dv_block, D);        // dV += Pᵀ dO
+      gemm(false, true, cols, rows, D, T(1), v + i0 * D, D, g, D, T(0), dpt, rows);      // dPᵀ = V dOᵀ
+      for (int64_t c = 0; c < cols; ++c)
+        softmax_backward_row(pt + c * rows, dpt + c * rows, delta + j0, rows, scale);
+      gemm(true, false, rows, D, cols, T(1), dpt, rows, k + i0 * D, D, T(1), dq + j0 * D, D);  // dQ += dS K
+      gemm(false, false, cols, D, rows, T(1), dpt, rows, qj, D, T(1), dk_block, D);            // dK += dSᵀ Q
     }
   }
 }
