@@ -162,21 +162,24 @@ PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const 
     // Query j sees key i iff j >= i − shift; the queries before i0 − shift see none of this block.
     for (int64_t j0 = std::max<int64_t>(0, i0 - shift); j0 < N; j0 += kQ) {
       const int64_t rows = std::min(kQ, N - j0);
+      // The keys of the block that the last of these queries sees (≥ 1); those after it get nothing
+      // from these queries (in square causal attention, half of the diagonal blocks).
+      const int64_t seen = std::min(cols, shift + j0 + rows - i0);
       T *pt = probs.data(), *dpt = dprobs.data();
       const T *g = grad + j0 * D, *qj = q + j0 * D;
-      gemm(false, true, cols, rows, D, scale, k + i0 * D, D, qj, D, T(0), pt, rows);  // Sᵀ = K Qᵀ
-      for (int64_t c = 0; c < cols; ++c) {
+      gemm(false, true, seen, rows, D, scale, k + i0 * D, D, qj, D, T(0), pt, rows);  // Sᵀ = K Qᵀ
+      for (int64_t c = 0; c < seen; ++c) {
         T* row = pt + c * rows;
         const int64_t hidden = std::clamp<int64_t>(i0 + c - shift - j0, 0, rows);  // queries before it
         std::fill(row, row + hidden, T(0));
         exp_minus(row + hidden, lse_or_inf.data() + j0 + hidden, rows - hidden);
       }
-      gemm(false, false, cols, D, rows, T(1), pt, rows, g, D, T(1), dv_block, D);        // dV += Pᵀ dO
-      gemm(false, true, cols, rows, D, T(1), v + i0 * D, D, g, D, T(0), dpt, rows);      // dPᵀ = V dOᵀ
-      for (int64_t c = 0; c < cols; ++c)
+      gemm(false, false, seen, D, rows, T(1), pt, rows, g, D, T(1), dv_block, D);        // dV += Pᵀ dO
+      gemm(false, true, seen, rows, D, T(1), v + i0 * D, D, g, D, T(0), dpt, rows);      // dPᵀ = V dOᵀ
+      for (int64_t c = 0; c < seen; ++c)
         softmax_backward_row(pt + c * rows, dpt + c * rows, delta + j0, rows, scale);
-      gemm(true, false, rows, D, cols, T(1), dpt, rows, k + i0 * D, D, T(1), dq + j0 * D, D);  // dQ += dS K
-      gemm(false, false, cols, D, rows, T(1), dpt, rows, qj, D, T(1), dk_block, D);            // dK += dSᵀ Q
+      gemm(true, false, rows, D, seen, T(1), dpt, rows, k + i0 * D, D, T(1), dq + j0 * D, D);  // dQ += dS K
+      gemm(false, false, seen, D, rows, T(1), dpt, rows, qj, D, T(1), dk_block, D);            // dK += dSᵀ Q
     }
   }
 }

@@ -48,12 +48,15 @@ def test_cpu_backend_in_float64():
                            (q, k, v), "cpu")
 
 
-@pytest.mark.parametrize("n_threads,B,lengths", [(1, 1, None), (2, 1, None), (4, 2, [1100, 613])])
-def test_cpu_kernel_blocks_and_key_splits(n_threads, B, lengths):
-    """The C++ kernel's block edges: three blocks of 128 queries, three of 512 keys, a key_lengths
-    cut inside a block, and the backward's key split (one batch·head per thread or fewer)."""
+@pytest.mark.parametrize("n_threads,B,M,lengths", [(1, 1, 1100, None), (2, 1, 1100, None), (4, 2, 1100, [1100, 613]),
+                                                    (2, 1, 300, None), (2, 2, 600, [600, 300])])
+def test_cpu_kernel_blocks_and_key_splits(n_threads, B, M, lengths):
+    """The C++ kernel's block edges: three blocks of 128 queries, one to three of 512 keys, a
+    key_lengths cut inside a block, the backward's key split (one batch·head per thread or fewer),
+    and the square causal case (M = N = 300; 300 of 600), where the backward skips the keys after
+    a query block's last visible one."""
     require_backend(OP, "cpu", torch.float64)
-    q, k, v = _inputs(B, 1, 300, 1100, 8, "cpu", torch.float64)
+    q, k, v = _inputs(B, 1, 300, M, 8, "cpu", torch.float64)
     with threads(n_threads):
         compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v),
                                "cpu")
