@@ -124,8 +124,11 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
         q, k, v, key_lengths, scale, keep = inputs
         ctx.scale = scale
         ctx.save_for_backward(q, k, v, output[0], output[1], key_lengths, keep)
+        ctx.set_materialize_grads(False)  # lse takes no gradient: no zeros made for it
 
     def grad(ctx, grad_out, grad_lse):
+        if grad_out is None:
+            return None, None, None, None, None, None
         q, k, v, out, lse, key_lengths, keep = ctx.saved_tensors
         # lse is an auxiliary output for the backward; its gradient is not propagated.
         dq, dk, dv = backward()(grad_out, q, k, v, out, lse, key_lengths, ctx.scale, keep)

@@ -91,8 +91,11 @@ def _register_forward(qualname: str, decode: Callable[[], Callable]) -> None:
     def setup_context(ctx, inputs, output):
         x, codebooks, _ = inputs
         ctx.save_for_backward(x, codebooks, output[1])
+        ctx.set_materialize_grads(False)  # the codes take no gradient: no zeros made for them
 
     def backward(ctx, grad_quantized, grad_codes, grad_sqerr):
+        if grad_sqerr is None:  # only the straight-through output was used
+            return grad_quantized, None, None
         x, codebooks, codes = ctx.saved_tensors
         g = grad_sqerr.float()
         suffix = g.flip(0).cumsum(0).flip(0)  # w_p = Σ_{q ≥ p} g_q

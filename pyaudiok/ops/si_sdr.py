@@ -104,8 +104,11 @@ def _register_matrix(qualname: str) -> None:
         ctx.save_for_backward(estimates, references, ee, rr, er)
         ctx.zero_mean, ctx.eps = zero_mean, eps
         ctx.mark_non_differentiable(ee, rr, er)
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
 
     def backward(ctx, g_matrix, *_):
+        if g_matrix is None:
+            return None, None, None, None
         estimates, references, ee, rr, er = ctx.saved_tensors
         _, pull_back = torch.func.vjp(lambda *stats: _si_sdr_from_stats(*stats, ctx.eps), ee, rr, er)
         g_ee, g_rr, g_er = pull_back(g_matrix.to(torch.float64))

@@ -152,6 +152,9 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable]) -> Non
         plan, f, g, iters, hist_f, hist_g = output
         ctx.eps, ctx.history = eps, history
         ctx.save_for_backward(cost, log_a, log_b, plan, iters, hist_f, hist_g)
+        # The count and the history take no gradient, and the plan, f or g may go unused: None
+        # for those instead of zero tensors the size of the history made on each backward.
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_plan, grad_f, grad_g, *unused):
         cost, log_a, log_b, plan, iters, hist_f, hist_g = ctx.saved_tensors

@@ -129,9 +129,13 @@ def _register(qualname: str, backward_op: Callable[[], Callable]) -> None:
         x, strength, kl, rank, descending = inputs
         ctx.flags = (strength, kl, rank, descending)
         ctx.save_for_backward(x, output[0], output[1], output[2])
+        # The index outputs take no gradient: no zero tensors made for them on each backward.
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_out, grad_perm, grad_blocks):
         x, out, perm, blocks = ctx.saved_tensors
+        if grad_out is None:
+            return None, None, None, None, None
         return (backward_op()(grad_out.contiguous(), x, out, perm, blocks, *ctx.flags),
                 None, None, None, None)
 

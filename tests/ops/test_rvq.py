@@ -128,6 +128,24 @@ def test_forward_and_gradients_match_reference(backend, N, D, K, Q):
         compare_with_reference(lambda x, c: residual_vq(x, c, n_q), (x, codebooks), backend, exact=(1,))
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("used", ["quantized", "commit_loss"])
+def test_one_output_alone_takes_the_reference_gradient(backend, used):
+    """Backpropagating through one of the two differentiable outputs only (the other's gradient
+    arrives as None, not as zeros)."""
+    device = require_backend(FORWARD, backend)
+    x, codebooks = separated_inputs(9, 6, 5, 3, device)
+    weight = torch.randn(x.shape if used == "quantized" else (3,), device=device)
+    grads = {}
+    for name in ("reference", backend):
+        xi = x.clone().requires_grad_(True)
+        with pyaudiok.use_backend(name):
+            out = getattr(residual_vq(xi, codebooks, 3), used)
+        (out * weight).sum().backward()
+        grads[name] = xi.grad
+    assert_close("x.grad", grads[backend], grads["reference"], x.dtype)
+
+
 @pytest.mark.parametrize("backend", ["cpu"] + [pytest.param(b, marks=pytest.mark.gpu) for b in ("triton", "cuda")])
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_half_precision(backend, dtype):
