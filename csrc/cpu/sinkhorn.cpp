@@ -270,23 +270,29 @@ struct AbsorbedKernel {
 };
 
 // out = e^{(p − p̂)/ε} (0 where p = −inf: zero mass); false if some exponent leaves ±kMaxLogScale.
-// The exponentials run 8 at a time: the unrolled backward takes n + 2m of them per iteration,
-// as many as its two matrix-vector products take multiply-add vectors.
+// Eight at a time, the range check included: the unrolled backward takes n + 2m of these per
+// iteration, as many as its two matrix-vector products take multiply-add vectors.
 PYAUDIOK_CLONES
 bool scalings(const float* p, const float* p_hat, int64_t len, float inv_eps, float* out) {
-  for (int64_t i = 0; i < len; ++i) {
+  const v8f scale = splat(inv_eps), limit = splat(kMaxLogScale), zero_mass = splat(-kInf);
+  v8i out_of_range = splat_i(0);
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const v8f pv = load8(p + i), e = (pv - load8(p_hat + i)) * scale;
+    const v8i massive = pv != zero_mass;
+    out_of_range |= massive & ~(vmax(e, -e) <= limit);  // NaN fails the comparison too
+    store8(out + i, exp8(massive ? e : zero_mass));    // e^−inf = 0
+  }
+  for (; i < len; ++i) {
     if (p[i] == -kInf) {
-      out[i] = -kInf;  // e^−inf = 0
+      out[i] = 0.f;
       continue;
     }
     const float e = (p[i] - p_hat[i]) * inv_eps;
     if (!(std::fabs(e) <= kMaxLogScale)) return false;
-    out[i] = e;
+    out[i] = exp1(e);
   }
-  int64_t i = 0;
-  for (; i + 8 <= len; i += 8) store8(out + i, exp8(load8(out + i)));
-  for (; i < len; ++i) out[i] = exp1(out[i]);
-  return true;
+  return !any(out_of_range);
 }
 
 // out = p̂ + ε log(scale), −inf where the scale is 0; 8 logarithms at a time (with the backward's
