@@ -61,9 +61,8 @@ PYAUDIOK_INLINE double exp_shifted(double* x, int64_t n, double shift) {
   return sum;
 }
 
-// One key's row of the transposed tiles, over queries [0, n): p = exp(s − lse) in place (lse = +inf
-// for a query that sees no key, so its p is 0), then, once dP is in, dS = p ⊙ (dP − Δ) · scale
-// written over dP.
+// One key's row of the transposed tiles, over queries [0, n) that see the key: p = exp(s − lse) in
+// place, then, once dP is in, dS = p ⊙ (dP − Δ) · scale written over dP.
 PYAUDIOK_INLINE void exp_minus(float* x, const float* lse, int64_t n) {
   using namespace simd;
   int64_t i = 0;
@@ -149,9 +148,6 @@ PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const 
                                                int64_t k_end, GemmFn<T> gemm, T* dq, T* dk, T* dv) {
   const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N;
   std::vector<T> probs(kK * kQ), dprobs(kK * kQ);
-  // +inf for queries that see no key: exp(s − lse) is then 0 without a branch
-  std::vector<T> lse_or_inf(lse, lse + N);
-  for (T& x : lse_or_inf) x = x == kNegInf<T> ? std::numeric_limits<T>::infinity() : x;
   for (int64_t i0 = k_begin; i0 < k_end; i0 += kK) {
     const int64_t block = std::min(kK, k_end - i0);
     T *dk_block = dk + i0 * D, *dv_block = dv + i0 * D;
@@ -172,7 +168,7 @@ PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const 
         T* row = pt + c * rows;
         const int64_t hidden = std::clamp<int64_t>(i0 + c - shift - j0, 0, rows);  // queries before it
         std::fill(row, row + hidden, T(0));
-        exp_minus(row + hidden, lse_or_inf.data() + j0 + hidden, rows - hidden);
+        exp_minus(row + hidden, lse + j0 + hidden, rows - hidden);  // finite: these queries see key i
       }
       gemm(false, false, seen, D, rows, T(1), pt, rows, g, D, T(1), dv_block, D);        // dV += Pᵀ dO
       gemm(false, true, seen, rows, D, T(1), v + i0 * D, D, g, D, T(0), dpt, rows);      // dPᵀ = V dOᵀ
