@@ -135,15 +135,8 @@ def test_one_output_alone_takes_the_reference_gradient(backend, used):
     arrives as None, not as zeros)."""
     device = require_backend(FORWARD, backend)
     x, codebooks = separated_inputs(9, 6, 5, 3, device)
-    weight = torch.randn(x.shape if used == "quantized" else (3,), device=device)
-    grads = {}
-    for name in ("reference", backend):
-        xi = x.clone().requires_grad_(True)
-        with pyaudiok.use_backend(name):
-            out = getattr(residual_vq(xi, codebooks, 3), used)
-        (out * weight).sum().backward()
-        grads[name] = xi.grad
-    assert_close("x.grad", grads[backend], grads["reference"], x.dtype)
+    compare_with_reference(lambda x, c: getattr(residual_vq(x, c, 3), used), (x.requires_grad_(True), codebooks),
+                           backend)
 
 
 @pytest.mark.parametrize("backend", ["cpu"] + [pytest.param(b, marks=pytest.mark.gpu) for b in ("triton", "cuda")])
