@@ -4,7 +4,7 @@ one run, on the same inputs. Among the peers of the op-level cases is the plain 
 under torch.compile (`compiled`), the alternative to a hand-written kernel; full runs only.
 
 Timing: warm-up, then the median of repeats: `torch.utils.benchmark` on the CPU, CUDA events on a
-GPU; on the CPU with glibc reusing freed heap as a long-running process does (`_malloc_mode`).
+GPU; on the CPU with glibc reusing freed heap as a long-running process does (`prepare_timing`).
 Peak memory: the CUDA allocator's peak on a GPU; on the CPU the process's resident high-water mark
 (Linux /proc, reset before each candidate) above what was resident before the call, measured with
 every larger allocation mapped and returned on its own so the mark follows the call's tensors.
@@ -235,11 +235,17 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
     return None if before is None or peak is None else max(peak - before, 0) * 1024
 
 
+def prepare_timing(device: torch.device) -> None:
+    """The conditions every timing here runs under (run_case, bench/interleave.py, bench/profile.py):
+    on the CPU, glibc reusing freed heap as a long-running process does (_malloc_mode)."""
+    if device.type == "cpu":
+        _malloc_mode(for_peak_memory=False)
+
+
 def run_case(case: Case, device: torch.device, min_time: float) -> list[Result]:
     results: list[Result] = []
     reference_output = None
-    if device.type == "cpu":
-        _malloc_mode(for_peak_memory=False)
+    prepare_timing(device)
     for cand in case.candidates:
         res = Result(case.name, cand.name, cand.kind, case.params, skip=cand.skip)
         results.append(res)

@@ -16,13 +16,14 @@ import time
 
 import torch
 
-from .harness import synchronize
+from .harness import prepare_timing, synchronize
 from .profile import select_candidates, select_case
 
 
 def interleaved(runs: dict[str, callable], device: torch.device, rounds: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per call of each run, `rounds` rounds of one call each after `warmup` untimed rounds.
     A run that fails in the warm-up is reported and left out (as `pyaudiok bench` reports a peer)."""
+    prepare_timing(device)
     for _ in range(warmup):
         for name, run in list(runs.items()):
             try:

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from . import registry
-from .harness import Candidate, Case, synchronize, time_median
+from .harness import Candidate, Case, prepare_timing, synchronize, time_median
 
 
 def select_case(device: torch.device, module: str, name: str, index: int, quick: bool) -> Case:
@@ -72,6 +72,7 @@ def python_hotspots(fn, device: torch.device, calls: int, rows: int) -> str:
 def profile_candidate(cand: Candidate, device: torch.device, calls: int, rows: int, sort_by: str = "device",
                       python: bool = False) -> str:
     # The bench's own timing (its warm-up call and timed calls also warm the caches and compilers).
+    prepare_timing(device)
     per_call_ms = time_median(cand.run, device, min_time=0.2)[0] * 1e3
     syncs = count_syncs(cand.run, device)
     activities = [torch.profiler.ProfilerActivity.CPU]

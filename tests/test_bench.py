@@ -134,8 +134,10 @@ def test_tile_sweep_runs_every_kernel_and_reports_the_best():
     assert "best (forward, dK/dV, dQ)" in text and "current backward" in text
 
 
-def test_interleave_times_every_candidate_each_round_and_drops_failures(capsys):
+def test_interleave_times_every_candidate_each_round_and_drops_failures(capsys, monkeypatch):
     from pyaudiok.bench import interleave
+    modes = []  # the heap setting `pyaudiok bench` times under, also here
+    monkeypatch.setattr(harness, "_malloc_mode", lambda for_peak_memory: modes.append(for_peak_memory))
     calls = []
 
     def boom():
@@ -144,6 +146,7 @@ def test_interleave_times_every_candidate_each_round_and_drops_failures(capsys):
     times = interleave.interleaved(runs, torch.device("cpu"), rounds=3, warmup=1)
     assert set(times) == {"a", "b"} and all(len(t) == 3 for t in times.values())
     assert calls == ["a", "b"] * 4  # one warm-up round, then alternation
+    assert modes == [False]
     assert "broken" in capsys.readouterr().out
 
 
