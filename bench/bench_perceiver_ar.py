@@ -5,9 +5,10 @@ equal size (same widths, depth, heads, latents and dropout):
   float32 and under bf16 autocast (`pyaudiok train perceiver-ar --precision bf16`), both models, and
   ours with its forward compiled (`--compile`; full runs only);
 - sampling: a full-context prompt continued by greedy decoding, batch 1, with the latent KV cache
-  (`generate`), without it (the full model per token: the definition the cached tokens must equal),
-  and the peer's `AutoregressiveWrapper.generate` (its model run on the last 8192 tokens per token,
-  top-k sampling: the time per token is what is compared)."""
+  (`generate`; on GPUs also with each window's step replayed as a CUDA graph), without it (the
+  full model per token: the definition the cached tokens must equal), and the peer's
+  `AutoregressiveWrapper.generate` (its model run on the last 8192 tokens per token, top-k sampling:
+  the time per token is what is compared)."""
 from __future__ import annotations
 
 import torch
@@ -85,10 +86,12 @@ def generate_case(size, device, tokens: int) -> Case:
     model = _model(size, device)
     prompt = torch.randint(0, 256, (1, size["max_context"]), generator=torch.Generator().manual_seed(1)).to(device)
 
-    def ours(use_cache):
-        return lambda: generate(model, prompt, tokens, temperature=0, use_cache=use_cache)
+    def ours(use_cache, cuda_graphs=False):
+        return lambda: generate(model, prompt, tokens, temperature=0, use_cache=use_cache, cuda_graphs=cuda_graphs)
     cands = [Candidate("generate, no cache (full model per token)", "reference", ours(False)),
-             Candidate("generate, latent KV cache", "backend", ours(True), check=_tokens_identical)]
+             Candidate("generate, latent KV cache", "backend", ours(True), check=_tokens_identical),
+             Candidate("generate, latent KV cache, CUDA graphs", "backend", ours(True, True), check=_tokens_identical,
+                       skip=None if device.type == "cuda" else "CUDA graphs: GPUs only")]
     module, reason = load("perceiver_ar_pytorch", "perceiver-ar-pytorch")
     sampler, sampler_reason = load("perceiver_ar_pytorch.autoregressive_wrapper", "perceiver-ar-pytorch")
     reason = reason or sampler_reason

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyaudiok.ops import latent_cross_attention
+from pyaudiok.ops.latent_attention import latent_cross_attention_trusted
 
 __all__ = ["PartialRotary", "LatentAttention", "squared_relu_mlp"]
 
@@ -257,8 +258,14 @@ class LatentAttention(nn.Module):
         qkv = F.linear(x, torch.cat((self.q.weight, self.kv.weight)))
         return self.split_heads(qkv, rope, 2)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = latent_cross_attention(q, k, v)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output [B, N, width]. With key_lengths[B] (int64 on q's device, from a cache that
+        keeps them valid) only the first key_lengths[b] keys exist, and no value is checked on the host."""
+        if key_lengths is None:
+            out = latent_cross_attention(q, k, v)
+        else:
+            out = latent_cross_attention_trusted(q, k, v, key_lengths)
         B, H, N, d = out.shape
         return self.out(out.transpose(1, 2).reshape(B, N, H * d))
 

@@ -245,3 +245,13 @@ def latent_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if q.numel() == 0 or Mk == 0:  # nothing to compute: the reference handles empty shapes exactly
         return latent_attention_reference(q, k, v, lengths, float(scale), keep)
     return OP(q, k, v, lengths, float(scale), keep, device=q.device, dtype=q.dtype)
+
+
+def latent_cross_attention_trusted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                   key_lengths: torch.Tensor) -> torch.Tensor:
+    """latent_cross_attention(q, k, v, key_lengths=key_lengths) for a caller that guarantees the
+    contract itself: non-empty float tensors of one dtype and device with the checked shapes, and
+    key_lengths[B] int64 on q's device within [0, M]. Nothing is read back to the host (the public
+    op checks the lengths' values, one wait on a GPU), so a call can be captured in a CUDA graph:
+    Perceiver AR's cached step attends over its whole cache buffers with the filled lengths."""
+    return OP(q, k, v, key_lengths, q.shape[-1] ** -0.5, None, device=q.device, dtype=q.dtype)

@@ -99,6 +99,60 @@ def test_step_logits_equal_full_forward():
         torch.testing.assert_close(step_logits, full[:, -1])
 
 
+@pytest.mark.parametrize("backend", ("reference", "cpu", "triton"))
+def test_cached_step_keeps_shapes_and_reads_nothing_back(backend, monkeypatch):
+    """What capturing the step in a CUDA graph needs, checked on any device: the step attends over
+    the whole cache buffers (the same tensors at every token), counts rows on the device, and never
+    reads a tensor's value on the host (which on a GPU is a wait, and fails inside a capture)."""
+    model = _model().double().eval() if backend != "triton" else _model().eval()
+    tokens = torch.randint(0, 32, (2, 30))
+    with pyaudiok.use_backend(backend):
+        _, cache = model(tokens[:, :25], 5, return_cache=True)
+        buffers = [(b.k, b.v, b.filled) for b in (cache.cross, *cache.layers)]
+        expected = [model(tokens[:, :t + 1], t + 1 - 20)[0][:, -1] for t in (25, 26)]
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+            monkeypatch.setattr(torch.Tensor, name, _no_host_reads(name))
+        got = []
+        for t in (25, 26):
+            cache.advance(model.config)
+            got.append(model.cached_step(tokens[:, t], cache))
+        monkeypatch.undo()
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, **({} if backend != "triton" else dict(rtol=1e-4, atol=1e-4)))
+    for (k, v, filled), b in zip(buffers, (cache.cross, *cache.layers)):
+        assert b.k is k and b.v is v and b.filled is filled
+    assert cache.cross.filled.tolist() == [27] and [b.filled.tolist() for b in cache.layers] == [[7], [7]]
+    assert cache.cross.length == 27 and cache.latents == 7
+
+
+def _no_host_reads(name):
+    def read(self, *args):
+        raise AssertionError(f"the cached step read a tensor on the host (Tensor.{name})")
+    return read
+
+
+def test_cuda_graphs_need_the_cache_and_a_cuda_device():
+    model = _model()
+    with pytest.raises(ValueError, match="cuda_graphs needs"):
+        generate(model, torch.randint(0, 32, (1, 5)), 3, cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs needs"):
+        generate(model, torch.randint(0, 32, (1, 5)), 3, use_cache=False, cuda_graphs=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_cuda_graph_generation_equals_eager(dtype):
+    """Replayed graphs give the eager cached sampler's tokens, across windows (45 steps: latents
+    fill up and the context reaches max_context), sampling on the device with a seeded generator."""
+    model = _model().to("cuda", dtype)
+    prompt = torch.randint(0, 32, (2, 7), device="cuda")
+    out = {}
+    for graphs in (True, False):
+        gen = torch.Generator("cuda").manual_seed(5)
+        out[graphs] = generate(model, prompt, 45, generator=gen, temperature=0.9, top_k=8, cuda_graphs=graphs)
+    assert torch.equal(out[True], out[False])
+
+
 def test_cache_grows_in_place_to_its_capacity():
     """The window's caches are allocated once at its capacity (N latents or max_context inputs):
     steps write rows into them, and a step past the capacity is refused."""

@@ -46,8 +46,9 @@ class _CrossBlock(nn.Module):
         self.attn = LatentAttention(c.width, c.heads, c.rotary_fraction)
         self.norm_mlp, self.mlp = nn.LayerNorm(c.width), squared_relu_mlp(c.width, c.mlp_ratio)
 
-    def finish(self, latents: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        x = latents + self.attn.attend(q, k, v)  # query residual
+    def finish(self, latents: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = latents + self.attn.attend(q, k, v, key_lengths)  # query residual
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -57,25 +58,36 @@ class _SelfBlock(nn.Module):
         self.norm, self.attn = nn.LayerNorm(c.width), LatentAttention(c.width, c.heads, c.rotary_fraction)
         self.norm_mlp, self.mlp = nn.LayerNorm(c.width), squared_relu_mlp(c.width, c.mlp_ratio)
 
-    def forward(self, x, rope, cache: KVBuffer | None = None):
+    def forward(self, x, rope, cache: KVBuffer | None = None, step: bool = False):
+        """step: x is one new latent, its keys and values pushed into the (filled) cache."""
         h = self.norm(x)
         q, k, v = self.attn.queries_keys_values(h, rope)
-        if cache is not None:  # the earlier latents' keys and values, this call's appended
+        lengths = None
+        if step:
+            k, v, lengths = cache.push(k, v)
+        elif cache is not None:  # the earlier latents' keys and values, this call's appended
             k, v = cache.append(k, v)
-        x = x + self.attn.attend(q, k, v)
+        x = x + self.attn.attend(q, k, v, lengths)
         return x + self.mlp(self.norm_mlp(x))
 
 
 class KVBuffer:
     """Keys and values [B, H, ·, d] that grow along the sequence in storage allocated once, at the
-    window's capacity: appending a generated token writes one row instead of copying the cache (at
-    a context of 8192 the copy was a third of a cached step). `append` returns views of the filled
-    rows; the CPU attention reads them in place (rows contiguous, heads `capacity` rows apart)."""
+    window's capacity: a generated token writes one row instead of copying the cache (at a context
+    of 8192 the copy was a third of a cached step).
+
+    `append` (the window's full forward) writes rows at the host-side `length` and returns views of
+    the filled rows. `push` (a cached step) writes one row at `filled`, the same count kept on the
+    device, and returns the whole buffers with the lengths for the attention to stop at: shapes and
+    addresses stay fixed from step to step and nothing is read back to the host, so a step can be
+    captured once as a CUDA graph and replayed. The host count of a pushed row is advanced apart
+    (`advance`), since a replayed graph runs no Python."""
 
     def __init__(self, capacity: int):
         self.capacity, self.length = capacity, 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self.filled: torch.Tensor | None = None  # int64 [1] on the buffers' device: rows written
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
@@ -87,7 +99,24 @@ class KVBuffer:
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end
+        self.filled = torch.full((1,), end, dtype=torch.int64, device=k.device)
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def push(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write one position's k, v [B, H, 1, d] at row `filled` and count it there; returns (k, v)
+        buffers [B, H, capacity, d] and key lengths [B]. Room is the caller's to check (`advance`)."""
+        if self.filled is None:
+            raise ValueError("push needs a cache filled by a full forward first (forward(..., return_cache=True))")
+        self.k.index_copy_(2, self.filled, k)
+        self.v.index_copy_(2, self.filled, v)
+        self.filled += 1
+        return self.k, self.v, self.filled.expand(k.shape[0])
+
+    def advance(self) -> None:
+        """The host count of one pushed row."""
+        if self.length >= self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} positions; all are filled")
+        self.length += 1
 
 
 @dataclass
@@ -99,6 +128,16 @@ class LatentCache:
     layers: list[KVBuffer]
     length: int       # inputs in the window
     latents: int      # latents in the window
+
+    def advance(self, config: PerceiverARConfig) -> None:
+        """Count one more token on the host (the device counts are the step's own), refusing a step
+        that the window has no room for."""
+        if self.length >= config.max_context or self.latents >= config.latents:
+            raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
+        for buffer in (self.cross, *self.layers):
+            buffer.advance()
+        self.length += 1
+        self.latents += 1
 
 
 class PerceiverAR(nn.Module):
@@ -187,18 +226,21 @@ class PerceiverAR(nn.Module):
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: LatentCache) -> torch.Tensor:
         """Append one token [B] to the window of `cache` (as a new latent); its logits [B, V]."""
-        if cache.length >= self.config.max_context or cache.latents >= self.config.latents:
-            raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
+        cache.advance(self.config)
+        return self.cached_step(token, cache)
+
+    @torch.no_grad()
+    def cached_step(self, token: torch.Tensor, cache: LatentCache) -> torch.Tensor:
+        """`step` without its host bookkeeping (`cache.advance`, the caller's): tensor work only,
+        with the same shapes at every token of a window and no value read back to the host, so that
+        sampling on a GPU can capture it once as a CUDA graph (sampling.CUDAGraphStep)."""
         x = self.embed(token.long())[:, None]
-        # arange writes the position on the device; a tensor from a host list would be a blocking copy
-        rope = self._tables(torch.arange(cache.length, cache.length + 1, device=token.device))
-        k, v = cache.cross.append(*self._input_keys_values(token.long()[:, None], rope))
+        rope = self._tables(cache.cross.filled)  # the new input's position in the window
+        k, v, lengths = cache.cross.push(*self._input_keys_values(token.long()[:, None], rope))
         q = self.cross.attn.queries(self.cross.norm_q(x), rope)
-        h = self.cross.finish(x, q, k, v)
+        h = self.cross.finish(x, q, k, v, lengths)
         for block, layer_cache in zip(self.blocks, cache.layers):
-            h = block(h, rope, layer_cache)
-        cache.length += 1
-        cache.latents += 1
+            h = block(h, rope, layer_cache, step=True)
         return self.logits(self.norm(h))[:, 0]
 
     def loss(self, sequence: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -6,14 +6,18 @@ grows by one input and one latent per generated token until it holds N latents o
 inputs; the next token starts a new window. The cached sampler runs the full model once per window
 and `PerceiverAR.step` for each token after; the uncached one runs the full model on the current
 window for every token.
+
+On a GPU a cached step is hundreds of small kernels (683 launches at 12 layers), so its time is the
+host's, launching them. `generate(..., cuda_graphs=True)` captures the step once per window as a
+CUDA graph (`CUDAGraphStep`) and replays it per token: one launch for the whole step.
 """
 from __future__ import annotations
 
 import torch
 
-from .model import PerceiverAR
+from .model import LatentCache, PerceiverAR
 
-__all__ = ["filter_logits", "sample_next", "generate"]
+__all__ = ["filter_logits", "sample_next", "generate", "CUDAGraphStep"]
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -45,6 +49,43 @@ def sample_next(logits: torch.Tensor, generator: torch.Generator | None, tempera
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+class CUDAGraphStep:
+    """`model.step(token, cache)` for the tokens of one window, captured once as a CUDA graph.
+
+    `PerceiverAR.cached_step` has fixed shapes and addresses across a window's tokens (whole cache
+    buffers, fill counts on the device) and reads nothing back to the host, which is what capture
+    needs. Before capture the step runs once on a side stream (Triton compiles its kernels, cuBLAS
+    makes its workspace: neither may happen while capturing); that run writes the next cache row,
+    which the first replay overwrites, and its count increments are undone. A call copies the token
+    into the graph's input, advances the host counts (`LatentCache.advance`, which also refuses a
+    step past the window) and replays; the logits it returns are the graph's output tensor,
+    overwritten by the next call."""
+
+    def __init__(self, model: PerceiverAR, cache: LatentCache, token: torch.Tensor):
+        if token.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model and tokens on a CUDA device; got {token.device}")
+        self.model, self.cache = model, cache
+        self.token = token.clone()
+        counters = [buffer.filled for buffer in (cache.cross, *cache.layers)]
+        saved = [c.clone() for c in counters]
+        side = torch.cuda.Stream(token.device)
+        side.wait_stream(torch.cuda.current_stream(token.device))
+        with torch.cuda.stream(side):
+            model.cached_step(self.token, cache)
+        torch.cuda.current_stream(token.device).wait_stream(side)
+        for counter, value in zip(counters, saved):
+            counter.copy_(value)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model.cached_step(self.token, cache)
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        self.cache.advance(self.model.config)
+        self.token.copy_(token)
+        self.graph.replay()
+        return self.logits
+
+
 def _window(model: PerceiverAR, total: int, carry: int) -> tuple[int, int]:
     """(first input position, latents) of a window started when `total` tokens exist."""
     c = model.config
@@ -56,17 +97,21 @@ def _window(model: PerceiverAR, total: int, carry: int) -> tuple[int, int]:
 @torch.no_grad()
 def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True, carry: int | None = None) -> torch.Tensor:
+             use_cache: bool = True, carry: int | None = None, cuda_graphs: bool = False) -> torch.Tensor:
     """prompt[B, T0] (T0 >= 1) -> [B, T0 + steps] tokens. `carry` (default N/2) latents start each
-    window."""
+    window. `cuda_graphs` (with the cache, on a CUDA device) replays each window's cached step as
+    a CUDA graph: the same tokens, without the host's per-kernel launch cost."""
     c = model.config
+    if cuda_graphs and (not use_cache or prompt.device.type != "cuda"):
+        raise ValueError(f"cuda_graphs needs use_cache=True and a prompt on a CUDA device; got "
+                         f"use_cache={use_cache}, device {prompt.device}")
     carry = max(1, min(c.latents // 2 if carry is None else carry, c.latents))
     was_training = model.training
     model.eval()
     # The whole output at once, filled a token at a time (no copy of the sequence per token).
     seq = prompt.new_empty((prompt.shape[0], prompt.shape[1] + steps), dtype=torch.long)
     seq[:, :prompt.shape[1]] = prompt
-    cache, start, n = None, 0, 0
+    cache, start, n, graphed = None, 0, 0, None
     try:
         for total in range(prompt.shape[1], seq.shape[1]):
             fresh = n == 0 or n + 1 > c.latents or total - start > c.max_context
@@ -74,7 +119,11 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
                 start, n = _window(model, total, carry)
             else:
                 n += 1
-            if use_cache and not fresh:
+            if use_cache and not fresh and cuda_graphs:
+                if graphed is None or graphed.cache is not cache:  # a new window: capture its step
+                    graphed = CUDAGraphStep(model, cache, seq[:, total - 1])
+                logits = graphed(seq[:, total - 1])
+            elif use_cache and not fresh:
                 logits = model.step(seq[:, total - 1], cache)
             else:
                 logits, cache = model(seq[:, start:total], n, return_cache=use_cache)
