@@ -30,8 +30,8 @@ from pyaudiok.data.text_corpus import ByteCorpus, bits
 from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generate
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
-from .runtime import (COMPILE_HELP, SHARED_CHOICES, Averager, Runtime, compile_model, precision_scope, progress_bar,
-                      same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, write_csv)
+from .runtime import (COMPILE_HELP, DEVICES, SHARED_CHOICES, Averager, Runtime, compile_model, pick_device,
+                      precision_scope, progress_bar, same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
@@ -242,15 +242,25 @@ def generate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute every step (same output, slower)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where to sample (default cpu; auto: CUDA when available). The seed draws the same "
+                        "bytes on any device")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="on a CUDA device, replay each window's cached step as a CUDA graph (same output, "
+                        "without the per-kernel launch cost)")
     args = p.parse_args(argv)
     try:
-        model = load_model(args.checkpoint)
-    except FileNotFoundError as e:
+        device = pick_device(args.device)
+        if args.cuda_graphs and (device.type != "cuda" or args.no_cache):
+            raise ValueError("--cuda-graphs needs a CUDA device (--device cuda or auto) and the cache")
+        model = load_model(args.checkpoint, device)
+    except (FileNotFoundError, ValueError) as e:
         print(f"pyaudiok generate perceiver-ar: {e}", file=sys.stderr)
         return 2
-    prompt = torch.tensor([list(args.prompt.encode())[-model.config.max_context:] or [10]])
+    prompt = torch.tensor([list(args.prompt.encode())[-model.config.max_context:] or [10]], device=device)
     out = generate(model, prompt, args.steps, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   generator=torch.Generator().manual_seed(args.seed), use_cache=not args.no_cache)
+                   generator=torch.Generator().manual_seed(args.seed), use_cache=not args.no_cache,
+                   cuda_graphs=args.cuda_graphs)
     sys.stdout.write(bytes(out[0].tolist()).decode("utf-8", errors="replace") + "\n")
     return 0
 

@@ -62,6 +62,22 @@ def test_checkpoint_round_trip_and_generate_command(tmp_path, capsys):
     assert cli_main(args + ["--no-cache"]) == 0
     assert capsys.readouterr().out == cached and cached.startswith("def f(")
     assert cli_main(["generate", "perceiver-ar", "--checkpoint", str(tmp_path / "nothing")]) == 2
+    if not torch.cuda.is_available():  # asked for a GPU path that is not there: a clear refusal
+        assert cli_main(args + ["--device", "cuda"]) == 2
+    assert cli_main(args + ["--cuda-graphs"]) == 2  # on the CPU
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_generate_command_on_the_gpu_with_cuda_graphs(tmp_path, capsys):
+    assert cli_main(["train", "perceiver-ar", *TOY, "--steps", "2", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    args = ["generate", "perceiver-ar", "--checkpoint", str(tmp_path), "--prompt", "def f(", "--steps", "30",
+            "--device", "cuda"]
+    assert cli_main(args) == 0
+    eager = capsys.readouterr().out
+    assert cli_main(args + ["--cuda-graphs"]) == 0
+    assert capsys.readouterr().out == eager and eager.startswith("def f(")
 
 
 def _worker_errors(stderr: str) -> str:
