@@ -36,4 +36,8 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("latent_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_lengths, float scale) -> (Tensor, Tensor)");
   m.def("latent_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor? key_lengths, float scale) -> (Tensor, Tensor, Tensor)");
+  // Gathered table rows with rotary encoding (pyaudiok/ops/gather_rotary.py): out [B, H, T, d] and the
+  // rows' gradient [R, d].
+  m.def("gather_rotary_forward(Tensor rows, Tensor index, Tensor cos, Tensor sin, int dims) -> Tensor");
+  m.def("gather_rotary_backward(Tensor grad, Tensor index, Tensor cos, Tensor sin, int dims, int num_rows) -> Tensor");
 }

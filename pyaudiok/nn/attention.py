@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyaudiok.ops import latent_cross_attention
+from pyaudiok.dispatch import requested_backend
+from pyaudiok.ops import gather_rows_rotary, latent_cross_attention
+from pyaudiok.ops.gather_rotary import rotate_pairs
 from pyaudiok.ops.latent_attention import latent_cross_attention_trusted
 
 __all__ = ["PartialRotary", "LatentAttention", "squared_relu_mlp"]
@@ -19,16 +21,6 @@ def _full_cos(cos: torch.Tensor, head_dim: int) -> torch.Tensor:
     """[..., head_dim] = cos | cos | 1 ... 1: one multiply then scales every channel (1 passes through)."""
     ones = cos.new_ones(cos.shape[:-1] + (head_dim - 2 * cos.shape[-1],))
     return torch.cat((cos, cos, ones), dim=-1)
-
-
-def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
-    """x[..., d] with channel pairs (i, i + dims/2) rotated, as plain tensor ops: the form traced
-    under torch.compile, which fuses it (the eager paths below write into views, which it cannot)."""
-    if not dims:
-        return x
-    half = dims // 2
-    a, b = x[..., :half], x[..., half:dims]
-    return torch.cat((a * cos - b * sin, b * cos + a * sin, x[..., dims:]), dim=-1)
 
 
 def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int,
@@ -70,7 +62,7 @@ def split_rotate(parts, cos, sin, dims: int, rotated: int) -> tuple[torch.Tensor
     """_HeadsRotary where a gradient is needed; without one (sampling) the same writes without the
     autograd node, whose Python overhead was most of the time of a one-token call."""
     if torch.compiler.is_compiling():
-        return tuple(_rotated(parts[i], cos, sin, dims if i < rotated else 0).contiguous()
+        return tuple(rotate_pairs(parts[i], cos, sin, dims if i < rotated else 0).contiguous()
                      for i in range(parts.shape[0]))
     if torch.is_grad_enabled() and (parts.requires_grad or cos.requires_grad or sin.requires_grad):
         return _HeadsRotary.apply(parts, cos, sin, dims, rotated)
@@ -130,10 +122,9 @@ class _RotaryInPlace(torch.autograd.Function):
 
 
 class _GatherRows(torch.autograd.Function):
-    """F.embedding(index, rows) for each index tensor. The backward sums the gradient's rows into
-    `rows` with index_add_ on the CPU (about twice as fast there as embedding's backward for many
-    short rows) and with embedding's own, deterministic backward elsewhere (index_add_ uses atomics
-    on CUDA)."""
+    """F.embedding(index, rows) for each index tensor, where gather_rows_rotary's CPU kernels do not
+    run (GPUs, or another backend requested). The backward is embedding's own, deterministic one
+    (index_add_ uses atomics on CUDA), run once for all the index tensors."""
 
     @staticmethod
     def forward(ctx, rows, *indices):
@@ -144,14 +135,9 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        indices, d = ctx.saved_tensors, grads[0].shape[-1]
-        if grads[0].device.type == "cpu":
-            out = grads[0].new_zeros(ctx.num_rows, d)
-            for index, g in zip(indices, grads):
-                out.index_add_(0, index.flatten(), g.reshape(-1, d))
-        else:
-            out = sum(torch.ops.aten.embedding_dense_backward(g, index, ctx.num_rows, -1, False)
-                      for index, g in zip(indices, grads))
+        indices = ctx.saved_tensors
+        out = sum(torch.ops.aten.embedding_dense_backward(g, index, ctx.num_rows, -1, False)
+                  for index, g in zip(indices, grads))
         return (out,) + (None,) * len(indices)
 
 
@@ -239,7 +225,13 @@ class LatentAttention(nn.Module):
         index = tokens[:, None] + V * torch.arange(self.heads, device=tokens.device)[:, None]  # [B, H, T]
         if torch.compiler.is_compiling():  # plain gathers and rotation, for the compiler to fuse
             k, v = F.embedding(index, rows), F.embedding(index + self.heads * V, rows)
-            return _rotated(k, *rope, self.rotary.dims), v
+            return rotate_pairs(k, *rope, self.rotary.dims), v
+        # The CPU kernels (one pass per row each way, csrc/cpu/gather_rotary.cpp) unless a backend other
+        # than theirs was asked for (they have no Triton form; the reference is the composition below).
+        if rows.device.type == "cpu" and requested_backend() in (None, "cpu"):
+            cos, sin = rope
+            return (gather_rows_rotary(rows, index, cos, sin, self.rotary.dims),
+                    gather_rows_rotary(rows, index + self.heads * V, cos[..., :0], sin[..., :0], 0))
         k, v = _GatherRows.apply(rows, index, index + self.heads * V)
         return _RotaryInPlace.apply(k, *rope, self.rotary.dims), v
 
