@@ -243,8 +243,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute every step (same output, slower)")
     p.add_argument("--device", choices=DEVICES, default="cpu",
-                   help="where to sample (default cpu; auto: CUDA when available). The seed draws the same "
-                        "bytes on any device")
+                   help="where to sample (default cpu; auto: CUDA when available)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="on a CUDA device, replay each window's cached step as a CUDA graph (same output, "
                         "without the per-kernel launch cost)")
