@@ -36,8 +36,11 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("latent_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_lengths, float scale) -> (Tensor, Tensor)");
   m.def("latent_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor? key_lengths, float scale) -> (Tensor, Tensor, Tensor)");
-  // Gathered table rows with rotary encoding (pyaudiok/ops/gather_rotary.py): out [B, H, T, d] and the
-  // rows' gradient [R, d].
+  // Rotary-encoded rows (pyaudiok/ops/rotary.py): gathered from a table, out [B, H, T, d] and the rows'
+  // gradient [R, d]; split from a projection into heads, [P, B, H, T, d] and the projection's gradient.
   m.def("gather_rotary_forward(Tensor rows, Tensor index, Tensor cos, Tensor sin, int dims) -> Tensor");
   m.def("gather_rotary_backward(Tensor grad, Tensor index, Tensor cos, Tensor sin, int dims, int num_rows) -> Tensor");
+  m.def("split_heads_rotary_forward(Tensor x, int parts, int heads, Tensor cos, Tensor sin, int dims, int rotated) "
+        "-> Tensor");
+  m.def("split_heads_rotary_backward(Tensor grad, Tensor cos, Tensor sin, int dims, int rotated) -> Tensor");
 }

@@ -7,14 +7,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyaudiok.dispatch import requested_backend
-from pyaudiok.ops import gather_rows_rotary, latent_cross_attention
-from pyaudiok.ops.gather_rotary import rotate_pairs
+from pyaudiok.ops import gather_rows_rotary, latent_cross_attention, split_heads_rotary
+from pyaudiok.ops.rotary import rotate_pairs
 from pyaudiok.ops.latent_attention import latent_cross_attention_trusted
 
 __all__ = ["PartialRotary", "LatentAttention", "squared_relu_mlp"]
 
 
 _SMALL = 1 << 20  # elements: below, the fewest ops win (per-op overhead); above, the least memory traffic
+
+
+def _cpu_kernels(x: torch.Tensor) -> bool:
+    """Whether the rotary layouts run on pyaudiok.ops.rotary's CPU kernels: CPU tensors in eager mode,
+    unless a backend other than theirs was asked for (they have no Triton form; the tensor-op forms
+    below are what the GPUs and torch.compile run)."""
+    return x.device.type == "cpu" and requested_backend() in (None, "cpu") and not torch.compiler.is_compiling()
 
 
 def _full_cos(cos: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -208,7 +215,10 @@ class LatentAttention(nn.Module):
                     rotated: int) -> tuple[torch.Tensor, ...]:
         """Projections x[B, T, P·width] -> P contiguous [B, H, T, d], the first `rotated` rotary-encoded."""
         B, T, C = x.shape
-        parts = x.view(B, T, C // (self.heads * self.head_dim), self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        P = C // (self.heads * self.head_dim)
+        if _cpu_kernels(x):  # one pass each way (csrc/cpu/rotary.cpp)
+            return split_heads_rotary(x, P, self.heads, *rope, self.rotary.dims, rotated).unbind(0)
+        parts = x.view(B, T, P, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return split_rotate(parts, *rope, self.rotary.dims, rotated)
 
     def gathered_keys_values(self, table: torch.Tensor, tokens: torch.Tensor,
@@ -226,9 +236,7 @@ class LatentAttention(nn.Module):
         if torch.compiler.is_compiling():  # plain gathers and rotation, for the compiler to fuse
             k, v = F.embedding(index, rows), F.embedding(index + self.heads * V, rows)
             return rotate_pairs(k, *rope, self.rotary.dims), v
-        # The CPU kernels (one pass per row each way, csrc/cpu/gather_rotary.cpp) unless a backend other
-        # than theirs was asked for (they have no Triton form; the reference is the composition below).
-        if rows.device.type == "cpu" and requested_backend() in (None, "cpu"):
+        if _cpu_kernels(rows):  # one pass per row each way (csrc/cpu/rotary.cpp)
             cos, sin = rope
             return (gather_rows_rotary(rows, index, cos, sin, self.rotary.dims),
                     gather_rows_rotary(rows, index + self.heads * V, cos[..., :0], sin[..., :0], 0))

@@ -3,7 +3,7 @@ and backend dispatch (DESIGN.md, "Ops: the contract")."""
 from .bilinear_contrastive import bilinear_contrastive_loss
 from .fourier_crop import fourier_crop, fourier_crop_output_size
 from .gabor_pool import gabor_pool
-from .gather_rotary import gather_rows_rotary
+from .rotary import gather_rows_rotary, split_heads_rotary
 from .kmeans import KMeansResult, kmeans
 from .label_proportions import ot_pseudo_labels, proportion_loss
 from .latent_attention import latent_cross_attention
@@ -17,4 +17,5 @@ __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_lo
            "latent_cross_attention", "KMeansResult", "kmeans", "fourier_crop", "fourier_crop_output_size",
            "soft_rank", "soft_sort", "SinkhornResult", "log_sinkhorn_normalize", "sinkhorn", "sinkhorn_rank",
            "sinkhorn_sort", "bilinear_contrastive_loss", "gabor_pool", "pcen",
-           "proportion_loss", "ot_pseudo_labels", "gather_rows_rotary"]
+           "proportion_loss", "ot_pseudo_labels", "gather_rows_rotary",
+           "split_heads_rotary"]
