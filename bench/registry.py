@@ -5,13 +5,13 @@ import torch
 
 from . import (bench_bilinear_contrastive, bench_charm, bench_der, bench_fourier_crop, bench_kmeans,
                bench_latent_attention, bench_leaf, bench_llp, bench_models, bench_perceiver_ar, bench_rvq,
-               bench_si_sdr, bench_sinkhorn, bench_soft_rank, bench_soundstream)
+               bench_rotary, bench_si_sdr, bench_sinkhorn, bench_soft_rank, bench_soundstream)
 
 MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der, "si_sdr": bench_si_sdr,
            "kmeans": bench_kmeans, "latent_attention": bench_latent_attention, "perceiver_ar": bench_perceiver_ar,
            "fourier_crop": bench_fourier_crop, "soft_rank": bench_soft_rank, "sinkhorn": bench_sinkhorn,
            "bilinear_contrastive": bench_bilinear_contrastive, "leaf": bench_leaf, "charm": bench_charm,
-           "llp": bench_llp, "models": bench_models}
+           "llp": bench_llp, "models": bench_models, "rotary": bench_rotary}
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None, compiled_peers: bool = True):
