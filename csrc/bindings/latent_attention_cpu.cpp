@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -117,21 +118,55 @@ std::vector<int64_t> lengths_of(const std::optional<at::Tensor>& key_lengths, co
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The kernels' tile by shape, from in-process timings of each choice on a Zen 4 core pair
+// (bench/results/2026-11-27_cpu_attention_tiles.txt):
+// - Where the diagonal's masked share of a tile matters (M < 2N: square causal attention), queries
+//   go in blocks of N/8 within [32, 128]: at N = M = 256 blocks of 32 ran the forward 13 % and the
+//   backward 18 % faster than 128; at N = M = 1024 all were within 4 %.
+// - With the keys mostly before the queries (M >= 2N), the forward's 256 × 256 tile ran 3-5 % faster
+//   than 128 × 512 (N = 256, M = 4224; N = 1024, M = 16 384), where enough (batch·head, query
+//   block) tasks remain for the threads; the backward was the same with any tile.
+struct Tile {
+  int64_t queries, keys;
+};
+
+int64_t diagonal_query_block(const Dims& d) { return std::clamp<int64_t>(d.N / 8, 32, cpu::kAttentionQueryBlock); }
+
+Tile forward_tile(const Dims& d) {
+  if (d.M < 2 * d.N) return {diagonal_query_block(d), cpu::kAttentionKeyBlock};
+  const bool enough_tasks = d.B * d.H * ceil_div(d.N, 256) >= 2 * at::get_num_threads();
+  return enough_tasks ? Tile{256, 256} : Tile{cpu::kAttentionQueryBlock, cpu::kAttentionKeyBlock};
+}
+
+Tile backward_tile(const Dims& d) {
+  return {d.M < 2 * d.N ? diagonal_query_block(d) : cpu::kAttentionQueryBlock, cpu::kAttentionKeyBlock};
+}
+
+// The tile the arguments give (> 0, for tuning), else the shape's.
+cpu::AttentionShape shape_of(const Dims& d, int64_t length, Tile by_shape, int64_t query_block, int64_t key_block) {
+  TORCH_CHECK(query_block >= 0 && key_block >= 0, "latent_attention (cpu): block sizes must be >= 0 (0: by shape)");
+  return {d.N, d.D, length, query_block > 0 ? query_block : by_shape.queries,
+          key_block > 0 ? key_block : by_shape.keys};
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                               const std::optional<at::Tensor>& key_lengths, double scale) {
+                                               const std::optional<at::Tensor>& key_lengths, double scale,
+                                               int64_t query_block, int64_t key_block) {
   const Dims d = check_inputs(q, k, v, key_lengths, /*strided_kv=*/true);
   const std::vector<int64_t> lengths = lengths_of(key_lengths, d);
   at::Tensor out = at::empty_like(q), lse = at::empty({d.B, d.H, d.N}, q.options());
   // Tasks: (batch·head, block of queries); a block is independent of the others.
-  const int64_t q_blocks = ceil_div(d.N, cpu::kAttentionQueryBlock), tasks = d.B * d.H * q_blocks;
+  const Tile tile = forward_tile(d);
+  const int64_t qb = shape_of(d, 0, tile, query_block, key_block).query_block;
+  const int64_t q_blocks = ceil_div(d.N, qb), tasks = d.B * d.H * q_blocks;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "latent_attention_forward", [&] {
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t bh = t / q_blocks, j0 = (t % q_blocks) * cpu::kAttentionQueryBlock;
-        const cpu::AttentionShape s{d.N, d.D, lengths[bh / d.H]};
+        const int64_t bh = t / q_blocks, j0 = (t % q_blocks) * qb;
+        const cpu::AttentionShape s = shape_of(d, lengths[bh / d.H], tile, query_block, key_block);
         cpu::latent_attention_forward<scalar_t>(
             q.data_ptr<scalar_t>() + bh * d.N * d.D, head_rows<scalar_t>(k, bh), head_rows<scalar_t>(v, bh), s,
-            static_cast<scalar_t>(scale), j0, std::min(d.N, j0 + cpu::kAttentionQueryBlock), gemm_fn<scalar_t>(),
+            static_cast<scalar_t>(scale), j0, std::min(d.N, j0 + qb), gemm_fn<scalar_t>(),
             out.data_ptr<scalar_t>() + bh * d.N * d.D, lse.data_ptr<scalar_t>() + bh * d.N);
       }
     });
@@ -143,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& k, const at::Tensor& v,
                                                             const at::Tensor& out, const at::Tensor& lse,
                                                             const std::optional<at::Tensor>& key_lengths,
-                                                            double scale) {
+                                                            double scale, int64_t query_block, int64_t key_block) {
   const Dims d = check_inputs(q, k, v, key_lengths);
   TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
                   lse.sizes() == at::IntArrayRef({d.B, d.H, d.N}) && lse.is_contiguous() &&
@@ -154,7 +189,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   const at::Tensor grad = grad_in.contiguous(), delta = (grad * out).sum(-1);
   // Tasks: (batch·head, range of key blocks), each owning its keys' dk/dv. With fewer batch·heads
   // than threads the keys are split further, each range adding its dq share to its own buffer.
-  const int64_t BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, cpu::kAttentionKeyBlock));
+  const Tile tile = backward_tile(d);
+  const int64_t kb = shape_of(d, 0, tile, query_block, key_block).key_block;
+  const int64_t BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
   const int64_t splits = std::min(k_blocks, ceil_div(at::get_num_threads(), std::max<int64_t>(1, BH)));
   const int64_t blocks_per_split = ceil_div(k_blocks, splits);
   at::Tensor dq_parts = at::zeros({splits, d.B, d.H, d.N, d.D}, q.options());
@@ -163,9 +200,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
     at::parallel_for(0, BH * splits, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t bh = t / splits, split = t % splits;
-        const int64_t k_begin = std::min(d.M, split * blocks_per_split * cpu::kAttentionKeyBlock);
-        const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * cpu::kAttentionKeyBlock);
-        const cpu::AttentionShape s{d.N, d.D, lengths[bh / d.H]};
+        const int64_t k_begin = std::min(d.M, split * blocks_per_split * kb);
+        const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * kb);
+        const cpu::AttentionShape s = shape_of(d, lengths[bh / d.H], tile, query_block, key_block);
         const int64_t qo = bh * d.N * d.D, ko = bh * d.M * d.D;
         cpu::latent_attention_backward<scalar_t>(
             grad.data_ptr<scalar_t>() + qo, q.data_ptr<scalar_t>() + qo, k.data_ptr<scalar_t>() + ko,

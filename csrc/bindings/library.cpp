@@ -33,9 +33,11 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("pcen_forward(Tensor E, Tensor params, float eps) -> (Tensor, Tensor)");
   m.def("pcen_backward(Tensor grad, Tensor E, Tensor y, Tensor params, float eps) -> (Tensor, Tensor)");
   // Bottom-right causal latent attention (pyaudiok/ops/latent_attention.py): (out, lse) and (dq, dk, dv).
-  m.def("latent_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_lengths, float scale) -> (Tensor, Tensor)");
+  // query_block, key_block: the CPU kernels' tile (0: chosen by shape), for tuning.
+  m.def("latent_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_lengths, float scale, "
+        "int query_block=0, int key_block=0) -> (Tensor, Tensor)");
   m.def("latent_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor? key_lengths, float scale) -> (Tensor, Tensor, Tensor)");
+        "Tensor? key_lengths, float scale, int query_block=0, int key_block=0) -> (Tensor, Tensor, Tensor)");
   // Rotary-encoded rows (pyaudiok/ops/rotary.py): gathered from a table, out [B, H, T, d] and the rows'
   // gradient [R, d]; split from a projection into heads, [P, B, H, T, d] and the projection's gradient.
   m.def("gather_rotary_forward(Tensor rows, Tensor index, Tensor cos, Tensor sin, int dims) -> Tensor");

@@ -1,5 +1,5 @@
-// Latent cross-attention on the CPU, flash-style: blocks of kAttentionQueryBlock queries against
-// blocks of kAttentionKeyBlock keys, the scores of one block pair in a tile that stays in cache,
+// Latent cross-attention on the CPU, flash-style: blocks of s.query_block queries against blocks
+// of s.key_block keys, the scores of one block pair in a tile that stays in cache,
 // the products on the caller's GEMM. Compared with PyTorch's CPU flash kernel the blocks are
 // larger (its 64-query blocks leave the GEMMs short), and the bottom-right mask is applied per row
 // inside the few blocks it cuts, so one call covers every key (no prefix/causal split to merge).
@@ -14,8 +14,6 @@
 
 namespace pyaudiok::cpu {
 namespace {
-
-constexpr int64_t kQ = kAttentionQueryBlock, kK = kAttentionKeyBlock;
 
 template <typename T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
@@ -94,7 +92,7 @@ inline int64_t visible_keys(int64_t shift, int64_t j, int64_t i0, int64_t cols) 
 template <typename T>
 PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v, const AttentionShape& s, T scale,
                                               int64_t q_begin, int64_t q_end, GemmFn<T> gemm, T* out, T* lse) {
-  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N;
+  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N, kQ = s.query_block, kK = s.key_block;
   std::vector<T> scores(kQ * kK), row_peak(kQ), row_sum(kQ);
   for (int64_t j0 = q_begin; j0 < q_end; j0 += kQ) {
     const int64_t rows = std::min(kQ, q_end - j0);
@@ -146,7 +144,7 @@ template <typename T>
 PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const T* k, const T* v, const T* lse,
                                                const T* delta, const AttentionShape& s, T scale, int64_t k_begin,
                                                int64_t k_end, GemmFn<T> gemm, T* dq, T* dk, T* dv) {
-  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N;
+  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N, kQ = s.query_block, kK = s.key_block;
   std::vector<T> probs(kK * kQ), dprobs(kK * kQ);
   for (int64_t i0 = k_begin; i0 < k_end; i0 += kK) {
     const int64_t block = std::min(kK, k_end - i0);

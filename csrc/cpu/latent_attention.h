@@ -14,8 +14,10 @@ using GemmFn = void (*)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
 
 // One (batch, head): q[N, D], k and v[M ≥ length, D], every matrix contiguous; keys [0, length)
 // exist (the kernels never read a key at or after length).
+// query_block × key_block: the tile of scores one pair of products forms (the binding picks it by shape).
 struct AttentionShape {
   int64_t n_queries, head_dim, length;
+  int64_t query_block, key_block;
 };
 
 // Queries [q_begin, q_end) of one (batch, head) → out[N, D] and lse[N] at those rows (flash-style:
@@ -32,7 +34,7 @@ void latent_attention_backward(const T* grad, const T* q, const T* k, const T* v
                                const AttentionShape& s, T scale, int64_t k_begin, int64_t k_end, GemmFn<T> gemm,
                                T* dq, T* dk, T* dv);
 
-// Query and key block sizes of the kernels (a binding splits work at these boundaries).
+// Default query and key block sizes of the kernels (a binding splits work at the blocks' boundaries).
 constexpr int64_t kAttentionQueryBlock = 128;
 constexpr int64_t kAttentionKeyBlock = 512;
 

@@ -51,15 +51,34 @@ def test_cpu_backend_in_float64():
 @pytest.mark.parametrize("n_threads,B,M,lengths", [(1, 1, 1100, None), (2, 1, 1100, None), (4, 2, 1100, [1100, 613]),
                                                     (2, 1, 300, None), (2, 2, 600, [600, 300])])
 def test_cpu_kernel_blocks_and_key_splits(n_threads, B, M, lengths):
-    """The C++ kernel's block edges: three blocks of 128 queries, one to three of 512 keys, a
-    key_lengths cut inside a block, the backward's key split (one batch·head per thread or fewer),
-    and the square causal case (M = N = 300; 300 of 600), where the backward skips the keys after
-    a query block's last visible one."""
+    """The C++ kernel's block edges under the tiles chosen by shape: queries in blocks of 128 or 256
+    (keys mostly before the queries) or of 37 (square: N/8), one to five key blocks, a key_lengths
+    cut inside a block, the backward's key split (one batch·head per thread or fewer), and the
+    square causal case (M = N = 300; 300 of 600), where the backward skips the keys after a query
+    block's last visible one."""
     require_backend(OP, "cpu", torch.float64)
     q, k, v = _inputs(B, 1, 300, M, 8, "cpu", torch.float64)
     with threads(n_threads):
         compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v),
                                "cpu")
+
+
+@pytest.mark.parametrize("tile", [(1, 7), (16, 48), (37, 512), (128, 512), (256, 256), (300, 1024)])
+def test_cpu_kernel_gives_the_same_result_with_any_tile(tile):
+    """The raw ops' tuning arguments (query block, key block) change the work's tiling, never the
+    result: forward and all three gradients against the reference, bottom-right mask and a length
+    cut crossing the blocks."""
+    require_backend(OP, "cpu", torch.float64)
+    q, k, v = _inputs(2, 2, 60, 200, 16, "cpu", torch.float64)
+    lengths = torch.tensor([200, 77])
+    out, lse = torch.ops.pyaudiok.latent_attention_forward(q.detach(), k.detach(), v.detach(), lengths, 0.25, *tile)
+    ref = latent_attention_reference(q, k, v, lengths, 0.25)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    dq, dk, dv = torch.ops.pyaudiok.latent_attention_backward(grad, q.detach(), k.detach(), v.detach(), out, lse,
+                                                              lengths, 0.25, *tile)
+    for name, got, want in (("out", out, ref), ("dq", dq, q.grad), ("dk", dk, k.grad), ("dv", dv, v.grad)):
+        assert_close(name, got, want, torch.float64)
 
 
 def test_cpu_kernel_aten_gemm_fallback():
