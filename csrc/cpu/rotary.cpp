@@ -47,13 +47,19 @@ inline int64_t angle_row(const GatherRotaryShape& s, int64_t n) {
   return s.batched ? (n / s.rows_per_item) * s.T + n % s.T : n % s.T;
 }
 
-// Position r = b·T + t of B·T: its angle row, and the offset of its (p, h) row in x[B, T, P, H, d]
-// and in out[P, B, H, T, d].
-inline int64_t heads_angle_row(const HeadsShape& s, int64_t r) { return s.batched ? r : r % s.T; }
-inline int64_t heads_x_row(const HeadsShape& s, int64_t r, int64_t p, int64_t h) { return (r * s.P + p) * s.H + h; }
-inline int64_t heads_out_row(const HeadsShape& s, int64_t r, int64_t p, int64_t h) {
-  const int64_t b = r / s.T, t = r % s.T;
-  return ((p * s.B + b) * s.H + h) * s.T + t;
+// For each position r = b·T + t in [r_begin, r_end) and each (part p, head h): visit(x row, out row,
+// angle offset, half), with the rows' offsets in x[B, T, P, H, d] and out[P, B, H, T, d] and half = 0
+// for the parts that are not rotated. The forward and the backward walk the same pairs of rows.
+template <typename Visit>
+PYAUDIOK_INLINE void each_head_row(const HeadsShape& s, int64_t r_begin, int64_t r_end, Visit visit) {
+  const int64_t half = s.dims / 2;
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    const int64_t b = r / s.T, t = r % s.T, angle = (s.batched ? r : t) * half;
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t h = 0; h < s.H; ++h)
+        visit(((r * s.P + p) * s.H + h) * s.d, (((p * s.B + b) * s.H + h) * s.T + t) * s.d, angle,
+              p < s.rotated ? half : 0);
+  }
 }
 
 }  // namespace
@@ -82,27 +88,17 @@ PYAUDIOK_CLONES void gather_rotary_backward(const T* grad, const int64_t* index,
 template <typename T>
 PYAUDIOK_CLONES void split_heads_rotary_forward(const T* x, const T* cos, const T* sin, const HeadsShape& s,
                                                 int64_t r_begin, int64_t r_end, T* out) {
-  const int64_t half = s.dims / 2;
-  for (int64_t r = r_begin; r < r_end; ++r) {
-    const int64_t a = heads_angle_row(s, r) * half;
-    for (int64_t p = 0; p < s.P; ++p)
-      for (int64_t h = 0; h < s.H; ++h)
-        rotate_row(x + heads_x_row(s, r, p, h) * s.d, out + heads_out_row(s, r, p, h) * s.d, cos + a, sin + a,
-                   p < s.rotated ? half : 0, s.d);
-  }
+  each_head_row(s, r_begin, r_end, [&](int64_t x_row, int64_t out_row, int64_t a, int64_t half) {
+    rotate_row(x + x_row, out + out_row, cos + a, sin + a, half, s.d);
+  });
 }
 
 template <typename T>
 PYAUDIOK_CLONES void split_heads_rotary_backward(const T* grad, const T* cos, const T* sin, const HeadsShape& s,
                                                  int64_t r_begin, int64_t r_end, T* grad_x) {
-  const int64_t half = s.dims / 2;
-  for (int64_t r = r_begin; r < r_end; ++r) {
-    const int64_t a = heads_angle_row(s, r) * half;
-    for (int64_t p = 0; p < s.P; ++p)
-      for (int64_t h = 0; h < s.H; ++h)
-        unrotate_row<false>(grad + heads_out_row(s, r, p, h) * s.d, grad_x + heads_x_row(s, r, p, h) * s.d, cos + a,
-                            sin + a, p < s.rotated ? half : 0, s.d);
-  }
+  each_head_row(s, r_begin, r_end, [&](int64_t x_row, int64_t out_row, int64_t a, int64_t half) {
+    unrotate_row<false>(grad + out_row, grad_x + x_row, cos + a, sin + a, half, s.d);
+  });
 }
 
 #define PYAUDIOK_ROTARY_INSTANTIATE(T)                                                                              \
