@@ -16,7 +16,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from pyaudiok.ops.latent_attention import OP, latent_cross_attention, visible_mask
 
-from .harness import Candidate, Case, backend_candidates, with_backend
+from .harness import Candidate, Case, backend_candidates, relative_error, with_backend
 
 H, D = 8, 64
 SIZES = {"cpu": (1024, 16384), "cuda": (1024, 65536)}       # (N, M)
@@ -44,11 +44,7 @@ def _step(fn, q, k, v, backward):
     return run
 
 
-def _check(output, reference):
-    if output is None or reference is None:
-        return ""
-    err = ((output.float() - reference.float()).norm() / reference.float().norm()).item()
-    return f"rel err {err:.1e}"
+_check = relative_error()
 
 
 def _flex(q, k, v, lengths, backward):

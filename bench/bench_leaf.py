@@ -20,7 +20,7 @@ import torch
 from pyaudiok.ops.gabor_pool import GABOR_POOL, gabor_pool
 from pyaudiok.ops.pcen import PCEN, pcen
 
-from .harness import Candidate, Case, backend_candidates, compiled, with_backend
+from .harness import Candidate, Case, backend_candidates, compiled, relative_error, with_backend
 from .peers import load
 
 SAMPLE_RATE, SECONDS, F, WINDOW, STRIDE = 16_000, 4, 40, 401, 160
@@ -37,9 +37,7 @@ def _step(fn, backward, *inputs):
     return run
 
 
-def _check(output, reference):
-    err = ((output.double() - reference.double()).norm() / reference.double().norm()).item()
-    return f"rel. err {err:.1e}"
+_check = relative_error()
 
 
 def _speechbrain_leaf(device, batch):

@@ -11,7 +11,7 @@ import torch
 from pyaudiok.ops import ot_pseudo_labels
 from pyaudiok.ops.sinkhorn import SINKHORN
 
-from .harness import Candidate, Case, backend_candidates, with_backend
+from .harness import Candidate, Case, backend_candidates, relative_error, with_backend
 from .peers import load
 
 EPS, ITERS, K = 1.0, 100, 10
@@ -61,9 +61,7 @@ def _pot(cost, props):
     return run, "POT ot.bregman.sinkhorn_log (per bag)", None
 
 
-def _check(output, reference):
-    err = ((output - reference).norm() / reference.norm()).item()
-    return f"labels rel err {err:.1e}"
+_check = relative_error("labels")
 
 
 def pseudo_label_case(device, n_bags, k) -> Case:

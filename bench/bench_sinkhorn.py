@@ -13,7 +13,7 @@ import torch
 
 from pyaudiok.ops.sinkhorn import SINKHORN, sinkhorn
 
-from .harness import Candidate, Case, backend_candidates, compiled, with_backend
+from .harness import Candidate, Case, backend_candidates, compiled, relative_error, with_backend
 from .peers import load
 
 EPS, ITERS = 0.05, 100
@@ -53,9 +53,7 @@ def _pot(cost):
     return run, None
 
 
-def _check(output, reference):
-    err = ((output - reference).norm() / reference.norm()).item()
-    return f"plan rel err {err:.1e}"
+_check = relative_error("plan")
 
 
 def _ours(device, cost, ours) -> list[Candidate]:

@@ -7,7 +7,7 @@ import torch
 
 from pyaudiok.ops.soft_rank import RANK, soft_rank
 
-from .harness import Candidate, Case, backend_candidates, with_backend
+from .harness import Candidate, Case, backend_candidates, relative_error, with_backend
 from .peers import load
 
 SHAPES = {"cpu": [(256, 100), (4096, 20)], "cuda": [(1024, 2000), (256, 8192)]}
@@ -15,9 +15,7 @@ QUICK_SHAPES = {"cpu": [(64, 100), (512, 20)], "cuda": [(256, 2000)]}
 STRENGTH = 0.1
 
 
-def _check(output, reference):
-    err = ((output - reference).norm() / reference.norm()).item()
-    return f"rel err {err:.1e}"
+_check = relative_error()
 
 
 def _fwd_bwd(fn, x):

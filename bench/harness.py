@@ -109,6 +109,17 @@ def compiled(name: str, fn: Callable[[], Any], backend: str | None = "reference"
     return Candidate(name, "peer", first_compile_alone(run), check=check, compiles=True)
 
 
+def relative_error(what: str = "") -> Callable[[Any, Any], str]:
+    """A candidate check: the project's error measure ‖out − ref‖/‖ref‖ (in float64), noted as
+    "rel err 1.2e-07" (after `what`, e.g. "plan")."""
+    def check(output, reference) -> str:
+        if output is None or reference is None:
+            return ""
+        out, ref = output.detach().double(), reference.detach().double()
+        return f"{what + ' ' if what else ''}rel err {((out - ref).norm() / ref.norm()).item():.1e}"
+    return check
+
+
 def backend_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple,
                        make_run: Callable[[str], Callable[[], Any]], check=None) -> list[Candidate]:
     """One candidate per fused backend of a registered op (`pyaudiok.dispatch.Op`), skipped with

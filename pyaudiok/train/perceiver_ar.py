@@ -31,7 +31,8 @@ from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generat
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
 from .runtime import (COMPILE_HELP, DEVICES, SHARED_CHOICES, Averager, Runtime, compile_model, pick_device,
-                      precision_scope, progress_bar, same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, write_csv)
+                      precision_scope, progress_bar, same_on_every_rank, save_resumable, seed_everything,
+                      training_runtime, unwrap, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
 
