@@ -32,9 +32,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from .gpu import sm_count as _sm_count
+from .gpu import launchable, sm_count as _sm_count
 from .tf32 import parts as tf32_parts, split as tf32_split
 
 _LOG2E = 1.4426950408889634
@@ -234,7 +233,7 @@ def _scores(x: _Operand, y: _Operand, row0: int, rows: int, cfg: dict, stats: bo
     # Without stats T is never written, but a slot the kernel may write gets a tensor of its own
     # (torch.compile's kernel analysis counts it as written; tests/test_triton_sm90.py).
     t = s.new_empty(rows, triton.cdiv(B, bm)) if stats else s.new_empty(1)
-    wrap_triton(_scores_kernel)[(triton.cdiv(rows, bm), triton.cdiv(B, bm))](
+    launchable(_scores_kernel)[(triton.cdiv(rows, bm), triton.cdiv(B, bm))](
         x.k_cat, y.k_cat, s, t, row0, rows, B, K, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=cfg["block_k"], STATS=stats,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
     return s, t
@@ -248,9 +247,9 @@ def _strip_gradients(s: Tensor, row0: int, lse2: Tensor, g: Tensor, x: _Operand,
     bm, bd = cfg["block_m"], cfg["block_d"]
     common = dict(BLOCK_D=bd, BLOCK_K=cfg["block_k"], SPLIT=x.split, num_warps=cfg["warps"],
                   num_stages=cfg["stages"])
-    wrap_triton(_dx_kernel)[(triton.cdiv(D, bd), triton.cdiv(rows, bm))](
+    launchable(_dx_kernel)[(triton.cdiv(D, bd), triton.cdiv(rows, bm))](
         s, lse2, g, y.t_hi, y.t_lo, y.full, dx, row0, rows, B, D, BLOCK_M=bm, **common)
-    wrap_triton(_dy_kernel)[(triton.cdiv(D, bd), triton.cdiv(B, bm))](
+    launchable(_dy_kernel)[(triton.cdiv(D, bd), triton.cdiv(B, bm))](
         s, lse2, g, x.t_hi, x.t_lo, x.full, dy32, row0, rows, B, D, BLOCK_N=bm, FIRST=row0 == 0, **common)
 
 

@@ -18,9 +18,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from .gpu import sm_count
+from .gpu import launchable, sm_count
 
 # 2π as the sum of two float32 numbers: Triton makes float constants float32, and the float64
 # kernels need 2π to float64 precision (hi + lo is exact to ~1e-15).
@@ -153,7 +152,7 @@ def fourier_crop_matrix(mask: Tensor, n_in: int, n_out: int) -> Tensor:
     a = torch.empty((n_out, n_in), dtype=mask.dtype, device=mask.device)
     BT, BJ = 16, 32
     grid = (triton.cdiv(n_out, BT), triton.cdiv(n_in, BJ))
-    wrap_triton(_matrix_kernel)[grid](mask.contiguous(), a, mask.shape[0] - 1, n_in, n_out, BT=BT, BJ=BJ,
+    launchable(_matrix_kernel)[grid](mask.contiguous(), a, mask.shape[0] - 1, n_in, n_out, BT=BT, BJ=BJ,
                                       F64=_is_f64(mask))
     return a
 
@@ -161,7 +160,7 @@ def fourier_crop_matrix(mask: Tensor, n_in: int, n_out: int) -> Tensor:
 def fourier_crop_matrix_backward(grad: Tensor, mask: Tensor) -> Tensor:
     out = torch.empty_like(mask)
     n_out, n_in = grad.shape
-    wrap_triton(_matrix_backward_kernel)[(mask.shape[0],)](grad.contiguous(), mask, out, mask.shape[0] - 1, n_in,
+    launchable(_matrix_backward_kernel)[(mask.shape[0],)](grad.contiguous(), mask, out, mask.shape[0] - 1, n_in,
                                                             n_out, BT=16, BJ=32, F64=_is_f64(grad))
     return out
 
@@ -191,7 +190,7 @@ def fourier_mask_crop(spectrum: Tensor, mask_rows: Tensor, mask_cols: Tensor) ->
     y = torch.empty((B, H_out, Kc, 2), dtype=x.dtype, device=x.device)
     BR, BC = _spectrum_tiles(B * H_out, 2 * Kc)
     if B:
-        wrap_triton(_mask_crop_kernel)[(triton.cdiv(B * H_out, BR), triton.cdiv(2 * Kc, BC))](
+        launchable(_mask_crop_kernel)[(triton.cdiv(B * H_out, BR), triton.cdiv(2 * Kc, BC))](
             x, mask_rows.contiguous(), mask_cols.contiguous(), y, B, H, F, H_out, Kc, BR=BR, BC=BC)
     return y
 
@@ -205,7 +204,7 @@ def fourier_mask_crop_backward(grad: Tensor, spectrum: Tensor, mask_rows: Tensor
     dx = torch.empty_like(x)
     if B:
         BR, BC = _spectrum_tiles(B * H, 2 * F)
-        wrap_triton(_pad_kernel)[(triton.cdiv(B * H, BR), triton.cdiv(2 * F, BC))](
+        launchable(_pad_kernel)[(triton.cdiv(B * H, BR), triton.cdiv(2 * F, BC))](
             g, rows, cols, dx, B, H, F, H_out, Kc, BR=BR, BC=BC)
     BB, BC = 16, min(128, triton.next_power_of_2(max(2 * Kc, 1)))
     col_blocks = triton.cdiv(2 * Kc, BC)
@@ -213,6 +212,6 @@ def fourier_mask_crop_backward(grad: Tensor, spectrum: Tensor, mask_rows: Tensor
     rows_per_split = triton.cdiv(triton.cdiv(B, splits), BB) * BB
     splits = triton.cdiv(B, rows_per_split) if B else 1
     part = torch.empty((splits, H_out, Kc, 2), dtype=x.dtype, device=x.device)
-    wrap_triton(_correlation_kernel)[(H_out, col_blocks, splits)](
+    launchable(_correlation_kernel)[(H_out, col_blocks, splits)](
         g, x, part, B, H, F, H_out, Kc, rows_per_split, BB=BB, BC=BC, F64=_is_f64(x))
     return dx, part.sum((0, 3))

@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+
+from .gpu import launchable
 
 
 @triton.jit
@@ -64,6 +65,6 @@ def gabor_pool_forward(x: Tensor, re: Tensor, im: Tensor, windows: Tensor, strid
     if B == 0 or F == 0:
         return y
     block_f = max(16, triton.next_power_of_2(F))
-    wrap_triton(_gabor_pool_forward_kernel)[(B, K)](x, re, im, windows, y, T, K, F, W, stride, W // 2, floor,
+    launchable(_gabor_pool_forward_kernel)[(B, K)](x, re, im, windows, y, T, K, F, W, stride, W // 2, floor,
                                                     BLOCK_N=32, BLOCK_J=32, BLOCK_F=block_f)
     return y

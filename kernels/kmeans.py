@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+
+from .gpu import launchable
 
 MAX_D = 256  # a tile of points lives in registers
 
@@ -67,7 +68,7 @@ def _assign(x: Tensor, c: Tensor, assignments: Tensor, moving: Tensor, accumulat
     block_d = max(16, triton.next_power_of_2(D))
     block_p, block_k = (64, 32) if block_d <= 128 else (32, 32)
     grid = (B, triton.cdiv(P, block_p))
-    wrap_triton(_assign_kernel)[grid](x, c, cnorm, assignments, moving, changed, sums, counts, P, K, D,
+    launchable(_assign_kernel)[grid](x, c, cnorm, assignments, moving, changed, sums, counts, P, K, D,
                                       ACCUMULATE=accumulate, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d)
     return sums, counts, changed
 

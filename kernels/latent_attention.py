@@ -1,6 +1,6 @@
 """Triton kernels for bottom-right causal latent cross-attention (Perceiver AR, DESIGN §1).
 
-Public launchers (bodies of ``torch.library.triton_op``; launches go through ``wrap_triton``):
+Public launchers (bodies of ``torch.library.triton_op``; launches go through ``gpu.launchable``):
 
 * ``latent_attention_forward(q, k, v, key_lengths, scale, keep)`` -> ``(out, lse)``
 * ``latent_attention_backward(grad_out, q, k, v, out, lse, key_lengths, scale, keep)`` -> ``(dq, dk, dv)``
@@ -37,9 +37,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from .gpu import sm_count as _sm_count
+from .gpu import launchable, sm_count as _sm_count
 
 HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
@@ -390,12 +389,12 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, 
     else:  # partial results, merged below
         part_out = torch.empty((splits, B, H, N, D), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((splits, B, H, N), dtype=torch.float32, device=q.device)
-    wrap_triton(_fwd_kernel)[(triton.cdiv(N, tile.block_m), B * H, splits)](
+    launchable(_fwd_kernel)[(triton.cdiv(N, tile.block_m), B * H, splits)](
         q, k, v, kl, idx, part_out, part_lse, H, N, M, Mk, kv_chunk, scale * _LOG2E,
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, num_warps=tile.warps, num_stages=tile.stages, **flags)
     if splits > 1:
         R = B * H * N
-        wrap_triton(_merge_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
+        launchable(_merge_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
                                                                    BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     return out, lse
 
@@ -409,19 +408,19 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     R = B * H * N
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
-    wrap_triton(_bwd_prep_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, lse2, R,
+    launchable(_bwd_prep_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, lse2, R,
                                                                 BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     # Dropped keys get no gradient: their rows are never written when keys are gathered.
     dk = torch.zeros_like(k) if keep is not None else torch.empty_like(k)
     dv = torch.zeros_like(v) if keep is not None else torch.empty_like(v)
-    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(Mk, t_kv.block_n), B * H)](
+    launchable(_bwd_dkdv_kernel)[(triton.cdiv(Mk, t_kv.block_n), B * H)](
         q, k, v, kl, idx, grad_out, lse2, delta, dk, dv, H, N, M, Mk, scale * _LOG2E, scale,
         BLOCK_M=t_kv.block_m, BLOCK_N=t_kv.block_n, num_warps=t_kv.warps, num_stages=t_kv.stages, **flags)
     programs = triton.cdiv(N, t_q.block_m) * B * H
     kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), t_q.block_n)
     dq = torch.empty_like(q) if splits == 1 else torch.empty((splits, B, H, N, D), dtype=torch.float32,
                                                               device=q.device)
-    wrap_triton(_bwd_dq_kernel)[(triton.cdiv(N, t_q.block_m), B * H, splits)](
+    launchable(_bwd_dq_kernel)[(triton.cdiv(N, t_q.block_m), B * H, splits)](
         q, k, v, kl, idx, grad_out, lse2, delta, dq, H, N, M, Mk, kv_chunk, scale * _LOG2E, scale,
         BLOCK_M=t_q.block_m, BLOCK_N=t_q.block_n, num_warps=t_q.warps, num_stages=t_q.stages, **flags)
     if splits > 1:  # the parts are sums over disjoint key ranges

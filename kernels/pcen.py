@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+
+from .gpu import launchable
 
 
 @triton.jit
@@ -118,7 +119,7 @@ def pcen_forward(E: Tensor, params: Tensor, eps: float) -> tuple[Tensor, Tensor]
     y = torch.empty_like(E)
     M = torch.empty(E.shape, device=E.device, dtype=torch.float32)
     if E.numel():
-        wrap_triton(_pcen_forward_kernel)[_grid(B * F)](E, params, y, M, B * F, F, T, eps,
+        launchable(_pcen_forward_kernel)[_grid(B * F)](E, params, y, M, B * F, F, T, eps,
                                                          BLOCK_R=BLOCK_R, BLOCK_T=BLOCK_T)
     return y, M
 
@@ -129,6 +130,6 @@ def pcen_backward(grad: Tensor, E: Tensor, M: Tensor, params: Tensor, eps: float
     grad_E = torch.empty_like(E)
     partial = torch.empty(B * F, 4, device=E.device, dtype=torch.float32)
     if E.numel():
-        wrap_triton(_pcen_backward_kernel)[_grid(B * F)](grad, E, M, params, grad_E, partial, B * F, F, T, eps,
+        launchable(_pcen_backward_kernel)[_grid(B * F)](grad, E, M, params, grad_E, partial, B * F, F, T, eps,
                                                           BLOCK_R=BLOCK_R, BLOCK_T=BLOCK_T)
     return grad_E, partial

@@ -1,7 +1,7 @@
 """Triton kernels for residual vector quantization (RVQ).
 
 Public launchers (plain functions, meant to be bodies of ``torch.library.triton_op``;
-every launch goes through ``torch.library.wrap_triton`` and nothing syncs with the host):
+every launch goes through ``gpu.launchable`` and nothing syncs with the host):
 
 * ``rvq_forward(x, codebooks, n_q)`` -> ``(quantized, codes, sqerr)``
 * ``rvq_decode(codes, codebooks, weights)`` -> ``out``
@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
+from .gpu import launchable
 from .tf32 import parts as tf32_parts, split as tf32_split
 
 # Largest supported feature dimension (the residual row lives on chip).
@@ -263,7 +263,7 @@ def _launch_forward(
     num_programs = triton.cdiv(N, block_n)
     # One row of partial sums per program, reduced below: deterministic, no atomics.
     partial = torch.empty((num_programs, n_q), dtype=torch.float32, device=x.device)
-    wrap_triton(_rvq_forward_kernel)[(num_programs,)](
+    launchable(_rvq_forward_kernel)[(num_programs,)](
         x, codebooks, chi, clo, cnorm, codes, partial,
         N, D, K, cnorm.shape[1], n_q,
         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=tf32x3, C_LO=c_lo,
@@ -307,7 +307,7 @@ def _launch_decode(
     # Without weights the pointer is never read; any tensor will do.
     w = weights.float().contiguous() if has_weights else codebooks
 
-    wrap_triton(_rvq_decode_kernel)[(triton.cdiv(N, block_n),)](
+    launchable(_rvq_decode_kernel)[(triton.cdiv(N, block_n),)](
         codes, codebooks, w, out,
         N, D, K, n_q,
         HAS_WEIGHTS=has_weights, BLOCK_N=block_n, BLOCK_D=block_d,

@@ -32,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+
+from .gpu import launchable
 
 MAX_SOURCES = 64        # rows of E and R held in registers per program
 TARGET_PROGRAMS = 1024  # programs of the first launch: ≈ 8 per SM, one wave, short serial loops
@@ -176,11 +177,11 @@ def si_sdr_matrix(estimates: Tensor, references: Tensor, zero_mean: bool,
     block_s, block_t, chunk, chunks = _launch_config(B, N, M, T)
     p_me, p_mr, p_ee, p_rr = torch.empty(4, B, chunks, block_s, device=device, dtype=torch.float32)
     p_er = torch.empty(B, chunks, block_s, block_s, device=device, dtype=torch.float32)
-    wrap_triton(_partials_kernel)[(B * chunks,)](estimates, references, p_me, p_mr, p_ee, p_rr, p_er, N, M, T,
+    launchable(_partials_kernel)[(B * chunks,)](estimates, references, p_me, p_mr, p_ee, p_rr, p_er, N, M, T,
                                                  chunks, chunk,
                                                  ZERO_MEAN=zero_mean, USE_DOT=block_s >= MIN_DOT_ROWS,
                                                  BLOCK_S=block_s, BLOCK_T=block_t)
     block_c = max(1, min(triton.next_power_of_2(chunks), COMBINE_TILE // block_s))
-    wrap_triton(_combine_kernel)[(B * N,)](p_me, p_mr, p_ee, p_rr, p_er, matrix, ee, rr, er, N, M, T, chunks, chunk,
+    launchable(_combine_kernel)[(B * N,)](p_me, p_mr, p_ee, p_rr, p_er, matrix, ee, rr, er, N, M, T, chunks, chunk,
                                            eps, ZERO_MEAN=zero_mean, BLOCK_S=block_s, BLOCK_C=block_c)
     return matrix, ee, rr, er

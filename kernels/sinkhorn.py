@@ -31,9 +31,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
 
-from .gpu import sm_count
+from .gpu import launchable, sm_count
 
 MAX_M = 1024
 _TILE = 4096  # elements per [BLOCK_R, BLOCK_M] tile
@@ -400,7 +399,7 @@ def _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n
     csum = torch.empty_like(cmax)
     err = torch.empty((2, B, R), dtype=cost.dtype, device=cost.device)
     state = torch.full((B,), -1, dtype=torch.int32, device=cost.device)
-    kernel = wrap_triton(_sinkhorn_split_kernel)
+    kernel = launchable(_sinkhorn_split_kernel)
 
     def launch(k: int) -> None:  # launch n_iters + 1 is the final one
         kernel[(B * R,)](cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, cmax, csum, err, state,
@@ -441,7 +440,7 @@ def sinkhorn_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, n_i
             _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n_iters, tol, history, split,
                            block_m)
         else:
-            wrap_triton(_sinkhorn_forward_kernel)[(B,)](
+            launchable(_sinkhorn_forward_kernel)[(B,)](
                 cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, n, m, S, n_iters, eps, tol,
                 HISTORY=history, BLOCK_R=block_r, BLOCK_M=block_m, num_warps=_warps(block_m))
     return plan, f, g, iters, hist_f, hist_g
@@ -457,7 +456,7 @@ def sinkhorn_backward(grad_plan: Tensor, grad_f: Tensor, grad_g: Tensor, cost: T
     if B:
         fbar = torch.empty_like(log_a)
         block_r, block_m = _blocks(m)
-        wrap_triton(_sinkhorn_backward_kernel)[(B,)](
+        launchable(_sinkhorn_backward_kernel)[(B,)](
             grad_plan, grad_f, grad_g, cost, log_a, log_b, plan, iters, hist_f, hist_g,
             grad_cost, grad_log_a, grad_log_b, fbar, n, m, hist_f.shape[1], eps,
             BLOCK_R=block_r, BLOCK_M=block_m, num_warps=_warps(block_m))

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+
+from .gpu import launchable
 
 BLOCK = 128  # vector width of the per-block output and gradient loops
 
@@ -187,7 +188,7 @@ def soft_sort_rank(x: Tensor, strength: float, kl: bool, rank: bool, descending:
     if R and n:
         start = torch.empty(x.shape, dtype=torch.int32, device=x.device)
         sy, sw = torch.empty_like(x), torch.empty_like(x)
-        wrap_triton(_pav_forward_kernel)[(R,)](
+        launchable(_pav_forward_kernel)[(R,)](
             s, perm, out, blocks, start, sy, sw, n, 1.0 / strength, sign,
             KL=kl, RANK=rank, BLOCK=BLOCK, num_warps=4)
     return out, perm, blocks
@@ -200,7 +201,7 @@ def soft_sort_rank_backward(grad: Tensor, x: Tensor, out: Tensor, perm: Tensor, 
     s = torch.gather(z, 1, perm).contiguous()
     grad_x = torch.empty_like(x)
     if R and n:
-        wrap_triton(_pav_backward_kernel)[(R,)](
+        launchable(_pav_backward_kernel)[(R,)](
             grad.float().contiguous(), s, out, perm, blocks, grad_x, n, sign, dz,
             KL=kl, RANK=rank, BLOCK=BLOCK, num_warps=4)
     return grad_x

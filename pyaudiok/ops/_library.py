@@ -77,24 +77,61 @@ def without_autocast(backward: Callable) -> Callable:
     return run
 
 
-_TRITON_OPS: dict[str, object] = {}
+class TritonOp:
+    """A Triton op: `op`, the registered torch.ops.pyaudiok.<name> with its fake and autograd
+    registrations (what torch.compile, opcheck and autograd see), and its `launcher`, the Python
+    function that launches the kernels.
+
+    A call goes to the launcher directly when nothing needs the registration: no tracer is watching
+    (kernels.gpu.tracing) and no input takes a gradient here (grad mode off, as in every backward
+    and in inference, or no input requiring one). The custom-op dispatch around a launcher costs
+    tens to hundreds of µs of host time a call on a GPU machine (`bench/host_cost.py`), more than
+    the launches themselves, and small calls are bound by it. Under the profiler the direct call
+    keeps the op's name as a record."""
+
+    def __init__(self, name: str, op, launcher: Callable):
+        self.name, self.op, self.launcher = f"pyaudiok::{name}", op, launcher
+
+    def __call__(self, *args):
+        if _gpu().tracing() or _takes_grad(args):
+            return self.op(*args)
+        if torch.autograd._profiler_enabled():
+            with torch.profiler.record_function(self.name):
+                return self.launcher(*args)
+        return self.launcher(*args)
+
+    def __repr__(self) -> str:
+        return f"TritonOp({self.name})"
+
+
+@functools.cache
+def _gpu():
+    """pyaudiok.kernels.gpu (imported on first use: `import pyaudiok` imports nothing of the kernels)."""
+    return importlib.import_module("pyaudiok.kernels.gpu")
+
+
+def _takes_grad(args) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+_TRITON_OPS: dict[str, TritonOp] = {}
 
 
 def triton_op(name: str, kernel_module: str, function: str,
-              register: Callable[[str], None] | None = None):
+              register: Callable[[str], None] | None = None) -> TritonOp:
     """Register `pyaudiok.kernels.<kernel_module>.<function>` as the op pyaudiok::<name> (once) and
-    return it. `register(qualname)` adds its fake/autograd registrations."""
+    return it as a TritonOp. `register(qualname)` adds its fake/autograd registrations."""
     if name not in _TRITON_OPS:
         _TRITON_OPS[name] = _register_triton_op(name, kernel_module, function, register)
     return _TRITON_OPS[name]
 
 
-def _register_triton_op(name, kernel_module, function, register):
+def _register_triton_op(name, kernel_module, function, register) -> TritonOp:
     launcher = getattr(importlib.import_module(f"pyaudiok.kernels.{kernel_module}"), function)
     torch.library.triton_op(f"pyaudiok::{name}", mutates_args=())(launcher)
     if register is not None:
         register(f"pyaudiok::{name}")
-    return getattr(torch.ops.pyaudiok, name)
+    return TritonOp(name, getattr(torch.ops.pyaudiok, name), launcher)
 
 
 def register_backends(op: dispatch.Op, *, reference: Callable, cpu: Callable | None = None,

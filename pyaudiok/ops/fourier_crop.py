@@ -167,9 +167,10 @@ class Masking(NamedTuple):
             at = np.cumsum([0] + sizes)
             for i, (slope, owner) in enumerate(zip(slopes, owners)):
                 table[1 + owner, at[i]:at[i + 1]] = slope
-        # One transfer; non_blocking: a pageable host buffer is staged at once, and the host does not
-        # wait on the device.
-        device = torch.from_numpy(table).to(x.device, non_blocking=True)
+        # One transfer, from pinned memory on CUDA (torch's caching host allocator: the block is
+        # reused once the copy is done), so it is asynchronous: a pageable one may wait on the stream.
+        host = torch.from_numpy(table)
+        device = (host.pin_memory() if x.device.type == "cuda" else host).to(x.device, non_blocking=True)
         return list(device[0].to(x.dtype).split(sizes)), device[1:] if self.learn else None
 
 

@@ -12,7 +12,7 @@ import pyaudiok
 from pyaudiok.ops import bilinear_contrastive_loss
 from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_reference
 
-from ..harness import TOLERANCE, assert_close, compare_with_reference, poisoned_outputs, require_backend
+from ..harness import TOLERANCE, assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend
 
 BACKENDS = ("cpu", "triton")
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -252,9 +252,9 @@ def test_registered_ops_pass_opcheck(backend):
     if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
     for with_grad in (True, False):  # with_grad: the gradients for g = 1 come with the forward
-        torch.library.opcheck(forward, (*inputs, with_grad), test_utils=tests)
+        opcheck(forward, (*inputs, with_grad), test_utils=tests)
     loss, _, lse, *_ = forward(*inputs, True)
-    torch.library.opcheck(backward, (torch.randn_like(loss), *(t.detach() for t in inputs), lse.detach()),
+    opcheck(backward, (torch.randn_like(loss), *(t.detach() for t in inputs), lse.detach()),
                           test_utils=("test_schema", "test_faketensor"))
 
 

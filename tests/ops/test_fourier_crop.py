@@ -14,7 +14,8 @@ from pyaudiok.ops.fourier_crop import (FOURIER_CROP, METHODS, _triton_kernels, _
                                        _triton_matrix_backward, choose_method, fourier_crop_output_size,
                                        fourier_crop_reference)
 
-from ..harness import assert_close, poisoned_outputs, require_backend, pick, run_with_grads, same_dtype_reference
+from ..harness import (assert_close, opcheck, pick, poisoned_outputs, require_backend, run_with_grads,
+                      same_dtype_reference)
 
 # The module (the package's attribute of that name is the function).
 fourier_crop_module = importlib.import_module("pyaudiok.ops.fourier_crop")
@@ -266,12 +267,12 @@ def test_registered_ops_pass_opcheck(backend):
         # AOT tracing hands the interpreter functional tensors without storage; on a GPU it runs.
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
     mask = torch.rand(7, device=device, requires_grad=True)
-    torch.library.opcheck(matrix, (mask, 20, 13), test_utils=tests)
-    torch.library.opcheck(matrix_backward, (torch.randn(13, 20, device=device), mask.detach()), test_utils=tests)
+    opcheck(matrix, (mask, 20, 13), test_utils=tests)
+    opcheck(matrix_backward, (torch.randn(13, 20, device=device), mask.detach()), test_utils=tests)
     spectrum = torch.randn(3, 20, 11, 2, device=device, requires_grad=True)
     rows, cols = torch.rand(13, device=device, requires_grad=True), torch.rand(8, device=device, requires_grad=True)
-    torch.library.opcheck(mask_crop, (spectrum, rows, cols), test_utils=tests)
-    torch.library.opcheck(mask_crop_backward, (torch.randn(3, 13, 8, 2, device=device), spectrum.detach(),
+    opcheck(mask_crop, (spectrum, rows, cols), test_utils=tests)
+    opcheck(mask_crop_backward, (torch.randn(3, 13, 8, 2, device=device), spectrum.detach(),
                                                rows.detach(), cols.detach()), test_utils=tests)
 
 

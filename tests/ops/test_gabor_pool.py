@@ -16,7 +16,7 @@ from pyaudiok.ops.gabor_pool import (CPU_SEGMENT, FFT_MIN_WINDOW, FLOOR, GABOR_P
                                      fft_length, gabor_filters, gabor_pool_fft, gabor_pool_reference,
                                      gabor_pool_tiled, gaussian_windows, segment_length)
 
-from ..harness import TOLERANCE, compare_with_reference, rel_error, require_backend
+from ..harness import TOLERANCE, compare_with_reference, opcheck, rel_error, require_backend
 
 BACKENDS = ("cpu", "triton", "cuda")
 
@@ -229,4 +229,4 @@ def test_triton_raw_op_passes_opcheck():
     windows = gaussian_windows(torch.full((3,), 0.4, device=device), window)[:, 0].T.contiguous()
     x = waveform(2, 100, device)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(_triton_forward(), (x, re, im, windows.requires_grad_(True), 16, FLOOR), test_utils=tests)
+    opcheck(_triton_forward(), (x, re, im, windows.requires_grad_(True), 16, FLOOR), test_utils=tests)

@@ -9,7 +9,7 @@ import pyaudiok
 from pyaudiok.ops import kmeans
 from pyaudiok.ops.kmeans import LLOYD, _lloyd_triton, kmeans_plus_plus, lloyd_reference
 
-from ..harness import TOLERANCE, rel_error, require_backend
+from ..harness import TOLERANCE, opcheck, rel_error, require_backend
 
 BACKENDS = ("cpu", "triton", "cuda")
 
@@ -106,7 +106,7 @@ def test_triton_op_passes_opcheck():
     device = require_backend(LLOYD, "triton")
     x = clustered(2, 20, 3, 3, device)
     _lloyd_triton(x, x[:, :3].clone(), 1)  # registers the op
-    torch.library.opcheck(torch.ops.pyaudiok.kmeans_lloyd_triton, (x, x[:, :3].clone(), 2),
+    opcheck(torch.ops.pyaudiok.kmeans_lloyd_triton, (x, x[:, :3].clone(), 2),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -131,7 +131,7 @@ def test_cpu_kernel_passes_opcheck():
     if not pyaudiok.ops._library.extension_loaded():
         pytest.skip("the C++ extension is not built")
     x = clustered(2, 21, 5, 3)
-    torch.library.opcheck(pyaudiok.ops._library.cpp_op("kmeans_lloyd"), (x, x[:, :3].clone(), 3),
+    opcheck(pyaudiok.ops._library.cpp_op("kmeans_lloyd"), (x, x[:, :3].clone(), 3),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 

@@ -15,7 +15,7 @@ import pyaudiok
 from pyaudiok.ops import latent_cross_attention
 from pyaudiok.ops.latent_attention import OP, latent_attention_reference
 
-from ..harness import assert_close, compare_with_reference, poisoned_outputs, require_backend, threads
+from ..harness import assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend, threads
 
 BACKENDS = ("cpu", "triton")
 
@@ -301,12 +301,12 @@ def test_registered_ops_pass_opcheck(backend):
     if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
     for kl, kp in ((None, None), (lengths, None), (None, keep)):
-        torch.library.opcheck(forward, (q, k, v, kl, 0.25, kp), test_utils=tests)
+        opcheck(forward, (q, k, v, kl, 0.25, kp), test_utils=tests)
     # Every key visible to the last query (one flash call on the cpu backend: its gradients come back
     # in ATen's layout unless made contiguous), then per-row lengths; square (M = N) and M > N.
     for kq, kk, kv_, kl in ((q, k, v, None), (q, k, v, lengths), (q, k[:, :, :8], v[:, :, :8], None)):
         out, lse = forward(kq, kk, kv_, kl, 0.25, None)
-        torch.library.opcheck(backward, (torch.randn_like(out), kq.detach(), kk.detach().contiguous(),
+        opcheck(backward, (torch.randn_like(out), kq.detach(), kk.detach().contiguous(),
                                          kv_.detach().contiguous(), out.detach(), lse.detach(), kl, 0.25, None),
                               test_utils=("test_schema", "test_faketensor"))
 

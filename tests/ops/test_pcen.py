@@ -11,7 +11,7 @@ import pyaudiok
 from pyaudiok.ops import pcen
 from pyaudiok.ops.pcen import PCEN, _triton_forward, pcen_reference
 
-from ..harness import assert_close, compare_with_reference, require_backend
+from ..harness import assert_close, compare_with_reference, opcheck, require_backend
 
 BACKENDS = ("cpu", "triton")
 
@@ -192,7 +192,7 @@ def test_raw_op_passes_opcheck(backend):
     params = torch.stack([a, d, r, s]).requires_grad_(True)
     op = torch.ops.pyaudiok.pcen_forward if backend == "cpu" else _triton_forward()
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(op, (E.requires_grad_(True), params, 1e-12), test_utils=tests)
+    opcheck(op, (E.requires_grad_(True), params, 1e-12), test_utils=tests)
 
 
 def test_bad_inputs():

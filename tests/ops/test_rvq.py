@@ -10,7 +10,7 @@ import pyaudiok
 from pyaudiok.ops import residual_vq, rvq_decode
 from pyaudiok.ops.rvq import DECODE, FORWARD, rvq_reference
 
-from ..harness import FUSED_BACKENDS, assert_close, compare_with_reference, poisoned_outputs, require_backend
+from ..harness import FUSED_BACKENDS, assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend
 from ..harness import threads as threads_of
 
 SHAPES = [  # (N, D, K, Q): odd sizes, K not a multiple of any block, D not a power of two
@@ -270,10 +270,10 @@ def test_registered_ops_pass_opcheck(backend):
     if backend == "triton" and device.type == "cpu":
         # AOT tracing hands the interpreter functional tensors without storage; on a GPU it runs.
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
-    torch.library.opcheck(forward, (x.requires_grad_(True), codebooks, 2), test_utils=tests)
+    opcheck(forward, (x.requires_grad_(True), codebooks, 2), test_utils=tests)
     codes = torch.randint(0, 16, (20, 3), device=device)
-    torch.library.opcheck(decode, (codes, codebooks.requires_grad_(True), None), test_utils=tests)
-    torch.library.opcheck(decode, (codes, codebooks, torch.rand(3, device=device, requires_grad=True)),
+    opcheck(decode, (codes, codebooks.requires_grad_(True), None), test_utils=tests)
+    opcheck(decode, (codes, codebooks, torch.rand(3, device=device, requires_grad=True)),
                           test_utils=tests)
 
 

@@ -12,7 +12,7 @@ import pyaudiok
 from pyaudiok.ops import neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
 from pyaudiok.ops.si_sdr import MATRIX, _triton_matrix_op, si_sdr_matrix_reference
 
-from ..harness import compare_with_reference, require_backend, threads as threads_of
+from ..harness import compare_with_reference, opcheck, require_backend, threads as threads_of
 
 BACKENDS = ("cpu", "triton", "cuda")
 
@@ -194,7 +194,7 @@ def test_matrix_op_passes_opcheck(backend):
         tests += ("test_aot_dispatch_dynamic",)
     else:
         op = _triton_matrix_op()
-    torch.library.opcheck(op, (e, r, True, 1e-8), test_utils=tests)
+    opcheck(op, (e, r, True, 1e-8), test_utils=tests)
 
 
 def test_pit_cpu_ops_pass_opcheck():
@@ -204,8 +204,8 @@ def test_pit_cpu_ops_pass_opcheck():
         pytest.skip("needs the C++ extension")
     e, r = mixtures(2, 2, 3, 100)
     tests = ("test_schema", "test_faketensor")
-    torch.library.opcheck(pyaudiok.ops._library.cpp_op("pit_assign_cpu"), (torch.randn(3, 2, 4),), test_utils=tests)
-    torch.library.opcheck(pyaudiok.ops._library.cpp_op("pit_si_sdr_cpu"), (e, r, True, 1e-8), test_utils=tests)
+    opcheck(pyaudiok.ops._library.cpp_op("pit_assign_cpu"), (torch.randn(3, 2, 4),), test_utils=tests)
+    opcheck(pyaudiok.ops._library.cpp_op("pit_si_sdr_cpu"), (e, r, True, 1e-8), test_utils=tests)
     with pytest.raises(RuntimeError, match="N <= M <= 8"):
         pyaudiok.ops._library.cpp_op("pit_assign_cpu")(torch.randn(1, 2, 9))
     with pytest.raises(RuntimeError, match="N <= M <= 8"):  # refused before any work

@@ -10,7 +10,7 @@ import pyaudiok
 from pyaudiok.ops import log_sinkhorn_normalize, sinkhorn, sinkhorn_rank, sinkhorn_sort
 from pyaudiok.ops.sinkhorn import SINKHORN, _triton_backward, _triton_forward, sinkhorn_reference
 
-from ..harness import FUSED_BACKENDS, compare_with_reference, poisoned_outputs, require_backend
+from ..harness import FUSED_BACKENDS, compare_with_reference, opcheck, poisoned_outputs, require_backend
 
 
 def marginals(B, n, m, device, zero_row=False):
@@ -221,12 +221,12 @@ def test_registered_ops_pass_opcheck(backend, history):
     cost = torch.rand(2, 5, 6, device=device, requires_grad=True)
     a, b = marginals(2, 5, 6, device)
     la, lb = a.log().requires_grad_(True), b.log().requires_grad_(True)
-    torch.library.opcheck(forward, (cost, la, lb, 0.1, 4, 0.0, history), test_utils=tests)
+    opcheck(forward, (cost, la, lb, 0.1, 4, 0.0, history), test_utils=tests)
     if history:
         out = forward(cost.detach(), la.detach(), lb.detach(), 0.1, 4, 0.0, True)
         args = (torch.rand_like(out[0]), torch.rand_like(la), torch.rand_like(lb), cost.detach(), la.detach(),
                 lb.detach(), out[0], out[3], out[4], out[5], 0.1)
-        torch.library.opcheck(backward, args, test_utils=tuple(t for t in tests if t == "test_schema"
+        opcheck(backward, args, test_utils=tuple(t for t in tests if t == "test_schema"
                                                                 or t == "test_faketensor"))
 
 
@@ -360,7 +360,7 @@ def test_split_route_passes_opcheck():
     cost = torch.rand(2, 5, 6, device=device)
     a, b = marginals(2, 5, 6, device)
     with kernels.forced_route("split"):
-        torch.library.opcheck(_triton_forward(), (cost, a.log(), b.log(), 0.1, 3, 0.0, True),
+        opcheck(_triton_forward(), (cost, a.log(), b.log(), 0.1, 3, 0.0, True),
                               test_utils=("test_schema", "test_faketensor"))
 
 

@@ -11,7 +11,7 @@ import pyaudiok
 from pyaudiok.ops import soft_rank, soft_sort
 from pyaudiok.ops.soft_rank import RANK, SORT, _triton_forward, pav_blocks, soft_rank_reference, soft_sort_reference
 
-from ..harness import FUSED_BACKENDS, assert_close, compare_with_reference, poisoned_outputs, require_backend
+from ..harness import FUSED_BACKENDS, assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend
 
 OPS = {"rank": (soft_rank, RANK), "sort": (soft_sort, SORT)}
 VARIANTS = [(reg, desc) for reg in ("l2", "kl") for desc in (False, True)]
@@ -172,7 +172,7 @@ def test_registered_ops_pass_opcheck(backend, kl, rank):
     if backend == "triton" and device.type == "cpu":
         tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
     x = torch.randn(3, 7, device=device, requires_grad=True)
-    torch.library.opcheck(forward, (x, 0.5, kl, rank, False), test_utils=tests)
+    opcheck(forward, (x, 0.5, kl, rank, False), test_utils=tests)
 
 
 # ---------------------------------------------------------------------------------------------

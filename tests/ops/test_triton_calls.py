@@ -1,0 +1,85 @@
+"""How the Triton ops are called: directly in eager mode when neither autograd nor a tracer needs
+the registered custom op (`TritonOp`), launches without `wrap_triton` then (`launchable`), and the
+registered op otherwise."""
+from unittest import mock
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from pyaudiok import dispatch, ops
+from pyaudiok.ops.fourier_crop import FOURIER_CROP, _triton_kernels, _triton_matrix_backward
+
+from ..harness import assert_close, require_backend
+
+pytest.importorskip("triton")
+
+
+def _refusing(op):
+    """The TritonOp with its registered op replaced by one that fails the test if called."""
+    return mock.patch.object(op, "op", mock.Mock(side_effect=AssertionError("went through the registered op")))
+
+
+def test_launchable_is_the_kernel_itself_unless_a_tracer_watches():
+    from pyaudiok.kernels import gpu
+    from pyaudiok.kernels.fourier_crop import _matrix_kernel
+    with mock.patch.object(gpu, "wrap_triton", return_value="wrapped") as wrap:
+        assert not gpu.tracing()
+        assert gpu.launchable(_matrix_kernel) is _matrix_kernel
+        with FakeTensorMode():  # a tracer records launches through wrap_triton
+            assert gpu.tracing()
+            assert gpu.launchable(_matrix_kernel) == "wrapped"
+    wrap.assert_called_once_with(_matrix_kernel)
+
+
+def test_triton_op_calls_its_launcher_directly_when_nothing_needs_the_registration():
+    device = require_backend(FOURIER_CROP, "triton")
+    matrix = _triton_kernels().matrix
+    mask = torch.rand(5, device=device)
+    expected = matrix.op(mask, 16, 9)
+    with _refusing(matrix):
+        assert_close("direct call", matrix(mask, 16, 9), expected, torch.float32)  # no input takes a gradient
+        with torch.no_grad():
+            assert_close("direct call, no_grad", matrix(mask.requires_grad_(), 16, 9), expected, torch.float32)
+
+
+def test_triton_op_goes_through_the_registration_for_autograd_and_tracers():
+    device = require_backend(FOURIER_CROP, "triton")
+    matrix = _triton_kernels().matrix
+    mask = torch.rand(5, device=device, requires_grad=True)
+    out = matrix(mask, 16, 9)  # grad mode on, an input requiring one: the registered autograd
+    assert out.grad_fn is not None
+    grad = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, mask, grad)
+    assert_close("backward op, called directly", _triton_matrix_backward()(grad, mask.detach()), expected,
+                 torch.float32)
+    with _refusing(matrix) as registered:
+        registered.side_effect = None
+        registered.return_value = "registered"
+        with FakeTensorMode():
+            assert matrix(torch.empty(5), 16, 9) == "registered"
+        assert matrix(mask, 16, 9) == "registered"
+
+
+def test_direct_call_keeps_the_op_name_in_profiles():
+    device = require_backend(FOURIER_CROP, "triton")
+    matrix = _triton_kernels().matrix
+    with _refusing(matrix), torch.profiler.profile() as prof:
+        matrix(torch.rand(5, device=device), 16, 9)
+    assert "pyaudiok::fourier_crop_matrix_triton" in {event.name for event in prof.events()}
+
+
+def test_public_op_with_direct_calls_matches_the_reference_forward_and_backward():
+    """fourier_crop's Triton path calls every kernel directly (inside its own autograd nodes)."""
+    device = require_backend(FOURIER_CROP, "triton")
+    x = torch.randn(2, 3, 12, 10, device=device, dtype=torch.float64)
+    outputs = {}
+    for backend in ("reference", "triton"):
+        xb = x.float().requires_grad_()
+        strides = torch.tensor([1.7, 2.2], device=device, requires_grad=True)
+        with dispatch.use_backend(backend):
+            y = ops.fourier_crop(xb, strides, method="fft" if backend == "triton" else None)
+        y.backward(torch.ones_like(y))
+        outputs[backend] = (y.detach(), xb.grad, strides.grad)
+    for name, out, ref in zip(("y", "dx", "dstrides"), outputs["triton"], outputs["reference"]):
+        assert_close(name, out, ref, torch.float32)
