@@ -13,7 +13,9 @@
 # on the same warm machine: the wheels and the build are already in place), TESTS=0 (skip the tests),
 # PROFILE (';'-separated argument lists of bench/profile.py, e.g. "--only fourier_crop --case 2d
 # --index 3": where those cases' time goes; PROFILE_S bounds each), COMPILED_PEERS=1 (also time the
-# torch.compile peers; off by default: their compiling would eat the modules' time limits).
+# torch.compile peers; off by default: their compiling would eat the modules' time limits), HOST_COST=1
+# (host time per call of each Triton op, called directly and through its registration:
+# bench/host_cost.py; HOST_COST_S bounds it).
 # A copied tree's git metadata may be stale: the commit recorded in the bench rows is read from
 # .bench-commit when present (write it before copying: git rev-parse --short HEAD > .bench-commit).
 # Wheels of missing Python packages are installed first when .whl/ holds any, and source
@@ -94,5 +96,12 @@ if [ -n "${PROFILE:-}" ]; then  # where chosen cases' time goes (bench/profile.p
       || echo "profile $spec: exit status $?" | tee -a "$out/profiles.txt"
   done
   grep -E "^(==|--)" "$out/profiles.txt"
+fi
+
+if [ "${HOST_COST:-0}" = 1 ]; then  # host time per call, direct against registered (bench/host_cost.py)
+  phase "host cost per call"
+  timeout "${HOST_COST_S:-90}" python3 -m pyaudiok.bench.host_cost --device cuda > "$out/host_cost.txt" 2>&1 \
+    || echo "host cost: exit status $?"
+  cat "$out/host_cost.txt"
 fi
 phase done

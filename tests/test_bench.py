@@ -1,8 +1,10 @@
 """The benchmark harness and `pyaudiok bench` (smallest sizes, short timing)."""
 import json
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pyaudiok.bench import harness
@@ -109,6 +111,20 @@ def test_profile_by_host_time_with_python_hotspots():
     assert out.returncode == 0, out.stderr
     assert "-- auto (dispatch by size): Python functions by own time over 2 calls" in out.stdout
     assert "fourier_crop.py" in out.stdout  # the op's own Python frames are listed
+
+
+def test_host_cost_times_each_op_both_ways():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-m", "pyaudiok.bench.host_cost", "--device", "cpu", "--calls", "2",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "skipped" not in out.stdout, out.stdout
+    assert "trivial kernel: direct launch" in out.stdout
+    for op in ("fourier_crop 2-D 32x32, matmul", "latent_cross_attention", "sinkhorn", "soft_rank", "pcen",
+               "bilinear_contrastive_loss"):
+        line = next(line for line in out.stdout.splitlines() if line.startswith(op))
+        assert "direct" in line and "registered" in line and "saved" in line
 
 
 def test_cli_rejects_unknown_benchmark():
