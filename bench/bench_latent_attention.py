@@ -7,13 +7,16 @@ the backward), in the attention's own shapes and, as the machine's matmul peak, 
 (x floor ≤ 2 is ≥ 50 % of that peak). Both count every row at full length.
 
 `latent_attn.lengths` runs B = 2 rows with different key_lengths; its SDPA peer gets the per-row
-mask materialised, which is what SDPA needs for it."""
+mask materialised, which is what SDPA needs for it. On a GPU the backward cases also time the
+Triton backend with dQ added atomically by the dK/dV kernel (`kernels.latent_attention.DQ_MODE`),
+the scheme that is not the default until it measures faster."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from pyaudiok import backends
 from pyaudiok.ops.latent_attention import OP, latent_cross_attention, visible_mask
 
 from .harness import Candidate, Case, backend_candidates, relative_error, with_backend
@@ -106,6 +109,19 @@ def _peak_floor(q, k, backward):
     return lambda: torch.mm(a, b, out=out)
 
 
+def _atomic_dq(run):
+    """run() with the Triton backward adding dQ atomically (no dQ pass)."""
+    from pyaudiok.kernels import latent_attention as kernels
+
+    def call():
+        saved, kernels.DQ_MODE = kernels.DQ_MODE, "atomic"
+        try:
+            return run()
+        finally:
+            kernels.DQ_MODE = saved
+    return call
+
+
 def attention_case(device, N, M, backward, lengths=None) -> Case:
     B = 1 if lengths is None else len(lengths)
     dtype = DTYPE[device.type]
@@ -120,6 +136,8 @@ def attention_case(device, N, M, backward, lengths=None) -> Case:
         cands.append(Candidate("reference", "reference", None, skip="the [N, M] score matrix is too large here"))
     cands += backend_candidates(OP, device, dtype, (q, k, v, None, D ** -0.5, None),
                                 lambda b: with_backend(b, ours), check)
+    if backward and device.type == "cuda" and backends.triton_reason(device) is None:
+        cands.append(Candidate("triton, atomic dQ", "backend", _atomic_dq(with_backend("triton", ours))))
     if lengths is None:
         mask = causal_lower_right(N, M)
     else:  # SDPA has no per-row lengths: a materialised [B, 1, N, M] mask

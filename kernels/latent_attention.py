@@ -19,9 +19,9 @@ the key range is split over a third grid axis (split-KV) in the forward and in t
 forward's partial results are merged by their log-sum-exp, the dQ parts are summed. The backward is
 FlashAttention-2's without atomics: one kernel owns a key block and accumulates dK, dV over the
 query blocks that see it, another owns a query block (and key range) for dQ, so the scores and dP
-are computed twice (7 matmuls of the forward's size in all, against 5 with atomic dQ, which would
+are computed twice (7 matmuls of the forward's size in all, against 5 with atomic dQ, which may
 serialise thousands of key blocks on the few query blocks of a latent layer); results are
-deterministic.
+deterministic. The atomic scheme is there as an option (``DQ_MODE``), to be timed against it.
 
 Every product runs on tensor cores: bf16/fp16 operands directly, fp32 operands as TF32 when
 ``torch.backends.cuda.matmul.allow_tf32`` is set, else as 3×TF32 (``tf32x3``: fp32 accuracy, the
@@ -180,10 +180,13 @@ def _bwd_prep_kernel(O, DO, LSE, DELTA, LSE2, R, BLOCK: tl.constexpr, D: tl.cons
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, N, start, end, offset, L, cols, d, qk_scale,
-                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, N, start, end, offset, L, cols, d, qk_scale, sm_scale,
+                MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr,
+                PREC: tl.constexpr):
     # Scores are formed transposed, [keys, queries], so P^T and dS^T come out of the tensor cores
     # in the layout the dV and dK products take them in (no transpose through shared memory).
+    # ATOMIC_DQ: this block's share of dQ = dS K is added into the fp32 accumulator DQ as well,
+    # so no second pass recomputes the scores for it.
     for m0 in range(start, end, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < N
@@ -200,12 +203,15 @@ def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, N, start, end, offset, L, cols,
         dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(dst.to(k.dtype)), k, input_precision=PREC)
+            tl.atomic_add(DQ + rows[:, None] * D + d[None, :], dq * sm_scale, mask=row_ok[:, None])
     return dk, dv
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DK, DV, H, N, M, Mk, qk_scale, sm_scale,
-                     HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr,
+def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DK, DV, DQ, H, N, M, Mk, qk_scale, sm_scale,
+                     HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr, ATOMIC_DQ: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -229,10 +235,11 @@ def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DK, DV, H, N, M, Mk, qk_s
     q_full = q_lo + tl.cdiv(tl.maximum(ks + BLOCK_N - 1 - offset - q_lo, 0), BLOCK_M) * BLOCK_M
     q_full = tl.where(ks + BLOCK_N <= L, tl.minimum(q_full, N), N)
     Qb, DOb, LSEb, DELTAb = Q + bh * N * D, DO + bh * N * D, LSE + bh * N, DELTA + bh * N
-    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, N, q_lo, q_full, offset, L, cols, d, qk_scale,
-                         True, BLOCK_M, D, PREC)
-    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, N, q_full, N, offset, L, cols, d, qk_scale,
-                         False, BLOCK_M, D, PREC)
+    DQb = DQ + bh * N * D if ATOMIC_DQ else DQ
+    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, DQb, N, q_lo, q_full, offset, L, cols, d, qk_scale,
+                         sm_scale, True, ATOMIC_DQ, BLOCK_M, D, PREC)
+    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, DQb, N, q_full, N, offset, L, cols, d, qk_scale,
+                         sm_scale, False, ATOMIC_DQ, BLOCK_M, D, PREC)
     off = bh * M * D + krow[:, None] * D + d[None, :]
     tl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
@@ -367,6 +374,20 @@ def _common(q, k, key_lengths, keep):
     return B, H, N, D, M, Mk, kl, idx, flags
 
 
+# How the backward computes dQ: "separate" (default), a kernel of its own per query block that
+# recomputes the scores, deterministic; or "atomic", added by the dK/dV kernel into an fp32
+# accumulator (5 matmuls of the forward's size instead of 7, FlashAttention-2's scheme; the sums'
+# order varies from run to run). Not the default until timed on a GPU: at M >> N thousands of key
+# blocks add into the few query blocks of a latent layer. Deterministic mode keeps "separate".
+DQ_MODE = "separate"
+
+
+def dq_mode() -> str:
+    if DQ_MODE not in ("separate", "atomic"):
+        raise ValueError(f"DQ_MODE must be 'separate' or 'atomic'; got {DQ_MODE!r}")
+    return "separate" if torch.are_deterministic_algorithms_enabled() else DQ_MODE
+
+
 def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:
     """(keys per split, a multiple of block_n; number of non-empty splits)."""
     chunk = triton.cdiv(triton.cdiv(Mk, splits), block_n) * block_n
@@ -413,9 +434,16 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     # Dropped keys get no gradient: their rows are never written when keys are gathered.
     dk = torch.zeros_like(k) if keep is not None else torch.empty_like(k)
     dv = torch.zeros_like(v) if keep is not None else torch.empty_like(v)
+    atomic = dq_mode() == "atomic"
+    # The dQ accumulator (fp32) where the dK/dV kernel adds dQ; unused otherwise, but a tensor of its
+    # own all the same (see _common).
+    dq_acc = q.new_zeros((B, H, N, D), dtype=torch.float32) if atomic else q.new_empty(1, dtype=torch.float32)
     launchable(_bwd_dkdv_kernel)[(triton.cdiv(Mk, t_kv.block_n), B * H)](
-        q, k, v, kl, idx, grad_out, lse2, delta, dk, dv, H, N, M, Mk, scale * _LOG2E, scale,
-        BLOCK_M=t_kv.block_m, BLOCK_N=t_kv.block_n, num_warps=t_kv.warps, num_stages=t_kv.stages, **flags)
+        q, k, v, kl, idx, grad_out, lse2, delta, dk, dv, dq_acc, H, N, M, Mk, scale * _LOG2E, scale,
+        BLOCK_M=t_kv.block_m, BLOCK_N=t_kv.block_n, num_warps=t_kv.warps, num_stages=t_kv.stages,
+        ATOMIC_DQ=atomic, **flags)
+    if atomic:
+        return dq_acc.to(q.dtype), dk, dv
     programs = triton.cdiv(N, t_q.block_m) * B * H
     kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), t_q.block_n)
     dq = torch.empty_like(q) if splits == 1 else torch.empty((splits, B, H, N, D), dtype=torch.float32,

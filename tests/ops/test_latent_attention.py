@@ -160,6 +160,32 @@ def test_triton_split_kv_backward():
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("B,H,N,M,d,lengths", CASES[:4])
+def test_triton_atomic_dq_backward_matches_reference(monkeypatch, B, H, N, M, d, lengths):
+    """DQ_MODE "atomic": dQ added by the dK/dV kernel (no dQ pass) gives the reference's gradients,
+    also with gathered keys (cross-attend dropout) and rows that see no key."""
+    device = require_backend(OP, "triton")
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, "DQ_MODE", "atomic")
+    monkeypatch.setattr(kernels, "_bwd_dq_kernel", None)  # the dQ pass must not run
+    q, k, v = _inputs(B, H, N, M, d, device)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), "triton")
+    keep = torch.stack([torch.cat([torch.randperm(M - N)[:(M - N) // 2].sort().values, torch.arange(M - N, M)])
+                        for _ in range(B)]).to(device)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, dropout_keep=keep), (q, k, v), "triton")
+
+
+def test_triton_dq_mode_is_checked_and_deterministic_mode_keeps_the_dq_pass(monkeypatch):
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, "DQ_MODE", "atomic")
+    assert kernels.dq_mode() == "atomic"
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert kernels.dq_mode() == "separate"  # atomics add in a varying order
+    monkeypatch.setattr(kernels, "DQ_MODE", "fast")
+    with pytest.raises(ValueError, match="DQ_MODE must be 'separate' or 'atomic'; got 'fast'"):
+        kernels.dq_mode()
+
+
 def test_triton_fp32_runs_on_tensor_cores():
     """fp32 dots are 3xTF32 (fp32-accurate), TF32 only where PyTorch's matmuls may use TF32: never
     the FMA fallback, which spills registers on the GPU."""
