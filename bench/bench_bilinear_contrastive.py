@@ -1,5 +1,5 @@
 """Benchmark of the bilinear contrastive loss (DESIGN §6), forward + backward to anchors, positives
-and W, D = 512, B = 1024…16 384: the reference (the plain PyTorch a user writes: `[B, B]` logits and
+and W, D = 512, B = 256…16 384: the reference (the plain PyTorch a user writes: `[B, B]` logits and
 `F.cross_entropy`, which is also the peer), every backend, and the speed floor of any exact method:
 its GEMMs in torch at the input dtype, into preallocated outputs: Ã = A W, the three B²D products
 (S = Ã Pᵀ, then S P and Sᵀ Ã for the gradients), and the two B·D² products of the backward through
@@ -14,7 +14,7 @@ from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_loss
 from .harness import Candidate, Case, backend_candidates, compiled, with_backend, with_tf32
 
 D = 512
-SIZES = {"cpu": (1024, 4096, 8192), "cuda": (1024, 4096, 8192, 16384)}
+SIZES = {"cpu": (256, 1024, 4096, 8192), "cuda": (1024, 4096, 8192, 16384)}
 QUICK = {"cpu": (1024,), "cuda": (4096,)}
 DTYPE = {"cpu": torch.float32, "cuda": torch.float32}
 
@@ -61,6 +61,7 @@ def contrastive_case(device: torch.device, B: int) -> Case:
 
     cands = [Candidate("reference", "reference", _step("reference", a, p, w))]
     cands += backend_candidates(OP, device, dtype, (a, p, w, False, "mean"), lambda b: _step(b, a, p, w), check)
+    cands.append(Candidate("auto (dispatch by size)", "backend", _loss_step(a, p, w), check=check))
     if device.type == "cuda":  # what a user who lets torch's matmuls use TF32 gets, and would pick instead
         cands.append(Candidate("triton, TF32 allowed", "backend", with_tf32(_step("triton", a, p, w)), check=check))
         cands.append(Candidate("reference, TF32 allowed", "peer", with_tf32(_step("reference", a, p, w)),

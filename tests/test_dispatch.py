@@ -123,6 +123,21 @@ def test_contrastive_loss_gpu_rule_follows_the_measurements():
     assert reference_faster_on_gpu(1024, torch.bfloat16, tf32=True) is None  # not measured: the kernels
 
 
+def test_contrastive_loss_cpu_rule_follows_the_measurements():
+    from pyaudiok.ops.bilinear_contrastive import CPU_AUTO_MIN_BATCH, OP, reference_faster_on_cpu
+    assert reference_faster_on_cpu(CPU_AUTO_MIN_BATCH, torch.float32) is None
+    assert "below" in reference_faster_on_cpu(CPU_AUTO_MIN_BATCH - 1, torch.float32)
+    assert reference_faster_on_cpu(8, torch.float64) is None  # not measured: the kernels
+    if OP.impls["cpu"].why_not(torch.device("cpu"), torch.float32) is not None:
+        pytest.skip("the cpu backend is not available here")
+    for batch, backend in ((256, "reference"), (CPU_AUTO_MIN_BATCH, "cpu")):
+        a = torch.randn(batch, 4)
+        assert OP.select(torch.device("cpu"), torch.float32, (a, a, torch.eye(4), False, "mean")).backend == backend
+    with pyaudiok.use_backend("cpu"):  # a request still gets the kernels
+        assert OP.select(torch.device("cpu"), torch.float32, (a[:8], a[:8], torch.eye(4), False, "mean")).backend \
+            == "cpu"
+
+
 def test_automatic_fallback_warns_once_and_uses_reference(monkeypatch):
     monkeypatch.setattr(dispatch, "_warned", set())
     seen = _calls(FORWARD, monkeypatch)

@@ -258,11 +258,34 @@ def _rows(get_forward: Callable[[], Callable]):
     return run
 
 
+# Below this batch, float32 inputs take the reference on the CPU automatically (see _cpu_auto_skip).
+CPU_AUTO_MIN_BATCH = 2560
+
+
+def _cpu_auto_skip(anchors, positives, weight, symmetric, reduction) -> str | None:
+    """float32 on the CPU: the reference below B = 2 560 (measured faster).
+
+    Fwd+bwd on the 2-core Zen 4, alternated in one process (bench/results/
+    2026-11-27_cpu_contrastive_small_batches.txt): from B = 8 to 2 048, at D = 128 and 512, the
+    reference is as fast as the cpu kernels or up to 1.5x faster, while its [B, B] logits stay in
+    cache (16 MiB at 2 048). The kernels win from 3 072 on (1.20x and 1.28x; 1.8x at 4 096, D = 128;
+    1.18x at 8 192, D = 512).
+    Other dtypes are not measured and stay on the kernels; use_backend("cpu") keeps them anywhere."""
+    return reference_faster_on_cpu(anchors.shape[0], anchors.dtype)
+
+
+def reference_faster_on_cpu(batch: int, dtype: torch.dtype) -> str | None:
+    """The measured rule of _cpu_auto_skip: why the reference is faster on the CPU, or None."""
+    if dtype == torch.float32 and batch < CPU_AUTO_MIN_BATCH:
+        return f"below B = {CPU_AUTO_MIN_BATCH} the reference is faster on the CPU"
+    return None
+
+
 OP = dispatch.op("bilinear_contrastive_loss")
 OP.register("reference", bilinear_contrastive_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 # Pure ATen: available wherever torch is, extension or not.
 OP.register("cpu", upcast_half(_fused(_rows(lambda: _cpu_forward), weight_inside=True)), devices=("cpu",),
-            dtypes=HALF_DTYPES + (torch.float32, torch.float64))
+            dtypes=HALF_DTYPES + (torch.float32, torch.float64), auto_skip=_cpu_auto_skip)
 # Below this batch, float32 inputs take the reference on a GPU automatically (see _gpu_auto_skip).
 TRITON_AUTO_MIN_BATCH = 8192
 
