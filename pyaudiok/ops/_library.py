@@ -111,6 +111,10 @@ def _gpu():
 
 
 def _takes_grad(args) -> bool:
+    """Whether autograd may need the registration: an input requiring a gradient in grad mode, or
+    forward-mode AD active (dual tensors' tangents would be dropped by a direct call)."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 

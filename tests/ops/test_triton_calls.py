@@ -59,6 +59,8 @@ def test_triton_op_goes_through_the_registration_for_autograd_and_tracers():
         with FakeTensorMode():
             assert matrix(torch.empty(5), 16, 9) == "registered"
         assert matrix(mask, 16, 9) == "registered"
+        with torch.autograd.forward_ad.dual_level():  # forward-mode AD: tangents are the registration's
+            assert matrix(mask.detach(), 16, 9) == "registered"
 
 
 def test_direct_call_keeps_the_op_name_in_profiles():
