@@ -89,11 +89,13 @@ class TritonOp:
     the launches themselves, and small calls are bound by it. Under the profiler the direct call
     keeps the op's name as a record."""
 
-    def __init__(self, name: str, op, launcher: Callable):
-        self.name, self.op, self.launcher = f"pyaudiok::{name}", op, launcher
+    def __init__(self, name: str, op, launcher: Callable, gpu):
+        # gpu: the module pyaudiok.kernels.gpu, whose tracing() decides (looked up per call).
+        self.name, self.op, self.launcher, self._gpu = f"pyaudiok::{name}", op, launcher, gpu
 
     def __call__(self, *args):
-        if _gpu().tracing() or _takes_grad(args):
+        # is_compiling() first: under torch.compile it is True and nothing else here is traced.
+        if torch.compiler.is_compiling() or self._gpu.tracing() or _takes_grad(args):
             return self.op(*args)
         if torch.autograd._profiler_enabled():
             with torch.profiler.record_function(self.name):
@@ -102,12 +104,6 @@ class TritonOp:
 
     def __repr__(self) -> str:
         return f"TritonOp({self.name})"
-
-
-@functools.cache
-def _gpu():
-    """pyaudiok.kernels.gpu (imported on first use: `import pyaudiok` imports nothing of the kernels)."""
-    return importlib.import_module("pyaudiok.kernels.gpu")
 
 
 def _takes_grad(args) -> bool:
@@ -135,7 +131,8 @@ def _register_triton_op(name, kernel_module, function, register) -> TritonOp:
     torch.library.triton_op(f"pyaudiok::{name}", mutates_args=())(launcher)
     if register is not None:
         register(f"pyaudiok::{name}")
-    return TritonOp(name, getattr(torch.ops.pyaudiok, name), launcher)
+    return TritonOp(name, getattr(torch.ops.pyaudiok, name), launcher,
+                    importlib.import_module("pyaudiok.kernels.gpu"))
 
 
 def register_backends(op: dispatch.Op, *, reference: Callable, cpu: Callable | None = None,

@@ -85,3 +85,17 @@ def test_public_op_with_direct_calls_matches_the_reference_forward_and_backward(
         outputs[backend] = (y.detach(), xb.grad, strides.grad)
     for name, out, ref in zip(("y", "dx", "dstrides"), outputs["triton"], outputs["reference"]):
         assert_close(name, out, ref, torch.float32)
+
+
+def test_torch_compile_traces_a_triton_op_call_without_a_graph_break():
+    """Under torch.compile the call is the registered op, and deciding so breaks no graph."""
+    device = require_backend(FOURIER_CROP, "triton")
+    matrix = _triton_kernels().matrix
+
+    def double(mask):
+        return matrix(mask, 16, 9) * 2
+
+    torch._dynamo.reset()
+    mask = torch.rand(5, device=device)
+    assert_close("compiled", torch.compile(double, backend="eager", fullgraph=True)(mask), double(mask),
+                 torch.float32)
