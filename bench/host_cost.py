@@ -6,7 +6,7 @@ divided by the number of calls. Two ways of calling are alternated round by roun
 
 - "direct": what pyaudiok does. A Triton op that needs neither autograd nor a tracer calls its
   launcher directly, and the launcher launches its kernels as they are
-  (`pyaudiok.ops._library.TritonOp`, `kernels.gpu.launchable`).
+  (`pyaudiok.ops._library.DirectOp`, `kernels.gpu.launchable`).
 - "registered": every call forced through the registered custom op and `torch.library.wrap_triton`.
   This is what every call paid before.
 
@@ -108,8 +108,8 @@ def host_time(fn: Callable[[], None], device: torch.device, calls: int) -> float
 @contextlib.contextmanager
 def registered_calls():
     """Every Triton op call through its registered custom op, every launch through wrap_triton."""
-    from pyaudiok.kernels import gpu
-    with mock.patch.object(gpu, "tracing", lambda: True):
+    from pyaudiok.ops import _library
+    with mock.patch.object(_library, "tracing", lambda: True):
         yield
 
 

@@ -6,19 +6,15 @@ import functools
 import torch
 from torch.library import wrap_triton
 
-
-def tracing() -> bool:
-    """Whether a tracer sees the calls: torch.compile, or a dispatch mode (fake and functional
-    tensors, make_fx, opcheck's checks)."""
-    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+from ..ops import _library
 
 
 def launchable(kernel):
-    """The kernel to launch as `launchable(kernel)[grid](...)`: `wrap_triton(kernel)` for a tracer,
-    which records the launch through it, else the kernel itself. An eager launch through
-    wrap_triton costs 82 µs of host time on an H200 machine against 20 µs for a direct one
-    (bench/results/2026-11-27_h200_host_cost.txt), so small calls would be bound by it."""
-    return wrap_triton(kernel) if tracing() else kernel
+    """The kernel to launch as `launchable(kernel)[grid](...)`: `wrap_triton(kernel)` for a tracer
+    (`_library.tracing`), which records the launch through it, else the kernel itself. An eager
+    launch through wrap_triton costs 82 µs of host time on an H200 machine against 20 µs for a
+    direct one (bench/results/2026-11-27_h200_host_cost.txt), so small calls would be bound by it."""
+    return wrap_triton(kernel) if _library.tracing() else kernel
 
 
 @functools.cache

@@ -11,7 +11,7 @@ import torch
 import pyaudiok
 from pyaudiok.bench.harness import threads  # noqa: F401  (re-exported for the tests)
 from pyaudiok.dispatch import Op
-from pyaudiok.ops._library import TritonOp
+from pyaudiok.ops._library import DirectOp
 
 # Relative error ‖out − ref‖ / ‖ref‖ allowed against a float64 reference, per dtype of the backend run.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -20,8 +20,8 @@ FUSED_BACKENDS = ("cpu", "triton", "cuda")
 
 
 def opcheck(op, args, **kwargs) -> None:
-    """torch.library.opcheck of a registered op, or of the registration a TritonOp calls."""
-    torch.library.opcheck(op.op if isinstance(op, TritonOp) else op, args, **kwargs)
+    """torch.library.opcheck of a registered op, or of the registration a DirectOp calls."""
+    torch.library.opcheck(op.op if isinstance(op, DirectOp) else op, args, **kwargs)
 
 
 def device_for(backend: str) -> torch.device:

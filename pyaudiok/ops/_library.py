@@ -77,33 +77,38 @@ def without_autocast(backward: Callable) -> Callable:
     return run
 
 
-class TritonOp:
-    """A Triton op: `op`, the registered torch.ops.pyaudiok.<name> with its fake and autograd
-    registrations (what torch.compile, opcheck and autograd see), and its `launcher`, the Python
-    function that launches the kernels.
+def tracing() -> bool:
+    """Whether a tracer sees the calls: torch.compile, or a dispatch mode (fake and functional
+    tensors, make_fx, opcheck's checks). Registered ops and `wrap_triton` are what tracers record."""
+    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
 
-    A call goes to the launcher directly when nothing needs the registration: no tracer is watching
-    (kernels.gpu.tracing) and no input takes a gradient here (grad mode off, as in every backward
-    and in inference, or no input requiring one). The custom-op dispatch around a launcher costs
-    tens to hundreds of µs of host time a call on a GPU machine (`bench/host_cost.py`), more than
-    the launches themselves, and small calls are bound by it. Under the profiler the direct call
-    keeps the op's name as a record."""
 
-    def __init__(self, name: str, op, launcher: Callable, gpu):
-        # gpu: the module pyaudiok.kernels.gpu, whose tracing() decides (looked up per call).
-        self.name, self.op, self.launcher, self._gpu = f"pyaudiok::{name}", op, launcher, gpu
+class DirectOp:
+    """A custom op defined in Python: `op`, the registered torch.ops.pyaudiok.<name> with its fake and
+    autograd registrations (what torch.compile, opcheck and autograd see), and `impl`, the Python
+    function registered as its kernel (a Triton launcher, or the C++ kernels' glue).
+
+    A call goes to `impl` directly when nothing needs the registration: no tracer is watching
+    (`tracing`) and no input takes a gradient here (grad mode off, as in every backward and in
+    inference, or no input requiring one). The custom-op dispatch around a Python kernel costs tens
+    of µs of host time a call (more on a GPU machine, `bench/host_cost.py`), as much as a small call's
+    own work: a Triton launch, or one token of a cached sampling step. Under the profiler the
+    direct call keeps the op's name as a record."""
+
+    def __init__(self, qualname: str, op, impl: Callable):
+        self.name, self.op, self.impl = qualname, op, impl
 
     def __call__(self, *args):
         # is_compiling() first: under torch.compile it is True and nothing else here is traced.
-        if torch.compiler.is_compiling() or self._gpu.tracing() or _takes_grad(args):
+        if torch.compiler.is_compiling() or tracing() or _takes_grad(args):
             return self.op(*args)
         if torch.autograd._profiler_enabled():
             with torch.profiler.record_function(self.name):
-                return self.launcher(*args)
-        return self.launcher(*args)
+                return self.impl(*args)
+        return self.impl(*args)
 
     def __repr__(self) -> str:
-        return f"TritonOp({self.name})"
+        return f"DirectOp({self.name})"
 
 
 def _takes_grad(args) -> bool:
@@ -114,25 +119,33 @@ def _takes_grad(args) -> bool:
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
-_TRITON_OPS: dict[str, TritonOp] = {}
+def custom_op(qualname: str, *, device_types: str) -> Callable[[Callable], DirectOp]:
+    """torch.library.custom_op (no mutated arguments) for a Python kernel, returned as a DirectOp."""
+    def register(fn: Callable) -> DirectOp:
+        torch.library.custom_op(qualname, mutates_args=(), device_types=device_types)(fn)
+        namespace, name = qualname.split("::")
+        return DirectOp(qualname, getattr(getattr(torch.ops, namespace), name), fn)
+    return register
+
+
+_TRITON_OPS: dict[str, DirectOp] = {}
 
 
 def triton_op(name: str, kernel_module: str, function: str,
-              register: Callable[[str], None] | None = None) -> TritonOp:
+              register: Callable[[str], None] | None = None) -> DirectOp:
     """Register `pyaudiok.kernels.<kernel_module>.<function>` as the op pyaudiok::<name> (once) and
-    return it as a TritonOp. `register(qualname)` adds its fake/autograd registrations."""
+    return it as a DirectOp. `register(qualname)` adds its fake/autograd registrations."""
     if name not in _TRITON_OPS:
         _TRITON_OPS[name] = _register_triton_op(name, kernel_module, function, register)
     return _TRITON_OPS[name]
 
 
-def _register_triton_op(name, kernel_module, function, register) -> TritonOp:
+def _register_triton_op(name, kernel_module, function, register) -> DirectOp:
     launcher = getattr(importlib.import_module(f"pyaudiok.kernels.{kernel_module}"), function)
     torch.library.triton_op(f"pyaudiok::{name}", mutates_args=())(launcher)
     if register is not None:
         register(f"pyaudiok::{name}")
-    return TritonOp(name, getattr(torch.ops.pyaudiok, name), launcher,
-                    importlib.import_module("pyaudiok.kernels.gpu"))
+    return DirectOp(f"pyaudiok::{name}", getattr(torch.ops.pyaudiok, name), launcher)
 
 
 def register_backends(op: dispatch.Op, *, reference: Callable, cpu: Callable | None = None,

@@ -33,7 +33,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, triton_op, upcast_half
+from ._library import HALF_DTYPES, custom_op, triton_op, upcast_half
 
 __all__ = ["bilinear_contrastive_loss", "bilinear_contrastive_reference"]
 
@@ -110,7 +110,7 @@ def _block_gradients(p: torch.Tensor, xr: torch.Tensor, q: torch.Tensor, y: torc
     gy.addmm_(p.T, q)
 
 
-@torch.library.custom_op("pyaudiok::bilinear_contrastive_cpu", mutates_args=(), device_types="cpu")
+@custom_op("pyaudiok::bilinear_contrastive_cpu", device_types="cpu")
 def _cpu_forward(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, with_grad: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows of S = (x w) yᵀ: (loss[B], total = Σ loss, lse, gx, gy, gw). Q = x w is formed a row
@@ -134,7 +134,7 @@ def _cpu_forward(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, with_grad: b
     return loss, loss.sum(), lse, gx, gy, gw
 
 
-@torch.library.custom_op("pyaudiok::bilinear_contrastive_cpu_backward", mutates_args=(), device_types="cpu")
+@custom_op("pyaudiok::bilinear_contrastive_cpu_backward", device_types="cpu")
 def _cpu_backward(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
                   lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dy, dw) of the row losses of _cpu_forward for the upstream gradient g[B]: S again, a row

@@ -28,7 +28,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, triton_op, upcast_half
+from ._library import HALF_DTYPES, cpp_op, custom_op, triton_op, upcast_half
 
 __all__ = ["latent_cross_attention", "latent_attention_reference"]
 
@@ -83,7 +83,7 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-@torch.library.custom_op("pyaudiok::latent_attention_cpu", mutates_args=(), device_types="cpu")
+@custom_op("pyaudiok::latent_attention_cpu", device_types="cpu")
 def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
                  scale: float, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if keep is not None:
@@ -92,7 +92,7 @@ def _cpu_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths:
                                               _lengths_arg(key_lengths), scale)
 
 
-@torch.library.custom_op("pyaudiok::latent_attention_cpu_backward", mutates_args=(), device_types="cpu")
+@custom_op("pyaudiok::latent_attention_cpu_backward", device_types="cpu")
 def _cpu_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, key_lengths: torch.Tensor | None, scale: float,
                   keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, register_backends, upcast_half
+from ._library import HALF_DTYPES, cpp_op, custom_op, register_backends, upcast_half
 
 __all__ = ["gather_rows_rotary", "gather_rows_rotary_reference", "split_heads_rotary", "split_heads_rotary_reference",
            "rotate_pairs"]
@@ -67,13 +67,13 @@ def split_heads_rotary_reference(x, parts: int, heads: int, cos, sin, dims: int,
 # cpu backend: the extension's kernels, each forward with the autograd of its pair. The kernels
 # read each angle row whole: the tables' layout is made here.
 
-@torch.library.custom_op("pyaudiok::gather_rotary_cpu", mutates_args=(), device_types="cpu")
+@custom_op("pyaudiok::gather_rotary_cpu", device_types="cpu")
 def _gather_cpu(rows: torch.Tensor, index: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 dims: int) -> torch.Tensor:
     return cpp_op("gather_rotary_forward")(rows.contiguous(), index, cos.contiguous(), sin.contiguous(), dims)
 
 
-@_gather_cpu.register_fake
+@torch.library.register_fake("pyaudiok::gather_rotary_cpu")
 def _(rows, index, cos, sin, dims):
     return rows.new_empty((*index.shape, rows.shape[1]))
 
@@ -89,17 +89,18 @@ def _gather_backward(ctx, grad):
     return cpp_op("gather_rotary_backward")(grad, index, cos, sin, ctx.dims, ctx.num_rows), None, None, None, None
 
 
-_gather_cpu.register_autograd(_gather_backward, setup_context=_gather_setup_context)
+torch.library.register_autograd("pyaudiok::gather_rotary_cpu", _gather_backward,
+                                setup_context=_gather_setup_context)
 
 
-@torch.library.custom_op("pyaudiok::split_heads_rotary_cpu", mutates_args=(), device_types="cpu")
+@custom_op("pyaudiok::split_heads_rotary_cpu", device_types="cpu")
 def _split_cpu(x: torch.Tensor, parts: int, heads: int, cos: torch.Tensor, sin: torch.Tensor, dims: int,
                rotated: int) -> torch.Tensor:
     return cpp_op("split_heads_rotary_forward")(x.contiguous(), parts, heads, cos.contiguous(), sin.contiguous(),
                                                 dims, rotated)
 
 
-@_split_cpu.register_fake
+@torch.library.register_fake("pyaudiok::split_heads_rotary_cpu")
 def _(x, parts, heads, cos, sin, dims, rotated):
     B, T, C = x.shape
     return x.new_empty((parts, B, heads, T, C // (parts * heads)))
@@ -117,7 +118,8 @@ def _split_backward(ctx, grad):
     return grad_x, None, None, None, None, None, None
 
 
-_split_cpu.register_autograd(_split_backward, setup_context=_split_setup_context)
+torch.library.register_autograd("pyaudiok::split_heads_rotary_cpu", _split_backward,
+                                setup_context=_split_setup_context)
 
 GATHER_OP = dispatch.op("gather_rows_rotary")
 register_backends(GATHER_OP, reference=gather_rows_rotary_reference, cpu=upcast_half(_gather_cpu),

@@ -1,6 +1,6 @@
-"""How the Triton ops are called: directly in eager mode when neither autograd nor a tracer needs
-the registered custom op (`TritonOp`), launches without `wrap_triton` then (`launchable`), and the
-registered op otherwise."""
+"""How the custom ops defined in Python are called (Triton launchers and the CPU kernels' glue): directly
+in eager mode when neither autograd nor a tracer needs the registered custom op (`DirectOp`), Triton
+launches without `wrap_triton` then (`launchable`), and the registered op otherwise."""
 from unittest import mock
 
 import pytest
@@ -16,18 +16,19 @@ pytest.importorskip("triton")
 
 
 def _refusing(op):
-    """The TritonOp with its registered op replaced by one that fails the test if called."""
+    """The DirectOp with its registered op replaced by one that fails the test if called."""
     return mock.patch.object(op, "op", mock.Mock(side_effect=AssertionError("went through the registered op")))
 
 
 def test_launchable_is_the_kernel_itself_unless_a_tracer_watches():
     from pyaudiok.kernels import gpu
     from pyaudiok.kernels.fourier_crop import _matrix_kernel
+    from pyaudiok.ops._library import tracing
     with mock.patch.object(gpu, "wrap_triton", return_value="wrapped") as wrap:
-        assert not gpu.tracing()
+        assert not tracing()
         assert gpu.launchable(_matrix_kernel) is _matrix_kernel
         with FakeTensorMode():  # a tracer records launches through wrap_triton
-            assert gpu.tracing()
+            assert tracing()
             assert gpu.launchable(_matrix_kernel) == "wrapped"
     wrap.assert_called_once_with(_matrix_kernel)
 
@@ -99,3 +100,17 @@ def test_torch_compile_traces_a_triton_op_call_without_a_graph_break():
     mask = torch.rand(5, device=device)
     assert_close("compiled", torch.compile(double, backend="eager", fullgraph=True)(mask), double(mask),
                  torch.float32)
+
+
+def test_cpu_custom_op_calls_its_python_kernel_directly_without_gradients():
+    """The CPU kernels' glue (Perceiver AR's attention in a cached sampling step) skips the
+    registration in inference, and takes it when a gradient is needed."""
+    from pyaudiok.ops.latent_attention import OP, _cpu_forward
+    require_backend(OP, "cpu")
+    q, k, v = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
+    expected = _cpu_forward.op(q, k, v, None, 0.25, None)
+    with _refusing(_cpu_forward), torch.no_grad():
+        for got, want in zip(_cpu_forward(q, k, v, None, 0.25, None), expected):
+            assert_close("direct call", got, want, torch.float32)
+    out, _ = _cpu_forward(q.requires_grad_(), k, v, None, 0.25, None)
+    assert out.grad_fn is not None  # through the registered autograd
