@@ -153,7 +153,7 @@ def fourier_crop_matrix(mask: Tensor, n_in: int, n_out: int) -> Tensor:
     BT, BJ = 16, 32
     grid = (triton.cdiv(n_out, BT), triton.cdiv(n_in, BJ))
     launchable(_matrix_kernel)[grid](mask.contiguous(), a, mask.shape[0] - 1, n_in, n_out, BT=BT, BJ=BJ,
-                                      F64=_is_f64(mask))
+                                     F64=_is_f64(mask))
     return a
 
 

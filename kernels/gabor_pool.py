@@ -66,5 +66,5 @@ def gabor_pool_forward(x: Tensor, re: Tensor, im: Tensor, windows: Tensor, strid
         return y
     block_f = max(16, triton.next_power_of_2(F))
     launchable(_gabor_pool_forward_kernel)[(B, K)](x, re, im, windows, y, T, K, F, W, stride, W // 2, floor,
-                                                    BLOCK_N=32, BLOCK_J=32, BLOCK_F=block_f)
+                                                   BLOCK_N=32, BLOCK_J=32, BLOCK_F=block_f)
     return y

@@ -69,7 +69,7 @@ def _assign(x: Tensor, c: Tensor, assignments: Tensor, moving: Tensor, accumulat
     block_p, block_k = (64, 32) if block_d <= 128 else (32, 32)
     grid = (B, triton.cdiv(P, block_p))
     launchable(_assign_kernel)[grid](x, c, cnorm, assignments, moving, changed, sums, counts, P, K, D,
-                                      ACCUMULATE=accumulate, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d)
+                                     ACCUMULATE=accumulate, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d)
     return sums, counts, changed
 
 

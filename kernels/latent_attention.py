@@ -416,7 +416,7 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, 
     if splits > 1:
         R = B * H * N
         launchable(_merge_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
-                                                                   BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
+                                                                  BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     return out, lse
 
 
@@ -430,7 +430,7 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     launchable(_bwd_prep_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, lse2, R,
-                                                                BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
+                                                                 BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     # Dropped keys get no gradient: their rows are never written when keys are gathered.
     dk = torch.zeros_like(k) if keep is not None else torch.empty_like(k)
     dv = torch.zeros_like(v) if keep is not None else torch.empty_like(v)

@@ -178,10 +178,10 @@ def si_sdr_matrix(estimates: Tensor, references: Tensor, zero_mean: bool,
     p_me, p_mr, p_ee, p_rr = torch.empty(4, B, chunks, block_s, device=device, dtype=torch.float32)
     p_er = torch.empty(B, chunks, block_s, block_s, device=device, dtype=torch.float32)
     launchable(_partials_kernel)[(B * chunks,)](estimates, references, p_me, p_mr, p_ee, p_rr, p_er, N, M, T,
-                                                 chunks, chunk,
-                                                 ZERO_MEAN=zero_mean, USE_DOT=block_s >= MIN_DOT_ROWS,
-                                                 BLOCK_S=block_s, BLOCK_T=block_t)
+                                                chunks, chunk,
+                                                ZERO_MEAN=zero_mean, USE_DOT=block_s >= MIN_DOT_ROWS,
+                                                BLOCK_S=block_s, BLOCK_T=block_t)
     block_c = max(1, min(triton.next_power_of_2(chunks), COMBINE_TILE // block_s))
     launchable(_combine_kernel)[(B * N,)](p_me, p_mr, p_ee, p_rr, p_er, matrix, ee, rr, er, N, M, T, chunks, chunk,
-                                           eps, ZERO_MEAN=zero_mean, BLOCK_S=block_s, BLOCK_C=block_c)
+                                          eps, ZERO_MEAN=zero_mean, BLOCK_S=block_s, BLOCK_C=block_c)
     return matrix, ee, rr, er

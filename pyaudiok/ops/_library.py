@@ -99,8 +99,8 @@ class DirectOp:
         self.name, self.op, self.impl = qualname, op, impl
 
     def __call__(self, *args):
-        # is_compiling() first: under torch.compile it is True and nothing else here is traced.
-        if torch.compiler.is_compiling() or tracing() or _takes_grad(args):
+        # tracing() asks is_compiling() first: under torch.compile nothing else here is traced.
+        if tracing() or _takes_grad(args):
             return self.op(*args)
         if torch.autograd._profiler_enabled():
             with torch.profiler.record_function(self.name):
