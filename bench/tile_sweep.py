@@ -8,7 +8,7 @@ then the dQ tile; next to the current tiles and PyTorch SDPA (`causal_lower_righ
 not compile or run out of shared memory are reported and skipped. It prints the best tiles as the
 `_Tile(...)` triple to put in `_tiles`.
 
-    python -m pyaudiok.bench.tile_sweep [--d 64] [--dtype bf16] [--n 1024] [--m 65536] [--budget 150]
+    python -m pyaudiok.bench.tile_sweep [--d 64] [--dtype bf16] [--n 1024] [--m 65536] [--budget 150] [--dq atomic]
 
 On a CPU it runs in Triton's interpreter (TRITON_INTERPRET=1) at toy sizes: a check of the tool,
 not a measurement.
@@ -57,13 +57,25 @@ def _tiles_fixed(module, tiles):
 
 
 def sweep(n: int, m: int, d: int, dtype: torch.dtype, device: torch.device, budget_s: float = 150.0,
-          min_time: float = 0.1, grids: dict | None = None) -> tuple[list[Row], tuple, dict[str, float]]:
+          min_time: float = 0.1, grids: dict | None = None,
+          dq_mode: str = "separate") -> tuple[list[Row], tuple, dict[str, float]]:
     """Rows of every tile tried, the best (forward, dK/dV, dQ) tiles, and the baselines' seconds
     ({"current forward", "current backward", "SDPA forward", "SDPA backward"}, and the current tiles
     timed again at the end). `grids` overrides candidate_tiles per kernel (tests); `budget_s` bounds
     each kernel's sweep; every timing is the benchmark harness's median (`harness.time_median`: CUDA
-    events, after a warm-up call)."""
+    events, after a warm-up call). `dq_mode` "atomic" times the backward that adds dQ in the dK/dV
+    kernel (`kernels.latent_attention.DQ_MODE`): it has no dQ kernel to sweep."""
     from pyaudiok.kernels import latent_attention as kernels
+
+    saved, kernels.DQ_MODE = kernels.DQ_MODE, dq_mode
+    try:
+        kernels.dq_mode()  # a bad mode fails here, before any timing
+        return _sweep(kernels, n, m, d, dtype, device, budget_s, min_time, grids)
+    finally:
+        kernels.DQ_MODE = saved
+
+
+def _sweep(kernels, n, m, d, dtype, device, budget_s, min_time, grids):
 
     from .harness import time_median
 
@@ -91,6 +103,8 @@ def sweep(n: int, m: int, d: int, dtype: torch.dtype, device: torch.device, budg
     rows: list[Row] = []
     best = list(current)
     for slot, (kernel, call) in enumerate((("forward", forward), ("dK/dV", backward), ("dQ", backward))):
+        if kernel == "dQ" and kernels.dq_mode() == "atomic":
+            continue  # dQ comes from the dK/dV kernel
         best_s = baselines["current forward" if slot == 0 else "current backward"]
         started = time.perf_counter()
         for tile in (grids or {}).get(kernel) or candidate_tiles(kernel, dtype, type(current[0])):
@@ -134,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--m", type=int, default=65536, help="keys (default 65536)")
     parser.add_argument("--budget", type=float, default=150.0, help="seconds per kernel's sweep (default 150)")
     parser.add_argument("--min-time", type=float, default=0.1, help="timed seconds per tile (default 0.1)")
+    parser.add_argument("--dq", choices=("separate", "atomic"), default="separate",
+                        help="the backward's dQ scheme (kernels.latent_attention.DQ_MODE; default separate)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: the sweep times GPU kernels (it runs in Triton's interpreter only as a check)")
         return 2
     rows, best, baselines = sweep(args.n, args.m, args.d, DTYPES[args.dtype], torch.device("cuda"), args.budget,
-                                  args.min_time)
-    print(f"latent attention tiles, N {args.n}, M {args.m}, d {args.d}, {args.dtype}, "
+                                  args.min_time, dq_mode=args.dq)
+    print(f"latent attention tiles, N {args.n}, M {args.m}, d {args.d}, {args.dtype}, dQ {args.dq}, "
           f"{torch.cuda.get_device_name()}")
     print(report(rows, best, baselines))
     return 0

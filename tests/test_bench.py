@@ -150,6 +150,18 @@ def test_tile_sweep_runs_every_kernel_and_reports_the_best():
     assert "best (forward, dK/dV, dQ)" in text and "current backward" in text
 
 
+def test_tile_sweep_with_atomic_dq_has_no_dq_kernel_to_sweep():
+    from pyaudiok.bench import tile_sweep
+    from pyaudiok.kernels import latent_attention
+    tiles = [latent_attention._Tile(16, 16, 4, 1)]
+    rows, best, _ = tile_sweep.sweep(16, 48, 16, torch.float32, torch.device("cpu"), min_time=0.0,
+                                     grids={"forward": tiles, "dK/dV": tiles, "dQ": tiles}, dq_mode="atomic")
+    assert [r.kernel for r in rows] == ["forward", "dK/dV"] and all(r.seconds for r in rows), rows
+    assert latent_attention.DQ_MODE == "separate"  # restored
+    with pytest.raises(ValueError, match="DQ_MODE must be"):
+        tile_sweep.sweep(16, 48, 16, torch.float32, torch.device("cpu"), grids={}, dq_mode="fast")
+
+
 def test_interleave_times_every_candidate_each_round_and_drops_failures(capsys, monkeypatch):
     from pyaudiok.bench import interleave
     modes = []  # the heap setting `pyaudiok bench` times under, also here
