@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import (bench_bilinear_contrastive, bench_charm, bench_der, bench_fourier_crop, bench_kmeans,
+from . import (bench_bilinear_contrastive, bench_charm, bench_collar_vad, bench_der, bench_fourier_crop, bench_kmeans,
                bench_latent_attention, bench_leaf, bench_llp, bench_models, bench_perceiver_ar, bench_rvq,
                bench_rotary, bench_si_sdr, bench_sinkhorn, bench_soft_rank, bench_soundstream)
 
@@ -11,7 +11,7 @@ MODULES = {"rvq": bench_rvq, "soundstream": bench_soundstream, "der": bench_der,
            "kmeans": bench_kmeans, "latent_attention": bench_latent_attention, "perceiver_ar": bench_perceiver_ar,
            "fourier_crop": bench_fourier_crop, "soft_rank": bench_soft_rank, "sinkhorn": bench_sinkhorn,
            "bilinear_contrastive": bench_bilinear_contrastive, "leaf": bench_leaf, "charm": bench_charm,
-           "llp": bench_llp, "models": bench_models, "rotary": bench_rotary}
+           "llp": bench_llp, "models": bench_models, "rotary": bench_rotary, "collar_vad": bench_collar_vad}
 
 
 def collect(device: torch.device, quick: bool, only: list[str] | None = None, compiled_peers: bool = True):

@@ -45,4 +45,10 @@ TORCH_LIBRARY(pyaudiok, m) {
   m.def("split_heads_rotary_forward(Tensor x, int parts, int heads, Tensor cos, Tensor sin, int dims, int rotated) "
         "-> Tensor");
   m.def("split_heads_rotary_backward(Tensor grad, Tensor cos, Tensor sin, int dims, int rotated) -> Tensor");
+  // DIVE's collar-aware VAD loss (pyaudiok/ops/collar_vad.py): (loss, kept frames [B, T] uint8, terms) and the
+  // logits' gradient.
+  m.def("collar_vad_forward(Tensor logits, Tensor reference, Tensor order, float collar_frames) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("collar_vad_backward(Tensor grad, Tensor logits, Tensor reference, Tensor order, Tensor keep, Tensor count) "
+        "-> Tensor");
 }

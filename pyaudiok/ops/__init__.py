@@ -1,6 +1,7 @@
 """The fused ops. Each module holds one op: its public function, reference, checks, registration
 and backend dispatch (DESIGN.md, "Ops: the contract")."""
 from .bilinear_contrastive import bilinear_contrastive_loss
+from .collar_vad import collar_vad_loss
 from .fourier_crop import fourier_crop, fourier_crop_output_size
 from .gabor_pool import gabor_pool
 from .rotary import gather_rows_rotary, split_heads_rotary
@@ -18,4 +19,4 @@ __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_lo
            "soft_rank", "soft_sort", "SinkhornResult", "log_sinkhorn_normalize", "sinkhorn", "sinkhorn_rank",
            "sinkhorn_sort", "bilinear_contrastive_loss", "gabor_pool", "pcen",
            "proportion_loss", "ot_pseudo_labels", "gather_rows_rotary",
-           "split_heads_rotary"]
+           "split_heads_rotary", "collar_vad_loss"]

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyaudiok.metrics.diarization import Segment
+from pyaudiok.ops.collar_vad import collar_mask, collar_vad_loss
 from pyaudiok.models.wavesplit.model import DilatedResidual
 
 __all__ = ["DIVEConfig", "DIVE", "DIVEOutput", "collar_mask", "frames_to_segments"]
@@ -48,25 +48,6 @@ class DIVEConfig:
     @property
     def hop(self) -> int:
         return self.sample_rate // self.frame_rate
-
-
-def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
-    """reference[B, S, T] activity → keep[B, T] bool: False for frames whose centre lies strictly
-    within `collar_frames` of a turn boundary (a frame edge where any speaker turns on or off; the
-    edges 0 and T count when a speaker is active there)."""
-    if collar_frames < 0:
-        raise ValueError(f"collar_frames must be >= 0; got {collar_frames}")
-    B, _, T = reference.shape
-    padded = F.pad(reference.float(), (1, 1))
-    boundary = (padded[..., 1:] != padded[..., :-1]).any(1).float()          # [B, T + 1], boundary b at frame edge b
-    # Frame t (centre t + 0.5) is within the collar of edge b = t + j iff 0.5 − c < j < 0.5 + c.
-    lo, hi = math.floor(0.5 - collar_frames) + 1, math.ceil(0.5 + collar_frames) - 1
-    if hi < lo:  # no collar
-        return torch.ones(B, T, dtype=torch.bool, device=reference.device)
-    left = max(0, -lo)
-    padded = F.pad(boundary, (left, max(0, hi - 1)))                        # padded[k] = boundary[k − left]
-    near = padded[:, lo + left:].unfold(1, hi - lo + 1, 1)[:, :T].amax(-1)   # max over boundary[t + lo .. t + hi]
-    return near == 0
 
 
 def frames_to_segments(active: torch.Tensor, frame_rate: float, speakers=None) -> list[Segment]:
@@ -183,14 +164,10 @@ class DIVE(nn.Module):
             raise ValueError(f"reference must have shape [B, S_ref, T] = [{B}, S_ref, {T}]; got {list(reference.shape)}")
         scores = self.score(h.transpose(1, 2))[:, 0]
         frames, order = self._select_training(h, scores, reference)
-        selected = frames >= 0
         e = h.gather(1, frames.clamp_min(0)[..., None].expand(-1, -1, d))
         logits = self.decode(h, e)
-        target = reference.float().gather(1, order.clamp_min(0)[..., None].expand(-1, -1, T))
-        keep = collar_mask(reference, self.config.collar * self.config.frame_rate)[:, None] & selected[..., None]
-        weights = keep.float()
-        vad = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).sum() \
-            / weights.sum().clamp_min(1)
+        # Slots with no selected speaker have order −1: left out, as the frames near a turn boundary.
+        vad = collar_vad_loss(logits, reference, order, collar_frames=self.config.collar * self.config.frame_rate)
         solo = (reference.float().sum(1) == 1).float()
         score = F.binary_cross_entropy_with_logits(scores, solo)
         total = vad + self.config.score_weight * score

@@ -1,0 +1,136 @@
+"""DIVE's collar-aware multi-speaker VAD loss (DESIGN §8): the binary cross-entropy of each selected
+speaker's frame logits against its reference activity, averaged over the frames that are not within
+±collar of any reference speaker-turn boundary.
+
+    collar_vad_loss(logits[B, N, T], reference[B, S, T], order[B, N], *, collar_frames) -> scalar
+
+Row n of item b is scored against reference row order[b, n] (−1: no speaker there, the row is left
+out). A turn boundary is a frame edge e in [0, T] where any reference row of the item changes value
+(rows are 0 outside the frames, so an active first or last frame makes one). Frame t, centred at
+t + ½, is left out when it lies strictly within `collar_frames` of a boundary (per side, in frames:
+DIVE's 0.25 s at 100 frames a second is 25). The loss is Σ BCE over the kept terms / max(terms, 1),
+so 0 when nothing is kept; the gradient goes to the logits.
+
+Backends: `reference` (the mask from a dilated map of the boundaries, then
+F.binary_cross_entropy_with_logits: plain torch, any float dtype), `cpu` (csrc/cpu/collar_vad.cpp:
+the mask from prefix counts of the boundaries, and the BCE or its gradient, in one pass per item,
+float64 sums). No Triton backend yet: GPUs run the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import dispatch
+from . import _checks
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, upcast_half
+
+__all__ = ["collar_vad_loss", "collar_vad_loss_reference", "collar_mask"]
+
+
+def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
+    """reference[B, S, T] activity -> keep[B, T] bool: False for frames whose centre lies strictly
+    within `collar_frames` of a turn boundary (a frame edge where any speaker turns on or off; the
+    edges 0 and T count when a speaker is active there)."""
+    if collar_frames < 0:
+        raise ValueError(f"collar_frames must be >= 0; got {collar_frames}")
+    B, _, T = reference.shape
+    padded = F.pad(reference.float(), (1, 1))
+    boundary = (padded[..., 1:] != padded[..., :-1]).any(1).float()          # [B, T + 1], boundary b at frame edge b
+    # Frame t (centre t + 0.5) is within the collar of edge b = t + j iff 0.5 − c < j < 0.5 + c.
+    lo, hi = math.floor(0.5 - collar_frames) + 1, math.ceil(0.5 + collar_frames) - 1
+    if hi < lo:  # no collar
+        return torch.ones(B, T, dtype=torch.bool, device=reference.device)
+    left = max(0, -lo)
+    padded = F.pad(boundary, (left, max(0, hi - 1)))                        # padded[k] = boundary[k − left]
+    near = padded[:, lo + left:].unfold(1, hi - lo + 1, 1)[:, :T].amax(-1)   # max over boundary[t + lo .. t + hi]
+    return near == 0
+
+
+def collar_vad_loss_reference(logits: torch.Tensor, reference: torch.Tensor, order: torch.Tensor,
+                              collar_frames: float) -> torch.Tensor:
+    """The definition in plain torch: the collar mask, the targets gathered by `order`, a masked BCE mean."""
+    T = logits.shape[-1]
+    keep = collar_mask(reference, collar_frames)[:, None] & (order >= 0)[..., None]
+    target = reference.to(logits.dtype).gather(1, order.clamp_min(0)[..., None].expand(-1, -1, T))
+    weights = keep.to(logits.dtype)
+    terms = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights
+    return terms.sum() / weights.sum().clamp_min(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# cpu backend: the extension's kernels, with the autograd of the pair.
+
+def _register_cpu() -> None:
+    @torch.library.register_fake("pyaudiok::collar_vad_forward")
+    def _(logits, reference, order, collar_frames):
+        B, _, T = logits.shape
+        return (logits.new_empty(()), logits.new_empty((B, T), dtype=torch.uint8),
+                logits.new_empty((), dtype=torch.int64))
+
+    @torch.library.register_fake("pyaudiok::collar_vad_backward")
+    def _(grad, logits, reference, order, keep, count):
+        return torch.empty_like(logits)
+
+    def setup_context(ctx, inputs, output):
+        logits, reference, order, _ = inputs
+        ctx.save_for_backward(logits, reference, order, output[1], output[2])
+        ctx.set_materialize_grads(False)  # the mask and the count take no gradient
+
+    def backward(ctx, grad, grad_keep, grad_count):
+        if grad is None:
+            return None, None, None, None
+        logits, reference, order, keep, count = ctx.saved_tensors
+        return cpp_op("collar_vad_backward")(grad, logits, reference, order, keep, count), None, None, None
+
+    torch.library.register_autograd("pyaudiok::collar_vad_forward", backward, setup_context=setup_context)
+
+
+if extension_loaded():
+    _register_cpu()
+
+
+def _cpu(logits, reference, order, collar_frames):
+    return cpp_op("collar_vad_forward")(logits.contiguous(), reference.contiguous(), order.contiguous(),
+                                        collar_frames)[0]
+
+
+OP = dispatch.op("collar_vad_loss")
+register_backends(OP, reference=collar_vad_loss_reference, cpu=upcast_half(_cpu),
+                  cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+def collar_vad_loss(logits: torch.Tensor, reference: torch.Tensor, order: torch.Tensor, *,
+                    collar_frames: float) -> torch.Tensor:
+    """Collar-masked multi-speaker BCE with logits (see the module doc): logits[B, N, T] (float),
+    reference[B, S, T] activity (bool, integer or float 0/1: the targets, in the logits' dtype),
+    order[B, N] (integer, the reference row of each logit row, −1 for none), collar_frames >= 0 per
+    side. Returns a scalar in the logits' dtype, differentiable with respect to the logits."""
+    logits = _checks.float_tensor("logits", logits, ndim=3, layout="[B, N, T]")
+    reference = _checks.tensor("reference", reference, ndim=3, layout="[B, S, T]")
+    order = _checks.tensor("order", order, ndim=2, layout="[B, N]")
+    if reference.dtype.is_complex or order.dtype.is_floating_point or order.dtype.is_complex or \
+            order.dtype == torch.bool:
+        bad = ("reference", reference) if reference.dtype.is_complex else ("order", order)
+        raise TypeError(f"{bad[0]} must have an {'integer' if bad[0] == 'order' else 'real'} dtype; got {bad[1].dtype}")
+    _checks.same_device("reference", reference, "logits", logits)
+    _checks.same_device("order", order, "logits", logits)
+    B, N, T = logits.shape
+    if reference.shape[0] != B or reference.shape[2] != T:
+        raise ValueError(f"reference must have shape [B, S, T] = [{B}, S, {T}] to match logits; got "
+                         f"{_checks.shape_str(reference.shape)}")
+    if tuple(order.shape) != (B, N):
+        raise ValueError(f"order must have shape [B, N] = [{B}, {N}] to match logits; got "
+                         f"{_checks.shape_str(order.shape)}")
+    if isinstance(collar_frames, bool) or not isinstance(collar_frames, (int, float)) or \
+            not (math.isfinite(collar_frames) and collar_frames >= 0):
+        raise ValueError(f"collar_frames must be a finite number >= 0; got {collar_frames!r}")
+    S = reference.shape[1]
+    _checks.ints_within(order, -1, S - 1, f"order must hold reference rows in [-1, {S - 1}] (-1: no speaker)")
+    return OP(logits, reference.to(logits.dtype), order.long(), float(collar_frames), device=logits.device,
+              dtype=logits.dtype)

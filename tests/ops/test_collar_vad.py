@@ -1,0 +1,154 @@
+"""DIVE's collar-aware VAD loss: every backend against the reference, forward and backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyaudiok
+from pyaudiok.ops import collar_vad_loss
+from pyaudiok.ops.collar_vad import OP, collar_mask, collar_vad_loss_reference
+
+from ..harness import assert_close, compare_with_reference, opcheck, require_backend
+
+BACKENDS = ("cpu",)
+
+
+def _inputs(B, N, S, T, device="cpu", dtype=torch.float32, turns=6):
+    """Logits, a reference with a few turns per speaker, and an order using every row once (−1 past S)."""
+    logits = torch.randn(B, N, T, dtype=torch.float64).to(device, dtype).requires_grad_()
+    reference = torch.zeros(B, S, T, dtype=torch.bool)
+    for b in range(B):
+        for s in range(S):
+            edges = torch.randint(0, T + 1, (2 * turns,)).sort().values
+            for a, e in edges.view(-1, 2).tolist():
+                reference[b, s, a:e] = True
+    order = torch.stack([torch.cat([torch.randperm(S), torch.full((max(N - S, 0),), -1)])[:N] for _ in range(B)])
+    return logits, reference.to(device), order.to(device)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,N,S,T,collar", [(2, 3, 3, 50, 2.5), (3, 4, 2, 37, 1.0), (1, 2, 3, 9, 0.0),
+                                            (4, 3, 3, 400, 25.0), (2, 1, 1, 13, 30.0), (2, 3, 4, 64, 0.5)])
+def test_forward_and_gradient_match_reference(backend, B, N, S, T, collar):
+    device = require_backend(OP, backend)
+    logits, reference, order = _inputs(B, N, S, T, device)
+    compare_with_reference(lambda x: collar_vad_loss(x, reference, order, collar_frames=collar), (logits,), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_soft_targets_and_unselected_rows(backend):
+    device = require_backend(OP, backend, torch.float64)
+    logits = torch.randn(3, 4, 31, dtype=torch.float64, device=device, requires_grad=True)
+    reference = torch.rand(3, 2, 31, dtype=torch.float64, device=device).round()  # float 0/1 activity
+    order = torch.tensor([[1, -1, 0, -1], [-1, -1, -1, -1], [0, 0, 1, -1]], device=device)  # a row reused, an item empty
+    compare_with_reference(lambda x: collar_vad_loss(x, reference, order, collar_frames=1.5), (logits,), backend)
+
+
+def test_reference_is_the_masked_mean_of_pytorchs_bce():
+    logits, reference, order = _inputs(2, 3, 3, 40)
+    keep = collar_mask(reference, 3.0)[:, None] & (order >= 0)[..., None]
+    target = reference.float().gather(1, order.clamp_min(0)[..., None].expand(-1, -1, 40))
+    expected = F.binary_cross_entropy_with_logits(logits[keep], target[keep])
+    assert_close("loss", collar_vad_loss_reference(logits, reference, order, 3.0), expected, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_only_kept_frames_count(backend):
+    """Changing a logit inside the collar of a boundary, or of an unselected row, changes nothing."""
+    require_backend(OP, backend)
+    reference = torch.zeros(1, 2, 20, dtype=torch.bool)
+    reference[0, 0, 5:12] = True                    # boundaries at edges 5 and 12
+    order = torch.tensor([[0, -1]])
+    logits = torch.randn(1, 2, 20)
+    with torch.no_grad(), pyaudiok.use_backend(backend):
+        base = collar_vad_loss(logits, reference, order, collar_frames=2.0)
+        inside, outside, other = logits.clone(), logits.clone(), logits.clone()
+        inside[0, 0, 4] += 5.0    # centre 4.5: 0.5 from edge 5
+        outside[0, 0, 8] += 5.0   # centre 8.5: 3.5 from both edges
+        other[0, 1, 8] += 5.0     # the unselected row
+        assert collar_vad_loss(inside, reference, order, collar_frames=2.0) == base
+        assert collar_vad_loss(other, reference, order, collar_frames=2.0) == base
+        assert collar_vad_loss(outside, reference, order, collar_frames=2.0) != base
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nothing_kept_gives_zero_loss_and_gradient(backend):
+    device = require_backend(OP, backend)
+    logits = torch.randn(2, 2, 10, device=device, requires_grad=True)
+    reference = torch.ones(2, 1, 10, dtype=torch.bool, device=device)  # edges 0 and 10; collar 20 covers all
+    with pyaudiok.use_backend(backend):
+        loss = collar_vad_loss(logits, reference, torch.zeros(2, 2, dtype=torch.long, device=device),
+                               collar_frames=20.0)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 3, 2, 10), (2, 0, 2, 10), (2, 3, 2, 0), (2, 2, 0, 10)])
+def test_empty(backend, shape):
+    device = require_backend(OP, backend)
+    B, N, S, T = shape
+    logits = torch.randn(B, N, T, device=device, requires_grad=True)
+    order = torch.full((B, N), -1, dtype=torch.long, device=device)
+    with pyaudiok.use_backend(backend):
+        loss = collar_vad_loss(logits, torch.zeros(B, S, T, device=device), order, collar_frames=1.0)
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad.shape == logits.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_and_half_inputs(backend):
+    device = require_backend(OP, backend)
+    logits, reference, order = _inputs(3, 4, 3, 60, device)
+    strided = logits.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    compare_with_reference(lambda x: collar_vad_loss(x, reference.int(), order.int(), collar_frames=3.0),
+                           (strided,), backend)
+    half = logits.detach().bfloat16().requires_grad_()
+    with pyaudiok.use_backend(backend):
+        loss = collar_vad_loss(half, reference, order, collar_frames=3.0)
+    loss.backward()
+    want = collar_vad_loss_reference(half.detach().double(), reference, order, 3.0)
+    assert loss.dtype == torch.bfloat16 and half.grad.dtype == torch.bfloat16
+    assert_close("bf16 loss", loss, want, torch.bfloat16)
+
+
+def test_raw_ops_pass_opcheck():
+    require_backend(OP, "cpu")
+    logits, reference, order = _inputs(2, 3, 3, 30)
+    args = (logits, reference.float(), order, 2.0)
+    opcheck(torch.ops.pyaudiok.collar_vad_forward, args,
+            test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+    loss, keep, count = torch.ops.pyaudiok.collar_vad_forward(logits.detach(), reference.float(), order, 2.0)
+    opcheck(torch.ops.pyaudiok.collar_vad_backward,
+            (torch.ones(()), logits.detach(), reference.float(), order, keep, count),
+            test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("make,kwargs,exc,words", [
+    (lambda: (torch.randn(2, 3), torch.zeros(2, 1, 3), torch.zeros(2, 3, dtype=torch.long)), {}, ValueError,
+     "logits must have shape [B, N, T]"),
+    (lambda: (torch.randn(2, 3, 5), torch.zeros(2, 1, 4), torch.zeros(2, 3, dtype=torch.long)), {}, ValueError,
+     "reference must have shape [B, S, T] = [2, S, 5]"),
+    (lambda: (torch.randn(2, 3, 5), torch.zeros(2, 1, 5), torch.zeros(2, 2, dtype=torch.long)), {}, ValueError,
+     "order must have shape [B, N] = [2, 3]"),
+    (lambda: (torch.randn(2, 3, 5), torch.zeros(2, 1, 5), torch.zeros(2, 3)), {}, TypeError,
+     "order must have an integer dtype"),
+    (lambda: (torch.randn(2, 3, 5), torch.zeros(2, 2, 5), torch.full((2, 3), 2)), {}, ValueError,
+     "order must hold reference rows in [-1, 1]"),
+    (lambda: (torch.randn(2, 3, 5), torch.zeros(2, 2, 5), torch.full((2, 3), -2)), {}, ValueError,
+     "order must hold reference rows in [-1, 1]"),
+    (lambda: (torch.randn(2, 3, 5), torch.zeros(2, 2, 5), torch.zeros(2, 3, dtype=torch.long)),
+     {"collar_frames": -1.0}, ValueError, "collar_frames must be a finite number >= 0"),
+    (lambda: (torch.randn(2, 3, 5), torch.zeros(2, 2, 5), torch.zeros(2, 3, dtype=torch.long)),
+     {"collar_frames": float("nan")}, ValueError, "collar_frames must be a finite number >= 0"),
+    (lambda: (torch.randint(0, 2, (2, 3, 5)), torch.zeros(2, 2, 5), torch.zeros(2, 3, dtype=torch.long)), {},
+     TypeError, "logits must have dtype"),
+    (lambda: ([[0.0]], torch.zeros(2, 2, 5), torch.zeros(2, 3, dtype=torch.long)), {}, TypeError,
+     "logits must be a torch.Tensor"),
+])
+def test_bad_input_raises_named_error(make, kwargs, exc, words):
+    logits, reference, order = make()
+    with pytest.raises(exc) as info:
+        collar_vad_loss(logits, reference, order, **{"collar_frames": 1.0, **kwargs})
+    assert words in str(info.value)
