@@ -14,18 +14,20 @@ so 0 when nothing is kept; the gradient goes to the logits.
 Backends: `reference` (the mask from a dilated map of the boundaries, then
 F.binary_cross_entropy_with_logits: plain torch, any float dtype), `cpu` (csrc/cpu/collar_vad.cpp:
 the mask from prefix counts of the boundaries, and the BCE or its gradient, in one pass per item,
-float64 sums). No Triton backend yet: GPUs run the reference.
+float64 sums), `triton` (kernels/collar_vad.py: boundaries, mask, then a program per logit row;
+fp32 arithmetic, the rows' sums added in float64).
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, upcast_half
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
 
 __all__ = ["collar_vad_loss", "collar_vad_loss_reference", "collar_mask"]
 
@@ -61,18 +63,19 @@ def collar_vad_loss_reference(logits: torch.Tensor, reference: torch.Tensor, ord
 
 
 # ----------------------------------------------------------------------------------------------
-# cpu backend: the extension's kernels, with the autograd of the pair.
+# Fused backends: the raw op pairs of the cpu (csrc/cpu/collar_vad.cpp) and triton
+# (kernels/collar_vad.py) backends, with one contract:
+#
+#     collar_vad_forward(logits, reference, order, collar_frames) -> (loss, keep[B, T] uint8, count int64)
+#     collar_vad_backward(grad, logits, reference, order, keep, count) -> grad_logits
 
-def _register_cpu() -> None:
-    @torch.library.register_fake("pyaudiok::collar_vad_forward")
+def _register(forward: str, backward_op: Callable[[], Callable]) -> None:
+    """Fakes and the autograd of a backend's pair; `backward_op()` gives its backward op."""
+    @torch.library.register_fake(forward)
     def _(logits, reference, order, collar_frames):
         B, _, T = logits.shape
         return (logits.new_empty(()), logits.new_empty((B, T), dtype=torch.uint8),
                 logits.new_empty((), dtype=torch.int64))
-
-    @torch.library.register_fake("pyaudiok::collar_vad_backward")
-    def _(grad, logits, reference, order, keep, count):
-        return torch.empty_like(logits)
 
     def setup_context(ctx, inputs, output):
         logits, reference, order, _ = inputs
@@ -83,22 +86,40 @@ def _register_cpu() -> None:
         if grad is None:
             return None, None, None, None
         logits, reference, order, keep, count = ctx.saved_tensors
-        return cpp_op("collar_vad_backward")(grad, logits, reference, order, keep, count), None, None, None
+        return backward_op()(grad, logits, reference, order, keep, count), None, None, None
 
-    torch.library.register_autograd("pyaudiok::collar_vad_forward", backward, setup_context=setup_context)
+    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+
+
+def _register_backward_fake(qualname: str) -> None:
+    @torch.library.register_fake(qualname)
+    def _(grad, logits, reference, order, keep, count):
+        return torch.empty_like(logits)
 
 
 if extension_loaded():
-    _register_cpu()
+    _register_backward_fake("pyaudiok::collar_vad_backward")
+    _register("pyaudiok::collar_vad_forward", lambda: cpp_op("collar_vad_backward"))
 
 
-def _cpu(logits, reference, order, collar_frames):
-    return cpp_op("collar_vad_forward")(logits.contiguous(), reference.contiguous(), order.contiguous(),
-                                        collar_frames)[0]
+def _triton_backward():
+    return triton_op("collar_vad_backward_triton", "collar_vad", "collar_vad_backward", _register_backward_fake)
+
+
+def _triton_forward():
+    return triton_op("collar_vad_triton", "collar_vad", "collar_vad_forward",
+                     lambda q: _register(q, _triton_backward))
+
+
+def _fused(get_forward: Callable[[], Callable]):
+    def run(logits, reference, order, collar_frames):
+        return get_forward()(logits.contiguous(), reference.contiguous(), order.contiguous(), collar_frames)[0]
+    return run
 
 
 OP = dispatch.op("collar_vad_loss")
-register_backends(OP, reference=collar_vad_loss_reference, cpu=upcast_half(_cpu),
+register_backends(OP, reference=collar_vad_loss_reference,
+                  cpu=upcast_half(_fused(lambda: cpp_op("collar_vad_forward"))), triton=_fused(_triton_forward),
                   cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64))
 
 

@@ -11,7 +11,7 @@ from pyaudiok.ops.collar_vad import OP, collar_mask, collar_vad_loss_reference
 
 from ..harness import assert_close, compare_with_reference, opcheck, require_backend
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "triton")
 
 
 def _inputs(B, N, S, T, device="cpu", dtype=torch.float32, turns=6):
@@ -113,15 +113,21 @@ def test_non_contiguous_and_half_inputs(backend):
     assert_close("bf16 loss", loss, want, torch.bfloat16)
 
 
-def test_raw_ops_pass_opcheck():
-    require_backend(OP, "cpu")
-    logits, reference, order = _inputs(2, 3, 3, 30)
-    args = (logits, reference.float(), order, 2.0)
-    opcheck(torch.ops.pyaudiok.collar_vad_forward, args,
-            test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
-    loss, keep, count = torch.ops.pyaudiok.collar_vad_forward(logits.detach(), reference.float(), order, 2.0)
-    opcheck(torch.ops.pyaudiok.collar_vad_backward,
-            (torch.ones(()), logits.detach(), reference.float(), order, keep, count),
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_raw_ops_pass_opcheck(backend):
+    device = require_backend(OP, backend)
+    if backend == "triton":
+        from pyaudiok.ops.collar_vad import _triton_backward, _triton_forward
+        forward, backward = _triton_forward(), _triton_backward()
+    else:
+        forward, backward = torch.ops.pyaudiok.collar_vad_forward, torch.ops.pyaudiok.collar_vad_backward
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
+        tests = tests[:-1]
+    logits, reference, order = _inputs(2, 3, 3, 30, device)
+    opcheck(forward, (logits, reference.float(), order, 2.0), test_utils=tests)
+    loss, keep, count = forward(logits.detach(), reference.float(), order, 2.0)
+    opcheck(backward, (torch.ones((), device=device), logits.detach(), reference.float(), order, keep, count),
             test_utils=("test_schema", "test_faketensor"))
 
 
