@@ -92,7 +92,10 @@ inline int64_t visible_keys(int64_t shift, int64_t j, int64_t i0, int64_t cols) 
 template <typename T>
 PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v, const AttentionShape& s, T scale,
                                               int64_t q_begin, int64_t q_end, GemmFn<T> gemm, T* out, T* lse) {
-  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N, kQ = s.query_block, kK = s.key_block;
+  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N, kK = s.key_block;
+  // A tile no taller than the queries there are: a sampling step's one query would otherwise
+  // allocate and clear a whole block's scores (256 KiB at 128 × 512) on every call.
+  const int64_t kQ = std::max<int64_t>(1, std::min(s.query_block, q_end - q_begin));
   std::vector<T> scores(kQ * kK), row_peak(kQ), row_sum(kQ);
   for (int64_t j0 = q_begin; j0 < q_end; j0 += kQ) {
     const int64_t rows = std::min(kQ, q_end - j0);
