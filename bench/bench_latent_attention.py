@@ -114,11 +114,8 @@ def _atomic_dq(run):
     from pyaudiok.kernels import latent_attention as kernels
 
     def call():
-        saved, kernels.DQ_MODE = kernels.DQ_MODE, "atomic"
-        try:
+        with kernels.dq_mode_set("atomic"):
             return run()
-        finally:
-            kernels.DQ_MODE = saved
     return call
 
 

@@ -67,12 +67,8 @@ def sweep(n: int, m: int, d: int, dtype: torch.dtype, device: torch.device, budg
     kernel (`kernels.latent_attention.DQ_MODE`): it has no dQ kernel to sweep."""
     from pyaudiok.kernels import latent_attention as kernels
 
-    saved, kernels.DQ_MODE = kernels.DQ_MODE, dq_mode
-    try:
-        kernels.dq_mode()  # a bad mode fails here, before any timing
+    with kernels.dq_mode_set(dq_mode):  # a bad mode fails here, before any timing
         return _sweep(kernels, n, m, d, dtype, device, budget_s, min_time, grids)
-    finally:
-        kernels.DQ_MODE = saved
 
 
 def _sweep(kernels, n, m, d, dtype, device, budget_s, min_time, grids):

@@ -8,13 +8,12 @@ sums are added in float64 by torch, so the loss does not depend on the launch or
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..ops.collar_vad import collar_window
 from .gpu import launchable
 
 BLOCK_T = 256
@@ -87,11 +86,6 @@ def _grad_kernel(x_ptr, ref_ptr, order_ptr, keep_ptr, scale_ptr, g_ptr, N, S, T,
     tl.store(g_ptr + tl.program_id(0).to(tl.int64) * T + t, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
-def collar_window(collar_frames: float) -> tuple[int, int]:
-    """(lo, hi): frame t (centre t + ½) is within the collar of edge e iff lo <= e − t <= hi."""
-    return math.floor(0.5 - collar_frames) + 1, math.ceil(0.5 + collar_frames) - 1
-
-
 def collar_vad_forward(logits: Tensor, reference: Tensor, order: Tensor,
                        collar_frames: float) -> tuple[Tensor, Tensor, Tensor]:
     """Contiguous logits[B, N, T], reference[B, S, T] (logits' dtype), order[B, N] int64 ->
@@ -126,4 +120,4 @@ def collar_vad_backward(grad: Tensor, logits: Tensor, reference: Tensor, order: 
     return out
 
 
-__all__ = ["collar_vad_forward", "collar_vad_backward", "collar_window"]
+__all__ = ["collar_vad_forward", "collar_vad_backward"]

@@ -31,6 +31,7 @@ that hold whole operand rows in registers: on sm_90 the dK/dV kernel spilled ~13
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -386,6 +387,18 @@ def dq_mode() -> str:
     if DQ_MODE not in ("separate", "atomic"):
         raise ValueError(f"DQ_MODE must be 'separate' or 'atomic'; got {DQ_MODE!r}")
     return "separate" if torch.are_deterministic_algorithms_enabled() else DQ_MODE
+
+
+@contextlib.contextmanager
+def dq_mode_set(mode: str):
+    """DQ_MODE = mode meanwhile (checked on entry), restored after."""
+    global DQ_MODE
+    saved, DQ_MODE = DQ_MODE, mode
+    try:
+        dq_mode()
+        yield
+    finally:
+        DQ_MODE = saved
 
 
 def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:

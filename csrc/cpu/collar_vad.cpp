@@ -92,17 +92,21 @@ PYAUDIOK_CLONES void row_grad<float>(const float* x, const float* y, const float
   for (; t < n; ++t) g[t] = keep[t] != 0.0f ? static_cast<float>(scale * (sigmoid(x[t]) - y[t])) : 0.0f;
 }
 
+// The kept frames as 1 / 0 in the rows' type, for vector loads next to the rows.
+template <typename T>
+std::vector<T> weights_of(const uint8_t* keep, int64_t n) {
+  std::vector<T> weights(n);
+  for (int64_t t = 0; t < n; ++t) weights[t] = keep[t] ? T(1) : T(0);
+  return weights;
+}
+
 }  // namespace
 
 template <typename T>
 void collar_vad_sum(const T* logits, const T* reference, const int64_t* order, const uint8_t* keep,
                     const CollarVadShape& s, double* sum, int64_t* count) {
-  std::vector<T> weights(s.T);  // the mask in the rows' type, for vector loads
-  int64_t kept = 0;
-  for (int64_t t = 0; t < s.T; ++t) {
-    weights[t] = keep[t] ? T(1) : T(0);
-    kept += keep[t];
-  }
+  const std::vector<T> weights = weights_of<T>(keep, s.T);
+  const int64_t kept = std::count(keep, keep + s.T, uint8_t{1});
   double total = 0.0;
   int64_t rows = 0;
   for (int64_t n = 0; n < s.N; ++n) {
@@ -117,8 +121,7 @@ void collar_vad_sum(const T* logits, const T* reference, const int64_t* order, c
 template <typename T>
 void collar_vad_grad(const T* logits, const T* reference, const int64_t* order, const uint8_t* keep,
                      const CollarVadShape& s, double scale, T* grad) {
-  std::vector<T> weights(s.T);
-  for (int64_t t = 0; t < s.T; ++t) weights[t] = keep[t] ? T(1) : T(0);
+  const std::vector<T> weights = weights_of<T>(keep, s.T);
   for (int64_t n = 0; n < s.N; ++n) {
     T* g = grad + n * s.T;
     if (order[n] < 0) {

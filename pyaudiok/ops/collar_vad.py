@@ -29,7 +29,16 @@ from .. import dispatch
 from . import _checks
 from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
 
-__all__ = ["collar_vad_loss", "collar_vad_loss_reference", "collar_mask"]
+__all__ = ["collar_vad_loss", "collar_vad_loss_reference", "collar_mask", "collar_window"]
+
+_ACTIVITY_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) + dispatch.FLOAT_DTYPES
+_ORDER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8)
+
+
+def collar_window(collar_frames: float) -> tuple[int, int]:
+    """(lo, hi): frame t, centred at t + ½, is strictly within `collar_frames` of edge e iff
+    lo <= e − t <= hi, that is 0.5 − c < e − t < 0.5 + c (hi < lo: no collar)."""
+    return math.floor(0.5 - collar_frames) + 1, math.ceil(0.5 + collar_frames) - 1
 
 
 def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
@@ -41,8 +50,7 @@ def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
     B, _, T = reference.shape
     padded = F.pad(reference.float(), (1, 1))
     boundary = (padded[..., 1:] != padded[..., :-1]).any(1).float()          # [B, T + 1], boundary b at frame edge b
-    # Frame t (centre t + 0.5) is within the collar of edge b = t + j iff 0.5 − c < j < 0.5 + c.
-    lo, hi = math.floor(0.5 - collar_frames) + 1, math.ceil(0.5 + collar_frames) - 1
+    lo, hi = collar_window(collar_frames)
     if hi < lo:  # no collar
         return torch.ones(B, T, dtype=torch.bool, device=reference.device)
     left = max(0, -lo)
@@ -133,12 +141,8 @@ def collar_vad_loss(logits: torch.Tensor, reference: torch.Tensor, order: torch.
     order[B, N] (integer, the reference row of each logit row, −1 for none), collar_frames >= 0 per
     side. Returns a scalar in the logits' dtype, differentiable with respect to the logits."""
     logits = _checks.float_tensor("logits", logits, ndim=3, layout="[B, N, T]")
-    reference = _checks.tensor("reference", reference, ndim=3, layout="[B, S, T]")
-    order = _checks.tensor("order", order, ndim=2, layout="[B, N]")
-    if reference.dtype.is_complex or order.dtype.is_floating_point or order.dtype.is_complex or \
-            order.dtype == torch.bool:
-        bad = ("reference", reference) if reference.dtype.is_complex else ("order", order)
-        raise TypeError(f"{bad[0]} must have an {'integer' if bad[0] == 'order' else 'real'} dtype; got {bad[1].dtype}")
+    reference = _checks.tensor("reference", reference, ndim=3, layout="[B, S, T]", dtypes=_ACTIVITY_DTYPES)
+    order = _checks.tensor("order", order, ndim=2, layout="[B, N]", dtypes=_ORDER_DTYPES)
     _checks.same_device("reference", reference, "logits", logits)
     _checks.same_device("order", order, "logits", logits)
     B, N, T = logits.shape
