@@ -16,8 +16,8 @@ and a `triton_op` call.
     python -m pyaudiok.bench.host_cost [--device cuda] [--calls 300] [--rounds 5] [--only fourier_crop]
 
 On a CPU, Triton runs in its interpreter with the kernel bodies stubbed out. Nothing is computed and
-the outputs are garbage, so what is measured is the Python host cost alone. Ops whose host code reads
-their outputs (sampled codes, iteration counts) are skipped there.
+the outputs are garbage, so what is measured is the Python host cost alone. A case that fails (its
+host code reading garbage outputs) is reported as skipped, with the error.
 """
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def _cases(device: torch.device) -> dict[str, Callable[[], None]]:
     anchors, positives, weight = leaf(16, 32), leaf(16, 32), leaf(32, 32)
     energy = (torch.rand(2, 8, 64, device=device) + 0.1).requires_grad_()
     pcen_params = [torch.full((8,), value, device=device, requires_grad=True) for value in (0.96, 2.0, 0.5, 0.04)]
+    vad_logits, activity = leaf(2, 3, 100), torch.rand(2, 3, 100, device=device) > 0.5
+    order = torch.arange(3, device=device).expand(2, 3)
     return {
         "fourier_crop 2-D 32x32, matmul": _grad_step(lambda: ops.fourier_crop(x2, strides, method="matmul"),
                                                      [x2, strides]),
@@ -67,6 +69,8 @@ def _cases(device: torch.device) -> dict[str, Callable[[], None]]:
         "bilinear_contrastive_loss": _grad_step(lambda: ops.bilinear_contrastive_loss(anchors, positives, weight),
                                                 [anchors, positives, weight]),
         "pcen": _grad_step(lambda: ops.pcen(energy, *pcen_params), [energy, *pcen_params]),
+        "collar_vad_loss": _grad_step(lambda: ops.collar_vad_loss(vad_logits, activity, order, collar_frames=2.0),
+                                      [vad_logits]),
     }
 
 
