@@ -58,6 +58,10 @@ def _cases(device: torch.device) -> dict[str, Callable[[], None]]:
     pcen_params = [torch.full((8,), value, device=device, requires_grad=True) for value in (0.96, 2.0, 0.5, 0.04)]
     vad_logits, activity = leaf(2, 3, 100), torch.rand(2, 3, 100, device=device) > 0.5
     order = torch.arange(3, device=device).expand(2, 3)
+    speaker_vectors, speaker_table = leaf(64, 32), leaf(16, 32)
+    alpha = torch.tensor(2.0, device=device, requires_grad=True)
+    reorder_logits, eeg = leaf(2, 4, 6), leaf(2, 6, 32)
+    present = (torch.arange(6, device=device) < 5).expand(2, 6)
     return {
         "fourier_crop 2-D 32x32, matmul": _grad_step(lambda: ops.fourier_crop(x2, strides, method="matmul"),
                                                      [x2, strides]),
@@ -71,6 +75,10 @@ def _cases(device: torch.device) -> dict[str, Callable[[], None]]:
         "pcen": _grad_step(lambda: ops.pcen(energy, *pcen_params), [energy, *pcen_params]),
         "collar_vad_loss": _grad_step(lambda: ops.collar_vad_loss(vad_logits, activity, order, collar_frames=2.0),
                                       [vad_logits]),
+        "distance_logsumexp": _grad_step(lambda: ops.distance_logsumexp(speaker_vectors, speaker_table, alpha=alpha),
+                                         [speaker_vectors, speaker_table, alpha]),
+        "reorder_channels": _grad_step(lambda: ops.reorder_channels(reorder_logits, eeg, present)[0],
+                                       [reorder_logits, eeg]),
     }
 
 

@@ -28,3 +28,12 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input_precision for operands of `dtype`. fp32: TF32 where PyTorch's matmuls may use
+    it, else 3xTF32 (fp32-accurate on tensor cores; a plain fp32 "ieee" dot lowers to FMA loops that
+    spill). Half-precision operands go to the tensor cores as they are (the value is unused)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"

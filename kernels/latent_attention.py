@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gpu import launchable, sm_count as _sm_count
+from .gpu import dot_precision as _precision, launchable, sm_count as _sm_count
 
 HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
@@ -334,13 +334,6 @@ def _tiles(D: int, dtype: torch.dtype, device: torch.device) -> tuple[_Tile, _Ti
     if D <= 64:
         return _Tile(128, 64, 8, 3), _Tile(32, 128, 4, 3), _Tile(128, 64, 4, 4)
     return _Tile(128, 64, 8, 2), _Tile(32, 128, 8, 2), _Tile(128, 64, 8, 2)
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """fp32: TF32 where PyTorch's matmuls may use it, else 3xTF32 (fp32-accurate on tensor cores)."""
-    if dtype != torch.float32:
-        return "tf32"  # unused: half-precision operands go to the tensor cores as they are
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 
 def choose_splits(programs: int, Mk: int, device: torch.device) -> int:

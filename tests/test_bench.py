@@ -122,7 +122,8 @@ def test_host_cost_times_each_op_both_ways():
     assert "skipped" not in out.stdout, out.stdout
     assert "trivial kernel: direct launch" in out.stdout
     for op in ("fourier_crop 2-D 32x32, matmul", "latent_cross_attention", "sinkhorn", "soft_rank", "pcen",
-               "bilinear_contrastive_loss", "collar_vad_loss"):
+               "bilinear_contrastive_loss", "collar_vad_loss", "distance_logsumexp",
+               "reorder_channels"):
         line = next(line for line in out.stdout.splitlines() if line.startswith(op))
         assert "direct" in line and "registered" in line and "saved" in line
 

@@ -4,7 +4,8 @@ incomplete set of electrodes, to x̃[B, K, T] in a canonical order of K channels
     keys    k = encoder(x_c)                     [B, C_in, d]   one shared encoder, channel by channel
     queries q = learned canonical slots          [K, d]
     logits  L = q kᵀ / √d                        [B, K, C_in]   absent channels masked out
-    A       = softmax over the input channels of L                   (normalization="softmax")
+    A       = softmax over the input channels of L                   (normalization="softmax",
+              with x̃ in one fused op: pyaudiok.ops.reorder_channels)
             = K · Sinkhorn plan of cost −L, marginals 1/K (rows) and   (normalization="sinkhorn")
               1/C_present on present channels, 0 on absent ones
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..ops import _checks
+from ..ops.reorder_channels import reorder_channels
 from ..ops.sinkhorn import sinkhorn
 
 __all__ = ["ChannelReorder", "ChannelEncoder", "Reordered", "NORMALIZATIONS", "reordering_loss"]
@@ -105,10 +107,10 @@ class ChannelReorder(nn.Module):
         keys = keys.reshape(B, C, self.d)
         return torch.einsum("kd,bcd->bkc", self.queries.to(keys.dtype), keys) / math.sqrt(self.d)
 
-    def reordering(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """A[B, K, C_in] from the logits (rows sum to 1, zero on masked channels)."""
-        if self.normalization == "softmax":
-            return logits.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
+    def reorder(self, logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> Reordered:
+        """x̃ = A x and A[B, K, C_in] from the logits (rows sum to 1, zero on masked channels)."""
+        if self.normalization == "softmax":  # the fused op; x in the logits' dtype, as bmm under autocast
+            return Reordered(*reorder_channels(logits, x.to(logits.dtype), mask))
         # Transport from the inputs (rows, mass 1/C_present each, 0 if absent) to the K slots
         # (columns, 1/K each): Sinkhorn ends on a column update, so every slot's total, the row sum
         # of A, is exact after any number of iterations.
@@ -117,15 +119,15 @@ class ChannelReorder(nn.Module):
         b = logits.new_full((B, K), 1.0 / K)
         plan = sinkhorn(-logits.transpose(1, 2), a, b, eps=self.eps, n_iters=self.n_iters, tol=None,
                         backward="unroll")
-        return K * plan.transpose(1, 2)
+        A = K * plan.transpose(1, 2)
+        return Reordered(torch.bmm(A, x), A)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> Reordered:
         x, mask = self._check(x, mask)
         x = x.masked_fill(~mask[:, :, None], 0.0)  # absent channels carry nothing, not even NaN
         if x.shape[0] == 0:
             return Reordered(x.new_zeros(0, self.n_canonical, x.shape[2]), x.new_zeros(0, self.n_canonical, x.shape[1]))
-        A = self.reordering(self.logits(x, mask), mask)
-        return Reordered(torch.bmm(A, x), A)
+        return self.reorder(self.logits(x, mask), x, mask)
 
     def extra_repr(self) -> str:
         return f"n_canonical={self.n_canonical}, d={self.d}, normalization={self.normalization!r}"

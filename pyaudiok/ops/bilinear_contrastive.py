@@ -34,6 +34,7 @@ import torch
 from .. import backends, dispatch
 from . import _checks
 from ._library import HALF_DTYPES, custom_op, triton_op, upcast_half
+from ._row_blocks import block_rows, exp_ as _exp_, softmax_ as _softmax_
 
 __all__ = ["bilinear_contrastive_loss", "bilinear_contrastive_reference"]
 
@@ -64,35 +65,11 @@ def bilinear_contrastive_reference(anchors, positives, weight, symmetric=False, 
 # cpu backend: blocks of rows of S = X Yᵀ through ATen's GEMMs (multithreaded, vectorised), so
 # memory is O(block · B) instead of O(B²); exact (no approximation), any float dtype.
 
-_BLOCK_ELEMENTS = 1 << 22  # 16 MiB of fp32 scores per row block (smaller blocks slow the GEMMs)
-
-
-# exp of arguments below this underflows through float32's denormal range, which x86 CPUs compute
-# tens of times slower (microcode assists); clamping there changes a probability by < 2e-38.
-_EXP_FLOOR = -87.0
-
-
-def _exp_(t: torch.Tensor) -> torch.Tensor:
-    """exp in place, arguments clamped at _EXP_FLOOR (no denormal results)."""
-    return t.clamp_min_(_EXP_FLOOR).exp_()
-
-
-def _softmax_(s: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(exp(s − top) of a score block, normalised over rows if asked, and the rows' logsumexp),
-    computed in place over s: no temporary of the block's size."""
-    top = s.amax(dim=1, keepdim=True)
-    e = _exp_(s.sub_(top))
-    total = e.sum(1, keepdim=True)
-    if normalize:
-        e.div_(total)
-    return e, total.log_().add_(top)[:, 0]
-
-
 def _q_blocks(x: torch.Tensor, w: torch.Tensor):
     """(rows, x[rows], q = x[rows] w, a score buffer [len(rows), B]) per block of rows: one Q block
     and one score block allocated for all blocks, so no second one is ever alive."""
     B = x.shape[0]
-    step = max(1, min(B, _BLOCK_ELEMENTS // max(B, 1)))
+    step = block_rows(B, B)
     s_buffer, q_buffer = x.new_empty(min(step, B), B), x.new_empty(min(step, B), w.shape[1])
     for r in range(0, B, step):
         xr = x[r:r + step]

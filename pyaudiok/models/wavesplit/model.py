@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyaudiok.ops import kmeans, neg_si_sdr_loss
+from pyaudiok.ops import distance_logsumexp, distance_nll, kmeans, neg_si_sdr_loss
 
 __all__ = ["WavesplitConfig", "Wavesplit", "WavesplitOutput", "speaker_loss", "DilatedResidual"]
 
@@ -82,14 +82,15 @@ def speaker_loss(vectors: torch.Tensor, speakers: torch.Tensor, table: torch.Ten
 
     ℓ(h, s_j) = local_weight·(−log softmax over the mixture's speakers) + global_weight·(−log softmax
     over all rows), both of −d(h, e) = −(α‖h − e‖² + β); the loss is the mean over items and steps of
-    the best per-step assignment's Σ_j ℓ / N."""
+    the best per-step assignment's Σ_j ℓ / N. β shifts every distance alike, so neither softmax
+    depends on it. The global term's log-sum-exp over the whole table is the fused
+    pyaudiok.ops.distance_logsumexp (no [B, T', N, |S|] distances in memory)."""
     B, N, d, T = vectors.shape
     h = vectors.permute(0, 3, 1, 2)                                                        # [B, T, N, d]
-    dist = alpha * (h.square().sum(-1, keepdim=True) + table.square().sum(-1)
-                    - 2 * h @ table.t()) + beta                                            # [B, T, N, |S|]
-    index = speakers[:, None, None, :].expand(B, T, N, N)
-    global_nll = -(-dist).log_softmax(-1).gather(-1, index)                               # [B, T, N(h), N(spk)]
-    local_nll = -(-dist.gather(-1, index)).log_softmax(-1)
+    chosen = table[speakers]                                                               # [B, N(spk), d]
+    dist = alpha * (h[:, :, :, None] - chosen[:, None, None]).square().sum(-1) + beta      # [B, T, N(h), N(spk)]
+    global_nll = dist - beta + distance_logsumexp(h, table, alpha=alpha)[..., None]
+    local_nll = -(-dist).log_softmax(-1)
     cost = local_weight * local_nll + global_weight * global_nll
     perms = _permutations(N, vectors.device)                                               # [P, N]
     # total[b, t, p] = Σ_j cost[b, t, perms[p, j], j]
@@ -99,9 +100,10 @@ def speaker_loss(vectors: torch.Tensor, speakers: torch.Tensor, table: torch.Ten
 
 
 def _distance_regulariser(table: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Each table row classified as itself among all rows: −log softmax(−d(E_i, E_j))[i], mean over i."""
-    dist = alpha * torch.cdist(table, table).square() + beta
-    return F.cross_entropy(-dist, torch.arange(len(table), device=table.device))
+    """Each table row classified as itself among all rows: −log softmax(−d(E_i, E_j))[i], mean over i
+    (β cancels)."""
+    own = torch.arange(len(table), device=table.device)[:, None]
+    return distance_nll(table, table, own, alpha=alpha).mean()
 
 
 class Wavesplit(nn.Module):

@@ -1,0 +1,49 @@
+"""Benchmark of CHARM's fused reordering (DESIGN §7), forward + backward to the logits and the
+signals: the reference (masked_fill, softmax, bmm: what a user writes, so also the peer), every
+backend, auto dispatch, and the reference under torch.compile. Sizes: CHARM's trainer default
+(batch 64, 16 channels × 256 samples, K 16, a quarter of the channels missing) and a larger EEG
+case (batch 256, 64 channels, K 64, 10 s at 256 Hz)."""
+from __future__ import annotations
+
+import torch
+
+from pyaudiok.ops.reorder_channels import OP, reorder_channels
+
+from .harness import Candidate, Case, backend_candidates, compiled, relative_error, with_backend
+
+SIZES = [(64, 16, 16, 256), (256, 64, 64, 2560)]  # (B, K, C, T)
+QUICK = [(64, 16, 16, 256)]
+
+
+def _inputs(B, K, C, T, device):
+    gen = torch.Generator().manual_seed(B * C + T)
+    logits = torch.randn(B, K, C, generator=gen).to(device).requires_grad_()
+    x = torch.randn(B, C, T, generator=gen).to(device).requires_grad_()
+    mask = torch.rand(B, C, generator=gen) > 0.25
+    mask[:, 0] = True
+    weight = torch.randn(B, K, T, generator=gen).to(device)  # the upstream gradient of y
+    return logits, x, mask.to(device), weight
+
+
+def _step(logits, x, mask, weight):
+    def run():
+        y, A = reorder_channels(logits, x, mask)
+        (y * weight).sum().backward()
+        logits.grad = x.grad = None
+        return y.detach()
+    return run
+
+
+def case(device: torch.device, B: int, K: int, C: int, T: int) -> Case:
+    logits, x, mask, weight = _inputs(B, K, C, T, device)
+    check = relative_error("y")
+    step = _step(logits, x, mask, weight)
+    cands = [Candidate("reference", "reference", with_backend("reference", step))]
+    cands += backend_candidates(OP, device, logits.dtype, (logits, x, mask), lambda b: with_backend(b, step), check)
+    cands.append(Candidate("auto (dispatch)", "backend", step, check=check))
+    cands.append(compiled("reference, torch.compile", step, check=check))
+    return Case("reorder_channels.fwd+bwd", {"B": B, "K": K, "C": C, "T": T}, cands)
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    return [case(device, *size) for size in (QUICK if quick else SIZES)]

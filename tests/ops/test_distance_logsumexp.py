@@ -1,0 +1,166 @@
+"""The distance log-sum-exp and NLL (Wavesplit's speaker loss over the table): every backend against
+the reference, forward and the gradients to the vectors, the table and α."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.ops import distance_logsumexp, distance_nll
+from pyaudiok.ops.distance_logsumexp import OP
+
+from ..harness import assert_close, compare_with_reference, opcheck, require_backend
+
+BACKENDS = ("cpu", "triton")
+
+
+def _inputs(lead, S, d, device="cpu", dtype=torch.float32, scale=1.0):
+    gen = torch.Generator().manual_seed(sum(lead) * 31 + S * 7 + d)
+    vectors = (scale * torch.randn(*lead, d, generator=gen, dtype=torch.float64)).to(device, dtype).requires_grad_()
+    table = (scale * torch.randn(S, d, generator=gen, dtype=torch.float64)).to(device, dtype).requires_grad_()
+    alpha = torch.tensor(0.8, dtype=torch.float64).to(device, dtype).requires_grad_()
+    return vectors, table, alpha
+
+
+def _lse(vectors, table, alpha):
+    return distance_logsumexp(vectors, table, alpha=alpha)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lead,S,d", [((37,), 11, 20), ((3, 5, 2), 16, 32), ((130,), 70, 200), ((5,), 1, 3),
+                                      ((64,), 65, 17), ((2, 9), 129, 64)])
+def test_forward_and_gradients_match_reference(backend, lead, S, d):
+    device = require_backend(OP, backend)
+    compare_with_reference(_lse, _inputs(lead, S, d, device), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64(backend):
+    device = require_backend(OP, backend, torch.float64)
+    compare_with_reference(_lse, _inputs((23,), 9, 13, device, torch.float64), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nll_matches_log_softmax_of_distances(backend):
+    """distance_nll against the plain formula, through every backend, with gradients."""
+    device = require_backend(OP, backend)
+    vectors, table, alpha = _inputs((4, 6, 2), 10, 8, device)
+    targets = torch.randint(0, 10, (4, 6, 2, 3), generator=torch.Generator().manual_seed(2)).to(device)
+    compare_with_reference(lambda v, t, a: distance_nll(v, t, targets, alpha=a), (vectors, table, alpha), backend)
+    plain = -torch.log_softmax(-alpha.double() * torch.cdist(vectors.double(), table.double()).square(), -1)
+    with pyaudiok.use_backend(backend):
+        nll = distance_nll(vectors, table, targets, alpha=alpha)
+    assert_close("nll", nll, plain.gather(-1, targets), torch.float32)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_shift_invariance_and_nearest_row(backend):
+    """A far table row adds nothing; a vector on a row at large α has lse ≈ 0 (p = 1 there)."""
+    require_backend(OP, backend)
+    table = torch.eye(4, 8)
+    vectors = table[:3].clone()
+    with torch.no_grad(), pyaudiok.use_backend(backend):
+        sharp = distance_logsumexp(vectors, table, alpha=50.0)
+        far = distance_logsumexp(vectors, torch.cat([table, torch.full((1, 8), 30.0)]), alpha=1.0)
+        near = distance_logsumexp(vectors, table, alpha=1.0)
+    assert sharp.abs().max() < 1e-6
+    assert_close("far row", far, near, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_number_alpha_and_large_distances(backend):
+    """α as a Python number (no gradient to it), and distances whose exp underflows fp32."""
+    device = require_backend(OP, backend)
+    vectors, table, _ = _inputs((40,), 12, 16, device, scale=10.0)
+    compare_with_reference(lambda v, t: distance_logsumexp(v, t, alpha=2.5), (vectors, table), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_and_empty(backend):
+    device = require_backend(OP, backend)
+    vectors, table, alpha = _inputs((30,), 12, 10, device)
+    strided = vectors.detach().T.contiguous().T.requires_grad_()
+    compare_with_reference(_lse, (strided, table.detach()[::2].requires_grad_(), alpha), backend)
+    empty = torch.randn(0, 3, 10, device=device, requires_grad=True)
+    with pyaudiok.use_backend(backend):
+        out = distance_logsumexp(empty, table, alpha=alpha)
+    out.sum().backward()
+    assert out.shape == (0, 3) and empty.grad.shape == empty.shape
+    assert torch.count_nonzero(table.grad) == 0 and torch.count_nonzero(alpha.grad) == 0
+
+
+# Triton's interpreter computes bf16 tl.dot wrongly (garbage of ~1e10): bf16 Triton runs on GPUs only.
+@pytest.mark.parametrize("backend,dtype", [("cpu", torch.float16), ("cpu", torch.bfloat16), ("triton", torch.float16),
+                                           pytest.param("triton", torch.bfloat16, marks=pytest.mark.gpu)])
+def test_half_precision(backend, dtype):
+    device = require_backend(OP, backend, dtype)
+    compare_with_reference(_lse, _inputs((50,), 20, 24, device, dtype), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_raw_ops_pass_opcheck(backend):
+    device = require_backend(OP, backend)
+    if backend == "triton":
+        from pyaudiok.ops.distance_logsumexp import _triton_backward, _triton_forward
+        forward, backward = _triton_forward(), _triton_backward()
+    else:
+        from pyaudiok.ops.distance_logsumexp import _cpu_backward, _cpu_forward
+        forward, backward = _cpu_forward, _cpu_backward
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
+        tests = tests[:-1]
+    vectors, table, alpha = _inputs((20,), 7, 9, device)
+    opcheck(forward, (vectors, table, alpha), test_utils=tests)
+    lse, m = forward(vectors.detach(), table.detach(), alpha.detach())
+    opcheck(backward, (torch.ones_like(lse), vectors.detach(), table.detach(), alpha.detach(), m),
+            test_utils=("test_schema", "test_faketensor"))
+
+
+def test_compiles_without_graph_break():
+    vectors, table, alpha = _inputs((16,), 5, 8)
+    compiled = torch.compile(lambda v, t, a: distance_logsumexp(v, t, alpha=a).sum(), fullgraph=True, backend="eager")
+    with pyaudiok.use_backend("cpu"):
+        got = compiled(vectors, table, alpha)
+    assert_close("compiled", got, distance_logsumexp(vectors, table, alpha=alpha).sum(), torch.float32)
+
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 3), alpha=1.0), ValueError,
+     "table must have shape [S, d] = [S >= 1, 4]"),
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(0, 4), alpha=1.0), ValueError,
+     "table must have shape [S, d] = [S >= 1, 4]"),
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4, 1), alpha=1.0), ValueError,
+     "table must have shape [S, d]"),
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4).double(), alpha=1.0), TypeError,
+     "table must have the dtype of vectors"),
+    (lambda: distance_logsumexp(torch.randint(0, 3, (3, 4)), torch.randn(5, 4), alpha=1.0), TypeError,
+     "vectors must have dtype"),
+    (lambda: distance_logsumexp(torch.tensor(1.0), torch.randn(5, 4), alpha=1.0), ValueError,
+     "vectors must have shape [..., d]"),
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4), alpha=torch.ones(2)), TypeError,
+     "alpha must be a number or a one-element float tensor"),
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4), alpha=float("inf")), TypeError,
+     "alpha must be a finite number"),
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4), alpha="1"), TypeError,
+     "alpha must be a finite number"),
+    (lambda: distance_nll(torch.randn(3, 4), torch.randn(5, 4), torch.tensor([[0], [5], [1]]), alpha=1.0),
+     ValueError, "targets must hold table rows in [0, 4]"),
+    (lambda: distance_nll(torch.randn(3, 4), torch.randn(5, 4), torch.zeros(2, 1, dtype=torch.long), alpha=1.0),
+     ValueError, "targets must have shape [..., J] with the leading dims of vectors [3]"),
+    (lambda: distance_nll(torch.randn(3, 4), torch.randn(5, 4), torch.zeros(3, 1), alpha=1.0),
+     TypeError, "targets must have dtype int64"),
+])
+def test_bad_input_raises_named_error(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_autocast_computes_in_float32():
+    """Under autocast, half vectors against a float32 table (a model's usual mix) run in float32."""
+    vectors, table = torch.randn(10, 8).bfloat16(), torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = distance_logsumexp(vectors, table, alpha=1.5)
+    want = distance_logsumexp(vectors.float(), table, alpha=1.5)
+    assert out.dtype == torch.float32
+    assert_close("autocast", out, want, torch.float32)
