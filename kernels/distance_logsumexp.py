@@ -1,8 +1,8 @@
 """Triton kernels of the distance log-sum-exp (pyaudiok/ops/distance_logsumexp.py documents the math
 and the raw ops):
 
-    lse_forward(h[R, d], table[S, d], alpha) -> (lse[R], m[R])
-    lse_backward(g[R], h, table, alpha, m) -> (dh, dtable, dalpha)
+    lse_forward(h[R, d], table[S, d], alpha, keep) -> (lse[R], m[R], P: empty, never kept)
+    lse_backward(g[R], h, table, alpha, m, P) -> (dh, dtable, dalpha)
 
 Flash-style: a program owns a block of rows (or, for dtable, a block of table rows and a share of
 the rows) and walks the other side a tile at a time; the scores of a tile are a tensor-core product
@@ -138,17 +138,19 @@ def _squares(t: Tensor) -> Tensor:
     return t.float().square().sum(1)
 
 
-def lse_forward(h: Tensor, table: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+def lse_forward(h: Tensor, table: Tensor, alpha: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+    if keep:
+        raise ValueError("the Triton kernels keep no probabilities (keep must be False)")
     R, D = h.shape
     S = table.shape[0]
     lse, m = h.new_empty(R, dtype=torch.float32), h.new_empty(R, dtype=torch.float32)
     if R == 0:
-        return lse, m
+        return lse, m, h.new_empty(0)
     cfg = _config(R, S, D)
     grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
     launchable(_forward_kernel)[grid](h, table, _squares(table), _squares(h), alpha, lse, m, R, S, D,
                                       cfg["BLOCK_R"], cfg["BLOCK_S"], cfg["BLOCK_D"], dot_precision(h.dtype))
-    return lse, m
+    return lse, m, h.new_empty(0)
 
 
 def _shares(R: int, tiles: int, block: int, device: torch.device) -> int:
@@ -157,7 +159,9 @@ def _shares(R: int, tiles: int, block: int, device: torch.device) -> int:
     return max(1, min(target, triton.cdiv(R, block)))
 
 
-def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor,
+                 probabilities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients from P recomputed a tile at a time (`probabilities`: empty, never kept here)."""
     R, D = h.shape
     S = table.shape[0]
     if R == 0:

@@ -21,8 +21,13 @@ upstream gradient g of lse:
 Raw op pair of every fused backend (h [R, d] and the table contiguous, α a 0-d tensor in the
 accumulation dtype, lse in it too: float64 for float64 inputs, else float32):
 
-    forward(h, table, alpha) -> (lse[R], m[R])
-    backward(g[R], h, table, alpha, m) -> (dh, dtable, dalpha)
+    forward(h, table, alpha, keep) -> (lse[R], m[R], P)
+    backward(g[R], h, table, alpha, m, P) -> (dh, dtable, dalpha)
+
+P is the [R, S] matrix of probabilities when `keep` is set (else empty), for a backward without
+the recomputing product. The cpu backend keeps it for a forward that will be differentiated when
+S <= d, where P is no larger than the vectors themselves (Wavesplit: 101 speakers, d 512); the
+Triton kernels never keep it (flash-style; `keep` must be False).
 
 m, the log-sum-exp of the linear logits, is kept for the backward rather than recomputed from lse:
 m = lse + α‖h‖² in fp32 would carry the rounding of two terms of thousands at large distances
@@ -65,7 +70,8 @@ def distance_logsumexp_reference(vectors: torch.Tensor, table: torch.Tensor, alp
 # ----------------------------------------------------------------------------------------------
 # cpu backend: blocks of rows through ATen's GEMMs. The linear logits 2α h·e_s − α‖e_s‖² of a block
 # are one addmm with the table scaled by 2α and the bias row −α‖e‖²; the block is then reduced in
-# place. Three GEMMs of R·S·d in a forward and backward, as many as the reference.
+# place. Three GEMMs of R·S·d in a forward and backward, as many as the reference, when P is kept
+# (S <= d); a fourth recomputes the scores in the backward otherwise, so memory stays O(block · S).
 
 def _scaled_table(table: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(2α·table, −α‖e‖² per row, ‖e‖² per row)."""
@@ -73,14 +79,16 @@ def _scaled_table(table: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tenso
     return table * (2 * alpha), squares * -alpha, squares
 
 
-def _blocks(h: torch.Tensor, width: int):
-    """(rows, h[rows], a score buffer [len(rows), width]) per block of rows, one buffer for all."""
+def _blocks(h: torch.Tensor, width: int, whole: torch.Tensor | None = None):
+    """(rows, h[rows], a score buffer [len(rows), width]) per block of rows: one buffer for all, or
+    the block's rows of `whole` ([R, width]) when given."""
     R = h.shape[0]
     step = block_rows(R, width)
-    buffer = h.new_empty(min(step, R), width)
+    buffer = h.new_empty(min(step, R), width) if whole is None else None
     for r in range(0, R, step):
         hr = h[r:r + step]
-        yield slice(r, r + hr.shape[0]), hr, buffer[:hr.shape[0]]
+        rows = slice(r, r + hr.shape[0])
+        yield rows, hr, buffer[:hr.shape[0]] if whole is None else whole[rows]
 
 
 def _row_squares(t: torch.Tensor) -> torch.Tensor:
@@ -89,20 +97,22 @@ def _row_squares(t: torch.Tensor) -> torch.Tensor:
 
 
 @custom_op("pyaudiok::distance_logsumexp_cpu", device_types="cpu")
-def _cpu_forward(h: torch.Tensor, table: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _cpu_forward(h: torch.Tensor, table: torch.Tensor, alpha: torch.Tensor,
+                 keep: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     scaled, bias, _ = _scaled_table(table, alpha)
     m = h.new_empty(h.shape[0])
-    for rows, hr, buffer in _blocks(h, table.shape[0]):
-        _, m[rows] = softmax_(torch.addmm(bias, hr, scaled.T, out=buffer), normalize=False)
-    return m - alpha * _row_squares(h), m
+    probabilities = h.new_empty(h.shape[0], table.shape[0]) if keep else h.new_empty(0)
+    for rows, hr, buffer in _blocks(h, table.shape[0], probabilities if keep else None):
+        _, m[rows] = softmax_(torch.addmm(bias, hr, scaled.T, out=buffer), normalize=keep)
+    return m - alpha * _row_squares(h), m, probabilities
 
 
 @custom_op("pyaudiok::distance_logsumexp_cpu_backward", device_types="cpu")
 def _cpu_backward(g: torch.Tensor, h: torch.Tensor, table: torch.Tensor, alpha: torch.Tensor,
-                  m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per block, G = g ⊙ P (the probabilities scaled by the row gradients) gives everything:
-    G E (dh), Gᵀ h and the column sums of G (dtable), and the terms of dα, with no [rows, d]
-    temporary besides dh itself (d may exceed S many times over)."""
+                  m: torch.Tensor, probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per block, G = g ⊙ P (the probabilities, kept or recomputed, scaled by the row gradients)
+    gives everything: G E (dh), Gᵀ h and the column sums of G (dtable), and the terms of dα, with no
+    [rows, d] temporary besides dh itself (d may exceed S many times over)."""
     g = g.to(h.dtype)
     scaled, bias, e_squares = _scaled_table(table, alpha)
     dh = torch.empty_like(h)
@@ -111,8 +121,11 @@ def _cpu_backward(g: torch.Tensor, h: torch.Tensor, table: torch.Tensor, alpha: 
     h_dot_mean = h.new_zeros(())            # Σ_rows g h·Σ_s p_s e_s
     for rows, hr, buffer in _blocks(h, table.shape[0]):
         gr = g[rows]
-        torch.sub(bias, m[rows, None], out=buffer)
-        weights = exp_(buffer.addmm_(hr, scaled.T)).mul_(gr[:, None])
+        if probabilities.numel():
+            weights = torch.mul(probabilities[rows], gr[:, None], out=buffer)
+        else:
+            torch.sub(bias, m[rows, None], out=buffer)
+            weights = exp_(buffer.addmm_(hr, scaled.T)).mul_(gr[:, None])
         mean_e = torch.mm(weights, table, out=dh[rows])  # g Σ_s p_s e_s, turned into dh in place below
         h_dot_mean += torch.vdot(hr.reshape(-1), mean_e.reshape(-1))
         mean_e.addcmul_(hr, gr[:, None], value=-1).mul_(2 * alpha)
@@ -129,26 +142,26 @@ def _cpu_backward(g: torch.Tensor, h: torch.Tensor, table: torch.Tensor, alpha: 
 
 def _register(forward: str, backward_op: Callable[[], Callable]) -> None:
     @torch.library.register_fake(forward)
-    def _(h, table, alpha):
+    def _(h, table, alpha, keep):
         lse = h.new_empty(h.shape[:1], dtype=alpha.dtype)
-        return lse, torch.empty_like(lse)
+        return lse, torch.empty_like(lse), h.new_empty((h.shape[0], table.shape[0]) if keep else (0,))
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, output[1])
-        ctx.set_materialize_grads(False)  # m takes no gradient
+        ctx.save_for_backward(*inputs[:3], *output[1:])
+        ctx.set_materialize_grads(False)  # m and P take no gradient
 
-    def backward(ctx, grad, grad_m):
-        h, table, alpha, m = ctx.saved_tensors
+    def backward(ctx, grad, grad_m, grad_p):
+        h, table, alpha, m, probabilities = ctx.saved_tensors
         if grad is None:
-            return None, None, None
-        return backward_op()(grad.contiguous(), h, table, alpha, m)
+            return None, None, None, None
+        return *backward_op()(grad.contiguous(), h, table, alpha, m, probabilities), None
 
     torch.library.register_autograd(forward, backward, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:
     @torch.library.register_fake(qualname)
-    def _(g, h, table, alpha, m):
+    def _(g, h, table, alpha, m, probabilities):
         return torch.empty_like(h), torch.empty_like(table), torch.empty_like(alpha)
 
 
@@ -166,17 +179,21 @@ def _triton_forward():
                      lambda q: _register(q, _triton_backward))
 
 
-def _fused(get_forward: Callable[[], Callable]):
+def _fused(get_forward: Callable[[], Callable], keeps_probabilities: bool):
+    """The op from a backend's raw forward; `keeps_probabilities`: whether the backend keeps P for
+    the backward where it is no larger than the vectors (S <= d) and a gradient will be taken."""
     def run(h, table, alpha):
-        return get_forward()(h.contiguous(), table.contiguous(), alpha)[0]
+        keep = (keeps_probabilities and table.shape[0] <= h.shape[1] and torch.is_grad_enabled()
+                and any(t.requires_grad for t in (h, table, alpha)))
+        return get_forward()(h.contiguous(), table.contiguous(), alpha, keep)[0]
     return run
 
 
 OP = dispatch.op("distance_logsumexp")
 # The cpu backend is pure ATen: available with or without the compiled extension.
-OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward)), devices=("cpu",),
+OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward, keeps_probabilities=True)), devices=("cpu",),
             dtypes=HALF_DTYPES + (torch.float32, torch.float64))
-register_backends(OP, reference=distance_logsumexp_reference, triton=_fused(_triton_forward))
+register_backends(OP, reference=distance_logsumexp_reference, triton=_fused(_triton_forward, keeps_probabilities=False))
 
 
 # ----------------------------------------------------------------------------------------------

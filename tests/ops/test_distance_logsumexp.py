@@ -110,10 +110,11 @@ def test_raw_ops_pass_opcheck(backend):
     if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
         tests = tests[:-1]
     vectors, table, alpha = _inputs((20,), 7, 9, device)
-    opcheck(forward, (vectors, table, alpha), test_utils=tests)
-    lse, m = forward(vectors.detach(), table.detach(), alpha.detach())
-    opcheck(backward, (torch.ones_like(lse), vectors.detach(), table.detach(), alpha.detach(), m),
-            test_utils=("test_schema", "test_faketensor"))
+    for keep in ((False, True) if backend == "cpu" else (False,)):
+        opcheck(forward, (vectors, table, alpha, keep), test_utils=tests)
+        lse, m, probabilities = forward(vectors.detach(), table.detach(), alpha.detach(), keep)
+        opcheck(backward, (torch.ones_like(lse), vectors.detach(), table.detach(), alpha.detach(), m, probabilities),
+                test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compiles_without_graph_break():
