@@ -12,10 +12,10 @@ import pyaudiok
 from pyaudiok.ops import bilinear_contrastive_loss
 from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_reference
 
-from ..harness import TOLERANCE, assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend
+from ..harness import (TOLERANCE, assert_close, compare_with_reference, forward_opcheck_tests, opcheck, poisoned_outputs,
+                       require_backend)
 
 BACKENDS = ("cpu", "triton")
-OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 def _inputs(B, D, device, dtype=torch.float32, scale=0.3):
@@ -248,9 +248,7 @@ def test_registered_ops_pass_opcheck(backend):
     inputs = (x, y)
     if backend == "cpu":  # the cpu pair applies W itself: S = (x w) yᵀ
         inputs += (torch.randn(7, 7, device=device, requires_grad=True),)
-    tests = OPCHECK_TESTS
-    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
-        tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    tests = forward_opcheck_tests(backend, device)
     for with_grad in (True, False):  # with_grad: the gradients for g = 1 come with the forward
         opcheck(forward, (*inputs, with_grad), test_utils=tests)
     loss, _, lse, *_ = forward(*inputs, True)

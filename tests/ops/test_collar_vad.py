@@ -9,7 +9,7 @@ import pyaudiok
 from pyaudiok.ops import collar_vad_loss
 from pyaudiok.ops.collar_vad import OP, collar_mask, collar_vad_loss_reference
 
-from ..harness import assert_close, compare_with_reference, opcheck, require_backend
+from ..harness import assert_close, compare_with_reference, forward_opcheck_tests, opcheck, require_backend
 
 BACKENDS = ("cpu", "triton")
 
@@ -121,9 +121,7 @@ def test_raw_ops_pass_opcheck(backend):
         forward, backward = _triton_forward(), _triton_backward()
     else:
         forward, backward = torch.ops.pyaudiok.collar_vad_forward, torch.ops.pyaudiok.collar_vad_backward
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
-        tests = tests[:-1]
+    tests = forward_opcheck_tests(backend, device)
     logits, reference, order = _inputs(2, 3, 3, 30, device)
     opcheck(forward, (logits, reference.float(), order, 2.0), test_utils=tests)
     loss, keep, count = forward(logits.detach(), reference.float(), order, 2.0)

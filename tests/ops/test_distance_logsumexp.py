@@ -9,7 +9,7 @@ import pyaudiok
 from pyaudiok.ops import distance_logsumexp, distance_nll
 from pyaudiok.ops.distance_logsumexp import OP
 
-from ..harness import assert_close, compare_with_reference, opcheck, require_backend
+from ..harness import assert_close, compare_with_reference, forward_opcheck_tests, opcheck, require_backend
 
 BACKENDS = ("cpu", "triton")
 
@@ -106,9 +106,7 @@ def test_raw_ops_pass_opcheck(backend):
     else:
         from pyaudiok.ops.distance_logsumexp import _cpu_backward, _cpu_forward
         forward, backward = _cpu_forward, _cpu_backward
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
-        tests = tests[:-1]
+    tests = forward_opcheck_tests(backend, device)
     vectors, table, alpha = _inputs((20,), 7, 9, device)
     for keep in ((False, True) if backend == "cpu" else (False,)):
         opcheck(forward, (vectors, table, alpha, keep), test_utils=tests)

@@ -14,8 +14,8 @@ from pyaudiok.ops.fourier_crop import (FOURIER_CROP, METHODS, _triton_kernels, _
                                        _triton_matrix_backward, choose_method, fourier_crop_output_size,
                                        fourier_crop_reference)
 
-from ..harness import (assert_close, opcheck, pick, poisoned_outputs, require_backend, run_with_grads,
-                      same_dtype_reference)
+from ..harness import (assert_close, forward_opcheck_tests, opcheck, pick, poisoned_outputs, require_backend,
+                       run_with_grads, same_dtype_reference)
 
 # The module (the package's attribute of that name is the function).
 fourier_crop_module = importlib.import_module("pyaudiok.ops.fourier_crop")
@@ -246,7 +246,6 @@ def test_dispatch_picks_matmul_for_small_maps_and_fft_for_long_signals():
 # ---------------------------------------------------------------------------------------------
 # The raw ops: opcheck (schema, fake, autograd registration, AOT).
 
-OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 def raw_ops(backend):
@@ -262,10 +261,7 @@ def raw_ops(backend):
 def test_registered_ops_pass_opcheck(backend):
     device = require_backend(FOURIER_CROP, backend)
     matrix, mask_crop, matrix_backward, mask_crop_backward = raw_ops(backend)
-    tests = OPCHECK_TESTS
-    if backend == "triton" and device.type == "cpu":
-        # AOT tracing hands the interpreter functional tensors without storage; on a GPU it runs.
-        tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    tests = forward_opcheck_tests(backend, device)
     mask = torch.rand(7, device=device, requires_grad=True)
     opcheck(matrix, (mask, 20, 13), test_utils=tests)
     opcheck(matrix_backward, (torch.randn(13, 20, device=device), mask.detach()), test_utils=tests)

@@ -15,7 +15,8 @@ import pyaudiok
 from pyaudiok.ops import latent_cross_attention
 from pyaudiok.ops.latent_attention import OP, latent_attention_reference
 
-from ..harness import assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend, threads
+from ..harness import (assert_close, compare_with_reference, forward_opcheck_tests, opcheck, poisoned_outputs,
+                       require_backend, threads)
 
 BACKENDS = ("cpu", "triton")
 
@@ -309,7 +310,6 @@ def test_half_precision(backend, dtype, d):
     assert out[0].dtype == dtype
 
 
-OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -323,9 +323,7 @@ def test_registered_ops_pass_opcheck(backend):
         forward, backward = _triton_forward(), _triton_backward()
     else:
         forward, backward = torch.ops.pyaudiok.latent_attention_cpu, torch.ops.pyaudiok.latent_attention_cpu_backward
-    tests = OPCHECK_TESTS
-    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
-        tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    tests = forward_opcheck_tests(backend, device)
     for kl, kp in ((None, None), (lengths, None), (None, keep)):
         opcheck(forward, (q, k, v, kl, 0.25, kp), test_utils=tests)
     # Every key visible to the last query (one flash call on the cpu backend: its gradients come back

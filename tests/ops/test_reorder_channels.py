@@ -9,7 +9,7 @@ import pyaudiok
 from pyaudiok.ops import reorder_channels
 from pyaudiok.ops.reorder_channels import OP, TRITON_MAX_CHANNELS, reorder_channels_reference
 
-from ..harness import compare_with_reference, opcheck, require_backend
+from ..harness import compare_with_reference, forward_opcheck_tests, opcheck, require_backend
 
 BACKENDS = ("cpu", "triton")
 SIZES = [(2, 3, 5, 7), (3, 16, 16, 64), (2, 5, 19, 33), (1, 33, 6, 130), (4, 1, 1, 3), (2, 7, 70, 17)]  # B, K, C, T
@@ -128,9 +128,7 @@ def _raw_ops(backend):
 def test_raw_ops_pass_opcheck(backend, with_mask):
     device = require_backend(OP, backend)
     forward, backward = _raw_ops(backend)
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    if backend == "triton" and device.type == "cpu":  # AOT tracing gives the interpreter storage-less tensors
-        tests = tests[:-1]
+    tests = forward_opcheck_tests(backend, device)
     logits, x = _inputs(2, 5, 7, 20, device)
     mask = _mask(2, 7, "random", device) if with_mask else None
     opcheck(forward, (logits, x, mask), test_utils=tests)

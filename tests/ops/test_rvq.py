@@ -10,7 +10,8 @@ import pyaudiok
 from pyaudiok.ops import residual_vq, rvq_decode
 from pyaudiok.ops.rvq import DECODE, FORWARD, rvq_reference
 
-from ..harness import FUSED_BACKENDS, assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend
+from ..harness import (FUSED_BACKENDS, assert_close, compare_with_reference, forward_opcheck_tests, opcheck,
+                       poisoned_outputs, require_backend)
 from ..harness import threads as threads_of
 
 SHAPES = [  # (N, D, K, Q): odd sizes, K not a multiple of any block, D not a power of two
@@ -254,7 +255,6 @@ def test_reference_gradients_are_the_definition():
     torch.testing.assert_close(grad, 2 * r / x.numel())
 
 
-OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -266,10 +266,7 @@ def test_registered_ops_pass_opcheck(backend):
     else:
         forward = pyaudiok.ops._library.cpp_op("rvq_forward")
         decode = pyaudiok.ops._library.cpp_op("rvq_decode")
-    tests = OPCHECK_TESTS
-    if backend == "triton" and device.type == "cpu":
-        # AOT tracing hands the interpreter functional tensors without storage; on a GPU it runs.
-        tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    tests = forward_opcheck_tests(backend, device)
     opcheck(forward, (x.requires_grad_(True), codebooks, 2), test_utils=tests)
     codes = torch.randint(0, 16, (20, 3), device=device)
     opcheck(decode, (codes, codebooks.requires_grad_(True), None), test_utils=tests)

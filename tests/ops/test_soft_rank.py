@@ -11,7 +11,8 @@ import pyaudiok
 from pyaudiok.ops import soft_rank, soft_sort
 from pyaudiok.ops.soft_rank import RANK, SORT, _triton_forward, pav_blocks, soft_rank_reference, soft_sort_reference
 
-from ..harness import FUSED_BACKENDS, assert_close, compare_with_reference, opcheck, poisoned_outputs, require_backend
+from ..harness import (FUSED_BACKENDS, assert_close, compare_with_reference, forward_opcheck_tests, opcheck,
+                       poisoned_outputs, require_backend)
 
 OPS = {"rank": (soft_rank, RANK), "sort": (soft_sort, SORT)}
 VARIANTS = [(reg, desc) for reg in ("l2", "kl") for desc in (False, True)]
@@ -160,7 +161,6 @@ def test_matches_torchsort_when_installed():
                                    torchsort.soft_sort(x.float(), regularization=reg, regularization_strength=0.5))
 
 
-OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -168,9 +168,7 @@ OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor",
 def test_registered_ops_pass_opcheck(backend, kl, rank):
     device = require_backend(RANK, backend)
     forward = _triton_forward() if backend == "triton" else pyaudiok.ops._library.cpp_op("soft_sort_rank")
-    tests = OPCHECK_TESTS
-    if backend == "triton" and device.type == "cpu":
-        tests = tuple(t for t in tests if t != "test_aot_dispatch_dynamic")
+    tests = forward_opcheck_tests(backend, device)
     x = torch.randn(3, 7, device=device, requires_grad=True)
     opcheck(forward, (x, 0.5, kl, rank, False), test_utils=tests)
 
