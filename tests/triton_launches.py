@@ -129,3 +129,12 @@ def install() -> bool:
         InterpretedFunction.__getitem__ = getitem
     InterpretedFunction._records_specs = True
     return True
+
+
+def installed() -> bool:
+    """Whether launches are being recorded (install() ran with Triton interpreting)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return False
+    return bool(getattr(InterpretedFunction, "_records_specs", False))
