@@ -217,10 +217,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   return {dq, dk, dv};
 }
 
+// The backward with keys and values that are rows of per-head tables k_table, v_table[H, V, D] picked
+// by tokens[B, M] (keys rotated on their first rotary_dims channels; k: the gathered, rotated keys
+// the forward used). Returns dq, dk (rotated channels; zero elsewhere), and the tables' shares
+// dk_table (unrotated channels), dv_table [H, V, D]. The tasks are backward_cpu's; each (range of
+// keys, batch item) adds its table shares into buffers of its own, summed at the end.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
+    const at::Tensor& grad_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& tokens, const at::Tensor& k_table, const at::Tensor& v_table, int64_t rotary_dims,
+    double scale) {
+  const Dims d = check_inputs(q, k, k, std::nullopt);
+  const int64_t V = k_table.dim() == 3 ? k_table.size(1) : 0;
+  TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
+                  lse.sizes() == at::IntArrayRef({d.B, d.H, d.N}) && lse.is_contiguous() &&
+                  grad_in.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type() &&
+                  lse.scalar_type() == q.scalar_type(),
+              "latent_attention_tokens_backward (cpu): grad and out must be q's shape, lse [B, H, N], of q's dtype");
+  TORCH_CHECK(tokens.is_cpu() && tokens.scalar_type() == at::kLong && tokens.is_contiguous() &&
+                  tokens.sizes() == at::IntArrayRef({d.B, d.M}),
+              "latent_attention_tokens_backward (cpu): tokens must be a contiguous int64 CPU tensor [B, M]");
+  for (const at::Tensor* t : {&k_table, &v_table})
+    TORCH_CHECK(t->is_cpu() && t->is_contiguous() && t->scalar_type() == q.scalar_type() &&
+                    t->sizes() == at::IntArrayRef({d.H, V, d.D}) && V >= 1,
+                "latent_attention_tokens_backward (cpu): k_table, v_table must be contiguous [H, V, D] of q's dtype");
+  TORCH_CHECK(rotary_dims >= 0 && rotary_dims <= d.D,
+              "latent_attention_tokens_backward (cpu): rotary_dims must lie in [0, D]");
+  // Token values in range: the caller's (they picked the keys the forward used).
+  const at::Tensor grad = grad_in.contiguous(), delta = (grad * out).sum(-1);
+  const Tile tile = backward_tile(d);
+  const int64_t kb = tile.keys, BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
+  const int64_t splits = std::min(k_blocks, ceil_div(at::get_num_threads(), std::max<int64_t>(1, BH)));
+  const int64_t blocks_per_split = ceil_div(k_blocks, splits);
+  at::Tensor dq_parts = at::zeros({splits, d.B, d.H, d.N, d.D}, q.options());
+  at::Tensor table_parts = at::zeros({2, splits, d.B, d.H, V, d.D}, q.options());  // dk_table, dv_table
+  at::Tensor dk = at::empty_like(k);
+  const cpu::TokenTables tables{V, rotary_dims};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "latent_attention_tokens_backward", [&] {
+    at::parallel_for(0, BH * splits, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t bh = t / splits, split = t % splits, h = bh % d.H;
+        const int64_t k_begin = std::min(d.M, split * blocks_per_split * kb);
+        const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * kb);
+        const cpu::AttentionShape s = shape_of(d, d.M, tile, 0, 0);
+        const int64_t qo = bh * d.N * d.D, ko = bh * d.M * d.D, to = h * V * d.D;
+        const int64_t share = (split * BH + bh) * V * d.D, dv_share = splits * BH * V * d.D + share;
+        scalar_t* parts = table_parts.data_ptr<scalar_t>();
+        cpu::latent_attention_backward_tokens<scalar_t>(
+            grad.data_ptr<scalar_t>() + qo, q.data_ptr<scalar_t>() + qo, k.data_ptr<scalar_t>() + ko,
+            tokens.data_ptr<int64_t>() + (bh / d.H) * d.M, k_table.data_ptr<scalar_t>() + to,
+            v_table.data_ptr<scalar_t>() + to, tables, lse.data_ptr<scalar_t>() + bh * d.N,
+            delta.data_ptr<scalar_t>() + bh * d.N, s, static_cast<scalar_t>(scale), k_begin, k_end,
+            gemm_fn<scalar_t>(), dq_parts.data_ptr<scalar_t>() + split * BH * d.N * d.D + qo,
+            dk.data_ptr<scalar_t>() + ko, parts + share, parts + dv_share);
+      }
+    });
+  });
+  at::Tensor dq = splits == 1 ? dq_parts[0] : dq_parts.sum(0);
+  const at::Tensor table_grads = table_parts.sum({1, 2});  // [2, H, V, D]
+  return {dq, dk, table_grads[0], table_grads[1]};
+}
+
 }  // namespace
 }  // namespace pyaudiok::bindings
 
 TORCH_LIBRARY_IMPL(pyaudiok, CPU, m) {
   m.impl("latent_attention_forward", &pyaudiok::bindings::forward_cpu);
   m.impl("latent_attention_backward", &pyaudiok::bindings::backward_cpu);
+  m.impl("latent_attention_tokens_backward", &pyaudiok::bindings::backward_tokens_cpu);
 }

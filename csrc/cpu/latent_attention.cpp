@@ -181,11 +181,83 @@ PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const 
   }
 }
 
+// The backward with keys and values that are functions of a token (see the header). Per tile, as in
+// latent_attention_backward (transposed, [keys, queries]), but of the products over the channels
+// only the rotated ones remain: a key's other channels are its token's table row, so their part of
+// Sᵀ, and all of dPᵀ, are rows of two [V, N] tables made once per (batch, head), and the gradients
+// that go to the tables are summed per token (P and dS scattered into [V, N]) and multiplied once
+// at the end. Three products of Dr channels per tile instead of five of D.
+template <typename T>
+PYAUDIOK_CLONES void latent_attention_backward_tokens(const T* grad, const T* q, const T* k, const int64_t* tokens,
+                                                      const T* k_table, const T* v_table, const TokenTables& t,
+                                                      const T* lse, const T* delta, const AttentionShape& s, T scale,
+                                                      int64_t k_begin, int64_t k_end, GemmFn<T> gemm, T* dq, T* dk,
+                                                      T* dk_table, T* dv_table) {
+  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N, kQ = s.query_block, kK = s.key_block;
+  const int64_t V = t.vocab, Dr = t.rotary_dims, Dp = D - Dr;
+  // plain[v, j] = scale · k_table[v, Dr:] · q[j, Dr:] and dprobs_of[v, j] = v_table[v] · dO[j]: a key's
+  // unrotated share of its scores and its whole dPᵀ row. scattered_p / scattered_ds: Σ over the keys
+  // of each token of their Pᵀ and dSᵀ rows.
+  std::vector<T> plain(V * N, T(0)), dprobs_of(V * N), scattered_p(V * N, T(0)), scattered_ds(V * N, T(0));
+  if (Dp > 0) gemm(false, true, V, N, Dp, scale, k_table + Dr, D, q + Dr, D, T(0), plain.data(), N);
+  gemm(false, true, V, N, D, T(1), v_table, D, grad, D, T(0), dprobs_of.data(), N);
+  std::vector<T> probs(kK * kQ), dprobs(kK * kQ);
+  for (int64_t i0 = k_begin; i0 < k_end; i0 += kK) {
+    const int64_t block = std::min(kK, k_end - i0);
+    T* dk_block = dk + i0 * D;
+    std::fill(dk_block, dk_block + block * D, T(0));
+    const int64_t cols = std::clamp<int64_t>(L - i0, 0, block);
+    if (cols == 0) continue;
+    for (int64_t j0 = std::max<int64_t>(0, i0 - shift); j0 < N; j0 += kQ) {
+      const int64_t rows = std::min(kQ, N - j0);
+      const int64_t seen = std::min(cols, shift + j0 + rows - i0);
+      T *pt = probs.data(), *dpt = dprobs.data();
+      const T* qj = q + j0 * D;
+      if (Dr > 0) {
+        gemm(false, true, seen, rows, Dr, scale, k + i0 * D, D, qj, D, T(0), pt, rows);  // Sᵀ, rotated channels
+      } else {
+        std::fill(pt, pt + seen * rows, T(0));
+      }
+      for (int64_t c = 0; c < seen; ++c) {
+        T *row = pt + c * rows, *drow = dpt + c * rows;
+        const int64_t token = tokens[i0 + c];
+        const T *plain_row = plain.data() + token * N + j0, *dprob_row = dprobs_of.data() + token * N + j0;
+        for (int64_t j = 0; j < rows; ++j) row[j] += plain_row[j];
+        const int64_t hidden = std::clamp<int64_t>(i0 + c - shift - j0, 0, rows);
+        std::fill(row, row + hidden, T(0));
+        exp_minus(row + hidden, lse + j0 + hidden, rows - hidden);
+        std::copy(dprob_row, dprob_row + rows, drow);
+        softmax_backward_row(row, drow, delta + j0, rows, scale);
+        T *p_sum = scattered_p.data() + token * N + j0, *ds_sum = scattered_ds.data() + token * N + j0;
+        for (int64_t j = 0; j < rows; ++j) {
+          p_sum[j] += row[j];
+          ds_sum[j] += drow[j];
+        }
+      }
+      if (Dr > 0) {
+        gemm(true, false, rows, Dr, seen, T(1), dpt, rows, k + i0 * D, D, T(1), dq + j0 * D, D);  // dQ += dS K
+        gemm(false, false, seen, Dr, rows, T(1), dpt, rows, qj, D, T(1), dk_block, D);            // dK += dSᵀ Q
+      }
+    }
+  }
+  // The tables' shares: dQ[:, Dr:] += Σ_v dSᵀ[v]ᵀ k_table[v, Dr:], dk_table[v, Dr:] += dSᵀ[v] Q[:, Dr:],
+  // dv_table[v] += Pᵀ[v] dO.
+  if (Dp > 0) {
+    gemm(true, false, N, Dp, V, T(1), scattered_ds.data(), N, k_table + Dr, D, T(1), dq + Dr, D);
+    gemm(false, false, V, Dp, N, T(1), scattered_ds.data(), N, q + Dr, D, T(1), dk_table + Dr, D);
+  }
+  gemm(false, false, V, D, N, T(1), scattered_p.data(), N, grad, D, T(1), dv_table, D);
+}
+
 #define PYAUDIOK_ATTENTION_INSTANTIATE(T)                                                                           \
   template void latent_attention_forward<T>(const T*, const T*, const T*, const AttentionShape&, T, int64_t,       \
                                             int64_t, GemmFn<T>, T*, T*);                                            \
   template void latent_attention_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*,           \
-                                             const AttentionShape&, T, int64_t, int64_t, GemmFn<T>, T*, T*, T*);
+                                             const AttentionShape&, T, int64_t, int64_t, GemmFn<T>, T*, T*, T*);    \
+  template void latent_attention_backward_tokens<T>(const T*, const T*, const T*, const int64_t*, const T*,       \
+                                                    const T*, const TokenTables&, const T*, const T*,             \
+                                                    const AttentionShape&, T, int64_t, int64_t, GemmFn<T>, T*, T*, \
+                                                    T*, T*);
 PYAUDIOK_ATTENTION_INSTANTIATE(float)
 PYAUDIOK_ATTENTION_INSTANTIATE(double)
 #undef PYAUDIOK_ATTENTION_INSTANTIATE

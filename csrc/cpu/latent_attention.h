@@ -34,6 +34,23 @@ void latent_attention_backward(const T* grad, const T* q, const T* k, const T* v
                                const AttentionShape& s, T scale, int64_t k_begin, int64_t k_end, GemmFn<T> gemm,
                                T* dq, T* dk, T* dv);
 
+// Keys and values that are functions of a token (Perceiver AR's cross-attention over its inputs):
+// key i is row tokens[i] of k_table[V, D] with its first rotary_dims channels rotated by position,
+// value i is row tokens[i] of v_table[V, D].
+struct TokenTables {
+  int64_t vocab, rotary_dims;
+};
+
+// latent_attention_backward for such keys and values (k: the gathered, rotated keys [M, D], as the
+// forward used them). Writes dk[·, D] for keys [k_begin, k_end): the rotated channels' gradient
+// (the others are zero: their gradient goes to the table); adds the range's share of dq to dq[N, D]
+// and of the tables' gradients to dk_table[V, D] (unrotated channels only) and dv_table[V, D].
+template <typename T>
+void latent_attention_backward_tokens(const T* grad, const T* q, const T* k, const int64_t* tokens, const T* k_table,
+                                      const T* v_table, const TokenTables& t, const T* lse, const T* delta,
+                                      const AttentionShape& s, T scale, int64_t k_begin, int64_t k_end,
+                                      GemmFn<T> gemm, T* dq, T* dk, T* dk_table, T* dv_table);
+
 // Default query and key block sizes of the kernels (a binding splits work at the blocks' boundaries).
 constexpr int64_t kAttentionQueryBlock = 128;
 constexpr int64_t kAttentionKeyBlock = 512;

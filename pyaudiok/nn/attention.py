@@ -148,6 +148,41 @@ class _GatherRows(torch.autograd.Function):
         return (out,) + (None,) * len(indices)
 
 
+class _TokenCrossAttention(torch.autograd.Function):
+    """latent_cross_attention(q, k, v) for keys and values gathered from a token-indexed table (as
+    LatentAttention.gathered_keys_values makes them), on the CPU kernels, with the backward that uses
+    where they come from (csrc/cpu/latent_attention.cpp, latent_attention_backward_tokens): only the
+    keys' rotated channels depend on position, so the products of the other channels and of the
+    values run once per vocabulary entry, not per input. The forward is the usual gather, rotation
+    and attention; the results are the same to rounding."""
+
+    @staticmethod
+    def forward(ctx, q, rows, tokens, index, cos, sin, dims: int, heads: int):
+        ops = torch.ops.pyaudiok
+        vocab = rows.shape[0] // (2 * heads)
+        k = ops.gather_rotary_forward(rows, index, cos, sin, dims)
+        v = ops.gather_rotary_forward(rows, index + heads * vocab, cos[..., :0], sin[..., :0], 0)
+        out, lse = ops.latent_attention_forward(q, k, v, None, q.shape[-1] ** -0.5)
+        ctx.save_for_backward(q, rows, tokens, index, cos, sin, k, out, lse)
+        ctx.dims, ctx.heads = dims, heads
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, rows, tokens, index, cos, sin, k, out, lse = ctx.saved_tensors
+        H, d = ctx.heads, rows.shape[1]
+        V = rows.shape[0] // (2 * H)
+        k_table, v_table = rows[:H * V].view(H, V, d), rows[H * V:].view(H, V, d)
+        ops = torch.ops.pyaudiok
+        dq, dk, dk_table, dv_table = ops.latent_attention_tokens_backward(
+            grad.contiguous(), q, k, out, lse, tokens, k_table, v_table, ctx.dims, q.shape[-1] ** -0.5)
+        d_rows = ops.gather_rotary_backward(dk, index, cos, sin, ctx.dims, rows.shape[0])
+        d_rows[:H * V].view(H, V, d)[..., ctx.dims:] += dk_table[..., ctx.dims:]
+        d_rows[H * V:] += dv_table.view(H * V, d)
+        return dq, d_rows, None, None, None, None, None, None
+
+
 class PartialRotary(nn.Module):
     """Rotary position encoding on the first `fraction` of each head's channels (the rest pass
     through): position information for the part, content-only matching for the rest."""
@@ -242,6 +277,22 @@ class LatentAttention(nn.Module):
                     gather_rows_rotary(rows, index + self.heads * V, cos[..., :0], sin[..., :0], 0))
         k, v = _GatherRows.apply(rows, index, index + self.heads * V)
         return _RotaryInPlace.apply(k, *rope, self.rotary.dims), v
+
+    def attend_tokens(self, q: torch.Tensor, table: torch.Tensor, tokens: torch.Tensor,
+                      rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        """attend(q, *gathered_keys_values(table, tokens, rope)) through _TokenCrossAttention where its
+        kernels run (CPU tensors of float32/64 in eager mode), else None (the caller takes that path).
+        tokens[B, M] with M >= N."""
+        if not (_cpu_kernels(table) and table.dtype in (torch.float32, torch.float64) and q.dtype == table.dtype):
+            return None
+        V, d = table.shape[0], self.head_dim
+        rows = table.view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
+        tokens = tokens.long().contiguous()
+        index = tokens[:, None] + V * torch.arange(self.heads, device=tokens.device)[:, None]  # [B, H, M]
+        cos, sin = (t.contiguous() for t in rope)
+        out = _TokenCrossAttention.apply(q.contiguous(), rows, tokens, index, cos, sin, self.rotary.dims, self.heads)
+        B, H, N, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(B, N, H * d))
 
     def queries(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Rotary-encoded queries [B, H, T, d]; rope = self.rotary.tables(positions, dtype)."""

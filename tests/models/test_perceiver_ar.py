@@ -258,6 +258,36 @@ def test_vocabulary_table_keys_equal_projected_inputs(dropout):
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("dropout", (0.0, 0.5))
+def test_cross_attention_by_token_equals_gathered_keys(dropout, monkeypatch):
+    """The training forward's cross-attention through attend_tokens (the backward per vocabulary
+    entry) gives the loss and every parameter's gradient of the gathered-keys route (float64), with
+    per-row positions under cross-attend dropout too."""
+    model = _model(cross_dropout=dropout).double().train()
+    sequence = torch.randint(0, 32, (3, 41))
+    calls = []
+    original = type(model.cross.attn).attend_tokens
+
+    def counted(self, *args):
+        out = original(self, *args)
+        calls.append(out is not None)
+        return out
+
+    def run():
+        torch.manual_seed(5)  # the same dropout draw
+        loss = model.loss(sequence)[0]
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", counted)
+    by_token = run()
+    assert calls == [True]
+    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", lambda self, *args: None)
+    gathered = run()
+    torch.testing.assert_close(by_token[0], gathered[0])
+    for a, b in zip(by_token[1], gathered[1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_cached_rotary_tables_equal_computed():
     model = _model().double()
     rotary = model.cross.attn.rotary

@@ -48,7 +48,10 @@ class _CrossBlock(nn.Module):
 
     def finish(self, latents: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                key_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        x = latents + self.attn.attend(q, k, v, key_lengths)  # query residual
+        return self.finish_attended(latents, self.attn.attend(q, k, v, key_lengths))
+
+    def finish_attended(self, latents: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = latents + attended  # query residual
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -195,14 +198,17 @@ class PerceiverAR(nn.Module):
         keep = self._keep(B, T, n, tokens.device)
         if keep is not None:  # gather tokens, not embeddings: only kept inputs are embedded
             tokens, positions = tokens.gather(1, keep), keep
-        k, v = self._input_keys_values(tokens, self._tables(positions))
-        cache = None
-        if return_cache:  # room for the tokens `step` may append: up to N latents or max_context inputs
-            room = min(self.config.latents - n, self.config.max_context - T)
-            cache = LatentCache(KVBuffer(T + room), [KVBuffer(n + room) for _ in self.blocks], T, n)
-            k, v = cache.cross.append(k, v)
         q = self.cross.attn.queries(self.cross.norm_q(h), rope)
-        h = self.cross.finish(h, q, k, v)
+        attended = None if return_cache else self._attend_inputs_by_token(q, tokens, self._tables(positions))
+        cache = None
+        if attended is None:
+            k, v = self._input_keys_values(tokens, self._tables(positions))
+            if return_cache:  # room for the tokens `step` may append: up to N latents or max_context inputs
+                room = min(self.config.latents - n, self.config.max_context - T)
+                cache = LatentCache(KVBuffer(T + room), [KVBuffer(n + room) for _ in self.blocks], T, n)
+                k, v = cache.cross.append(k, v)
+            attended = self.cross.attn.attend(q, k, v)
+        h = self.cross.finish_attended(h, attended)
         for i, block in enumerate(self.blocks):
             h = block(h, rope, cache.layers[i] if cache else None)
         return self.logits(self.norm(h)), cache
@@ -210,6 +216,15 @@ class PerceiverAR(nn.Module):
     def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary (cos, sin) at positions: the same for every layer (same head dim and fraction)."""
         return self.cross.attn.rotary.tables(positions, self.embed.weight.dtype, self.config.max_context)
+
+    def _attend_inputs_by_token(self, q: torch.Tensor, tokens: torch.Tensor, rope) -> torch.Tensor | None:
+        """The cross-attention over the inputs tokens[B, T] with the keys and values taken per
+        vocabulary entry through the backward as well (LatentAttention.attend_tokens), where that
+        path runs and pays: more inputs than vocabulary entries; else None."""
+        if tokens.numel() <= self.config.vocab_size:
+            return None
+        cross = self.cross
+        return cross.attn.attend_tokens(q, cross.attn.kv(cross.norm_kv(self.embed.weight)), tokens, rope)
 
     def _input_keys_values(self, tokens: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-attention's keys and values [B, H, T, d] of the inputs tokens[B, T].
