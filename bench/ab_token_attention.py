@@ -1,6 +1,6 @@
-"""A/B of Perceiver AR's training step on the CPU with the cross-attention's backward per vocabulary
-entry (LatentAttention.attend_tokens) and without it (the gathered keys' backward), alternated in
-one process at the bench's size: python -m pyaudiok.bench.ab_token_attention [--rounds N]."""
+"""A/B of Perceiver AR's training step on the CPU with the cross-attention computed per vocabulary
+entry (LatentAttention.attend_tokens, forward and backward) and over gathered keys and values,
+alternated in one process at the bench's size: python -m pyaudiok.bench.ab_token_attention [--rounds N]."""
 from __future__ import annotations
 
 import argparse
@@ -21,8 +21,8 @@ def main() -> None:
     device = torch.device("cpu")
     step = _ours(dict(SIZES["cpu"]), device, "cpu")
     by_token = LatentAttention.attend_tokens
-    variants = {"backward per vocabulary entry": by_token,
-                "gathered keys' backward": lambda self, *a: None}
+    variants = {"per vocabulary entry": by_token,
+                "gathered keys and values": lambda self, *a: None}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(args.rounds + 2):  # two warm-up rounds
         for name, method in variants.items():

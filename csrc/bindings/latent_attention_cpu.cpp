@@ -217,6 +217,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   return {dq, dk, dv};
 }
 
+// Checks of the token tables' arguments; their V.
+int64_t check_token_tables(const Dims& d, const at::Tensor& q, const at::Tensor& tokens, const at::Tensor& k_table,
+                           const at::Tensor& v_table, int64_t rotary_dims) {
+  const int64_t V = k_table.dim() == 3 ? k_table.size(1) : 0;
+  TORCH_CHECK(tokens.is_cpu() && tokens.scalar_type() == at::kLong && tokens.is_contiguous() &&
+                  tokens.sizes() == at::IntArrayRef({d.B, d.M}),
+              "latent_attention (cpu, token tables): tokens must be a contiguous int64 CPU tensor [B, M]");
+  for (const at::Tensor* t : {&k_table, &v_table})
+    TORCH_CHECK(t->is_cpu() && t->is_contiguous() && t->scalar_type() == q.scalar_type() &&
+                    t->sizes() == at::IntArrayRef({d.H, V, d.D}) && V >= 1,
+                "latent_attention (cpu, token tables): k_table, v_table must be contiguous [H, V, D] of q's dtype");
+  TORCH_CHECK(rotary_dims >= 0 && rotary_dims <= d.D,
+              "latent_attention (cpu, token tables): rotary_dims must lie in [0, D]");
+  // Token values in range: the caller's (they picked the keys the forward's k holds).
+  return V;
+}
+
+// The forward with keys and values that are rows of per-head tables k_table, v_table[H, V, D] picked
+// by tokens[B, M] (keys rotated on their first rotary_dims channels; k: the gathered, rotated keys,
+// of which only those channels are read): (out, lse) as forward_cpu's, M >= N >= 1 and no key lengths.
+std::tuple<at::Tensor, at::Tensor> forward_tokens_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& tokens, const at::Tensor& k_table,
+                                                      const at::Tensor& v_table, int64_t rotary_dims, double scale) {
+  const Dims d = check_inputs(q, k, k, std::nullopt);
+  const int64_t V = check_token_tables(d, q, tokens, k_table, v_table, rotary_dims);
+  at::Tensor out = at::empty_like(q), lse = at::empty({d.B, d.H, d.N}, q.options());
+  const Tile tile = forward_tile(d);
+  const int64_t qb = tile.queries, q_blocks = ceil_div(d.N, qb), tasks = d.B * d.H * q_blocks;
+  const cpu::TokenTables tables{V, rotary_dims};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "latent_attention_tokens_forward", [&] {
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t bh = t / q_blocks, j0 = (t % q_blocks) * qb, to = (bh % d.H) * V * d.D;
+        cpu::latent_attention_forward_tokens<scalar_t>(
+            q.data_ptr<scalar_t>() + bh * d.N * d.D, k.data_ptr<scalar_t>() + bh * d.M * d.D,
+            tokens.data_ptr<int64_t>() + (bh / d.H) * d.M, k_table.data_ptr<scalar_t>() + to,
+            v_table.data_ptr<scalar_t>() + to, tables, shape_of(d, d.M, tile, 0, 0), static_cast<scalar_t>(scale),
+            j0, std::min(d.N, j0 + qb), gemm_fn<scalar_t>(), out.data_ptr<scalar_t>() + bh * d.N * d.D,
+            lse.data_ptr<scalar_t>() + bh * d.N);
+      }
+    });
+  });
+  return {out, lse};
+}
+
 // The backward with keys and values that are rows of per-head tables k_table, v_table[H, V, D] picked
 // by tokens[B, M] (keys rotated on their first rotary_dims channels; k: the gathered, rotated keys
 // the forward used). Returns dq, dk (rotated channels; zero elsewhere), and the tables' shares
@@ -227,22 +272,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
     const at::Tensor& tokens, const at::Tensor& k_table, const at::Tensor& v_table, int64_t rotary_dims,
     double scale) {
   const Dims d = check_inputs(q, k, k, std::nullopt);
-  const int64_t V = k_table.dim() == 3 ? k_table.size(1) : 0;
+  const int64_t V = check_token_tables(d, q, tokens, k_table, v_table, rotary_dims);
   TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
                   lse.sizes() == at::IntArrayRef({d.B, d.H, d.N}) && lse.is_contiguous() &&
                   grad_in.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type() &&
                   lse.scalar_type() == q.scalar_type(),
               "latent_attention_tokens_backward (cpu): grad and out must be q's shape, lse [B, H, N], of q's dtype");
-  TORCH_CHECK(tokens.is_cpu() && tokens.scalar_type() == at::kLong && tokens.is_contiguous() &&
-                  tokens.sizes() == at::IntArrayRef({d.B, d.M}),
-              "latent_attention_tokens_backward (cpu): tokens must be a contiguous int64 CPU tensor [B, M]");
-  for (const at::Tensor* t : {&k_table, &v_table})
-    TORCH_CHECK(t->is_cpu() && t->is_contiguous() && t->scalar_type() == q.scalar_type() &&
-                    t->sizes() == at::IntArrayRef({d.H, V, d.D}) && V >= 1,
-                "latent_attention_tokens_backward (cpu): k_table, v_table must be contiguous [H, V, D] of q's dtype");
-  TORCH_CHECK(rotary_dims >= 0 && rotary_dims <= d.D,
-              "latent_attention_tokens_backward (cpu): rotary_dims must lie in [0, D]");
-  // Token values in range: the caller's (they picked the keys the forward used).
   const at::Tensor grad = grad_in.contiguous(), delta = (grad * out).sum(-1);
   const Tile tile = backward_tile(d);
   const int64_t kb = tile.keys, BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
@@ -283,5 +318,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
 TORCH_LIBRARY_IMPL(pyaudiok, CPU, m) {
   m.impl("latent_attention_forward", &pyaudiok::bindings::forward_cpu);
   m.impl("latent_attention_backward", &pyaudiok::bindings::backward_cpu);
+  m.impl("latent_attention_tokens_forward", &pyaudiok::bindings::forward_tokens_cpu);
   m.impl("latent_attention_tokens_backward", &pyaudiok::bindings::backward_tokens_cpu);
 }

@@ -181,6 +181,93 @@ PYAUDIOK_CLONES void latent_attention_backward(const T* grad, const T* q, const 
   }
 }
 
+// The forward with keys and values that are functions of a token (see the header), on tiles
+// transposed as in the backward ([keys, queries]): a key's unrotated share of its scores is a row of
+// a [V, queries] table made once per query block, and P V is Σ over tokens of (Σ of P over that
+// token's keys) · its table row: the keys' P rows are summed per token into a [V, queries] table,
+// rescaled with the running maxima, and multiplied by the value table once per query block. One
+// product of Dr channels per tile instead of two of D.
+template <typename T>
+PYAUDIOK_CLONES void latent_attention_forward_tokens(const T* q, const T* k, const int64_t* tokens, const T* k_table,
+                                                     const T* v_table, const TokenTables& t, const AttentionShape& s,
+                                                     T scale, int64_t q_begin, int64_t q_end, GemmFn<T> gemm, T* out,
+                                                     T* lse) {
+  const int64_t N = s.n_queries, D = s.head_dim, L = s.length, shift = L - N, kK = s.key_block;
+  const int64_t V = t.vocab, Dr = t.rotary_dims, Dp = D - Dr;
+  const int64_t kQ = std::max<int64_t>(1, std::min(s.query_block, q_end - q_begin));
+  std::vector<T> scores(kK * kQ), plain(V * kQ), per_token(V * kQ), peak(kQ), block_peak(kQ), factor(kQ), sum(kQ);
+  for (int64_t j0 = q_begin; j0 < q_end; j0 += kQ) {
+    const int64_t rows = std::min(kQ, q_end - j0);
+    const T* qj = q + j0 * D;
+    if (Dp > 0) {
+      gemm(false, true, V, rows, Dp, scale, k_table + Dr, D, qj + Dr, D, T(0), plain.data(), rows);
+    } else {
+      std::fill(plain.begin(), plain.begin() + V * rows, T(0));
+    }
+    std::fill(per_token.begin(), per_token.begin() + V * rows, T(0));
+    std::fill(peak.begin(), peak.begin() + rows, kNegInf<T>);
+    std::fill(sum.begin(), sum.begin() + rows, T(0));
+    const int64_t end = std::clamp<int64_t>(shift + j0 + rows, 0, L);  // the last query sees keys [0, end)
+    for (int64_t i0 = 0; i0 < end; i0 += kK) {
+      const int64_t cols = std::min(kK, end - i0);
+      T* st = scores.data();
+      if (Dr > 0) {
+        gemm(false, true, cols, rows, Dr, scale, k + i0 * D, D, qj, D, T(0), st, rows);  // Sᵀ, rotated channels
+      } else {
+        std::fill(st, st + cols * rows, T(0));
+      }
+      std::fill(block_peak.begin(), block_peak.begin() + rows, kNegInf<T>);
+      for (int64_t c = 0; c < cols; ++c) {
+        T* row = st + c * rows;
+        const T* plain_row = plain.data() + tokens[i0 + c] * rows;
+        const int64_t hidden = std::clamp<int64_t>(i0 + c - shift - j0, 0, rows);  // queries before the key
+        std::fill(row, row + hidden, kNegInf<T>);
+        for (int64_t j = hidden; j < rows; ++j) row[j] += plain_row[j];
+        for (int64_t j = 0; j < rows; ++j) block_peak[j] = std::max(block_peak[j], row[j]);
+      }
+      // Queries whose maximum rose rescale what they summed so far (the first block sets every one:
+      // each query sees key 0, as M >= N).
+      bool rescale = false;
+      for (int64_t j = 0; j < rows; ++j) {
+        const T next = std::max(peak[j], block_peak[j]);
+        factor[j] = peak[j] == next ? T(1) : std::exp(peak[j] - next);
+        rescale |= factor[j] != T(1);
+        sum[j] *= factor[j];
+        peak[j] = next;
+      }
+      if (rescale) {
+        for (int64_t v = 0; v < V; ++v) {
+          T* acc = per_token.data() + v * rows;
+          for (int64_t j = 0; j < rows; ++j) acc[j] *= factor[j];
+        }
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        T* row = st + c * rows;
+        const int64_t hidden = std::clamp<int64_t>(i0 + c - shift - j0, 0, rows);
+        std::fill(row, row + hidden, T(0));
+        exp_minus(row + hidden, peak.data() + hidden, rows - hidden);
+        T* acc = per_token.data() + tokens[i0 + c] * rows;
+        for (int64_t j = 0; j < rows; ++j) {
+          acc[j] += row[j];
+          sum[j] += row[j];
+        }
+      }
+    }
+    T* o = out + j0 * D;
+    gemm(true, false, rows, D, V, T(1), per_token.data(), rows, v_table, D, T(0), o, D);  // O = (Σ P per token) V
+    for (int64_t r = 0; r < rows; ++r) {
+      if (sum[r] > T(0)) {
+        const T inv = T(1) / sum[r];
+        for (int64_t d = 0; d < D; ++d) o[r * D + d] *= inv;
+        lse[j0 + r] = peak[r] + std::log(sum[r]);
+      } else {
+        std::fill(o + r * D, o + (r + 1) * D, T(0));
+        lse[j0 + r] = kNegInf<T>;
+      }
+    }
+  }
+}
+
 // The backward with keys and values that are functions of a token (see the header). Per tile, as in
 // latent_attention_backward (transposed, [keys, queries]), but of the products over the channels
 // only the rotated ones remain: a key's other channels are its token's table row, so their part of
@@ -254,6 +341,9 @@ PYAUDIOK_CLONES void latent_attention_backward_tokens(const T* grad, const T* q,
                                             int64_t, GemmFn<T>, T*, T*);                                            \
   template void latent_attention_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*,           \
                                              const AttentionShape&, T, int64_t, int64_t, GemmFn<T>, T*, T*, T*);    \
+  template void latent_attention_forward_tokens<T>(const T*, const T*, const int64_t*, const T*, const T*,        \
+                                                   const TokenTables&, const AttentionShape&, T, int64_t, int64_t, \
+                                                   GemmFn<T>, T*, T*);                                            \
   template void latent_attention_backward_tokens<T>(const T*, const T*, const T*, const int64_t*, const T*,       \
                                                     const T*, const TokenTables&, const T*, const T*,             \
                                                     const AttentionShape&, T, int64_t, int64_t, GemmFn<T>, T*, T*, \

@@ -41,6 +41,13 @@ struct TokenTables {
   int64_t vocab, rotary_dims;
 };
 
+// latent_attention_forward for such keys and values (k: the gathered, rotated keys [M, D]; only
+// their rotated channels are read). Needs M >= N (every query sees key 0).
+template <typename T>
+void latent_attention_forward_tokens(const T* q, const T* k, const int64_t* tokens, const T* k_table,
+                                     const T* v_table, const TokenTables& t, const AttentionShape& s, T scale,
+                                     int64_t q_begin, int64_t q_end, GemmFn<T> gemm, T* out, T* lse);
+
 // latent_attention_backward for such keys and values (k: the gathered, rotated keys [M, D], as the
 // forward used them). Writes dk[·, D] for keys [k_begin, k_end): the rotated channels' gradient
 // (the others are zero: their gradient goes to the table); adds the range's share of dq to dq[N, D]

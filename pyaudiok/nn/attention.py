@@ -151,18 +151,19 @@ class _GatherRows(torch.autograd.Function):
 class _TokenCrossAttention(torch.autograd.Function):
     """latent_cross_attention(q, k, v) for keys and values gathered from a token-indexed table (as
     LatentAttention.gathered_keys_values makes them), on the CPU kernels, with the backward that uses
-    where they come from (csrc/cpu/latent_attention.cpp, latent_attention_backward_tokens): only the
-    keys' rotated channels depend on position, so the products of the other channels and of the
-    values run once per vocabulary entry, not per input. The forward is the usual gather, rotation
-    and attention; the results are the same to rounding."""
+    where they come from (csrc/cpu/latent_attention.cpp, latent_attention_*_tokens): only the keys'
+    rotated channels depend on position, so the products of the other channels and of the values
+    run once per vocabulary entry, not per input (the keys' rotated channels are gathered; no value
+    is). The results equal the gathered keys' and values' to rounding."""
 
     @staticmethod
     def forward(ctx, q, rows, tokens, index, cos, sin, dims: int, heads: int):
         ops = torch.ops.pyaudiok
-        vocab = rows.shape[0] // (2 * heads)
+        H, d = heads, rows.shape[1]
+        V = rows.shape[0] // (2 * H)
+        k_table, v_table = rows[:H * V].view(H, V, d), rows[H * V:].view(H, V, d)
         k = ops.gather_rotary_forward(rows, index, cos, sin, dims)
-        v = ops.gather_rotary_forward(rows, index + heads * vocab, cos[..., :0], sin[..., :0], 0)
-        out, lse = ops.latent_attention_forward(q, k, v, None, q.shape[-1] ** -0.5)
+        out, lse = ops.latent_attention_tokens_forward(q, k, tokens, k_table, v_table, dims, d ** -0.5)
         ctx.save_for_backward(q, rows, tokens, index, cos, sin, k, out, lse)
         ctx.dims, ctx.heads = dims, heads
         return out

@@ -219,11 +219,11 @@ def test_triton_split_count_fills_the_gpu(monkeypatch):
 @pytest.mark.parametrize("B,H,N,M,d,V,dims,threads_used", [
     (2, 3, 37, 300, 16, 11, 8, 2), (1, 1, 5, 5, 8, 3, 0, 1), (2, 2, 9, 40, 8, 7, 8, 2),
     (1, 2, 130, 1100, 32, 257, 16, 2), (3, 1, 4, 700, 8, 2, 4, 1)])
-def test_token_table_backward_equals_gathered_keys_backward(B, H, N, M, d, V, dims, threads_used):
-    """latent_attention_tokens_backward (keys and values rows of per-head tables picked by token, the
-    keys rotated on their first `dims` channels) gives the gradients of the gathered-keys backward,
-    in float64: dq, and the table rows' gradient once the rotated keys' dk goes through the gather's
-    backward. Cases: no rotation, all rotated, N = M, key splits across threads, tokens unused."""
+def test_token_table_kernels_equal_gathered_keys_kernels(B, H, N, M, d, V, dims, threads_used):
+    """latent_attention_tokens_forward / _backward (keys and values rows of per-head tables picked by
+    token, the keys rotated on their first `dims` channels) give the output, lse and gradients of
+    the gathered keys' kernels, in float64: dq, and the table rows' gradient once the rotated keys'
+    dk goes through the gather's backward. Cases: no rotation, all rotated, N = M, key splits across threads, tokens unused."""
     pytest.importorskip("pyaudiok._C")
     ops = torch.ops.pyaudiok
     rows = torch.randn(2 * H * V, d, dtype=torch.float64, requires_grad=True)
@@ -238,14 +238,18 @@ def test_token_table_backward_equals_gathered_keys_backward(B, H, N, M, d, V, di
         out = latent_cross_attention(q, k, v)
         grad = torch.randn_like(out)
         want_dq, want_rows = torch.autograd.grad(out, (q, rows), grad)
-        _, lse = ops.latent_attention_forward(q.detach(), k.detach(), v.detach(), None, d ** -0.5)
         k_table, v_table = rows.detach()[:H * V].view(H, V, d), rows.detach()[H * V:].view(H, V, d)
+        got, lse = ops.latent_attention_tokens_forward(q.detach(), k.detach(), tokens, k_table, v_table, dims,
+                                                       d ** -0.5)
+        _, want_lse = ops.latent_attention_forward(q.detach(), k.detach(), v.detach(), None, d ** -0.5)
         dq, dk, dk_table, dv_table = ops.latent_attention_tokens_backward(
             grad, q.detach(), k.detach(), out.detach(), lse, tokens, k_table, v_table, dims, d ** -0.5)
         d_rows = ops.gather_rotary_backward(dk, index, cos, sin, dims, 2 * H * V)
     assert torch.count_nonzero(dk[..., dims:]) == 0 and torch.count_nonzero(dk_table[..., :dims]) == 0
     d_rows[:H * V].view(H, V, d)[..., dims:] += dk_table[..., dims:]
     d_rows[H * V:] += dv_table.view(H * V, d)
+    assert_close("out", got, out, torch.float64)
+    assert_close("lse", lse, want_lse, torch.float64)
     assert_close("dq", dq, want_dq, torch.float64)
     assert_close("table rows' gradient", d_rows, want_rows, torch.float64)
 
