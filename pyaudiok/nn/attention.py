@@ -282,10 +282,12 @@ class LatentAttention(nn.Module):
     def attend_tokens(self, q: torch.Tensor, table: torch.Tensor, tokens: torch.Tensor,
                       rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
         """attend(q, *gathered_keys_values(table, tokens, rope)) through _TokenCrossAttention where its
-        kernels run (CPU tensors of float32/64 in eager mode), else None (the caller takes that path).
-        tokens[B, M] with M >= N."""
-        if not (_cpu_kernels(table) and table.dtype in (torch.float32, torch.float64) and q.dtype == table.dtype):
+        kernels run (CPU tensors in eager mode; half precision, as under autocast, computed in float32
+        like the gathered route's kernels), else None (the caller takes that path). tokens[B, M], M >= N."""
+        if not _cpu_kernels(table):
             return None
+        dtype = torch.promote_types(torch.promote_types(q.dtype, table.dtype), torch.float32)
+        q, table = q.to(dtype), table.to(dtype)
         V, d = table.shape[0], self.head_dim
         rows = table.view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
         tokens = tokens.long().contiguous()
