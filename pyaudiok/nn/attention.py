@@ -9,7 +9,9 @@ from torch import nn
 from pyaudiok.dispatch import requested_backend
 from pyaudiok.ops import gather_rows_rotary, latent_cross_attention, split_heads_rotary
 from pyaudiok.ops.rotary import rotate_pairs
+from pyaudiok.ops._library import extension_loaded
 from pyaudiok.ops.latent_attention import latent_cross_attention_trusted
+from pyaudiok.ops.token_attention import token_attention
 
 __all__ = ["PartialRotary", "LatentAttention", "squared_relu_mlp"]
 
@@ -148,42 +150,6 @@ class _GatherRows(torch.autograd.Function):
         return (out,) + (None,) * len(indices)
 
 
-class _TokenCrossAttention(torch.autograd.Function):
-    """latent_cross_attention(q, k, v) for keys and values gathered from a token-indexed table (as
-    LatentAttention.gathered_keys_values makes them), on the CPU kernels, with the backward that uses
-    where they come from (csrc/cpu/latent_attention.cpp, latent_attention_*_tokens): only the keys'
-    rotated channels depend on position, so the products of the other channels and of the values
-    run once per vocabulary entry, not per input (the keys' rotated channels are gathered; no value
-    is). The results equal the gathered keys' and values' to rounding."""
-
-    @staticmethod
-    def forward(ctx, q, rows, tokens, index, cos, sin, dims: int, heads: int):
-        ops = torch.ops.pyaudiok
-        H, d = heads, rows.shape[1]
-        V = rows.shape[0] // (2 * H)
-        k_table, v_table = rows[:H * V].view(H, V, d), rows[H * V:].view(H, V, d)
-        k = ops.gather_rotary_forward(rows, index, cos, sin, dims)
-        out, lse = ops.latent_attention_tokens_forward(q, k, tokens, k_table, v_table, dims, d ** -0.5)
-        ctx.save_for_backward(q, rows, tokens, index, cos, sin, k, out, lse)
-        ctx.dims, ctx.heads = dims, heads
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        q, rows, tokens, index, cos, sin, k, out, lse = ctx.saved_tensors
-        H, d = ctx.heads, rows.shape[1]
-        V = rows.shape[0] // (2 * H)
-        k_table, v_table = rows[:H * V].view(H, V, d), rows[H * V:].view(H, V, d)
-        ops = torch.ops.pyaudiok
-        dq, dk, dk_table, dv_table = ops.latent_attention_tokens_backward(
-            grad.contiguous(), q, k, out, lse, tokens, k_table, v_table, ctx.dims, q.shape[-1] ** -0.5)
-        d_rows = ops.gather_rotary_backward(dk, index, cos, sin, ctx.dims, rows.shape[0])
-        d_rows[:H * V].view(H, V, d)[..., ctx.dims:] += dk_table[..., ctx.dims:]
-        d_rows[H * V:] += dv_table.view(H * V, d)
-        return dq, d_rows, None, None, None, None, None, None
-
-
 class PartialRotary(nn.Module):
     """Rotary position encoding on the first `fraction` of each head's channels (the rest pass
     through): position information for the part, content-only matching for the rest."""
@@ -281,19 +247,18 @@ class LatentAttention(nn.Module):
 
     def attend_tokens(self, q: torch.Tensor, table: torch.Tensor, tokens: torch.Tensor,
                       rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
-        """attend(q, *gathered_keys_values(table, tokens, rope)) through _TokenCrossAttention where its
-        kernels run (CPU tensors in eager mode; half precision, as under autocast, computed in float32
-        like the gathered route's kernels), else None (the caller takes that path). tokens[B, M], M >= N."""
-        if not _cpu_kernels(table):
+        """attend(q, *gathered_keys_values(table, tokens, rope)) through pyaudiok.ops.token_attention
+        (the products of the unrotated key channels and of the values per vocabulary entry) where its
+        kernels run: CPU tensors with the compiled extension, no other backend requested; half
+        precision (autocast) computed in float32, as the gathered route's kernels compute it. Else None
+        (the caller takes the gathered route). tokens[B, M], M >= N."""
+        if table.device.type != "cpu" or requested_backend() not in (None, "cpu") or not extension_loaded():
             return None
         dtype = torch.promote_types(torch.promote_types(q.dtype, table.dtype), torch.float32)
-        q, table = q.to(dtype), table.to(dtype)
         V, d = table.shape[0], self.head_dim
-        rows = table.view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
-        tokens = tokens.long().contiguous()
-        index = tokens[:, None] + V * torch.arange(self.heads, device=tokens.device)[:, None]  # [B, H, M]
-        cos, sin = (t.contiguous() for t in rope)
-        out = _TokenCrossAttention.apply(q.contiguous(), rows, tokens, index, cos, sin, self.rotary.dims, self.heads)
+        rows = table.to(dtype).view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
+        cos, sin = (t.to(dtype) for t in rope)
+        out = token_attention(q.to(dtype), rows, tokens, cos, sin, self.rotary.dims, self.heads)
         B, H, N, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(B, N, H * d))
 

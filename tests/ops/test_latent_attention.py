@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch.nn.attention.bias import causal_lower_right
 
 import pyaudiok
-from pyaudiok.ops import gather_rows_rotary, latent_cross_attention
+from pyaudiok.ops import latent_cross_attention
 from pyaudiok.ops.latent_attention import OP, latent_attention_reference
 
 from ..harness import (assert_close, compare_with_reference, forward_opcheck_tests, opcheck, poisoned_outputs,
@@ -214,44 +214,6 @@ def test_triton_split_count_fills_the_gpu(monkeypatch):
     assert kernels.choose_splits(264, 65536, cuda) == 1
     assert kernels.choose_splits(64, 1500, cuda) == 1
     assert kernels.choose_splits(64, 65536, torch.device("cpu")) == 1
-
-
-@pytest.mark.parametrize("B,H,N,M,d,V,dims,threads_used", [
-    (2, 3, 37, 300, 16, 11, 8, 2), (1, 1, 5, 5, 8, 3, 0, 1), (2, 2, 9, 40, 8, 7, 8, 2),
-    (1, 2, 130, 1100, 32, 257, 16, 2), (3, 1, 4, 700, 8, 2, 4, 1)])
-def test_token_table_kernels_equal_gathered_keys_kernels(B, H, N, M, d, V, dims, threads_used):
-    """latent_attention_tokens_forward / _backward (keys and values rows of per-head tables picked by
-    token, the keys rotated on their first `dims` channels) give the output, lse and gradients of
-    the gathered keys' kernels, in float64: dq, and the table rows' gradient once the rotated keys'
-    dk goes through the gather's backward. Cases: no rotation, all rotated, N = M, key splits across threads, tokens unused."""
-    pytest.importorskip("pyaudiok._C")
-    ops = torch.ops.pyaudiok
-    rows = torch.randn(2 * H * V, d, dtype=torch.float64, requires_grad=True)
-    tokens = torch.randint(0, V, (B, M))
-    index = tokens[:, None, :] + V * torch.arange(H)[:, None]
-    angles = torch.randn(B, 1, M, dims // 2, dtype=torch.float64)  # per-row positions
-    cos, sin = angles.cos(), angles.sin()
-    q = torch.randn(B, H, N, d, dtype=torch.float64, requires_grad=True)
-    with pyaudiok.use_backend("cpu"), threads(threads_used):
-        k = gather_rows_rotary(rows, index, cos, sin, dims)
-        v = gather_rows_rotary(rows, index + H * V, cos[..., :0], sin[..., :0], 0)
-        out = latent_cross_attention(q, k, v)
-        grad = torch.randn_like(out)
-        want_dq, want_rows = torch.autograd.grad(out, (q, rows), grad)
-        k_table, v_table = rows.detach()[:H * V].view(H, V, d), rows.detach()[H * V:].view(H, V, d)
-        got, lse = ops.latent_attention_tokens_forward(q.detach(), k.detach(), tokens, k_table, v_table, dims,
-                                                       d ** -0.5)
-        _, want_lse = ops.latent_attention_forward(q.detach(), k.detach(), v.detach(), None, d ** -0.5)
-        dq, dk, dk_table, dv_table = ops.latent_attention_tokens_backward(
-            grad, q.detach(), k.detach(), out.detach(), lse, tokens, k_table, v_table, dims, d ** -0.5)
-        d_rows = ops.gather_rotary_backward(dk, index, cos, sin, dims, 2 * H * V)
-    assert torch.count_nonzero(dk[..., dims:]) == 0 and torch.count_nonzero(dk_table[..., :dims]) == 0
-    d_rows[:H * V].view(H, V, d)[..., dims:] += dk_table[..., dims:]
-    d_rows[H * V:] += dv_table.view(H * V, d)
-    assert_close("out", got, out, torch.float64)
-    assert_close("lse", lse, want_lse, torch.float64)
-    assert_close("dq", dq, want_dq, torch.float64)
-    assert_close("table rows' gradient", d_rows, want_rows, torch.float64)
 
 
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)

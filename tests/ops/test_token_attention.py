@@ -1,0 +1,119 @@
+"""Latent cross-attention over token-table keys and values (pyaudiok.ops.token_attention, Perceiver
+AR's cross-attention on the CPU) against the same attention over the gathered keys and values."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyaudiok
+from pyaudiok.ops import gather_rows_rotary, latent_cross_attention
+from pyaudiok.ops.token_attention import _backward, _forward, token_attention
+
+from ..harness import assert_close, forward_opcheck_tests, opcheck, threads
+
+pytest.importorskip("pyaudiok._C")
+
+CASES = [  # B, H, N, M, d, V, rotated dims, threads: no rotation, all rotated, N = M, key splits
+    (2, 3, 37, 300, 16, 11, 8, 2), (1, 1, 5, 5, 8, 3, 0, 1), (2, 2, 9, 40, 8, 7, 8, 2),
+    (1, 2, 130, 1100, 32, 257, 16, 2), (3, 1, 4, 700, 8, 2, 4, 1), (2, 1, 6, 50, 8, 4, 8, 1)]
+
+
+def _inputs(B, H, N, M, d, V, dims, dtype=torch.float64, batched_angles=True):
+    gen = torch.Generator().manual_seed(B * 1000 + M + V)
+    rows = torch.randn(2 * H * V, d, generator=gen, dtype=dtype).requires_grad_()
+    tokens = torch.randint(0, V, (B, M), generator=gen)
+    shape = (B, 1, M, dims // 2) if batched_angles else (M, dims // 2)  # per-row positions, or shared ones
+    angles = 100 * torch.rand(shape, generator=gen, dtype=dtype)
+    q = torch.randn(B, H, N, d, generator=gen, dtype=dtype).requires_grad_()
+    return q, rows, tokens, angles.cos(), angles.sin()
+
+
+def _gathered(q, rows, tokens, cos, sin, dims, H):
+    """The definition: gather and rotate the keys, gather the values, attend."""
+    V = rows.shape[0] // (2 * H)
+    index = tokens[:, None] + V * torch.arange(H)[:, None]
+    k = gather_rows_rotary(rows, index, cos, sin, dims)
+    v = gather_rows_rotary(rows, index + H * V, cos[..., :0], sin[..., :0], 0)
+    return latent_cross_attention(q, k, v)
+
+
+@pytest.mark.parametrize("B,H,N,M,d,V,dims,threads_used", CASES)
+def test_matches_attention_over_gathered_keys(B, H, N, M, d, V, dims, threads_used):
+    """Output and the gradients to q and rows, float64, against the gathered route."""
+    q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims, batched_angles=B != 2)
+    with pyaudiok.use_backend("cpu"), threads(threads_used):
+        want = _gathered(q, rows, tokens, cos, sin, dims, H)
+        got = token_attention(q, rows, tokens, cos, sin, dims, H)
+        grad = torch.randn_like(want)
+        want_grads = torch.autograd.grad(want, (q, rows), grad)
+        got_grads = torch.autograd.grad(got, (q, rows), grad)
+    assert_close("out", got, want, torch.float64)
+    for name, g, w in zip(("dq", "d rows"), got_grads, want_grads):
+        assert_close(name, g, w, torch.float64)
+
+
+@pytest.mark.parametrize("B,H,N,M,d,V,dims,threads_used", CASES)
+def test_token_table_kernels_equal_gathered_keys_kernels(B, H, N, M, d, V, dims, threads_used):
+    """latent_attention_tokens_forward / _backward (keys and values rows of per-head tables picked by
+    token, the keys rotated on their first `dims` channels) give the output, lse and gradients of
+    the gathered keys' kernels, in float64: dq, and the table rows' gradient once the rotated keys'
+    dk goes through the gather's backward. Cases: no rotation, all rotated, N = M, key splits across threads, tokens unused."""
+    ops = torch.ops.pyaudiok
+    rows = torch.randn(2 * H * V, d, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, V, (B, M))
+    index = tokens[:, None, :] + V * torch.arange(H)[:, None]
+    angles = torch.randn(B, 1, M, dims // 2, dtype=torch.float64)  # per-row positions
+    cos, sin = angles.cos(), angles.sin()
+    q = torch.randn(B, H, N, d, dtype=torch.float64, requires_grad=True)
+    with pyaudiok.use_backend("cpu"), threads(threads_used):
+        k = gather_rows_rotary(rows, index, cos, sin, dims)
+        v = gather_rows_rotary(rows, index + H * V, cos[..., :0], sin[..., :0], 0)
+        out = latent_cross_attention(q, k, v)
+        grad = torch.randn_like(out)
+        want_dq, want_rows = torch.autograd.grad(out, (q, rows), grad)
+        k_table, v_table = rows.detach()[:H * V].view(H, V, d), rows.detach()[H * V:].view(H, V, d)
+        got, lse = ops.latent_attention_tokens_forward(q.detach(), k.detach(), tokens, k_table, v_table, dims,
+                                                       d ** -0.5)
+        _, want_lse = ops.latent_attention_forward(q.detach(), k.detach(), v.detach(), None, d ** -0.5)
+        dq, dk, dk_table, dv_table = ops.latent_attention_tokens_backward(
+            grad, q.detach(), k.detach(), out.detach(), lse, tokens, k_table, v_table, dims, d ** -0.5)
+        d_rows = ops.gather_rotary_backward(dk, index, cos, sin, dims, 2 * H * V)
+    assert torch.count_nonzero(dk[..., dims:]) == 0 and torch.count_nonzero(dk_table[..., :dims]) == 0
+    d_rows[:H * V].view(H, V, d)[..., dims:] += dk_table[..., dims:]
+    d_rows[H * V:] += dv_table.view(H * V, d)
+    assert_close("out", got, out, torch.float64)
+    assert_close("lse", lse, want_lse, torch.float64)
+    assert_close("dq", dq, want_dq, torch.float64)
+    assert_close("table rows' gradient", d_rows, want_rows, torch.float64)
+
+
+def test_float32_and_unused_tokens():
+    """float32 within tolerance; a table row no token picks gets exactly zero gradient."""
+    q, rows, tokens, cos, sin = _inputs(2, 2, 24, 200, 16, 9, 8, torch.float32)
+    tokens = tokens.clamp_max(7)  # token 8 unused
+    with pyaudiok.use_backend("cpu"):
+        want = _gathered(q.double(), rows.double(), tokens, cos.double(), sin.double(), 8, 2)
+        got = token_attention(q, rows, tokens, cos, sin, 8, 2)
+        got.sum().backward()
+    assert_close("out", got, want, torch.float32)
+    assert torch.count_nonzero(rows.grad.view(2, 2, 9, 16)[:, :, 8]) == 0
+
+
+def test_registered_ops_pass_opcheck():
+    q, rows, tokens, cos, sin = _inputs(2, 2, 6, 20, 8, 5, 4)
+    index = tokens[:, None] + 5 * torch.arange(2)[:, None]
+    args = (q, rows, tokens, index, cos, sin, 4, 2)
+    opcheck(_forward, args, test_utils=forward_opcheck_tests("cpu", q.device))
+    out, lse, k = _forward(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+    opcheck(_backward, (torch.randn_like(out), q.detach(), rows.detach(), tokens, index, cos, sin, k, out, lse, 4, 2),
+            test_utils=("test_schema", "test_faketensor"))
+
+
+def test_compiles_without_graph_break():
+    q, rows, tokens, cos, sin = _inputs(1, 2, 8, 30, 8, 6, 4, torch.float32)
+    compiled = torch.compile(lambda *a: token_attention(*a, 4, 2).square().sum(), fullgraph=True, backend="eager")
+    loss = compiled(q, rows, tokens, cos, sin)
+    loss.backward()
+    want = token_attention(q.detach(), rows.detach(), tokens, cos, sin, 4, 2).square().sum()
+    assert_close("loss", loss, want, torch.float32)
+    assert q.grad is not None and rows.grad is not None
