@@ -218,10 +218,10 @@ class PerceiverAR(nn.Module):
         return self.cross.attn.rotary.tables(positions, self.embed.weight.dtype, self.config.max_context)
 
     def _attend_inputs_by_token(self, q: torch.Tensor, tokens: torch.Tensor, rope) -> torch.Tensor | None:
-        """The cross-attention over the inputs tokens[B, T] with the keys and values taken per
-        vocabulary entry through the backward as well (LatentAttention.attend_tokens), where that
-        path runs and pays: more inputs than vocabulary entries; else None."""
-        if tokens.numel() <= self.config.vocab_size:
+        """The cross-attention over the inputs tokens[B, T] computed per vocabulary entry
+        (LatentAttention.attend_tokens) where that route runs and pays: its [V, queries] tables cost
+        what V inputs' products cost, so no more vocabulary entries than inputs per row; else None."""
+        if tokens.shape[1] < self.config.vocab_size:
             return None
         cross = self.cross
         return cross.attn.attend_tokens(q, cross.attn.kv(cross.norm_kv(self.embed.weight)), tokens, rope)
