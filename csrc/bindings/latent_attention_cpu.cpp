@@ -239,12 +239,14 @@ int64_t check_token_tables(const Dims& d, const at::Tensor& q, const at::Tensor&
 // of which only those channels are read): (out, lse) as forward_cpu's, M >= N >= 1 and no key lengths.
 std::tuple<at::Tensor, at::Tensor> forward_tokens_cpu(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& tokens, const at::Tensor& k_table,
-                                                      const at::Tensor& v_table, int64_t rotary_dims, double scale) {
+                                                      const at::Tensor& v_table, int64_t rotary_dims, double scale,
+                                                      int64_t query_block, int64_t key_block) {
   const Dims d = check_inputs(q, k, k, std::nullopt);
   const int64_t V = check_token_tables(d, q, tokens, k_table, v_table, rotary_dims);
   at::Tensor out = at::empty_like(q), lse = at::empty({d.B, d.H, d.N}, q.options());
   const Tile tile = forward_tile(d);
-  const int64_t qb = tile.queries, q_blocks = ceil_div(d.N, qb), tasks = d.B * d.H * q_blocks;
+  const cpu::AttentionShape shape = shape_of(d, d.M, tile, query_block, key_block);
+  const int64_t qb = shape.query_block, q_blocks = ceil_div(d.N, qb), tasks = d.B * d.H * q_blocks;
   const cpu::TokenTables tables{V, rotary_dims};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "latent_attention_tokens_forward", [&] {
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
@@ -253,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor> forward_tokens_cpu(const at::Tensor& q, const
         cpu::latent_attention_forward_tokens<scalar_t>(
             q.data_ptr<scalar_t>() + bh * d.N * d.D, k.data_ptr<scalar_t>() + bh * d.M * d.D,
             tokens.data_ptr<int64_t>() + (bh / d.H) * d.M, k_table.data_ptr<scalar_t>() + to,
-            v_table.data_ptr<scalar_t>() + to, tables, shape_of(d, d.M, tile, 0, 0), static_cast<scalar_t>(scale),
+            v_table.data_ptr<scalar_t>() + to, tables, shape, static_cast<scalar_t>(scale),
             j0, std::min(d.N, j0 + qb), gemm_fn<scalar_t>(), out.data_ptr<scalar_t>() + bh * d.N * d.D,
             lse.data_ptr<scalar_t>() + bh * d.N);
       }
@@ -270,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> forward_tokens_cpu(const at::Tensor& q, const
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
     const at::Tensor& grad_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& out, const at::Tensor& lse,
     const at::Tensor& tokens, const at::Tensor& k_table, const at::Tensor& v_table, int64_t rotary_dims,
-    double scale) {
+    double scale, int64_t query_block, int64_t key_block) {
   const Dims d = check_inputs(q, k, k, std::nullopt);
   const int64_t V = check_token_tables(d, q, tokens, k_table, v_table, rotary_dims);
   TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
@@ -280,7 +282,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
               "latent_attention_tokens_backward (cpu): grad and out must be q's shape, lse [B, H, N], of q's dtype");
   const at::Tensor grad = grad_in.contiguous(), delta = (grad * out).sum(-1);
   const Tile tile = backward_tile(d);
-  const int64_t kb = tile.keys, BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
+  const cpu::AttentionShape shape = shape_of(d, d.M, tile, query_block, key_block);
+  const int64_t kb = shape.key_block, BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
   const int64_t splits = std::min(k_blocks, ceil_div(at::get_num_threads(), std::max<int64_t>(1, BH)));
   const int64_t blocks_per_split = ceil_div(k_blocks, splits);
   at::Tensor dq_parts = at::zeros({splits, d.B, d.H, d.N, d.D}, q.options());
@@ -293,7 +296,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
         const int64_t bh = t / splits, split = t % splits, h = bh % d.H;
         const int64_t k_begin = std::min(d.M, split * blocks_per_split * kb);
         const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * kb);
-        const cpu::AttentionShape s = shape_of(d, d.M, tile, 0, 0);
         const int64_t qo = bh * d.N * d.D, ko = bh * d.M * d.D, to = h * V * d.D;
         const int64_t share = (split * BH + bh) * V * d.D, dv_share = splits * BH * V * d.D + share;
         scalar_t* parts = table_parts.data_ptr<scalar_t>();
@@ -301,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
             grad.data_ptr<scalar_t>() + qo, q.data_ptr<scalar_t>() + qo, k.data_ptr<scalar_t>() + ko,
             tokens.data_ptr<int64_t>() + (bh / d.H) * d.M, k_table.data_ptr<scalar_t>() + to,
             v_table.data_ptr<scalar_t>() + to, tables, lse.data_ptr<scalar_t>() + bh * d.N,
-            delta.data_ptr<scalar_t>() + bh * d.N, s, static_cast<scalar_t>(scale), k_begin, k_end,
+            delta.data_ptr<scalar_t>() + bh * d.N, shape, static_cast<scalar_t>(scale), k_begin, k_end,
             gemm_fn<scalar_t>(), dq_parts.data_ptr<scalar_t>() + split * BH * d.N * d.D + qo,
             dk.data_ptr<scalar_t>() + ko, parts + share, parts + dv_share);
       }

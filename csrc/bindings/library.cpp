@@ -41,9 +41,10 @@ TORCH_LIBRARY(pyaudiok, m) {
   // The pair when the keys and values are rows of per-head tables picked by token (the keys rotated on
   // their first rotary_dims channels): (out, lse), and (dq, dk of the rotated channels, dk_table, dv_table).
   m.def("latent_attention_tokens_forward(Tensor q, Tensor k, Tensor tokens, Tensor k_table, Tensor v_table, "
-        "int rotary_dims, float scale) -> (Tensor, Tensor)");
+        "int rotary_dims, float scale, int query_block=0, int key_block=0) -> (Tensor, Tensor)");
   m.def("latent_attention_tokens_backward(Tensor grad, Tensor q, Tensor k, Tensor out, Tensor lse, Tensor tokens, "
-        "Tensor k_table, Tensor v_table, int rotary_dims, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor k_table, Tensor v_table, int rotary_dims, float scale, int query_block=0, int key_block=0) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   // Rotary-encoded rows (pyaudiok/ops/rotary.py): gathered from a table, out [B, H, T, d] and the rows'
   // gradient [R, d]; split from a projection into heads, [P, B, H, T, d] and the projection's gradient.
   m.def("gather_rotary_forward(Tensor rows, Tensor index, Tensor cos, Tensor sin, int dims) -> Tensor");

@@ -52,31 +52,27 @@ def test_matches_attention_over_gathered_keys(B, H, N, M, d, V, dims, threads_us
         assert_close(name, g, w, torch.float64)
 
 
+@pytest.mark.parametrize("tile", [(0, 0), (16, 32)], ids=("tile by shape", "small tiles"))
 @pytest.mark.parametrize("B,H,N,M,d,V,dims,threads_used", CASES)
-def test_token_table_kernels_equal_gathered_keys_kernels(B, H, N, M, d, V, dims, threads_used):
-    """latent_attention_tokens_forward / _backward (keys and values rows of per-head tables picked by
-    token, the keys rotated on their first `dims` channels) give the output, lse and gradients of
-    the gathered keys' kernels, in float64: dq, and the table rows' gradient once the rotated keys'
-    dk goes through the gather's backward. Cases: no rotation, all rotated, N = M, key splits across threads, tokens unused."""
+def test_raw_kernels_equal_gathered_keys_kernels(B, H, N, M, d, V, dims, threads_used, tile):
+    """The raw pair, latent_attention_tokens_forward / _backward, against the gathered keys' kernels
+    in float64: out, lse, dq, the rotated keys' dk (zero on the other channels) and the tables'
+    shares (zero on the rotated channels), the table rows' gradient once dk has gone through the
+    gather's backward. Small tiles: many key and query blocks, so the forward's rescaling too."""
     ops = torch.ops.pyaudiok
-    rows = torch.randn(2 * H * V, d, dtype=torch.float64, requires_grad=True)
-    tokens = torch.randint(0, V, (B, M))
-    index = tokens[:, None, :] + V * torch.arange(H)[:, None]
-    angles = torch.randn(B, 1, M, dims // 2, dtype=torch.float64)  # per-row positions
-    cos, sin = angles.cos(), angles.sin()
-    q = torch.randn(B, H, N, d, dtype=torch.float64, requires_grad=True)
+    q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims)
+    index = tokens[:, None] + V * torch.arange(H)[:, None]
+    k_table, v_table = rows.detach()[:H * V].view(H, V, d), rows.detach()[H * V:].view(H, V, d)
     with pyaudiok.use_backend("cpu"), threads(threads_used):
-        k = gather_rows_rotary(rows, index, cos, sin, dims)
-        v = gather_rows_rotary(rows, index + H * V, cos[..., :0], sin[..., :0], 0)
-        out = latent_cross_attention(q, k, v)
+        out = _gathered(q, rows, tokens, cos, sin, dims, H)
         grad = torch.randn_like(out)
         want_dq, want_rows = torch.autograd.grad(out, (q, rows), grad)
-        k_table, v_table = rows.detach()[:H * V].view(H, V, d), rows.detach()[H * V:].view(H, V, d)
-        got, lse = ops.latent_attention_tokens_forward(q.detach(), k.detach(), tokens, k_table, v_table, dims,
-                                                       d ** -0.5)
-        _, want_lse = ops.latent_attention_forward(q.detach(), k.detach(), v.detach(), None, d ** -0.5)
+        k = ops.gather_rotary_forward(rows.detach(), index, cos, sin, dims)
+        v = ops.gather_rotary_forward(rows.detach(), index + H * V, cos[..., :0], sin[..., :0], 0)
+        _, want_lse = ops.latent_attention_forward(q.detach(), k, v, None, d ** -0.5)
+        got, lse = ops.latent_attention_tokens_forward(q.detach(), k, tokens, k_table, v_table, dims, d ** -0.5, *tile)
         dq, dk, dk_table, dv_table = ops.latent_attention_tokens_backward(
-            grad, q.detach(), k.detach(), out.detach(), lse, tokens, k_table, v_table, dims, d ** -0.5)
+            grad, q.detach(), k, got, lse, tokens, k_table, v_table, dims, d ** -0.5, *tile)
         d_rows = ops.gather_rotary_backward(dk, index, cos, sin, dims, 2 * H * V)
     assert torch.count_nonzero(dk[..., dims:]) == 0 and torch.count_nonzero(dk_table[..., :dims]) == 0
     d_rows[:H * V].view(H, V, d)[..., dims:] += dk_table[..., dims:]
