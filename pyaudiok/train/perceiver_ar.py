@@ -52,7 +52,7 @@ class TrainConfig:
     layers: int = _opt(3, "latent self-attention blocks")
     cross_dropout: float = _opt(0.5, "fraction of the prefix dropped per row in training")
     z_loss: float = _opt(0.0, "weight of the log²Z term (1e-4 to enable)")
-    steps: int = _opt(400, "training steps")
+    steps: int = _opt(3000, "training steps")
     batch_size: int = _opt(4, "windows per step and process")
     lr: float = _opt(2e-3, "Adam learning rate after warm-up")
     warmup: int = _opt(20, "linear warm-up steps")
