@@ -288,6 +288,35 @@ def test_cross_attention_by_token_equals_gathered_keys(dropout, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+def test_cross_attention_by_token_under_bf16_autocast(monkeypatch):
+    """Under bf16 autocast the per-vocabulary-entry route runs too (in float32, as the gathered
+    route's kernels do), and the loss and gradients match the gathered route's to bf16 precision."""
+    model = _model(cross_dropout=0.0, vocab_size=16).train()
+    sequence = torch.randint(0, 16, (2, 41))
+    calls = []
+    original = type(model.cross.attn).attend_tokens
+
+    def counted(self, *args):
+        out = original(self, *args)
+        calls.append(out is not None)
+        return out
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model.loss(sequence)[0]
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", counted)
+    by_token = run()
+    assert calls == [True]
+    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", lambda self, *args: None)
+    gathered = run()
+    torch.testing.assert_close(by_token[0], gathered[0], rtol=2e-2, atol=2e-2)
+    for a, b in zip(by_token[1], gathered[1]):
+        assert torch.isfinite(a).all()
+        assert (a.float() - b.float()).norm() <= 5e-2 * b.float().norm() + 1e-6
+
+
 def test_cached_rotary_tables_equal_computed():
     model = _model().double()
     rotary = model.cross.attn.rotary
