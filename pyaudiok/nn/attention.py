@@ -11,7 +11,7 @@ from pyaudiok.ops import gather_rows_rotary, latent_cross_attention, split_heads
 from pyaudiok.ops.rotary import rotate_pairs
 from pyaudiok.ops._library import extension_loaded
 from pyaudiok.ops.latent_attention import latent_cross_attention_trusted
-from pyaudiok.ops.token_attention import token_attention
+from pyaudiok.ops.token_attention import token_attention_trusted
 
 __all__ = ["PartialRotary", "LatentAttention", "squared_relu_mlp"]
 
@@ -258,7 +258,7 @@ class LatentAttention(nn.Module):
         V, d = table.shape[0], self.head_dim
         rows = table.to(dtype).view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
         cos, sin = (t.to(dtype) for t in rope)
-        out = token_attention(q.to(dtype), rows, tokens, cos, sin, self.rotary.dims, self.heads)
+        out = token_attention_trusted(q.to(dtype), rows, tokens, cos, sin, self.rotary.dims, self.heads)
         B, H, N, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(B, N, H * d))
 

@@ -15,6 +15,7 @@ from .rvq import RVQResult, residual_vq, rvq_decode
 from .si_sdr import PITResult, neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
 from .sinkhorn import SinkhornResult, log_sinkhorn_normalize, sinkhorn, sinkhorn_rank, sinkhorn_sort
 from .soft_rank import soft_rank, soft_sort
+from .token_attention import token_attention
 
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_loss", "pit_si_sdr", "si_sdr_matrix",
            "latent_cross_attention", "KMeansResult", "kmeans", "fourier_crop", "fourier_crop_output_size",
@@ -22,4 +23,4 @@ __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_lo
            "sinkhorn_sort", "bilinear_contrastive_loss", "gabor_pool", "pcen",
            "proportion_loss", "ot_pseudo_labels", "gather_rows_rotary",
            "split_heads_rotary", "collar_vad_loss",
-           "distance_logsumexp", "distance_nll", "reorder_channels"]
+           "distance_logsumexp", "distance_nll", "reorder_channels", "token_attention"]

@@ -1,5 +1,5 @@
 """Latent cross-attention over keys and values that are functions of a token (Perceiver AR's
-cross-attention over its inputs, DESIGN §1), on the CPU kernels.
+cross-attention over its inputs, DESIGN §1).
 
 `rows[2·H·V, d]` holds, per head, a key row and a value row for each of the V token ids (the layout
 of LatentAttention.gathered_keys_values: [(part, head, token), d]). Key i of item b is the key row
@@ -19,15 +19,22 @@ of d, and three in the backward, instead of five. Only the keys' rotated channel
 
 index[B, H, M] = tokens + V·head picks the key rows. k is the gathered, rotated keys that the
 backward reuses. Registered ops with fakes and autograd, so torch.compile keeps them whole.
-float32/float64 CPU tensors; callers upcast half precision.
+
+Backends: `reference` (the definition: gather_rows_rotary for the keys and values, then
+latent_cross_attention; both dispatch to their own fast backends, so this is also the route on
+GPUs), `cpu` (the kernels above; float32/float64, half precision computed in float32).
 """
 from __future__ import annotations
 
 import torch
 
-from ._library import cpp_op, custom_op
+from .. import backends, dispatch
+from . import _checks
+from ._library import HALF_DTYPES, cpp_op, custom_op, upcast_half
+from .latent_attention import latent_cross_attention
+from .rotary import _check_angles, gather_rows_rotary
 
-__all__ = ["token_attention"]
+__all__ = ["token_attention", "token_attention_reference", "token_attention_trusted"]
 
 
 def _tables(rows: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,14 +98,67 @@ def _grad(ctx, grad_out, grad_lse, grad_k):
 torch.library.register_autograd("pyaudiok::token_attention_cpu", _grad, setup_context=_setup_context)
 
 
+def _key_rows(tokens: torch.Tensor, vocab: int, heads: int) -> torch.Tensor:
+    """index[B, H, M] of the key rows: token + V·head (the value rows follow at + H·V)."""
+    return tokens[:, None] + vocab * torch.arange(heads, device=tokens.device)[:, None]
+
+
+def token_attention_reference(q, rows, tokens, cos, sin, dims: int, heads: int) -> torch.Tensor:
+    """The definition: the keys gathered and rotated, the values gathered, latent_cross_attention."""
+    V = rows.shape[0] // (2 * heads)
+    index = _key_rows(tokens, V, heads)
+    k = gather_rows_rotary(rows, index, cos, sin, dims)
+    v = gather_rows_rotary(rows, index + heads * V, cos[..., :0], sin[..., :0], 0)
+    return latent_cross_attention(q, k, v)
+
+
+def _cpu(q, rows, tokens, cos, sin, dims: int, heads: int) -> torch.Tensor:
+    index = _key_rows(tokens, rows.shape[0] // (2 * heads), heads)
+    return _forward(q.contiguous(), rows.contiguous(), tokens, index, cos.contiguous(), sin.contiguous(), dims,
+                    heads)[0]
+
+
+OP = dispatch.op("token_attention")
+OP.register("reference", token_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
+OP.register("cpu", upcast_half(_cpu), devices=("cpu",), dtypes=HALF_DTYPES + (torch.float32, torch.float64),
+            availability=backends.cpu_reason)
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
 def token_attention(q: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                     dims: int, heads: int) -> torch.Tensor:
     """latent_cross_attention of q[B, H, N, d] over the keys and values that rows[2·H·V, d] hold for
-    tokens[B, M] (see the module doc), the keys rotated on their first `dims` channels by the
-    angles cos, sin ([M, dims/2] or [B, 1, M, dims/2]). Trusted arguments (LatentAttention's): float32
-    or float64 CPU tensors of one dtype, token ids in [0, V), M >= N. Returns out [B, H, N, d]."""
+    tokens[B, M] (M >= N; see the module doc): key i is the key row of tokens[b, i] for its head
+    with its first `dims` channels rotated by the angles cos, sin ([M, dims/2] or [B, 1, M, dims/2]),
+    value i the value row. Returns [B, H, N, d] in q's dtype; gradients to q and rows."""
+    q = _checks.float_tensor("q", q, ndim=4, layout="[B, H, N, d]")
+    rows = _checks.float_tensor("rows", rows, ndim=2, layout="[2·H·V, d]")
+    tokens = _checks.tensor("tokens", tokens, ndim=2, layout="[B, M]", dtypes=_INT_DTYPES)
+    _checks.same_dtype("rows", rows, "q", q)
+    for name, x in (("rows", rows), ("tokens", tokens)):
+        _checks.same_device(name, x, "q", q)
+    B, H, N, d = q.shape
+    heads = _checks.int_in_range("heads", heads, 1, 1 << 16)
+    if H != heads:
+        raise ValueError(f"q must have H = heads = {heads} heads; got {_checks.shape_str(q.shape)}")
+    if rows.shape[1] != d or rows.shape[0] % (2 * heads) or rows.shape[0] == 0:
+        raise ValueError(f"rows must have shape [2·H·V, d] = [{2 * heads}·V, {d}] (V >= 1: a key and a value "
+                         f"row per head and token); got {_checks.shape_str(rows.shape)}")
+    if tokens.shape[0] != B or tokens.shape[1] < N:
+        raise ValueError(f"tokens must have shape [B, M] = [{B}, M >= N = {N}]; got {_checks.shape_str(tokens.shape)}")
     V = rows.shape[0] // (2 * heads)
+    if tokens.device.type == "cpu" and tokens.numel():
+        _checks.ints_within(tokens, 0, V - 1, f"tokens must hold token ids in [0, V) = [0, {V})")
+    cos, sin, dims = _check_angles(cos, sin, dims, d, B, tokens.shape[1], "q", q)
     tokens = tokens.long().contiguous()
-    index = tokens[:, None] + V * torch.arange(heads, device=tokens.device)[:, None]  # [B, H, M]
-    return _forward(q.contiguous(), rows.contiguous(), tokens, index, cos.contiguous(), sin.contiguous(), dims,
-                    heads)[0]
+    if q.numel() == 0:  # nothing to compute: the reference handles empty shapes exactly
+        return token_attention_reference(q, rows, tokens, cos, sin, dims, heads)
+    return OP(q, rows, tokens, cos, sin, dims, heads, device=q.device, dtype=q.dtype)
+
+
+def token_attention_trusted(q, rows, tokens, cos, sin, dims: int, heads: int) -> torch.Tensor:
+    """token_attention for a caller that guarantees its contract (LatentAttention: shapes, one dtype
+    and device, token ids in range): no value is read back to check them."""
+    return OP(q, rows, tokens.long().contiguous(), cos, sin, dims, heads, device=q.device, dtype=q.dtype)

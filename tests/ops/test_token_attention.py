@@ -7,9 +7,9 @@ import torch
 
 import pyaudiok
 from pyaudiok.ops import gather_rows_rotary, latent_cross_attention
-from pyaudiok.ops.token_attention import _backward, _forward, token_attention
+from pyaudiok.ops.token_attention import OP, _backward, _forward, token_attention
 
-from ..harness import assert_close, forward_opcheck_tests, opcheck, threads
+from ..harness import assert_close, compare_with_reference, forward_opcheck_tests, opcheck, require_backend, threads
 
 pytest.importorskip("pyaudiok._C")
 
@@ -113,3 +113,49 @@ def test_compiles_without_graph_break():
     want = token_attention(q.detach(), rows.detach(), tokens, cos, sin, 4, 2).square().sum()
     assert_close("loss", loss, want, torch.float32)
     assert q.grad is not None and rows.grad is not None
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16))
+def test_cpu_backend_matches_reference(dtype):
+    """Through the dispatcher: the cpu backend against the reference (float64), forward and the
+    gradients to q and rows; half precision computed in float32."""
+    require_backend(OP, "cpu", dtype)
+    q, rows, tokens, cos, sin = _inputs(2, 2, 20, 90, 16, 6, 8, torch.float64)
+    q, rows = (t.detach().to(dtype).requires_grad_() for t in (q, rows))
+    compare_with_reference(lambda q, rows: token_attention(q, rows, tokens, cos.to(dtype), sin.to(dtype), 8, 2),
+                           (q, rows), "cpu")
+
+
+def test_empty_batch_and_queries():
+    q, rows, tokens, cos, sin = _inputs(1, 2, 4, 10, 8, 3, 4)
+    out = token_attention(q[:0], rows, tokens[:0], cos[:0], sin[:0], 4, 2)
+    assert out.shape == (0, 2, 4, 8)
+    out = token_attention(q[:, :, :0], rows, tokens, cos, sin, 4, 2)
+    out.sum().backward()
+    assert out.shape == (1, 2, 0, 8) and torch.count_nonzero(rows.grad) == 0
+
+
+def _bad(**change):
+    q, rows, tokens, cos, sin = _inputs(2, 2, 4, 10, 8, 3, 4)
+    args = dict(q=q, rows=rows, tokens=tokens, cos=cos, sin=sin, dims=4, heads=2)
+    args.update({k: (v(args) if callable(v) else v) for k, v in change.items()})
+    return args
+
+
+@pytest.mark.parametrize("change,exc,words", [
+    (dict(q=lambda a: a["q"][0]), ValueError, "q must have shape [B, H, N, d]"),
+    (dict(heads=3), ValueError, "q must have H = heads = 3 heads"),
+    (dict(rows=lambda a: a["rows"][:-1]), ValueError, "rows must have shape [2·H·V, d] = [4·V, 8]"),
+    (dict(rows=lambda a: a["rows"][:, :4]), ValueError, "rows must have shape [2·H·V, d]"),
+    (dict(rows=lambda a: a["rows"].float()), TypeError, "rows must have the dtype of q"),
+    (dict(tokens=lambda a: a["tokens"][:, :3]), ValueError, "tokens must have shape [B, M] = [2, M >= N = 4]"),
+    (dict(tokens=lambda a: a["tokens"] + 3), ValueError, "tokens must hold token ids in [0, V) = [0, 3)"),
+    (dict(tokens=lambda a: a["tokens"].float()), TypeError, "tokens must have dtype"),
+    (dict(dims=3), ValueError, "dims must be even"),
+    (dict(cos=lambda a: a["cos"][..., :1]), ValueError, "cos must have shape"),
+    (dict(q=lambda a: a["q"].long()), TypeError, "q must have dtype"),
+])
+def test_bad_input_raises_named_error(change, exc, words):
+    with pytest.raises(exc) as info:
+        token_attention(**_bad(**change))
+    assert words in str(info.value)
