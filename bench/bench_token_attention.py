@@ -1,9 +1,10 @@
 """Benchmark of `token_attention` (Perceiver AR's cross-attention over keys and values that are rows
 of a per-token table, DESIGN §1), forward + backward to q and the table rows, at the trainer's
 cross-attention (batch 4, 2 heads, 256 latents over 8 192 byte tokens, d 64, rotary on 32 channels):
-the reference (the keys and values gathered and rotated, then latent_cross_attention, each on its
-own fast backend: the route the model took before), every backend, and the peer a user writes: the
-same gather and rotation in plain PyTorch, then SDPA with `causal_lower_right`."""
+the reference (the keys and values gathered and rotated, then latent_cross_attention, all of it on
+the reference backends), the same gathered route on the fused gather and attention kernels (the route
+the model took before), every backend, and the peer a user writes: the gather and rotation in plain
+PyTorch, then SDPA with `causal_lower_right`."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from pyaudiok.ops.rotary import rotate_pairs
-from pyaudiok.ops.token_attention import OP, token_attention
+from pyaudiok.ops.token_attention import OP, token_attention, token_attention_reference
 
 from .harness import Candidate, Case, backend_candidates, relative_error, with_backend
 
@@ -50,7 +51,10 @@ def case(device: torch.device, B, H, N, M, d, V, dims) -> Case:
     q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims, device)
     check = relative_error("out")
     step = _step(lambda: token_attention(q, rows, tokens, cos, sin, dims, H), q, rows)
-    cands = [Candidate("reference (gathered keys and values)", "reference", with_backend("reference", step))]
+    cands = [Candidate("reference", "reference", with_backend("reference", step)),
+             Candidate("gathered keys and values, fused gather + attention", "peer",
+                       _step(lambda: token_attention_reference(q, rows, tokens, cos, sin, dims, H), q, rows),
+                       check=check)]
     cands += backend_candidates(OP, device, q.dtype, (q, rows, tokens, cos, sin, dims, H),
                                 lambda b: with_backend(b, step), check)
     cands.append(Candidate("auto (dispatch)", "backend", step, check=check))
