@@ -159,3 +159,21 @@ def test_bad_input_raises_named_error(change, exc, words):
     with pytest.raises(exc) as info:
         token_attention(**_bad(**change))
     assert words in str(info.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_gpu_route_matches_cpu_float64(dtype):
+    """On a GPU the op takes the reference route, the gathered keys and values on the fused gather
+    and Triton attention: output and gradients against the CPU kernels in float64."""
+    q, rows, tokens, cos, sin = _inputs(2, 2, 64, 500, 64, 40, 32)
+    want = token_attention(q, rows, tokens, cos, sin, 32, 2)
+    grad = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, (q, rows), grad)
+    cuda = [t.detach().to("cuda", dtype if t.is_floating_point() else t.dtype) for t in (q, rows, tokens, cos, sin)]
+    cuda[0].requires_grad_(), cuda[1].requires_grad_()
+    got = token_attention(*cuda, 32, 2)
+    got_grads = torch.autograd.grad(got, cuda[:2], grad.to("cuda", dtype))
+    assert_close("out", got, want, dtype)
+    for name, g, w in zip(("dq", "d rows"), got_grads, want_grads):
+        assert_close(name, g, w, dtype, scale=4.0 if dtype == torch.bfloat16 else 1.0)
