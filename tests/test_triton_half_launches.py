@@ -65,7 +65,8 @@ def _contrastive(dtype, device):
 def _collar_vad(dtype, device):
     logits = _leaf(2, 3, 50, dtype=dtype, device=device)
     reference = torch.rand(2, 3, 50, device=device) > 0.5
-    return ops.collar_vad_loss(logits, reference, torch.arange(3, device=device).expand(2, 3), collar_frames=2.0), logits
+    order = torch.arange(3, device=device).expand(2, 3)
+    return ops.collar_vad_loss(logits, reference, order, collar_frames=2.0), logits
 
 
 def _distance(dtype, device):

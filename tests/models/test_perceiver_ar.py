@@ -258,31 +258,40 @@ def test_vocabulary_table_keys_equal_projected_inputs(dropout):
         torch.testing.assert_close(g, w)
 
 
-@pytest.mark.parametrize("dropout", (0.0, 0.5))
-def test_cross_attention_by_token_equals_gathered_keys(dropout, monkeypatch):
-    """The training forward's cross-attention through attend_tokens (the backward per vocabulary
-    entry) gives the loss and every parameter's gradient of the gathered-keys route (float64), with
-    per-row positions under cross-attend dropout too."""
-    model = _model(cross_dropout=dropout, vocab_size=16).double().train()  # no more token ids than kept inputs
-    sequence = torch.randint(0, 16, (3, 41))
-    calls = []
-    original = type(model.cross.attn).attend_tokens
+def _both_routes(model, run, monkeypatch):
+    """run() (-> loss, gradients) through attend_tokens, checked to take the per-vocabulary-entry
+    route, then with that route refused (the gathered keys and values)."""
+    attention = type(model.cross.attn)
+    original, taken = attention.attend_tokens, []
 
     def counted(self, *args):
         out = original(self, *args)
-        calls.append(out is not None)
+        taken.append(out is not None)
         return out
 
+    monkeypatch.setattr(attention, "attend_tokens", counted)
+    by_token = run()
+    assert taken == [True]
+    monkeypatch.setattr(attention, "attend_tokens", lambda self, *args: None)
+    return by_token, run()
+
+
+def _loss_and_gradients(model, sequence, autocast: bool = False):
     def run():
         torch.manual_seed(5)  # the same dropout draw
-        loss = model.loss(sequence)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model.loss(sequence)[0]
         return loss, torch.autograd.grad(loss, list(model.parameters()))
+    return run
 
-    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", counted)
-    by_token = run()
-    assert calls == [True]
-    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", lambda self, *args: None)
-    gathered = run()
+
+@pytest.mark.parametrize("dropout", (0.0, 0.5))
+def test_cross_attention_by_token_equals_gathered_keys(dropout, monkeypatch):
+    """The training forward's cross-attention through attend_tokens (per vocabulary entry, forward
+    and backward) gives the loss and every parameter's gradient of the gathered-keys route (float64),
+    with per-row positions under cross-attend dropout too."""
+    model = _model(cross_dropout=dropout, vocab_size=16).double().train()  # token ids <= kept inputs
+    by_token, gathered = _both_routes(model, _loss_and_gradients(model, torch.randint(0, 16, (3, 41))), monkeypatch)
     torch.testing.assert_close(by_token[0], gathered[0])
     for a, b in zip(by_token[1], gathered[1]):
         torch.testing.assert_close(a, b)
@@ -292,25 +301,8 @@ def test_cross_attention_by_token_under_bf16_autocast(monkeypatch):
     """Under bf16 autocast the per-vocabulary-entry route runs too (in float32, as the gathered
     route's kernels do), and the loss and gradients match the gathered route's to bf16 precision."""
     model = _model(cross_dropout=0.0, vocab_size=16).train()
-    sequence = torch.randint(0, 16, (2, 41))
-    calls = []
-    original = type(model.cross.attn).attend_tokens
-
-    def counted(self, *args):
-        out = original(self, *args)
-        calls.append(out is not None)
-        return out
-
-    def run():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model.loss(sequence)[0]
-        return loss, torch.autograd.grad(loss, list(model.parameters()))
-
-    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", counted)
-    by_token = run()
-    assert calls == [True]
-    monkeypatch.setattr(type(model.cross.attn), "attend_tokens", lambda self, *args: None)
-    gathered = run()
+    run = _loss_and_gradients(model, torch.randint(0, 16, (2, 41)), autocast=True)
+    by_token, gathered = _both_routes(model, run, monkeypatch)
     torch.testing.assert_close(by_token[0], gathered[0], rtol=2e-2, atol=2e-2)
     for a, b in zip(by_token[1], gathered[1]):
         assert torch.isfinite(a).all()

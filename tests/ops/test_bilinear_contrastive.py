@@ -12,8 +12,8 @@ import pyaudiok
 from pyaudiok.ops import bilinear_contrastive_loss
 from pyaudiok.ops.bilinear_contrastive import OP, bilinear_contrastive_reference
 
-from ..harness import (TOLERANCE, assert_close, compare_with_reference, forward_opcheck_tests, opcheck, poisoned_outputs,
-                       require_backend)
+from ..harness import (TOLERANCE, assert_close, compare_with_reference, forward_opcheck_tests, opcheck,
+                       poisoned_outputs, require_backend)
 
 BACKENDS = ("cpu", "triton")
 
