@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "../cpu/latent_attention.h"
 
@@ -174,34 +176,57 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
   return {out, lse};
 }
 
+// Checks of a backward's grad, out and lse against q; grad made contiguous and delta = Σ_d grad·out.
+std::tuple<at::Tensor, at::Tensor> backward_grad_delta(const at::Tensor& grad_in, const at::Tensor& q,
+                                                       const at::Tensor& out, const at::Tensor& lse, const Dims& d,
+                                                       const char* op) {
+  TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
+                  lse.sizes() == at::IntArrayRef({d.B, d.H, d.N}) && lse.is_contiguous() &&
+                  grad_in.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type() &&
+                  lse.scalar_type() == q.scalar_type(),
+              op, " (cpu): grad and out must be q's shape, lse [B, H, N], all of q's dtype");
+  at::Tensor grad = grad_in.contiguous();
+  return {grad, (grad * out).sum(-1)};
+}
+
+// The backward's tasks: (batch·head, range of key blocks), each owning its keys' dk (and dv). With
+// fewer batch·heads than threads the keys are split further, each range adding its dq share to a
+// buffer of its own.
+struct KeySplits {
+  int64_t key_block, count, blocks_per_split;
+
+  KeySplits(const Dims& d, int64_t kb) : key_block(kb) {
+    const int64_t k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
+    count = std::min(k_blocks, ceil_div(at::get_num_threads(), std::max<int64_t>(1, d.B * d.H)));
+    blocks_per_split = ceil_div(k_blocks, count);
+  }
+
+  // Keys [begin, end) of split `split`.
+  std::pair<int64_t, int64_t> keys(int64_t split, int64_t M) const {
+    const int64_t width = blocks_per_split * key_block;
+    return {std::min(M, split * width), std::min(M, (split + 1) * width)};
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const at::Tensor& q,
                                                             const at::Tensor& k, const at::Tensor& v,
                                                             const at::Tensor& out, const at::Tensor& lse,
                                                             const std::optional<at::Tensor>& key_lengths,
                                                             double scale, int64_t query_block, int64_t key_block) {
   const Dims d = check_inputs(q, k, v, key_lengths);
-  TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
-                  lse.sizes() == at::IntArrayRef({d.B, d.H, d.N}) && lse.is_contiguous() &&
-                  grad_in.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type() &&
-                  lse.scalar_type() == q.scalar_type(),
-              "latent_attention_backward (cpu): grad and out must be q's shape, lse [B, H, N], all of q's dtype");
+  at::Tensor grad, delta;  // named tensors, not structured bindings: the lambdas below capture them
+  std::tie(grad, delta) = backward_grad_delta(grad_in, q, out, lse, d, "latent_attention_backward");
   const std::vector<int64_t> lengths = lengths_of(key_lengths, d);
-  const at::Tensor grad = grad_in.contiguous(), delta = (grad * out).sum(-1);
-  // Tasks: (batch·head, range of key blocks), each owning its keys' dk/dv. With fewer batch·heads
-  // than threads the keys are split further, each range adding its dq share to its own buffer.
   const Tile tile = backward_tile(d);
-  const int64_t kb = shape_of(d, 0, tile, query_block, key_block).key_block;
-  const int64_t BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
-  const int64_t splits = std::min(k_blocks, ceil_div(at::get_num_threads(), std::max<int64_t>(1, BH)));
-  const int64_t blocks_per_split = ceil_div(k_blocks, splits);
+  const KeySplits split_of(d, shape_of(d, 0, tile, query_block, key_block).key_block);
+  const int64_t BH = d.B * d.H, splits = split_of.count;
   at::Tensor dq_parts = at::zeros({splits, d.B, d.H, d.N, d.D}, q.options());
   at::Tensor dk = at::empty_like(k), dv = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "latent_attention_backward", [&] {
     at::parallel_for(0, BH * splits, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t bh = t / splits, split = t % splits;
-        const int64_t k_begin = std::min(d.M, split * blocks_per_split * kb);
-        const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * kb);
+        const auto [k_begin, k_end] = split_of.keys(split, d.M);
         const cpu::AttentionShape s = shape_of(d, lengths[bh / d.H], tile, query_block, key_block);
         const int64_t qo = bh * d.N * d.D, ko = bh * d.M * d.D;
         cpu::latent_attention_backward<scalar_t>(
@@ -267,25 +292,19 @@ std::tuple<at::Tensor, at::Tensor> forward_tokens_cpu(const at::Tensor& q, const
 // The backward with keys and values that are rows of per-head tables k_table, v_table[H, V, D] picked
 // by tokens[B, M] (keys rotated on their first rotary_dims channels; k: the gathered, rotated keys
 // the forward used). Returns dq, dk (rotated channels; zero elsewhere), and the tables' shares
-// dk_table (unrotated channels), dv_table [H, V, D]. The tasks are backward_cpu's; each (range of
-// keys, batch item) adds its table shares into buffers of its own, summed at the end.
+// dk_table (unrotated channels), dv_table [H, V, D]. The tasks are backward_cpu's (KeySplits); each
+// (range of keys, batch item) adds its table shares into buffers of its own, summed at the end.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
     const at::Tensor& grad_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& out, const at::Tensor& lse,
     const at::Tensor& tokens, const at::Tensor& k_table, const at::Tensor& v_table, int64_t rotary_dims,
     double scale, int64_t query_block, int64_t key_block) {
   const Dims d = check_inputs(q, k, k, std::nullopt);
   const int64_t V = check_token_tables(d, q, tokens, k_table, v_table, rotary_dims);
-  TORCH_CHECK(grad_in.sizes() == q.sizes() && out.sizes() == q.sizes() && out.is_contiguous() &&
-                  lse.sizes() == at::IntArrayRef({d.B, d.H, d.N}) && lse.is_contiguous() &&
-                  grad_in.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type() &&
-                  lse.scalar_type() == q.scalar_type(),
-              "latent_attention_tokens_backward (cpu): grad and out must be q's shape, lse [B, H, N], of q's dtype");
-  const at::Tensor grad = grad_in.contiguous(), delta = (grad * out).sum(-1);
-  const Tile tile = backward_tile(d);
-  const cpu::AttentionShape shape = shape_of(d, d.M, tile, query_block, key_block);
-  const int64_t kb = shape.key_block, BH = d.B * d.H, k_blocks = std::max<int64_t>(1, ceil_div(d.M, kb));
-  const int64_t splits = std::min(k_blocks, ceil_div(at::get_num_threads(), std::max<int64_t>(1, BH)));
-  const int64_t blocks_per_split = ceil_div(k_blocks, splits);
+  at::Tensor grad, delta;  // named tensors, not structured bindings: the lambdas below capture them
+  std::tie(grad, delta) = backward_grad_delta(grad_in, q, out, lse, d, "latent_attention_tokens_backward");
+  const cpu::AttentionShape shape = shape_of(d, d.M, backward_tile(d), query_block, key_block);
+  const KeySplits split_of(d, shape.key_block);
+  const int64_t BH = d.B * d.H, splits = split_of.count;
   at::Tensor dq_parts = at::zeros({splits, d.B, d.H, d.N, d.D}, q.options());
   at::Tensor table_parts = at::zeros({2, splits, d.B, d.H, V, d.D}, q.options());  // dk_table, dv_table
   at::Tensor dk = at::empty_like(k);
@@ -294,8 +313,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_tokens_cpu(
     at::parallel_for(0, BH * splits, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t bh = t / splits, split = t % splits, h = bh % d.H;
-        const int64_t k_begin = std::min(d.M, split * blocks_per_split * kb);
-        const int64_t k_end = std::min(d.M, (split + 1) * blocks_per_split * kb);
+        const auto [k_begin, k_end] = split_of.keys(split, d.M);
         const int64_t qo = bh * d.N * d.D, ko = bh * d.M * d.D, to = h * V * d.D;
         const int64_t share = (split * BH + bh) * V * d.D, dv_share = splits * BH * V * d.D + share;
         scalar_t* parts = table_parts.data_ptr<scalar_t>();
