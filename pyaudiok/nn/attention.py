@@ -9,9 +9,8 @@ from torch import nn
 from pyaudiok.dispatch import requested_backend
 from pyaudiok.ops import gather_rows_rotary, latent_cross_attention, split_heads_rotary
 from pyaudiok.ops.rotary import rotate_pairs
-from pyaudiok.ops._library import extension_loaded
 from pyaudiok.ops.latent_attention import latent_cross_attention_trusted
-from pyaudiok.ops.token_attention import token_attention_trusted
+from pyaudiok.ops.token_attention import key_rows, token_attention_trusted
 
 __all__ = ["PartialRotary", "LatentAttention", "squared_relu_mlp"]
 
@@ -232,9 +231,9 @@ class LatentAttention(nn.Module):
         gathers write the attention op's contiguous layout directly: no head-split copy, the rotation
         runs in place on contiguous rows, and the gathers' backward sums the gradient's rows into
         the table without writing a [B, T, 2·width] gradient first."""
-        V, d = table.shape[0], self.head_dim
-        rows = table.view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
-        index = tokens[:, None] + V * torch.arange(self.heads, device=tokens.device)[:, None]  # [B, H, T]
+        V = table.shape[0]
+        rows = self._head_major(table)
+        index = key_rows(tokens, V, self.heads)  # [B, H, T]
         if torch.compiler.is_compiling():  # plain gathers and rotation, for the compiler to fuse
             k, v = F.embedding(index, rows), F.embedding(index + self.heads * V, rows)
             return rotate_pairs(k, *rope, self.rotary.dims), v
@@ -245,21 +244,22 @@ class LatentAttention(nn.Module):
         k, v = _GatherRows.apply(rows, index, index + self.heads * V)
         return _RotaryInPlace.apply(k, *rope, self.rotary.dims), v
 
+    def _head_major(self, table: torch.Tensor) -> torch.Tensor:
+        """A projection table[V, 2·width] of each token as rows [(part, head, token), d]."""
+        V, d = table.shape[0], self.head_dim
+        return table.view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)
+
     def attend_tokens(self, q: torch.Tensor, table: torch.Tensor, tokens: torch.Tensor,
                       rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
         """attend(q, *gathered_keys_values(table, tokens, rope)) through pyaudiok.ops.token_attention
-        (the products of the unrotated key channels and of the values per vocabulary entry) where its
-        kernels run: CPU tensors with the compiled extension, no other backend requested; half
-        precision (autocast) computed in float32, as the gathered route's kernels compute it. Else None
-        (the caller takes the gathered route). tokens[B, M], M >= N."""
-        if table.device.type != "cpu" or requested_backend() not in (None, "cpu") or not extension_loaded():
+        (the products of the unrotated key channels and of the values per vocabulary entry) on CPU
+        tensors, unless a backend that op lacks is requested; else None (the caller takes the gathered
+        route, whose ops have it). tokens[B, M], M >= N; q and table of one dtype, as the projections
+        give them (half precision under autocast: the op computes it in float32)."""
+        if table.device.type != "cpu" or requested_backend() not in (None, "cpu"):
             return None
-        dtype = torch.promote_types(torch.promote_types(q.dtype, table.dtype), torch.float32)
-        V, d = table.shape[0], self.head_dim
-        rows = table.to(dtype).view(V, 2 * self.heads, d).transpose(0, 1).reshape(-1, d)  # [(part, head, token), d]
-        cos, sin = (t.to(dtype) for t in rope)
-        out = token_attention_trusted(q.to(dtype), rows, tokens, cos, sin, self.rotary.dims, self.heads)
-        B, H, N, _ = out.shape
+        out = token_attention_trusted(q, self._head_major(table), tokens, *rope, self.rotary.dims, self.heads)
+        B, H, N, d = out.shape
         return self.out(out.transpose(1, 2).reshape(B, N, H * d))
 
     def queries(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

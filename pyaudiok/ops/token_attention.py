@@ -14,11 +14,10 @@ and all of P V, dP and the tables' gradients through [V, queries] tables made on
 or (batch, head). Per tile they run one product of `dims` channels in the forward, instead of two
 of d, and three in the backward, instead of five. Only the keys' rotated channels are gathered.
 
-    token_attention_forward(q, rows, tokens, index, cos, sin, dims, heads) -> (out, lse, k)
-    token_attention_backward(grad, q, rows, tokens, index, cos, sin, k, out, lse, dims, heads) -> (dq, d_rows)
+    token_attention_forward(q, rows, tokens, cos, sin, dims, heads) -> (out, lse, k)
+    token_attention_backward(grad, q, rows, tokens, cos, sin, k, out, lse, dims, heads) -> (dq, d_rows)
 
-index[B, H, M] = tokens + V·head picks the key rows. k is the gathered, rotated keys that the
-backward reuses. Registered ops with fakes and autograd, so torch.compile keeps them whole.
+k is the gathered, rotated keys that the backward reuses. Registered ops with fakes and autograd, so torch.compile keeps them whole.
 
 Backends: `reference` (the definition: gather_rows_rotary for the keys and values, then
 latent_cross_attention; both dispatch to their own fast backends, so this is also the route on
@@ -31,10 +30,16 @@ import torch
 from .. import backends, dispatch
 from . import _checks
 from ._library import HALF_DTYPES, cpp_op, custom_op, upcast_half
-from .latent_attention import latent_cross_attention
+from .latent_attention import _INT_DTYPES, latent_cross_attention
 from .rotary import _check_angles, gather_rows_rotary
 
-__all__ = ["token_attention", "token_attention_reference", "token_attention_trusted"]
+__all__ = ["token_attention", "token_attention_reference", "token_attention_trusted", "key_rows"]
+
+
+def key_rows(tokens: torch.Tensor, vocab: int, heads: int) -> torch.Tensor:
+    """index[B, H, M] of the key rows of tokens[B, M] in rows[2·H·V, d]: token + V·head (the value
+    rows follow at + H·V)."""
+    return tokens[:, None] + vocab * torch.arange(heads, device=tokens.device)[:, None]
 
 
 def _tables(rows: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,23 +49,24 @@ def _tables(rows: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @custom_op("pyaudiok::token_attention_cpu", device_types="cpu")
-def _forward(q: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, cos: torch.Tensor,
-             sin: torch.Tensor, dims: int, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(q: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+             dims: int, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     k_table, v_table = _tables(rows, heads)
-    k = cpp_op("gather_rotary_forward")(rows, index, cos, sin, dims)
+    k = cpp_op("gather_rotary_forward")(rows, key_rows(tokens, k_table.shape[1], heads), cos, sin, dims)
     out, lse = cpp_op("latent_attention_tokens_forward")(q, k, tokens, k_table, v_table, dims, q.shape[-1] ** -0.5)
     return out, lse, k
 
 
 @custom_op("pyaudiok::token_attention_cpu_backward", device_types="cpu")
-def _backward(grad: torch.Tensor, q: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
-              cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-              dims: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward(grad: torch.Tensor, q: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, cos: torch.Tensor,
+              sin: torch.Tensor, k: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, dims: int,
+              heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     k_table, v_table = _tables(rows, heads)
     dq, dk, dk_table, dv_table = cpp_op("latent_attention_tokens_backward")(
         grad.contiguous(), q, k, out, lse, tokens, k_table, v_table, dims, q.shape[-1] ** -0.5)
     # The rotated channels' gradient per input goes back through the gather and rotation; the
     # tables' shares of the others and of the values come summed per token already.
+    index = key_rows(tokens, k_table.shape[1], heads)
     d_rows = cpp_op("gather_rotary_backward")(dk, index, cos, sin, dims, rows.shape[0])
     dk_rows, dv_rows = _tables(d_rows, heads)
     dk_rows[..., dims:] += dk_table[..., dims:]
@@ -69,62 +75,52 @@ def _backward(grad: torch.Tensor, q: torch.Tensor, rows: torch.Tensor, tokens: t
 
 
 @torch.library.register_fake("pyaudiok::token_attention_cpu")
-def _(q, rows, tokens, index, cos, sin, dims, heads):
+def _(q, rows, tokens, cos, sin, dims, heads):
     B, H, N, d = q.shape
-    return torch.empty_like(q), q.new_empty(B, H, N), q.new_empty(B, H, index.shape[2], d)
+    return torch.empty_like(q), q.new_empty(B, H, N), q.new_empty(B, H, tokens.shape[1], d)
 
 
 @torch.library.register_fake("pyaudiok::token_attention_cpu_backward")
-def _(grad, q, rows, tokens, index, cos, sin, k, out, lse, dims, heads):
+def _(grad, q, rows, tokens, cos, sin, k, out, lse, dims, heads):
     return torch.empty_like(q), torch.empty_like(rows)
 
 
 def _setup_context(ctx, inputs, output):
-    q, rows, tokens, index, cos, sin, dims, heads = inputs
+    q, rows, tokens, cos, sin, dims, heads = inputs
     out, lse, k = output
-    ctx.save_for_backward(q, rows, tokens, index, cos, sin, k, out, lse)
+    ctx.save_for_backward(q, rows, tokens, cos, sin, k, out, lse)
     ctx.dims, ctx.heads = dims, heads
     ctx.set_materialize_grads(False)  # lse and k are auxiliary outputs: no gradient flows from them
 
 
 def _grad(ctx, grad_out, grad_lse, grad_k):
     if grad_out is None:
-        return (None,) * 8
-    q, rows, tokens, index, cos, sin, k, out, lse = ctx.saved_tensors
-    dq, d_rows = _backward(grad_out, q, rows, tokens, index, cos, sin, k, out, lse, ctx.dims, ctx.heads)
-    return dq, d_rows, None, None, None, None, None, None
+        return (None,) * 7
+    q, rows, tokens, cos, sin, k, out, lse = ctx.saved_tensors
+    dq, d_rows = _backward(grad_out, q, rows, tokens, cos, sin, k, out, lse, ctx.dims, ctx.heads)
+    return dq, d_rows, None, None, None, None, None
 
 
 torch.library.register_autograd("pyaudiok::token_attention_cpu", _grad, setup_context=_setup_context)
 
 
-def _key_rows(tokens: torch.Tensor, vocab: int, heads: int) -> torch.Tensor:
-    """index[B, H, M] of the key rows: token + V·head (the value rows follow at + H·V)."""
-    return tokens[:, None] + vocab * torch.arange(heads, device=tokens.device)[:, None]
-
-
 def token_attention_reference(q, rows, tokens, cos, sin, dims: int, heads: int) -> torch.Tensor:
     """The definition: the keys gathered and rotated, the values gathered, latent_cross_attention."""
     V = rows.shape[0] // (2 * heads)
-    index = _key_rows(tokens, V, heads)
+    index = key_rows(tokens, V, heads)
     k = gather_rows_rotary(rows, index, cos, sin, dims)
     v = gather_rows_rotary(rows, index + heads * V, cos[..., :0], sin[..., :0], 0)
     return latent_cross_attention(q, k, v)
 
 
 def _cpu(q, rows, tokens, cos, sin, dims: int, heads: int) -> torch.Tensor:
-    index = _key_rows(tokens, rows.shape[0] // (2 * heads), heads)
-    return _forward(q.contiguous(), rows.contiguous(), tokens, index, cos.contiguous(), sin.contiguous(), dims,
-                    heads)[0]
+    return _forward(q.contiguous(), rows.contiguous(), tokens, cos.contiguous(), sin.contiguous(), dims, heads)[0]
 
 
 OP = dispatch.op("token_attention")
 OP.register("reference", token_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 OP.register("cpu", upcast_half(_cpu), devices=("cpu",), dtypes=HALF_DTYPES + (torch.float32, torch.float64),
             availability=backends.cpu_reason)
-
-
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 
 def token_attention(q: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import pyaudiok
-from pyaudiok.ops import gather_rows_rotary, latent_cross_attention
-from pyaudiok.ops.token_attention import OP, _backward, _forward, token_attention
+from pyaudiok.ops.token_attention import OP, _backward, _forward, key_rows, token_attention, token_attention_reference
 
 from ..harness import assert_close, compare_with_reference, forward_opcheck_tests, opcheck, require_backend, threads
 
@@ -28,21 +27,12 @@ def _inputs(B, H, N, M, d, V, dims, dtype=torch.float64, batched_angles=True):
     return q, rows, tokens, angles.cos(), angles.sin()
 
 
-def _gathered(q, rows, tokens, cos, sin, dims, H):
-    """The definition: gather and rotate the keys, gather the values, attend."""
-    V = rows.shape[0] // (2 * H)
-    index = tokens[:, None] + V * torch.arange(H)[:, None]
-    k = gather_rows_rotary(rows, index, cos, sin, dims)
-    v = gather_rows_rotary(rows, index + H * V, cos[..., :0], sin[..., :0], 0)
-    return latent_cross_attention(q, k, v)
-
-
 @pytest.mark.parametrize("B,H,N,M,d,V,dims,threads_used", CASES)
 def test_matches_attention_over_gathered_keys(B, H, N, M, d, V, dims, threads_used):
     """Output and the gradients to q and rows, float64, against the gathered route."""
     q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims, batched_angles=B != 2)
     with pyaudiok.use_backend("cpu"), threads(threads_used):
-        want = _gathered(q, rows, tokens, cos, sin, dims, H)
+        want = token_attention_reference(q, rows, tokens, cos, sin, dims, H)
         got = token_attention(q, rows, tokens, cos, sin, dims, H)
         grad = torch.randn_like(want)
         want_grads = torch.autograd.grad(want, (q, rows), grad)
@@ -61,10 +51,10 @@ def test_raw_kernels_equal_gathered_keys_kernels(B, H, N, M, d, V, dims, threads
     gather's backward. Small tiles: many key and query blocks, so the forward's rescaling too."""
     ops = torch.ops.pyaudiok
     q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims)
-    index = tokens[:, None] + V * torch.arange(H)[:, None]
+    index = key_rows(tokens, V, H)
     k_table, v_table = rows.detach()[:H * V].view(H, V, d), rows.detach()[H * V:].view(H, V, d)
     with pyaudiok.use_backend("cpu"), threads(threads_used):
-        out = _gathered(q, rows, tokens, cos, sin, dims, H)
+        out = token_attention_reference(q, rows, tokens, cos, sin, dims, H)
         grad = torch.randn_like(out)
         want_dq, want_rows = torch.autograd.grad(out, (q, rows), grad)
         k = ops.gather_rotary_forward(rows.detach(), index, cos, sin, dims)
@@ -88,7 +78,7 @@ def test_float32_and_unused_tokens():
     q, rows, tokens, cos, sin = _inputs(2, 2, 24, 200, 16, 9, 8, torch.float32)
     tokens = tokens.clamp_max(7)  # token 8 unused
     with pyaudiok.use_backend("cpu"):
-        want = _gathered(q.double(), rows.double(), tokens, cos.double(), sin.double(), 8, 2)
+        want = token_attention_reference(q.double(), rows.double(), tokens, cos.double(), sin.double(), 8, 2)
         got = token_attention(q, rows, tokens, cos, sin, 8, 2)
         got.sum().backward()
     assert_close("out", got, want, torch.float32)
@@ -97,11 +87,10 @@ def test_float32_and_unused_tokens():
 
 def test_registered_ops_pass_opcheck():
     q, rows, tokens, cos, sin = _inputs(2, 2, 6, 20, 8, 5, 4)
-    index = tokens[:, None] + 5 * torch.arange(2)[:, None]
-    args = (q, rows, tokens, index, cos, sin, 4, 2)
+    args = (q, rows, tokens, cos, sin, 4, 2)
     opcheck(_forward, args, test_utils=forward_opcheck_tests("cpu", q.device))
     out, lse, k = _forward(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
-    opcheck(_backward, (torch.randn_like(out), q.detach(), rows.detach(), tokens, index, cos, sin, k, out, lse, 4, 2),
+    opcheck(_backward, (torch.randn_like(out), q.detach(), rows.detach(), tokens, cos, sin, k, out, lse, 4, 2),
             test_utils=("test_schema", "test_faketensor"))
 
 

@@ -199,10 +199,11 @@ class PerceiverAR(nn.Module):
         if keep is not None:  # gather tokens, not embeddings: only kept inputs are embedded
             tokens, positions = tokens.gather(1, keep), keep
         q = self.cross.attn.queries(self.cross.norm_q(h), rope)
-        attended = None if return_cache else self._attend_inputs_by_token(q, tokens, self._tables(positions))
+        rope_inputs = self._tables(positions)
+        attended = None if return_cache else self._attend_inputs_by_token(q, tokens, rope_inputs)
         cache = None
         if attended is None:
-            k, v = self._input_keys_values(tokens, self._tables(positions))
+            k, v = self._input_keys_values(tokens, rope_inputs)
             if return_cache:  # room for the tokens `step` may append: up to N latents or max_context inputs
                 room = min(self.config.latents - n, self.config.max_context - T)
                 cache = LatentCache(KVBuffer(T + room), [KVBuffer(n + room) for _ in self.blocks], T, n)
@@ -223,8 +224,12 @@ class PerceiverAR(nn.Module):
         what V inputs' products cost, so no more vocabulary entries than inputs per row; else None."""
         if tokens.shape[1] < self.config.vocab_size:
             return None
+        return self.cross.attn.attend_tokens(q, self._vocabulary_keys_values(), tokens, rope)
+
+    def _vocabulary_keys_values(self) -> torch.Tensor:
+        """The cross-attention's key and value projections of every token id: [V, 2·width]."""
         cross = self.cross
-        return cross.attn.attend_tokens(q, cross.attn.kv(cross.norm_kv(self.embed.weight)), tokens, rope)
+        return cross.attn.kv(cross.norm_kv(self.embed.weight))
 
     def _input_keys_values(self, tokens: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-attention's keys and values [B, H, T, d] of the inputs tokens[B, T].
@@ -235,7 +240,7 @@ class PerceiverAR(nn.Module):
         backward sums each token's gradients before that V-row backward."""
         cross = self.cross
         if tokens.numel() > self.config.vocab_size:
-            return cross.attn.gathered_keys_values(cross.attn.kv(cross.norm_kv(self.embed.weight)), tokens, rope)
+            return cross.attn.gathered_keys_values(self._vocabulary_keys_values(), tokens, rope)
         return cross.attn.keys_values(cross.norm_kv(self.embed(tokens)), rope)
 
     @torch.no_grad()
