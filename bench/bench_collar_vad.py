@@ -9,7 +9,7 @@ import torch
 
 from pyaudiok.ops.collar_vad import OP, collar_vad_loss
 
-from .harness import Candidate, Case, backend_candidates, compiled, relative_error, with_backend
+from .harness import Case, op_candidates, relative_error
 
 SIZES = [(4, 3, 400), (64, 4, 6000)]  # (B, speakers, frames)
 QUICK = [(4, 3, 400)]
@@ -39,11 +39,7 @@ def case(device: torch.device, B: int, S: int, T: int) -> Case:
     logits, reference, order = _inputs(B, S, T, device)
     check = relative_error("loss")
     step = _step(logits, reference, order)
-    cands = [Candidate("reference", "reference", with_backend("reference", step))]
-    cands += backend_candidates(OP, device, logits.dtype, (logits, reference.float(), order, COLLAR_FRAMES),
-                                lambda b: with_backend(b, step), check)
-    cands.append(Candidate("auto (dispatch)", "backend", step, check=check))
-    cands.append(compiled("reference, torch.compile", step, check=check))
+    cands = op_candidates(OP, device, logits.dtype, (logits, reference.float(), order, COLLAR_FRAMES), step, check)
     return Case("collar_vad.fwd+bwd", {"B": B, "speakers": S, "frames": T, "collar_frames": COLLAR_FRAMES}, cands)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from pyaudiok.ops.distance_logsumexp import OP, distance_logsumexp
 
-from .harness import Candidate, Case, backend_candidates, compiled, relative_error, with_backend
+from .harness import Case, op_candidates, relative_error
 
 SIZES = [(16_000, 16, 32), (32_000, 101, 512), (32_000, 1_000, 256)]  # (vectors, table rows, d)
 QUICK = [(16_000, 16, 32)]
@@ -38,11 +38,7 @@ def case(device: torch.device, R: int, S: int, d: int) -> Case:
     vectors, table, alpha = _inputs(R, S, d, device)
     check = relative_error("loss")
     step = _step(vectors, table, alpha)
-    cands = [Candidate("reference", "reference", with_backend("reference", step))]
-    cands += backend_candidates(OP, device, vectors.dtype, (vectors, table, alpha.detach()),
-                                lambda b: with_backend(b, step), check)
-    cands.append(Candidate("auto (dispatch)", "backend", step, check=check))
-    cands.append(compiled("reference, torch.compile", step, check=check))
+    cands = op_candidates(OP, device, vectors.dtype, (vectors, table, alpha.detach()), step, check)
     return Case("distance_logsumexp.fwd+bwd", {"vectors": R, "table": S, "d": d}, cands)
 
 

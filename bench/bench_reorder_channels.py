@@ -9,7 +9,7 @@ import torch
 
 from pyaudiok.ops.reorder_channels import OP, reorder_channels
 
-from .harness import Candidate, Case, backend_candidates, compiled, relative_error, with_backend
+from .harness import Case, op_candidates, relative_error
 
 SIZES = [(64, 16, 16, 256), (256, 64, 64, 2560)]  # (B, K, C, T)
 QUICK = [(64, 16, 16, 256)]
@@ -38,10 +38,7 @@ def case(device: torch.device, B: int, K: int, C: int, T: int) -> Case:
     logits, x, mask, weight = _inputs(B, K, C, T, device)
     check = relative_error("y")
     step = _step(logits, x, mask, weight)
-    cands = [Candidate("reference", "reference", with_backend("reference", step))]
-    cands += backend_candidates(OP, device, logits.dtype, (logits, x, mask), lambda b: with_backend(b, step), check)
-    cands.append(Candidate("auto (dispatch)", "backend", step, check=check))
-    cands.append(compiled("reference, torch.compile", step, check=check))
+    cands = op_candidates(OP, device, logits.dtype, (logits, x, mask), step, check)
     return Case("reorder_channels.fwd+bwd", {"B": B, "K": K, "C": C, "T": T}, cands)
 
 

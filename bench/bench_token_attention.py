@@ -14,7 +14,7 @@ from torch.nn.attention.bias import causal_lower_right
 from pyaudiok.ops.rotary import rotate_pairs
 from pyaudiok.ops.token_attention import OP, token_attention, token_attention_reference
 
-from .harness import Candidate, Case, backend_candidates, relative_error, with_backend
+from .harness import Candidate, Case, op_candidates, relative_error
 
 SIZES = [(4, 2, 256, 8192, 64, 256, 32)]  # B, H, N, M, d, V, rotated dims
 QUICK = [(2, 2, 64, 1024, 64, 256, 32)]
@@ -51,13 +51,11 @@ def case(device: torch.device, B, H, N, M, d, V, dims) -> Case:
     q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims, device)
     check = relative_error("out")
     step = _step(lambda: token_attention(q, rows, tokens, cos, sin, dims, H), q, rows)
-    cands = [Candidate("reference", "reference", with_backend("reference", step)),
-             Candidate("gathered keys and values, fused gather + attention", "peer",
-                       _step(lambda: token_attention_reference(q, rows, tokens, cos, sin, dims, H), q, rows),
-                       check=check)]
-    cands += backend_candidates(OP, device, q.dtype, (q, rows, tokens, cos, sin, dims, H),
-                                lambda b: with_backend(b, step), check)
-    cands.append(Candidate("auto (dispatch)", "backend", step, check=check))
+    cands = op_candidates(OP, device, q.dtype, (q, rows, tokens, cos, sin, dims, H), step, check,
+                          compile_reference=False)
+    cands.append(Candidate("gathered keys and values, fused gather + attention", "peer",
+                           _step(lambda: token_attention_reference(q, rows, tokens, cos, sin, dims, H), q, rows),
+                           check=check))
     cands.append(Candidate("torch gathers + SDPA causal_lower_right", "peer",
                            _step(lambda: _sdpa(q, rows, tokens, cos, sin, dims, H), q, rows), check=check))
     return Case("token_attention.fwd+bwd", {"B": B, "H": H, "N": N, "M": M, "d": d, "V": V, "rotary": dims}, cands)

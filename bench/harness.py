@@ -134,6 +134,20 @@ def backend_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple
     return out
 
 
+def op_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple, step: Callable[[], Any], check=None,
+                  compile_reference: bool = True) -> list[Candidate]:
+    """A fused op's usual candidates, all timing `step` (calls of the public op) on the backend each
+    names: the reference, every fused backend (`backend_candidates`; args as the registry's
+    constraints see them), the automatic choice, and the reference under torch.compile (the peer a
+    user gets by compiling the plain version) unless compile_reference is False."""
+    cands = [Candidate("reference", "reference", with_backend("reference", step))]
+    cands += backend_candidates(op, device, dtype, args, lambda b: with_backend(b, step), check)
+    cands.append(Candidate("auto (dispatch)", "backend", step, check=check))
+    if compile_reference:
+        cands.append(compiled("reference, torch.compile", step, check=check))
+    return cands
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
