@@ -40,6 +40,7 @@ Backends: `reference` (the [R, S] distances, then torch.logsumexp: what a user w
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Callable
 
@@ -208,7 +209,7 @@ def _alpha_tensor(alpha, dtype: torch.dtype, device: torch.device) -> torch.Tens
         if alpha.device != device:
             raise ValueError(f"alpha must be on the device of vectors ({device}); got {alpha.device}")
         return alpha.reshape(()).to(dtype)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not torch.isfinite(torch.tensor(alpha)):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
         raise TypeError(f"alpha must be a finite number or a one-element float tensor; got {alpha!r}")
     return torch.tensor(float(alpha), dtype=dtype, device=device)
 
@@ -228,16 +229,19 @@ def _check(vectors, table) -> tuple[torch.Tensor, torch.Tensor]:
     return vectors, table
 
 
+def _logsumexp(vectors: torch.Tensor, table: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The op on checked arguments (alpha from _alpha_tensor): [...] in the accumulation dtype."""
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    return OP(flat, table, alpha, device=vectors.device, dtype=vectors.dtype).reshape(vectors.shape[:-1])
+
+
 def distance_logsumexp(vectors: torch.Tensor, table: torch.Tensor, *, alpha) -> torch.Tensor:
     """log Σ_s exp(−α ‖h − e_s‖²) for each vector h of vectors[..., d] over the rows e_s of
     table[S, d] (S >= 1; same dtype and device). Returns [...] in the vectors' dtype; differentiable
     with respect to vectors, table and a tensor alpha. See the module doc."""
     vectors, table = _check(vectors, table)
     alpha = _alpha_tensor(alpha, _accumulation_dtype(vectors.dtype), vectors.device)
-    lead = vectors.shape[:-1]
-    flat = vectors.reshape(-1, vectors.shape[-1])
-    lse = OP(flat, table, alpha, device=vectors.device, dtype=vectors.dtype)
-    return lse.reshape(lead).to(vectors.dtype)
+    return _logsumexp(vectors, table, alpha).to(vectors.dtype)
 
 
 def distance_nll(vectors: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, *, alpha) -> torch.Tensor:
@@ -257,5 +261,4 @@ def distance_nll(vectors: torch.Tensor, table: torch.Tensor, targets: torch.Tens
     alpha_t = _alpha_tensor(alpha, acc, vectors.device)
     chosen = table[targets.long()].to(acc)                                   # [..., J, d]
     near = (vectors.to(acc)[..., None, :] - chosen).square().sum(-1)          # ‖h − e_t‖², [..., J]
-    lse = distance_logsumexp(vectors, table, alpha=alpha_t)
-    return (alpha_t * near + lse.to(acc)[..., None]).to(vectors.dtype)
+    return (alpha_t * near + _logsumexp(vectors, table, alpha_t).to(acc)[..., None]).to(vectors.dtype)
