@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..ops import _checks
-from ..ops.reorder_channels import reorder_channels
+from ..ops.reorder_channels import reorder_channels_trusted
 from ..ops.sinkhorn import sinkhorn
 
 __all__ = ["ChannelReorder", "ChannelEncoder", "Reordered", "NORMALIZATIONS", "reordering_loss"]
@@ -110,7 +110,7 @@ class ChannelReorder(nn.Module):
     def reorder(self, logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> Reordered:
         """x̃ = A x and A[B, K, C_in] from the logits (rows sum to 1, zero on masked channels)."""
         if self.normalization == "softmax":  # the fused op; x in the logits' dtype, as bmm under autocast
-            return Reordered(*reorder_channels(logits, x.to(logits.dtype), mask))
+            return Reordered(*reorder_channels_trusted(logits, x.to(logits.dtype), mask))
         # Transport from the inputs (rows, mass 1/C_present each, 0 if absent) to the K slots
         # (columns, 1/K each): Sinkhorn ends on a column update, so every slot's total, the row sum
         # of A, is exact after any number of iterations.

@@ -34,7 +34,7 @@ from .. import dispatch
 from . import _checks
 from ._library import HALF_DTYPES, custom_op, register_backends, triton_op, upcast_half, without_autocast
 
-__all__ = ["reorder_channels", "reorder_channels_reference"]
+__all__ = ["reorder_channels", "reorder_channels_reference", "reorder_channels_trusted"]
 
 # The Triton kernels hold a [K, C] tile of logits and [C, T-tile] of signals in registers.
 TRITON_MAX_CHANNELS = 128
@@ -188,4 +188,11 @@ def reorder_channels(logits: torch.Tensor, x: torch.Tensor,
     mask[B, C] False; None: all present), y = A x for x[B, C, T]; see the module doc. logits and x
     share one float dtype and device. Differentiable with respect to logits and x."""
     logits, x, mask = _check(logits, x, mask)
+    return OP(logits, x, mask, device=logits.device, dtype=logits.dtype)
+
+
+def reorder_channels_trusted(logits: torch.Tensor, x: torch.Tensor,
+                             mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """reorder_channels for a caller that has checked its arguments (nn.ChannelReorder): no second
+    check, in particular no second read of the mask on the host (a wait on a GPU)."""
     return OP(logits, x, mask, device=logits.device, dtype=logits.dtype)
