@@ -23,14 +23,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gpu import dot_precision, launchable, sm_count
+from .gpu import dot_block, dot_precision, launchable, sm_count
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)  # for the kernels (a plain global is not readable inside @jit)
-
-
-def _pow2(n: int, low: int, high: int) -> int:
-    return max(low, min(high, triton.next_power_of_2(max(n, 1))))
 
 
 @triton.jit
@@ -131,7 +127,7 @@ def _table_kernel(H, E, ESQ, ALPHA, M2, G, WH, MASS, R, S, D, ROWS_PER_SHARE, BL
 
 
 def _config(R: int, S: int, D: int) -> dict:
-    return {"BLOCK_R": 64, "BLOCK_S": _pow2(S, 16, 64), "BLOCK_D": _pow2(D, 16, 64), "BLOCK_C": _pow2(D, 16, 128)}
+    return {"BLOCK_R": 64, "BLOCK_S": dot_block(S, 64), "BLOCK_D": dot_block(D, 64), "BLOCK_C": dot_block(D, 128)}
 
 
 def _squares(t: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
 from torch.library import wrap_triton
 
 from ..ops import _library
@@ -37,3 +38,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype != torch.float32:
         return "tf32"
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+
+
+def dot_block(n: int, high: int | None = None) -> int:
+    """A block size covering n along a tl.dot dimension: a power of two, at least 16 (tl.dot's
+    minimum), at most `high` if given."""
+    block = max(16, triton.next_power_of_2(max(n, 1)))
+    return block if high is None else min(high, block)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gpu import dot_precision, launchable
+from .gpu import dot_block, dot_precision, launchable
 
 
 @triton.jit
@@ -99,9 +99,9 @@ def _dlogits_kernel(logits_ptr, mask_ptr, dy_ptr, x_ptr, da_ptr, dl_ptr, K, C, T
 def _config(logits: Tensor, x: Tensor, mask: Tensor | None) -> dict:
     """Block sizes, warps and flags of a launch."""
     K, C = logits.shape[1:]
-    block_k, block_c = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(C))
+    block_k, block_c = dot_block(K), dot_block(C)
     wide = max(block_k, block_c) > 64
-    block_t = min(32 if wide else 64, max(16, triton.next_power_of_2(x.shape[2])))
+    block_t = dot_block(x.shape[2], 32 if wide else 64)
     return {"HAS_MASK": mask is not None, "BLOCK_K": block_k, "BLOCK_C": block_c, "BLOCK_T": block_t,
             "PREC": dot_precision(x.dtype), "num_warps": 8 if wide else 4}
 
