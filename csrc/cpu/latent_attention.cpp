@@ -225,13 +225,13 @@ PYAUDIOK_CLONES void latent_attention_forward_tokens(const T* q, const T* k, con
         for (int64_t j = hidden; j < rows; ++j) row[j] += plain_row[j];
         for (int64_t j = 0; j < rows; ++j) block_peak[j] = std::max(block_peak[j], row[j]);
       }
-      // Queries whose maximum rose rescale what they summed so far (the first block sets every one:
-      // each query sees key 0, as M >= N).
+      // Queries whose maximum rose rescale what they summed so far; on the first block nothing is
+      // summed yet (each query sees key 0, as M >= N, so every maximum is finite after it).
       bool rescale = false;
       for (int64_t j = 0; j < rows; ++j) {
         const T next = std::max(peak[j], block_peak[j]);
         factor[j] = peak[j] == next ? T(1) : std::exp(peak[j] - next);
-        rescale |= factor[j] != T(1);
+        rescale |= factor[j] != T(1) && sum[j] != T(0);
         sum[j] *= factor[j];
         peak[j] = next;
       }
