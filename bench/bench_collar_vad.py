@@ -9,7 +9,7 @@ import torch
 
 from pyaudiok.ops.collar_vad import OP, collar_vad_loss
 
-from .harness import Case, op_candidates, relative_error
+from .harness import Case, backward_step, op_candidates, relative_error
 
 SIZES = [(4, 3, 400), (64, 4, 6000)]  # (B, speakers, frames)
 QUICK = [(4, 3, 400)]
@@ -26,19 +26,10 @@ def _inputs(B, S, T, device):
     return logits, reference.to(device), order
 
 
-def _step(logits, reference, order):
-    def run():
-        loss = collar_vad_loss(logits, reference, order, collar_frames=COLLAR_FRAMES)
-        loss.backward()
-        logits.grad = None
-        return loss.detach()
-    return run
-
-
 def case(device: torch.device, B: int, S: int, T: int) -> Case:
     logits, reference, order = _inputs(B, S, T, device)
     check = relative_error("loss")
-    step = _step(logits, reference, order)
+    step = backward_step(lambda: collar_vad_loss(logits, reference, order, collar_frames=COLLAR_FRAMES), [logits])
     cands = op_candidates(OP, device, logits.dtype, (logits, reference.float(), order, COLLAR_FRAMES), step, check)
     return Case("collar_vad.fwd+bwd", {"B": B, "speakers": S, "frames": T, "collar_frames": COLLAR_FRAMES}, cands)
 

@@ -10,7 +10,7 @@ import torch
 
 from pyaudiok.ops.distance_logsumexp import OP, distance_logsumexp
 
-from .harness import Case, op_candidates, relative_error
+from .harness import Case, backward_step, op_candidates, relative_error
 
 SIZES = [(16_000, 16, 32), (32_000, 101, 512), (32_000, 1_000, 256)]  # (vectors, table rows, d)
 QUICK = [(16_000, 16, 32)]
@@ -25,19 +25,10 @@ def _inputs(R, S, d, device):
     return vectors, table, alpha
 
 
-def _step(vectors, table, alpha):
-    def run():
-        loss = distance_logsumexp(vectors, table, alpha=alpha).sum()
-        loss.backward()
-        vectors.grad = table.grad = alpha.grad = None
-        return loss.detach()
-    return run
-
-
 def case(device: torch.device, R: int, S: int, d: int) -> Case:
     vectors, table, alpha = _inputs(R, S, d, device)
     check = relative_error("loss")
-    step = _step(vectors, table, alpha)
+    step = backward_step(lambda: distance_logsumexp(vectors, table, alpha=alpha), [vectors, table, alpha])
     cands = op_candidates(OP, device, vectors.dtype, (vectors, table, alpha.detach()), step, check)
     return Case("distance_logsumexp.fwd+bwd", {"vectors": R, "table": S, "d": d}, cands)
 

@@ -9,7 +9,7 @@ import torch
 
 from pyaudiok.ops.reorder_channels import OP, reorder_channels
 
-from .harness import Case, op_candidates, relative_error
+from .harness import Case, backward_step, op_candidates, relative_error
 
 SIZES = [(64, 16, 16, 256), (256, 64, 64, 2560)]  # (B, K, C, T)
 QUICK = [(64, 16, 16, 256)]
@@ -25,19 +25,10 @@ def _inputs(B, K, C, T, device):
     return logits, x, mask.to(device), weight
 
 
-def _step(logits, x, mask, weight):
-    def run():
-        y, A = reorder_channels(logits, x, mask)
-        (y * weight).sum().backward()
-        logits.grad = x.grad = None
-        return y.detach()
-    return run
-
-
 def case(device: torch.device, B: int, K: int, C: int, T: int) -> Case:
     logits, x, mask, weight = _inputs(B, K, C, T, device)
     check = relative_error("y")
-    step = _step(logits, x, mask, weight)
+    step = backward_step(lambda: reorder_channels(logits, x, mask)[0] * weight, [logits, x])
     cands = op_candidates(OP, device, logits.dtype, (logits, x, mask), step, check)
     return Case("reorder_channels.fwd+bwd", {"B": B, "K": K, "C": C, "T": T}, cands)
 

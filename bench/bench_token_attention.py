@@ -14,7 +14,7 @@ from torch.nn.attention.bias import causal_lower_right
 from pyaudiok.ops.rotary import rotate_pairs
 from pyaudiok.ops.token_attention import OP, token_attention, token_attention_reference
 
-from .harness import Candidate, Case, op_candidates, relative_error
+from .harness import Candidate, Case, backward_step, op_candidates, relative_error
 
 SIZES = [(4, 2, 256, 8192, 64, 256, 32)]  # B, H, N, M, d, V, rotated dims
 QUICK = [(2, 2, 64, 1024, 64, 256, 32)]
@@ -29,15 +29,6 @@ def _inputs(B, H, N, M, d, V, dims, device):
     return q, rows, tokens, angles.cos().to(device), angles.sin().to(device)
 
 
-def _step(fn, q, rows):
-    def run():
-        out = fn()
-        out.backward(torch.ones_like(out))
-        q.grad = rows.grad = None
-        return out.detach()
-    return run
-
-
 def _sdpa(q, rows, tokens, cos, sin, dims, heads):
     """The plain-PyTorch route: embedding gathers, the rotation, SDPA."""
     V = rows.shape[0] // (2 * heads)
@@ -50,14 +41,13 @@ def _sdpa(q, rows, tokens, cos, sin, dims, heads):
 def case(device: torch.device, B, H, N, M, d, V, dims) -> Case:
     q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims, device)
     check = relative_error("out")
-    step = _step(lambda: token_attention(q, rows, tokens, cos, sin, dims, H), q, rows)
+    step = backward_step(lambda: token_attention(q, rows, tokens, cos, sin, dims, H), [q, rows])
     cands = op_candidates(OP, device, q.dtype, (q, rows, tokens, cos, sin, dims, H), step, check,
                           compile_reference=False)
-    cands.append(Candidate("gathered keys and values, fused gather + attention", "peer",
-                           _step(lambda: token_attention_reference(q, rows, tokens, cos, sin, dims, H), q, rows),
-                           check=check))
+    gathered = backward_step(lambda: token_attention_reference(q, rows, tokens, cos, sin, dims, H), [q, rows])
+    cands.append(Candidate("gathered keys and values, fused gather + attention", "peer", gathered, check=check))
     cands.append(Candidate("torch gathers + SDPA causal_lower_right", "peer",
-                           _step(lambda: _sdpa(q, rows, tokens, cos, sin, dims, H), q, rows), check=check))
+                           backward_step(lambda: _sdpa(q, rows, tokens, cos, sin, dims, H), [q, rows]), check=check))
     return Case("token_attention.fwd+bwd", {"B": B, "H": H, "N": N, "M": M, "d": d, "V": V, "rotary": dims}, cands)
 
 

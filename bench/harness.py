@@ -134,6 +134,18 @@ def backend_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple
     return out
 
 
+def backward_step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """A timed forward + backward: fn()'s output summed and backpropagated, the leaves' gradients
+    cleared after (none accumulate across calls); returns the output, detached, for the checks."""
+    def step():
+        out = fn()
+        out.sum().backward()
+        for leaf in leaves:
+            leaf.grad = None
+        return out.detach()
+    return step
+
+
 def op_candidates(op, device: torch.device, dtype: torch.dtype, args: tuple, step: Callable[[], Any], check=None,
                   compile_reference: bool = True) -> list[Candidate]:
     """A fused op's usual candidates, all timing `step` (calls of the public op) on the backend each

@@ -31,16 +31,7 @@ from unittest import mock
 
 import torch
 
-from .harness import environment, synchronize
-
-
-def _grad_step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> Callable[[], None]:
-    """One forward and backward of fn's output (summed); the leaves' gradients cleared after."""
-    def step():
-        fn().sum().backward()
-        for leaf in leaves:
-            leaf.grad = None
-    return step
+from .harness import backward_step, environment, synchronize
 
 
 def _cases(device: torch.device) -> dict[str, Callable[[], None]]:
@@ -63,21 +54,22 @@ def _cases(device: torch.device) -> dict[str, Callable[[], None]]:
     reorder_logits, eeg = leaf(2, 4, 6), leaf(2, 6, 32)
     present = (torch.arange(6, device=device) < 5).expand(2, 6)
     return {
-        "fourier_crop 2-D 32x32, matmul": _grad_step(lambda: ops.fourier_crop(x2, strides, method="matmul"),
+        "fourier_crop 2-D 32x32, matmul": backward_step(lambda: ops.fourier_crop(x2, strides, method="matmul"),
                                                      [x2, strides]),
-        "fourier_crop 2-D 32x32, fft": _grad_step(lambda: ops.fourier_crop(x2, strides, method="fft"), [x2, strides]),
-        "fourier_crop 1-D 64, fft": _grad_step(lambda: ops.fourier_crop(x1, strides), [x1, strides]),
-        "latent_cross_attention": _grad_step(lambda: ops.latent_cross_attention(q, k, v), [q, k, v]),
-        "sinkhorn (10 iterations)": _grad_step(lambda: ops.sinkhorn(cost, eps=0.5, n_iters=10), [cost]),
-        "soft_rank": _grad_step(lambda: ops.soft_rank(scores), [scores]),
-        "bilinear_contrastive_loss": _grad_step(lambda: ops.bilinear_contrastive_loss(anchors, positives, weight),
+        "fourier_crop 2-D 32x32, fft": backward_step(lambda: ops.fourier_crop(x2, strides, method="fft"),
+                                                     [x2, strides]),
+        "fourier_crop 1-D 64, fft": backward_step(lambda: ops.fourier_crop(x1, strides), [x1, strides]),
+        "latent_cross_attention": backward_step(lambda: ops.latent_cross_attention(q, k, v), [q, k, v]),
+        "sinkhorn (10 iterations)": backward_step(lambda: ops.sinkhorn(cost, eps=0.5, n_iters=10), [cost]),
+        "soft_rank": backward_step(lambda: ops.soft_rank(scores), [scores]),
+        "bilinear_contrastive_loss": backward_step(lambda: ops.bilinear_contrastive_loss(anchors, positives, weight),
                                                 [anchors, positives, weight]),
-        "pcen": _grad_step(lambda: ops.pcen(energy, *pcen_params), [energy, *pcen_params]),
-        "collar_vad_loss": _grad_step(lambda: ops.collar_vad_loss(vad_logits, activity, order, collar_frames=2.0),
+        "pcen": backward_step(lambda: ops.pcen(energy, *pcen_params), [energy, *pcen_params]),
+        "collar_vad_loss": backward_step(lambda: ops.collar_vad_loss(vad_logits, activity, order, collar_frames=2.0),
                                       [vad_logits]),
-        "distance_logsumexp": _grad_step(lambda: ops.distance_logsumexp(speaker_vectors, speaker_table, alpha=alpha),
+        "distance_logsumexp": backward_step(lambda: ops.distance_logsumexp(speaker_vectors, speaker_table, alpha=alpha),
                                          [speaker_vectors, speaker_table, alpha]),
-        "reorder_channels": _grad_step(lambda: ops.reorder_channels(reorder_logits, eeg, present)[0],
+        "reorder_channels": backward_step(lambda: ops.reorder_channels(reorder_logits, eeg, present)[0],
                                        [reorder_logits, eeg]),
     }
 
