@@ -77,6 +77,58 @@ def without_autocast(backward: Callable) -> Callable:
     return run
 
 
+def first_order(op_name: str) -> Callable[[Callable], Callable]:
+    """For a fused backend's backward (an autograd.Function's or a torch.library registration's):
+    its gradients come from kernels (or glue that is not differentiable again), so a second
+    differentiation through them, e.g. a gradient penalty under create_graph=True, would be silently
+    wrong. Under create_graph the gradients are made to raise a clear error when differentiated
+    again; a first-order backward costs one flag check."""
+    message = (f"pyaudiok.{op_name}: this backend's backward is not differentiable again; for higher-order "
+               f"gradients (create_graph=True), run the op on the reference backend: "
+               f"`with pyaudiok.use_backend('reference'): ...`").encode()
+
+    def wrap(backward: Callable) -> Callable:
+        @functools.wraps(backward)
+        def run(ctx, *grads):
+            if not torch.is_grad_enabled():
+                return backward(ctx, *grads)
+            with torch.no_grad():
+                out = backward(ctx, *grads)
+            # The node's other inputs tie it to what the gradients depend on (the saved inputs, inputs
+            # anchored by `anchor_inputs`, the incoming gradients), so differentiating with respect
+            # to any of those reaches it and raises.
+            tied = (*ctx.saved_tensors, *getattr(ctx, "anchors", ()), *grads)
+            anchors = [t for t in tied if isinstance(t, torch.Tensor) and t.requires_grad]
+            return _raising_when_differentiated(out, anchors, message)
+        return run
+    return wrap
+
+
+def anchor_inputs(ctx, *inputs) -> None:
+    """For a forward that does not save some of its differentiable inputs: empty tensors that
+    depend on them (without keeping their memory alive), so that `first_order` can tie its guard
+    to them. Costs a few µs per input in a forward that takes gradients."""
+    with torch.enable_grad():
+        ctx.anchors = tuple(t.narrow(0, 0, 0).clone() for t in inputs
+                            if isinstance(t, torch.Tensor) and t.requires_grad and t.dim() > 0)
+
+
+def _raising_when_differentiated(out, anchors: list[torch.Tensor], message: bytes):
+    """out's floating tensors (alone or in a tuple; the rest kept) passed through one node that
+    raises `message` when a backward pass reaches it."""
+    items = out if isinstance(out, tuple) else (out,)
+    positions = [i for i, t in enumerate(items) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not positions:
+        return out
+    inputs = [items[i].detach().requires_grad_() for i in positions] + anchors
+    guarded = torch._C._functions.DelayedError(message, len(inputs))(*inputs)
+    guarded = guarded if isinstance(guarded, tuple) else (guarded,)
+    result = list(items)
+    for i, t in zip(positions, guarded):
+        result[i] = t
+    return tuple(result) if isinstance(out, tuple) else result[0]
+
+
 def tracing() -> bool:
     """Whether a tracer sees the calls: torch.compile, or a dispatch mode (fake and functional
     tensors, make_fx, opcheck's checks). Registered ops and `wrap_triton` are what tracers record."""
