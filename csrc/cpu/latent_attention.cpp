@@ -36,6 +36,30 @@ PYAUDIOK_INLINE double row_max(const double* x, int64_t n) {
   return r;
 }
 
+template <typename T>
+bool any_nan(const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (std::isnan(x[i])) return true;
+  return false;
+}
+
+// A query's output and lse from its summed weights: NaN where a NaN score reached the sum (as the
+// reference gives), zeros and −inf where it saw no key.
+template <typename T>
+void finish_row(T* o, int64_t D, T peak, T sum, T* lse) {
+  if (sum > T(0)) {
+    const T inv = T(1) / sum;
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    *lse = peak + std::log(sum);
+  } else if (std::isnan(sum)) {
+    std::fill(o, o + D, std::numeric_limits<T>::quiet_NaN());
+    *lse = sum;
+  } else {
+    std::fill(o, o + D, T(0));
+    *lse = kNegInf<T>;
+  }
+}
+
 // x = exp(x − shift) in place over n values; returns their sum.
 PYAUDIOK_INLINE float exp_shifted(float* x, int64_t n, float shift) {
   using namespace simd;
@@ -113,7 +137,8 @@ PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v
         const int64_t visible = i0 + cols <= open ? cols : visible_keys(shift, j0 + r, i0, cols);
         const T peak = std::max(row_peak[r], row_max(p, visible));
         std::fill(p + visible, p + cols, T(0));
-        if (peak == kNegInf<T>) {  // nothing visible yet (or no key at all)
+        if (peak == kNegInf<T>) {  // nothing visible yet (or no key at all), or only NaN scores
+          if (any_nan(p, visible)) row_sum[r] = std::numeric_limits<T>::quiet_NaN();  // stays NaN
           std::fill(p, p + visible, T(0));
           continue;
         }
@@ -128,15 +153,7 @@ PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v
       }
       gemm(false, false, rows, D, cols, T(1), scores.data(), cols, v + i0 * D, D, T(1), o, D);
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      if (row_sum[r] > T(0)) {
-        const T inv = T(1) / row_sum[r];
-        for (int64_t d = 0; d < D; ++d) o[r * D + d] *= inv;
-        lse[j0 + r] = row_peak[r] + std::log(row_sum[r]);
-      } else {
-        lse[j0 + r] = kNegInf<T>;
-      }
-    }
+    for (int64_t r = 0; r < rows; ++r) finish_row(o + r * D, D, row_peak[r], row_sum[r], lse + j0 + r);
   }
 }
 
@@ -255,16 +272,7 @@ PYAUDIOK_CLONES void latent_attention_forward_tokens(const T* q, const T* k, con
     }
     T* o = out + j0 * D;
     gemm(true, false, rows, D, V, T(1), per_token.data(), rows, v_table, D, T(0), o, D);  // O = (Σ P per token) V
-    for (int64_t r = 0; r < rows; ++r) {
-      if (sum[r] > T(0)) {
-        const T inv = T(1) / sum[r];
-        for (int64_t d = 0; d < D; ++d) o[r * D + d] *= inv;
-        lse[j0 + r] = peak[r] + std::log(sum[r]);
-      } else {
-        std::fill(o + r * D, o + (r + 1) * D, T(0));
-        lse[j0 + r] = kNegInf<T>;
-      }
-    }
+    for (int64_t r = 0; r < rows; ++r) finish_row(o + r * D, D, peak[r], sum[r], lse + j0 + r);
   }
 }
 

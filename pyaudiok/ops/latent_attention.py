@@ -22,13 +22,15 @@ autograd of the forward registered here once for both.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, custom_op, triton_op, upcast_half
+from ._library import HALF_DTYPES, cpp_op, custom_op, first_order, triton_op, upcast_half
 
 __all__ = ["latent_cross_attention", "latent_attention_reference"]
 
@@ -102,10 +104,10 @@ def _cpu_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     dq, dk, dv = cpp_op("latent_attention_backward")(grad_out.contiguous(), q.contiguous(), k.contiguous(),
                                                      v.contiguous(), out.contiguous(), lse.contiguous(),
                                                      _lengths_arg(key_lengths), scale)
-    if keep is not None:
+    if keep is not None:  # contiguous, as the fake says (zeros_like would keep a permuted k's strides)
         index = keep[:, None, :, None].expand_as(dk)
-        dk = torch.zeros_like(k_full).scatter_(2, index, dk)
-        dv = torch.zeros_like(v_full).scatter_(2, index, dv)
+        dk = k_full.new_zeros(k_full.shape).scatter_(2, index, dk)
+        dv = v_full.new_zeros(v_full.shape).scatter_(2, index, dv)
     return dq, dk, dv
 
 
@@ -126,6 +128,7 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
         ctx.save_for_backward(q, k, v, output[0], output[1], key_lengths, keep)
         ctx.set_materialize_grads(False)  # lse takes no gradient: no zeros made for it
 
+    @first_order("latent_cross_attention")
     def grad(ctx, grad_out, grad_lse):
         if grad_out is None:
             return None, None, None, None, None, None
@@ -188,7 +191,10 @@ OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(
 # Public API.
 
 def _check_int_vector(name: str, value, B: int, low: int, high: int, device) -> torch.Tensor:
-    if isinstance(value, Sequence) and not isinstance(value, torch.Tensor):
+    if isinstance(value, Sequence) and not isinstance(value, (torch.Tensor, str)):
+        if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value):
+            raise TypeError(f"{name} must be a tensor or a sequence of ints of shape [B] = [{B}]; got "
+                            f"{[type(x).__name__ for x in value]}")
         value = torch.tensor(list(value), dtype=torch.int64)
     value = _checks.tensor(name, value, ndim=1, layout=f"[B] = [{B}]", dtypes=_INT_DTYPES)
     if value.shape[0] != B:
@@ -240,8 +246,10 @@ def latent_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     lengths = None if key_lengths is None else _check_int_vector("key_lengths", key_lengths, B, 0, Mk, q.device)
     if scale is None:
         scale = d ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a positive float; got {scale!r}")
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a positive float; got {type(scale).__name__}")
+    elif not 0 < scale < math.inf:
+        raise ValueError(f"scale must be a finite number > 0; got {scale!r}")
     if q.numel() == 0 or Mk == 0:  # nothing to compute: the reference handles empty shapes exactly
         return latent_attention_reference(q, k, v, lengths, float(scale), keep)
     return OP(q, k, v, lengths, float(scale), keep, device=q.device, dtype=q.dtype)

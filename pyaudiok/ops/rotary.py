@@ -65,7 +65,9 @@ def split_heads_rotary_reference(x, parts: int, heads: int, cos, sin, dims: int,
 
 # ----------------------------------------------------------------------------------------------
 # cpu backend: the extension's kernels, each forward with the autograd of its pair. The kernels
-# read each angle row whole: the tables' layout is made here.
+# read each angle row whole: the tables' layout is made here. Both ops are linear in their data,
+# and a pair's backward is its forward's adjoint: the gradient of each is the other, so gradients
+# of gradients come out right. The backwards are registered ops too, with fakes, for torch.compile.
 
 @custom_op("pyaudiok::gather_rotary_cpu", device_types="cpu")
 def _gather_cpu(rows: torch.Tensor, index: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -78,6 +80,18 @@ def _(rows, index, cos, sin, dims):
     return rows.new_empty((*index.shape, rows.shape[1]))
 
 
+@custom_op("pyaudiok::gather_rotary_cpu_backward", device_types="cpu")
+def _gather_cpu_backward(grad: torch.Tensor, index: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         dims: int, num_rows: int) -> torch.Tensor:
+    return cpp_op("gather_rotary_backward")(grad.contiguous(), index, cos.contiguous(), sin.contiguous(), dims,
+                                            num_rows)
+
+
+@torch.library.register_fake("pyaudiok::gather_rotary_cpu_backward")
+def _(grad, index, cos, sin, dims, num_rows):
+    return grad.new_empty((num_rows, grad.shape[3]))
+
+
 def _gather_setup_context(ctx, inputs, output):
     rows, index, cos, sin, dims = inputs
     ctx.save_for_backward(index, cos.contiguous(), sin.contiguous())
@@ -86,11 +100,24 @@ def _gather_setup_context(ctx, inputs, output):
 
 def _gather_backward(ctx, grad):
     index, cos, sin = ctx.saved_tensors
-    return cpp_op("gather_rotary_backward")(grad, index, cos, sin, ctx.dims, ctx.num_rows), None, None, None, None
+    return _gather_cpu_backward(grad, index, cos, sin, ctx.dims, ctx.num_rows), None, None, None, None
+
+
+def _gather_backward_setup_context(ctx, inputs, output):
+    grad, index, cos, sin, dims, num_rows = inputs
+    ctx.save_for_backward(index, cos, sin)
+    ctx.dims = dims
+
+
+def _gather_backward_backward(ctx, grad_rows):
+    index, cos, sin = ctx.saved_tensors
+    return _gather_cpu(grad_rows, index, cos, sin, ctx.dims), None, None, None, None, None
 
 
 torch.library.register_autograd("pyaudiok::gather_rotary_cpu", _gather_backward,
                                 setup_context=_gather_setup_context)
+torch.library.register_autograd("pyaudiok::gather_rotary_cpu_backward", _gather_backward_backward,
+                                setup_context=_gather_backward_setup_context)
 
 
 @custom_op("pyaudiok::split_heads_rotary_cpu", device_types="cpu")
@@ -106,6 +133,18 @@ def _(x, parts, heads, cos, sin, dims, rotated):
     return x.new_empty((parts, B, heads, T, C // (parts * heads)))
 
 
+@custom_op("pyaudiok::split_heads_rotary_cpu_backward", device_types="cpu")
+def _split_cpu_backward(grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int,
+                        rotated: int) -> torch.Tensor:
+    return cpp_op("split_heads_rotary_backward")(grad.contiguous(), cos.contiguous(), sin.contiguous(), dims, rotated)
+
+
+@torch.library.register_fake("pyaudiok::split_heads_rotary_cpu_backward")
+def _(grad, cos, sin, dims, rotated):
+    P, B, H, T, d = grad.shape
+    return grad.new_empty((B, T, P * H * d))
+
+
 def _split_setup_context(ctx, inputs, output):
     x, parts, heads, cos, sin, dims, rotated = inputs
     ctx.save_for_backward(cos.contiguous(), sin.contiguous())
@@ -114,12 +153,25 @@ def _split_setup_context(ctx, inputs, output):
 
 def _split_backward(ctx, grad):
     cos, sin = ctx.saved_tensors
-    grad_x = cpp_op("split_heads_rotary_backward")(grad, cos, sin, ctx.dims, ctx.rotated)
+    grad_x = _split_cpu_backward(grad, cos, sin, ctx.dims, ctx.rotated)
     return grad_x, None, None, None, None, None, None
+
+
+def _split_backward_setup_context(ctx, inputs, output):
+    grad, cos, sin, dims, rotated = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.parts, ctx.heads, ctx.dims, ctx.rotated = grad.shape[0], grad.shape[2], dims, rotated
+
+
+def _split_backward_backward(ctx, grad_x):
+    cos, sin = ctx.saved_tensors
+    return _split_cpu(grad_x, ctx.parts, ctx.heads, cos, sin, ctx.dims, ctx.rotated), None, None, None, None
 
 
 torch.library.register_autograd("pyaudiok::split_heads_rotary_cpu", _split_backward,
                                 setup_context=_split_setup_context)
+torch.library.register_autograd("pyaudiok::split_heads_rotary_cpu_backward", _split_backward_backward,
+                                setup_context=_split_backward_setup_context)
 
 GATHER_OP = dispatch.op("gather_rows_rotary")
 register_backends(GATHER_OP, reference=gather_rows_rotary_reference, cpu=upcast_half(_gather_cpu),

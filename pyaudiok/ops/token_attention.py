@@ -29,7 +29,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, custom_op, upcast_half
+from ._library import HALF_DTYPES, cpp_op, custom_op, first_order, upcast_half
 from .latent_attention import _INT_DTYPES, latent_cross_attention
 from .rotary import _check_angles, gather_rows_rotary
 
@@ -93,6 +93,7 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # lse and k are auxiliary outputs: no gradient flows from them
 
 
+@first_order("token_attention")
 def _grad(ctx, grad_out, grad_lse, grad_k):
     if grad_out is None:
         return (None,) * 7

@@ -285,6 +285,22 @@ def test_keys_values_viewed_from_a_larger_cache(backend):
                                                         0.25)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_inputs_give_nan_where_the_reference_does(backend):
+    """A NaN query (all its scores NaN) or key reaches the rows that see it as NaN, not as zeros (a
+    row of NaN scores once looked like a row that sees no key)."""
+    device = require_backend(OP, backend)
+    q = torch.randn(1, 2, 5, 16, device=device)
+    k, v = torch.randn(1, 2, 40, 16, device=device), torch.randn(1, 2, 40, 16, device=device)
+    q[0, 0, 1, 3] = float("nan")
+    k[0, 1, 37, 0] = float("nan")  # seen by the queries j with 37 <= 35 + j: the last three
+    with pyaudiok.use_backend(backend):
+        out = latent_cross_attention(q, k, v)
+    want = latent_attention_reference(q, k, v)
+    assert torch.equal(out.isnan(), want.isnan()) and want.isnan().any()
+    torch.testing.assert_close(out.nan_to_num(), want.nan_to_num(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 2, 4, 8), (2, 0, 4, 8), (2, 2, 0, 8)])
 def test_empty(backend, shape):
@@ -335,6 +351,18 @@ def test_registered_ops_pass_opcheck(backend):
                               test_utils=("test_schema", "test_faketensor"))
 
 
+def test_cpu_backward_with_dropout_keep_returns_the_fakes_layout():
+    """Keys and values as a permuted view (heads split off a [B, M, H·d] projection) with kept keys:
+    the scattered gradients are contiguous, as the fake says, so compiled graphs get what they expect."""
+    require_backend(OP, "cpu")
+    q = torch.randn(2, 2, 5, 8)
+    k, v = (torch.randn(2, 13, 2, 8).transpose(1, 2) for _ in range(2))
+    keep = torch.tensor([[0, 2, 4, 6, 8, 10], [1, 2, 3, 4, 5, 12]])
+    out, lse = torch.ops.pyaudiok.latent_attention_cpu(q, k, v, None, 0.3, keep)
+    args = (torch.randn_like(out), q, k, v, out, lse, None, 0.3, keep)
+    opcheck(torch.ops.pyaudiok.latent_attention_cpu_backward, args, test_utils=("test_schema", "test_faketensor"))
+
+
 def test_cpu_backend_under_torch_compile():
     """Forward and backward traced by torch.compile (the fakes must match the real outputs' strides)."""
     require_backend(OP, "cpu")
@@ -373,6 +401,10 @@ def _good():
     (lambda q, k, v: (q, k, v), {"key_lengths": [3]}, ValueError, ["key_lengths", "[B] = [2]"]),
     (lambda q, k, v: (q, k, v), {"key_lengths": torch.tensor([3.0, 4.0])}, TypeError, ["key_lengths", "dtype"]),
     (lambda q, k, v: (q, k, v), {"scale": -1.0}, ValueError, ["scale"]),
+    (lambda q, k, v: (q, k, v), {"scale": float("inf")}, ValueError, ["scale", "finite"]),
+    (lambda q, k, v: (q, k, v), {"scale": torch.tensor(0.5)}, TypeError, ["scale", "Tensor"]),
+    (lambda q, k, v: (q, k, v), {"key_lengths": [3.5, 4]}, TypeError, ["key_lengths", "ints"]),
+    (lambda q, k, v: (q, k, v), {"key_lengths": "ab"}, TypeError, ["key_lengths"]),
     (lambda q, k, v: (q, k, v), {"dropout_keep": torch.tensor([[0, 1, 2]] * 2)}, ValueError, ["dropout_keep", "M'"]),
     (lambda q, k, v: (q, k, v), {"dropout_keep": torch.tensor([[0, 1, 2, 10]] * 2)}, ValueError,
      ["dropout_keep", "[0, M)"]),

@@ -115,6 +115,17 @@ def test_cpu_backend_matches_reference(dtype):
                            (q, rows), "cpu")
 
 
+def test_nan_rows_give_nan_where_the_reference_does():
+    q, rows, tokens, cos, sin = (t.detach() for t in _inputs(2, 2, 6, 30, 8, 5, 4, torch.float32))
+    rows[1, 5] = float("nan")  # head 0's key row of token 1 (an unrotated channel)
+    q[1, 1, 2, 0] = float("nan")
+    with pyaudiok.use_backend("cpu"):
+        out = token_attention(q, rows, tokens, cos, sin, 4, 2)
+    want = token_attention_reference(q, rows, tokens, cos, sin, 4, 2)
+    assert torch.equal(out.isnan(), want.isnan()) and want.isnan().any() and not want.isnan().all()
+    torch.testing.assert_close(out.nan_to_num(), want.nan_to_num(), rtol=1e-4, atol=1e-5)
+
+
 def test_empty_batch_and_queries():
     q, rows, tokens, cos, sin = _inputs(1, 2, 4, 10, 8, 3, 4)
     out = token_attention(q[:0], rows, tokens[:0], cos[:0], sin[:0], 4, 2)
