@@ -83,21 +83,25 @@ def _rows_kernel(H, E, ESQ, HSQ, ALPHA, M2, G, DH, DALPHA, R, S, D, BLOCK_R: tl.
     m2 = tl.load(M2 + rows, mask=rows < R, other=0.0)
     mean_e = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)  # Σ_s p_s e_s, this chunk
     mean_e_sq = tl.zeros((BLOCK_R,), dtype=tl.float32)      # Σ_s p_s ‖e_s‖²
+    # Σ_s p_s as recomputed: it misses 1 by the rounding of scores ~α‖h‖², and far from the origin
+    # Σ_s p_s (h − e_s) cancels to much less than h, so h is weighted by it, not by 1.
+    p_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for s0 in range(0, S, BLOCK_S):
         cols = s0 + tl.arange(0, BLOCK_S)
         p = tl.exp2(_logits2(H, E, ESQ, ALPHA, rows, cols, R, S, D, BLOCK_R, BLOCK_S, BLOCK_D, PREC) - m2[:, None])
         e = tl.load(E + cols[:, None] * D + c[None, :], mask=(cols[:, None] < S) & (c[None, :] < D), other=0.0)
         mean_e = tl.dot(p.to(e.dtype), e, mean_e, input_precision=PREC)
         mean_e_sq += tl.sum(p * tl.load(ESQ + cols, mask=cols < S, other=0.0)[None, :], 1)
+        p_sum += tl.sum(p, 1)
     alpha = tl.load(ALPHA).to(tl.float32)
     g = tl.load(G + rows, mask=rows < R, other=0.0)
     inside = (rows[:, None] < R) & (c[None, :] < D)
     h = tl.load(H + rows[:, None] * D + c[None, :], mask=inside, other=0.0).to(tl.float32)
-    tl.store(DH + rows[:, None] * D + c[None, :], (2.0 * alpha * g[:, None] * (mean_e - h)).to(DH.dtype.element_ty),
-             mask=inside)
-    # Σ_s p_s ‖h − e_s‖² = ‖h‖² + Σ_s p_s ‖e_s‖² − 2 h·Σ_s p_s e_s: the first chunk adds the first two terms.
+    dh = 2.0 * alpha * g[:, None] * (mean_e - p_sum[:, None] * h)
+    tl.store(DH + rows[:, None] * D + c[None, :], dh.to(DH.dtype.element_ty), mask=inside)
+    # Σ_s p_s ‖h − e_s‖² = Σ_s p_s ‖h‖² + Σ_s p_s ‖e_s‖² − 2 h·Σ_s p_s e_s: the first chunk adds the first two.
     first = (tl.zeros((BLOCK_R,), dtype=tl.int32) + chunk) == 0
-    whole = tl.where(first, tl.load(HSQ + rows, mask=rows < R, other=0.0) + mean_e_sq, 0.0)
+    whole = tl.where(first, p_sum * tl.load(HSQ + rows, mask=rows < R, other=0.0) + mean_e_sq, 0.0)
     tl.store(DALPHA + chunk * R + rows, -g * (whole - 2.0 * tl.sum(h * mean_e, 1)), mask=rows < R)
 
 

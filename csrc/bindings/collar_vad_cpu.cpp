@@ -29,9 +29,11 @@ cpu::CollarVadShape shape_of(const at::Tensor& logits, const at::Tensor& referen
                   order.sizes() == logits.sizes().slice(0, 2),
               "collar_vad (cpu): order must be a contiguous int64 CPU tensor [B, N]");
   TORCH_CHECK(collar_frames >= 0 && std::isfinite(collar_frames), "collar_vad (cpu): collar_frames must be >= 0");
-  // Frame t (centre t + 0.5) is within the collar of edge e = t + j iff 0.5 − c < j < 0.5 + c.
-  const int64_t lo = static_cast<int64_t>(std::floor(0.5 - collar_frames)) + 1;
-  const int64_t hi = static_cast<int64_t>(std::ceil(0.5 + collar_frames)) - 1;
+  // Frame t (centre t + 0.5) is within the collar of edge e = t + j iff 0.5 − c < j < 0.5 + c. A collar
+  // wider than the items covers every frame already: clamped to T + 1, the offsets fit in int64.
+  const double c = std::min(collar_frames, static_cast<double>(logits.size(2)) + 1.0);
+  const int64_t lo = static_cast<int64_t>(std::floor(0.5 - c)) + 1;
+  const int64_t hi = static_cast<int64_t>(std::ceil(0.5 + c)) - 1;
   return {logits.size(1), reference.size(1), logits.size(2), lo, hi};
 }
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, first_order, register_backends, triton_op, upcast_half
 
 __all__ = ["collar_vad_loss", "collar_vad_loss_reference", "collar_mask", "collar_window"]
 
@@ -53,6 +53,8 @@ def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
     lo, hi = collar_window(collar_frames)
     if hi < lo:  # no collar
         return torch.ones(B, T, dtype=torch.bool, device=reference.device)
+    # e − t lies in [1 − T, T]: a wider window changes nothing, and its padding would be huge.
+    lo, hi = max(lo, -T), min(hi, T + 1)
     left = max(0, -lo)
     padded = F.pad(boundary, (left, max(0, hi - 1)))                        # padded[k] = boundary[k − left]
     near = padded[:, lo + left:].unfold(1, hi - lo + 1, 1)[:, :T].amax(-1)   # max over boundary[t + lo .. t + hi]
@@ -90,6 +92,7 @@ def _register(forward: str, backward_op: Callable[[], Callable]) -> None:
         ctx.save_for_backward(logits, reference, order, output[1], output[2])
         ctx.set_materialize_grads(False)  # the mask and the count take no gradient
 
+    @first_order("collar_vad_loss")
     def backward(ctx, grad, grad_keep, grad_count):
         if grad is None:
             return None, None, None, None
@@ -157,5 +160,8 @@ def collar_vad_loss(logits: torch.Tensor, reference: torch.Tensor, order: torch.
         raise ValueError(f"collar_frames must be a finite number >= 0; got {collar_frames!r}")
     S = reference.shape[1]
     _checks.ints_within(order, -1, S - 1, f"order must hold reference rows in [-1, {S - 1}] (-1: no speaker)")
-    return OP(logits, reference.to(logits.dtype), order.long(), float(collar_frames), device=logits.device,
+    # A collar of T + 1 frames already covers every frame; wider ones would overflow the kernels' integers.
+    collar_frames = min(float(collar_frames), T + 1.0)
+    # The targets take no gradient (the fused backends give none): detached for every backend alike.
+    return OP(logits, reference.detach().to(logits.dtype), order.long(), collar_frames, device=logits.device,
               dtype=logits.dtype)

@@ -48,7 +48,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, custom_op, register_backends, triton_op, upcast_half
+from ._library import HALF_DTYPES, custom_op, first_order, register_backends, triton_op
 from ._row_blocks import block_rows, exp_, softmax_
 
 __all__ = ["distance_logsumexp", "distance_nll", "distance_logsumexp_reference"]
@@ -120,6 +120,7 @@ def _cpu_backward(g: torch.Tensor, h: torch.Tensor, table: torch.Tensor, alpha: 
     weighted_h = torch.zeros_like(table)    # Σ_rows g p_s h
     mass = table.new_zeros(table.shape[0])  # Σ_rows g p_s
     h_dot_mean = h.new_zeros(())            # Σ_rows g h·Σ_s p_s e_s
+    h_squares = h.new_zeros(())             # Σ_rows g Σ_s p_s ‖h‖²
     for rows, hr, buffer in _blocks(h, table.shape[0]):
         gr = g[rows]
         if probabilities.numel():
@@ -127,14 +128,18 @@ def _cpu_backward(g: torch.Tensor, h: torch.Tensor, table: torch.Tensor, alpha: 
         else:
             torch.sub(bias, m[rows, None], out=buffer)
             weights = exp_(buffer.addmm_(hr, scaled.T)).mul_(gr[:, None])
+        # g Σ_s p_s as summed here, not g: recomputed probabilities miss 1 by the rounding of scores
+        # ~α‖h‖², and far from the origin Σ_s p_s (h − e_s) cancels to much less than h.
+        row_mass = weights.sum(1)
         mean_e = torch.mm(weights, table, out=dh[rows])  # g Σ_s p_s e_s, turned into dh in place below
         h_dot_mean += torch.vdot(hr.reshape(-1), mean_e.reshape(-1))
-        mean_e.addcmul_(hr, gr[:, None], value=-1).mul_(2 * alpha)
+        h_squares += row_mass @ _row_squares(hr)
+        mean_e.addcmul_(hr, row_mass[:, None], value=-1).mul_(2 * alpha)
         weighted_h.addmm_(weights.T, hr)
         mass += weights.sum(0)
     dtable = (weighted_h - table * mass[:, None]) * (2 * alpha)
-    # Σ_rows g Σ_s p_s ‖h − e_s‖² = Σ g ‖h‖² + Σ_s mass_s ‖e_s‖² − 2 Σ g h·Σ_s p_s e_s
-    spread = g @ _row_squares(h) + mass @ e_squares - 2 * h_dot_mean
+    # Σ_rows g Σ_s p_s ‖h − e_s‖² = Σ g Σ_s p_s ‖h‖² + Σ_s mass_s ‖e_s‖² − 2 Σ g h·Σ_s p_s e_s
+    spread = h_squares + mass @ e_squares - 2 * h_dot_mean
     return dh, dtable, -spread
 
 
@@ -151,6 +156,7 @@ def _register(forward: str, backward_op: Callable[[], Callable]) -> None:
         ctx.save_for_backward(*inputs[:3], *output[1:])
         ctx.set_materialize_grads(False)  # m and P take no gradient
 
+    @first_order("distance_logsumexp")
     def backward(ctx, grad, grad_m, grad_p):
         h, table, alpha, m, probabilities = ctx.saved_tensors
         if grad is None:
@@ -190,9 +196,18 @@ def _fused(get_forward: Callable[[], Callable], keeps_probabilities: bool):
     return run
 
 
+def _upcast_half(fn: Callable) -> Callable:
+    """Half vectors and table computed in float32; lse stays float32 (the accumulation dtype, as the
+    reference and the Triton kernels return it): distance_nll adds it to α‖h − e_t‖², and rounding
+    a large lse to half first would cancel away the small NLL of a well-classified vector."""
+    def run(h, table, alpha):
+        return fn(h.float(), table.float(), alpha) if h.dtype in HALF_DTYPES else fn(h, table, alpha)
+    return run
+
+
 OP = dispatch.op("distance_logsumexp")
 # The cpu backend is pure ATen: available with or without the compiled extension.
-OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward, keeps_probabilities=True)), devices=("cpu",),
+OP.register("cpu", _upcast_half(_fused(lambda: _cpu_forward, keeps_probabilities=True)), devices=("cpu",),
             dtypes=HALF_DTYPES + (torch.float32, torch.float64))
 register_backends(OP, reference=distance_logsumexp_reference, triton=_fused(_triton_forward, keeps_probabilities=False))
 
@@ -216,6 +231,8 @@ def _alpha_tensor(alpha, dtype: torch.dtype, device: torch.device) -> torch.Tens
 
 def _check(vectors, table) -> tuple[torch.Tensor, torch.Tensor]:
     vectors = _checks.float_tensor("vectors", vectors, min_ndim=1, layout="[..., d]")
+    if vectors.shape[-1] == 0:
+        raise ValueError(f"vectors must have shape [..., d] with d >= 1; got {_checks.shape_str(vectors.shape)}")
     table = _checks.float_tensor("table", table, ndim=2, layout="[S, d]")
     _checks.same_device("table", table, "vectors", vectors)
     if torch.is_autocast_enabled(vectors.device.type) and (vectors.dtype in HALF_DTYPES or table.dtype in HALF_DTYPES):

@@ -150,8 +150,12 @@ def _random_init(x: torch.Tensor, k: int, generator: torch.Generator | None) -> 
 
 def kmeans(x: torch.Tensor, k: int, *, n_iters: int = 20, init: str | torch.Tensor = "kmeans++",
            generator: torch.Generator | None = None) -> KMeansResult:
-    """Cluster each item of x[B, P, d] into k clusters (see the module docstring)."""
+    """Cluster each item of x[B, P, d] into k clusters (see the module docstring). The result
+    carries no gradient."""
     x = _checks.float_tensor("x", x, ndim=3, layout="[B, P, d]")
+    # The fused backends register no autograd: an input requiring a gradient would get one through
+    # the initial centres only (autograd's fallback), silently wrong. No backend differentiates.
+    x = x.detach()
     B, P, d = x.shape
     if P == 0:
         raise ValueError("x must hold at least one point per item (P >= 1)")
@@ -164,6 +168,7 @@ def kmeans(x: torch.Tensor, k: int, *, n_iters: int = 20, init: str | torch.Tens
                              f"{_checks.shape_str(centroids.shape)}")
         _checks.same_dtype("init", centroids, "x", x)
         _checks.same_device("init", centroids, "x", x)
+        centroids = centroids.detach()
     elif init == "kmeans++":
         centroids = kmeans_plus_plus(x, k, generator) if B else x.new_empty(0, k, d)
     elif init == "random":

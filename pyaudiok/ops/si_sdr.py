@@ -38,7 +38,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op
+from ._library import cpp_op, extension_loaded, first_order, register_backends, triton_op
 
 __all__ = ["si_sdr_matrix", "si_sdr_matrix_reference", "pit_si_sdr", "PITResult", "neg_si_sdr_loss"]
 
@@ -106,6 +106,7 @@ def _register_matrix(qualname: str) -> None:
         ctx.mark_non_differentiable(ee, rr, er)
         ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
 
+    @first_order("si_sdr_matrix")
     def backward(ctx, g_matrix, *_):
         if g_matrix is None:
             return None, None, None, None
@@ -171,7 +172,7 @@ def _check_pair(estimates, references) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_eps(eps) -> float:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0; got {eps!r}")
     return float(eps)
 
@@ -241,6 +242,8 @@ def _best_assignment(scores: torch.Tensor) -> torch.Tensor:
     from scipy.optimize import linear_sum_assignment
     best = []
     for item in scores.detach().double().cpu().numpy():
+        # scipy rejects NaN and infinite entries (diverged estimates): a NaN pair is taken as the worst.
+        item = np.nan_to_num(item, nan=-1e30, posinf=1e30, neginf=-1e30)
         rows, cols = linear_sum_assignment(item, maximize=True)
         best.append(cols[rows.argsort()])
     return torch.from_numpy(np.array(best, dtype=np.int64)).to(scores.device).reshape(B, N)
@@ -270,6 +273,9 @@ def neg_si_sdr_loss(estimates: torch.Tensor, references: torch.Tensor, *, clip_d
                     zero_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Training loss: −(permutation-invariant SI-SDR), each pair's SI-SDR clipped at `clip_db`
     (None: no clipping) so that pairs already separated stop pulling; mean over the batch."""
+    if clip_db is not None and (isinstance(clip_db, bool) or not isinstance(clip_db, (int, float))
+                                or math.isnan(clip_db)):
+        raise ValueError(f"clip_db must be a number (dB) or None; got {clip_db!r}")
     result = pit_si_sdr(estimates, references, zero_mean=zero_mean, eps=eps)
     chosen = result.matrix.gather(2, result.permutation[..., None])[..., 0]
     if clip_db is not None:

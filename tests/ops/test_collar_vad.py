@@ -113,6 +113,33 @@ def test_non_contiguous_and_half_inputs(backend):
     assert_close("bf16 loss", loss, want, torch.bfloat16)
 
 
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("collar", [1e12, 2.0**63, 1e300])
+def test_collar_wider_than_the_items(backend, collar):
+    """Any collar of T + 1 frames or more leaves out every frame of an item with a boundary: as
+    the collar of T + 1 itself, without padding by the collar's width or overflowing an integer."""
+    require_backend(OP, backend)
+    logits, reference, order = _inputs(2, 3, 2, 20)
+    reference[1] = False  # no boundary in item 1: all of its frames count
+    with pyaudiok.use_backend(backend):
+        loss = collar_vad_loss(logits, reference, order, collar_frames=collar)
+        want = collar_vad_loss(logits, reference, order, collar_frames=21.0)
+    assert torch.equal(collar_mask(reference, collar), collar_mask(reference, 21.0))
+    assert loss.item() == want.item() and loss.item() > 0
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_targets_take_no_gradient(backend):
+    """Float targets that require a gradient get none on any backend (the loss is differentiable
+    with respect to the logits only)."""
+    require_backend(OP, backend)
+    logits, reference, order = _inputs(2, 3, 2, 20)
+    targets = reference.float().requires_grad_()
+    with pyaudiok.use_backend(backend):
+        loss = collar_vad_loss(logits, targets, order, collar_frames=1.0)
+    assert torch.autograd.grad(loss, [logits, targets], allow_unused=True)[1] is None
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_raw_ops_pass_opcheck(backend):
     device = require_backend(OP, backend)

@@ -97,6 +97,36 @@ def test_half_precision(backend, dtype):
     compare_with_reference(_lse, _inputs((50,), 20, 24, device, dtype), backend)
 
 
+@pytest.mark.parametrize("backend,dtype", [("cpu", torch.float16), ("cpu", torch.bfloat16), ("triton", torch.float16),
+                                           pytest.param("triton", torch.bfloat16, marks=pytest.mark.gpu)])
+def test_half_precision_nll_of_well_classified_vectors(backend, dtype):
+    """Vectors far from both rows but nearer their target: the NLL (~0.1) is small beside its two
+    terms (~20), so the log-sum-exp must reach it unrounded to the half dtype."""
+    device = require_backend(OP, backend, dtype)
+    y = torch.linspace(5, 12, 16, dtype=torch.float64)
+    vectors = torch.stack([torch.full_like(y, -10.0), y], 1)
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    targets = torch.zeros(16, 1, dtype=torch.long, device=device)
+    compare_with_reference(lambda v, t: distance_nll(v, t, targets, alpha=0.1),
+                           (vectors.to(device, dtype).requires_grad_(), table.to(device, dtype).requires_grad_()),
+                           backend)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("S", [8, 20])  # probabilities kept (S <= d) and recomputed in the backward
+def test_gradients_far_from_the_origin(backend, S):
+    """Vectors and table around a common offset (embeddings that are not centred): the scores are
+    ~α‖h‖², and Σ_s p_s (h − e_s) cancels to far less than h, so the gradients must not take the
+    recomputed probabilities, rounded at that scale, to sum to exactly 1."""
+    device = require_backend(OP, backend)
+    vectors, table, alpha = (t.detach() for t in _inputs((40,), S, 16, device))
+    vectors, table = vectors + 10, table + 10
+    # Scores ~α‖h‖² ≈ 800 round to ~1e-4 in float32 in any method (the float32 reference's own error is
+    # ~2e-5 here): scale 8 allows for that, while the flaw this guards against was off by 30 % or more.
+    compare_with_reference(_lse, (vectors.requires_grad_(), table.requires_grad_(), alpha.requires_grad_()), backend,
+                           scale=8)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_raw_ops_pass_opcheck(backend):
     device = require_backend(OP, backend)
@@ -136,6 +166,8 @@ def test_compiles_without_graph_break():
      "vectors must have dtype"),
     (lambda: distance_logsumexp(torch.tensor(1.0), torch.randn(5, 4), alpha=1.0), ValueError,
      "vectors must have shape [..., d]"),
+    (lambda: distance_logsumexp(torch.randn(3, 0), torch.randn(5, 0), alpha=1.0), ValueError,
+     "vectors must have shape [..., d] with d >= 1"),
     (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4), alpha=torch.ones(2)), TypeError,
      "alpha must be a number or a one-element float tensor"),
     (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4), alpha=float("inf")), TypeError,

@@ -144,3 +144,17 @@ def test_cpu_backend_in_float64_and_empty_batch():
     want_c, want_a = lloyd_reference(x, x[:, :4].clone(), 6)
     assert torch.equal(got.assignments, want_a) and rel_error(got.centroids, want_c) <= TOLERANCE[torch.float64]
     assert empty.centroids.shape == (0, 2, 3) and empty.assignments.shape == (0, 10)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_results_carry_no_gradient(backend):
+    """Points (and given centres) that require a gradient give results that take none on every
+    backend: the fused ones register no autograd, and a gradient through the initial centres
+    alone would be silently wrong."""
+    device = require_backend(LLOYD, backend)
+    x = clustered(2, 20, 3, 3, device).requires_grad_()
+    init = x.detach()[:, :3].clone().requires_grad_()
+    with pyaudiok.use_backend(backend):
+        for start in ("kmeans++", init):
+            result = kmeans(x, 3, n_iters=3, init=start)
+            assert not result.centroids.requires_grad

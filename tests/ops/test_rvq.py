@@ -156,6 +156,23 @@ def test_half_precision(backend, dtype):
     assert decoded[0].dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_cpu_half_commit_loss_stays_float32(dtype):
+    """The commit loss is float32 for half inputs, as the reference returns it: rounded to half it
+    would be inf above 65 504 (fp16) and keep 8 bits (bf16)."""
+    device = require_backend(FORWARD, "cpu", dtype)
+    x = (300 * torch.randn(20, 8)).to(device, dtype).requires_grad_(True)
+    codebooks = torch.randn(2, 4, 8).to(device, dtype)
+    ref = rvq_reference(x.detach(), codebooks, 2)
+    with pyaudiok.use_backend("cpu"):
+        out = residual_vq(x, codebooks)
+    assert out.commit_loss.dtype == ref[2].dtype == torch.float32 and out.quantized.dtype == dtype
+    assert torch.isfinite(out.commit_loss).all()
+    assert_close("commit loss", out.commit_loss, ref[2], torch.float32)
+    out.commit_loss.sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_decode_of_codes_is_quantized(backend):
     device = require_backend(FORWARD, backend)

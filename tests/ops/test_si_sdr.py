@@ -240,3 +240,19 @@ def test_bad_inputs():
         si_sdr_matrix(e[..., :0], r[..., :0])
     with pytest.raises(ValueError, match="must not outnumber references: N = 3 > M = 2"):
         pit_si_sdr(r, e)
+    with pytest.raises(ValueError, match="eps"):
+        si_sdr_matrix(e, r, eps=True)
+    for clip_db in ("30", float("nan"), True):
+        with pytest.raises(ValueError, match="clip_db must be a number"):
+            neg_si_sdr_loss(e, r, clip_db=clip_db)
+
+
+def test_pit_above_the_exhaustive_limit_with_nan_estimates():
+    """A diverged (NaN) estimate still gets an assignment above 8 sources, as it does below: scipy
+    refuses NaN scores, so they rank lowest."""
+    e, r = mixtures(2, 3, 10, 200, dtype=torch.float64)
+    e[0, 1] = float("nan")
+    result = pit_si_sdr(e, r)
+    assert torch.isnan(result.si_sdr[0]) and torch.isfinite(result.si_sdr[1])
+    assert torch.equal(result.permutation[1], pit_si_sdr(e[1:], r[1:]).permutation[0])
+    assert len(set(result.permutation[0].tolist())) == 3
