@@ -33,7 +33,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, custom_op, triton_op, upcast_half
+from ._library import HALF_DTYPES, custom_op, first_order, triton_op, upcast_half
 from ._row_blocks import block_rows, exp_ as _exp_, softmax_ as _softmax_
 
 __all__ = ["bilinear_contrastive_loss", "bilinear_contrastive_reference"]
@@ -156,6 +156,7 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
         ctx.inputs = len(inputs) - 1
         ctx.save_for_backward(*inputs[:-1], output[2], *([] if eager else pre))
 
+    @first_order("bilinear_contrastive_loss")
     def grad(ctx, grad_loss, grad_total, *rest):
         saved = ctx.saved_tensors
         inputs, lse, saved_pre = saved[:ctx.inputs], saved[ctx.inputs], saved[ctx.inputs + 1:]

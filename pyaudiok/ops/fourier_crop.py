@@ -34,6 +34,7 @@ middle (negative frequencies); E = Σ_bc Re(conj(G) X_cropped) gives the mask gr
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -41,8 +42,8 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import (HALF_DTYPES, cpp_op, eager_under_compile, extension_loaded, register_backends, triton_op,
-                       upcast_half, without_autocast)
+from ._library import (HALF_DTYPES, anchor_inputs, cpp_op, eager_under_compile, extension_loaded, first_order,
+                       register_backends, triton_op, upcast_half, without_autocast)
 
 __all__ = ["fourier_crop", "fourier_crop_reference", "fourier_crop_output_size", "METHODS"]
 
@@ -77,7 +78,12 @@ def plan_axis(size: int, stride: float, smoothness: float, rfft: bool) -> Axis:
 
 def fourier_crop_output_size(size: int, stride: float, smoothness: float = 4.0, rfft: bool = True) -> int:
     """Output length of an axis of `size` at `stride` (rfft=False: the rows axis of a 2-D input)."""
-    return plan_axis(size, stride, smoothness, rfft).out
+    size = _checks.int_in_range("size", size, 2, 1 << 62)  # as fourier_crop: the mask keeps >= 2 samples
+    if isinstance(stride, bool) or not isinstance(stride, numbers.Real):
+        raise TypeError(f"stride must be a float >= 1; got {type(stride).__name__}")
+    if not (math.isfinite(stride) and stride >= 1.0):
+        raise ValueError(f"stride must be finite and >= 1; got {stride}")
+    return plan_axis(size, stride, _checks.positive_float("smoothness", smoothness), rfft).out
 
 
 def stride_values(strides: torch.Tensor) -> list[float]:
@@ -364,11 +370,13 @@ class _FFTPath(torch.autograd.Function):
             masked = kernels.mask_crop(kept[rows], mask_rows, mask_cols)
             torch.fft.irfftn(torch.view_as_complex(masked), s=outs, dim=dims, out=y[rows])
         ctx.save_for_backward(kept, mask_rows, mask_cols, weights)
+        anchor_inputs(ctx, x)
         ctx.kernels, ctx.sizes, ctx.outs, ctx.dims, ctx.step = kernels, sizes, outs, dims, step
         ctx.stride_dtype = strides.dtype
         return y
 
     @staticmethod
+    @first_order("fourier_crop")
     @without_autocast
     def backward(ctx, grad):
         kept, mask_rows, mask_cols, weights = ctx.saved_tensors
@@ -446,6 +454,7 @@ class _Separable(torch.autograd.Function):
         return rows.reshape(ah.out, bc, aw.out).transpose(0, 1).reshape(*x.shape[:2], ah.out, aw.out)
 
     @staticmethod
+    @first_order("fourier_crop")
     @without_autocast
     def backward(ctx, grad):
         kernels, axes = ctx.kernels, ctx.axes
@@ -517,9 +526,11 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
     if x.dim() not in (3, 4):
         raise ValueError(f"x must have shape [B, C, T] or [B, C, H, W]; got {_checks.shape_str(x.shape)}")
     if isinstance(strides, (int, float)) and not isinstance(strides, bool):
-        # A constant stride in float32 at least: a half-precision one would round the user's value.
-        strides = torch.tensor([float(strides)], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        # A constant stride in float64: the value as given (the sizes and masks are computed in float64).
+        strides = torch.tensor([float(strides)], dtype=torch.float64, device=x.device)
     strides = _checks.float_tensor("strides", strides, layout="[1] or [2]")
+    if strides.dtype in HALF_DTYPES:  # the backends round their result to a half-precision argument's dtype
+        strides = strides.float()
     _checks.same_device("strides", strides, "x", x)
     n_axes = x.dim() - 2
     if strides.dim() > 1 or strides.numel() not in {1, n_axes}:
@@ -529,9 +540,7 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
     values = stride_values(strides)
     if not all(math.isfinite(v) and v >= 1.0 for v in values):
         raise ValueError(f"strides must be finite and >= 1; got {values}")
-    smoothness = float(smoothness)
-    if not smoothness > 0:
-        raise ValueError(f"smoothness must be > 0; got {smoothness}")
+    smoothness = _checks.positive_float("smoothness", smoothness)
     small = [n for n in x.shape[2:] if n < 2]
     if small:
         raise ValueError(f"x is smaller than the mask: every transformed axis needs >= 2 samples (the mask "

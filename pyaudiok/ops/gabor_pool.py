@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import GPU_DTYPES, triton_op
+from ._library import GPU_DTYPES, first_order, triton_op
 
 __all__ = ["gabor_pool", "gabor_pool_reference", "gabor_filters", "gaussian_windows", "FLOOR"]
 
@@ -52,6 +52,12 @@ FLOOR = 1e-5  # the pooled energies' lower bound (keeps PCEN's log finite)
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _op_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a call computes in: float64 if x or a parameter vector is, else float32 (the
+    parameters may differ from x in dtype, e.g. float32 ones with a half-precision x)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def gabor_filters(center_freqs: torch.Tensor, bandwidths: torch.Tensor, window: int) -> torch.Tensor:
@@ -83,11 +89,12 @@ def n_frames(n_samples: int, stride: int) -> int:
 def gabor_pool_reference(x: torch.Tensor, center_freqs: torch.Tensor, bandwidths: torch.Tensor,
                          pool_widths: torch.Tensor, window: int = 401, stride: int = 160) -> torch.Tensor:
     """x[B, T] -> y[B, F, ⌈T/stride⌉] through the full stride-1 intermediates."""
-    dtype = _compute_dtype(x.dtype)
+    dtype = _op_dtype(x, center_freqs, bandwidths, pool_widths)
     half = window // 2
-    u = Fn.conv1d(x.to(dtype)[:, None], gabor_filters(center_freqs, bandwidths, window), padding=half)
+    u = Fn.conv1d(x.to(dtype)[:, None], gabor_filters(center_freqs.to(dtype), bandwidths.to(dtype), window),
+                  padding=half)
     energy = u[:, 0::2] ** 2 + u[:, 1::2] ** 2
-    pooled = Fn.conv1d(energy, gaussian_windows(pool_widths, window), stride=stride, padding=half,
+    pooled = Fn.conv1d(energy, gaussian_windows(pool_widths.to(dtype), window), stride=stride, padding=half,
                        groups=energy.shape[1])
     return pooled.clamp_min(FLOOR).to(x.dtype)
 
@@ -130,9 +137,10 @@ def pool_tiles(x, filters, windows, stride, frames_per_tile=None):
 
 
 def _filter_tensors(x, center_freqs, bandwidths, pool_widths, window):
-    """The [2F, 1, W] Gabor filters and [F, 1, W] pooling windows on x's device."""
-    return (gabor_filters(center_freqs, bandwidths, window).to(x.device),
-            gaussian_windows(pool_widths, window).to(x.device))
+    """The [2F, 1, W] Gabor filters and [F, 1, W] pooling windows on x's device, in the call's dtype."""
+    dtype = _op_dtype(x, center_freqs, bandwidths, pool_widths)
+    return (gabor_filters(center_freqs.to(dtype), bandwidths.to(dtype), window).to(x.device),
+            gaussian_windows(pool_widths.to(dtype), window).to(x.device))
 
 
 def gabor_pool_tiled(x, center_freqs, bandwidths, pool_widths, window=401, stride=160, frames_per_tile=None):
@@ -289,6 +297,7 @@ class _PoolFFT(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order("gabor_pool")
     def backward(ctx, dy):
         x, spectra, windows = ctx.saved_tensors
         stride, items, group = ctx.blocks
@@ -395,6 +404,7 @@ def _register_triton(qualname: str) -> None:
         ctx.save_for_backward(x, re, im, windows)
         ctx.stride = stride
 
+    @first_order("gabor_pool")
     def backward(ctx, grad):
         leaves = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
         x, re, im, windows = leaves
@@ -460,7 +470,8 @@ def gabor_pool(x: torch.Tensor, center_freqs: torch.Tensor, bandwidths: torch.Te
     are [F]; gradients reach x and all three. Needs T >= window.
     """
     x = _checks.float_tensor("x", x, ndim=2, layout="[B, T]")
-    window = _checks.int_in_range("window", window, 1, 1 << 20)
+    # window 1 has no pooling width (h = 0: the Gaussian's (j − h)/(σ_p h) is 0/0)
+    window = _checks.int_in_range("window", window, 3, 1 << 20)
     stride = _checks.int_in_range("stride", stride, 1, 1 << 20)
     if window % 2 == 0:
         raise ValueError(f"window must be odd (filters centred on t = 0); got {window}")
@@ -473,4 +484,7 @@ def gabor_pool(x: torch.Tensor, center_freqs: torch.Tensor, bandwidths: torch.Te
         _checks.same_device(name, p, "x", x)
     _check_positive("bandwidths", bandwidths)
     _check_positive("pool_widths", pool_widths)
+    if F == 0:  # no filters: an empty result (convolutions and FFTs reject empty filter banks), zero gradients
+        zero = (x.sum() + center_freqs.sum() + bandwidths.sum() + pool_widths.sum()) * 0
+        return (x.new_zeros(x.shape[0], 0, n_frames(x.shape[1], stride)) + zero).to(x.dtype)
     return GABOR_POOL(x, center_freqs, bandwidths, pool_widths, window, stride, device=x.device, dtype=x.dtype)

@@ -36,7 +36,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, first_order, register_backends, triton_op
 
 __all__ = ["pcen", "pcen_reference"]
 
@@ -79,6 +79,7 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable], recomp
         ctx.eps = eps
         ctx.set_materialize_grads(False)  # M's gradient is always absent: no [B, F, T] of zeros for it
 
+    @first_order("pcen")
     def backward(ctx, grad_y, grad_M):
         if grad_y is None:
             return None, None, None
@@ -115,15 +116,21 @@ def _triton_forward():
 # ----------------------------------------------------------------------------------------------
 # Backend registry.
 
-def _fused(get_op: Callable[[], Callable]):
+def _fused(get_op: Callable[[], Callable], upcast: bool = False):
+    """The op over a backend's raw forward; `upcast`: half-precision E computed in float32 (the
+    parameters are in the state dtype already) and the result rounded back to E's dtype."""
     def run(E, alpha, delta, r, smooth, eps):
         params = torch.stack([alpha, delta, r, smooth]).to(_state_dtype(E.dtype))
+        if upcast and E.dtype in HALF_DTYPES:
+            return get_op()(E.float().contiguous(), params.contiguous(), eps)[0].to(E.dtype)
         return get_op()(E.contiguous(), params.contiguous(), eps)[0]
     return run
 
 
 PCEN = dispatch.op("pcen")
-register_backends(PCEN, reference=pcen_reference, cpu=upcast_half(_fused(lambda: cpp_op("pcen_forward"))),
+# Not upcast_half: it rounds the result to the first half-precision argument, a parameter's dtype
+# where E is float32 and a parameter half; y is in E's dtype.
+register_backends(PCEN, reference=pcen_reference, cpu=_fused(lambda: cpp_op("pcen_forward"), upcast=True),
                   cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64), triton=_fused(_triton_forward))
 
 

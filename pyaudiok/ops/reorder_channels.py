@@ -32,7 +32,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, custom_op, register_backends, triton_op, upcast_half, without_autocast
+from ._library import HALF_DTYPES, custom_op, first_order, register_backends, triton_op, upcast_half, without_autocast
 
 __all__ = ["reorder_channels", "reorder_channels_reference", "reorder_channels_trusted"]
 
@@ -82,6 +82,7 @@ def _register(forward: str, backward_op: Callable[[], Callable], recompute: bool
         ctx.save_for_backward(x, *((logits, mask) if recompute else output[1:]))
         ctx.set_materialize_grads(False)  # dA stays None when A took no gradient
 
+    @first_order("reorder_channels")
     @without_autocast  # the products in the dtypes the forward saved, as the forward ran them
     def backward(ctx, dy, dA):
         x, *rest = ctx.saved_tensors

@@ -90,6 +90,24 @@ def test_half_precision_inputs(backend, dtype, method, rank):
     assert_close("reference in half precision", ref, fourier_crop(x.to(dtype).double(), 1.5), dtype)
 
 
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("stride_dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_strides_keep_the_maps_dtype(backend, stride_dtype, method):
+    """float32 maps with half-precision strides: the result stays float32, equal to the reference's,
+    and the strides' gradient comes back in their own dtype."""
+    device = require_backend(FOURIER_CROP, backend) if backend != "reference" else torch.device("cpu")
+    x = torch.randn(1, 2, 12, 14, device=device, requires_grad=True)
+    s = torch.tensor([1.5], dtype=stride_dtype, device=device, requires_grad=True)
+    with pyaudiok.use_backend(backend):
+        y = fourier_crop(x, s, method=method)
+    (dx, ds) = torch.autograd.grad((y * y).sum(), (x, s))
+    assert y.dtype == dx.dtype == torch.float32 and ds.dtype == stride_dtype
+    with pyaudiok.use_backend("reference"):
+        want = fourier_crop(x.detach().double(), s.detach().double())
+    assert_close("output", y, want, torch.float32)
+
+
 @pytest.mark.parametrize("rank,stride", [("1d", 2.0), ("2d", 1.5), ("2d", 3.7)])
 def test_fft_path_in_chunks_of_rows(monkeypatch, rank, stride):
     """The CPU FFT path transforms a few rows per call: chunks of 4 rows over B·C = 6 (the last
@@ -329,3 +347,32 @@ def test_bad_method_and_smoothness():
         fourier_crop(x, s, method="dct")
     with pytest.raises(ValueError, match="smoothness"):
         fourier_crop(x, s, smoothness=0.0)
+    with pytest.raises(ValueError, match="smoothness"):  # not an OverflowError from the sizes
+        fourier_crop(x, s, smoothness=float("inf"))
+    for bad in ("4", None, torch.tensor([1.0, 2.0])):
+        with pytest.raises(TypeError, match="smoothness"):
+            fourier_crop(x, s, smoothness=bad)
+
+
+def test_a_constant_stride_is_taken_as_given():
+    """A Python number is not rounded to float32 (1e300 would read as ∞ and be refused)."""
+    x = torch.randn(1, 1, 16)
+    assert fourier_crop(x, 1e300).shape == (1, 1, fourier_crop_output_size(16, 1e300))
+
+
+@pytest.mark.parametrize("args,exc,words", [
+    ((-5, 2.0), ValueError, ["size", "[2,"]),
+    ((1, 2.0), ValueError, ["size", "[2,"]),
+    ((10.0, 2.0), TypeError, ["size", "int"]),
+    ((10, 0.0), ValueError, ["stride", ">= 1"]),
+    ((10, 0.5), ValueError, ["stride", ">= 1"]),
+    ((10, float("nan")), ValueError, ["stride", "finite"]),
+    ((10, "2"), TypeError, ["stride"]),
+    ((10, 2.0, 0.0), ValueError, ["smoothness"]),
+    ((10, 2.0, float("inf")), ValueError, ["smoothness"]),
+])
+def test_output_size_bad_input_raises_named_error(args, exc, words):
+    with pytest.raises(exc) as info:
+        fourier_crop_output_size(*args)
+    for word in words:
+        assert word in str(info.value)

@@ -199,6 +199,41 @@ def test_non_contiguous_input(backend):
     assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("x_dtype,param_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32),
+                                                 (torch.float16, torch.float32)])
+@pytest.mark.parametrize("window", [33, 129])
+def test_parameters_in_another_dtype_than_x(backend, x_dtype, param_dtype, window):
+    """x and the parameter vectors in different dtypes (float32 parameters with a half-precision x under
+    autocast, or a float64 x): every backend runs, in float64 where either is, and returns x's dtype
+    with each gradient in its input's dtype."""
+    device = require_backend(GABOR_POOL, backend, x_dtype) if backend != "reference" else torch.device("cpu")
+    if backend == "triton" and device.type == "cpu" and window > 33:
+        pytest.skip("long windows take ~20 s in the Triton interpreter: covered on a GPU")
+    x = waveform(2, 300, device, x_dtype)
+    p = params(3, device, param_dtype, window=window)
+    with pyaudiok.use_backend(backend):
+        got = gabor_pool(x, *p, window=window, stride=16)
+    grads = torch.autograd.grad(got.float().sum(), (x, *p))
+    assert got.dtype == x_dtype
+    assert [g.dtype for g in grads] == [x_dtype] + [param_dtype] * 3
+    want = gabor_pool_reference(x.double(), *(t.double() for t in p), window, 16)
+    assert rel_error(got, want) <= TOLERANCE[x_dtype] * 10
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("window", [9, 129])
+def test_no_filters_give_an_empty_result(backend, window):
+    device = require_backend(GABOR_POOL, backend) if backend != "reference" else torch.device("cpu")
+    x = waveform(2, 300, device)
+    p = params(0, device, window=window)
+    with pyaudiok.use_backend(backend):
+        y = gabor_pool(x, *p, window=window, stride=16)
+    assert y.shape == (2, 0, 19) and y.dtype == x.dtype
+    y.sum().backward()
+    assert torch.count_nonzero(x.grad) == 0 and p[0].grad.shape == (0,)
+
+
 def test_bad_inputs():
     x = torch.randn(2, 800)
     eta, sigma, pool = params(3, grad=False)
@@ -214,6 +249,8 @@ def test_bad_inputs():
         gabor_pool(x, eta, torch.zeros_like(sigma), pool)
     with pytest.raises(ValueError, match="window must be odd"):
         gabor_pool(x, eta, sigma, pool, window=400)
+    with pytest.raises(ValueError, match=r"window must be in \[3,"):  # no pooling width at h = 0 (NaN)
+        gabor_pool(x, eta, sigma, pool, window=1)
     with pytest.raises(TypeError, match="center_freqs must have dtype"):
         gabor_pool(x, eta.long(), sigma, pool)
     with pytest.raises(TypeError, match="stride must be an int"):

@@ -186,6 +186,23 @@ def test_half_inputs_keep_fp32_state(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("param_dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_parameters_in_another_dtype_than_E(backend, param_dtype):
+    """float32 energies with parameters in another dtype: y is in E's dtype (not a parameter's),
+    each gradient in its input's dtype, the values the reference's."""
+    device = require_backend(PCEN, backend)
+    E, *p = inputs(2, 5, 30, device)
+    p = [t.detach().to(param_dtype).requires_grad_() for t in p]
+    with pyaudiok.use_backend(backend):
+        got = pcen(E, *p)
+    grads = torch.autograd.grad(got.square().sum(), (E, *p))
+    assert got.dtype == torch.float32
+    assert [g.dtype for g in grads] == [torch.float32] + [param_dtype] * 4
+    want = pcen_reference(E.double(), *(t.double() for t in p))
+    assert_close("y", got, want, torch.float32, scale=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_raw_op_passes_opcheck(backend):
     device = require_backend(PCEN, backend)
     E, a, d, r, s = inputs(2, 3, 20, device, grad=False)
