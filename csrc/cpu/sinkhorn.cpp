@@ -471,7 +471,9 @@ void sinkhorn_forward_one(const float* cost, const float* log_a, const float* lo
   FlushDenormals flush_denormals;
   auto slot_f = [&](int64_t k) { return hist_f + (s.slots == 2 ? k & 1 : k) * s.n; };
   auto slot_g = [&](int64_t k) { return hist_g + (s.slots == 2 ? k & 1 : k) * s.m; };
-  const bool history = s.slots > 2;
+  // One iteration's two slots are a history too (slot 0 keeps the zero start the backward reads); a
+  // 2-slot ring would overwrite it with the final values.
+  const bool history = s.slots == s.n_iters + 1;
   std::fill(slot_f(0), slot_f(0) + s.n, 0.f);
   std::fill(slot_g(0), slot_g(0) + s.m, 0.f);
   std::vector<float> colmax(s.m), colsum(s.m);

@@ -22,7 +22,7 @@ import torch
 
 from . import _checks
 from ._library import eager_under_compile
-from .sinkhorn import sinkhorn
+from .sinkhorn import _check_options, sinkhorn
 
 __all__ = ["proportion_loss", "ot_pseudo_labels", "check_bags"]
 
@@ -65,14 +65,20 @@ def proportion_loss(probs_or_logits: torch.Tensor, bag_index: torch.Tensor, prop
     bags). Differentiable in probs_or_logits."""
     x, bag_index, proportions = check_bags("probs_or_logits", probs_or_logits, bag_index, proportions)
     clamp = _checks.positive_float("clamp", clamp)
+    if clamp >= 1:  # clamp(p̄, clamp, 1) would be 1 everywhere: a loss of 0 whatever the predictions
+        raise ValueError(f"clamp must be in (0, 1); got {clamp}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    if not isinstance(from_logits, bool):
+        raise TypeError(f"from_logits must be a bool; got {type(from_logits)!r}")
     work = torch.promote_types(x.dtype, torch.float32)  # half inputs accumulate in fp32
     if from_logits:
         probs = torch.softmax(x.to(work), dim=1)
     else:
         probs = x.to(work)
-        _checks.values_hold((probs >= 0).all(1) & ((probs.sum(1) - 1).abs() <= 1e-3),
+        # Probabilities rounded to bf16 sum to 1 only within its rounding (~0.2 % for a row).
+        atol = max(1e-3, torch.finfo(x.dtype).eps)
+        _checks.values_hold((probs >= 0).all(1) & ((probs.sum(1) - 1).abs() <= atol),
                             "probs_or_logits with from_logits=False must hold probabilities: non-negative rows "
                             "summing to 1 (pass logits with from_logits=True)")
     n_bags = proportions.shape[0]
@@ -125,6 +131,9 @@ def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportio
     eps, n_iters, tol as in pyaudiok.ops.sinkhorn (log-probabilities are clamped at log of the
     dtype's smallest normal number, so a zero probability is a large, finite cost)."""
     log_probs, bag_index, proportions = check_bags("log_probs", log_probs, bag_index, proportions)
+    _check_options(eps, n_iters, tol, "implicit")  # here too, not only in sinkhorn: B = 0 returns early
+    if not isinstance(hard, bool):
+        raise TypeError(f"hard must be a bool; got {type(hard)!r}")
     _checks.values_hold(~torch.isnan(log_probs) & (log_probs != math.inf), "log_probs must not hold NaN or +inf")
     B, K = log_probs.shape
     if B == 0:

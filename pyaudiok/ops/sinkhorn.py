@@ -46,7 +46,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op
+from ._library import cpp_op, extension_loaded, first_order, register_backends, triton_op
 
 __all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_rank", "sinkhorn_sort", "log_sinkhorn_normalize",
            "sinkhorn_reference"]
@@ -106,7 +106,11 @@ def implicit_vjp(grad_plan, grad_f, grad_g, plan, log_a, log_b, eps):
     # K = diag(cols) − Pᵀ diag(1/rows) P is singular along 1 (the gauge f + c, g − c); adding 11ᵀ/m
     # fixes the gauge without changing the solution for right-hand sides orthogonal to 1.
     m = P.shape[2]
-    K = torch.diag_embed(cols) - P.transpose(1, 2) @ Pa + 1.0 / m
+    # At small ε the plan's support splits into blocks with a gauge each (or into single entries: a
+    # near-permutation), and K is singular to working precision (zero pivots): a ridge at rounding
+    # level keeps the solve finite without moving well-conditioned solutions beyond rounding.
+    ridge = 4 * torch.finfo(P.dtype).eps * cols.amax(1, keepdim=True).clamp_min(tiny)
+    K = torch.diag_embed(cols + ridge) - P.transpose(1, 2) @ Pa + 1.0 / m
     rhs = r2 - (Pa.transpose(1, 2) @ r1[:, :, None])[:, :, 0]
     v = torch.linalg.solve(K, rhs)
     u = (r1 - (P @ v[:, :, None])[:, :, 0]) / rows
@@ -131,6 +135,10 @@ class _ImplicitReference(torch.autograd.Function):
 
 
 def _reference(cost, log_a, log_b, eps, n_iters, tol, backward):
+    if cost.dtype in (torch.float16, torch.bfloat16):
+        # As the fused backends do: half costs transported in fp32 (f and g stay fp32), plan rounded back.
+        plan, f, g, iters = _reference(cost.float(), log_a.float(), log_b.float(), eps, n_iters, tol, backward)
+        return plan.to(cost.dtype), f, g, iters
     if backward == "implicit":
         return _ImplicitReference.apply(cost, log_a, log_b, eps, n_iters, tol)
     return sinkhorn_reference(cost, log_a, log_b, eps, n_iters, tol)
@@ -156,6 +164,7 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable]) -> Non
         # for those instead of zero tensors the size of the history made on each backward.
         ctx.set_materialize_grads(False)
 
+    @first_order("sinkhorn")
     def backward(ctx, grad_plan, grad_f, grad_g, *unused):
         cost, log_a, log_b, plan, iters, hist_f, hist_g = ctx.saved_tensors
         if not ctx.history:
@@ -220,17 +229,23 @@ register_backends(SINKHORN, reference=_reference, cpu=_fused(lambda: cpp_op("sin
 # ----------------------------------------------------------------------------------------------
 # Public API.
 
+def _log_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the log-marginals: at least fp32, as log(1/n) rounded to half would unbalance them."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _check_marginal(name: str, value, cost: torch.Tensor, dim: int) -> torch.Tensor:
     B, size = cost.shape[0], cost.shape[dim]
     if value is None:
-        return torch.full((B, size), -math.log(size) if size else 0.0, dtype=cost.dtype, device=cost.device)
+        return torch.full((B, size), -math.log(size) if size else 0.0, dtype=_log_dtype(cost.dtype),
+                          device=cost.device)
     layout = f"[B, {'n' if dim == 1 else 'm'}] = [{B}, {size}]"
     value = _checks.float_tensor(name, value, ndim=2, layout=layout)
     if tuple(value.shape) != (B, size):
         raise ValueError(f"{name} must have shape {layout}; got {_checks.shape_str(value.shape)}")
     _checks.same_device(name, value, "cost", cost)
     _checks.values_hold(torch.isfinite(value) & (value >= 0), f"{name} must be finite and non-negative")
-    return value.log().to(cost.dtype)
+    return value.to(_log_dtype(value.dtype)).log().to(_log_dtype(cost.dtype))
 
 
 def _check_options(eps, n_iters, tol, backward):
@@ -269,10 +284,12 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     log_b = _check_marginal("b", b, cost, 2)
     if a is not None or b is not None:
         sa, sb = log_a.double().exp().sum(-1), log_b.double().exp().sum(-1)
+        # Half-precision marginals balance only to their own rounding.
+        rtol = max([1e-4] + [torch.finfo(x.dtype).eps for x in (a, b) if x is not None])
         # An empty cost has nothing to transport: its totals are not compared.
-        balanced = (sa - sb).abs() <= 1e-4 * sb.abs() if cost.numel() else sa.new_ones((), dtype=torch.bool)
-        _checks.values_hold(balanced, "a and b must have equal totals per batch element (balanced transport)",
-                            lambda: f"a.sum(-1) = {sa.tolist()[:4]}, b.sum(-1) = {sb.tolist()[:4]}")
+        balanced = ((sa - sb).abs() <= rtol * sb) & (sb > 0) if cost.numel() else sa.new_ones((), dtype=torch.bool)
+        _checks.values_hold(balanced, "a and b must have equal totals per batch element (balanced transport), "
+                            "and totals > 0", lambda: f"a.sum(-1) = {sa.tolist()[:4]}, b.sum(-1) = {sb.tolist()[:4]}")
     if cost.shape[1] == 0 or cost.shape[2] == 0:
         raise ValueError(f"cost must have n, m >= 1; got shape {_checks.shape_str(cost.shape)}")
     result = _run(cost, log_a, log_b, eps, n_iters, tol, backward)
@@ -296,8 +313,8 @@ def _ranking_plan(scores, m, eps, n_iters, tol, backward):
     anchors = torch.arange(m, dtype=scores.dtype, device=scores.device) / (m - 1)
     cost = (_squash(scores)[:, :, None] - anchors[None, None, :]).square()
     B = scores.shape[0]
-    log_a = torch.full((B, n), -math.log(n), dtype=scores.dtype, device=scores.device)
-    log_b = torch.full((B, m), -math.log(m), dtype=scores.dtype, device=scores.device)
+    log_a = torch.full((B, n), -math.log(n), dtype=_log_dtype(scores.dtype), device=scores.device)
+    log_b = torch.full((B, m), -math.log(m), dtype=_log_dtype(scores.dtype), device=scores.device)
     return scores, _run(cost, log_a, log_b, eps, n_iters, tol, backward).plan, m
 
 
@@ -307,7 +324,8 @@ def sinkhorn_rank(scores: torch.Tensor, *, eps: float = 1e-2, m: int | None = No
     (default m = n): r_i = 1 + (n − 1)/(m − 1) · n · Σ_j P_ij j. Differentiable in scores."""
     scores, plan, m = _ranking_plan(scores, m, eps, n_iters, tol, backward)
     if plan is None:
-        return torch.ones_like(scores)
+        # Ranks 1 whatever the scores, yet still in the graph (zero gradient), as for n >= 2.
+        return torch.where(torch.ones_like(scores, dtype=torch.bool), 1.0, scores)
     n = scores.shape[1]
     j = torch.arange(m, dtype=plan.dtype, device=plan.device)
     return 1 + (n - 1) / (m - 1) * n * (plan @ j)
@@ -318,7 +336,8 @@ def sinkhorn_sort(scores: torch.Tensor, *, eps: float = 1e-2, m: int | None = No
     """Soft sorted scores [B, m] (ascending) by OT: m · Pᵀ θ. Differentiable in scores."""
     scores, plan, m = _ranking_plan(scores, m, eps, n_iters, tol, backward)
     if plan is None:
-        return scores.clone()
+        # n = 1: every anchor takes the one score; an empty batch: [0, m] as well.
+        return scores.mean(-1, keepdim=True).expand(scores.shape[0], m).clone() if scores.shape[1] else scores.clone()
     return m * (plan.transpose(1, 2) @ scores[:, :, None])[:, :, 0]
 
 
@@ -331,13 +350,19 @@ def log_sinkhorn_normalize(logits: torch.Tensor, *, n_iters: int = 20, tau: floa
     logits = _checks.float_tensor("logits", logits, min_ndim=2, layout="[..., n, m]")
     n_iters = _checks.int_in_range("n_iters", n_iters, 1, 10**6)
     tau = _checks.positive_float("tau", tau)
+    if not isinstance(gumbel_noise, bool):
+        raise TypeError(f"gumbel_noise must be a bool; got {type(gumbel_noise)!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     x = logits
     if gumbel_noise:
-        u = torch.rand(logits.shape, generator=generator, dtype=torch.float32).to(logits.device)
+        # Drawn where the generator lives (the CPU by default: the same noise on any device).
+        where = generator.device if generator is not None else torch.device("cpu")
+        u = torch.rand(logits.shape, generator=generator, dtype=torch.float32, device=where).to(logits.device)
         x = x - torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp_min(1e-20)).to(logits.dtype)
     *lead, n, m = x.shape
-    cost = -(x / tau).reshape(-1, n, m)
-    B = cost.shape[0]
+    B = math.prod(lead)  # not reshape(-1, ...): ambiguous when n or m is 0
+    cost = -(x / tau).reshape(B, n, m)
     if B == 0 or n == 0 or m == 0:
         return (x / tau).clone()
     zeros_a, zeros_b = cost.new_zeros(B, n), cost.new_zeros(B, m)

@@ -30,7 +30,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op, upcast_half
+from ._library import cpp_op, extension_loaded, first_order, register_backends, triton_op, upcast_half
 
 __all__ = ["soft_rank", "soft_sort", "soft_rank_reference", "soft_sort_reference", "pav_blocks"]
 
@@ -132,6 +132,7 @@ def _register(qualname: str, backward_op: Callable[[], Callable]) -> None:
         # The index outputs take no gradient: no zero tensors made for them on each backward.
         ctx.set_materialize_grads(False)
 
+    @first_order("soft_rank")
     def backward(ctx, grad_out, grad_perm, grad_blocks):
         x, out, perm, blocks = ctx.saved_tensors
         if grad_out is None:
@@ -191,7 +192,7 @@ def _check(x, regularization, regularization_strength, descending) -> torch.Tens
         raise ValueError(f"regularization must be one of {REGULARIZATIONS}; got {regularization!r}")
     _checks.positive_float("regularization_strength", regularization_strength)
     if not isinstance(descending, bool):
-        raise TypeError(f"descending must be a bool; got {type(descending).__name__}")
+        raise TypeError(f"descending must be a bool; got {type(descending)!r}")
     return x
 
 

@@ -65,6 +65,17 @@ def test_proportion_loss_gradcheck_and_empty_bags():
     torch.testing.assert_close(proportion_loss(logits, bag_index, props), per_bag.sum() / 3)
 
 
+def test_proportion_loss_takes_bfloat16_probabilities():
+    """Probabilities rounded to bf16 sum to 1 only within bf16's rounding: still probabilities."""
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(2 * torch.randn(16, 10, generator=gen), 1)
+    bag_index, props = torch.arange(16) % 2, torch.full((2, 10), 0.1)
+    assert (probs.bfloat16().float().sum(1) - 1).abs().max() > 1e-3  # beyond a float32 tolerance
+    loss = proportion_loss(probs.bfloat16(), bag_index, props, from_logits=False)
+    want = proportion_loss(probs, bag_index, props, from_logits=False)
+    assert loss.dtype == torch.bfloat16 and loss.item() == pytest.approx(want.item(), rel=1e-2)
+
+
 def test_proportion_loss_empty_batch_is_zero_with_a_gradient():
     logits = torch.randn(0, 3, requires_grad=True)
     loss = proportion_loss(logits, torch.zeros(0, dtype=torch.int64), torch.full((2, 3), 1 / 3))
@@ -262,6 +273,19 @@ def test_bad_options():
         ot_pseudo_labels(x, bags, props, eps=0.0)
     with pytest.raises(ValueError, match="NaN"):
         ot_pseudo_labels(torch.full((4, 3), math.nan), bags, props)
+    for clamp in (1.0, 2.0):  # clamp(p̄, clamp, 1) = 1: a loss of 0 whatever the predictions
+        with pytest.raises(ValueError, match=r"clamp must be in \(0, 1\)"):
+            proportion_loss(x, bags, props, clamp=clamp)
+    with pytest.raises(TypeError, match="from_logits must be a bool"):
+        proportion_loss(x, bags, props, from_logits=None)
+    with pytest.raises(TypeError, match="hard must be a bool"):
+        ot_pseudo_labels(x, bags, props, hard=1)
+    # An empty batch returns before the transport: its options are checked all the same.
+    empty, no_bags = torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)
+    with pytest.raises(ValueError, match="eps"):
+        ot_pseudo_labels(empty, no_bags, props, eps=-1.0)
+    with pytest.raises(ValueError, match="n_iters"):
+        ot_pseudo_labels(empty, no_bags, props, n_iters=0)
 
 
 def test_orientation_puts_instances_along_m_within_the_triton_limit():

@@ -10,8 +10,8 @@ import pyaudiok
 from pyaudiok.ops import log_sinkhorn_normalize, sinkhorn, sinkhorn_rank, sinkhorn_sort
 from pyaudiok.ops.sinkhorn import SINKHORN, _triton_backward, _triton_forward, sinkhorn_reference
 
-from ..harness import (FUSED_BACKENDS, compare_with_reference, forward_opcheck_tests, opcheck, poisoned_outputs,
-                       require_backend)
+from ..harness import (FUSED_BACKENDS, assert_close, compare_with_reference, forward_opcheck_tests, opcheck,
+                       poisoned_outputs, require_backend)
 
 
 def marginals(B, n, m, device, zero_row=False):
@@ -37,6 +37,14 @@ def test_unrolled_forward_and_gradients_match_reference(backend, B, n, m, eps):
     a, b = marginals(B, n, m, device)
     compare_with_reference(_state(eps=eps, n_iters=12, tol=None), (cost, a.requires_grad_(True),
                                                                  b.requires_grad_(True)), backend, scale=5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
+def test_one_unrolled_iteration_gradients_match_reference(backend):
+    """n_iters = 1: a history of two slots, iteration 0 (zeros) and 1, as long as the scratch."""
+    device = require_backend(SINKHORN, backend)
+    cost = torch.rand(2, 5, 4, device=device).requires_grad_(True)
+    compare_with_reference(_state(eps=0.3, n_iters=1, tol=None), (cost, *marginals(2, 5, 4, device)), backend)
 
 
 def regime_cost(regime, B, n, m, device):
@@ -94,6 +102,28 @@ def test_early_stop_and_implicit_backward_match_reference(backend):
                            (cost, a.requires_grad_(True), b.requires_grad_(True)), backend, scale=20)
 
 
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+def test_implicit_backward_of_a_near_permutation_plan(backend):
+    """At small ε the plan is (nearly) a permutation: its support splits into blocks, each with a
+    gauge of its own, and the implicit system is singular to working precision. The gradients
+    must still come out (not a singular-matrix error), and equal the unrolled ones."""
+    device = require_backend(SINKHORN, backend) if backend != "reference" else torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    cost = (1 - torch.eye(3) + 0.1 * torch.arange(3.0)[:, None]).expand(2, 3, 3).contiguous()
+    random_cost = 5 * torch.rand(2, 9, 9, generator=gen)  # sharp: C/ε up to 800
+    for c, eps in ((cost, 0.01), (random_cost, 0.006)):
+        weight = torch.randn(c.shape, generator=gen).to(device)
+        grads = []
+        for mode in ("implicit", "unroll"):
+            leaf = c.to(device).requires_grad_(True)
+            with pyaudiok.use_backend(backend):
+                plan = sinkhorn(leaf, eps=eps, n_iters=30, tol=None, backward=mode)
+            grads.append(torch.autograd.grad((plan * weight).sum(), leaf)[0])
+        assert torch.isfinite(grads[0]).all()
+        if c is cost:  # converged within the 30 iterations
+            torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=0)
+
+
 def test_reference_gradcheck():
     cost = torch.rand(2, 4, 5, dtype=torch.float64, requires_grad=True)
     a, b = marginals(2, 4, 5, "cpu")
@@ -147,6 +177,45 @@ def test_half_cost_on_cpu():
     with pyaudiok.use_backend("cpu"):
         plan = sinkhorn(cost, eps=0.01, n_iters=50)
     assert plan.dtype == torch.float16 and torch.isfinite(plan).all()
+
+
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_half_cost_with_balanced_marginals(backend, dtype):
+    """A half cost (autocast) with float32 marginals that balance exactly, or half marginals
+    normalised in their own dtype: the marginals are not rounded to the cost's dtype (which would
+    unbalance them: a ValueError), and the plan is the float32 one, rounded."""
+    device = require_backend(SINKHORN, backend, dtype) if backend != "reference" else torch.device("cpu")
+    B, n, m = 2, 17, 30
+    cost = torch.rand(B, n, m, device=device)
+    a, b = marginals(B, n, m, device)
+    with pyaudiok.use_backend(backend):
+        plan = sinkhorn(cost.to(dtype), a, b, eps=0.1, n_iters=20, tol=None)
+        half = [x.to(dtype) / x.to(dtype).sum(-1, keepdim=True) for x in (a, b)]
+        assert sinkhorn(cost.to(dtype), *half, eps=0.1, n_iters=20, tol=None).dtype == dtype
+    want = sinkhorn_reference(cost.to(dtype).double(), a.double().log(), b.double().log(), 0.1, 20, None)[0]
+    assert plan.dtype == dtype
+    assert_close("plan", plan, want, dtype)
+
+
+def test_sinkhorn_sort_and_rank_of_one_score_with_m_anchors():
+    """n = 1 (and empty batches) skip the transport; the shapes and gradients are still those of
+    the general case: sort [B, m] (every anchor takes the score), rank 1 with a zero gradient."""
+    scores = torch.randn(3, 1, requires_grad=True)
+    sorted_ = sinkhorn_sort(scores, m=4)
+    assert sorted_.shape == (3, 4) and torch.equal(sorted_.detach(), scores.detach().expand(3, 4))
+    ranks = sinkhorn_rank(scores, m=4)
+    (sorted_.sum() + ranks.sum()).backward()
+    assert torch.equal(ranks, torch.ones(3, 1)) and torch.equal(scores.grad, torch.full((3, 1), 4.0))
+    assert sinkhorn_sort(torch.randn(0, 5), m=3).shape == (0, 3)
+
+
+def test_log_sinkhorn_normalize_keeps_empty_shapes():
+    for shape in ((2, 0, 3), (2, 3, 0), (0, 3, 3), (2, 0, 0, 4)):
+        x = torch.randn(shape, requires_grad=True)
+        out = log_sinkhorn_normalize(x, n_iters=3)
+        out.sum().backward()
+        assert out.shape == shape and x.grad.shape == shape
 
 
 # Hundreds of iterations are slow in the Triton interpreter: Triton's ranking is checked against the
@@ -378,11 +447,15 @@ def _cost():
     (lambda: sinkhorn(_cost(), torch.full((2, 4), 0.25), eps=0.1), ValueError, ["a", "[B, n]"]),
     (lambda: sinkhorn(_cost(), None, torch.full((2, 3), 1 / 3), eps=0.1), ValueError, ["b", "[B, m]"]),
     (lambda: sinkhorn(_cost(), torch.full((2, 3), 0.5), eps=0.1), ValueError, ["equal totals"]),
+    (lambda: sinkhorn(_cost(), torch.zeros(2, 3), torch.zeros(2, 4), eps=0.1), ValueError, ["totals > 0"]),
     (lambda: sinkhorn(_cost(), eps=0.1, backward="adjoint"), ValueError, ["backward", "implicit"]),
     (lambda: sinkhorn(_cost(), eps=0.1, n_iters=0), ValueError, ["n_iters"]),
     (lambda: sinkhorn(_cost(), eps=0.1, n_iters=None, tol=None), ValueError, ["n_iters", "tol"]),
     (lambda: sinkhorn_rank(torch.rand(3), eps=0.1), ValueError, ["scores", "[B, n]"]),
     (lambda: log_sinkhorn_normalize(torch.rand(3, 3), tau=0), ValueError, ["tau"]),
+    (lambda: log_sinkhorn_normalize(torch.rand(3, 3), gumbel_noise=True, generator=0), TypeError,
+     ["generator", "torch.Generator"]),
+    (lambda: log_sinkhorn_normalize(torch.rand(3, 3), gumbel_noise=1), TypeError, ["gumbel_noise", "bool"]),
 ])
 def test_bad_inputs(call, exc, words):
     with pytest.raises(exc) as info:

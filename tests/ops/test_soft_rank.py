@@ -2,6 +2,7 @@
 limits, ties, sizes, half inputs, bad inputs, opcheck."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -182,6 +183,7 @@ def test_registered_ops_pass_opcheck(backend, kl, rank):
     ({"regularization_strength": "1"}, TypeError, ["regularization_strength"]),
     ({"regularization": "l1"}, ValueError, ["regularization", "l2"]),
     ({"descending": 1}, TypeError, ["descending", "bool"]),
+    ({"descending": np.bool_(True)}, TypeError, ["descending", "bool", "numpy"]),
 ])
 def test_bad_arguments(kwargs, exc, words):
     for fn in (soft_rank, soft_sort):
