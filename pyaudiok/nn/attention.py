@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyaudiok.dispatch import requested_backend
-from pyaudiok.ops import gather_rows_rotary, latent_cross_attention, split_heads_rotary
+from pyaudiok.ops import _checks, gather_rows_rotary, latent_cross_attention, split_heads_rotary
 from pyaudiok.ops.rotary import rotate_pairs
 from pyaudiok.ops.latent_attention import latent_cross_attention_trusted
 from pyaudiok.ops.token_attention import key_rows, token_attention_trusted
@@ -155,6 +155,10 @@ class PartialRotary(nn.Module):
 
     def __init__(self, head_dim: int, fraction: float = 0.5, base: float = 10000.0):
         super().__init__()
+        _checks.int_in_range("head_dim", head_dim, 1, 1 << 31)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be a number in [0, 1]; got {fraction!r}")
+        _checks.positive_float("base", base)
         self.dims = int(head_dim * fraction) // 2 * 2
         inv_freq = base ** (-torch.arange(0, self.dims, 2, dtype=torch.float64) / max(self.dims, 1))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
@@ -204,6 +208,8 @@ class LatentAttention(nn.Module):
 
     def __init__(self, width: int, heads: int, rotary_fraction: float = 0.5):
         super().__init__()
+        _checks.int_in_range("width", width, 1, 1 << 31)
+        _checks.int_in_range("heads", heads, 1, 1 << 31)
         if width % heads:
             raise ValueError(f"width {width} must be a multiple of heads {heads}")
         self.heads, self.head_dim = heads, width // heads

@@ -50,6 +50,8 @@ class ChannelEncoder(nn.Module):
                                  nn.Linear(hidden, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < 2:  # the spectrum without its DC bin needs at least one more bin
+            raise ValueError(f"ChannelEncoder needs signals of T >= 2 samples; got T = {x.shape[-1]}")
         window = torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype, device=x.device)
         power = torch.fft.rfft((x - x.mean(-1, keepdim=True)) * window, dim=-1).abs().square()
         power = nn.functional.adaptive_avg_pool1d(power[:, None, 1:], self.bands)[:, 0]  # without DC
@@ -144,6 +146,15 @@ def reordering_loss(A: torch.Tensor, where: torch.Tensor, present: torch.Tensor 
     if tuple(where.shape) != tuple(A.shape[:2]):
         raise ValueError(f"where must have shape [B, K] = {_checks.shape_str(A.shape[:2])}; "
                          f"got {_checks.shape_str(where.shape)}")
+    _checks.same_device("where", where, "A", A)
+    _checks.ints_within(where, 0, A.shape[2] - 1, f"where must lie in [0, C_in) = [0, {A.shape[2]})")
+    if present is not None:
+        present = _checks.tensor("present", present, ndim=2, layout=f"[B, K] = {_checks.shape_str(A.shape[:2])}",
+                                 dtypes=(torch.bool,))
+        if tuple(present.shape) != tuple(A.shape[:2]):
+            raise ValueError(f"present must have shape [B, K] = {_checks.shape_str(A.shape[:2])}; "
+                             f"got {_checks.shape_str(present.shape)}")
+        _checks.same_device("present", present, "A", A)
     picked = A.gather(2, where[:, :, None])[:, :, 0].clamp_min(1e-12).log()
     if present is None:
         return -picked.mean()

@@ -8,10 +8,13 @@ with fixed ones, and the complexity regulariser.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from pyaudiok.ops import _checks
 
 from pyaudiok.ops.fourier_crop import fourier_crop, fourier_crop_output_size
 
@@ -30,8 +33,12 @@ class _FourierCrop(nn.Module):
             values = values * self.dims
         if len(values) not in {1, self.dims} or (self.dims == 1 and len(values) != 1):
             raise ValueError(f"stride: expected 1 value{' or 2' if self.dims == 2 else ''}; got {values}")
-        if min(values) < lower_bound:
-            raise ValueError(f"stride must be >= {lower_bound}; got {values}")
+        # The op takes strides >= 1 only: a lower bound below 1 would let clamp_ keep invalid ones.
+        if not (math.isfinite(lower_bound) and lower_bound >= 1):
+            raise ValueError(f"lower_bound must be a finite number >= 1; got {lower_bound}")
+        if not all(math.isfinite(v) and v >= lower_bound for v in values):
+            raise ValueError(f"stride must be finite and >= {lower_bound}; got {values}")
+        _checks.positive_float("smoothness", smoothness)
         strides = torch.tensor(values, dtype=torch.float32)
         if learnable:
             self.strides = nn.Parameter(strides)
@@ -56,6 +63,8 @@ class _FourierCrop(nn.Module):
         return 1.0 / per_axis.prod()
 
     def output_size(self, *sizes: int) -> tuple[int, ...]:
+        if len(sizes) != self.dims:
+            raise ValueError(f"{type(self).__name__}.output_size takes {self.dims} input size(s); got {len(sizes)}")
         values = self.strides.detach().double().cpu().tolist()
         values = values * self.dims if len(values) == 1 else values
         rfft = (True,) if self.dims == 1 else (False, True)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as Fn
 
+from ..ops import _checks
 from ..ops.gabor_pool import FLOOR, gabor_filters, gabor_pool, gaussian_windows
 from ..ops.pcen import pcen
 
@@ -42,6 +43,14 @@ def mel_gabor_init(n_filters: int = 40, sample_rate: int = 16_000, min_freq: flo
                    max_freq: float = 7800.0, n_fft: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(η, σ) of Gabor filters matching a mel filterbank: η at each band's peak bin · 2π/n_fft and
     σ = √(2 ln 2) · n_fft / (π · FWHM in bins) of the square-rooted band."""
+    _checks.int_in_range("n_filters", n_filters, 1, 1 << 20)
+    _checks.int_in_range("n_fft", n_fft, 2, 1 << 30)
+    _checks.positive_float("sample_rate", sample_rate)
+    # Bands beyond Nyquist, or an empty range, have no FFT bin to sit on: their filters would be degenerate.
+    if not (isinstance(min_freq, (int, float)) and isinstance(max_freq, (int, float))
+            and 0 <= min_freq < max_freq <= sample_rate / 2):
+        raise ValueError(f"need 0 <= min_freq < max_freq <= sample_rate / 2 = {sample_rate / 2:g}; "
+                         f"got min_freq = {min_freq!r}, max_freq = {max_freq!r}")
     bank = mel_filterbank(n_filters, n_fft, sample_rate, min_freq, max_freq).sqrt()
     peaks, peak_bins = bank.max(dim=1)
     fwhm = (bank >= peaks[:, None] / 2).sum(dim=1).to(torch.float64)
@@ -69,6 +78,7 @@ class GaborFilterbank(nn.Module):
         return eta, sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.float_tensor("x", x, ndim=2, layout="[B, T]")
         u = Fn.conv1d(x[:, None].float(), gabor_filters(*self.clipped(), self.window), padding=self.window // 2)
         return u[:, 0::2] ** 2 + u[:, 1::2] ** 2
 
@@ -79,6 +89,9 @@ class GaussianLowpass(nn.Module):
 
     def __init__(self, n_channels: int = 40, window: int = 401, stride: int = 160, init: float = 0.4):
         super().__init__()
+        _checks.int_in_range("n_channels", n_channels, 1, 1 << 20)
+        _checks.int_in_range("window", window, 1, 1 << 30)
+        _checks.int_in_range("stride", stride, 1, 1 << 30)
         self.window, self.stride = window, stride
         self.pool_widths = nn.Parameter(torch.full((n_channels,), float(init)))
 
@@ -97,6 +110,7 @@ class SPCEN(nn.Module):
     def __init__(self, n_channels: int = 40, alpha: float = 0.96, delta: float = 2.0, root: float = 2.0,
                  smooth: float = 0.04, eps: float = 1e-12):
         super().__init__()
+        _checks.int_in_range("n_channels", n_channels, 1, 1 << 20)
         self.eps = eps
         full = lambda v: nn.Parameter(torch.full((n_channels,), float(v)))  # noqa: E731
         self.alpha, self.delta, self.root, self.smooth = full(alpha), full(delta), full(root), full(smooth)
@@ -114,6 +128,9 @@ class Leaf(nn.Module):
                  hop_ms: float = 10.0, min_freq: float = 60.0, max_freq: float = 7800.0, n_fft: int = 512,
                  compression: bool = True):
         super().__init__()
+        _checks.positive_float("sample_rate", sample_rate)
+        _checks.positive_float("window_ms", window_ms)
+        _checks.positive_float("hop_ms", hop_ms)
         window = int(sample_rate * window_ms / 1000) // 2 * 2 + 1  # 25 ms at 16 kHz: 401 taps
         self.stride = max(1, int(round(sample_rate * hop_ms / 1000)))
         self.window = window

@@ -66,3 +66,10 @@ def test_short_training_run_learns():
     with torch.no_grad():
         accuracy = (model(shuffle_channels(x, None, gen)[0]).argmax(1) == y).float().mean().item()
     assert accuracy > 0.45
+
+
+@pytest.mark.parametrize("field, value", [("n_classes", 0), ("filters", 0), ("kernel", 0), ("pool", 0),
+                                          ("dropout", 1.5), ("sinkhorn_eps", 0.0)])
+def test_bad_config_is_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        CharmConfig(**{field: value})

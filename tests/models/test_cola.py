@@ -58,3 +58,18 @@ def test_unknown_frontend_or_encoder_is_rejected():
         COLAConfig(frontend="mfcc")
     with pytest.raises(ValueError, match="encoder must be one of"):
         COLAConfig(encoder="resnet")
+
+
+def test_bad_inputs_and_config_are_named():
+    model = COLA(COLAConfig(widths=(4, 8), embedding_dim=16))
+    with pytest.raises(ValueError, match=r"\[B, T\] or \[B, 1, T\]"):
+        model.embed(torch.randn(2, 2, 4000))  # two channels: not silently the first one
+    with pytest.raises(ValueError, match="at least win_length"):
+        model.embed(torch.randn(2, 100))
+    with pytest.raises(ValueError, match="positives must have the shape of anchors"):
+        model(torch.randn(2, 4000), torch.randn(2, 3000))
+    for field in ("hop_length", "n_mels", "embedding_dim"):
+        with pytest.raises(ValueError, match=field):
+            COLAConfig(**{field: 0})
+    with pytest.raises(ValueError, match="f_max"):
+        COLAConfig(f_max=9000.0)

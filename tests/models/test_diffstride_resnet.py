@@ -43,3 +43,15 @@ def test_bad_arguments():
         resnet18_diffstride(10, strides=(1, 2))
     with pytest.raises(ValueError, match="pooling"):
         resnet18_diffstride(10, pooling="max")
+
+
+def test_non_finite_strides_and_wrong_inputs_are_named():
+    with pytest.raises(ValueError, match="strides must be 5 finite values"):
+        resnet18_diffstride(3, (1, 1, 2, 2, float("nan")), width=4)
+    with pytest.raises(ValueError, match="num_classes"):
+        resnet18_diffstride(0, width=4)
+    model = resnet18_diffstride(3, width=4)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, C, H, W\]"):
+        model(torch.randn(1, 3, 16))
+    with pytest.raises(ValueError, match="in_channels"):
+        model(torch.randn(1, 2, 16, 16))

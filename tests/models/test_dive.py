@@ -90,3 +90,12 @@ def test_short_run_loss_falls_and_der_is_computed():
     hyp = model.diarize(x)
     assert len(hyp) == 3
     assert 0 <= diarization_error_rate(segs[0], hyp[0]).der < float("inf")
+
+
+def test_bad_config_and_short_input_are_named():
+    for kwargs, match in ((dict(frame_rate=0), "frame_rate"), (dict(frame_rate=16_000), "frame_rate"),
+                          (dict(collar=-1.0), "collar"), (dict(max_speakers=0), "max_speakers")):
+        with pytest.raises(ValueError, match=match):
+            _tiny(**kwargs)
+    with pytest.raises(ValueError, match="at least one frame"):
+        DIVE(_tiny())(torch.randn(2, 50))

@@ -28,3 +28,15 @@ def test_default_head_widths_and_bad_frontend():
     assert sum(p.numel() for p in model.frontend.parameters()) == 280
     with pytest.raises(ValueError, match="frontend must be 'leaf' or 'mel'"):
         LeafClassifier(10, frontend="sinc")
+
+
+def test_mel_frontend_checks_its_input_and_takes_one_channel():
+    model = LeafClassifier(3, frontend="mel", n_filters=8, channels=(4, 4, 4, 4, 4, 4)).eval()
+    x = torch.randn(2, 1600)
+    torch.testing.assert_close(model(x[:, None]), model(x))  # [B, 1, T], as the LEAF frontend takes
+    with pytest.raises(ValueError, match="T > n_fft / 2"):
+        model(torch.randn(2, 100))
+    with pytest.raises(ValueError, match=r"\[B, T\] or \[B, 1, T\]"):
+        model(torch.randn(1600))
+    with pytest.raises(ValueError, match="n_classes"):
+        LeafClassifier(0)

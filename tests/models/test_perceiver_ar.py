@@ -356,3 +356,48 @@ def test_cross_attend_dropout_selection_equals_sorting(monkeypatch):
     rand = torch.rand  # scores with ties at the boundary: the sorting route
     monkeypatch.setattr(torch, "rand", lambda *shape, **kw: (rand(*shape, **kw) * 4).floor())
     check(0)
+
+
+@pytest.mark.parametrize("field, value", [("heads", 0), ("heads", 3), ("width", 0), ("vocab_size", 0), ("latents", 0),
+                                          ("latents", 41), ("layers", -1), ("mlp_ratio", 0), ("rotary_fraction", 1.5),
+                                          ("cross_dropout", -0.1), ("z_loss", -1.0)])
+def test_bad_config_is_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        PerceiverARConfig(**{**TINY, field: value})
+
+
+def test_out_of_vocabulary_tokens_and_bad_sequences_are_named():
+    model = _model()
+    for bad in (32, -1):
+        with pytest.raises(ValueError, match=r"tokens must lie in \[0, vocab_size\)"):
+            model(torch.full((1, 20), bad))
+    with pytest.raises(TypeError, match="latents must be an int"):
+        model(torch.randint(0, 32, (1, 20)), 2.0)
+    with pytest.raises(ValueError, match=r"sequence must be a tensor \[B, T \+ 1\]"):
+        model.loss(torch.randint(0, 32, (2, 1)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"), (dict(top_p=-0.1), "top_p"),
+    (dict(carry=0), "carry"), (dict(steps=-1), "steps")])
+def test_generate_rejects_bad_sampling_arguments(kwargs, match):
+    model = _model().eval()
+    steps = kwargs.pop("steps", 3)
+    with pytest.raises(ValueError, match=match):
+        generate(model, torch.randint(0, 32, (1, 4)), steps, **kwargs)
+
+
+def test_generate_edge_cases():
+    model = _model().eval()
+    prompt = torch.randint(0, 32, (2, 1))
+    assert torch.equal(generate(model, prompt, 0), prompt)
+    greedy = generate(model, prompt, 6, temperature=0)
+    # top_p = 0 keeps only the most likely token: greedy decoding, not an error.
+    assert torch.equal(generate(model, prompt, 6, top_p=0.0, generator=torch.Generator().manual_seed(0)), greedy)
+    with pytest.raises(ValueError, match="prompt must be an integer tensor"):
+        generate(model, prompt[:, :0], 3)
+    with pytest.raises(ValueError, match="prompt tokens must lie"):
+        generate(model, prompt + 32, 3)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        filter_logits(torch.zeros(1, 4), temperature=0)

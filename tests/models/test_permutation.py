@@ -58,3 +58,11 @@ def test_bad_configuration():
         PermutationPretext(n_mels=8, frames=8, time_patches=2, dim=8).patches(torch.zeros(1, 8, 9))
     with pytest.raises(ValueError, match="pooling"):
         PermutationPretext(n_mels=8, frames=8, time_patches=2, dim=8).embed(torch.zeros(1, 8, 8), "max")
+
+
+def test_bad_sizes_and_eps_are_named():
+    for kwargs, match in ((dict(time_patches=0), "time_patches"), (dict(dim=0), "dim"), (dict(eps=0.0), "eps")):
+        with pytest.raises(ValueError, match=match):
+            PermutationPretext(8, 16, **kwargs)
+    with pytest.raises(TypeError, match="logmel must have dtype"):
+        PermutationPretext(8, 16, dim=8)(torch.ones(2, 8, 16, dtype=torch.long))

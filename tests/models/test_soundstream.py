@@ -374,3 +374,28 @@ def test_public_names():
     import pyaudiok.nn
     from pyaudiok.nn.quantization import ResidualVQ
     assert pyaudiok.models.SoundStream is SoundStream and pyaudiok.nn.ResidualVQ is ResidualVQ
+
+
+@pytest.mark.parametrize("field, value", [("channels", 0), ("dim", 0), ("sample_rate", 0), ("dilations", (0,)),
+                                          ("num_conditions", 0), ("strides", (2, 0))])
+def test_bad_config_is_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_conditions_are_checked():
+    wav = torch.randn(2, 1, 64)
+    with pytest.raises(ValueError, match="film_conditioning=True"):
+        tiny_model()(wav, condition=1)  # a model without FiLM must not ignore it
+    film = tiny_model(film_conditioning=True)
+    for bad in (2, -1, torch.tensor([0, 1, 1]), 0.5):
+        with pytest.raises(ValueError, match="condition"):
+            film(wav, condition=bad)
+
+
+def test_codes_of_zero_frames_check_n_q():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"n_q must be in \[1, 4\]"):
+        model.encode(torch.randn(2, 1, 0), n_q=9)
+    with pytest.raises(TypeError, match="wav must have dtype"):
+        model(torch.zeros(2, 1, 64, dtype=torch.long))

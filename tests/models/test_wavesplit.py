@@ -83,3 +83,18 @@ def test_short_run_loss_falls():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
+
+
+def test_bad_speakers_sources_and_config_are_named():
+    model = Wavesplit(_tiny())
+    x = torch.randn(1, 64)
+    for bad in (-1, 5):  # a negative id would silently read the table from its end
+        with pytest.raises(ValueError, match=r"speakers must lie in \[0, num_speakers\) = \[0, 5\)"):
+            model(x, torch.tensor([[0, bad]]))
+    with pytest.raises(TypeError, match="speakers must have dtype"):
+        model(x, torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"sources must have shape \[B, N, S\] = \[1, 2, 64\]"):
+        model.loss(x, torch.randn(1, 3, 64), torch.tensor([[0, 1]]))
+    for field in ("hop", "kernel", "channels", "embed_dim"):
+        with pytest.raises(ValueError, match=field):
+            Wavesplit(_tiny(**{field: 0}))

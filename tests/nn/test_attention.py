@@ -1,4 +1,5 @@
 """Partial rotary encoding and the attention module over latent_cross_attention."""
+import pytest
 import torch
 
 from pyaudiok.nn import LatentAttention, PartialRotary
@@ -49,3 +50,15 @@ def test_head_split_without_gradient_equals_the_autograd_path():
         assert without[0].grad_fn is None
         for a, b in zip(with_grad, without):
             assert b.is_contiguous() and torch.equal(a.detach(), b)
+
+
+def test_bad_construction_is_named():
+    for kwargs, match in ((dict(width=8, heads=0), "heads"), (dict(width=0, heads=1), "width"),
+                          (dict(width=8, heads=3), "multiple of heads"),
+                          (dict(width=8, heads=2, rotary_fraction=1.5), "fraction")):
+        with pytest.raises(ValueError, match=match):
+            LatentAttention(**kwargs)
+    with pytest.raises(ValueError, match="fraction"):
+        PartialRotary(8, -0.5)
+    with pytest.raises(ValueError, match="base"):
+        PartialRotary(8, 0.5, base=0.0)

@@ -179,3 +179,17 @@ def test_reordering_loss():
         reordering_loss(A, torch.zeros(2, 4, dtype=torch.int64))
     with pytest.raises(TypeError, match="where must have dtype int64"):
         reordering_loss(A, where.float())
+
+
+def test_single_sample_signals_and_bad_reordering_targets_are_named():
+    with pytest.raises(ValueError, match="T >= 2"):
+        ChannelReorder(4, d=8)(torch.randn(2, 3, 1))
+    A = torch.softmax(torch.randn(2, 3, 4), -1)
+    for bad in (4, -1):
+        with pytest.raises(ValueError, match=r"where must lie in \[0, C_in\) = \[0, 4\)"):
+            reordering_loss(A, torch.full((2, 3), bad))
+    where = torch.zeros(2, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"present must have shape \[B, K\] = \[2, 3\]"):
+        reordering_loss(A, where, torch.ones(3, 1, dtype=torch.bool))
+    with pytest.raises(TypeError, match="present must have dtype bool"):
+        reordering_loss(A, where, torch.ones(2, 3))

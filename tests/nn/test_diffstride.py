@@ -75,3 +75,14 @@ def test_bad_construction_and_input():
         DiffStride1d([2.0, 2.0])
     with pytest.raises(ValueError, match="4-D input"):
         DiffStride2d(2.0)(torch.randn(2, 3, 16))
+
+
+def test_non_finite_strides_smoothness_and_lower_bound_are_rejected_at_construction():
+    for kwargs, match in ((dict(stride=float("nan")), "stride"), (dict(stride=float("inf")), "stride"),
+                          (dict(stride=2.0, smoothness=0.0), "smoothness"),
+                          (dict(stride=2.0, smoothness=float("nan")), "smoothness"),
+                          (dict(stride=0.5, lower_bound=0.25), "lower_bound")):
+        with pytest.raises(ValueError, match=match):
+            DiffStride1d(**kwargs)
+    with pytest.raises(ValueError, match="takes 2 input size"):
+        DiffStride2d(2.0).output_size(17)

@@ -77,3 +77,21 @@ def test_modules_clip_to_the_design_ranges():
     with torch.no_grad():
         pool.pool_widths.copy_(torch.tensor([0.0, 0.9]))
     assert pool.clipped().tolist() == pytest.approx([2 / 401, 0.5])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_filters=0), "n_filters"), (dict(hop_ms=0.0), "hop_ms"), (dict(n_fft=0), "n_fft"),
+    (dict(min_freq=5000.0, max_freq=100.0), "min_freq"), (dict(max_freq=9000.0), "max_freq"),
+    (dict(sample_rate=0), "sample_rate")])
+def test_bad_configuration_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Leaf(**kwargs)
+
+
+def test_modules_alone_check_their_arguments():
+    with pytest.raises(ValueError, match="stride"):
+        GaussianLowpass(stride=0)
+    with pytest.raises(ValueError, match="n_channels"):
+        SPCEN(0)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, T\]"):
+        GaborFilterbank(4, window=11)(torch.randn(2, 1, 100))

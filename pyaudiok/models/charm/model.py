@@ -34,6 +34,13 @@ class CharmConfig:
     pool: int = 32                # band-power window (samples), hop pool // 2
     dropout: float = 0.25
 
+    def __post_init__(self) -> None:
+        for name in ("n_channels", "n_classes", "d", "sinkhorn_iters", "filters", "kernel", "pool"):
+            _checks.int_in_range(name, getattr(self, name), 1, 1 << 31)
+        _checks.positive_float("sinkhorn_eps", self.sinkhorn_eps)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1); got {self.dropout!r}")
+
 
 class EEGConvNet(nn.Module):
     """x[B, C, T] -> logits[B, n_classes] (module doc); T >= 1 (the pool window shrinks to fit)."""

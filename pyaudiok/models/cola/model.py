@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ...nn.leaf import Leaf
-from ...ops import bilinear_contrastive_loss
+from ...ops import _checks, bilinear_contrastive_loss
 from ..soundstream.losses import mel_filterbank
 from .efficientnet import EfficientNetB0
 
@@ -36,6 +36,15 @@ class COLAConfig:
     symmetric: bool = False
 
     def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "embedding_dim"):
+            _checks.int_in_range(name, getattr(self, name), 1, 1 << 31)
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must be <= n_fft ({self.n_fft})")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2 = {self.sample_rate / 2:g}; "
+                             f"got f_min = {self.f_min!r}, f_max = {self.f_max!r}")
+        if not self.widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+            raise ValueError(f"widths must be a non-empty sequence of positive ints; got {self.widths!r}")
         if self.frontend not in FRONTENDS:
             raise ValueError(f"frontend must be one of {FRONTENDS}; got {self.frontend!r}")
         if self.encoder not in ENCODERS:
@@ -58,8 +67,12 @@ class LogMel(nn.Module):
         self.register_buffer("filterbank", fb, persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        if wav.dim() == 3:
+        if isinstance(wav, torch.Tensor) and wav.dim() == 3 and wav.shape[1] == 1:
             wav = wav[:, 0]
+        wav = _checks.float_tensor("wav", wav, ndim=2, layout="[B, T] or [B, 1, T]")
+        if wav.shape[1] < self.win:
+            raise ValueError(f"wav must hold at least win_length = {self.win} samples (one frame); "
+                             f"got {_checks.shape_str(wav.shape)}")
         frames = wav.unfold(-1, self.win, self.hop) * self.window  # [B, frames, win]
         spec = torch.fft.rfft(frames, n=self.n_fft).abs()
         mel = spec @ self.filterbank.T
@@ -119,6 +132,11 @@ class COLA(nn.Module):
         return self.head(self.embed(wav))
 
     def forward(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        for name, value in (("anchors", anchors), ("positives", positives)):
+            _checks.float_tensor(name, value, layout="[B, T] or [B, 1, T]")
+        if anchors.shape != positives.shape:
+            raise ValueError(f"positives must have the shape of anchors {_checks.shape_str(anchors.shape)}; "
+                             f"got {_checks.shape_str(positives.shape)}")
         # Anchors and positives go through the encoder together (one batch, shared statistics).
         g = self.project(torch.cat([anchors, positives]))
         ga, gp = g.chunk(2)

@@ -9,11 +9,13 @@ strided 3×3 convolution (and strided 1×1 shortcut), strides rounded to integer
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from pyaudiok.ops import _checks
 from pyaudiok.nn.diffstride import DiffStride1d, DiffStride2d, SpectralPool1d, SpectralPool2d
 
 __all__ = ["ResNet18DiffStride", "resnet18_diffstride", "POOLINGS"]
@@ -76,9 +78,12 @@ class ResNet18DiffStride(nn.Module):
             raise ValueError(f"dims must be 1 or 2; got {dims}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
-        if len(strides) != 5 or min(strides) < 1:
-            raise ValueError(f"strides must be 5 values >= 1 (stem and four stages); got {tuple(strides)}")
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+            _checks.int_in_range(name, value, 1, 1 << 31)
+        if len(strides) != 5 or not all(math.isfinite(s) and s >= 1 for s in strides):
+            raise ValueError(f"strides must be 5 finite values >= 1 (stem and four stages); got {tuple(strides)}")
         _, norm, _, _, avgpool = _LAYERS[dims]
+        self.dims, self.in_channels = dims, in_channels
         self.stem = _Down(dims, in_channels, width, strides[0], pooling, per_axis)
         channels = [width, width, 2 * width, 4 * width, 8 * width]
         blocks = []
@@ -91,6 +96,9 @@ class ResNet18DiffStride(nn.Module):
                                   nn.Linear(channels[-1], num_classes))
 
     def forward(self, x):
+        layout = "[B, C, T]" if self.dims == 1 else "[B, C, H, W]"
+        _checks.float_tensor("x", x, ndim=self.dims + 2, layout=layout)
+        _checks.dim_size("x", x, 1, self.in_channels, "in_channels")
         return self.head(self.blocks(self.stem(x)))
 
 

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyaudiok.metrics.diarization import Segment
+from pyaudiok.ops import _checks
 from pyaudiok.ops.collar_vad import collar_mask, collar_vad_loss
 from pyaudiok.models.wavesplit.model import DilatedResidual
 
@@ -44,6 +46,21 @@ class DIVEConfig:
     # false alarm 14 of 37 s); at 0 held-out tuning DER fell from 0.46 to 0.15.
     exclusion: float = 0.0
     score_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name, low in (("sample_rate", 1), ("frame_rate", 1), ("channels", 1), ("embed_dim", 1), ("layers", 0),
+                          ("max_speakers", 1)):
+            _checks.int_in_range(name, getattr(self, name), low, 1 << 31)
+        if self.frame_rate > self.sample_rate:
+            raise ValueError(f"frame_rate ({self.frame_rate}) must not exceed sample_rate ({self.sample_rate}): "
+                             "a frame needs at least one sample")
+        for name in ("collar", "score_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        if isinstance(self.exclusion, bool) or not isinstance(self.exclusion, (int, float)) \
+                or not math.isfinite(self.exclusion):
+            raise ValueError(f"exclusion must be a finite number (a cosine similarity); got {self.exclusion!r}")
 
     @property
     def hop(self) -> int:
@@ -84,8 +101,10 @@ class DIVE(nn.Module):
 
     def embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """x[B, S] → h[B, T, d], T = S // hop."""
-        if x.dim() != 2:
-            raise ValueError(f"x must have shape [B, S]; got {list(x.shape)}")
+        _checks.float_tensor("x", x, ndim=2, layout="[B, S]")
+        if x.shape[1] < self.config.hop:
+            raise ValueError(f"x must hold at least one frame, hop = {self.config.hop} samples; "
+                             f"got {_checks.shape_str(x.shape)}")
         z = self.encoder_norm(self.encoder(x[:, None])[..., :x.shape[-1] // self.config.hop])
         for block in self.stack:
             z = block(z)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pyaudiok.nn.leaf import Leaf, mel_filterbank
+from pyaudiok.ops import _checks
 
 __all__ = ["LeafClassifier", "LogMel", "ConvNet"]
 
@@ -26,6 +27,11 @@ class LogMel(nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[1] == 1:  # [B, 1, T], as Leaf takes
+            x = x[:, 0]
+        x = _checks.float_tensor("x", x, ndim=2, layout="[B, T] or [B, 1, T]")
+        if x.shape[1] <= self.n_fft // 2:  # the centred STFT reflects n_fft/2 samples at each end
+            raise ValueError(f"x must have T > n_fft / 2 = {self.n_fft // 2} samples; got {_checks.shape_str(x.shape)}")
         spec = torch.stft(x, self.n_fft, self.hop, self.win, self.window, return_complex=True).abs() ** 2
         return torch.log(self.bank @ spec + 1e-6)
 
@@ -56,6 +62,9 @@ class LeafClassifier(nn.Module):
     def __init__(self, n_classes: int, frontend: str = "leaf", n_filters: int = 40, sample_rate: int = 16_000,
                  channels=(64, 128, 256, 256, 512, 512), **frontend_options):
         super().__init__()
+        _checks.int_in_range("n_classes", n_classes, 1, 1 << 31)
+        if not channels:
+            raise ValueError("channels must hold at least one conv width")
         if frontend == "leaf":
             self.frontend = Leaf(n_filters, sample_rate, **frontend_options)
         elif frontend == "mel":

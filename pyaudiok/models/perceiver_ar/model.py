@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyaudiok.nn.attention import LatentAttention, squared_relu_mlp
+from pyaudiok.ops import _checks
 
 __all__ = ["PerceiverARConfig", "PerceiverAR", "LatentCache", "KVBuffer"]
 
@@ -34,6 +35,22 @@ class PerceiverARConfig:
     rotary_fraction: float = 0.5
     cross_dropout: float = 0.5     # fraction of the prefix dropped per row in training
     z_loss: float = 0.0            # weight of log²Z (1e-4 in DESIGN §1 when on)
+
+    def __post_init__(self) -> None:
+        big = 1 << 31
+        for name, low in (("vocab_size", 1), ("max_context", 1), ("width", 1), ("heads", 1), ("layers", 0),
+                          ("mlp_ratio", 1)):
+            _checks.int_in_range(name, getattr(self, name), low, big)
+        # A window never holds more latents than inputs: more would leave generation no valid window.
+        _checks.int_in_range("latents", self.latents, 1, self.max_context)
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        bounds = (("rotary_fraction", 0.0, 1.0), ("cross_dropout", 0.0, 1.0), ("z_loss", 0.0, float("inf")))
+        for name, low, high in bounds:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+                    or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number in [{low}, {high}]; got {value!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -158,8 +175,17 @@ class PerceiverAR(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def _check(self, tokens: torch.Tensor, n: int) -> None:
-        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise ValueError(f"tokens must be an integer tensor [B, T]; got {tokens.dtype} {tuple(tokens.shape)}")
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 \
+                or tokens.dtype not in (torch.int64, torch.int32, torch.uint8):
+            got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be an integer tensor [B, T]; got {got}")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"latents must be an int or None; got {type(n).__name__}")
+        # Token ids are checked where that is free (CPU tensors, eagerly): elsewhere it would wait for
+        # the device, and the embedding's own bounds check still stops a bad id there.
+        if tokens.device.type == "cpu" and not torch.compiler.is_compiling():
+            _checks.ints_within(tokens, 0, self.config.vocab_size - 1,
+                                f"tokens must lie in [0, vocab_size) = [0, {self.config.vocab_size})")
         T = tokens.shape[1]
         if not 1 <= n <= min(T, self.config.latents) or T > self.config.max_context:
             raise ValueError(f"need 1 <= latents ({n}) <= min(T = {T}, {self.config.latents}) and "
@@ -266,6 +292,9 @@ class PerceiverAR(nn.Module):
     def loss(self, sequence: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """sequence[B, T + 1]: inputs sequence[:, :T], targets the token after each latent.
         Returns (loss to minimise, {"nll": mean nats per target, "z": mean log²Z})."""
+        if not isinstance(sequence, torch.Tensor) or sequence.dim() != 2 or sequence.shape[1] < 2:
+            got = tuple(sequence.shape) if isinstance(sequence, torch.Tensor) else type(sequence).__name__
+            raise ValueError(f"sequence must be a tensor [B, T + 1] with T >= 1 (inputs and the next token); got {got}")
         tokens = sequence[:, :-1]
         n = min(self.config.latents, tokens.shape[1])
         logits, _ = self(tokens, n)

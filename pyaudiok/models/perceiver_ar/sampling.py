@@ -13,17 +13,36 @@ CUDA graph (`CUDAGraphStep`) and replays it per token: one launch for the whole 
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from pyaudiok.ops import _checks
 
 from .model import LatentCache, PerceiverAR
 
 __all__ = ["filter_logits", "sample_next", "generate", "CUDAGraphStep"]
 
 
+def _check_sampling(temperature, top_k, top_p, *, greedy_ok: bool) -> None:
+    """temperature > 0 (or 0 where greedy decoding is meant), top_k >= 1, 0 <= top_p <= 1."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not (temperature >= 0 if greedy_ok else temperature > 0) or not math.isfinite(temperature):
+        low = ">= 0 (0: greedy)" if greedy_ok else "> 0"
+        raise ValueError(f"temperature must be a finite number {low}; got {temperature!r}")
+    if top_k is not None:
+        _checks.int_in_range("top_k", top_k, 1, 1 << 62)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 <= top_p <= 1):
+        raise ValueError(f"top_p must be a number in [0, 1] or None; got {top_p!r}")
+
+
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
-    """Temperature, then keep the top_k largest and the smallest set with probability >= top_p."""
-    logits = logits.float() / max(temperature, 1e-8)
+    """Temperature, then keep the top_k largest and the smallest set with probability >= top_p
+    (never fewer than the most likely token: top_p = 0 keeps only it)."""
+    _check_sampling(temperature, top_k, top_p, greedy_ok=False)
+    logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -31,6 +50,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        drop[..., 0] = False
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
@@ -41,6 +61,7 @@ def sample_next(logits: torch.Tensor, generator: torch.Generator | None, tempera
     than the logits (a CPU generator for GPU logits) draws on its device, so a seed gives the same
     tokens on any device at the cost of a copy and a wait per token; otherwise sampling stays on
     the logits' device, and a GPU sampler never waits for the host."""
+    _check_sampling(temperature, top_k, top_p, greedy_ok=True)
     if temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1).float()
@@ -102,10 +123,19 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
     window. `cuda_graphs` (with the cache, on a CUDA device) replays each window's cached step as
     a CUDA graph: the same tokens, without the host's per-kernel launch cost."""
     c = model.config
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] < 1 or \
+            prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
+        got = f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor) else type(prompt).__name__
+        raise ValueError(f"prompt must be an integer tensor [B, T0] with T0 >= 1; got {got}")
+    _checks.ints_within(prompt, 0, c.vocab_size - 1, f"prompt tokens must lie in [0, vocab_size) = [0, {c.vocab_size})")
+    steps = _checks.int_in_range("steps", steps, 0, 1 << 62)
+    _check_sampling(temperature, top_k, top_p, greedy_ok=True)
+    if carry is not None:
+        _checks.int_in_range("carry", carry, 1, c.latents)
     if cuda_graphs and (not use_cache or prompt.device.type != "cuda"):
         raise ValueError(f"cuda_graphs needs use_cache=True and a prompt on a CUDA device; got "
                          f"use_cache={use_cache}, device {prompt.device}")
-    carry = max(1, min(c.latents // 2 if carry is None else carry, c.latents))
+    carry = max(1, c.latents // 2) if carry is None else carry
     was_training = model.training
     model.eval()
     # The whole output at once, filled a token at a time (no copy of the sequence per token).

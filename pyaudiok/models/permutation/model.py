@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ...ops import sinkhorn_rank, soft_rank
+from ...ops import _checks, sinkhorn_rank, soft_rank
 
 RANKERS = ("pav", "sinkhorn")
 POOLINGS = ("concat", "mean")
@@ -28,6 +28,10 @@ class PermutationPretext(nn.Module):
     def __init__(self, n_mels: int = 64, frames: int = 64, time_patches: int = 4, freq_patches: int = 1,
                  dim: int = 128, ranker: str = "pav", eps: float = 0.1):
         super().__init__()
+        for name, value in (("n_mels", n_mels), ("frames", frames), ("time_patches", time_patches),
+                            ("freq_patches", freq_patches), ("dim", dim)):
+            _checks.int_in_range(name, value, 1, 1 << 31)
+        _checks.positive_float("eps", eps)
         if n_mels % freq_patches or frames % time_patches:
             raise ValueError(f"n_mels ({n_mels}) and frames ({frames}) must divide into freq_patches "
                              f"({freq_patches}) and time_patches ({time_patches})")
@@ -49,6 +53,7 @@ class PermutationPretext(nn.Module):
 
     def patches(self, logmel: torch.Tensor) -> torch.Tensor:
         """logmel[B, n_mels, frames] -> patches[B, P, n_mels/p, frames/q] (frequency-major order)."""
+        _checks.float_tensor("logmel", logmel, layout=f"[B, {self.n_mels}, {self.frames}]")
         if logmel.dim() != 3 or tuple(logmel.shape[1:]) != (self.n_mels, self.frames):
             raise ValueError(f"logmel must have shape [B, {self.n_mels}, {self.frames}]; got {tuple(logmel.shape)}")
         B = logmel.shape[0]
@@ -58,7 +63,8 @@ class PermutationPretext(nn.Module):
 
     def _encode(self, patches: torch.Tensor) -> torch.Tensor:
         B, P, h, w = patches.shape
-        return self.encoder(patches.reshape(B * P, 1, h, w)).reshape(B, P, -1)
+        z = self.encoder(patches.reshape(B * P, 1, h, w))
+        return z.reshape(B, P, z.shape[-1])
 
     def embed(self, logmel: torch.Tensor, pooling: str = "concat") -> torch.Tensor:
         """Representation for downstream probes, from the patches in their original order: "concat"
@@ -78,7 +84,8 @@ class PermutationPretext(nn.Module):
     def forward(self, logmel: torch.Tensor, generator: torch.Generator | None = None) -> PretextOutput:
         patches = self.patches(logmel)
         B, P = patches.shape[:2]
-        perm = torch.stack([torch.randperm(P, generator=generator) for _ in range(B)]).to(logmel.device)
+        perm = torch.stack([torch.randperm(P, generator=generator) for _ in range(B)]).to(logmel.device) if B \
+            else torch.zeros(0, P, dtype=torch.int64, device=logmel.device)
         shuffled = torch.gather(patches, 1, perm[:, :, None, None].expand_as(patches))
         scores = self.score(self._encode(shuffled))[..., 0]
         target = (perm + 1).to(scores.dtype)  # the patch from original position k must get rank k + 1

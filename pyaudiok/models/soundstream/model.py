@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyaudiok.ops import _checks
+
 from .seanet import SEANetDecoder, SEANetEncoder
 
 __all__ = ["SoundStreamConfig", "SoundStream", "SoundStreamOutput", "Quantizer", "StreamingEncoder",
@@ -70,6 +72,16 @@ class SoundStreamConfig:
     film_conditioning: bool = False
     num_conditions: int = 2
     quantizer_kwargs: dict[str, Any] = field(default_factory=dict)  # extra ResidualVQ arguments
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "channels", "dim", "num_quantizers", "codebook_size", "num_conditions"):
+            _checks.int_in_range(name, getattr(self, name), 1, 1 << 31)
+        for name, least in (("strides", 1), ("dilations", 0)):
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)) or len(values) < least or \
+                    any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                kind = "a non-empty" if least else "a"
+                raise ValueError(f"{name} must be {kind} sequence of positive ints; got {values!r}")
 
     @classmethod
     def preset_24khz(cls, **overrides: Any) -> "SoundStreamConfig":
@@ -126,6 +138,7 @@ def _default_quantizer(config: SoundStreamConfig) -> nn.Module:
 
 
 def _check_wav(wav: torch.Tensor) -> None:
+    _checks.float_tensor("wav", wav, layout="[B, 1, T]")
     if wav.ndim != 3 or wav.shape[1] != 1:
         raise ValueError(f"wav must have shape [B, 1, T]; got {tuple(wav.shape)}")
 
@@ -205,7 +218,8 @@ class SoundStream(nn.Module):
     def _codes(self, z: torch.Tensor, n_q: int | None) -> torch.Tensor:
         """z[B, D, F] -> codes[B, n_q, F]; no quantizer call for zero frames (a chunk may complete none)."""
         n_q = self.config.num_quantizers if n_q is None else n_q
-        if z.shape[-1] == 0:
+        if z.shape[-1] == 0:  # no quantizer call to check n_q: check it here
+            _checks.int_in_range("n_q", n_q, 1, self.config.num_quantizers)
             return torch.zeros(z.shape[0], n_q, 0, dtype=torch.long, device=z.device)
         return self.quantizer.encode(z.transpose(1, 2), n_q).transpose(1, 2)
 

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyaudiok.ops import _checks
+
 from .streaming import CausalConv1d, CausalConvTranspose1d, StreamingModule
 
 __all__ = ["ResidualUnit", "FiLM", "SEANetEncoder", "SEANetDecoder"]
@@ -75,7 +77,17 @@ class FiLM(nn.Module):
     def forward(self, x: torch.Tensor, condition: torch.Tensor | int | None = None) -> torch.Tensor:
         if condition is None:
             condition = 0
-        condition = torch.as_tensor(condition, device=x.device, dtype=torch.long).expand(x.shape[0])
+        if isinstance(condition, bool) or not isinstance(condition, (int, torch.Tensor)) or (
+                isinstance(condition, torch.Tensor) and (condition.is_floating_point() or condition.is_complex()
+                                                         or condition.dtype == torch.bool or condition.dim() > 1
+                                                         or condition.numel() not in (1, x.shape[0]))):
+            got = (f"{condition.dtype} {list(condition.shape)}" if isinstance(condition, torch.Tensor)
+                   else repr(condition))
+            raise ValueError(f"condition must be an int or an integer tensor [B] = [{x.shape[0]}]; got {got}")
+        condition = torch.as_tensor(condition, device=x.device, dtype=torch.long).reshape(-1).expand(x.shape[0])
+        if not torch.compiler.is_compiling() and condition.device.type == "cpu":  # free to check on the host
+            _checks.ints_within(condition, 0, self.embedding.num_embeddings - 1,
+                                f"condition must lie in [0, num_conditions) = [0, {self.embedding.num_embeddings})")
         gamma, beta = self.to_scale_shift(self.embedding(condition)).to(x.dtype).chunk(2, dim=-1)
         return (1 + gamma[..., None]) * x + beta[..., None]
 
@@ -113,7 +125,11 @@ class _SEANet(StreamingModule):
                 nn.init.zeros_(module.pointwise.conv.weight)
 
     def _film(self, x: torch.Tensor, condition: torch.Tensor | int | None) -> torch.Tensor:
-        return x if self.film is None else self.film(x, condition)
+        if self.film is None:
+            if condition is not None:  # silently ignoring it would hide a model built without FiLM
+                raise ValueError("condition needs a model built with film_conditioning=True")
+            return x
+        return self.film(x, condition)
 
 
 class SEANetEncoder(_SEANet):

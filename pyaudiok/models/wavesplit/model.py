@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyaudiok.ops import distance_logsumexp, distance_nll, kmeans, neg_si_sdr_loss
+from pyaudiok.ops import _checks, distance_logsumexp, distance_nll, kmeans, neg_si_sdr_loss
 
 __all__ = ["WavesplitConfig", "Wavesplit", "WavesplitOutput", "speaker_loss", "DilatedResidual"]
 
@@ -110,6 +110,10 @@ class Wavesplit(nn.Module):
     def __init__(self, config: WavesplitConfig | None = None) -> None:
         super().__init__()
         cfg = self.config = config or WavesplitConfig()
+        for name in ("num_sources", "num_speakers", "channels", "embed_dim", "kernel", "hop"):
+            _checks.int_in_range(name, getattr(cfg, name), 1, 1 << 31)
+        for name in ("speaker_layers", "separation_layers"):
+            _checks.int_in_range(name, getattr(cfg, name), 0, 1 << 31)
         if cfg.num_sources < 1 or cfg.num_speakers < cfg.num_sources:
             raise ValueError(f"need 1 <= num_sources <= num_speakers; got {cfg.num_sources}, {cfg.num_speakers}")
         C, N, d = cfg.channels, cfg.num_sources, cfg.embed_dim
@@ -150,8 +154,14 @@ class Wavesplit(nn.Module):
         if x.dim() != 2:
             raise ValueError(f"x must have shape [B, S]; got {list(x.shape)}")
         N = self.config.num_sources
-        if speakers is not None and (speakers.dim() != 2 or speakers.shape != (x.shape[0], N)):
-            raise ValueError(f"speakers must have shape [B, N] = [{x.shape[0]}, {N}]; got {list(speakers.shape)}")
+        if speakers is not None:
+            _checks.tensor("speakers", speakers, layout=f"[B, N] = [{x.shape[0]}, {N}]",
+                           dtypes=(torch.int64, torch.int32, torch.int16, torch.uint8))
+            if speakers.dim() != 2 or speakers.shape != (x.shape[0], N):
+                raise ValueError(f"speakers must have shape [B, N] = [{x.shape[0]}, {N}]; got {list(speakers.shape)}")
+            # A negative id would silently pick a row from the table's end.
+            _checks.ints_within(speakers, 0, self.config.num_speakers - 1,
+                                f"speakers must lie in [0, num_speakers) = [0, {self.config.num_speakers})")
         z = self.encoder(x[:, None])
         h = self.speaker_vectors(z)                                                     # [B, N, d, T']
         B, _, d, T = h.shape
@@ -171,6 +181,9 @@ class Wavesplit(nn.Module):
     def loss(self, x: torch.Tensor, sources: torch.Tensor, speakers: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Total training loss and its parts: clipped negative SI-SDR (PIT) + weighted speaker loss."""
         out = self(x, speakers)
+        if not isinstance(sources, torch.Tensor) or tuple(sources.shape) != tuple(out.estimates.shape):
+            got = list(sources.shape) if isinstance(sources, torch.Tensor) else type(sources).__name__
+            raise ValueError(f"sources must have shape [B, N, S] = {list(out.estimates.shape)}; got {got}")
         # Under autocast the estimates come in half precision: the loss runs in the wider dtype of the two.
         dtype = torch.promote_types(out.estimates.dtype, sources.dtype)
         separation = neg_si_sdr_loss(out.estimates.to(dtype), sources.to(dtype), clip_db=self.config.clip_db)
