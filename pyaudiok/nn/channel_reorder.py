@@ -141,19 +141,11 @@ def reordering_loss(A: torch.Tensor, where: torch.Tensor, present: torch.Tensor 
     A[B, K, C_in]; where[B, K] int64, the input position of canonical channel k; present[B, K]
     bool (default all)."""
     A = _checks.float_tensor("A", A, ndim=3, layout="[B, K, C_in]")
-    where = _checks.tensor("where", where, ndim=2, layout=f"[B, K] = {_checks.shape_str(A.shape[:2])}",
-                           dtypes=(torch.int64,))
-    if tuple(where.shape) != tuple(A.shape[:2]):
-        raise ValueError(f"where must have shape [B, K] = {_checks.shape_str(A.shape[:2])}; "
-                         f"got {_checks.shape_str(where.shape)}")
+    where = _checks.tensor("where", where, shape=A.shape[:2], layout="[B, K]", dtypes=(torch.int64,))
     _checks.same_device("where", where, "A", A)
     _checks.ints_within(where, 0, A.shape[2] - 1, f"where must lie in [0, C_in) = [0, {A.shape[2]})")
     if present is not None:
-        present = _checks.tensor("present", present, ndim=2, layout=f"[B, K] = {_checks.shape_str(A.shape[:2])}",
-                                 dtypes=(torch.bool,))
-        if tuple(present.shape) != tuple(A.shape[:2]):
-            raise ValueError(f"present must have shape [B, K] = {_checks.shape_str(A.shape[:2])}; "
-                             f"got {_checks.shape_str(present.shape)}")
+        present = _checks.tensor("present", present, shape=A.shape[:2], layout="[B, K]", dtypes=(torch.bool,))
         _checks.same_device("present", present, "A", A)
     picked = A.gather(2, where[:, :, None])[:, :, 0].clamp_min(1e-12).log()
     if present is None:

@@ -88,11 +88,7 @@ class CharmClassifier(nn.Module):
             x = _checks.float_tensor("x", x, ndim=3, layout=f"[B, C_in = {K}, T]")
             _checks.dim_size("x", x, 1, K, "the classifier's n_channels (no channel reordering)")
             if mask is not None:
-                mask = _checks.tensor("mask", mask, ndim=2, layout=f"[B, C_in] = [{x.shape[0]}, {K}]",
-                                      dtypes=(torch.bool,))
-                if tuple(mask.shape) != tuple(x.shape[:2]):
-                    raise ValueError(f"mask must have shape [B, C_in] = {_checks.shape_str(x.shape[:2])}; "
-                                     f"got {_checks.shape_str(mask.shape)}")
+                mask = _checks.tensor("mask", mask, shape=x.shape[:2], layout="[B, C_in]", dtypes=(torch.bool,))
                 x = x.masked_fill(~mask[:, :, None], 0.0)
         logits = self.classifier(x)
         return (logits, A) if return_reordering else logits
