@@ -309,8 +309,13 @@ class ResidualVQ(nn.Module):
         learn = self.training and flat.shape[0] > 0
         if learn and self.kmeans_init and not self._initialized_seen:
             if not bool(self.initialized):
-                self._kmeans_init_(flat)
-            self._initialized_seen = True
+                if not bool(torch.isfinite(flat).all()):  # no codebook fitted to NaN: wait for a finite batch
+                    learn = False
+                else:
+                    self._kmeans_init_(flat)
+                    self._initialized_seen = True
+            else:
+                self._initialized_seen = True
         # The fused op saves the codebooks for its backward: in training, give it a snapshot that
         # the in-place EMA update below leaves untouched (it is also "the values before the update").
         codebooks = self.codebooks.clone() if learn else self.codebooks
@@ -322,7 +327,7 @@ class ResidualVQ(nn.Module):
             if mask is not None:
                 quantized, commit = _masked_outputs(flat, codewords, residuals, mask)
             if learn:
-                self._learn_(residuals[:-1], result.codes, _row_weights(mask, codewords))
+                self._learn_(residuals[:-1], result.codes, _row_weights(mask, codewords), torch.isfinite(flat).all())
         return ResidualVQOutput(quantized.to(x.dtype).reshape(x.shape), result.codes.reshape(B, T, stages), commit)
 
     def _stage_mask(self, n_q: torch.Tensor, frames: int) -> torch.Tensor:
@@ -349,13 +354,20 @@ class ResidualVQ(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _learn_(self, residuals: torch.Tensor, codes: torch.Tensor, weight: torch.Tensor) -> None:
+    def _learn_(self, residuals: torch.Tensor, codes: torch.Tensor, weight: torch.Tensor,
+                finite: torch.Tensor) -> None:
         """EMA update then dead-code replacement of the first n stages, from residuals[n, N, D]
-        (what each stage saw), codes[N, n] and row weights[n, N]."""
+        (what each stage saw), codes[N, n], row weights[n, N] and whether the batch is finite."""
         counts, sums = _assignment_stats(residuals, codes, weight, self.codebook_size)
         _all_reduce_sum_(counts, sums)
-        # A stage that no vector reached (quantizer dropout) learns nothing and keeps its state.
-        active = counts.sum(-1) > 0
+        # A stage that no vector reached (quantizer dropout) learns nothing and keeps its state. So
+        # does every stage on a batch with a NaN or inf (an fp16 overflow whose optimizer step
+        # GradScaler skips, a diverging encoder), on any process: its codebooks are not poisoned
+        # for good. Sync-free: the sums are zeroed, not skipped.
+        finite = finite.to(counts.dtype)
+        _all_reduce_sum_(finite)
+        active = (counts.sum(-1) > 0) & (finite == (dist.get_world_size() if _distributed() else 1))
+        sums.masked_fill_(~active[:, None, None], 0.0)
         self._ema_update_(counts, sums, active)
         if self.dead_code_threshold > 0:
             self._replace_dead_codes_(residuals, weight, active)

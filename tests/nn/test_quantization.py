@@ -114,6 +114,33 @@ def test_ema_leaves_stages_past_a_fixed_n_q_untouched():
         assert not torch.equal(getattr(module, name)[0], before[name][0]), name
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("dead_code_threshold", [0.0, 2.0])
+def test_a_non_finite_batch_leaves_the_codebooks_as_they_were(bad, dead_code_threshold):
+    """An fp16 overflow or a diverging encoder: the batch's step learns nothing (no NaN in the
+    codebooks for good), and the next finite batch learns as usual."""
+    module = make(4, 3, 8, kmeans_init=True, dead_code_threshold=dead_code_threshold).train()
+    module(torch.randn(2, 16, 4))  # k-means init and a first update
+    before = buffers(module)
+    x = torch.randn(2, 16, 4)
+    x[1, 5, 2] = bad
+    module(x)
+    for name, value in before.items():
+        assert torch.equal(getattr(module, name), value), name
+    module(torch.randn(2, 16, 4))
+    assert torch.isfinite(module.codebooks).all() and not torch.equal(module.codebooks, before["codebooks"])
+
+
+def test_kmeans_init_waits_for_a_finite_batch():
+    module = make(4, 2, 8, kmeans_init=True).train()
+    x = torch.randn(2, 16, 4)
+    x[0, 0, 0] = float("nan")
+    module(x)
+    assert not bool(module.initialized) and torch.isfinite(module.codebooks).all()
+    module(torch.randn(2, 16, 4))
+    assert bool(module.initialized) and torch.isfinite(module.codebooks).all()
+
+
 # ----------------------------------------------------------------------------------------------
 # k-means initialisation.
 
