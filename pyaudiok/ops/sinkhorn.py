@@ -245,7 +245,14 @@ def _check_marginal(name: str, value, cost: torch.Tensor, dim: int) -> torch.Ten
         raise ValueError(f"{name} must have shape {layout}; got {_checks.shape_str(value.shape)}")
     _checks.same_device(name, value, "cost", cost)
     _checks.values_hold(torch.isfinite(value) & (value >= 0), f"{name} must be finite and non-negative")
-    return value.to(_log_dtype(value.dtype)).log().to(_log_dtype(cost.dtype))
+    return _log_of_masses(value.to(_log_dtype(value.dtype))).to(_log_dtype(cost.dtype))
+
+
+def _log_of_masses(value: torch.Tensor) -> torch.Tensor:
+    """log of non-negative masses, with gradient 0 (not NaN: 0 · ∞) at a mass of exactly 0. The
+    one-sided derivative there is not computed: an entry with no mass takes no gradient."""
+    positive = value > 0
+    return torch.where(positive, value.masked_fill(~positive, 1.0).log(), float("-inf"))
 
 
 def _check_options(eps, n_iters, tol, backward):
@@ -276,7 +283,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     Stops per batch element when Σ_i |P1 − a|_i ≤ tol, or after n_iters iterations (default
     1000 when only tol is given). Returns the plan [B, n, m], or with return_state=True a
     SinkhornResult(plan, f, g, n_iters). Differentiable in cost, a and b (backward="unroll" or
-    "implicit", see the module doc).
+    "implicit", see the module doc); an entry of a or b that is exactly 0 takes gradient 0.
     """
     cost = _checks.float_tensor("cost", cost, ndim=3, layout="[B, n, m]")
     eps, n_iters, tol = _check_options(eps, n_iters, tol, backward)
