@@ -60,11 +60,15 @@ def latent_attention_reference(q, k, v, key_lengths=None, scale=None, dropout_ke
         k, v = _gather_keys(k, dropout_keep), _gather_keys(v, dropout_keep)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
+    k, v = k.to(acc), v.to(acc)
+    if key_lengths is not None:  # keys past a row's length do not exist: none of their NaN (0 · NaN) gets in
+        exists = (torch.arange(k.shape[2], device=k.device) < key_lengths.to(k.device)[:, None])[:, None, :, None]
+        k, v = k.masked_fill(~exists, 0.0), v.masked_fill(~exists, 0.0)
+    scores = (q.to(acc) @ k.transpose(-1, -2)) * scale
     mask = visible_mask(q.shape[2], k.shape[2], key_lengths, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1).masked_fill(~mask, 0.0)  # rows with no key: NaN -> 0
-    return (probs @ v.to(acc)).to(q.dtype)
+    return (probs @ v).to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -285,6 +285,24 @@ def test_keys_values_viewed_from_a_larger_cache(backend):
                                                         0.25)
 
 
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_keys_past_the_lengths_are_never_read(backend):
+    """A cache's buffers past the filled rows hold whatever memory held (NaN, inf): with key_lengths
+    the output and gradients are those of the same call with zeros there."""
+    device = require_backend(OP, backend) if backend != "reference" else torch.device("cpu")
+    q = torch.randn(2, 2, 4, 16, device=device, requires_grad=True)
+    k, v = torch.randn(2, 2, 30, 16, device=device), torch.randn(2, 2, 30, 16, device=device)
+    lengths = torch.tensor([9, 30], device=device)
+    dirty_k, dirty_v = k.clone(), v.clone()
+    dirty_k[0, :, 9:], dirty_v[0, :, 9:] = float("nan"), float("inf")
+    with pyaudiok.use_backend(backend):
+        out = latent_cross_attention(q, dirty_k, dirty_v, key_lengths=lengths)
+        want = latent_cross_attention(q, k, v, key_lengths=lengths)
+    torch.testing.assert_close(out, want)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, q, grad)[0], torch.autograd.grad(want, q, grad)[0])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_inputs_give_nan_where_the_reference_does(backend):
     """A NaN query (all its scores NaN) or key reaches the rows that see it as NaN, not as zeros (a

@@ -115,7 +115,8 @@ class KVBuffer:
             raise ValueError(f"the cache holds {self.capacity} positions; appending {k.shape[2]} to {self.length}")
         if self.k is None:
             shape = (*k.shape[:2], self.capacity, k.shape[3])
-            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+            # Zeroed, not empty: the rows past `filled` are read (masked) by a step over whole buffers.
+            self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end
