@@ -61,6 +61,7 @@ class ChannelEncoder(nn.Module):
 
 class ChannelReorder(nn.Module):
     """x[B, C_in, T] (+ mask[B, C_in], True = present) -> Reordered(x̃[B, K, T], A[B, K, C_in]).
+    An absent channel's row of x must be finite (zeros): its weight in A is 0, and 0 · NaN is NaN.
 
     n_canonical: K, the canonical channels; d: key/query width; encoder: a module mapping one
     signal per row, [N, T] -> [N, d] (default ChannelEncoder(d)); normalization: "softmax" or

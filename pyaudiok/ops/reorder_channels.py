@@ -5,7 +5,9 @@ out, then the batched product with the signals.
 
     A[b, k, :] = softmax over the present channels c (mask[b, c] True) of logits[b, k, :], exactly 0
                  on the absent ones (mask None: every channel present; each item needs one)
-    y          = A x
+    y          = A x: an absent channel's row of x enters as 0 · x, so it must be finite (zero-fill
+                 missing electrodes that a dataset marks with NaN; checking every call for that costs
+                 a fifth of a small call, so it is left to the data pipeline)
 
 Gradients go to logits and x (the mask takes none):
 
