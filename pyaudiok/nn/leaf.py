@@ -79,7 +79,10 @@ class GaborFilterbank(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.float_tensor("x", x, ndim=2, layout="[B, T]")
-        u = Fn.conv1d(x[:, None].float(), gabor_filters(*self.clipped(), self.window), padding=self.window // 2)
+        # float64 if x or the parameters are, else float32 (as gabor_pool computes)
+        dtype = torch.promote_types(torch.promote_types(x.dtype, self.center_freqs.dtype), torch.float32)
+        filters = gabor_filters(*(p.to(dtype) for p in self.clipped()), self.window)
+        u = Fn.conv1d(x[:, None].to(dtype), filters, padding=self.window // 2)
         return u[:, 0::2] ** 2 + u[:, 1::2] ** 2
 
 

@@ -95,3 +95,12 @@ def test_modules_alone_check_their_arguments():
         SPCEN(0)
     with pytest.raises(ValueError, match=r"x must have shape \[B, T\]"):
         GaborFilterbank(4, window=11)(torch.randn(2, 1, 100))
+
+
+def test_filterbank_alone_keeps_float64():
+    bank = GaborFilterbank(n_filters=4, window=31)
+    x = torch.randn(2, 200, dtype=torch.float64)
+    out = bank(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, bank.double()(x), rtol=1e-12, atol=1e-12)
+    assert bank(x.float()).dtype == torch.float64  # float64 parameters: computed in float64
