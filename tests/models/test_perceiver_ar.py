@@ -109,6 +109,8 @@ def test_cached_step_keeps_shapes_and_reads_nothing_back(backend, monkeypatch):
     with pyaudiok.use_backend(backend):
         _, cache = model(tokens[:, :25], 5, return_cache=True)
         buffers = [(b.k, b.v, b.filled) for b in (cache.cross, *cache.layers)]
+        for k, v, filled in buffers:  # rows not yet written hold whatever memory held: none may be read
+            k[:, :, int(filled):], v[:, :, int(filled):] = float("nan"), float("inf")
         expected = [model(tokens[:, :t + 1], t + 1 - 20)[0][:, -1] for t in (25, 26)]
         for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
             monkeypatch.setattr(torch.Tensor, name, _no_host_reads(name))
