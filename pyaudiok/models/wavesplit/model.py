@@ -159,9 +159,11 @@ class Wavesplit(nn.Module):
                            dtypes=(torch.int64, torch.int32, torch.int16, torch.uint8))
             if speakers.dim() != 2 or speakers.shape != (x.shape[0], N):
                 raise ValueError(f"speakers must have shape [B, N] = [{x.shape[0]}, {N}]; got {list(speakers.shape)}")
-            # A negative id would silently pick a row from the table's end.
-            _checks.ints_within(speakers, 0, self.config.num_speakers - 1,
-                                f"speakers must lie in [0, num_speakers) = [0, {self.config.num_speakers})")
+            # A negative id would silently pick a row from the table's end. Checked where that is free
+            # (CPU tensors, eagerly): on a GPU it would wait for the device at every step.
+            if speakers.device.type == "cpu" and not torch.compiler.is_compiling():
+                _checks.ints_within(speakers, 0, self.config.num_speakers - 1,
+                                    f"speakers must lie in [0, num_speakers) = [0, {self.config.num_speakers})")
         z = self.encoder(x[:, None])
         h = self.speaker_vectors(z)                                                     # [B, N, d, T']
         B, _, d, T = h.shape
