@@ -95,8 +95,13 @@ def _register_fake(qualname: str) -> None:
         return centroids.new_empty(centroids.shape), x.new_empty(x.shape[:2], dtype=torch.int64)
 
 
-def _triton_width_limit(x, centroids, n_iters):
+def _triton_constraint(x, centroids, n_iters):
+    """The Triton kernel adds the cluster sums with atomics, in no fixed order: not under
+    torch.use_deterministic_algorithms(True), where the reference (torch's deterministic index_add_)
+    runs instead, and a forced `triton` says why, as torch's own non-deterministic ops do."""
     from pyaudiok.kernels.kmeans import MAX_D
+    if torch.are_deterministic_algorithms_enabled():
+        return "its cluster sums are added with atomics (not deterministic), and deterministic algorithms are on"
     return None if x.shape[-1] <= MAX_D else f"d = {x.shape[-1]} exceeds the Triton kernel's limit of {MAX_D}"
 
 
@@ -113,7 +118,7 @@ def _lloyd_cpu(x: torch.Tensor, centroids: torch.Tensor, n_iters: int):
 
 
 LLOYD = dispatch.op("kmeans")
-register_backends(LLOYD, reference=lloyd_reference, triton=_lloyd_triton, triton_constraint=_triton_width_limit)
+register_backends(LLOYD, reference=lloyd_reference, triton=_lloyd_triton, triton_constraint=_triton_constraint)
 # Registered as always available: without the extension the cpu backend still has the GEMM route.
 LLOYD.register("cpu", _lloyd_cpu, devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES)
 

@@ -158,3 +158,20 @@ def test_results_carry_no_gradient(backend):
         for start in ("kmeans++", init):
             result = kmeans(x, 3, n_iters=3, init=start)
             assert not result.centroids.requires_grad
+
+
+def test_triton_steps_aside_under_deterministic_algorithms():
+    """Its atomically added sums are not deterministic: with torch.use_deterministic_algorithms(True)
+    the automatic choice on a GPU skips it, and forcing it says why."""
+    impl = LLOYD.impls["triton"]
+    x, centroids = torch.randn(2, 50, 8), torch.randn(2, 4, 8)
+    assert impl.constraint(x, centroids, 3) is None
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert "deterministic" in impl.constraint(x, centroids, 3)
+        if torch.cuda.is_available():
+            args = (x.cuda(), centroids.cuda(), 3)
+            assert LLOYD.select(torch.device("cuda"), torch.float32, args).backend != "triton"
+    finally:
+        torch.use_deterministic_algorithms(previous)
