@@ -60,15 +60,31 @@ GENERATORS = {"perceiver-ar": ("pyaudiok.train.perceiver_ar", "generate_main")}
 TOOLS = {"separate": ("pyaudiok.train.wavesplit", "separate_main"), "diarize": ("pyaudiok.train.dive", "diarize_main")}
 
 
+def _refused(prog: str, run) -> int:
+    """run()'s exit status; a run refused before it starts (an option out of range, an output
+    directory that does not fit --resume, a checkpoint of another system or a damaged one) is a
+    one-line error and status 2."""
+    from .train.checkpoint import CheckpointError
+    from .train.runtime import ConfigError
+
+    try:
+        return run() or 0
+    except (ConfigError, CheckpointError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+
+
 def _cmd_train(args) -> int:
     import importlib
-    return importlib.import_module(TRAINERS[args.system]).main(args.args) or 0
+    return _refused(f"pyaudiok train {args.system}",
+                    lambda: importlib.import_module(TRAINERS[args.system]).main(args.args))
 
 
 def _cmd_generate(args) -> int:
     import importlib
     module, function = GENERATORS[args.system]
-    return getattr(importlib.import_module(module), function)(args.args) or 0
+    return _refused(f"pyaudiok generate {args.system}",
+                    lambda: getattr(importlib.import_module(module), function)(args.args))
 
 
 def _cmd_tool(args) -> int:
@@ -100,6 +116,16 @@ def _cmd_codec(args) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyaudiok", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the torch.compile peers (compiling them takes seconds to minutes)")
     p.add_argument("--json", metavar="PATH", help="write one JSON row per case x candidate")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per candidate (default 1)")
+    p.add_argument("--min-time", type=_positive_float, default=1.0,
+                   help="seconds of timed runs per candidate (default 1)")
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("train", help="train a full model on embedded data (see `pyaudiok train NAME --help`)")
     p.add_argument("system", choices=sorted(TRAINERS))
@@ -139,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        # Everything after the command is the tool's (its --help and options included): a
+        # REMAINDER positional would take nothing when the first of them is an option.
+        return _cmd_tool(argparse.Namespace(command=argv[0], args=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

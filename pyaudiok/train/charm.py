@@ -24,7 +24,6 @@ optimisers, the log and the RNG states).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,16 +37,18 @@ from pyaudiok.data.eeg_synth import SyntheticEEG, drop_channels, shuffle_channel
 from pyaudiok.models.charm import CharmClassifier, CharmConfig
 from pyaudiok.nn.channel_reorder import reordering_loss
 
-from .checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                         resolve_checkpoint, restore_rng_state, save_checkpoint)
-from .runtime import (Averager, auto_threads, compile_model, config_from_argv, precision_scope, seed_everything,
-                      start_runtime, write_csv)
+from .checkpoint import (CheckpointError, capture_rng_state, checkpoint_path, expect_checkpoint, load_checkpoint,
+                         prune_checkpoints, resolve_checkpoint, restore_rng_state, save_checkpoint)
+from .runtime import (Averager, ConfigError, auto_threads, check_options, checked_config, compile_model, config_changes,
+                      config_from_argv, precision_scope, resume_checkpoint, seed_everything, start_runtime, write_csv,
+                      write_json)
 
 __all__ = ["TrainConfig", "train", "evaluate", "conditions", "main", "load_model", "MODELS", "CONDITIONS"]
 
 MODELS = ("charm", "baseline")
 CONDITIONS = ("canonical", "shuffled", "missing_25", "missing_25_shuffled")
 MISSING = 0.25
+SYSTEM = "charm"
 
 
 @dataclass
@@ -79,6 +80,15 @@ class TrainConfig:
     def model_config(self, reorder: bool) -> CharmConfig:
         return CharmConfig(n_channels=16, n_classes=self.n_classes, reorder=reorder, d=self.d,
                            normalization=self.normalization, filters=self.filters)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """ConfigError for an option out of its range."""
+    check_options(cfg, positive=("batch", "lr", "test_trials", "log_every", "checkpoint_every"),
+                  non_negative=("steps", "reorder_weight", "keep_checkpoints", "threads"),
+                  probabilities=("p_shuffle", "p_drop"))
+    checked_config(lambda: SyntheticEEG(cfg.n_classes, montage_seed=cfg.montage_seed))
+    checked_config(lambda: cfg.model_config(True))
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -133,11 +143,13 @@ def evaluate(model: CharmClassifier, tests: dict, labels: torch.Tensor, batch: i
 
 def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     """Train CHARM and the baseline side by side (or resume); returns the results (module doc)."""
+    check_config(cfg)
     runtime = start_runtime(cfg.device)
     if runtime.distributed:
-        raise ValueError("pyaudiok train charm runs in a single process")
+        raise ConfigError("pyaudiok train charm runs in a single process")
     torch.set_num_threads(cfg.threads or auto_threads(1))
     out = Path(cfg.out_dir)
+    resume_from = resume_checkpoint(out / "checkpoints", cfg.resume)
     seed_everything(cfg.seed)
     data = SyntheticEEG(cfg.n_classes, montage_seed=cfg.montage_seed)
     models = {name: compile_model(CharmClassifier(cfg.model_config(reorder=name == "charm")).to(runtime.device),
@@ -148,9 +160,14 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     test_y = test_y.to(runtime.device)
 
     step, history = 0, {"train": [], "pending": {"sums": {}, "count": 0}}
-    resume_from = latest_checkpoint(out / "checkpoints") if cfg.resume else None
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=runtime.device)
+        state = expect_checkpoint(load_checkpoint(resume_from, map_location=runtime.device), resume_from, SYSTEM,
+                                  ("step", "model_configs", "models", "opts", "history", "rng"))
+        for name, model in models.items():
+            trained = state["model_configs"].get(name, {})
+            if trained != asdict(model.config):
+                raise ConfigError(f"{resume_from} was trained with another {name} model ("
+                                  f"{config_changes(trained, asdict(model.config))}): resume with the run's options")
         for name in MODELS:
             models[name].load_state_dict(state["models"][name])
             opts[name].load_state_dict(state["opts"][name])
@@ -162,7 +179,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     def checkpoint(at: int) -> None:
         history["pending"] = {"sums": dict(averager.sums), "count": averager.count}
         save_checkpoint(checkpoint_path(out / "checkpoints", at), {
-            "step": at, "train_config": asdict(cfg),
+            "system": SYSTEM, "step": at, "train_config": asdict(cfg),
             "model_configs": {n: asdict(m.config) for n, m in models.items()},
             "models": {n: m.state_dict() for n, m in models.items()},
             "opts": {n: o.state_dict() for n, o in opts.items()}, "history": history, "rng": capture_rng_state()})
@@ -208,7 +225,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         checkpoint(step)
     result = {"config": asdict(cfg), "step": step, "train_seconds": round(seconds, 1),
               **{name: evaluate(model, tests, test_y) for name, model in models.items()}}
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out / "results.json", result)
     log(format_table(result))
     return result
 
@@ -225,7 +242,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train charm", description=__doc__,
-                           choices={"normalization": ("softmax", "sinkhorn"), "device": ("auto", "cpu", "cuda")})
+                           choices={"normalization": ("softmax", "sinkhorn"), "device": ("auto", "cpu", "cuda")},
+                           check=check_config)
     if cfg.out_dir is None:
         cfg.out_dir = TrainConfig.out_dir
     train(cfg)
@@ -237,8 +255,13 @@ def load_model(checkpoint: str | Path, which: str = "charm", device: str = "cpu"
     checkpoint (file or output directory), in eval mode."""
     if which not in MODELS:
         raise ValueError(f"which must be one of {MODELS}; got {which!r}")
-    state = load_checkpoint(resolve_checkpoint(checkpoint), map_location=device)
-    model = CharmClassifier(CharmConfig(**state["model_configs"][which]))
+    path = resolve_checkpoint(checkpoint)
+    state = expect_checkpoint(load_checkpoint(path, map_location=device), path, SYSTEM, ("model_configs", "models"))
+    try:
+        config = CharmConfig(**state["model_configs"][which])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a {SYSTEM} checkpoint: its {which} config: {e}") from e
+    model = CharmClassifier(config)
     model.load_state_dict(state["models"][which])
     return model.to(device).eval()
 

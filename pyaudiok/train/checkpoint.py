@@ -19,11 +19,16 @@ import torch
 
 from pyaudiok.codec.bitstream import atomic_writer
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "checkpoint_path",
-           "list_checkpoints", "latest_checkpoint", "resolve_checkpoint", "prune_checkpoints"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "expect_checkpoint", "capture_rng_state",
+           "restore_rng_state", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint",
+           "prune_checkpoints"]
 
 PathLike = str | os.PathLike[str]
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint, or a checkpoint of another system."""
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
@@ -38,8 +43,32 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: PathLike, map_location: str | torch.device | None = "cpu",
                     weights_only: bool = True) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (tensors onto `map_location`)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=weights_only)
+    """Read a checkpoint written by `save_checkpoint` (tensors onto `map_location`); CheckpointError
+    for a file that is not one (truncated, empty, another format)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except OSError:  # missing, a directory, unreadable: the OS's own error says which
+        raise
+    except Exception as e:  # torch.load's errors for a damaged file: UnpicklingError, RuntimeError, EOFError
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, or not a checkpoint file): "
+                              f"{reason}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint's dict")
+    return state
+
+
+def expect_checkpoint(state: dict[str, Any], path: PathLike, system: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """`state` itself when it is a checkpoint of `system` (its "system" entry, where it has one)
+    holding every one of `keys`; else CheckpointError naming what it is."""
+    found = state.get("system")
+    if found is not None and found != system:
+        raise CheckpointError(f"checkpoint {path} is a {found} checkpoint, not a {system} one")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a {system} checkpoint (it has no {', '.join(missing)})")
+    return state
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ of a test clip. Written to `out`: `results.json` and the pre-trained checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ from pyaudiok.models.cola import COLA, COLAConfig
 from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
-from .runtime import DEVICES, add_compile_option, add_precision_option, compile_model, pick_device, precision_scope
+from .runtime import (DEVICES, ConfigError, add_compile_option, add_precision_option, check_options, checked_config,
+                      compile_model, pick_device, precision_scope, write_json)
 
 __all__ = ["TrainConfig", "pretrain", "calibrate_batchnorm", "probe", "labeled_set", "main"]
 
@@ -66,6 +66,16 @@ class TrainConfig:
     precision: str = "fp32"        # "bf16": training steps under bf16 autocast (runtime.precision_scope)
     compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     out_dir: str | None = None
+
+
+def check_config(cfg: TrainConfig) -> COLAConfig:
+    """The model's config of `cfg`; ConfigError for an option out of its range."""
+    check_options(cfg, positive=("steps", "batch", "lr", "crop_seconds", "clip_seconds", "pool", "embedding_dim",
+                                 "probe_train", "probe_test", "probe_chunks"), non_negative=("probe_steps",))
+    if cfg.clip_seconds < cfg.crop_seconds:
+        raise ConfigError("--clip-seconds must be at least --crop-seconds")
+    return checked_config(lambda: COLAConfig(frontend=cfg.frontend, encoder=cfg.encoder, widths=tuple(cfg.widths),
+                                             embedding_dim=cfg.embedding_dim, symmetric=cfg.symmetric))
 
 
 def _crop(wav: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -193,6 +203,7 @@ def probe(model: COLA, train_set, test_set, steps: int = 300, seed: int = 0) -> 
 
 def run(cfg: TrainConfig, log=print) -> dict:
     """Pre-train COLA, then probe it and a randomly initialised copy of the same architecture."""
+    check_config(cfg)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     mcfg = COLAConfig(frontend=cfg.frontend, encoder=cfg.encoder, widths=tuple(cfg.widths),
@@ -216,8 +227,8 @@ def run(cfg: TrainConfig, log=print) -> dict:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.cpu() for k, v in model.state_dict().items()}  # loads on a machine without CUDA
-        save_checkpoint(out / "cola.pt", {"model": weights, "config": asdict(mcfg), "result": result})
-        (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+        save_checkpoint(out / "cola.pt", {"system": "cola", "model": weights, "config": asdict(mcfg), "result": result})
+        write_json(out / "results.json", result)
     return result
 
 
@@ -241,13 +252,19 @@ def main(argv=None) -> int:
     add_compile_option(p)
     p.add_argument("--out", default=None, help="directory for results.json and the checkpoint")
     args = p.parse_args(argv)
-    if args.clip_seconds < args.crop_seconds:
-        p.error("--clip-seconds must be at least --crop-seconds")
     kwargs = {k: getattr(args, k) for k in ("steps", "batch", "pool", "embedding_dim", "probe_train", "probe_test",
                                             "probe_chunks", "probe_steps", "seed", "lr", "crop_seconds",
                                             "clip_seconds", "symmetric", "frontend", "encoder", "pretrain_data",
                                             "device", "precision", "compile")}
-    cfg = TrainConfig(widths=tuple(int(w) for w in args.widths.split(",")), out_dir=args.out, **kwargs)
+    try:
+        widths = tuple(int(w) for w in args.widths.split(","))
+    except ValueError:
+        p.error(f"--widths must be comma-separated integers; got {args.widths!r}")
+    cfg = TrainConfig(widths=widths, out_dir=args.out, **kwargs)
+    try:
+        check_config(cfg)
+    except ValueError as e:
+        p.error(str(e))
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "
           f"random encoder {result['random_encoder']['probe_test_accuracy']:.3f}  "

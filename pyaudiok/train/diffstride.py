@@ -24,7 +24,6 @@ feature-map size before the head, penalty, seconds, per run) and one checkpoint 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,8 +38,8 @@ from pyaudiok.models.soundstream.losses import mel_filterbank
 from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_strides
 
 from .checkpoint import save_checkpoint
-from .runtime import (DEVICES, add_compile_option, add_precision_option, classification_accuracy, compile_model,
-                      pick_device, precision_scope)
+from .runtime import (DEVICES, add_compile_option, add_precision_option, check_options, classification_accuracy,
+                      compile_model, pick_device, precision_scope, write_json)
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -140,6 +139,12 @@ def audio_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 # Training.
 
+def check_config(cfg: TrainConfig) -> None:
+    """ConfigError for an option out of its range."""
+    check_options(cfg, positive=("steps", "batch", "width", "lr", "stride_lr", "train_size", "test_size"),
+                  non_negative=("penalty",))
+
+
 def _data(cfg: TrainConfig):
     make = image_set if cfg.task == "image" else audio_set
     train_x, train_y = make(cfg.train_size, cfg.seed)
@@ -169,6 +174,7 @@ def _feature_size(model: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
 
 def train(cfg: TrainConfig, data=None, log=print) -> dict:
     """Train one model; returns {accuracy, strides (initial and learned), feature_size, ...}."""
+    check_config(cfg)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     # Data and model are made on the CPU (the same on every device), then moved.
@@ -206,12 +212,14 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
               "seconds": round(seconds, 1), "steps_per_second": round(cfg.steps / seconds, 2)}
     if cfg.out_dir:
         name = f"{cfg.task}_{cfg.pooling}_{'-'.join(f'{s:g}' for s in cfg.strides)}.pt"
-        save_checkpoint(Path(cfg.out_dir) / "checkpoints" / name, {"model": model.state_dict(), "result": result})
+        save_checkpoint(Path(cfg.out_dir) / "checkpoints" / name, {"system": "diffstride", "model": model.state_dict(),
+                                                                                "result": result})
     return result
 
 
 def compare(cfg: TrainConfig, runs=tuple(RUNS), log=print) -> dict:
     """The same data and budget for each run; returns {run name: result}."""
+    check_config(cfg)
     data = _data(cfg)
     results = {}
     for name in runs:
@@ -220,7 +228,7 @@ def compare(cfg: TrainConfig, runs=tuple(RUNS), log=print) -> dict:
     if cfg.out_dir:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_json(out / "results.json", results)
     return results
 
 
@@ -257,6 +265,10 @@ def main(argv=None) -> int:
                       stride_lr=args.stride_lr, penalty=args.penalty, train_size=args.train_size,
                       test_size=args.test_size, seed=args.seed, device=args.device, precision=args.precision,
                       compile=args.compile, out_dir=args.out)
+    try:
+        check_config(cfg)
+    except ValueError as e:
+        p.error(str(e))
     results = compare(cfg, runs)
     print(format_results(results))
     return 0

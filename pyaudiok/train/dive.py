@@ -24,8 +24,9 @@ from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .runtime import (DEVICES, compile_model, config_from_argv, fit_steps, pick_device, read_run_checkpoint,
-                      seed_everything, write_run)
+from .checkpoint import CheckpointError
+from .runtime import (DEVICES, check_options, checked_config, compile_model, config_from_argv, fit_steps, pick_device,
+                      read_run_checkpoint, seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -53,6 +54,15 @@ class TrainConfig:
     compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """ConfigError for an option out of its range (the model's own settings included)."""
+    check_options(cfg, positive=("batch", "duration", "sample_rate", "train_speakers", "eval_speakers",
+                                 "eval_conversations", "lr", "log_every"),
+                  non_negative=("steps", "collar", "eval_collar"))
+    checked_config(lambda: DIVEConfig(sample_rate=cfg.sample_rate, channels=cfg.channels, embed_dim=cfg.embed_dim,
+                                      layers=cfg.layers, max_speakers=cfg.max_speakers, collar=cfg.collar))
 
 
 def batch(conversations: Conversations, indices, max_speakers: int, frame_rate: int):
@@ -88,6 +98,7 @@ def evaluate(model: DIVE, conversations: Conversations, count: int, collar: floa
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=cfg.source)
@@ -122,21 +133,25 @@ def train(cfg: TrainConfig, log=print) -> dict:
     result = {"config": asdict(cfg), "speakers": train_bank.kind, "before": before, "after": after,
               "log": rows, "seconds": round(seconds, 1)}
     if cfg.out_dir:
-        write_run(cfg.out_dir, rows, result, model, asdict(model.config))
+        write_run(cfg.out_dir, rows, result, model, asdict(model.config), system="dive")
     return result
 
 
 def main(argv=None) -> int:
     train(config_from_argv(TrainConfig, argv, prog="pyaudiok train dive", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}))
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config))
     return 0
 
 
 def load_model(checkpoint: str | Path) -> DIVE:
     """The model of a `pyaudiok train dive` checkpoint (file or output directory), in eval mode, on
     the CPU (whatever device it was trained on)."""
-    state = read_run_checkpoint(checkpoint)  # tensors mapped to the CPU
-    model = DIVE(DIVEConfig(**state["model_config"]))
+    state = read_run_checkpoint(checkpoint, "dive")  # tensors mapped to the CPU
+    try:
+        config = DIVEConfig(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {checkpoint} is not a dive checkpoint: its model_config: {e}") from e
+    model = DIVE(config)
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -14,7 +14,6 @@ after every epoch, a checkpoint per epoch (pyaudiok.train.checkpoint), and `resu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -28,12 +27,13 @@ from pyaudiok.data import audio_synth
 from pyaudiok.models.leaf import LeafClassifier
 
 from .checkpoint import capture_rng_state, save_checkpoint
-from .runtime import (DEVICES, add_compile_option, add_precision_option, classification_accuracy, compile_model,
-                      pick_device, precision_scope, seed_everything)
+from .runtime import (DEVICES, add_compile_option, add_precision_option, check_options, classification_accuracy,
+                      compile_model, pick_device, precision_scope, seed_everything, write_json)
 
 __all__ = ["TrainConfig", "CLASSES", "audio_task", "train", "main"]
 
 SAMPLE_RATE, CLIP = 16_000, 8_000
+FRONTENDS = ("leaf", "mel")
 
 
 def _tone(rng, n, sr):
@@ -97,10 +97,16 @@ class TrainConfig:
     progress: bool = True
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """ConfigError for an option out of its range."""
+    check_options(cfg, positive=("epochs", "batch", "lr", "train_size", "test_size"))
+
+
 def train(cfg: TrainConfig, data=None, log=print) -> dict:
     """Train one LeafClassifier; returns {accuracy per epoch, final accuracy, seconds, ...}."""
     from tqdm.auto import tqdm
 
+    check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     # Clips and model are made on the CPU (the same on every device), then moved.
@@ -132,7 +138,7 @@ def train(cfg: TrainConfig, data=None, log=print) -> dict:
         if cfg.out_dir:
             save_checkpoint(Path(cfg.out_dir) / "checkpoints" / f"{cfg.frontend}_epoch{epoch + 1}.pt",
                             {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                             "config": asdict(cfg), "rng": capture_rng_state()})
+                             "config": asdict(cfg), "rng": capture_rng_state(), "system": "leaf"})
     return {"config": asdict(cfg), "accuracy_per_epoch": per_epoch, "accuracy": per_epoch[-1] if per_epoch else None,
             "seconds": round(time.perf_counter() - start, 1)}
 
@@ -146,7 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--train-size", type=int, default=TrainConfig.train_size)
     p.add_argument("--test-size", type=int, default=TrainConfig.test_size)
-    p.add_argument("--channels", default="small", help="'small' (16…128) or 'full' (64-128-256-256-512-512)")
+    p.add_argument("--channels", choices=("small", "full"), default="small",
+                   help="'small' (16…128) or 'full' (64-128-256-256-512-512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default=TrainConfig.device, help="auto: CUDA when available")
     add_precision_option(p, TrainConfig.precision)
@@ -154,10 +161,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="directory for checkpoints and results.json")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    frontends = [f.strip() for f in args.frontends.split(",") if f.strip()]
+    unknown = [f for f in frontends if f not in FRONTENDS]
+    if unknown or not frontends:
+        p.error(f"--frontends: unknown or no frontend(s) {unknown}; choose from {', '.join(FRONTENDS)}")
+    try:
+        check_config(TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, train_size=args.train_size,
+                                 test_size=args.test_size))
+    except ValueError as e:
+        p.error(str(e))
     channels = (64, 128, 256, 256, 512, 512) if args.channels == "full" else TrainConfig.channels
     data = (*audio_task(args.train_size, args.seed), *audio_task(args.test_size, args.seed + 1_000_003))
     results = {}
-    for frontend in args.frontends.split(","):
+    for frontend in frontends:
         cfg = TrainConfig(frontend=frontend, epochs=args.epochs, batch=args.batch, lr=args.lr,
                           train_size=args.train_size, test_size=args.test_size, channels=channels, seed=args.seed,
                           device=args.device, precision=args.precision, compile=args.compile, out_dir=args.out,
@@ -168,5 +184,5 @@ def main(argv=None) -> int:
               f"({r['seconds']} s)")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
+        write_json(Path(args.out) / "results.json", results)
     return 0

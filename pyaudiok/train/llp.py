@@ -33,8 +33,8 @@ from pyaudiok.data.label_proportions import Split, load_digits, make_bags
 from pyaudiok.nn import OTPseudoLabelLoss, ProportionLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .runtime import (DEVICES, auto_threads, classification_accuracy, compile_model, pick_device, precision_scope,
-                      seed_everything, write_csv)
+from .runtime import (DEVICES, auto_threads, check_options, classification_accuracy, compile_model, pick_device,
+                      precision_scope, seed_everything, write_csv)
 
 __all__ = ["TrainConfig", "METHODS", "make_model", "train_one", "run", "main"]
 
@@ -67,6 +67,12 @@ class TrainConfig:
         if not sizes or min(sizes) < 1:
             raise ValueError(f"bag_sizes must be a comma-separated list of sizes >= 1; got {self.bag_sizes!r}")
         return sizes
+
+    def check(self) -> None:
+        """ConfigError for an option out of its range (bag sizes and methods included)."""
+        check_options(self, positive=("lr", "hidden", "ot_eps", "ot_iters"),
+                      non_negative=("epochs", "batch", "threads"))
+        self.bag_size_list(), self.method_list()
 
     def method_list(self) -> list[str]:
         methods = [m.strip() for m in str(self.methods).split(",") if m.strip()]
@@ -159,6 +165,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
     """Every run of the sweep (skipping, with --resume, those with a checkpoint of the same config)."""
     from tqdm.auto import tqdm
 
+    cfg.check()
     sizes, methods = cfg.bag_size_list(), cfg.method_list()
     device = pick_device(cfg.device)
     torch.set_num_threads(cfg.threads or auto_threads(1))
@@ -190,8 +197,8 @@ def run(cfg: TrainConfig, log=print) -> dict:
         results.append(result)
         rows += run_rows
         if path is not None:
-            save_checkpoint(path, {"model": model.state_dict(), "config": same_config, "result": result,
-                                   "log": run_rows})
+            save_checkpoint(path, {"system": "llp", "model": model.state_dict(), "config": same_config,
+                                   "result": result, "log": run_rows})
     bar.close()
     summary = {"config": asdict(cfg), "n_train": n, "n_test": len(data.y_test), "runs": results,
                "table": table(results)}
@@ -226,7 +233,7 @@ def main(argv=None) -> int:
     cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train llp", description=__doc__,
                            choices={"device": DEVICES})
     try:
-        cfg.bag_size_list(), cfg.method_list()
+        cfg.check()
         run(cfg)
     except (ValueError, ImportError) as e:
         print(f"pyaudiok train llp: {e}", file=sys.stderr)

@@ -29,12 +29,15 @@ from torch.nn.parallel import DistributedDataParallel
 from pyaudiok.data.text_corpus import ByteCorpus, bits
 from pyaudiok.models.perceiver_ar import PerceiverAR, PerceiverARConfig, generate
 
-from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
-from .runtime import (COMPILE_HELP, DEVICES, SHARED_CHOICES, Averager, Runtime, compile_model, pick_device,
-                      precision_scope, progress_bar, same_on_every_rank, save_resumable, seed_everything,
-                      training_runtime, unwrap, write_csv)
+from .checkpoint import CheckpointError, expect_checkpoint, load_checkpoint, resolve_checkpoint, restore_rng_state
+from .runtime import (COMPILE_HELP, DEVICES, SHARED_CHOICES, Averager, ConfigError, Runtime, check_options,
+                      checked_config, compile_model, config_changes, pick_device, precision_scope, progress_bar,
+                      resume_checkpoint, same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap,
+                      write_csv)
 
-__all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer"]
+__all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer", "check_config"]
+
+SYSTEM = "perceiver-ar"
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -78,6 +81,14 @@ class TrainConfig:
                                  z_loss=self.z_loss)
 
 
+def check_config(config: TrainConfig) -> PerceiverARConfig:
+    """The model's config of `config`; ConfigError for an option out of its range."""
+    check_options(config, positive=("batch_size", "lr", "grad_clip", "eval_every", "eval_windows", "log_every",
+                                    "checkpoint_every", "corpus_bytes"),
+                  non_negative=("steps", "warmup", "keep_checkpoints", "threads"))
+    return checked_config(config.model_config)
+
+
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam (DESIGN §1), its fused single-kernel update: the per-tensor updates of a small model
     otherwise cost as much as a layer on a busy CPU."""
@@ -103,12 +114,14 @@ def validate(model: PerceiverAR, windows: torch.Tensor, batch_size: int) -> floa
 def train(config: TrainConfig) -> dict[str, float]:
     """Train (or resume); returns the final {step, valid_bits_per_byte, unigram_bits_per_byte,
     train_bits_per_byte, seconds}."""
+    check_config(config)
     with training_runtime(config.device, config.threads) as runtime:
         return _train(config, runtime)
 
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
+    resume_from = resume_checkpoint(out / "checkpoints", config.resume)
     torch.manual_seed(config.seed)
     model = compile_model(PerceiverAR(config.model_config()).to(runtime.device), config.compile)
     opt = make_optimizer(model, config.lr)
@@ -119,9 +132,12 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
 
     history: dict[str, Any] = {"train": [], "valid": [], "pending": {"sums": {}, "count": 0}}
     step = 0
-    resume_from = latest_checkpoint(out / "checkpoints") if config.resume else None
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=runtime.device)
+        state = expect_checkpoint(load_checkpoint(resume_from, map_location=runtime.device), resume_from, SYSTEM,
+                                  ("step", "model_config", "model", "opt", "history", "rng"))
+        if _model_config(state, resume_from) != model.config:
+            raise ConfigError(f"{resume_from} was trained with another model (" + config_changes(
+                state["model_config"], model.config.to_dict()) + "): resume with the run's model options")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, history = state["step"], state["history"]
@@ -141,7 +157,7 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
 
     def checkpoint(at: int) -> None:
         save_resumable(runtime, out / "checkpoints", at, config.keep_checkpoints, history, averager, lambda rng: {
-            "step": at, "train_config": asdict(config), "model_config": model.config.to_dict(),
+            "system": SYSTEM, "step": at, "train_config": asdict(config), "model_config": model.config.to_dict(),
             "model": model.state_dict(), "opt": opt.state_dict(), "history": history, "rng": rng})
 
     if runtime.is_main:
@@ -201,6 +217,13 @@ def _loss(wrapped, sequence: torch.Tensor):
 # ----------------------------------------------------------------------------------------------
 # Command line.
 
+def _model_config(state: dict[str, Any], path) -> PerceiverARConfig:
+    try:
+        return PerceiverARConfig(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a {SYSTEM} checkpoint: its model_config: {e}") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyaudiok train perceiver-ar", description=__doc__.split("\n")[0])
     for f in fields(TrainConfig):
@@ -216,8 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    metrics = train(TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)}))
+    parser = build_parser()
+    config = TrainConfig(**{f.name: getattr(parser.parse_args(argv), f.name) for f in fields(TrainConfig)})
+    try:
+        check_config(config)
+    except ValueError as e:
+        parser.error(str(e))
+    metrics = train(config)
     if metrics and int(os.environ.get("RANK", 0)) == 0:
         width = max(map(len, metrics))
         print("\n".join(f"{k:<{width}}  {v:.4g}" for k, v in metrics.items()))
@@ -226,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_model(checkpoint: str | os.PathLike, device: str = "cpu") -> PerceiverAR:
     """A trained model from a checkpoint file or a training output directory (its newest one)."""
-    state = load_checkpoint(resolve_checkpoint(checkpoint), map_location=device)
-    model = PerceiverAR(PerceiverARConfig(**state["model_config"]))
+    path = resolve_checkpoint(checkpoint)
+    state = expect_checkpoint(load_checkpoint(path, map_location=device), path, SYSTEM, ("model_config", "model"))
+    model = PerceiverAR(_model_config(state, path))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 

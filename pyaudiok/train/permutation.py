@@ -25,7 +25,8 @@ from ..data import notes
 from ..models.permutation import PermutationPretext
 from ..models.permutation.model import POOLINGS, RANKERS
 from ..models.soundstream.losses import mel_filterbank
-from .runtime import DEVICES, compile_model, config_from_argv, fit_steps, pick_device, seed_everything, write_run
+from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, pick_device, seed_everything,
+                      write_run)
 
 __all__ = ["TrainConfig", "train", "main", "synth_notes", "log_mel", "linear_probe"]
 
@@ -54,6 +55,12 @@ class TrainConfig:
     compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     device: str = "auto"            # "auto": CUDA when available
     out_dir: str | None = None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """ConfigError for an option out of its range."""
+    check_options(cfg, positive=("batch", "lr", "eps", "time_patches", "freq_patches", "dim", "n_pitches",
+                                 "probe_train", "probe_test", "log_every"), non_negative=("steps", "probe_steps"))
 
 
 def synth_notes(n: int, n_pitches: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,6 +115,7 @@ def probe_encoders(encoders: dict[str, PermutationPretext], cfg: TrainConfig, ge
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # CPU: the data and the patch shuffles, on any device
@@ -137,13 +145,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
     result = {"config": asdict(cfg), "final_pretext_loss": rows[-1]["loss"] if rows else None, **probes,
               "log": rows, "seconds": round(seconds, 1)}
     if cfg.out_dir:
-        write_run(cfg.out_dir, rows, result, model, model_config)
+        write_run(cfg.out_dir, rows, result, model, model_config, system="permutation")
     return result
 
 
 def main(argv=None) -> int:
     train(config_from_argv(TrainConfig, argv, prog="pyaudiok train permutation", description=__doc__,
-                           choices={"ranker": RANKERS, "probe_features": POOLINGS, "device": DEVICES}))
+                           choices={"ranker": RANKERS, "probe_features": POOLINGS, "device": DEVICES},
+                           check=check_config))
     return 0
 
 

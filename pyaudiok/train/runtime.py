@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,65 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyaudiok.codec.bitstream import atomic_writer
 
-from .checkpoint import capture_rng_state, checkpoint_path, prune_checkpoints, save_checkpoint
+from .checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, prune_checkpoints,
+                         save_checkpoint)
 
-__all__ = ["Runtime", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
+__all__ = ["Runtime", "ConfigError", "check_options", "checked_config", "resume_checkpoint", "config_changes",
+           "write_json", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
            "compile_model", "add_compile_option", "COMPILE_HELP",
            "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything",
            "unwrap", "gather_rng_states", "Averager", "classification_accuracy", "write_csv"]
+
+
+class ConfigError(ValueError):
+    """A run refused before it starts: an option out of its range, or an output directory that
+    does not fit --resume. The command line prints it as a one-line error."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_options(cfg: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                  probabilities: tuple[str, ...] = ()) -> None:
+    """ConfigError naming the first of cfg's numeric fields outside its range: `positive` > 0,
+    `non_negative` >= 0, `probabilities` in [0, 1] (NaN is in none of them)."""
+    for names, inside, what in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+                                (probabilities, lambda v: 0 <= v <= 1, "in [0, 1]")):
+        for name in names:
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside(value):
+                raise ConfigError(f"{_flag(name)} must be {what}; got {value!r}")
+
+
+def checked_config(make: Callable[[], Any]) -> Any:
+    """make() (a model's config from a trainer's options), its ValueError or TypeError (an unknown
+    or out-of-range setting) raised as a ConfigError."""
+    try:
+        return make()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def resume_checkpoint(directory: str | os.PathLike, resume: bool) -> Path | None:
+    """The checkpoint a resumable run with checkpoints in `directory` starts from: with `resume`
+    the newest one, or none with a notice on stderr (a restart script that always passes --resume,
+    a torchrun job's first start, must still start; the notice shows a mistyped --out); without,
+    none, and a ConfigError when the directory already holds checkpoints (a fresh run would mix its
+    own with them, and pruning would delete its own as the older ones)."""
+    newest = latest_checkpoint(directory)
+    if resume and newest is None:
+        print(f"--resume: no checkpoint in {directory} yet: starting a fresh run", file=sys.stderr)
+    if not resume and newest is not None:
+        raise ConfigError(f"{directory} already holds the checkpoints of a run (newest: {newest.name}): "
+                          f"pass --resume to continue it, or choose another --out")
+    return newest
+
+
+def config_changes(trained: dict[str, Any], given: dict[str, Any]) -> str:
+    """The settings in which two configs (as dicts) differ: "name: trained -> given, ..."."""
+    return ", ".join(f"{k}: {trained.get(k)!r} -> {given.get(k)!r}" for k in dict.fromkeys([*trained, *given])
+                     if trained.get(k) != given.get(k))
 
 
 @dataclass(frozen=True)
@@ -92,9 +146,9 @@ def pick_device(device: str = "auto", index: int = 0) -> torch.device:
     """The device a trainer runs on: "auto" (CUDA when available), "cpu" or "cuda" (CUDA device
     `index`, made the current one)."""
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
+        raise ConfigError(f"device must be one of {DEVICES}; got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+        raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device")
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     where = torch.device("cuda", index)
@@ -260,6 +314,14 @@ def classification_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return int(correct) / max(len(x), 1)
 
 
+def write_json(path: Path, value: Any) -> None:
+    """`value` as indented JSON to `path`, atomically."""
+    import json
+
+    with atomic_writer(path) as f:
+        f.write((json.dumps(value, indent=1) + "\n").encode())
+
+
 def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     """Rows (dicts; columns in order of first appearance) to a CSV file, atomically."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -275,37 +337,37 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 # Single-file runs (a results.json, a log.csv and one checkpoint.pt in an output directory).
 
 def write_run(out_dir: str | os.PathLike, rows: list[dict[str, float]], result: dict, model: nn.Module,
-              model_config: dict) -> None:
+              model_config: dict, system: str | None = None) -> None:
     """Write a finished run: log.csv (rows), results.json (result) and checkpoint.pt (the model's
-    weights, its config and the result)."""
-    import json
-
+    weights, its config, the result, and which trainer wrote it)."""
     from .checkpoint import save_checkpoint
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "log.csv", rows)
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    save_checkpoint(out / "checkpoint.pt", {"model": model.state_dict(), "model_config": model_config,
-                                           "result": result})
+    write_json(out / "results.json", result)
+    state = {"model": model.state_dict(), "model_config": model_config, "result": result}
+    save_checkpoint(out / "checkpoint.pt", state if system is None else {"system": system, **state})
 
 
-def read_run_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The state written by `write_run` (a checkpoint.pt file, or the run's output directory)."""
-    from .checkpoint import load_checkpoint
+def read_run_checkpoint(checkpoint: str | os.PathLike, system: str | None = None) -> dict[str, Any]:
+    """The state written by `write_run` (a checkpoint.pt file, or the run's output directory);
+    with `system`, a CheckpointError unless the file is that trainer's."""
+    from .checkpoint import expect_checkpoint, load_checkpoint
 
     path = Path(checkpoint)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return load_checkpoint(path)
+    state = load_checkpoint(path)
+    return state if system is None else expect_checkpoint(state, path, system, ("model", "model_config", "result"))
 
 
 def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
-                     choices: dict[str, tuple[str, ...]] | None = None):
+                     choices: dict[str, tuple[str, ...]] | None = None, check: Callable[[Any], Any] | None = None):
     """A dataclass config from command-line options generated from its fields (`--field-name`,
     typed by the default; `choices` restricts some, `device` and `precision` always; `--out` sets
-    `out_dir`)."""
+    `out_dir`); a ValueError of check(config) is the parser's error (usage, exit status 2)."""
     import argparse
     from dataclasses import asdict
 
@@ -324,4 +386,10 @@ def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
             parser.add_argument(flag, type=type(value), default=value)
     parser.add_argument("--out", dest="out_dir", default=None,
                         help="directory for log.csv, results.json and checkpoint.pt")
-    return config_cls(**vars(parser.parse_args(argv)))
+    config = config_cls(**vars(parser.parse_args(argv)))
+    if check is not None:
+        try:
+            check(config)
+        except ValueError as e:
+            parser.error(str(e))
+    return config

@@ -32,7 +32,7 @@ import ast
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence, get_type_hints
 
@@ -49,11 +49,15 @@ from pyaudiok.models.soundstream.losses import (MultiScaleMelLoss, feature_match
                                                 hinge_generator_loss, si_snr)
 from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 
-from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng_state
-from .runtime import (COMPILE_HELP, SHARED_CHOICES, Averager, Runtime, compile_model, precision_scope, progress_bar,
+from .checkpoint import CheckpointError, expect_checkpoint, load_checkpoint, restore_rng_state
+from .runtime import (COMPILE_HELP, SHARED_CHOICES, Averager, ConfigError, Runtime, check_options, checked_config,
+                      compile_model, config_changes, precision_scope, progress_bar, resume_checkpoint,
                       same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, write_csv)
 
-__all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS"]
+__all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS",
+           "check_config"]
+
+SYSTEM = "soundstream"
 
 PRESETS = {"tiny": SoundStreamConfig.preset_tiny, "16khz": SoundStreamConfig.preset_16khz,
            "24khz": SoundStreamConfig.preset_24khz}
@@ -115,13 +119,34 @@ class TrainConfig:
     def model_config(self) -> SoundStreamConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        known = {f.name for f in fields(SoundStreamConfig)}
+        unknown = sorted(set(self.model) - known)
+        if unknown:
+            raise ValueError(f"unknown model setting(s) {unknown}; SoundStreamConfig has {sorted(known)}")
         return PRESETS[self.preset](**self.model)
 
     def quantizer_counts(self, num_quantizers: int) -> list[int]:
         return sorted(set(self.eval_quantizers or (1, max(1, num_quantizers // 2), num_quantizers)))
 
 
-# ----------------------------------------------------------------------------------------------
+def check_config(config: TrainConfig) -> SoundStreamConfig:
+    """The codec's config of `config`; ConfigError for an option out of its range."""
+    check_options(config, positive=("batch_size", "segment_seconds", "lr_generator", "lr_discriminator", "log_every",
+                                    "eval_every", "eval_examples", "checkpoint_every", "waveform_channels",
+                                    "waveform_max_channels", "stft_channels"),
+                  non_negative=("steps", "weight_adversarial", "weight_feature", "weight_reconstruction",
+                                "weight_commitment", "weight_waveform", "discriminator_start", "audio_samples",
+                                "keep_checkpoints", "threads"))
+    if len(config.betas) != 2 or not all(0 <= b < 1 for b in config.betas):
+        raise ConfigError(f"--betas must be two numbers in [0, 1); got {config.betas}")
+    model_config = checked_config(config.model_config)
+    outside = [n for n in config.eval_quantizers if not 1 <= n <= model_config.num_quantizers]
+    if outside:
+        raise ConfigError(f"--eval-quantizers must be in [1, {model_config.num_quantizers}] (the model's "
+                          f"quantizers); got {list(config.eval_quantizers)}")
+    return model_config
+
+
 # ----------------------------------------------------------------------------------------------
 # Models, optimisers, data.
 
@@ -313,6 +338,7 @@ def _write_references(directory: Path, wav: torch.Tensor, sample_rate: int, coun
 
 def _training_state(trainer: _Trainer, step: int, history: dict[str, Any], rng: list[dict[str, Any]]) -> dict:
     return {
+        "system": SYSTEM,
         "step": step,
         "train_config": asdict(trainer.config),
         "model_config": trainer.codec.config.to_dict(),
@@ -343,12 +369,14 @@ def _restore(trainer: _Trainer, state: dict[str, Any], runtime: Runtime) -> None
 def train(config: TrainConfig) -> dict[str, float]:
     """Train (or resume) as `config` says; returns the final validation metrics plus `step`,
     `seconds` (training wall time of this call) and the last logged losses (`train/…`)."""
+    check_config(config)
     with training_runtime(config.device, config.threads) as runtime:
         return _train(config, runtime)
 
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
+    resume_from = resume_checkpoint(out / "checkpoints", config.resume)
     generator, discriminators = build_models(config)
     compile_model(generator.to(runtime.device), config.compile)
     compile_model(discriminators.to(runtime.device), config.compile)
@@ -370,9 +398,20 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
 
     history: dict[str, Any] = {"train": [], "valid": [], "pending": {"sums": {}, "count": 0}}
     step = 0
-    resume_from = latest_checkpoint(out / "checkpoints") if config.resume else None
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=runtime.device)
+        state = expect_checkpoint(load_checkpoint(resume_from, map_location=runtime.device), resume_from, SYSTEM,
+                                  ("step", "model_config", "generator", "discriminators", "opt_g", "opt_d", "history",
+                                   "rng"))
+        try:
+            trained = SoundStreamConfig.from_dict(state["model_config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {resume_from} is not a {SYSTEM} checkpoint: "
+                                  f"its model_config: {e}") from e
+        # The quantizer's settings follow the batch (dead_code_threshold): only the codec must match.
+        if replace(trained, quantizer_kwargs=model_config.quantizer_kwargs) != model_config:
+            changes = config_changes(asdict(trained), model_config.to_dict())
+            raise ConfigError(f"{resume_from} was trained with another codec ({changes}): resume with the run's "
+                              f"--preset and --model options")
         _restore(trainer, state, runtime)
         step, history = state["step"], state["history"]
     else:
@@ -494,7 +533,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """`pyaudiok train soundstream [options]`; prints the final metrics."""
-    config = config_from_args(build_parser().parse_args(argv))
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(argv))
+    try:
+        check_config(config)
+    except ValueError as e:
+        parser.error(str(e))
     metrics = train(config)
     if metrics and int(os.environ.get("RANK", 0)) == 0:
         width = max(map(len, metrics))

@@ -23,8 +23,9 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import (DEVICES, compile_model, config_from_argv, fit_steps, pick_device, read_run_checkpoint,
-                      seed_everything, write_run)
+from .checkpoint import CheckpointError
+from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, pick_device,
+                      read_run_checkpoint, seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -51,6 +52,13 @@ class TrainConfig:
     compile: bool = False          # the model's forward (and loss) under torch.compile (runtime.compile_model)
     device: str = "auto"           # "auto" (CUDA when available), "cpu" or "cuda"
     out_dir: str | None = None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """ConfigError for an option out of its range."""
+    check_options(cfg, positive=("batch", "num_sources", "segment_seconds", "sample_rate", "train_speakers",
+                                 "eval_speakers", "eval_mixtures", "channels", "embed_dim", "speaker_layers",
+                                 "separation_layers", "lr", "log_every"), non_negative=("steps",))
 
 
 def _banks(cfg: TrainConfig) -> tuple[SpeakerBank, SpeakerBank]:
@@ -80,6 +88,7 @@ def evaluate(model: Wavesplit, mixtures: SeparationMixtures, count: int, batch: 
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     train_bank, eval_bank = _banks(cfg)
@@ -111,21 +120,25 @@ def train(cfg: TrainConfig, log=print) -> dict:
     result = {"config": asdict(cfg), "speakers": train_bank.kind, "before": before, "after": after,
               "log": rows, "seconds": round(seconds, 1)}
     if cfg.out_dir:
-        write_run(cfg.out_dir, rows, result, model, asdict(model.config))
+        write_run(cfg.out_dir, rows, result, model, asdict(model.config), system="wavesplit")
     return result
 
 
 def main(argv=None) -> int:
     train(config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}))
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config))
     return 0
 
 
 def load_model(checkpoint: str | Path) -> tuple[Wavesplit, int]:
     """The model of a `pyaudiok train wavesplit` checkpoint (file or output directory), in eval
     mode on the CPU (whatever device it was trained on), and its sample rate."""
-    state = read_run_checkpoint(checkpoint)  # tensors mapped to the CPU
-    model = Wavesplit(WavesplitConfig(**state["model_config"]))
+    state = read_run_checkpoint(checkpoint, "wavesplit")  # tensors mapped to the CPU
+    try:
+        config = WavesplitConfig(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {checkpoint} is not a wavesplit checkpoint: its model_config: {e}") from e
+    model = Wavesplit(config)
     model.load_state_dict(state["model"])
     return model.eval(), int(state["result"]["config"]["sample_rate"])
 
