@@ -24,9 +24,8 @@ from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .checkpoint import CheckpointError
-from .runtime import (DEVICES, check_options, checked_config, compile_model, config_from_argv, fit_steps, pick_device,
-                      read_run_checkpoint, seed_everything, write_run)
+from .runtime import (DEVICES, check_options, checked_config, compile_model, config_from_argv, fit_steps,
+                      model_from_run_checkpoint, pick_device, seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -146,14 +145,7 @@ def main(argv=None) -> int:
 def load_model(checkpoint: str | Path) -> DIVE:
     """The model of a `pyaudiok train dive` checkpoint (file or output directory), in eval mode, on
     the CPU (whatever device it was trained on)."""
-    state = read_run_checkpoint(checkpoint, "dive")  # tensors mapped to the CPU
-    try:
-        config = DIVEConfig(**state["model_config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {checkpoint} is not a dive checkpoint: its model_config: {e}") from e
-    model = DIVE(config)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return model_from_run_checkpoint(checkpoint, "dive", DIVEConfig, DIVE)[0]
 
 
 def diarize_main(argv=None) -> int:

@@ -363,6 +363,21 @@ def read_run_checkpoint(checkpoint: str | os.PathLike, system: str | None = None
     return state if system is None else expect_checkpoint(state, path, system, ("model", "model_config", "result"))
 
 
+def model_from_run_checkpoint(checkpoint: str | os.PathLike, system: str, config_cls, model_cls):
+    """(the model of a `pyaudiok train <system>` checkpoint in eval mode on the CPU, whatever device it
+    was trained on; the checkpoint's state); a CheckpointError if it is another system's."""
+    from .checkpoint import CheckpointError
+
+    state = read_run_checkpoint(checkpoint, system)  # tensors mapped to the CPU
+    try:
+        config = config_cls(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {checkpoint} is not a {system} checkpoint: its model_config: {e}") from e
+    model = model_cls(config)
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
 def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
                      choices: dict[str, tuple[str, ...]] | None = None, check: Callable[[Any], Any] | None = None):
     """A dataclass config from command-line options generated from its fields (`--field-name`,

@@ -23,9 +23,8 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .checkpoint import CheckpointError
-from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, pick_device,
-                      read_run_checkpoint, seed_everything, write_run)
+from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, model_from_run_checkpoint,
+                      pick_device, seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -133,14 +132,8 @@ def main(argv=None) -> int:
 def load_model(checkpoint: str | Path) -> tuple[Wavesplit, int]:
     """The model of a `pyaudiok train wavesplit` checkpoint (file or output directory), in eval
     mode on the CPU (whatever device it was trained on), and its sample rate."""
-    state = read_run_checkpoint(checkpoint, "wavesplit")  # tensors mapped to the CPU
-    try:
-        config = WavesplitConfig(**state["model_config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {checkpoint} is not a wavesplit checkpoint: its model_config: {e}") from e
-    model = Wavesplit(config)
-    model.load_state_dict(state["model"])
-    return model.eval(), int(state["result"]["config"]["sample_rate"])
+    model, state = model_from_run_checkpoint(checkpoint, "wavesplit", WavesplitConfig, Wavesplit)
+    return model, int(state["result"]["config"]["sample_rate"])
 
 
 def separate_main(argv=None) -> int:
