@@ -110,7 +110,7 @@ def _cmd_codec(args) -> int:
         else:
             header = codec.decode_file(model, args.input, args.output)
             print(f"{args.output}: {header.n_samples} samples at {header.sample_rate} Hz")
-    except (CodecFormatError, ValueError, FileNotFoundError) as e:
+    except (CodecFormatError, ValueError, OSError) as e:  # OSError: a missing, unreadable or unwritable path
         print(f"pyaudiok codec {args.action}: {e}", file=sys.stderr)
         return 2
     return 0

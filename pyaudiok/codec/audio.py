@@ -34,13 +34,17 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _check_rate(sample_rate: int) -> None:
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+    # libsndfile stores the rate as a C int
+    if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool) or not 0 < sample_rate < 2**31:
         raise ValueError(f"sample rate must be a positive integer, got {sample_rate!r}")
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resample float32 samples [T, channels] with soxr (HQ); a no-op at equal rates."""
+    _check_rate(from_rate)
     _check_rate(to_rate)
+    if samples.ndim != 2:
+        raise ValueError(f"samples must have shape [T, channels], got {samples.shape}")
     if from_rate == to_rate or len(samples) == 0:
         # soxr has nothing to do on an empty signal; keep the length arithmetic exact (0).
         return samples
@@ -67,11 +71,17 @@ def load_audio(path: PathLike, sample_rate: Optional[int] = None,
 def _as_samples(wav: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
     """[T] or [channels, T] float waveform -> finite float32 [T, channels], clipped to [-1, 1]."""
     if isinstance(wav, torch.Tensor):
+        if not wav.is_floating_point():
+            raise TypeError(f"waveform must be floating point (samples in [-1, 1]), got dtype {wav.dtype}")
         wav = wav.detach().cpu().float().numpy()
-    wav = np.asarray(wav, dtype=np.float32)
+    wav = np.asarray(wav)
+    # Integer PCM (|x| up to 32767) would be clipped to a square wave, complex would lose a part.
+    if not np.issubdtype(wav.dtype, np.floating):
+        raise TypeError(f"waveform must be floating point (samples in [-1, 1]), got dtype {wav.dtype}")
+    wav = wav.astype(np.float32, copy=False)
     if wav.ndim == 1:
         wav = wav[None]
-    if wav.ndim != 2:
+    if wav.ndim != 2 or wav.shape[0] == 0:
         raise ValueError(f"waveform must have shape [T] or [channels, T], got {wav.shape}")
     if not np.isfinite(wav).all():
         raise ValueError("waveform contains NaN or infinite samples")
@@ -100,5 +110,9 @@ def save_audio(path: PathLike, wav: Union[torch.Tensor, np.ndarray], sample_rate
     _check_rate(sample_rate)
     fmt = _format_for(path, subtype)
     samples = _as_samples(wav)
-    with atomic_writer(path) as f:
-        sf.write(f, samples, int(sample_rate), subtype=subtype, format=fmt)
+    try:
+        with atomic_writer(path) as f:
+            sf.write(f, samples, int(sample_rate), subtype=subtype, format=fmt)
+    except sf.LibsndfileError as e:
+        raise ValueError(f"cannot write {path} ({samples.shape[1]} channels [channels, T], {sample_rate} Hz, "
+                         f"{fmt} {subtype}): {e.error_string}") from e

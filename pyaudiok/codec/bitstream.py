@@ -86,13 +86,19 @@ class CodecHeader:
 
     def __post_init__(self) -> None:
         _check_ranges(self)
+        # numpy integers would overflow in the arithmetic below (`1 << np.uint8(10)` is 0)
+        for name in ("sample_rate", "frame_rate_num", "frame_rate_den", "n_q", "bits", "n_frames", "n_samples"):
+            object.__setattr__(self, name, int(getattr(self, name)))
         _check_frame_count(self)
 
     @classmethod
     def create(cls, sample_rate: int, frame_rate: Union[Fraction, int, float, str], n_q: int,
                bits: int, n_frames: int, n_samples: int) -> "CodecHeader":
         """Build a header from a frame rate given as a number (e.g. `Fraction(24000, 320)`)."""
-        rate = Fraction(frame_rate).limit_denominator(_U32_MAX)
+        try:
+            rate = Fraction(frame_rate).limit_denominator(_U32_MAX)
+        except (ValueError, OverflowError, TypeError, ZeroDivisionError):
+            raise CodecFormatError(f"invalid header: frame_rate={frame_rate!r} is not a finite number") from None
         return cls(sample_rate, rate.numerator, rate.denominator, n_q, bits, n_frames, n_samples)
 
     @property
@@ -220,9 +226,21 @@ def _parse_header(head: bytes) -> tuple[CodecHeader, int]:
     return CodecHeader(*fields), crc
 
 
+_READ_CHUNK = 1 << 24
+
+
 def _read_payload(stream: BinaryIO, size: int) -> bytes:
     """Exactly `size` bytes and then end of file, else a truncated/oversized error."""
-    data = stream.read(size + 1)  # one extra byte reveals trailing data without reading it all
+    # In bounded chunks: a damaged header can claim terabytes, and `read(n)` on a file allocates n
+    # bytes up front. One extra byte reveals trailing data without reading it all.
+    chunks, remaining = [], size + 1
+    while remaining > 0:
+        chunk = stream.read(min(remaining, _READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    data = b"".join(chunks)
     if len(data) < size:
         raise CodecFormatError(f"truncated payload: {len(data)} of {size} bytes")
     if len(data) > size:
@@ -255,6 +273,10 @@ def atomic_writer(path: Union[str, os.PathLike[str]]) -> Iterator[BinaryIO]:
     over it with `os.replace`: readers never see a half-written file.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a directory")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:  # exclusive create; the umask applies as for any new file
@@ -291,6 +313,8 @@ def write_ssc(target: PathOrFile, header: CodecHeader, codes: Codes) -> None:
 def read_ssc(source: PathOrFile) -> tuple[CodecHeader, np.ndarray]:
     """Read an `.ssc` file from a path or a binary file object: (header, int64 codes [n_q, T])."""
     if _is_path(source):
+        if Path(source).is_dir():
+            raise CodecFormatError(f"not an .ssc file: {source} is a directory")
         with open(source, "rb") as f:
             return _read_stream(f)
     return _read_stream(source)

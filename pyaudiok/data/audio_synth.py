@@ -41,6 +41,7 @@ __all__ = ["SyntheticAudio", "speech_like", "music_like", "harmonic_note", "chor
 SPLITS = {"train": 0, "valid": 1}
 GAIN_DB = (-20.0, -1.0)  # peak level of a clip, dBFS
 NOISE_FLOOR_DB = (-60.0, -40.0)  # background noise RMS relative to the clip's peak
+MIN_SAMPLE_RATE = 1000  # the noise bands and sweeps are drawn from 200 Hz up to 0.4·sr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def melody(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
     out = np.zeros(n)
     note, start = rng.uniform(50, 80), 0
     while start < n:
-        length = int(sample_rate / rng.uniform(2, 8))
+        length = max(1, int(sample_rate / rng.uniform(2, 8)))
         end = min(n, start + length)
         out[start:end] += _enveloped_note(rng, end - start, sample_rate, _midi_to_hz(note))
         note = float(np.clip(note + rng.choice([-5, -3, -2, -1, 1, 2, 3, 5, 7]), 36, 96))
@@ -199,7 +200,8 @@ def _overlap_add(n: int, starts: np.ndarray, grains: np.ndarray) -> np.ndarray:
     """Sum grains[k, L] into an n-sample signal at sample offsets starts[k] (cut at the ends)."""
     index = starts[:, None] + np.arange(grains.shape[1])[None]
     keep = (index >= 0) & (index < n)
-    return np.bincount(index[keep], weights=grains[keep], minlength=n)
+    # astype: with no grain inside the signal, bincount returns int64 zeros despite the weights
+    return np.bincount(index[keep], weights=grains[keep], minlength=n).astype(np.float64)
 
 
 def speech_like(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
@@ -344,6 +346,15 @@ class SyntheticAudio(IterableDataset):
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}; got {split!r}")
+        if not (sample_rate >= MIN_SAMPLE_RATE and float(sample_rate).is_integer()):
+            raise ValueError(f"sample_rate must be an integer >= {MIN_SAMPLE_RATE} Hz; got {sample_rate!r}")
+        if not (math.isfinite(segment_seconds) and segment_seconds > 0):
+            raise ValueError(f"segment_seconds must be a positive finite number; got {segment_seconds!r}")
+        for name, value in (("speech_fraction", speech_fraction), ("real_speech_fraction", real_speech_fraction)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must lie in [0, 1]; got {value!r}")
+        if seed < 0 or start < 0:  # numpy seed sequences take non-negative integers only
+            raise ValueError(f"seed and start must be >= 0; got seed={seed!r}, start={start!r}")
         self.sample_rate, self.seed, self.split, self.start = int(sample_rate), int(seed), split, int(start)
         self.num_samples = int(round(segment_seconds * sample_rate))
         if self.num_samples < 1:
@@ -352,6 +363,8 @@ class SyntheticAudio(IterableDataset):
         self.real = EspeakSpeech(self.sample_rate, split, cache_dir) if real_speech is not False else None
 
     def _rng(self, index: int) -> np.random.Generator:
+        if index < 0:
+            raise ValueError(f"clip index must be >= 0; got {index}")
         return np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], int(index)]))
 
     def clip(self, index: int) -> torch.Tensor:
@@ -374,6 +387,8 @@ class SyntheticAudio(IterableDataset):
 
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """Clips `indices` stacked, [len(indices), 1, T]."""
+        if not len(indices):
+            return torch.zeros(0, 1, self.num_samples)
         return torch.stack([self.clip(i) for i in indices])
 
     def __iter__(self) -> Iterator[torch.Tensor]:

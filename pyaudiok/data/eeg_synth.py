@@ -43,6 +43,8 @@ _EYES = (0.0, 1.25)
 def _bandlimited(shape: tuple[int, ...], T: int, sample_rate: float, centre: torch.Tensor, width: torch.Tensor,
                  gen: torch.Generator) -> torch.Tensor:
     """Unit-variance noise [*shape, T] filtered by a Gaussian band around `centre` Hz (broadcast to shape)."""
+    if math.prod(shape) == 0:  # the FFT backends reject empty batches
+        return torch.zeros(*shape, T)
     spec = torch.fft.rfft(torch.randn(*shape, T, generator=gen), dim=-1)
     freqs = torch.fft.rfftfreq(T, 1.0 / sample_rate)
     band = torch.exp(-0.5 * ((freqs - centre[..., None]) / width[..., None]) ** 2)
@@ -63,6 +65,12 @@ class SyntheticEEG:
                  montage_seed: int = 0) -> None:
         if not 2 <= n_classes <= len(_CLASS_POSITIONS):
             raise ValueError(f"n_classes must be in [2, {len(_CLASS_POSITIONS)}]; got {n_classes}")
+        if not (sample_rate > 0 and seconds > 0 and round(sample_rate * seconds) >= 2):
+            # one sample has no variance: the unit-variance normalisation would give NaN
+            raise ValueError(f"sample_rate and seconds must be positive and give at least 2 samples; got "
+                             f"sample_rate={sample_rate}, seconds={seconds}")
+        if n_background < 0:
+            raise ValueError(f"n_background must be >= 0; got {n_background}")
         self.n_classes, self.sample_rate = n_classes, float(sample_rate)
         self.T = int(round(sample_rate * seconds))
         self.class_amplitude, self.noise, self.artefacts = class_amplitude, noise, artefacts
@@ -85,6 +93,8 @@ class SyntheticEEG:
 
     def trials(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x[n, 16, T] float32, labels[n] int64), a pure function of (this head, n, seed)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0; got {n}")
         gen = torch.Generator().manual_seed(seed)
         E, T, sr = self.n_channels, self.T, self.sample_rate
         labels = torch.randint(0, self.n_classes, (n,), generator=gen)
@@ -110,11 +120,17 @@ class SyntheticEEG:
         return x.float(), labels
 
 
+def _check_mask(mask: torch.Tensor | None, B: int, C: int) -> None:
+    if mask is not None and tuple(mask.shape) != (B, C):
+        raise ValueError(f"mask must have shape [B, C] = {[B, C]} like x; got {tuple(mask.shape)}")
+
+
 def shuffle_channels(x: torch.Tensor, mask: torch.Tensor | None, gen: torch.Generator,
                      p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Permute the channels of x[B, C, T] (and mask[B, C]) independently per example, each with
     probability p. Returns (x, mask, perm[B, C]) with x_out[b, j] = x[b, perm[b, j]]."""
     B, C = x.shape[:2]
+    _check_mask(mask, B, C)
     perm = torch.argsort(torch.rand(B, C, generator=gen), dim=1)
     keep = torch.rand(B, generator=gen) >= p
     perm[keep] = torch.arange(C)
@@ -128,6 +144,9 @@ def drop_channels(x: torch.Tensor, fraction: float, gen: torch.Generator, p: flo
     """Mark round(fraction · C) random channels of each example of x[B, C, T] missing (zeroed,
     mask False), each example with probability p. Returns (x, mask[B, C] bool, True = present)."""
     B, C = x.shape[:2]
+    _check_mask(mask, B, C)
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must lie in [0, 1]; got {fraction}")
     n_drop = int(round(fraction * C))
     rank = torch.argsort(torch.argsort(torch.rand(B, C, generator=gen), dim=1), dim=1)
     drop = (rank < n_drop) & (torch.rand(B, 1, generator=gen) < p)

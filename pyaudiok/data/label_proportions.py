@@ -50,6 +50,12 @@ def make_bags(labels: torch.Tensor, bag_size: int, n_classes: int, seed: int = 0
     drawn once from `seed`; the proportions are each bag's label histogram over its size."""
     if bag_size < 1:
         raise ValueError(f"bag_size must be >= 1; got {bag_size}")
+    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be a 1-D integer tensor [N]; got {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < n_classes:
+        # a negative label would silently count as class n_classes - 1
+        raise ValueError(f"labels must lie in [0, {n_classes}) (n_classes); got min {int(labels.min())}, "
+                         f"max {int(labels.max())}")
     n = labels.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     bag_index = torch.empty(n, dtype=torch.int64)

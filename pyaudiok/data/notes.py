@@ -14,6 +14,7 @@ semitone index above MIDI 45 (A2, 110 Hz), so n_pitches ≤ 48 keeps every f0 be
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -95,10 +96,18 @@ def synth_notes(n: int, n_pitches: int, gen: torch.Generator, *, samples: int, s
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(audio[n, samples] float32 in [−1, 1], pitch[n], family[n]) with pitch uniform over n_pitches
     semitones above A2 and family uniform over FAMILIES (in its order)."""
-    if not 1 <= n_pitches <= MAX_PITCHES:
-        raise ValueError(f"n_pitches must be in [1, {MAX_PITCHES}]; got {n_pitches}")
+    if not (isinstance(n_pitches, numbers.Integral) and 1 <= n_pitches <= MAX_PITCHES):
+        raise ValueError(f"n_pitches must be an integer in [1, {MAX_PITCHES}]; got {n_pitches!r}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1; got {samples}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0; got {n}")
+    # The highest note's fundamental (detuned up) must be below the 0.45·sr band limit of the
+    # partials, or its clips would hold only the background noise.
+    top = 440.0 * 2 ** ((BASE_MIDI + n_pitches - 1 + DETUNE_CENTS / 100 - 69) / 12)
+    if not top < 0.45 * sample_rate:
+        raise ValueError(f"sample_rate = {sample_rate} is too low for n_pitches = {n_pitches}: the highest "
+                         f"fundamental ({top:.0f} Hz) must lie below 0.45 · sample_rate")
     # in chunks: the partials of a chunk are a [chunk, PARTIALS, samples] float64 array
     chunks = [_synth_chunk(min(CHUNK, n - i), n_pitches, gen, samples, sample_rate) for i in range(0, n, CHUNK)]
     if not chunks:

@@ -37,6 +37,7 @@ import torch
 from pyaudiok.metrics.diarization import Segment
 
 from .audio_synth import (
+    MIN_SAMPLE_RATE,
     SENTENCES,
     _syllable_envelope,
     _syllables,
@@ -55,6 +56,8 @@ VOWELS = np.array([(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530,
 
 
 def _rng(*keys: int) -> np.random.Generator:
+    if min(keys) < 0:  # numpy seed sequences take non-negative integers only
+        raise ValueError(f"seeds and indices must be >= 0; got {keys}")
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
 
 
@@ -204,6 +207,12 @@ class SpeakerBank:
         if num_speakers < 1 or utterances_per_speaker < 1:
             raise ValueError(f"num_speakers and utterances_per_speaker must be >= 1; got {num_speakers}, "
                              f"{utterances_per_speaker}")
+        if not sample_rate >= MIN_SAMPLE_RATE:
+            raise ValueError(f"sample_rate must be >= {MIN_SAMPLE_RATE} Hz; got {sample_rate}")
+        if not (isinstance(utterance_seconds, (tuple, list)) and len(utterance_seconds) == 2
+                and 1 <= utterance_seconds[0] * sample_rate and utterance_seconds[0] <= utterance_seconds[1] < math.inf):
+            raise ValueError(f"utterance_seconds must be (low, high) with 1 / sample_rate <= low <= high; got "
+                             f"{utterance_seconds!r}")
         self.sample_rate, self.split, self.seed = int(sample_rate), split, int(seed)
         self.utterances_per_speaker, self.utterance_seconds = int(utterances_per_speaker), utterance_seconds
         self.tts = TtsVoices(sample_rate, cache_dir) if source != "synthetic" else None
@@ -262,9 +271,13 @@ class SeparationMixtures:
         if not counts or min(counts) < 1 or max(counts) > len(bank):
             raise ValueError(f"num_sources must lie in [1, {len(bank)}] (the bank's speakers); got {num_sources!r}")
         self.bank, self.counts, self.dynamic = bank, counts, bool(dynamic)
-        self.num_samples = int(round(segment_seconds * bank.sample_rate))
-        if self.num_samples < 1:
+        if not (math.isfinite(segment_seconds) and round(segment_seconds * bank.sample_rate) >= 1):
             raise ValueError(f"segment_seconds = {segment_seconds} gives no samples")
+        self.num_samples = int(round(segment_seconds * bank.sample_rate))
+        if not gain_db >= 0:
+            raise ValueError(f"gain_db must be >= 0 (levels are drawn from ±gain_db); got {gain_db}")
+        if not dynamic and num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be >= 1 with dynamic=False; got {num_mixtures}")
         self.num_mixtures, self.gain_db, self.seed = int(num_mixtures), float(gain_db), int(seed)
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -278,6 +291,8 @@ class SeparationMixtures:
     def item(self, index: int, num_sources: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = self._rng(index)
         n_src = int(self.counts[rng.integers(len(self.counts))]) if num_sources is None else int(num_sources)
+        if not 1 <= n_src <= len(self.bank):
+            raise ValueError(f"num_sources must lie in [1, {len(self.bank)}] (the bank's speakers); got {n_src}")
         speakers = rng.choice(len(self.bank), n_src, replace=False)
         T = self.num_samples
         sources = np.zeros((n_src, T))
@@ -324,6 +339,14 @@ class Conversations:
             raise ValueError(f"num_speakers must lie in [1, {len(bank)}]; got {num_speakers!r}")
         if not 0 <= overlap_prob <= 1:
             raise ValueError(f"overlap_prob must lie in [0, 1]; got {overlap_prob}")
+        if not (duration * bank.sample_rate >= 1 and duration < math.inf):
+            raise ValueError(f"duration must be positive and finite (seconds); got {duration}")
+        if not (isinstance(gap_seconds, (tuple, list)) and len(gap_seconds) == 2
+                and 0 <= gap_seconds[0] <= gap_seconds[1] < math.inf):
+            raise ValueError(f"gap_seconds must be (low, high) with 0 <= low <= high; got {gap_seconds!r}")
+        if not (max_overlap >= 0.1 and max_turn > 0):
+            # overlaps are drawn from [0.1, max_overlap] seconds
+            raise ValueError(f"max_overlap must be >= 0.1 and max_turn > 0 (seconds); got {max_overlap}, {max_turn}")
         self.bank, self.counts, self.duration = bank, counts, float(duration)
         self.gap_seconds, self.overlap_prob, self.max_overlap = gap_seconds, float(overlap_prob), float(max_overlap)
         self.max_turn, self.seed = float(max_turn), int(seed)

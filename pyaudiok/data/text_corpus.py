@@ -34,7 +34,10 @@ def stdlib_bytes(max_bytes: int | None = None) -> bytes:
 
 class ByteCorpus:
     def __init__(self, data: bytes, valid_fraction: float = 0.05):
-        tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if not 0 <= valid_fraction < 1:
+            raise ValueError(f"valid_fraction must lie in [0, 1); got {valid_fraction}")
+        # frombuffer rejects empty data
+        tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
         cut = int(len(tokens) * (1 - valid_fraction))
         self.train, self.valid = tokens[:cut], tokens[cut:]
 
@@ -44,24 +47,30 @@ class ByteCorpus:
 
     def unigram_entropy(self, split: str = "train") -> float:
         """Bits per byte of the split's byte frequencies: what a context-free model achieves."""
+        if split not in ("train", "valid"):
+            raise ValueError(f"split must be 'train' or 'valid'; got {split!r}")
         counts = torch.bincount(getattr(self, split).long(), minlength=256).double()
         p = counts[counts > 0] / counts.sum()
         return float(-(p * p.log2()).sum())
 
     def batch(self, length: int, batch_size: int, seed: int, step: int, rank: int = 0) -> torch.Tensor:
         """[batch_size, length] int64 training windows at random offsets of (seed, step, rank)."""
+        if length < 1 or batch_size < 0:
+            raise ValueError(f"length must be >= 1 and batch_size >= 0; got length={length}, batch_size={batch_size}")
         if len(self.train) < length:
             raise ValueError(f"the training split has {len(self.train)} bytes, fewer than a window of {length}")
         gen = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + rank) % 2**63)
         starts = torch.randint(0, len(self.train) - length + 1, (batch_size,), generator=gen)
-        return torch.stack([self.train[s:s + length] for s in starts.tolist()]).long()
+        return self.train[starts[:, None] + torch.arange(length)].long()
 
     def valid_windows(self, length: int, count: int) -> torch.Tensor:
         """[count, length] evenly spaced validation windows (the same every time)."""
         if len(self.valid) < length:
             raise ValueError(f"the validation split has {len(self.valid)} bytes, fewer than a window of {length}")
+        if length < 1 or count < 0:
+            raise ValueError(f"length must be >= 1 and count >= 0; got length={length}, count={count}")
         starts = torch.linspace(0, len(self.valid) - length, count).long()
-        return torch.stack([self.valid[s:s + length] for s in starts.tolist()]).long()
+        return self.valid[starts[:, None] + torch.arange(length)].long()
 
 
 def bits(nats: float) -> float:

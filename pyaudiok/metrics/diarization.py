@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
@@ -82,7 +84,7 @@ def _as_segments(name: str, segments: Iterable) -> list[Segment]:
         if end > start:  # empty segments carry no speech
             out.append(Segment(start, end, speaker))
     by_speaker: dict = {}
-    for seg in sorted(out):
+    for seg in sorted(out, key=lambda s: (s.start, s.end)):  # speakers may not be mutually comparable
         previous = by_speaker.get(seg.speaker)
         if previous is not None and seg.start < previous.end:
             raise ValueError(f"{name}: segments of speaker {seg.speaker!r} overlap: ({previous.start}, "
@@ -98,6 +100,8 @@ def _as_intervals(name: str, intervals: Iterable) -> np.ndarray:
             start, end = (float(v) for v in item)
         except (TypeError, ValueError):
             raise TypeError(f"{name}[{i}] must be (start, end); got {item!r}") from None
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError(f"{name}[{i}]: times must be finite; got ({start}, {end})")
         if end < start:
             raise ValueError(f"{name}[{i}]: end {end} is before start {start}")
         rows.append((start, end))
@@ -184,8 +188,10 @@ def diarization_error_rate(reference: Iterable, hypothesis: Iterable, *, collar:
     overlap. uem: (start, end) intervals to evaluate (default: the extent of both inputs).
     Segments of one speaker must not overlap. Returns a `DERResult` (`.der` is the rate).
     """
-    if not (isinstance(collar, (int, float)) and math.isfinite(collar) and collar >= 0):
+    if not (isinstance(collar, numbers.Real) and not isinstance(collar, bool) and math.isfinite(collar)
+            and collar >= 0):
         raise ValueError(f"collar must be a finite number >= 0 (seconds, total width); got {collar!r}")
+    collar = float(collar)
     ref = _as_segments("reference", reference)
     hyp = _as_segments("hypothesis", hypothesis)
     if uem is None:
@@ -227,6 +233,7 @@ def diarization_error_rate(reference: Iterable, hypothesis: Iterable, *, collar:
 
 def _within(switch: torch.Tensor, half: float, T: int) -> torch.Tensor:
     """Exact test for fractional half-widths: frame [t, t+1) meets [b − half, b + half]."""
+    half = min(half, T + 1.0)  # wider collars cover every frame the same; the loop below is O(half)
     B = switch.shape[0]
     t = torch.arange(T, device=switch.device, dtype=torch.float32)
     out = torch.zeros(B, T, dtype=torch.bool, device=switch.device)
@@ -277,6 +284,10 @@ def frame_diarization_error_rate(reference: torch.Tensor, hypothesis: torch.Tens
         raise ValueError(f"reference and hypothesis must be on one device; got {reference.device} and {hypothesis.device}")
     if not (math.isfinite(collar_frames) and collar_frames >= 0):
         raise ValueError(f"collar_frames must be >= 0; got {collar_frames}")
+    for name, x in (("reference", reference), ("hypothesis", hypothesis), ("mask", mask)):
+        # Probabilities or logits would be summed as fractional "speakers": threshold them first.
+        if x is not None and x.dtype != torch.bool and bool(((x != 0) & (x != 1)).any()):
+            raise ValueError(f"{name} must be bool or hold only 0 and 1 (threshold probabilities first)")
     B, _, T = reference.shape
     evaluated = torch.ones(B, T, dtype=torch.bool, device=reference.device) if mask is None else mask.bool()
     if mask is not None and mask.shape != (B, T):
@@ -305,7 +316,13 @@ def _switches(reference: torch.Tensor) -> torch.Tensor:
 def segments_to_frames(segments: Iterable, speakers: Sequence, frame_rate: float, num_frames: int) -> torch.Tensor:
     """Activity [len(speakers), num_frames] (bool): frame t (spanning [t, t+1)/frame_rate) is active
     for a speaker when its centre lies inside one of the speaker's segments."""
+    if not (isinstance(frame_rate, numbers.Real) and math.isfinite(frame_rate) and frame_rate > 0):
+        raise ValueError(f"frame_rate must be a positive finite number (frames per second); got {frame_rate!r}")
+    if not (isinstance(num_frames, numbers.Integral) and num_frames >= 0):
+        raise ValueError(f"num_frames must be an integer >= 0; got {num_frames!r}")
     index = {spk: i for i, spk in enumerate(speakers)}
+    if len(index) != len(speakers):
+        raise ValueError(f"speakers must be distinct; got {list(speakers)}")
     out = torch.zeros(len(speakers), num_frames, dtype=torch.bool)
     centres = (torch.arange(num_frames, dtype=torch.float64) + 0.5) / frame_rate
     for seg in _as_segments("segments", segments):
@@ -318,27 +335,49 @@ def segments_to_frames(segments: Iterable, speakers: Sequence, frame_rate: float
 # ----------------------------------------------------------------------------------------------
 # RTTM.
 
+def _rttm_field(name: str, value) -> str:
+    text = str(value)
+    if not text or any(c.isspace() for c in text):
+        raise ValueError(f"{name} {text!r} cannot be written to RTTM: it must be non-empty without whitespace")
+    return text
+
+
 def write_rttm(path: str | os.PathLike, segments: Iterable, file_id: str = "audio", channel: int = 1) -> None:
     """Write SPEAKER lines (times with millisecond precision, sorted by start)."""
-    lines = [f"SPEAKER {file_id} {channel} {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {s.speaker} <NA> <NA>\n"
-             for s in sorted(_as_segments("segments", segments), key=lambda s: (s.start, s.end, str(s.speaker)))]
+    file_id, channel = _rttm_field("file_id", file_id), _rttm_field("channel", channel)
+    lines = []
+    for s in sorted(_as_segments("segments", segments), key=lambda s: (s.start, s.end, str(s.speaker))):
+        # Round both ends, not the duration: rounding is monotone, so segments that do not
+        # overlap before writing do not overlap after reading back.
+        start, end = round(s.start * 1000), round(s.end * 1000)
+        if end > start:
+            lines.append(f"SPEAKER {file_id} {channel} {start / 1000:.3f} {(end - start) / 1000:.3f} <NA> <NA> "
+                         f"{_rttm_field('speaker', s.speaker)} <NA> <NA>\n")
     Path(path).write_text("".join(lines))
+
+
+_RTTM_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def read_rttm(path: str | os.PathLike) -> dict[str, list[Segment]]:
     """{file id: segments} from the SPEAKER lines of an RTTM file (other line types are skipped)."""
     out: dict[str, list[Segment]] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")  # a leading BOM would hide the first line
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text RTTM file ({e})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0] != "SPEAKER":
             continue
         if len(fields) < 8:
             raise ValueError(f"{path}:{number}: a SPEAKER line needs at least 8 fields; got {len(fields)}")
-        try:
-            start, duration = float(fields[3]), float(fields[4])
-        except ValueError:
-            raise ValueError(f"{path}:{number}: start and duration must be numbers; got {fields[3]!r}, "
-                             f"{fields[4]!r}") from None
+        if not (_RTTM_NUMBER.fullmatch(fields[3]) and _RTTM_NUMBER.fullmatch(fields[4])):
+            raise ValueError(f"{path}:{number}: start and duration must be finite decimal numbers; got "
+                             f"{fields[3]!r}, {fields[4]!r}")
+        start, duration = float(fields[3]), float(fields[4])
+        if not (math.isfinite(start) and math.isfinite(start + duration)):
+            raise ValueError(f"{path}:{number}: start and duration must be finite; got {fields[3]!r}, {fields[4]!r}")
         if duration < 0:
             raise ValueError(f"{path}:{number}: negative duration {duration}")
         out.setdefault(fields[1], []).append(Segment(start, start + duration, fields[7]))

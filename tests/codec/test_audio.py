@@ -105,3 +105,30 @@ def test_save_rejects_bad_input(tmp_path, name, wav, match):
     with pytest.raises(ValueError, match=match):
         save_audio(tmp_path / name, wav, 8000)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("wav", [np.array([1000, -1000, 0], dtype=np.int16), np.array([True, False]),
+                                 np.array([0.5 + 1j]), torch.tensor([1, 2])])
+def test_save_rejects_non_float_waveforms(tmp_path, wav):
+    # int16 PCM would otherwise be clipped to a square wave of ±1
+    with pytest.raises(TypeError, match="floating point"):
+        save_audio(tmp_path / "x.wav", wav, 8000)
+
+
+def test_save_errors_name_the_target_not_a_temporary_file(tmp_path):
+    # [T, channels] instead of [channels, T]: 8000 channels, which WAV cannot hold
+    with pytest.raises(ValueError, match=r"cannot write .*x\.wav \(8000 channels"):
+        save_audio(tmp_path / "x.wav", np.zeros((8000, 2), dtype=np.float32), 8000)
+    with pytest.raises(ValueError, match="sample rate"):
+        save_audio(tmp_path / "x.wav", np.zeros(4, dtype=np.float32), True)
+    with pytest.raises(FileNotFoundError, match="directory .*missing does not exist"):
+        save_audio(tmp_path / "missing" / "x.wav", np.zeros(4, dtype=np.float32), 8000)
+    assert not any(tmp_path.iterdir())
+
+
+def test_resample_checks_its_arguments():
+    from pyaudiok.codec.audio import resample
+    with pytest.raises(ValueError, match=r"\[T, channels\]"):
+        resample(np.zeros(10, dtype=np.float32), 8000, 16000)
+    with pytest.raises(ValueError, match="sample rate"):
+        resample(np.zeros((10, 1), dtype=np.float32), 0, 16000)

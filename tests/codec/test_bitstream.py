@@ -1,6 +1,7 @@
 """The `.ssc` format: bit packing, sizes, round trips, and rejection of every kind of bad file."""
 import io
 import struct
+import zlib
 from fractions import Fraction
 
 import numpy as np
@@ -250,3 +251,33 @@ def test_frame_count_tolerates_one_frame(n_frames):
 def test_read_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_ssc(tmp_path / "missing.ssc")
+
+
+def test_header_claiming_a_huge_payload_is_rejected_without_allocating_it(tmp_path):
+    # A consistent, CRC-valid header may claim terabytes: reading must not allocate them first.
+    from pyaudiok.codec import bitstream
+    fields = bitstream._HEADER.pack(bitstream.MAGIC, 1, 1, 1, 1, 65535, 16, 2**32 - 1, 2**32 - 1, 0)[:HEADER_SIZE - 4]
+    path = tmp_path / "huge.ssc"
+    path.write_bytes(fields + struct.pack("<I", zlib.crc32(fields)) + bytes(10))
+    with pytest.raises(CodecFormatError, match="truncated payload: 10 of"):
+        read_ssc(path)
+
+
+def test_numpy_integer_header_fields_and_bad_frame_rate():
+    header = CodecHeader.create(np.int64(24000), 75, np.int32(2), np.uint8(10), np.int64(75), np.int64(24000))
+    assert type(header.bits) is int and header.codebook_size == 1024  # 1 << np.uint8(10) overflows to 0
+    buf = io.BytesIO()
+    write_ssc(buf, header, random_codes(2, 75, 10))
+    assert read_bytes(buf.getvalue())[0] == header
+    with pytest.raises(CodecFormatError, match="frame_rate=inf"):
+        CodecHeader.create(24000, float("inf"), 2, 10, 75, 24000)
+
+
+def test_directory_and_missing_output_directory_are_named(tmp_path):
+    with pytest.raises(CodecFormatError, match="is a directory"):
+        read_ssc(tmp_path)
+    header = make_header(n_q=1)
+    with pytest.raises(FileNotFoundError, match="directory .*nope does not exist"):
+        write_ssc(tmp_path / "nope" / "x.ssc", header, random_codes(1, header.n_frames, 10))
+    with pytest.raises(ValueError, match="it is a directory"):
+        write_ssc(tmp_path, header, random_codes(1, header.n_frames, 10))

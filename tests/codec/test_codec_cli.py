@@ -88,3 +88,28 @@ def test_bad_bitrate_and_missing_checkpoint(checkpoint, wav_file, tmp_path, caps
     assert main(["codec", "encode", str(wav_file), str(tmp_path / "a.ssc"), "--checkpoint",
                  str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_file_that_decodes_short_is_refused(checkpoint, tmp_path, capsys):
+    # Valid .ssc (n_frames within one frame of n_samples), but the model's frames would give fewer
+    # samples than the header promises: refuse rather than write shorter audio.
+    from pyaudiok.codec.bitstream import CodecHeader, write_ssc
+    ckpt, config = checkpoint
+    n_frames = 5
+    header = CodecHeader.create(config.sample_rate, config.frame_rate, 2, int(math.log2(config.codebook_size)),
+                                n_frames, n_frames * config.hop_length + config.hop_length // 2)
+    write_ssc(tmp_path / "x.ssc", header, np.zeros((2, n_frames), dtype=np.int64))
+    assert main(["codec", "decode", str(tmp_path / "x.ssc"), str(tmp_path / "o.wav"), "--checkpoint", str(ckpt)]) == 2
+    assert "fewer than its n_samples" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_empty_audio_round_trip_and_directory_input(checkpoint, tmp_path, capsys):
+    ckpt, _ = checkpoint
+    sf.write(tmp_path / "empty.wav", np.zeros(0), 16000)
+    assert main(["codec", "encode", str(tmp_path / "empty.wav"), str(tmp_path / "e.ssc"), "--bitrate", "1600",
+                 "--checkpoint", str(ckpt)]) == 0
+    assert main(["codec", "decode", str(tmp_path / "e.ssc"), str(tmp_path / "e.wav"), "--checkpoint", str(ckpt)]) == 0
+    assert sf.info(tmp_path / "e.wav").frames == 0
+    assert main(["codec", "decode", str(tmp_path), str(tmp_path / "o.wav"), "--checkpoint", str(ckpt)]) == 2
+    assert "is a directory" in capsys.readouterr().err

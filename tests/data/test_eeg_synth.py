@@ -54,3 +54,19 @@ def test_shuffle_and_drop_channels():
     assert torch.equal(dropped, x * mask[:, :, None])
     kept, mask = drop_channels(x, 0.4, gen, p=0.0)
     assert torch.equal(kept, x) and mask.all()
+
+
+def test_empty_batches_and_bad_arguments():
+    x, y = SyntheticEEG(4).trials(0, seed=0)
+    assert x.shape == (0, 16, 256) and y.shape == (0,)
+    assert torch.isfinite(SyntheticEEG(4, n_background=0).trials(2, seed=0)[0]).all()
+    # a single sample per trial has no variance to normalise: NaN
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        SyntheticEEG(4, seconds=0.01)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        SyntheticEEG(4).trials(-1, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"mask must have shape \[B, C\]"):
+        shuffle_channels(torch.zeros(2, 16, 4), torch.ones(2, 5, dtype=torch.bool), gen)
+    with pytest.raises(ValueError, match="fraction"):
+        drop_channels(torch.zeros(2, 16, 4), 1.5, gen)

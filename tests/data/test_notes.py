@@ -76,3 +76,10 @@ def test_empty_and_bad_arguments():
         _notes(4, n_pitches=MAX_PITCHES + 1)
     with pytest.raises(ValueError, match="samples"):
         synth_notes(4, 12, torch.Generator(), samples=0)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        synth_notes(-1, 12, torch.Generator(), samples=10)
+    with pytest.raises(ValueError, match="n_pitches must be an integer"):
+        synth_notes(2, 4.5, torch.Generator(), samples=10)
+    # At 1 kHz the top notes' partials all lie above the band limit: clips of noise only.
+    with pytest.raises(ValueError, match="sample_rate = 1000 is too low for n_pitches = 48"):
+        synth_notes(2, 48, torch.Generator(), samples=10, sample_rate=1000)

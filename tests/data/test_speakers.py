@@ -151,3 +151,20 @@ def test_real_synthesiser_voices(engine, tmp_path):
         assert 0.3 * SR < len(wav) < 10 * SR and np.isfinite(wav).all()
         assert np.sqrt(np.mean(wav ** 2)) > 0.05  # speech, not silence (peak-normalised)
     assert len(first) != len(second) or not np.allclose(first, second)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: _bank(utterance_seconds=(1.0, 0.5)), "utterance_seconds"),
+    (lambda: spk.SpeakerBank(100, source="synthetic"), "sample_rate"),
+    (lambda: spk.SeparationMixtures(_bank(), gain_db=-1), "gain_db"),
+    (lambda: spk.SeparationMixtures(_bank(), dynamic=False, num_mixtures=0), "num_mixtures"),
+    (lambda: spk.SeparationMixtures(_bank(), segment_seconds=float("nan")), "segment_seconds"),
+    (lambda: spk.SeparationMixtures(_bank()).item(0, num_sources=9), "num_sources"),
+    (lambda: spk.SeparationMixtures(_bank()).item(-1), "indices must be >= 0"),
+    (lambda: spk.Conversations(_bank(), duration=0), "duration"),
+    (lambda: spk.Conversations(_bank(), gap_seconds=(0.8, 0.1)), "gap_seconds"),
+    (lambda: spk.Conversations(_bank(), max_overlap=0.05), "max_overlap"),
+])
+def test_more_bad_arguments_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

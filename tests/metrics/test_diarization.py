@@ -179,3 +179,70 @@ def test_bad_inputs():
         frame_diarization_error_rate(torch.zeros(1, 2, 10), torch.zeros(1, 2, 11))
     with pytest.raises(ValueError, match=r"reference must be a tensor \[B, S, T\]"):
         frame_diarization_error_rate(torch.zeros(2, 10), torch.zeros(1, 2, 10))
+
+
+# ----------------------------------------------------------------------------------------------
+# Edge cases.
+
+def test_speakers_of_mixed_types_and_bad_uem_or_collar():
+    # Speakers need not be comparable with each other (only hashable).
+    assert parts(diarization_error_rate([(0, 1, "A"), (0, 1, 1)], [])) == (2, 0, 0, 2)
+    for uem in ([(float("nan"), 2)], [(0, float("inf"))]):
+        with pytest.raises(ValueError, match=r"uem\[0\]: times must be finite"):
+            diarization_error_rate([(0, 1, "A")], [(0, 1, "x")], uem=uem)
+    with pytest.raises(ValueError, match="collar"):
+        diarization_error_rate([(0, 1, "A")], [], collar=True)
+
+
+def test_frame_level_wide_collar_and_non_binary_activity():
+    ref = torch.ones(1, 1, 4)
+    # A collar wider than the recording ignores every frame (and must not loop over its width).
+    out = frame_diarization_error_rate(ref, ref, collar_frames=1e12)
+    assert out["total"].item() == 0
+    with pytest.raises(ValueError, match="hypothesis must be bool or hold only 0 and 1"):
+        frame_diarization_error_rate(ref, torch.full((1, 1, 4), 0.6))
+
+
+def test_segments_to_frames_bad_arguments():
+    with pytest.raises(ValueError, match="frame_rate"):
+        segments_to_frames([(0, 1, "A")], ["A"], 0, 10)
+    with pytest.raises(ValueError, match="num_frames"):
+        segments_to_frames([(0, 1, "A")], ["A"], 10, -1)
+    with pytest.raises(ValueError, match="distinct"):
+        segments_to_frames([(0, 1, "A")], ["A", "A"], 10, 10)
+
+
+def test_rttm_round_trip_keeps_adjacent_segments_apart(tmp_path):
+    # Rounding start and duration separately would end the first segment at 1.001, after the
+    # second one starts at 1.000: an overlap of one speaker with itself.
+    segments = [(0.0006, 1.0004, "a"), (1.0004, 2.0, "a")]
+    write_rttm(tmp_path / "a.rttm", segments)
+    back = read_rttm(tmp_path / "a.rttm")["audio"]
+    assert back[0].end <= back[1].start
+    assert diarization_error_rate(back, back).der == 0
+
+
+@pytest.mark.parametrize("line, match", [
+    ("SPEAKER f 1 0.5 nan <NA> <NA> a <NA> <NA>", "finite"),
+    ("SPEAKER f 1 inf 1 <NA> <NA> a <NA> <NA>", "finite"),
+    ("SPEAKER f 1 1e999 1 <NA> <NA> a <NA> <NA>", "finite"),
+    ("SPEAKER f 1 1_0 1 <NA> <NA> a <NA> <NA>", "decimal numbers"),
+    ("SPEAKER f 1 1 -0.5 <NA> <NA> a <NA> <NA>", "negative duration"),
+    ("SPEAKER f 1 1 1 <NA> <NA>", "at least 8 fields"),
+])
+def test_rttm_bad_lines_name_the_line(tmp_path, line, match):
+    (tmp_path / "bad.rttm").write_text(";; comment\n\n" + line + "\n")
+    with pytest.raises(ValueError, match=f"bad.rttm:3: .*{match}"):
+        read_rttm(tmp_path / "bad.rttm")
+
+
+def test_rttm_byte_order_mark_binary_file_and_unwritable_names(tmp_path):
+    (tmp_path / "bom.rttm").write_text("\ufeffSPEAKER f 1 1 1 <NA> <NA> a <NA> <NA>\n", encoding="utf-8")
+    assert read_rttm(tmp_path / "bom.rttm") == {"f": [(1.0, 2.0, "a")]}
+    (tmp_path / "bin.rttm").write_bytes(b"\xff\xfe\x00SPEAKER")
+    with pytest.raises(ValueError, match="bin.rttm: not a text RTTM file"):
+        read_rttm(tmp_path / "bin.rttm")
+    with pytest.raises(ValueError, match="speaker 'spk one'"):
+        write_rttm(tmp_path / "w.rttm", [(0, 1, "spk one")])
+    with pytest.raises(ValueError, match="file_id 'my file'"):
+        write_rttm(tmp_path / "w.rttm", [(0, 1, "a")], file_id="my file")
