@@ -61,8 +61,8 @@ class DERResult:
     @property
     def der(self) -> float:
         errors = self.missed + self.false_alarm + self.confusion
-        if self.total == 0:
-            return 0.0 if errors == 0 else math.inf
+        if self.total == 0:  # no reference speech: 1 for any error, as pyannote.metrics gives
+            return 0.0 if errors == 0 else 1.0
         return errors / self.total
 
 
@@ -303,7 +303,8 @@ def frame_diarization_error_rate(reference: torch.Tensor, hypothesis: torch.Tens
     confusion = torch.minimum(n_ref, n_hyp).sum(-1) - matched
     total = n_ref.sum(-1)
     errors = missed + false_alarm + confusion
-    der = torch.where(total > 0, errors / total.clamp_min(1), torch.where(errors > 0, math.inf, 0.0))
+    # No reference speech: 1 for any error, as pyannote.metrics gives.
+    der = torch.where(total > 0, errors / total.clamp_min(1), (errors > 0).to(errors.dtype))
     return {"missed": missed, "false_alarm": false_alarm, "confusion": confusion, "total": total, "der": der}
 
 

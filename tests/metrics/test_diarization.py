@@ -67,7 +67,10 @@ def test_uem_restricts_the_evaluation_and_absent_hypothesis_is_all_missed():
     assert parts(result) == pytest.approx((2, 0, 0, 4))
     assert diarization_error_rate(ref, []).der == 1.0
     assert diarization_error_rate([], []).der == 0.0
-    assert diarization_error_rate([], [(0, 1, "x")]).der == float("inf")
+    assert diarization_error_rate([], [(0, 1, "x")]).der == 1.0  # as pyannote.metrics gives
+    silent, speaking = torch.zeros(2, 1, 6, dtype=torch.bool), torch.zeros(2, 1, 6, dtype=torch.bool)
+    speaking[0, 0, 2:4] = True
+    assert frame_diarization_error_rate(silent, speaking)["der"].tolist() == [1.0, 0.0]
 
 
 def test_more_reference_than_hypothesis_speakers():
