@@ -26,27 +26,31 @@ def cpp_op(name: str):
     return getattr(torch.ops.pyaudiok, name)
 
 
-def upcast_half(fn: Callable) -> Callable:
+def upcast_half(fn: Callable, *, float32_outputs: tuple[int, ...] = ()) -> Callable:
     """A float32 backend's call made to take half-precision inputs: fp16 / bf16 tensor arguments are
-    upcast to float32 (differentiably, so their gradients come back in their own dtypes), and the
-    floating results are rounded to the dtype of the first such argument. The CPU kernels run in
-    fp32 as the GPU kernels do for half inputs, instead of the reference running in half precision
-    (with its O(N²) intermediates where it has them)."""
+    upcast to float32 (differentiably, so their gradients come back in their own dtypes). When the
+    op's main input (its first floating tensor argument) is half, the floating results are rounded
+    to its dtype, except the outputs at `float32_outputs` (sums the reference also returns in
+    float32, where half precision would overflow or cancel); a half-precision side input (a
+    parameter, a stride) sets no output's dtype. The CPU kernels run in fp32 as the GPU kernels do
+    for half inputs, instead of the reference running in half precision (with its O(N²)
+    intermediates where it has them)."""
     def run(*args):
-        half = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES), None)
-        if half is None:
+        if not any(isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES for a in args):
             return fn(*args)
+        main = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
         out = fn(*(a.float() if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES else a for a in args))
-        return _round_floating(out, half)
+        return _round_floating(out, main, float32_outputs) if main in HALF_DTYPES else out
     return run
 
 
-def _round_floating(out, dtype: torch.dtype):
-    """out's floating tensors (alone, or in a tuple or NamedTuple) in `dtype`; the rest as it is."""
+def _round_floating(out, dtype: torch.dtype, keep: tuple[int, ...] = ()):
+    """out's floating tensors (alone, or in a tuple or NamedTuple, but those at positions `keep`: a
+    lone tensor is position 0) in `dtype`; the rest as it is."""
     if isinstance(out, torch.Tensor):
-        return out.to(dtype) if out.is_floating_point() else out
+        return out.to(dtype) if out.is_floating_point() and 0 not in keep else out
     if isinstance(out, tuple):
-        items = [_round_floating(item, dtype) for item in out]
+        items = [item if i in keep else _round_floating(item, dtype) for i, item in enumerate(out)]
         return type(out)(*items) if hasattr(out, "_fields") else tuple(items)
     return out
 

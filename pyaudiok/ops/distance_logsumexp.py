@@ -48,7 +48,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, custom_op, first_order, register_backends, triton_op
+from ._library import HALF_DTYPES, custom_op, first_order, register_backends, triton_op, upcast_half
 from ._row_blocks import block_rows, exp_, softmax_
 
 __all__ = ["distance_logsumexp", "distance_nll", "distance_logsumexp_reference"]
@@ -196,19 +196,13 @@ def _fused(get_forward: Callable[[], Callable], keeps_probabilities: bool):
     return run
 
 
-def _upcast_half(fn: Callable) -> Callable:
-    """Half vectors and table computed in float32; lse stays float32 (the accumulation dtype, as the
-    reference and the Triton kernels return it): distance_nll adds it to α‖h − e_t‖², and rounding
-    a large lse to half first would cancel away the small NLL of a well-classified vector."""
-    def run(h, table, alpha):
-        return fn(h.float(), table.float(), alpha) if h.dtype in HALF_DTYPES else fn(h, table, alpha)
-    return run
-
-
 OP = dispatch.op("distance_logsumexp")
 # The cpu backend is pure ATen: available with or without the compiled extension.
-OP.register("cpu", _upcast_half(_fused(lambda: _cpu_forward, keeps_probabilities=True)), devices=("cpu",),
-            dtypes=HALF_DTYPES + (torch.float32, torch.float64))
+# Half inputs computed in float32; lse stays float32, as the reference and the Triton kernels return it:
+# distance_nll adds it to α‖h − e_t‖², and rounding a large lse to half first would cancel away the small
+# NLL of a well-classified vector.
+OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward, keeps_probabilities=True), float32_outputs=(0,)),
+            devices=("cpu",), dtypes=HALF_DTYPES + (torch.float32, torch.float64))
 register_backends(OP, reference=distance_logsumexp_reference, triton=_fused(_triton_forward, keeps_probabilities=False))
 
 

@@ -529,8 +529,6 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
         # A constant stride in float64: the value as given (the sizes and masks are computed in float64).
         strides = torch.tensor([float(strides)], dtype=torch.float64, device=x.device)
     strides = _checks.float_tensor("strides", strides, layout="[1] or [2]")
-    if strides.dtype in HALF_DTYPES:  # the backends round their result to a half-precision argument's dtype
-        strides = strides.float()
     _checks.same_device("strides", strides, "x", x)
     n_axes = x.dim() - 2
     if strides.dim() > 1 or strides.numel() not in {1, n_axes}:

@@ -36,7 +36,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, first_order, register_backends, triton_op
+from ._library import HALF_DTYPES, cpp_op, extension_loaded, first_order, register_backends, triton_op, upcast_half
 
 __all__ = ["pcen", "pcen_reference"]
 
@@ -116,21 +116,15 @@ def _triton_forward():
 # ----------------------------------------------------------------------------------------------
 # Backend registry.
 
-def _fused(get_op: Callable[[], Callable], upcast: bool = False):
-    """The op over a backend's raw forward; `upcast`: half-precision E computed in float32 (the
-    parameters are in the state dtype already) and the result rounded back to E's dtype."""
+def _fused(get_op: Callable[[], Callable]):
     def run(E, alpha, delta, r, smooth, eps):
         params = torch.stack([alpha, delta, r, smooth]).to(_state_dtype(E.dtype))
-        if upcast and E.dtype in HALF_DTYPES:
-            return get_op()(E.float().contiguous(), params.contiguous(), eps)[0].to(E.dtype)
         return get_op()(E.contiguous(), params.contiguous(), eps)[0]
     return run
 
 
 PCEN = dispatch.op("pcen")
-# Not upcast_half: it rounds the result to the first half-precision argument, a parameter's dtype
-# where E is float32 and a parameter half; y is in E's dtype.
-register_backends(PCEN, reference=pcen_reference, cpu=_fused(lambda: cpp_op("pcen_forward"), upcast=True),
+register_backends(PCEN, reference=pcen_reference, cpu=upcast_half(_fused(lambda: cpp_op("pcen_forward"))),
                   cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64), triton=_fused(_triton_forward))
 
 

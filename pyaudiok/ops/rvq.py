@@ -167,18 +167,6 @@ def _fused_forward(get_op: Callable[[], Callable]):
     return run
 
 
-def _cpu_forward_half(fn: Callable) -> Callable:
-    """The fp32 C++ forward for half inputs: x and the codebooks upcast, ẑ rounded back, and the
-    commit loss kept in float32 as the reference and the GPU kernels return it (in half precision
-    it would overflow to inf above 65 504 and round away most of its bits)."""
-    def run(x, codebooks, n_q):
-        if x.dtype not in HALF_DTYPES:
-            return fn(x, codebooks, n_q)
-        quantized, codes, commit_loss = fn(x.float(), codebooks.float(), n_q)
-        return quantized.to(x.dtype), codes, commit_loss
-    return run
-
-
 def _fused_decode(get_op: Callable[[], Callable]):
     return lambda codes, codebooks: get_op()(codes.contiguous(), codebooks.contiguous(), None)
 
@@ -198,7 +186,9 @@ def _triton_width_limit(x, codebooks, n_q):
 
 FORWARD = dispatch.op("residual_vq")
 register_backends(FORWARD, reference=rvq_reference,
-                  cpu=_cpu_forward_half(_fused_forward(lambda: cpp_op("rvq_forward"))),
+                  # the commit loss stays float32, as the reference and the GPU kernels return it (in half
+                  # precision it would overflow to inf above 65 504 and round away most of its bits)
+                  cpu=upcast_half(_fused_forward(lambda: cpp_op("rvq_forward")), float32_outputs=(2,)),
                   triton=_fused_forward(_triton_forward), cuda=_fused_forward(lambda: cpp_op("rvq_forward")),
                   cpu_dtypes=HALF_DTYPES + (torch.float32,),
                   triton_constraint=_triton_width_limit, cuda_constraint=_cuda_width_limit)
