@@ -92,7 +92,7 @@ def collar_vad_forward(logits: Tensor, reference: Tensor, order: Tensor,
     (loss in the logits' dtype, keep[B, T] uint8, count int64)."""
     B, N, T = logits.shape
     S = reference.shape[1]
-    lo, hi = collar_window(collar_frames)
+    lo, hi = collar_window(collar_frames, logits.shape[2])
     keep = torch.empty((B, T), dtype=torch.uint8, device=logits.device)
     part = torch.empty(B * N, dtype=torch.float32, device=logits.device)
     if B * T:

@@ -35,10 +35,13 @@ _ACTIVITY_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int3
 _ORDER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8)
 
 
-def collar_window(collar_frames: float) -> tuple[int, int]:
+def collar_window(collar_frames: float, T: int) -> tuple[int, int]:
     """(lo, hi): frame t, centred at t + ½, is strictly within `collar_frames` of edge e iff
-    lo <= e − t <= hi, that is 0.5 − c < e − t < 0.5 + c (hi < lo: no collar)."""
-    return math.floor(0.5 - collar_frames) + 1, math.ceil(0.5 + collar_frames) - 1
+    lo <= e − t <= hi, that is 0.5 − c < e − t < 0.5 + c (hi < lo: no collar). In items of T frames
+    e − t lies in [−T, T + 1]: a collar of T + 1 frames covers them all, and a wider one is taken as
+    that (its window would need a huge padding, and overflow the kernels' integers)."""
+    c = min(collar_frames, T + 1.0)
+    return math.floor(0.5 - c) + 1, math.ceil(0.5 + c) - 1
 
 
 def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
@@ -50,11 +53,9 @@ def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
     B, _, T = reference.shape
     padded = F.pad(reference.float(), (1, 1))
     boundary = (padded[..., 1:] != padded[..., :-1]).any(1).float()          # [B, T + 1], boundary b at frame edge b
-    lo, hi = collar_window(collar_frames)
+    lo, hi = collar_window(collar_frames, T)
     if hi < lo:  # no collar
         return torch.ones(B, T, dtype=torch.bool, device=reference.device)
-    # e − t lies in [1 − T, T]: a wider window changes nothing, and its padding would be huge.
-    lo, hi = max(lo, -T), min(hi, T + 1)
     left = max(0, -lo)
     padded = F.pad(boundary, (left, max(0, hi - 1)))                        # padded[k] = boundary[k − left]
     near = padded[:, lo + left:].unfold(1, hi - lo + 1, 1)[:, :T].amax(-1)   # max over boundary[t + lo .. t + hi]
@@ -160,8 +161,6 @@ def collar_vad_loss(logits: torch.Tensor, reference: torch.Tensor, order: torch.
         raise ValueError(f"collar_frames must be a finite number >= 0; got {collar_frames!r}")
     S = reference.shape[1]
     _checks.ints_within(order, -1, S - 1, f"order must hold reference rows in [-1, {S - 1}] (-1: no speaker)")
-    # A collar of T + 1 frames already covers every frame; wider ones would overflow the kernels' integers.
-    collar_frames = min(float(collar_frames), T + 1.0)
     # The targets take no gradient (the fused backends give none): detached for every backend alike.
-    return OP(logits, reference.detach().to(logits.dtype), order.long(), collar_frames, device=logits.device,
+    return OP(logits, reference.detach().to(logits.dtype), order.long(), float(collar_frames), device=logits.device,
               dtype=logits.dtype)
