@@ -156,8 +156,7 @@ class PartialRotary(nn.Module):
     def __init__(self, head_dim: int, fraction: float = 0.5, base: float = 10000.0):
         super().__init__()
         _checks.int_in_range("head_dim", head_dim, 1, 1 << 31)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-            raise ValueError(f"fraction must be a number in [0, 1]; got {fraction!r}")
+        _checks.real_in_range("fraction", fraction, 0, 1)
         _checks.positive_float("base", base)
         self.dims = int(head_dim * fraction) // 2 * 2
         inv_freq = base ** (-torch.arange(0, self.dims, 2, dtype=torch.float64) / max(self.dims, 1))

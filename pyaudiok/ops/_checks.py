@@ -2,6 +2,8 @@
 name the argument and say what was expected. Kernels may then assume valid input."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -84,6 +86,21 @@ def int_in_range(name: str, value, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}]; got {value}")
     return value
+
+
+def real_in_range(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+                  high_open: bool = False, what: str | None = None) -> float:
+    """A finite real number (bools are not numbers here) with low <= value <= high (strict at an open
+    end), as a float; otherwise a ValueError naming `name` and the range (or `what`)."""
+    inside = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+              and (low < value if low_open else low <= value) and (value < high if high_open else value <= high))
+    if not inside:
+        if what is None:
+            what = "a finite number" + (f" {'>' if low_open else '>='} {low:g}" if math.isinf(high) else
+                                        "" if math.isinf(low) else
+                                        f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        raise ValueError(f"{name} must be {what}; got {value!r}")
+    return float(value)
 
 
 def positive_float(name: str, value) -> float:

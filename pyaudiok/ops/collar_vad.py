@@ -156,9 +156,7 @@ def collar_vad_loss(logits: torch.Tensor, reference: torch.Tensor, order: torch.
     if tuple(order.shape) != (B, N):
         raise ValueError(f"order must have shape [B, N] = [{B}, {N}] to match logits; got "
                          f"{_checks.shape_str(order.shape)}")
-    if isinstance(collar_frames, bool) or not isinstance(collar_frames, (int, float)) or \
-            not (math.isfinite(collar_frames) and collar_frames >= 0):
-        raise ValueError(f"collar_frames must be a finite number >= 0; got {collar_frames!r}")
+    collar_frames = _checks.real_in_range("collar_frames", collar_frames, 0)
     S = reference.shape[1]
     _checks.ints_within(order, -1, S - 1, f"order must hold reference rows in [-1, {S - 1}] (-1: no speaker)")
     # The targets take no gradient (the fused backends give none): detached for every backend alike.

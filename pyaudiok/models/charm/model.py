@@ -38,8 +38,7 @@ class CharmConfig:
         for name in ("n_channels", "n_classes", "d", "sinkhorn_iters", "filters", "kernel", "pool"):
             _checks.int_in_range(name, getattr(self, name), 1, 1 << 31)
         _checks.positive_float("sinkhorn_eps", self.sinkhorn_eps)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1); got {self.dropout!r}")
+        _checks.real_in_range("dropout", self.dropout, 0, 1, high_open=True)
 
 
 class EEGConvNet(nn.Module):

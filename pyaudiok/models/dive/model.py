@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -55,12 +54,8 @@ class DIVEConfig:
             raise ValueError(f"frame_rate ({self.frame_rate}) must not exceed sample_rate ({self.sample_rate}): "
                              "a frame needs at least one sample")
         for name in ("collar", "score_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
-        if isinstance(self.exclusion, bool) or not isinstance(self.exclusion, (int, float)) \
-                or not math.isfinite(self.exclusion):
-            raise ValueError(f"exclusion must be a finite number (a cosine similarity); got {self.exclusion!r}")
+            _checks.real_in_range(name, getattr(self, name), 0)
+        _checks.real_in_range("exclusion", self.exclusion, what="a finite number (a cosine similarity)")
 
     @property
     def hop(self) -> int:

@@ -45,12 +45,8 @@ class PerceiverARConfig:
         _checks.int_in_range("latents", self.latents, 1, self.max_context)
         if self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
-        bounds = (("rotary_fraction", 0.0, 1.0), ("cross_dropout", 0.0, 1.0), ("z_loss", 0.0, float("inf")))
-        for name, low, high in bounds:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
-                    or value == float("inf"):
-                raise ValueError(f"{name} must be a finite number in [{low}, {high}]; got {value!r}")
+        for name, low, high in (("rotary_fraction", 0, 1), ("cross_dropout", 0, 1), ("z_loss", 0, float("inf"))):
+            _checks.real_in_range(name, getattr(self, name), low, high)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

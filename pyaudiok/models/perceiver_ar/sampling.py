@@ -13,8 +13,6 @@ CUDA graph (`CUDAGraphStep`) and replays it per token: one launch for the whole 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from pyaudiok.ops import _checks
@@ -26,15 +24,12 @@ __all__ = ["filter_logits", "sample_next", "generate", "CUDAGraphStep"]
 
 def _check_sampling(temperature, top_k, top_p, *, greedy_ok: bool) -> None:
     """temperature > 0 (or 0 where greedy decoding is meant), top_k >= 1, 0 <= top_p <= 1."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not (temperature >= 0 if greedy_ok else temperature > 0) or not math.isfinite(temperature):
-        low = ">= 0 (0: greedy)" if greedy_ok else "> 0"
-        raise ValueError(f"temperature must be a finite number {low}; got {temperature!r}")
+    _checks.real_in_range("temperature", temperature, 0, low_open=not greedy_ok,
+                          what="a finite number >= 0 (0: greedy)" if greedy_ok else None)
     if top_k is not None:
         _checks.int_in_range("top_k", top_k, 1, 1 << 62)
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 <= top_p <= 1):
-        raise ValueError(f"top_p must be a number in [0, 1] or None; got {top_p!r}")
+    if top_p is not None:
+        _checks.real_in_range("top_p", top_p, 0, 1, what="a number in [0, 1] or None")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
