@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyaudiok.codec.bitstream import atomic_writer
 
-from .checkpoint import (capture_rng_state, checkpoint_path, latest_checkpoint, prune_checkpoints,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, capture_rng_state, checkpoint_path, expect_checkpoint, latest_checkpoint,
+                         load_checkpoint, prune_checkpoints, save_checkpoint)
 
 __all__ = ["Runtime", "ConfigError", "check_options", "checked_config", "resume_checkpoint", "config_changes",
            "write_json", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
@@ -340,8 +340,6 @@ def write_run(out_dir: str | os.PathLike, rows: list[dict[str, float]], result: 
               model_config: dict, system: str | None = None) -> None:
     """Write a finished run: log.csv (rows), results.json (result) and checkpoint.pt (the model's
     weights, its config, the result, and which trainer wrote it)."""
-    from .checkpoint import save_checkpoint
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "log.csv", rows)
@@ -353,8 +351,6 @@ def write_run(out_dir: str | os.PathLike, rows: list[dict[str, float]], result: 
 def read_run_checkpoint(checkpoint: str | os.PathLike, system: str | None = None) -> dict[str, Any]:
     """The state written by `write_run` (a checkpoint.pt file, or the run's output directory);
     with `system`, a CheckpointError unless the file is that trainer's."""
-    from .checkpoint import expect_checkpoint, load_checkpoint
-
     path = Path(checkpoint)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.exists():
@@ -366,8 +362,6 @@ def read_run_checkpoint(checkpoint: str | os.PathLike, system: str | None = None
 def model_from_run_checkpoint(checkpoint: str | os.PathLike, system: str, config_cls, model_cls):
     """(the model of a `pyaudiok train <system>` checkpoint in eval mode on the CPU, whatever device it
     was trained on; the checkpoint's state); a CheckpointError if it is another system's."""
-    from .checkpoint import CheckpointError
-
     state = read_run_checkpoint(checkpoint, system)  # tensors mapped to the CPU
     try:
         config = config_cls(**state["model_config"])
