@@ -74,8 +74,21 @@ def _forward_kernel(H, E, ESQ, HSQ, ALPHA, LSE, M, R, S, D, BLOCK_R: tl.constexp
 
 
 @triton.jit
+def _weighted_dot(w, x, acc, PREC: tl.constexpr, SPLIT: tl.constexpr):
+    """acc + w @ x for float32 weights w and x in the input dtype. SPLIT (half-precision x): w goes
+    to the tensor cores as two halves of x's dtype, hi + lo, so the weights keep ~16 bits rather than
+    bf16's 8. The gradients subtract this sum from one of its own size (Σ p e against Σ p · h), so a
+    weight rounded to bf16 put 4 % errors into them."""
+    hi = w.to(x.dtype)
+    acc = tl.dot(hi, x, acc, input_precision=PREC)
+    if SPLIT:
+        acc = tl.dot((w - hi.to(tl.float32)).to(x.dtype), x, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def _rows_kernel(H, E, ESQ, HSQ, ALPHA, M2, G, DH, DALPHA, R, S, D, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr):
+                 BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     """dh[rows, chunk] and the rows' share of dα from that chunk (DALPHA[chunk, rows])."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     chunk = tl.program_id(1)
@@ -90,7 +103,7 @@ def _rows_kernel(H, E, ESQ, HSQ, ALPHA, M2, G, DH, DALPHA, R, S, D, BLOCK_R: tl.
         cols = s0 + tl.arange(0, BLOCK_S)
         p = tl.exp2(_logits2(H, E, ESQ, ALPHA, rows, cols, R, S, D, BLOCK_R, BLOCK_S, BLOCK_D, PREC) - m2[:, None])
         e = tl.load(E + cols[:, None] * D + c[None, :], mask=(cols[:, None] < S) & (c[None, :] < D), other=0.0)
-        mean_e = tl.dot(p.to(e.dtype), e, mean_e, input_precision=PREC)
+        mean_e = _weighted_dot(p, e, mean_e, PREC, SPLIT)
         mean_e_sq += tl.sum(p * tl.load(ESQ + cols, mask=cols < S, other=0.0)[None, :], 1)
         p_sum += tl.sum(p, 1)
     alpha = tl.load(ALPHA).to(tl.float32)
@@ -107,7 +120,8 @@ def _rows_kernel(H, E, ESQ, HSQ, ALPHA, M2, G, DH, DALPHA, R, S, D, BLOCK_R: tl.
 
 @triton.jit
 def _table_kernel(H, E, ESQ, ALPHA, M2, G, WH, MASS, R, S, D, ROWS_PER_SHARE, BLOCK_R: tl.constexpr,
-                  BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr):
+                  BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+                  SPLIT: tl.constexpr):
     """WH[share, cols, chunk] = Σ over the share's rows of g p h; MASS[share, cols] = Σ g p (chunk 0)."""
     cols = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     chunk, share = tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -122,7 +136,7 @@ def _table_kernel(H, E, ESQ, ALPHA, M2, G, WH, MASS, R, S, D, ROWS_PER_SHARE, BL
         p = tl.exp2(_logits2(H, E, ESQ, ALPHA, rows, cols, R, S, D, BLOCK_R, BLOCK_S, BLOCK_D, PREC) - m2[:, None])
         gp = p * g[:, None]                                                          # [BLOCK_R, BLOCK_S]
         h = tl.load(H + rows[:, None] * D + c[None, :], mask=(rows[:, None] < R) & (c[None, :] < D), other=0.0)
-        weighted = tl.dot(tl.trans(gp).to(h.dtype), h, weighted, input_precision=PREC)
+        weighted = _weighted_dot(tl.trans(gp), h, weighted, PREC, SPLIT)
         mass += tl.sum(gp, 0)
     out = WH + (share * S + cols[:, None]) * D + c[None, :]
     tl.store(out, weighted, mask=(cols[:, None] < S) & (c[None, :] < D))
@@ -168,7 +182,7 @@ def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor,
         return torch.empty_like(h), torch.zeros_like(table), torch.zeros_like(alpha)
     cfg = _config(R, S, D)
     BR, BS, BD, BC = cfg["BLOCK_R"], cfg["BLOCK_S"], cfg["BLOCK_D"], cfg["BLOCK_C"]
-    prec = dot_precision(h.dtype)
+    prec, split = dot_precision(h.dtype), h.dtype in (torch.float16, torch.bfloat16)
     e_sq, h_sq = _squares(table), _squares(h)
     m2 = m * LOG2E  # the log-sum-exp of the linear logits, base 2
     g = g.float()
@@ -176,7 +190,7 @@ def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor,
     dh = torch.empty_like(h)
     dalpha_rows = h.new_empty(chunks, R, dtype=torch.float32)
     launchable(_rows_kernel)[(triton.cdiv(R, BR), chunks)](
-        h, table, e_sq, h_sq, alpha, m2, g, dh, dalpha_rows, R, S, D, BR, BS, BD, BC, prec)
+        h, table, e_sq, h_sq, alpha, m2, g, dh, dalpha_rows, R, S, D, BR, BS, BD, BC, prec, split)
     tiles = triton.cdiv(S, BS) * chunks
     shares = _shares(R, tiles, BR, h.device)
     rows_per_share = triton.cdiv(triton.cdiv(R, shares), BR) * BR
@@ -184,6 +198,6 @@ def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor,
     weighted = h.new_empty(shares, S, D, dtype=torch.float32)
     mass = h.new_empty(shares, S, dtype=torch.float32)
     launchable(_table_kernel)[(triton.cdiv(S, BS), chunks, shares)](
-        h, table, e_sq, alpha, m2, g, weighted, mass, R, S, D, rows_per_share, BR, BS, BD, BC, prec)
+        h, table, e_sq, alpha, m2, g, weighted, mass, R, S, D, rows_per_share, BR, BS, BD, BC, prec, split)
     dtable = (weighted.sum(0) - table.float() * mass.sum(0)[:, None]) * (2 * alpha)
     return dh, dtable.to(table.dtype), dalpha_rows.sum().to(alpha.dtype)

@@ -34,38 +34,33 @@ def _gabor(window):
 
 
 def _token_attention():
-    cos, sin = _angles(2, 12, 4)
-    tokens = torch.randint(0, 5, (2, 12))
-    return (lambda q, rows: ops.token_attention(q, rows, tokens, cos, sin, 4, 2),
-            [_rand(2, 2, 5, 8), _rand(2 * 2 * 5, 8)])
+    return (lambda q, rows, tokens, cos, sin: ops.token_attention(q, rows, tokens, cos, sin, 4, 2),
+            [_rand(2, 2, 5, 8), _rand(2 * 2 * 5, 8)], [torch.randint(0, 5, (2, 12)), *_angles(2, 12, 4)])
 
 
 def _gather_rows():
-    cos, sin = _angles(2, 7, 4)
-    index = torch.randint(0, 6, (2, 3, 7))
-    return lambda rows: ops.gather_rows_rotary(rows, index, cos, sin, 4), [_rand(6, 8)]
+    return (lambda rows, index, cos, sin: ops.gather_rows_rotary(rows, index, cos, sin, 4), [_rand(6, 8)],
+            [torch.randint(0, 6, (2, 3, 7)), *_angles(2, 7, 4)])
 
 
 def _split_heads():
-    cos, sin = _angles(2, 7, 4)
-    return lambda x: ops.split_heads_rotary(x, 3, 2, cos, sin, 4, 2), [_rand(2, 7, 3 * 2 * 8)]
+    return (lambda x, cos, sin: ops.split_heads_rotary(x, 3, 2, cos, sin, 4, 2), [_rand(2, 7, 3 * 2 * 8)],
+            list(_angles(2, 7, 4)))
 
 
 def _collar_vad():
-    reference = (torch.rand(2, 3, 40) > 0.5).double()
-    order = torch.tensor([[0, 2], [1, -1]])
-    return lambda logits: ops.collar_vad_loss(logits, reference, order, collar_frames=2.0), [_rand(2, 2, 40)]
+    return (lambda logits, reference, order: ops.collar_vad_loss(logits, reference, order, collar_frames=2.0),
+            [_rand(2, 2, 40)], [(torch.rand(2, 3, 40) > 0.5).double(), torch.tensor([[0, 2], [1, -1]])])
 
 
 def _distance_nll():
-    targets = torch.randint(0, 7, (9, 2))
-    return (lambda h, table, alpha: ops.distance_nll(h, table, targets, alpha=alpha),
-            [_rand(9, 5), _rand(7, 5), torch.tensor(0.7, dtype=torch.float64)])
+    return (lambda h, table, alpha, targets: ops.distance_nll(h, table, targets, alpha=alpha),
+            [_rand(9, 5), _rand(7, 5), torch.tensor(0.7, dtype=torch.float64)], [torch.randint(0, 7, (9, 2))])
 
 
 def _reorder():
-    mask = torch.tensor([[True, True, False, True, True], [True] * 5])
-    return lambda logits, x: ops.reorder_channels(logits, x, mask)[0], [_rand(2, 3, 5), _rand(2, 5, 11)]
+    return (lambda logits, x, mask: ops.reorder_channels(logits, x, mask)[0], [_rand(2, 3, 5), _rand(2, 5, 11)],
+            [torch.tensor([[True, True, False, True, True], [True] * 5])])
 
 
 def _sinkhorn(backward):
@@ -80,10 +75,12 @@ def _rvq():
     return quantize, [_rand(13, 4), _rand(3, 6, 4)]
 
 
-CASES = {  # name: (the dispatcher's op, a function of fresh inputs -> (fn of the differentiable inputs, inputs))
+# name: (the dispatcher's op, a function of fresh inputs -> (fn, the differentiable inputs[, constants])): fn
+# takes the inputs, then the constants (indices, masks, rotary angles: on the run's device, floats in its dtype).
+CASES = {
     "residual_vq": ("residual_vq", _rvq),
-    "rvq_decode": ("rvq_decode", lambda: (lambda cb: ops.rvq_decode(torch.randint(0, 6, (13, 3)), cb),
-                                          [_rand(3, 6, 4)])),
+    "rvq_decode": ("rvq_decode", lambda: (lambda cb, codes: ops.rvq_decode(codes, cb), [_rand(3, 6, 4)],
+                                          [torch.randint(0, 6, (13, 3))])),
     "si_sdr_matrix": ("si_sdr_matrix", lambda: (ops.si_sdr_matrix, [_rand(2, 3, 50), _rand(2, 2, 50)])),
     "collar_vad_loss": ("collar_vad_loss", _collar_vad),
     "distance_logsumexp": ("distance_logsumexp", lambda: (
@@ -118,12 +115,16 @@ CASES = {  # name: (the dispatcher's op, a function of fresh inputs -> (fn of th
 }
 
 
-def _second_order(fn, inputs, backend, dtype, device, weights):
+def _on(tensor, device, dtype):
+    return tensor.to(device, dtype) if tensor.is_floating_point() else tensor.to(device)
+
+
+def _second_order(fn, inputs, constants, backend, dtype, device, weights):
     """∂/∂input of ⟨∂⟨w, fn⟩/∂inputs, v⟩ for each input on its own (a gradient penalty's second-order
     terms; a penalty with respect to one input is a common case), None where the penalty is a constant."""
     leaves = [t.to(device, dtype).requires_grad_() for t in inputs]
     with pyaudiok.use_backend(backend):
-        out = fn(*leaves)
+        out = fn(*leaves, *(_on(c, device, dtype) for c in constants))
         w, v = weights
         grads = torch.autograd.grad((out * w.to(device, dtype)).sum(), leaves, create_graph=True, allow_unused=True)
         penalty = sum((g * vi.to(device, dtype)).sum() for g, vi in zip(grads, v) if g is not None)
@@ -139,14 +140,15 @@ def test_second_order_gradients_match_the_reference_or_raise(case, backend):
     op = dispatch.op(op_name)
     dtype = torch.float32
     device = require_backend(op, backend, dtype)
-    fn, inputs = make()
-    out = fn(*inputs)
+    fn, inputs, *constants = make()
+    constants = constants[0] if constants else []
+    out = fn(*inputs, *constants)
     weights = (torch.randn(out.shape, dtype=torch.float64), [torch.randn_like(t) for t in inputs])
-    want = _second_order(fn, inputs, "reference", torch.float64, torch.device("cpu"), weights)
+    want = _second_order(fn, inputs, constants, "reference", torch.float64, torch.device("cpu"), weights)
     if want is None:  # the gradients are constants (straight-through, linear in the weights)
         want = [torch.zeros_like(t) for t in inputs]
     try:
-        got = _second_order(fn, inputs, backend, dtype, device, weights)
+        got = _second_order(fn, inputs, constants, backend, dtype, device, weights)
     except RuntimeError as error:
         assert "not differentiable again" in str(error) and "reference" in str(error), error
         return

@@ -7,6 +7,9 @@ import torch
 import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
 from pyaudiok.models.perceiver_ar import KVBuffer, filter_logits, generate
+from pyaudiok.ops.latent_attention import OP as LATENT_ATTENTION
+
+from ..harness import require_backend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,8 +107,9 @@ def test_cached_step_keeps_shapes_and_reads_nothing_back(backend, monkeypatch):
     """What capturing the step in a CUDA graph needs, checked on any device: the step attends over
     the whole cache buffers (the same tensors at every token), counts rows on the device, and never
     reads a tensor's value on the host (which on a GPU is a wait, and fails inside a capture)."""
-    model = _model().double().eval() if backend != "triton" else _model().eval()
-    tokens = torch.randint(0, 32, (2, 30))
+    device = require_backend(LATENT_ATTENTION, backend)
+    model = (_model().double() if backend != "triton" else _model()).eval().to(device)
+    tokens = torch.randint(0, 32, (2, 30), device=device)
     with pyaudiok.use_backend(backend):
         _, cache = model(tokens[:, :25], 5, return_cache=True)
         buffers = [(b.k, b.v, b.filled) for b in (cache.cross, *cache.layers)]

@@ -56,11 +56,11 @@ def test_reference_is_the_masked_mean_of_pytorchs_bce():
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 def test_only_kept_frames_count(backend):
     """Changing a logit inside the collar of a boundary, or of an unselected row, changes nothing."""
-    require_backend(OP, backend)
-    reference = torch.zeros(1, 2, 20, dtype=torch.bool)
+    device = require_backend(OP, backend)
+    reference = torch.zeros(1, 2, 20, dtype=torch.bool, device=device)
     reference[0, 0, 5:12] = True                    # boundaries at edges 5 and 12
-    order = torch.tensor([[0, -1]])
-    logits = torch.randn(1, 2, 20)
+    order = torch.tensor([[0, -1]], device=device)
+    logits = torch.randn(1, 2, 20, device=device)
     with torch.no_grad(), pyaudiok.use_backend(backend):
         base = collar_vad_loss(logits, reference, order, collar_frames=2.0)
         inside, outside, other = logits.clone(), logits.clone(), logits.clone()
@@ -118,8 +118,8 @@ def test_non_contiguous_and_half_inputs(backend):
 def test_collar_wider_than_the_items(backend, collar):
     """Any collar of T + 1 frames or more leaves out every frame of an item with a boundary: as
     the collar of T + 1 itself, without padding by the collar's width or overflowing an integer."""
-    require_backend(OP, backend)
-    logits, reference, order = _inputs(2, 3, 2, 20)
+    device = require_backend(OP, backend)
+    logits, reference, order = _inputs(2, 3, 2, 20, device)
     reference[1] = False  # no boundary in item 1: all of its frames count
     with pyaudiok.use_backend(backend):
         loss = collar_vad_loss(logits, reference, order, collar_frames=collar)
@@ -132,8 +132,8 @@ def test_collar_wider_than_the_items(backend, collar):
 def test_targets_take_no_gradient(backend):
     """Float targets that require a gradient get none on any backend (the loss is differentiable
     with respect to the logits only)."""
-    require_backend(OP, backend)
-    logits, reference, order = _inputs(2, 3, 2, 20)
+    device = require_backend(OP, backend)
+    logits, reference, order = _inputs(2, 3, 2, 20, device)
     targets = reference.float().requires_grad_()
     with pyaudiok.use_backend(backend):
         loss = collar_vad_loss(logits, targets, order, collar_frames=1.0)

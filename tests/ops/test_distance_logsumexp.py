@@ -56,12 +56,12 @@ def test_nll_matches_log_softmax_of_distances(backend):
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 def test_shift_invariance_and_nearest_row(backend):
     """A far table row adds nothing; a vector on a row at large α has lse ≈ 0 (p = 1 there)."""
-    require_backend(OP, backend)
-    table = torch.eye(4, 8)
+    device = require_backend(OP, backend)
+    table = torch.eye(4, 8, device=device)
     vectors = table[:3].clone()
     with torch.no_grad(), pyaudiok.use_backend(backend):
         sharp = distance_logsumexp(vectors, table, alpha=50.0)
-        far = distance_logsumexp(vectors, torch.cat([table, torch.full((1, 8), 30.0)]), alpha=1.0)
+        far = distance_logsumexp(vectors, torch.cat([table, torch.full((1, 8), 30.0, device=device)]), alpha=1.0)
         near = distance_logsumexp(vectors, table, alpha=1.0)
     assert sharp.abs().max() < 1e-6
     assert_close("far row", far, near, torch.float32)
