@@ -1,4 +1,5 @@
 """The backend registry: explicit choice, environment override, automatic fallback, reasons."""
+import importlib
 import subprocess
 import sys
 import warnings
@@ -121,6 +122,28 @@ def test_contrastive_loss_gpu_rule_follows_the_measurements():
     assert "below" in reference_faster_on_gpu(TRITON_AUTO_MIN_BATCH - 1, torch.float32, tf32=False)
     assert "TF32" in reference_faster_on_gpu(2 * TRITON_AUTO_MIN_BATCH, torch.float32, tf32=True)
     assert reference_faster_on_gpu(1024, torch.bfloat16, tf32=True) is None  # not measured: the kernels
+
+
+def test_distance_and_reordering_gpu_rules_follow_the_measurements():
+    distance_logsumexp = importlib.import_module("pyaudiok.ops.distance_logsumexp")
+    reorder_channels = importlib.import_module("pyaudiok.ops.reorder_channels")
+    bound = distance_logsumexp.GPU_REFERENCE_MAX_PROBABILITIES
+    assert "reference is faster" in distance_logsumexp.reference_faster_on_gpu(32_000, 1_000, torch.float32)
+    assert distance_logsumexp.reference_faster_on_gpu(bound // 1000 + 1, 1000, torch.float32) is None  # memory
+    assert distance_logsumexp.reference_faster_on_gpu(16, 16, torch.bfloat16) is None  # not measured: the kernels
+    assert "reference" in reorder_channels.reference_faster_on_gpu(torch.float32)
+    assert reorder_channels.reference_faster_on_gpu(torch.float16) is None
+
+
+@pytest.mark.gpu
+def test_distance_and_reordering_take_the_reference_on_a_gpu_in_float32():
+    distance_logsumexp = importlib.import_module("pyaudiok.ops.distance_logsumexp")
+    reorder_channels = importlib.import_module("pyaudiok.ops.reorder_channels")
+    h, table, alpha = torch.randn(100, 8, device="cuda"), torch.randn(5, 8, device="cuda"), torch.tensor(1.0)
+    assert distance_logsumexp.OP.select(h.device, h.dtype, (h, table, alpha)).backend == "reference"
+    assert distance_logsumexp.OP.select(h.device, h.dtype, (h.half(), table.half(), alpha)).backend == "triton"
+    logits, x = torch.randn(2, 4, 4, device="cuda"), torch.randn(2, 4, 16, device="cuda")
+    assert reorder_channels.OP.select(x.device, x.dtype, (logits, x, None)).backend == "reference"
 
 
 def test_contrastive_loss_cpu_rule_follows_the_measurements():

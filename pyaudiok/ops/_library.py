@@ -208,15 +208,18 @@ def register_backends(op: dispatch.Op, *, reference: Callable, cpu: Callable | N
                       triton: Callable | None = None, cuda: Callable | None = None,
                       cpu_dtypes=(torch.float32,), gpu_dtypes=GPU_DTYPES,
                       triton_constraint: Callable | None = None,
-                      cuda_constraint: Callable | None = None) -> None:
+                      cuda_constraint: Callable | None = None,
+                      triton_auto_skip: Callable | None = None) -> None:
     """The usual registration of an op's backends: the reference anywhere in any float dtype, the
-    C++ kernels where the extension has them, Triton on GPUs (and its interpreter on the CPU)."""
+    C++ kernels where the extension has them, Triton on GPUs (and its interpreter on the CPU).
+    `triton_auto_skip(*args)`: why the automatic choice passes Triton over for a call (measured
+    slower there), or None."""
     op.register("reference", reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
     if cpu is not None:
         op.register("cpu", cpu, devices=("cpu",), dtypes=cpu_dtypes, availability=backends.cpu_reason)
     if triton is not None:
         op.register("triton", triton, devices=("cuda", "cpu"), dtypes=gpu_dtypes, availability=backends.triton_reason,
-                    constraint=triton_constraint)
+                    constraint=triton_constraint, auto_skip=triton_auto_skip)
     if cuda is not None:
         op.register("cuda", cuda, devices=("cuda",), dtypes=gpu_dtypes, availability=backends.cuda_reason,
                     constraint=cuda_constraint)

@@ -36,7 +36,8 @@ m = lse + α‖h‖² in fp32 would carry the rounding of two terms of thousands
 Backends: `reference` (the [R, S] distances, then torch.logsumexp: what a user writes), `cpu`
 (blocks of rows through ATen's GEMMs, each block of scores reduced in place while in cache),
 `triton` (kernels/distance_logsumexp.py: flash-style passes over table tiles, nothing of size
-[R, S] in memory).
+[R, S] in memory; for float32 the automatic choice takes it above 2^25 probabilities only, see
+`_gpu_auto_skip`).
 """
 from __future__ import annotations
 
@@ -203,7 +204,33 @@ OP = dispatch.op("distance_logsumexp")
 # NLL of a well-classified vector.
 OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward, keeps_probabilities=True), float32_outputs=(0,)),
             devices=("cpu",), dtypes=HALF_DTYPES + (torch.float32, torch.float64))
-register_backends(OP, reference=distance_logsumexp_reference, triton=_fused(_triton_forward, keeps_probabilities=False))
+# Up to this many probabilities (vectors × table rows), float32 inputs take the reference on a GPU
+# automatically (see _gpu_auto_skip).
+GPU_REFERENCE_MAX_PROBABILITIES = 2**25
+
+
+def _gpu_auto_skip(h, table, alpha) -> str | None:
+    """float32 on a GPU: the reference up to 2^25 probabilities (measured faster).
+
+    Fwd+bwd on an H200 (bench/results/2026-11-27_h200_session10.txt): the Triton kernels ran at 0.93×,
+    0.72× and 0.63× the reference's speed at 16 000 × 16 × 32, 32 000 × 101 × 512 and
+    32 000 × 1 000 × 256 (vectors × rows × d): the reference's cuBLAS products beat the kernels'
+    3xTF32 dots, which the backward runs twice (probabilities recomputed for dh and for the table).
+    The kernels hold no [R, S] matrix (15× less peak memory at the largest size), so they stay the
+    choice above the bound, where the reference's matrices pass 128 MiB each. Half precision is not
+    measured and stays on the kernels; use_backend("triton") keeps them anywhere."""
+    return reference_faster_on_gpu(h.shape[0], table.shape[0], h.dtype) if h.device.type == "cuda" else None
+
+
+def reference_faster_on_gpu(vectors: int, rows: int, dtype: torch.dtype) -> str | None:
+    """The measured rule of _gpu_auto_skip: why the reference is faster on a GPU, or None."""
+    if dtype == torch.float32 and vectors * rows <= GPU_REFERENCE_MAX_PROBABILITIES:
+        return f"up to {GPU_REFERENCE_MAX_PROBABILITIES} probabilities the reference is faster on a GPU in float32"
+    return None
+
+
+register_backends(OP, reference=distance_logsumexp_reference, triton=_fused(_triton_forward, keeps_probabilities=False),
+                  triton_auto_skip=_gpu_auto_skip)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ Backends: `reference` (masked_fill, softmax, bmm: what `nn.ChannelReorder` did),
 calls behind one registered op whose backward is the formula above: one autograd node, one GEMM
 per gradient, no mask pass backward; automatic for float16 only: `_cpu_auto_skip` has the timings),
 `triton` (kernels/reorder_channels.py: one launch forward, a program per item × tile of T with the
-[K, C] softmax in registers; K, C <= 128).
+[K, C] softmax in registers; K, C <= 128; automatic for half precision only: `_gpu_auto_skip`).
 
 The raw op pairs of the fused backends:
 
@@ -151,8 +151,23 @@ def _cpu_auto_skip(logits, x, mask) -> str | None:
 
 
 OP = dispatch.op("reorder_channels")
+def _gpu_auto_skip(logits, x, mask) -> str | None:
+    """float32 on a GPU: the reference (measured faster).
+
+    Fwd+bwd on an H200 (bench/results/2026-11-27_h200_session10.txt): the Triton kernels ran at 0.65×
+    the reference's speed at CHARM's size (B 64, K = C = 16, T 256: 0.92 against 0.60 ms, both
+    bound by the host's launches) and 0.96× at B 256, K = C = 64, T 2 560, at the same peak memory.
+    Half precision is not measured and stays on the kernels; use_backend("triton") keeps them."""
+    return reference_faster_on_gpu(logits.dtype) if logits.device.type == "cuda" else None
+
+
+def reference_faster_on_gpu(dtype: torch.dtype) -> str | None:
+    """The measured rule of _gpu_auto_skip: why the reference is faster on a GPU, or None."""
+    return "the reference is as fast or faster on a GPU in float32" if dtype == torch.float32 else None
+
+
 register_backends(OP, reference=reorder_channels_reference, triton=_fused(_triton_forward, contiguous=True),
-                  triton_constraint=_triton_constraint)
+                  triton_constraint=_triton_constraint, triton_auto_skip=_gpu_auto_skip)
 # Pure ATen: available wherever torch is, extension or not.
 OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward, contiguous=False)), devices=("cpu",),
             dtypes=HALF_DTYPES + (torch.float32, torch.float64), auto_skip=_cpu_auto_skip)
