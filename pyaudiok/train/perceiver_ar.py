@@ -274,9 +274,13 @@ def generate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cache", action="store_true", help="recompute every step (same output, slower)")
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="where to sample (default cpu; auto: CUDA when available)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="on a CUDA device, replay each window's cached step as a CUDA graph (same output, "
-                        "without the per-kernel launch cost)")
+    graphs = p.add_mutually_exclusive_group()
+    graphs.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
+                        help="replay every window's cached step as a CUDA graph (same output, without the "
+                             "per-kernel launch cost; needs a CUDA device). Default: on a CUDA device, for "
+                             "windows with a few cached steps or more")
+    graphs.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="run every cached step eagerly")
     args = p.parse_args(argv)
     try:
         device = pick_device(args.device)

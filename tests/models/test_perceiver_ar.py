@@ -7,6 +7,7 @@ import torch
 import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
 from pyaudiok.models.perceiver_ar import KVBuffer, filter_logits, generate
+from pyaudiok.models.perceiver_ar.sampling import _schedule, _steps_left
 from pyaudiok.ops.latent_attention import OP as LATENT_ATTENTION
 
 from ..harness import require_backend
@@ -145,6 +146,29 @@ def test_cuda_graphs_need_the_cache_and_a_cuda_device():
         generate(model, torch.randint(0, 32, (1, 5)), 3, use_cache=False, cuda_graphs=True)
 
 
+def test_steps_left_counts_each_windows_cached_steps():
+    """What the automatic choice of CUDA graphs reads at a window's first cached step: how many cached
+    steps that window runs, checked against the sampler's own schedule over several windows (latents
+    filling up, the context reaching max_context, the sequence ending mid-window)."""
+    model = _model()  # 12 latents, max_context 40
+    for begin, end, carry in ((7, 52, 6), (3, 90, 1), (30, 41, 10)):
+        runs, first = [], None
+        for total, fresh, start, n in _schedule(model, begin, end, carry):
+            if fresh:
+                first = None
+            elif first is None:
+                first = _steps_left(model, total, start, n, end)
+                runs.append([first, 0])
+            if not fresh:
+                runs[-1][1] += 1
+        assert runs and all(predicted == seen for predicted, seen in runs), runs
+
+
+def test_cuda_graphs_flag_is_checked():
+    with pytest.raises(TypeError, match="cuda_graphs must be True, False or None"):
+        generate(_model(), torch.randint(0, 32, (1, 5)), 3, cuda_graphs="yes")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
 def test_cuda_graph_generation_equals_eager(dtype):
@@ -153,10 +177,10 @@ def test_cuda_graph_generation_equals_eager(dtype):
     model = _model().to("cuda", dtype)
     prompt = torch.randint(0, 32, (2, 7), device="cuda")
     out = {}
-    for graphs in (True, False):
+    for graphs in (True, False, None):
         gen = torch.Generator("cuda").manual_seed(5)
         out[graphs] = generate(model, prompt, 45, generator=gen, temperature=0.9, top_k=8, cuda_graphs=graphs)
-    assert torch.equal(out[True], out[False])
+    assert torch.equal(out[True], out[False]) and torch.equal(out[None], out[False])
 
 
 def test_cache_grows_in_place_to_its_capacity():

@@ -74,10 +74,11 @@ def test_generate_command_on_the_gpu_with_cuda_graphs(tmp_path, capsys):
     capsys.readouterr()
     args = ["generate", "perceiver-ar", "--checkpoint", str(tmp_path), "--prompt", "def f(", "--steps", "30",
             "--device", "cuda"]
-    assert cli_main(args) == 0
+    assert cli_main(args + ["--no-cuda-graphs"]) == 0
     eager = capsys.readouterr().out
-    assert cli_main(args + ["--cuda-graphs"]) == 0
-    assert capsys.readouterr().out == eager and eager.startswith("def f(")
+    for graphs in (["--cuda-graphs"], []):  # always, and the automatic choice
+        assert cli_main(args + graphs) == 0
+        assert capsys.readouterr().out == eager and eager.startswith("def f(")
 
 
 def _worker_errors(stderr: str) -> str:
