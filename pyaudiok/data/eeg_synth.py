@@ -38,6 +38,10 @@ ELECTRODES = {
 # Class sources: left / right sensorimotor, frontal midline, parietal-occipital midline, ...
 _CLASS_POSITIONS = ((-0.5, 0.0), (0.5, 0.0), (0.0, 0.6), (0.0, -0.6), (-0.6, -0.6), (0.6, 0.6))
 _EYES = (0.0, 1.25)
+# The class rhythm (9–13 Hz, a Gaussian band of 1 Hz) must lie below the Nyquist frequency, three
+# band widths clear: at lower rates the band-limited draw would be normalised out of the tail of
+# the band, not the rhythm the classes differ by.
+MIN_SAMPLE_RATE = 2 * (13.0 + 3.0)
 
 
 def _bandlimited(shape: tuple[int, ...], T: int, sample_rate: float, centre: torch.Tensor, width: torch.Tensor,
@@ -69,6 +73,9 @@ class SyntheticEEG:
             # one sample has no variance: the unit-variance normalisation would give NaN
             raise ValueError(f"sample_rate and seconds must be positive and give at least 2 samples; got "
                              f"sample_rate={sample_rate}, seconds={seconds}")
+        if sample_rate < MIN_SAMPLE_RATE:
+            raise ValueError(f"sample_rate must be at least {MIN_SAMPLE_RATE:g} Hz (the 9–13 Hz class rhythm below "
+                             f"the Nyquist frequency); got {sample_rate}")
         if n_background < 0:
             raise ValueError(f"n_background must be >= 0; got {n_background}")
         self.n_classes, self.sample_rate = n_classes, float(sample_rate)

@@ -65,6 +65,9 @@ def test_empty_batches_and_bad_arguments():
         SyntheticEEG(4, seconds=0.01)
     with pytest.raises(ValueError, match="n must be >= 0"):
         SyntheticEEG(4).trials(-1, seed=0)
+    with pytest.raises(ValueError, match="sample_rate must be at least 32 Hz"):
+        SyntheticEEG(4, sample_rate=10.0)
+    assert SyntheticEEG(4, sample_rate=32.0).trials(1, seed=0)[0].shape == (1, 16, 64)
     gen = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match=r"mask must have shape \[B, C\]"):
         shuffle_channels(torch.zeros(2, 16, 4), torch.ones(2, 5, dtype=torch.bool), gen)
