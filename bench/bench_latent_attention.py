@@ -9,7 +9,8 @@ the backward), in the attention's own shapes and, as the machine's matmul peak, 
 `latent_attn.lengths` runs B = 2 rows with different key_lengths; its SDPA peer gets the per-row
 mask materialised, which is what SDPA needs for it. On a GPU the backward cases also time the
 Triton backend with dQ added atomically by the dK/dV kernel (`kernels.latent_attention.DQ_MODE`),
-the scheme that is not the default until it measures faster."""
+the scheme that is not the default until it measures faster. `latent_attn.decode` times the sampling
+step's attention (one query over 8 192 keys) against SDPA, with a decode tile as a candidate."""
 from __future__ import annotations
 
 import torch
@@ -158,9 +159,53 @@ def attention_case(device, N, M, backward, lengths=None) -> Case:
     return Case(name, params, cands)
 
 
+# Perceiver AR's cached sampling step (`PerceiverAR.cached_step`): one new latent over the window's
+# keys, at the bench's model size (12 heads of 64), batch 4.
+DECODE = dict(B=4, H=12, N=1, M=8192)
+
+
+def _decode_tiles(splits: int):
+    """launch_forward with a 16-query tile (tl.dot's smallest) and `splits` key ranges: a decode
+    candidate to time against the default tiles (128 queries, splits of >= 1 024 keys), which spend
+    127 of 128 rows on nothing when N = 1."""
+    from pyaudiok.kernels import latent_attention as kernels
+
+    def launch(q, k, v):
+        tiles = kernels._tiles(q.shape[-1], q.dtype, q.device)
+        decode = kernels._Tile(16, 64, 4, 3)
+        original = kernels._tiles
+        kernels._tiles = lambda D, dtype, device: (decode,) + tuple(tiles[1:])
+        try:
+            return kernels.launch_forward(q, k, v, None, q.shape[-1] ** -0.5, None, splits=splits)[0]
+        finally:
+            kernels._tiles = original
+    return launch
+
+
+def decode_case(device: torch.device) -> Case:
+    """Forward of one query row over M keys (no mask: the new latent sees every key): the sampling
+    step's attention, against SDPA (its decode kernels) and one read of K and V."""
+    B, Hd, N, M = DECODE["B"], DECODE["H"], DECODE["N"], DECODE["M"]
+    dtype = DTYPE[device.type]
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, Hd, S, D, generator=gen).to(device, dtype) for S in (N, M, M))
+    ours = lambda: latent_cross_attention(q, k, v)  # noqa: E731
+    cands = [Candidate("reference", "reference", with_backend("reference", ours), check=_check)]
+    cands += backend_candidates(OP, device, dtype, (q, k, v, None, D ** -0.5, None), lambda b: with_backend(b, ours),
+                                _check)
+    if device.type == "cuda" and backends.triton_reason(device) is None:
+        for splits in (8, 32):
+            launch = _decode_tiles(splits)
+            cands.append(Candidate(f"triton, 16-query tile, {splits} key splits", "backend",
+                                   lambda launch=launch: launch(q, k, v), check=_check))
+    cands.append(Candidate("torch SDPA", "peer", lambda: F.scaled_dot_product_attention(q, k, v), check=_check))
+    cands.append(Candidate("floor: one read of K and V", "floor", lambda: (k.sum(), v.sum())))
+    return Case("latent_attn.decode", {**DECODE, "d": D, "dtype": str(dtype).replace("torch.", "")}, cands)
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
     N, M = (QUICK if quick else SIZES)[device.type]
     # Row lengths: one full, one with 3/4 of the keys (odd, so no block edge is aligned).
     lengths = [M, 3 * M // 4 + 1]
     return [attention_case(device, N, M, backward=False), attention_case(device, N, M, backward=True),
-            attention_case(device, N, M, backward=True, lengths=lengths)]
+            attention_case(device, N, M, backward=True, lengths=lengths), decode_case(device)]

@@ -106,6 +106,73 @@ PYAUDIOK_INLINE void softmax_backward_row(const T* p, T* dp, const T* delta, int
   for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - delta[i]) * scale;
 }
 
+// A sampling step's one query: the block's two products as dot products and row updates. A GEMM
+// of one row packs the whole key block before using it (one more pass over it), and its call costs
+// more than this work at a block of a few hundred keys.
+// s[c] = scale · q · k_c for the block's `cols` key rows (stride D), four keys at a time.
+PYAUDIOK_INLINE void one_row_scores(const float* q, const float* k, int64_t cols, int64_t D, float scale, float* s) {
+  using namespace simd;
+  const int64_t Dv = D / 8 * 8;
+  int64_t c = 0;
+  for (; c + 4 <= cols; c += 4) {
+    const float* kr = k + c * D;
+    v8f acc[4] = {splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
+    for (int64_t d = 0; d < Dv; d += 8) {
+      const v8f qd = load8(q + d);
+      for (int u = 0; u < 4; ++u) acc[u] += qd * load8(kr + u * D + d);
+    }
+    for (int u = 0; u < 4; ++u) {
+      float r = 0.f;
+      for (int l = 0; l < 8; ++l) r += acc[u][l];
+      for (int64_t d = Dv; d < D; ++d) r += q[d] * kr[u * D + d];
+      s[c + u] = scale * r;
+    }
+  }
+  for (; c < cols; ++c) {
+    float r = 0.f;
+    for (int64_t d = 0; d < D; ++d) r += q[d] * k[c * D + d];
+    s[c] = scale * r;
+  }
+}
+
+PYAUDIOK_INLINE void one_row_scores(const double* q, const double* k, int64_t cols, int64_t D, double scale,
+                                    double* s) {
+  for (int64_t c = 0; c < cols; ++c) {
+    double r = 0.0;
+    for (int64_t d = 0; d < D; ++d) r += q[d] * k[c * D + d];
+    s[c] = scale * r;
+  }
+}
+
+// o += Σ_c p[c] · v_c over the block's `cols` value rows (stride D): 64 channels at a time held in
+// registers while the rows stream past, then 8, then one.
+PYAUDIOK_INLINE void one_row_values(const float* p, const float* v, int64_t cols, int64_t D, float* o) {
+  using namespace simd;
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) {
+    v8f acc[8];
+    for (int u = 0; u < 8; ++u) acc[u] = load8(o + d0 + 8 * u);
+    for (int64_t c = 0; c < cols; ++c) {
+      const v8f pc = splat(p[c]);
+      const float* vr = v + c * D + d0;
+      for (int u = 0; u < 8; ++u) acc[u] += pc * load8(vr + 8 * u);
+    }
+    for (int u = 0; u < 8; ++u) store8(o + d0 + 8 * u, acc[u]);
+  }
+  for (; d0 + 8 <= D; d0 += 8) {
+    v8f acc = load8(o + d0);
+    for (int64_t c = 0; c < cols; ++c) acc += splat(p[c]) * load8(v + c * D + d0);
+    store8(o + d0, acc);
+  }
+  for (; d0 < D; ++d0)
+    for (int64_t c = 0; c < cols; ++c) o[d0] += p[c] * v[c * D + d0];
+}
+
+PYAUDIOK_INLINE void one_row_values(const double* p, const double* v, int64_t cols, int64_t D, double* o) {
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t d = 0; d < D; ++d) o[d] += p[c] * v[c * D + d];
+}
+
 // Keys of block [i0, i0 + cols) that query j sees: the first `visible` (query j sees keys < shift + j + 1).
 inline int64_t visible_keys(int64_t shift, int64_t j, int64_t i0, int64_t cols) {
   return std::clamp<int64_t>(shift + j + 1 - i0, 0, cols);
@@ -131,7 +198,11 @@ PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v
     const int64_t open = std::clamp<int64_t>(shift + j0 + 1, 0, L), end = std::clamp<int64_t>(shift + j0 + rows, 0, L);
     for (int64_t i0 = 0; i0 < end; i0 += kK) {
       const int64_t cols = std::min(kK, end - i0);
-      gemm(false, true, rows, cols, D, scale, q + j0 * D, D, k + i0 * D, D, T(0), scores.data(), cols);
+      if (rows == 1) {
+        one_row_scores(q + j0 * D, k + i0 * D, cols, D, scale, scores.data());
+      } else {
+        gemm(false, true, rows, cols, D, scale, q + j0 * D, D, k + i0 * D, D, T(0), scores.data(), cols);
+      }
       for (int64_t r = 0; r < rows; ++r) {
         T* p = scores.data() + r * cols;
         const int64_t visible = i0 + cols <= open ? cols : visible_keys(shift, j0 + r, i0, cols);
@@ -151,7 +222,11 @@ PYAUDIOK_CLONES void latent_attention_forward(const T* q, const T* k, const T* v
         }
         row_sum[r] += sum;
       }
-      gemm(false, false, rows, D, cols, T(1), scores.data(), cols, v + i0 * D, D, T(1), o, D);
+      if (rows == 1) {
+        one_row_values(scores.data(), v + i0 * D, cols, D, o);
+      } else {
+        gemm(false, false, rows, D, cols, T(1), scores.data(), cols, v + i0 * D, D, T(1), o, D);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) finish_row(o + r * D, D, row_peak[r], row_sum[r], lse + j0 + r);
   }

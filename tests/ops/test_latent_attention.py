@@ -82,6 +82,19 @@ def test_cpu_kernel_gives_the_same_result_with_any_tile(tile):
         assert_close(name, got, want, torch.float64)
 
 
+@pytest.mark.parametrize("d", [8, 20, 64, 72, 136])
+@pytest.mark.parametrize("tile", [(1, 7), (1, 512)])
+def test_cpu_kernel_single_query_rows(d, tile):
+    """A block of one query (a sampling step) takes the kernel's dot-product path instead of its GEMMs:
+    float32 against the float64 reference, at head dims that leave 64- and 8-channel remainders and
+    key blocks that are not multiples of four, with a length cut."""
+    require_backend(OP, "cpu")
+    q, k, v = _inputs(2, 3, 5, 203, d, "cpu", torch.float64, grad=False)
+    lengths = torch.tensor([203, 77])
+    out, _ = torch.ops.pyaudiok.latent_attention_forward(q.float(), k.float(), v.float(), lengths, d ** -0.5, *tile)
+    assert_close("out", out, latent_attention_reference(q, k, v, lengths, d ** -0.5), torch.float32)
+
+
 def test_cpu_kernel_aten_gemm_fallback():
     """The kernel's GEMM through at::addmm_out (used where torch exports no Fortran BLAS) agrees."""
     require_backend(OP, "cpu")
