@@ -7,6 +7,7 @@
 #   bash bench/gpu_check.sh [OUT_DIR]
 #
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
+# TEST_K (pytest's -k selection, default "triton or cuda or gpu"; e.g. a rerun of the last failures),
 # BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all;
 # BENCH_ONLY=none skips the bench), SWEEP (e.g. "--dtype bf16 --d 64": also time the latent-attention
 # kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it), SKIP_SETUP=1 (a second call
@@ -62,7 +63,7 @@ if [ "${TESTS:-1}" != 0 ]; then
 phase "tests (Triton, CUDA, gpu-marked)"
 workers=${PYTEST_WORKERS:-8}
 timeout "${TEST_S:-240}" python3 -m pytest -q -p no:cacheprovider -n "$workers" --timeout 120 \
-  -k "triton or cuda or gpu" --junitxml="$out/tests.xml" > "$out/tests.log" 2>&1
+  -k "${TEST_K:-triton or cuda or gpu}" --junitxml="$out/tests.xml" > "$out/tests.log" 2>&1
 echo "pytest exit status $?"
 grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -n 40
 fi
