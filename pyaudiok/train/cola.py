@@ -33,7 +33,7 @@ from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
 from .runtime import (DEVICES, ConfigError, add_compile_option, add_precision_option, check_options, checked_config,
-                      compile_model, pick_device, precision_scope, write_json)
+                      compile_model, fresh_output_dir, pick_device, precision_scope, write_json)
 
 __all__ = ["TrainConfig", "pretrain", "calibrate_batchnorm", "probe", "labeled_set", "main"]
 
@@ -265,6 +265,7 @@ def main(argv=None) -> int:
         check_config(cfg)
     except ValueError as e:
         p.error(str(e))
+    fresh_output_dir(cfg.out_dir)
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "
           f"random encoder {result['random_encoder']['probe_test_accuracy']:.3f}  "

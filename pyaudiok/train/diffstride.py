@@ -39,7 +39,7 @@ from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_s
 
 from .checkpoint import save_checkpoint
 from .runtime import (DEVICES, add_compile_option, add_precision_option, check_options, classification_accuracy,
-                      compile_model, pick_device, precision_scope, write_json)
+                      compile_model, fresh_output_dir, pick_device, precision_scope, write_json)
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -269,6 +269,7 @@ def main(argv=None) -> int:
         check_config(cfg)
     except ValueError as e:
         p.error(str(e))
+    fresh_output_dir(cfg.out_dir)
     results = compare(cfg, runs)
     print(format_results(results))
     return 0

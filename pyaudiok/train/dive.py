@@ -25,7 +25,7 @@ from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
 from .runtime import (DEVICES, check_options, checked_config, compile_model, config_from_argv, fit_steps,
-                      model_from_run_checkpoint, pick_device, seed_everything, write_run)
+                      fresh_output_dir, model_from_run_checkpoint, pick_device, seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -137,8 +137,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    train(config_from_argv(TrainConfig, argv, prog="pyaudiok train dive", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config))
+    cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train dive", description=__doc__,
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config)
+    fresh_output_dir(cfg.out_dir)
+    train(cfg)
     return 0
 
 

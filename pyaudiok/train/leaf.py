@@ -28,7 +28,7 @@ from pyaudiok.models.leaf import LeafClassifier
 
 from .checkpoint import capture_rng_state, save_checkpoint
 from .runtime import (DEVICES, add_compile_option, add_precision_option, check_options, classification_accuracy,
-                      compile_model, pick_device, precision_scope, seed_everything, write_json)
+                      compile_model, fresh_output_dir, pick_device, precision_scope, seed_everything, write_json)
 
 __all__ = ["TrainConfig", "CLASSES", "audio_task", "train", "main"]
 
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
                                  test_size=args.test_size))
     except ValueError as e:
         p.error(str(e))
+    fresh_output_dir(args.out)
     channels = (64, 128, 256, 256, 512, 512) if args.channels == "full" else TrainConfig.channels
     data = (*audio_task(args.train_size, args.seed), *audio_task(args.test_size, args.seed + 1_000_003))
     results = {}

@@ -33,8 +33,8 @@ from pyaudiok.data.label_proportions import Split, load_digits, make_bags
 from pyaudiok.nn import OTPseudoLabelLoss, ProportionLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .runtime import (DEVICES, auto_threads, check_options, classification_accuracy, compile_model, pick_device,
-                      precision_scope, seed_everything, write_csv)
+from .runtime import (DEVICES, auto_threads, check_options, classification_accuracy, compile_model, fresh_output_dir,
+                      pick_device, precision_scope, seed_everything, write_csv)
 
 __all__ = ["TrainConfig", "METHODS", "make_model", "train_one", "run", "main"]
 
@@ -234,6 +234,8 @@ def main(argv=None) -> int:
                            choices={"device": DEVICES})
     try:
         cfg.check()
+        if not cfg.resume:  # --resume takes the finished runs there
+            fresh_output_dir(cfg.out_dir)
         run(cfg)
     except (ValueError, ImportError) as e:
         print(f"pyaudiok train llp: {e}", file=sys.stderr)

@@ -25,8 +25,8 @@ from ..data import notes
 from ..models.permutation import PermutationPretext
 from ..models.permutation.model import POOLINGS, RANKERS
 from ..models.soundstream.losses import mel_filterbank
-from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, pick_device, seed_everything,
-                      write_run)
+from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, fresh_output_dir, pick_device,
+                      seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "main", "synth_notes", "log_mel", "linear_probe"]
 
@@ -150,9 +150,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    train(config_from_argv(TrainConfig, argv, prog="pyaudiok train permutation", description=__doc__,
+    cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train permutation", description=__doc__,
                            choices={"ranker": RANKERS, "probe_features": POOLINGS, "device": DEVICES},
-                           check=check_config))
+                           check=check_config)
+    fresh_output_dir(cfg.out_dir)
+    train(cfg)
     return 0
 
 

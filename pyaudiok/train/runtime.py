@@ -76,6 +76,24 @@ def resume_checkpoint(directory: str | os.PathLike, resume: bool) -> Path | None
     return newest
 
 
+# What a run of the trainers without --resume leaves in its output directory.
+RUN_OUTPUTS = ("results.json", "log.csv", "checkpoint.pt")
+
+
+def fresh_output_dir(directory: str | os.PathLike | None) -> None:
+    """A ConfigError when `directory` already holds a run's outputs (RUN_OUTPUTS, checkpoints/*.pt):
+    a new run would overwrite some of them and leave the others (an earlier run's later epochs)
+    beside its own, so that the directory would describe neither run."""
+    if directory is None:
+        return
+    path = Path(directory)
+    found = [name for name in RUN_OUTPUTS if (path / name).exists()]
+    found += [f"checkpoints/{p.name}" for p in sorted((path / "checkpoints").glob("*.pt"))[:1]]
+    if found:
+        raise ConfigError(f"{directory} already holds the outputs of a run ({', '.join(found)}): "
+                          f"choose another --out, or remove them first")
+
+
 def config_changes(trained: dict[str, Any], given: dict[str, Any]) -> str:
     """The settings in which two configs (as dicts) differ: "name: trained -> given, ..."."""
     return ", ".join(f"{k}: {trained.get(k)!r} -> {given.get(k)!r}" for k in dict.fromkeys([*trained, *given])

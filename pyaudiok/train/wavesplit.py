@@ -23,8 +23,8 @@ from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, model_from_run_checkpoint,
-                      pick_device, seed_everything, write_run)
+from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, fresh_output_dir,
+                      model_from_run_checkpoint, pick_device, seed_everything, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -124,8 +124,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    train(config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config))
+    cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config)
+    fresh_output_dir(cfg.out_dir)
+    train(cfg)
     return 0
 
 

@@ -155,3 +155,22 @@ def test_absent_cuda_device_is_a_one_line_error(tmp_path):
 def test_bench_refuses_a_time_that_is_not_positive(value):
     status, err = _run(["bench", "--min-time", value])
     assert status == 2 and "argument --min-time" in err
+
+
+@pytest.mark.parametrize("trainer", ["leaf", "cola", "diffstride", "dive", "wavesplit", "permutation", "llp"])
+@pytest.mark.parametrize("left", ["results.json", "log.csv", "checkpoint.pt", "checkpoints/mel_epoch3.pt"])
+def test_trainers_without_resume_refuse_an_output_directory_with_a_run_in_it(trainer, left, tmp_path):
+    """A new run into an earlier run's directory would overwrite some files and leave the others (its
+    later epochs' checkpoints) beside its own: refused before any work, for every such trainer."""
+    (tmp_path / left).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / left).write_text("{}")
+    status, err = _run(["train", trainer, "--out", str(tmp_path)])
+    assert status == 2 and "already holds the outputs of a run" in err and left in err, err
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
+    argv = ["train", "leaf", "--epochs", "1", "--train-size", "32", "--test-size", "16", "--frontends", "mel",
+            "--out", str(tmp_path), "--no-progress"]
+    assert _run(argv)[0] == 0 and (tmp_path / "results.json").exists()
+    status, err = _run(argv)
+    assert status == 2 and "choose another --out" in err
