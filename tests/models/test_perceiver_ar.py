@@ -7,6 +7,7 @@ import torch
 import pyaudiok
 from pyaudiok.models import PerceiverAR, PerceiverARConfig
 from pyaudiok.models.perceiver_ar import KVBuffer, filter_logits, generate
+from pyaudiok.models.perceiver_ar import sampling
 from pyaudiok.models.perceiver_ar.sampling import _schedule, _steps_left
 from pyaudiok.ops.latent_attention import OP as LATENT_ATTENTION
 
@@ -162,6 +163,53 @@ def test_steps_left_counts_each_windows_cached_steps():
             if not fresh:
                 runs[-1][1] += 1
         assert runs and all(predicted == seen for predicted, seen in runs), runs
+
+
+class _EagerGraphStep:
+    """CUDAGraphStep's interface without CUDA: what a replay computes, run eagerly; counts captures."""
+    captures: list = []
+
+    def __init__(self, model, cache, token):
+        self.model, self.cache = model, cache
+        type(self).captures.append(cache)
+
+    def __call__(self, token):
+        self.cache.advance(self.model.config)
+        return self.model.cached_step(token, self.cache)
+
+
+def _graphs_on_any_device(use_cache, device, cuda_graphs):
+    return use_cache and cuda_graphs is not False
+
+
+def test_automatic_graphs_capture_the_windows_worth_it(monkeypatch):
+    """The automatic choice's bookkeeping, on the CPU with a stand-in for the capture: one capture per
+    window with >= GRAPH_MIN_STEPS cached steps left, none for the rest, and the eager tokens."""
+    model = _model().double().eval()  # 12 latents, max_context 40; carry 10: windows of 2 cached steps
+    prompt = torch.randint(0, 32, (2, 15))
+    want = generate(model, prompt, 30, temperature=0, carry=10, cuda_graphs=False)
+    monkeypatch.setattr(sampling, "_graphs_possible", _graphs_on_any_device)
+    monkeypatch.setattr(sampling, "CUDAGraphStep", _EagerGraphStep)
+    monkeypatch.setattr(_EagerGraphStep, "captures", [])
+    assert torch.equal(generate(model, prompt, 30, temperature=0, carry=10), want)
+    assert _EagerGraphStep.captures == []  # 2 cached steps a window (12 − 10): below GRAPH_MIN_STEPS
+    assert torch.equal(generate(model, prompt, 30, temperature=0, carry=4), generate(
+        model, prompt, 30, temperature=0, carry=4, cuda_graphs=False))
+    # Windows from 15, 24, 33 (8 cached steps each) are captured; the one from 42 has 2 steps left.
+    assert len({id(c) for c in _EagerGraphStep.captures}) == len(_EagerGraphStep.captures) == 3
+
+
+def test_a_failed_automatic_capture_falls_back_to_eager_sampling(monkeypatch):
+    model = _model().double().eval()
+    prompt = torch.randint(0, 32, (2, 7))
+    want = generate(model, prompt, 20, temperature=0, cuda_graphs=False)
+
+    def fail(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(sampling, "_graphs_possible", _graphs_on_any_device)
+    monkeypatch.setattr(sampling, "CUDAGraphStep", fail)
+    with pytest.warns(RuntimeWarning, match="sampling continues without CUDA graphs"):
+        assert torch.equal(generate(model, prompt, 20, temperature=0), want)
 
 
 def test_cuda_graphs_flag_is_checked():

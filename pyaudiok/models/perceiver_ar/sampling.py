@@ -15,6 +15,8 @@ from 240.7 ms to 61.1 ms, with the same tokens.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from pyaudiok.ops import _checks
@@ -91,21 +93,25 @@ class CUDAGraphStep:
         self.token = token.clone()
         counters = [buffer.filled for buffer in (cache.cross, *cache.layers)]
         saved = [c.clone() for c in counters]
-        side = torch.cuda.Stream(token.device)
-        side.wait_stream(torch.cuda.current_stream(token.device))
-        with torch.cuda.stream(side):
-            model.cached_step(self.token, cache)
-        torch.cuda.current_stream(token.device).wait_stream(side)
-        for counter, value in zip(counters, saved):
-            counter.copy_(value)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = model.cached_step(self.token, cache)
+        # Capture and replay run on the tokens' device, whichever device is current (a graph
+        # captured on another device's stream would hold kernels of the wrong device).
+        with torch.cuda.device(token.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                model.cached_step(self.token, cache)
+            torch.cuda.current_stream().wait_stream(side)
+            for counter, value in zip(counters, saved):
+                counter.copy_(value)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = model.cached_step(self.token, cache)
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         self.cache.advance(self.model.config)
         self.token.copy_(token)
-        self.graph.replay()
+        with torch.cuda.device(self.token.device):
+            self.graph.replay()
         return self.logits
 
 
@@ -115,6 +121,25 @@ def _steps_left(model: PerceiverAR, total: int, start: int, n: int, end: int) ->
     max_context inputs)."""
     c = model.config
     return min(c.latents - n, c.max_context - (total - start), end - total - 1) + 1
+
+
+def _graphs_possible(use_cache: bool, device: torch.device, cuda_graphs: bool | None) -> bool:
+    """Whether `generate` may capture its steps: with the cache, on a CUDA device, unless told not to."""
+    return use_cache and device.type == "cuda" and cuda_graphs is not False
+
+
+def _capture(model: PerceiverAR, cache: LatentCache, token: torch.Tensor, forced: bool | None):
+    """The window's CUDAGraphStep; where the automatic choice (`forced` None) fails to capture it
+    (a module of the user's that reads a value back, say), None and a warning: sampling goes on
+    eagerly, with the same tokens. An explicit cuda_graphs=True raises."""
+    try:
+        return CUDAGraphStep(model, cache, token)
+    except RuntimeError as error:
+        if forced:
+            raise
+        warnings.warn(f"generate: capturing the cached step as a CUDA graph failed ({error}); sampling "
+                      f"continues without CUDA graphs (cuda_graphs=False skips the attempt)", RuntimeWarning)
+        return None
 
 
 def _window(model: PerceiverAR, total: int, carry: int) -> tuple[int, int]:
@@ -170,7 +195,7 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
     # The whole output at once, filled a token at a time (no copy of the sequence per token).
     seq = prompt.new_empty((prompt.shape[0], prompt.shape[1] + steps), dtype=torch.long)
     seq[:, :prompt.shape[1]] = prompt
-    graphs_possible = use_cache and prompt.device.type == "cuda" and cuda_graphs is not False
+    graphs_possible = _graphs_possible(use_cache, prompt.device, cuda_graphs)
     cache, graphed, graph_window, decided_for = None, None, False, None
     try:
         for total, fresh, start, n in _schedule(model, prompt.shape[1], seq.shape[1], carry):
@@ -178,7 +203,9 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
                 # The window's first cached step: capture it, if worth it (the steps left only fall).
                 decided_for = cache
                 graph_window = cuda_graphs or _steps_left(model, total, start, n, seq.shape[1]) >= GRAPH_MIN_STEPS
-                graphed = CUDAGraphStep(model, cache, seq[:, total - 1]) if graph_window else None
+                graphed = _capture(model, cache, seq[:, total - 1], cuda_graphs) if graph_window else None
+                if graph_window and graphed is None:  # the automatic choice could not capture: eager from here
+                    graphs_possible = graph_window = False
             if use_cache and not fresh and graph_window:
                 logits = graphed(seq[:, total - 1])
             elif use_cache and not fresh:
