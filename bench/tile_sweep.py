@@ -10,6 +10,8 @@ not compile or run out of shared memory are reported and skipped. It prints the 
 
     python -m pyaudiok.bench.tile_sweep [--d 64] [--dtype bf16] [--n 1024] [--m 65536] [--budget 150] [--dq atomic]
 
+`--n 1 --m 8192` sweeps the sampling step's forward (query tiles of 16 to 64 rows).
+
 On a CPU it runs in Triton's interpreter (TRITON_INTERPRET=1) at toy sizes: a check of the tool,
 not a measurement.
 """
@@ -34,9 +36,12 @@ class Row(NamedTuple):
     note: str = ""
 
 
-def candidate_tiles(kernel: str, dtype: torch.dtype, tile_type) -> list:
-    """The grid swept for one kernel."""
-    if kernel == "dK/dV":  # block_n keys per program hold the accumulators; block_m queries stream past
+def candidate_tiles(kernel: str, dtype: torch.dtype, tile_type, n: int = 1024) -> list:
+    """The grid swept for one kernel; for a few queries (n <= 32: a sampling step), query tiles down
+    to tl.dot's 16 rows."""
+    if kernel == "forward" and n <= 32:
+        rows, cols = (16, 32, 64), (32, 64, 128)
+    elif kernel == "dK/dV":  # block_n keys per program hold the accumulators; block_m queries stream past
         rows, cols = (16, 32, 64), (32, 64, 128)
     elif dtype == torch.float32:  # 3xTF32: twice the operand registers, so half the tile
         rows, cols = (32, 64), (32, 64, 128)
@@ -103,7 +108,7 @@ def _sweep(kernels, n, m, d, dtype, device, budget_s, min_time, grids):
             continue  # dQ comes from the dK/dV kernel
         best_s = baselines["current forward" if slot == 0 else "current backward"]
         started = time.perf_counter()
-        for tile in (grids or {}).get(kernel) or candidate_tiles(kernel, dtype, type(current[0])):
+        for tile in (grids or {}).get(kernel) or candidate_tiles(kernel, dtype, type(current[0]), n):
             if time.perf_counter() - started > budget_s:
                 rows.append(Row(kernel, tile, None, "not tried: budget spent"))
                 continue

@@ -151,6 +151,13 @@ def test_tile_sweep_runs_every_kernel_and_reports_the_best():
     assert "best (forward, dK/dV, dQ)" in text and "current backward" in text
 
 
+def test_tile_sweep_tries_small_query_tiles_for_a_sampling_step():
+    from pyaudiok.bench import tile_sweep
+    from pyaudiok.kernels.latent_attention import _Tile
+    rows = {n: {t.block_m for t in tile_sweep.candidate_tiles("forward", torch.bfloat16, _Tile, n)} for n in (1, 1024)}
+    assert min(rows[1]) == 16 and min(rows[1024]) == 64
+
+
 def test_tile_sweep_with_atomic_dq_has_no_dq_kernel_to_sweep():
     from pyaudiok.bench import tile_sweep
     from pyaudiok.kernels import latent_attention
