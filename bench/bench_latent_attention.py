@@ -170,15 +170,12 @@ def _decode_tiles(splits: int):
     127 of 128 rows on nothing when N = 1."""
     from pyaudiok.kernels import latent_attention as kernels
 
+    from .tile_sweep import tiles_fixed
+
     def launch(q, k, v):
         tiles = kernels._tiles(q.shape[-1], q.dtype, q.device)
-        decode = kernels._Tile(16, 64, 4, 3)
-        original = kernels._tiles
-        kernels._tiles = lambda D, dtype, device: (decode,) + tuple(tiles[1:])
-        try:
+        with tiles_fixed(kernels, (kernels._Tile(16, 64, 4, 3),) + tuple(tiles[1:])):
             return kernels.launch_forward(q, k, v, None, q.shape[-1] ** -0.5, None, splits=splits)[0]
-        finally:
-            kernels._tiles = original
     return launch
 
 

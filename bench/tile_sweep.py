@@ -51,7 +51,7 @@ def candidate_tiles(kernel: str, dtype: torch.dtype, tile_type, n: int = 1024) -
 
 
 @contextmanager
-def _tiles_fixed(module, tiles):
+def tiles_fixed(module, tiles):
     """Every launch of the kernel module uses `tiles` (forward, dK/dV, dQ) meanwhile."""
     original = module._tiles
     module._tiles = lambda D, dtype, device: tiles
@@ -114,7 +114,7 @@ def _sweep(kernels, n, m, d, dtype, device, budget_s, min_time, grids):
                 continue
             tiles = tuple(tile if i == slot else best[i] for i in range(3))
             try:
-                with _tiles_fixed(kernels, tiles):
+                with tiles_fixed(kernels, tiles):
                     seconds = timer(call, min_time)
             except Exception as exc:  # out of resources, no compile for this shape: skip the tile
                 rows.append(Row(kernel, tile, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))

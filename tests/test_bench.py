@@ -151,6 +151,20 @@ def test_tile_sweep_runs_every_kernel_and_reports_the_best():
     assert "best (forward, dK/dV, dQ)" in text and "current backward" in text
 
 
+def test_latent_attention_decode_candidate_computes_the_attention():
+    """The decode case's Triton candidate (16-query tile, fixed key splits), in the interpreter: the
+    reference's output, and the kernels' tile choice restored after it."""
+    from pyaudiok.bench.bench_latent_attention import _decode_tiles
+    from pyaudiok.kernels import latent_attention as kernels
+    from pyaudiok.ops.latent_attention import latent_attention_reference
+    q, k, v = (torch.randn(1, 2, s, 32) for s in (1, 200, 200))
+    tiles = kernels._tiles
+    out = _decode_tiles(4)(q, k, v)
+    assert kernels._tiles is tiles
+    ref = latent_attention_reference(q, k, v, None, 32 ** -0.5)
+    assert ((out - ref).norm() / ref.norm()) < 1e-5
+
+
 def test_tile_sweep_tries_small_query_tiles_for_a_sampling_step():
     from pyaudiok.bench import tile_sweep
     from pyaudiok.kernels.latent_attention import _Tile
