@@ -6,6 +6,8 @@ that convolution. Sizes: ResNet-18 feature maps (B = 128, C = 64…512, 32×32�
 stem sizes on GPU) and 1-D audio (B = 32, C = 64, T = 16 000), stride 2."""
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from pyaudiok.ops.fourier_crop import FOURIER_CROP, METHODS, fourier_crop
@@ -30,6 +32,19 @@ def _train_step(x, strides, grad, method=None):
         y.backward(grad)
         x.grad = strides.grad = None
     return run
+
+
+def _triton_products(run):
+    """run() with the matmul path's products as Triton GEMMs (pyaudiok.ops.fourier_crop.PRODUCTS)."""
+    module = importlib.import_module("pyaudiok.ops.fourier_crop")
+
+    def call():
+        saved, module.PRODUCTS = module.PRODUCTS, "triton"
+        try:
+            return run()
+        finally:
+            module.PRODUCTS = saved
+    return call
 
 
 def _conv_step(x):
@@ -63,6 +78,9 @@ def case(device, batch, channels, spatial) -> Case:
     if device.type == "cuda":  # the matmul path's GEMMs are torch's: TF32 where the user allows it,
         # as cuDNN's convolution (the floor) uses it by default
         cands.append(Candidate("auto, TF32 allowed", "backend", with_tf32(_train_step(x, strides, grad))))
+        if max(spatial) <= MATMUL_BENCH_MAX:  # the candidate products (3xTF32 Triton GEMMs, no copies)
+            cands.append(Candidate("triton matmul, Triton products", "backend",
+                                   _triton_products(with_backend("triton", _train_step(x, strides, grad, "matmul")))))
     cands.append(compiled("reference, torch.compile", _train_step(x, strides, grad)))
     cands.append(Candidate("floor: conv3x3 C->C stride 1 (fwd+bwd)", "floor", _conv_step(x.detach().clone()
                                                                                           .requires_grad_())))

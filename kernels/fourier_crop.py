@@ -5,6 +5,8 @@ math and the contract of the four raw ops; the FFTs and GEMMs around them are to
 * ``fourier_crop_matrix_backward(grad, mask)`` -> grad_mask[K+1]
 * ``fourier_mask_crop(spectrum, mask_rows, mask_cols)`` -> Y[B, H_out, Kc, 2]
 * ``fourier_mask_crop_backward(grad, spectrum, mask_rows, mask_cols)`` -> (grad_spectrum, E[H_out, Kc])
+* ``strided_products(a, b, reduce_batch)`` -> the matmul route's products as Triton GEMMs (a candidate
+  to torch's, see ``PRODUCTS`` in the op's module)
 
 Matrix entries take cos(2π (f·p mod P) / P) with the exact integer phase p = t·n_in − j·n_out
 (mod P = n_in·n_out), so large frequencies lose no accuracy in float32.
@@ -19,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gpu import launchable, sm_count
+from .gpu import dot_precision, launchable, sm_count
 
 # 2π as the sum of two float32 numbers: Triton makes float constants float32, and the float64
 # kernels need 2π to float64 precision (hi + lo is exact to ~1e-15).
@@ -215,3 +217,73 @@ def fourier_mask_crop_backward(grad: Tensor, spectrum: Tensor, mask_rows: Tensor
     launchable(_correlation_kernel)[(H_out, col_blocks, splits)](
         g, x, part, B, H, F, H_out, Kc, rows_per_split, BB=BB, BC=BC, F64=_is_f64(x))
     return dx, part.sum((0, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# The matmul route's products (y = A_h · x · A_wᵀ and its gradients) as one strided GEMM kernel:
+# batches given by strides (0: the same matrix for every batch), so the route's transposed views
+# need no copies, and float32 products on tensor cores as 3xTF32 (split in registers, fp32
+# accuracy) where torch's would run as SGEMM on the CUDA cores.
+
+@triton.jit
+def _products_kernel(A, B, C, M, N, K, batches, per_group, per_split, sa_b, sa_m, sa_k, sb_b, sb_k, sb_n,
+                     sc_s, sc_g, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """C[split, group, m, n] = Σ over the group's batches and the split's share of K of A[b] @ B[b]."""
+    tiles_n = tl.cdiv(N, BN)
+    pm, pn = tl.program_id(0) // tiles_n, tl.program_id(0) % tiles_n
+    group, split = tl.program_id(1), tl.program_id(2)
+    rm = (pm * BM + tl.arange(0, BM)).to(tl.int64)
+    rn = (pn * BN + tl.arange(0, BN)).to(tl.int64)
+    k_lo = split * per_split
+    k_hi = tl.minimum(K, k_lo + per_split)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    b_lo = group.to(tl.int64) * per_group
+    for i in range(0, tl.minimum(batches - b_lo, per_group)):
+        a_base = A + (b_lo + i) * sa_b
+        b_base = B + (b_lo + i) * sb_b
+        for k0 in range(k_lo, k_hi, BK):
+            rk = (k0 + tl.arange(0, BK)).to(tl.int64)
+            a_ok = (rm[:, None] < M) & (rk[None, :] < k_hi)
+            b_ok = (rk[:, None] < k_hi) & (rn[None, :] < N)
+            a = tl.load(a_base + rm[:, None] * sa_m + rk[None, :] * sa_k, mask=a_ok, other=0.0)
+            bt = tl.load(b_base + rk[:, None] * sb_k + rn[None, :] * sb_n, mask=b_ok, other=0.0)
+            acc = tl.dot(a, bt, acc, input_precision=PREC)
+    out = C + split.to(tl.int64) * sc_s + group.to(tl.int64) * sc_g + rm[:, None] * N + rn[None, :]
+    tl.store(out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def _batch_stride(t: Tensor) -> int:
+    """A batched operand's batch stride; 0 for a single matrix, which every batch then reads."""
+    return t.stride(0) if t.shape[0] > 1 else 0
+
+
+_PRODUCT_TILE = (64, 64, 32, 4, 3)  # BM, BN, BK, warps, stages (3xTF32 doubles the operands' registers)
+_PRODUCT_PROGRAMS = 2  # per multiprocessor: the reductions' target for batch groups and K splits
+
+
+def strided_products(a: Tensor, b: Tensor, reduce_batch: bool) -> Tensor:
+    """a[i] @ b[i] for a [Ba, M, K] and b [Bb, K, N] of any strides, Ba and Bb 1 or the batch count
+    (1: one matrix for every batch): [batches, M, N] float32, or with `reduce_batch` their sum
+    [M, N]. Reductions (over batches, or a long K) are split over programs whose partial sums torch
+    adds, so that a product with few output tiles still fills the GPU."""
+    batches = b.shape[0] if a.shape[0] == 1 else a.shape[0]
+    M, K = a.shape[1:]
+    N = b.shape[2]
+    if not (batches and K and M and N):  # nothing to multiply: zeros of the result's shape
+        return a.new_zeros((M, N) if reduce_batch else (batches, M, N), dtype=torch.float32)
+    BM, BN, BK, warps, stages = _PRODUCT_TILE
+    tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+    target = max(1, _PRODUCT_PROGRAMS * sm_count(a.device)) if a.device.type == "cuda" else 2
+    # Batches per program: one, or for a sum over them as many as leave ~target programs.
+    per_group = triton.cdiv(batches, min(batches, triton.cdiv(target, tiles))) if reduce_batch else 1
+    groups = triton.cdiv(batches, per_group)
+    splits = min(max(1, target // (tiles * groups)), triton.cdiv(K, 4 * BK))
+    per_split = triton.cdiv(triton.cdiv(K, splits), BK) * BK
+    splits = triton.cdiv(K, per_split)
+    out = torch.empty((splits, groups, M, N), dtype=torch.float32, device=a.device)
+    launchable(_products_kernel)[(tiles, groups, splits)](
+        a, b, out, M, N, K, batches, per_group, per_split, _batch_stride(a), a.stride(1), a.stride(2),
+        _batch_stride(b), b.stride(1), b.stride(2), groups * M * N, M * N, BM=BM, BN=BN, BK=BK,
+        PREC=dot_precision(a.dtype), num_warps=warps, num_stages=stages)
+    out = out.sum(0) if splits > 1 else out[0]
+    return out.sum(0) if reduce_batch else out

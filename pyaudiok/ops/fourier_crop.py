@@ -19,7 +19,8 @@ y = A_h · x · A_wᵀ per (b, c), with the real [N_out, N] matrices
 So there are two exact implementations, picked per call by size (`method`):
 - "fft": rfft2 → crop → fused mask kernel → irfft2 (FFTs are torch's; the kernel is the backend's),
   a chunk of rows (b, c) per FFT call on the CPU (CPU_CHUNK_BYTES of spectrum) and one on GPUs,
-- "matmul": A_h, A_w built on the fly by the backend's kernel, then two GEMMs (torch's).
+- "matmul": A_h, A_w built on the fly by the backend's kernel, then two GEMMs (torch's; on the Triton
+  backend `PRODUCTS = "triton"` runs them as Triton GEMMs instead: a candidate, see PRODUCTS).
 Backends: `reference` (rfft → mask → crop → irfft in plain torch), `cpu` (csrc/cpu/fourier_crop.cpp),
 `triton` (kernels/fourier_crop.py). Raw ops of every fused backend:
 
@@ -276,6 +277,15 @@ class _Kernels(NamedTuple):
     matrix_backward: object
     mask_crop: object
     mask_crop_backward: object
+    products: object = None  # strided_products (Triton): the matmul route's products, see PRODUCTS
+
+
+def _register_products_fake(qualname: str) -> None:
+    @torch.library.register_fake(qualname)
+    def _(a, b, reduce_batch):
+        batches = b.shape[0] if a.shape[0] == 1 else a.shape[0]
+        shape = (a.shape[1], b.shape[2]) if reduce_batch else (batches, a.shape[1], b.shape[2])
+        return a.new_empty(shape, dtype=torch.float32)
 
 
 def _cpp_kernels() -> _Kernels:
@@ -305,7 +315,8 @@ def _triton_kernels() -> _Kernels:
                        lambda q: _register_matrix(q, _triton_matrix_backward))
     mask_crop = triton_op("fourier_mask_crop_triton", "fourier_crop", "fourier_mask_crop",
                           lambda q: _register_mask_crop(q, _triton_mask_crop_backward))
-    return _Kernels(matrix, _triton_matrix_backward(), mask_crop, _triton_mask_crop_backward())
+    products = triton_op("fourier_crop_products_triton", "fourier_crop", "strided_products", _register_products_fake)
+    return _Kernels(matrix, _triton_matrix_backward(), mask_crop, _triton_mask_crop_backward(), products)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,6 +434,34 @@ def _via_fft(kernels: _Kernels, x, strides, masking: Masking):
     return y.reshape(*x.shape[:2], ah.out, aw.out)
 
 
+def _separable_matrices(x, strides, masking: Masking, kernels) -> tuple[torch.Tensor | None, list]:
+    """(weights, [(mask, A) per axis, the columns' last]): the matmul path's matrices, the masks built
+    inside (Masking.build)."""
+    masks, weights = masking.build(x, strides, tuple(MaskArg(i) for i in range(len(masking.axes))))
+    return weights, [(mask, kernels.matrix(mask, axis.size, axis.out)) for axis, mask in zip(masking.axes, masks)]
+
+
+def _separable_forward(ctx, x, strides, masking: Masking, kernels, columns, rows):
+    """The matmul path's forward around its two products, `columns(x, A_w)` -> z and, for 2-D,
+    `rows(A_h, z)` -> (y, z in the layout the backward takes): the matrices built, and what the
+    backward needs saved."""
+    axes = masking.axes
+    weights, matrices = _separable_matrices(x, strides, masking, kernels)
+    mask_w, a_w = matrices[-1]
+    z = columns(x, a_w)
+    ctx.kernels, ctx.axes, ctx.x_shape, ctx.stride_dtype = kernels, axes, x.shape, strides.dtype
+    # x is needed only for the columns' mask gradient, z only for the rows': a layer with fixed
+    # strides keeps neither alive.
+    x_kept = x if masking.learn else None
+    if x.dim() == 3:
+        ctx.save_for_backward(weights, x_kept, mask_w, a_w)
+        return z
+    mask_h, a_h = matrices[0]
+    y, z_kept = rows(a_h, z)
+    ctx.save_for_backward(weights, x_kept, mask_w, a_w, mask_h, a_h, z_kept if masking.learn else None)
+    return y
+
+
 class _Separable(torch.autograd.Function):
     """The matmul path as one node of the graph: y = x · A_wᵀ (1-D) or A_h · x · A_wᵀ per (b, c) (2-D),
     A = kernels.matrix(mask), the masks built inside; the backward is the GEMMs' transposes and the
@@ -431,27 +470,16 @@ class _Separable(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, strides, masking, kernels):
-        axes = masking.axes
-        masks, weights = masking.build(x, strides, tuple(MaskArg(i) for i in range(len(axes))))
-        aw, mask_w = axes[-1], masks[-1]
-        a_w = kernels.matrix(mask_w, aw.size, aw.out)
-        z = torch.matmul(x, a_w.T)  # [..., W] @ [W, W_out]: batch folded into one GEMM
-        ctx.kernels, ctx.axes, ctx.x_shape, ctx.stride_dtype = kernels, axes, x.shape, strides.dtype
-        # x is needed only for the columns' mask gradient, z only for the rows': a layer with fixed
-        # strides keeps neither alive.
-        x_kept = x if masking.learn else None
-        if x.dim() == 3:
-            ctx.save_for_backward(weights, x_kept, mask_w, a_w)
-            return z
-        ah, mask_h = axes[0], masks[0]
-        a_h = kernels.matrix(mask_h, ah.size, ah.out)
-        # A_h · z[b, c] for every (b, c) as one GEMM: rows first, [H, BC·W_out] (measured faster on
-        # the CPU than a batched GEMM with a broadcast A_h or a transposed fold).
-        bc = x.shape[0] * x.shape[1]
-        z_rows = z.reshape(bc, ah.size, aw.out).transpose(0, 1).reshape(ah.size, bc * aw.out)
-        rows = a_h @ z_rows
-        ctx.save_for_backward(weights, x_kept, mask_w, a_w, mask_h, a_h, z_rows if masking.learn else None)
-        return rows.reshape(ah.out, bc, aw.out).transpose(0, 1).reshape(*x.shape[:2], ah.out, aw.out)
+        ah, aw, bc = masking.axes[0], masking.axes[-1], x.shape[0] * x.shape[1]
+
+        def rows(a_h, z):
+            # A_h · z[b, c] for every (b, c) as one GEMM: rows first, [H, BC·W_out] (measured faster on
+            # the CPU than a batched GEMM with a broadcast A_h or a transposed fold).
+            z_rows = z.reshape(bc, ah.size, aw.out).transpose(0, 1).reshape(ah.size, bc * aw.out)
+            y = (a_h @ z_rows).reshape(ah.out, bc, aw.out).transpose(0, 1)
+            return y.reshape(*x.shape[:2], ah.out, aw.out), z_rows
+        # [..., W] @ [W, W_out]: the batch folded into one GEMM
+        return _separable_forward(ctx, x, strides, masking, kernels, lambda x, a_w: torch.matmul(x, a_w.T), rows)
 
     @staticmethod
     @first_order("fourier_crop")
@@ -478,6 +506,64 @@ class _Separable(torch.autograd.Function):
         return dx, d_strides, None, None
 
 
+# How the matmul path multiplies on the Triton backend: "torch" (its GEMMs: cuBLAS, SGEMM on the CUDA
+# cores for float32 unless TF32 is allowed) or "triton" (kernels.fourier_crop.strided_products: float32
+# as 3xTF32 on tensor cores, batches by strides so no transposed copies). "triton" is a candidate, not
+# the default, until timed on a GPU (the bench's "triton products" candidate); float32 only.
+PRODUCTS = "torch"
+
+
+class _SeparableProducts(torch.autograd.Function):
+    """_Separable with its six products as strided_products calls: y[bc] = A_h · (x[bc] · A_wᵀ), and
+    back dz[bc] = A_hᵀ · g[bc], dx = dz · A_w, dA_h = Σ_bc g[bc] · z[bc]ᵀ, dA_w = Σ_rows dzᵀ · x, each
+    on its operands' own layout."""
+
+    @staticmethod
+    def forward(ctx, x, strides, masking, kernels):
+        mul, ah, aw = kernels.products, masking.axes[0], masking.axes[-1]
+
+        def columns(x, a_w):  # x · A_wᵀ, A_wᵀ read through its strides
+            lead = x.shape[:-1] if x.dim() == 3 else (x.shape[0] * x.shape[1], ah.size)
+            return mul(x.reshape(1, -1, aw.size), a_w.T.unsqueeze(0), False).reshape(*lead, aw.out)
+
+        def rows(a_h, z):  # A_h · z[bc], one A_h for every (b, c); z kept as it is for dA_h
+            return mul(a_h.unsqueeze(0), z, False).reshape(*x.shape[:2], ah.out, aw.out), z
+        return _separable_forward(ctx, x, strides, masking, kernels, columns, rows)
+
+    @staticmethod
+    @first_order("fourier_crop")
+    @without_autocast
+    def backward(ctx, grad):
+        mul, axes = ctx.kernels.products, ctx.axes
+        weights, x, mask_w, a_w, *rows_axis = ctx.saved_tensors
+        learn = weights is not None
+        aw = axes[-1]
+        d_masks = []
+        if rows_axis:
+            mask_h, a_h, z = rows_axis
+            g = grad.reshape(-1, axes[0].out, aw.out)
+            if learn:
+                d_masks.append(ctx.kernels.matrix_backward(mul(g, z.transpose(1, 2), True), mask_h))
+            grad = mul(a_h.T.unsqueeze(0), g, False)  # dz[bc] = A_hᵀ · g[bc]
+        dz = grad.reshape(1, -1, aw.out)
+        dx = mul(dz, a_w.unsqueeze(0), False).reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        d_strides = None
+        if learn:
+            d_masks.append(ctx.kernels.matrix_backward(mul(dz.transpose(1, 2), x.reshape(1, -1, aw.size), True),
+                                                       mask_w))
+            d_strides = _stride_grad(weights, d_masks, ctx.stride_dtype)
+        return dx, d_strides, None, None
+
+
+def _matmul_path(x: torch.Tensor, kernels: _Kernels) -> type[torch.autograd.Function]:
+    """The matmul path's node: with Triton products where PRODUCTS asks for them and they apply."""
+    if PRODUCTS not in ("torch", "triton"):
+        raise ValueError(f"PRODUCTS must be 'torch' or 'triton'; got {PRODUCTS!r}")
+    if PRODUCTS == "triton" and kernels.products is not None and x.dtype == torch.float32:
+        return _SeparableProducts
+    return _Separable
+
+
 # The largest axis up to which the matmul path is used, from forward+backward at stride 2:
 # - CPU (2 cores): matmul beat the FFT path at 16², 32², 64² and 128² maps; at T = 16 000 the
 #   matrices alone would be [8009, 16000].
@@ -498,7 +584,8 @@ def _fused(get_kernels):
             return x.clone()  # nothing cropped and an all-ones mask: the identity
         masking = Masking(axes, floats, smoothness, learn)
         if (method or choose_method(x)) == "matmul":
-            return _Separable.apply(x, strides, masking, get_kernels())
+            kernels = get_kernels()
+            return _matmul_path(x, kernels).apply(x, strides, masking, kernels)
         return _via_fft(get_kernels(), x, strides, masking)
     return run
 

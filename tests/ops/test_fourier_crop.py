@@ -376,3 +376,54 @@ def test_output_size_bad_input_raises_named_error(args, exc, words):
         fourier_crop_output_size(*args)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("rank,strides", [("1d", [2.0]), ("2d", [2.7, 1.3]), ("2d", [1.0])])
+def test_triton_products_candidate_matches_reference(monkeypatch, rank, strides):
+    """The matmul path with its products as Triton GEMMs (PRODUCTS = "triton", a candidate until timed
+    on a GPU): outputs, dx and dstrides against the reference, on a non-contiguous input."""
+    device = require_backend(FOURIER_CROP, "triton")
+    monkeypatch.setattr(fourier_crop_module, "PRODUCTS", "triton")
+    calls = []
+    monkeypatch.setattr(fourier_crop_module, "_SeparableProducts", _counting(fourier_crop_module._SeparableProducts,
+                                                                             calls))
+    shape = (1, 2) + SHAPES[rank][2:]
+    x = torch.randn(shape[::-1], dtype=torch.float64, device=device).permute(*range(len(shape) - 1, -1, -1))
+    compare(x, torch.tensor(strides, device=device), "triton", "matmul", torch.float32)
+    assert calls, "the Triton products path did not run"
+
+
+def _counting(function_class, calls):
+    class Counted(function_class):
+        @staticmethod
+        def forward(ctx, *args):
+            calls.append(1)
+            return function_class.forward(ctx, *args)
+    return Counted
+
+
+@pytest.mark.parametrize("a_shape,b_shape,reduce_batch", [
+    ((1, 70, 33), (1, 33, 19), False),     # one GEMM, odd sizes
+    ((1, 7, 10), (5, 10, 9), False),       # a broadcast matrix over a batch (batch stride 0)
+    ((5, 7, 10), (5, 10, 9), True),        # a sum over the batch
+    ((1, 3, 1000), (1, 1000, 5), True),    # a long K, split over programs
+    ((0, 3, 4), (1, 4, 2), False), ((2, 3, 0), (2, 0, 2), True)])  # empty
+def test_triton_strided_products(a_shape, b_shape, reduce_batch):
+    device = require_backend(FOURIER_CROP, "triton")
+    from pyaudiok.kernels.fourier_crop import strided_products
+    a = torch.randn(a_shape[0], a_shape[2], a_shape[1], dtype=torch.float64, device=device).transpose(1, 2)
+    b = torch.randn(b_shape, dtype=torch.float64, device=device)
+    want = torch.matmul(a, b)  # a batch of one broadcasts, as in strided_products
+    want = want.sum(0) if reduce_batch else want
+    got = strided_products(a.float(), b.float(), reduce_batch)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert_close("product", got, want, torch.float32)
+
+
+def test_triton_products_op_passes_opcheck():
+    device = require_backend(FOURIER_CROP, "triton")
+    products = _triton_kernels().products
+    tests = ("test_schema", "test_faketensor")  # no autograd: it runs inside the path's own backward
+    a, b = torch.randn(1, 9, 20, device=device), torch.randn(3, 20, 7, device=device)
+    for reduce_batch in (False, True):
+        opcheck(products, (a, b, reduce_batch), test_utils=tests)
