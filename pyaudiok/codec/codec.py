@@ -59,8 +59,9 @@ def check_compatible(header: CodecHeader, model) -> None:
     if header.n_q > model.config.num_quantizers:
         raise CodecFormatError(f"file uses {header.n_q} quantizers; the model has {model.config.num_quantizers}")
     if header.n_frames * model.hop_length < header.n_samples:  # the decoded audio would come out short
-        raise CodecFormatError(f"file has {header.n_frames} frames, which decode to "
-                               f"{header.n_frames * model.hop_length} samples, fewer than its n_samples = {header.n_samples}")
+        decoded = header.n_frames * model.hop_length
+        raise CodecFormatError(f"file has {header.n_frames} frames, which decode to {decoded} samples, fewer than "
+                               f"its n_samples = {header.n_samples}")
 
 
 def decode_file(model, in_path: str | Path, out_path: str | Path) -> CodecHeader:

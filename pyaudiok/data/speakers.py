@@ -209,8 +209,8 @@ class SpeakerBank:
                              f"{utterances_per_speaker}")
         if not sample_rate >= MIN_SAMPLE_RATE:
             raise ValueError(f"sample_rate must be >= {MIN_SAMPLE_RATE} Hz; got {sample_rate}")
-        if not (isinstance(utterance_seconds, (tuple, list)) and len(utterance_seconds) == 2
-                and 1 <= utterance_seconds[0] * sample_rate and utterance_seconds[0] <= utterance_seconds[1] < math.inf):
+        if not (isinstance(utterance_seconds, (tuple, list)) and len(utterance_seconds) == 2 and
+                1 <= utterance_seconds[0] * sample_rate and utterance_seconds[0] <= utterance_seconds[1] < math.inf):
             raise ValueError(f"utterance_seconds must be (low, high) with 1 / sample_rate <= low <= high; got "
                              f"{utterance_seconds!r}")
         self.sample_rate, self.split, self.seed = int(sample_rate), split, int(seed)

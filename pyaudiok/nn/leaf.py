@@ -14,7 +14,7 @@ from torch import nn
 import torch.nn.functional as Fn
 
 from ..ops import _checks
-from ..ops.gabor_pool import FLOOR, gabor_filters, gabor_pool, gaussian_windows
+from ..ops.gabor_pool import FLOOR, _op_dtype, gabor_filters, gabor_pool, gaussian_windows
 from ..ops.pcen import pcen
 
 __all__ = ["GaborFilterbank", "GaussianLowpass", "SPCEN", "Leaf", "mel_filterbank", "mel_gabor_init"]
@@ -79,8 +79,8 @@ class GaborFilterbank(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.float_tensor("x", x, ndim=2, layout="[B, T]")
-        # float64 if x or the parameters are, else float32 (as gabor_pool computes)
-        dtype = torch.promote_types(torch.promote_types(x.dtype, self.center_freqs.dtype), torch.float32)
+        # float64 if x or the parameters are, else float32, as gabor_pool computes
+        dtype = _op_dtype(x, self.center_freqs, self.bandwidths)
         filters = gabor_filters(*(p.to(dtype) for p in self.clipped()), self.window)
         u = Fn.conv1d(x[:, None].to(dtype), filters, padding=self.window // 2)
         return u[:, 0::2] ** 2 + u[:, 1::2] ** 2

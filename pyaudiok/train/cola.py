@@ -33,7 +33,7 @@ from pyaudiok.models.cola.model import ENCODERS, FRONTENDS
 
 from .checkpoint import save_checkpoint
 from .runtime import (DEVICES, ConfigError, add_compile_option, add_precision_option, check_options, checked_config,
-                      compile_model, fresh_output_dir, pick_device, precision_scope, write_json)
+                      compile_model, fresh_output_dir, pick_device, precision_scope, usage_checked, write_json)
 
 __all__ = ["TrainConfig", "pretrain", "calibrate_batchnorm", "probe", "labeled_set", "main"]
 
@@ -203,11 +203,9 @@ def probe(model: COLA, train_set, test_set, steps: int = 300, seed: int = 0) -> 
 
 def run(cfg: TrainConfig, log=print) -> dict:
     """Pre-train COLA, then probe it and a randomly initialised copy of the same architecture."""
-    check_config(cfg)
+    mcfg = check_config(cfg)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    mcfg = COLAConfig(frontend=cfg.frontend, encoder=cfg.encoder, widths=tuple(cfg.widths),
-                      embedding_dim=cfg.embedding_dim, symmetric=cfg.symmetric)
     model = COLA(mcfg).to(device)
     random_encoder = COLA(mcfg).to(device)
     random_encoder.load_state_dict(model.state_dict())  # the same initialisation, never trained
@@ -260,11 +258,7 @@ def main(argv=None) -> int:
         widths = tuple(int(w) for w in args.widths.split(","))
     except ValueError:
         p.error(f"--widths must be comma-separated integers; got {args.widths!r}")
-    cfg = TrainConfig(widths=widths, out_dir=args.out, **kwargs)
-    try:
-        check_config(cfg)
-    except ValueError as e:
-        p.error(str(e))
+    cfg = usage_checked(p, check_config, TrainConfig(widths=widths, out_dir=args.out, **kwargs))
     fresh_output_dir(cfg.out_dir)
     result = run(cfg)
     print(f"linear probe test accuracy: COLA {result['cola']['probe_test_accuracy']:.3f}  "

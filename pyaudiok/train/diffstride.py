@@ -39,7 +39,7 @@ from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_s
 
 from .checkpoint import save_checkpoint
 from .runtime import (DEVICES, add_compile_option, add_precision_option, check_options, classification_accuracy,
-                      compile_model, fresh_output_dir, pick_device, precision_scope, write_json)
+                      compile_model, fresh_output_dir, pick_device, precision_scope, usage_checked, write_json)
 
 __all__ = ["TrainConfig", "train", "compare", "main", "image_set", "audio_set", "RUNS"]
 
@@ -265,10 +265,7 @@ def main(argv=None) -> int:
                       stride_lr=args.stride_lr, penalty=args.penalty, train_size=args.train_size,
                       test_size=args.test_size, seed=args.seed, device=args.device, precision=args.precision,
                       compile=args.compile, out_dir=args.out)
-    try:
-        check_config(cfg)
-    except ValueError as e:
-        p.error(str(e))
+    usage_checked(p, check_config, cfg)
     fresh_output_dir(cfg.out_dir)
     results = compare(cfg, runs)
     print(format_results(results))

@@ -28,7 +28,8 @@ from pyaudiok.models.leaf import LeafClassifier
 
 from .checkpoint import capture_rng_state, save_checkpoint
 from .runtime import (DEVICES, add_compile_option, add_precision_option, check_options, classification_accuracy,
-                      compile_model, fresh_output_dir, pick_device, precision_scope, seed_everything, write_json)
+                      compile_model, fresh_output_dir, pick_device, precision_scope, seed_everything, usage_checked,
+                      write_json)
 
 __all__ = ["TrainConfig", "CLASSES", "audio_task", "train", "main"]
 
@@ -165,11 +166,8 @@ def main(argv=None) -> int:
     unknown = [f for f in frontends if f not in FRONTENDS]
     if unknown or not frontends:
         p.error(f"--frontends: unknown or no frontend(s) {unknown}; choose from {', '.join(FRONTENDS)}")
-    try:
-        check_config(TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, train_size=args.train_size,
-                                 test_size=args.test_size))
-    except ValueError as e:
-        p.error(str(e))
+    usage_checked(p, check_config, TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr,
+                                               train_size=args.train_size, test_size=args.test_size))
     fresh_output_dir(args.out)
     channels = (64, 128, 256, 256, 512, 512) if args.channels == "full" else TrainConfig.channels
     data = (*audio_task(args.train_size, args.seed), *audio_task(args.test_size, args.seed + 1_000_003))

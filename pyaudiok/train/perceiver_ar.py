@@ -33,7 +33,7 @@ from .checkpoint import CheckpointError, expect_checkpoint, load_checkpoint, res
 from .runtime import (COMPILE_HELP, DEVICES, SHARED_CHOICES, Averager, ConfigError, Runtime, check_options,
                       checked_config, compile_model, config_changes, pick_device, precision_scope, progress_bar,
                       resume_checkpoint, same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap,
-                      write_csv)
+                      usage_checked, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer", "check_config"]
 
@@ -240,11 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    config = TrainConfig(**{f.name: getattr(parser.parse_args(argv), f.name) for f in fields(TrainConfig)})
-    try:
-        check_config(config)
-    except ValueError as e:
-        parser.error(str(e))
+    args = parser.parse_args(argv)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    usage_checked(parser, check_config, config)
     metrics = train(config)
     if metrics and int(os.environ.get("RANK", 0)) == 0:
         width = max(map(len, metrics))

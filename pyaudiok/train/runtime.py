@@ -24,7 +24,8 @@ from pyaudiok.codec.bitstream import atomic_writer
 from .checkpoint import (CheckpointError, capture_rng_state, checkpoint_path, expect_checkpoint, latest_checkpoint,
                          load_checkpoint, prune_checkpoints, save_checkpoint)
 
-__all__ = ["Runtime", "ConfigError", "check_options", "checked_config", "resume_checkpoint", "config_changes",
+__all__ = ["Runtime", "ConfigError", "check_options", "usage_checked", "checked_config", "resume_checkpoint",
+           "fresh_output_dir", "config_changes",
            "write_json", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
            "compile_model", "add_compile_option", "COMPILE_HELP",
            "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything",
@@ -50,6 +51,16 @@ def check_options(cfg: Any, *, positive: tuple[str, ...] = (), non_negative: tup
             value = getattr(cfg, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside(value):
                 raise ConfigError(f"{_flag(name)} must be {what}; got {value!r}")
+
+
+def usage_checked(parser, check: Callable[[Any], Any], config: Any) -> Any:
+    """`config` once check(config) passes; its ValueError (ConfigError) is the parser's usage error
+    (the message, exit status 2)."""
+    try:
+        check(config)
+    except ValueError as e:
+        parser.error(str(e))
+    return config
 
 
 def checked_config(make: Callable[[], Any]) -> Any:
@@ -414,9 +425,4 @@ def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
     parser.add_argument("--out", dest="out_dir", default=None,
                         help="directory for log.csv, results.json and checkpoint.pt")
     config = config_cls(**vars(parser.parse_args(argv)))
-    if check is not None:
-        try:
-            check(config)
-        except ValueError as e:
-            parser.error(str(e))
-    return config
+    return config if check is None else usage_checked(parser, check, config)

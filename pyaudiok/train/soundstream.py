@@ -52,7 +52,8 @@ from pyaudiok.models.soundstream.model import SoundStream, SoundStreamConfig
 from .checkpoint import CheckpointError, expect_checkpoint, load_checkpoint, restore_rng_state
 from .runtime import (COMPILE_HELP, SHARED_CHOICES, Averager, ConfigError, Runtime, check_options, checked_config,
                       compile_model, config_changes, precision_scope, progress_bar, resume_checkpoint,
-                      same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, write_csv)
+                      same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, usage_checked,
+                      write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS",
            "check_config"]
@@ -534,11 +535,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     """`pyaudiok train soundstream [options]`; prints the final metrics."""
     parser = build_parser()
-    config = config_from_args(parser.parse_args(argv))
-    try:
-        check_config(config)
-    except ValueError as e:
-        parser.error(str(e))
+    config = usage_checked(parser, check_config, config_from_args(parser.parse_args(argv)))
     metrics = train(config)
     if metrics and int(os.environ.get("RANK", 0)) == 0:
         width = max(map(len, metrics))

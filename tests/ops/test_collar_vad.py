@@ -41,7 +41,8 @@ def test_float64_soft_targets_and_unselected_rows(backend):
     device = require_backend(OP, backend, torch.float64)
     logits = torch.randn(3, 4, 31, dtype=torch.float64, device=device, requires_grad=True)
     reference = torch.rand(3, 2, 31, dtype=torch.float64, device=device).round()  # float 0/1 activity
-    order = torch.tensor([[1, -1, 0, -1], [-1, -1, -1, -1], [0, 0, 1, -1]], device=device)  # a row reused, an item empty
+    # a row reused, an item empty
+    order = torch.tensor([[1, -1, 0, -1], [-1, -1, -1, -1], [0, 0, 1, -1]], device=device)
     compare_with_reference(lambda x: collar_vad_loss(x, reference, order, collar_frames=1.5), (logits,), backend)
 
 

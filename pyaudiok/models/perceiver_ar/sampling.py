@@ -46,6 +46,11 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     """Temperature, then keep the top_k largest and the smallest set with probability >= top_p
     (never fewer than the most likely token: top_p = 0 keeps only it)."""
     _check_sampling(temperature, top_k, top_p, greedy_ok=False)
+    return _filtered(logits, temperature, top_k, top_p)
+
+
+def _filtered(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """filter_logits on options already checked (the sampler checks them once, not per token)."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
@@ -66,9 +71,15 @@ def sample_next(logits: torch.Tensor, generator: torch.Generator | None, tempera
     tokens on any device at the cost of a copy and a wait per token; otherwise sampling stays on
     the logits' device, and a GPU sampler never waits for the host."""
     _check_sampling(temperature, top_k, top_p, greedy_ok=True)
+    return _sampled(logits, generator, temperature, top_k, top_p)
+
+
+def _sampled(logits: torch.Tensor, generator: torch.Generator | None, temperature: float, top_k: int | None,
+             top_p: float | None) -> torch.Tensor:
+    """sample_next on options already checked."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1).float()
+    probs = _filtered(logits, temperature, top_k, top_p).softmax(-1).float()
     if generator is not None and generator.device != probs.device:
         return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(logits.device)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
@@ -213,7 +224,7 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
             else:
                 logits, cache = model(seq[:, start:total], n, return_cache=use_cache)
                 logits = logits[:, -1]
-            seq[:, total] = sample_next(logits, generator, temperature, top_k, top_p)
+            seq[:, total] = _sampled(logits, generator, temperature, top_k, top_p)  # options checked above
     finally:
         model.train(was_training)
     return seq

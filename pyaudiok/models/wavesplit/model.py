@@ -155,10 +155,8 @@ class Wavesplit(nn.Module):
             raise ValueError(f"x must have shape [B, S]; got {list(x.shape)}")
         N = self.config.num_sources
         if speakers is not None:
-            _checks.tensor("speakers", speakers, layout=f"[B, N] = [{x.shape[0]}, {N}]",
+            _checks.tensor("speakers", speakers, shape=(x.shape[0], N), layout="[B, N]",
                            dtypes=(torch.int64, torch.int32, torch.int16, torch.uint8))
-            if speakers.dim() != 2 or speakers.shape != (x.shape[0], N):
-                raise ValueError(f"speakers must have shape [B, N] = [{x.shape[0]}, {N}]; got {list(speakers.shape)}")
             # A negative id would silently pick a row from the table's end. Checked where that is free
             # (CPU tensors, eagerly): on a GPU it would wait for the device at every step.
             if speakers.device.type == "cpu" and not torch.compiler.is_compiling():
