@@ -34,16 +34,19 @@ def _train_step(x, strides, grad, method=None):
     return run
 
 
-def _triton_products(run):
-    """run() with the matmul path's products as Triton GEMMs (pyaudiok.ops.fourier_crop.PRODUCTS)."""
+def _with_setting(name, value, run):
+    """run() with pyaudiok.ops.fourier_crop.<name> set to value: a candidate route
+    (PRODUCTS = "triton": the matmul path's products as Triton GEMMs; PRIME_TRANSFORMS = "rader":
+    the FFT path's prime lengths by Rader's algorithm)."""
     module = importlib.import_module("pyaudiok.ops.fourier_crop")
 
     def call():
-        saved, module.PRODUCTS = module.PRODUCTS, "triton"
+        saved = getattr(module, name)
+        setattr(module, name, value)
         try:
             return run()
         finally:
-            module.PRODUCTS = saved
+            setattr(module, name, saved)
     return call
 
 
@@ -79,8 +82,11 @@ def case(device, batch, channels, spatial) -> Case:
         # as cuDNN's convolution (the floor) uses it by default
         cands.append(Candidate("auto, TF32 allowed", "backend", with_tf32(_train_step(x, strides, grad))))
         if max(spatial) <= MATMUL_BENCH_MAX:  # the candidate products (3xTF32 Triton GEMMs, no copies)
-            cands.append(Candidate("triton matmul, Triton products", "backend",
-                                   _triton_products(with_backend("triton", _train_step(x, strides, grad, "matmul")))))
+            cands.append(Candidate("triton matmul, Triton products", "backend", _with_setting(
+                "PRODUCTS", "triton", with_backend("triton", _train_step(x, strides, grad, "matmul")))))
+        if len(spatial) == 1:  # the output length 8 009 is prime: cuFFT runs it by Bluestein
+            cands.append(Candidate("triton fft, Rader transforms", "backend", _with_setting(
+                "PRIME_TRANSFORMS", "rader", with_backend("triton", _train_step(x, strides, grad, "fft")))))
     cands.append(compiled("reference, torch.compile", _train_step(x, strides, grad)))
     cands.append(Candidate("floor: conv3x3 C->C stride 1 (fwd+bwd)", "floor", _conv_step(x.detach().clone()
                                                                                           .requires_grad_())))

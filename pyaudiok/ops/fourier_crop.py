@@ -18,7 +18,9 @@ y = A_h · x · A_wᵀ per (b, c), with the real [N_out, N] matrices
 
 So there are two exact implementations, picked per call by size (`method`):
 - "fft": rfft2 → crop → fused mask kernel → irfft2 (FFTs are torch's; the kernel is the backend's),
-  a chunk of rows (b, c) per FFT call on the CPU (CPU_CHUNK_BYTES of spectrum) and one on GPUs,
+  a chunk of rows (b, c) per FFT call on the CPU (CPU_CHUNK_BYTES of spectrum) and one on GPUs; on
+  the Triton backend `PRIME_TRANSFORMS = "rader"` transforms 1-D prime output lengths by Rader's
+  algorithm instead of cuFFT's Bluestein (_prime_fft; a candidate, see PRIME_TRANSFORMS),
 - "matmul": A_h, A_w built on the fly by the backend's kernel, then two GEMMs (torch's; on the Triton
   backend `PRODUCTS = "triton"` runs them as Triton GEMMs instead: a candidate, see PRODUCTS).
 Backends: `reference` (rfft → mask → crop → irfft in plain torch), `cpu` (csrc/cpu/fourier_crop.cpp),
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 
 from .. import dispatch
-from . import _checks
+from . import _checks, _prime_fft
 from ._library import (HALF_DTYPES, anchor_inputs, cpp_op, eager_under_compile, extension_loaded, first_order,
                        register_backends, triton_op, upcast_half, without_autocast)
 
@@ -278,6 +280,7 @@ class _Kernels(NamedTuple):
     mask_crop: object
     mask_crop_backward: object
     products: object = None  # strided_products (Triton): the matmul route's products, see PRODUCTS
+    prime_transforms: bool = False  # the FFT path's 1-D prime lengths by Rader's algorithm, see PRIME_TRANSFORMS
 
 
 def _register_products_fake(qualname: str) -> None:
@@ -316,7 +319,10 @@ def _triton_kernels() -> _Kernels:
     mask_crop = triton_op("fourier_mask_crop_triton", "fourier_crop", "fourier_mask_crop",
                           lambda q: _register_mask_crop(q, _triton_mask_crop_backward))
     products = triton_op("fourier_crop_products_triton", "fourier_crop", "strided_products", _register_products_fake)
-    return _Kernels(matrix, _triton_matrix_backward(), mask_crop, _triton_mask_crop_backward(), products)
+    if PRIME_TRANSFORMS not in ("torch", "rader"):
+        raise ValueError(f"PRIME_TRANSFORMS must be 'torch' or 'rader'; got {PRIME_TRANSFORMS!r}")
+    return _Kernels(matrix, _triton_matrix_backward(), mask_crop, _triton_mask_crop_backward(), products,
+                    PRIME_TRANSFORMS == "rader")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,6 +339,34 @@ def chunk_rows(rows: int, spectrum_row_bytes: int, device: torch.device) -> int:
     if device.type != "cpu":
         return max(rows, 1)
     return max(1, min(rows, CPU_CHUNK_BYTES // max(spectrum_row_bytes, 1)))
+
+
+# How the FFT path transforms a 1-D output length n that _prime_fft.applies to (a prime cuFFT runs by
+# Bluestein's algorithm, e.g. 8 009 for T = 16 000 at stride 2) on the Triton backend: "torch"
+# (torch.fft) or "rader" (_prime_fft: Rader's algorithm, FFTs of length n − 1 between two Triton
+# permutation kernels, two rows per complex transform). "rader" is a candidate, not the default,
+# until timed on a GPU (the bench's "triton fft, Rader transforms" candidate).
+PRIME_TRANSFORMS = "torch"
+
+
+def _by_rader(kernels: _Kernels, outs: tuple[int, ...]) -> bool:
+    return kernels.prime_transforms and len(outs) == 1 and _prime_fft.applies(outs[0])
+
+
+def _irfft_into(kernels: _Kernels, spectrum: torch.Tensor, outs, dims, out: torch.Tensor) -> None:
+    """out = irfftn(spectrum (a real view), s=outs) over `dims`."""
+    if _by_rader(kernels, outs):
+        _prime_fft.irfft(spectrum.reshape(-1, spectrum.shape[-2], 2), outs[0], out.view(-1, outs[0]))
+    else:
+        torch.fft.irfftn(torch.view_as_complex(spectrum), s=outs, dim=dims, out=out)
+
+
+def _rfft(kernels: _Kernels, signal: torch.Tensor, dims) -> torch.Tensor:
+    """rfftn(signal) over `dims`, as a real view."""
+    if _by_rader(kernels, tuple(signal.shape[-len(dims):])):
+        n = signal.shape[-1]
+        return _prime_fft.rfft(signal.reshape(-1, n)).view(*signal.shape[:-1], (n + 1) // 2, 2)
+    return torch.view_as_real(torch.fft.rfftn(signal, dim=dims))
 
 
 def _crop_into(dst: torch.Tensor, spectrum: torch.Tensor) -> None:
@@ -379,7 +413,7 @@ class _FFTPath(torch.autograd.Function):
             rows = slice(r, r + step)
             _crop_into(kept[rows], torch.view_as_real(torch.fft.rfftn(x[rows], dim=dims)))
             masked = kernels.mask_crop(kept[rows], mask_rows, mask_cols)
-            torch.fft.irfftn(torch.view_as_complex(masked), s=outs, dim=dims, out=y[rows])
+            _irfft_into(kernels, masked, outs, dims, y[rows])
         ctx.save_for_backward(kept, mask_rows, mask_cols, weights)
         anchor_inputs(ctx, x)
         ctx.kernels, ctx.sizes, ctx.outs, ctx.dims, ctx.step = kernels, sizes, outs, dims, step
@@ -404,7 +438,7 @@ class _FFTPath(torch.autograd.Function):
         padded = kept.new_zeros((min(step, n), dx.shape[1], sizes[-1] // 2 + 1, 2))
         for r in range(0, n, step):
             rows = slice(r, r + step)
-            g = torch.view_as_real(torch.fft.rfftn(grad[rows], dim=dims))
+            g = _rfft(ctx.kernels, grad[rows], dims)
             masked, e_rows = ctx.kernels.mask_crop_backward(g, kept[rows], mask_rows, cols_adjoint)
             e = e_rows if e is None else e + e_rows
             spectrum = padded[:masked.shape[0]]

@@ -393,6 +393,44 @@ def test_triton_products_candidate_matches_reference(monkeypatch, rank, strides)
     assert calls, "the Triton products path did not run"
 
 
+@pytest.mark.parametrize("size,stride,dtype", [(242, 2.0, torch.float32), (210, 1.5, torch.float64),
+                                              (447, 3.7, torch.float32), (211, 1.0, torch.float32)])
+def test_rader_transforms_candidate_matches_reference(monkeypatch, size, stride, dtype):
+    """The FFT path with its prime output lengths (131, 149, 211) transformed by Rader's algorithm
+    (PRIME_TRANSFORMS = "rader", a candidate until timed on a GPU): outputs, dx and dstrides against
+    the reference, with an odd number of rows (the last one pairs with zeros)."""
+    device = require_backend(FOURIER_CROP, "triton")
+    monkeypatch.setattr(fourier_crop_module, "PRIME_TRANSFORMS", "rader")
+    calls = []
+    for name in ("rfft", "irfft"):
+        monkeypatch.setattr(fourier_crop_module._prime_fft, name, _recorded(getattr(fourier_crop_module._prime_fft,
+                                                                                      name), name, calls))
+    x = torch.randn(3, 1, size, dtype=torch.float64, device=device)
+    out = compare(x, torch.tensor([stride], device=device), "triton", "fft", dtype)
+    assert fourier_crop_module._prime_fft.applies(out.shape[-1])
+    assert sorted(set(calls)) == ["irfft", "rfft"], "Rader's transforms did not run both ways"
+
+
+def test_rader_transforms_leave_other_lengths_to_torch(monkeypatch):
+    device = require_backend(FOURIER_CROP, "triton")
+    monkeypatch.setattr(fourier_crop_module, "PRIME_TRANSFORMS", "rader")
+    calls = []
+    monkeypatch.setattr(fourier_crop_module._prime_fft, "irfft", _recorded(None, "irfft", calls))
+    x = torch.randn(1, 2, 300, device=device)  # 159 = 3·53 samples out
+    compare(x, torch.tensor([2.0], device=device), "triton", "fft", torch.float32)
+    assert not calls
+    monkeypatch.setattr(fourier_crop_module, "PRIME_TRANSFORMS", "bluestein")
+    with pytest.raises(ValueError, match="PRIME_TRANSFORMS"), pyaudiok.use_backend("triton"):
+        fourier_crop(x, 2.0, method="fft")
+
+
+def _recorded(function, name, calls):
+    def call(*args):
+        calls.append(name)
+        return function(*args)
+    return call
+
+
 def _counting(function_class, calls):
     class Counted(function_class):
         @staticmethod

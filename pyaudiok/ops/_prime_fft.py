@@ -1,0 +1,136 @@
+"""Real FFTs of a prime length n by Rader's algorithm: a DFT of prime length is a cyclic convolution of
+length n − 1, computed with FFTs of that (smooth) length.
+
+Why: DiffStride's 1-D outputs have odd lengths 2K + 1 (DESIGN §3), often prime (8 009 for T = 16 000
+at stride 2). cuFFT transforms a large prime length by Bluestein's algorithm, padded to a smooth
+length ≥ 2n − 1 (16 200 for 8 009: three passes of a twice-as-long sequence per transform, most of the
+1-D op's GPU time in bench/results/2026-11-27_h200_fourier_crop_profile.txt). Rader's convolution has
+length n − 1 (8 008 = 2³·7·11·13), and two real rows share one complex transform.
+
+With g a primitive root mod n, every non-zero index is a power of g, and for the DFT
+Z[k] = Σ_m z[m] ω^{km} (ω = e^{∓2πi/n}):
+
+    Z[g^p] = z[0] + Σ_q z[g^{−q}] ω^{g^{p−q}} = z[0] + (a ⊛ b)[p],   a_q = z[g^{−q}],  b_j = ω^{g^j}
+    Z[0] = z[0] + Σ_q a_q = z[0] + DFT(a)[0]
+
+so one transform is: permute (a Triton kernel), FFT, multiply by DFT(b) (precomputed per n), inverse
+FFT, and un-permute (a Triton kernel). The kernels are in kernels/rader.py; both transforms are exact
+to fp32 rounding, as torch's are.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+# cuFFT runs lengths whose prime factors are at most this in its own radix kernels; a larger prime
+# factor sends a length to Bluestein. Rader is used for a prime n above it whose n − 1 stays below it.
+LARGEST_NATIVE_RADIX = 127
+
+
+def _prime_factors(n: int) -> list[int]:
+    factors, d = [], 2
+    while d * d <= n:
+        if n % d == 0:
+            factors.append(d)
+            while n % d == 0:
+                n //= d
+        d += 1
+    return factors + ([n] if n > 1 else [])
+
+
+@functools.cache
+def applies(n: int) -> bool:
+    """Whether Rader's route replaces torch's transform of length n: n a prime that cuFFT sends to
+    Bluestein, and n − 1 a length it transforms natively."""
+    if n <= LARGEST_NATIVE_RADIX or _prime_factors(n) != [n]:
+        return False
+    return max(_prime_factors(n - 1)) <= LARGEST_NATIVE_RADIX
+
+
+def primitive_root(n: int) -> int:
+    """The smallest generator of the multiplicative group mod the prime n."""
+    orders = [(n - 1) // f for f in _prime_factors(n - 1)]
+    return next(g for g in range(2, n) if all(pow(g, e, n) != 1 for e in orders))
+
+
+class Tables(NamedTuple):
+    gather: np.ndarray     # [n − 1] int32: g^(−q) mod n, the index feeding position q
+    place: np.ndarray      # [n] int32: p with g^p = m, where output m (≥ 1) sits in the convolution; place[0] = 0
+    powers: np.ndarray     # [n − 1] int64: g^j mod n
+
+
+@functools.cache
+def tables(n: int) -> Tables:
+    g = primitive_root(n)
+    powers = np.empty(n - 1, dtype=np.int64)
+    value = 1
+    for j in range(n - 1):
+        powers[j] = value
+        value = value * g % n
+    place = np.zeros(n, dtype=np.int32)
+    place[powers] = np.arange(n - 1, dtype=np.int32)
+    gather = np.empty(n - 1, dtype=np.int32)  # g^(−q) = g^(n−1−q)
+    gather[0] = 1
+    gather[1:] = powers[:0:-1]
+    return Tables(gather, place, powers)
+
+
+class _DevicePlan(NamedTuple):
+    gather: torch.Tensor
+    place: torch.Tensor
+    kernel_inverse: torch.Tensor   # DFT(b) for ω = e^{+2πi/n}: irfft
+    kernel_forward: torch.Tensor   # DFT(b) for ω = e^{−2πi/n}: rfft
+
+
+@functools.lru_cache(maxsize=16)
+def _device_plan(n: int, device: torch.device, dtype: torch.dtype) -> _DevicePlan:
+    """The tables and both convolution kernels' spectra on `device` (computed in float64 on the
+    host, once per length, then cast to the complex type of `dtype`)."""
+    t = tables(n)
+    angles = 2 * math.pi * t.powers.astype(np.float64) / n
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+
+    def kernel(sign):
+        spectrum = np.fft.fft(np.cos(angles) + sign * 1j * np.sin(angles))
+        return torch.from_numpy(spectrum).to(device=device, dtype=complex_dtype)
+    return _DevicePlan(torch.from_numpy(t.gather).to(device), torch.from_numpy(t.place).to(device),
+                       kernel(1.0), kernel(-1.0))
+
+
+def _plan(n: int, like: torch.Tensor) -> _DevicePlan:
+    return _device_plan(n, like.device, like.dtype)
+
+
+def _cyclic_convolution(a: torch.Tensor, kernel_spectrum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a ⊛ b as a real view [P, L, 2], Σ_q a_q as [P, 2]) for a [P, L, 2] and kernel_spectrum = DFT(b)."""
+    spectrum = torch.fft.fft(torch.view_as_complex(a))
+    total = torch.view_as_real(spectrum[:, 0]).clone()  # a copy: the product below is in place
+    return torch.view_as_real(torch.fft.ifft(spectrum.mul_(kernel_spectrum))), total
+
+
+def irfft(spectra: torch.Tensor, n: int, out: torch.Tensor) -> None:
+    """out[R, n] = torch.fft.irfft(view_as_complex(spectra), n) for half spectra [R, (n+1)/2, 2] (a
+    real view), n prime (`applies`)."""
+    from ..kernels import rader
+    spectra = spectra.contiguous()
+    plan = _plan(n, spectra)
+    if spectra.shape[0] == 0:
+        return
+    conv, total = _cyclic_convolution(rader.pack_half_spectra(spectra, plan.gather, n), plan.kernel_inverse)
+    rader.unpack_signals(conv, total, spectra, plan.place, out)
+
+
+def rfft(x: torch.Tensor) -> torch.Tensor:
+    """torch.fft.rfft(x) for real signals x[R, n], n prime (`applies`), as a real view [R, (n+1)/2, 2]."""
+    from ..kernels import rader
+    x = x.contiguous()
+    rows, n = x.shape
+    if rows == 0:
+        return x.new_empty((0, (n - 1) // 2 + 1, 2))
+    plan = _plan(n, x)
+    conv, total = _cyclic_convolution(rader.pack_signals(x, plan.gather), plan.kernel_forward)
+    return rader.unpack_half_spectra(conv, total, x, plan.place)
