@@ -146,12 +146,26 @@ class Op:
 
     def __call__(self, *args, device: torch.device, dtype: torch.dtype):
         impl = self.select(device, dtype, args)
-        if torch.is_autocast_enabled(device.type):
-            # The inputs' dtype chose the backend and is the dtype it computes in: autocast must not
-            # recast the torch ops inside it (a matmul of its glue in bf16 beside its fp32 kernels).
-            with torch.autocast(device.type, enabled=False):
-                return impl.fn(*args)
-        return impl.fn(*args)
+        with on_device(device):
+            if torch.is_autocast_enabled(device.type):
+                # The inputs' dtype chose the backend and is the dtype it computes in: autocast must not
+                # recast the torch ops inside it (a matmul of its glue in bf16 beside its fp32 kernels).
+                with torch.autocast(device.type, enabled=False):
+                    return impl.fn(*args)
+            return impl.fn(*args)
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """`device` made the current CUDA device where it is not (as ATen's device guards do): Triton
+    launches a kernel on the current device, so inputs on another GPU would be read through
+    pointers that are not that device's. Nothing to do elsewhere, and under torch.compile, whose
+    generated code guards the device itself. (The autograd engine runs each device's backward on
+    a thread whose current device is that device.)"""
+    if device.type != "cuda" or device.index is None or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    if device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def _warn_once(op: str, backend: str, reason: str, used: str) -> None:

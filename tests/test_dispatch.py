@@ -98,6 +98,33 @@ def test_an_op_can_set_its_own_automatic_order(monkeypatch):
         op.prefer("cpu", ("gpu",))
 
 
+def test_a_call_runs_with_its_tensors_device_current(monkeypatch):
+    """Triton launches on the current CUDA device: a call with inputs on another GPU runs inside a
+    device switch to theirs, and a call on the current device (or the CPU) without one."""
+    entered = []
+
+    class Switch:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append("exit")
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Switch)
+    op = dispatch.Op("toy")
+    op.register("reference", lambda x: list(entered), devices=("cpu", "cuda"), dtypes=(torch.float32,))
+    x = torch.zeros(1)
+    assert op(x, device=torch.device("cuda", 1), dtype=x.dtype) == [torch.device("cuda", 1)]
+    assert entered == [torch.device("cuda", 1), "exit"]
+    entered.clear()
+    assert op(x, device=torch.device("cuda", 0), dtype=x.dtype) == []
+    assert op(x, device=x.device, dtype=x.dtype) == [] and not entered
+
+
 def test_auto_skip_passes_a_backend_over_silently_for_some_inputs(monkeypatch):
     """A measured rule (another backend is faster for these inputs) steers the automatic choice
     without a fallback warning; an explicit request still runs the backend."""

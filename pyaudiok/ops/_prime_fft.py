@@ -116,12 +116,18 @@ def irfft(spectra: torch.Tensor, n: int, out: torch.Tensor) -> None:
     """out[R, n] = torch.fft.irfft(view_as_complex(spectra), n) for half spectra [R, (n+1)/2, 2] (a
     real view), n prime (`applies`)."""
     from ..kernels import rader
+    if spectra.dim() != 3 or spectra.shape[1:] != ((n + 1) // 2, 2) or out.shape != (spectra.shape[0], n):
+        raise ValueError(f"irfft of length {n} takes spectra [R, {(n + 1) // 2}, 2] into out [R, {n}]; got "
+                         f"{tuple(spectra.shape)} and {tuple(out.shape)}")
     spectra = spectra.contiguous()
     plan = _plan(n, spectra)
     if spectra.shape[0] == 0:
         return
     conv, total = _cyclic_convolution(rader.pack_half_spectra(spectra, plan.gather, n), plan.kernel_inverse)
-    rader.unpack_signals(conv, total, spectra, plan.place, out)
+    target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+    rader.unpack_signals(conv, total, spectra, plan.place, target)
+    if target is not out:
+        out.copy_(target)
 
 
 def rfft(x: torch.Tensor) -> torch.Tensor:

@@ -55,8 +55,16 @@ def test_non_contiguous_and_empty_inputs():
     assert_close("rfft", _prime_fft.rfft(x), torch.view_as_real(torch.fft.rfft(x.double())), torch.float32)
     spectra = torch.randn(4, (n + 1) // 2 * 2, dtype=torch.float64, device=device)[:, ::2]
     spectra = torch.stack([spectra, spectra.flip(-1)], -1)  # a real view [4, 66, 2], not contiguous
-    out = torch.empty(4, n, dtype=torch.float64, device=device)
+    out = torch.empty(n, 4, dtype=torch.float64, device=device).T  # written through its strides
     _prime_fft.irfft(spectra, n, out)
     assert_close("irfft", out, torch.fft.irfft(torch.view_as_complex(spectra.contiguous()), n), torch.float64)
     assert _prime_fft.rfft(x[:0]).shape == (0, (n + 1) // 2, 2)
     _prime_fft.irfft(spectra[:0], n, out[:0])
+
+
+def test_irfft_rejects_mismatched_shapes():
+    device = require_backend(FOURIER_CROP, "triton")
+    with pytest.raises(ValueError, match=r"\[R, 66, 2\]"):
+        _prime_fft.irfft(torch.zeros(2, 65, 2, device=device), 131, torch.empty(2, 131, device=device))
+    with pytest.raises(ValueError, match="out"):
+        _prime_fft.irfft(torch.zeros(2, 66, 2, device=device), 131, torch.empty(3, 131, device=device))
