@@ -49,11 +49,24 @@ def _pair(ptr, row_a, has_b, row_len, offsets, ok):
 
 
 @triton.jit
-def _pack_half_spectra_kernel(y_ptr, gather_ptr, a_ptr, R, n, L, BLOCK: tl.constexpr):
+def _permuted(gather_ptr, L, BLOCK: tl.constexpr):
+    """This program's pair p, its block of permuted positions q (ok: q < L) and their sources g^(−q)."""
     p = tl.program_id(0)
     q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = q < L
-    k = tl.load(gather_ptr + q, mask=ok, other=1)
+    return p, q, ok, tl.load(gather_ptr + q, mask=ok, other=1)
+
+
+@triton.jit
+def _store_permuted(a_ptr, p, q, ok, L, re, im):
+    dst = a_ptr + p.to(tl.int64) * 2 * L + 2 * q
+    tl.store(dst, re, mask=ok)
+    tl.store(dst + 1, im, mask=ok)
+
+
+@triton.jit
+def _pack_half_spectra_kernel(y_ptr, gather_ptr, a_ptr, R, n, L, BLOCK: tl.constexpr):
+    p, q, ok, k = _permuted(gather_ptr, L, BLOCK)
     K = (n - 1) // 2
     upper = k > K  # bin n − k's conjugate: Y[k] = conj(Y[n − k]) for a real signal
     src = 2 * tl.where(upper, n - k, k)
@@ -62,9 +75,7 @@ def _pack_half_spectra_kernel(y_ptr, gather_ptr, a_ptr, R, n, L, BLOCK: tl.const
     re_a, re_b = _pair(y_ptr, row_a, has_b, row_len, src, ok)
     im_a, im_b = _pair(y_ptr, row_a, has_b, row_len, src + 1, ok)
     im_a, im_b = tl.where(upper, -im_a, im_a), tl.where(upper, -im_b, im_b)
-    dst = a_ptr + p.to(tl.int64) * 2 * L + 2 * q
-    tl.store(dst, re_a - im_b, mask=ok)  # Y_a + i·Y_b
-    tl.store(dst + 1, im_a + re_b, mask=ok)
+    _store_permuted(a_ptr, p, q, ok, L, re_a - im_b, im_a + re_b)  # Y_a + i·Y_b
 
 
 @triton.jit
@@ -95,14 +106,9 @@ def _unpack_signals_kernel(conv_ptr, a0_ptr, y_ptr, place_ptr, out_ptr, R, n, L,
 
 @triton.jit
 def _pack_signals_kernel(x_ptr, gather_ptr, a_ptr, R, n, L, BLOCK: tl.constexpr):
-    p = tl.program_id(0)
-    q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = q < L
-    k = tl.load(gather_ptr + q, mask=ok, other=1)
+    p, q, ok, k = _permuted(gather_ptr, L, BLOCK)
     re, im = _pair(x_ptr, (2 * p).to(tl.int64) * n, _has_b(p, R, q), n, k, ok)
-    dst = a_ptr + p.to(tl.int64) * 2 * L + 2 * q
-    tl.store(dst, re, mask=ok)  # x_a + i·x_b
-    tl.store(dst + 1, im, mask=ok)
+    _store_permuted(a_ptr, p, q, ok, L, re, im)  # x_a + i·x_b
 
 
 @triton.jit
