@@ -411,6 +411,25 @@ def test_rader_transforms_candidate_matches_reference(monkeypatch, size, stride,
     assert sorted(set(calls)) == ["irfft", "rfft"], "Rader's transforms did not run both ways"
 
 
+@pytest.mark.gpu
+def test_rader_transforms_at_the_bench_size(monkeypatch):
+    """The bench's 1-D case (B 32, C 64, T 16 000 at stride 2: 8 009 samples out, 1 024 row pairs)
+    with Rader's transforms against torch's, forward and backward, on a GPU."""
+    device = require_backend(FOURIER_CROP, "triton")
+    x = torch.randn(32, 64, 16_000, device=device)
+    grads = {}
+    for setting in ("torch", "rader"):
+        monkeypatch.setattr(fourier_crop_module, "PRIME_TRANSFORMS", setting)
+        leaves = (x.clone().requires_grad_(), torch.tensor([2.0], device=device, requires_grad=True))
+        with pyaudiok.use_backend("triton"):
+            out = fourier_crop(*leaves, method="fft")
+        out.backward(torch.ones_like(out) + torch.linspace(0, 1, out.shape[-1], device=device))
+        grads[setting] = (out.detach(), leaves[0].grad, leaves[1].grad)
+    assert grads["rader"][0].shape[-1] == 8009
+    for name, got, want in zip(("output", "dx", "dstrides"), grads["rader"], grads["torch"]):
+        assert_close(name, got, want, torch.float32, STRIDE_GRAD_SCALE[torch.float32] if name == "dstrides" else 1.0)
+
+
 def test_rader_transforms_leave_other_lengths_to_torch(monkeypatch):
     device = require_backend(FOURIER_CROP, "triton")
     monkeypatch.setattr(fourier_crop_module, "PRIME_TRANSFORMS", "rader")
