@@ -34,19 +34,23 @@ def _train_step(x, strides, grad, method=None):
     return run
 
 
-def _with_setting(name, value, run):
-    """run() with pyaudiok.ops.fourier_crop.<name> set to value: a candidate route
-    (PRODUCTS = "triton": the matmul path's products as Triton GEMMs; PRIME_TRANSFORMS = "rader":
-    the FFT path's prime lengths by Rader's algorithm)."""
-    module = importlib.import_module("pyaudiok.ops.fourier_crop")
+def _with_settings(run, **settings):
+    """run() with module settings changed meanwhile: a candidate route. Keys are
+    "<module>__<name>" under pyaudiok.ops (fourier_crop__PRODUCTS = "triton": the matmul path's
+    products as Triton GEMMs; fourier_crop__PRIME_TRANSFORMS = "rader": the FFT path's prime lengths
+    by Rader's algorithm; _prime_fft__SMOOTH_FACTORS: its convolution length)."""
+    targets = [(importlib.import_module(f"pyaudiok.ops.{key.split('__')[0]}"), key.split("__")[1], value)
+               for key, value in settings.items()]
 
     def call():
-        saved = getattr(module, name)
-        setattr(module, name, value)
+        saved = [(module, name, getattr(module, name)) for module, name, _ in targets]
+        for module, name, value in targets:
+            setattr(module, name, value)
         try:
             return run()
         finally:
-            setattr(module, name, saved)
+            for module, name, value in saved:
+                setattr(module, name, value)
     return call
 
 
@@ -82,11 +86,14 @@ def case(device, batch, channels, spatial) -> Case:
         # as cuDNN's convolution (the floor) uses it by default
         cands.append(Candidate("auto, TF32 allowed", "backend", with_tf32(_train_step(x, strides, grad))))
         if max(spatial) <= MATMUL_BENCH_MAX:  # the candidate products (3xTF32 Triton GEMMs, no copies)
-            cands.append(Candidate("triton matmul, Triton products", "backend", _with_setting(
-                "PRODUCTS", "triton", with_backend("triton", _train_step(x, strides, grad, "matmul")))))
+            cands.append(Candidate("triton matmul, Triton products", "backend", _with_settings(
+                with_backend("triton", _train_step(x, strides, grad, "matmul")), fourier_crop__PRODUCTS="triton")))
         if len(spatial) == 1:  # the output length 8 009 is prime: cuFFT runs it by Bluestein
-            cands.append(Candidate("triton fft, Rader transforms", "backend", _with_setting(
-                "PRIME_TRANSFORMS", "rader", with_backend("triton", _train_step(x, strides, grad, "fft")))))
+            fft_step = with_backend("triton", _train_step(x, strides, grad, "fft"))
+            # Rader's convolution as FFTs of 16 128 (7-smooth), or of its cyclic length 8 008 = 2³·7·11·13
+            for factors, label in ((7, "padded to 16 128"), (13, "cyclic 8 008")):
+                cands.append(Candidate(f"triton fft, Rader transforms {label}", "backend", _with_settings(
+                    fft_step, fourier_crop__PRIME_TRANSFORMS="rader", _prime_fft__SMOOTH_FACTORS=factors)))
     cands.append(compiled("reference, torch.compile", _train_step(x, strides, grad)))
     cands.append(Candidate("floor: conv3x3 C->C stride 1 (fwd+bwd)", "floor", _conv_step(x.detach().clone()
                                                                                           .requires_grad_())))

@@ -1,13 +1,15 @@
 """Triton kernels around Rader's algorithm for the real transforms of a prime length n. The math, the
 tables and the transforms in between are in pyaudiok/ops/_prime_fft.py; these kernels are the passes
-before and after torch's FFTs of length L = n − 1, each one read and one write of the data:
+before and after torch's FFTs, each one read and one write of the data. The permuted sequences
+have L = n − 1 values in rows of Lp ≥ L (zeros past L: a cyclic convolution of length L computed
+as one of length Lp, see _prime_fft):
 
-* ``pack_half_spectra(Y[R, K+1, 2], gather) -> a[P, L, 2]``: two rows' half spectra (K = (n − 1)/2)
-  become one complex sequence Z = Y_a + i·Y_b (each Hermitian-extended to n bins), permuted:
-  a[q] = Z[gather[q]], gather[q] = g^(−q) mod n.
+* ``pack_half_spectra(Y[R, K+1, 2], gather, n, Lp) -> a[P, Lp, 2]``: two rows' half spectra
+  (K = (n − 1)/2) become one complex sequence Z = Y_a + i·Y_b (each Hermitian-extended to n bins),
+  permuted: a[q] = Z[gather[q]], gather[q] = g^(−q) mod n.
 * ``unpack_signals(conv, a0, Y, place, out[R, n])``: z[m] = Z[0] + conv[place[m]] (m ≥ 1) and
   z[0] = Z[0] + a0, divided by n; the real part is row a's signal, the imaginary part row b's.
-* ``pack_signals(x[R, n], gather) -> a[P, L, 2]``: z = x_a + i·x_b, permuted as above.
+* ``pack_signals(x[R, n], gather, Lp) -> a[P, Lp, 2]``: z = x_a + i·x_b, permuted as above.
 * ``unpack_half_spectra(conv, a0, x, place, out[R, K+1, 2])``: Z[k] as above, then the two rows'
   spectra Y_a[k] = (Z[k] + conj Z[n−k]) / 2 and Y_b[k] = (Z[k] − conj Z[n−k]) / 2i.
 
@@ -50,7 +52,8 @@ def _pair(ptr, row_a, has_b, row_len, offsets, ok):
 
 @triton.jit
 def _permuted(gather_ptr, L, BLOCK: tl.constexpr):
-    """This program's pair p, its block of permuted positions q (ok: q < L) and their sources g^(−q)."""
+    """This program's pair p, its block of permuted positions q (ok: q < L: a value, else a zero of
+    the padding) and their sources g^(−q)."""
     p = tl.program_id(0)
     q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = q < L
@@ -58,14 +61,15 @@ def _permuted(gather_ptr, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _store_permuted(a_ptr, p, q, ok, L, re, im):
-    dst = a_ptr + p.to(tl.int64) * 2 * L + 2 * q
-    tl.store(dst, re, mask=ok)
-    tl.store(dst + 1, im, mask=ok)
+def _store_permuted(a_ptr, p, q, Lp, re, im):
+    """Row p's positions q < Lp; the values are loaded as 0 where q ≥ L."""
+    dst = a_ptr + p.to(tl.int64) * 2 * Lp + 2 * q
+    tl.store(dst, re, mask=q < Lp)
+    tl.store(dst + 1, im, mask=q < Lp)
 
 
 @triton.jit
-def _pack_half_spectra_kernel(y_ptr, gather_ptr, a_ptr, R, n, L, BLOCK: tl.constexpr):
+def _pack_half_spectra_kernel(y_ptr, gather_ptr, a_ptr, R, n, L, Lp, BLOCK: tl.constexpr):
     p, q, ok, k = _permuted(gather_ptr, L, BLOCK)
     K = (n - 1) // 2
     upper = k > K  # bin n − k's conjugate: Y[k] = conj(Y[n − k]) for a real signal
@@ -75,15 +79,15 @@ def _pack_half_spectra_kernel(y_ptr, gather_ptr, a_ptr, R, n, L, BLOCK: tl.const
     re_a, re_b = _pair(y_ptr, row_a, has_b, row_len, src, ok)
     im_a, im_b = _pair(y_ptr, row_a, has_b, row_len, src + 1, ok)
     im_a, im_b = tl.where(upper, -im_a, im_a), tl.where(upper, -im_b, im_b)
-    _store_permuted(a_ptr, p, q, ok, L, re_a - im_b, im_a + re_b)  # Y_a + i·Y_b
+    _store_permuted(a_ptr, p, q, Lp, re_a - im_b, im_a + re_b)  # Y_a + i·Y_b
 
 
 @triton.jit
-def _rotated(conv_ptr, a0_ptr, place_ptr, p, m, ok, L):
+def _rotated(conv_ptr, a0_ptr, place_ptr, p, m, ok, Lp):
     """The convolution's value for output index m (m ≥ 1), or a0 (the permuted sum) for m = 0, as
     (re, im)."""
     pos = tl.load(place_ptr + m, mask=ok, other=0)
-    base = p.to(tl.int64) * 2 * L
+    base = p.to(tl.int64) * 2 * Lp
     re = tl.load(conv_ptr + base + 2 * pos, mask=ok & (m > 0), other=0.0)
     im = tl.load(conv_ptr + base + 2 * pos + 1, mask=ok & (m > 0), other=0.0)
     re0 = tl.load(a0_ptr + 2 * p)
@@ -92,12 +96,12 @@ def _rotated(conv_ptr, a0_ptr, place_ptr, p, m, ok, L):
 
 
 @triton.jit
-def _unpack_signals_kernel(conv_ptr, a0_ptr, y_ptr, place_ptr, out_ptr, R, n, L, BLOCK: tl.constexpr):
+def _unpack_signals_kernel(conv_ptr, a0_ptr, y_ptr, place_ptr, out_ptr, R, n, Lp, BLOCK: tl.constexpr):
     p = tl.program_id(0)
     m = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = m < n
     dc_a, dc_b = _first_values(y_ptr, p, R, 2 * ((n - 1) // 2 + 1))  # Re Y[0]: c2r ignores Im Y[0]
-    re, im = _rotated(conv_ptr, a0_ptr, place_ptr, p, m, ok, L)
+    re, im = _rotated(conv_ptr, a0_ptr, place_ptr, p, m, ok, Lp)
     size = n.to(re.dtype)
     out = out_ptr + (2 * p).to(tl.int64) * n + m
     tl.store(out, (re + dc_a) / size, mask=ok)
@@ -105,22 +109,22 @@ def _unpack_signals_kernel(conv_ptr, a0_ptr, y_ptr, place_ptr, out_ptr, R, n, L,
 
 
 @triton.jit
-def _pack_signals_kernel(x_ptr, gather_ptr, a_ptr, R, n, L, BLOCK: tl.constexpr):
+def _pack_signals_kernel(x_ptr, gather_ptr, a_ptr, R, n, L, Lp, BLOCK: tl.constexpr):
     p, q, ok, k = _permuted(gather_ptr, L, BLOCK)
     re, im = _pair(x_ptr, (2 * p).to(tl.int64) * n, _has_b(p, R, q), n, k, ok)
-    _store_permuted(a_ptr, p, q, ok, L, re, im)  # x_a + i·x_b
+    _store_permuted(a_ptr, p, q, Lp, re, im)  # x_a + i·x_b
 
 
 @triton.jit
-def _unpack_half_spectra_kernel(conv_ptr, a0_ptr, x_ptr, place_ptr, out_ptr, R, n, L, BLOCK: tl.constexpr):
+def _unpack_half_spectra_kernel(conv_ptr, a0_ptr, x_ptr, place_ptr, out_ptr, R, n, Lp, BLOCK: tl.constexpr):
     p = tl.program_id(0)
     k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     K = (n - 1) // 2
     ok = k <= K
     z0_re, z0_im = _first_values(x_ptr, p, R, n)
-    re, im = _rotated(conv_ptr, a0_ptr, place_ptr, p, k, ok, L)  # Z[k] − z[0]
+    re, im = _rotated(conv_ptr, a0_ptr, place_ptr, p, k, ok, Lp)  # Z[k] − z[0]
     mirror = tl.where(k == 0, 0, n - k)
-    re_m, im_m = _rotated(conv_ptr, a0_ptr, place_ptr, p, mirror, ok, L)  # Z[n − k] − z[0]
+    re_m, im_m = _rotated(conv_ptr, a0_ptr, place_ptr, p, mirror, ok, Lp)  # Z[n − k] − z[0]
     re, im = re + z0_re, im + z0_im
     re_m, im_m = re_m + z0_re, im_m + z0_im
     row_len, has_b = 2 * (K + 1), _has_b(p, R, k)
@@ -135,27 +139,27 @@ def _grid(pairs: int, positions: int) -> tuple[int, int]:
     return pairs, triton.cdiv(positions, BLOCK)
 
 
-def pack_half_spectra(spectra: Tensor, gather: Tensor, n: int) -> Tensor:
-    """[R, K+1, 2] half spectra (real view) -> [⌈R/2⌉, n − 1, 2], the permuted pair sequences."""
+def pack_half_spectra(spectra: Tensor, gather: Tensor, n: int, Lp: int) -> Tensor:
+    """[R, K+1, 2] half spectra (real view) -> [⌈R/2⌉, Lp, 2], the permuted pair sequences."""
     rows = spectra.shape[0]
-    a = spectra.new_empty(((rows + 1) // 2, n - 1, 2))
-    launchable(_pack_half_spectra_kernel)[_grid(a.shape[0], n - 1)](spectra, gather, a, rows, n, n - 1, BLOCK=BLOCK)
+    a = spectra.new_empty(((rows + 1) // 2, Lp, 2))
+    launchable(_pack_half_spectra_kernel)[_grid(a.shape[0], Lp)](spectra, gather, a, rows, n, n - 1, Lp, BLOCK=BLOCK)
     return a
 
 
 def unpack_signals(conv: Tensor, a0: Tensor, spectra: Tensor, place: Tensor, out: Tensor) -> None:
-    """out[R, n] = the rows' inverse transforms, from the pair convolutions conv[P, n − 1, 2], their
+    """out[R, n] = the rows' inverse transforms, from the pair convolutions conv[P, Lp, 2], their
     permuted sums a0[P, 2] and the half spectra (for the DC bins)."""
     rows, n = out.shape
-    launchable(_unpack_signals_kernel)[_grid(conv.shape[0], n)](conv, a0, spectra, place, out, rows, n, n - 1,
-                                                                BLOCK=BLOCK)
+    launchable(_unpack_signals_kernel)[_grid(conv.shape[0], n)](conv, a0, spectra, place, out, rows, n,
+                                                                conv.shape[1], BLOCK=BLOCK)
 
 
-def pack_signals(x: Tensor, gather: Tensor) -> Tensor:
-    """[R, n] real signals -> [⌈R/2⌉, n − 1, 2], the permuted pair sequences."""
+def pack_signals(x: Tensor, gather: Tensor, Lp: int) -> Tensor:
+    """[R, n] real signals -> [⌈R/2⌉, Lp, 2], the permuted pair sequences."""
     rows, n = x.shape
-    a = x.new_empty(((rows + 1) // 2, n - 1, 2))
-    launchable(_pack_signals_kernel)[_grid(a.shape[0], n - 1)](x, gather, a, rows, n, n - 1, BLOCK=BLOCK)
+    a = x.new_empty(((rows + 1) // 2, Lp, 2))
+    launchable(_pack_signals_kernel)[_grid(a.shape[0], Lp)](x, gather, a, rows, n, n - 1, Lp, BLOCK=BLOCK)
     return a
 
 
@@ -165,6 +169,6 @@ def unpack_half_spectra(conv: Tensor, a0: Tensor, x: Tensor, place: Tensor) -> T
     rows, n = x.shape
     out = x.new_empty((rows, (n - 1) // 2 + 1, 2))
     launchable(_unpack_half_spectra_kernel)[_grid(conv.shape[0], out.shape[1])](conv, a0, x, place, out, rows, n,
-                                                                                  n - 1, BLOCK=BLOCK)
+                                                                                  conv.shape[1], BLOCK=BLOCK)
     return out
 

@@ -1,5 +1,5 @@
 """Real FFTs of a prime length n by Rader's algorithm: a DFT of prime length is a cyclic convolution of
-length n − 1, computed with FFTs of that (smooth) length.
+length n − 1, computed with FFTs of that length, or of a smooth length ≥ 2n − 3 (SMOOTH_FACTORS).
 
 Why: DiffStride's 1-D outputs have odd lengths 2K + 1 (DESIGN §3), often prime (8 009 for T = 16 000
 at stride 2). cuFFT transforms a large prime length by Bluestein's algorithm, padded to a smooth
@@ -26,9 +26,17 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-# cuFFT runs lengths whose prime factors are at most this in its own radix kernels; a larger prime
-# factor sends a length to Bluestein. Rader is used for a prime n above it whose n − 1 stays below it.
-LARGEST_NATIVE_RADIX = 127
+# Rader's route replaces torch's transform for prime lengths from this on: cuFFT runs a large prime
+# length by Bluestein's algorithm (8 009 was, in the profile above); below it the transforms are small
+# beside the call's other costs.
+MIN_LENGTH = 1024
+
+# The cyclic convolution of length L = n − 1 runs as FFTs of length L when L's prime factors are at
+# most this, else as FFTs of the shortest such length Lp ≥ 2L − 1, with the sequence zero-padded and
+# the kernel wrapped around (exact either way). 7: the factors cuFFT documents as its fast sizes
+# (2^a·3^b·5^c·7^d); whether its transforms of 8 008 = 2³·7·11·13 beat those of 16 128 = 2⁸·3²·7 is
+# for a GPU run to say (the bench times both).
+SMOOTH_FACTORS = 7
 
 
 def _prime_factors(n: int) -> list[int]:
@@ -43,12 +51,27 @@ def _prime_factors(n: int) -> list[int]:
 
 
 @functools.cache
+def _is_prime(n: int) -> bool:
+    return n >= 2 and _prime_factors(n) == [n]
+
+
 def applies(n: int) -> bool:
-    """Whether Rader's route replaces torch's transform of length n: n a prime that cuFFT sends to
-    Bluestein, and n − 1 a length it transforms natively."""
-    if n <= LARGEST_NATIVE_RADIX or _prime_factors(n) != [n]:
-        return False
-    return max(_prime_factors(n - 1)) <= LARGEST_NATIVE_RADIX
+    """Whether Rader's route replaces torch's transform of length n."""
+    return n >= MIN_LENGTH and _is_prime(n)
+
+
+def convolution_length(n: int) -> int:
+    """The FFT length of the cyclic convolution for prime n (see SMOOTH_FACTORS)."""
+    return _convolution_length(n, SMOOTH_FACTORS)
+
+
+@functools.cache
+def _convolution_length(n: int, factors: int) -> int:
+    def smooth(m):
+        return max(_prime_factors(m), default=1) <= factors
+    if smooth(n - 1):
+        return n - 1
+    return next(m for m in range(2 * n - 3, 4 * n) if smooth(m))
 
 
 def primitive_root(n: int) -> int:
@@ -87,26 +110,33 @@ class _DevicePlan(NamedTuple):
 
 
 @functools.lru_cache(maxsize=16)
-def _device_plan(n: int, device: torch.device, dtype: torch.dtype) -> _DevicePlan:
-    """The tables and both convolution kernels' spectra on `device` (computed in float64 on the
-    host, once per length, then cast to the complex type of `dtype`)."""
+def _device_plan(n: int, length: int, device: torch.device, dtype: torch.dtype) -> _DevicePlan:
+    """The tables and both convolution kernels' spectra for FFTs of `length` on `device` (computed in
+    float64 on the host, once per length, then cast to the complex type of `dtype`). Past n − 1 the
+    kernel wraps around: b[−j] sits at length − j, so the first n − 1 values of the padded product
+    are the cyclic convolution of length n − 1."""
     t = tables(n)
     angles = 2 * math.pi * t.powers.astype(np.float64) / n
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
 
     def kernel(sign):
-        spectrum = np.fft.fft(np.cos(angles) + sign * 1j * np.sin(angles))
-        return torch.from_numpy(spectrum).to(device=device, dtype=complex_dtype)
+        b = np.cos(angles) + sign * 1j * np.sin(angles)
+        padded = np.zeros(length, dtype=np.complex128)
+        padded[:n - 1] = b
+        if length > n - 1:
+            padded[length - (n - 2):] = b[1:]
+        return torch.from_numpy(np.fft.fft(padded)).to(device=device, dtype=complex_dtype)
     return _DevicePlan(torch.from_numpy(t.gather).to(device), torch.from_numpy(t.place).to(device),
                        kernel(1.0), kernel(-1.0))
 
 
-def _plan(n: int, like: torch.Tensor) -> _DevicePlan:
-    return _device_plan(n, like.device, like.dtype)
+def _plan(n: int, like: torch.Tensor) -> tuple[_DevicePlan, int]:
+    length = convolution_length(n)
+    return _device_plan(n, length, like.device, like.dtype), length
 
 
 def _cyclic_convolution(a: torch.Tensor, kernel_spectrum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a ⊛ b as a real view [P, L, 2], Σ_q a_q as [P, 2]) for a [P, L, 2] and kernel_spectrum = DFT(b)."""
+    """(a ⊛ b as a real view [P, Lp, 2], Σ_q a_q as [P, 2]) for a [P, Lp, 2] and kernel_spectrum = DFT(b)."""
     spectrum = torch.fft.fft(torch.view_as_complex(a))
     total = torch.view_as_real(spectrum[:, 0]).clone()  # a copy: the product below is in place
     return torch.view_as_real(torch.fft.ifft(spectrum.mul_(kernel_spectrum))), total
@@ -120,10 +150,10 @@ def irfft(spectra: torch.Tensor, n: int, out: torch.Tensor) -> None:
         raise ValueError(f"irfft of length {n} takes spectra [R, {(n + 1) // 2}, 2] into out [R, {n}]; got "
                          f"{tuple(spectra.shape)} and {tuple(out.shape)}")
     spectra = spectra.contiguous()
-    plan = _plan(n, spectra)
+    plan, length = _plan(n, spectra)
     if spectra.shape[0] == 0:
         return
-    conv, total = _cyclic_convolution(rader.pack_half_spectra(spectra, plan.gather, n), plan.kernel_inverse)
+    conv, total = _cyclic_convolution(rader.pack_half_spectra(spectra, plan.gather, n, length), plan.kernel_inverse)
     target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
     rader.unpack_signals(conv, total, spectra, plan.place, target)
     if target is not out:
@@ -137,6 +167,6 @@ def rfft(x: torch.Tensor) -> torch.Tensor:
     rows, n = x.shape
     if rows == 0:
         return x.new_empty((0, (n - 1) // 2 + 1, 2))
-    plan = _plan(n, x)
-    conv, total = _cyclic_convolution(rader.pack_signals(x, plan.gather), plan.kernel_forward)
+    plan, length = _plan(n, x)
+    conv, total = _cyclic_convolution(rader.pack_signals(x, plan.gather, length), plan.kernel_forward)
     return rader.unpack_half_spectra(conv, total, x, plan.place)

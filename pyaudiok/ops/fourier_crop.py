@@ -345,7 +345,8 @@ def chunk_rows(rows: int, spectrum_row_bytes: int, device: torch.device) -> int:
 # Bluestein's algorithm, e.g. 8 009 for T = 16 000 at stride 2) on the Triton backend: "torch"
 # (torch.fft) or "rader" (_prime_fft: Rader's algorithm, FFTs of length n − 1 between two Triton
 # permutation kernels, two rows per complex transform). "rader" is a candidate, not the default,
-# until timed on a GPU (the bench's "triton fft, Rader transforms" candidate).
+# until timed on a GPU (the bench's "triton fft, Rader transforms …" candidates, one per convolution
+# length: _prime_fft.SMOOTH_FACTORS).
 PRIME_TRANSFORMS = "torch"
 
 

@@ -14,14 +14,23 @@ COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 @pytest.mark.parametrize("n,applies", [
-    (8009, True),    # DiffStride's T = 16 000 at stride 2: 8 008 = 2³·7·11·13
-    (131, True),     # the smallest prime above cuFFT's largest radix
-    (127, False),    # cuFFT's own radix kernels take it
+    (8009, True),    # DiffStride's T = 16 000 at stride 2
+    (1031, True),
+    (1021, False),   # a prime below MIN_LENGTH: small transforms stay torch's
     (8007, False),   # 3·17·157: not prime
-    (263, False),    # prime, but 262 = 2·131 would itself go to Bluestein
     (8008, False), (2, False), (3, False)])
-def test_applies_to_primes_cufft_sends_to_bluestein(n, applies):
+def test_applies_to_long_primes(n, applies):
     assert _prime_fft.applies(n) is applies
+
+
+@pytest.mark.parametrize("n,smooth_factors,length", [
+    (8009, 7, 16128),   # 8 008 = 2³·7·11·13 is not 7-smooth: the shortest 7-smooth length ≥ 2·8008 − 1
+    (8009, 13, 8008),   # with 11 and 13 allowed, the cyclic length itself
+    (1201, 7, 1200),    # 1 200 = 2⁴·3·5²
+    (1031, 7, 2100)])   # 1 030 = 2·5·103: the first 7-smooth length ≥ 2 059 is 2 100 = 2²·3·5²·7
+def test_convolution_length(monkeypatch, n, smooth_factors, length):
+    monkeypatch.setattr(_prime_fft, "SMOOTH_FACTORS", smooth_factors)
+    assert _prime_fft.convolution_length(n) == length
 
 
 @pytest.mark.parametrize("n", [131, 257, 8009, 65537])
@@ -35,10 +44,12 @@ def test_primitive_root_generates_the_group_and_tables_invert(n):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows", [1, 2, 5])
-@pytest.mark.parametrize("n", [131, 8009])
-def test_transforms_match_torch_fft(n, rows, dtype):
-    """rfft and irfft against torch.fft, odd and even row counts (an odd last row pairs with zeros),
-    including the DC bin's imaginary part, which c2r ignores."""
+@pytest.mark.parametrize("n,smooth_factors", [(131, 13), (131, 7), (8009, 13), (8009, 7), (1201, 7)])
+def test_transforms_match_torch_fft(monkeypatch, n, smooth_factors, rows, dtype):
+    """rfft and irfft against torch.fft, with the convolution at its cyclic length or padded (see
+    SMOOTH_FACTORS), odd and even row counts (an odd last row pairs with zeros), including the DC
+    bin's imaginary part, which c2r ignores."""
+    monkeypatch.setattr(_prime_fft, "SMOOTH_FACTORS", smooth_factors)
     device = require_backend(FOURIER_CROP, "triton")
     x = torch.randn(rows, n, dtype=dtype, device=device)
     assert_close("rfft", _prime_fft.rfft(x), torch.view_as_real(torch.fft.rfft(x.double())), dtype)
