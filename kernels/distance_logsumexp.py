@@ -93,7 +93,7 @@ def _rows_kernel(H, E, ESQ, HSQ, ALPHA, M2, G, DH, DALPHA, R, S, D, BLOCK_R: tl.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     chunk = tl.program_id(1)
     c = chunk * BLOCK_C + tl.arange(0, BLOCK_C)
-    m2 = tl.load(M2 + rows, mask=rows < R, other=0.0)
+    m2 = tl.load(M2 + rows, mask=rows < R, other=float("inf"))  # rows past R: p = 0 (not exp(−α‖e‖²), inf for α < 0)
     mean_e = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)  # Σ_s p_s e_s, this chunk
     mean_e_sq = tl.zeros((BLOCK_R,), dtype=tl.float32)      # Σ_s p_s ‖e_s‖²
     # Σ_s p_s as recomputed: it misses 1 by the rounding of scores ~α‖h‖², and far from the origin

@@ -54,7 +54,7 @@ def collar_mask(reference: torch.Tensor, collar_frames: float) -> torch.Tensor:
     padded = F.pad(reference.float(), (1, 1))
     boundary = (padded[..., 1:] != padded[..., :-1]).any(1).float()          # [B, T + 1], boundary b at frame edge b
     lo, hi = collar_window(collar_frames, T)
-    if hi < lo:  # no collar
+    if hi < lo or T == 0:  # no collar, or no frame (the window below would be longer than the one edge)
         return torch.ones(B, T, dtype=torch.bool, device=reference.device)
     left = max(0, -lo)
     padded = F.pad(boundary, (left, max(0, hi - 1)))                        # padded[k] = boundary[k − left]
@@ -67,7 +67,9 @@ def collar_vad_loss_reference(logits: torch.Tensor, reference: torch.Tensor, ord
     """The definition in plain torch: the collar mask, the targets gathered by `order`, a masked BCE mean."""
     T = logits.shape[-1]
     keep = collar_mask(reference, collar_frames)[:, None] & (order >= 0)[..., None]
-    target = reference.to(logits.dtype).gather(1, order.clamp_min(0)[..., None].expand(-1, -1, T))
+    # A zero row past the reference's: rows left out (−1) gather from it, which exists even when S = 0.
+    rows = F.pad(reference.to(logits.dtype), (0, 0, 0, 1))
+    target = rows.gather(1, order.where(order >= 0, reference.shape[1])[..., None].expand(-1, -1, T))
     weights = keep.to(logits.dtype)
     terms = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights
     return terms.sum() / weights.sum().clamp_min(1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import collar_vad_loss
@@ -85,9 +87,10 @@ def test_nothing_kept_gives_zero_loss_and_gradient(backend):
     assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 3, 2, 10), (2, 0, 2, 10), (2, 3, 2, 0), (2, 2, 0, 10)])
 def test_empty(backend, shape):
+    """Nothing to score, on the reference too: with S = 0 every row is left out, with T = 0 no frame has a collar."""
     device = require_backend(OP, backend)
     B, N, S, T = shape
     logits = torch.randn(B, N, T, device=device, requires_grad=True)
@@ -186,3 +189,55 @@ def test_bad_input_raises_named_error(make, kwargs, exc, words):
     with pytest.raises(exc) as info:
         collar_vad_loss(logits, reference, order, **{"collar_frames": 1.0, **kwargs})
     assert words in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated cases: (backend, the dtypes it runs). Triton in its interpreter (no GPU) runs the tiny ones
+# of the last test only.
+
+GENERATED_BACKENDS = [pytest.param("cpu", (torch.float32, torch.float64), id="cpu"),
+                      pytest.param("triton", (torch.float32,), id="triton", marks=pytest.mark.gpu)]
+
+
+def _check_generated(backend, data, min_size, max_rows, max_length, dtypes):
+    """One drawn case against the reference, loss and gradient: empty dims, rows reused or left out
+    (−1), turns at the item's edges, collars from 0 to wider than the item, activity and order in
+    their dtypes, logits and activity time-major or a strided view."""
+    torch.manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    B = data.draw(st.integers(1, 3), label="B")
+    N, S = (data.draw(st.integers(min_size, max_rows), label=name) for name in "NS")
+    T = data.draw(st.integers(min_size, max_length), label="T")
+    dtype = data.draw(st.sampled_from(dtypes), label="dtype")
+    # half-frame collars put frame centres exactly a collar from an edge; up to T + 2: wider than the item
+    collar = data.draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.5]), st.floats(0.0, T + 2.0)), label="collar")
+    layout = data.draw(st.sampled_from(["contiguous", "time-major", "strided"]), label="layout")
+    device = require_backend(OP, backend, dtype)
+    step = 2 if layout == "strided" else 1  # every other frame of items twice as long
+    turns = data.draw(st.integers(0, 4), label="turns")
+    logits, reference, order = _inputs(B, N, S, step * T, device, dtype, turns)
+    if S and T and data.draw(st.booleans(), label="edge turns"):
+        reference[:, 0, 0] = reference[:, -1, -step] = True  # -step: the last frame the strided view keeps
+    if data.draw(st.booleans(), label="any order"):  # rows reused, several left out
+        order = torch.randint(-1, S, (B, N), device=device)
+    activity_dtypes = [torch.bool, torch.uint8, torch.int32, dtype]
+    reference = reference.to(data.draw(st.sampled_from(activity_dtypes), label="activity"))
+    order = order.to(data.draw(st.sampled_from([torch.int64, torch.int32, torch.int16, torch.int8]), label="order"))
+    if layout == "time-major":
+        logits = logits.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+        reference = reference.transpose(1, 2).contiguous().transpose(1, 2)
+    compare_with_reference(
+        lambda x: collar_vad_loss(x[..., ::step], reference[..., ::step], order, collar_frames=collar), (logits,),
+        backend)
+
+
+@pytest.mark.parametrize("backend,dtypes", GENERATED_BACKENDS)
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_cases(backend, dtypes, data):
+    _check_generated(backend, data, 0, max_rows=5, max_length=70, dtypes=dtypes)
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_triton_tiny(data):
+    _check_generated("triton", data, 1, max_rows=3, max_length=24, dtypes=(torch.float32,))

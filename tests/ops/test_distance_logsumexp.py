@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import distance_logsumexp, distance_nll
@@ -14,11 +16,11 @@ from ..harness import assert_close, compare_with_reference, forward_opcheck_test
 BACKENDS = ("cpu", "triton")
 
 
-def _inputs(lead, S, d, device="cpu", dtype=torch.float32, scale=1.0):
-    gen = torch.Generator().manual_seed(sum(lead) * 31 + S * 7 + d)
+def _inputs(lead, S, d, device="cpu", dtype=torch.float32, scale=1.0, alpha=0.8, seed=0):
+    gen = torch.Generator().manual_seed(sum(lead) * 31 + S * 7 + d + seed)
     vectors = (scale * torch.randn(*lead, d, generator=gen, dtype=torch.float64)).to(device, dtype).requires_grad_()
     table = (scale * torch.randn(S, d, generator=gen, dtype=torch.float64)).to(device, dtype).requires_grad_()
-    alpha = torch.tensor(0.8, dtype=torch.float64).to(device, dtype).requires_grad_()
+    alpha = torch.tensor(alpha, dtype=torch.float64).to(device, dtype).requires_grad_()
     return vectors, table, alpha
 
 
@@ -195,3 +197,58 @@ def test_autocast_computes_in_float32():
     want = distance_logsumexp(vectors.float(), table, alpha=1.5)
     assert out.dtype == torch.float32
     assert_close("autocast", out, want, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated cases: (backend, the dtypes it runs). Triton in its interpreter (no GPU) runs the tiny ones
+# of the last test only.
+
+GENERATED_BACKENDS = [pytest.param("cpu", (torch.float32, torch.float64), id="cpu"),
+                      pytest.param("triton", (torch.float32,), id="triton", marks=pytest.mark.gpu)]
+
+
+def _check_generated(backend, data, min_size, max_size, dtypes):
+    """One drawn case against the reference, values and the gradients to the vectors, the table and a
+    tensor α: 0 to 3 leading dims (empty ones too), S below and above d (the cpu backend keeps the
+    probabilities for the backward when S <= d), α of either sign or 0, as a tensor or a number,
+    log-sum-exp or NLL, vectors and table transposed in memory or strided views."""
+    lead = tuple(data.draw(st.lists(st.integers(min_size, max_size), max_size=3), label="lead"))
+    J = data.draw(st.integers(0, 3), label="J")  # 0: the log-sum-exp; else distance_nll at J targets
+    S = data.draw(st.integers(2 if J else 1, 4 * max_size), label="S")  # one row: the NLL is identically 0
+    d = data.draw(st.integers(1, 4 * max_size), label="d")
+    dtype = data.draw(st.sampled_from(dtypes), label="dtype")
+    alpha = data.draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(-1.0, 4.0)), label="alpha")
+    layout = data.draw(st.sampled_from(["contiguous", "transposed", "strided"]), label="layout")
+    scale = data.draw(st.sampled_from([0.3, 1.0, 3.0]), label="scale")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    device = require_backend(OP, backend, dtype)
+    step = 2 if layout == "strided" else 1  # every other coordinate of vectors and rows twice as long
+    vectors, table, alpha_t = _inputs(lead, S, step * d, device, dtype, scale, alpha, seed)
+    if layout == "transposed":
+        vectors = vectors.detach().movedim(-1, 0).contiguous().movedim(0, -1).requires_grad_()
+        table = table.detach().T.contiguous().T.requires_grad_()
+    inputs = (vectors, table, alpha_t) if data.draw(st.booleans(), label="tensor alpha") else (vectors, table, alpha)
+    targets = torch.randint(0, S, (*lead, J), generator=torch.Generator().manual_seed(seed)).to(device)
+    if J:
+        # A well-classified vector's NLL is a small difference of large terms (α‖h − e_t‖² and lse) that
+        # no float32 computation resolves: the first target of each vector is its least likely row.
+        h, e = vectors.detach().double()[..., ::step], table.detach().double()[:, ::step]
+        targets[..., 0] = (alpha * (h[..., None, :] - e).square().sum(-1)).argmax(-1)
+
+    def call(v, t, a):
+        v, t = v[..., ::step], t[:, ::step]
+        return distance_nll(v, t, targets, alpha=a) if J else distance_logsumexp(v, t, alpha=a)
+    compare_with_reference(call, inputs, backend)
+
+
+@pytest.mark.parametrize("backend,dtypes", GENERATED_BACKENDS)
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_cases(backend, dtypes, data):
+    _check_generated(backend, data, 0, max_size=9, dtypes=dtypes)
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_triton_tiny(data):
+    _check_generated("triton", data, 1, max_size=3, dtypes=(torch.float32,))

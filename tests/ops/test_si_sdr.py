@@ -7,10 +7,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import neg_si_sdr_loss, pit_si_sdr, si_sdr_matrix
-from pyaudiok.ops.si_sdr import MATRIX, _triton_matrix_op, si_sdr_matrix_reference
+from pyaudiok.ops.si_sdr import EXHAUSTIVE_MAX_SOURCES, MATRIX, _triton_matrix_op, si_sdr_matrix_reference
 
 from ..harness import compare_with_reference, opcheck, require_backend, threads as threads_of
 
@@ -18,9 +20,11 @@ BACKENDS = ("cpu", "triton", "cuda")
 
 
 def mixtures(B, N, M, T, device="cpu", dtype=torch.float32, dc=0.0):
-    """References, and estimates that each resemble one reference (so SI-SDR spans a useful range)."""
+    """References, and estimates that each resemble one reference (so SI-SDR spans a useful range),
+    a distinct one where N <= M; noise alone where there is no reference (M = 0)."""
     refs = torch.randn(B, M, T, dtype=torch.float64)
-    mix = refs[:, torch.randperm(M)[:N]] + 0.3 * torch.randn(B, N, T, dtype=torch.float64)
+    resembled = refs[:, torch.randperm(max(N, M))[:N] % M] if M else 0.0
+    mix = resembled + 0.3 * torch.randn(B, N, T, dtype=torch.float64)
     return (mix + dc).to(device, dtype), (refs - dc).to(device, dtype)
 
 
@@ -256,3 +260,78 @@ def test_pit_above_the_exhaustive_limit_with_nan_estimates():
     assert torch.isnan(result.si_sdr[0]) and torch.isfinite(result.si_sdr[1])
     assert torch.equal(result.permutation[1], pit_si_sdr(e[1:], r[1:]).permutation[0])
     assert len(set(result.permutation[0].tolist())) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated cases: (backend, the dtypes it runs). Triton in its interpreter (no GPU) runs the tiny ones
+# of the last test only.
+
+BOTH = (torch.float32, torch.float64)
+GENERATED_BACKENDS = [pytest.param("cpu", BOTH, id="cpu"), pytest.param("cuda", BOTH, id="cuda"),
+                      pytest.param("triton", (torch.float32,), id="triton", marks=pytest.mark.gpu)]
+
+
+def _draw_signals(data, backend, N, M, max_length, dtypes):
+    """Estimates [B, N, T] and references [B, M, T] for a drawn case, the op's drawn keyword arguments,
+    and `view`, what the op is given of each input: the harness's leaf copies keep a dense layout
+    (time-major strides) but not a strided view, which is therefore taken inside the op's call."""
+    torch.manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    B = data.draw(st.integers(1, 3), label="B")  # B = 0: a fixed case above (drawn, a third of the examples)
+    dtype = data.draw(st.sampled_from(dtypes), label="dtype")
+    # Near-proportional pairs are ill-conditioned for the fused statistics (ee − 2α er + α² rr cancels to
+    # ‖e − αr‖² ≈ 0): T <= 2 makes every pair so (a rounding residue against eps decides, in any dtype),
+    # and below T = 8 some pair is likely above ~40 dB, which float32 products cannot resolve.
+    T = data.draw(st.integers(3 if dtype == torch.float64 else 8, max_length), label="T")
+    layout = data.draw(st.sampled_from(["contiguous", "time-major", "strided"]), label="layout")
+    kwargs = {"zero_mean": data.draw(st.booleans(), label="zero_mean"),
+              "eps": data.draw(st.sampled_from([1e-8, 1e-3, 1.0]), label="eps")}
+    device = require_backend(MATRIX, backend, dtype)
+    step = 2 if layout == "strided" else 1  # every other sample of signals twice as long
+    e, r = mixtures(B, N, M, step * T, device, dtype, dc=data.draw(st.sampled_from([0.0, 0.5, 3.0]), label="dc"))
+    if layout == "time-major":
+        e, r = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (e, r))
+    return e, r, lambda x: x[..., ::step], kwargs
+
+
+def _check_generated_matrix(backend, data, min_sources, max_sources, max_length, dtypes):
+    # either side may outnumber the other, or be empty
+    N, M = (data.draw(st.integers(min_sources, max_sources), label=name) for name in "NM")
+    e, r, view, kwargs = _draw_signals(data, backend, N, M, max_length, dtypes)
+    compare_with_reference(lambda e, r: si_sdr_matrix(view(e), view(r), **kwargs),
+                           (e.requires_grad_(), r.requires_grad_()), backend, scale=5)
+
+
+def _check_generated_pit(backend, data, min_sources, max_sources, max_length, dtypes):
+    """PIT's value, assignment (exactly) and matrix, and their gradients when inputs require them
+    (the CPU backend runs PIT as one C++ call when none does, as a composite otherwise)."""
+    M = data.draw(st.integers(min_sources, max_sources), label="M")
+    N = data.draw(st.integers(1, M), label="N")
+    e, r, view, kwargs = _draw_signals(data, backend, N, M, max_length, dtypes)
+    grads = data.draw(st.sampled_from([(False, False), (True, False), (True, True)]), label="grads")
+    compare_with_reference(lambda e, r: pit_si_sdr(view(e), view(r), **kwargs),
+                           (e.requires_grad_(grads[0]), r.requires_grad_(grads[1])), backend, scale=5)
+
+
+@pytest.mark.parametrize("backend,dtypes", GENERATED_BACKENDS)
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_matrix(backend, dtypes, data):
+    _check_generated_matrix(backend, data, 0, 7, max_length=300, dtypes=dtypes)
+
+
+@pytest.mark.parametrize("backend,dtypes", GENERATED_BACKENDS)
+@settings(max_examples=20, deadline=None)
+@given(hungarian=st.booleans(), data=st.data())
+def test_generated_pit(backend, dtypes, hungarian, data):
+    """Exhaustive search (M <= 8) and the Hungarian algorithm (M > 8) alike."""
+    sources = (EXHAUSTIVE_MAX_SOURCES + 1, 10) if hungarian else (1, EXHAUSTIVE_MAX_SOURCES)
+    _check_generated_pit(backend, data, *sources, max_length=300, dtypes=dtypes)
+
+
+@settings(max_examples=3, deadline=None)
+@given(pit=st.booleans(), data=st.data())
+def test_generated_triton_tiny(pit, data):
+    if pit:
+        _check_generated_pit("triton", data, 1, 3, max_length=40, dtypes=(torch.float32,))
+    else:
+        _check_generated_matrix("triton", data, 1, 3, max_length=40, dtypes=(torch.float32,))
