@@ -15,9 +15,11 @@ import pytest  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
 # Generated inputs are the same on every run, so a failure (on CI too) repeats; `pytest
-# --hypothesis-seed=k` draws another set. No example database: nothing is written into the checkout.
-# Loaded before the test modules are imported, whose @settings inherit it.
+# --hypothesis-seed=k` or PYAUDIOK_TEST_SEED=k draws other sets (pytest_configure). No example
+# database: nothing is written into the checkout. Loaded before the test modules are imported, whose
+# @settings inherit it.
 hypothesis_settings.register_profile("pyaudiok", derandomize=True, database=None, deadline=None)
+hypothesis_settings.register_profile("pyaudiok-seeded", derandomize=False, database=None, deadline=None)
 hypothesis_settings.load_profile("pyaudiok")
 
 from . import triton_launches  # noqa: E402
@@ -30,6 +32,10 @@ from .harness import threads  # noqa: E402  (after the launch record is installe
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    # Derandomised runs ignore --hypothesis-seed; a seed asked for turns derandomisation off (a
+    # PYAUDIOK_TEST_SEED without --hypothesis-seed then draws afresh, and a failure prints its seed).
+    if config.getoption("hypothesis_seed", None) is not None or int(os.environ.get("PYAUDIOK_TEST_SEED", "0")):
+        hypothesis_settings.load_profile("pyaudiok-seeded")
 
 
 def pytest_collection_modifyitems(config, items):

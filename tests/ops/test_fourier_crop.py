@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import fourier_crop
@@ -21,6 +23,7 @@ from ..harness import (assert_close, forward_opcheck_tests, opcheck, pick, poiso
 fourier_crop_module = importlib.import_module("pyaudiok.ops.fourier_crop")
 
 BACKENDS = ("cpu", "triton")
+NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
 STRIDES = (1.0, 1.5, 2.0, 3.7)
 SHAPES = {"1d": (2, 3, 45), "2d": (2, 3, 33, 40)}  # odd and even lengths, rows and columns both cropped
 # dL/dS sums B·C·H·W products that largely cancel: its float32 error is relative to those terms,
@@ -28,19 +31,23 @@ SHAPES = {"1d": (2, 3, 45), "2d": (2, 3, 33, 40)}  # odd and even lengths, rows 
 STRIDE_GRAD_SCALE = {torch.float64: 1.0, torch.float32: 10.0, torch.float16: 1.0, torch.bfloat16: 1.0}
 
 
-def compare(x, strides, backend, method, dtype, stride_dtype=None):
+def compare(x, strides, backend, method, dtype, stride_dtype=None, view=None, learn=True):
     """Outputs, dx and dstrides of `backend`/`method` with x in `dtype` (the strides in
-    `stride_dtype`, default `dtype`) against the float64 reference on the same rounded values."""
+    `stride_dtype`, default `dtype`) against the float64 reference on the same rounded values.
+    `view` (a transpose, a slice) is taken of x inside the call, so the op gets it as it is (the
+    harness's leaf copies keep only dense layouts); `learn=False`: strides without a gradient."""
+    view = view or (lambda t: t)
     x, strides = x.to(dtype), strides.to(stride_dtype or dtype)
-    inputs64 = (x.double().requires_grad_(), strides.double().requires_grad_())
-    ref, ref_grads = run_with_grads(lambda x, s: fourier_crop(x, s), inputs64, "reference", grad_seed=1)
-    inputs = (x.requires_grad_(), strides.requires_grad_())
-    out, grads = run_with_grads(lambda x, s: fourier_crop(x, s, method=method), inputs, backend, grad_seed=1)
-    same_dtype = same_dtype_reference(lambda x, s: fourier_crop(x, s), inputs)
+    inputs64 = (x.double().requires_grad_(), strides.double().requires_grad_(learn))
+    ref, ref_grads = run_with_grads(lambda x, s: fourier_crop(view(x), s), inputs64, "reference", grad_seed=1)
+    inputs = (x.requires_grad_(), strides.requires_grad_(learn))
+    out, grads = run_with_grads(lambda x, s: fourier_crop(view(x), s, method=method), inputs, backend, grad_seed=1)
+    same_dtype = same_dtype_reference(lambda x, s: fourier_crop(view(x), s), inputs)
     assert_close("output", out[0], ref[0], dtype, same_dtype_ref=lambda: pick(same_dtype(), 0, 0))
     assert_close("dx", grads[0], ref_grads[0], dtype, same_dtype_ref=lambda: pick(same_dtype(), 1, 0))
-    assert_close("dstrides", grads[1], ref_grads[1], dtype, STRIDE_GRAD_SCALE[dtype],
-                 same_dtype_ref=lambda: pick(same_dtype(), 1, 1))
+    if learn:
+        assert_close("dstrides", grads[1], ref_grads[1], dtype, STRIDE_GRAD_SCALE[dtype],
+                     same_dtype_ref=lambda: pick(same_dtype(), 1, 1))
     return out[0]
 
 
@@ -69,6 +76,48 @@ def test_per_axis_strides_and_non_contiguous_input(backend, method):
     assert not x.is_contiguous()
     out = compare(x, torch.tensor([2.7, 1.3], device=device), backend, method, torch.float32)
     assert out.shape == (2, 3, fourier_crop_output_size(26, 2.7, rfft=False), fourier_crop_output_size(31, 1.3))
+
+
+# Views of x the op gets (taken inside the call): name -> (the stored shape for a view's shape, the view).
+VIEWS = {"contiguous": (lambda shape: shape, lambda t: t),
+         "batch and channels swapped": (lambda shape: (shape[1], shape[0], *shape[2:]), lambda t: t.transpose(0, 1)),
+         "every other sample": (lambda shape: (*shape[:-1], 2 * shape[-1]), lambda t: t[..., ::2])}
+
+
+def check_generated_case(data, backend, max_batch, max_length, max_side):
+    """A drawn case against the reference: 1-D (T up to max_length) or 2-D (sides up to max_side),
+    sizes from 2 up, strides from 1 up to N/2 (where n' = max(N/S, 2) reaches its floor: the smallest
+    mask), shared or per axis, learnt or fixed, either method, float32 or float64, maybe a view."""
+    device = require_backend(FOURIER_CROP, backend)
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    rank = data.draw(st.sampled_from((1, 2)), label="rank")
+    sizes = [data.draw(st.integers(2, max_length if rank == 1 else max_side), label="size") for _ in range(rank)]
+    # A shared stride goes up to the longer axis's floor: the shorter one then sits on its own.
+    shared = rank == 1 or data.draw(st.booleans(), label="shared stride")
+    limits = [max(sizes) / 2] if shared else [n / 2 for n in sizes]
+    strides = [data.draw(st.floats(1.0, max(limit, 1.0)), label="stride") for limit in limits]
+    batch = [data.draw(st.integers(1, max_batch), label="B or C") for _ in range(2)]
+    method = data.draw(st.sampled_from(METHODS), label="method")
+    dtype = data.draw(st.sampled_from((torch.float32, torch.float64)), label="dtype")
+    learn = data.draw(st.booleans(), label="learnt strides")
+    stored, view = VIEWS[data.draw(st.sampled_from(sorted(VIEWS)), label="view")]
+    x = torch.randn(stored((*batch, *sizes)), dtype=torch.float64, device=device)
+    compare(x, torch.tensor(strides, dtype=torch.float64, device=device), backend, method, dtype, view=view,
+            learn=learn)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_shapes(data):
+    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
+    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
+                         max_length=64, max_side=24)
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_tiny_shapes_on_triton(data):
+    check_generated_case(data, "triton", max_batch=2, max_length=24, max_side=12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -401,6 +450,7 @@ def test_rader_transforms_candidate_matches_reference(monkeypatch, size, stride,
     the reference, with an odd number of rows (the last one pairs with zeros)."""
     device = require_backend(FOURIER_CROP, "triton")
     monkeypatch.setattr(fourier_crop_module, "PRIME_TRANSFORMS", "rader")
+    monkeypatch.setattr(fourier_crop_module._prime_fft, "MIN_LENGTH", 100)  # small primes, for the interpreter
     calls = []
     for name in ("rfft", "irfft"):
         monkeypatch.setattr(fourier_crop_module._prime_fft, name, _recorded(getattr(fourier_crop_module._prime_fft,

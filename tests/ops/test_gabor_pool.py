@@ -9,6 +9,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import gabor_pool
@@ -19,14 +21,23 @@ from pyaudiok.ops.gabor_pool import (CPU_SEGMENT, FFT_MIN_WINDOW, FLOOR, GABOR_P
 from ..harness import TOLERANCE, compare_with_reference, opcheck, rel_error, require_backend
 
 BACKENDS = ("cpu", "triton", "cuda")
+NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
+
+
+def param_ranges(window):
+    """The DESIGN's clipped ranges of the centre frequencies, bandwidths and pooling widths, (lo, hi)
+    each, for a window: the bandwidths' upper and the pooling widths' lower bound scale with it (a
+    window under 4 taps is too short for either: its range is then the one bound left)."""
+    width = math.sqrt(2 * math.log(2)) / math.pi
+    return (0.0, math.pi), (4 * width, max(4, window) * width), (min(2 / window, 0.5), 0.5)
 
 
 def params(F, device="cpu", dtype=torch.float32, window=401, grad=True):
     """Parameters spread over the DESIGN's clipped ranges."""
-    eta = torch.rand(F, dtype=torch.float64) * math.pi
-    lo, hi = 4 * math.sqrt(2 * math.log(2)) / math.pi, window * math.sqrt(2 * math.log(2)) / math.pi
+    (_, top), (lo, hi), (p_lo, p_hi) = param_ranges(window)
+    eta = torch.rand(F, dtype=torch.float64) * top
     sigma = lo + (hi - lo) * torch.rand(F, dtype=torch.float64) ** 2
-    pool = 2 / window + (0.5 - 2 / window) * torch.rand(F, dtype=torch.float64)
+    pool = p_lo + (p_hi - p_lo) * torch.rand(F, dtype=torch.float64)
     return [t.to(device, dtype).requires_grad_(grad) for t in (eta, sigma, pool)]
 
 
@@ -46,6 +57,51 @@ def test_forward_and_gradients_match_reference(backend, B, T, F, window, stride)
     fn = lambda x, e, s, p: gabor_pool(x, e, s, p, window=window, stride=stride)  # noqa: E731
     out, _ = compare_with_reference(fn, inputs, backend, scale=10)
     assert out[0].shape == (B, F, -(-T // stride))
+
+
+# Views of x the op gets (taken inside the call): name -> (the stored shape for [B, T], the view).
+VIEWS = {"contiguous": (lambda B, T: (B, T), lambda t: t),
+         "transposed": (lambda B, T: (T, B), lambda t: t.T),
+         "every other sample": (lambda B, T: (B, 2 * T), lambda t: t[:, ::2])}
+
+
+def check_generated_case(data, backend, max_batch, max_filters, max_window, max_extra):
+    """A drawn case against the reference (values and the four gradients): odd windows from 3 to
+    max_window (on the CPU both routes, tiled and FFT), T from the window to max_extra samples
+    more, strides from 1 to past the window, parameters anywhere in their ranges (their bounds
+    included), x in float32 or float64 and maybe a view."""
+    device = require_backend(GABOR_POOL, backend)
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    window = 2 * data.draw(st.integers(1, max_window // 2), label="window // 2") + 1
+    T = window + data.draw(st.integers(0, max_extra), label="T - window")
+    stride = data.draw(st.integers(1, window + 8), label="stride")
+    B, F = data.draw(st.integers(1, max_batch), label="B"), data.draw(st.integers(1, max_filters), label="F")
+    dtypes = [d for d in (torch.float32, torch.float64) if GABOR_POOL.impls[backend].why_not(device, d) is None]
+    dtype = data.draw(st.sampled_from(dtypes), label="dtype")
+    _, sigmas, pools = param_ranges(window)
+    # dη → 0 at η = 0 and π (|u|² is even about both), where the FFT route's error in it is not relative to it
+    etas = (0.01, math.pi - 0.01)
+    vectors = [torch.tensor(data.draw(st.lists(st.floats(lo, hi), min_size=F, max_size=F), label=name),
+                            dtype=dtype, device=device, requires_grad=True)
+               for name, (lo, hi) in zip(("center_freqs", "bandwidths", "pool_widths"), (etas, sigmas, pools))]
+    stored, view = VIEWS[data.draw(st.sampled_from(sorted(VIEWS)), label="view")]
+    x = torch.randn(stored(B, T), dtype=torch.float64).to(device, dtype).requires_grad_(True)
+    fn = lambda x, e, s, p: gabor_pool(view(x), e, s, p, window=window, stride=stride)  # noqa: E731
+    compare_with_reference(fn, [x, *vectors], backend, scale=10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_shapes(data):
+    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
+    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
+                         max_filters=6, max_window=2 * FFT_MIN_WINDOW, max_extra=300)
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_tiny_shapes_on_triton(data):
+    check_generated_case(data, "triton", max_batch=2, max_filters=3, max_window=33, max_extra=64)
 
 
 @pytest.mark.parametrize("frames_per_tile", [1, 2, 7])

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import pcen
@@ -14,6 +16,7 @@ from pyaudiok.ops.pcen import PCEN, _triton_forward, pcen_reference
 from ..harness import assert_close, compare_with_reference, opcheck, require_backend
 
 BACKENDS = ("cpu", "triton")
+NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
 
 
 def inputs(B, F, T, device="cpu", dtype=torch.float32, grad=True):
@@ -69,6 +72,53 @@ def test_cpu_float64_matches_reference():
     require_backend(PCEN, "cpu", torch.float64)
     E, a, d, r, s = inputs(2, 3, 40, dtype=torch.float64)
     compare_with_reference(pcen, (E, a, d, r, s), "cpu")
+
+
+# Layouts of E the op gets (the view taken inside the call): name -> (E stored, the view giving E back).
+VIEWS = {"contiguous": (lambda E: E, lambda t: t),
+         "time-major": (lambda E: E.transpose(1, 2).contiguous(), lambda t: t.transpose(1, 2)),
+         "every other frame": (lambda E: E.repeat_interleave(2, dim=-1), lambda t: t[..., ::2])}
+# Per-channel parameters in the ranges LEAF's SPCEN clips to (α ≤ 1, r ≥ 1, s ∈ [0, 1]; δ is free), short of
+# where y or a gradient is a difference that cancels, its float error then not relative to it: where E·P ≪ δ
+# (quiet frames: y = z^{1/r} − δ^{1/r} and its gradients) or where a term vanishes.
+PARAM_RANGES = {
+    "alpha": (0.5, 0.99),  # below 0.5, E·P ≪ δ; at 1 with M = E (T = 1 or s = 1), dE = ε/(ε + E)² cancels
+    "delta": (0.01, 2.5),  # about LEAF's initial 2: above, E·P ≪ δ
+    "r": (1.5, 10.0),  # towards 1, dδ = Σ g (Z^{1/r−1} − δ^{1/r−1}) / r vanishes
+    "smooth": (0.0, 1.0),
+}
+
+
+def check_generated_case(data, backend, max_batch, max_channels, max_frames):
+    """A drawn case against the reference (values and the five gradients): B, F and T from 1 up,
+    energies spanning decades, each channel's parameters anywhere in PARAM_RANGES (their bounds
+    included), float32 or float64, and E maybe in another layout."""
+    device = require_backend(PCEN, backend)
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    B, F = data.draw(st.integers(1, max_batch), label="B"), data.draw(st.integers(1, max_channels), label="F")
+    T = data.draw(st.integers(1, max_frames), label="T")
+    dtypes = [d for d in (torch.float32, torch.float64) if PCEN.impls[backend].why_not(device, d) is None]
+    dtype = data.draw(st.sampled_from(dtypes), label="dtype")
+    params = [torch.tensor(data.draw(st.lists(st.floats(lo, hi), min_size=F, max_size=F), label=name), dtype=dtype,
+                           device=device, requires_grad=True) for name, (lo, hi) in PARAM_RANGES.items()]
+    store, view = VIEWS[data.draw(st.sampled_from(sorted(VIEWS)), label="view")]
+    E = store(inputs(B, F, T, device, dtype, grad=False)[0]).requires_grad_(True)
+    compare_with_reference(lambda E, *p: pcen(view(E), *p), (E, *params), backend,
+                           scale=5 if dtype == torch.float32 else 1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_shapes(data):
+    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
+    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
+                         max_channels=12, max_frames=300)
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_tiny_shapes_on_triton(data):
+    check_generated_case(data, "triton", max_batch=2, max_channels=3, max_frames=40)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
