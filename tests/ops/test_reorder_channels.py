@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import reorder_channels
@@ -46,6 +48,43 @@ def test_forward_and_gradients_match_reference(backend, B, K, C, T, mask_kind):
     (y, A), _ = _compare(backend, logits, x, mask)
     if mask is not None:  # absent channels get exactly nothing
         assert torch.count_nonzero(A.detach() * ~mask[:, None, :]) == 0
+
+
+def _check_generated_sizes(data, backend, sizes, dtypes):
+    """Drawn sizes (B, K, C, T in the ranges `sizes`) on `backend` against the reference, y and A and the
+    gradients to logits and x: no mask or one with channels absent (at least one present per item),
+    either dtype, now and then logits, x and the mask laid out transposed in memory."""
+    device = require_backend(OP, backend)
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    B, K, C, T = (data.draw(st.integers(*bounds), label=name) for name, bounds in zip("BKCT", sizes))
+    logits, x = _inputs(B, K, C, T, device, data.draw(st.sampled_from(dtypes), label="dtype"))
+    transposed = data.draw(st.booleans(), label="transposed")
+    if transposed:
+        logits, x = (t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (logits, x))
+    mask = None
+    if data.draw(st.booleans(), label="masked"):
+        row = st.tuples(st.lists(st.booleans(), min_size=C, max_size=C), st.integers(0, C - 1))
+        rows = data.draw(st.lists(row, min_size=B, max_size=B), label="mask rows, a present channel each")
+        mask = torch.tensor([[p or c == i for c, p in enumerate(r)] for r, i in rows], dtype=torch.bool).reshape(B, C)
+        mask = (mask.T.contiguous().T if transposed else mask).to(device)
+    (y, A), _ = _compare(backend, logits, x, mask)
+    if mask is not None:  # absent channels get exactly nothing
+        assert torch.count_nonzero(A.detach() * ~mask[:, None, :]) == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_sizes_match_reference(data):
+    # Empty B, K or T as well (C >= 1: every item needs a present channel).
+    _check_generated_sizes(data, "cpu", sizes=((0, 4), (0, 12), (1, 20), (0, 40)),
+                           dtypes=(torch.float32, torch.float64))
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_sizes_match_reference_on_triton(data):
+    # Three examples in the interpreter: none of them spent on empty sizes (test_empty has those).
+    _check_generated_sizes(data, "triton", sizes=((1, 2), (1, 6), (1, 9), (1, 20)), dtypes=(torch.float32,))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

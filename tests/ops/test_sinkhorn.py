@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import log_sinkhorn_normalize, sinkhorn, sinkhorn_rank, sinkhorn_sort
-from pyaudiok.ops.sinkhorn import SINKHORN, _triton_backward, _triton_forward, sinkhorn_reference
+from pyaudiok.ops.sinkhorn import BACKWARDS, SINKHORN, _triton_backward, _triton_forward, sinkhorn_reference
 
 from ..harness import (FUSED_BACKENDS, assert_close, compare_with_reference, forward_opcheck_tests, opcheck,
                        poisoned_outputs, require_backend)
@@ -23,7 +25,7 @@ def marginals(B, n, m, device, zero_row=False):
 
 
 def _state(**kw):
-    def fn(cost, a, b):
+    def fn(cost, a=None, b=None):
         r = sinkhorn(cost, a, b, return_state=True, **kw)
         return r.plan, r.f, r.g, r.n_iters
     return fn
@@ -127,6 +129,53 @@ def test_early_stop_and_implicit_backward_match_reference(backend):
     # Implicit gradients at the same iterate (a fixed count: fp32's error floor is near a tight tol).
     compare_with_reference(_state(eps=0.1, n_iters=30, tol=None, backward="implicit"),
                            (cost, a.requires_grad_(True), b.requires_grad_(True)), backend, scale=20)
+
+
+def _check_generated_problem(data, backend, batches, max_size, max_iters):
+    """A drawn problem on `backend` against the reference, forward (plan, potentials, stop counts) and
+    the gradients to the cost and the given marginals, by either backward: a rectangular cost
+    (sometimes transposed in memory), marginals given (one, both) or uniform, ε from sharp to
+    smooth, a fixed count of iterations or an early stop."""
+    device = require_backend(SINKHORN, backend)
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    B = data.draw(st.integers(*batches), label="B")
+    n, m = data.draw(st.tuples(st.integers(1, max_size), st.integers(1, max_size)), label="n, m")
+    # ε ≥ 0.03 (C/ε ≤ 33): sharper, the fp32 rounding of the potentials, amplified by C/ε, outgrows the
+    # marginals' gradients where their terms nearly cancel (sharp costs: test_numerical_regimes_match_reference).
+    eps = 10 ** data.draw(st.floats(-1.5, 0.0), label="log10 eps")
+    # Stop counts must agree exactly: a loose tol keeps the fp32 error far from the threshold.
+    n_iters, tol = data.draw(st.one_of(st.tuples(st.integers(1, max_iters), st.none()),
+                                       st.tuples(st.just(200), st.sampled_from([1e-2, 1e-3]))), label="n_iters, tol")
+    cost = (torch.rand(B, m, n, device=device).transpose(1, 2) if data.draw(st.booleans(), label="transposed")
+            else torch.rand(B, n, m, device=device))
+    a, b = marginals(B, n, m, device)
+    given_a, given_b = data.draw(st.tuples(st.booleans(), st.booleans()), label="a, b given")
+    # A lone row's mass moves f and g by opposite amounts and leaves the plan (balanced to b) unchanged:
+    # its gradient through the plan cancels to the rounding of the plan, C/ε ulps in float32.
+    given_a = given_a and n > 1
+    inputs = (cost.requires_grad_(True), a.requires_grad_(True) if given_a else None,
+              b.requires_grad_(True) if given_b else None)
+    for backward in BACKWARDS:
+        state = _state(eps=eps, n_iters=n_iters, tol=tol, backward=backward)
+
+        def fn(*inputs):
+            plan, f, g, iters = state(*inputs)
+            # One column: the f-update absorbs the cost and g is 0 up to rounding: its error taken against 1.
+            return plan, f, g + 1.0 if m == 1 else g, iters
+        compare_with_reference(fn, inputs, backend, scale=5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_problems_match_reference(data):
+    _check_generated_problem(data, "cpu", batches=(0, 3), max_size=12, max_iters=30)
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_problems_match_reference_on_triton(data):
+    # Three examples in the interpreter: none of them spent on an empty batch.
+    _check_generated_problem(data, "triton", batches=(1, 2), max_size=6, max_iters=8)
 
 
 @pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops.token_attention import OP, _backward, _forward, key_rows, token_attention, token_attention_reference
@@ -113,6 +115,31 @@ def test_cpu_backend_matches_reference(dtype):
     q, rows = (t.detach().to(dtype).requires_grad_() for t in (q, rows))
     compare_with_reference(lambda q, rows: token_attention(q, rows, tokens, cos.to(dtype), sin.to(dtype), 8, 2),
                            (q, rows), "cpu")
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_generated_shapes_match_reference(data):
+    """Drawn shapes through the dispatcher, the cpu backend against the reference in float64: output and
+    the gradients to q and rows. Odd and even head dims, any even count of rotated channels (none, all),
+    vocabularies from two tokens, N latents of M >= N inputs, angles per item or shared, an empty batch,
+    float32 and float64, q and rows laid out transposed in memory now and then, one thread or two."""
+    dtype = data.draw(st.sampled_from((torch.float32, torch.float64)), label="dtype")
+    require_backend(OP, "cpu", dtype)
+    B, H, V, N, d = (data.draw(st.integers(*bounds), label=name)
+                     for name, bounds in zip("BHVNd", ((0, 3), (1, 3), (2, 20), (1, 150), (1, 40))))
+    M = N + data.draw(st.integers(1 if N == 1 else 0, 300), label="M - N")
+    dims = 2 * data.draw(st.integers(0, d // 2), label="dims / 2")
+    per_item = data.draw(st.booleans(), label="angles per item")
+    q, rows, tokens, cos, sin = _inputs(B, H, N, M, d, V, dims, dtype, per_item)
+    # dq is 0 where all the keys a query sees have one value row (one token id, or M = 1), and no relative error
+    # measures a gradient that is 0 as a whole: the last query sees two token ids.
+    tokens[:, -1] = (tokens[:, 0] + 1) % V
+    if data.draw(st.booleans(), label="transposed"):
+        q = q.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+        rows = rows.detach().T.contiguous().T.requires_grad_()
+    with threads(data.draw(st.integers(1, 2), label="threads")):
+        compare_with_reference(lambda q, rows: token_attention(q, rows, tokens, cos, sin, dims, H), (q, rows), "cpu")
 
 
 def test_nan_rows_give_nan_where_the_reference_does():
