@@ -98,11 +98,20 @@ def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, dtype: torch.d
         + (f" and > {CONDITIONING_FACTOR:g}× the reference's own {ref_err:.3e} in that dtype" if same is not None else ""))
 
 
+def leaf_copy(x: torch.Tensor) -> torch.Tensor:
+    """A leaf copy of x with x's own strides, a strided view's too (clone makes those dense, so the
+    op would never see the layout a test built); overlapping layouts (stride 0) are cloned."""
+    if x.is_contiguous() or 0 in x.stride() or x.numel() == 0:
+        leaf = x.detach().clone()
+    else:
+        leaf = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=x.device).copy_(x.detach())
+    return leaf.requires_grad_(x.requires_grad)
+
+
 def run_with_grads(fn: Callable, inputs: Sequence, backend: str, grad_seed: int):
-    """Run fn(*inputs) on `backend` (inputs that require grad get leaf copies); backpropagate random
+    """Run fn(*inputs) on `backend` (inputs get leaf copies in their own layouts); backpropagate random
     weights through every float output; return (outputs, grads of the grad-requiring inputs)."""
-    leaves = [x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
-              for x in inputs]
+    leaves = [leaf_copy(x) if isinstance(x, torch.Tensor) else x for x in inputs]
     with poisoned_outputs(), pyaudiok.use_backend(backend):
         outputs = fn(*leaves)
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)

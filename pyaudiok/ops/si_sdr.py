@@ -188,21 +188,84 @@ def _check_eps(eps) -> float:
 EXACT_ABOVE_DB = 30.0
 
 
+def _high_pairs(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (matrix > EXACT_ABOVE_DB).nonzero(as_tuple=True)
+
+
+def _pair_values(estimates, references, where, zero_mean: bool, eps: float) -> torch.Tensor:
+    """The reference formula (in float32 at least: it forms e − α r itself) on the pairs `where`."""
+    b, n, m = where
+    e, r = estimates[b, n].float()[:, None], references[b, m].float()[:, None]
+    return si_sdr_matrix_reference(e, r, zero_mean, eps)[:, 0, 0]
+
+
+# The recomputation as an op of its own (forward and backward): which pairs it touches is data, so
+# it stays one opaque node under torch.compile instead of splitting the graph.
+@torch.library.custom_op("pyaudiok::si_sdr_exact_high", mutates_args=())
+def _exact_high(matrix: torch.Tensor, estimates: torch.Tensor, references: torch.Tensor, zero_mean: bool,
+                eps: float) -> torch.Tensor:
+    out = matrix.clone()
+    where = _high_pairs(matrix)
+    if where[0].numel():
+        out[where] = _pair_values(estimates, references, where, zero_mean, eps).to(out.dtype)
+    return out
+
+
+@torch.library.custom_op("pyaudiok::si_sdr_exact_high_backward", mutates_args=())
+def _exact_high_backward(grad: torch.Tensor, matrix: torch.Tensor, estimates: torch.Tensor,
+                         references: torch.Tensor, zero_mean: bool,
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the gradient to the fused matrix: zero on the recomputed pairs, and theirs to the signals)."""
+    g_matrix, d_e, d_r = grad.clone(), torch.zeros_like(estimates), torch.zeros_like(references)
+    where = _high_pairs(matrix)
+    if where[0].numel():
+        g_matrix[where] = 0
+        b, n, m = where
+        # torch.func: an op's kernel runs below autograd, where tensors record no graph
+        _, pull_back = torch.func.vjp(lambda e, r: si_sdr_matrix_reference(e[:, None], r[:, None], zero_mean,
+                                                                          eps)[:, 0, 0],
+                                      estimates[b, n].float(), references[b, m].float())
+        g_e, g_r = pull_back(grad[where].float())
+        d_e.index_put_((b, n), g_e.to(d_e.dtype), accumulate=True)
+        d_r.index_put_((b, m), g_r.to(d_r.dtype), accumulate=True)
+    return g_matrix, d_e, d_r
+
+
+@_exact_high.register_fake
+def _(matrix, estimates, references, zero_mean, eps):
+    return torch.empty_like(matrix)
+
+
+@_exact_high_backward.register_fake
+def _(grad, matrix, estimates, references, zero_mean, eps):
+    return torch.empty_like(grad), torch.empty_like(estimates), torch.empty_like(references)
+
+
+def _exact_high_setup(ctx, inputs, output):
+    matrix, estimates, references, zero_mean, eps = inputs
+    ctx.save_for_backward(matrix, estimates, references)
+    ctx.zero_mean, ctx.eps = zero_mean, eps
+
+
+@first_order("si_sdr_matrix")
+def _exact_high_grad(ctx, grad):
+    matrix, estimates, references = ctx.saved_tensors
+    g_matrix, d_e, d_r = _exact_high_backward(grad.contiguous(), matrix, estimates, references, ctx.zero_mean,
+                                              ctx.eps)
+    return (g_matrix, d_e if ctx.needs_input_grad[1] else None, d_r if ctx.needs_input_grad[2] else None,
+            None, None)
+
+
+_exact_high.register_autograd(_exact_high_grad, setup_context=_exact_high_setup)
+
+
 def _exact_where_high(matrix: torch.Tensor, estimates: torch.Tensor, references: torch.Tensor, zero_mean: bool,
                       eps: float) -> torch.Tensor:
-    """`matrix` with its pairs above EXACT_ABOVE_DB recomputed by the reference formula (in float32 at
-    least), which forms e − α r itself; differentiable through both. Finding them reads the matrix
-    back: one host-device synchronisation on a GPU."""
+    """`matrix` with its pairs above EXACT_ABOVE_DB recomputed by the reference formula, differentiable
+    through both. Finding them reads the matrix back: one host-device synchronisation on a GPU."""
     if estimates.dtype == torch.float64:
         return matrix  # float64 statistics: exact enough at any SI-SDR
-    where = (matrix.detach() > EXACT_ABOVE_DB).nonzero(as_tuple=True)
-    if where[0].numel() == 0:
-        return matrix
-    b, n, m = where
-    work = torch.float32
-    exact = si_sdr_matrix_reference(estimates[b, n].to(work)[:, None], references[b, m].to(work)[:, None],
-                                    zero_mean, eps)[:, 0, 0]
-    return matrix.index_put(where, exact.to(matrix.dtype))
+    return _exact_high(matrix, estimates, references, zero_mean, eps)
 
 
 def _matrix(estimates, references, zero_mean: bool, eps: float, exact_high: bool = True) -> torch.Tensor:
@@ -300,10 +363,12 @@ def _pit(estimates, references, zero_mean, eps, exact_high: bool) -> PITResult:
     if estimates.shape[1] == 0:
         raise ValueError("estimates must hold at least one source (N >= 1)")
     fused = _fused_cpu_pit(estimates, references, bool(zero_mean), eps)
-    if fused is not None and not (exact_high and estimates.dtype != torch.float64
-                                  and bool((fused.matrix > EXACT_ABOVE_DB).any())):
+    if fused is not None and (not exact_high or estimates.dtype == torch.float64):
         return fused
-    matrix = _matrix(estimates, references, bool(zero_mean), eps, exact_high)
+    if fused is not None:  # its matrix, with the high pairs recomputed, assigned again
+        matrix = _exact_where_high(fused.matrix, estimates, references, bool(zero_mean), eps)
+    else:
+        matrix = _matrix(estimates, references, bool(zero_mean), eps, exact_high)
     permutation = _best_assignment(matrix)
     chosen = matrix.gather(2, permutation[..., None])[..., 0]  # [B, N]
     return PITResult(chosen.mean(-1), permutation, matrix)

@@ -372,3 +372,12 @@ def test_clipped_loss_skips_the_recomputation(monkeypatch):
     assert not calls
     loss = neg_si_sdr_loss(e, r, clip_db=None)
     assert calls and abs(-loss.item() - pit_si_sdr(e.double(), r.double()).si_sdr.mean().item()) < 1e-3
+
+
+def test_recomputation_ops_pass_opcheck():
+    """The recomputation of high pairs is an op of its own (forward and backward), so torch.compile
+    keeps it as one node; with and without pairs above EXACT_ABOVE_DB."""
+    e, r = _near_perfect(80.0)
+    for estimates in (e, torch.randn_like(e)):
+        matrix = si_sdr_matrix(estimates, r).detach().requires_grad_()
+        opcheck(torch.ops.pyaudiok.si_sdr_exact_high, (matrix, estimates.requires_grad_(), r, True, 1e-8))
