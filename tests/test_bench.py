@@ -98,10 +98,12 @@ def test_cli_bench_quick_writes_json_and_plot(tmp_path):
 def test_profile_lists_the_operators_of_a_case():
     out = subprocess.run([sys.executable, "-m", "pyaudiok.bench.profile", "--only", "fourier_crop", "--case", "2d",
                           "--index", "3", "--candidate", "reference", "--device", "cpu", "--quick", "--calls", "1",
-                          "--rows", "5"], capture_output=True, text=True, timeout=300)
+                          "--rows", "60"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "fourier_crop.2d.fwd+bwd" in out.stdout and "-- reference:" in out.stdout
-    assert "aten::_fft_r2c" in out.stdout  # the reference's transforms are among its top operators
+    # the reference's transforms are among its operators (all of them listed: on a busy machine the
+    # order of the top few is noise)
+    assert "aten::_fft_r2c" in out.stdout
 
 
 def test_profile_by_host_time_with_python_hotspots():
