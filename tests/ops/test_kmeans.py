@@ -1,9 +1,12 @@
 """Batched k-means: every backend against the float64 reference from a fixed initialisation,
-k-means++ initialisation, empty clusters, bad inputs."""
+k-means++ initialisation, empty clusters, generated cases (shapes, k, iterations, initialisations, dtypes,
+layouts), bad inputs."""
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import kmeans
@@ -12,6 +15,7 @@ from pyaudiok.ops.kmeans import LLOYD, _lloyd_triton, kmeans_plus_plus, lloyd_re
 from ..harness import TOLERANCE, opcheck, rel_error, require_backend
 
 BACKENDS = ("cpu", "triton", "cuda")
+NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
 
 
 def clustered(B, P, d, k, device="cpu", dtype=torch.float32, spread=0.2, seed=0):
@@ -71,6 +75,87 @@ def test_non_contiguous_points(backend):
     with pyaudiok.use_backend(backend):
         got = kmeans(x, 3, n_iters=4, init=init)
     assert torch.equal(got.assignments.cpu(), lloyd_reference(x.double().cpu(), init.double().cpu(), 4)[1])
+
+
+# Layouts of the points and of given centres (the view taken inside the call): name -> (stored, view).
+VIEWS = {"contiguous": (lambda t: t, lambda t: t),
+         "channels-first": (lambda t: t.transpose(1, 2).contiguous(), lambda t: t.transpose(1, 2)),
+         "every other point": (lambda t: t.repeat_interleave(2, dim=1), lambda t: t[:, ::2])}
+
+
+def draw_layout(data, t, label):
+    """t in a drawn layout: stored as VIEWS says, and viewed back."""
+    store, view = VIEWS[data.draw(st.sampled_from(sorted(VIEWS)), label=label)]
+    return view(store(t))
+
+
+# Float32 distances err by up to tens of roundings of their scale (sums over d channels, centroids over P
+# points): a nearer gap than this many roundings is a tie that no float32 computation orders.
+TIE_ROUNDINGS = 64
+
+
+def unambiguous(x, trajectory, dtype):
+    """Whether every point's nearest centroid, at every step of the float64 trajectory, leads the
+    second nearest by more than TIE_ROUNDINGS roundings (in `dtype`) of the distances' scale: one
+    flipped point changes all that follows."""
+    if trajectory[0].shape[1] < 2:
+        return True
+    for c in trajectory:
+        nearest = (x[:, :, None] - c[:, None]).square().sum(-1).topk(2, largest=False).values
+        scale = x.square().sum(-1).max() + c.square().sum(-1).max()
+        if (nearest[..., 1] - nearest[..., 0]).min() <= TIE_ROUNDINGS * torch.finfo(dtype).eps * scale:
+            return False
+    return True
+
+
+def check_generated_case(data, backend, max_batch, max_points, max_dim, max_iters):
+    """A drawn case against the float64 reference from the same initial centres: B, P, d from 1 up,
+    k anywhere in [1, P], clusters that k may or may not match, 0 or more iterations, given centres
+    (anywhere, so some clusters may stay empty) or k-means++ or random ones, float32 or float64,
+    points and centres maybe in another layout. Assignments must be identical."""
+    device = require_backend(LLOYD, backend)
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    torch.manual_seed(seed)
+    B, P = data.draw(st.integers(1, max_batch), label="B"), data.draw(st.integers(1, max_points), label="P")
+    d = data.draw(st.integers(1, max_dim), label="d")
+    k = data.draw(st.integers(1, P) | st.sampled_from((1, P)), label="k")
+    n_iters = data.draw(st.integers(0, max_iters), label="n_iters")
+    dtypes = [t for t in (torch.float32, torch.float64) if LLOYD.impls[backend].why_not(device, t) is None]
+    dtype = data.draw(st.sampled_from(dtypes), label="dtype")
+    clusters = data.draw(st.integers(1, min(P, 8)), label="clusters")
+    spread = data.draw(st.sampled_from((0.05, 0.3, 1.0)), label="spread")
+    x = draw_layout(data, clustered(B, P, d, clusters, device, dtype, spread, seed), "x layout")
+    init = data.draw(st.sampled_from(("given", "kmeans++", "random")), label="init")
+    if init == "given":
+        # Anywhere, out to beyond the clusters: some centres find no points.
+        init = draw_layout(data, (torch.randn(B, k, d, dtype=torch.float64) * 6).to(device, dtype), "init layout")
+    # The initial centres the call draws from its generator: the same call with no iteration.
+    with pyaudiok.use_backend("reference"):
+        start = kmeans(x, k, n_iters=0, init=init, generator=torch.Generator(device).manual_seed(seed)).centroids
+    x64, trajectory = x.double().cpu(), [start.double().cpu()]
+    for _ in range(n_iters):
+        trajectory.append(lloyd_reference(x64, trajectory[-1], 1)[0])
+    assume(unambiguous(x64, trajectory, dtype))
+    with pyaudiok.use_backend(backend):
+        got = kmeans(x, k, n_iters=n_iters, init=init, generator=torch.Generator(device).manual_seed(seed))
+    want_c, want_a = lloyd_reference(x64, trajectory[0], n_iters)
+    assert got.centroids.dtype == dtype and got.centroids.shape == (B, k, d)
+    assert torch.equal(got.assignments.cpu(), want_a)
+    assert rel_error(got.centroids, want_c) <= TOLERANCE[dtype]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_generated_cases_match_the_reference(data):
+    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
+    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
+                         max_points=150, max_dim=20, max_iters=12)
+
+
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_generated_tiny_cases_on_triton(data):
+    check_generated_case(data, "triton", max_batch=2, max_points=80, max_dim=4, max_iters=3)  # up to 2 tiles of points
 
 
 def test_kmeans_plus_plus_recovers_separated_clusters():

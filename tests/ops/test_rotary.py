@@ -1,10 +1,13 @@
 """gather_rows_rotary and split_heads_rotary: the CPU kernels against the reference (values and
 gradients) over shared and per-item angles, unrotated parts, repeated rows, odd and empty shapes,
-non-contiguous inputs and every dtype; layouts and angles checked by hand; opcheck; bad inputs."""
+non-contiguous inputs and every dtype, and over generated cases; layouts and angles checked by hand;
+opcheck; bad inputs."""
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import gather_rows_rotary, split_heads_rotary
@@ -29,6 +32,34 @@ def split_inputs(B, T, P, H, d, dims, rotated, per_item=False, dtype=torch.float
     return (x, P, H, *angle_tables(B, T, dims, per_item, dtype), dims, rotated)
 
 
+# Layouts an input may come in (the view taken inside the call): name -> (stored, the view giving it back).
+VIEWS = {"contiguous": (lambda t: t, lambda t: t),
+         "last two dims swapped": (lambda t: t.transpose(-1, -2).contiguous(), lambda t: t.transpose(-1, -2)),
+         "first two dims swapped": (lambda t: t.transpose(0, 1).contiguous(), lambda t: t.transpose(0, 1)),
+         "every other channel": (lambda t: t.repeat_interleave(2, dim=-1), lambda t: t[..., ::2])}
+
+
+def draw_case(data):
+    """Seeds torch from a drawn integer; draws the dtype and whether the angles are per item."""
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    dtype = data.draw(st.sampled_from((torch.float32, torch.float64)), label="dtype")
+    return dtype, data.draw(st.booleans(), label="per-item angles")
+
+
+def draw_head_dims(data, max_d):
+    """Head dim d and rotary dims: none, part (DESIGN §1: half of each head's channels) or all of them."""
+    d = data.draw(st.integers(1, max_d), label="d")
+    dims = data.draw(st.sampled_from((2 * (d // 4), 2 * (d // 2), 0)) | st.integers(0, d // 2).map(lambda n: 2 * n),
+                     label="dims")  # about half, all (but an odd last channel), none, or any even count
+    return d, dims
+
+
+def stored(data, t, name):
+    """t stored in a drawn layout, and the view that gives it back."""
+    store, view = VIEWS[data.draw(st.sampled_from(sorted(VIEWS)), label=f"{name} layout")]
+    return store(t.detach()).requires_grad_(t.requires_grad), view
+
+
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
 @pytest.mark.parametrize("R,d,B,H,T,dims,per_item", [
     (7, 8, 2, 3, 5, 4, False),        # few rows: every row gathered many times (summed gradients)
@@ -40,6 +71,32 @@ def split_inputs(B, T, P, H, d, dims, rotated, per_item=False, dtype=torch.float
 def test_cpu_matches_reference(dtype, R, d, B, H, T, dims, per_item):
     require_backend(OP, "cpu", dtype)
     compare_with_reference(gather_rows_rotary, inputs(R, d, B, H, T, dims, per_item, dtype), "cpu")
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_generated_gathers_match_reference(data):
+    """Drawn tables (R rows of d channels), index patterns (random with repeats, every row, one row
+    only), B, H and T from 1, rotary dims 0, partial or full, shared or per-item angles, int64 or
+    int32 index, float32 or float64, every input maybe in another layout: values and the gradient
+    to the rows against the float64 reference."""
+    dtype, per_item = draw_case(data)
+    require_backend(OP, "cpu", dtype)
+    R, (d, dims) = data.draw(st.integers(1, 40), label="R"), draw_head_dims(data, 24)
+    # T up to 400: B·H·T then crosses the kernels' task boundaries (2048 rows) at arbitrary positions.
+    B, H, T = (data.draw(st.integers(1, hi), label=n) for n, hi in (("B", 3), ("H", 4), ("T", 400)))
+    rows, index, cos, sin, dims = inputs(R, d, B, H, T, dims, per_item, dtype)
+    pattern = data.draw(st.sampled_from(("random", "every row", "one row")), label="index pattern")
+    if pattern == "every row":  # each row at least once where there are enough positions
+        index = torch.randperm(B * H * T).remainder(R).view(B, H, T)
+    elif pattern == "one row":
+        index = torch.full_like(index, data.draw(st.integers(0, R - 1), label="row"))
+    index = index.to(data.draw(st.sampled_from((torch.int64, torch.int32)), label="index dtype"))
+    (rows, rows_view), (index, index_view) = stored(data, rows, "rows"), stored(data, index, "index")
+    (cos, cos_view), (sin, sin_view) = stored(data, cos, "cos"), stored(data, sin, "sin")
+    compare_with_reference(
+        lambda r, i, c, s: gather_rows_rotary(rows_view(r), index_view(i), cos_view(c), sin_view(s), dims),
+        (rows, index, cos, sin), "cpu")
 
 
 def test_non_contiguous_inputs_and_int32_index():
@@ -120,6 +177,25 @@ def test_bad_inputs():
 def test_split_heads_cpu_matches_reference(dtype, B, T, P, H, d, dims, rotated, per_item):
     require_backend(SPLIT_OP, "cpu", dtype)
     compare_with_reference(split_heads_rotary, split_inputs(B, T, P, H, d, dims, rotated, per_item, dtype), "cpu")
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_generated_head_splits_match_reference(data):
+    """Drawn B, T (from 1), parts, heads, head dims, rotary dims 0, partial or full, any number of
+    rotated parts, shared or per-item angles, float32 or float64, x and the angles maybe in another
+    layout: values and the gradient to x against the float64 reference."""
+    dtype, per_item = draw_case(data)
+    require_backend(SPLIT_OP, "cpu", dtype)
+    # T up to 400: B·T then crosses the kernels' task boundaries (2048 / (parts·heads) positions).
+    B, T, P, H = (data.draw(st.integers(1, hi), label=n) for n, hi in (("B", 3), ("T", 400), ("parts", 3), ("H", 4)))
+    d, dims = draw_head_dims(data, 16)
+    rotated = data.draw(st.integers(0, P), label="rotated")
+    x, P, H, cos, sin, dims, rotated = split_inputs(B, T, P, H, d, dims, rotated, per_item, dtype)
+    (x, x_view), (cos, cos_view) = stored(data, x, "x"), stored(data, cos, "cos")
+    sin, sin_view = stored(data, sin, "sin")
+    compare_with_reference(lambda x, c, s: split_heads_rotary(x_view(x), P, H, cos_view(c), sin_view(s), dims, rotated),
+                           (x, cos, sin), "cpu")
 
 
 def test_split_heads_non_contiguous_input_and_half_precision():
