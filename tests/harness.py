@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.bench.harness import threads  # noqa: F401  (re-exported for the tests)
@@ -168,3 +170,25 @@ def same_dtype_reference(fn: Callable, inputs: Sequence) -> Callable[[], tuple]:
                 cache.append(None)
         return cache[0]
     return run
+
+
+def native_backends(backends: Sequence[str]) -> tuple[str, ...]:
+    """The backends among `backends` that run at full speed here (not Triton's interpreter)."""
+    return tuple(b for b in backends if b == "cpu" or torch.cuda.is_available())
+
+
+def generated_case_tests(check: Callable, backends: Sequence[str], full: dict, tiny: dict,
+                         full_examples: int = 20) -> tuple[Callable, Callable]:
+    """The two generated-input tests of an op: `check(data, backend, **full)` on a backend drawn from
+    those that run at full speed, and `check(data, "triton", **tiny)` on tiny cases, which the Triton
+    interpreter can afford (3 examples). Assign them to test_* names in the op's test module."""
+    @settings(max_examples=full_examples, deadline=None)
+    @given(data=st.data())
+    def full_speed(data):
+        check(data, data.draw(st.sampled_from(native_backends(backends)), label="backend"), **full)
+
+    @settings(max_examples=3, deadline=None)
+    @given(data=st.data())
+    def tiny_on_triton(data):
+        check(data, "triton", **tiny)
+    return full_speed, tiny_on_triton

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyaudiok
@@ -16,14 +15,13 @@ from pyaudiok.ops.fourier_crop import (FOURIER_CROP, METHODS, _triton_kernels, _
                                        _triton_matrix_backward, choose_method, fourier_crop_output_size,
                                        fourier_crop_reference)
 
-from ..harness import (assert_close, forward_opcheck_tests, opcheck, pick, poisoned_outputs, require_backend,
-                       run_with_grads, same_dtype_reference)
+from ..harness import (assert_close, forward_opcheck_tests, generated_case_tests, opcheck, pick, poisoned_outputs,
+                       require_backend, run_with_grads, same_dtype_reference)
 
 # The module (the package's attribute of that name is the function).
 fourier_crop_module = importlib.import_module("pyaudiok.ops.fourier_crop")
 
 BACKENDS = ("cpu", "triton")
-NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
 STRIDES = (1.0, 1.5, 2.0, 3.7)
 SHAPES = {"1d": (2, 3, 45), "2d": (2, 3, 33, 40)}  # odd and even lengths, rows and columns both cropped
 # dL/dS sums B·C·H·W products that largely cancel: its float32 error is relative to those terms,
@@ -106,18 +104,9 @@ def check_generated_case(data, backend, max_batch, max_length, max_side):
             learn=learn)
 
 
-@settings(max_examples=20, deadline=None)
-@given(data=st.data())
-def test_generated_shapes(data):
-    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
-    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
-                         max_length=64, max_side=24)
-
-
-@settings(max_examples=3, deadline=None)
-@given(data=st.data())
-def test_generated_tiny_shapes_on_triton(data):
-    check_generated_case(data, "triton", max_batch=2, max_length=24, max_side=12)
+test_generated_shapes, test_generated_tiny_shapes_on_triton = generated_case_tests(
+    check_generated_case, BACKENDS, full=dict(max_batch=3, max_length=64, max_side=24),
+    tiny=dict(max_batch=2, max_length=24, max_side=12))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

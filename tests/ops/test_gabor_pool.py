@@ -9,7 +9,6 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyaudiok
@@ -18,10 +17,9 @@ from pyaudiok.ops.gabor_pool import (CPU_SEGMENT, FFT_MIN_WINDOW, FLOOR, GABOR_P
                                      fft_length, gabor_filters, gabor_pool_fft, gabor_pool_reference,
                                      gabor_pool_tiled, gaussian_windows, segment_length)
 
-from ..harness import TOLERANCE, compare_with_reference, opcheck, rel_error, require_backend
+from ..harness import TOLERANCE, compare_with_reference, generated_case_tests, opcheck, rel_error, require_backend
 
 BACKENDS = ("cpu", "triton", "cuda")
-NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
 
 
 def param_ranges(window):
@@ -90,18 +88,9 @@ def check_generated_case(data, backend, max_batch, max_filters, max_window, max_
     compare_with_reference(fn, [x, *vectors], backend, scale=10)
 
 
-@settings(max_examples=20, deadline=None)
-@given(data=st.data())
-def test_generated_shapes(data):
-    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
-    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
-                         max_filters=6, max_window=2 * FFT_MIN_WINDOW, max_extra=300)
-
-
-@settings(max_examples=3, deadline=None)
-@given(data=st.data())
-def test_generated_tiny_shapes_on_triton(data):
-    check_generated_case(data, "triton", max_batch=2, max_filters=3, max_window=33, max_extra=64)
+test_generated_shapes, test_generated_tiny_shapes_on_triton = generated_case_tests(
+    check_generated_case, BACKENDS, full=dict(max_batch=3, max_filters=6, max_window=2 * FFT_MIN_WINDOW, max_extra=300),
+    tiny=dict(max_batch=2, max_filters=3, max_window=33, max_extra=64))
 
 
 @pytest.mark.parametrize("frames_per_tile", [1, 2, 7])

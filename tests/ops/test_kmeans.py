@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume
 from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import kmeans
 from pyaudiok.ops.kmeans import LLOYD, _lloyd_triton, kmeans_plus_plus, lloyd_reference
 
-from ..harness import TOLERANCE, opcheck, rel_error, require_backend
+from ..harness import TOLERANCE, generated_case_tests, opcheck, rel_error, require_backend
 
 BACKENDS = ("cpu", "triton", "cuda")
-NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
 
 
 def clustered(B, P, d, k, device="cpu", dtype=torch.float32, spread=0.2, seed=0):
@@ -144,18 +143,10 @@ def check_generated_case(data, backend, max_batch, max_points, max_dim, max_iter
     assert rel_error(got.centroids, want_c) <= TOLERANCE[dtype]
 
 
-@settings(max_examples=80, deadline=None)
-@given(data=st.data())
-def test_generated_cases_match_the_reference(data):
-    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
-    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
-                         max_points=150, max_dim=20, max_iters=12)
-
-
-@settings(max_examples=3, deadline=None)
-@given(data=st.data())
-def test_generated_tiny_cases_on_triton(data):
-    check_generated_case(data, "triton", max_batch=2, max_points=80, max_dim=4, max_iters=3)  # up to 2 tiles of points
+test_generated_cases_match_the_reference, test_generated_tiny_cases_on_triton = generated_case_tests(
+    check_generated_case, BACKENDS, full=dict(max_batch=3, max_points=150, max_dim=20, max_iters=12),
+    tiny=dict(max_batch=2, max_points=80, max_dim=4, max_iters=3),  # up to 2 tiles of points
+    full_examples=80)  # fewer missed a wrong iteration count and zeroed empty clusters
 
 
 def test_kmeans_plus_plus_recovers_separated_clusters():

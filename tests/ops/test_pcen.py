@@ -6,17 +6,15 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyaudiok
 from pyaudiok.ops import pcen
 from pyaudiok.ops.pcen import PCEN, _triton_forward, pcen_reference
 
-from ..harness import assert_close, compare_with_reference, opcheck, require_backend
+from ..harness import assert_close, compare_with_reference, generated_case_tests, opcheck, require_backend
 
 BACKENDS = ("cpu", "triton")
-NATIVE_BACKENDS = tuple(b for b in BACKENDS if b == "cpu" or torch.cuda.is_available())  # no interpreter
 
 
 def inputs(B, F, T, device="cpu", dtype=torch.float32, grad=True):
@@ -107,18 +105,9 @@ def check_generated_case(data, backend, max_batch, max_channels, max_frames):
                            scale=5 if dtype == torch.float32 else 1)
 
 
-@settings(max_examples=20, deadline=None)
-@given(data=st.data())
-def test_generated_shapes(data):
-    # The backends that run at full speed here; the Triton interpreter gets tiny cases below.
-    check_generated_case(data, data.draw(st.sampled_from(NATIVE_BACKENDS), label="backend"), max_batch=3,
-                         max_channels=12, max_frames=300)
-
-
-@settings(max_examples=3, deadline=None)
-@given(data=st.data())
-def test_generated_tiny_shapes_on_triton(data):
-    check_generated_case(data, "triton", max_batch=2, max_channels=3, max_frames=40)
+test_generated_shapes, test_generated_tiny_shapes_on_triton = generated_case_tests(
+    check_generated_case, BACKENDS, full=dict(max_batch=3, max_channels=12, max_frames=300),
+    tiny=dict(max_batch=2, max_channels=3, max_frames=40))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
