@@ -265,6 +265,8 @@ def _exact_where_high(matrix: torch.Tensor, estimates: torch.Tensor, references:
     through both. Finding them reads the matrix back: one host-device synchronisation on a GPU."""
     if estimates.dtype == torch.float64:
         return matrix  # float64 statistics: exact enough at any SI-SDR
+    if not torch.compiler.is_compiling() and not bool((matrix.detach() > EXACT_ABOVE_DB).any()):
+        return matrix  # eager and nothing to recompute: no op call (its clone and lookup)
     return _exact_high(matrix, estimates, references, zero_mean, eps)
 
 
@@ -365,6 +367,8 @@ def _pit(estimates, references, zero_mean, eps, exact_high: bool) -> PITResult:
     fused = _fused_cpu_pit(estimates, references, bool(zero_mean), eps)
     if fused is not None and (not exact_high or estimates.dtype == torch.float64):
         return fused
+    if fused is not None and not torch.compiler.is_compiling() and not bool((fused.matrix > EXACT_ABOVE_DB).any()):
+        return fused  # nothing to recompute (an eager check of CPU tensors)
     if fused is not None:  # its matrix, with the high pairs recomputed, assigned again
         matrix = _exact_where_high(fused.matrix, estimates, references, bool(zero_mean), eps)
     else:
