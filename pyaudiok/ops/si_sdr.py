@@ -192,11 +192,15 @@ def _high_pairs(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return (matrix > EXACT_ABOVE_DB).nonzero(as_tuple=True)
 
 
-def _pair_values(estimates, references, where, zero_mean: bool, eps: float) -> torch.Tensor:
-    """The reference formula (in float32 at least: it forms e − α r itself) on the pairs `where`."""
+def _pairs(estimates, references, where) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signals of the pairs `where`, in float32 at least (the formula forms e − α r itself)."""
     b, n, m = where
-    e, r = estimates[b, n].float()[:, None], references[b, m].float()[:, None]
-    return si_sdr_matrix_reference(e, r, zero_mean, eps)[:, 0, 0]
+    return estimates[b, n].float(), references[b, m].float()
+
+
+def _pair_formula(e: torch.Tensor, r: torch.Tensor, zero_mean: bool, eps: float) -> torch.Tensor:
+    """The reference formula on pairs of rows e[P, T], r[P, T] -> [P]."""
+    return si_sdr_matrix_reference(e[:, None], r[:, None], zero_mean, eps)[:, 0, 0]
 
 
 # The recomputation as an op of its own (forward and backward): which pairs it touches is data, so
@@ -207,7 +211,7 @@ def _exact_high(matrix: torch.Tensor, estimates: torch.Tensor, references: torch
     out = matrix.clone()
     where = _high_pairs(matrix)
     if where[0].numel():
-        out[where] = _pair_values(estimates, references, where, zero_mean, eps).to(out.dtype)
+        out[where] = _pair_formula(*_pairs(estimates, references, where), zero_mean, eps).to(out.dtype)
     return out
 
 
@@ -222,9 +226,8 @@ def _exact_high_backward(grad: torch.Tensor, matrix: torch.Tensor, estimates: to
         g_matrix[where] = 0
         b, n, m = where
         # torch.func: an op's kernel runs below autograd, where tensors record no graph
-        _, pull_back = torch.func.vjp(lambda e, r: si_sdr_matrix_reference(e[:, None], r[:, None], zero_mean,
-                                                                          eps)[:, 0, 0],
-                                      estimates[b, n].float(), references[b, m].float())
+        _, pull_back = torch.func.vjp(lambda e, r: _pair_formula(e, r, zero_mean, eps),
+                                      *_pairs(estimates, references, where))
         g_e, g_r = pull_back(grad[where].float())
         d_e.index_put_((b, n), g_e.to(d_e.dtype), accumulate=True)
         d_r.index_put_((b, m), g_r.to(d_r.dtype), accumulate=True)
@@ -365,12 +368,13 @@ def _pit(estimates, references, zero_mean, eps, exact_high: bool) -> PITResult:
     if estimates.shape[1] == 0:
         raise ValueError("estimates must hold at least one source (N >= 1)")
     fused = _fused_cpu_pit(estimates, references, bool(zero_mean), eps)
-    if fused is not None and (not exact_high or estimates.dtype == torch.float64):
-        return fused
-    if fused is not None and not torch.compiler.is_compiling() and not bool((fused.matrix > EXACT_ABOVE_DB).any()):
-        return fused  # nothing to recompute (an eager check of CPU tensors)
-    if fused is not None:  # its matrix, with the high pairs recomputed, assigned again
+    if fused is not None:
+        if not exact_high:
+            return fused
         matrix = _exact_where_high(fused.matrix, estimates, references, bool(zero_mean), eps)
+        if matrix is fused.matrix:  # nothing recomputed
+            return fused
+        # else its matrix with the high pairs recomputed, assigned again below
     else:
         matrix = _matrix(estimates, references, bool(zero_mean), eps, exact_high)
     permutation = _best_assignment(matrix)
