@@ -150,7 +150,6 @@ def _cpu_auto_skip(logits, x, mask) -> str | None:
     return None
 
 
-OP = dispatch.op("reorder_channels")
 def _gpu_auto_skip(logits, x, mask) -> str | None:
     """float32 on a GPU: the reference (measured faster).
 
@@ -166,6 +165,7 @@ def reference_faster_on_gpu(dtype: torch.dtype) -> str | None:
     return "the reference is as fast or faster on a GPU in float32" if dtype == torch.float32 else None
 
 
+OP = dispatch.op("reorder_channels")
 register_backends(OP, reference=reorder_channels_reference, triton=_fused(_triton_forward, contiguous=True),
                   triton_constraint=_triton_constraint, triton_auto_skip=_gpu_auto_skip)
 # Pure ATen: available wherever torch is, extension or not.
