@@ -6,13 +6,11 @@ that convolution. Sizes: ResNet-18 feature maps (B = 128, C = 64…512, 32×32�
 stem sizes on GPU) and 1-D audio (B = 32, C = 64, T = 16 000), stride 2."""
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from pyaudiok.ops.fourier_crop import FOURIER_CROP, METHODS, fourier_crop
 
-from .harness import Candidate, Case, backend_candidates, compiled, with_backend, with_tf32
+from .harness import Candidate, Case, backend_candidates, compiled, with_backend, with_settings, with_tf32
 
 STRIDE = 2.0
 # (B, C, spatial) per device; quick sizes keep the layer shapes with a smaller batch.
@@ -32,26 +30,6 @@ def _train_step(x, strides, grad, method=None):
         y.backward(grad)
         x.grad = strides.grad = None
     return run
-
-
-def _with_settings(run, **settings):
-    """run() with module settings changed meanwhile: a candidate route. Keys are
-    "<module>__<name>" under pyaudiok.ops (fourier_crop__PRODUCTS = "triton": the matmul path's
-    products as Triton GEMMs; fourier_crop__PRIME_TRANSFORMS = "rader": the FFT path's prime lengths
-    by Rader's algorithm; _prime_fft__SMOOTH_FACTORS: its convolution length)."""
-    targets = [(importlib.import_module(f"pyaudiok.ops.{key.split('__')[0]}"), key.split("__")[1], value)
-               for key, value in settings.items()]
-
-    def call():
-        saved = [(module, name, getattr(module, name)) for module, name, _ in targets]
-        for module, name, value in targets:
-            setattr(module, name, value)
-        try:
-            return run()
-        finally:
-            for module, name, value in saved:
-                setattr(module, name, value)
-    return call
 
 
 def _conv_step(x):
@@ -86,14 +64,16 @@ def case(device, batch, channels, spatial) -> Case:
         # as cuDNN's convolution (the floor) uses it by default
         cands.append(Candidate("auto, TF32 allowed", "backend", with_tf32(_train_step(x, strides, grad))))
         if max(spatial) <= MATMUL_BENCH_MAX:  # the candidate products (3xTF32 Triton GEMMs, no copies)
-            cands.append(Candidate("triton matmul, Triton products", "backend", _with_settings(
-                with_backend("triton", _train_step(x, strides, grad, "matmul")), fourier_crop__PRODUCTS="triton")))
+            cands.append(Candidate("triton matmul, Triton products", "backend", with_settings(
+                with_backend("triton", _train_step(x, strides, grad, "matmul")),
+                {"ops.fourier_crop.PRODUCTS": "triton"})))
         if len(spatial) == 1:  # the output length 8 009 is prime: cuFFT runs it by Bluestein
             fft_step = with_backend("triton", _train_step(x, strides, grad, "fft"))
             # Rader's convolution as FFTs of 16 128 (7-smooth), or of its cyclic length 8 008 = 2³·7·11·13
             for factors, label in ((7, "padded to 16 128"), (13, "cyclic 8 008")):
-                cands.append(Candidate(f"triton fft, Rader transforms {label}", "backend", _with_settings(
-                    fft_step, fourier_crop__PRIME_TRANSFORMS="rader", _prime_fft__SMOOTH_FACTORS=factors)))
+                cands.append(Candidate(f"triton fft, Rader transforms {label}", "backend", with_settings(
+                    fft_step, {"ops.fourier_crop.PRIME_TRANSFORMS": "rader",
+                               "ops._prime_fft.SMOOTH_FACTORS": factors})))
     cands.append(compiled("reference, torch.compile", _train_step(x, strides, grad)))
     cands.append(Candidate("floor: conv3x3 C->C stride 1 (fwd+bwd)", "floor", _conv_step(x.detach().clone()
                                                                                           .requires_grad_())))

@@ -9,7 +9,8 @@ the backward), in the attention's own shapes and, as the machine's matmul peak, 
 `latent_attn.lengths` runs B = 2 rows with different key_lengths; its SDPA peer gets the per-row
 mask materialised, which is what SDPA needs for it. On a GPU the backward cases also time the
 Triton backend with dQ added atomically by the dK/dV kernel (`kernels.latent_attention.DQ_MODE`),
-the scheme that is not the default until it measures faster. `latent_attn.decode` times the sampling
+and every GPU case its forward with lazy rescaling (`FORWARD_RESCALE`): schemes that are not the
+default until they measure faster. `latent_attn.decode` times the sampling
 step's attention (one query over 8 192 keys) against SDPA, with a decode tile as a candidate."""
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch.nn.attention.bias import causal_lower_right
 from pyaudiok import backends
 from pyaudiok.ops.latent_attention import OP, latent_cross_attention, visible_mask
 
-from .harness import Candidate, Case, backend_candidates, relative_error, with_backend
+from .harness import Candidate, Case, backend_candidates, relative_error, with_backend, with_settings
 
 H, D = 8, 64
 SIZES = {"cpu": (1024, 16384), "cuda": (1024, 65536)}       # (N, M)
@@ -110,14 +111,21 @@ def _peak_floor(q, k, backward):
     return lambda: torch.mm(a, b, out=out)
 
 
-def _atomic_dq(run):
-    """run() with the Triton backward adding dQ atomically (no dQ pass)."""
-    from pyaudiok.kernels import latent_attention as kernels
+KERNELS = "kernels.latent_attention."  # the Triton kernels' module, for with_settings
 
-    def call():
-        with kernels.dq_mode_set("atomic"):
-            return run()
-    return call
+
+def _triton_variants(ours, backward: bool) -> list[Candidate]:
+    """The Triton backend under the kernel settings that are not the default until they measure
+    faster (pyaudiok.kernels.latent_attention): the forward's lazy rescaling, the backward's atomic dQ."""
+    triton_step = with_backend("triton", ours)
+    lazy, atomic = {KERNELS + "FORWARD_RESCALE": "lazy"}, {KERNELS + "DQ_MODE": "atomic"}
+    cands = [Candidate("triton, lazy rescale", "backend", with_settings(triton_step, lazy),
+                       check=None if backward else _check)]
+    if backward:
+        cands.append(Candidate("triton, atomic dQ", "backend", with_settings(triton_step, atomic)))
+        cands.append(Candidate("triton, lazy rescale + atomic dQ", "backend",
+                               with_settings(triton_step, {**lazy, **atomic})))
+    return cands
 
 
 def attention_case(device, N, M, backward, lengths=None) -> Case:
@@ -134,8 +142,8 @@ def attention_case(device, N, M, backward, lengths=None) -> Case:
         cands.append(Candidate("reference", "reference", None, skip="the [N, M] score matrix is too large here"))
     cands += backend_candidates(OP, device, dtype, (q, k, v, None, D ** -0.5, None),
                                 lambda b: with_backend(b, ours), check)
-    if backward and device.type == "cuda" and backends.triton_reason(device) is None:
-        cands.append(Candidate("triton, atomic dQ", "backend", _atomic_dq(with_backend("triton", ours))))
+    if device.type == "cuda" and backends.triton_reason(device) is None:
+        cands += _triton_variants(ours, backward)
     if lengths is None:
         mask = causal_lower_right(N, M)
     else:  # SDPA has no per-row lengths: a materialised [B, 1, N, M] mask

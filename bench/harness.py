@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -83,6 +84,26 @@ def with_tf32(run: Callable[[], Any]) -> Callable[[], Any]:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
     return tf32_run
+
+
+def with_settings(run: Callable[[], Any], settings: dict[str, Any]) -> Callable[[], Any]:
+    """run() with module settings changed meanwhile (a candidate route), restored after. Keys name
+    a module attribute under pyaudiok: "ops.fourier_crop.PRODUCTS", "kernels.latent_attention.DQ_MODE"."""
+    targets = []
+    for key, value in settings.items():
+        module, name = key.rsplit(".", 1)
+        targets.append((importlib.import_module(f"pyaudiok.{module}"), name, value))
+
+    def call():
+        saved = [(module, name, getattr(module, name)) for module, name, _ in targets]
+        for module, name, value in targets:
+            setattr(module, name, value)
+        try:
+            return run()
+        finally:
+            for module, name, value in saved:
+                setattr(module, name, value)
+    return call
 
 
 def first_compile_alone(run: Callable[[], Any]) -> Callable[[], Any]:

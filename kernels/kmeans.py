@@ -50,10 +50,13 @@ def _assign_kernel(x_ptr, c_ptr, cnorm_ptr, assign_ptr, moving_ptr, changed_ptr,
     previous = tl.load(assign_ptr + b * P + points, mask=point_ok, other=0)
     tl.store(assign_ptr + b * P + points, best_index.to(tl.int64), mask=point_ok)
     if ACCUMULATE:
-        tl.atomic_add(changed_ptr + b, tl.sum((point_ok & (previous != best_index.to(tl.int64))).to(tl.int32), 0))
+        # relaxed atomics: the sums and counts are read only after the launch (no ordering needed)
+        tl.atomic_add(changed_ptr + b, tl.sum((point_ok & (previous != best_index.to(tl.int64))).to(tl.int32), 0),
+                      sem="relaxed")
         target = b * K + best_index.to(tl.int64)
-        tl.atomic_add(sums_ptr + target[:, None] * D + dims[None, :], x, mask=point_ok[:, None] & dim_ok[None, :])
-        tl.atomic_add(counts_ptr + target, tl.full((BLOCK_P,), 1.0, dtype=tl.float32), mask=point_ok)
+        tl.atomic_add(sums_ptr + target[:, None] * D + dims[None, :], x, mask=point_ok[:, None] & dim_ok[None, :],
+                      sem="relaxed")
+        tl.atomic_add(counts_ptr + target, tl.full((BLOCK_P,), 1.0, dtype=tl.float32), mask=point_ok, sem="relaxed")
 
 
 def _assign(x: Tensor, c: Tensor, assignments: Tensor, moving: Tensor, accumulate: bool):

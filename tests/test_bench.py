@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyaudiok.bench import harness
+from pyaudiok.ops import latent_cross_attention
 
 
 def test_ratios_and_failing_peer_reported_not_raised():
@@ -165,6 +166,32 @@ def test_latent_attention_decode_candidate_computes_the_attention():
     assert kernels._tiles is tiles
     ref = latent_attention_reference(q, k, v, None, 32 ** -0.5)
     assert ((out - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_latent_attention_kernel_variants_run_under_their_settings_and_restore_them(monkeypatch):
+    """The GPU-only Triton variants (lazy rescale, atomic dQ): each candidate runs with its kernel
+    settings made current, gives the attention's gradients, and leaves the defaults as they were."""
+    from pyaudiok.bench.bench_latent_attention import _triton_variants
+    from pyaudiok.kernels import latent_attention as kernels
+    seen = []
+    for name, setting in (("launch_forward", kernels.forward_rescale), ("launch_backward", kernels.dq_mode)):
+        def spy(*args, launch=getattr(kernels, name), setting=setting, **kwargs):
+            seen.append(setting())
+            return launch(*args, **kwargs)
+        monkeypatch.setattr(kernels, name, spy)
+    q, k, v = (torch.randn(1, 2, s, 16, requires_grad=True) for s in (8, 40, 40))
+
+    def step():
+        out = latent_cross_attention(q, k, v)
+        out.sum().backward()
+        return out
+    cands = _triton_variants(step, backward=True)
+    assert [c.name for c in cands] == ["triton, lazy rescale", "triton, atomic dQ", "triton, lazy rescale + atomic dQ"]
+    for cand in cands:
+        cand.run()
+    assert seen == ["lazy", "separate", "always", "atomic", "lazy", "atomic"]
+    assert (kernels.FORWARD_RESCALE, kernels.DQ_MODE) == ("always", "separate")
+    assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
 def test_tile_sweep_tries_small_query_tiles_for_a_sampling_step():

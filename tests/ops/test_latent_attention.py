@@ -189,6 +189,37 @@ def test_triton_atomic_dq_backward_matches_reference(monkeypatch, B, H, N, M, d,
     compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, dropout_keep=keep), (q, k, v), "triton")
 
 
+@pytest.mark.parametrize("B,H,N,M,d,lengths", CASES)
+def test_triton_lazy_rescale_matches_reference(monkeypatch, B, H, N, M, d, lengths):
+    """FORWARD_RESCALE "lazy": the forward keeps a stale running max while no row's grew by more
+    than 2^8; out, lse and the gradients (from that lse) are the reference's."""
+    device = require_backend(OP, "triton")
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, "FORWARD_RESCALE", "lazy")
+    q, k, v = _inputs(B, H, N, M, d, device)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), "triton")
+
+
+def test_triton_lazy_rescale_rescales_when_a_max_jumps(monkeypatch):
+    """Scores that grow by ~45 (log2 units) from one key block to the next, in float16: the lazy loop
+    must rescale on those blocks, or its probabilities (2^45 above a stale max) overflow float16."""
+    device = require_backend(OP, "triton", torch.float16)
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, "FORWARD_RESCALE", "lazy")
+    N, M, d = 16, 80, 16
+    direction = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64), dim=0)
+    q = direction.expand(1, 1, N, d) + 0.01 * torch.randn(1, 1, N, d, dtype=torch.float64)
+    k = (2.0 * torch.arange(M, dtype=torch.float64))[None, None, :, None] * direction  # score ~ 2i
+    v = torch.randn(1, 1, M, d, dtype=torch.float64)
+    want = latent_attention_reference(q, k, v, scale=1.0)
+    with pyaudiok.use_backend("triton"):  # the forward only: these keys' dQ is ill-conditioned in float16
+        out = latent_cross_attention(*(x.to(device, torch.float16) for x in (q, k, v)), scale=1.0)
+    assert_close("out", out.double().cpu(), want, torch.float16)
+    monkeypatch.setattr(kernels, "FORWARD_RESCALE", "sometimes")
+    with pytest.raises(ValueError, match="FORWARD_RESCALE must be 'always' or 'lazy'; got 'sometimes'"):
+        kernels.forward_rescale()
+
+
 def test_triton_dq_mode_is_checked_and_deterministic_mode_keeps_the_dq_pass(monkeypatch):
     from pyaudiok.kernels import latent_attention as kernels
     monkeypatch.setattr(kernels, "DQ_MODE", "atomic")
