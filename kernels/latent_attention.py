@@ -85,45 +85,59 @@ def _key_range(L, offset, start_row, split, kv_chunk, BLOCK_M: tl.constexpr, BLO
 
 
 @triton.jit
+def _softmax_update(acc, l_i, m_i, s, v, qk_scale, MASKED: tl.constexpr, LAZY_RESCALE: tl.constexpr,
+                    PREC: tl.constexpr):
+    """One key block of the online softmax: raw scores s[BLOCK_M, BLOCK_N] (-inf where masked) and
+    values v[BLOCK_N, D] into the running (acc, l_i, m_i), m_i in log2 units.
+
+    The scale is applied to the row maxima, then folded with the max subtraction into the one FMA
+    that feeds exp2 (qk_scale > 0, checked by the public op): one op a score fewer than scaling the
+    tile first, and the softmax, not the matmuls, is what bounds this loop at d <= 64. The FMAs are
+    explicit (tl.fma), as the backward's are: Triton 3.10 is to stop contracting a * b - c by default."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+    if LAZY_RESCALE and not MASKED:
+        # Keep the running max unless some row's grew by more than 2^8: the probabilities stay
+        # below 256 (no overflow in fp32 sums or 16-bit P), and the O(BLOCK_M * D) rescale of the
+        # accumulator is skipped on almost every block of a long key range. Every row's scores
+        # are finite here; a row's first block (m_i = -inf) always rescales.
+        if tl.max(m_new - m_i, axis=0) > _LAZY_RESCALE_LOG2:
+            alpha = tl.exp2(m_i - m_new)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        p = tl.exp2(tl.fma(s, qk_scale, -m_i[:, None]))
+        l_i += tl.sum(p, axis=1)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+    else:
+        m_safe = m_new
+        if MASKED:  # rows with nothing visible yet; in unmasked blocks every row has a finite score
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _fwd_block(acc, l_i, m_i, q, K, V, IDX, b, Mk, start, end, offset, rows, d,
                qk_scale, MASKED: tl.constexpr, HAS_IDX: tl.constexpr, LAZY_RESCALE: tl.constexpr,
                BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    # The scale is applied to the row maxima, then folded with the max subtraction into the one
-    # FMA that feeds exp2 (qk_scale > 0, checked by the public op): one op a score fewer than
-    # scaling the tile first, and the softmax, not the matmuls, is what bounds this loop at d <= 64.
+    # Within a CTA the softmax does not overlap the tensor cores: Triton (3.6 to 3.9) waits for a
+    # wgmma whose result is not an accumulator right after issuing it, so even issuing block j + 1's
+    # QK^T before block j's softmax (FlashAttention-3's intra-warpgroup overlap, written out) gets
+    # that wait straight after the issue (seen in the sm_90 TTGIR); only the second CTA per SM overlaps.
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < end
         krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX, MASKED)
-        k = _rows(K, krow, d, col_ok, D, MASKED)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        s = tl.dot(q, tl.trans(_rows(K, krow, d, col_ok, D, MASKED)), input_precision=PREC)
         if MASKED:
             visible = (cols[None, :] <= offset + rows[:, None]) & col_ok[None, :]
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)  # log2 units
         v = _rows(V, krow, d, col_ok, D, MASKED)
-        if LAZY_RESCALE and not MASKED:
-            # Keep the running max unless some row's grew by more than 2^8: the probabilities stay
-            # below 256 (no overflow in fp32 sums or 16-bit P), and the O(BLOCK_M * D) rescale of the
-            # accumulator is skipped on almost every block of a long key range. Every row's scores
-            # are finite here; a row's first block (m_i = -inf) always rescales.
-            if tl.max(m_new - m_i, axis=0) > _LAZY_RESCALE_LOG2:
-                alpha = tl.exp2(m_i - m_new)
-                acc = acc * alpha[:, None]
-                l_i = l_i * alpha
-                m_i = m_new
-            p = tl.exp2(s * qk_scale - m_i[:, None])
-            l_i += tl.sum(p, axis=1)
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-        else:
-            m_safe = m_new
-            if MASKED:  # rows with nothing visible yet; in unmasked blocks every row has a finite score
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s * qk_scale - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            m_i = m_new
+        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, s, v, qk_scale, MASKED, LAZY_RESCALE, PREC)
     return acc, l_i, m_i
 
 
@@ -213,8 +227,8 @@ def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, N, start, end, offset, L, c
         do = _rows(DO, rows, d, row_ok, D, True)
         lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))  # log2 units, +inf: none visible
         delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
-        st = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
-        pt = tl.exp2(st - lse[None, :])
+        st = tl.dot(k, tl.trans(q), input_precision=PREC)
+        pt = tl.exp2(tl.fma(st, qk_scale, -lse[None, :]))
         if MASKED:
             visible = (cols[:, None] <= offset + rows[None, :]) & (cols[:, None] < L)
             pt = tl.where(visible, pt, 0.0)
@@ -276,8 +290,8 @@ def _dq_block(dq, q, do, lse, delta, K, V, IDX, b, Mk, start, end, offset, rows,
         krow = _key_rows(IDX, b, Mk, cols, col_ok, HAS_IDX, MASKED)
         k = _rows(K, krow, d, col_ok, D, MASKED)
         v = _rows(V, krow, d, col_ok, D, MASKED)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.exp2(s - lse[:, None])
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        p = tl.exp2(tl.fma(s, qk_scale, -lse[:, None]))
         if MASKED:
             visible = (cols[None, :] <= offset + rows[:, None]) & col_ok[None, :]
             p = tl.where(visible, p, 0.0)
@@ -396,10 +410,16 @@ def _common(q, k, key_lengths, keep):
 DQ_MODE = "separate"
 
 
+def _setting(name: str, allowed: tuple[str, ...]) -> str:
+    value = globals()[name]
+    if value not in allowed:
+        raise ValueError(f"{name} must be {' or '.join(repr(a) for a in allowed)}; got {value!r}")
+    return value
+
+
 def dq_mode() -> str:
-    if DQ_MODE not in ("separate", "atomic"):
-        raise ValueError(f"DQ_MODE must be 'separate' or 'atomic'; got {DQ_MODE!r}")
-    return "separate" if torch.are_deterministic_algorithms_enabled() else DQ_MODE
+    mode = _setting("DQ_MODE", ("separate", "atomic"))
+    return "separate" if torch.are_deterministic_algorithms_enabled() else mode
 
 
 @contextlib.contextmanager
@@ -423,9 +443,8 @@ FORWARD_RESCALE = "always"
 
 
 def forward_rescale() -> str:
-    if FORWARD_RESCALE not in ("always", "lazy"):
-        raise ValueError(f"FORWARD_RESCALE must be 'always' or 'lazy'; got {FORWARD_RESCALE!r}")
-    return FORWARD_RESCALE
+    return _setting("FORWARD_RESCALE", ("always", "lazy"))
+
 
 
 def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:

@@ -194,6 +194,26 @@ def test_latent_attention_kernel_variants_run_under_their_settings_and_restore_t
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+def test_sass_census_of_the_forward_variants():
+    """The forward compiled for sm_90 at its GPU tile, as a launch at the bench size is specialised:
+    both variants pipeline their key/value loads (cp.async), spill nothing, run the same tensor-core
+    ops, and the scale folded into the exp2 FMA leaves no FMUL per score beyond the accumulator's
+    rescale (128 x 64 tiles over 256 threads: 32 a block per loop, two loops, ~176 in all)."""
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="Triton has no NVIDIA backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "pyaudiok.bench.sass_census", "--json"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(counts) == {"always", "lazy"}
+    for variant, c in counts.items():
+        assert c["LDGSTS"] > 0 and c["STL"] == c["LDL"] == 0, (variant, c)
+        assert c["shared"] >= 64 * 1024, (variant, c)  # 3 stages of K and V tiles, and Q
+    assert counts["always"]["HGMMA"] == counts["lazy"]["HGMMA"] > 0
+    assert counts["always"]["MUFU"] == counts["lazy"]["MUFU"]
+    assert counts["always"]["FMUL"] < 200, counts["always"]  # 236 with the tile scaled before exp2
+
+
 def test_tile_sweep_tries_small_query_tiles_for_a_sampling_step():
     from pyaudiok.bench import tile_sweep
     from pyaudiok.kernels.latent_attention import _Tile
