@@ -64,7 +64,8 @@ def compile_forward(d: int, dtype: torch.dtype, variant: str, arch: int = 90) ->
     source = ASTSource(fn=kernel, signature=signature, constexprs={index[k]: v for k, v in constants.items()},
                        attrs={index[name]: [["tt.divisibility", 16]] for name in _ALIGNED})
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": tile.warps, "num_stages": tile.stages})
+                              options={"num_warps": tile.warps, "num_stages": tile.stages,
+                                       "enable_fp_fusion": True})  # as launchable() launches
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()

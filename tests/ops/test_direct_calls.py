@@ -21,16 +21,22 @@ def _refusing(op):
 
 
 def test_launchable_is_the_kernel_itself_unless_a_tracer_watches():
+    """Eager: the kernel itself, launched with FP contraction requested (Triton 3.10 turns its default
+    off); under a tracer: wrap_triton's kernel, whose compile options are inductor's."""
     from pyaudiok.kernels import gpu
     from pyaudiok.kernels.fourier_crop import _matrix_kernel
     from pyaudiok.ops._library import tracing
     with mock.patch.object(gpu, "wrap_triton", return_value="wrapped") as wrap:
         assert not tracing()
-        assert gpu.launchable(_matrix_kernel) is _matrix_kernel
+        assert gpu.launchable(_matrix_kernel).kernel is _matrix_kernel
         with FakeTensorMode():  # a tracer records launches through wrap_triton
             assert tracing()
             assert gpu.launchable(_matrix_kernel) == "wrapped"
     wrap.assert_called_once_with(_matrix_kernel)
+    kernel = mock.MagicMock()
+    gpu.launchable(kernel)[(3, 1)](1, 2, BLOCK=16, num_warps=4)
+    kernel.__getitem__.assert_called_once_with((3, 1))
+    kernel.__getitem__.return_value.assert_called_once_with(1, 2, BLOCK=16, num_warps=4, enable_fp_fusion=True)
 
 
 def test_triton_op_calls_its_launcher_directly_when_nothing_needs_the_registration():
