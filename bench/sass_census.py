@@ -6,8 +6,9 @@ kernel through Triton's NVIDIA backend and its
 bundled ptxas, as that launch would be specialised (16-byte aligned pointers, sizes divisible by
 16), and counts the SASS: FP32 math, MUFU (the exponentials), F2FP (conversions to 16 bits), HGMMA
 (tensor-core ops), LDGSTS (cp.async: the key/value loads are pipelined through shared memory),
-STL/LDL (register spills), REDG/ATOMG/MEMBAR (atomic adds without or with a returned value, fences). What a kernel change does to the instruction stream, seen before a GPU
-can time it; a count of static instructions, not a timing.
+STL/LDL (register spills), REDG/ATOMG/MEMBAR (atomic adds without or with a returned value,
+fences). What a kernel change does to the instruction stream, seen before a GPU can time it; a
+count of static instructions, not a timing.
 
     python -m pyaudiok.bench.sass_census [--d 64] [--dtype bf16] [--only _fwd_kernel ...] [--json]
 
