@@ -2,9 +2,8 @@
 
 For each kernel (forward, dK/dV, dQ) and variant (the forward's `FORWARD_RESCALE`, the dK/dV
 kernel's `DQ_MODE`) at the tile a GPU launch of the benchmark's size would use, it compiles the
-kernel through Triton's NVIDIA backend and its
-bundled ptxas, as that launch would be specialised (16-byte aligned pointers, sizes divisible by
-16), and counts the SASS: FP32 math, MUFU (the exponentials), F2FP (conversions to 16 bits), HGMMA
+kernel through Triton's NVIDIA backend and its bundled ptxas, as that launch would be specialised
+(16-byte aligned pointers, sizes divisible by 16), and counts the SASS: FP32 math, MUFU (the exponentials), F2FP (conversions to 16 bits), HGMMA
 (tensor-core ops), LDGSTS (cp.async: the key/value loads are pipelined through shared memory),
 STL/LDL (register spills), REDG/ATOMG/MEMBAR (atomic adds without or with a returned value,
 fences). What a kernel change does to the instruction stream, seen before a GPU can time it; a
