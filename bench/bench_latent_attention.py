@@ -10,8 +10,8 @@ the backward), in the attention's own shapes and, as the machine's matmul peak, 
 mask materialised, which is what SDPA needs for it. On a GPU the backward cases also time the
 Triton backend with dQ added atomically by the dK/dV kernel (`kernels.latent_attention.DQ_MODE`),
 and every GPU case its forward with lazy rescaling (`FORWARD_RESCALE`): schemes that are not the
-default until they measure faster. `latent_attn.decode` times the sampling
-step's attention (one query over 8 192 keys) against SDPA, with a decode tile as a candidate."""
+default until they measure faster. `latent_attn.decode` times the sampling step's attention (one
+query over 8 192 keys) against SDPA, with a decode tile as a candidate."""
 from __future__ import annotations
 
 import torch

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..ops import _checks
 from .gpu import dot_precision as _precision, launchable, sm_count as _sm_count
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -238,8 +239,9 @@ def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, N, start, end, offset, L, c
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
         if ATOMIC_DQ:
             dq = tl.dot(tl.trans(dst.to(k.dtype)), k, input_precision=PREC)
-            # relaxed: the sums are read only after the launch; Triton's default (acq_rel) fences
-            # every add, which is what made this scheme slow (FlashAttention's atomicAdd is relaxed)
+            # relaxed: the sums are read only after the launch. Triton's default (acq_rel) fences every
+            # add (ATOMG with MEMBAR, ERRBAR, CCTL around it in the sm_90 SASS: bench/sass_census.py);
+            # FlashAttention's atomicAdd is relaxed too
             tl.atomic_add(DQ + rows[:, None] * D + d[None, :], dq * sm_scale, mask=row_ok[:, None], sem="relaxed")
     return dk, dv
 
@@ -411,10 +413,8 @@ DQ_MODE = "separate"
 
 
 def _setting(name: str, allowed: tuple[str, ...]) -> str:
-    value = globals()[name]
-    if value not in allowed:
-        raise ValueError(f"{name} must be {' or '.join(repr(a) for a in allowed)}; got {value!r}")
-    return value
+    """This module's setting `name`, checked."""
+    return _checks.one_of(name, globals()[name], allowed)
 
 
 def dq_mode() -> str:
@@ -444,7 +444,6 @@ FORWARD_RESCALE = "always"
 
 def forward_rescale() -> str:
     return _setting("FORWARD_RESCALE", ("always", "lazy"))
-
 
 
 def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:

@@ -79,6 +79,14 @@ def dim_size(name: str, value: torch.Tensor, dim: int, expected: int, what: str)
                          f"expected {expected} to match {what}")
 
 
+def one_of(name: str, value, allowed: Sequence) -> object:
+    """`value` when it is one of `allowed` (a module setting, a mode), else a ValueError listing them."""
+    if value not in allowed:
+        choices = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}" if len(allowed) > 1 else repr(allowed[0])
+        raise ValueError(f"{name} must be {choices}; got {value!r}")
+    return value
+
+
 def int_in_range(name: str, value, low: int, high: int) -> int:
     """An int with low <= value <= high (bools are not ints here)."""
     if isinstance(value, bool) or not isinstance(value, int):

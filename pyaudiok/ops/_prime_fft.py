@@ -149,10 +149,10 @@ def irfft(spectra: torch.Tensor, n: int, out: torch.Tensor) -> None:
     if spectra.dim() != 3 or spectra.shape[1:] != ((n + 1) // 2, 2) or out.shape != (spectra.shape[0], n):
         raise ValueError(f"irfft of length {n} takes spectra [R, {(n + 1) // 2}, 2] into out [R, {n}]; got "
                          f"{tuple(spectra.shape)} and {tuple(out.shape)}")
-    spectra = spectra.contiguous()
-    plan, length = _plan(n, spectra)
     if spectra.shape[0] == 0:
         return
+    spectra = spectra.contiguous()
+    plan, length = _plan(n, spectra)
     conv, total = _cyclic_convolution(rader.pack_half_spectra(spectra, plan.gather, n, length), plan.kernel_inverse)
     target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
     rader.unpack_signals(conv, total, spectra, plan.place, target)

@@ -319,10 +319,8 @@ def _triton_kernels() -> _Kernels:
     mask_crop = triton_op("fourier_mask_crop_triton", "fourier_crop", "fourier_mask_crop",
                           lambda q: _register_mask_crop(q, _triton_mask_crop_backward))
     products = triton_op("fourier_crop_products_triton", "fourier_crop", "strided_products", _register_products_fake)
-    if PRIME_TRANSFORMS not in ("torch", "rader"):
-        raise ValueError(f"PRIME_TRANSFORMS must be 'torch' or 'rader'; got {PRIME_TRANSFORMS!r}")
     return _Kernels(matrix, _triton_matrix_backward(), mask_crop, _triton_mask_crop_backward(), products,
-                    PRIME_TRANSFORMS == "rader")
+                    _checks.one_of("PRIME_TRANSFORMS", PRIME_TRANSFORMS, ("torch", "rader")) == "rader")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -592,9 +590,8 @@ class _SeparableProducts(torch.autograd.Function):
 
 def _matmul_path(x: torch.Tensor, kernels: _Kernels) -> type[torch.autograd.Function]:
     """The matmul path's node: with Triton products where PRODUCTS asks for them and they apply."""
-    if PRODUCTS not in ("torch", "triton"):
-        raise ValueError(f"PRODUCTS must be 'torch' or 'triton'; got {PRODUCTS!r}")
-    if PRODUCTS == "triton" and kernels.products is not None and x.dtype == torch.float32:
+    triton_products = _checks.one_of("PRODUCTS", PRODUCTS, ("torch", "triton")) == "triton"
+    if triton_products and kernels.products is not None and x.dtype == torch.float32:
         return _SeparableProducts
     return _Separable
 

@@ -479,8 +479,17 @@ def test_rader_transforms_leave_other_lengths_to_torch(monkeypatch):
     compare(x, torch.tensor([2.0], device=device), "triton", "fft", torch.float32)
     assert not calls
     monkeypatch.setattr(fourier_crop_module, "PRIME_TRANSFORMS", "bluestein")
-    with pytest.raises(ValueError, match="PRIME_TRANSFORMS"), pyaudiok.use_backend("triton"):
+    with pytest.raises(ValueError, match="PRIME_TRANSFORMS must be 'torch' or 'rader'; got 'bluestein'"), \
+            pyaudiok.use_backend("triton"):
         fourier_crop(x, 2.0, method="fft")
+
+
+def test_products_setting_is_checked(monkeypatch):
+    device = require_backend(FOURIER_CROP, "triton")
+    monkeypatch.setattr(fourier_crop_module, "PRODUCTS", "cublas")
+    with pytest.raises(ValueError, match="PRODUCTS must be 'torch' or 'triton'; got 'cublas'"), \
+            pyaudiok.use_backend("triton"):
+        fourier_crop(torch.randn(1, 2, 8, 8, device=device), 2.0, method="matmul")
 
 
 def _recorded(function, name, calls):
