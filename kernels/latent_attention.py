@@ -200,9 +200,10 @@ def _merge_kernel(OP, LSEP, O, LSE, S, R, BLOCK: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _bwd_prep_kernel(O, DO, LSE, DELTA, LSE2, R, BLOCK: tl.constexpr, D: tl.constexpr):
-    """delta = rowsum(dO * O) and the lse in log2 units (+inf where no key is visible, so those
-    rows' probabilities come out exactly 0) for R rows."""
+def _bwd_prep_kernel(O, DO, LSE, DELTA, NEG_LSE2, R, BLOCK: tl.constexpr, D: tl.constexpr):
+    """delta = rowsum(dO * O) and minus the lse in log2 units (-inf where no key is visible, so those
+    rows' probabilities come out exactly 0) for R rows: the backward's exp2(fma(s, scale, -lse))
+    then adds it as it is (a broadcast negation costs an FADD per score with Triton 3.6)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = rows < R
     d = tl.arange(0, D)
@@ -210,11 +211,12 @@ def _bwd_prep_kernel(O, DO, LSE, DELTA, LSE2, R, BLOCK: tl.constexpr, D: tl.cons
     do = _rows(DO, rows, d, ok, D, True).to(tl.float32)
     tl.store(DELTA + rows, tl.sum(o * do, axis=1), mask=ok)
     lse = tl.load(LSE + rows, mask=ok, other=0.0)
-    tl.store(LSE2 + rows, tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634), mask=ok)
+    neg_lse2 = tl.where(lse == float("-inf"), float("-inf"), lse * -1.4426950408889634)
+    tl.store(NEG_LSE2 + rows, neg_lse2, mask=ok)
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, N, start, end, offset, L, cols, d, qk_scale, sm_scale,
+def _dkdv_block(dk, dv, k, v, Q, DO, NEG_LSE, DELTA, DQ, N, start, end, offset, L, cols, d, qk_scale, sm_scale,
                 MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr,
                 PREC: tl.constexpr):
     # Scores are formed transposed, [keys, queries], so P^T and dS^T come out of the tensor cores
@@ -226,10 +228,10 @@ def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, N, start, end, offset, L, c
         row_ok = rows < N
         q = _rows(Q, rows, d, row_ok, D, True)
         do = _rows(DO, rows, d, row_ok, D, True)
-        lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))  # log2 units, +inf: none visible
+        neg_lse = tl.load(NEG_LSE + rows, mask=row_ok, other=float("-inf"))  # -lse (log2); -inf: none visible
         delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=PREC)
-        pt = tl.exp2(tl.fma(st, qk_scale, -lse[None, :]))
+        pt = tl.exp2(tl.fma(st, qk_scale, neg_lse[None, :]))
         if MASKED:
             visible = (cols[:, None] <= offset + rows[None, :]) & (cols[:, None] < L)
             pt = tl.where(visible, pt, 0.0)
@@ -247,7 +249,7 @@ def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, N, start, end, offset, L, c
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DK, DV, DQ, H, N, M, Mk, qk_scale, sm_scale,
+def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, NEG_LSE, DELTA, DK, DV, DQ, H, N, M, Mk, qk_scale, sm_scale,
                      HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr, ATOMIC_DQ: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -271,11 +273,11 @@ def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DK, DV, DQ, H, N, M, Mk, 
     q_lo = tl.where(ks < L, (tl.maximum(ks - offset, 0) // BLOCK_M) * BLOCK_M, N)
     q_full = q_lo + tl.cdiv(tl.maximum(ks + BLOCK_N - 1 - offset - q_lo, 0), BLOCK_M) * BLOCK_M
     q_full = tl.where(ks + BLOCK_N <= L, tl.minimum(q_full, N), N)
-    Qb, DOb, LSEb, DELTAb = Q + bh * N * D, DO + bh * N * D, LSE + bh * N, DELTA + bh * N
+    Qb, DOb, NEG_LSEb, DELTAb = Q + bh * N * D, DO + bh * N * D, NEG_LSE + bh * N, DELTA + bh * N
     DQb = DQ + bh * N * D if ATOMIC_DQ else DQ
-    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, DQb, N, q_lo, q_full, offset, L, cols, d, qk_scale,
+    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, NEG_LSEb, DELTAb, DQb, N, q_lo, q_full, offset, L, cols, d, qk_scale,
                          sm_scale, True, ATOMIC_DQ, BLOCK_M, D, PREC)
-    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, DQb, N, q_full, N, offset, L, cols, d, qk_scale,
+    dk, dv = _dkdv_block(dk, dv, k, v, Qb, DOb, NEG_LSEb, DELTAb, DQb, N, q_full, N, offset, L, cols, d, qk_scale,
                          sm_scale, False, ATOMIC_DQ, BLOCK_M, D, PREC)
     off = bh * M * D + krow[:, None] * D + d[None, :]
     tl.store(DK + off, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
@@ -283,7 +285,7 @@ def _bwd_dkdv_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DK, DV, DQ, H, N, M, Mk, 
 
 
 @triton.jit
-def _dq_block(dq, q, do, lse, delta, K, V, IDX, b, Mk, start, end, offset, rows, d, qk_scale,
+def _dq_block(dq, q, do, neg_lse, delta, K, V, IDX, b, Mk, start, end, offset, rows, d, qk_scale,
               MASKED: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
               PREC: tl.constexpr):
     for n0 in range(start, end, BLOCK_N):
@@ -293,7 +295,7 @@ def _dq_block(dq, q, do, lse, delta, K, V, IDX, b, Mk, start, end, offset, rows,
         k = _rows(K, krow, d, col_ok, D, MASKED)
         v = _rows(V, krow, d, col_ok, D, MASKED)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        p = tl.exp2(tl.fma(s, qk_scale, -lse[:, None]))
+        p = tl.exp2(tl.fma(s, qk_scale, neg_lse[:, None]))
         if MASKED:
             visible = (cols[None, :] <= offset + rows[:, None]) & col_ok[None, :]
             p = tl.where(visible, p, 0.0)
@@ -304,7 +306,7 @@ def _dq_block(dq, q, do, lse, delta, K, V, IDX, b, Mk, start, end, offset, rows,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DQ, H, N, M, Mk, kv_chunk, qk_scale, sm_scale,
+def _bwd_dq_kernel(Q, K, V, KL, IDX, DO, NEG_LSE, DELTA, DQ, H, N, M, Mk, kv_chunk, qk_scale, sm_scale,
                    HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -319,15 +321,15 @@ def _bwd_dq_kernel(Q, K, V, KL, IDX, DO, LSE, DELTA, DQ, H, N, M, Mk, kv_chunk, 
     d = tl.arange(0, D)
     q = _rows(Q + bh * N * D, rows, d, row_ok, D, True)
     do = _rows(DO + bh * N * D, rows, d, row_ok, D, True)
-    lse = tl.load(LSE + bh * N + rows, mask=row_ok, other=float("inf"))
+    neg_lse = tl.load(NEG_LSE + bh * N + rows, mask=row_ok, other=float("-inf"))
     delta = tl.load(DELTA + bh * N + rows, mask=row_ok, other=0.0)
     Kb = K + bh * M * D
     Vb = V + bh * M * D
     lo, full, hi = _key_range(L, offset, start_row, split, kv_chunk, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
-    dq = _dq_block(dq, q, do, lse, delta, Kb, Vb, IDX, b, Mk, lo, full, offset, rows, d, qk_scale,
+    dq = _dq_block(dq, q, do, neg_lse, delta, Kb, Vb, IDX, b, Mk, lo, full, offset, rows, d, qk_scale,
                    False, HAS_IDX, BLOCK_N, D, PREC)
-    dq = _dq_block(dq, q, do, lse, delta, Kb, Vb, IDX, b, Mk, full, hi, offset, rows, d, qk_scale,
+    dq = _dq_block(dq, q, do, neg_lse, delta, Kb, Vb, IDX, b, Mk, full, hi, offset, rows, d, qk_scale,
                    True, HAS_IDX, BLOCK_N, D, PREC)
     o_off = (split * tl.num_programs(1) + bh) * N
     tl.store(DQ + (o_off + rows[:, None]) * D + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
@@ -487,8 +489,8 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
     R = B * H * N
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
-    lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
-    launchable(_bwd_prep_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, lse2, R,
+    neg_lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)  # -lse, log2 units
+    launchable(_bwd_prep_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, neg_lse2, R,
                                                                  BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     # Dropped keys get no gradient: their rows are never written when keys are gathered.
     dk = torch.zeros_like(k) if keep is not None else torch.empty_like(k)
@@ -498,7 +500,7 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     # own all the same (see _common).
     dq_acc = q.new_zeros((B, H, N, D), dtype=torch.float32) if atomic else q.new_empty(1, dtype=torch.float32)
     launchable(_bwd_dkdv_kernel)[(triton.cdiv(Mk, t_kv.block_n), B * H)](
-        q, k, v, kl, idx, grad_out, lse2, delta, dk, dv, dq_acc, H, N, M, Mk, scale * _LOG2E, scale,
+        q, k, v, kl, idx, grad_out, neg_lse2, delta, dk, dv, dq_acc, H, N, M, Mk, scale * _LOG2E, scale,
         BLOCK_M=t_kv.block_m, BLOCK_N=t_kv.block_n, num_warps=t_kv.warps, num_stages=t_kv.stages,
         ATOMIC_DQ=atomic, **flags)
     if atomic:
@@ -508,7 +510,7 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     dq = torch.empty_like(q) if splits == 1 else torch.empty((splits, B, H, N, D), dtype=torch.float32,
                                                               device=q.device)
     launchable(_bwd_dq_kernel)[(triton.cdiv(N, t_q.block_m), B * H, splits)](
-        q, k, v, kl, idx, grad_out, lse2, delta, dq, H, N, M, Mk, kv_chunk, scale * _LOG2E, scale,
+        q, k, v, kl, idx, grad_out, neg_lse2, delta, dq, H, N, M, Mk, kv_chunk, scale * _LOG2E, scale,
         BLOCK_M=t_q.block_m, BLOCK_N=t_q.block_n, num_warps=t_q.warps, num_stages=t_q.stages, **flags)
     if splits > 1:  # the parts are sums over disjoint key ranges
         dq = dq.sum(0).to(q.dtype)
