@@ -3,13 +3,15 @@
 For each kernel (forward, dK/dV, dQ) and variant (the forward's `FORWARD_RESCALE`, the dK/dV
 kernel's `DQ_MODE`) at the tile a GPU launch of the benchmark's size would use, it compiles the
 kernel through Triton's NVIDIA backend and its bundled ptxas, as that launch would be specialised
-(16-byte aligned pointers, sizes divisible by 16), and counts the SASS: FP32 math, MUFU (the exponentials), F2FP (conversions to 16 bits), HGMMA
-(tensor-core ops), LDGSTS (cp.async: the key/value loads are pipelined through shared memory),
-STL/LDL (register spills), REDG/ATOMG/MEMBAR (atomic adds without or with a returned value,
-fences). What a kernel change does to the instruction stream, seen before a GPU can time it; a
-count of static instructions, not a timing.
+(16-byte aligned pointers, sizes divisible by 16), and counts the SASS: FP32 math, MUFU (the
+exponentials), F2FP (conversions to 16 bits), HGMMA (tensor-core ops), LDGSTS (cp.async: the
+key/value loads are pipelined through shared memory), STL/LDL (register spills), REDG/ATOMG/MEMBAR
+(atomic adds without or with a returned value, fences), and the instructions of each loop's body.
+What a kernel change does to the instruction stream, seen before a GPU can time it; a count of
+static instructions, not a timing. `--source FILE` compiles another version of the kernels'
+module (e.g. `git show REV:kernels/latent_attention.py > FILE`), to compare a change with its base.
 
-    python -m pyaudiok.bench.sass_census [--d 64] [--dtype bf16] [--only _fwd_kernel ...] [--json]
+    python -m pyaudiok.bench.sass_census [--d 64] [--dtype bf16] [--only _fwd_kernel ...] [--source FILE] [--json]
 
 Runs without TRITON_INTERPRET (the kernels are compiled, not interpreted).
 """
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from typing import NamedTuple
 
@@ -36,19 +40,20 @@ _SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_
 class Kernel(NamedTuple):
     name: str             # the function in pyaudiok.kernels.latent_attention
     tile: int             # its index in _tiles(): forward, dK/dV, dQ
-    pointers: tuple       # (argument, element type or None for the op's dtype)
-    sizes: tuple          # int32 arguments ("*" marks one a launch at the bench size passes as a multiple of 16)
-    variants: dict        # variant -> its constexprs (the module setting it stands for)
+    pointers: tuple       # (argument, element type or None for the op's dtype), the kernel's first arguments
+    sizes: tuple          # the int32 ones after them ("*": a multiple of 16 in a launch at the bench size)
+    scalars: int          # then this many fp32 ones; the constexprs follow (the names here are for the
+    variants: dict        # reader: arguments are matched by position) -- variant -> its constexprs
 
 
 _IO = (("Q", None), ("K", None), ("V", None), ("KL", "i32"), ("IDX", "i32"))
-_GRAD_IN = (("DO", None), ("LSE", "fp32"), ("DELTA", "fp32"))
+_GRAD_IN = (("DO", None), ("NEG_LSE", "fp32"), ("DELTA", "fp32"))
 KERNELS = [
-    Kernel("_fwd_kernel", 0, _IO + (("O", None), ("LSE", "fp32")), ("H", "N*", "M*", "Mk*", "kv_chunk*"),
+    Kernel("_fwd_kernel", 0, _IO + (("O", None), ("LSE", "fp32")), ("H", "N*", "M*", "Mk*", "kv_chunk*"), 1,
            {"always": {"LAZY_RESCALE": False}, "lazy": {"LAZY_RESCALE": True}}),  # FORWARD_RESCALE
     Kernel("_bwd_dkdv_kernel", 1, _IO + _GRAD_IN + (("DK", None), ("DV", None), ("DQ", "fp32")),
-           ("H", "N*", "M*", "Mk*"), {"separate": {"ATOMIC_DQ": False}, "atomic": {"ATOMIC_DQ": True}}),  # DQ_MODE
-    Kernel("_bwd_dq_kernel", 2, _IO + _GRAD_IN + (("DQ", None),), ("H", "N*", "M*", "Mk*", "kv_chunk*"),
+           ("H", "N*", "M*", "Mk*"), 2, {"separate": {"ATOMIC_DQ": False}, "atomic": {"ATOMIC_DQ": True}}),  # DQ_MODE
+    Kernel("_bwd_dq_kernel", 2, _IO + _GRAD_IN + (("DQ", None),), ("H", "N*", "M*", "Mk*", "kv_chunk*"), 2,
            {"separate": {}}),
 ]
 
@@ -63,25 +68,65 @@ def opcode_counts(sass: str) -> collections.Counter:
     return collections.Counter(m.group(1) for m in map(_SASS_OPCODE.search, sass.splitlines()) if m)
 
 
-def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch: int = 90) -> dict:
-    """{"tile", "shared": bytes, "instructions": total, opcode: count ...} of one kernel variant."""
+_LABEL = re.compile(r"^\s*\.(L_x_\d+):")
+_BRANCH_TO = re.compile(r"\bBRA\b.*?\b(L_x_\d+)")
+
+
+def loop_sizes(sass: str) -> list[int]:
+    """Instructions in each loop body (a label to a later branch back to it), in program order: the
+    work of one iteration, which is what a change to a hot loop moves."""
+    lines = sass.splitlines()
+    labels, sizes = {}, []
+    for i, line in enumerate(lines):
+        if label := _LABEL.match(line):
+            labels[label.group(1)] = i
+        elif (branch := _BRANCH_TO.search(line)) and branch.group(1) in labels:
+            sizes.append(sum(1 for body in lines[labels[branch.group(1)]:i + 1] if _SASS_OPCODE.search(body)))
+    return sizes
+
+
+def _kernels_module(path: str | None):
+    """pyaudiok.kernels.latent_attention, or the same module from another file (an earlier version, to
+    compare with)."""
+    from pyaudiok.kernels import latent_attention
+    if path is None:
+        return latent_attention
+    spec = importlib.util.spec_from_file_location("pyaudiok.kernels._census_variant", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its relative imports resolve in pyaudiok.kernels
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch: int = 90,
+                   source_path: str | None = None) -> dict:
+    """{"tile", "shared": bytes, "instructions": total, "loops": [per-iteration instructions], opcode:
+    count ...} of one kernel variant, from `source_path` instead of the package's module if given;
+    None where that kernel has no such variant (an earlier version without the flag it turns on)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from pyaudiok.kernels import latent_attention as kernels
     from pyaudiok.kernels.gpu import dot_precision
+
+    kernels = _kernels_module(source_path)
 
     tile = kernels._tiles(d, dtype, torch.device("cuda"))[spec.tile]
     kernel = getattr(kernels, spec.name)
-    signature = {name: "*" + (element or _TRITON_TYPES[dtype]) for name, element in spec.pointers}
-    signature.update({size.rstrip("*"): "i32" for size in spec.sizes})
-    signature.update({name: "fp32" for name in ("qk_scale", "sm_scale") if name in kernel.arg_names})
+    types = (["*" + (element or _TRITON_TYPES[dtype]) for _, element in spec.pointers] + ["i32"] * len(spec.sizes)
+             + ["fp32"] * spec.scalars)
+    signature = dict(zip(kernel.arg_names, types))
+    multiples_of_16 = [True] * len(spec.pointers) + [size.endswith("*") for size in spec.sizes]
+    aligned = [name for name, flag in zip(kernel.arg_names, multiples_of_16) if flag]
     constants = {"HAS_KL": False, "HAS_IDX": False, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "D": d,
-                 "PREC": dot_precision(dtype), **spec.variants[variant]}
+                 "PREC": dot_precision(dtype)}
+    for name, value in spec.variants[variant].items():  # a flag the kernel does not take counts as off
+        if name in kernel.arg_names:
+            constants[name] = value
+        elif value:
+            return None
     signature.update({name: "constexpr" for name in constants})
     index = {name: (kernel.arg_names.index(name),) for name in signature}
-    aligned = [name for name, _ in spec.pointers] + [size.rstrip("*") for size in spec.sizes if size.endswith("*")]
     source = ASTSource(fn=kernel, signature=signature, constexprs={index[k]: v for k, v in constants.items()},
                        attrs={index[name]: [["tt.divisibility", 16]] for name in aligned})
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
@@ -93,6 +138,7 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
         sass = subprocess.run([_nvdisasm(), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
     counts = opcode_counts(sass)
     return {"tile": list(tile), "shared": compiled.metadata.shared, "instructions": sum(counts.values()),
+            "loops": loop_sizes(sass),
             **{op: counts.get(op, 0) for op in OPCODES}}
 
 
@@ -102,24 +148,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--only", nargs="*", help="kernel names (default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON object {kernel: {variant: counts}}")
+    parser.add_argument("--source", help="the kernels' module from this file instead (e.g. an earlier commit's "
+                                         "kernels/latent_attention.py, from git show)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the kernels must be compiled")
-    results = {spec.name: {variant: compile_kernel(spec, variant, args.d, DTYPES[args.dtype])
-                           for variant in spec.variants}
-               for spec in KERNELS if not args.only or spec.name in args.only}
+    results = {}
+    for spec in KERNELS:
+        if not args.only or spec.name in args.only:
+            counts = {variant: compile_kernel(spec, variant, args.d, DTYPES[args.dtype], source_path=args.source)
+                      for variant in spec.variants}
+            results[spec.name] = {variant: c for variant, c in counts.items() if c is not None}
     if args.json:
         print(json.dumps(results))
         return 0
     import triton
     columns = ["shared", "instructions", *OPCODES]
-    print(f"latent attention kernels, d {args.d}, {args.dtype}, sm_{90}, triton {triton.__version__} "
-          "(static SASS counts; tile = block_m, block_n, warps, stages)")
-    print(f"{'kernel':<17}{'variant':<9}{'tile':<16}" + "".join(f"{c:>{max(7, len(c) + 1)}}" for c in columns))
+    source = args.source or "pyaudiok.kernels.latent_attention"
+    print(f"latent attention kernels ({source}), d {args.d}, {args.dtype}, sm_90, triton {triton.__version__} "
+          "(static SASS counts; tile = block_m, block_n, warps, stages; loops: instructions per iteration)")
+    print(f"{'kernel':<17}{'variant':<9}{'tile':<13}{'loops':<15}" + "".join(f"{c:>{max(7, len(c) + 1)}}"
+                                                                              for c in columns))
     for name, variants in results.items():
         for variant, counts in variants.items():
-            tile = ",".join(map(str, counts["tile"]))
-            print(f"{name:<17}{variant:<9}{tile:<16}" + "".join(f"{counts[c]:>{max(7, len(c) + 1)}}" for c in columns))
+            tile, loops = (",".join(map(str, counts[key])) for key in ("tile", "loops"))
+            print(f"{name:<17}{variant:<9}{tile:<13}{loops:<15}" + "".join(f"{counts[c]:>{max(7, len(c) + 1)}}"
+                                                                            for c in columns))
     return 0
 
 

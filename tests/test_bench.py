@@ -213,6 +213,7 @@ def test_sass_census_of_the_latent_attention_kernels():
     for kernel, variants in counts.items():
         for variant, c in variants.items():
             assert c["LDGSTS"] > 0 and c["HGMMA"] > 0, (kernel, variant, c)
+            assert len(c["loops"]) >= 2 and min(c["loops"][:2]) > 100, (kernel, variant, c)  # unmasked, masked
     forward = counts["_fwd_kernel"]
     for variant, c in forward.items():
         assert c["STL"] == c["LDL"] == 0 and c["shared"] >= 64 * 1024, (variant, c)
