@@ -1,12 +1,15 @@
 """Static census of the Triton latent-attention kernels as compiled for an H100 (sm_90), no GPU needed.
 
-For each kernel (forward, dK/dV, dQ) and variant (the forward's `FORWARD_RESCALE`, the dK/dV
-kernel's `DQ_MODE`) at the tile a GPU launch of the benchmark's size would use, it compiles the
-kernel through Triton's NVIDIA backend and its bundled ptxas, as that launch would be specialised
-(16-byte aligned pointers, sizes divisible by 16), and counts the SASS: FP32 math, MUFU (the
-exponentials), F2FP (conversions to 16 bits), HGMMA (tensor-core ops), LDGSTS (cp.async: the
-key/value loads are pipelined through shared memory), STL/LDL (register spills), REDG/ATOMG/MEMBAR
-(atomic adds without or with a returned value, fences), and the instructions of each loop's body.
+For each kernel (forward, dK/dV, dQ) and variant (the forward's `FORWARD_RESCALE` and
+`FORWARD_LOOP`, the dK/dV kernel's `DQ_MODE`) at the tile a GPU launch of the benchmark's size would
+use, it compiles the kernel through Triton's NVIDIA backend and its bundled ptxas, as that launch
+would be specialised (16-byte aligned pointers, sizes divisible by 16, the launch's register cap),
+and counts the SASS: FP32 math, MUFU (the exponentials), F2FP (conversions to 16 bits), HGMMA
+(tensor-core ops), LDGSTS (cp.async: the key/value loads are pipelined through shared memory),
+STL/LDL (register spills, also counted inside loops), REDG/ATOMG/MEMBAR (atomic adds without or with
+a returned value, fences), the instructions of each loop's body, the registers a thread takes (two
+CTAs of 8 warps share an SM at 128 or fewer), and whether the first loop's softmax can overlap the
+previous PV product (no wgmma wait before its exponentials, in the TTGIR).
 What a kernel change does to the instruction stream, seen before a GPU can time it; a count of
 static instructions, not a timing. `--source FILE` compiles another version of the kernels'
 module (e.g. `git show REV:kernels/latent_attention.py > FILE`), to compare a change with its base.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import importlib.util
 import json
 import os
@@ -50,7 +54,8 @@ _IO = (("Q", None), ("K", None), ("V", None), ("KL", "i32"), ("IDX", "i32"))
 _GRAD_IN = (("DO", None), ("NEG_LSE", "fp32"), ("DELTA", "fp32"))
 KERNELS = [
     Kernel("_fwd_kernel", 0, _IO + (("O", None), ("LSE", "fp32")), ("H", "N*", "M*", "Mk*", "kv_chunk*"), 1,
-           {"always": {"LAZY_RESCALE": False}, "lazy": {"LAZY_RESCALE": True}}),  # FORWARD_RESCALE
+           {"always": {"LAZY_RESCALE": False}, "lazy": {"LAZY_RESCALE": True},  # FORWARD_RESCALE
+            "overlap": {"OVERLAPPED": True}}),  # FORWARD_LOOP "overlapped"
     Kernel("_bwd_dkdv_kernel", 1, _IO + _GRAD_IN + (("DK", None), ("DV", None), ("DQ", "fp32")),
            ("H", "N*", "M*", "Mk*"), 2, {"separate": {"ATOMIC_DQ": False}, "atomic": {"ATOMIC_DQ": True}}),  # DQ_MODE
     Kernel("_bwd_dq_kernel", 2, _IO + _GRAD_IN + (("DQ", None),), ("H", "N*", "M*", "Mk*", "kv_chunk*"), 2,
@@ -58,9 +63,21 @@ KERNELS = [
 ]
 
 
-def _nvdisasm() -> str:
+def _cuda_tool(name: str) -> str:
+    """One of the CUDA binaries Triton's NVIDIA backend bundles (nvdisasm, cuobjdump)."""
     import triton
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+_REGISTERS = re.compile(r"\bREG:(\d+)")
+
+
+def registers(cubin_path: str) -> int:
+    """Registers a thread of the cubin's kernel uses (cuobjdump's resource usage): with the warps, what
+    decides how many CTAs share an SM (65 536 registers each)."""
+    usage = subprocess.run([_cuda_tool("cuobjdump"), "-res-usage", cubin_path], capture_output=True, text=True,
+                           check=True).stdout
+    return int(_REGISTERS.search(usage).group(1))
 
 
 def opcode_counts(sass: str) -> collections.Counter:
@@ -72,17 +89,42 @@ _LABEL = re.compile(r"^\s*\.(L_x_\d+):")
 _BRANCH_TO = re.compile(r"\bBRA\b.*?\b(L_x_\d+)")
 
 
-def loop_sizes(sass: str) -> list[int]:
-    """Instructions in each loop body (a label to a later branch back to it), in program order: the
+def loop_bodies(sass: str) -> list[collections.Counter]:
+    """Opcode counts of each loop body (a label to a later branch back to it), in program order: the
     work of one iteration, which is what a change to a hot loop moves."""
     lines = sass.splitlines()
-    labels, sizes = {}, []
+    labels, bodies = {}, []
     for i, line in enumerate(lines):
         if label := _LABEL.match(line):
             labels[label.group(1)] = i
         elif (branch := _BRANCH_TO.search(line)) and branch.group(1) in labels:
-            sizes.append(sum(1 for body in lines[labels[branch.group(1)]:i + 1] if _SASS_OPCODE.search(body)))
-    return sizes
+            bodies.append(opcode_counts("\n".join(lines[labels[branch.group(1)]:i + 1])))
+    return bodies
+
+
+_WGMMA_WAIT = "ttng.warp_group_dot_wait"
+
+
+def softmax_under_mma(ttgir: str) -> bool:
+    """Whether the first loop of a kernel's TTGIR computes exponentials (its softmax) before it first
+    waits for a wgmma: then the wgmma issued last in the previous iteration (the PV product) is still
+    running on the tensor cores meanwhile. False where the loop has no exponential."""
+    body = ttgir[ttgir.index("scf.for"):] if "scf.for" in ttgir else ""
+    exp2, wait = body.find("math.exp2"), body.find(_WGMMA_WAIT)
+    return exp2 >= 0 and (wait < 0 or exp2 < wait)
+
+
+@contextlib.contextmanager
+def kernels_settings(module, **settings):
+    """The kernels module's settings (FORWARD_LOOP, ...) as given meanwhile, restored after."""
+    saved = {name: getattr(module, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
 
 
 def _kernels_module(path: str | None):
@@ -120,7 +162,8 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
     aligned = [name for name, flag in zip(kernel.arg_names, multiples_of_16) if flag]
     constants = {"HAS_KL": False, "HAS_IDX": False, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "D": d,
                  "PREC": dot_precision(dtype)}
-    for name, value in spec.variants[variant].items():  # a flag the kernel does not take counts as off
+    flags = {name: False for flags in spec.variants.values() for name in flags}  # the other variants' off
+    for name, value in {**flags, **spec.variants[variant]}.items():  # a flag the kernel does not take counts as off
         if name in kernel.arg_names:
             constants[name] = value
         elif value:
@@ -129,16 +172,22 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
     index = {name: (kernel.arg_names.index(name),) for name in signature}
     source = ASTSource(fn=kernel, signature=signature, constexprs={index[k]: v for k, v in constants.items()},
                        attrs={index[name]: [["tt.divisibility", 16]] for name in aligned})
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": tile.warps, "num_stages": tile.stages,
-                                       "enable_fp_fusion": True})  # as launchable() launches
+    options = {"num_warps": tile.warps, "num_stages": tile.stages, "enable_fp_fusion": True}  # as launchable()
+    if constants.get("OVERLAPPED"):  # and launch_forward's register cap
+        with kernels_settings(kernels, FORWARD_LOOP="overlapped", FORWARD_RESCALE="always"):
+            options.update(kernels._overlapped_loop(d, dtype, torch.device("cuda"))[1])
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        sass = subprocess.run([_nvdisasm(), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
-    counts = opcode_counts(sass)
-    return {"tile": list(tile), "shared": compiled.metadata.shared, "instructions": sum(counts.values()),
-            "loops": loop_sizes(sass),
+        sass = subprocess.run([_cuda_tool("nvdisasm"), "-c", cubin.name], capture_output=True, text=True,
+                              check=True).stdout
+        regs = registers(cubin.name)
+    counts, loops = opcode_counts(sass), loop_bodies(sass)
+    return {"tile": list(tile), "registers": regs, "shared": compiled.metadata.shared,
+            "instructions": sum(counts.values()), "loops": [sum(body.values()) for body in loops],
+            "loop_spills": sum(body["STL"] + body["LDL"] for body in loops),
+            "overlap": softmax_under_mma(compiled.asm["ttgir"]),
             **{op: counts.get(op, 0) for op in OPCODES}}
 
 
@@ -163,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results))
         return 0
     import triton
-    columns = ["shared", "instructions", *OPCODES]
+    columns = ["overlap", "registers", "shared", "instructions", "loop_spills", *OPCODES]
     source = args.source or "pyaudiok.kernels.latent_attention"
     print(f"latent attention kernels ({source}), d {args.d}, {args.dtype}, sm_90, triton {triton.__version__} "
-          "(static SASS counts; tile = block_m, block_n, warps, stages; loops: instructions per iteration)")
+          "(static SASS counts; tile = block_m, block_n, warps, stages; loops: instructions per iteration; "
+          "overlap: the softmax runs while the previous PV wgmma may, from the TTGIR; loop_spills: STL + LDL in loops)")
     print(f"{'kernel':<17}{'variant':<9}{'tile':<13}{'loops':<15}" + "".join(f"{c:>{max(7, len(c) + 1)}}"
                                                                               for c in columns))
     for name, variants in results.items():

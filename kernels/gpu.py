@@ -11,25 +11,27 @@ from ..ops import _library
 
 
 class _ContractedLaunch:
-    """`kernel[grid](...)` with FP contraction requested (a * b + c as one FMA): the kernels were
-    written and timed with it, Triton's default so far. Triton 3.10 turns the default off (3.9
-    warns on every process's first compile that it will)."""
-    __slots__ = ("kernel",)
+    """`kernel[grid](...)` with FP contraction requested (a * b + c as one FMA) and the given compile
+    options: the kernels were written and timed with contraction, Triton's default so far. Triton
+    3.10 turns the default off (3.9 warns on every process's first compile that it will)."""
+    __slots__ = ("kernel", "options")
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, options: dict):
         self.kernel = kernel
+        self.options = {"enable_fp_fusion": True, **options}
 
     def __getitem__(self, grid):
-        return functools.partial(self.kernel[grid], enable_fp_fusion=True)
+        return functools.partial(self.kernel[grid], **self.options)
 
 
-def launchable(kernel):
-    """The kernel to launch as `launchable(kernel)[grid](...)`: `wrap_triton(kernel)` for a tracer
-    (`_library.tracing`), which records the launch through it (inductor then compiles the kernel
-    with its own options), else the kernel itself with FP contraction on. An eager launch through
-    wrap_triton costs 82 µs of host time on an H200 machine against 20 µs for a direct one
-    (bench/results/2026-11-27_h200_host_cost.txt), so small calls would be bound by it."""
-    return wrap_triton(kernel) if _library.tracing() else _ContractedLaunch(kernel)
+def launchable(kernel, **options):
+    """The kernel to launch as `launchable(kernel, **options)[grid](...)`: `wrap_triton(kernel)` for a
+    tracer (`_library.tracing`), which records the launch through it (inductor then compiles the
+    kernel with its own options: these are dropped, as wrap_triton takes no `maxnreg`), else the
+    kernel itself with FP contraction on and `options` (Triton compile options, e.g. maxnreg). An
+    eager launch through wrap_triton costs 82 µs of host time on an H200 machine against 20 µs for a
+    direct one (bench/results/2026-11-27_h200_host_cost.txt), so small calls would be bound by it."""
+    return wrap_triton(kernel) if _library.tracing() else _ContractedLaunch(kernel, options)
 
 
 @functools.cache

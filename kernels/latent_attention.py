@@ -86,21 +86,35 @@ def _key_range(L, offset, start_row, split, kv_chunk, BLOCK_M: tl.constexpr, BLO
 
 
 @triton.jit
-def _softmax_update(acc, l_i, m_i, s, v, qk_scale, MASKED: tl.constexpr, LAZY_RESCALE: tl.constexpr,
-                    PREC: tl.constexpr):
-    """One key block of the online softmax: raw scores s[BLOCK_M, BLOCK_N] (-inf where masked) and
-    values v[BLOCK_N, D] into the running (acc, l_i, m_i), m_i in log2 units.
+def _probabilities(s, l_i, m_i, qk_scale, MASKED: tl.constexpr):
+    """A key block's probabilities p = exp2(s * scale - m) from raw scores s[BLOCK_M, BLOCK_N] (-inf
+    where masked), the factor alpha that rescales what the running (acc, l_i) hold to the new max,
+    and the updated (l_i, m_i); m_i in log2 units.
 
     The scale is applied to the row maxima, then folded with the max subtraction into the one FMA
     that feeds exp2 (qk_scale > 0, checked by the public op): one op a score fewer than scaling the
     tile first, and the softmax, not the matmuls, is what bounds this loop at d <= 64. The FMAs are
     explicit (tl.fma), as the backward's are: Triton 3.10 is to stop contracting a * b - c by default."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+    m_safe = m_new
+    if MASKED:  # rows with nothing visible yet; in unmasked blocks every row has a finite score
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
+    alpha = tl.exp2(m_i - m_safe)
+    return p, alpha, l_i * alpha + tl.sum(p, axis=1), m_new
+
+
+@triton.jit
+def _softmax_update(acc, l_i, m_i, s, v, qk_scale, MASKED: tl.constexpr, LAZY_RESCALE: tl.constexpr,
+                    PREC: tl.constexpr):
+    """One key block of the online softmax: raw scores s and values v[BLOCK_N, D] into the running
+    (acc, l_i, m_i) (see _probabilities)."""
     if LAZY_RESCALE and not MASKED:
         # Keep the running max unless some row's grew by more than 2^8: the probabilities stay
         # below 256 (no overflow in fp32 sums or 16-bit P), and the O(BLOCK_M * D) rescale of the
         # accumulator is skipped on almost every block of a long key range. Every row's scores
         # are finite here; a row's first block (m_i = -inf) always rescales.
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
         if tl.max(m_new - m_i, axis=0) > _LAZY_RESCALE_LOG2:
             alpha = tl.exp2(m_i - m_new)
             acc = acc * alpha[:, None]
@@ -110,25 +124,33 @@ def _softmax_update(acc, l_i, m_i, s, v, qk_scale, MASKED: tl.constexpr, LAZY_RE
         l_i += tl.sum(p, axis=1)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
     else:
-        m_safe = m_new
-        if MASKED:  # rows with nothing visible yet; in unmasked blocks every row has a finite score
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p, alpha, l_i, m_i = _probabilities(s, l_i, m_i, qk_scale, MASKED)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _key_block(P, IDX, b, Mk, n0, d, HAS_IDX: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """Keys (or values) n0 ... n0 + BLOCK_N - 1 of the kept sequence, rows of P[*, D], all in range."""
+    cols = n0 + tl.arange(0, BLOCK_N)
+    in_range = cols < Mk  # unread: nothing is checked
+    return _rows(P, _key_rows(IDX, b, Mk, cols, in_range, HAS_IDX, False), d, in_range, D, False)
 
 
 @triton.jit
 def _fwd_block(acc, l_i, m_i, q, K, V, IDX, b, Mk, start, end, offset, rows, d,
                qk_scale, MASKED: tl.constexpr, HAS_IDX: tl.constexpr, LAZY_RESCALE: tl.constexpr,
                BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    # Within a CTA the softmax does not overlap the tensor cores: Triton (3.6 to 3.9) waits for a
-    # wgmma whose result is not an accumulator right after issuing it, so even issuing block j + 1's
-    # QK^T before block j's softmax (FlashAttention-3's intra-warpgroup overlap, written out) gets
-    # that wait straight after the issue (seen in the sm_90 TTGIR); only the second CTA per SM overlaps.
+    """Key blocks [start, end) in turn: each block's QK^T, its softmax, its PV product.
+
+    Within a CTA the softmax overlaps no tensor-core work in this order: Triton (3.6 to 3.9) waits
+    for a wgmma whose result is not an accumulator right after issuing it, and for the PV product
+    left in flight with the next QK^T, before the softmax. Even issuing block j + 1's QK^T before
+    block j's softmax (FlashAttention-3's intra-warpgroup overlap, written out) gets that wait
+    straight after the issue (seen in the sm_90 TTGIR). _fwd_block_overlapped reorders the loop so
+    that PV's wait falls after the softmax; otherwise only a second CTA on the SM overlaps. TMA loads
+    with warp_specialize=True do not help either: Triton 3.6 and 3.9 do not warp-specialise for sm_90,
+    and the loop had more instructions with the TMA loads than with cp.async."""
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < end
@@ -143,8 +165,35 @@ def _fwd_block(acc, l_i, m_i, q, K, V, IDX, b, Mk, start, end, offset, rows, d,
 
 
 @triton.jit
+def _fwd_block_overlapped(acc, l_i, m_i, q, K, V, IDX, b, Mk, start, end, d, qk_scale, HAS_IDX: tl.constexpr,
+                          BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    """The unmasked key blocks [start, end) (whole blocks, all visible), software-pipelined by one:
+    block j + 1's QK^T is issued after block j's softmax and before block j's PV product, so that
+    the PV product runs on the tensor cores through block j + 1's softmax.
+
+    Triton (3.6 to 3.9, sm_90) keeps an accumulating wgmma in flight until the wait of the next
+    wgmma, and waits for any other right after issuing it (see _fwd_block). In _fwd_block's order the
+    next wgmma is the next block's QK^T, issued before its softmax, so PV only overlaps that issue;
+    here the next one comes after the softmax (the sm_90 TTGIR shows PV's wait moved past it). The
+    accumulator's rescale follows the QK^T for the same reason: it is the PV result's first use."""
+    if start < end:
+        s = tl.dot(q, tl.trans(_key_block(K, IDX, b, Mk, start, d, HAS_IDX, BLOCK_N, D)),
+                   input_precision=PREC)
+        for n0 in range(start, end - BLOCK_N, BLOCK_N):
+            p, alpha, l_i, m_i = _probabilities(s, l_i, m_i, qk_scale, False)
+            s = tl.dot(q, tl.trans(_key_block(K, IDX, b, Mk, n0 + BLOCK_N, d, HAS_IDX, BLOCK_N, D)),
+                       input_precision=PREC)
+            v = _key_block(V, IDX, b, Mk, n0, d, HAS_IDX, BLOCK_N, D)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+        p, alpha, l_i, m_i = _probabilities(s, l_i, m_i, qk_scale, False)  # the last block: no next QK^T
+        v = _key_block(V, IDX, b, Mk, end - BLOCK_N, d, HAS_IDX, BLOCK_N, D)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, KL, IDX, O, LSE, H, N, M, Mk, kv_chunk, qk_scale,
-                HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr, LAZY_RESCALE: tl.constexpr,
+                HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr, LAZY_RESCALE: tl.constexpr, OVERLAPPED: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -164,8 +213,12 @@ def _fwd_kernel(Q, K, V, KL, IDX, O, LSE, H, N, M, Mk, kv_chunk, qk_scale,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, lo, full, offset, rows, d,
-                               qk_scale, False, HAS_IDX, LAZY_RESCALE, BLOCK_N, D, PREC)
+    if OVERLAPPED:
+        acc, l_i, m_i = _fwd_block_overlapped(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, lo, full, d, qk_scale,
+                                              HAS_IDX, BLOCK_N, D, PREC)
+    else:
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, lo, full, offset, rows, d,
+                                   qk_scale, False, HAS_IDX, LAZY_RESCALE, BLOCK_N, D, PREC)
     acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, full, hi, offset, rows, d,
                                qk_scale, True, HAS_IDX, False, BLOCK_N, D, PREC)
 
@@ -448,6 +501,38 @@ def forward_rescale() -> str:
     return _setting("FORWARD_RESCALE", ("always", "lazy"))
 
 
+# The order of the forward's loop over the key blocks every query of a tile sees: "sequential", each
+# block's QK^T, softmax and PV product in turn, or "overlapped", software-pipelined by one block so
+# that a block's PV product runs on the tensor cores through the next block's softmax
+# (_fwd_block_overlapped). Not the default until timed on a GPU: it needs more registers (see
+# _overlapped_loop) and, like FlashAttention-2's loop, rescales the accumulator on every block.
+FORWARD_LOOP = "sequential"
+
+
+def forward_loop() -> str:
+    loop = _setting("FORWARD_LOOP", ("sequential", "overlapped"))
+    if loop == "overlapped" and forward_rescale() == "lazy":
+        raise ValueError("FORWARD_LOOP 'overlapped' rescales on every block: it needs FORWARD_RESCALE 'always', "
+                         "got 'lazy'")
+    return loop
+
+
+def _overlapped_loop(D: int, dtype: torch.dtype, device: torch.device) -> tuple[bool, dict]:
+    """(whether the forward runs the overlapped loop, its launch options) under FORWARD_LOOP.
+
+    From bench/sass_census.py (sm_90, Triton 3.6 and 3.9): in 16 bits at d <= 64 ptxas takes 139
+    registers a thread, so one CTA of 8 warps an SM; capped at 128, two fit, as with the sequential
+    loop (124), and nothing spills in the loop (3.9 spills 9 words outside it). At d = 128 it takes
+    what the sequential loop does (~190, one CTA an SM). fp32 on a GPU keeps the sequential loop:
+    its 3xTF32 operands, split in registers, spill ~50 words an iteration when a block's scores are
+    carried over."""
+    if forward_loop() != "overlapped" or (device.type == "cuda" and dtype == torch.float32):
+        return False, {}
+    if device.type != "cuda" or D > 64:
+        return True, {}
+    return True, {"maxnreg": 128}
+
+
 def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:
     """(keys per split, a multiple of block_n; number of non-empty splits)."""
     chunk = triton.cdiv(triton.cdiv(Mk, splits), block_n) * block_n
@@ -470,10 +555,11 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, 
     else:  # partial results, merged below
         part_out = torch.empty((splits, B, H, N, D), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((splits, B, H, N), dtype=torch.float32, device=q.device)
-    launchable(_fwd_kernel)[(triton.cdiv(N, tile.block_m), B * H, splits)](
+    overlapped, options = _overlapped_loop(D, q.dtype, q.device)
+    launchable(_fwd_kernel, **options)[(triton.cdiv(N, tile.block_m), B * H, splits)](
         q, k, v, kl, idx, part_out, part_lse, H, N, M, Mk, kv_chunk, scale * _LOG2E,
-        LAZY_RESCALE=forward_rescale() == "lazy", BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-        num_warps=tile.warps, num_stages=tile.stages, **flags)
+        LAZY_RESCALE=forward_rescale() == "lazy", OVERLAPPED=overlapped, BLOCK_M=tile.block_m,
+        BLOCK_N=tile.block_n, num_warps=tile.warps, num_stages=tile.stages, **flags)
     if splits > 1:
         R = B * H * N
         launchable(_merge_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,

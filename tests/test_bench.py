@@ -169,12 +169,14 @@ def test_latent_attention_decode_candidate_computes_the_attention():
 
 
 def test_latent_attention_kernel_variants_run_under_their_settings_and_restore_them(monkeypatch):
-    """The GPU-only Triton variants (lazy rescale, atomic dQ): each candidate runs with its kernel
-    settings made current, gives the attention's gradients, and leaves the defaults as they were."""
+    """The GPU-only Triton variants (lazy rescale, overlapped loop, atomic dQ): each candidate runs with
+    its kernel settings made current, gives the attention's gradients, and leaves the defaults as they
+    were."""
     from pyaudiok.bench.bench_latent_attention import _triton_variants
     from pyaudiok.kernels import latent_attention as kernels
     seen = []
-    for name, setting in (("launch_forward", kernels.forward_rescale), ("launch_backward", kernels.dq_mode)):
+    forward_settings = lambda: f"{kernels.forward_rescale()}/{kernels.forward_loop()}"  # noqa: E731
+    for name, setting in (("launch_forward", forward_settings), ("launch_backward", kernels.dq_mode)):
         def spy(*args, launch=getattr(kernels, name), setting=setting, **kwargs):
             seen.append(setting())
             return launch(*args, **kwargs)
@@ -186,28 +188,33 @@ def test_latent_attention_kernel_variants_run_under_their_settings_and_restore_t
         out.sum().backward()
         return out
     cands = _triton_variants(step, backward=True)
-    assert [c.name for c in cands] == ["triton, lazy rescale", "triton, atomic dQ", "triton, lazy rescale + atomic dQ"]
+    assert [c.name for c in cands] == ["triton, lazy rescale", "triton, overlapped loop", "triton, atomic dQ",
+                                       "triton, lazy rescale + atomic dQ", "triton, overlapped loop + atomic dQ"]
     for cand in cands:
         cand.run()
-    assert seen == ["lazy", "separate", "always", "atomic", "lazy", "atomic"]
-    assert (kernels.FORWARD_RESCALE, kernels.DQ_MODE) == ("always", "separate")
+    assert seen == ["lazy/sequential", "separate", "always/overlapped", "separate", "always/sequential", "atomic",
+                    "lazy/sequential", "atomic", "always/overlapped", "atomic"]
+    assert (kernels.FORWARD_RESCALE, kernels.FORWARD_LOOP, kernels.DQ_MODE) == ("always", "sequential", "separate")
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
 def test_sass_census_of_the_latent_attention_kernels():
     """The kernels compiled for sm_90 at their GPU tiles, as launches at the bench size are specialised:
-    every one pipelines its loads (cp.async); the forward spills nothing in either variant, runs the
-    same tensor-core ops in both, and with the scale folded into the exp2 FMA has no FMUL per score
-    beyond the accumulator's rescale (128 x 64 tiles over 256 threads: 32 a block per loop, two loops,
-    ~176 in all; 236 with the tile scaled first); the atomic dQ adds are relaxed, fire-and-forget
-    reductions (REDG), not acquire-release atomics with fences (ATOMG, Triton's default)."""
+    every one pipelines its loads (cp.async); the forward's variants spill nothing in their loops
+    (nothing at all but the overlapped one, capped at 128 registers), take at most 128 registers (two
+    CTAs an SM), the rescale variants run the same tensor-core ops, and with the scale folded into the
+    exp2 FMA the default has no FMUL per score beyond the accumulator's rescale (128 x 64 tiles over
+    256 threads: 32 a block per loop, two loops, ~176 in all; 236 with the tile scaled first); only the
+    overlapped loop's softmax runs before its first wgmma wait (the previous PV product in flight);
+    the atomic dQ adds are relaxed, fire-and-forget reductions (REDG), not acquire-release atomics
+    with fences (ATOMG, Triton's default)."""
     pytest.importorskip("triton.backends.nvidia.compiler", reason="Triton has no NVIDIA backend here")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-m", "pyaudiok.bench.sass_census", "--json"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     counts = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {k: set(v) for k, v in counts.items()} == {"_fwd_kernel": {"always", "lazy"},
+    assert {k: set(v) for k, v in counts.items()} == {"_fwd_kernel": {"always", "lazy", "overlap"},
                                                       "_bwd_dkdv_kernel": {"separate", "atomic"},
                                                       "_bwd_dq_kernel": {"separate"}}
     for kernel, variants in counts.items():
@@ -216,7 +223,10 @@ def test_sass_census_of_the_latent_attention_kernels():
             assert len(c["loops"]) >= 2 and min(c["loops"][:2]) > 100, (kernel, variant, c)  # unmasked, masked
     forward = counts["_fwd_kernel"]
     for variant, c in forward.items():
-        assert c["STL"] == c["LDL"] == 0 and c["shared"] >= 64 * 1024, (variant, c)
+        assert c["loop_spills"] == 0 and c["registers"] <= 128 and c["shared"] >= 64 * 1024, (variant, c)
+        assert c["overlap"] == (variant == "overlap"), (variant, c)
+    for variant in ("always", "lazy"):
+        assert forward[variant]["STL"] == forward[variant]["LDL"] == 0, forward[variant]
     assert forward["always"]["HGMMA"] == forward["lazy"]["HGMMA"]
     assert forward["always"]["MUFU"] == forward["lazy"]["MUFU"]
     assert forward["always"]["FMUL"] < 200, forward["always"]

@@ -189,15 +189,63 @@ def test_triton_atomic_dq_backward_matches_reference(monkeypatch, B, H, N, M, d,
     compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, dropout_keep=keep), (q, k, v), "triton")
 
 
+FORWARD_VARIANTS = {  # the forward's settings that are not the default, and what each changes
+    "lazy rescale": ("FORWARD_RESCALE", "lazy"),     # a stale running max while no row's grew by > 2^8
+    "overlapped loop": ("FORWARD_LOOP", "overlapped"),  # block j + 1's QK^T before block j's PV product
+}
+
+
+@pytest.mark.parametrize("variant", FORWARD_VARIANTS)
 @pytest.mark.parametrize("B,H,N,M,d,lengths", CASES)
-def test_triton_lazy_rescale_matches_reference(monkeypatch, B, H, N, M, d, lengths):
-    """FORWARD_RESCALE "lazy": the forward keeps a stale running max while no row's grew by more
-    than 2^8; out, lse and the gradients (from that lse) are the reference's."""
+def test_triton_forward_variants_match_reference(monkeypatch, variant, B, H, N, M, d, lengths):
+    """Each forward variant's out, lse and the gradients (from that lse) are the reference's, also
+    with gathered keys (cross-attend dropout)."""
     device = require_backend(OP, "triton")
     from pyaudiok.kernels import latent_attention as kernels
-    monkeypatch.setattr(kernels, "FORWARD_RESCALE", "lazy")
+    monkeypatch.setattr(kernels, *FORWARD_VARIANTS[variant])
     q, k, v = _inputs(B, H, N, M, d, device)
     compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), "triton")
+    if M > N:
+        keep = torch.stack([torch.cat([torch.randperm(M - N)[:(M - N) // 2].sort().values, torch.arange(M - N, M)])
+                            for _ in range(B)]).to(device)
+        compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, dropout_keep=keep), (q, k, v),
+                               "triton")
+
+
+def test_triton_overlapped_loop_runs_its_unmasked_blocks(monkeypatch):
+    """FORWARD_LOOP "overlapped" runs _fwd_block_overlapped over the unmasked blocks, one block and
+    many: with that loop replaced by one that adds nothing, the output changes (so the variant tests
+    above test it). Interpreter only: a compiled kernel's callees cannot be swapped."""
+    device = require_backend(OP, "triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("swaps a @triton.jit callee, which only the interpreter resolves at each call")
+    from pyaudiok.kernels import latent_attention as kernels
+
+    from ._triton_stubs import latent_fwd_block_adding_nothing
+    monkeypatch.setattr(kernels, "FORWARD_LOOP", "overlapped")
+    for M in (40, 200):  # 16-key tiles in the interpreter: unmasked ranges of 1 and of 11 blocks
+        q, k, v = _inputs(1, 1, 16, M, 16, device, grad=False)
+        with pyaudiok.use_backend("triton"):
+            out = latent_cross_attention(q, k, v)
+            with monkeypatch.context() as patch:
+                patch.setattr(kernels, "_fwd_block_overlapped", latent_fwd_block_adding_nothing)
+                without_it = latent_cross_attention(q, k, v)
+        assert_close("out", out.double().cpu(), latent_attention_reference(q.cpu(), k.cpu(), v.cpu()).double(),
+                     torch.float32)
+        assert (without_it - out).abs().max() > 1e-2, M
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"FORWARD_LOOP": "pipelined"}, "FORWARD_LOOP must be 'sequential' or 'overlapped'; got 'pipelined'"),
+    ({"FORWARD_LOOP": "overlapped", "FORWARD_RESCALE": "lazy"},
+     "FORWARD_LOOP 'overlapped' .* FORWARD_RESCALE 'always'"),
+])
+def test_triton_forward_loop_is_checked(monkeypatch, settings, message):
+    from pyaudiok.kernels import latent_attention as kernels
+    for name, value in settings.items():
+        monkeypatch.setattr(kernels, name, value)
+    with pytest.raises(ValueError, match=message):
+        kernels.forward_loop()
 
 
 def test_triton_lazy_rescale_rescales_when_a_max_jumps(monkeypatch):
@@ -386,6 +434,18 @@ def test_half_precision(backend, dtype, d):
     out, _ = compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=[2000, 1234]),
                                     (q, k, v), backend)
     assert out[0].dtype == dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", FORWARD_VARIANTS)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("d", (32, 64, 128))
+def test_triton_forward_variants_in_half_precision(monkeypatch, variant, dtype, d):
+    """The forward variants at the GPU tiles they are timed at (the interpreter runs float32 at small
+    tiles, and a GPU's float32 keeps the sequential loop): as test_half_precision."""
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, *FORWARD_VARIANTS[variant])
+    test_half_precision("triton", dtype, d)
 
 
 
