@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import importlib.util
 import json
 import os
@@ -114,19 +113,6 @@ def softmax_under_mma(ttgir: str) -> bool:
     return exp2 >= 0 and (wait < 0 or exp2 < wait)
 
 
-@contextlib.contextmanager
-def kernels_settings(module, **settings):
-    """The kernels module's settings (FORWARD_LOOP, ...) as given meanwhile, restored after."""
-    saved = {name: getattr(module, name) for name in settings}
-    try:
-        for name, value in settings.items():
-            setattr(module, name, value)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
-
-
 def _kernels_module(path: str | None):
     """pyaudiok.kernels.latent_attention, or the same module from another file (an earlier version, to
     compare with)."""
@@ -174,7 +160,7 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
                        attrs={index[name]: [["tt.divisibility", 16]] for name in aligned})
     options = {"num_warps": tile.warps, "num_stages": tile.stages, "enable_fp_fusion": True}  # as launchable()
     if constants.get("OVERLAPPED"):  # and launch_forward's register cap
-        with kernels_settings(kernels, FORWARD_LOOP="overlapped", FORWARD_RESCALE="always"):
+        with kernels.settings_set(FORWARD_LOOP="overlapped", FORWARD_RESCALE="always"):
             options.update(kernels._overlapped_loop(d, dtype, torch.device("cuda"))[1])
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:

@@ -9,6 +9,7 @@ not compile or run out of shared memory are reported and skipped. It prints the 
 `_Tile(...)` triple to put in `_tiles`.
 
     python -m pyaudiok.bench.tile_sweep [--d 64] [--dtype bf16] [--n 1024] [--m 65536] [--budget 150] [--dq atomic]
+        [--forward-loop overlapped]
 
 `--n 1 --m 8192` sweeps the sampling step's forward (query tiles of 16 to 64 rows).
 
@@ -63,16 +64,18 @@ def tiles_fixed(module, tiles):
 
 def sweep(n: int, m: int, d: int, dtype: torch.dtype, device: torch.device, budget_s: float = 150.0,
           min_time: float = 0.1, grids: dict | None = None,
-          dq_mode: str = "separate") -> tuple[list[Row], tuple, dict[str, float]]:
+          dq_mode: str = "separate", forward_loop: str = "sequential") -> tuple[list[Row], tuple, dict[str, float]]:
     """Rows of every tile tried, the best (forward, dK/dV, dQ) tiles, and the baselines' seconds
     ({"current forward", "current backward", "SDPA forward", "SDPA backward"}, and the current tiles
     timed again at the end). `grids` overrides candidate_tiles per kernel (tests); `budget_s` bounds
     each kernel's sweep; every timing is the benchmark harness's median (`harness.time_median`: CUDA
     events, after a warm-up call). `dq_mode` "atomic" times the backward that adds dQ in the dK/dV
-    kernel (`kernels.latent_attention.DQ_MODE`): it has no dQ kernel to sweep."""
+    kernel (`kernels.latent_attention.DQ_MODE`): it has no dQ kernel to sweep. `forward_loop`
+    "overlapped" times the forward's overlapped loop (`FORWARD_LOOP`)."""
     from pyaudiok.kernels import latent_attention as kernels
 
-    with kernels.dq_mode_set(dq_mode):  # a bad mode fails here, before any timing
+    # a bad setting fails here, before any timing
+    with kernels.settings_set(DQ_MODE=dq_mode, FORWARD_LOOP=forward_loop):
         return _sweep(kernels, n, m, d, dtype, device, budget_s, min_time, grids)
 
 
@@ -151,13 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.1, help="timed seconds per tile (default 0.1)")
     parser.add_argument("--dq", choices=("separate", "atomic"), default="separate",
                         help="the backward's dQ scheme (kernels.latent_attention.DQ_MODE; default separate)")
+    parser.add_argument("--forward-loop", choices=("sequential", "overlapped"), default="sequential",
+                        help="the forward's loop order (kernels.latent_attention.FORWARD_LOOP; default sequential)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: the sweep times GPU kernels (it runs in Triton's interpreter only as a check)")
         return 2
     rows, best, baselines = sweep(args.n, args.m, args.d, DTYPES[args.dtype], torch.device("cuda"), args.budget,
-                                  args.min_time, dq_mode=args.dq)
+                                  args.min_time, dq_mode=args.dq, forward_loop=args.forward_loop)
     print(f"latent attention tiles, N {args.n}, M {args.m}, d {args.d}, {args.dtype}, dQ {args.dq}, "
+          f"forward loop {args.forward_loop}, "
           f"{torch.cuda.get_device_name()}")
     print(report(rows, best, baselines))
     return 0

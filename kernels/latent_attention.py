@@ -477,18 +477,6 @@ def dq_mode() -> str:
     return "separate" if torch.are_deterministic_algorithms_enabled() else mode
 
 
-@contextlib.contextmanager
-def dq_mode_set(mode: str):
-    """DQ_MODE = mode meanwhile (checked on entry), restored after."""
-    global DQ_MODE
-    saved, DQ_MODE = DQ_MODE, mode
-    try:
-        dq_mode()
-        yield
-    finally:
-        DQ_MODE = saved
-
-
 # How the forward's online softmax rescales its accumulator: "always", on every key block (the
 # FlashAttention-2 loop), or "lazy", only when a row's running max has grown by more than 2^8
 # (FlashAttention-4's conditional rescaling; exact all the same, the stale max cancels in out and
@@ -515,6 +503,23 @@ def forward_loop() -> str:
         raise ValueError("FORWARD_LOOP 'overlapped' rescales on every block: it needs FORWARD_RESCALE 'always', "
                          "got 'lazy'")
     return loop
+
+
+@contextlib.contextmanager
+def settings_set(**settings: str):
+    """This module's settings (DQ_MODE, FORWARD_RESCALE, FORWARD_LOOP) as given meanwhile, checked on
+    entry, restored after."""
+    unknown = set(settings) - {"DQ_MODE", "FORWARD_RESCALE", "FORWARD_LOOP"}
+    if unknown:
+        raise TypeError(f"settings_set() got unknown settings {sorted(unknown)}")
+    saved = {name: globals()[name] for name in settings}
+    globals().update(settings)
+    try:
+        dq_mode()
+        forward_loop()  # and FORWARD_RESCALE
+        yield
+    finally:
+        globals().update(saved)
 
 
 def _overlapped_loop(D: int, dtype: torch.dtype, device: torch.device) -> tuple[bool, dict]:

@@ -242,16 +242,31 @@ def test_tile_sweep_tries_small_query_tiles_for_a_sampling_step():
     assert min(rows[1]) == 16 and min(rows[1024]) == 64
 
 
-def test_tile_sweep_with_atomic_dq_has_no_dq_kernel_to_sweep():
+def test_tile_sweep_runs_under_the_kernel_settings_asked_for(monkeypatch):
+    """With atomic dQ there is no dQ kernel to sweep; every forward runs the loop asked for; the
+    settings are restored after, and a bad one fails before any timing."""
     from pyaudiok.bench import tile_sweep
     from pyaudiok.kernels import latent_attention
+    loops, launch = [], latent_attention.launch_forward
+
+    def spy(*args, **kwargs):
+        loops.append(latent_attention.forward_loop())
+        return launch(*args, **kwargs)
+    monkeypatch.setattr(latent_attention, "launch_forward", spy)
     tiles = [latent_attention._Tile(16, 16, 4, 1)]
     rows, best, _ = tile_sweep.sweep(16, 48, 16, torch.float32, torch.device("cpu"), min_time=0.0,
-                                     grids={"forward": tiles, "dK/dV": tiles, "dQ": tiles}, dq_mode="atomic")
+                                     grids={"forward": tiles, "dK/dV": tiles, "dQ": tiles}, dq_mode="atomic",
+                                     forward_loop="overlapped")
     assert [r.kernel for r in rows] == ["forward", "dK/dV"] and all(r.seconds for r in rows), rows
-    assert latent_attention.DQ_MODE == "separate"  # restored
+    assert loops and set(loops) == {"overlapped"}
+    assert (latent_attention.DQ_MODE, latent_attention.FORWARD_LOOP) == ("separate", "sequential")  # restored
     with pytest.raises(ValueError, match="DQ_MODE must be"):
         tile_sweep.sweep(16, 48, 16, torch.float32, torch.device("cpu"), grids={}, dq_mode="fast")
+    with pytest.raises(ValueError, match="FORWARD_LOOP must be"):
+        tile_sweep.sweep(16, 48, 16, torch.float32, torch.device("cpu"), grids={}, forward_loop="fast")
+    with pytest.raises(TypeError, match="unknown settings"):
+        with latent_attention.settings_set(FORWARD_LOOPS="overlapped"):
+            pass
 
 
 def test_interleave_times_every_candidate_each_round_and_drops_failures(capsys, monkeypatch):

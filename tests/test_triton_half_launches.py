@@ -26,7 +26,7 @@ def _leaf(*shape, dtype, device, scale=1.0):
 
 def _latent_attention(dtype, device, dq_mode="separate"):
     q, k, v = (_leaf(1, 2, n, 32, dtype=dtype, device=device) for n in (16, 48, 48))
-    with latent_kernels.dq_mode_set(dq_mode):
+    with latent_kernels.settings_set(DQ_MODE=dq_mode):
         out = ops.latent_cross_attention(q, k, v, key_lengths=[40])
         out.float().sum().backward()
     return out, q
