@@ -26,6 +26,7 @@ CASES = [  # (B, H, N, M, d, key_lengths): odd sizes, square, padded rows, rows 
     (3, 1, 20, 45, 32, [45, 10, 0]),       # L < N: early queries see nothing; L = 0: no key at all
     (2, 2, 19, 50, 16, [30, 19]),
     (1, 1, 1, 33, 16, None),
+    (2, 1, 32, 70, 16, [70, 40]),          # N a multiple of every query tile: the backward's row checks off
 ]
 
 
