@@ -402,15 +402,22 @@ class _FFTPath(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, strides, masking, args, kernels, sizes, outs):
-        (mask_rows, mask_cols), weights = masking.build(x, strides, args)
         dims = tuple(range(-len(sizes), 0))
         n = x.shape[0]
         step = chunk_rows(n, math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1) * 2 * x.element_size(), x.device)
         y = x.new_empty((*x.shape[:-len(sizes)], *outs))
-        kept = x.new_empty((n, mask_rows.shape[0], mask_cols.shape[0], 2))
-        for r in range(0, n, step):
-            rows = slice(r, r + step)
+        # The kept bins: the output's rows (one in 1-D) by its half-spectrum columns, the masks' lengths.
+        kept = x.new_empty((n, outs[0] if len(outs) == 2 else 1, outs[-1] // 2 + 1, 2))
+        chunks = [slice(r, r + step) for r in range(0, n, step)]
+
+        def transform(rows):
             _crop_into(kept[rows], torch.view_as_real(torch.fft.rfftn(x[rows], dim=dims)))
+        if chunks:  # the device runs the first transform (it needs no mask) while the host builds the masks
+            transform(chunks[0])
+        (mask_rows, mask_cols), weights = masking.build(x, strides, args)
+        for i, rows in enumerate(chunks):
+            if i:
+                transform(rows)
             masked = kernels.mask_crop(kept[rows], mask_rows, mask_cols)
             _irfft_into(kernels, masked, outs, dims, y[rows])
         ctx.save_for_backward(kept, mask_rows, mask_cols, weights)
