@@ -1,7 +1,8 @@
 """Benchmark of bottom-right causal latent cross-attention (DESIGN §1), forward + backward, at
 Perceiver AR's size (CPU: M = 16 384, N = 1024, H = 8, d = 64; GPU: M = 65 536, bf16; B = 1),
 against the reference, every backend, the peers PyTorch SDPA with `causal_lower_right` (its CPU
-flash kernel; flash/cuDNN on GPU) and `flex_attention` with the same mask, and the speed floor:
+flash kernel; on a GPU the flash kernels it picks, and SDPA held to its memory-efficient and to its
+cuDNN backend) and `flex_attention` with the same mask, and the speed floor:
 plain matmuls doing the same multiply-adds (the visible part of QKᵀ and PV; 3.5 times as many with
 the backward), in the attention's own shapes and, as the machine's matmul peak, in one large GEMM
 (x floor ≤ 2 is ≥ 50 % of that peak). Both count every row at full length.
@@ -51,6 +52,25 @@ def _step(fn, q, k, v, backward):
 
 
 _check = relative_error()
+
+
+def sdpa_on(backend, q, k, v, mask):
+    """SDPA with its choice limited to `backend` (a torch.nn.attention.SDPBackend); a backend that
+    cannot run the call raises (the harness reports it as failed)."""
+    from torch.nn.attention import sdpa_kernel
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _sdpa_backend_peers(q, k, v, mask, backward, check) -> list[Candidate]:
+    """SDPA held to each GPU backend it does not pick by itself for causal_lower_right (it picks
+    flash, the plain peer): SDPA's best backend is the bar. The memory-efficient kernels have a
+    bottom-right causal mode; cuDNN's does not, so SDPA gives it the mask materialised."""
+    from torch.nn.attention import SDPBackend
+    return [Candidate(f"torch SDPA causal_lower_right, {label} only", "peer",
+                      _step(lambda backend=backend: sdpa_on(backend, q, k, v, mask), q, k, v, backward), check=check)
+            for label, backend in (("memory-efficient", SDPBackend.EFFICIENT_ATTENTION),
+                                   ("cuDNN", SDPBackend.CUDNN_ATTENTION))]
 
 
 def _flex(q, k, v, lengths, backward):
@@ -157,6 +177,8 @@ def attention_case(device, N, M, backward, lengths=None) -> Case:
     cands.append(Candidate("torch SDPA causal_lower_right" if lengths is None else "torch SDPA (row masks)", "peer",
                            _step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v, backward),
                            check=check))
+    if lengths is None and device.type == "cuda":
+        cands += _sdpa_backend_peers(q, k, v, mask, backward, check)
     if lengths is not None:  # the cost the per-row path is held to: every row at full length
         full = causal_lower_right(N, M)
         cands.append(Candidate("torch SDPA causal_lower_right (rows full)", "peer",

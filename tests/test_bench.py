@@ -198,6 +198,22 @@ def test_latent_attention_kernel_variants_run_under_their_settings_and_restore_t
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+def test_sdpa_held_to_one_backend_runs_it_or_raises():
+    """The bench's per-backend SDPA peers: held to a backend that can run the call, SDPA gives its
+    usual answer; held to one that cannot (the memory-efficient kernels on a CPU), it raises, which
+    the harness reports as that peer failed, not as another backend's time."""
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention.bias import causal_lower_right
+
+    from pyaudiok.bench.bench_latent_attention import sdpa_on
+    q, k, v = (torch.randn(1, 2, s, 16) for s in (8, 40, 40))
+    mask = causal_lower_right(8, 40)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(sdpa_on(SDPBackend.MATH, q, k, v, mask), want)
+    with pytest.raises(RuntimeError):
+        sdpa_on(SDPBackend.EFFICIENT_ATTENTION, q, k, v, mask)
+
+
 def test_sass_census_of_the_latent_attention_kernels():
     """The kernels compiled for sm_90 at their GPU tiles, as launches at the bench size are specialised:
     every one pipelines its loads (cp.async); the forward's variants spill nothing in their loops
