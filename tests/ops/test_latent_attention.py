@@ -236,6 +236,26 @@ def test_triton_overlapped_loop_runs_its_unmasked_blocks(monkeypatch):
         assert (without_it - out).abs().max() > 1e-2, M
 
 
+@pytest.mark.parametrize("variant", [None, *FORWARD_VARIANTS])
+@pytest.mark.parametrize("N,lengths", [(256, None), (200, [700, 333])])
+def test_triton_at_the_gpu_tiles_in_the_interpreter(monkeypatch, variant, N, lengths):
+    """The kernels at the tiles a GPU launch of 16-bit d = 64 uses (128-query forward tiles, the
+    dK/dV kernel's 32 queries by 128 keys, ...) and split over 3 key ranges, in the interpreter:
+    the block arithmetic the small interpreter tiles do not reach (whole-block loops of 64 keys, the
+    row checks off at N = 256 and on at 200)."""
+    device = require_backend(OP, "triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("on a GPU every test runs these tiles")
+    from pyaudiok.kernels import latent_attention as kernels
+    gpu_tiles = kernels._tiles(64, torch.bfloat16, torch.device("cuda"))
+    monkeypatch.setattr(kernels, "_tiles", lambda D, dtype, device: gpu_tiles)
+    monkeypatch.setattr(kernels, "choose_splits", lambda programs, Mk, device: 3)
+    if variant is not None:
+        monkeypatch.setattr(kernels, *FORWARD_VARIANTS[variant])
+    q, k, v = _inputs(2, 1, N, 700, 64, device)
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), "triton")
+
+
 @pytest.mark.parametrize("settings,message", [
     ({"FORWARD_LOOP": "pipelined"}, "FORWARD_LOOP must be 'sequential' or 'overlapped'; got 'pipelined'"),
     ({"FORWARD_LOOP": "overlapped", "FORWARD_RESCALE": "lazy"},
