@@ -10,8 +10,9 @@ the backward), in the attention's own shapes and, as the machine's matmul peak, 
 `latent_attn.lengths` runs B = 2 rows with different key_lengths; its SDPA peer gets the per-row
 mask materialised, which is what SDPA needs for it. On a GPU the backward cases also time the
 Triton backend with dQ added atomically by the dK/dV kernel (`kernels.latent_attention.DQ_MODE`),
-and every GPU case its forward with lazy rescaling (`FORWARD_RESCALE`) and with the overlapped loop
-(`FORWARD_LOOP`): schemes that are not the default until they measure faster. `latent_attn.decode`
+and every GPU case its forward with lazy rescaling (`FORWARD_RESCALE`) and with the overlapped and
+the warp-specialised loops (`FORWARD_LOOP`): schemes that are not the default until they measure
+faster. `latent_attn.decode`
 times the sampling step's attention (one query over 8 192 keys) against SDPA, with a decode tile as
 a candidate."""
 from __future__ import annotations
@@ -137,20 +138,20 @@ KERNELS = "kernels.latent_attention."  # the Triton kernels' module, for with_se
 
 def _triton_variants(ours, backward: bool) -> list[Candidate]:
     """The Triton backend under the kernel settings that are not the default until they measure
-    faster (pyaudiok.kernels.latent_attention): the forward's lazy rescaling and overlapped loop, the
-    backward's atomic dQ."""
+    faster (pyaudiok.kernels.latent_attention): the forward's lazy rescaling, overlapped loop and
+    warp-specialised loop, the backward's atomic dQ (alone and with each forward setting)."""
     triton_step = with_backend("triton", ours)
-    lazy, overlapped = {KERNELS + "FORWARD_RESCALE": "lazy"}, {KERNELS + "FORWARD_LOOP": "overlapped"}
+    forward = {"lazy rescale": {KERNELS + "FORWARD_RESCALE": "lazy"},
+               "overlapped loop": {KERNELS + "FORWARD_LOOP": "overlapped"},
+               "warp-specialized loop": {KERNELS + "FORWARD_LOOP": "warp_specialized"}}
     atomic = {KERNELS + "DQ_MODE": "atomic"}
     check = None if backward else _check
-    cands = [Candidate("triton, lazy rescale", "backend", with_settings(triton_step, lazy), check=check),
-             Candidate("triton, overlapped loop", "backend", with_settings(triton_step, overlapped), check=check)]
+    cands = [Candidate(f"triton, {name}", "backend", with_settings(triton_step, settings), check=check)
+             for name, settings in forward.items()]
     if backward:
         cands.append(Candidate("triton, atomic dQ", "backend", with_settings(triton_step, atomic)))
-        cands.append(Candidate("triton, lazy rescale + atomic dQ", "backend",
-                               with_settings(triton_step, {**lazy, **atomic})))
-        cands.append(Candidate("triton, overlapped loop + atomic dQ", "backend",
-                               with_settings(triton_step, {**overlapped, **atomic})))
+        cands += [Candidate(f"triton, {name} + atomic dQ", "backend",
+                            with_settings(triton_step, {**settings, **atomic})) for name, settings in forward.items()]
     return cands
 
 

@@ -1,15 +1,16 @@
 """Static census of the Triton latent-attention kernels as compiled for an H100 (sm_90), no GPU needed.
 
-For each kernel (forward, dK/dV, dQ) and variant (the forward's `FORWARD_RESCALE` and
-`FORWARD_LOOP`, the dK/dV kernel's `DQ_MODE`) at the tile a GPU launch of the benchmark's size would
-use, it compiles the kernel through Triton's NVIDIA backend and its bundled ptxas, as that launch
+For each kernel (forward, dK/dV, dQ, the warp-specialised forward) and variant (the forward's
+`FORWARD_RESCALE` and `FORWARD_LOOP`, the dK/dV kernel's `DQ_MODE`) at the tile a GPU launch of the
+benchmark's size would use, it compiles the kernel through Triton's NVIDIA backend and its bundled ptxas, as that launch
 would be specialised (16-byte aligned pointers, sizes divisible by 16, the launch's register cap),
 and counts the SASS: FP32 math, MUFU (the exponentials), F2FP (conversions to 16 bits), HGMMA
 (tensor-core ops), LDGSTS (cp.async: the key/value loads are pipelined through shared memory),
 STL/LDL (register spills, also counted inside loops), REDG/ATOMG/MEMBAR (atomic adds without or with
 a returned value, fences), the instructions of each loop's body, the registers a thread takes (two
-CTAs of 8 warps share an SM at 128 or fewer), and whether the first loop's softmax can overlap the
-previous PV product (no wgmma wait before its exponentials, in the TTGIR).
+CTAs of 8 warps share an SM at 128 or fewer), whether the first loop's softmax can overlap the
+previous PV product (no wgmma wait before its exponentials, in the TTGIR), and whether Triton's
+Hopper pass warp-specialised the kernel (a ttg.warp_specialize op in the TTGIR).
 What a kernel change does to the instruction stream, seen before a GPU can time it; a count of
 static instructions, not a timing. `--source FILE` compiles another version of the kernels'
 module (e.g. `git show REV:kernels/latent_attention.py > FILE`), to compare a change with its base.
@@ -42,7 +43,7 @@ _SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_
 
 class Kernel(NamedTuple):
     name: str             # the function in pyaudiok.kernels.latent_attention
-    tile: int             # its index in _tiles(): forward, dK/dV, dQ
+    tile: int | None      # its index in _tiles() (forward, dK/dV, dQ); None: the warp-specialised forward's
     pointers: tuple       # (argument, element type or None for the op's dtype), the kernel's first arguments
     sizes: tuple          # the int32 ones after them ("*": a multiple of 16 in a launch at the bench size)
     scalars: int          # then this many fp32 ones; the constexprs follow (the names here are for the
@@ -59,7 +60,13 @@ KERNELS = [
            ("H", "N*", "M*", "Mk*"), 2, {"separate": {"ATOMIC_DQ": False}, "atomic": {"ATOMIC_DQ": True}}),  # DQ_MODE
     Kernel("_bwd_dq_kernel", 2, _IO + _GRAD_IN + (("DQ", None),), ("H", "N*", "M*", "Mk*", "kv_chunk*"), 2,
            {"separate": {}}),
+    Kernel("_fwd_ws_kernel", None, (("Q", None), ("K", None), ("V", None), ("KL", "i32"), ("O", "fp32"),
+                                    ("LSE", "fp32")), ("H", "N*", "M*", "kv_chunk*"), 1,
+           {"ws": {"WARP_SPECIALIZE": True}}),  # FORWARD_LOOP "warp_specialized" (masked blocks: _fwd_kernel)
 ]
+# Constexprs as a launch at the bench size sets them, where a kernel takes them: N = 1 024 is a
+# multiple of every query tile (no row checks), and _fwd_kernel runs its unmasked blocks too.
+_LAUNCH_CONSTANTS = {"CHECK_ROWS": False, "UNMASKED": True}
 
 
 def _cuda_tool(name: str) -> str:
@@ -139,7 +146,10 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
 
     kernels = _kernels_module(source_path)
 
-    tile = kernels._tiles(d, dtype, torch.device("cuda"))[spec.tile]
+    if spec.tile is None and not hasattr(kernels, "_ws_tile"):
+        return None  # an earlier version, without the warp-specialised forward
+    gpu = torch.device("cuda")
+    tile = kernels._ws_tile(gpu) if spec.tile is None else kernels._tiles(d, dtype, gpu)[spec.tile]
     kernel = getattr(kernels, spec.name)
     types = (["*" + (element or _TRITON_TYPES[dtype]) for _, element in spec.pointers] + ["i32"] * len(spec.sizes)
              + ["fp32"] * spec.scalars)
@@ -147,9 +157,8 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
     multiples_of_16 = [True] * len(spec.pointers) + [size.endswith("*") for size in spec.sizes]
     aligned = [name for name, flag in zip(kernel.arg_names, multiples_of_16) if flag]
     constants = {"HAS_KL": False, "HAS_IDX": False, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "D": d,
-                 "PREC": dot_precision(dtype)}
-    if "CHECK_ROWS" in kernel.arg_names:  # the bench's N (1 024) is a multiple of every query tile
-        constants["CHECK_ROWS"] = False
+                 "PREC": dot_precision(dtype), **_LAUNCH_CONSTANTS}
+    constants = {name: value for name, value in constants.items() if name in kernel.arg_names}
     flags = {name: False for flags in spec.variants.values() for name in flags}  # the other variants' off
     for name, value in {**flags, **spec.variants[variant]}.items():  # a flag the kernel does not take counts as off
         if name in kernel.arg_names:
@@ -163,7 +172,7 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
     options = {"num_warps": tile.warps, "num_stages": tile.stages, "enable_fp_fusion": True}  # as launchable()
     if constants.get("OVERLAPPED"):  # and launch_forward's register cap
         with kernels.settings_set(FORWARD_LOOP="overlapped", FORWARD_RESCALE="always"):
-            options.update(kernels._overlapped_loop(d, dtype, torch.device("cuda"))[1])
+            options.update(kernels._forward_loop_for(d, dtype, torch.device("cuda"))[1])
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
@@ -176,6 +185,7 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
             "instructions": sum(counts.values()), "loops": [sum(body.values()) for body in loops],
             "loop_spills": sum(body["STL"] + body["LDL"] for body in loops),
             "overlap": softmax_under_mma(compiled.asm["ttgir"]),
+            "warp_specialized": "ttg.warp_specialize(" in compiled.asm["ttgir"],
             **{op: counts.get(op, 0) for op in OPCODES}}
 
 
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results))
         return 0
     import triton
-    columns = ["overlap", "registers", "shared", "instructions", "loop_spills", *OPCODES]
+    columns = ["overlap", "warp_specialized", "registers", "shared", "instructions", "loop_spills", *OPCODES]
     source = args.source or "pyaudiok.kernels.latent_attention"
     print(f"latent attention kernels ({source}), d {args.d}, {args.dtype}, sm_90, triton {triton.__version__} "
           "(static SASS counts; tile = block_m, block_n, warps, stages; loops: instructions per iteration; "

@@ -89,6 +89,8 @@ def shared_tensor_slots(fn, args: tuple, kwargs: dict) -> list[list[str]]:
 
 
 def _record(fn, args: tuple, kwargs: dict) -> None:
+    if not fn.__module__.startswith("pyaudiok."):
+        return  # a test's stand-in kernel (tests/ops/_triton_stubs.py), not the library's
     spec = spec_of(fn, args, kwargs)
     if spec is not None:
         SPECS.setdefault(json.dumps(spec, sort_keys=True), spec)

@@ -193,6 +193,7 @@ def test_triton_atomic_dq_backward_matches_reference(monkeypatch, B, H, N, M, d,
 FORWARD_VARIANTS = {  # the forward's settings that are not the default, and what each changes
     "lazy rescale": ("FORWARD_RESCALE", "lazy"),     # a stale running max while no row's grew by > 2^8
     "overlapped loop": ("FORWARD_LOOP", "overlapped"),  # block j + 1's QK^T before block j's PV product
+    "warp-specialized loop": ("FORWARD_LOOP", "warp_specialized"),  # TMA producer, two consumers; masked part apart
 }
 
 
@@ -213,23 +214,26 @@ def test_triton_forward_variants_match_reference(monkeypatch, variant, B, H, N, 
                                "triton")
 
 
-def test_triton_overlapped_loop_runs_its_unmasked_blocks(monkeypatch):
-    """FORWARD_LOOP "overlapped" runs _fwd_block_overlapped over the unmasked blocks, one block and
-    many: with that loop replaced by one that adds nothing, the output changes (so the variant tests
-    above test it). Interpreter only: a compiled kernel's callees cannot be swapped."""
+@pytest.mark.parametrize("variant,callee,stub", [
+    ("overlapped loop", "_fwd_block_overlapped", "latent_fwd_block_adding_nothing"),
+    ("warp-specialized loop", "_fwd_ws_kernel", "latent_fwd_ws_kernel_seeing_nothing")])
+def test_triton_forward_variant_runs_its_unmasked_blocks(monkeypatch, variant, callee, stub):
+    """Each forward variant runs its own code over the unmasked blocks, one block and many: with that
+    code replaced by a stand-in that adds nothing, the output changes (so the variant tests above
+    test it). Interpreter only: a compiled kernel's callees cannot be swapped."""
     device = require_backend(OP, "triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("swaps a @triton.jit callee, which only the interpreter resolves at each call")
+        pytest.skip("swaps a @triton.jit function, which only the interpreter resolves at each call")
     from pyaudiok.kernels import latent_attention as kernels
 
-    from ._triton_stubs import latent_fwd_block_adding_nothing
-    monkeypatch.setattr(kernels, "FORWARD_LOOP", "overlapped")
+    from . import _triton_stubs
+    monkeypatch.setattr(kernels, *FORWARD_VARIANTS[variant])
     for M in (40, 200):  # 16-key tiles in the interpreter: unmasked ranges of 1 and of 11 blocks
         q, k, v = _inputs(1, 1, 16, M, 16, device, grad=False)
         with pyaudiok.use_backend("triton"):
             out = latent_cross_attention(q, k, v)
             with monkeypatch.context() as patch:
-                patch.setattr(kernels, "_fwd_block_overlapped", latent_fwd_block_adding_nothing)
+                patch.setattr(kernels, callee, getattr(_triton_stubs, stub))
                 without_it = latent_cross_attention(q, k, v)
         assert_close("out", out.double().cpu(), latent_attention_reference(q.cpu(), k.cpu(), v.cpu()).double(),
                      torch.float32)
@@ -240,7 +244,8 @@ def test_triton_overlapped_loop_runs_its_unmasked_blocks(monkeypatch):
 @pytest.mark.parametrize("N,lengths", [(256, None), (200, [700, 333])])
 def test_triton_at_the_gpu_tiles_in_the_interpreter(monkeypatch, variant, N, lengths):
     """The kernels at the tiles a GPU launch of 16-bit d = 64 uses (128-query forward tiles, the
-    dK/dV kernel's 32 queries by 128 keys, ...) and split over 3 key ranges, in the interpreter:
+    dK/dV kernel's 32 queries by 128 keys, the warp-specialised forward's 128 by 64, ...) and split
+    over 3 key ranges, in the interpreter:
     the block arithmetic the small interpreter tiles do not reach (whole-block loops of 64 keys, the
     row checks off at N = 256 and on at 200)."""
     device = require_backend(OP, "triton")
@@ -249,17 +254,37 @@ def test_triton_at_the_gpu_tiles_in_the_interpreter(monkeypatch, variant, N, len
     from pyaudiok.kernels import latent_attention as kernels
     gpu_tiles = kernels._tiles(64, torch.bfloat16, torch.device("cuda"))
     monkeypatch.setattr(kernels, "_tiles", lambda D, dtype, device: gpu_tiles)
-    monkeypatch.setattr(kernels, "choose_splits", lambda programs, Mk, device: 3)
+    monkeypatch.setattr(kernels, "_ws_tile", lambda device: kernels._WS_TILE)
+    monkeypatch.setattr(kernels, "choose_splits", lambda programs, Mk, device, ctas_per_sm=2: 3)
     if variant is not None:
         monkeypatch.setattr(kernels, *FORWARD_VARIANTS[variant])
     q, k, v = _inputs(2, 1, N, 700, 64, device)
     compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), "triton")
 
 
+def test_triton_warp_specialized_forward_applies_where_its_tma_loads_can(monkeypatch):
+    """The warp-specialised kernel is taken for 16-bit (and, in the interpreter, fp32) inputs; not with
+    gathered keys (no TMA gather on sm_90), under a tracer, past int32 TMA coordinates, with a
+    misaligned base, or for fp32 on a GPU (its 3xTF32 products)."""
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, "FORWARD_LOOP", "warp_specialized")
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    plan = kernels._forward_loop_for
+    assert plan(64, torch.bfloat16, gpu)[0] == plan(64, torch.float32, cpu)[0] == "warp_specialized"
+    for loop in (plan(64, torch.float32, gpu), plan(64, torch.bfloat16, gpu, gathered=True),
+                 plan(64, torch.bfloat16, gpu, rows=2 ** 31), plan(64, torch.bfloat16, gpu, aligned=False)):
+        assert loop == ("sequential", {})
+    monkeypatch.setattr(kernels._library, "tracing", lambda: True)
+    assert plan(64, torch.bfloat16, gpu)[0] == "sequential"
+
+
 @pytest.mark.parametrize("settings,message", [
-    ({"FORWARD_LOOP": "pipelined"}, "FORWARD_LOOP must be 'sequential' or 'overlapped'; got 'pipelined'"),
+    ({"FORWARD_LOOP": "pipelined"},
+     "FORWARD_LOOP must be 'sequential', 'overlapped' or 'warp_specialized'; got 'pipelined'"),
     ({"FORWARD_LOOP": "overlapped", "FORWARD_RESCALE": "lazy"},
      "FORWARD_LOOP 'overlapped' .* FORWARD_RESCALE 'always'"),
+    ({"FORWARD_LOOP": "warp_specialized", "FORWARD_RESCALE": "lazy"},
+     "FORWARD_LOOP 'warp_specialized' .* FORWARD_RESCALE 'always'"),
 ])
 def test_triton_forward_loop_is_checked(monkeypatch, settings, message):
     from pyaudiok.kernels import latent_attention as kernels
