@@ -165,6 +165,8 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
             constants[name] = value
         elif value:
             return None
+    if "WARP_SPECIALIZE" in constants:  # as _launch_forward_ws sets it: fp32 keeps the loop whole
+        constants["WARP_SPECIALIZE"] = dtype != torch.float32
     signature.update({name: "constexpr" for name in constants})
     index = {name: (kernel.arg_names.index(name),) for name in signature}
     source = ASTSource(fn=kernel, signature=signature, constexprs={index[k]: v for k, v in constants.items()},
