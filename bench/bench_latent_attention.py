@@ -148,6 +148,12 @@ def _triton_variants(ours, backward: bool) -> list[Candidate]:
     check = None if backward else _check
     cands = [Candidate(f"triton, {name}", "backend", with_settings(triton_step, settings), check=check)
              for name, settings in forward.items()]
+    # The warp-specialised kernel with two consumers of 128 queries each (compiles for sm_90 at d = 64
+    # without spills, 96 KiB of shared memory; at d = 128 it spills): its one tile besides _WS_TILE.
+    from pyaudiok.kernels.latent_attention import _Tile
+    wide = {**forward["warp-specialized loop"], KERNELS + "_WS_TILE": _Tile(256, 64, 4, 2)}
+    cands.append(Candidate("triton, warp-specialized loop, 256-query tile", "backend",
+                           with_settings(triton_step, wide), check=check))
     if backward:
         cands.append(Candidate("triton, atomic dQ", "backend", with_settings(triton_step, atomic)))
         cands += [Candidate(f"triton, {name} + atomic dQ", "backend",

@@ -189,13 +189,15 @@ def test_latent_attention_kernel_variants_run_under_their_settings_and_restore_t
         return out
     cands = _triton_variants(step, backward=True)
     forward = ["lazy rescale", "overlapped loop", "warp-specialized loop"]
-    assert [c.name for c in cands] == ([f"triton, {name}" for name in forward] + ["triton, atomic dQ"]
+    assert [c.name for c in cands] == ([f"triton, {name}" for name in forward]
+                                       + ["triton, warp-specialized loop, 256-query tile", "triton, atomic dQ"]
                                        + [f"triton, {name} + atomic dQ" for name in forward])
     for cand in cands:
         cand.run()
-    settings = ["lazy/sequential", "always/overlapped", "always/warp_specialized"]
+    settings = ["lazy/sequential", "always/overlapped", "always/warp_specialized", "always/warp_specialized"]
     assert seen == ([x for s in settings for x in (s, "separate")] + ["always/sequential", "atomic"]
-                    + [x for s in settings for x in (s, "atomic")])
+                    + [x for s in settings[:3] for x in (s, "atomic")])
+    assert kernels._WS_TILE == kernels._Tile(128, 64, 4, 3)  # restored
     assert (kernels.FORWARD_RESCALE, kernels.FORWARD_LOOP, kernels.DQ_MODE) == ("always", "sequential", "separate")
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
