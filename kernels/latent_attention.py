@@ -591,8 +591,8 @@ def settings_set(**settings: str):
 
 
 _WS_TILE = _Tile(128, 64, 4, 3)  # the warp-specialised forward: the pass needs 4 warps (one per consumer
-# half and a producer warpgroup are added); 128 queries, two consumers of 64 (sm_90 compile: 232
-# registers a consumer thread, 80 KiB of shared memory, one CTA an SM)
+# half and a producer warpgroup are added); 128 queries, two consumers of 64 (sm_90 compile at d = 64:
+# 232 registers a consumer thread, 97 KiB of shared memory, one CTA an SM)
 
 
 def _ws_tile(device: torch.device) -> _Tile:
@@ -644,8 +644,7 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, 
     tile = _tiles(D, q.dtype, q.device)[0]
     programs = triton.cdiv(N, tile.block_m) * B * H
     kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), tile.block_n)
-    out = torch.empty_like(q)
-    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    out, lse = _outputs(q)
     if splits == 1:
         part_out, part_lse = out, lse
     else:  # partial results, merged below
@@ -657,6 +656,11 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, 
     if splits > 1:
         _merge(part_out, part_lse, out, lse)
     return out, lse
+
+
+def _outputs(q: Tensor) -> tuple[Tensor, Tensor]:
+    """The forward's (out, lse) for q[B, H, N, D]: out like q, lse [B, H, N] fp32."""
+    return torch.empty_like(q), torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
 
 
 def _parts(splits: int, q: Tensor) -> tuple[Tensor, Tensor]:
@@ -695,8 +699,7 @@ def _launch_forward_ws(q: Tensor, k: Tensor, v: Tensor, kl: Tensor, idx: Tensor,
         q, k, v, kl, idx, part_out[splits], part_lse[splits], H, N, M, M, triton.cdiv(M, tile.block_n) * tile.block_n,
         scale * _LOG2E, LAZY_RESCALE=False, OVERLAPPED=False, UNMASKED=False, BLOCK_M=tile.block_m,
         BLOCK_N=tile.block_n, num_warps=masked.warps, num_stages=masked.stages, **flags)
-    out = torch.empty_like(q)
-    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    out, lse = _outputs(q)
     _merge(part_out, part_lse, out, lse)
     return out, lse
 
