@@ -20,6 +20,8 @@ def values_hold(ok: torch.Tensor, expectation: str, got: Callable[[], str] | Non
     if torch.compiler.is_compiling():
         torch._assert_async(ok.all(), expectation)
         return
+    if ok.device.type == "meta":
+        raise ValueError(f"{expectation}; got a meta tensor, whose values cannot be checked (pass CPU or CUDA tensors)")
     if not bool(ok.all()):
         raise error(expectation if got is None else f"{expectation}; got {got()}")
 
@@ -66,6 +68,13 @@ def same_dtype(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor)
     if value.dtype != ref.dtype:
         raise TypeError(f"{name} must have the dtype of {ref_name} ({_dtype_name(ref.dtype)}); "
                         f"got {_dtype_name(value.dtype)}")
+
+
+def holds_data(name: str, value: torch.Tensor) -> None:
+    """The ops compute on CPU and CUDA tensors; a meta tensor (shapes without data) is refused up front
+    rather than failing deep inside with an error that names no argument."""
+    if value.device.type == "meta":
+        raise ValueError(f"{name} must be a CPU or CUDA tensor; got one on the meta device (no data)")
 
 
 def same_device(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:

@@ -256,6 +256,7 @@ def _check(vectors, table) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"vectors must have shape [..., d] with d >= 1; got {_checks.shape_str(vectors.shape)}")
     table = _checks.float_tensor("table", table, ndim=2, layout="[S, d]")
     _checks.same_device("table", table, "vectors", vectors)
+    _checks.holds_data("vectors", vectors)  # autocast has no meta device to ask about
     if torch.is_autocast_enabled(vectors.device.type) and (vectors.dtype in HALF_DTYPES or table.dtype in HALF_DTYPES):
         # Under autocast a softmax over distances runs in float32, as torch's log_softmax and cdist do.
         vectors, table = vectors.float(), table.float()

@@ -656,6 +656,7 @@ def fourier_crop(x: torch.Tensor, strides, *, smoothness: float = 4.0, method: s
         strides = torch.tensor([float(strides)], dtype=torch.float64, device=x.device)
     strides = _checks.float_tensor("strides", strides, layout="[1] or [2]")
     _checks.same_device("strides", strides, "x", x)
+    _checks.holds_data("x", x)  # the output sizes are read from the strides' values
     n_axes = x.dim() - 2
     if strides.dim() > 1 or strides.numel() not in {1, n_axes}:
         expected = "[1]" if n_axes == 1 else "[1] or [2]"

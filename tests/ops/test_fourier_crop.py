@@ -191,7 +191,7 @@ def test_torch_compile_matches_eager(shape, method):
 
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("shape", [(0, 3, 40), (0, 2, 24, 24)])
+@pytest.mark.parametrize("shape", [(0, 3, 40), (0, 2, 24, 24), (2, 0, 40), (3, 0, 24, 24)])
 def test_empty_batch(backend, method, shape):
     device = require_backend(FOURIER_CROP, backend) if backend != "reference" else torch.device("cpu")
     x = torch.randn(shape, device=device, requires_grad=True)
@@ -200,6 +200,25 @@ def test_empty_batch(backend, method, shape):
         y = fourier_crop(x, s, method=method)
     y.sum().backward()
     assert y.shape[:2] == shape[:2] and x.grad.shape == shape and s.grad.item() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_broadcast_input_and_zero_dim_stride(backend, method):
+    """x broadcast over its channels (stride 0) and the stride as a 0-d tensor: the values and gradients
+    of a materialised x and a [1] stride."""
+    device = require_backend(FOURIER_CROP, backend)
+    base = torch.randn(2, 1, 37, device=device, dtype=torch.float64)
+
+    def run(x_of, stride):
+        leaf, s = base.clone().requires_grad_(), stride.clone().requires_grad_()
+        with pyaudiok.use_backend(backend):
+            y = fourier_crop(x_of(leaf), s, method=method)
+        return (y, *torch.autograd.grad((y * torch.linspace(-1, 1, y.shape[-1], device=device)).sum(), (leaf, s)))
+    got = run(lambda x: x.expand(2, 3, 37), torch.tensor(2.3, device=device, dtype=torch.float64))
+    want = run(lambda x: x.expand(2, 3, 37).contiguous(), torch.tensor([2.3], device=device, dtype=torch.float64))
+    for name, a, b in zip(("output", "dx", "dstride"), got, want):
+        torch.testing.assert_close(a.reshape(b.shape), b, msg=name)
 
 
 def loss_at(fn, x, g, strides):

@@ -403,6 +403,17 @@ def test_non_contiguous_inputs(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_keys_values_shared_by_every_head(backend):
+    """k, v broadcast over the heads (stride 0, multi-query style) and a head dim sliced from a wider
+    buffer: the gradients to the shared keys sum over the heads, as the reference's do."""
+    device = require_backend(OP, backend)
+    q = torch.randn(2, 3, 7, 24, device=device)[..., :16].requires_grad_()
+    k, v = (torch.randn(2, 1, 30, 16, device=device, requires_grad=True) for _ in range(2))
+    compare_with_reference(lambda q, k, v: latent_cross_attention(q, k.expand(2, 3, 30, 16), v.expand(2, 3, 30, 16),
+                                                                  key_lengths=[30, 11]), (q, k, v), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_keys_values_viewed_from_a_larger_cache(backend):
     """k, v as the first M rows of [B, H, capacity, d] buffers (a growing generation cache): the CPU
     forward reads them in place, and every backend gives the reference's result."""
@@ -458,16 +469,18 @@ def test_nan_inputs_give_nan_where_the_reference_does(backend):
 
 
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
-@pytest.mark.parametrize("shape", [(0, 2, 4, 8), (2, 0, 4, 8), (2, 2, 0, 8)])
-def test_empty(backend, shape):
+@pytest.mark.parametrize("shape,M", [((0, 2, 4, 8), 6), ((2, 0, 4, 8), 6), ((2, 2, 0, 8), 6), ((2, 2, 0, 8), 0)])
+def test_empty(backend, shape, M):
     device = require_backend(OP, backend) if backend != "reference" else torch.device("cpu")
     q = torch.randn(shape, device=device, requires_grad=True)
-    k = torch.randn(shape[0], shape[1], 6, 16, device=device)[..., :8]
+    k = torch.randn(shape[0], shape[1], M, 16, device=device)[..., :8].requires_grad_()
+    v = torch.randn(shape[0], shape[1], M, 8, device=device, requires_grad=True)
     with pyaudiok.use_backend(backend):
-        out = latent_cross_attention(q, k, k)
+        out = latent_cross_attention(q, k, v, key_lengths=[M] * shape[0])
     assert out.shape == shape
     out.sum().backward()
-    assert q.grad.shape == shape
+    assert q.grad.shape == shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+    assert not k.grad.any() and not v.grad.any()  # no query: nothing flows to the keys
 
 
 @pytest.mark.parametrize("backend", ("cpu", pytest.param("triton", marks=pytest.mark.gpu)))
@@ -480,6 +493,16 @@ def test_half_precision(backend, dtype, d):
     out, _ = compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=[2000, 1234]),
                                     (q, k, v), backend)
     assert out[0].dtype == dtype
+
+
+def test_triton_float16_in_the_interpreter():
+    """Half inputs through the Triton kernels at the interpreter's small tiles, forward and backward
+    (bfloat16 only on a GPU: the interpreter's bfloat16 dot products are not exact)."""
+    device = require_backend(OP, "triton", torch.float16)
+    q, k, v = _inputs(2, 2, 19, 50, 16, device, torch.float16)
+    out, _ = compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=[50, 23]),
+                                    (q, k, v), "triton")
+    assert out[0].dtype == torch.float16
 
 
 @pytest.mark.gpu

@@ -117,6 +117,27 @@ def test_half_rows_rotate_in_float32(dtype):
     want = gather_rows_rotary_reference(rows.double(), index, cos.double(), sin.double(), dims)
     assert got.dtype == dtype
     assert_close("out", got, want, dtype)
+    half_rows = rows.detach().to(dtype).requires_grad_()
+    compare_with_reference(lambda r: gather_rows_rotary(r, index, cos, sin, dims), (half_rows,), "cpu")
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_split_heads_half_precision_forward_and_backward(dtype):
+    require_backend(SPLIT_OP, "cpu", dtype)
+    x, P, H, cos, sin, dims, rotated = split_inputs(2, 7, 3, 2, 8, 4, 2, per_item=True, dtype=dtype)
+    compare_with_reference(lambda x, c, s: split_heads_rotary(x, P, H, c, s, dims, rotated), (x, cos, sin), "cpu")
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 5), (2, 0, 5), (2, 3, 0)], ids=("B = 0", "H = 0", "T = 0"))
+def test_empty_index_gives_empty_rows_and_a_zero_gradient(shape):
+    require_backend(OP, "cpu")
+    rows, _, cos, sin, dims = inputs(6, 8, shape[0], shape[1], shape[2], 4, per_item=True)
+    index = torch.zeros(shape, dtype=torch.long)
+    out, _ = compare_with_reference(lambda r: gather_rows_rotary(r, index, cos, sin, dims), (rows,), "cpu")
+    assert out[0].shape == (*shape, 8)
+    with pyaudiok.use_backend("cpu"):
+        gather_rows_rotary(rows, index, cos, sin, dims).sum().backward()
+    assert rows.grad.shape == rows.shape and not rows.grad.any()
 
 
 def test_rotation_moves_channel_pairs_by_the_angle():

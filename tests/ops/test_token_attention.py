@@ -106,7 +106,7 @@ def test_compiles_without_graph_break():
     assert q.grad is not None and rows.grad is not None
 
 
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16, torch.float16))
 def test_cpu_backend_matches_reference(dtype):
     """Through the dispatcher: the cpu backend against the reference (float64), forward and the
     gradients to q and rows; half precision computed in float32."""
@@ -153,6 +153,22 @@ def test_nan_rows_give_nan_where_the_reference_does():
     torch.testing.assert_close(out.nan_to_num(), want.nan_to_num(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("token_dtype", (torch.int32, torch.int16, torch.uint8))
+def test_narrow_non_contiguous_token_ids_and_angle_views(token_dtype):
+    """Token ids in any integer dtype and strided, and cos/sin sliced from wider tables: the result
+    and gradients of int64 ids in contiguous tensors."""
+    q, rows, tokens, cos, sin = _inputs(2, 2, 7, 30, 8, 5, 4)
+    wide = torch.stack([tokens, tokens], dim=-1).to(token_dtype)[..., 0]
+    assert not wide.is_contiguous()
+    cos_view, sin_view = (torch.cat([t, t], dim=-1)[..., :2] for t in (cos, sin))
+    assert not cos_view.is_contiguous()
+    compare_with_reference(lambda q, rows: token_attention(q, rows, wide, cos_view, sin_view, 4, 2), (q, rows), "cpu")
+    with pyaudiok.use_backend("cpu"):
+        got = token_attention(q, rows, wide, cos_view, sin_view, 4, 2)
+        want = token_attention(q, rows, tokens, cos, sin, 4, 2)
+    torch.testing.assert_close(got, want)
+
+
 def test_empty_batch_and_queries():
     q, rows, tokens, cos, sin = _inputs(1, 2, 4, 10, 8, 3, 4)
     out = token_attention(q[:0], rows, tokens[:0], cos[:0], sin[:0], 4, 2)
@@ -177,6 +193,10 @@ def _bad(**change):
     (dict(rows=lambda a: a["rows"].float()), TypeError, "rows must have the dtype of q"),
     (dict(tokens=lambda a: a["tokens"][:, :3]), ValueError, "tokens must have shape [B, M] = [2, M >= N = 4]"),
     (dict(tokens=lambda a: a["tokens"] + 3), ValueError, "tokens must hold token ids in [0, V) = [0, 3)"),
+    (dict(tokens=lambda a: a["tokens"] - 3), ValueError, "tokens must hold token ids in [0, V) = [0, 3)"),
+    (dict(cos=lambda a: a["cos"].clone().requires_grad_()), ValueError, "cos"),
+    (dict(cos=lambda a: a["cos"].long()), TypeError, "cos"),
+    (dict(dims=10), ValueError, "dims"),
     (dict(tokens=lambda a: a["tokens"].float()), TypeError, "tokens must have dtype"),
     (dict(dims=3), ValueError, "dims must be even"),
     (dict(cos=lambda a: a["cos"][..., :1]), ValueError, "cos must have shape"),
