@@ -302,6 +302,15 @@ def test_half_precision(backend, dtype):
     assert out[0].dtype == dtype
 
 
+def test_triton_float16_in_the_interpreter():
+    """Half inputs through the Triton kernels at a small batch, forward and backward (bfloat16 only on
+    a GPU: the interpreter's bfloat16 dot products are not exact)."""
+    device = require_backend(OP, "triton", torch.float16)
+    out, _ = compare_with_reference(_loss(True, "mean"), _inputs(37, 16, device, torch.float16, scale=0.05), "triton",
+                                    scale=2.0)
+    assert out[0].dtype == torch.float16
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: clear errors naming the argument.
 

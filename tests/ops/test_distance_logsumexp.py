@@ -155,6 +155,22 @@ def test_compiles_without_graph_break():
     assert_close("compiled", got, distance_logsumexp(vectors, table, alpha=alpha).sum(), torch.float32)
 
 
+def test_nll_compiles_forward_and_backward():
+    """distance_nll through AOT autograd on the cpu backend: one graph, eager mode's loss and gradients."""
+    vectors, table, alpha = _inputs((12,), 5, 8)
+    targets = torch.randint(0, 5, (12, 2))
+
+    def loss_and_grads(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in (vectors, table, alpha)]
+        with pyaudiok.use_backend("cpu"):
+            loss = fn(*leaves)
+        return (loss, *torch.autograd.grad(loss, leaves))
+    step = lambda v, t, a: distance_nll(v, t, targets, alpha=a).sum()  # noqa: E731
+    compiled = loss_and_grads(torch.compile(step, fullgraph=True, backend="aot_eager"))
+    for name, got, want in zip(("loss", "d vectors", "d table", "d alpha"), compiled, loss_and_grads(step)):
+        torch.testing.assert_close(got, want, msg=name)
+
+
 @pytest.mark.parametrize("call,exc,words", [
     (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 3), alpha=1.0), ValueError,
      "table must have shape [S, d] = [S >= 1, 4]"),
@@ -182,6 +198,10 @@ def test_compiles_without_graph_break():
      ValueError, "targets must have shape [..., J] with the leading dims of vectors [3]"),
     (lambda: distance_nll(torch.randn(3, 4), torch.randn(5, 4), torch.zeros(3, 1), alpha=1.0),
      TypeError, "targets must have dtype int64"),
+    (lambda: distance_nll(torch.randn(3, 4), torch.randn(5, 4), torch.zeros(3, 1, dtype=torch.long, device="meta"),
+                          alpha=1.0), ValueError, "targets must be on the device of vectors"),
+    (lambda: distance_logsumexp(torch.randn(3, 4), torch.randn(5, 4), alpha=torch.ones(1, device="meta")), ValueError,
+     "alpha"),
 ])
 def test_bad_input_raises_named_error(call, exc, words):
     with pytest.raises(exc) as info:

@@ -288,6 +288,16 @@ def test_bad_options():
         ot_pseudo_labels(empty, no_bags, props, n_iters=0)
 
 
+@pytest.mark.parametrize("backend", ("cpu", pytest.param("triton", marks=pytest.mark.gpu)))
+def test_bags_longer_than_the_triton_row_limit_match_reference(backend):
+    """A bag past MAX_M instances is solved with its instances as rows (the other orientation): the
+    labels and their gradients are still the reference's."""
+    device = require_backend(SINKHORN, backend)
+    bag_index, props = random_bags([1100, 7], 3, device)
+    log_probs = torch.log_softmax(2 * torch.randn(len(bag_index), 3, device=device), 1)
+    compare_with_reference(_labels(eps=1.0, n_iters=20, tol=None), (log_probs, bag_index, props), backend, scale=5)
+
+
 def test_orientation_puts_instances_along_m_within_the_triton_limit():
     from pyaudiok.ops.label_proportions import _classes_as_rows
     assert _classes_as_rows(64) and _classes_as_rows(8) and _classes_as_rows(10)
