@@ -53,3 +53,14 @@ def test_values_hold_refuses_meta_tensors_and_checks_real_ones():
     _checks.values_hold(torch.ones(3, dtype=torch.bool), "x must be positive")
     with pytest.raises(ValueError, match=r"^x must be positive; got \[0\]$"):
         _checks.values_hold(torch.zeros(1, dtype=torch.bool), "x must be positive", lambda: "[0]")
+
+
+def test_all_hold_raises_the_first_failing_check_with_its_error_type():
+    ok, bad = torch.ones(3, dtype=torch.bool), torch.tensor([True, False])
+    _checks.all_hold([None, _checks.ValueCheck(ok, "a"), _checks.ValueCheck(ok, "b")])
+    with pytest.raises(TypeError, match=r"^b must hold; got 1 false$"):
+        _checks.all_hold([_checks.ValueCheck(ok, "a"), _checks.ValueCheck(bad, "b must hold", lambda: "1 false", TypeError),
+                          _checks.ValueCheck(bad, "c must hold")])
+    assert _checks.ints_within_check(torch.zeros(0, dtype=torch.long), 0, 1, "x") is None
+    with pytest.raises(ValueError, match=r"^x in \[0, 1\]; got values in \[0, 2\]$"):
+        _checks.all_hold([_checks.ints_within_check(torch.tensor([0, 2]), 0, 1, "x in [0, 1]")])

@@ -180,14 +180,23 @@ void si_sdr_finish(const double* partial, int64_t N, int64_t M, int64_t n_time, 
     }
 }
 
+// A score's class: NaN and −inf (a diverged estimate) rank below every finite score, +inf above.
+// Totals compare by their summed classes first, then by the sum of their finite scores, so one NaN
+// pair does not make every assignment's total NaN and the other pairs still decide.
+inline int64_t score_class(double score) {
+  return std::isnan(score) || score == -INFINITY ? -1 : score == INFINITY ? 1 : 0;
+}
+
 template <typename T>
 void best_assignment(const T* scores, int64_t N, int64_t M, int64_t* perm) {
   // Depth-first over partial assignments, columns tried in increasing order, so leaves come in
   // lexicographic order and a strictly larger total is needed to replace the best so far.
   int64_t current[kMaxExhaustiveSources];
   double partial[kMaxExhaustiveSources + 1] = {0.0};
+  int64_t classes[kMaxExhaustiveSources + 1] = {0};
   bool used[kMaxExhaustiveSources] = {};
   double best = -INFINITY;
+  int64_t best_class = 0;
   bool found = false;
   int64_t depth = 0;
   current[0] = -1;
@@ -201,11 +210,15 @@ void best_assignment(const T* scores, int64_t N, int64_t M, int64_t* perm) {
     }
     current[depth] = col;
     used[col] = true;
-    partial[depth + 1] = partial[depth] + static_cast<double>(scores[depth * M + col]);
+    const double score = static_cast<double>(scores[depth * M + col]);
+    const int64_t cls = score_class(score);
+    classes[depth + 1] = classes[depth] + cls;
+    partial[depth + 1] = partial[depth] + (cls == 0 ? score : 0.0);
     if (depth + 1 < N) {
       current[++depth] = -1;
-    } else if (!found || partial[N] > best) {
+    } else if (!found || classes[N] > best_class || (classes[N] == best_class && partial[N] > best)) {
       best = partial[N];
+      best_class = classes[N];
       found = true;
       std::copy(current, current + N, perm);
     }

@@ -28,7 +28,8 @@ void si_sdr_finish(const double* partial, int64_t N, int64_t M, int64_t n_time, 
 
 // PIT's exhaustive search, one item: perm[N] = the assignment of the N rows of scores[N, M]
 // (N ≤ M ≤ kMaxExhaustiveSources) to distinct columns with the largest total (summed in double), the
-// first in lexicographic order among equal totals (itertools.permutations' order).
+// first in lexicographic order among equal totals (itertools.permutations' order). NaN and −inf scores
+// rank below every finite one and +inf above (as the Hungarian route's nan_to_num does).
 constexpr int64_t kMaxExhaustiveSources = 8;
 template <typename T>
 void best_assignment(const T* scores, int64_t N, int64_t M, int64_t* perm);

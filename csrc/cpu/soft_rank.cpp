@@ -33,6 +33,15 @@ struct Scratch {
   explicit Scratch(int64_t n) : sorted(n), start(n), sy(n), sw(n) {}
 };
 
+// Decreasing key, ties by index; NaN before everything (above +inf), like torch.sort(descending=True),
+// which keeps the order a strict weak one.
+bool sorts_before(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+  const bool a_nan = std::isnan(a.first), b_nan = std::isnan(b.first);
+  if (a_nan != b_nan) return a_nan;
+  if (!a_nan && a.first != b.first) return a.first > b.first;
+  return a.second < b.second;
+}
+
 }  // namespace
 
 void soft_sort_rank_rows(const float* x, int64_t n, SoftSortRankFlags f, int64_t row_begin, int64_t row_end,
@@ -43,13 +52,9 @@ void soft_sort_rank_rows(const float* x, int64_t n, SoftSortRankFlags f, int64_t
   for (int64_t row = row_begin; row < row_end; ++row) {
     const float* xr = x + row * n;
     for (int64_t i = 0; i < n; ++i) {
-      const float z = static_cast<float>(key(xr[i]));
-      // NaN sorts first, so the comparison below stays a strict weak order.
-      s.sorted[i] = {std::isnan(z) ? std::numeric_limits<float>::infinity() : z, static_cast<int32_t>(i)};
+      s.sorted[i] = {static_cast<float>(key(xr[i])), static_cast<int32_t>(i)};
     }
-    std::sort(s.sorted.begin(), s.sorted.end(), [](const auto& a, const auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
+    std::sort(s.sorted.begin(), s.sorted.end(), sorts_before);
     // PAV for v_0 >= v_1 >= ...: push each point as a block, pool while the top two violate it.
     int64_t top = -1;
     for (int64_t j = 0; j < n; ++j) {
@@ -70,7 +75,8 @@ void soft_sort_rank_rows(const float* x, int64_t n, SoftSortRankFlags f, int64_t
       while (top > 0) {
         const double prev = f.kl ? s.sy[top - 1] - s.sw[top - 1] : s.sy[top - 1] / s.sw[top - 1];
         const double last = f.kl ? s.sy[top] - s.sw[top] : s.sy[top] / s.sw[top];
-        if (prev > last) break;
+        // Pool only on a proven violation: a NaN block never pools, as in the reference's PAV.
+        if (!(prev <= last)) break;
         s.sy[top - 1] = f.kl ? log_add_exp(s.sy[top - 1], s.sy[top]) : s.sy[top - 1] + s.sy[top];
         s.sw[top - 1] = f.kl ? log_add_exp(s.sw[top - 1], s.sw[top]) : s.sw[top - 1] + s.sw[top];
         --top;

@@ -4,34 +4,64 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 from ..dispatch import FLOAT_DTYPES
 
 
+class ValueCheck(NamedTuple):
+    """A check on tensor values: every element of the bool tensor `ok` must be true, else `error`
+    ("<expectation>; got <got()>"), got() reading the offending values."""
+    ok: torch.Tensor
+    expectation: str
+    got: Callable[[], str] | None = None
+    error: type[Exception] = ValueError
+
+
+def all_hold(checks: Sequence[ValueCheck | None]) -> None:
+    """Run value checks (None: nothing to check) with one device-to-host wait for all of them: eagerly
+    the first that fails raises. Inside torch.compile, where tracing cannot branch on values, each
+    becomes an assertion in the graph (RuntimeError with the expectation), so compiled code is
+    checked too and keeps one graph."""
+    checks = [c for c in checks if c is not None]
+    if not checks:
+        return
+    if torch.compiler.is_compiling():
+        for c in checks:
+            torch._assert_async(c.ok.all(), c.expectation)
+        return
+    for c in checks:
+        if c.ok.device.type == "meta":
+            raise ValueError(f"{c.expectation}; got a meta tensor, whose values cannot be checked "
+                             "(pass CPU or CUDA tensors)")
+    devices = {c.ok.device for c in checks}
+    if len(devices) == 1:
+        passed = torch.stack([c.ok.all() for c in checks]).tolist()
+    else:  # e.g. lengths given on the host beside tensors on a GPU: each checked where it is
+        passed = [bool(c.ok.all()) for c in checks]
+    for c, fine in zip(checks, passed):
+        if not fine:
+            raise c.error(c.expectation if c.got is None else f"{c.expectation}; got {c.got()}")
+
+
 def values_hold(ok: torch.Tensor, expectation: str, got: Callable[[], str] | None = None,
                 error: type[Exception] = ValueError) -> None:
-    """A check on tensor values: every element of the bool tensor `ok` must be true. Eagerly a
-    failure raises `error`("<expectation>; got <got()>"), got() reading the offending values. Inside
-    torch.compile, where tracing cannot branch on values, it becomes an assertion in the graph
-    (RuntimeError with the expectation), so compiled code is checked too and keeps one graph."""
-    if torch.compiler.is_compiling():
-        torch._assert_async(ok.all(), expectation)
-        return
-    if ok.device.type == "meta":
-        raise ValueError(f"{expectation}; got a meta tensor, whose values cannot be checked (pass CPU or CUDA tensors)")
-    if not bool(ok.all()):
-        raise error(expectation if got is None else f"{expectation}; got {got()}")
+    """all_hold of one check."""
+    all_hold([ValueCheck(ok, expectation, got, error)])
+
+
+def ints_within_check(value: torch.Tensor, low: int, high: int, expectation: str) -> ValueCheck | None:
+    """The check low <= value <= high over an integer tensor, in one pass (aminmax); None when empty."""
+    if value.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(value)
+    return ValueCheck((lo >= low) & (hi <= high), expectation, lambda: f"values in [{int(lo)}, {int(hi)}]")
 
 
 def ints_within(value: torch.Tensor, low: int, high: int, expectation: str) -> None:
-    """values_hold for low <= value <= high over an integer tensor, in one pass (aminmax)."""
-    if value.numel() == 0:
-        return
-    lo, hi = torch.aminmax(value)
-    values_hold((lo >= low) & (hi <= high), expectation, lambda: f"values in [{int(lo)}, {int(hi)}]")
+    all_hold([ints_within_check(value, low, high, expectation)])
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -140,12 +140,24 @@ register_backends(OP, reference=collar_vad_loss_reference,
 # ----------------------------------------------------------------------------------------------
 # Public API.
 
+def _activity_check(reference: torch.Tensor) -> _checks.ValueCheck | None:
+    """Activity in [0, 1] (0/1, or soft targets between): BCE targets outside it, and NaN (which the
+    fused backends would take as a turn boundary and drop), are refused. One pass (aminmax)."""
+    if reference.dtype == torch.bool or reference.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(reference.detach())
+    return _checks.ValueCheck((lo >= 0) & (hi <= 1), "reference must hold activity in [0, 1] (not NaN)",
+                              lambda: f"values in [{lo.item():g}, {hi.item():g}]")
+
+
 def collar_vad_loss(logits: torch.Tensor, reference: torch.Tensor, order: torch.Tensor, *,
                     collar_frames: float) -> torch.Tensor:
     """Collar-masked multi-speaker BCE with logits (see the module doc): logits[B, N, T] (float),
-    reference[B, S, T] activity (bool, integer or float 0/1: the targets, in the logits' dtype),
-    order[B, N] (integer, the reference row of each logit row, −1 for none), collar_frames >= 0 per
-    side. Returns a scalar in the logits' dtype, differentiable with respect to the logits."""
+    reference[B, S, T] activity (bool, integer or float in [0, 1]: the targets, in the logits' dtype;
+    values between 0 and 1 are soft targets, and any change of value is a turn boundary; NaN or values
+    outside [0, 1] raise a ValueError), order[B, N] (integer, the reference row of each logit row, −1
+    for none), collar_frames >= 0 per side. Returns a scalar in the logits' dtype, differentiable with
+    respect to the logits."""
     logits = _checks.float_tensor("logits", logits, ndim=3, layout="[B, N, T]")
     reference = _checks.tensor("reference", reference, ndim=3, layout="[B, S, T]", dtypes=_ACTIVITY_DTYPES)
     order = _checks.tensor("order", order, ndim=2, layout="[B, N]", dtypes=_ORDER_DTYPES)
@@ -160,7 +172,10 @@ def collar_vad_loss(logits: torch.Tensor, reference: torch.Tensor, order: torch.
                          f"{_checks.shape_str(order.shape)}")
     collar_frames = _checks.real_in_range("collar_frames", collar_frames, 0)
     S = reference.shape[1]
-    _checks.ints_within(order, -1, S - 1, f"order must hold reference rows in [-1, {S - 1}] (-1: no speaker)")
+    # One wait on the device for both value checks.
+    _checks.all_hold([_checks.ints_within_check(order, -1, S - 1,
+                                                f"order must hold reference rows in [-1, {S - 1}] (-1: no speaker)"),
+                      _activity_check(reference)])
     # The targets take no gradient (the fused backends give none): detached for every backend alike.
     return OP(logits, reference.detach().to(logits.dtype), order.long(), float(collar_frames), device=logits.device,
               dtype=logits.dtype)

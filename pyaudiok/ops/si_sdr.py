@@ -175,10 +175,10 @@ def _check_pair(estimates, references) -> tuple[torch.Tensor, torch.Tensor]:
     return estimates, references
 
 
-def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite number > 0; got {eps!r}")
-    return float(eps)
+def _check_options(zero_mean, eps) -> tuple[bool, float]:
+    if not isinstance(zero_mean, bool):  # bool("False") is True: only a real bool is taken
+        raise TypeError(f"zero_mean must be a bool; got {type(zero_mean).__name__}")
+    return zero_mean, _checks.positive_float("eps", eps)
 
 
 # Pairs above this many dB are recomputed from their signals (float32 and half inputs). The fused
@@ -283,8 +283,8 @@ def si_sdr_matrix(estimates: torch.Tensor, references: torch.Tensor, *, zero_mea
     """SI-SDR in dB of every estimate against every reference: [B, N, T] × [B, M, T] -> [B, N, M].
     Differentiable with respect to both inputs."""
     estimates, references = _check_pair(estimates, references)
-    eps = _check_eps(eps)
-    return _matrix(estimates, references, bool(zero_mean), eps)
+    zero_mean, eps = _check_options(zero_mean, eps)
+    return _matrix(estimates, references, zero_mean, eps)
 
 
 class PITResult(NamedTuple):
@@ -328,6 +328,17 @@ def _fused_cpu_pit(estimates: torch.Tensor, references: torch.Tensor, zero_mean:
     return PITResult(si_sdr, permutation, matrix)
 
 
+def _best_total(pairs: torch.Tensor) -> torch.Tensor:
+    """pairs[B, P, N], the scores of every assignment's pairs -> [B] index of the best assignment.
+    NaN and −inf scores (diverged estimates) rank below every finite one and +inf above, as in the
+    Hungarian route: totals compare by their count of such pairs first, then by their finite sum, so
+    one NaN pair does not make every total NaN. The first among equal totals wins (argmax)."""
+    finite = pairs.isfinite()
+    classes = torch.where(finite, 0, torch.where(pairs == math.inf, 1, -1)).sum(-1)  # [B, P]
+    totals = pairs.where(finite, 0).sum(-1)
+    return totals.masked_fill(classes < classes.amax(-1, keepdim=True), -math.inf).argmax(-1)
+
+
 def _best_assignment(scores: torch.Tensor) -> torch.Tensor:
     """[B, N, M] -> [B, N] reference index per estimate, distinct, maximising the total score."""
     B, N, M = scores.shape
@@ -337,8 +348,7 @@ def _best_assignment(scores: torch.Tensor) -> torch.Tensor:
                                         else scores.detach().float())
     if M <= EXHAUSTIVE_MAX_SOURCES:  # on the device, without a sync: gather, sum, argmax
         candidates, flat = _assignments(N, M, scores.device)
-        totals = scores.detach().reshape(B, N * M)[:, flat].sum(-1)  # [B, P]
-        return candidates[totals.argmax(-1)]
+        return candidates[_best_total(scores.detach().reshape(B, N * M)[:, flat])]
     import numpy as np
     from scipy.optimize import linear_sum_assignment
     best = []
@@ -361,22 +371,22 @@ def _pit(estimates, references, zero_mean, eps, exact_high: bool) -> PITResult:
     """pit_si_sdr; without `exact_high` the pairs above EXACT_ABOVE_DB keep the fused value (for a loss
     that clips there: no host-device synchronisation on a GPU)."""
     estimates, references = _check_pair(estimates, references)
-    eps = _check_eps(eps)
+    zero_mean, eps = _check_options(zero_mean, eps)
     if estimates.shape[1] > references.shape[1]:
         raise ValueError(f"estimates must not outnumber references: N = {estimates.shape[1]} > "
                          f"M = {references.shape[1]}")
     if estimates.shape[1] == 0:
         raise ValueError("estimates must hold at least one source (N >= 1)")
-    fused = _fused_cpu_pit(estimates, references, bool(zero_mean), eps)
+    fused = _fused_cpu_pit(estimates, references, zero_mean, eps)
     if fused is not None:
         if not exact_high:
             return fused
-        matrix = _exact_where_high(fused.matrix, estimates, references, bool(zero_mean), eps)
+        matrix = _exact_where_high(fused.matrix, estimates, references, zero_mean, eps)
         if matrix is fused.matrix:  # nothing recomputed
             return fused
         # else its matrix with the high pairs recomputed, assigned again below
     else:
-        matrix = _matrix(estimates, references, bool(zero_mean), eps, exact_high)
+        matrix = _matrix(estimates, references, zero_mean, eps, exact_high)
     permutation = _best_assignment(matrix)
     chosen = matrix.gather(2, permutation[..., None])[..., 0]  # [B, N]
     return PITResult(chosen.mean(-1), permutation, matrix)

@@ -117,6 +117,49 @@ def test_non_contiguous_and_half_inputs(backend):
     assert_close("bf16 loss", loss, want, torch.bfloat16)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_gradients_match_reference(backend, dtype):
+    device = require_backend(OP, backend, dtype)
+    logits, reference, order = _inputs(2, 3, 2, 24, device)
+    half = logits.detach().to(dtype).requires_grad_()
+    compare_with_reference(lambda x: collar_vad_loss(x, reference, order, collar_frames=1.5), (half,), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_soft_targets_match_reference(backend):
+    """Activity between 0 and 1 (soft targets): BCE against it, any change of value a boundary."""
+    device = require_backend(OP, backend)
+    logits, reference, order = _inputs(2, 3, 2, 30, device)
+    soft = reference.float() * 0.8 + 0.1
+    soft[:, :, 10:14] = 0.5
+    compare_with_reference(lambda x: collar_vad_loss(x, soft, order, collar_frames=1.0), (logits,), backend)
+
+
+def _one_nan_frame(reference):
+    reference = reference.float()
+    reference[0, 0, 4] = float("nan")
+    return reference
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("make_activity", [
+    _one_nan_frame,
+    lambda r: torch.full(r.shape, float("nan"), device=r.device),
+    lambda r: r.float() * 2.0,
+    lambda r: r.double() - 0.5,
+    lambda r: r.float().masked_fill(r, float("inf")),
+    lambda r: r.int() * 3,
+], ids=["one_nan_frame", "all_nan", "float_2", "negative", "inf", "int_3"])
+def test_activity_outside_zero_one_raises(backend, make_activity):
+    """NaN or out-of-range activity is refused on every backend alike (the fused ones would otherwise
+    take NaN as a boundary and drop it)."""
+    device = require_backend(OP, backend)
+    logits, reference, order = _inputs(2, 3, 2, 9, device)
+    with pyaudiok.use_backend(backend), pytest.raises(ValueError, match=r"reference must hold activity in \[0, 1\]"):
+        collar_vad_loss(logits, make_activity(reference), order, collar_frames=1.0)
+
+
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 @pytest.mark.parametrize("collar", [1e12, 2.0**63, 1e300])
 def test_collar_wider_than_the_items(backend, collar):

@@ -13,7 +13,7 @@ from pyaudiok.ops import soft_rank, soft_sort
 from pyaudiok.ops.soft_rank import RANK, SORT, _triton_forward, pav_blocks, soft_rank_reference, soft_sort_reference
 
 from ..harness import (FUSED_BACKENDS, assert_close, compare_with_reference, forward_opcheck_tests, opcheck,
-                       poisoned_outputs, require_backend)
+                       poisoned_outputs, require_backend, run_with_grads)
 
 OPS = {"rank": (soft_rank, RANK), "sort": (soft_sort, SORT)}
 VARIANTS = [(reg, desc) for reg in ("l2", "kl") for desc in (False, True)]
@@ -127,17 +127,60 @@ def test_half_inputs_long_rows_are_finite(backend):
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_non_contiguous_and_empty(backend):
-    device = require_backend(RANK, backend)
-    base = torch.randn(9, 6, device=device)
-    x = base.T.requires_grad_(True)  # [6, 9] view, rows strided
+@pytest.mark.parametrize("which", OPS)
+@pytest.mark.parametrize("layout", ("transposed", "every_other_column"))
+def test_non_contiguous(backend, which, layout):
+    fn, op = OPS[which]
+    device = require_backend(op, backend)
+    if layout == "transposed":
+        x = torch.randn(9, 6, device=device).T  # [6, 9] view, last-dim stride 6
+    else:
+        x = torch.randn(4, 14, device=device)[:, ::2]  # [4, 7] view, last-dim stride 2
     assert not x.is_contiguous()
-    compare_with_reference(lambda t: soft_rank(t, regularization_strength=0.5), (x,), backend, scale=5)
-    for shape in ((0, 5), (3, 0)):
-        empty = torch.zeros(shape, device=device, requires_grad=True)
-        out = _run(soft_sort, empty, backend)
-        out.sum().backward()
-        assert out.shape == shape and empty.grad.shape == shape
+    compare_with_reference(lambda t: fn(t, regularization_strength=0.5), (x.requires_grad_(True),), backend, scale=5)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+@pytest.mark.parametrize("which", OPS)
+@pytest.mark.parametrize("shape", ((0, 5), (3, 0), (2, 0, 4)))
+def test_empty(backend, which, shape):
+    fn, op = OPS[which]
+    device = require_backend(op, backend) if backend != "reference" else torch.device("cpu")
+    empty = torch.zeros(shape, device=device, requires_grad=True)
+    out = _run(fn, empty, backend)
+    out.sum().backward()
+    assert out.shape == shape and empty.grad.shape == shape
+
+
+NAN_ROWS = [[0.3, float("nan"), -1.0, 2.0, 0.5], [1.0, 2.0, float("nan"), float("nan"), -3.0],
+            [float("nan")] * 5]
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("which", OPS)
+@pytest.mark.parametrize("reg,descending", VARIANTS)
+def test_nan_entries_match_reference(backend, which, reg, descending):
+    # PAV never pools a NaN block: a NaN entry is NaN in the output, the rest of its row stays finite.
+    fn, op = OPS[which]
+    device = require_backend(op, backend)
+    x = torch.tensor(NAN_ROWS, device=device, requires_grad=True)
+    call = lambda t: fn(t, regularization=reg, regularization_strength=0.7, descending=descending)  # noqa: E731
+    (out,), (grad,) = run_with_grads(call, (x,), backend, grad_seed=1)
+    (ref,), (ref_grad,) = run_with_grads(call, (x.double(),), "reference", grad_seed=1)
+    close = dict(atol=1e-4, rtol=1e-4, equal_nan=True, check_dtype=False, check_device=False)
+    torch.testing.assert_close(out, ref, **close)
+    torch.testing.assert_close(grad, ref_grad, **close)
+    assert torch.isnan(out).sum(-1).tolist() == [1, 2, 5]
+
+
+@pytest.mark.parametrize("backend", ("cpu", "triton"))
+@pytest.mark.parametrize("which", OPS)
+@pytest.mark.parametrize("reg", ("l2", "kl"))
+def test_half_gradients_match_reference(backend, which, reg):
+    fn, op = OPS[which]
+    device = require_backend(op, backend, torch.float16)
+    x = torch.randn(3, 7, device=device).mul(2).half().requires_grad_(True)
+    compare_with_reference(lambda t: fn(t, regularization=reg, regularization_strength=0.5), (x,), backend, scale=5)
 
 
 @settings(max_examples=20, deadline=None)
@@ -145,11 +188,10 @@ def test_non_contiguous_and_empty(backend):
        reg=st.sampled_from(("l2", "kl")), rank=st.booleans(), descending=st.booleans())
 def test_cpu_matches_reference_for_generated_shapes(R, n, strength, reg, rank, descending):
     require_backend(RANK, "cpu")
-    fn, ref = (soft_rank, soft_rank_reference) if rank else (soft_sort, soft_sort_reference)
-    x = torch.randn(R, n)
-    with pyaudiok.use_backend("cpu"):
-        out = fn(x, regularization=reg, regularization_strength=strength, descending=descending)
-    assert_close("cpu", out, ref(x.double(), reg, strength, descending), torch.float32, scale=5)
+    fn = soft_rank if rank else soft_sort
+    x = torch.randn(R, n, requires_grad=True)
+    compare_with_reference(lambda t: fn(t, regularization=reg, regularization_strength=strength,
+                                        descending=descending), (x,), "cpu", scale=5)
 
 
 def test_matches_torchsort_when_installed():
