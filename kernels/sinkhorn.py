@@ -56,12 +56,18 @@ def _problem(cost_ptr, hf_ptr, hg_ptr, lb_ptr, b, n, m, S, BLOCK_M: tl.constexpr
 
 
 @triton.jit
+def _lse_shift(mx):
+    """The shift of a log-sum-exp whose largest term is mx: 0 for an infinite mx, as in
+    torch.logsumexp, so that a +inf term (from a −inf cost) gives +inf and a NaN term NaN."""
+    return tl.where(tl.abs(mx) == float("inf"), 0.0, mx)
+
+
+@triton.jit
 def _f_update(c, g_prev, la, col_ok, eps, inv_eps):
     """f_i = ε log a_i − ε LSE_j((g_j − C_ij)/ε) for a [BLOCK_R, BLOCK_M] tile of whole rows."""
     ninf = -float("inf")
     t = tl.where(col_ok[None, :], g_prev[None, :] - c, ninf)
-    mx = tl.max(t, axis=1)
-    safe = tl.where(mx == ninf, 0.0, mx)
+    safe = _lse_shift(tl.max(t, axis=1))
     lse = safe + eps * tl.log(tl.sum(tl.exp((t - safe[:, None]) * inv_eps), axis=1))
     return eps * la - lse
 
@@ -74,13 +80,20 @@ def _row_error(la, f_old, f_new, row_ok, inv_eps):
 
 
 @triton.jit
+def _converged(err, tol):
+    """Whether the row-marginal error `err` stops the iterations: not above tol (tol > 0). A NaN
+    error (a NaN or −inf in the cost) stops them too, as the reference's `err > tol` test does."""
+    return (tol > 0) & ((err <= tol) | (err != err))
+
+
+@triton.jit
 def _col_lse_step(col_max, col_sum, f, c, row_ok, inv_eps):
     """Online column statistics of (f_i − C_ij) over one more tile of rows: the running maximum
     and Σ exp((f_i − C_ij − max)/ε)."""
     ninf = -float("inf")
     t = tl.where(row_ok[:, None], f[:, None] - c, ninf)
     new_max = tl.maximum(col_max, tl.max(t, axis=0))
-    safe = tl.where(new_max == ninf, 0.0, new_max)
+    safe = _lse_shift(new_max)
     col_sum = col_sum * tl.exp((col_max - safe) * inv_eps) + tl.sum(tl.exp((t - safe[None, :]) * inv_eps), axis=0)
     return new_max, col_sum
 
@@ -89,14 +102,15 @@ def _col_lse_step(col_max, col_sum, f, c, row_ok, inv_eps):
 def _col_lse_merge(col_max, col_sum, other_max, other_sum, inv_eps):
     """The column statistics of two sets of rows combined (the split route's partials)."""
     new_max = tl.maximum(col_max, other_max)
-    safe = tl.where(new_max == -float("inf"), 0.0, new_max)
+    safe = _lse_shift(new_max)
     return new_max, col_sum * tl.exp((col_max - safe) * inv_eps) + other_sum * tl.exp((other_max - safe) * inv_eps)
 
 
 @triton.jit
 def _g_update(col_max, col_sum, lb, eps):
-    """g_j = ε log b_j − ε LSE_i((f_i − C_ij)/ε) from the column statistics (−inf for empty columns)."""
-    return tl.where(col_max == -float("inf"), -float("inf"), eps * lb - (col_max + eps * tl.log(col_sum)))
+    """g_j = ε log b_j − ε LSE_i((f_i − C_ij)/ε) from the column statistics (−inf for a column with
+    no term above −inf: a sum of 0)."""
+    return tl.where(col_sum == 0, -float("inf"), eps * lb - (col_max + eps * tl.log(col_sum)))
 
 
 @triton.jit
@@ -153,7 +167,7 @@ def _sinkhorn_forward_kernel(
             err += _row_error(la, f_old, f_new, row_ok, inv_eps)
             tl.store(hf + cur * n + rows, f_new, mask=row_ok)
         tl.debug_barrier()
-        stop = (tol > 0) & (k > 1) & (err <= tol)
+        stop = (k > 1) & _converged(err, tol)
         if not stop:
             col_max = tl.full([BLOCK_M], ninf, tl.float32)
             col_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -215,7 +229,7 @@ def _sinkhorn_split_kernel(
         err += tl.load(err_ptr + part + j, mask=have, other=0.0)
     g_prev = tl.where(have, _g_update(col_max, col_sum, lb, eps), 0.0)
     # Iteration k − 1 stops (its g-update undone: the state is that of k − 2) as in the single launch.
-    stop = live & (tol > 0) & (k > 2) & (err <= tol)
+    stop = live & (k > 2) & _converged(err, tol)
     go = live & (stop == 0)
 
     if FINAL:

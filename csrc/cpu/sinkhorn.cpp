@@ -45,6 +45,11 @@ PYAUDIOK_INLINE float hsum(v8f v) {
   return r;
 }
 
+// The shift of a log-sum-exp whose largest term is mx: 0 for an infinite mx, as in torch.logsumexp,
+// so that a +inf term gives +inf (from a −inf cost), no term above −inf gives −inf, and a NaN term
+// gives NaN instead of vanishing into a ±inf shift.
+PYAUDIOK_INLINE float lse_shift(float mx) { return std::isinf(mx) ? 0.f : mx; }
+
 // LSE_j (g_j − c_j) / ε, returned as ε · LSE (the shift mx is in cost units).
 PYAUDIOK_INLINE float row_lse(const float* g, const float* c, int64_t m, float inv_eps, float eps) {
   int64_t j = 0;
@@ -52,7 +57,7 @@ PYAUDIOK_INLINE float row_lse(const float* g, const float* c, int64_t m, float i
   for (; j + 8 <= m; j += 8) vm = vmax(vm, load8(g + j) - load8(c + j));
   float mx = hmax(vm);
   for (; j < m; ++j) mx = std::max(mx, g[j] - c[j]);
-  if (mx == -kInf) return -kInf;
+  mx = lse_shift(mx);
   v8f vs = splat(0.f);
   j = 0;
   for (; j + 8 <= m; j += 8) vs += exp8((load8(g + j) - load8(c + j) - mx) * inv_eps);
@@ -92,6 +97,7 @@ void g_update(const float* cost, const float* log_b, const float* f, float* g, f
     for (int64_t j = 0; j < m8; j += 8) store8(colmax + j, vmax(load8(colmax + j), fi - load8(c + j)));
     for (int64_t j = m8; j < m; ++j) colmax[j] = std::max(colmax[j], f[i] - c[j]);
   }
+  for (int64_t j = 0; j < m; ++j) colmax[j] = lse_shift(colmax[j]);
   for (int64_t i = 0; i < s.n; ++i) {
     const float* c = cost + i * m;
     const v8f fi = splat(f[i]);
@@ -99,8 +105,9 @@ void g_update(const float* cost, const float* log_b, const float* f, float* g, f
       store8(colsum + j, load8(colsum + j) + exp8((fi - load8(c + j) - load8(colmax + j)) * inv_eps));
     for (int64_t j = m8; j < m; ++j) colsum[j] += exp1((f[i] - c[j] - colmax[j]) * inv_eps);
   }
+  // A column with no term above −inf (colsum 0) gets −inf.
   for (int64_t j = 0; j < m; ++j)
-    g[j] = colmax[j] == -kInf ? -kInf : s.eps * log_b[j] - (colmax[j] + s.eps * std::log(colsum[j]));
+    g[j] = colsum[j] == 0.f ? -kInf : s.eps * log_b[j] - (colmax[j] + s.eps * std::log(colsum[j]));
 }
 
 // plan_ij = exp((f_i + g_j − C_ij)/ε), the exponent formed in double: rounding f + g − C in float
@@ -308,6 +315,12 @@ void potentials_from_scalings(const float* scale, const float* hat, int64_t len,
   for (; i < len; ++i) out[i] = scale[i] > 0.f ? hat[i] + eps * std::log(scale[i]) : -kInf;
 }
 
+// Whether iteration k stops before its g-update: its row-marginal error is not above tol. A NaN
+// error (a NaN or −inf in the cost) stops it too, as the reference's `err > tol` test does.
+PYAUDIOK_INLINE bool converged(float err, int64_t k, const SinkhornShape& s) {
+  return s.tol > 0 && k > 1 && !(err > s.tol);
+}
+
 // The forward's scaling-domain state: u = e^{(f − f̂)/ε}, v = e^{(g − ĝ)/ε} relative to the
 // absorbed kernel. An iteration is u' = a / K̂v, v' = b / K̂ᵀu' (0 where the marginal is 0): two
 // matrix-vector products and n + m divisions. The potentials f = f̂ + ε log u are formed only
@@ -490,7 +503,7 @@ void sinkhorn_forward_one(const float* cost, const float* log_a, const float* lo
   for (int64_t k = 1; k <= s.n_iters; ++k) {
     float err = 0.f;
     if (scaled && sc.f_update(s.tol > 0 ? &err : nullptr)) {
-      if (s.tol > 0 && k > 1 && err <= s.tol) break;
+      if (converged(err, k, s)) break;
       if (sc.g_update()) {
         sc.accept();
         if (history) materialise(k);
@@ -504,7 +517,7 @@ void sinkhorn_forward_one(const float* cost, const float* log_a, const float* lo
       if (scaled) materialise(k - 1);
       f_update(cost, log_a, slot_g(k - 1), slot_f(k), s);
       err = marginal_error(log_a, slot_f(k - 1), slot_f(k), s);
-      if (s.tol > 0 && k > 1 && err <= s.tol) {
+      if (converged(err, k, s)) {
         scaled = false;
         break;
       }

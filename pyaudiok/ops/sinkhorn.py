@@ -9,13 +9,15 @@ Iterations, from f = g = 0, with ε > 0 (absolute):
 
 After a g-update the column marginals are exact; the row marginal of the current plan is
 r_i = a_i exp((f_i − f_i')/ε), f' the next f-update, so the error Σ_i |r_i − a_i| comes free with
-that update. Each batch element stops on its own once the error is ≤ tol (checked from the second
-iteration on; tol = None never stops early) or after n_iters iterations.
+that update. Each batch element stops on its own once the error is not above tol (checked from the
+second iteration on; tol = None never stops early; a NaN error, from a NaN or −inf cost, stops it
+too) or after n_iters iterations.
 
 Backward, chosen per call:
 * "unroll": backpropagate through every iteration. The fused kernels keep the potentials of every
-  iteration (memory (n_iters + 1)(n + m) per batch element) and recompute the softmax weights, in
-  one pass over the rows per iteration: for the g-update T_ij = P⁽ᵏ⁾_ij / b_j, for the f-update
+  iteration (memory (n_iters + 1)(n + m) per batch element; only when a gradient will be taken:
+  grad mode on and some input requiring one) and recompute the softmax weights, in one pass over
+  the rows per iteration: for the g-update T_ij = P⁽ᵏ⁾_ij / b_j, for the f-update
   S_ij = exp((f_i + g⁽ᵏ⁻¹⁾_j − C_ij)/ε) / a_i.
 * "implicit": differentiate the optimality conditions at the returned plan (implicit function
   theorem): [[diag(P1), P], [Pᵀ, diag(Pᵀ1)]] [u; v] = [q1 + f̄; qᵀ1 + ḡ], q = P̄ ⊙ P / ε, solved
@@ -205,11 +207,19 @@ def _triton_forward():
 # ----------------------------------------------------------------------------------------------
 # Backend registry. Fused kernels compute in fp32; half inputs are upcast, the plan cast back.
 
+def _keeps_history(backward: str, *inputs: torch.Tensor) -> bool:
+    """Whether the fused forward keeps every iteration's potentials: only for an unrolled backward
+    that will run (grad mode on, some input requiring a gradient). Otherwise the history,
+    (n_iters + 1)(n + m) floats per batch element, would be written and thrown away."""
+    return backward == "unroll" and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+
+
 def _fused(get_op: Callable[[], Callable]):
     def run(cost, log_a, log_b, eps, n_iters, tol, backward):
         plan, f, g, iters, _, _ = get_op()(cost.float().contiguous(), log_a.float().contiguous(),
                                            log_b.float().contiguous(), float(eps), n_iters,
-                                           float(tol) if tol is not None else 0.0, backward == "unroll")
+                                           float(tol) if tol is not None else 0.0,
+                                           _keeps_history(backward, cost, log_a, log_b))
         return plan.to(cost.dtype), f, g, iters
     return run
 
@@ -287,6 +297,8 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     """
     cost = _checks.float_tensor("cost", cost, ndim=3, layout="[B, n, m]")
     eps, n_iters, tol = _check_options(eps, n_iters, tol, backward)
+    if not isinstance(return_state, bool):
+        raise TypeError(f"return_state must be a bool; got {type(return_state).__name__}")
     log_a = _check_marginal("a", a, cost, 1)
     log_b = _check_marginal("b", b, cost, 2)
     if a is not None or b is not None:

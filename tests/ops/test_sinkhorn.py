@@ -3,10 +3,13 @@ backward, unrolled and implicit), marginals within tol, implicit = unrolled at c
 zero-mass marginals, OT ranking/sorting, Gumbel-Sinkhorn, bad inputs, opcheck."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import pyaudiok
 from pyaudiok.ops import log_sinkhorn_normalize, sinkhorn, sinkhorn_rank, sinkhorn_sort
@@ -131,6 +134,44 @@ def test_early_stop_and_implicit_backward_match_reference(backend):
                            (cost, a.requires_grad_(True), b.requires_grad_(True)), backend, scale=20)
 
 
+ROUTED_BACKENDS = [pytest.param("cpu", None, id="cpu"), pytest.param("triton", "single", id="triton-single"),
+                   pytest.param("triton", "split", id="triton-split"), pytest.param("cuda", None, id="cuda")]
+
+
+def _on_backend(backend, route):
+    """The backend's device and a context running `backend` (on the Triton forward's `route`)."""
+    device = require_backend(SINKHORN, backend)
+    if route is None:
+        return device, pyaudiok.use_backend(backend)
+    from pyaudiok.kernels import sinkhorn as kernels
+    stack = contextlib.ExitStack()
+    stack.enter_context(pyaudiok.use_backend(backend))
+    stack.enter_context(kernels.forced_route(route))
+    return device, stack
+
+
+@pytest.mark.parametrize("backend,route", ROUTED_BACKENDS)
+@pytest.mark.parametrize("value", (float("nan"), -float("inf"), float("inf")))
+@pytest.mark.parametrize("tol", (1e-3, None))
+def test_non_finite_cost_gives_the_reference_result(backend, route, value, tol):
+    """A NaN or −inf cost entry makes the marginal error NaN at the second iteration, which stops the
+    reference (its test is err > tol): the fused backends stop there too, with the reference's
+    plan and potentials, NaN and ±inf in the same places (a +inf entry only forbids that transport).
+    Without tol every backend runs on to n_iters."""
+    device, on_backend = _on_backend(backend, route)
+    cost = torch.rand(2, 3, 4, device=device)
+    cost[0, 0, 1] = value
+    with on_backend:
+        out = sinkhorn(cost, eps=0.1, n_iters=40, tol=tol, return_state=True)
+    with pyaudiok.use_backend("reference"):
+        want = sinkhorn(cost.double().cpu(), eps=0.1, n_iters=40, tol=tol, return_state=True)
+    assert torch.equal(out.n_iters.cpu(), want.n_iters), (out.n_iters, want.n_iters)
+    if value != float("inf"):
+        assert want.n_iters[0] == (1 if tol else 40) and want.plan[0].isnan().any()
+    for name, got, ref in zip(("plan", "f", "g"), out, want):
+        torch.testing.assert_close(got.double().cpu(), ref, atol=1e-5, rtol=1e-4, equal_nan=True, msg=name)
+
+
 def _check_generated_problem(data, backend, batches, max_size, max_iters):
     """A drawn problem on `backend` against the reference, forward (plan, potentials, stop counts) and
     the gradients to the cost and the given marginals, by either backward: a rectangular cost
@@ -245,6 +286,52 @@ def test_zero_mass_rows_and_empty_batch(backend):
         assert (plan[:, 0] == 0).all() and torch.isfinite(plan).all() and torch.isfinite(cost.grad).all()
         empty = sinkhorn(torch.rand(0, 3, 4, device=device), eps=0.1, n_iters=5)
         assert empty.shape == (0, 3, 4)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_empty_batch_backward(backend, backward):
+    device = require_backend(SINKHORN, backend)
+    cost = torch.rand(0, 3, 4, device=device, requires_grad=True)
+    a, b = (x.requires_grad_(True) for x in marginals(0, 3, 4, device))
+    with pyaudiok.use_backend(backend), poisoned_outputs():
+        r = sinkhorn(cost, a, b, eps=0.1, n_iters=5, backward=backward, return_state=True)
+        (r.plan.sum() + r.f.sum() + r.g.sum()).backward()
+    assert r.plan.shape == (0, 3, 4) and r.n_iters.shape == (0,)
+    assert cost.grad.shape == (0, 3, 4) and a.grad.shape == (0, 3) and b.grad.shape == (0, 4)
+
+
+def _strided_view(x: torch.Tensor) -> torch.Tensor:
+    """x's values in a non-contiguous view (every other element of a larger tensor's last dim)."""
+    return torch.stack([x, torch.full_like(x, float("nan"))], -1)[..., 0]
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_strided_cost_and_marginals_match_reference(backend, backward):
+    """A sliced view of a larger cost and non-contiguous marginals, forward and backward."""
+    device = require_backend(SINKHORN, backend)
+    B, n, m = 2, 5, 6
+    cost = torch.rand(B, n + 2, 2 * m, device=device)[:, 1:-1, ::2]
+    a, b = (_strided_view(x) for x in marginals(B, n, m, device))
+    assert not any(x.is_contiguous() for x in (cost, a, b))
+    compare_with_reference(_state(eps=0.2, n_iters=15, tol=None, backward=backward),
+                           (cost.requires_grad_(True), a.requires_grad_(True), b.requires_grad_(True)), backend,
+                           scale=5)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_half_cost_gradients_match_reference(backend, dtype, backward):
+    """A half cost (float32 marginals, as under autocast): plan, potentials and the gradients to the
+    cost (in its dtype) and to the marginals against the float64 reference."""
+    device = require_backend(SINKHORN, backend, dtype)
+    cost = torch.rand(2, 5, 7, device=device).to(dtype).requires_grad_(True)
+    a, b = marginals(2, 5, 7, device)
+    out, _ = compare_with_reference(_state(eps=0.2, n_iters=10, tol=None, backward=backward),
+                                    (cost, a.requires_grad_(True), b.requires_grad_(True)), backend, scale=5)
+    assert out[0].dtype == dtype
 
 
 def test_half_cost_on_cpu():
@@ -371,6 +458,52 @@ def test_registered_ops_pass_opcheck(backend, history):
                 lb.detach(), out[0], out[3], out[4], out[5], 0.1)
         opcheck(backward, args, test_utils=tuple(t for t in tests if t == "test_schema"
                                                                 or t == "test_faketensor"))
+
+
+class _ForwardCalls(TorchDispatchMode):
+    """Records the history length (slots per batch element) of every fused Sinkhorn forward run."""
+
+    def __init__(self):
+        super().__init__()
+        self.slots: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.namespace == "pyaudiok" and "sinkhorn_forward" in func.__name__:
+            self.slots.append(out[4].shape[1])
+        return out
+
+
+HISTORY_USERS = [  # (call with n_iters = 4, input shape)
+    pytest.param(lambda x: sinkhorn(x, eps=0.2, n_iters=4, tol=None), (2, 4, 5), id="sinkhorn"),
+    pytest.param(lambda x: sinkhorn_rank(x, eps=0.2, n_iters=4), (2, 5), id="sinkhorn_rank"),
+    pytest.param(lambda x: sinkhorn_sort(x, eps=0.2, n_iters=4), (2, 5), id="sinkhorn_sort"),
+    pytest.param(lambda x: log_sinkhorn_normalize(x, n_iters=4), (2, 4, 4), id="log_sinkhorn_normalize"),
+]
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("call,shape", HISTORY_USERS)
+def test_history_only_kept_when_a_gradient_will_be_taken(backend, call, shape):
+    """The unrolled backward's history (n_iters + 1 slots) is kept only in grad mode with an input
+    requiring a gradient; under no_grad, or for inputs that take none, the forward keeps the two
+    slots of its working storage. Where it is kept the gradients still match the reference."""
+    device = require_backend(SINKHORN, backend)
+    x = torch.rand(shape, device=device)
+
+    def slots_of(fn, *args, **kwargs):
+        with _ForwardCalls() as calls:
+            fn(*args, **kwargs)
+        return calls.slots
+
+    def run(inp):
+        with pyaudiok.use_backend(backend):
+            return call(inp)
+
+    with torch.no_grad():
+        assert slots_of(run, x.clone().requires_grad_(True)) == [2]
+    assert slots_of(run, x) == [2]
+    assert slots_of(compare_with_reference, call, (x.requires_grad_(True),), backend, scale=5) == [5]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,6 +660,13 @@ def _cost():
     (lambda: sinkhorn(_cost(), eps=0.1, backward="adjoint"), ValueError, ["backward", "implicit"]),
     (lambda: sinkhorn(_cost(), eps=0.1, n_iters=0), ValueError, ["n_iters"]),
     (lambda: sinkhorn(_cost(), eps=0.1, n_iters=None, tol=None), ValueError, ["n_iters", "tol"]),
+    (lambda: sinkhorn(_cost(), eps=0.1, tol=0), ValueError, ["tol", "> 0"]),
+    (lambda: sinkhorn(_cost(), eps=0.1, return_state=1), TypeError, ["return_state", "bool"]),
+    (lambda: sinkhorn(torch.rand(2, 0, 4), eps=0.1), ValueError, ["cost", "n, m >= 1"]),
+    (lambda: sinkhorn(torch.rand(2, 3, 0), torch.full((2, 3), 1 / 3), eps=0.1), ValueError, ["cost", "n, m >= 1"]),
+    (lambda: sinkhorn(_cost(), torch.full((2, 3), 1 / 3, device="meta"), eps=0.1), ValueError, ["a", "device"]),
+    (lambda: sinkhorn(_cost(), None, torch.full((2, 4), 0.25, device="meta"), eps=0.1), ValueError,
+     ["b", "device"]),
     (lambda: sinkhorn_rank(torch.rand(3), eps=0.1), ValueError, ["scores", "[B, n]"]),
     (lambda: log_sinkhorn_normalize(torch.rand(3, 3), tau=0), ValueError, ["tau"]),
     (lambda: log_sinkhorn_normalize(torch.rand(3, 3), gumbel_noise=True, generator=0), TypeError,
