@@ -51,9 +51,13 @@ def _gabor_pool_forward_kernel(x_ptr, re_ptr, im_ptr, win_ptr, y_ptr, T, K, F, W
             im += tl.dot(X, Fi, input_precision="ieee")
         valid = (p >= 0) & (p < T) & (n < W)
         w = tl.load(win_ptr + n[:, None] * F + fs[None, :], mask=valid[:, None] & f_ok[None, :], other=0.0)
-        acc += tl.sum(w * (re * re + im * im), 0)
+        # Selected, not weighted by 0: a sample outside the window may see a NaN or inf of x (0 · NaN is
+        # NaN), where the reference's frame does not.
+        acc += tl.sum(tl.where(valid[:, None], w * (re * re + im * im), 0.0), 0)
     out = y_ptr + (b * F + fs) * K + k
-    tl.store(out, tl.maximum(acc, floor).to(y_ptr.dtype.element_ty), mask=f_ok)
+    # NaN stays NaN, as in the reference's clamp_min (tl.maximum may return the floor for it)
+    y = tl.where(acc != acc, acc, tl.maximum(acc, floor))
+    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=f_ok)
 
 
 def gabor_pool_forward(x: Tensor, re: Tensor, im: Tensor, windows: Tensor, stride: int, floor: float) -> Tensor:

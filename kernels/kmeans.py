@@ -77,15 +77,20 @@ def _assign(x: Tensor, c: Tensor, assignments: Tensor, moving: Tensor, accumulat
 
 
 def lloyd(x: Tensor, centroids: Tensor, n_iters: int) -> tuple[Tensor, Tensor]:
-    """n_iters Lloyd iterations from `centroids`; returns the final centroids and assignments."""
-    c = centroids.contiguous()
+    """n_iters Lloyd iterations from `centroids`; returns the final centroids and assignments.
+
+    The centroids stay in float32 through the iterations and are rounded to the input's dtype once,
+    at the end, as the reference does: rounding half-precision centroids after every update would
+    move later assignments."""
+    c = centroids.float().contiguous()
     B, P, _ = x.shape
     assignments = torch.full((B, P), -1, dtype=torch.int64, device=x.device)
     moving = torch.ones(B, dtype=torch.int32, device=x.device)
     for _ in range(n_iters):
         sums, counts, changed = _assign(x, c, assignments, moving, accumulate=True)
         # A settled item has zero counts, so it keeps its centroids.
-        c = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], c.float()).to(centroids.dtype)
+        c = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], c)
         moving = changed
     _assign(x, c, assignments, torch.ones_like(moving), accumulate=False)
-    return c.clone() if n_iters == 0 else c, assignments
+    rounded = c.to(centroids.dtype)
+    return rounded.clone() if n_iters == 0 else rounded, assignments

@@ -10,16 +10,18 @@ Reference semantics (what the kernels reproduce), with ``r = x.float()`` and ``a
 
     for q in range(n_q):
         C = codebooks[q].float()
-        k = argmin((C * C).sum(-1)[None] - 2 * (r @ C.T), dim=1)   # ties -> lowest index
+        k = argmin((C * C).sum(-1)[None] - 2 * (r @ C.T), dim=1)   # ties -> lowest index, NaN first
         acc = acc + C[k];  r = r - C[k];  sqerr[q] = (r * r).sum()
-    quantized = acc.to(x.dtype)
+    quantized = (acc + (x - x)).to(x.dtype)   # NaN where x is NaN or inf
 
 The forward is one search launch plus a decode: each search program owns ``BLOCK_N`` rows,
 keeps their fp32 residual on chip for all stages and streams each stage's codebook in
 ``BLOCK_K`` chunks, so the ``[N, K]`` score matrix never touches memory; ``quantized`` is
 then the decode of the codes (same fp32 accumulation order). Up to D = 128 the scores come
 from TF32 tensor cores with a 3-product hi/lo split (about fp32 accuracy; exact for small
-integers), above that from fp32 FMAs.
+integers), above that from fp32 FMAs. A TF32 split of an inf is inf + NaN, so after a TF32 search
+a second launch searches again, with fp32 FMAs, the blocks where a NaN or inf left a non-finite
+residual (it returns at once for the others); the decode makes ``quantized`` NaN where x is.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def _rvq_forward_kernel(
     cnorm_ptr,  # [Q, KP] fp32, ||C_qk||^2, +inf for the padding codes
     codes_ptr,  # [N, n_q] int64 (out)
     partial_ptr,  # [num_programs, n_q] fp32 (out), per-program squared-error sums
+    nonfinite_ptr,  # [N] int8 (out), 1 where the final residual row holds a NaN or inf
     N,
     D,
     K,
@@ -62,6 +65,7 @@ def _rvq_forward_kernel(
     BLOCK_D: tl.constexpr,
     TF32X3: tl.constexpr,  # tensor-core dot from TF32 parts, else fp32 FMA ("ieee")
     C_LO: tl.constexpr,  # codebooks have a nonzero TF32 remainder (fp32 codebooks)
+    REDO_FLAGGED: tl.constexpr,  # only the blocks with a row flagged in nonfinite_ptr, all stages again
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -82,7 +86,16 @@ def _rvq_forward_kernel(
     chi_q = chi_ptr
     clo_q = clo_ptr
     cnorm_q = cnorm_ptr
-    for q in range(0, n_q):
+    stages = n_q
+    redone = row_ok
+    if REDO_FLAGGED:
+        # After a TF32 pass: the TF32 split of an inf is inf + NaN, so the scores of a row or a codeword
+        # with an inf are not the reference's. Those blocks (every row a NaN or inf reached has a
+        # non-finite residual) are searched again with fp32 FMAs; the others do nothing.
+        flagged = tl.load(nonfinite_ptr + rows64, mask=row_ok, other=0)
+        stages = n_q * tl.max(flagged, axis=0).to(tl.int32)
+        redone = tl.where(row_ok, stages, 0) > 0
+    for q in range(0, stages):
         best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
         best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
         if TF32X3:
@@ -105,10 +118,20 @@ def _rvq_forward_kernel(
 
             # Lowest index among the chunk's minima; chunks are visited in increasing k,
             # so replacing only on a strictly smaller score keeps the global lowest index.
+            # torch.argmin's order puts a NaN score (from a NaN or inf in the row or a codeword)
+            # before every number.
             ks = k0 + k_lane
-            chunk_min = tl.min(score, axis=1)
-            chunk_k = tl.min(tl.where(score == chunk_min[:, None], ks[None, :], KP), axis=1)
-            better = chunk_min < best
+            if TF32X3:
+                # NaN ranks as -inf: first, but tied with a real -inf. A row that meets a NaN or inf
+                # ends with a non-finite residual and is searched again in fp32 (REDO_FLAGGED), so
+                # this cheap order serves. (The TF32 lo part of an inf is NaN: all of such a row's
+                # scores are NaN, and the lowest index, a real code, wins over the padding codes.)
+                ranked = tl.where(score == score, score, float("-inf"))
+                chunk_min = tl.min(ranked, axis=1)
+                chunk_k = tl.min(tl.where(ranked == chunk_min[:, None], ks[None, :], KP), axis=1)
+            else:
+                chunk_min, chunk_k = _nan_first_min(score, ks, K, KP)
+            better = (chunk_min < best) | ((chunk_min != chunk_min) & (best == best))
             best = tl.where(better, chunk_min, best)
             best_k = tl.where(better, chunk_k, best_k)
 
@@ -123,18 +146,40 @@ def _rvq_forward_kernel(
         clo_q += KP * BLOCK_D
         cnorm_q += KP
 
+    # A NaN or inf in x leaves one in the residual: the decode then reads those rows of x again.
+    nonfinite = tl.max(((r != r) | (tl.abs(r) == float("inf"))).to(tl.int8), axis=1)
+    tl.store(nonfinite_ptr + rows64, nonfinite, mask=redone)
+
+
+@triton.jit
+def _nan_first_min(score, ks, K, KP):
+    """(minimum, its first index) of each row of a chunk's scores in torch.argmin's order: the first
+    NaN if there is one, else the first minimum. Padding codes (index >= K) never count: their
+    scores are NaN for a row with an inf (inf · 0)."""
+    real = (ks < K)[None, :]
+    nan = (score != score) & real
+    nan_k = tl.min(tl.where(nan, ks[None, :], KP), axis=1)
+    numbers = tl.where(real & (score == score), score, float("inf"))
+    low = tl.min(numbers, axis=1)
+    low_k = tl.min(tl.where(numbers == low[:, None], ks[None, :], KP), axis=1)
+    has_nan = nan_k < KP
+    return tl.where(has_nan, float("nan"), low), tl.where(has_nan, nan_k, low_k)
+
 
 @triton.jit
 def _rvq_decode_kernel(
     codes_ptr,  # [N, n_q] int64
     cb_ptr,  # [Q, K, D]
     w_ptr,  # [n_q] fp32 (unused unless HAS_WEIGHTS)
+    x_ptr,  # [N, D] (unused unless NAN_FROM_X)
+    nonfinite_ptr,  # [N] int8, rows of x to read (unused unless NAN_FROM_X)
     out_ptr,  # [N, D] codebooks.dtype (out)
     N,
     D,
     K,
     n_q,
     HAS_WEIGHTS: tl.constexpr,
+    NAN_FROM_X: tl.constexpr,  # the forward's quantized: NaN where x is NaN or inf
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -164,6 +209,12 @@ def _rvq_decode_kernel(
         cb_q += K * D
 
     out_off = rows64[:, None] * D + cols[None, :]
+    if NAN_FROM_X:
+        # The reference's straight-through ẑ + (x − x) is NaN where x is NaN or inf; only rows whose
+        # residual was not finite can hold such an x, so only they are read.
+        flagged = tl.load(nonfinite_ptr + rows64, mask=row_ok, other=0) != 0
+        xv = tl.load(x_ptr + out_off, mask=(flagged & row_ok)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        acc = tl.where((xv != xv) | (tl.abs(xv) == float("inf")), float("nan"), acc)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -220,9 +271,9 @@ def _codebook_operands(codebooks: Tensor, n_q: int, block_k: int, block_d: int, 
     cnorm[:, :K] = cb.pow(2).sum(-1)
     # fp16/bf16 values are exact in TF32: no remainder, two products instead of three.
     if not tf32x3 or codebooks.dtype != torch.float32:
-        return padded, padded, cnorm, False
+        return padded, padded, cnorm, False, padded
     hi, lo = tf32_parts(padded)
-    return hi, lo, cnorm, True
+    return hi, lo, cnorm, True, padded
 
 
 def _launch_forward(
@@ -258,21 +309,29 @@ def _launch_forward(
     block_k = block_k or dflt_k
     if triton.cdiv(K, block_k) * block_k * block_d > _MAX_CODEBOOK_NUMEL:
         raise ValueError("one padded codebook (K * D elements) must have fewer than 2**31 elements")
-    chi, clo, cnorm, c_lo = _codebook_operands(codebooks, n_q, block_k, block_d, tf32x3)
+    chi, clo, cnorm, c_lo, exact = _codebook_operands(codebooks, n_q, block_k, block_d, tf32x3)
 
     num_programs = triton.cdiv(N, block_n)
     # One row of partial sums per program, reduced below: deterministic, no atomics.
     partial = torch.empty((num_programs, n_q), dtype=torch.float32, device=x.device)
+    nonfinite = torch.empty(N, dtype=torch.int8, device=x.device)
     launchable(_rvq_forward_kernel)[(num_programs,)](
-        x, codebooks, chi, clo, cnorm, codes, partial,
+        x, codebooks, chi, clo, cnorm, codes, partial, nonfinite,
         N, D, K, cnorm.shape[1], n_q,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=tf32x3, C_LO=c_lo,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=tf32x3, C_LO=c_lo, REDO_FLAGGED=False,
         num_warps=num_warps or dflt_warps, num_stages=num_stages or dflt_stages,
     )  # fmt: skip
+    if tf32x3:  # blocks that met a NaN or inf, again in fp32 (a launch that returns at once when none did)
+        launchable(_rvq_forward_kernel)[(num_programs,)](
+            x, codebooks, exact, exact, cnorm, codes, partial, nonfinite,
+            N, D, K, cnorm.shape[1], n_q,
+            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=False, C_LO=False, REDO_FLAGGED=True,
+            num_warps=8, num_stages=2,
+        )  # fmt: skip
     # quantized = the chosen codewords summed in fp32 in stage order: exactly the decode of the
     # codes. This memory-bound launch (0.25 ms at N = 2**18, D = 128 on an H200) keeps an
     # fp32 accumulator out of the search kernel's registers, which its tensor-core tiles need.
-    quantized = _launch_decode(codes, codebooks, None)
+    quantized = _launch_decode(codes, codebooks, None, nan_from=(x, nonfinite))
     return quantized, codes, partial.sum(dim=0)
 
 
@@ -281,9 +340,11 @@ def _launch_decode(
     codebooks: Tensor,
     weights: Tensor | None,
     *,
+    nan_from: tuple[Tensor, Tensor] | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
 ) -> Tensor:
+    """`nan_from`: (x, its rows' non-finite flags) of the forward: the output is NaN where x is."""
     _check_codebooks(codebooks)
     Q, K, D = codebooks.shape
     if codes.dim() != 2 or not 1 <= codes.shape[1] <= Q:
@@ -306,11 +367,12 @@ def _launch_decode(
     has_weights = weights is not None
     # Without weights the pointer is never read; any tensor will do.
     w = weights.float().contiguous() if has_weights else codebooks
+    x, nonfinite = nan_from if nan_from is not None else (codebooks, codes)  # unread without nan_from
 
     launchable(_rvq_decode_kernel)[(triton.cdiv(N, block_n),)](
-        codes, codebooks, w, out,
+        codes, codebooks, w, x, nonfinite, out,
         N, D, K, n_q,
-        HAS_WEIGHTS=has_weights, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_WEIGHTS=has_weights, NAN_FROM_X=nan_from is not None, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=num_warps,
     )  # fmt: skip
     return out

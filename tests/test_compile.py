@@ -34,11 +34,11 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def assert_matches_eager(name: str, fn, compiled_fn, inputs) -> None:
-    """compiled_fn(*inputs) against fn(*inputs), both on the automatic backend choice: every output
-    (float ones within float32's tolerance, the rest identical) and every input gradient."""
-    expected, expected_grads = run_with_grads(fn, inputs, "auto", grad_seed=7)
-    out, grads = run_with_grads(compiled_fn, inputs, "auto", grad_seed=7)
+def assert_matches_eager(name: str, fn, compiled_fn, inputs, backend: str = "auto") -> None:
+    """compiled_fn(*inputs) against fn(*inputs), both on `backend` (default: the automatic choice): every
+    output (float ones within float32's tolerance, the rest identical) and every input gradient."""
+    expected, expected_grads = run_with_grads(fn, inputs, backend, grad_seed=7)
+    out, grads = run_with_grads(compiled_fn, inputs, backend, grad_seed=7)
     assert len(out) == len(expected) and len(grads) == len(expected_grads)
     for i, (o, e) in enumerate(zip(out, expected)):
         if o.is_floating_point():
@@ -58,6 +58,8 @@ def _op_cases(device):
     bags, props = (torch.tensor([0, 0, 0, 1, 1, 1, 1], device=device),
                    torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]], device=device))
     params = [(torch.rand(5, device=device) * 0.5 + 0.1).requires_grad_() for _ in range(4)]
+    activity = (torch.rand(2, 2, 17, device=device) > 0.5).float()
+    order = torch.tensor([[1, -1, 0], [0, 1, -1]], device=device)
     references = t(2, 3, 101, grad=False)  # and estimates ~80 dB from them: pairs SI-SDR recomputes (data)
     near_perfect = ((references + 1e-4 * t(2, 3, 101, grad=False)).requires_grad_(), references.requires_grad_())
     return {
@@ -85,6 +87,9 @@ def _op_cases(device):
         "proportion_loss": (lambda x: ops.proportion_loss(x, bags, props), (t(7, 3),)),
         "ot_pseudo_labels": (lambda x: ops.ot_pseudo_labels(torch.log_softmax(x, -1), bags, props), (t(7, 3),)),
         "kmeans": (lambda x: ops.kmeans(x, 3, init=x[:, :3]).centroids, (t(2, 20, 3, grad=False),)),
+        "collar_vad_loss": (lambda x: ops.collar_vad_loss(x, activity, order, collar_frames=1.5), (t(2, 3, 17),)),
+        "distance_nll": (lambda v, w: ops.distance_nll(v, w, torch.tensor([[1], [0], [2], [1], [0]], device=device),
+                                                       alpha=0.7), (t(5, 4), t(3, 4))),
     }
 
 
@@ -104,6 +109,20 @@ def test_op_compiles_and_matches_eager(name, device):
         torch._dynamo.reset()
         with pytest.raises(Exception, match="skipped"):
             torch.compile(fn, backend="aot_eager", fullgraph=True)(*inputs)
+
+
+@pytest.mark.parametrize("name", list(_op_cases("cpu")))
+def test_op_compiles_on_its_cpu_backend(name):
+    """The same on the cpu backend forced (the automatic choice runs the reference for some of these
+    small inputs): the fused kernels' fake and autograd registrations traced, not just checked by opcheck."""
+    fn, inputs = _op_cases("cpu")[name]
+    torch.manual_seed(0)
+    try:
+        run_with_grads(fn, inputs, "cpu", grad_seed=7)
+    except pyaudiok.dispatch.BackendUnavailableError as error:
+        pytest.skip(f"no cpu backend: {error}")
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=name not in SIZES_FROM_DATA)
+    assert_matches_eager(name, fn, compiled, inputs, backend="cpu")
 
 
 def test_op_under_inductor_matches_eager():

@@ -26,7 +26,8 @@ static_assert(kRows == 16, "the micro-kernel holds a tile as two 8-wide vectors"
 
 // Scores of NC codewords (starting at k0) against the 16 rows, merged into the running argmin.
 // Codewords are visited in increasing k and replace only on a strictly smaller score, which
-// makes ties resolve to the lowest index.
+// makes ties resolve to the lowest index. The order is torch.argmin's: a NaN score (a NaN or inf
+// in the row or the codeword) comes before every number, and the first NaN stays.
 template <int NC>
 inline __attribute__((always_inline)) void score_block(const float* rT, const float* C, const float* cnorm,
                                                        int64_t D, int32_t k0, v8f best[2], v8i idx[2]) {
@@ -48,7 +49,8 @@ inline __attribute__((always_inline)) void score_block(const float* rT, const fl
     const v8i kk = splat_i(k0 + j);
     for (int h = 0; h < 2; ++h) {
       const v8f s = cn - 2.0f * acc[j][h];
-      const v8i better = s < best[h];
+      // s < best, or s NaN; never once best is NaN (one unordered compare, one ordered)
+      const v8i better = ~(s >= best[h]) & (best[h] == best[h]);
       best[h] = better ? s : best[h];
       idx[h] = better ? kk : idx[h];
     }
@@ -139,8 +141,12 @@ void rvq_forward_tiles(const float* x, const float* codebooks, const float* cnor
       const int64_t row0 = (group + t) * kRows;
       const int rows = rows_of(group + t);
       const float* acc = accT.data() + t * tile_floats;
+      // + (x − x): NaN where x is NaN or inf, as the reference's straight-through ẑ + (x − x) is
       for (int i = 0; i < rows; ++i)
-        for (int64_t d = 0; d < D; ++d) quantized[(row0 + i) * D + d] = acc[d * kRows + i];
+        for (int64_t d = 0; d < D; ++d) {
+          const float xi = x[(row0 + i) * D + d];
+          quantized[(row0 + i) * D + d] = acc[d * kRows + i] + (xi - xi);
+        }
     }
   }
 }

@@ -349,14 +349,19 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();  // this block's codes (global) are visible to all lanes
 
   // quantized = stage-order fp32 sum of the chosen codewords (same function
-  // as decode with no weights).
+  // as decode with no weights), NaN where x is NaN or inf, as the reference's
+  // straight-through value ẑ + (x − x) is. Such an x leaves a non-finite
+  // residual (this thread's own r_s element), so x is read again only there.
   for (int r = warp; r < ROWS; r += kWarps) {
     const int64_t row = row0 + r;
     if (row >= N) break;  // rows only grow with r
     const int64_t* code_row = codes + row * n_q;
-    for (int d = lane; d < D; d += 32)
-      quantized[row * D + d] = FromF32<T>::cvt(
-          rvq_decode_element<T>(cbs, code_row, nullptr, K, D, n_q, d));
+    for (int d = lane; d < D; d += 32) {
+      float v = rvq_decode_element<T>(cbs, code_row, nullptr, K, D, n_q, d);
+      if (!isfinite(r_s[d * RS + r]) && !isfinite(to_f32(x[row * D + d])))
+        v = NAN;
+      quantized[row * D + d] = FromF32<T>::cvt(v);
+    }
   }
 }
 

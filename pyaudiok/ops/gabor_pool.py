@@ -432,8 +432,24 @@ FFT_MIN_WINDOW = 129  # below, the tiled convolution is faster forward and as fa
 
 
 def gabor_pool_cpu(x, center_freqs, bandwidths, pool_widths, window=401, stride=160):
-    route = gabor_pool_fft if window >= FFT_MIN_WINDOW else gabor_pool_tiled
-    return route(x, center_freqs, bandwidths, pool_widths, window, stride)
+    """The FFT route for long windows, but for items with a NaN or inf sample: a transform spreads it
+    over its whole segment, where the reference makes NaN only the frames that see it, so those
+    items take the tiled route (asking which they are is a cheap host read on the CPU; a traced
+    graph cannot branch on it and keeps the FFT route)."""
+    args = (center_freqs, bandwidths, pool_widths, window, stride)
+    if window < FFT_MIN_WINDOW:
+        return gabor_pool_tiled(x, *args)
+    finite = torch.isfinite(x).all(-1)
+    if torch.compiler.is_compiling() or bool(finite.all()):
+        return gabor_pool_fft(x, *args)
+    return _by_item_route(x, finite, args)
+
+
+def _by_item_route(x, finite, args):
+    """Items with non-finite samples by the tiled route, the others by the FFT route, in x's order."""
+    bad, good = (~finite).nonzero()[:, 0], finite.nonzero()[:, 0]
+    parts = [gabor_pool_tiled(x[bad], *args)] + ([gabor_pool_fft(x[good], *args)] if good.numel() else [])
+    return torch.cat(parts)[torch.cat([bad, good]).argsort()]
 
 
 GABOR_POOL = dispatch.op("gabor_pool")
@@ -459,7 +475,8 @@ GABOR_POOL.prefer("cuda", ("cuda", "triton", "reference"))
 # Public API.
 
 def _check_positive(name: str, value: torch.Tensor) -> None:
-    _checks.values_hold(value > 0, f"{name} must be positive", lambda: f"a minimum of {value.min().item():.4g}")
+    _checks.values_hold((value > 0) & torch.isfinite(value), f"{name} must be positive and finite",
+                        lambda: f"values from {value.min().item():.4g} to {value.max().item():.4g}")
 
 
 def gabor_pool(x: torch.Tensor, center_freqs: torch.Tensor, bandwidths: torch.Tensor, pool_widths: torch.Tensor,

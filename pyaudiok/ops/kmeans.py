@@ -153,10 +153,18 @@ def _random_init(x: torch.Tensor, k: int, generator: torch.Generator | None) -> 
 # ----------------------------------------------------------------------------------------------
 # Public API.
 
+def _check_finite(name: str, value: torch.Tensor) -> None:
+    """A NaN or inf point has no defined clustering: the reference's distances to it are NaN, so
+    it joins cluster 0 and makes that centroid NaN, which then takes every point of its item, and
+    k-means++ cannot draw from NaN weights. Rejected instead (one device sync on a GPU)."""
+    _checks.values_hold(torch.isfinite(value), f"{name} must be finite (no NaN or inf)",
+                        lambda: f"{int((~torch.isfinite(value)).sum())} NaN or inf of {value.numel()} values")
+
+
 def kmeans(x: torch.Tensor, k: int, *, n_iters: int = 20, init: str | torch.Tensor = "kmeans++",
            generator: torch.Generator | None = None) -> KMeansResult:
     """Cluster each item of x[B, P, d] into k clusters (see the module docstring). The result
-    carries no gradient."""
+    carries no gradient. x and a given `init` must be finite."""
     x = _checks.float_tensor("x", x, ndim=3, layout="[B, P, d]")
     # The fused backends register no autograd: an input requiring a gradient would get one through
     # the initial centres only (autograd's fallback), silently wrong. No backend differentiates.
@@ -166,6 +174,7 @@ def kmeans(x: torch.Tensor, k: int, *, n_iters: int = 20, init: str | torch.Tens
         raise ValueError("x must hold at least one point per item (P >= 1)")
     k = _checks.int_in_range("k", k, 1, P)
     n_iters = _checks.int_in_range("n_iters", n_iters, 0, 1_000_000)
+    _check_finite("x", x)
     if isinstance(init, torch.Tensor):
         centroids = _checks.float_tensor("init", init, ndim=3, layout="[B, k, d]")
         if tuple(centroids.shape) != (B, k, d):
@@ -174,6 +183,7 @@ def kmeans(x: torch.Tensor, k: int, *, n_iters: int = 20, init: str | torch.Tens
         _checks.same_dtype("init", centroids, "x", x)
         _checks.same_device("init", centroids, "x", x)
         centroids = centroids.detach()
+        _check_finite("init", centroids)
     elif init == "kmeans++":
         centroids = kmeans_plus_plus(x, k, generator) if B else x.new_empty(0, k, d)
     elif init == "random":

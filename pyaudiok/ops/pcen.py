@@ -145,6 +145,5 @@ def pcen(E: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor, r: torch.Ten
         _checks.float_tensor(name, p, ndim=1, layout="[F]")
         _checks.dim_size(name, p, 0, E.shape[1], "E's channel count F")
         _checks.same_device(name, p, "E", E)
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0; got {eps!r}")
-    return PCEN(E, alpha, delta, r, smooth, float(eps), device=E.device, dtype=E.dtype)
+    eps = _checks.real_in_range("eps", eps, 0.0)  # eps = inf would make every output 0
+    return PCEN(E, alpha, delta, r, smooth, eps, device=E.device, dtype=E.dtype)

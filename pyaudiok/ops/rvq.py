@@ -218,6 +218,8 @@ def residual_vq(x: torch.Tensor, codebooks: torch.Tensor, n_q: int | None = None
     `quantized` equals Σ_q C_q[codes[..., q]] in value and passes gradients straight through to x;
     commit_loss[q] = mean ‖r_q‖² (r_q = x − Σ_{p ≤ q} ẑ_p, in float32, float64 for float64 input; 0
     for an empty batch) and carries gradient to x. Codebooks receive no gradient.
+    A NaN or inf in x or in a codeword is not rejected (no host sync): as in the reference, a NaN
+    score ranks first in the nearest-codeword search, and `quantized` is NaN where x is NaN or inf.
     """
     x = _checks.float_tensor("x", x, min_ndim=1, layout="[..., D]")
     codebooks = _check_codebooks(codebooks)

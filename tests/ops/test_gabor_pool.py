@@ -266,6 +266,69 @@ def test_parameters_in_another_dtype_than_x(backend, x_dtype, param_dtype, windo
     assert rel_error(got, want) <= TOLERANCE[x_dtype] * 10
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("window", [33, 129])  # the cpu backend's tiled and FFT routes
+def test_non_finite_samples_make_only_the_frames_that_see_them_non_finite(backend, window):
+    """A NaN in one item and an inf in another (a third is finite): the frames whose windows reach the
+    sample are NaN or inf as the reference's are, the other frames and items keep their values, and
+    so do the gradients (NaN or inf exactly where the reference's are)."""
+    device = require_backend(GABOR_POOL, backend)
+    if backend == "triton" and device.type == "cpu" and window > 33:
+        pytest.skip("long windows take ~20 s in the Triton interpreter: covered on a GPU")
+    torch.manual_seed(0)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    x = waveform(3, 700, dtype=dtype, grad=False)
+    x[0, 300], x[2, 40] = float("nan"), float("inf")
+    p = params(2, dtype=dtype, window=window, grad=False)
+    results = []
+    for run_on, dev in (("reference", "cpu"), (backend, device)):
+        leaves = [t.to(dev).requires_grad_(True) for t in (x, *p)]
+        with pyaudiok.use_backend(run_on):
+            y = gabor_pool(*leaves, window=window, stride=50)
+        y.backward(torch.ones_like(y))
+        results.append([t.detach().cpu() for t in (y, *(leaf.grad for leaf in leaves))])
+    for name, got, want in zip(("y", "x", "center_freqs", "bandwidths", "pool_widths"), *reversed(results)):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf()), name
+        finite = torch.isfinite(want)
+        assert rel_error(got[finite], want[finite]) <= TOLERANCE[dtype] * 10, name
+    y = results[1][0]
+    assert 0 < y[0].isnan().any(0).sum() < y.shape[-1] and torch.isfinite(y[1]).all()
+
+
+@pytest.mark.parametrize("window", [33, 129])  # the tiled and FFT routes
+def test_bfloat16_input_on_cpu(window):
+    """A bfloat16 waveform with float32 parameters on the cpu backend: values and gradients."""
+    require_backend(GABOR_POOL, "cpu", torch.bfloat16)
+    x = waveform(2, 300, dtype=torch.bfloat16)
+    p = params(3, window=window)
+    fn = lambda x, e, s, p: gabor_pool(x, e, s, p, window=window, stride=16)  # noqa: E731
+    out, _ = compare_with_reference(fn, [x, *p], "cpu", scale=10)
+    assert out[0].dtype == torch.bfloat16
+
+
+def test_fp16_on_triton_tiny():
+    """fp16 waveform and parameters through the Triton kernel where it runs anywhere (its
+    interpreter; bf16 is checked on a GPU): values and the four gradients."""
+    device = require_backend(GABOR_POOL, "triton", torch.float16)
+    fn = lambda x, e, s, p: gabor_pool(x, e, s, p, window=17, stride=8)  # noqa: E731
+    compare_with_reference(fn, [waveform(2, 60, device, torch.float16), *params(3, device, torch.float16, window=17)],
+                           "triton", scale=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("window", [33, 129])
+def test_non_contiguous_parameters(backend, window):
+    """Parameter vectors that are strided views (columns of an [F, 3] table): values and gradients."""
+    device = require_backend(GABOR_POOL, backend)
+    if backend == "triton" and device.type == "cpu" and window > 33:
+        pytest.skip("long windows take ~20 s in the Triton interpreter: covered on a GPU")
+    table = torch.stack(params(3, device, window=window, grad=False), dim=1)  # [F, 3]
+    views = [table[:, i].requires_grad_(True) for i in range(3)]
+    assert not any(v.is_contiguous() for v in views)
+    fn = lambda x, e, s, p: gabor_pool(x, e, s, p, window=window, stride=16)  # noqa: E731
+    compare_with_reference(fn, [waveform(2, 300, device), *views], backend, scale=10)
+
+
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
 @pytest.mark.parametrize("window", [9, 129])
 def test_no_filters_give_an_empty_result(backend, window):
@@ -292,6 +355,11 @@ def test_bad_inputs():
         gabor_pool(x, eta, sigma, -pool)
     with pytest.raises(ValueError, match="bandwidths must be positive"):
         gabor_pool(x, eta, torch.zeros_like(sigma), pool)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="bandwidths must be positive and finite"):
+            gabor_pool(x, eta, torch.full_like(sigma, bad), pool)
+        with pytest.raises(ValueError, match="pool_widths must be positive and finite"):
+            gabor_pool(x, eta, sigma, torch.full_like(pool, bad))
     with pytest.raises(ValueError, match="window must be odd"):
         gabor_pool(x, eta, sigma, pool, window=400)
     with pytest.raises(ValueError, match=r"window must be in \[3,"):  # no pooling width at h = 0 (NaN)

@@ -76,6 +76,42 @@ def test_non_contiguous_points(backend):
     assert torch.equal(got.assignments.cpu(), lloyd_reference(x.double().cpu(), init.double().cpu(), 4)[1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_half_precision_matches_the_reference(backend, dtype):
+    """Half-precision points: the centroids stay float32 between iterations, as the reference keeps
+    them, and are rounded once at the end (rounding them after every update moves later assignments)."""
+    device = require_backend(LLOYD, backend, dtype)
+    x = (torch.randn(16, 40, 2, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    init = x[:, :4].clone()
+    want_c, want_a = lloyd_reference(x, init, 6)
+    with pyaudiok.use_backend(backend):
+        got = kmeans(x.to(device), 4, n_iters=6, init=init.to(device))
+    assert got.centroids.dtype == dtype
+    assert torch.equal(got.assignments.cpu(), want_a)
+    assert rel_error(got.centroids, want_c) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_points_or_centres_are_rejected(backend, bad):
+    """A NaN or inf point has no clustering (the reference puts every point of its item in one NaN
+    cluster; k-means++ cannot draw from NaN weights): every backend raises, naming the argument."""
+    device = require_backend(LLOYD, backend) if backend != "reference" else torch.device("cpu")
+    x = clustered(2, 20, 3, 3, device)
+    init = x[:, :3].clone()
+    bad_x = x.clone()
+    bad_x[1, 7, 2] = bad
+    bad_init = init.clone()
+    bad_init[0, 1, 0] = bad
+    with pyaudiok.use_backend(backend):
+        for start in ("kmeans++", "random", init):
+            with pytest.raises(ValueError, match=r"x must be finite \(no NaN or inf\); got 1 NaN or inf of 120"):
+                kmeans(bad_x, 3, n_iters=2, init=start)
+        with pytest.raises(ValueError, match=r"init must be finite"):
+            kmeans(x, 3, n_iters=2, init=bad_init)
+
+
 # Layouts of the points and of given centres (the view taken inside the call): name -> (stored, view).
 VIEWS = {"contiguous": (lambda t: t, lambda t: t),
          "channels-first": (lambda t: t.transpose(1, 2).contiguous(), lambda t: t.transpose(1, 2)),

@@ -241,6 +241,36 @@ def test_parameters_in_another_dtype_than_E(backend, param_dtype):
     assert_close("y", got, want, torch.float32, scale=5)
 
 
+def test_fp16_on_triton_tiny():
+    """fp16 energies and parameters through the Triton kernels where they run anywhere (its
+    interpreter; bf16 is checked on a GPU): values and all five gradients."""
+    device = require_backend(PCEN, "triton", torch.float16)
+    compare_with_reference(pcen, inputs(2, 3, 20, device, torch.float16), "triton", scale=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_parameters(backend):
+    """Parameter vectors that are strided views (columns of a [F, 4] table): values and gradients."""
+    device = require_backend(PCEN, backend)
+    E, *p = inputs(2, 5, 30, device, grad=False)
+    table = torch.stack(p, dim=1)  # [F, 4]
+    views = [table[:, i].requires_grad_(True) for i in range(4)]
+    assert not any(v.is_contiguous() for v in views)
+    compare_with_reference(pcen, (E.requires_grad_(True), *views), backend, scale=5)
+
+
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+def test_no_channels(backend):
+    """F = 0: an empty result and empty gradients."""
+    device = require_backend(PCEN, backend) if backend != "reference" else torch.device("cpu")
+    E, *p = inputs(2, 0, 10, device)
+    with pyaudiok.use_backend(backend):
+        y = pcen(E, *p)
+    assert y.shape == (2, 0, 10)
+    y.sum().backward()
+    assert E.grad.shape == E.shape and all(t.grad.shape == (0,) for t in p)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_raw_op_passes_opcheck(backend):
     device = require_backend(PCEN, backend)
@@ -265,5 +295,6 @@ def test_bad_inputs():
         pcen(E.long(), a, d, r, s)
     with pytest.raises(TypeError, match="delta must be a torch.Tensor"):
         pcen(E, a, 2.0, r, s)
-    with pytest.raises(ValueError, match="eps must be a float >= 0"):
-        pcen(E, a, d, r, s, eps=-1.0)
+    for eps in (-1.0, float("inf"), float("nan"), "1e-12"):  # eps = inf would make every output 0
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            pcen(E, a, d, r, s, eps=eps)

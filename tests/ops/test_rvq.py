@@ -156,6 +156,58 @@ def test_half_precision(backend, dtype):
     assert decoded[0].dtype == dtype
 
 
+def test_fp16_on_triton_tiny():
+    """fp16 through the Triton kernels where they run anywhere (its interpreter; bf16 tl.dot needs a
+    GPU): codes, quantized vectors, commit losses and the gradient to x against the reference."""
+    device = require_backend(FORWARD, "triton", torch.float16)
+    x, codebooks = planted_inputs(20, 8, 12, 2, device, dtype=torch.float16)
+    out, _ = compare_with_reference(lambda x, c: residual_vq(x, c), (x.requires_grad_(True), codebooks), "triton",
+                                    exact=(1,))
+    assert out[0].dtype == torch.float16
+
+
+def _plant(where: str, value: float):
+    """Changes of x[6, D] / codebooks[3, 5, D] that put `value` (NaN or ±inf) in a row of x, in a
+    codeword of the first or of a later stage, or in a row of x next to codewords with a 0 where its
+    inf is (inf · 0 is NaN: NaN and -inf scores in one row)."""
+    def plant(x, codebooks):
+        if where in ("x", "x beside zeros"):
+            x[2, 1] = value
+        if where == "x beside zeros":
+            codebooks[0, 3, 1] = codebooks[0, 1, 1] = 0.0
+        if where.startswith("codeword"):
+            codebooks[int(where[-1]), 2, 1] = value
+    return plant
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("D", [6, 130])  # the Triton kernel's TF32 and fp32 FMA routes
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["x", "x beside zeros", "codeword 0", "codeword 1"])
+def test_non_finite_values_give_the_references_result(backend, D, value, where):
+    """A NaN or inf in x or in a codeword (a diverged EMA codeword): the reference's codes (its argmin
+    takes the first NaN score before any number), NaN quantized values exactly where x is NaN or inf,
+    the same commit losses and the same non-finite gradient entries. Nothing is rejected: ResidualVQ
+    skips such batches without a host sync."""
+    device = require_backend(FORWARD, backend)
+    gen = torch.Generator().manual_seed(0)
+    x, codebooks = torch.randn(6, D, generator=gen), torch.randn(3, 5, D, generator=gen)
+    _plant(where, value)(x, codebooks)
+    results = []
+    for run_on, inputs in (("reference", (x, codebooks)), (backend, (x.to(device), codebooks.to(device)))):
+        leaf = inputs[0].clone().requires_grad_(True)
+        with pyaudiok.use_backend(run_on):
+            out = residual_vq(leaf, inputs[1])
+        (out.quantized.sum() + out.commit_loss.sum()).backward()
+        results.append([t.detach().cpu() for t in (*out, leaf.grad)])
+    (want_q, want_codes, want_loss, want_dx), (got_q, got_codes, got_loss, got_dx) = results
+    assert torch.equal(got_codes, want_codes)
+    for name, got, want in (("quantized", got_q, want_q), ("commit loss", got_loss, want_loss),
+                            ("gradient", got_dx, want_dx)):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf()), name
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True), name
+
+
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_cpu_half_commit_loss_stays_float32(dtype):
     """The commit loss is float32 for half inputs, as the reference returns it: rounded to half it
@@ -191,6 +243,19 @@ def test_decode_and_codebook_gradients_match_reference(backend, N, D, K, Q):
     codes = torch.randint(0, K, (N, Q), device=device)
     for n_q in sorted({1, Q}):
         compare_with_reference(lambda c, cb: rvq_decode(c, cb), (codes[:, :n_q], codebooks), backend)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("code_dtype", (torch.int32, torch.int16, torch.uint8))
+def test_decode_of_narrow_and_non_contiguous_codes(backend, code_dtype):
+    """Codes in any accepted integer dtype, as a strided view ([B, T, n_q] from a time-major buffer):
+    the reference's vectors and codebook gradients."""
+    device = require_backend(DECODE, backend)
+    codebooks = torch.randn(3, 9, 10, device=device, requires_grad=True)
+    codes = torch.randint(0, 9, (5, 2, 3), device=device).to(code_dtype).transpose(0, 1)
+    assert not codes.is_contiguous()
+    out, _ = compare_with_reference(lambda c, cb: rvq_decode(c, cb), (codes, codebooks), backend)
+    assert out[0].shape == (2, 5, 10)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
