@@ -19,9 +19,15 @@ keeps their fp32 residual on chip for all stages and streams each stage's codebo
 ``BLOCK_K`` chunks, so the ``[N, K]`` score matrix never touches memory; ``quantized`` is
 then the decode of the codes (same fp32 accumulation order). Up to D = 128 the scores come
 from TF32 tensor cores with a 3-product hi/lo split (about fp32 accuracy; exact for small
-integers), above that from fp32 FMAs. A TF32 split of an inf is inf + NaN, so after a TF32 search
-a second launch searches again, with fp32 FMAs, the blocks where a NaN or inf left a non-finite
-residual (it returns at once for the others); the decode makes ``quantized`` NaN where x is.
+integers), above that from fp32 FMAs.
+
+NaN and inf: the search's hot loop takes the plain minimum (a GPU's min skips NaN; a TF32 split of
+an inf is inf + NaN), so it flags what it cannot order as the reference does: the rows whose final
+residual is not finite (a NaN or inf in x, or a codeword's, reached them) and every row of a block
+that met a codeword with a non-finite squared norm (one check per chunk of codes, not per score).
+A second launch searches the flagged blocks again with fp32 FMAs in torch.argmin's order (the first
+NaN score before every number) and returns at once for the others; the decode then makes
+``quantized`` NaN where x is NaN or inf.
 """
 
 from __future__ import annotations
@@ -65,7 +71,8 @@ def _rvq_forward_kernel(
     BLOCK_D: tl.constexpr,
     TF32X3: tl.constexpr,  # tensor-core dot from TF32 parts, else fp32 FMA ("ieee")
     C_LO: tl.constexpr,  # codebooks have a nonzero TF32 remainder (fp32 codebooks)
-    REDO_FLAGGED: tl.constexpr,  # only the blocks with a row flagged in nonfinite_ptr, all stages again
+    REDO_FLAGGED: tl.constexpr,  # only the blocks with a row flagged in nonfinite_ptr, all stages again,
+    # in torch.argmin's NaN-first order (else: every block, the plain order, flags set)
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -87,14 +94,12 @@ def _rvq_forward_kernel(
     clo_q = clo_ptr
     cnorm_q = cnorm_ptr
     stages = n_q
-    redone = row_ok
-    if REDO_FLAGGED:
-        # After a TF32 pass: the TF32 split of an inf is inf + NaN, so the scores of a row or a codeword
-        # with an inf are not the reference's. Those blocks (every row a NaN or inf reached has a
-        # non-finite residual) are searched again with fp32 FMAs; the others do nothing.
+    written = row_ok
+    bad_codes = tl.zeros([BLOCK_K], dtype=tl.int1)  # real codes met with a non-finite squared norm
+    if REDO_FLAGGED:  # flagged blocks only; the others return at once
         flagged = tl.load(nonfinite_ptr + rows64, mask=row_ok, other=0)
         stages = n_q * tl.max(flagged, axis=0).to(tl.int32)
-        redone = tl.where(row_ok, stages, 0) > 0
+        written = tl.where(row_ok, stages, 0) > 0
     for q in range(0, stages):
         best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
         best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
@@ -121,17 +126,14 @@ def _rvq_forward_kernel(
             # torch.argmin's order puts a NaN score (from a NaN or inf in the row or a codeword)
             # before every number.
             ks = k0 + k_lane
-            if TF32X3:
-                # NaN ranks as -inf: first, but tied with a real -inf. A row that meets a NaN or inf
-                # ends with a non-finite residual and is searched again in fp32 (REDO_FLAGGED), so
-                # this cheap order serves. (The TF32 lo part of an inf is NaN: all of such a row's
-                # scores are NaN, and the lowest index, a real code, wins over the padding codes.)
-                ranked = tl.where(score == score, score, float("-inf"))
-                chunk_min = tl.min(ranked, axis=1)
-                chunk_k = tl.min(tl.where(ranked == chunk_min[:, None], ks[None, :], KP), axis=1)
-            else:
+            if REDO_FLAGGED:  # torch.argmin's order: the first NaN score before every number
                 chunk_min, chunk_k = _nan_first_min(score, ks, K, KP)
-            better = (chunk_min < best) | ((chunk_min != chunk_min) & (best == best))
+                better = (chunk_min < best) | ((chunk_min != chunk_min) & (best == best))
+            else:  # NaN scores come only from what is flagged for the second launch
+                bad_codes |= ((cn != cn) | (cn == float("inf"))) & (ks < K)
+                chunk_min = tl.min(score, axis=1)
+                chunk_k = tl.min(tl.where(score == chunk_min[:, None], ks[None, :], KP), axis=1)
+                better = chunk_min < best
             best = tl.where(better, chunk_min, best)
             best_k = tl.where(better, chunk_k, best_k)
 
@@ -148,7 +150,8 @@ def _rvq_forward_kernel(
 
     # A NaN or inf in x leaves one in the residual: the decode then reads those rows of x again.
     nonfinite = tl.max(((r != r) | (tl.abs(r) == float("inf"))).to(tl.int8), axis=1)
-    tl.store(nonfinite_ptr + rows64, nonfinite, mask=redone)
+    nonfinite = tl.maximum(nonfinite, tl.max(bad_codes.to(tl.int8), axis=0))
+    tl.store(nonfinite_ptr + rows64, nonfinite, mask=written)
 
 
 @triton.jit
@@ -321,13 +324,14 @@ def _launch_forward(
         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=tf32x3, C_LO=c_lo, REDO_FLAGGED=False,
         num_warps=num_warps or dflt_warps, num_stages=num_stages or dflt_stages,
     )  # fmt: skip
-    if tf32x3:  # blocks that met a NaN or inf, again in fp32 (a launch that returns at once when none did)
-        launchable(_rvq_forward_kernel)[(num_programs,)](
-            x, codebooks, exact, exact, cnorm, codes, partial, nonfinite,
-            N, D, K, cnorm.shape[1], n_q,
-            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=False, C_LO=False, REDO_FLAGGED=True,
-            num_warps=8, num_stages=2,
-        )  # fmt: skip
+    # The blocks that met a NaN or inf, again in fp32 and torch.argmin's order (programs with no
+    # flagged row return at once: without one anywhere, this launch costs its launch).
+    launchable(_rvq_forward_kernel)[(num_programs,)](
+        x, codebooks, exact, exact, cnorm, codes, partial, nonfinite,
+        N, D, K, cnorm.shape[1], n_q,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, TF32X3=False, C_LO=False, REDO_FLAGGED=True,
+        num_warps=8, num_stages=2,
+    )  # fmt: skip
     # quantized = the chosen codewords summed in fp32 in stage order: exactly the decode of the
     # codes. This memory-bound launch (0.25 ms at N = 2**18, D = 128 on an H200) keeps an
     # fp32 accumulator out of the search kernel's registers, which its tensor-core tiles need.
