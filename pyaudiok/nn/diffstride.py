@@ -25,9 +25,11 @@ __all__ = ["DiffStride1d", "DiffStride2d", "SpectralPool1d", "SpectralPool2d", "
 class _FourierCrop(nn.Module):
     dims = 0
 
-    def __init__(self, stride: float | Sequence[float] = 2.0, *, per_axis: bool = False, smoothness: float = 4.0,
-                 learnable: bool = True, lower_bound: float = 1.0):
+    def __init__(self, stride: float | Sequence[float] | torch.Tensor = 2.0, *, per_axis: bool = False,
+                 smoothness: float = 4.0, learnable: bool = True, lower_bound: float = 1.0):
         super().__init__()
+        if isinstance(stride, torch.Tensor):  # a tensor of one stride, or of one per axis
+            stride = stride.detach().flatten().tolist()
         values = [float(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
         if len(values) == 1 and per_axis:
             values = values * self.dims

@@ -37,8 +37,8 @@ class OTPseudoLabelLoss(nn.Module):
         self.eps, self.n_iters, self.tol, self.hard = eps, n_iters, tol, hard
 
     def forward(self, logits: torch.Tensor, bag_index: torch.Tensor, proportions: torch.Tensor) -> torch.Tensor:
-        labels = ot_pseudo_labels(F.log_softmax(logits.detach(), dim=-1), bag_index, proportions, eps=self.eps,
-                                  n_iters=self.n_iters, tol=self.tol, hard=self.hard)
+        labels = ot_pseudo_labels(logits, bag_index, proportions, eps=self.eps, n_iters=self.n_iters, tol=self.tol,
+                                  hard=self.hard, from_logits=True)
         if logits.shape[0] == 0:
             return logits.sum() * 0  # an empty batch: zero loss, still connected to the graph
         return F.cross_entropy(logits, labels)

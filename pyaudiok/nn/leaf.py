@@ -26,9 +26,22 @@ def _hz_to_mel(f):
     return 1127.0 * torch.log1p(torch.as_tensor(f, dtype=torch.float64) / 700.0)
 
 
+def _check_mel_options(n_filters: int, n_fft: int, sample_rate: float, min_freq: float, max_freq: float) -> None:
+    _checks.int_in_range("n_filters", n_filters, 1, 1 << 20)
+    _checks.int_in_range("n_fft", n_fft, 2, 1 << 30)
+    _checks.positive_float("sample_rate", sample_rate)
+    # Bands beyond Nyquist, or an empty range, have no FFT bin to sit on: their filters would be degenerate.
+    if not (isinstance(min_freq, (int, float)) and isinstance(max_freq, (int, float))
+            and 0 <= min_freq < max_freq <= sample_rate / 2):
+        raise ValueError(f"need 0 <= min_freq < max_freq <= sample_rate / 2 = {sample_rate / 2:g}; "
+                         f"got min_freq = {min_freq!r}, max_freq = {max_freq!r}")
+
+
 def mel_filterbank(n_filters: int, n_fft: int, sample_rate: int, min_freq: float, max_freq: float) -> torch.Tensor:
     """Triangular HTK-mel filters [n_filters, n_fft // 2 + 1] on the FFT bins (DC bin zero), the
-    matrix the official LEAF initialisation reads its centres and widths from."""
+    matrix the official LEAF initialisation reads its centres and widths from (and the fixed log-mel
+    frontend applies)."""
+    _check_mel_options(n_filters, n_fft, sample_rate, min_freq, max_freq)
     mel = _hz_to_mel(torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64))
     edges = torch.linspace(_hz_to_mel(min_freq).item(), _hz_to_mel(max_freq).item(), n_filters + 2,
                            dtype=torch.float64)
@@ -43,14 +56,6 @@ def mel_gabor_init(n_filters: int = 40, sample_rate: int = 16_000, min_freq: flo
                    max_freq: float = 7800.0, n_fft: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(η, σ) of Gabor filters matching a mel filterbank: η at each band's peak bin · 2π/n_fft and
     σ = √(2 ln 2) · n_fft / (π · FWHM in bins) of the square-rooted band."""
-    _checks.int_in_range("n_filters", n_filters, 1, 1 << 20)
-    _checks.int_in_range("n_fft", n_fft, 2, 1 << 30)
-    _checks.positive_float("sample_rate", sample_rate)
-    # Bands beyond Nyquist, or an empty range, have no FFT bin to sit on: their filters would be degenerate.
-    if not (isinstance(min_freq, (int, float)) and isinstance(max_freq, (int, float))
-            and 0 <= min_freq < max_freq <= sample_rate / 2):
-        raise ValueError(f"need 0 <= min_freq < max_freq <= sample_rate / 2 = {sample_rate / 2:g}; "
-                         f"got min_freq = {min_freq!r}, max_freq = {max_freq!r}")
     bank = mel_filterbank(n_filters, n_fft, sample_rate, min_freq, max_freq).sqrt()
     peaks, peak_bins = bank.max(dim=1)
     fwhm = (bank >= peaks[:, None] / 2).sum(dim=1).to(torch.float64)
@@ -102,6 +107,11 @@ class GaussianLowpass(nn.Module):
         return self.pool_widths.clamp(2.0 / self.window, 0.5)
 
     def forward(self, energy: torch.Tensor) -> torch.Tensor:
+        # Float only: integer energies would round the window to its centre tap (plain subsampling).
+        layout = f"[B, F, T] with F = n_channels = {self.pool_widths.shape[0]}"
+        _checks.float_tensor("energy", energy, ndim=3, layout=layout)
+        if energy.shape[1] != self.pool_widths.shape[0]:
+            raise ValueError(f"energy must have shape {layout}; got {_checks.shape_str(energy.shape)}")
         w = gaussian_windows(self.clipped(), self.window).to(energy.dtype)
         pooled = Fn.conv1d(energy, w, stride=self.stride, padding=self.window // 2, groups=energy.shape[1])
         return pooled.clamp_min(FLOOR)

@@ -26,13 +26,19 @@ from .sinkhorn import _check_options, sinkhorn
 
 __all__ = ["proportion_loss", "ot_pseudo_labels", "check_bags"]
 
-PROPORTION_ATOL = 1e-3  # how far a row of `proportions` may sum from 1
+SUM_ATOL = 1e-3  # how far a row of proportions or probabilities may sum from 1 (at least)
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def sum_atol(dtype: torch.dtype) -> float:
+    """How far a row of values stored in `dtype` may sum from 1: SUM_ATOL, or the dtype's epsilon
+    where that is larger (a softmax row rounded to bf16 sums to 1 only within ~2^-8)."""
+    return max(SUM_ATOL, torch.finfo(dtype).eps)
 
 
 def check_bags(name: str, x, bag_index, proportions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Check x[B, K] (float), bag_index[B] (int64, in [0, n_bags)) and proportions[n_bags, K]
-    (finite, non-negative, rows summing to 1 within PROPORTION_ATOL); all on one device."""
+    (finite, non-negative, rows summing to 1 within sum_atol of their dtype); all on one device."""
     x = _checks.float_tensor(name, x, ndim=2, layout="[B, K]")
     bag_index = _checks.tensor("bag_index", bag_index, ndim=1, layout="[B]", dtypes=(torch.int64,))
     proportions = _checks.float_tensor("proportions", proportions, ndim=2, layout="[n_bags, K]")
@@ -47,12 +53,13 @@ def check_bags(name: str, x, bag_index, proportions) -> tuple[torch.Tensor, torc
                         f"bag_index must be in [0, n_bags) = [0, {n_bags}) (n_bags = proportions.shape[0])")
     _checks.values_hold(torch.isfinite(proportions) & (proportions >= 0), "proportions must be finite and non-negative")
     sums = proportions.double().sum(1)
-    off = (sums - 1).abs() > PROPORTION_ATOL
+    atol = sum_atol(proportions.dtype)
+    off = (sums - 1).abs() > atol
 
     def rows_off() -> str:
         bad = off.nonzero()[:, 0][:4]
         return f"rows {bad.tolist()} summing to {sums[bad].tolist()}"
-    _checks.values_hold(~off, f"every row of proportions [n_bags, K] must sum to 1 (±{PROPORTION_ATOL})", rows_off)
+    _checks.values_hold(~off, f"every row of proportions [n_bags, K] must sum to 1 (±{atol:g})", rows_off)
     return x, bag_index, proportions
 
 
@@ -63,23 +70,22 @@ def proportion_loss(probs_or_logits: torch.Tensor, bag_index: torch.Tensor, prop
     from_logits=False), bag_index[B] int64, proportions[n_bags, K]. reduction "mean" averages over
     the non-empty bags (0 when there are none), "sum" sums, "none" returns [n_bags] (0 for empty
     bags). Differentiable in probs_or_logits."""
-    x, bag_index, proportions = check_bags("probs_or_logits", probs_or_logits, bag_index, proportions)
+    if not isinstance(from_logits, bool):
+        raise TypeError(f"from_logits must be a bool; got {type(from_logits)!r}")
+    name = "logits" if from_logits else "probs"  # what the caller passed, for the messages
+    x, bag_index, proportions = check_bags(name, probs_or_logits, bag_index, proportions)
     clamp = _checks.positive_float("clamp", clamp)
     if clamp >= 1:  # clamp(p̄, clamp, 1) would be 1 everywhere: a loss of 0 whatever the predictions
         raise ValueError(f"clamp must be in (0, 1); got {clamp}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
-    if not isinstance(from_logits, bool):
-        raise TypeError(f"from_logits must be a bool; got {type(from_logits)!r}")
     work = torch.promote_types(x.dtype, torch.float32)  # half inputs accumulate in fp32
     if from_logits:
         probs = torch.softmax(x.to(work), dim=1)
     else:
         probs = x.to(work)
-        # Probabilities rounded to bf16 sum to 1 only within its rounding (~0.2 % for a row).
-        atol = max(1e-3, torch.finfo(x.dtype).eps)
-        _checks.values_hold((probs >= 0).all(1) & ((probs.sum(1) - 1).abs() <= atol),
-                            "probs_or_logits with from_logits=False must hold probabilities: non-negative rows "
+        _checks.values_hold((probs >= 0).all(1) & ((probs.sum(1) - 1).abs() <= sum_atol(x.dtype)),
+                            "probs with from_logits=False must hold probabilities: non-negative rows "
                             "summing to 1 (pass logits with from_logits=True)")
     n_bags = proportions.shape[0]
     counts = torch.bincount(bag_index, minlength=n_bags)
@@ -123,18 +129,25 @@ def _classes_as_rows(max_bag: int) -> bool:
 @eager_under_compile  # the packed bags' size follows bag_index
 def ot_pseudo_labels(log_probs: torch.Tensor, bag_index: torch.Tensor, proportions: torch.Tensor, *,
                      eps: float = 1.0, n_iters: int | None = 100, tol: float | None = 1e-6,
-                     hard: bool = False) -> torch.Tensor:
+                     hard: bool = False, from_logits: bool = False) -> torch.Tensor:
     """Pseudo-labels [B, K] (no gradient) from the per-bag entropic OT plan Q_b between the bag's
     k_b instances (mass 1/k_b each) and the K classes (mass π_b), cost −log P (log_probs[B, K];
-    logits work too, a per-row constant does not change the plan). Soft: k_b·Q (each row sums to
-    1, the labels of bag b sum to k_b·π_b per class); hard=True: one-hot argmax of each row of Q.
+    logits work too, a per-row constant does not change the plan, but from_logits=True takes their
+    log-softmax first and names them "logits" in errors). Soft: k_b·Q (each row sums to 1, the
+    labels of bag b sum to k_b·π_b per class); hard=True: one-hot argmax of each row of Q.
     eps, n_iters, tol as in pyaudiok.ops.sinkhorn (log-probabilities are clamped at log of the
     dtype's smallest normal number, so a zero probability is a large, finite cost)."""
-    log_probs, bag_index, proportions = check_bags("log_probs", log_probs, bag_index, proportions)
+    if not isinstance(from_logits, bool):
+        raise TypeError(f"from_logits must be a bool; got {type(from_logits)!r}")
+    name = "logits" if from_logits else "log_probs"
+    log_probs, bag_index, proportions = check_bags(name, log_probs, bag_index, proportions)
     _check_options(eps, n_iters, tol, "implicit")  # here too, not only in sinkhorn: B = 0 returns early
     if not isinstance(hard, bool):
         raise TypeError(f"hard must be a bool; got {type(hard)!r}")
-    _checks.values_hold(~torch.isnan(log_probs) & (log_probs != math.inf), "log_probs must not hold NaN or +inf")
+    if from_logits:  # +inf logits, or a row of only −inf, give NaN log-probabilities: refused below
+        log_probs = torch.log_softmax(log_probs.detach(), dim=1)
+    _checks.values_hold(~torch.isnan(log_probs) & (log_probs != math.inf),
+                        f"{name} must not hold NaN or +inf" + (" (nor rows of only -inf)" if from_logits else ""))
     B, K = log_probs.shape
     if B == 0:
         return log_probs.new_zeros(0, K)

@@ -55,3 +55,40 @@ def test_non_finite_strides_and_wrong_inputs_are_named():
         model(torch.randn(1, 3, 16))
     with pytest.raises(ValueError, match="in_channels"):
         model(torch.randn(1, 2, 16, 16))
+
+
+@pytest.mark.parametrize("pooling", ["diffstride", "spectral", "conv"])
+def test_per_axis_stride_pairs(pooling):
+    """A 2-D place may take a (height, width) pair: its layer downsamples each axis by its own stride."""
+    strides = ((1, 1), 1, (2, 1), (1, 2), 1)
+    model = resnet18_diffstride(3, strides, width=4, pooling=pooling)
+    sizes = []
+    for block in (model.blocks[2], model.blocks[4]):
+        block.down.register_forward_hook(lambda m, i, o: sizes.append((tuple(i[0].shape[2:]), tuple(o.shape[2:]))))
+    model(torch.randn(1, 3, 32, 32)).sum().backward()
+    if pooling == "conv":
+        assert sizes == [((32, 32), (16, 32)), ((16, 32), (16, 16))]
+    else:
+        assert learned_strides(model) == [[1.0, 1.0], [1.0], [2.0, 1.0], [1.0, 2.0], [1.0]]
+        (_, (h0, w0)), ((h_in, w_in), (h1, w1)) = sizes
+        assert h0 < 32 and w0 == 32 and h1 == h_in and w1 < w_in
+
+
+def test_per_axis_needs_learnable_two_dimensional_strides():
+    for kwargs in (dict(pooling="spectral"), dict(pooling="conv"), dict(dims=1, in_channels=4)):
+        with pytest.raises(ValueError, match="per_axis=True .* needs dims=2 and pooling='diffstride'"):
+            resnet18_diffstride(3, width=4, per_axis=True, **kwargs)
+    model = resnet18_diffstride(3, width=4, per_axis=True)
+    assert learned_strides(model) == [[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [2.0, 2.0], [2.0, 2.0]]
+    for strides in (((1, 2, 3), 1, 1, 1, 1), ((1, 0.5), 1, 1, 1, 1), ((1, 2), 1, 1, 1)):
+        with pytest.raises(ValueError, match="strides must be 5 finite values >= 1 or"):
+            resnet18_diffstride(3, strides, width=4)
+    with pytest.raises(ValueError, match=r"strides must be 5 finite values >= 1 \(stem"):  # pairs are 2-D only
+        resnet18_diffstride(3, ((2, 2),) * 5, width=4, dims=1, in_channels=4)
+
+
+def test_input_of_another_dtype_than_the_model_is_named():
+    with pytest.raises(TypeError, match=r"x must have the model's dtype \(float32\); got float64"):
+        resnet18_diffstride(3, width=4)(torch.randn(1, 3, 16, 16, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts per op: its dtype is fine too
+        assert resnet18_diffstride(3, width=4)(torch.randn(1, 3, 16, 16, dtype=torch.bfloat16)).shape == (1, 3)

@@ -99,3 +99,23 @@ def test_bad_config_and_short_input_are_named():
             _tiny(**kwargs)
     with pytest.raises(ValueError, match="at least one frame"):
         DIVE(_tiny())(torch.randn(2, 50))
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 8100, 7700])  # hops 80, 81 (odd), 77 (odd)
+def test_frames_are_samples_over_hop_for_odd_hops_too(sample_rate):
+    model = DIVE(_tiny(sample_rate=sample_rate))
+    hop = model.config.hop
+    for S in (hop, 7 * hop, 7 * hop + hop - 1):
+        assert model.embeddings(torch.randn(2, S)).shape[1] == S // hop
+    x, ref = torch.randn(2, 6 * hop), torch.zeros(2, 2, 6)
+    ref[:, 0, :3], ref[:, 1, 3:] = 1, 1
+    assert torch.isfinite(model.loss(x, ref)[0])
+
+
+def test_frame_rate_must_divide_sample_rate():
+    # hop 106 at 150 frames/s: frames would last 1/150.94 s while segments count 1/150 s
+    with pytest.raises(ValueError, match=r"frame_rate \(150\) must divide sample_rate \(16000\).*160"):
+        _tiny(sample_rate=16_000, frame_rate=150)
+    model = DIVE(_tiny(sample_rate=16_000, frame_rate=160)).eval()
+    T = model.embeddings(torch.randn(1, 16_000 * 2)).shape[1]
+    assert frames_to_segments(torch.ones(1, T, dtype=torch.bool), model.config.frame_rate)[-1].end == 2.0

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pyaudiok.models import LeafClassifier
+from pyaudiok.models.leaf.classifier import LogMel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,3 +41,14 @@ def test_mel_frontend_checks_its_input_and_takes_one_channel():
         model(torch.randn(1600))
     with pytest.raises(ValueError, match="n_classes"):
         LeafClassifier(0)
+
+
+def test_log_mel_refuses_bands_above_nyquist_as_leaf_does():
+    """At 8 kHz the default 7800 Hz upper band edge lies above Nyquist: both frontends refuse it."""
+    for frontend in ("leaf", "mel"):
+        with pytest.raises(ValueError, match=r"max_freq <= sample_rate / 2 = 4000; got .*max_freq = 7800"):
+            LeafClassifier(3, frontend, sample_rate=8000, channels=(4,))
+    with pytest.raises(ValueError, match=r"max_freq <= sample_rate / 2 = 4000"):
+        LogMel(40, 8000)
+    bank = LogMel(40, 8000, max_freq=3900).bank
+    assert (bank.sum(1) > 0).all()  # every band sits on some FFT bin

@@ -479,3 +479,28 @@ def test_generate_edge_cases():
         generate(model, prompt + 32, 3)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         filter_logits(torch.zeros(1, 4), temperature=0)
+
+
+def test_step_refuses_bad_input_and_keeps_the_cache_intact():
+    """A refused step leaves the cache as it was: the steps that follow give the logits of the full
+    forward, and the window still takes as many tokens as it has room for."""
+    model = _model(latents=4).eval()
+    tokens = torch.randint(0, 32, (2, 12))
+    _, cache = model(tokens[:, :10], 2, return_cache=True)  # room for 2 more latents
+    bad = [(tokens[:1, 10], ValueError, r"token must have shape \[B\] \(B of the cache\) = \[2\]; got \[1\]"),
+           (tokens[:, 10:11], ValueError, r"token must have shape .*got \[2, 1\]"),
+           (tokens[:, 10].float(), TypeError, "token must have dtype int64, int32, uint8; got float32"),
+           (tokens[:, 10] + 32, ValueError, r"token must lie in \[0, vocab_size\) = \[0, 32\)"),
+           (tokens[:, 10].tolist(), TypeError, "token must be a torch.Tensor")]
+    for token, error, match in bad:
+        with pytest.raises(error, match=match):
+            model.step(token, cache)
+    with pytest.raises(TypeError, match="cache must be the LatentCache"):
+        model.step(tokens[:, 10], None)
+    for t in (10, 11):
+        full, _ = model(tokens[:, :t + 1], t + 1 - 8)
+        torch.testing.assert_close(model.step(tokens[:, t], cache), full[:, -1])
+    lengths = (cache.length, cache.latents, cache.cross.length, int(cache.cross.filled))
+    with pytest.raises(ValueError, match="the cached window is full"):
+        model.step(tokens[:, 0], cache)
+    assert (cache.length, cache.latents, cache.cross.length, int(cache.cross.filled)) == lengths

@@ -86,3 +86,10 @@ def test_non_finite_strides_smoothness_and_lower_bound_are_rejected_at_construct
             DiffStride1d(**kwargs)
     with pytest.raises(ValueError, match="takes 2 input size"):
         DiffStride2d(2.0).output_size(17)
+
+
+def test_strides_given_as_a_tensor():
+    torch.testing.assert_close(DiffStride2d(torch.tensor([2.0, 3.0])).strides, torch.tensor([2.0, 3.0]))
+    torch.testing.assert_close(DiffStride1d(torch.tensor(2.5)).strides, torch.tensor([2.5]))
+    with pytest.raises(ValueError, match="stride: expected 1 value or 2"):
+        DiffStride2d(torch.tensor([2.0, 3.0, 4.0]))

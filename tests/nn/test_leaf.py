@@ -104,3 +104,13 @@ def test_filterbank_alone_keeps_float64():
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, bank.double()(x), rtol=1e-12, atol=1e-12)
     assert bank(x.float()).dtype == torch.float64  # float64 parameters: computed in float64
+
+
+def test_lowpass_alone_refuses_integer_energies_and_wrong_shapes():
+    pool = GaussianLowpass(2, window=11, stride=4)
+    energy = torch.arange(20).repeat(1, 2, 1)
+    with pytest.raises(TypeError, match="energy must have dtype float16, bfloat16, float32, float64; got int64"):
+        pool(energy)  # the window cast to int64 would keep only its centre tap
+    for shape in ((1, 3, 20), (2, 20), (1, 1, 2, 20)):
+        with pytest.raises(ValueError, match=r"energy must have shape \[B, F, T\] with F = n_channels = 2; got"):
+            pool(torch.rand(shape))

@@ -316,3 +316,45 @@ def test_soft_label_rows_sum_to_one_exactly_with_short_bags():
     props = torch.softmax(torch.randn(3, 10, generator=gen), 1)
     labels = ot_pseudo_labels(log_probs, bags, props, n_iters=5, tol=None)
     torch.testing.assert_close(labels.sum(1), torch.ones(12), atol=1e-5, rtol=0)
+
+
+def _bf16_softmax_bags():
+    torch.manual_seed(0)
+    logits, bags = torch.randn(10, 3), torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    props = torch.softmax(torch.randn(3, 3), -1).bfloat16()
+    assert (props.double().sum(1) - 1).abs().max() > 1e-3  # beyond the float32 tolerance
+    return logits, bags, props
+
+
+def test_bf16_proportions_are_accepted_within_their_rounding():
+    """Softmax rows rounded to bf16 sum to 1 only within ~2^-8: accepted (the losses of the same
+    values in float32); a row off by more than bf16's epsilon is still refused."""
+    logits, bags, props = _bf16_softmax_bags()
+    mean = torch.zeros(3, 3).index_add(0, bags, torch.softmax(logits, 1)) / torch.bincount(bags)[:, None]
+    torch.testing.assert_close(ProportionLoss()(logits, bags, props), -(props.float() * mean.log()).sum(1).mean())
+    normalised = props.float() / props.float().sum(1, keepdim=True)  # the transport balances the marginals
+    torch.testing.assert_close(OTPseudoLabelLoss(n_iters=30)(logits, bags, props),
+                               OTPseudoLabelLoss(n_iters=30)(logits, bags, normalised))
+    for loss_fn in (ProportionLoss(), OTPseudoLabelLoss(n_iters=30)):
+        with pytest.raises(ValueError, match=r"must sum to 1 \(±0.0078125\)"):
+            loss_fn(logits, bags, props * 1.02)
+
+
+@pytest.mark.parametrize("loss_fn", [ProportionLoss(), OTPseudoLabelLoss(n_iters=30)], ids=type)
+def test_loss_modules_name_the_logits_they_were_given(loss_fn):
+    x, bags, props = torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), torch.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"^logits must have shape \[B, K\]"):
+        loss_fn(x[None], bags, props)
+    with pytest.raises(TypeError, match="^logits must have dtype"):
+        loss_fn(x.long(), bags, props)
+    with pytest.raises(ValueError, match=r"^bag_index has size 3 .*to match B of logits \[4, 3\]"):
+        loss_fn(x, bags[:3], props)
+
+
+def test_ot_labels_from_logits_equal_those_of_their_log_softmax():
+    x, bags, props = 3 * torch.randn(6, 3), torch.tensor([0, 1, 1, 0, 1, 0]), torch.full((2, 3), 1 / 3)
+    torch.testing.assert_close(ot_pseudo_labels(x, bags, props, from_logits=True),
+                               ot_pseudo_labels(torch.log_softmax(x, 1), bags, props))
+    x[2, 1] = math.inf
+    with pytest.raises(ValueError, match="^logits must not hold NaN or"):
+        OTPseudoLabelLoss()(x, bags, props)

@@ -2,19 +2,22 @@
 (audio features: log-mel frames [B, n_mels, T] or waveform [B, 1, T]).
 
 Five downsampling places (the stem and the first block of each of the four stages) take the
-strides `strides` (default 1, 1, 2, 2, 2). With pooling="diffstride" each is `conv3×3 (stride 1) →
-DiffStride` with a learnable stride, and the block's shortcut goes through the same DiffStride
+strides `strides` (default 1, 1, 2, 2, 2); in 2-D each may also be a pair (height, width).
+With pooling="diffstride" each is `conv3×3 (stride 1) → DiffStride` with a learnable stride
+(per_axis=True, 2-D only: one per axis), and the block's shortcut goes through the same DiffStride
 instance; "spectral" uses fixed-stride spectral pooling in the same places; "conv" is the usual
 strided 3×3 convolution (and strided 1×1 shortcut), strides rounded to integers.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from pyaudiok.models._inputs import check_model_dtype
 from pyaudiok.ops import _checks
 from pyaudiok.nn.diffstride import DiffStride1d, DiffStride2d, SpectralPool1d, SpectralPool2d
 
@@ -25,6 +28,23 @@ _LAYERS = {1: (nn.Conv1d, nn.BatchNorm1d, DiffStride1d, SpectralPool1d, nn.Adapt
            2: (nn.Conv2d, nn.BatchNorm2d, DiffStride2d, SpectralPool2d, nn.AdaptiveAvgPool2d)}
 
 
+def _checked_strides(strides, dims: int) -> tuple:
+    """Five strides, each a finite number >= 1 or (in 2-D) a pair of them, as floats or float pairs."""
+    def valid(s) -> bool:
+        return not isinstance(s, bool) and isinstance(s, numbers.Real) and math.isfinite(s) and s >= 1
+
+    def one(s):
+        if dims == 2 and isinstance(s, (tuple, list)) and len(s) == 2 and all(map(valid, s)):
+            return tuple(float(v) for v in s)
+        return float(s) if valid(s) else None
+
+    values = tuple(map(one, strides)) if isinstance(strides, (tuple, list)) else ()
+    if len(values) != 5 or None in values:
+        pairs = " or (height, width) pairs of them" if dims == 2 else ""
+        raise ValueError(f"strides must be 5 finite values >= 1{pairs} (stem and four stages); got {strides!r}")
+    return values
+
+
 class _Down(nn.Module):
     """conv3×3 then the downsampling of one place; `pool` (None for strided conv) is shared with
     the block's shortcut."""
@@ -33,7 +53,8 @@ class _Down(nn.Module):
         super().__init__()
         conv, _, diff, spectral, _ = _LAYERS[dims]
         if pooling == "conv":
-            self.conv, self.pool = conv(c_in, c_out, 3, stride=max(1, round(stride)), padding=1, bias=False), None
+            rounded = tuple(max(1, round(s)) for s in stride) if isinstance(stride, tuple) else max(1, round(stride))
+            self.conv, self.pool = conv(c_in, c_out, 3, stride=rounded, padding=1, bias=False), None
         else:
             self.conv = conv(c_in, c_out, 3, padding=1, bias=False)
             kwargs = {"per_axis": per_axis} if pooling == "diffstride" and dims == 2 else {}
@@ -55,8 +76,9 @@ class _Block(nn.Module):
         self.conv1 = down if down is not None else conv(c_in, c_out, 3, padding=1, bias=False)
         self.conv2 = conv(c_out, c_out, 3, padding=1, bias=False)
         self.project = None
-        if c_in != c_out or (down is not None and down.pool is None and down.conv.stride[0] != 1):
-            stride = 1 if down is None or down.pool is not None else down.conv.stride[0]
+        strided = down is not None and down.pool is None and any(s != 1 for s in down.conv.stride)
+        if c_in != c_out or strided:
+            stride = down.conv.stride if strided else 1
             self.project = conv(c_in, c_out, 1, stride=stride, bias=False)
 
     def forward(self, x):
@@ -80,8 +102,10 @@ class ResNet18DiffStride(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
             _checks.int_in_range(name, value, 1, 1 << 31)
-        if len(strides) != 5 or not all(math.isfinite(s) and s >= 1 for s in strides):
-            raise ValueError(f"strides must be 5 finite values >= 1 (stem and four stages); got {tuple(strides)}")
+        strides = _checked_strides(strides, dims)
+        if per_axis and (dims != 2 or pooling != "diffstride"):
+            raise ValueError(f"per_axis=True learns a stride per axis: it needs dims=2 and pooling='diffstride'; "
+                             f"got dims={dims}, pooling={pooling!r}")
         _, norm, _, _, avgpool = _LAYERS[dims]
         self.dims, self.in_channels = dims, in_channels
         self.stem = _Down(dims, in_channels, width, strides[0], pooling, per_axis)
@@ -99,6 +123,7 @@ class ResNet18DiffStride(nn.Module):
         layout = "[B, C, T]" if self.dims == 1 else "[B, C, H, W]"
         _checks.float_tensor("x", x, ndim=self.dims + 2, layout=layout)
         _checks.dim_size("x", x, 1, self.in_channels, "in_channels")
+        check_model_dtype("x", x, self.stem)
         return self.head(self.blocks(self.stem(x)))
 
 

@@ -1,7 +1,7 @@
 """DIVE (DESIGN.md §8): frame embeddings, iterative speaker selection, per-speaker VAD.
 
     x[B, S] → encoder (learned filterbank, hop = sample_rate / frame_rate) → dilated residual
-    convs → h[B, T, d] (L2-normalised), about 100 frames per second
+    convs → h[B, T, d] (L2-normalised), T = S // hop, about 100 frames per second
     selection, i = 1..N: t_i = argmax_t score_t over the allowed frames, e_i = h[t_i]
         training:  allowed = frames where exactly one not-yet-selected reference speaker is
                    active (that speaker becomes output i: the order is fixed, no PIT needed)
@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ from torch.nn import functional as F
 from pyaudiok.metrics.diarization import Segment
 from pyaudiok.ops import _checks
 from pyaudiok.ops.collar_vad import collar_mask, collar_vad_loss
+from pyaudiok.models._inputs import check_model_dtype
 from pyaudiok.models.wavesplit.model import DilatedResidual
 
 __all__ = ["DIVEConfig", "DIVE", "DIVEOutput", "collar_mask", "frames_to_segments"]
@@ -53,6 +55,12 @@ class DIVEConfig:
         if self.frame_rate > self.sample_rate:
             raise ValueError(f"frame_rate ({self.frame_rate}) must not exceed sample_rate ({self.sample_rate}): "
                              "a frame needs at least one sample")
+        # Frames are timestamped (segments, the collar, the reference frames) at frame_rate: a hop of a
+        # whole number of samples keeps that exact only when frame_rate divides sample_rate.
+        if self.sample_rate % self.frame_rate:
+            raise ValueError(f"frame_rate ({self.frame_rate}) must divide sample_rate ({self.sample_rate}): a frame "
+                             f"is a hop of sample_rate / frame_rate samples; e.g. frame_rate = "
+                             f"{_nearest_divisor(self.sample_rate, self.frame_rate)}")
         for name in ("collar", "score_weight"):
             _checks.real_in_range(name, getattr(self, name), 0)
         _checks.real_in_range("exclusion", self.exclusion, what="a finite number (a cosine similarity)")
@@ -60,6 +68,12 @@ class DIVEConfig:
     @property
     def hop(self) -> int:
         return self.sample_rate // self.frame_rate
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    """The divisor of n closest to `near` (the smaller on a tie)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return min(small + [n // d for d in small], key=lambda d: (abs(d - near), d))
 
 
 def frames_to_segments(active: torch.Tensor, frame_rate: float, speakers=None) -> list[Segment]:
@@ -86,7 +100,10 @@ class DIVE(nn.Module):
         super().__init__()
         cfg = self.config = config or DIVEConfig()
         C, d = cfg.channels, cfg.embed_dim
-        self.encoder = nn.Conv1d(1, C, 2 * cfg.hop, stride=cfg.hop, padding=cfg.hop // 2, bias=False)
+        # Unpadded: embeddings() pads hop // 2 samples before and the rest of a hop after, so that
+        # frame t covers [t·hop − hop // 2, (t + 2)·hop − hop // 2) and there are S // hop of them
+        # for odd hops too (a symmetric padding of hop // 2 would give S // hop − 1).
+        self.encoder = nn.Conv1d(1, C, 2 * cfg.hop, stride=cfg.hop, bias=False)
         self.encoder_norm = nn.GroupNorm(1, C)  # waveform level varies: normalise the filterbank output
         self.stack = nn.ModuleList(DilatedResidual(C, 2 ** i) for i in range(cfg.layers))
         self.embed = nn.Conv1d(C, d, 1)
@@ -100,7 +117,9 @@ class DIVE(nn.Module):
         if x.shape[1] < self.config.hop:
             raise ValueError(f"x must hold at least one frame, hop = {self.config.hop} samples; "
                              f"got {_checks.shape_str(x.shape)}")
-        z = self.encoder_norm(self.encoder(x[:, None])[..., :x.shape[-1] // self.config.hop])
+        check_model_dtype("x", x, self.encoder)
+        hop = self.config.hop
+        z = self.encoder_norm(self.encoder(F.pad(x[:, None], (hop // 2, hop - hop // 2))))
         for block in self.stack:
             z = block(z)
         return F.normalize(self.embed(z), dim=1).transpose(1, 2)

@@ -22,6 +22,8 @@ from pyaudiok.ops import _checks
 
 __all__ = ["PerceiverARConfig", "PerceiverAR", "LatentCache", "KVBuffer"]
 
+TOKEN_DTYPES = (torch.int64, torch.int32, torch.uint8)
+
 
 @dataclass
 class PerceiverARConfig:
@@ -146,11 +148,15 @@ class LatentCache:
     length: int       # inputs in the window
     latents: int      # latents in the window
 
+    def check_room(self, config: PerceiverARConfig) -> None:
+        """Refuse a step that the window has no room for."""
+        if self.length >= config.max_context or self.latents >= config.latents:
+            raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
+
     def advance(self, config: PerceiverARConfig) -> None:
         """Count one more token on the host (the device counts are the step's own), refusing a step
         that the window has no room for."""
-        if self.length >= config.max_context or self.latents >= config.latents:
-            raise ValueError("the cached window is full: start a new one with forward(..., return_cache=True)")
+        self.check_room(config)
         for buffer in (self.cross, *self.layers):
             buffer.advance()
         self.length += 1
@@ -171,18 +177,20 @@ class PerceiverAR(nn.Module):
         nn.init.zeros_(self.logits.bias)
 
     # ------------------------------------------------------------------------------------------
+    def _check_ids(self, name: str, tokens: torch.Tensor) -> None:
+        """Token ids are checked where that is free (CPU tensors, eagerly): elsewhere it would wait for
+        the device, and the embedding's own bounds check still stops a bad id there."""
+        if tokens.device.type == "cpu" and not torch.compiler.is_compiling():
+            _checks.ints_within(tokens, 0, self.config.vocab_size - 1,
+                                f"{name} must lie in [0, vocab_size) = [0, {self.config.vocab_size})")
+
     def _check(self, tokens: torch.Tensor, n: int) -> None:
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 \
-                or tokens.dtype not in (torch.int64, torch.int32, torch.uint8):
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in TOKEN_DTYPES:
             got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor [B, T]; got {got}")
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"latents must be an int or None; got {type(n).__name__}")
-        # Token ids are checked where that is free (CPU tensors, eagerly): elsewhere it would wait for
-        # the device, and the embedding's own bounds check still stops a bad id there.
-        if tokens.device.type == "cpu" and not torch.compiler.is_compiling():
-            _checks.ints_within(tokens, 0, self.config.vocab_size - 1,
-                                f"tokens must lie in [0, vocab_size) = [0, {self.config.vocab_size})")
+        self._check_ids("tokens", tokens)
         T = tokens.shape[1]
         if not 1 <= n <= min(T, self.config.latents) or T > self.config.max_context:
             raise ValueError(f"need 1 <= latents ({n}) <= min(T = {T}, {self.config.latents}) and "
@@ -268,9 +276,24 @@ class PerceiverAR(nn.Module):
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: LatentCache) -> torch.Tensor:
-        """Append one token [B] to the window of `cache` (as a new latent); its logits [B, V]."""
-        cache.advance(self.config)
-        return self.cached_step(token, cache)
+        """Append one token [B] to the window of `cache` (as a new latent); its logits [B, V]. A step
+        refused for its input or for a full window leaves the cache as it was."""
+        self._check_step(token, cache)
+        cache.check_room(self.config)
+        logits = self.cached_step(token, cache)
+        cache.advance(self.config)  # counted once the step's rows are written
+        return logits
+
+    def _check_step(self, token: torch.Tensor, cache: LatentCache) -> None:
+        if not isinstance(cache, LatentCache):
+            raise TypeError(f"cache must be the LatentCache of forward(..., return_cache=True); "
+                            f"got {type(cache).__name__}")
+        if cache.cross.k is None:
+            raise ValueError("cache must be filled by a full forward first (forward(..., return_cache=True))")
+        B = cache.cross.k.shape[0]
+        _checks.tensor("token", token, shape=(B,), layout="[B] (B of the cache)", dtypes=TOKEN_DTYPES)
+        _checks.same_device("token", token, "the cache", cache.cross.k)
+        self._check_ids("token", token)
 
     @torch.no_grad()
     def cached_step(self, token: torch.Tensor, cache: LatentCache) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyaudiok.models._inputs import check_model_dtype
 from pyaudiok.ops import _checks
 
 from .seanet import SEANetDecoder, SEANetEncoder
@@ -137,10 +138,11 @@ def _default_quantizer(config: SoundStreamConfig) -> nn.Module:
     return ResidualVQ(config.dim, config.num_quantizers, config.codebook_size, **config.quantizer_kwargs)
 
 
-def _check_wav(wav: torch.Tensor) -> None:
+def _check_wav(wav: torch.Tensor, model: nn.Module) -> None:
     _checks.float_tensor("wav", wav, layout="[B, 1, T]")
     if wav.ndim != 3 or wav.shape[1] != 1:
         raise ValueError(f"wav must have shape [B, 1, T]; got {tuple(wav.shape)}")
+    check_model_dtype("wav", wav, model)
 
 
 class SoundStream(nn.Module):
@@ -178,7 +180,7 @@ class SoundStream(nn.Module):
 
     def embed(self, wav: torch.Tensor, condition: Condition = None) -> torch.Tensor:
         """wav[B, 1, T] -> continuous embeddings z[B, D, ceil(T / hop)] (right zero-padding)."""
-        _check_wav(wav)
+        _check_wav(wav, self.encoder)
         return self.encoder(F.pad(wav, (0, -wav.shape[-1] % self.hop_length)), condition)
 
     def encode(self, wav: torch.Tensor, n_q: int | None = None, condition: Condition = None) -> torch.Tensor:
@@ -238,7 +240,7 @@ class StreamingEncoder:
         self._template: torch.Tensor | None = None  # batch size, device and dtype for flush()
 
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
-        _check_wav(chunk)
+        _check_wav(chunk, self.model.encoder)
         self._template = chunk
         self._pending = (self._pending + chunk.shape[-1]) % self.model.hop_length
         return self.model._codes(self.model.encoder(chunk, self.condition), self.n_q)

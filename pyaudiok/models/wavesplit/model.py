@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyaudiok.models._inputs import check_model_dtype
 from pyaudiok.ops import _checks, distance_logsumexp, distance_nll, kmeans, neg_si_sdr_loss
 
 __all__ = ["WavesplitConfig", "Wavesplit", "WavesplitOutput", "speaker_loss", "DilatedResidual"]
@@ -151,8 +152,8 @@ class Wavesplit(nn.Module):
                 generator: torch.Generator | None = None) -> WavesplitOutput:
         """x[B, S]; speakers[B, N] (training labels, rows of the table) selects the training path
         (permutation-aligned centroids and the speaker loss), None the inference path (k-means)."""
-        if x.dim() != 2:
-            raise ValueError(f"x must have shape [B, S]; got {list(x.shape)}")
+        _checks.float_tensor("x", x, ndim=2, layout="[B, S]")
+        check_model_dtype("x", x, self.encoder)
         N = self.config.num_sources
         if speakers is not None:
             _checks.tensor("speakers", speakers, shape=(x.shape[0], N), layout="[B, N]",
