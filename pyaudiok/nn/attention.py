@@ -149,6 +149,9 @@ class _GatherRows(torch.autograd.Function):
         return (out,) + (None,) * len(indices)
 
 
+_POSITION_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
 class PartialRotary(nn.Module):
     """Rotary position encoding on the first `fraction` of each head's channels (the rest pass
     through): position information for the part, content-only matching for the rest."""
@@ -158,6 +161,7 @@ class PartialRotary(nn.Module):
         _checks.int_in_range("head_dim", head_dim, 1, 1 << 31)
         _checks.real_in_range("fraction", fraction, 0, 1)
         _checks.positive_float("base", base)
+        self.head_dim = head_dim
         self.dims = int(head_dim * fraction) // 2 * 2
         inv_freq = base ** (-torch.arange(0, self.dims, 2, dtype=torch.float64) / max(self.dims, 1))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
@@ -198,6 +202,14 @@ class PartialRotary(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x[B, H, T, d], positions[T] or [B, T] (ints) -> x with its first `dims` channels rotated."""
+        x = _checks.float_tensor("x", x, ndim=4, layout="[B, H, T, d]")
+        B, _, T, d = x.shape
+        if d != self.head_dim:
+            raise ValueError(f"x must have head_dim = {self.head_dim} channels a head (its last dim); got {d}")
+        positions = _checks.tensor("positions", positions, dtypes=_POSITION_DTYPES)
+        if tuple(positions.shape) not in ((T,), (B, T)):
+            raise ValueError(f"positions must have shape [T] = [{T}] or [B, T] = [{B}, {T}]; got "
+                             f"{_checks.shape_str(positions.shape)}")
         return self.apply(x, self.tables(positions.to(x.device), x.dtype))
 
 

@@ -98,3 +98,8 @@ def test_bad_speakers_sources_and_config_are_named():
     for field in ("hop", "kernel", "channels", "embed_dim"):
         with pytest.raises(ValueError, match=field):
             Wavesplit(_tiny(**{field: 0}))
+    for change, match in ((dict(speaker_weight=float("nan")), "speaker_weight"), (dict(local_weight=-1.0), "local_weight"),
+                          (dict(hop=20), "hop .* must not exceed kernel"), (dict(clip_db=0.0), "clip_db"),
+                          (dict(speaker_layers=40), "speaker_layers"), (dict(num_speakers=1), "num_sources")):
+        with pytest.raises(ValueError, match=match):
+            _tiny(**change)

@@ -62,3 +62,14 @@ def test_bad_construction_is_named():
         PartialRotary(8, -0.5)
     with pytest.raises(ValueError, match="base"):
         PartialRotary(8, 0.5, base=0.0)
+
+
+def test_partial_rotary_refuses_other_head_dims_and_positions():
+    rotary, x = PartialRotary(8), torch.randn(2, 3, 5, 8)
+    assert rotary(x, torch.arange(5)).shape == x.shape and rotary(x, torch.arange(5).expand(2, 5)).shape == x.shape
+    for args, error, match in (((torch.randn(2, 3, 5, 6), torch.arange(5)), ValueError, "head_dim = 8"),
+                               ((x, torch.arange(4)), ValueError, r"positions must have shape \[T\] = \[5\]"),
+                               ((x, torch.arange(5.0)), TypeError, "positions must have dtype"),
+                               ((x[0], torch.arange(5)), ValueError, r"x must have shape \[B, H, T, d\]")):
+        with pytest.raises(error, match=match):
+            rotary(*args)

@@ -45,6 +45,19 @@ class WavesplitConfig:
     speaker_weight: float = 1.0   # weight of the speaker loss in the total
     clip_db: float = 30.0
 
+    def __post_init__(self) -> None:
+        for name in ("num_sources", "num_speakers", "channels", "embed_dim", "kernel", "hop"):
+            _checks.int_in_range(name, getattr(self, name), 1, 1 << 31)
+        for name in ("speaker_layers", "separation_layers"):
+            _checks.int_in_range(name, getattr(self, name), 0, 24)  # dilations up to 2^23
+        if self.num_speakers < self.num_sources:
+            raise ValueError(f"need 1 <= num_sources <= num_speakers; got {self.num_sources}, {self.num_speakers}")
+        if self.hop > self.kernel:
+            raise ValueError(f"hop ({self.hop}) must not exceed kernel ({self.kernel}): the encoder would skip samples")
+        for name in ("local_weight", "global_weight", "regulariser_weight", "speaker_weight"):
+            _checks.real_in_range(name, getattr(self, name), 0)
+        _checks.real_in_range("clip_db", self.clip_db, 0, low_open=True)
+
 
 class DilatedResidual(nn.Module):
     """Dilated conv → (FiLM) → PReLU → 1×1, added back."""
@@ -110,13 +123,7 @@ def _distance_regulariser(table: torch.Tensor, alpha: torch.Tensor, beta: torch.
 class Wavesplit(nn.Module):
     def __init__(self, config: WavesplitConfig | None = None) -> None:
         super().__init__()
-        cfg = self.config = config or WavesplitConfig()
-        for name in ("num_sources", "num_speakers", "channels", "embed_dim", "kernel", "hop"):
-            _checks.int_in_range(name, getattr(cfg, name), 1, 1 << 31)
-        for name in ("speaker_layers", "separation_layers"):
-            _checks.int_in_range(name, getattr(cfg, name), 0, 1 << 31)
-        if cfg.num_sources < 1 or cfg.num_speakers < cfg.num_sources:
-            raise ValueError(f"need 1 <= num_sources <= num_speakers; got {cfg.num_sources}, {cfg.num_speakers}")
+        cfg = self.config = config or WavesplitConfig()  # checked when built (__post_init__)
         C, N, d = cfg.channels, cfg.num_sources, cfg.embed_dim
         self.encoder = nn.Conv1d(1, C, cfg.kernel, stride=cfg.hop, padding=cfg.kernel // 2, bias=False)
         self.speaker_stack = nn.ModuleList(DilatedResidual(C, 2 ** i) for i in range(cfg.speaker_layers))
