@@ -221,6 +221,24 @@ def test_model_streaming_codes_identical_and_decode_matches():
         assert_close(chunked, audio)
 
 
+def test_streams_refuse_a_chunk_of_another_batch():
+    """The state carried between chunks is per item: a chunk with another batch size is named, and the
+    stream keeps working for its own batch."""
+    model = tiny_model()
+    wav = torch.randn(2, 1, 700)
+    with torch.no_grad():
+        with model.encode_stream() as enc:
+            first = enc(wav[..., :400])
+            with pytest.raises(ValueError, match=r"chunk must hold the stream's batch of B = 2 items"):
+                enc(wav[:1, :, 400:])
+            streamed = torch.cat([first, enc(wav[..., 400:]), enc.flush()], dim=-1)
+        assert torch.equal(streamed, model.encode(wav))
+        with model.decode_stream() as dec:
+            dec(streamed[..., :1])
+            with pytest.raises(ValueError, match=r"codes must hold the stream's batch of B = 2 items"):
+                dec(streamed[:1, :, 1:])
+
+
 def test_model_fewer_quantizers_and_flush_on_exact_hop():
     model = tiny_model()
     wav = torch.randn(1, 1, 640)

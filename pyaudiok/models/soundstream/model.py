@@ -241,6 +241,7 @@ class StreamingEncoder:
 
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
         _check_wav(chunk, self.model.encoder)
+        _check_same_stream("chunk", chunk, self._template)
         self._template = chunk
         self._pending = (self._pending + chunk.shape[-1]) % self.model.hop_length
         return self.model._codes(self.model.encoder(chunk, self.condition), self.n_q)
@@ -259,6 +260,22 @@ class StreamingDecoder:
 
     def __init__(self, model: SoundStream, condition: Condition) -> None:
         self.model, self.condition = model, condition
+        self._template: torch.Tensor | None = None
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
+        if isinstance(codes, torch.Tensor):
+            _check_same_stream("codes", codes, self._template)
+            self._template = codes
         return self.model.decode(codes, self.condition)
+
+
+def _check_same_stream(name: str, value: torch.Tensor, earlier: torch.Tensor | None) -> None:
+    """A stream carries each item's state from chunk to chunk: every chunk must hold the same items
+    (batch size) on the same device as the first."""
+    if earlier is None:
+        return
+    if value.shape[0] != earlier.shape[0]:
+        raise ValueError(f"{name} must hold the stream's batch of B = {earlier.shape[0]} items (its first chunk's); "
+                         f"got {value.shape[0]}: start a new stream for another batch")
+    if value.device != earlier.device:
+        raise ValueError(f"{name} must be on the stream's device ({earlier.device}); got {value.device}")
