@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ._spectral import on_fft_friendly_input
+
 from ..ops import _checks
 from ..ops.reorder_channels import reorder_channels_trusted
 from ..ops.sinkhorn import sinkhorn
@@ -52,11 +54,15 @@ class ChannelEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] < 2:  # the spectrum without its DC bin needs at least one more bin
             raise ValueError(f"ChannelEncoder needs signals of T >= 2 samples; got T = {x.shape[-1]}")
-        window = torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype, device=x.device)
-        power = torch.fft.rfft((x - x.mean(-1, keepdim=True)) * window, dim=-1).abs().square()
-        power = nn.functional.adaptive_avg_pool1d(power[:, None, 1:], self.bands)[:, 0]  # without DC
+        power = on_fft_friendly_input(self._band_power, x)
         log_std = x.std(-1, keepdim=True, unbiased=False).clamp_min(1e-6).log()
         return self.mlp(torch.cat([power.add(1e-6).log() - 2 * log_std, log_std], -1))
+
+    def _band_power(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, T] -> [N, bands]: the Hann-windowed power spectrum without DC, averaged into bands."""
+        window = torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype, device=x.device)
+        power = torch.fft.rfft((x - x.mean(-1, keepdim=True)) * window, dim=-1).abs().square()
+        return nn.functional.adaptive_avg_pool1d(power[:, None, 1:], self.bands)[:, 0]
 
 
 class ChannelReorder(nn.Module):

@@ -105,3 +105,21 @@ def test_non_contiguous_inputs_give_the_contiguous_result(name):
     first(want).float().square().sum().backward()
     first(got).float().square().sum().backward()
     torch.testing.assert_close(strided.grad, x.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mel", "cola", "charm"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fft_frontends_run_in_half_precision_and_on_empty_batches(name, dtype):
+    """The frontends built on torch's FFTs (log-mel, channel spectra) compute half inputs in float32:
+    a model cast to half gives its float32 result to half precision, and an empty batch an empty result."""
+    make, inputs, compare = MODELS[name]
+    compare = compare or (lambda m, *x: m(*x))
+    torch.manual_seed(0)
+    model, args = make().eval(), inputs()
+    with torch.no_grad():
+        want = compare(model, *args)
+        got = compare(model.to(dtype), *(a.to(dtype) for a in args))
+        empty = compare(model, *(a[:0].to(dtype) for a in args))
+    assert got.dtype == dtype and got.shape == want.shape
+    assert torch.allclose(got.float(), want, rtol=0.1, atol=0.1), (got, want)
+    assert empty.numel() == 0 if empty.dim() else empty.isfinite()  # COLA: the loss of an empty batch

@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from ...nn._spectral import on_fft_friendly_input
 from ...nn.leaf import Leaf
 from ...ops import _checks, bilinear_contrastive_loss
 from ..soundstream.losses import mel_filterbank
@@ -73,10 +74,13 @@ class LogMel(nn.Module):
         if wav.shape[1] < self.win:
             raise ValueError(f"wav must hold at least win_length = {self.win} samples (one frame); "
                              f"got {_checks.shape_str(wav.shape)}")
-        frames = wav.unfold(-1, self.win, self.hop) * self.window  # [B, frames, win]
+        return on_fft_friendly_input(self._log_mel, wav)[:, None]
+
+    def _log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        frames = wav.unfold(-1, self.win, self.hop) * self.window.to(wav.dtype)  # [B, frames, win]
         spec = torch.fft.rfft(frames, n=self.n_fft).abs()
-        mel = spec @ self.filterbank.T
-        return torch.log(mel.clamp(min=1e-5))[:, None]
+        mel = spec @ self.filterbank.to(wav.dtype).T
+        return torch.log(mel.clamp(min=1e-5))
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

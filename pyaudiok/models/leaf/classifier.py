@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyaudiok.nn._spectral import on_fft_friendly_input
 from pyaudiok.nn.leaf import Leaf, mel_filterbank
 from pyaudiok.ops import _checks
 
@@ -32,8 +33,11 @@ class LogMel(nn.Module):
         x = _checks.float_tensor("x", x, ndim=2, layout="[B, T] or [B, 1, T]")
         if x.shape[1] <= self.n_fft // 2:  # the centred STFT reflects n_fft/2 samples at each end
             raise ValueError(f"x must have T > n_fft / 2 = {self.n_fft // 2} samples; got {_checks.shape_str(x.shape)}")
-        spec = torch.stft(x, self.n_fft, self.hop, self.win, self.window, return_complex=True).abs() ** 2
-        return torch.log(self.bank @ spec + 1e-6)
+        return on_fft_friendly_input(self._log_mel, x)
+
+    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(x, self.n_fft, self.hop, self.win, self.window.to(x.dtype), return_complex=True).abs() ** 2
+        return torch.log(self.bank.to(x.dtype) @ spec + 1e-6)
 
 
 class ConvNet(nn.Module):
