@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import launchable, sm_count as _sm_count
 from .tf32 import parts as tf32_parts, split as tf32_split
 
@@ -253,11 +254,20 @@ def _strip_gradients(s: Tensor, row0: int, lse2: Tensor, g: Tensor, x: _Operand,
         s, lse2, g, x.t_hi, x.t_lo, x.full, dy32, row0, rows, B, D, BLOCK_N=bm, FIRST=row0 == 0, **common)
 
 
+def _checked(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """x, y [B, D] (one B: row i's positive is y[i]), checked and contiguous."""
+    B, D = checks.shape("x", x, "[B, D]", None, None)
+    checks.shape("y", y, "[B, D]", B, D)
+    checks.device("y", y, x)
+    return checks.dense(x, y)
+
+
 def rows_forward(x: Tensor, y: Tensor, with_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, Σ loss, lse, gx, gy): per-row cross-entropy of S = x yᵀ against the diagonal and the
     row log-sum-exps (fp32); with with_grad, gx, gy = the gradients of Σ loss, computed from each
     strip of S while it is at hand (a mean or sum loss then needs no backward pass over S), else
     empty."""
+    x, y = _checked(x, y)
     B, D = x.shape
     loss = torch.empty(B, dtype=torch.float32, device=x.device)
     lse, lse2 = torch.empty_like(loss), torch.empty_like(loss)
@@ -281,7 +291,11 @@ def rows_forward(x: Tensor, y: Tensor, with_grad: bool) -> tuple[Tensor, Tensor,
 
 def rows_backward(g: Tensor, x: Tensor, y: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
     """(dx, dy) of rows_forward's loss for the upstream gradient g[B]: S strip by strip again."""
+    x, y = _checked(x, y)
     B, D = x.shape
+    for name, t in (("g", g), ("lse", lse)):
+        checks.shape(name, t, "[B]", B)
+        checks.device(name, t, x)
     dx = torch.empty_like(x)
     dy32 = torch.empty(B, D, dtype=torch.float32, device=x.device)
     if B > 0:

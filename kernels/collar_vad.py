@@ -14,6 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..ops.collar_vad import collar_window
+from . import _launch_checks as checks
 from .gpu import launchable
 
 BLOCK_T = 256
@@ -86,10 +87,22 @@ def _grad_kernel(x_ptr, ref_ptr, order_ptr, keep_ptr, scale_ptr, g_ptr, N, S, T,
     tl.store(g_ptr + tl.program_id(0).to(tl.int64) * T + t, g.to(g_ptr.dtype.element_ty), mask=ok)
 
 
+def _checked(logits: Tensor, reference: Tensor, order: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The inputs, their shapes checked to agree, contiguous."""
+    B, N, T = checks.shape("logits", logits, "[B, N, T]", None, None, None)
+    checks.shape("reference", reference, "[B, S, T]", B, None, T)
+    checks.shape("order", order, "[B, N]", B, N)
+    checks.dtype("order", order, (torch.int64,))
+    for name, t in (("reference", reference), ("order", order)):
+        checks.device(name, t, logits)
+    return checks.dense(logits, reference, order)
+
+
 def collar_vad_forward(logits: Tensor, reference: Tensor, order: Tensor,
                        collar_frames: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Contiguous logits[B, N, T], reference[B, S, T] (logits' dtype), order[B, N] int64 ->
-    (loss in the logits' dtype, keep[B, T] uint8, count int64)."""
+    """logits[B, N, T], reference[B, S, T] (logits' dtype), order[B, N] int64 -> (loss in the logits'
+    dtype, keep[B, T] uint8, count int64). Trusts index values (order): the public op checks them."""
+    logits, reference, order = _checked(logits, reference, order)
     B, N, T = logits.shape
     S = reference.shape[1]
     lo, hi = collar_window(collar_frames, logits.shape[2])
@@ -110,8 +123,14 @@ def collar_vad_forward(logits: Tensor, reference: Tensor, order: Tensor,
 
 def collar_vad_backward(grad: Tensor, logits: Tensor, reference: Tensor, order: Tensor, keep: Tensor,
                         count: Tensor) -> Tensor:
-    """The logits' gradient of collar_vad_forward's loss for the upstream gradient grad (a scalar)."""
+    """The logits' gradient of collar_vad_forward's loss for the upstream gradient grad (a scalar).
+    Trusts index values (order): the public op checks them."""
+    logits, reference, order = _checked(logits, reference, order)
     B, N, T = logits.shape
+    keep, = checks.dense(keep)
+    checks.shape("keep", keep, "[B, T]", B, T)
+    checks.device("keep", keep, logits)
+    checks.dtype("keep", keep, (torch.uint8,))
     out = torch.empty_like(logits)
     scale = (grad.double() / count.clamp_min(1)).float().reshape(1)
     if out.numel():

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import dot_block, dot_precision, launchable, sm_count
 
 LOG2E = 1.4426950408889634
@@ -152,9 +153,21 @@ def _squares(t: Tensor) -> Tensor:
     return t.float().square().sum(1)
 
 
+def _checked(h: Tensor, table: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """h[R, d], table[S, d] and the one-value alpha, checked to agree, contiguous."""
+    D = checks.shape("h", h, "[R, d]", None, None)[1]
+    checks.shape("table", table, "[S, d]", None, D)
+    if alpha.numel() != 1:
+        raise ValueError(f"alpha must hold one value; got shape {list(alpha.shape)}")
+    for name, t in (("table", table), ("alpha", alpha)):
+        checks.device(name, t, h)
+    return checks.dense(h, table, alpha)
+
+
 def lse_forward(h: Tensor, table: Tensor, alpha: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
     if keep:
         raise ValueError("the Triton kernels keep no probabilities (keep must be False)")
+    h, table, alpha = _checked(h, table, alpha)
     R, D = h.shape
     S = table.shape[0]
     lse, m = h.new_empty(R, dtype=torch.float32), h.new_empty(R, dtype=torch.float32)
@@ -176,7 +189,12 @@ def _shares(R: int, tiles: int, block: int, device: torch.device) -> int:
 def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor,
                  probabilities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients from P recomputed a tile at a time (`probabilities`: empty, never kept here)."""
+    h, table, alpha = _checked(h, table, alpha)
     R, D = h.shape
+    for name, t in (("g", g), ("m", m)):
+        checks.shape(name, t, "[R]", R)
+        checks.device(name, t, h)
+    g, m = checks.dense(g, m)
     S = table.shape[0]
     if R == 0:
         return torch.empty_like(h), torch.zeros_like(table), torch.zeros_like(alpha)

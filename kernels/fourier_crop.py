@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import dot_precision, launchable, sm_count
 
 # 2π as the sum of two float32 numbers: Triton makes float constants float32, and the float64
@@ -150,18 +151,29 @@ def _is_f64(t: Tensor) -> bool:
     return t.dtype == torch.float64
 
 
+def _check_mask(mask: Tensor, n_in: int, n_out: int) -> Tensor:
+    """mask[n_out // 2 + 1] for a crop of n_in samples to 1 <= n_out <= n_in, contiguous."""
+    if not 1 <= n_out <= n_in:
+        raise ValueError(f"n_out must lie in [1, n_in] = [1, {n_in}]; got {n_out}")
+    checks.shape("mask", mask, "[n_out // 2 + 1]", n_out // 2 + 1)
+    return mask.contiguous()
+
+
 def fourier_crop_matrix(mask: Tensor, n_in: int, n_out: int) -> Tensor:
+    mask = _check_mask(mask, n_in, n_out)
     a = torch.empty((n_out, n_in), dtype=mask.dtype, device=mask.device)
     BT, BJ = 16, 32
     grid = (triton.cdiv(n_out, BT), triton.cdiv(n_in, BJ))
-    launchable(_matrix_kernel)[grid](mask.contiguous(), a, mask.shape[0] - 1, n_in, n_out, BT=BT, BJ=BJ,
+    launchable(_matrix_kernel)[grid](mask, a, mask.shape[0] - 1, n_in, n_out, BT=BT, BJ=BJ,
                                      F64=_is_f64(mask))
     return a
 
 
 def fourier_crop_matrix_backward(grad: Tensor, mask: Tensor) -> Tensor:
+    n_out, n_in = checks.shape("grad", grad, "[n_out, n_in]", None, None)
+    mask = _check_mask(mask, n_in, n_out)
+    checks.device("mask", mask, grad)
     out = torch.empty_like(mask)
-    n_out, n_in = grad.shape
     launchable(_matrix_backward_kernel)[(mask.shape[0],)](grad.contiguous(), mask, out, mask.shape[0] - 1, n_in,
                                                             n_out, BT=16, BJ=32, F64=_is_f64(grad))
     return out
@@ -185,24 +197,36 @@ def _correlation_splits(B: int, programs: int, BB: int, device: torch.device) ->
     return max(1, min(max(wanted, triton.cdiv(B, CORRELATION_ROWS_PER_SPLIT)), triton.cdiv(B, BB)))
 
 
+def _checked_crop(spectrum: Tensor, mask_rows: Tensor, mask_cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """spectrum[B, H, F, 2], mask_rows[H_out <= H] and mask_cols[Kc <= F] checked, contiguous."""
+    _, H, F, _ = checks.shape("spectrum", spectrum, "[B, H, F, 2]", None, None, None, 2)
+    checks.at_most("mask_rows' length H_out", checks.shape("mask_rows", mask_rows, "[H_out]", None)[0], H, "H")
+    checks.at_most("mask_cols' length Kc", checks.shape("mask_cols", mask_cols, "[Kc]", None)[0], F, "F")
+    for name, t in (("mask_rows", mask_rows), ("mask_cols", mask_cols)):
+        checks.device(name, t, spectrum)
+    return checks.dense(spectrum, mask_rows, mask_cols)
+
+
 def fourier_mask_crop(spectrum: Tensor, mask_rows: Tensor, mask_cols: Tensor) -> Tensor:
-    x = spectrum.contiguous()
+    x, rows, cols = _checked_crop(spectrum, mask_rows, mask_cols)
     B, H, F, _ = x.shape
-    H_out, Kc = mask_rows.shape[0], mask_cols.shape[0]
+    H_out, Kc = rows.shape[0], cols.shape[0]
     y = torch.empty((B, H_out, Kc, 2), dtype=x.dtype, device=x.device)
     BR, BC = _spectrum_tiles(B * H_out, 2 * Kc)
     if B:
         launchable(_mask_crop_kernel)[(triton.cdiv(B * H_out, BR), triton.cdiv(2 * Kc, BC))](
-            x, mask_rows.contiguous(), mask_cols.contiguous(), y, B, H, F, H_out, Kc, BR=BR, BC=BC)
+            x, rows, cols, y, B, H, F, H_out, Kc, BR=BR, BC=BC)
     return y
 
 
 def fourier_mask_crop_backward(grad: Tensor, spectrum: Tensor, mask_rows: Tensor,
                                mask_cols: Tensor) -> tuple[Tensor, Tensor]:
-    g, x = grad.contiguous(), spectrum.contiguous()
-    rows, cols = mask_rows.contiguous(), mask_cols.contiguous()
+    x, rows, cols = _checked_crop(spectrum, mask_rows, mask_cols)
     B, H, F, _ = x.shape
     H_out, Kc = rows.shape[0], cols.shape[0]
+    checks.shape("grad", grad, "[B, H_out, Kc, 2]", B, H_out, Kc, 2)
+    checks.device("grad", grad, x)
+    g = grad.contiguous()
     dx = torch.empty_like(x)
     if B:
         BR, BC = _spectrum_tiles(B * H, 2 * F)
@@ -266,9 +290,12 @@ def strided_products(a: Tensor, b: Tensor, reduce_batch: bool) -> Tensor:
     (1: one matrix for every batch): [batches, M, N] float32, or with `reduce_batch` their sum
     [M, N]. Reductions (over batches, or a long K) are split over programs whose partial sums torch
     adds, so that a product with few output tiles still fills the GPU."""
-    batches = b.shape[0] if a.shape[0] == 1 else a.shape[0]
-    M, K = a.shape[1:]
-    N = b.shape[2]
+    Ba, M, K = checks.shape("a", a, "[Ba, M, K]", None, None, None)
+    Bb, _, N = checks.shape("b", b, "[Bb, K, N]", None, K, None)
+    checks.device("b", b, a)
+    if Ba != Bb and 1 not in (Ba, Bb):
+        raise ValueError(f"a and b must have one batch count (or 1 for either); got {Ba} and {Bb}")
+    batches = Bb if Ba == 1 else Ba
     if not (batches and K and M and N):  # nothing to multiply: zeros of the result's shape
         return a.new_zeros((M, N) if reduce_batch else (batches, M, N), dtype=torch.float32)
     BM, BN, BK, warps, stages = _PRODUCT_TILE

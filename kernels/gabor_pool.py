@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import launchable
 
 
@@ -61,9 +62,16 @@ def _gabor_pool_forward_kernel(x_ptr, re_ptr, im_ptr, win_ptr, y_ptr, T, K, F, W
 
 
 def gabor_pool_forward(x: Tensor, re: Tensor, im: Tensor, windows: Tensor, stride: int, floor: float) -> Tensor:
-    """Contiguous x[B, T]; fp32 re, im, windows [W, F] -> y[B, F, ⌈T/stride⌉] in x's dtype."""
-    B, T = x.shape
-    W, F = re.shape
+    """x[B, T]; fp32 re, im, windows [W, F]; stride >= 1 -> y[B, F, ⌈T/stride⌉] in x's dtype."""
+    B, T = checks.shape("x", x, "[B, T]", None, None)
+    W, F = checks.shape("re", re, "[W, F]", None, None)
+    for name, t in (("re", re), ("im", im), ("windows", windows)):
+        checks.shape(name, t, "[W, F]", W, F)
+        checks.dtype(name, t, (torch.float32,))
+        checks.device(name, t, x)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1; got {stride}")
+    x, re, im, windows = checks.dense(x, re, im, windows)
     K = -(-T // stride)
     y = torch.empty(B, F, K, device=x.device, dtype=x.dtype)
     if B == 0 or F == 0:

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import launchable
 
 MAX_D = 256  # a tile of points lives in registers
@@ -82,8 +83,15 @@ def lloyd(x: Tensor, centroids: Tensor, n_iters: int) -> tuple[Tensor, Tensor]:
     The centroids stay in float32 through the iterations and are rounded to the input's dtype once,
     at the end, as the reference does: rounding half-precision centroids after every update would
     move later assignments."""
+    B, P, D = checks.shape("x", x, "[B, P, d]", None, None, None)
+    checks.shape("centroids", centroids, "[B, k, d]", B, None, D)
+    checks.device("centroids", centroids, x)
+    if D > MAX_D:
+        raise ValueError(f"the Triton k-means kernel supports d <= {MAX_D}; got d = {D}")
+    if n_iters < 0:
+        raise ValueError(f"n_iters must be >= 0; got {n_iters}")
+    x, = checks.dense(x)
     c = centroids.float().contiguous()
-    B, P, _ = x.shape
     assignments = torch.full((B, P), -1, dtype=torch.int64, device=x.device)
     moving = torch.ones(B, dtype=torch.int32, device=x.device)
     for _ in range(n_iters):

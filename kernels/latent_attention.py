@@ -44,6 +44,7 @@ from torch import Tensor
 
 from ..ops import _checks
 from ..ops import _library
+from . import _launch_checks as checks
 from .gpu import dot_precision as _precision, launchable, scratch_allocator, sm_count as _sm_count
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -511,6 +512,28 @@ def choose_splits(programs: int, Mk: int, device: torch.device, ctas_per_sm: int
     return min(range(1, max(1, min(32, Mk // 1024)) + 1), key=lambda s: (triton.cdiv(programs * s, slots) / s, s))
 
 
+def _checked(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None,
+             keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v contiguous, their shapes (and key_lengths', keep's) checked to agree, M >= N and
+    N <= M' <= M as the public op requires. Trusts index values (key_lengths, keep): the public op
+    checks them."""
+    B, H, N, D = checks.shape("q", q, "[B, H, N, D]", None, None, None, None)
+    M = checks.shape("k", k, "[B, H, M, D]", B, H, None, D)[2]
+    checks.shape("v", v, "[B, H, M, D]", B, H, M, D)
+    if M < N:
+        raise ValueError(f"k must have M >= N keys (bottom-right causal latents); got M = {M} < N = {N}")
+    for name, t in (("k", k), ("v", v), ("key_lengths", key_lengths), ("keep", keep)):
+        if t is not None:
+            checks.device(name, t, q)
+    if key_lengths is not None:
+        checks.shape("key_lengths", key_lengths, "[B]", B)
+    if keep is not None:
+        checks.shape("keep", keep, "[B, M']", B, None)
+        if not N <= keep.shape[1] <= M:
+            raise ValueError(f"keep must keep M' keys with N = {N} <= M' <= M = {M}; got M' = {keep.shape[1]}")
+    return checks.dense(q, k, v)
+
+
 def _common(q, k, key_lengths, keep):
     B, H, N, D = q.shape
     if D not in HEAD_DIMS:
@@ -636,6 +659,7 @@ _ROWS_BLOCK = 64  # rows per program of the small row-wise kernels (merge, backw
 
 def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, scale: float,
                    keep: Tensor | None, splits: int | None = None) -> tuple[Tensor, Tensor]:
+    q, k, v = _checked(q, k, v, key_lengths, keep)
     B, H, N, D, M, Mk, kl, idx, flags = _common(q, k, key_lengths, keep)
     loop, options = _forward_loop_for(D, q.dtype, q.device, gathered=keep is not None, rows=B * H * M,
                                       aligned=all(t.data_ptr() % 16 == 0 for t in (q, k, v)))
@@ -707,9 +731,13 @@ def _launch_forward_ws(q: Tensor, k: Tensor, v: Tensor, kl: Tensor, idx: Tensor,
 def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                     key_lengths: Tensor | None, scale: float, keep: Tensor | None,
                     splits: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v = _checked(q, k, v, key_lengths, keep)
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        checks.shape(name, t, "[B, H, N, D]", *q.shape)
+    checks.shape("lse", lse, "[B, H, N]", *q.shape[:3])
     B, H, N, D, M, Mk, kl, idx, flags = _common(q, k, key_lengths, keep)
     _, t_kv, t_q = _tiles(D, q.dtype, q.device)
-    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    grad_out, out, lse = checks.dense(grad_out, out, lse)
     R = B * H * N
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     neg_lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)  # -lse, log2 units
@@ -742,14 +770,16 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
 
 def latent_attention_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, scale: float,
                              keep: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Bottom-right causal attention of q[B, H, N, D] over k, v[B, H, M, D] -> (out, lse)."""
+    """Bottom-right causal attention of q[B, H, N, D] over k, v[B, H, M, D] -> (out, lse). Trusts
+    index values (key_lengths, keep): the public op checks them."""
     return launch_forward(q, k, v, key_lengths, scale, keep)
 
 
 def latent_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                               key_lengths: Tensor | None, scale: float,
                               keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(dq, dk, dv) of latent_attention_forward, from its saved out and lse."""
+    """(dq, dk, dv) of latent_attention_forward, from its saved out and lse. Trusts index values
+    (key_lengths, keep): the public op checks them."""
     return launch_backward(grad_out, q, k, v, out, lse, key_lengths, scale, keep)
 
 

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import launchable
 
 
@@ -113,8 +114,17 @@ def _grid(R: int):
     return (triton.cdiv(R, BLOCK_R),)
 
 
+def _checked(E: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    """E[B, F, T] and params[4, F] (rows α, δ, r, s), checked to agree, contiguous."""
+    F = checks.shape("E", E, "[B, F, T]", None, None, None)[1]
+    checks.shape("params", params, "[4, F]", 4, F)
+    checks.device("params", params, E)
+    return checks.dense(E, params)
+
+
 def pcen_forward(E: Tensor, params: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Contiguous E[B, F, T], params[4, F] fp32 -> (y in E's dtype, M fp32)."""
+    """E[B, F, T], params[4, F] fp32 -> (y in E's dtype, M fp32)."""
+    E, params = _checked(E, params)
     B, F, T = E.shape
     y = torch.empty_like(E)
     M = torch.empty(E.shape, device=E.device, dtype=torch.float32)
@@ -126,7 +136,12 @@ def pcen_forward(E: Tensor, params: Tensor, eps: float) -> tuple[Tensor, Tensor]
 
 def pcen_backward(grad: Tensor, E: Tensor, M: Tensor, params: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """-> (grad_E in E's dtype, partial[B·F, 4] fp32 per-row parameter gradients)."""
+    E, params = _checked(E, params)
     B, F, T = E.shape
+    for name, t in (("grad", grad), ("M", M)):
+        checks.shape(name, t, "[B, F, T]", B, F, T)
+        checks.device(name, t, E)
+    grad, M = checks.dense(grad, M)
     grad_E = torch.empty_like(E)
     partial = torch.empty(B * F, 4, device=E.device, dtype=torch.float32)
     if E.numel():

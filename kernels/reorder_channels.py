@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import dot_block, dot_precision, launchable
 
 
@@ -111,8 +112,21 @@ def _mask_arg(mask: Tensor | None, logits: Tensor) -> Tensor:
     return mask.view(torch.uint8) if mask is not None else logits.new_empty(1, dtype=torch.uint8)
 
 
+def _checked(logits: Tensor, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """logits[B, K, C], x[B, C, T] and mask[B, C] (bool) or None, checked to agree, contiguous."""
+    B, _, C = checks.shape("logits", logits, "[B, K, C]", None, None, None)
+    checks.shape("x", x, "[B, C, T]", B, C, None)
+    checks.device("x", x, logits)
+    if mask is not None:
+        checks.shape("mask", mask, "[B, C]", B, C)
+        checks.dtype("mask", mask, (torch.bool,))
+        checks.device("mask", mask, logits)
+    return checks.dense(logits, x, mask)
+
+
 def reorder_channels_forward(logits: Tensor, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Contiguous logits[B, K, C], x[B, C, T] (one dtype), mask[B, C] bool or None -> (y[B, K, T], A)."""
+    """logits[B, K, C], x[B, C, T] (one dtype), mask[B, C] bool or None -> (y[B, K, T], A)."""
+    logits, x, mask = _checked(logits, x, mask)
     B, K, C = logits.shape
     T = x.shape[2]
     y = x.new_empty((B, K, T))
@@ -126,8 +140,15 @@ def reorder_channels_forward(logits: Tensor, x: Tensor, mask: Tensor | None) -> 
 
 def reorder_channels_backward(dy: Tensor, dA: Tensor | None, x: Tensor, logits: Tensor,
                               mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(dlogits, dx) of reorder_channels_forward for the output gradients dy (contiguous) and dA (or None)."""
+    """(dlogits, dx) of reorder_channels_forward for the output gradients dy and dA (or None)."""
+    logits, x, mask = _checked(logits, x, mask)
     B, K, C = logits.shape
+    checks.shape("dy", dy, "[B, K, T]", B, K, x.shape[2])
+    checks.device("dy", dy, logits)
+    if dA is not None:
+        checks.shape("dA", dA, "[B, K, C]", B, K, C)
+        checks.device("dA", dA, logits)
+    dy, dA = checks.dense(dy, dA)
     T = x.shape[2]
     dlogits, dx = torch.empty_like(logits), torch.empty_like(x)
     cfg = _config(logits, x, mask)

@@ -397,5 +397,6 @@ def rvq_forward(x: Tensor, codebooks: Tensor, n_q: int) -> tuple[Tensor, Tensor,
 
 def rvq_decode(codes: Tensor, codebooks: Tensor, weights: Tensor | None) -> Tensor:
     """``out[N, D] = sum_q weights[q] * codebooks[q, codes[:, q]]`` (weights default 1),
-    accumulated in fp32 in stage order and returned in ``codebooks.dtype``."""
+    accumulated in fp32 in stage order and returned in ``codebooks.dtype``. Trusts index values
+    (codes in [0, K)): the public op checks them."""
     return _launch_decode(codes, codebooks, weights)

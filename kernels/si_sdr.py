@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import launchable
 
 MAX_SOURCES = 64        # rows of E and R held in registers per program
@@ -162,10 +163,11 @@ def _launch_config(B: int, N: int, M: int, T: int) -> tuple[int, int, int, int]:
 
 def si_sdr_matrix(estimates: Tensor, references: Tensor, zero_mean: bool,
                   eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Contiguous estimates[B, N, T], references[B, M, T] (N, M ≤ MAX_SOURCES) -> (matrix fp32,
-    ee, rr, er fp64)."""
-    B, N, T = estimates.shape
-    M = references.shape[1]
+    """estimates[B, N, T], references[B, M, T] (N, M ≤ MAX_SOURCES) -> (matrix fp32, ee, rr, er fp64)."""
+    B, N, T = checks.shape("estimates", estimates, "[B, N, T]", None, None, None)
+    M = checks.shape("references", references, "[B, M, T]", B, None, T)[1]
+    checks.device("references", references, estimates)
+    estimates, references = checks.dense(estimates, references)
     device = estimates.device
     matrix = torch.empty(B, N, M, device=device, dtype=torch.float32)
     if B == 0 or N == 0 or M == 0:  # nothing to reduce

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import launchable, sm_count
 
 MAX_M = 1024
@@ -435,8 +436,19 @@ def _forward_split(cost, log_a, log_b, plan, f, g, iters, hist_f, hist_g, eps, n
     return n_iters + 1
 
 
+def _checked(cost: Tensor, log_a: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """cost[B, n, m], log_a[B, n], log_b[B, m], checked to agree, contiguous."""
+    B, n, m = checks.shape("cost", cost, "[B, n, m]", None, None, None)
+    checks.shape("log_a", log_a, "[B, n]", B, n)
+    checks.shape("log_b", log_b, "[B, m]", B, m)
+    for name, t in (("log_a", log_a), ("log_b", log_b)):
+        checks.device(name, t, cost)
+    return checks.dense(cost, log_a, log_b)
+
+
 def sinkhorn_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, n_iters: int, tol: float,
                      history: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    cost, log_a, log_b = _checked(cost, log_a, log_b)
     B, n, m = cost.shape
     if m > MAX_M:
         raise ValueError(f"the Triton Sinkhorn kernel supports m <= {MAX_M}, got m={m}")
@@ -463,7 +475,19 @@ def sinkhorn_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, n_i
 def sinkhorn_backward(grad_plan: Tensor, grad_f: Tensor, grad_g: Tensor, cost: Tensor, log_a: Tensor, log_b: Tensor,
                       plan: Tensor, iters: Tensor, hist_f: Tensor, hist_g: Tensor, eps: float
                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Trusts index values (iters, the iterations each problem ran): the forward wrote them."""
+    cost, log_a, log_b = _checked(cost, log_a, log_b)
     B, n, m = cost.shape
+    expected = {"grad_plan": (grad_plan, "[B, n, m]", (B, n, m)), "grad_f": (grad_f, "[B, n]", (B, n)),
+                "grad_g": (grad_g, "[B, m]", (B, m)), "plan": (plan, "[B, n, m]", (B, n, m)),
+                "iters": (iters, "[B]", (B,)), "hist_f": (hist_f, "[B, S, n]", (B, None, n)),
+                "hist_g": (hist_g, "[B, S, m]", (B, None, m))}
+    for name, (t, layout, sizes) in expected.items():
+        checks.shape(name, t, layout, *sizes)
+        checks.device(name, t, cost)
+    checks.shape("hist_g", hist_g, "[B, S, m] (hist_f's S)", B, hist_f.shape[1], m)
+    grad_plan, grad_f, grad_g, plan, iters, hist_f, hist_g = checks.dense(grad_plan, grad_f, grad_g, plan, iters,
+                                                                           hist_f, hist_g)
     grad_cost = torch.empty_like(cost)
     grad_log_a = torch.empty_like(log_a)
     grad_log_b = torch.empty_like(log_b)

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch_checks as checks
 from .gpu import launchable
 
 BLOCK = 128  # vector width of the per-block output and gradient loops
@@ -125,7 +126,8 @@ def _pav_backward_kernel(
     lanes = tl.arange(0, BLOCK)
     begin = n * 0
     while begin < n:
-        end = tl.load(blocks_ptr + base + begin) + 1
+        # Clamped into (begin, n]: a malformed block end can neither read past the row nor stall the walk.
+        end = tl.minimum(tl.maximum(tl.load(blocks_ptr + base + begin) + 1, begin + 1), n)
         total = 0.0
         mx = -float("inf")
         for c in range(begin, end, BLOCK):
@@ -181,7 +183,8 @@ def _sorted(x, strength, rank, descending):
 
 
 def soft_sort_rank(x: Tensor, strength: float, kl: bool, rank: bool, descending: bool) -> tuple[Tensor, Tensor, Tensor]:
-    R, n = x.shape
+    R, n = checks.shape("x", x, "[R, n]", None, None)
+    x = x.contiguous()
     s, perm, sign, _ = _sorted(x, strength, rank, descending)
     out = torch.empty_like(x)
     blocks = torch.empty(x.shape, dtype=torch.int32, device=x.device)
@@ -196,7 +199,16 @@ def soft_sort_rank(x: Tensor, strength: float, kl: bool, rank: bool, descending:
 
 def soft_sort_rank_backward(grad: Tensor, x: Tensor, out: Tensor, perm: Tensor, blocks: Tensor, strength: float,
                             kl: bool, rank: bool, descending: bool) -> Tensor:
-    R, n = x.shape
+    """Trusts perm's values (a permutation of each row): the public op checks them. A block end out of
+    range is clamped into the row, so a malformed `blocks` gives wrong numbers, never an out-of-bounds
+    access."""
+    R, n = checks.shape("x", x, "[R, n]", None, None)
+    for name, t in (("grad", grad), ("out", out), ("perm", perm), ("blocks", blocks)):
+        checks.shape(name, t, "[R, n]", R, n)
+        checks.device(name, t, x)
+    checks.dtype("perm", perm, (torch.int64,))
+    checks.dtype("blocks", blocks, (torch.int32,))
+    x, out, perm, blocks = checks.dense(x, out, perm, blocks)
     z, sign, dz = _key(x, strength, rank, descending)
     s = torch.gather(z, 1, perm).contiguous()
     grad_x = torch.empty_like(x)
