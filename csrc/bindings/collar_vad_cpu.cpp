@@ -10,12 +10,13 @@
 #include <vector>
 
 #include "../cpu/collar_vad.h"
+#include "checks.h"
 
 namespace pyaudiok::bindings {
 namespace {
 
 // logits [B, N, T] and reference [B, S, T] contiguous, one float dtype; order [B, N] int64 with
-// values in [-1, S) (the caller's to check).
+// values in [-1, S) (-1: no reference row).
 cpu::CollarVadShape shape_of(const at::Tensor& logits, const at::Tensor& reference, const at::Tensor& order,
                              double collar_frames) {
   TORCH_CHECK(logits.is_cpu() && (logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble) &&
@@ -28,6 +29,7 @@ cpu::CollarVadShape shape_of(const at::Tensor& logits, const at::Tensor& referen
   TORCH_CHECK(order.is_cpu() && order.scalar_type() == at::kLong && order.is_contiguous() &&
                   order.sizes() == logits.sizes().slice(0, 2),
               "collar_vad (cpu): order must be a contiguous int64 CPU tensor [B, N]");
+  check_values_in(order, -1, reference.size(1), "collar_vad (cpu)", "order (reference rows, -1: none)");
   TORCH_CHECK(collar_frames >= 0 && std::isfinite(collar_frames), "collar_vad (cpu): collar_frames must be >= 0");
   // Frame t (centre t + 0.5) is within the collar of edge e = t + j iff 0.5 − c < j < 0.5 + c. A collar
   // wider than the items covers every frame already: clamped to T + 1, the offsets fit in int64.

@@ -54,13 +54,21 @@ at::Tensor matrix_cpu(const at::Tensor& mask, int64_t n_in, int64_t n_out) {
 
 at::Tensor matrix_backward_cpu(const at::Tensor& grad, const at::Tensor& mask) {
   check_float(grad, "grad");
-  TORCH_CHECK(grad.dim() == 2 && grad.scalar_type() == mask.scalar_type(), "fourier_crop_matrix_backward: bad grad");
-  const int64_t n_out = grad.size(0), n_in = grad.size(1), K = mask.size(0) - 1;
-  TORCH_CHECK(K == n_out / 2, "fourier_crop_matrix_backward: mask length must be n_out//2+1");
+  check_float(mask, "mask");
+  TORCH_CHECK(grad.dim() == 2 && grad.scalar_type() == mask.scalar_type(),
+              "fourier_crop_matrix_backward: grad must be [n_out, n_in] with the mask's dtype");
+  const int64_t n_out = grad.size(0), n_in = grad.size(1);
+  TORCH_CHECK(n_in >= 1 && n_out >= 1 && n_out <= n_in,
+              "fourier_crop_matrix_backward: grad [n_out, n_in] needs 1 <= n_out <= n_in, got [", n_out, ", ", n_in,
+              "]");
+  TORCH_CHECK(mask.dim() == 1 && mask.size(0) == n_out / 2 + 1,
+              "fourier_crop_matrix_backward: mask must be 1-D with n_out//2+1 = ", n_out / 2 + 1, " values");
+  const int64_t K = n_out / 2;
   const at::Tensor g = grad.contiguous();
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "fourier_crop_matrix_backward", [&] {
-    out = parallel_reduce_into(n_out, std::max<int64_t>(1, 65536 / (n_in * (K + 1))), K + 1, [&](int64_t b, int64_t e, double* p) {
+    const int64_t grain = std::max<int64_t>(1, 65536 / (n_in * (K + 1)));
+    out = parallel_reduce_into(n_out, grain, K + 1, [&](int64_t b, int64_t e, double* p) {
       cpu::fourier_crop_matrix_backward<scalar_t>(g.data_ptr<scalar_t>(), K, n_in, n_out, b, e, p);
     });
   });

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "../cpu/latent_attention.h"
+#include "checks.h"
 
 namespace pyaudiok::bindings {
 namespace {
@@ -144,11 +145,15 @@ Tile backward_tile(const Dims& d) {
   return {d.M < 2 * d.N ? diagonal_query_block(d) : cpu::kAttentionQueryBlock, cpu::kAttentionKeyBlock};
 }
 
-// The tile the arguments give (> 0, for tuning), else the shape's.
+// The tile the arguments give (> 0, for tuning), else the shape's; no taller than the queries nor wider
+// than the keys there are (a larger block holds the same ones, and the kernels' scratch tiles are sized
+// by the block).
 cpu::AttentionShape shape_of(const Dims& d, int64_t length, Tile by_shape, int64_t query_block, int64_t key_block) {
-  TORCH_CHECK(query_block >= 0 && key_block >= 0, "latent_attention (cpu): block sizes must be >= 0 (0: by shape)");
-  return {d.N, d.D, length, query_block > 0 ? query_block : by_shape.queries,
-          key_block > 0 ? key_block : by_shape.keys};
+  check_block_size(query_block, "latent_attention (cpu)", "query_block");
+  check_block_size(key_block, "latent_attention (cpu)", "key_block");
+  const int64_t queries = query_block > 0 ? query_block : by_shape.queries;
+  const int64_t keys = key_block > 0 ? key_block : by_shape.keys;
+  return {d.N, d.D, length, std::min(queries, std::max<int64_t>(1, d.N)), std::min(keys, std::max<int64_t>(1, d.M))};
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -255,7 +260,7 @@ int64_t check_token_tables(const Dims& d, const at::Tensor& q, const at::Tensor&
                 "latent_attention (cpu, token tables): k_table, v_table must be contiguous [H, V, D] of q's dtype");
   TORCH_CHECK(rotary_dims >= 0 && rotary_dims <= d.D,
               "latent_attention (cpu, token tables): rotary_dims must lie in [0, D]");
-  // Token values in range: the caller's (they picked the keys the forward's k holds).
+  check_values_in(tokens, 0, V, "latent_attention (cpu, token tables)", "tokens");
   return V;
 }
 

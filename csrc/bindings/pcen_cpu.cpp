@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "../cpu/pcen.h"
 
 namespace pyaudiok::bindings {
@@ -22,8 +24,14 @@ void check_inputs(const at::Tensor& E, const at::Tensor& params) {
 // Rows per task: enough time steps that a task is worth a thread.
 int64_t grain(int64_t n_time) { return std::max<int64_t>(8, (1 << 16) / std::max<int64_t>(1, n_time)); }
 
+// eps is added to the smoother state under a log: NaN or a negative value would poison every output.
+void check_eps(double eps) {
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "pcen (cpu): eps must be finite and >= 0, got ", eps);
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& E_in, const at::Tensor& params_in, double eps) {
   check_inputs(E_in, params_in);
+  check_eps(eps);
   const at::Tensor E = E_in.contiguous(), params = params_in.contiguous();
   const int64_t F = E.size(1), n_time = E.size(2), rows = E.size(0) * F;
   // No state out: the backward recomputes it (see pcen.h), so M is returned empty.
@@ -41,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& E_in, const at:
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const at::Tensor& E_in,
                                                 const at::Tensor& y_in, const at::Tensor& params_in, double eps) {
   check_inputs(E_in, params_in);
+  check_eps(eps);
   TORCH_CHECK(grad_in.sizes() == E_in.sizes() && y_in.sizes() == E_in.sizes() &&
                   grad_in.scalar_type() == E_in.scalar_type() && y_in.scalar_type() == E_in.scalar_type(),
               "pcen_backward (cpu): grad and y must match E's shape and dtype");

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../cpu/rotary.h"
+#include "checks.h"
 
 namespace pyaudiok::bindings {
 namespace {
@@ -48,8 +49,8 @@ at::Tensor gather_forward(const at::Tensor& rows_in, const at::Tensor& index, co
   TORCH_CHECK(rows_in.dim() == 2, "gather_rotary (cpu): rows must be [R, d]");
   const at::Tensor rows = rows_in.contiguous();
   const cpu::GatherRotaryShape s = gather_shape(rows, rows.size(1), index, cos, sin, dims);
+  check_values_in(index, 0, rows.size(0), "gather_rotary (cpu)", "index (rows of rows[R, d])");
   at::Tensor out = at::empty({index.size(0), index.size(1), index.size(2), rows.size(1)}, rows.options());
-  // Index values in range: the caller's (pyaudiok/ops/rotary.py checks them).
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "gather_rotary_forward", [&] {
     at::parallel_for(0, index.numel(), kGrainRows, [&](int64_t begin, int64_t end) {
       cpu::gather_rotary_forward<scalar_t>(rows.data_ptr<scalar_t>(), index.data_ptr<int64_t>(),
@@ -67,6 +68,7 @@ at::Tensor gather_backward(const at::Tensor& grad_in, const at::Tensor& index, c
   const at::Tensor grad = grad_in.contiguous();
   const int64_t d = grad.size(3), N = index.numel();
   const cpu::GatherRotaryShape s = gather_shape(grad, d, index, cos, sin, dims);
+  check_values_in(index, 0, num_rows, "gather_rotary_backward (cpu)", "index (rows of the [num_rows, d] gradient)");
   // Rows repeat across positions: each thread sums into a table of its own, added up at the end.
   const int64_t tasks = (N + kGrainRows - 1) / kGrainRows;
   const int64_t tables = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
@@ -90,14 +92,17 @@ int64_t heads_grain(const cpu::HeadsShape& s) {
 at::Tensor split_heads_forward(const at::Tensor& x_in, int64_t parts, int64_t heads, const at::Tensor& cos,
                                const at::Tensor& sin, int64_t dims, int64_t rotated) {
   check_float(x_in, "x");
-  TORCH_CHECK(x_in.dim() == 3 && parts >= 1 && heads >= 1 && x_in.size(2) % (parts * heads) == 0 && rotated >= 0 &&
-                  rotated <= parts,
+  TORCH_CHECK(parts >= 1 && heads >= 1, "split_heads_rotary (cpu): parts and heads must be >= 1, got ", parts, ", ",
+              heads);
+  const int64_t rows = checked_size_product(parts, heads, "split_heads_rotary (cpu)", "parts·heads");
+  TORCH_CHECK(x_in.dim() == 3 && x_in.size(2) % rows == 0 && rotated >= 0 && rotated <= parts,
               "split_heads_rotary (cpu): x must be [B, T, parts·heads·d] and 0 <= rotated <= parts");
   const at::Tensor x = x_in.contiguous();
-  const int64_t B = x.size(0), T = x.size(1), d = x.size(2) / (parts * heads);
+  const int64_t B = x.size(0), T = x.size(1), d = x.size(2) / rows;
   const bool batched = check_angles(x, B, T, cos, sin, dims, d);
   const cpu::HeadsShape s{B, T, parts, heads, d, dims, rotated, batched};
   at::Tensor out = at::empty({parts, B, heads, T, d}, x.options());
+  if (out.numel() == 0) return out;  // else the kernels would walk all parts·heads rows of nothing
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "split_heads_rotary_forward", [&] {
     at::parallel_for(0, B * T, heads_grain(s), [&](int64_t begin, int64_t end) {
       cpu::split_heads_rotary_forward<scalar_t>(x.data_ptr<scalar_t>(), cos.data_ptr<scalar_t>(),
@@ -116,7 +121,11 @@ at::Tensor split_heads_backward(const at::Tensor& grad_in, const at::Tensor& cos
   const int64_t P = grad.size(0), B = grad.size(1), H = grad.size(2), T = grad.size(3), d = grad.size(4);
   const bool batched = check_angles(grad, B, T, cos, sin, dims, d);
   const cpu::HeadsShape s{B, T, P, H, d, dims, rotated, batched};
-  at::Tensor grad_x = at::empty({B, T, P * H * d}, grad.options());
+  const int64_t channels = checked_size_product(
+      checked_size_product(P, H, "split_heads_rotary_backward (cpu)", "parts·heads"), d,
+      "split_heads_rotary_backward (cpu)", "parts·heads·d");
+  at::Tensor grad_x = at::empty({B, T, channels}, grad.options());
+  if (grad_x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "split_heads_rotary_backward", [&] {
     at::parallel_for(0, B * T, heads_grain(s), [&](int64_t begin, int64_t end) {
       cpu::split_heads_rotary_backward<scalar_t>(grad.data_ptr<scalar_t>(), cos.data_ptr<scalar_t>(),

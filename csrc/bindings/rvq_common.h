@@ -6,6 +6,8 @@
 
 #include <tuple>
 
+#include "checks.h"
+
 namespace pyaudiok::bindings {
 
 struct RvqShape {
@@ -19,8 +21,10 @@ inline RvqShape check_rvq_forward(const at::Tensor& x, const at::Tensor& codeboo
   TORCH_CHECK(codebooks.scalar_type() == x.scalar_type(), "rvq_forward: codebooks must have x's dtype");
   TORCH_CHECK(codebooks.device() == x.device(), "rvq_forward: codebooks must be on x's device");
   TORCH_CHECK(codebooks.size(2) == x.size(1), "rvq_forward: codebooks' D must match x's D");
+  TORCH_CHECK(x.size(1) >= 1, "rvq_forward: x must have D >= 1 channels");
   TORCH_CHECK(1 <= n_q && n_q <= codebooks.size(0), "rvq_forward: n_q must be in [1, Q]");
-  TORCH_CHECK(codebooks.size(1) >= 1 && codebooks.size(1) < (int64_t{1} << 31), "rvq_forward: K out of range");
+  TORCH_CHECK(codebooks.size(1) >= 1 && codebooks.size(1) < (int64_t{1} << 31),
+              "rvq_forward: codebooks must have K in [1, 2**31) codewords");
   return {x.size(0), x.size(1), codebooks.size(0), codebooks.size(1), n_q};
 }
 
@@ -32,6 +36,8 @@ inline RvqShape check_rvq_decode(const at::Tensor& codes, const at::Tensor& code
               "rvq_decode: codebooks must be a contiguous [Q, K, D] tensor");
   TORCH_CHECK(codes.device() == codebooks.device(), "rvq_decode: codes must be on codebooks' device");
   TORCH_CHECK(1 <= codes.size(1) && codes.size(1) <= codebooks.size(0), "rvq_decode: n_q must be in [1, Q]");
+  TORCH_CHECK(codebooks.size(1) >= 1, "rvq_decode: codebooks must have K >= 1 codewords");
+  check_values_in(codes, 0, codebooks.size(1), "rvq_decode", "codes");  // CPU codes only: no device wait
   if (weights.has_value()) {
     TORCH_CHECK(weights->dim() == 1 && weights->size(0) == codes.size(1) && weights->is_contiguous() &&
                     weights->scalar_type() == at::kFloat && weights->device() == codes.device(),

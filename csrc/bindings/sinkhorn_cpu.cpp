@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../cpu/sinkhorn.h"
+#include "checks.h"
 
 namespace pyaudiok::bindings {
 namespace {
@@ -24,7 +25,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check(cost, "cost", cost.sizes());
   check(log_a, "log_a", {B, n});
   check(log_b, "log_b", {B, m});
-  TORCH_CHECK(eps > 0 && n_iters >= 1 && n >= 1 && m >= 1, "sinkhorn_forward: need eps > 0, n_iters >= 1, n, m >= 1");
+  TORCH_CHECK(n_iters >= 1 && n >= 1 && m >= 1, "sinkhorn_forward: need n_iters >= 1, n, m >= 1");
+  check_float32_eps(eps, "sinkhorn_forward");
   const cpu::SinkhornShape s{n, m, n_iters, history ? n_iters + 1 : 2, static_cast<float>(eps),
                              static_cast<float>(tol)};
   auto opts = cost.options();
@@ -58,8 +60,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_backward_cpu(
   check(iters, "iters", {B}, at::kLong);
   check(hist_f, "hist_f", {B, slots, n});
   check(hist_g, "hist_g", {B, slots, m});
-  TORCH_CHECK(iters.numel() == 0 || iters.max().item<int64_t>() < slots,
-              "sinkhorn_backward: the unrolled backward needs the forward's full history");
+  check_float32_eps(eps, "sinkhorn_backward");
+  // The unrolled backward replays the forward's iterations from its full history.
+  check_values_in(iters, 0, slots, "sinkhorn_backward", "iters (the forward's iteration counts)");
   const cpu::SinkhornShape s{n, m, slots - 1, slots, static_cast<float>(eps), 0.f};
   at::Tensor grad_cost = at::empty_like(cost), grad_log_a = at::empty_like(log_a), grad_log_b = at::empty_like(log_b);
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
