@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="the bench's quick sizes")
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0:  # the median of no rounds is undefined
+        p.error(f"--rounds must be >= 1 and --warmup >= 0; got {args.rounds} and {args.warmup}")
     device = torch.device(args.device)
     case = select_case(device, args.only, args.case, args.index, args.quick)
     runs = {c.name: c.run for c in select_candidates(case, args.candidate)}

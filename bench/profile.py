@@ -27,6 +27,8 @@ from .harness import Candidate, Case, prepare_timing, synchronize, time_median
 
 
 def select_case(device: torch.device, module: str, name: str, index: int, quick: bool) -> Case:
+    if module not in registry.MODULES:
+        raise SystemExit(f"--only {module!r}: no such benchmark; available: {', '.join(registry.MODULES)}")
     matches = [c for c in registry.MODULES[module].cases(device, quick) if name in c.name]
     if not matches:
         raise SystemExit(f"no case of {module} has {name!r} in its name")

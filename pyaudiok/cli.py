@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import sys
+from pathlib import Path
 
 
 def _cmd_info(args) -> int:
@@ -20,6 +23,10 @@ def _cmd_bench(args) -> int:
         print("pyaudiok bench: --device cuda asked, but torch sees no CUDA device", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    problem = _unwritable_outputs(args)
+    if problem:
+        print(f"pyaudiok bench: {problem}", file=sys.stderr)
+        return 2
     env = harness.environment(device)
     print(f"pyaudiok bench on {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
           f"triton {env['triton']}, commit {env['commit']}{', quick sizes' if args.quick else ''}", flush=True)
@@ -49,6 +56,24 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _unwritable_outputs(args) -> str | None:
+    """Why --json or --plot could not be written (checked before the minutes of timing), or None."""
+    from .train.runtime import ConfigError, writable_output_dir
+
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            return f"{flag} {path} is a directory"
+        try:
+            writable_output_dir(Path(path).parent, f"{flag}'s directory")
+        except ConfigError as e:
+            return str(e)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        return "--plot needs matplotlib, which is not installed"
+    return None
+
+
 # `pyaudiok train NAME ...` hands the remaining arguments to the module's main(argv).
 TRAINERS = {"soundstream": "pyaudiok.train.soundstream", "perceiver-ar": "pyaudiok.train.perceiver_ar",
             "diffstride": "pyaudiok.train.diffstride", "permutation": "pyaudiok.train.permutation",
@@ -75,24 +100,21 @@ def _refused(prog: str, run) -> int:
 
 
 def _cmd_train(args) -> int:
-    import importlib
     return _refused(f"pyaudiok train {args.system}",
                     lambda: importlib.import_module(TRAINERS[args.system]).main(args.args))
 
 
 def _cmd_generate(args) -> int:
-    import importlib
     module, function = GENERATORS[args.system]
     return _refused(f"pyaudiok generate {args.system}",
                     lambda: getattr(importlib.import_module(module), function)(args.args))
 
 
 def _cmd_tool(args) -> int:
-    import importlib
     module, function = TOOLS[args.command]
     try:
         return getattr(importlib.import_module(module), function)(args.args) or 0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing, unreadable or unwritable path
         print(f"pyaudiok {args.command}: {e}", file=sys.stderr)
         return 2
 
@@ -121,8 +143,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
     return value
 
 

@@ -316,3 +316,13 @@ def test_interleave_cli_on_a_quick_case(capsys):
                             "--device", "cpu", "--candidate", "stock PyTorch (reference"]) == 0
     out = capsys.readouterr().out
     assert "model_step.dive" in out and "stock PyTorch (reference ops)" in out and "median" in out
+
+
+def test_interleave_refuses_an_unknown_benchmark_and_rounds_below_one(capsys):
+    from pyaudiok.bench import interleave
+    with pytest.raises(SystemExit, match="--only 'nosuch': no such benchmark; available: rvq"):
+        interleave.main(["--only", "nosuch", "--case", "x"])
+    for option in (["--rounds", "0"], ["--rounds", "-1"], ["--warmup", "-1"]):
+        with pytest.raises(SystemExit) as stopped:
+            interleave.main(["--only", "der", "--case", "x", *option])
+        assert stopped.value.code == 2 and "--rounds must be >= 1 and --warmup >= 0" in capsys.readouterr().err

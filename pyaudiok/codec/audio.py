@@ -58,9 +58,12 @@ def load_audio(path: PathLike, sample_rate: Optional[int] = None,
 
     `mono` averages the channels into one; `sample_rate`, when given and different from the
     file's, resamples to it. Raises FileNotFoundError for a missing file and ValueError (naming
-    the file) for one soundfile cannot read.
+    the file) for one soundfile cannot read or one holding NaN or infinite samples (a float WAV can).
     """
     samples, rate = _read(Path(path))
+    if not np.isfinite(samples).all():  # they would pass through resampling and the models silently
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise ValueError(f"audio file {path} holds NaN or infinite samples ({bad} of {samples.size})")
     if mono:
         samples = samples.mean(axis=1, keepdims=True)  # downmix first: less to resample
     if sample_rate is not None:
@@ -108,6 +111,8 @@ def save_audio(path: PathLike, wav: Union[torch.Tensor, np.ndarray], sample_rate
     """
     path = Path(path)
     _check_rate(sample_rate)
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a directory (give a file name such as out.wav)")
     fmt = _format_for(path, subtype)
     samples = _as_samples(wav)
     try:

@@ -38,7 +38,11 @@ def _codebook_bits(model) -> int:
 def encode_file(model, in_path: str | Path, out_path: str | Path, bitrate: str | float) -> CodecHeader:
     """Encode an audio file (any rate: resampled to the model's) at the largest number of
     quantizers whose bitrate fits `bitrate`."""
-    n_q = model.quantizer.num_quantizers_for_bitrate(parse_bitrate(bitrate), model.frame_rate)
+    bps, one = parse_bitrate(bitrate), _codebook_bits(model) * model.frame_rate
+    if bps < one:
+        raise ValueError(f"bitrate {bitrate} ({bps:g} bit/s) is below the rate of one quantizer ({one:g} bit/s: "
+                         f"{_codebook_bits(model)} bits at {model.frame_rate:g} frames/s)")
+    n_q = model.quantizer.num_quantizers_for_bitrate(bps, model.frame_rate)
     wav, _ = load_audio(in_path, sample_rate=model.sample_rate, mono=True)
     with torch.no_grad():
         codes = model.encode(wav[None].to(model._dtype()), n_q=n_q)[0]  # [n_q, F]
@@ -79,9 +83,14 @@ def load_model(checkpoint: str | Path):
     from ..models.soundstream.model import SoundStream, SoundStreamConfig
     from ..train.checkpoint import load_checkpoint, resolve_checkpoint
 
-    path = resolve_checkpoint(checkpoint)
+    run_file = Path(checkpoint) / "checkpoint.pt"  # the single checkpoint other trainers' runs hold
+    path = run_file if run_file.is_file() and not (Path(checkpoint) / "checkpoints").is_dir() else \
+        resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
-    if not isinstance(state, dict) or "model_config" not in state or "generator" not in state:
+    system = state.get("system", "soundstream")
+    if system != "soundstream":
+        raise ValueError(f"{path} is a {system} checkpoint, not a SoundStream one")
+    if "model_config" not in state or "generator" not in state:
         raise ValueError(f"{path} is not a SoundStream training checkpoint (no model_config/generator)")
     model = SoundStream(SoundStreamConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["generator"])

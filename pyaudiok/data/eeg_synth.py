@@ -23,6 +23,7 @@ Channel augmentations for training and evaluation (`shuffle_channels`, `drop_cha
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -78,6 +79,9 @@ class SyntheticEEG:
                              f"the Nyquist frequency); got {sample_rate}")
         if n_background < 0:
             raise ValueError(f"n_background must be >= 0; got {n_background}")
+        for name, value in (("class_amplitude", class_amplitude), ("noise", noise)):
+            if isinstance(value, bool) or not (isinstance(value, numbers.Real) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
         self.n_classes, self.sample_rate = n_classes, float(sample_rate)
         self.T = int(round(sample_rate * seconds))
         self.class_amplitude, self.noise, self.artefacts = class_amplitude, noise, artefacts
@@ -127,6 +131,11 @@ class SyntheticEEG:
         return x.float(), labels
 
 
+def _check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and 0 <= value <= 1):  # NaN fails
+        raise ValueError(f"{name} must lie in [0, 1]; got {value!r}")
+
+
 def _check_mask(mask: torch.Tensor | None, B: int, C: int) -> None:
     if mask is not None and tuple(mask.shape) != (B, C):
         raise ValueError(f"mask must have shape [B, C] = {[B, C]} like x; got {tuple(mask.shape)}")
@@ -138,6 +147,7 @@ def shuffle_channels(x: torch.Tensor, mask: torch.Tensor | None, gen: torch.Gene
     probability p. Returns (x, mask, perm[B, C]) with x_out[b, j] = x[b, perm[b, j]]."""
     B, C = x.shape[:2]
     _check_mask(mask, B, C)
+    _check_fraction("p", p)
     perm = torch.argsort(torch.rand(B, C, generator=gen), dim=1)
     keep = torch.rand(B, generator=gen) >= p
     perm[keep] = torch.arange(C)
@@ -152,8 +162,8 @@ def drop_channels(x: torch.Tensor, fraction: float, gen: torch.Generator, p: flo
     mask False), each example with probability p. Returns (x, mask[B, C] bool, True = present)."""
     B, C = x.shape[:2]
     _check_mask(mask, B, C)
-    if not 0 <= fraction <= 1:
-        raise ValueError(f"fraction must lie in [0, 1]; got {fraction}")
+    _check_fraction("fraction", fraction)
+    _check_fraction("p", p)
     n_drop = int(round(fraction * C))
     rank = torch.argsort(torch.argsort(torch.rand(B, C, generator=gen), dim=1), dim=1)
     drop = (rank < n_drop) & (torch.rand(B, 1, generator=gen) < p)

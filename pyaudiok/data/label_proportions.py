@@ -48,6 +48,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Split:
 def make_bags(labels: torch.Tensor, bag_size: int, n_classes: int, seed: int = 0) -> Bags:
     """Random bags of `bag_size` instances (the last one holds the remainder, so it may be smaller),
     drawn once from `seed`; the proportions are each bag's label histogram over its size."""
+    if isinstance(bag_size, bool) or not isinstance(bag_size, int):
+        raise TypeError(f"bag_size must be an int; got {type(bag_size).__name__} {bag_size!r}")
     if bag_size < 1:
         raise ValueError(f"bag_size must be >= 1; got {bag_size}")
     if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:

@@ -233,11 +233,20 @@ class SpeakerBank:
     def __len__(self) -> int:
         return len(self.identities)
 
+    def _check_speaker(self, speaker) -> int:
+        # A negative index would silently pick a speaker from the end.
+        if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)):
+            raise TypeError(f"speaker must be an int; got {type(speaker).__name__}")
+        if not 0 <= speaker < len(self):
+            raise ValueError(f"speaker {speaker} is out of range: this bank's speakers are 0..{len(self) - 1}")
+        return int(speaker)
+
     def identity(self, speaker: int) -> int:
-        return self.identities[speaker]
+        return self.identities[self._check_speaker(speaker)]
 
     def utterance(self, speaker: int, index: int) -> np.ndarray:
         """Utterance `index` (taken modulo the pool size) of speaker `speaker`, float64, peak 1."""
+        speaker = self._check_speaker(speaker)
         index %= self.utterances_per_speaker
         key = (speaker, index)
         if key not in self._cache:
@@ -254,6 +263,15 @@ class SpeakerBank:
         return self._cache[key]
 
 
+def _counts(name: str, value) -> tuple[int, ...]:
+    """An int or a sequence of ints as a tuple; a TypeError for anything else (True is not 1 speaker)."""
+    counts = (value,) if isinstance(value, (int, np.integer)) else value
+    if not (isinstance(counts, (tuple, list)) and
+            all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) for n in counts)):
+        raise TypeError(f"{name} must be an int or a tuple of ints; got {value!r}")
+    return tuple(int(n) for n in counts)
+
+
 # ----------------------------------------------------------------------------------------------
 # Separation mixtures.
 
@@ -267,7 +285,7 @@ class SeparationMixtures:
 
     def __init__(self, bank: SpeakerBank, num_sources: int | tuple = 2, segment_seconds: float = 1.0,
                  dynamic: bool = True, num_mixtures: int = 256, gain_db: float = 5.0, seed: int = 0) -> None:
-        counts = (num_sources,) if isinstance(num_sources, int) else tuple(num_sources)
+        counts = _counts("num_sources", num_sources)
         if not counts or min(counts) < 1 or max(counts) > len(bank):
             raise ValueError(f"num_sources must lie in [1, {len(bank)}] (the bank's speakers); got {num_sources!r}")
         self.bank, self.counts, self.dynamic = bank, counts, bool(dynamic)
@@ -313,7 +331,10 @@ class SeparationMixtures:
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Items stacked: mixture[B, T], sources[B, N, T], speakers[B, N]; N is the first index's count."""
-        n_src = self.num_sources(indices[0]) if indices else self.counts[0]
+        n_src = self.num_sources(indices[0]) if len(indices) else self.counts[0]
+        if not len(indices):  # empty, with the shapes of a batch
+            return (torch.zeros(0, self.num_samples), torch.zeros(0, n_src, self.num_samples),
+                    torch.zeros(0, n_src, dtype=torch.int64))
         items = [self.item(i, n_src) for i in indices]
         return tuple(torch.stack(parts) for parts in zip(*items))
 
@@ -334,7 +355,7 @@ class Conversations:
     def __init__(self, bank: SpeakerBank, num_speakers: int | tuple = (2, 3), duration: float = 6.0,
                  gap_seconds: tuple = (0.1, 0.8), overlap_prob: float = 0.3, max_overlap: float = 0.8,
                  max_turn: float = 2.5, seed: int = 0) -> None:
-        counts = (num_speakers,) if isinstance(num_speakers, int) else tuple(num_speakers)
+        counts = _counts("num_speakers", num_speakers)
         if not counts or min(counts) < 1 or max(counts) > len(bank):
             raise ValueError(f"num_speakers must lie in [1, {len(bank)}]; got {num_speakers!r}")
         if not 0 <= overlap_prob <= 1:

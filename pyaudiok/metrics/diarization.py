@@ -120,7 +120,7 @@ def _union(intervals: np.ndarray) -> np.ndarray:
     running_end = np.maximum.accumulate(intervals[:, 1])
     starts_run = np.r_[True, intervals[1:, 0] > running_end[:-1]]
     run = np.cumsum(starts_run) - 1
-    ends = np.zeros(run[-1] + 1)
+    ends = np.full(run[-1] + 1, -np.inf)  # not zeros: times may be negative
     np.maximum.at(ends, run, intervals[:, 1])
     return np.stack([intervals[starts_run, 0], ends], axis=1)
 
@@ -192,6 +192,8 @@ def diarization_error_rate(reference: Iterable, hypothesis: Iterable, *, collar:
             and collar >= 0):
         raise ValueError(f"collar must be a finite number >= 0 (seconds, total width); got {collar!r}")
     collar = float(collar)
+    if not isinstance(skip_overlap, (bool, np.bool_)):  # a string such as "no" would be truthy
+        raise TypeError(f"skip_overlap must be a bool; got {skip_overlap!r}")
     ref = _as_segments("reference", reference)
     hyp = _as_segments("hypothesis", hypothesis)
     if uem is None:

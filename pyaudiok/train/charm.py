@@ -41,7 +41,7 @@ from .checkpoint import (CheckpointError, capture_rng_state, checkpoint_path, ex
                          prune_checkpoints, resolve_checkpoint, restore_rng_state, save_checkpoint)
 from .runtime import (Averager, ConfigError, auto_threads, check_options, checked_config, compile_model, config_changes,
                       config_from_argv, precision_scope, resume_checkpoint, seed_everything, start_runtime, write_csv,
-                      write_json)
+                      write_json, writable_output_dir)
 
 __all__ = ["TrainConfig", "train", "evaluate", "conditions", "main", "load_model", "MODELS", "CONDITIONS"]
 
@@ -149,6 +149,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         raise ConfigError("pyaudiok train charm runs in a single process")
     torch.set_num_threads(cfg.threads or auto_threads(1))
     out = Path(cfg.out_dir)
+    writable_output_dir(out)
     resume_from = resume_checkpoint(out / "checkpoints", cfg.resume)
     seed_everything(cfg.seed)
     data = SyntheticEEG(cfg.n_classes, montage_seed=cfg.montage_seed)

@@ -51,7 +51,9 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device | None = "c
     except OSError:  # missing, a directory, unreadable: the OS's own error says which
         raise
     except Exception as e:  # torch.load's errors for a damaged file: UnpicklingError, RuntimeError, EOFError
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        # A file that is no pickle at all makes the unpickler look up an unknown opcode: a bare KeyError.
+        reason = "no pickle data" if isinstance(e, KeyError) else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise CheckpointError(f"checkpoint {path} cannot be read (truncated, or not a checkpoint file): "
                               f"{reason}") from e
     if not isinstance(state, dict):

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
+from pyaudiok.data.audio_synth import MIN_SAMPLE_RATE
 from pyaudiok.data.speakers import Conversations, SpeakerBank
 from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .runtime import (DEVICES, check_options, checked_config, compile_model, config_from_argv, fit_steps,
-                      fresh_output_dir, model_from_run_checkpoint, pick_device, seed_everything, write_run)
+from .runtime import (DEVICES, check_at_least, check_options, checked_config, compile_model, config_from_argv,
+                      fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device, seed_everything,
+                      usage_checked, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -56,12 +58,28 @@ class TrainConfig:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """ConfigError for an option out of its range (the model's own settings included)."""
+    """ConfigError for an option out of its range, or one the data, the metric or the model cannot
+    take (the model's own settings included)."""
     check_options(cfg, positive=("batch", "duration", "sample_rate", "train_speakers", "eval_speakers",
                                  "eval_conversations", "lr", "log_every"),
-                  non_negative=("steps", "collar", "eval_collar"))
+                  non_negative=("steps", "collar", "eval_collar"), finite=("duration", "collar", "eval_collar"))
+    check_at_least(cfg, ("sample_rate",), MIN_SAMPLE_RATE, "the speech generator's lowest rate")
+    if cfg.max_speakers >= 1:  # below, DIVEConfig names the range
+        most = max(_speaker_counts(cfg.max_speakers))
+        check_at_least(cfg, ("train_speakers", "eval_speakers"), most,
+                       f"a conversation takes up to {most} distinct speakers with --max-speakers {cfg.max_speakers}")
+    # What the conversations check themselves (a duration of no samples, ...), on synthetic speakers:
+    # cheap to build, and the same rules.
+    checked_config(lambda: Conversations(SpeakerBank(sample_rate=cfg.sample_rate, num_speakers=cfg.train_speakers,
+                                                     source="synthetic"), _speaker_counts(cfg.max_speakers),
+                                         cfg.duration))
     checked_config(lambda: DIVEConfig(sample_rate=cfg.sample_rate, channels=cfg.channels, embed_dim=cfg.embed_dim,
                                       layers=cfg.layers, max_speakers=cfg.max_speakers, collar=cfg.collar))
+
+
+def _speaker_counts(max_speakers: int) -> tuple[int, ...]:
+    """How many speakers the generated conversations hold (2 or 3, as the model can tell apart)."""
+    return tuple(n for n in (2, 3) if n <= max_speakers) or (1,)
 
 
 def batch(conversations: Conversations, indices, max_speakers: int, frame_rate: int):
@@ -103,7 +121,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=cfg.source)
     train_bank = SpeakerBank(split="train", num_speakers=cfg.train_speakers, **common)
     eval_bank = SpeakerBank(split="valid", num_speakers=cfg.eval_speakers, **common)
-    counts = tuple(n for n in (2, 3) if n <= cfg.max_speakers) or (1,)
+    counts = _speaker_counts(cfg.max_speakers)
     data = Conversations(train_bank, counts, cfg.duration, seed=cfg.seed)
     held_out = Conversations(eval_bank, counts, cfg.duration, seed=cfg.seed)
     model = DIVE(DIVEConfig(sample_rate=cfg.sample_rate, channels=cfg.channels, embed_dim=cfg.embed_dim,
@@ -136,9 +154,22 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return result
 
 
+HELP = {"steps": "training steps", "batch": "conversations per step", "duration": "length of each conversation "
+        "(seconds)", "sample_rate": "audio rate (Hz, >= 1000)", "max_speakers": "speakers the model can track "
+        "(conversations hold 2 or 3, at most this)", "train_speakers": "training speaker identities",
+        "eval_speakers": "held-out speaker identities for evaluation", "eval_conversations": "fixed held-out "
+        "conversations evaluated before and after training", "channels": "model width",
+        "embed_dim": "speaker embedding size", "layers": "dilated convolution blocks (dilations 1, 2, 4, ...)",
+        "collar": "training: seconds per side of each boundary left out of the loss",
+        "eval_collar": "evaluation: total collar width (seconds, pyannote's convention)", "lr": "Adam learning rate",
+        "source": "speakers: synthesiser voices (tts) when installed (auto), or synthetic harmonic ones",
+        "seed": "seed of the data and the initialisation", "log_every": "steps per logged row"}
+
+
 def main(argv=None) -> int:
     cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train dive", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config)
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config,
+                           helps=HELP)
     fresh_output_dir(cfg.out_dir)
     train(cfg)
     return 0
@@ -160,8 +191,9 @@ def diarize_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="pyaudiok diarize", description="who spoke when, as RTTM on stdout")
     p.add_argument("input")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt, or the training output directory")
-    p.add_argument("--threshold", type=float, default=0.5, help="activity probability threshold")
-    args = p.parse_args(argv)
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="a speaker is active where its activity probability exceeds this, in [0, 1] (default 0.5)")
+    args = usage_checked(p, lambda a: check_options(a, probabilities=("threshold",)), p.parse_args(argv))
     model = load_model(args.checkpoint)
     wav, _ = load_audio(args.input, model.config.sample_rate)
     segments = model.diarize(wav, args.threshold)[0]

@@ -34,7 +34,7 @@ from pyaudiok.nn import OTPseudoLabelLoss, ProportionLoss
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .runtime import (DEVICES, auto_threads, check_options, classification_accuracy, compile_model, fresh_output_dir,
-                      pick_device, precision_scope, seed_everything, write_csv)
+                      pick_device, precision_scope, seed_everything, writable_output_dir, write_csv)
 
 __all__ = ["TrainConfig", "METHODS", "make_model", "train_one", "run", "main"]
 
@@ -236,6 +236,7 @@ def main(argv=None) -> int:
         cfg.check()
         if not cfg.resume:  # --resume takes the finished runs there
             fresh_output_dir(cfg.out_dir)
+        writable_output_dir(cfg.out_dir)
         run(cfg)
     except (ValueError, ImportError) as e:
         print(f"pyaudiok train llp: {e}", file=sys.stderr)

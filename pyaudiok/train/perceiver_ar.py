@@ -33,7 +33,7 @@ from .checkpoint import CheckpointError, expect_checkpoint, load_checkpoint, res
 from .runtime import (COMPILE_HELP, DEVICES, SHARED_CHOICES, Averager, ConfigError, Runtime, check_options,
                       checked_config, compile_model, config_changes, pick_device, precision_scope, progress_bar,
                       resume_checkpoint, same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap,
-                      usage_checked, write_csv)
+                      usage_checked, writable_output_dir, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "generate_main", "load_model", "make_optimizer", "check_config"]
 
@@ -121,6 +121,7 @@ def train(config: TrainConfig) -> dict[str, float]:
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
+    writable_output_dir(out)
     resume_from = resume_checkpoint(out / "checkpoints", config.resume)
     torch.manual_seed(config.seed)
     model = compile_model(PerceiverAR(config.model_config()).to(runtime.device), config.compile)
@@ -259,6 +260,13 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu") -> PerceiverA
     return model.to(device).eval()
 
 
+def check_sampling_options(args) -> None:
+    """ConfigError for a `generate` option out of its range, named by its flag."""
+    check_options(args, non_negative=("steps", "temperature"), finite=("temperature",),
+                  positive=("top_k",) if args.top_k is not None else (),
+                  probabilities=("top_p",) if args.top_p is not None else ())
+
+
 def generate_main(argv: list[str] | None = None) -> int:
     """`pyaudiok generate perceiver-ar --checkpoint PATH [--prompt TEXT] ...`: prints the text."""
     p = argparse.ArgumentParser(prog="pyaudiok generate perceiver-ar")
@@ -279,7 +287,7 @@ def generate_main(argv: list[str] | None = None) -> int:
                              "windows with a few cached steps or more")
     graphs.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="run every cached step eagerly")
-    args = p.parse_args(argv)
+    args = usage_checked(p, check_sampling_options, p.parse_args(argv))
     try:
         device = pick_device(args.device)
         if args.cuda_graphs and (device.type != "cuda" or args.no_cache):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,8 @@ from pyaudiok.codec.bitstream import atomic_writer
 from .checkpoint import (CheckpointError, capture_rng_state, checkpoint_path, expect_checkpoint, latest_checkpoint,
                          load_checkpoint, prune_checkpoints, save_checkpoint)
 
-__all__ = ["Runtime", "ConfigError", "check_options", "usage_checked", "checked_config", "resume_checkpoint",
-           "fresh_output_dir", "config_changes",
+__all__ = ["Runtime", "ConfigError", "check_options", "check_at_least", "usage_checked", "checked_config",
+           "resume_checkpoint", "fresh_output_dir", "writable_output_dir", "config_changes",
            "write_json", "DEVICES", "PRECISIONS", "SHARED_CHOICES", "precision_scope", "add_precision_option",
            "compile_model", "add_compile_option", "COMPILE_HELP",
            "pick_device", "start_runtime", "stop_runtime", "training_runtime", "auto_threads", "seed_everything",
@@ -42,15 +44,24 @@ def _flag(name: str) -> str:
 
 
 def check_options(cfg: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-                  probabilities: tuple[str, ...] = ()) -> None:
+                  probabilities: tuple[str, ...] = (), finite: tuple[str, ...] = ()) -> None:
     """ConfigError naming the first of cfg's numeric fields outside its range: `positive` > 0,
-    `non_negative` >= 0, `probabilities` in [0, 1] (NaN is in none of them)."""
+    `non_negative` >= 0, `probabilities` in [0, 1] (NaN is in none of them); `finite` ones (also
+    listed in another range, or not) must moreover be finite."""
     for names, inside, what in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
-                                (probabilities, lambda v: 0 <= v <= 1, "in [0, 1]")):
+                                (probabilities, lambda v: 0 <= v <= 1, "in [0, 1]"),
+                                (finite, math.isfinite, "finite")):
         for name in names:
             value = getattr(cfg, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside(value):
                 raise ConfigError(f"{_flag(name)} must be {what}; got {value!r}")
+
+
+def check_at_least(cfg: Any, names: tuple[str, ...], low: int, why: str) -> None:
+    """ConfigError naming the first of cfg's fields below `low`; `why` says what needs that many."""
+    for name in names:
+        if getattr(cfg, name) < low:
+            raise ConfigError(f"{_flag(name)} must be >= {low} ({why}); got {getattr(cfg, name)!r}")
 
 
 def usage_checked(parser, check: Callable[[Any], Any], config: Any) -> Any:
@@ -103,6 +114,24 @@ def fresh_output_dir(directory: str | os.PathLike | None) -> None:
     if found:
         raise ConfigError(f"{directory} already holds the outputs of a run ({', '.join(found)}): "
                           f"choose another --out, or remove them first")
+    writable_output_dir(directory)
+
+
+def writable_output_dir(directory: str | os.PathLike | None, option: str = "--out") -> None:
+    """Create `directory` (and its parents) and try writing in it, so that an output path that is a
+    file, or one that cannot be created or written, is a ConfigError before any work instead of an
+    OSError when the results are written."""
+    if directory is None:
+        return
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {directory} is not a directory (a file of that name exists)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{option} {directory} cannot be created or written: {e.strerror or e}") from None
 
 
 def config_changes(trained: dict[str, Any], given: dict[str, Any]) -> str:
@@ -402,12 +431,17 @@ def model_from_run_checkpoint(checkpoint: str | os.PathLike, system: str, config
 
 
 def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
-                     choices: dict[str, tuple[str, ...]] | None = None, check: Callable[[Any], Any] | None = None):
+                     choices: dict[str, tuple[str, ...]] | None = None, check: Callable[[Any], Any] | None = None,
+                     helps: dict[str, str] | None = None):
     """A dataclass config from command-line options generated from its fields (`--field-name`,
     typed by the default; `choices` restricts some, `device` and `precision` always; `--out` sets
-    `out_dir`); a ValueError of check(config) is the parser's error (usage, exit status 2)."""
+    `out_dir`; `helps` describes some, and every --help line shows the default); a ValueError of
+    check(config) is the parser's error (usage, exit status 2)."""
     import argparse
     from dataclasses import asdict
+
+    helps = {"precision": "bf16: training steps under bf16 autocast (parameters and validation stay float32)",
+             "compile": COMPILE_HELP, "device": "auto: CUDA when available", **(helps or {})}
 
     choices = {**SHARED_CHOICES, **(choices or {})}
     parser = argparse.ArgumentParser(prog=prog, description=description,
@@ -416,12 +450,13 @@ def config_from_argv(config_cls, argv, *, prog: str, description: str | None,
         if name == "out_dir":
             continue
         flag = f"--{name.replace('_', '-')}"
+        text = f"{helps[name]} (default: %(default)s)" if name in helps else "default: %(default)s"
         if name in choices:
-            parser.add_argument(flag, choices=choices[name], default=value)
-        elif isinstance(value, bool):  # type=bool would read "False" as True
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            parser.add_argument(flag, choices=choices[name], default=value, help=text)
+        elif isinstance(value, bool):  # type=bool would read "False" as True; the action shows its default
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=helps.get(name))
         else:
-            parser.add_argument(flag, type=type(value), default=value)
+            parser.add_argument(flag, type=type(value), default=value, help=text)
     parser.add_argument("--out", dest="out_dir", default=None,
                         help="directory for log.csv, results.json and checkpoint.pt")
     config = config_cls(**vars(parser.parse_args(argv)))

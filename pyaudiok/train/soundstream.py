@@ -53,7 +53,7 @@ from .checkpoint import CheckpointError, expect_checkpoint, load_checkpoint, res
 from .runtime import (COMPILE_HELP, SHARED_CHOICES, Averager, ConfigError, Runtime, check_options, checked_config,
                       compile_model, config_changes, precision_scope, progress_bar, resume_checkpoint,
                       same_on_every_rank, save_resumable, seed_everything, training_runtime, unwrap, usage_checked,
-                      write_csv)
+                      writable_output_dir, write_csv)
 
 __all__ = ["TrainConfig", "train", "main", "build_models", "dead_code_threshold", "mel_distance", "PRESETS",
            "check_config"]
@@ -377,6 +377,7 @@ def train(config: TrainConfig) -> dict[str, float]:
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict[str, float]:
     out = Path(config.out_dir)
+    writable_output_dir(out)
     resume_from = resume_checkpoint(out / "checkpoints", config.resume)
     generator, discriminators = build_models(config)
     compile_model(generator.to(runtime.device), config.compile)

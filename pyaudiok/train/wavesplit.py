@@ -14,17 +14,19 @@ each source. Written to `out`: `log.csv` (step, losses), `results.json`, `checkp
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from pyaudiok.data.audio_synth import MIN_SAMPLE_RATE
 from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, fresh_output_dir,
-                      model_from_run_checkpoint, pick_device, seed_everything, write_run)
+from .runtime import (DEVICES, check_at_least, check_options, checked_config, compile_model, config_from_argv,
+                      fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device, seed_everything,
+                      writable_output_dir, write_run)
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -54,10 +56,22 @@ class TrainConfig:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """ConfigError for an option out of its range."""
+    """ConfigError for an option out of its range, or one the data or the model cannot take."""
     check_options(cfg, positive=("batch", "num_sources", "segment_seconds", "sample_rate", "train_speakers",
                                  "eval_speakers", "eval_mixtures", "channels", "embed_dim", "speaker_layers",
-                                 "separation_layers", "lr", "log_every"), non_negative=("steps",))
+                                 "separation_layers", "lr", "log_every"), non_negative=("steps",),
+                  finite=("segment_seconds",))
+    check_at_least(cfg, ("sample_rate",), MIN_SAMPLE_RATE, "the speech generator's lowest rate")
+    check_at_least(cfg, ("train_speakers", "eval_speakers"), cfg.num_sources,
+                   f"a mixture takes --num-sources {cfg.num_sources} distinct speakers")
+    # What the data and the model check themselves (a segment of no samples, ...), on synthetic
+    # speakers: cheap to build, and the same rules.
+    checked_config(lambda: SeparationMixtures(_banks(replace(cfg, source="synthetic"))[0], cfg.num_sources,
+                                              cfg.segment_seconds))
+    checked_config(lambda: WavesplitConfig(num_sources=cfg.num_sources, num_speakers=cfg.train_speakers,
+                                           channels=cfg.channels, embed_dim=cfg.embed_dim,
+                                           speaker_layers=cfg.speaker_layers,
+                                           separation_layers=cfg.separation_layers))
 
 
 def _banks(cfg: TrainConfig) -> tuple[SpeakerBank, SpeakerBank]:
@@ -123,9 +137,22 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return result
 
 
+HELP = {"steps": "training steps", "batch": "mixtures per step", "num_sources": "speakers in each mixture",
+        "segment_seconds": "length of each mixture (seconds)", "sample_rate": "audio rate (Hz, >= 1000)",
+        "train_speakers": "training speaker identities (>= --num-sources)",
+        "eval_speakers": "held-out speaker identities for evaluation (>= --num-sources)",
+        "eval_mixtures": "fixed held-out mixtures evaluated before and after training",
+        "channels": "model width", "embed_dim": "speaker embedding size",
+        "speaker_layers": "dilated blocks of the speaker stack", "separation_layers": "dilated blocks of the "
+        "separation stack", "lr": "Adam learning rate", "source": "speakers: synthesiser voices (tts) when "
+        "installed (auto), or synthetic harmonic ones", "seed": "seed of the data and the initialisation",
+        "log_every": "steps per logged row"}
+
+
 def main(argv=None) -> int:
     cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config)
+                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config,
+                           helps=HELP)
     fresh_output_dir(cfg.out_dir)
     train(cfg)
     return 0
@@ -148,10 +175,12 @@ def separate_main(argv=None) -> int:
     args = p.parse_args(argv)
     model, rate = load_model(args.checkpoint)
     wav, _ = load_audio(args.input, rate)
+    if wav.shape[-1] == 0:  # the encoder's convolutions take no empty input
+        raise ValueError(f"x must hold at least one frame; {args.input} holds no samples")
+    out = Path(args.outdir)
+    writable_output_dir(out, "output directory")  # before the work, not after it
     with torch.no_grad():
         estimates = model(wav, generator=torch.Generator().manual_seed(0)).estimates[0]
-    out = Path(args.outdir)
-    out.mkdir(parents=True, exist_ok=True)
     for i, source in enumerate(estimates):
         source = source / max(1.0, float(source.abs().max()) / 0.99)  # keep within [-1, 1]
         save_audio(out / f"source_{i}.wav", source, rate)

@@ -132,3 +132,17 @@ def test_resample_checks_its_arguments():
         resample(np.zeros(10, dtype=np.float32), 8000, 16000)
     with pytest.raises(ValueError, match="sample rate"):
         resample(np.zeros((10, 1), dtype=np.float32), 0, 16000)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_load_refuses_non_finite_samples(tmp_path, bad):
+    samples = np.zeros((100, 2), dtype=np.float32)
+    samples[7, 1] = bad
+    sf.write(tmp_path / "bad.wav", samples, 8000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"bad.wav holds NaN or infinite samples \(1 of 200\)"):
+        load_audio(tmp_path / "bad.wav", 16000)
+
+
+def test_save_into_a_directory_names_it(tmp_path):
+    with pytest.raises(ValueError, match="it is a directory"):
+        save_audio(tmp_path, np.zeros(10, dtype=np.float32), 8000)

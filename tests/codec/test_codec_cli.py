@@ -113,3 +113,31 @@ def test_empty_audio_round_trip_and_directory_input(checkpoint, tmp_path, capsys
     assert sf.info(tmp_path / "e.wav").frames == 0
     assert main(["codec", "decode", str(tmp_path), str(tmp_path / "o.wav"), "--checkpoint", str(ckpt)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_non_finite_audio_is_refused_before_encoding(checkpoint, tmp_path, capsys):
+    ckpt, _ = checkpoint
+    samples = np.zeros(800, dtype=np.float32)
+    samples[10] = np.nan
+    sf.write(tmp_path / "nan.wav", samples, 16000, subtype="FLOAT")  # a float WAV can hold NaN
+    status = main(["codec", "encode", str(tmp_path / "nan.wav"), str(tmp_path / "x.ssc"), "--checkpoint", str(ckpt)])
+    assert status == 2 and "NaN or infinite samples" in capsys.readouterr().err
+    assert not (tmp_path / "x.ssc").exists()
+
+
+def test_clear_words_for_a_low_bitrate_a_directory_output_and_another_systems_run(checkpoint, wav_file, tmp_path,
+                                                                                   capsys):
+    ckpt, _ = checkpoint
+    encode = ["codec", "encode", str(wav_file), str(tmp_path / "x.ssc"), "--checkpoint"]
+    assert main([*encode, str(ckpt), "--bitrate", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "bitrate 1 (1 bit/s) is below the rate of one quantizer" in err and "bitrate_bps" not in err
+    assert main([*encode, str(ckpt)]) == 0
+    assert main(["codec", "decode", str(tmp_path / "x.ssc"), str(tmp_path), "--checkpoint", str(ckpt)]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", {"system": "wavesplit", "model": {}, "model_config": {}})
+    assert main([*encode, str(tmp_path / "run")]) == 2
+    assert "is a wavesplit checkpoint, not a SoundStream one" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main([*encode, str(tmp_path / "notes.txt")]) == 2
+    assert "cannot be read (truncated, or not a checkpoint file): no pickle data" in capsys.readouterr().err

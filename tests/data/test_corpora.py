@@ -34,3 +34,5 @@ def test_bags_reject_labels_outside_the_classes():
         make_bags(labels, 3, 2)
     with pytest.raises(ValueError, match="1-D integer"):
         make_bags(labels.float(), 3, 3)
+    with pytest.raises(TypeError, match="bag_size must be an int; got float 1.5"):
+        make_bags(labels, 1.5, 3)

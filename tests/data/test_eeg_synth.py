@@ -73,3 +73,21 @@ def test_empty_batches_and_bad_arguments():
         shuffle_channels(torch.zeros(2, 16, 4), torch.ones(2, 5, dtype=torch.bool), gen)
     with pytest.raises(ValueError, match="fraction"):
         drop_channels(torch.zeros(2, 16, 4), 1.5, gen)
+
+
+@pytest.mark.parametrize("name", ["noise", "class_amplitude"])
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_levels_must_be_finite_and_non_negative(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        SyntheticEEG(4, **{name: value})
+
+
+@pytest.mark.parametrize("p", [2.0, -0.5, float("nan")])
+def test_augmentation_probabilities_must_lie_in_0_1(p):
+    gen, x = torch.Generator().manual_seed(0), torch.zeros(2, 16, 4)
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
+        drop_channels(x, 0.5, gen, p=p)
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
+        shuffle_channels(x, None, gen, p=p)
+    with pytest.raises(ValueError, match=r"fraction must lie in \[0, 1\]"):
+        drop_channels(x, p, gen)

@@ -168,3 +168,28 @@ def test_real_synthesiser_voices(engine, tmp_path):
 def test_more_bad_arguments_are_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_an_empty_batch_of_mixtures_has_the_shapes_of_a_batch():
+    data = spk.SeparationMixtures(_bank(), 3, segment_seconds=0.25)
+    mix, sources, speakers = data.batch([])
+    full = data.batch([0])
+    assert (mix.shape, sources.shape, speakers.shape) == ((0, 2000), (0, 3, 2000), (0, 3))
+    assert (mix.dtype, sources.dtype, speakers.dtype) == tuple(t.dtype for t in full)
+
+
+@pytest.mark.parametrize("speaker", [-1, 6, 99])
+def test_speakers_outside_the_bank_are_named(speaker):
+    """-1 used to pick the last speaker silently, and 99 to end in a bare IndexError."""
+    with pytest.raises(ValueError, match=rf"speaker {speaker} is out of range: this bank's speakers are 0..5"):
+        _bank().utterance(speaker, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        _bank().identity(speaker)
+
+
+@pytest.mark.parametrize("count", [True, 2.0, (2, False), "2"])
+def test_speaker_counts_must_be_ints(count):
+    with pytest.raises(TypeError, match="num_sources must be an int or a tuple of ints"):
+        spk.SeparationMixtures(_bank(), count)
+    with pytest.raises(TypeError, match="num_speakers must be an int or a tuple of ints"):
+        spk.Conversations(_bank(), count)

@@ -92,31 +92,65 @@ def random_turns(rng: random.Random, speakers: list[str], length: float, count: 
     return out
 
 
+def pyannote_der(ref, hyp, collar: float, skip_overlap: bool = False, uem=None) -> tuple:
+    """(missed, false alarm, confusion, total, rate) from pyannote.metrics (skipped when absent)."""
+    metrics = pytest.importorskip("pyannote.metrics.diarization")
+    core = pytest.importorskip("pyannote.core")
+
+    def annotation(segments):
+        a = core.Annotation()
+        for i, (s, e, spk) in enumerate(segments):
+            a[core.Segment(s, e), i] = spk
+        return a
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = metrics.DiarizationErrorRate(collar=collar, skip_overlap=skip_overlap)(
+            annotation(ref), annotation(hyp), detailed=True,
+            uem=core.Timeline([core.Segment(*u) for u in uem]) if uem else None)
+    return (expected["missed detection"], expected["false alarm"], expected["confusion"], expected["total"],
+            expected["diarization error rate"])
+
+
+def assert_agrees_with_pyannote(ref, hyp, collar: float, skip_overlap: bool = False, uem=None) -> None:
+    *expected, rate = pyannote_der(ref, hyp, collar, skip_overlap, uem)
+    ours = diarization_error_rate(ref, hyp, collar=collar, skip_overlap=skip_overlap, uem=uem)
+    assert parts(ours) == pytest.approx(tuple(expected), abs=1e-6)
+    assert ours.der == pytest.approx(rate, abs=1e-9)
+
+
 @pytest.mark.parametrize("collar,skip_overlap,use_uem", [(0.0, False, False), (0.5, False, False),
                                                           (0.25, True, False), (0.0, True, True), (1.0, False, True)])
 def test_agrees_with_pyannote(collar, skip_overlap, use_uem):
-    metrics = pytest.importorskip("pyannote.metrics.diarization")
-    core = pytest.importorskip("pyannote.core")
     rng = random.Random(hash((collar, skip_overlap, use_uem)) % 1000)
     for _ in range(5):
         ref = random_turns(rng, ["A", "B", "C"], 60, 6)
         hyp = random_turns(rng, ["1", "2", "3", "4"][:rng.randint(1, 4)], 60, 7)
         uem = [(5.0, 30.0), (35.5, 58.0)] if use_uem else None
+        assert_agrees_with_pyannote(ref, hyp, collar, skip_overlap, uem)
 
-        def annotation(segments):
-            a = core.Annotation()
-            for i, (s, e, spk) in enumerate(segments):
-                a[core.Segment(s, e), i] = spk
-            return a
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            expected = metrics.DiarizationErrorRate(collar=collar, skip_overlap=skip_overlap)(
-                annotation(ref), annotation(hyp), detailed=True,
-                uem=core.Timeline([core.Segment(*u) for u in uem]) if uem else None)
-        ours = diarization_error_rate(ref, hyp, collar=collar, skip_overlap=skip_overlap, uem=uem)
-        assert parts(ours) == pytest.approx((expected["missed detection"], expected["false alarm"],
-                                             expected["confusion"], expected["total"]), abs=1e-6)
-        assert ours.der == pytest.approx(expected["diarization error rate"], abs=1e-9)
+
+def test_negative_times_hand_cases():
+    """Times before 0 (a recording's offset) count like any others: an interval set ending below 0 is kept."""
+    assert parts(diarization_error_rate([(-2, -1, "A")], [(-2, -1.5, "x")], collar=0.1)) == \
+        pytest.approx((0.45, 0, 0, 0.9))
+    assert parts(diarization_error_rate([(-2, 1, "A")], [(-2, 1, "x")], uem=[(-3, -1)])) == pytest.approx((0, 0, 0, 1))
+
+
+@pytest.mark.parametrize("shift", [-100.0, -30.0])
+@pytest.mark.parametrize("collar,skip_overlap,use_uem", [(0.0, False, False), (0.5, True, False), (0.25, False, True)])
+def test_negative_times_agree_with_pyannote(shift, collar, skip_overlap, use_uem):
+    rng = random.Random(int(shift) + int(100 * collar))
+    for _ in range(3):
+        ref = [(s + shift, e + shift, k) for s, e, k in random_turns(rng, ["A", "B"], 60, 5)]
+        hyp = [(s + shift, e + shift, k) for s, e, k in random_turns(rng, ["1", "2", "3"], 60, 6)]
+        uem = [(shift + 5.0, shift + 40.0)] if use_uem else None
+        assert_agrees_with_pyannote(ref, hyp, collar, skip_overlap, uem)
+
+
+@pytest.mark.parametrize("flag", ["no", 0, None, 1.0])
+def test_skip_overlap_must_be_a_bool(flag):
+    with pytest.raises(TypeError, match="skip_overlap must be a bool"):
+        diarization_error_rate([(0, 2, "a"), (1, 2, "b")], [], skip_overlap=flag)
 
 
 # ----------------------------------------------------------------------------------------------
