@@ -126,12 +126,17 @@ def one_of(name: str, value, allowed: Sequence) -> object:
     return value
 
 
+# Upper bounds from here on are limits of the arithmetic, not of the meaning: messages say ">= low".
+_NO_PRACTICAL_BOUND = 1 << 31
+
+
 def int_in_range(name: str, value, low: int, high: int) -> int:
     """An int with low <= value <= high (bools are not ints here)."""
+    bounds = f">= {low}" if high >= _NO_PRACTICAL_BOUND else f"in [{low}, {high}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int in [{low}, {high}]; got {type(value).__name__}")
+        raise TypeError(f"{name} must be an int {bounds}; got {type(value).__name__}")
     if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}]; got {value}")
+        raise ValueError(f"{name} must be {bounds}; got {value}")
     return value
 
 

@@ -60,7 +60,7 @@ def test_tools_take_their_options_before_the_input(command, tmp_path):
     (["train", "charm", "--p-drop", "2"], "--p-drop must be in [0, 1]"),
     (["train", "charm", "--n-classes", "9"], "n_classes must be in"),
     (["train", "dive", "--duration", "0"], "--duration must be > 0"),
-    (["train", "dive", "--max-speakers", "0"], "max_speakers must be in"),
+    (["train", "dive", "--max-speakers", "0"], "max_speakers must be >= 1"),
     (["train", "wavesplit", "--batch", "0"], "--batch must be > 0"),
     (["train", "permutation", "--log-every", "0"], "--log-every must be > 0"),
     (["train", "cola", "--widths", "a,b"], "--widths must be comma-separated integers"),
