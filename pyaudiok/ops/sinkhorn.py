@@ -267,6 +267,8 @@ def _log_of_masses(value: torch.Tensor) -> torch.Tensor:
 
 def _check_options(eps, n_iters, tol, backward):
     eps = _checks.positive_float("eps", eps)
+    if eps < torch.finfo(torch.float32).tiny:  # the fused kernels divide by it in float32
+        raise ValueError(f"eps must be >= {torch.finfo(torch.float32).tiny:.3g} (float32's smallest normal); got {eps!r}")
     if n_iters is not None:
         n_iters = _checks.int_in_range("n_iters", n_iters, 1, 10**6)
     if tol is not None:

@@ -44,6 +44,9 @@ def key_rows(tokens: torch.Tensor, vocab: int, heads: int) -> torch.Tensor:
 
 def _tables(rows: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-head key and value tables [H, V, d], views of rows."""
+    if heads < 1 or rows.dim() != 2 or rows.shape[0] % (2 * heads):
+        raise ValueError(f"rows must have shape [2·H·V, d] with heads = H >= 1; got heads = {heads}, rows "
+                         f"{_checks.shape_str(rows.shape)}")
     V, d = rows.shape[0] // (2 * heads), rows.shape[1]
     return rows[:heads * V].view(heads, V, d), rows[heads * V:].view(heads, V, d)
 

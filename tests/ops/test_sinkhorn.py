@@ -650,6 +650,8 @@ def _cost():
 @pytest.mark.parametrize("call,exc,words", [
     (lambda: sinkhorn(_cost(), eps=0.0), ValueError, ["eps", "> 0"]),
     (lambda: sinkhorn(_cost(), eps=-1.0), ValueError, ["eps"]),
+    (lambda: sinkhorn(_cost(), eps=1e-300), ValueError, ["eps", "float32's smallest normal"]),
+    (lambda: sinkhorn(_cost(), eps=0.1, tol=float("nan")), ValueError, ["tol"]),
     (lambda: sinkhorn(_cost()[0], eps=0.1), ValueError, ["cost", "[B, n, m]"]),
     (lambda: sinkhorn(_cost().long(), eps=0.1), TypeError, ["cost", "dtype"]),
     (lambda: sinkhorn(_cost(), torch.full((2, 3), -1 / 3), eps=0.1), ValueError, ["a", "non-negative"]),

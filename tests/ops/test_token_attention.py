@@ -208,6 +208,14 @@ def test_bad_input_raises_named_error(change, exc, words):
     assert words in str(info.value)
 
 
+@pytest.mark.parametrize("heads", [0, 5])
+def test_raw_op_names_rows_that_do_not_split_into_heads(heads):
+    args = _bad()
+    with pytest.raises(ValueError, match=r"rows must have shape \[2·H·V, d\] with heads = H >= 1"):
+        torch.ops.pyaudiok.token_attention_cpu(*(args[k].detach() if isinstance(args[k], torch.Tensor) else args[k]
+                                                 for k in ("q", "rows", "tokens", "cos", "sin", "dims")), heads)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
 def test_gpu_route_matches_cpu_float64(dtype):
