@@ -259,6 +259,18 @@ class ResidualVQ(nn.Module):
     def _forget_initialized(module: "ResidualVQ", incompatible_keys) -> None:
         module._initialized_seen = False
 
+    def _apply(self, fn, recurse=True):
+        """As nn.Module's (`.half()`, `.to(...)`, `.cuda()`), except that the EMA statistics, sums over
+        many vectors, are never cast to half precision: a half model keeps them in float32 (moved to
+        its device) and its codebooks follow them to half at each update."""
+        statistics = {name: self._buffers[name] for name in ("ema_count", "ema_sum")}
+        super()._apply(fn, recurse)
+        for name, before in statistics.items():
+            after = self._buffers[name]
+            if after.dtype in (torch.float16, torch.bfloat16) and before.dtype not in (torch.float16, torch.bfloat16):
+                self._buffers[name] = before.to(device=after.device)
+        return self
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_quantizers={self.num_quantizers}, codebook_size={self.codebook_size}, "
                 f"decay={self.decay}, kmeans_init={self.kmeans_init}, "
@@ -387,7 +399,11 @@ class ResidualVQ(nn.Module):
         total.mul_(old[:, None, None]).add_(sums.mul_(new[:, None, None]))
         smoothed = _laplace_smooth(count, self.eps)
         codebooks = self.codebooks[:n]
-        torch.where(active[:, None, None], total / smoothed[..., None], codebooks, out=codebooks)
+        updated = total / smoothed[..., None]
+        if updated.dtype == codebooks.dtype:
+            torch.where(active[:, None, None], updated, codebooks, out=codebooks)
+        else:  # a half module's codebooks, from its float32 statistics
+            codebooks.copy_(torch.where(active[:, None, None], updated, codebooks.to(updated.dtype)))
 
     def _replace_dead_codes_(self, residuals: torch.Tensor, weight: torch.Tensor, active: torch.Tensor) -> None:
         # A replaced codeword restarts at count = threshold (sum = vector · threshold): it keeps

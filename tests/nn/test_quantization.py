@@ -3,6 +3,7 @@ behaviour, codes, bitrate arithmetic, gradients, state and argument checks — e
 the right answer is known."""
 from __future__ import annotations
 
+import copy
 import socket
 
 import pytest
@@ -367,6 +368,28 @@ def test_output_keeps_input_dtype():
     module = trained()
     out = module(torch.randn(2, 5, 4, dtype=torch.bfloat16))
     assert out.quantized.dtype == torch.bfloat16 and out.codes.dtype == torch.int64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_module_keeps_its_ema_statistics_in_float32(dtype):
+    """`.to(half)` casts the codebooks but not the EMA sums. Every vector counts once a stage whatever
+    code it takes, so each stage's total EMA count follows the float32 module's to float32 rounding (in
+    half precision it would drift by its rounding every step), and the codebooks stay their sums over
+    their smoothed counts."""
+    torch.manual_seed(0)
+    full = make(4, 2, 8, kmeans_init=False)
+    half = copy.deepcopy(full).to(dtype)
+    assert half.codebooks.dtype == dtype and half.ema_count.dtype == half.ema_sum.dtype == torch.float32
+    for _ in range(30):
+        x = torch.randn(2, 32, 4)
+        full.train()(x)
+        half.train()(x.to(dtype))
+    assert half.codebooks.dtype == dtype and half.ema_sum.dtype == torch.float32
+    torch.testing.assert_close(half.ema_count.sum(-1), full.ema_count.sum(-1), rtol=1e-6, atol=0)
+    smoothed = (half.ema_count + half.eps) / (half.ema_count.sum(-1, keepdim=True) + 8 * half.eps) \
+        * half.ema_count.sum(-1, keepdim=True)
+    torch.testing.assert_close(half.codebooks.float(), (half.ema_sum / smoothed[..., None]).to(dtype).float())
+    assert half.float().ema_sum.dtype == torch.float32 and half.double().ema_sum.dtype == torch.float64
 
 
 # ----------------------------------------------------------------------------------------------
