@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..ops import _checks
 from ..ops._checks import shape_str
 
 
@@ -26,16 +27,13 @@ def shape(name: str, t: Tensor, layout: str, *sizes: int | None) -> tuple[int, .
 
 
 def dtype(name: str, t: Tensor, allowed: Sequence[torch.dtype]) -> None:
-    """TypeError naming `name` unless t's dtype is one of `allowed`."""
-    if t.dtype not in allowed:
-        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
-        raise TypeError(f"{name} must have dtype {names}; got {str(t.dtype).removeprefix('torch.')}")
+    """TypeError naming `name` unless t's dtype is one of `allowed` (the public ops' message)."""
+    _checks.tensor(name, t, dtypes=allowed)
 
 
 def device(name: str, t: Tensor, ref: Tensor) -> None:
     """ValueError naming `name` unless t is on ref's device (the kernels take one device's pointers)."""
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on the device of the op's first input ({ref.device}); got {t.device}")
+    _checks.same_device(name, t, "the op's first input", ref)
 
 
 def at_most(name: str, value: int, bound: int, bound_name: str) -> None:
