@@ -16,40 +16,22 @@ import torch.nn.functional as Fn
 from ..ops import _checks
 from ..ops.gabor_pool import FLOOR, _op_dtype, gabor_filters, gabor_pool, gaussian_windows
 from ..ops.pcen import pcen
+from .mel import MelOptionNames, check_mel_options, mel_filterbank as general_mel_filterbank
 
 __all__ = ["GaborFilterbank", "GaussianLowpass", "SPCEN", "Leaf", "mel_filterbank", "mel_gabor_init"]
 
 _FWHM = math.sqrt(2 * math.log(2))
-
-
-def _hz_to_mel(f):
-    return 1127.0 * torch.log1p(torch.as_tensor(f, dtype=torch.float64) / 700.0)
-
-
-def _check_mel_options(n_filters: int, n_fft: int, sample_rate: float, min_freq: float, max_freq: float) -> None:
-    _checks.int_in_range("n_filters", n_filters, 1, 1 << 20)
-    _checks.int_in_range("n_fft", n_fft, 2, 1 << 30)
-    _checks.positive_float("sample_rate", sample_rate)
-    # Bands beyond Nyquist, or an empty range, have no FFT bin to sit on: their filters would be degenerate.
-    if not (isinstance(min_freq, (int, float)) and isinstance(max_freq, (int, float))
-            and 0 <= min_freq < max_freq <= sample_rate / 2):
-        raise ValueError(f"need 0 <= min_freq < max_freq <= sample_rate / 2 = {sample_rate / 2:g}; "
-                         f"got min_freq = {min_freq!r}, max_freq = {max_freq!r}")
+_LEAF_MEL_NAMES = MelOptionNames(n_mels="n_filters", f_min="min_freq", f_max="max_freq")
 
 
 def mel_filterbank(n_filters: int, n_fft: int, sample_rate: int, min_freq: float, max_freq: float) -> torch.Tensor:
-    """Triangular HTK-mel filters [n_filters, n_fft // 2 + 1] on the FFT bins (DC bin zero), the
-    matrix the official LEAF initialisation reads its centres and widths from (and the fixed log-mel
-    frontend applies)."""
-    _check_mel_options(n_filters, n_fft, sample_rate, min_freq, max_freq)
-    mel = _hz_to_mel(torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64))
-    edges = torch.linspace(_hz_to_mel(min_freq).item(), _hz_to_mel(max_freq).item(), n_filters + 2,
-                           dtype=torch.float64)
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising, falling = (mel - lower) / (centre - lower), (upper - mel) / (upper - centre)
-    bank = torch.clamp(torch.minimum(rising, falling), min=0)
-    bank[:, 0] = 0
-    return bank
+    """LEAF's convention, in LEAF's argument order: triangular HTK-mel filters [n_filters, n_fft // 2 + 1]
+    (float64, linear in mel between their edges, DC bin zero), the matrix the official LEAF initialisation
+    reads its centres and widths from (and the fixed log-mel frontend applies). A fresh tensor, free to
+    modify; `pyaudiok.nn.mel.mel_filterbank` is the general (cached) form."""
+    check_mel_options(n_fft, n_filters, sample_rate, min_freq, max_freq, names=_LEAF_MEL_NAMES)
+    return general_mel_filterbank(n_fft, n_filters, sample_rate, min_freq, max_freq, dtype=torch.float64,
+                                  triangles="mel").clone()
 
 
 def mel_gabor_init(n_filters: int = 40, sample_rate: int = 16_000, min_freq: float = 60.0,

@@ -34,7 +34,7 @@ from torch import nn
 
 from pyaudiok.data import audio_synth
 from pyaudiok.models.diffstride import resnet18_diffstride
-from pyaudiok.models.soundstream.losses import mel_filterbank
+from pyaudiok.nn.mel import mel_filterbank
 from pyaudiok.nn.diffstride import clamp_strides_, diffstride_penalty, learned_strides
 
 from .checkpoint import save_checkpoint

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from ..data import notes
 from ..models.permutation import PermutationPretext
 from ..models.permutation.model import POOLINGS, RANKERS
-from ..models.soundstream.losses import mel_filterbank
+from ..nn.mel import mel_filterbank
 from .runtime import (DEVICES, check_options, compile_model, config_from_argv, fit_steps, fresh_output_dir, pick_device,
                       seed_everything, write_run)
 

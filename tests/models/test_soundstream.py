@@ -322,6 +322,28 @@ def test_stft_discriminator_spectrogram_channels():
         STFTDiscriminator(n_fft=100)
 
 
+@pytest.mark.parametrize("make, min_length", [
+    (lambda: WaveformDiscriminator(num_scales=1, channels=4, max_channels=8), 1),
+    (lambda: WaveformDiscriminator(channels=4, max_channels=8), 4),           # two poolings, T -> T // 2 each
+    (lambda: WaveformDiscriminator(num_scales=4, channels=4, max_channels=8), 8),
+    (lambda: STFTDiscriminator(channels=2, channel_mults=(1,), weight_norm=False), 1),  # no time halving
+    (lambda: STFTDiscriminator(n_fft=256, hop_length=64, channels=2, channel_mults=(1, 1)), 64),  # 2 frames
+    (lambda: STFTDiscriminator(channels=2, channel_mults=(1, 1, 1, 1, 1, 1)), 7 * 256),  # 8 frames
+    (small_discriminators, 7 * 256)],
+    ids=["waveform-1-scale", "waveform-3-scales", "waveform-4-scales", "stft-no-halving", "stft-1-halving",
+         "stft-3-halvings", "both"])
+def test_discriminators_refuse_audio_shorter_than_their_minimum(make, min_length):
+    """The shortest accepted length runs; one sample less is a ValueError naming wav and the minimum
+    (it used to fail inside a conv or reshape)."""
+    disc = make()
+    assert disc.min_length == min_length
+    out = disc(torch.randn(2, 1, min_length))
+    assert all(torch.isfinite(logits).all() for logits in out.logits)
+    with pytest.raises(ValueError, match=rf"wav must hold at least {min_length} samples .*got shape \[2, 1, "
+                                         rf"{min_length - 1}\]"):
+        disc(torch.randn(2, 1, min_length - 1))
+
+
 # ------------------------------------------------------------------------------------------------
 # Losses.
 

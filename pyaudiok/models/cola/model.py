@@ -2,8 +2,9 @@
 
 Two crops of one clip are a positive pair; the batch's other clips are the negatives. Log-mel
 frontend (STFT window 400, hop 160, FFT 1024, Hann; 64 mel bins 60–7800 Hz; log(clip(·, 1e-5)))
-or LEAF, a conv encoder (or EfficientNet-B0, models/cola/efficientnet.py), global max pool, the projection Dense → LayerNorm → tanh, and the bilinear
-similarity g(x)ᵀ W g(x') scored by the fused `bilinear_contrastive_loss`.
+or LEAF, a conv encoder (or EfficientNet-B0, models/cola/efficientnet.py), global max pool, the
+projection Dense → LayerNorm → tanh, and the bilinear similarity g(x)ᵀ W g(x') scored by the fused
+`bilinear_contrastive_loss`.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from torch import nn
 
 from ...nn._spectral import on_fft_friendly_input
 from ...nn.leaf import Leaf
+from ...nn.mel import mel_filterbank
 from ...ops import _checks, bilinear_contrastive_loss
-from ..soundstream.losses import mel_filterbank
 from .efficientnet import EfficientNetB0
 
 __all__ = ["COLA", "COLAConfig", "LogMel"]

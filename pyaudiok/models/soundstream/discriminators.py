@@ -8,6 +8,10 @@ sub-discriminator: `logits[k]` the per-position logits (any shape, averaged by t
 
 Choices: LeakyReLU(0.2) throughout and weight normalisation on every conv (MelGAN's recipe for
 stable hinge training; the SoundStream paper names neither, so `weight_norm=False` turns it off).
+Audio shorter than a discriminator's `min_length` (computed from its configuration) is refused with
+a ValueError rather than padded: neither DESIGN §2 nor the paper pads, and padding would feed the
+discriminators silence that is neither real nor generated audio. Training crops are far longer (the
+default minimum is 1792 samples, 75 ms at 24 kHz).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
+from ...ops import _checks
+
 __all__ = ["DiscriminatorOutput", "WaveformDiscriminator", "STFTDiscriminator", "SoundStreamDiscriminators"]
 
 _SLOPE = 0.2
@@ -26,6 +32,12 @@ _SLOPE = 0.2
 class DiscriminatorOutput(NamedTuple):
     logits: list[torch.Tensor]          # one tensor per sub-discriminator
     features: list[list[torch.Tensor]]  # per sub-discriminator: its intermediate feature maps
+
+
+def _check_length(wav: torch.Tensor, min_length: int) -> None:
+    if wav.shape[-1] < min_length:
+        raise ValueError(f"wav must hold at least {min_length} samples (the minimum for this discriminator "
+                         f"configuration); got shape {_checks.shape_str(wav.shape)}")
 
 
 def _normed(conv: nn.Module, weight_norm: bool) -> nn.Module:
@@ -67,7 +79,7 @@ class WaveformDiscriminator(nn.Module):
     scales 1, 1/2, 1/4, … (each scale average-pooled by 2 from the previous one).
 
     Defaults are MelGAN's (16 → 1024 channels, four ×4 downsamplings with k41 grouped convs).
-    Input wav[B, 1, T]; logits[k]: [B, 1, ≈T / (2^k · 256)].
+    Input wav[B, 1, T], T >= `min_length` = 2^(num_scales − 1); logits[k]: [B, 1, ≈T / (2^k · 256)].
     """
 
     def __init__(self, num_scales: int = 3, channels: int = 16, max_channels: int = 1024,
@@ -77,8 +89,11 @@ class WaveformDiscriminator(nn.Module):
             _ScaleDiscriminator(channels, max_channels, downsample, weight_norm) for _ in range(num_scales))
         # count_include_pad=False: the zero padding must not darken the edges of the coarser scales.
         self.pool = nn.AvgPool1d(4, stride=2, padding=1, count_include_pad=False)
+        # Each pooling maps T -> floor(T / 2) and needs T >= 2; the convs take any T >= 1.
+        self.min_length = 1 << max(0, num_scales - 1)
 
     def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
+        _check_length(wav, self.min_length)
         logits, features = [], []
         x = wav
         for k, discriminator in enumerate(self.discriminators):
@@ -113,7 +128,7 @@ class STFTDiscriminator(nn.Module):
     the frequency axis halves evenly), a 7×7 conv to `channels`, residual blocks alternating strides
     (time, freq) = (1, 2) and (2, 2) with channels × `channel_mults`, and a final
     1 × (n_fft/2 / 2^6) conv that sums over the remaining frequency bins into a 1-D logit signal.
-    Input wav[B, 1, T]; logits[0]: [B, 1, ≈T / (hop · 8), 1].
+    Input wav[B, 1, T], T >= `min_length` = (2^3 − 1) · hop by default; logits[0]: [B, 1, ≈T / (hop · 8), 1].
     """
 
     def __init__(self, n_fft: int = 1024, hop_length: int = 256, channels: int = 32,
@@ -132,6 +147,10 @@ class STFTDiscriminator(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = _normed(nn.Conv2d(c, 1, (1, freq // 2 ** len(strides))), weight_norm)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        # The centred STFT gives 1 + T // hop frames; each (2, 2) block maps frames -> floor(frames / 2)
+        # and needs frames >= 2, so h of them need 2^h frames.
+        time_halvings = sum(stride[0] == 2 for stride in strides)
+        self.min_length = max(1, ((1 << time_halvings) - 1) * hop_length)
 
     def spectrogram(self, wav: torch.Tensor) -> torch.Tensor:
         """wav[B, 1, T] -> [B, 2, frames, n_fft/2] (real, imaginary)."""
@@ -141,6 +160,7 @@ class STFTDiscriminator(nn.Module):
         return torch.view_as_real(spec[:, :-1]).permute(0, 3, 2, 1)
 
     def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
+        _check_length(wav, self.min_length)
         logits, features = _run_stack(self.layers, self.head, self.spectrogram(wav))
         return DiscriminatorOutput([logits], [features])
 
@@ -153,6 +173,11 @@ class SoundStreamDiscriminators(nn.Module):
         self.waveform = waveform if waveform is not None else WaveformDiscriminator()
         self.stft = stft if stft is not None else STFTDiscriminator()
 
+    @property
+    def min_length(self) -> int:
+        return max(self.waveform.min_length, self.stft.min_length)
+
     def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
+        _check_length(wav, self.min_length)
         a, b = self.waveform(wav), self.stft(wav)
         return DiscriminatorOutput(a.logits + b.logits, a.features + b.features)

@@ -7,12 +7,13 @@
   each divided by the mean magnitude of the real map (so layers of any scale weigh alike), averaged
   over all K × L maps. The real features are detached: this is a generator loss.
 - Multi-scale mel reconstruction: for s = 2^6 … 2^11, STFT (Hann window s, hop s/4) → magnitude →
-  64-bin mel spectrogram S_s, loss ``Σ_s [ mean|S_s(x) − S_s(G)| + √(s/2) · mean_t ‖log S_s(x) − log S_s(G)‖₂ ]``
+  64-bin mel spectrogram S_s, loss
+  ``Σ_s [ mean|S_s(x) − S_s(G)| + √(s/2) · mean_t ‖log S_s(x) − log S_s(G)‖₂ ]``
   — L1 on mel magnitudes plus the α_s-weighted L2 (over mel bins, per frame) of log-mels, as in
   the paper's reconstruction loss (sums over frames replaced by means so the value does not grow
   with length). Mel magnitudes (not power) are floored at `eps` before the log.
-  The mel filterbank (HTK scale, triangular, unnormalised) is built here in torch and cached per
-  (size, device, dtype).
+  The mel filterbank is `pyaudiok.nn.mel.mel_filterbank` (HTK scale, triangles linear in Hz,
+  unnormalised, cached per size, device and dtype), re-exported here.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ...nn.mel import mel_filterbank
 
 __all__ = ["hinge_discriminator_loss", "hinge_generator_loss", "feature_matching_loss", "mel_filterbank",
            "MultiScaleMelLoss", "si_snr"]
@@ -66,37 +69,6 @@ def feature_matching_loss(real_features: Sequence[Sequence[torch.Tensor]],
             real = real.detach()
             terms.append((real - fake).abs().mean() / (real.abs().mean() + eps))
     return _mean_over(terms)
-
-
-def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
-    return 2595.0 * torch.log10(1.0 + hz / 700.0)
-
-
-def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
-@lru_cache(maxsize=64)
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None,
-                   device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """HTK-scale triangular mel filterbank [n_mels, n_fft // 2 + 1] (unnormalised, peak 1), cached.
-
-    Filters narrower than a frequency bin (small n_fft) come out all-zero; such mel bands are then
-    0 for any input and contribute nothing to the losses. Do not modify the returned tensor.
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    with torch.inference_mode(False):  # cached: must stay usable by autograd later
-        return _triangles(n_fft, n_mels, sample_rate, f_min, f_max).to(device=device, dtype=dtype)
-
-
-def _triangles(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
-    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    edges = _mel_to_hz(torch.linspace(float(_hz_to_mel(torch.tensor(f_min))),
-                                      float(_hz_to_mel(torch.tensor(f_max))), n_mels + 2, dtype=torch.float64))
-    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs - lower) / (center - lower)
-    falling = (upper - freqs) / (upper - center)
-    return torch.clamp(torch.minimum(rising, falling), min=0)
 
 
 @lru_cache(maxsize=64)
