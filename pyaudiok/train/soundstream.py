@@ -145,6 +145,13 @@ def check_config(config: TrainConfig) -> SoundStreamConfig:
     if outside:
         raise ConfigError(f"--eval-quantizers must be in [1, {model_config.num_quantizers}] (the model's "
                           f"quantizers); got {list(config.eval_quantizers)}")
+    samples = round(config.segment_seconds * model_config.sample_rate)
+    needed = build_discriminators(config).min_length
+    if config.discriminator_start < config.steps and samples < needed:
+        # Refused here, not at discriminator_start: the clips would reach the discriminators only then.
+        raise ConfigError(f"--segment-seconds must give the discriminators at least {needed} samples "
+                          f"({needed / model_config.sample_rate:g} s at {model_config.sample_rate} Hz); "
+                          f"got {samples}")
     return model_config
 
 
@@ -158,11 +165,13 @@ def build_models(config: TrainConfig) -> tuple[SoundStream, SoundStreamDiscrimin
     model_config.quantizer_kwargs = {"quantizer_dropout": True,
                                      "dead_code_threshold": dead_code_threshold(config, model_config),
                                      **model_config.quantizer_kwargs}
-    generator = SoundStream(model_config)
-    discriminators = SoundStreamDiscriminators(
+    return SoundStream(model_config), build_discriminators(config)
+
+
+def build_discriminators(config: TrainConfig) -> SoundStreamDiscriminators:
+    return SoundStreamDiscriminators(
         WaveformDiscriminator(channels=config.waveform_channels, max_channels=config.waveform_max_channels),
         STFTDiscriminator(channels=config.stft_channels))
-    return generator, discriminators
 
 
 def dead_code_threshold(config: TrainConfig, model_config: SoundStreamConfig) -> float:

@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader
 
 from pyaudiok.data.audio_synth import SyntheticAudio
 from pyaudiok.train import checkpoint as ckpt
-from pyaudiok.train.soundstream import TrainConfig, build_parser, config_from_args, train
+from pyaudiok.train.runtime import ConfigError
+from pyaudiok.train.soundstream import (TrainConfig, build_discriminators, build_parser, check_config, config_from_args,
+                                        train)
 
 
 @pytest.fixture(autouse=True)
@@ -228,3 +230,15 @@ def test_espeak_speech_is_cached_and_used_when_present(tmp_path, monkeypatch):
     absent = SyntheticAudio(sample_rate=16_000, segment_seconds=0.25, seed=0, cache_dir=tmp_path / "cache2")
     assert len(absent.real) == 0 and not (tmp_path / "cache2").exists()
     assert torch.isfinite(absent.clip(0)).all()
+
+
+def test_clips_too_short_for_the_discriminators_are_refused_before_training(tmp_path):
+    needed = build_discriminators(small_config(tmp_path)).min_length
+    sample_rate = small_config(tmp_path).model_config().sample_rate
+    just_enough = small_config(tmp_path, segment_seconds=needed / sample_rate, discriminator_start=0)
+    check_config(just_enough)
+    too_short = small_config(tmp_path, segment_seconds=(needed - 1) / sample_rate, discriminator_start=0)
+    with pytest.raises(ConfigError, match=f"--segment-seconds .* at least {needed} samples"):
+        check_config(too_short)
+    # Discriminators that never run (start at or after the last step) ask nothing of the clip length.
+    check_config(small_config(tmp_path, segment_seconds=(needed - 1) / sample_rate, discriminator_start=30))
