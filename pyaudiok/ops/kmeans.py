@@ -5,7 +5,10 @@
 
 Initialisation (shared by every backend, on the tensors' device, no host round trip): k-means++
 (each next centre drawn with probability ∝ squared distance to the nearest chosen one) or
-"random" (k distinct points), or an explicit `init` tensor [B, k, d]. Then `n_iters` Lloyd
+"random" (k distinct points), or an explicit `init` tensor [B, k, d]. Every item draws with the
+same random variates (k of them per call, whatever B), so an item's centres depend on its own
+points and the generator's state only, not on the other items of the batch or its place among
+them. Then `n_iters` Lloyd
 iterations: assign each point to its nearest centroid (ties → lowest index), move each centroid to
 the mean of its points; a centroid with no points stays where it is. The returned assignments are
 those of the final centroids. Distances are computed in float32 (float64 for float64 input).
@@ -126,28 +129,39 @@ LLOYD.register("cpu", _lloyd_cpu, devices=("cpu",), dtypes=dispatch.FLOAT_DTYPES
 # ----------------------------------------------------------------------------------------------
 # Initialisation.
 
+def _inverse_cdf_pick(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row of weights[B, P] (>= 0, positive sum), the index drawn by the uniform variate u (one
+    scalar for all rows): the first index whose cumulative weight exceeds u·total, so a point of
+    zero weight is never picked. Cumulated in float64: the pick moves only when u·total falls
+    within rounding of a boundary."""
+    cdf = weights.to(torch.float64).cumsum(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(weights.shape[1] - 1)
+
+
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ centres [B, k, d] of x[B, P, d], drawn on x's device (one draw per centre)."""
+    """k-means++ centres [B, k, d] of x[B, P, d], drawn on x's device. The k uniform variates are
+    drawn once and shared by every item (inverse-CDF sampling): an item's centres do not depend on
+    the rest of the batch."""
     B, P, d = x.shape
     xa = x.to(_acc(x.dtype))
+    u = torch.rand(k, device=x.device, dtype=torch.float64, generator=generator)
     rows = torch.arange(B, device=x.device)
-    first = torch.randint(P, (B,), device=x.device, generator=generator)
+    first = (u[0] * P).long().clamp_max(P - 1).expand(B)
     centres = [xa[rows, first]]
     nearest = (xa - centres[0][:, None]).square().sum(-1)  # [B, P]
-    for _ in range(1, k):
+    for j in range(1, k):
         # All points coincide with chosen centres (weights all zero): draw uniformly instead.
         weights = torch.where(nearest.sum(-1, keepdim=True) > 0, nearest, torch.ones_like(nearest))
-        pick = torch.multinomial(weights, 1, generator=generator)[:, 0]
+        pick = _inverse_cdf_pick(weights, u[j])
         centres.append(xa[rows, pick])
         nearest = torch.minimum(nearest, (xa - centres[-1][:, None]).square().sum(-1))
     return torch.stack(centres, 1).to(x.dtype)
 
 
 def _random_init(x: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
-    B, P, _ = x.shape
-    keys = torch.rand(B, P, device=x.device, generator=generator)
-    picks = keys.argsort(-1)[:, :k]
-    return x.gather(1, picks[..., None].expand(B, k, x.shape[2]))
+    """k distinct points per item; the same indices for every item (one draw of P keys per call)."""
+    picks = torch.rand(x.shape[1], device=x.device, generator=generator).argsort()[:k]
+    return x[:, picks]
 
 
 # ----------------------------------------------------------------------------------------------

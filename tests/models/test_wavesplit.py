@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models import Wavesplit, WavesplitConfig
 from pyaudiok.models.wavesplit import speaker_loss
+from pyaudiok.ops import kmeans
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,3 +104,34 @@ def test_bad_speakers_sources_and_config_are_named():
                           (dict(speaker_layers=40), "speaker_layers"), (dict(num_speakers=1), "num_sources")):
         with pytest.raises(ValueError, match=match):
             _tiny(**change)
+
+
+def _seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.mark.parametrize("num_sources", [2, 3])
+def test_inference_of_an_item_does_not_depend_on_its_batch_mates(num_sources):
+    # k-means++ once drew each item's centres from one random stream in batch order: an item
+    # alone and the same item in a batch started from other centres and ended in other clusters.
+    torch.manual_seed(0)
+    model = Wavesplit(_tiny(num_sources=num_sources)).eval()
+    x = torch.randn(4, 1200)
+    with torch.no_grad():
+        batched = model(x, generator=_seeded())
+        reversed_order = model(x.flip(0), generator=_seeded())
+        for i in range(len(x)):
+            alone = model(x[i:i + 1], generator=_seeded())
+            # The speaker stack's convolutions round differently per batch size (~1e-7): nothing more.
+            for got, j in ((batched, i), (reversed_order, len(x) - 1 - i)):
+                torch.testing.assert_close(alone.centroids[0], got.centroids[j], atol=1e-5, rtol=0)
+                torch.testing.assert_close(alone.estimates[0], got.estimates[j], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random"])
+def test_kmeans_initial_centres_of_an_item_ignore_the_rest_of_the_batch(init):
+    points = torch.randn(5, 40, 3, generator=torch.Generator().manual_seed(1))
+    batched = kmeans(points, 3, n_iters=0, init=init, generator=_seeded()).centroids
+    for i in range(len(points)):
+        alone = kmeans(points[i:i + 1], 3, n_iters=0, init=init, generator=_seeded()).centroids
+        assert torch.equal(alone[0], batched[i])
