@@ -46,8 +46,8 @@ from .audio_synth import (
 )
 from .tts import cached_synthesis
 
-__all__ = ["Voice", "synthetic_voice", "harmonic_utterance", "SpeakerBank", "TtsVoices", "SeparationMixtures",
-           "Conversations", "SPLITS"]
+__all__ = ["Voice", "synthetic_voice", "harmonic_utterance", "SpeakerBank", "TtsVoices", "tts_speaker_counts",
+           "SeparationMixtures", "Conversations", "SPLITS"]
 
 SPLITS = {"train": 0, "valid": 1}
 # (F1, F2, F3) of a few vowels for an adult male tract (Hz); a speaker's tract factor scales them.
@@ -159,6 +159,12 @@ class TtsVoices:
     def __len__(self) -> int:
         return len(self.identities)
 
+    def split_identities(self, split: str) -> list[int]:
+        """The identities of `split`: every fourth voice (with all its pitch variants) is held out
+        for validation, the rest train."""
+        per_voice = len(PITCH_VARIANTS)
+        return [i for i in range(len(self)) if ((i // per_voice) % 4 == 3) == (split == "valid")]
+
     def utterance(self, identity: int, index: int) -> np.ndarray:
         """Sentence `index` (modulo their number) spoken by `identity`; empty if synthesis failed."""
         key = (identity, index % len(self.sentences))
@@ -179,6 +185,13 @@ class TtsVoices:
         except ValueError:
             return None
         return _trim(wav[0].double().numpy())
+
+
+def tts_speaker_counts(sample_rate: int, cache_dir: Path | str | None = None) -> dict[str, int]:
+    """How many synthesiser speakers each split (SPLITS) has on this machine: all 0 when neither
+    espeak-ng nor flite is installed or they produce no audio."""
+    voices = TtsVoices(sample_rate, cache_dir)
+    return {split: len(voices.split_identities(split)) for split in SPLITS}
 
 
 def _trim(wav: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
@@ -220,10 +233,7 @@ class SpeakerBank:
             raise ValueError("source='tts' asked, but neither espeak-ng nor flite is on PATH (or they produce no audio)")
         self.kind = "tts" if self.tts else "synthetic"
         if self.kind == "tts":
-            # Every fourth voice (with all its pitch variants) is held out for validation.
-            per_voice = len(PITCH_VARIANTS)
-            pool = [i for i in range(len(self.tts)) if ((i // per_voice) % 4 == 3) == (split == "valid")]
-            self.identities = pool[:num_speakers]
+            self.identities = self.tts.split_identities(split)[:num_speakers]
             if not self.identities:
                 raise ValueError(f"the installed synthesisers give no {split} speakers")
         else:

@@ -5,7 +5,9 @@
 Data (pyaudiok.data.speakers, no download): training mixtures of `num_sources` speakers drawn from
 `train_speakers` training identities with dynamic remixing (every step new speaker combinations,
 utterances, offsets and gains); evaluation on a fixed set of `eval_mixtures` mixtures of *held-out*
-speakers. Synthesiser voices (espeak-ng / flite) are used when installed, else synthetic speakers.
+speakers. `--source tts` takes synthesiser voices (espeak-ng / flite) and is refused before the run
+when they are too few for --train-speakers or --eval-speakers; `auto` takes them when they are
+enough, else synthetic speakers (always available, any number).
 
 Evaluation runs the inference path (k-means centroids) and reports the SI-SDR improvement: the
 permutation-invariant SI-SDR of the estimates minus the SI-SDR of the unprocessed mixture against
@@ -19,16 +21,17 @@ from pathlib import Path
 
 import torch
 
+from pyaudiok.data import speakers
 from pyaudiok.data.audio_synth import MIN_SAMPLE_RATE
 from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import (DEVICES, check_at_least, check_options, checked_config, compile_model, config_from_argv,
-                      fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device, seed_everything,
-                      writable_output_dir, write_run)
+from .runtime import (DEVICES, ConfigError, check_at_least, check_options, checked_config, compile_model,
+                      config_from_argv, fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device,
+                      seed_everything, writable_output_dir, write_run)
 
-__all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
+__all__ = ["TrainConfig", "train", "speaker_source", "evaluate", "main", "load_model", "separate_main"]
 
 
 @dataclass
@@ -72,9 +75,36 @@ def check_config(cfg: TrainConfig) -> None:
                                            channels=cfg.channels, embed_dim=cfg.embed_dim,
                                            speaker_layers=cfg.speaker_layers,
                                            separation_layers=cfg.separation_layers))
+    speaker_source(cfg)  # last: it looks for the synthesisers (and may run one once)
+
+
+def _tts_shortfall(cfg: TrainConfig, found: dict[str, int]) -> str | None:
+    """Why `found` synthesiser voices per split cannot give the run its speakers, or None when they can."""
+    for option, split, role in (("train_speakers", "train", "training"), ("eval_speakers", "valid", "held-out")):
+        need = getattr(cfg, option)
+        if found[split] < need:
+            return (f"the installed synthesisers (espeak-ng, flite) give {found[split]} {role} voices; "
+                    f"--{option.replace('_', '-')} needs {need}")
+    return None
+
+
+def speaker_source(cfg: TrainConfig) -> tuple[str, str | None]:
+    """The speakers the run uses ("tts" or "synthetic") and, when `auto` falls back to synthetic
+    ones although some voices are installed, why. `--source tts` with too few voices is a
+    ConfigError: the run would otherwise fail (or silently take fewer speakers) once its data is built."""
+    if cfg.source == "synthetic":
+        return "synthetic", None
+    found = speakers.tts_speaker_counts(cfg.sample_rate)
+    shortfall = _tts_shortfall(cfg, found)
+    if shortfall is None:
+        return "tts", None
+    if cfg.source == "tts":
+        raise ConfigError(f"--source tts: {shortfall} (lower it, or pass --source synthetic)")
+    return "synthetic", shortfall if any(found.values()) else None
 
 
 def _banks(cfg: TrainConfig) -> tuple[SpeakerBank, SpeakerBank]:
+    """The train and held-out speaker banks of `cfg.source` ("synthetic" or "tts": resolved already)."""
     common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=cfg.source)
     return (SpeakerBank(split="train", num_speakers=cfg.train_speakers, **common),
             SpeakerBank(split="valid", num_speakers=cfg.eval_speakers, **common))
@@ -86,12 +116,12 @@ def evaluate(model: Wavesplit, mixtures: SeparationMixtures, count: int, batch: 
     the model run on its own device."""
     device = next(model.parameters()).device
     model.eval()
-    # k-means++ draws its centres on the points' device: the generator must live there too.
-    gen = torch.Generator(device).manual_seed(0)
     estimated, unprocessed = [], []
     for first in range(0, count, batch):
         mix, src, _ = (t.to(device) for t in mixtures.batch(range(first, min(count, first + batch))))
-        out = model(mix, generator=gen)
+        # The same seed for every batch: k-means++ gives an item the same centres in any batch, so
+        # the scores do not depend on `batch`. Its generator lives on the points' device.
+        out = model(mix, generator=torch.Generator(device).manual_seed(0))
         estimated.append(pit_si_sdr(out.estimates, src).si_sdr)
         mixture = si_sdr_matrix(mix[:, None].expand_as(src).contiguous(), src)
         unprocessed.append(mixture.diagonal(dim1=1, dim2=2).mean(-1))
@@ -104,7 +134,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    train_bank, eval_bank = _banks(cfg)
+    source, fallback_reason = speaker_source(cfg)
+    if fallback_reason:
+        log(f"--source auto: {fallback_reason}; using synthetic speakers")
+    train_bank, eval_bank = _banks(replace(cfg, source=source))
     data = SeparationMixtures(train_bank, cfg.num_sources, cfg.segment_seconds, dynamic=True, seed=cfg.seed)
     held_out = SeparationMixtures(eval_bank, cfg.num_sources, cfg.segment_seconds, dynamic=False,
                                   num_mixtures=cfg.eval_mixtures, seed=cfg.seed)
@@ -144,9 +177,10 @@ HELP = {"steps": "training steps", "batch": "mixtures per step", "num_sources": 
         "eval_mixtures": "fixed held-out mixtures evaluated before and after training",
         "channels": "model width", "embed_dim": "speaker embedding size",
         "speaker_layers": "dilated blocks of the speaker stack", "separation_layers": "dilated blocks of the "
-        "separation stack", "lr": "Adam learning rate", "source": "speakers: synthesiser voices (tts) when "
-        "installed (auto), or synthetic harmonic ones", "seed": "seed of the data and the initialisation",
-        "log_every": "steps per logged row"}
+        "separation stack", "lr": "Adam learning rate",
+        "source": "speakers: synthesiser voices (tts; refused when fewer than --train-speakers/--eval-speakers), "
+        "synthetic harmonic ones, or tts when there are enough (auto)",
+        "seed": "seed of the data and the initialisation", "log_every": "steps per logged row"}
 
 
 def main(argv=None) -> int:
