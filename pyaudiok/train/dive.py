@@ -28,6 +28,7 @@ from pyaudiok.models.dive import DIVE, DIVEConfig
 from .runtime import (DEVICES, check_at_least, check_options, checked_config, compile_model, config_from_argv,
                       fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device, seed_everything,
                       usage_checked, write_run)
+from .speaker_source import SOURCE_HELP, SOURCES, resolved_source, speaker_source
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -75,6 +76,7 @@ def check_config(cfg: TrainConfig) -> None:
                                          cfg.duration))
     checked_config(lambda: DIVEConfig(sample_rate=cfg.sample_rate, channels=cfg.channels, embed_dim=cfg.embed_dim,
                                       layers=cfg.layers, max_speakers=cfg.max_speakers, collar=cfg.collar))
+    speaker_source(cfg.source, cfg.sample_rate, cfg.train_speakers, cfg.eval_speakers)  # last: it may run a synthesiser
 
 
 def _speaker_counts(max_speakers: int) -> tuple[int, ...]:
@@ -118,7 +120,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=cfg.source)
+    common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=resolved_source(cfg, log))
     train_bank = SpeakerBank(split="train", num_speakers=cfg.train_speakers, **common)
     eval_bank = SpeakerBank(split="valid", num_speakers=cfg.eval_speakers, **common)
     counts = _speaker_counts(cfg.max_speakers)
@@ -162,13 +164,13 @@ HELP = {"steps": "training steps", "batch": "conversations per step", "duration"
         "embed_dim": "speaker embedding size", "layers": "dilated convolution blocks (dilations 1, 2, 4, ...)",
         "collar": "training: seconds per side of each boundary left out of the loss",
         "eval_collar": "evaluation: total collar width (seconds, pyannote's convention)", "lr": "Adam learning rate",
-        "source": "speakers: synthesiser voices (tts) when installed (auto), or synthetic harmonic ones",
+        "source": SOURCE_HELP,
         "seed": "seed of the data and the initialisation", "log_every": "steps per logged row"}
 
 
 def main(argv=None) -> int:
     cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train dive", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config,
+                           choices={"source": SOURCES, "device": DEVICES}, check=check_config,
                            helps=HELP)
     fresh_output_dir(cfg.out_dir)
     train(cfg)

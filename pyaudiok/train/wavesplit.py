@@ -21,17 +21,17 @@ from pathlib import Path
 
 import torch
 
-from pyaudiok.data import speakers
 from pyaudiok.data.audio_synth import MIN_SAMPLE_RATE
 from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import (DEVICES, ConfigError, check_at_least, check_options, checked_config, compile_model,
+from .runtime import (DEVICES, check_at_least, check_options, checked_config, compile_model,
                       config_from_argv, fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device,
                       seed_everything, writable_output_dir, write_run)
+from .speaker_source import SOURCE_HELP, SOURCES, resolved_source, speaker_source
 
-__all__ = ["TrainConfig", "train", "speaker_source", "evaluate", "main", "load_model", "separate_main"]
+__all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
 
 @dataclass
@@ -75,32 +75,7 @@ def check_config(cfg: TrainConfig) -> None:
                                            channels=cfg.channels, embed_dim=cfg.embed_dim,
                                            speaker_layers=cfg.speaker_layers,
                                            separation_layers=cfg.separation_layers))
-    speaker_source(cfg)  # last: it looks for the synthesisers (and may run one once)
-
-
-def _tts_shortfall(cfg: TrainConfig, found: dict[str, int]) -> str | None:
-    """Why `found` synthesiser voices per split cannot give the run its speakers, or None when they can."""
-    for option, split, role in (("train_speakers", "train", "training"), ("eval_speakers", "valid", "held-out")):
-        need = getattr(cfg, option)
-        if found[split] < need:
-            return (f"the installed synthesisers (espeak-ng, flite) give {found[split]} {role} voices; "
-                    f"--{option.replace('_', '-')} needs {need}")
-    return None
-
-
-def speaker_source(cfg: TrainConfig) -> tuple[str, str | None]:
-    """The speakers the run uses ("tts" or "synthetic") and, when `auto` falls back to synthetic
-    ones although some voices are installed, why. `--source tts` with too few voices is a
-    ConfigError: the run would otherwise fail (or silently take fewer speakers) once its data is built."""
-    if cfg.source == "synthetic":
-        return "synthetic", None
-    found = speakers.tts_speaker_counts(cfg.sample_rate)
-    shortfall = _tts_shortfall(cfg, found)
-    if shortfall is None:
-        return "tts", None
-    if cfg.source == "tts":
-        raise ConfigError(f"--source tts: {shortfall} (lower it, or pass --source synthetic)")
-    return "synthetic", shortfall if any(found.values()) else None
+    speaker_source(cfg.source, cfg.sample_rate, cfg.train_speakers, cfg.eval_speakers)  # last: it may run a synthesiser
 
 
 def _banks(cfg: TrainConfig) -> tuple[SpeakerBank, SpeakerBank]:
@@ -134,10 +109,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    source, fallback_reason = speaker_source(cfg)
-    if fallback_reason:
-        log(f"--source auto: {fallback_reason}; using synthetic speakers")
-    train_bank, eval_bank = _banks(replace(cfg, source=source))
+    train_bank, eval_bank = _banks(replace(cfg, source=resolved_source(cfg, log)))
     data = SeparationMixtures(train_bank, cfg.num_sources, cfg.segment_seconds, dynamic=True, seed=cfg.seed)
     held_out = SeparationMixtures(eval_bank, cfg.num_sources, cfg.segment_seconds, dynamic=False,
                                   num_mixtures=cfg.eval_mixtures, seed=cfg.seed)
@@ -178,14 +150,13 @@ HELP = {"steps": "training steps", "batch": "mixtures per step", "num_sources": 
         "channels": "model width", "embed_dim": "speaker embedding size",
         "speaker_layers": "dilated blocks of the speaker stack", "separation_layers": "dilated blocks of the "
         "separation stack", "lr": "Adam learning rate",
-        "source": "speakers: synthesiser voices (tts; refused when fewer than --train-speakers/--eval-speakers), "
-        "synthetic harmonic ones, or tts when there are enough (auto)",
+        "source": SOURCE_HELP,
         "seed": "seed of the data and the initialisation", "log_every": "steps per logged row"}
 
 
 def main(argv=None) -> int:
     cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
-                           choices={"source": ("auto", "synthetic", "tts"), "device": DEVICES}, check=check_config,
+                           choices={"source": SOURCES, "device": DEVICES}, check=check_config,
                            helps=HELP)
     fresh_output_dir(cfg.out_dir)
     train(cfg)

@@ -191,7 +191,8 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     (["--steps", "-1"], "--steps must be >= 0; got -1"), (["--top-p", "1.5"], "--top-p must be in [0, 1]"),
     (["--top-p", "nan"], "--top-p must be in [0, 1]"), (["--top-k", "-3"], "--top-k must be > 0"),
     (["--top-k", "0"], "--top-k must be > 0"), (["--temperature", "-1"], "--temperature must be >= 0"),
-    (["--temperature", "nan"], "--temperature must be >= 0"), (["--temperature", "inf"], "--temperature must be finite"),
+    (["--temperature", "nan"], "--temperature must be >= 0"),
+    (["--temperature", "inf"], "--temperature must be finite"),
 ])
 def test_generate_options_out_of_range_are_one_line_errors(option, words, tmp_path):
     status, err = _run(["generate", "perceiver-ar", "--checkpoint", str(tmp_path / "none"), *option])

@@ -9,7 +9,6 @@ from pyaudiok import cli
 from pyaudiok.codec.audio import load_audio, save_audio
 from pyaudiok.data import speakers
 from pyaudiok.train import wavesplit
-from pyaudiok.train.runtime import ConfigError
 
 from .device_runs import assert_unknown_device_refused, run_on
 
@@ -70,48 +69,6 @@ def test_cli_trains_on_cuda(tmp_path, capsys):
     save_audio(tmp_path / "mix.wav", 0.3 * torch.sin(torch.arange(2000) * 0.05), 8_000)
     assert cli.main(["separate", str(tmp_path / "mix.wav"), "--checkpoint", str(tmp_path), str(tmp_path / "sep")]) == 0
     assert len(list((tmp_path / "sep").glob("source_*.wav"))) == 2
-
-
-def _installed_voices(monkeypatch, train: int, valid: int):
-    """Voice discovery answering `train` and `valid` synthesiser speakers, whatever is installed."""
-    monkeypatch.setattr(speakers, "tts_speaker_counts", lambda sample_rate, cache_dir=None:
-                        {"train": train, "valid": valid})
-
-
-def _with_source(source: str) -> list[str]:
-    return TINY[:-1] + [source]
-
-
-@pytest.mark.parametrize("train, valid, words", [
-    (3, 3, "give 3 training voices; --train-speakers needs 4"),
-    (27, 2, "give 2 held-out voices; --eval-speakers needs 3"),
-    (0, 0, "give 0 training voices; --train-speakers needs 4")])
-def test_too_few_tts_voices_are_refused_before_the_run(monkeypatch, tmp_path, capsys, train, valid, words):
-    _installed_voices(monkeypatch, train, valid)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(_with_source("tts") + ["--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and f"--source tts: the installed synthesisers (espeak-ng, flite) {words}" in err
-    assert "Traceback" not in err and not (tmp_path / "run").exists()
-    # Called directly, train() refuses before it picks a device or builds the data.
-    monkeypatch.setattr(wavesplit, "pick_device", None)
-    with pytest.raises(ConfigError, match="--source tts"):
-        wavesplit.train(wavesplit.TrainConfig(source="tts", train_speakers=4, eval_speakers=3))
-
-
-def test_auto_source_takes_synthetic_speakers_when_the_voices_are_too_few(monkeypatch, tmp_path, capsys):
-    _installed_voices(monkeypatch, 3, 1)
-    assert cli.main(_with_source("auto") + ["--steps", "0", "--out", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "results.json").read_text())["speakers"] == "synthetic"
-    out = capsys.readouterr().out
-    assert "--source auto: the installed synthesisers (espeak-ng, flite) give 3 training voices" in out
-    # Enough voices: auto and tts take them; no voice at all: auto takes synthetic speakers without a word.
-    _installed_voices(monkeypatch, 4, 3)
-    for source in ("auto", "tts"):
-        assert wavesplit.speaker_source(wavesplit.TrainConfig(source=source, train_speakers=4, eval_speakers=3)) == \
-            ("tts", None)
-    _installed_voices(monkeypatch, 0, 0)
-    assert wavesplit.speaker_source(wavesplit.TrainConfig(source="auto")) == ("synthetic", None)
 
 
 def test_evaluation_does_not_depend_on_its_batch_size():
