@@ -34,9 +34,9 @@ def _block_value(sy, sw, KL: tl.constexpr):
 
 @triton.jit
 def _merge(a, b, KL: tl.constexpr):
-    if KL:  # log(e^a + e^b)
+    if KL:  # log(e^a + e^b); an infinite larger term is the sum itself (not the NaN of inf - inf)
         hi = tl.maximum(a, b)
-        return hi + tl.log(1.0 + tl.exp(tl.minimum(a, b) - hi))
+        return tl.where(tl.abs(hi) == float("inf"), hi, hi + tl.log(1.0 + tl.exp(tl.minimum(a, b) - hi)))
     else:
         return a + b
 
@@ -142,7 +142,8 @@ def _pav_backward_kernel(
                 u = sign * tl.load(grad_ptr + base + j, mask=ok, other=0.0)
             total += tl.sum(u, axis=0)
             if KL:
-                mx = tl.maximum(mx, tl.max(tl.where(ok, tl.load(s_ptr + base + j, mask=ok, other=0.0), -float("inf")), axis=0))
+                block_s = tl.where(ok, tl.load(s_ptr + base + j, mask=ok, other=0.0), -float("inf"))
+                mx = tl.maximum(mx, tl.max(block_s, axis=0))
         norm = (end - begin).to(tl.float32)
         if KL:
             norm = 0.0
@@ -150,6 +151,9 @@ def _pav_backward_kernel(
                 j = c + lanes
                 ok = j < end
                 norm += tl.sum(tl.where(ok, tl.exp(tl.load(s_ptr + base + j, mask=ok, other=0.0) - mx), 0.0), axis=0)
+            # A +inf key makes the block's LSE +inf: its softmax is exp(s - mx) itself (NaN at the +inf keys,
+            # 0 elsewhere), as in the reference; dividing by the NaN sum would spread the NaN over the block.
+            norm = tl.where(mx == float("inf"), 1.0, norm)
         for c in range(begin, end, BLOCK):
             j = c + lanes
             ok = j < end

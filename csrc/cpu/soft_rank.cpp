@@ -12,9 +12,10 @@
 namespace pyaudiok::cpu {
 namespace {
 
+// An infinite larger term is the sum itself: log(e^inf + e^inf) = inf, not the NaN of inf − inf.
 inline double log_add_exp(double a, double b) {
   const double hi = std::max(a, b), lo = std::min(a, b);
-  return hi == -std::numeric_limits<double>::infinity() ? hi : hi + std::log1p(std::exp(lo - hi));
+  return std::isinf(hi) ? hi : hi + std::log1p(std::exp(lo - hi));
 }
 
 // The key sorted in decreasing order is z = sign * x * scale.
@@ -133,6 +134,9 @@ void soft_sort_rank_backward_rows(const float* grad_out, const float* x, const f
         double mx = -std::numeric_limits<double>::infinity(), z = 0.0;
         for (int64_t j = begin; j < end; ++j) mx = std::max(mx, key(xr[p[j]]));
         for (int64_t j = begin; j < end; ++j) z += (soft[j] = std::exp(key(xr[p[j]]) - mx));
+        // A +inf key makes the block's LSE +inf, so its softmax exp(s − LSE) is exp(s − mx) itself: NaN at
+        // the +inf keys, 0 elsewhere, as in the reference. Dividing by z (NaN then) would spread the NaN.
+        if (mx == std::numeric_limits<double>::infinity()) z = 1.0;
         for (int64_t j = begin; j < end; ++j) soft[j] /= z;
       } else {
         for (int64_t j = begin; j < end; ++j) soft[j] = 1.0 / static_cast<double>(end - begin);

@@ -21,7 +21,8 @@ struct Pav {
   __device__ float merge(float a, float b) const {
     if (!kl) return a + b;
     const float hi = fmaxf(a, b);
-    return hi + log1pf(expf(fminf(a, b) - hi));
+    // An infinite larger term is the sum itself: log(e^inf + e^inf) = inf, not the NaN of inf - inf.
+    return isinf(hi) ? hi : hi + log1pf(expf(fminf(a, b) - hi));
   }
 };
 
@@ -127,6 +128,9 @@ __global__ void pav_backward_kernel(const float* __restrict__ grad_out, const fl
       for (int64_t j = begin; j < end; ++j) mx = fmaxf(mx, s[base + j]);
       norm = 0.f;
       for (int64_t j = begin; j < end; ++j) norm += expf(s[base + j] - mx);
+      // A +inf key makes the block's LSE +inf: its softmax is expf(s - mx) itself (NaN at the +inf keys, 0
+      // elsewhere), as in the reference; dividing by the NaN sum would spread the NaN over the block.
+      if (mx == INFINITY) norm = 1.f;
     }
     for (int64_t j = begin; j < end; ++j) {
       const float soft = kl ? expf(s[base + j] - mx) / norm : 1.f / norm;

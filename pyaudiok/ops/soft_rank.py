@@ -49,7 +49,12 @@ def pav_blocks(y: list[float], w: list[float] | None = None) -> list[int]:
         return sy / sw if w is None else sy - sw
 
     def merge(a, b):
-        return a + b if w is None else max(a, b) + math.log1p(math.exp(-abs(a - b)))
+        if w is None:
+            return a + b
+        hi = max(a, b)
+        # LSE of two equal infinities is that infinity (as torch.logsumexp, which gives the block values), not
+        # the NaN of inf − inf.
+        return hi if math.isinf(hi) else hi + math.log1p(math.exp(-abs(a - b)))
 
     starts, sums_y, sums_w = [], [], []
     for i, yi in enumerate(y):

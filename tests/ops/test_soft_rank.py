@@ -59,6 +59,8 @@ def test_pav_blocks_pool_violators():
     assert pav_blocks([4.0, 1.0, 3.0, 0.0]) == [0, 1, 3]
     assert pav_blocks([1.0, 3.0, 5.0]) == [0]
     assert pav_blocks([3.0, 2.0, 1.0]) == [0, 1, 2]
+    # KL: two +inf weights pool into a block of LSE +inf (value −inf), which the next point then joins.
+    assert pav_blocks([3.0, 2.0, 1.0], [float("inf"), float("inf"), 0.0]) == [0]
 
 
 @pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
@@ -154,6 +156,24 @@ def test_empty(backend, which, shape):
 
 NAN_ROWS = [[0.3, float("nan"), -1.0, 2.0, 0.5], [1.0, 2.0, float("nan"), float("nan"), -3.0],
             [float("nan")] * 5]
+INF = float("inf")
+# ±inf keys: a soft sort with KL pools the whole row into one block whose log-sum-exp is infinite.
+INF_ROWS = [[0.3, -INF, -1.0, 2.0, 0.5], [0.3, INF, -1.1, 2.0, 0.6], [INF, 1.0, -INF, 0.25, -0.6],
+            [-INF, -INF, 1.5, INF, 0.1]]
+
+
+def _non_finite_rows_vs_reference(rows, backend, which, reg, descending):
+    """The fused op's outputs and gradients on `rows` are the float64 reference's, NaN where its are NaN."""
+    fn, op = OPS[which]
+    device = require_backend(op, backend)
+    x = torch.tensor(rows, device=device, requires_grad=True)
+    call = lambda t: fn(t, regularization=reg, regularization_strength=0.7, descending=descending)  # noqa: E731
+    (out,), (grad,) = run_with_grads(call, (x,), backend, grad_seed=1)
+    (ref,), (ref_grad,) = run_with_grads(call, (x.double(),), "reference", grad_seed=1)
+    close = dict(atol=1e-4, rtol=1e-4, equal_nan=True, check_dtype=False, check_device=False)
+    torch.testing.assert_close(out, ref, **close)
+    torch.testing.assert_close(grad, ref_grad, **close)
+    return out, grad
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -161,16 +181,18 @@ NAN_ROWS = [[0.3, float("nan"), -1.0, 2.0, 0.5], [1.0, 2.0, float("nan"), float(
 @pytest.mark.parametrize("reg,descending", VARIANTS)
 def test_nan_entries_match_reference(backend, which, reg, descending):
     # PAV never pools a NaN block: a NaN entry is NaN in the output, the rest of its row stays finite.
-    fn, op = OPS[which]
-    device = require_backend(op, backend)
-    x = torch.tensor(NAN_ROWS, device=device, requires_grad=True)
-    call = lambda t: fn(t, regularization=reg, regularization_strength=0.7, descending=descending)  # noqa: E731
-    (out,), (grad,) = run_with_grads(call, (x,), backend, grad_seed=1)
-    (ref,), (ref_grad,) = run_with_grads(call, (x.double(),), "reference", grad_seed=1)
-    close = dict(atol=1e-4, rtol=1e-4, equal_nan=True, check_dtype=False, check_device=False)
-    torch.testing.assert_close(out, ref, **close)
-    torch.testing.assert_close(grad, ref_grad, **close)
+    out, _ = _non_finite_rows_vs_reference(NAN_ROWS, backend, which, reg, descending)
     assert torch.isnan(out).sum(-1).tolist() == [1, 2, 5]
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("which", OPS)
+@pytest.mark.parametrize("reg,descending", VARIANTS)
+def test_inf_entries_match_reference(backend, which, reg, descending):
+    # A sort with KL whose row pools into one block of infinite log-sum-exp: its outputs are all ±inf and the
+    # gradient is NaN only at the keys that are +inf (the block softmax there is exp(inf − inf)), 0 elsewhere.
+    _, grad = _non_finite_rows_vs_reference(INF_ROWS, backend, which, reg, descending)
+    assert not torch.isnan(grad).all(-1).any(), "a row's finite entries keep a gradient"
 
 
 @pytest.mark.parametrize("backend", ("cpu", "triton"))
