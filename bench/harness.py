@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -432,10 +432,20 @@ def peer_summary(results: list[Result]) -> list[str]:
     return lines + ([""] if lines else [])
 
 
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """`write(file)`, then the file replaces `path` (its directory created if missing): a failure or a crash
+    midway leaves the previous file whole, never a truncated one. OSError (disk full, permission, ...) passes."""
+    from pyaudiok.codec.bitstream import atomic_writer
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as f:
+        write(f)
+
+
 def write_json(path: str | os.PathLike, env: dict, results: list[Result]) -> None:
     rows = [{**env, **dataclasses.asdict(r)} for r in results]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+    text = json.dumps(rows, indent=1) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def write_plot(path: str | os.PathLike, env: dict, results: list[Result]) -> None:
@@ -458,6 +468,7 @@ def write_plot(path: str | os.PathLike, env: dict, results: list[Result]) -> Non
         ax.invert_yaxis()
     fig.suptitle(f"pyaudiok {env['commit']} on {env['device_name']} ({env['date']})", fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # the format from the file name's extension, as savefig(path) would take it (png without one)
+        write_atomically(path, lambda f: fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or None))
+    finally:
+        plt.close(fig)

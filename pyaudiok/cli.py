@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -35,25 +36,47 @@ def _cmd_bench(args) -> int:
     except ValueError as e:
         print(f"pyaudiok bench: {e}", file=sys.stderr)
         return 2
+    results, json_written = _time_cases(cases, device, env, args)
+    print()
+    print(harness.format_table(results))
+    if not json_written:
+        return 2
+    if args.json:
+        print(f"wrote {args.json}")
+    if args.plot:
+        if not _write_output("--plot", args.plot, lambda: harness.write_plot(args.plot, env, results)):
+            return 2
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _time_cases(cases, device, env: dict, args) -> tuple[list, bool]:
+    """Every case's results, each case's rows printed as soon as it is timed (and the JSON so far written):
+    a run stopped by a time limit keeps what it measured. Stops at a failed JSON write: (results, False)."""
+    from .bench import harness
+
     results = []
     for case in cases:
         print(f"  {case.name} {case.params} ...", flush=True)
         case_results = harness.run_case(case, device, args.min_time)
         results += case_results
-        # Each case's rows as soon as it is timed (and the JSON so far): a run stopped by a time
-        # limit keeps what it measured.
         for r in case_results:
             print(f"  | {harness.format_row(r)}", flush=True)
-        if args.json:
-            harness.write_json(args.json, env, results)
-    print()
-    print(harness.format_table(results))
-    if args.json:
-        print(f"wrote {args.json}")
-    if args.plot:
-        harness.write_plot(args.plot, env, results)
-        print(f"wrote {args.plot}")
-    return 0
+        if args.json and not _write_output("--json", args.json, lambda: harness.write_json(args.json, env, results)):
+            return results, False
+    return results, True
+
+
+def _write_output(flag: str, path: str, write) -> bool:
+    """write(); False, with one line naming the path and the reason, when it fails for want of disk space,
+    permission, its directory, ... (the previous file, if any, is left whole)."""
+    try:
+        write()
+    except OSError as e:
+        reason = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+        print(f"pyaudiok bench: cannot write {flag} {path}: {reason}", file=sys.stderr)
+        return False
+    return True
 
 
 def _unwritable_outputs(args) -> str | None:
