@@ -7,6 +7,10 @@ T - n + j), so only their differences matter. In training, cross-attend dropout 
 subset of the prefix (the first T - n positions) per row, never the latents' own segment, and
 gathers the kept embeddings before projecting them: compute shrinks with the rate, and the
 bottom-right mask stays valid on the gathered sequence.
+
+Right-padded rows (`lengths`, each row's true number of tokens ℓ_b): row b's latents are its last n
+real tokens, at ℓ_b − n + j, and its keys stop at ℓ_b (DESIGN §1's per-row offset), so a row gives
+what it gives alone, unpadded, and its padding has no influence.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from torch import nn
 
 from pyaudiok.nn.attention import LatentAttention, squared_relu_mlp
 from pyaudiok.ops import _checks
+from pyaudiok.ops.latent_attention import _check_int_vector
 
 __all__ = ["PerceiverARConfig", "PerceiverAR", "LatentCache", "KVBuffer"]
 
@@ -99,15 +104,22 @@ class KVBuffer:
     device, and returns the whole buffers with the lengths for the attention to stop at: shapes and
     addresses stay fixed from step to step and nothing is read back to the host, so a step can be
     captured once as a CUDA graph and replayed. The host count of a pushed row is advanced apart
-    (`advance`), since a replayed graph runs no Python."""
+    (`advance`), since a replayed graph runs no Python.
+
+    `filled` holds one count for every row, or one per row ([B]) for right-padded rows appended with
+    their lengths: a push then writes row b's keys at its own `filled[b]` (over its padding), and the
+    host `length` counts the longest row."""
 
     def __init__(self, capacity: int):
         self.capacity, self.length = capacity, 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
-        self.filled: torch.Tensor | None = None  # int64 [1] on the buffers' device: rows written
+        self.filled: torch.Tensor | None = None  # int64 [1] or [B] on the buffers' device: rows written
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def append(self, k: torch.Tensor, v: torch.Tensor,
+               lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, H, T, d] after the filled rows; with lengths[B] (int64 on their device, into an
+        empty buffer) only the first lengths[b] rows of row b count as filled."""
         end = self.length + k.shape[2]
         if end > self.capacity:
             raise ValueError(f"the cache holds {self.capacity} positions; appending {k.shape[2]} to {self.length}")
@@ -118,7 +130,10 @@ class KVBuffer:
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end
-        self.filled = torch.full((1,), end, dtype=torch.int64, device=k.device)
+        if lengths is None:
+            self.filled = torch.full((1,), end, dtype=torch.int64, device=k.device)
+        else:  # a copy: push counts in place
+            self.filled = lengths.to(k.device, torch.int64, copy=True)
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def push(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,8 +141,13 @@ class KVBuffer:
         buffers [B, H, capacity, d] and key lengths [B]. Room is the caller's to check (`advance`)."""
         if self.filled is None:
             raise ValueError("push needs a cache filled by a full forward first (forward(..., return_cache=True))")
-        self.k.index_copy_(2, self.filled, k)
-        self.v.index_copy_(2, self.filled, v)
+        if self.filled.shape[0] == 1:  # one count for all rows (also B = 1)
+            self.k.index_copy_(2, self.filled, k)
+            self.v.index_copy_(2, self.filled, v)
+        else:
+            rows = self.filled.view(-1, 1, 1, 1).expand(k.shape)
+            self.k.scatter_(2, rows, k)
+            self.v.scatter_(2, rows, v)
         self.filled += 1
         return self.k, self.v, self.filled.expand(k.shape[0])
 
@@ -190,16 +210,37 @@ class PerceiverAR(nn.Module):
             raise ValueError(f"tokens must be an integer tensor [B, T]; got {got}")
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"latents must be an int or None; got {type(n).__name__}")
-        self._check_ids("tokens", tokens)
         T = tokens.shape[1]
         if not 1 <= n <= min(T, self.config.latents) or T > self.config.max_context:
             raise ValueError(f"need 1 <= latents ({n}) <= min(T = {T}, {self.config.latents}) and "
                              f"T <= max_context = {self.config.max_context}")
 
+    @staticmethod
+    def _check_lengths(lengths, tokens: torch.Tensor, n: int) -> torch.Tensor:
+        """lengths[B] (ints in [n, T], on the tokens' device or the host) as int64 on the tokens' device.
+        Their values are checked where they lie: one wait when they are on a GPU, none from the host."""
+        B, T = tokens.shape
+        return _check_int_vector("lengths", lengths, B, n, T, tokens.device).long()
+
+    @staticmethod
+    def _padding_zeroed(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens with id 0 past each row's length: padding of any value (a -1 pad id, say) embeds
+        as a valid id, and the key lengths then keep it out of every result."""
+        real = torch.arange(tokens.shape[1], device=tokens.device) < lengths[:, None]
+        return tokens.masked_fill(~real, 0)
+
+    def _prefix_kept(self, prefix):
+        """The positions cross-attend dropout keeps of a prefix of `prefix` (an int, or a tensor of
+        one per row: the same rounding, half to even, in float64 both ways)."""
+        rate = self.config.cross_dropout
+        if isinstance(prefix, torch.Tensor):
+            return prefix - torch.round(prefix.double() * rate).long()
+        return prefix - int(round(prefix * rate))
+
     def _keep(self, B: int, T: int, n: int, device) -> torch.Tensor | None:
         """Kept input positions [B, T'] (sorted): a random subset of the prefix and all latents."""
         prefix = T - n
-        kept = prefix - int(round(prefix * self.config.cross_dropout))
+        kept = self._prefix_kept(prefix)
         if not self.training or self.config.cross_dropout <= 0 or kept == prefix:
             return None
         scores = torch.rand(B, prefix, device=device)  # keep the `kept` smallest scores of each row
@@ -215,31 +256,69 @@ class PerceiverAR(nn.Module):
         latent = torch.arange(prefix, T, device=device).expand(B, n)
         return torch.cat((order, latent), dim=1)
 
-    def forward(self, tokens: torch.Tensor, latents: int | None = None,
-                return_cache: bool = False) -> tuple[torch.Tensor, LatentCache | None]:
+    def _keep_rows(self, lengths: torch.Tensor, T: int, n: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """_keep for right-padded rows: (kept input positions [B, T'] or None, key lengths [B]). Row b
+        keeps the same fraction of its own prefix (ℓ_b − n positions), then its n latents; the rows are
+        padded to the widest a row of T tokens keeps, which no read-back is needed to know (the kept
+        count never falls as the prefix grows), and the key lengths (kept_b + n) end each row."""
+        widest = self._prefix_kept(T - n)
+        if not self.training or self.config.cross_dropout <= 0 or widest == T - n:
+            return None, lengths  # keeps whole prefixes (no row's prefix drops a position if T's drops none)
+        B, device = lengths.shape[0], lengths.device
+        prefix = lengths - n
+        kept = self._prefix_kept(prefix)
+        past_prefix = torch.arange(T - n, device=device) >= prefix[:, None]
+        scores = torch.rand(B, T - n, device=device).masked_fill(past_prefix, 2.0)  # past the prefix: never kept
+        order = scores.argsort(dim=1)[:, :widest]
+        slot = torch.arange(widest + n, device=device)
+        marked = torch.where(slot[:widest] < kept[:, None], order, T)  # the kept, then T (sorts last)
+        chosen = F.pad(marked.sort(dim=1).values, (0, n))
+        # Slots past the kept prefix: the latents ℓ_b − n + j, then padding (past the key lengths).
+        after = (prefix[:, None] + slot - kept[:, None]).clamp_max(T - 1)
+        return torch.where(slot < kept[:, None], chosen, after), kept + n
+
+    def forward(self, tokens: torch.Tensor, latents: int | None = None, return_cache: bool = False, *,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, LatentCache | None]:
         """tokens[B, T] -> (logits[B, n, V] at the last n positions, the window's LatentCache for
-        `step` if return_cache else None)."""
+        `step` if return_cache else None). lengths[B] (ints in [n, T]; None: all T): right-padded
+        rows, row b's latents its last n real tokens (positions ℓ_b − n + j) and the logits theirs;
+        each row's result is that of its ℓ_b tokens alone, whatever its padding holds. With
+        return_cache, cross-attend dropout is off even in training: the cache is for sampling, and a
+        step appends at the position after the window's whole inputs."""
         n = self.config.latents if latents is None else latents
         self._check(tokens, n)
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, tokens, n)
+            tokens = self._padding_zeroed(tokens, lengths)
+        self._check_ids("tokens", tokens)
         B, T = tokens.shape
         tokens = tokens.long()
         positions = torch.arange(T, device=tokens.device)
-        rope = self._tables(positions[T - n:])
-        h = self.embed(tokens[:, T - n:])  # the latents are the last n inputs, kept or not
-        keep = self._keep(B, T, n, tokens.device)
+        if lengths is None:
+            latent_positions = positions[T - n:]
+            h = self.embed(tokens[:, T - n:])  # the latents are the last n inputs, kept or not
+            keep, key_lengths = (None if return_cache else self._keep(B, T, n, tokens.device)), None
+        else:  # per row: its queries' own positions (rotary tables [B, 1, n, ·]) and key lengths
+            latent_positions = lengths[:, None] - n + torch.arange(n, device=tokens.device)
+            h = self.embed(tokens.gather(1, latent_positions))
+            keep, key_lengths = (None, lengths) if return_cache else self._keep_rows(lengths, T, n)
+        rope = self._tables(latent_positions)
         if keep is not None:  # gather tokens, not embeddings: only kept inputs are embedded
             tokens, positions = tokens.gather(1, keep), keep
         q = self.cross.attn.queries(self.cross.norm_q(h), rope)
         rope_inputs = self._tables(positions)
-        attended = None if return_cache else self._attend_inputs_by_token(q, tokens, rope_inputs)
+        # The per-vocabulary-entry route (pyaudiok.ops.token_attention) has no key lengths: padded
+        # rows take the gathered keys and values, whose attention stops at each row's length.
+        by_token = not return_cache and key_lengths is None
+        attended = self._attend_inputs_by_token(q, tokens, rope_inputs) if by_token else None
         cache = None
         if attended is None:
             k, v = self._input_keys_values(tokens, rope_inputs)
             if return_cache:  # room for the tokens `step` may append: up to N latents or max_context inputs
                 room = min(self.config.latents - n, self.config.max_context - T)
                 cache = LatentCache(KVBuffer(T + room), [KVBuffer(n + room) for _ in self.blocks], T, n)
-                k, v = cache.cross.append(k, v)
-            attended = self.cross.attn.attend(q, k, v)
+                k, v = cache.cross.append(k, v, key_lengths)
+            attended = self.cross.attn.attend(q, k, v, key_lengths)
         h = self.cross.finish_attended(h, attended)
         for i, block in enumerate(self.blocks):
             h = block(h, rope, cache.layers[i] if cache else None)
@@ -301,7 +380,8 @@ class PerceiverAR(nn.Module):
         with the same shapes at every token of a window and no value read back to the host, so that
         sampling on a GPU can capture it once as a CUDA graph (sampling.CUDAGraphStep)."""
         x = self.embed(token.long())[:, None]
-        rope = self._tables(cache.cross.filled)  # the new input's position in the window
+        filled = cache.cross.filled  # the new input's position in the window: one for all rows, or per row
+        rope = self._tables(filled if filled.shape[0] == 1 else filled[:, None])
         k, v, lengths = cache.cross.push(*self._input_keys_values(token.long()[:, None], rope))
         q = self.cross.attn.queries(self.cross.norm_q(x), rope)
         h = self.cross.finish(x, q, k, v, lengths)
@@ -309,16 +389,24 @@ class PerceiverAR(nn.Module):
             h = block(h, rope, layer_cache, step=True)
         return self.logits(self.norm(h))[:, 0]
 
-    def loss(self, sequence: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, sequence: torch.Tensor, *,
+             lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """sequence[B, T + 1]: inputs sequence[:, :T], targets the token after each latent.
-        Returns (loss to minimise, {"nll": mean nats per target, "z": mean log²Z})."""
+        Returns (loss to minimise, {"nll": mean nats per target, "z": mean log²Z}). lengths[B]: right-
+        padded rows of lengths[b] inputs each (then their next token), at least n = min(latents, T):
+        row b's targets are sequence[b, ℓ_b − n + j + 1], every row has n, and the loss is the mean
+        of the rows' own."""
         if not isinstance(sequence, torch.Tensor) or sequence.dim() != 2 or sequence.shape[1] < 2:
             got = tuple(sequence.shape) if isinstance(sequence, torch.Tensor) else type(sequence).__name__
             raise ValueError(f"sequence must be a tensor [B, T + 1] with T >= 1 (inputs and the next token); got {got}")
         tokens = sequence[:, :-1]
         n = min(self.config.latents, tokens.shape[1])
-        logits, _ = self(tokens, n)
-        return self.loss_from_logits(logits, sequence[:, -n:])
+        logits, _ = self(tokens, n, lengths=lengths)
+        if lengths is None:
+            return self.loss_from_logits(logits, sequence[:, -n:])
+        ends = torch.as_tensor(lengths, device=sequence.device).long()  # checked by the forward
+        targets = sequence.gather(1, ends[:, None] - n + 1 + torch.arange(n, device=sequence.device))
+        return self.loss_from_logits(logits, targets)
 
     def loss_from_logits(self, logits: torch.Tensor, targets: torch.Tensor):
         logits = logits.float()

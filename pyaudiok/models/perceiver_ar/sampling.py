@@ -20,6 +20,7 @@ import warnings
 import torch
 
 from pyaudiok.ops import _checks
+from pyaudiok.ops.latent_attention import _check_int_vector
 
 from .model import LatentCache, PerceiverAR
 
@@ -176,21 +177,86 @@ def _schedule(model: PerceiverAR, begin: int, end: int, carry: int):
         yield total, fresh, start, n
 
 
+class _Rows:
+    """The sequences being generated, [B, T0 + steps]. The schedule follows the longest row, at
+    `total` tokens; row b, `shortfall[b]` tokens shorter, holds total − shortfall[b]. Without prompt
+    lengths every row is the longest (plain slices). With them, row b's prompt tokens come first, its
+    generated tokens at ℓ_b + s, and its padding is moved to the end, after them."""
+
+    def __init__(self, prompt: torch.Tensor, steps: int, lengths: torch.Tensor | None, longest: int):
+        B, T0 = prompt.shape
+        self.seq = prompt.new_empty((B, T0 + steps), dtype=torch.long)
+        self.longest, self.end = longest, longest + steps
+        self.shortfall = None
+        if lengths is None:
+            self.seq[:, :T0] = prompt
+            return
+        self.shortfall = longest - lengths
+        t = torch.arange(T0, device=prompt.device)
+        self.seq.scatter_(1, torch.where(t < lengths[:, None], t, t + steps), prompt.long())
+
+    def ends(self, total: int) -> torch.Tensor:
+        """[B, 1]: each row's token count when the longest row has `total`."""
+        return (total - self.shortfall)[:, None]
+
+    def window(self, total: int, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The window's inputs [B, W] and their lengths [B] (None: all W) for the longest row's window
+        [start, total): row b's window is its last min(its tokens, W) ones, right-padded."""
+        if self.shortfall is None:
+            return self.seq[:, start:total], None
+        width, ends = total - start, self.ends(total)
+        starts = (ends - width).clamp_min(0)
+        index = (starts + torch.arange(width, device=ends.device)).clamp_max(self.seq.shape[1] - 1)
+        return self.seq.gather(1, index), (ends - starts)[:, 0]
+
+    def last(self, total: int) -> torch.Tensor:
+        """[B]: each row's last token."""
+        if self.shortfall is None:
+            return self.seq[:, total - 1]
+        return self.seq.gather(1, self.ends(total) - 1)[:, 0]
+
+    def write(self, total: int, token: torch.Tensor) -> None:
+        """Append token[B], each row's next."""
+        if self.shortfall is None:
+            self.seq[:, total] = token
+        else:
+            self.seq.scatter_(1, self.ends(total), token[:, None])
+
+
+def _check_prompt_lengths(prompt_lengths, prompt: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(prompt_lengths[B] int64 on the prompt's device, shortest, longest), each in [1, T0]."""
+    B, T0 = prompt.shape
+    lengths = _check_int_vector("prompt_lengths", prompt_lengths, B, 1, T0, prompt.device).long()
+    shortest, longest = (int(x) for x in torch.aminmax(lengths))
+    return lengths, shortest, longest
+
+
 @torch.no_grad()
 def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True, carry: int | None = None, cuda_graphs: bool | None = None) -> torch.Tensor:
+             use_cache: bool = True, carry: int | None = None, cuda_graphs: bool | None = None,
+             prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
     """prompt[B, T0] (T0 >= 1) -> [B, T0 + steps] tokens. `carry` (default N/2) latents start each
     window. `cuda_graphs` replays each window's cached step as a CUDA graph: the same tokens,
     without the host's per-kernel launch cost. None (the default): with the cache on a CUDA device,
     for each window with at least GRAPH_MIN_STEPS cached steps left; True: every window (it needs
-    the cache and a CUDA device); False: never."""
+    the cache and a CUDA device); False: never.
+
+    prompt_lengths[B] (ints in [1, T0]; None: all T0): right-padded prompts, generated together.
+    Row b of the output holds its ℓ_b prompt tokens, its `steps` new ones (out[b, ℓ_b:ℓ_b + steps])
+    and then its padding. The rows' windows start together, each with min(carry, shortest prompt)
+    latents, so each row's tokens are those of the row generated alone with that carry (with greedy
+    decoding; sampling draws for the batch at once)."""
     c = model.config
     if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] < 1 or \
             prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
         got = f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor) else type(prompt).__name__
         raise ValueError(f"prompt must be an integer tensor [B, T0] with T0 >= 1; got {got}")
-    _checks.ints_within(prompt, 0, c.vocab_size - 1, f"prompt tokens must lie in [0, vocab_size) = [0, {c.vocab_size})")
+    lengths, longest = None, prompt.shape[1]
+    if prompt_lengths is not None:  # the tokens past them are padding, of any value
+        lengths, shortest, longest = _check_prompt_lengths(prompt_lengths, prompt)
+    real = prompt if lengths is None else PerceiverAR._padding_zeroed(prompt, lengths)
+    _checks.ints_within(real, 0, c.vocab_size - 1, f"prompt tokens must lie in [0, vocab_size) = [0, {c.vocab_size})")
     steps = _checks.int_in_range("steps", steps, 0, 1 << 62)
     _check_sampling(temperature, top_k, top_p, greedy_ok=True)
     if carry is not None:
@@ -201,31 +267,35 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
         raise ValueError(f"cuda_graphs needs use_cache=True and a prompt on a CUDA device; got "
                          f"use_cache={use_cache}, device {prompt.device}")
     carry = max(1, c.latents // 2) if carry is None else carry
+    if lengths is not None:
+        carry = min(carry, shortest)  # every row's windows hold the same latents
     was_training = model.training
     model.eval()
     # The whole output at once, filled a token at a time (no copy of the sequence per token).
-    seq = prompt.new_empty((prompt.shape[0], prompt.shape[1] + steps), dtype=torch.long)
-    seq[:, :prompt.shape[1]] = prompt
+    rows = _Rows(prompt, steps, lengths, longest)
     graphs_possible = _graphs_possible(use_cache, prompt.device, cuda_graphs)
     cache, graphed, graph_window, decided_for = None, None, False, None
     try:
-        for total, fresh, start, n in _schedule(model, prompt.shape[1], seq.shape[1], carry):
+        # Windows start where the longest row's do: with n latents in every row, a window ends only
+        # when its latents reach N (its inputs reach max_context no sooner), the same step for all.
+        for total, fresh, start, n in _schedule(model, longest, rows.end, carry):
             if graphs_possible and not fresh and decided_for is not cache:
                 # The window's first cached step: capture it, if worth it (the steps left only fall).
                 decided_for = cache
-                graph_window = cuda_graphs or _steps_left(model, total, start, n, seq.shape[1]) >= GRAPH_MIN_STEPS
-                graphed = _capture(model, cache, seq[:, total - 1], cuda_graphs) if graph_window else None
+                graph_window = cuda_graphs or _steps_left(model, total, start, n, rows.end) >= GRAPH_MIN_STEPS
+                graphed = _capture(model, cache, rows.last(total), cuda_graphs) if graph_window else None
                 if graph_window and graphed is None:  # the automatic choice could not capture: eager from here
                     graphs_possible = graph_window = False
             if use_cache and not fresh and graph_window:
-                logits = graphed(seq[:, total - 1])
+                logits = graphed(rows.last(total))
             elif use_cache and not fresh:
-                logits = model.step(seq[:, total - 1], cache)
+                logits = model.step(rows.last(total), cache)
             else:
-                logits, cache = model(seq[:, start:total], n, return_cache=use_cache)
+                window, window_lengths = rows.window(total, start)
+                logits, cache = model(window, n, return_cache=use_cache, lengths=window_lengths)
                 logits = logits[:, -1]
-            seq[:, total] = _sampled(logits, generator, temperature, top_k, top_p)  # options checked above
+            rows.write(total, _sampled(logits, generator, temperature, top_k, top_p))  # options checked above
     finally:
         model.train(was_training)
-    return seq
+    return rows.seq
 
