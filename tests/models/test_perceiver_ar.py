@@ -104,6 +104,20 @@ def test_step_logits_equal_full_forward():
         torch.testing.assert_close(step_logits, full[:, -1])
 
 
+@pytest.mark.parametrize("lengths", (None, [25, 21]))
+def test_cache_taken_in_training_mode_holds_every_input(lengths):
+    # Cross-attend dropout would fill the cache with a subset of the window, and the step after it
+    # would sit at the subset's length, not after the window: a cache is for sampling, so no dropout.
+    model = _model(cross_dropout=0.5).double()
+    tokens = torch.randint(0, 32, (2, 25))
+    torch.manual_seed(1)
+    train_logits, train_cache = model.train()(tokens, 5, return_cache=True, lengths=lengths)
+    eval_logits, eval_cache = model.eval()(tokens, 5, return_cache=True, lengths=lengths)
+    torch.testing.assert_close(train_logits, eval_logits, rtol=0, atol=0)
+    step = torch.randint(0, 32, (2,))
+    torch.testing.assert_close(model.step(step, train_cache), model.step(step, eval_cache), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", ("reference", "cpu", "triton"))
 def test_cached_step_keeps_shapes_and_reads_nothing_back(backend, monkeypatch):
     """What capturing the step in a CUDA graph needs, checked on any device: the step attends over
