@@ -20,15 +20,14 @@ from pathlib import Path
 import torch
 
 from pyaudiok.data.audio_synth import MIN_SAMPLE_RATE
-from pyaudiok.data.speakers import Conversations, SpeakerBank
+from pyaudiok.data.speakers import Conversations
 from pyaudiok.metrics import diarization_error_rate
 from pyaudiok.metrics.diarization import segments_to_frames
 from pyaudiok.models.dive import DIVE, DIVEConfig
 
-from .runtime import (DEVICES, check_at_least, check_options, checked_config, compile_model, config_from_argv,
-                      fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device, seed_everything,
-                      usage_checked, write_run)
-from .speaker_source import SOURCE_HELP, SOURCES, resolved_source, speaker_source
+from .runtime import (check_at_least, check_options, checked_config, compile_model, fit_steps,
+                      model_from_run_checkpoint, pick_device, seed_everything, usage_checked, write_run)
+from .speaker_runs import resolved_source, speaker_banks, speaker_source, speaker_trainer_main
 
 __all__ = ["TrainConfig", "train", "evaluate", "batch", "main", "load_model", "diarize_main"]
 
@@ -71,8 +70,7 @@ def check_config(cfg: TrainConfig) -> None:
                        f"a conversation takes up to {most} distinct speakers with --max-speakers {cfg.max_speakers}")
     # What the conversations check themselves (a duration of no samples, ...), on synthetic speakers:
     # cheap to build, and the same rules.
-    checked_config(lambda: Conversations(SpeakerBank(sample_rate=cfg.sample_rate, num_speakers=cfg.train_speakers,
-                                                     source="synthetic"), _speaker_counts(cfg.max_speakers),
+    checked_config(lambda: Conversations(speaker_banks(cfg, "synthetic")[0], _speaker_counts(cfg.max_speakers),
                                          cfg.duration))
     checked_config(lambda: DIVEConfig(sample_rate=cfg.sample_rate, channels=cfg.channels, embed_dim=cfg.embed_dim,
                                       layers=cfg.layers, max_speakers=cfg.max_speakers, collar=cfg.collar))
@@ -120,9 +118,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=resolved_source(cfg, log))
-    train_bank = SpeakerBank(split="train", num_speakers=cfg.train_speakers, **common)
-    eval_bank = SpeakerBank(split="valid", num_speakers=cfg.eval_speakers, **common)
+    train_bank, eval_bank = speaker_banks(cfg, resolved_source(cfg, log))
     counts = _speaker_counts(cfg.max_speakers)
     data = Conversations(train_bank, counts, cfg.duration, seed=cfg.seed)
     held_out = Conversations(eval_bank, counts, cfg.duration, seed=cfg.seed)
@@ -156,25 +152,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return result
 
 
-HELP = {"steps": "training steps", "batch": "conversations per step", "duration": "length of each conversation "
-        "(seconds)", "sample_rate": "audio rate (Hz, >= 1000)", "max_speakers": "speakers the model can track "
-        "(conversations hold 2 or 3, at most this)", "train_speakers": "training speaker identities",
-        "eval_speakers": "held-out speaker identities for evaluation", "eval_conversations": "fixed held-out "
-        "conversations evaluated before and after training", "channels": "model width",
-        "embed_dim": "speaker embedding size", "layers": "dilated convolution blocks (dilations 1, 2, 4, ...)",
+HELP = {"batch": "conversations per step", "duration": "length of each conversation (seconds)",
+        "max_speakers": "speakers the model can track (conversations hold 2 or 3, at most this)",
+        "train_speakers": "training speaker identities", "eval_speakers": "held-out speaker identities for evaluation",
+        "eval_conversations": "fixed held-out conversations evaluated before and after training",
+        "layers": "dilated convolution blocks (dilations 1, 2, 4, ...)",
         "collar": "training: seconds per side of each boundary left out of the loss",
-        "eval_collar": "evaluation: total collar width (seconds, pyannote's convention)", "lr": "Adam learning rate",
-        "source": SOURCE_HELP,
-        "seed": "seed of the data and the initialisation", "log_every": "steps per logged row"}
+        "eval_collar": "evaluation: total collar width (seconds, pyannote's convention)"}
 
 
 def main(argv=None) -> int:
-    cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train dive", description=__doc__,
-                           choices={"source": SOURCES, "device": DEVICES}, check=check_config,
-                           helps=HELP)
-    fresh_output_dir(cfg.out_dir)
-    train(cfg)
-    return 0
+    return speaker_trainer_main(TrainConfig, train, argv, prog="pyaudiok train dive", description=__doc__,
+                                helps=HELP, check=check_config)
 
 
 def load_model(checkpoint: str | Path) -> DIVE:

@@ -16,20 +16,19 @@ each source. Written to `out`: `log.csv` (step, losses), `results.json`, `checkp
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from pyaudiok.data.audio_synth import MIN_SAMPLE_RATE
-from pyaudiok.data.speakers import SeparationMixtures, SpeakerBank
+from pyaudiok.data.speakers import SeparationMixtures
 from pyaudiok.models.wavesplit import Wavesplit, WavesplitConfig
 from pyaudiok.ops import pit_si_sdr, si_sdr_matrix
 
-from .runtime import (DEVICES, check_at_least, check_options, checked_config, compile_model,
-                      config_from_argv, fit_steps, fresh_output_dir, model_from_run_checkpoint, pick_device,
-                      seed_everything, writable_output_dir, write_run)
-from .speaker_source import SOURCE_HELP, SOURCES, resolved_source, speaker_source
+from .runtime import (check_at_least, check_options, checked_config, compile_model, fit_steps,
+                      model_from_run_checkpoint, pick_device, seed_everything, writable_output_dir, write_run)
+from .speaker_runs import resolved_source, speaker_banks, speaker_source, speaker_trainer_main
 
 __all__ = ["TrainConfig", "train", "evaluate", "main", "load_model", "separate_main"]
 
@@ -69,20 +68,13 @@ def check_config(cfg: TrainConfig) -> None:
                    f"a mixture takes --num-sources {cfg.num_sources} distinct speakers")
     # What the data and the model check themselves (a segment of no samples, ...), on synthetic
     # speakers: cheap to build, and the same rules.
-    checked_config(lambda: SeparationMixtures(_banks(replace(cfg, source="synthetic"))[0], cfg.num_sources,
+    checked_config(lambda: SeparationMixtures(speaker_banks(cfg, "synthetic")[0], cfg.num_sources,
                                               cfg.segment_seconds))
     checked_config(lambda: WavesplitConfig(num_sources=cfg.num_sources, num_speakers=cfg.train_speakers,
                                            channels=cfg.channels, embed_dim=cfg.embed_dim,
                                            speaker_layers=cfg.speaker_layers,
                                            separation_layers=cfg.separation_layers))
     speaker_source(cfg.source, cfg.sample_rate, cfg.train_speakers, cfg.eval_speakers)  # last: it may run a synthesiser
-
-
-def _banks(cfg: TrainConfig) -> tuple[SpeakerBank, SpeakerBank]:
-    """The train and held-out speaker banks of `cfg.source` ("synthetic" or "tts": resolved already)."""
-    common = dict(sample_rate=cfg.sample_rate, seed=cfg.seed, source=cfg.source)
-    return (SpeakerBank(split="train", num_speakers=cfg.train_speakers, **common),
-            SpeakerBank(split="valid", num_speakers=cfg.eval_speakers, **common))
 
 
 @torch.no_grad()
@@ -109,7 +101,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     check_config(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    train_bank, eval_bank = _banks(replace(cfg, source=resolved_source(cfg, log)))
+    train_bank, eval_bank = speaker_banks(cfg, resolved_source(cfg, log))
     data = SeparationMixtures(train_bank, cfg.num_sources, cfg.segment_seconds, dynamic=True, seed=cfg.seed)
     held_out = SeparationMixtures(eval_bank, cfg.num_sources, cfg.segment_seconds, dynamic=False,
                                   num_mixtures=cfg.eval_mixtures, seed=cfg.seed)
@@ -142,25 +134,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return result
 
 
-HELP = {"steps": "training steps", "batch": "mixtures per step", "num_sources": "speakers in each mixture",
-        "segment_seconds": "length of each mixture (seconds)", "sample_rate": "audio rate (Hz, >= 1000)",
+HELP = {"batch": "mixtures per step", "num_sources": "speakers in each mixture",
+        "segment_seconds": "length of each mixture (seconds)",
         "train_speakers": "training speaker identities (>= --num-sources)",
         "eval_speakers": "held-out speaker identities for evaluation (>= --num-sources)",
         "eval_mixtures": "fixed held-out mixtures evaluated before and after training",
-        "channels": "model width", "embed_dim": "speaker embedding size",
-        "speaker_layers": "dilated blocks of the speaker stack", "separation_layers": "dilated blocks of the "
-        "separation stack", "lr": "Adam learning rate",
-        "source": SOURCE_HELP,
-        "seed": "seed of the data and the initialisation", "log_every": "steps per logged row"}
+        "speaker_layers": "dilated blocks of the speaker stack",
+        "separation_layers": "dilated blocks of the separation stack"}
 
 
 def main(argv=None) -> int:
-    cfg = config_from_argv(TrainConfig, argv, prog="pyaudiok train wavesplit", description=__doc__,
-                           choices={"source": SOURCES, "device": DEVICES}, check=check_config,
-                           helps=HELP)
-    fresh_output_dir(cfg.out_dir)
-    train(cfg)
-    return 0
+    return speaker_trainer_main(TrainConfig, train, argv, prog="pyaudiok train wavesplit", description=__doc__,
+                                helps=HELP, check=check_config)
 
 
 def load_model(checkpoint: str | Path) -> tuple[Wavesplit, int]:

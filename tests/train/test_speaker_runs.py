@@ -8,7 +8,7 @@ from pyaudiok import cli
 from pyaudiok.data import speakers
 from pyaudiok.train import dive, wavesplit
 from pyaudiok.train.runtime import ConfigError
-from pyaudiok.train.speaker_source import speaker_source
+from pyaudiok.train.speaker_runs import speaker_source
 
 from . import test_dive_train, test_wavesplit_train
 
