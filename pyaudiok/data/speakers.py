@@ -206,8 +206,9 @@ def _trim(wav: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
 class SpeakerBank:
     """Speakers of one split and a finite pool of utterances per speaker.
 
-    `source="auto"` uses synthesiser voices when any is installed, else synthetic speakers;
-    "synthetic" or "tts" force one. Speakers are numbered 0..len−1 within the split; `identity(s)`
+    `source="auto"` uses synthesiser voices when the installed ones give the split num_speakers
+    speakers, else synthetic speakers; "synthetic" forces those, "tts" the voices (a ValueError when
+    they are too few). Speakers are numbered 0..len−1 within the split; `identity(s)`
     is the global identity (train and valid never share one)."""
 
     def __init__(self, sample_rate: int = 8_000, split: str = "train", seed: int = 0, num_speakers: int = 16,
@@ -231,11 +232,15 @@ class SpeakerBank:
         self.tts = TtsVoices(sample_rate, cache_dir) if source != "synthetic" else None
         if source == "tts" and not self.tts:
             raise ValueError("source='tts' asked, but neither espeak-ng nor flite is on PATH (or they produce no audio)")
+        voices = self.tts.split_identities(split) if self.tts else []
+        if len(voices) < num_speakers:  # a bank always holds num_speakers speakers
+            if source == "tts":
+                raise ValueError(f"source='tts': the installed synthesisers give {len(voices)} {split} speakers; "
+                                 f"num_speakers is {num_speakers}")
+            self.tts = None  # auto: synthetic speakers, any number
         self.kind = "tts" if self.tts else "synthetic"
         if self.kind == "tts":
-            self.identities = self.tts.split_identities(split)[:num_speakers]
-            if not self.identities:
-                raise ValueError(f"the installed synthesisers give no {split} speakers")
+            self.identities = voices[:num_speakers]
         else:
             self.identities = [2 * s + SPLITS[split] for s in range(num_speakers)]
         self._cache: dict[tuple[int, int], np.ndarray] = {}

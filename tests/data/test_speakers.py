@@ -107,8 +107,10 @@ def test_synthesiser_voices_are_used_when_installed(tmp_path, monkeypatch):
     _fake_synth(bin_dir, "espeak-ng", "-w", 300)
     _fake_synth(bin_dir, "flite", "-o", 500)
     monkeypatch.setenv("PATH", str(bin_dir))
-    bank = spk.SpeakerBank(SR, "train", num_speakers=40, utterances_per_speaker=2, cache_dir=tmp_path / "cache")
-    valid = spk.SpeakerBank(SR, "valid", num_speakers=40, cache_dir=tmp_path / "cache")
+    counts = spk.tts_speaker_counts(SR, tmp_path / "cache")
+    assert counts == {"train": 27, "valid": 9}  # 12 voices × 3 pitches; every fourth voice held out
+    bank = spk.SpeakerBank(SR, "train", num_speakers=27, utterances_per_speaker=2, cache_dir=tmp_path / "cache")
+    valid = spk.SpeakerBank(SR, "valid", num_speakers=9, cache_dir=tmp_path / "cache")
     assert bank.kind == "tts" and len(bank.tts) == 3 * (len(spk.ESPEAK_VOICES) + len(spk.FLITE_VOICES))
     assert not set(bank.identities) & set(valid.identities) and len(valid) > 0
     wav = bank.utterance(0, 0)
@@ -118,6 +120,11 @@ def test_synthesiser_voices_are_used_when_installed(tmp_path, monkeypatch):
     assert list((tmp_path / "cache" / "speakers").glob("*.wav")) and not list((tmp_path / "cache").rglob("*.tmp*"))
     mix, src, _ = spk.SeparationMixtures(bank, 2, segment_seconds=0.5).item(0)
     assert torch.allclose(src.sum(0), mix, atol=1e-5)
+
+    # A bank always holds num_speakers: too few voices give synthetic speakers (auto) or an error (tts).
+    assert spk.SpeakerBank(SR, "valid", num_speakers=10, cache_dir=tmp_path / "cache").kind == "synthetic"
+    with pytest.raises(ValueError, match="give 9 valid speakers; num_speakers is 10"):
+        spk.SpeakerBank(SR, "valid", num_speakers=10, source="tts", cache_dir=tmp_path / "cache")
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert spk.SpeakerBank(SR, "train", num_speakers=2, cache_dir=tmp_path / "c2").kind == "synthetic"
@@ -142,7 +149,8 @@ def test_real_synthesiser_voices(engine, tmp_path):
 
     if shutil.which(engine) is None:
         pytest.skip(f"{engine} is not installed")
-    bank = spk.SpeakerBank(SR, "train", num_speakers=40, utterances_per_speaker=1, source="tts",
+    available = spk.tts_speaker_counts(SR, tmp_path / "cache")["train"]
+    bank = spk.SpeakerBank(SR, "train", num_speakers=available, utterances_per_speaker=1, source="tts",
                            cache_dir=tmp_path / "cache")
     mine = [s for s in range(len(bank)) if bank.tts.identities[bank.identity(s)][0] == engine][:2]
     assert len(mine) == 2
