@@ -112,6 +112,10 @@ CASES = {
     "pcen": ("pcen", lambda: (ops.pcen, [_rand(2, 3, 20, low=0.01), 0.5 + 0.4 * torch.rand(3, dtype=torch.float64),
                                          _rand(3, low=0.5), _rand(3, low=1.0),
                                          0.05 + 0.3 * torch.rand(3, dtype=torch.float64)])),
+    "group_norm_film_prelu": ("group_norm_film_prelu", lambda: (
+        lambda x, prelu, weight, bias, scale, shift: ops.group_norm_film_prelu(
+            x, 2, prelu, weight=weight, bias=bias, scale=scale, shift=shift),
+        [_rand(2, 4, 9), _rand(4), _rand(4), _rand(4), _rand(2, 4), _rand(2, 4)])),
 }
 
 

@@ -91,6 +91,12 @@ def _gabor(dtype, device):
     return ops.gabor_pool(x, freqs, widths, torch.full((4,), 0.4, device=device), window=101, stride=40), x
 
 
+def _group_norm_film_prelu(dtype, device):
+    x = _leaf(2, 6, 33, dtype=dtype, device=device)
+    prelu, scale = torch.full((6,), 0.25, device=device, dtype=dtype), (1 + torch.rand(2, 6)).to(device, dtype)
+    return ops.group_norm_film_prelu(x, 2, prelu, scale=scale), x
+
+
 # name -> (launch, the kernels module whose kernels take the half inputs as they are; None where the
 # op computes in fp32 and its kernels see fp32 only)
 CASES: dict[str, tuple[Callable, str]] = {
@@ -102,6 +108,7 @@ CASES: dict[str, tuple[Callable, str]] = {
     "bilinear_contrastive_loss": (_contrastive, "bilinear_contrastive"), "collar_vad_loss": (_collar_vad, "collar_vad"),
     "distance_logsumexp": (_distance, "distance_logsumexp"), "reorder_channels": (_reorder, "reorder_channels"),
     "pcen": (_pcen, "pcen"), "gabor_pool": (_gabor, "gabor_pool"),
+    "group_norm_film_prelu": (_group_norm_film_prelu, None),
 }
 
 _POINTER = {torch.float16: "*fp16", torch.bfloat16: "*bf16"}

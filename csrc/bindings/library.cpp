@@ -58,4 +58,10 @@ TORCH_LIBRARY(pyaudiok, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("collar_vad_backward(Tensor grad, Tensor logits, Tensor reference, Tensor order, Tensor keep, Tensor count) "
         "-> Tensor");
+  // GroupNorm → per-item channel affine → PReLU (pyaudiok/ops/group_norm_film_prelu.py): (y, stats [B, G, 3])
+  // and (grad_x, per-(b, c) sums for gain, offset and the PReLU weight).
+  m.def("group_norm_film_prelu_forward(Tensor x, Tensor gain, Tensor offset, Tensor prelu_weight, int num_groups, "
+        "float eps) -> (Tensor, Tensor)");
+  m.def("group_norm_film_prelu_backward(Tensor grad, Tensor x, Tensor gain, Tensor offset, Tensor prelu_weight, "
+        "Tensor stats, int num_groups) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -5,6 +5,7 @@ from .collar_vad import collar_vad_loss
 from .distance_logsumexp import distance_logsumexp, distance_nll
 from .fourier_crop import fourier_crop, fourier_crop_output_size
 from .gabor_pool import gabor_pool
+from .group_norm_film_prelu import group_norm_film_prelu
 from .rotary import gather_rows_rotary, split_heads_rotary
 from .kmeans import KMeansResult, kmeans
 from .label_proportions import ot_pseudo_labels, proportion_loss
@@ -23,4 +24,4 @@ __all__ = ["RVQResult", "residual_vq", "rvq_decode", "PITResult", "neg_si_sdr_lo
            "sinkhorn_sort", "bilinear_contrastive_loss", "gabor_pool", "pcen",
            "proportion_loss", "ot_pseudo_labels", "gather_rows_rotary",
            "split_heads_rotary", "collar_vad_loss",
-           "distance_logsumexp", "distance_nll", "reorder_channels", "token_attention"]
+           "distance_logsumexp", "distance_nll", "reorder_channels", "token_attention", "group_norm_film_prelu"]

@@ -36,6 +36,8 @@ SINKHORN = ("c, la, lb = torch.rand(2, 5, 6), torch.full((2, 5), -1.6094), torch
 SINKHORN_BW = ("P.sinkhorn_backward(torch.randn(2, 5, 6), torch.randn(2, 5), torch.randn(2, 6), c, la, lb, plan, {}, "
                "hf, hg, {})")
 PCEN = "E, prm = torch.rand(2, 6, 40), torch.rand(4, 6); "
+GNFP = "x, gn, of, a = torch.randn(2, 6, 9), torch.randn(2, 6), torch.randn(2, 6), torch.rand(6); "
+GNFP_BW = GNFP + "y, st = P.group_norm_film_prelu_forward(x, gn, of, a, 3, 1e-5); "
 BIG = 2**40
 
 # name -> (code, what the RuntimeError must say). A case whose pattern is None must run without error.
@@ -162,6 +164,22 @@ CASES = {
     "pcen_backward eps inf": (PCEN + "y, _ = P.pcen_forward(E, prm, 1e-6); "
                               "P.pcen_backward(torch.randn_like(E), E, y, prm, float('inf'))",
                               r"eps must be finite and >= 0"),
+    "group_norm_film_prelu eps 0": (GNFP + "P.group_norm_film_prelu_forward(x, gn, of, a, 3, 0.)",
+                                    r"eps must be finite and > 0"),
+    "group_norm_film_prelu eps nan": (GNFP + "P.group_norm_film_prelu_forward(x, gn, of, a, 3, float('nan'))",
+                                      r"eps must be finite and > 0"),
+    "group_norm_film_prelu num_groups 4": (GNFP + "P.group_norm_film_prelu_forward(x, gn, of, a, 4, 1e-5)",
+                                           r"num_groups must be >= 1 and divide C = 6"),
+    "group_norm_film_prelu num_groups 0": (GNFP + "P.group_norm_film_prelu_forward(x, gn, of, a, 0, 1e-5)",
+                                           r"num_groups must be >= 1"),
+    "group_norm_film_prelu gain [B, C - 1]": (GNFP + "P.group_norm_film_prelu_forward(x, gn[:, :5], of, a, 3, 1e-5)",
+                                              r"gain must be \[B, C\]"),
+    "group_norm_film_prelu prelu [2]": (GNFP + "P.group_norm_film_prelu_forward(x, gn, of, a[:2], 3, 1e-5)",
+                                        r"prelu_weight must be \[1\] or \[C\]"),
+    "group_norm_film_prelu stats [B, G]": (GNFP_BW + "P.group_norm_film_prelu_backward(x, x, gn, of, a, st[..., 0], 3)",
+                                           r"stats must be \[B, G, 3\]"),
+    "group_norm_film_prelu grad short": (GNFP_BW + "P.group_norm_film_prelu_backward(x[..., 1:], x, gn, of, a, st, 3)",
+                                         r"grad must be x's shape"),
 }
 
 # Runs every case in one interpreter, each caught on its own, one JSON line per case as it finishes:

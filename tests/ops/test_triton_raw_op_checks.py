@@ -59,6 +59,10 @@ def _pcen():
     return [torch.randn(2, 6, 40).abs(), params, 1e-6]
 
 
+def _gnfp():
+    return [torch.randn(2, 6, 9), torch.randn(2, 6), torch.randn(2, 6), torch.rand(6), 3, 1e-5]
+
+
 def _sinkhorn():
     return [torch.rand(2, 5, 6), torch.randn(2, 5).log_softmax(-1), torch.randn(2, 6).log_softmax(-1), 0.5, 20,
             0.0, False]
@@ -82,6 +86,8 @@ LAYOUTS = [
     ("soft_sort_rank x", _op("soft_rank"), lambda: [torch.randn(4, 7), 0.5, False, True, False], 0, transposed),
     ("pcen E", _op("pcen"), _pcen, 0, transposed),
     ("pcen params", _op("pcen"), _pcen, 1, transposed),
+    ("group_norm_film_prelu x", _op("group_norm_film_prelu"), _gnfp, 0, transposed),
+    ("group_norm_film_prelu gain", _op("group_norm_film_prelu"), _gnfp, 1, transposed),
     ("kmeans x", _kmeans, lambda: [torch.randn(2, 50, 4), torch.randn(2, 3, 4), 3], 0, transposed),
     ("reorder_channels x", _op("reorder_channels"),
      lambda: [torch.randn(2, 3, 4), torch.randn(2, 4, 10), None], 1, transposed),
@@ -140,6 +146,12 @@ MISMATCHES = [
      lambda: [torch.randn(6, 8), torch.randn(5, 8), True], "y"),
     ("pcen params F - 1", _op("pcen"), _with(_pcen, 1, lambda a: a[1][:, :5]), "params"),
     ("pcen params one row", _op("pcen"), _with(_pcen, 1, lambda a: a[1][:1]), "params"),
+    ("group_norm_film_prelu gain C - 1", _op("group_norm_film_prelu"), _with(_gnfp, 1, torch.randn(2, 5)), "gain"),
+    ("group_norm_film_prelu offset B + 1", _op("group_norm_film_prelu"), _with(_gnfp, 2, torch.randn(3, 6)),
+     "offset"),
+    ("group_norm_film_prelu prelu [2]", _op("group_norm_film_prelu"), _with(_gnfp, 3, torch.rand(2)),
+     "prelu_weight"),
+    ("group_norm_film_prelu num_groups 4", _op("group_norm_film_prelu"), _with(_gnfp, 4, 4), "num_groups"),
     ("collar_vad order [B, 1]", _op("collar_vad"), _with(_collar, 2, torch.zeros(2, 1, dtype=torch.int64)),
      "order"),
     ("fourier_crop_matrix mask short", _fourier("matrix"), lambda: [torch.randn(2), 16, 9], "mask"),
