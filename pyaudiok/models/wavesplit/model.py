@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyaudiok.models._inputs import check_model_dtype
-from pyaudiok.ops import _checks, distance_logsumexp, distance_nll, kmeans, neg_si_sdr_loss
+from pyaudiok.ops import _checks, distance_logsumexp, distance_nll, group_norm_film_prelu, kmeans, neg_si_sdr_loss
 
 __all__ = ["WavesplitConfig", "Wavesplit", "WavesplitOutput", "speaker_loss", "DilatedResidual"]
 
@@ -60,7 +60,7 @@ class WavesplitConfig:
 
 
 class DilatedResidual(nn.Module):
-    """Dilated conv → (FiLM) → PReLU → 1×1, added back."""
+    """Dilated conv → GroupNorm → (FiLM) → PReLU → 1×1, added back."""
 
     def __init__(self, channels: int, dilation: int, cond_dim: int = 0) -> None:
         super().__init__()
@@ -71,11 +71,14 @@ class DilatedResidual(nn.Module):
         self.film = nn.Linear(cond_dim, 2 * channels) if cond_dim else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.norm(self.conv(x))
+        scale = shift = None
         if self.film is not None:
-            gamma, beta = self.film(cond)[..., None].chunk(2, dim=1)
-            u = (1 + gamma) * u + beta  # γ(c) ⊙ u + β(c), γ initialised near 1
-        return x + self.out(self.act(u))
+            gamma, shift = self.film(cond).chunk(2, dim=1)
+            scale = 1 + gamma  # γ(c) ⊙ u + β(c), γ initialised near 1
+        # GroupNorm, FiLM and PReLU in one fused op (the modules keep the parameters and the state_dict).
+        u = group_norm_film_prelu(self.conv(x), self.norm.num_groups, self.act.weight, weight=self.norm.weight,
+                                  bias=self.norm.bias, scale=scale, shift=shift, eps=self.norm.eps)
+        return x + self.out(u)
 
 
 class WavesplitOutput(NamedTuple):
