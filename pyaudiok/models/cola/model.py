@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...nn._spectral import on_fft_friendly_input
+from ...nn.layout import channels_last, to_channels_last
 from ...nn.leaf import Leaf
 from ...nn.mel import mel_filterbank
 from ...ops import _checks, bilinear_contrastive_loss
@@ -123,6 +124,7 @@ class COLA(nn.Module):
         self.frontend = LeafFrontend(cfg) if cfg.frontend == "leaf" else LogMel(cfg)
         self.norm = nn.BatchNorm2d(1)  # log-mel levels vary by tens of dB: normalise the input
         self.encoder, width = _encoder(cfg)
+        to_channels_last(self.encoder)  # see pyaudiok.nn.layout
         self.head = nn.Sequential(nn.Linear(width, cfg.embedding_dim), nn.LayerNorm(cfg.embedding_dim), nn.Tanh())
         self.similarity = nn.Parameter(torch.empty(cfg.embedding_dim, cfg.embedding_dim))
         # g has |g_i| ≲ 1 in every one of the d dims, so ‖g‖² ~ d: std 1/d keeps the initial logits
@@ -130,7 +132,7 @@ class COLA(nn.Module):
         nn.init.normal_(self.similarity, std=1.0 / cfg.embedding_dim)
 
     def embed(self, wav: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder(self.norm(self.frontend(wav)))
+        feats = self.encoder(channels_last(self.norm(self.frontend(wav))))
         return feats.amax(dim=(2, 3))  # global max pool
 
     def project(self, wav: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ...nn.layout import channels_last, to_channels_last
 from ...ops import _checks, sinkhorn_rank, soft_rank
 
 RANKERS = ("pav", "sinkhorn")
@@ -45,6 +46,7 @@ class PermutationPretext(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.BatchNorm2d(64), nn.ReLU(),
             nn.Conv2d(64, dim, 3, padding=1, stride=2), nn.BatchNorm2d(dim), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        to_channels_last(self.encoder)  # see pyaudiok.nn.layout
         self.score = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
     @property
@@ -63,7 +65,7 @@ class PermutationPretext(nn.Module):
 
     def _encode(self, patches: torch.Tensor) -> torch.Tensor:
         B, P, h, w = patches.shape
-        z = self.encoder(patches.reshape(B * P, 1, h, w))
+        z = self.encoder(channels_last(patches.reshape(B * P, 1, h, w)))
         return z.reshape(B, P, z.shape[-1])
 
     def embed(self, logmel: torch.Tensor, pooling: str = "concat") -> torch.Tensor:
