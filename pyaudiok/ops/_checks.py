@@ -77,16 +77,21 @@ def tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | None = 
     """Check that `value` is a tensor of an allowed dtype and rank (or of exactly `shape`); `layout`
     (e.g. "[Q, K, D]") is how the expected shape is described in the error message."""
     if shape is not None:
-        ndim, layout = len(shape), f"{layout} = {shape_str(shape)}" if layout else shape_str(shape)
+        ndim = len(shape)
+
+    def expected() -> str:  # formatted only for an error: under torch.compile the sizes may be symbolic
+        if shape is None:
+            return layout
+        return f"{layout} = {shape_str(shape)}" if layout else shape_str(shape)
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor{' of shape ' + layout if layout else ''}, "
+        raise TypeError(f"{name} must be a torch.Tensor{' of shape ' + expected() if expected() else ''}, "
                         f"got {type(value).__name__}")
     if dtypes is not None and value.dtype not in dtypes:
         allowed = ", ".join(_dtype_name(d) for d in dtypes)
         raise TypeError(f"{name} must have dtype {allowed}; got {_dtype_name(value.dtype)}")
     if (ndim is not None and value.dim() != ndim) or (min_ndim is not None and value.dim() < min_ndim) \
             or (shape is not None and tuple(value.shape) != tuple(shape)):
-        raise ValueError(f"{name} must have shape {layout or f'of rank {ndim}'}; got {shape_str(value.shape)}")
+        raise ValueError(f"{name} must have shape {expected() or f'of rank {ndim}'}; got {shape_str(value.shape)}")
     return value
 
 

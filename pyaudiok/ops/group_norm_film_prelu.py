@@ -60,6 +60,8 @@ def group_norm_film_prelu_reference(x: torch.Tensor, num_groups: int, prelu_weig
                                     scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
                                     eps: float = 1e-5) -> torch.Tensor:
     """x[B, C, T] -> prelu(scale · group_norm(x) + shift) [B, C, T], in plain PyTorch."""
+    if weight is None and bias is not None:  # F.group_norm's backward fails on a bias without a weight
+        weight = torch.ones_like(bias)
     u = F.group_norm(x, num_groups, weight, bias, eps)
     if scale is not None:
         u = scale[..., None] * u

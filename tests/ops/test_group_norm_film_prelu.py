@@ -81,6 +81,36 @@ def test_with_and_without_affine(backend, affine):
     compare(backend, inputs(2, 6, 17, P=6, affine=affine, device=device), 3)
 
 
+@pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
+@pytest.mark.parametrize("given", ("weight", "bias"))
+def test_one_affine_term_alone(backend, given):
+    # F.group_norm's own backward fails on a bias without a weight: the reference must not.
+    device = require_backend(OP, backend)
+    dtype = torch.float32 if backend == "triton" else torch.float64  # Triton has no float64 kernels
+    x = torch.randn(3, 6, 9, dtype=dtype, device=device, requires_grad=True)
+    term = torch.randn(6, dtype=dtype, device=device, requires_grad=True)
+    prelu = torch.full((1,), 0.2, dtype=dtype, device=device)
+    with pyaudiok.use_backend(backend):
+        y = group_norm_film_prelu(x, 3, prelu, **{given: term})
+    grads = torch.autograd.grad(y, (x, term), g := torch.randn_like(y))
+    weight = term if given == "weight" else torch.ones_like(term)
+    bias = term if given == "bias" else None
+    expected = torch.nn.functional.prelu(torch.nn.functional.group_norm(x, 3, weight, bias), prelu)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(y, expected, **tol)
+    for got, want in zip(grads, torch.autograd.grad(expected, (x, term), g)):
+        torch.testing.assert_close(got, want, **tol)
+
+
+def test_compiles_with_a_dynamic_batch_in_one_graph():
+    # The shape checks must not format symbolic sizes (a graph break, or an error with fullgraph).
+    fn = torch.compile(lambda x, prelu, scale: group_norm_film_prelu(x, 2, prelu, scale=scale),
+                       backend="aot_eager", fullgraph=True, dynamic=True)
+    for B in (3, 5):
+        x, prelu, scale = torch.randn(B, 4, 9), torch.full((4,), 0.2), torch.randn(B, 4)
+        torch.testing.assert_close(fn(x, prelu, scale), group_norm_film_prelu_reference(x, 2, prelu, scale=scale))
+
+
 def test_cpu_long_rows_and_many_channels():
     """Rows longer than the kernel's blocks of 512 values, and groups of many rows."""
     require_backend(OP, "cpu")
