@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..ops import _checks
 from . import _launch_checks as checks
 from .gpu import launchable
 
@@ -155,7 +156,9 @@ def _checked(x: Tensor, gain: Tensor, offset: Tensor, prelu_weight: Tensor, num_
     P = checks.shape("prelu_weight", prelu_weight, "[P]", None)[0]
     if P not in (1, C):
         raise ValueError(f"prelu_weight must have shape [1] or [C] = [{C}]; got [{P}]")
+    checks.dtype("x", x, (torch.float32, torch.float16, torch.bfloat16))
     for name, t in (("gain", gain), ("offset", offset), ("prelu_weight", prelu_weight)):
+        checks.dtype(name, t, (torch.float32,))  # the public op folds the affine terms in float32
         checks.device(name, t, x)
     return checks.dense(x, gain, offset, prelu_weight)
 
@@ -165,6 +168,7 @@ def group_norm_film_prelu_forward(x: Tensor, gain: Tensor, offset: Tensor, prelu
     """x[B, C, T] (fp32/fp16/bf16), gain, offset [B, C] and prelu_weight fp32 -> (y in x's dtype,
     stats[B, G, 3] fp32)."""
     x, gain, offset, prelu_weight = _checked(x, gain, offset, prelu_weight, num_groups)
+    _checks.positive_float("eps", eps)
     B, C, T = x.shape
     y = torch.empty_like(x)
     stats = torch.empty(B, num_groups, 3, device=x.device, dtype=torch.float32)
@@ -183,6 +187,8 @@ def group_norm_film_prelu_backward(grad: Tensor, x: Tensor, gain: Tensor, offset
     B, C, T = x.shape
     checks.shape("grad", grad, "[B, C, T]", B, C, T)
     checks.shape("stats", stats, "[B, G, 3]", B, num_groups, 3)
+    checks.dtype("grad", grad, (x.dtype,))
+    checks.dtype("stats", stats, (torch.float32,))
     for name, t in (("grad", grad), ("stats", stats)):
         checks.device(name, t, x)
     grad, stats = checks.dense(grad, stats)

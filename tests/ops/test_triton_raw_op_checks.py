@@ -180,6 +180,24 @@ def test_mismatched_shapes_raise_naming_the_argument(case):
         op()(*make())
 
 
+# (id, op, inputs with a wrong dtype or value, the error type, the name the error gives)
+BAD_VALUES = [
+    ("group_norm_film_prelu x int", _op("group_norm_film_prelu"),
+     _with(_gnfp, 0, torch.zeros(2, 6, 9, dtype=torch.int32)), TypeError, "x"),
+    ("group_norm_film_prelu gain float64", _op("group_norm_film_prelu"),
+     _with(_gnfp, 1, torch.randn(2, 6, dtype=torch.float64)), TypeError, "gain"),
+    ("group_norm_film_prelu eps 0", _op("group_norm_film_prelu"), _with(_gnfp, 5, 0.0), ValueError, "eps"),
+    ("group_norm_film_prelu eps nan", _op("group_norm_film_prelu"), _with(_gnfp, 5, float("nan")), ValueError, "eps"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+def test_wrong_dtypes_and_values_raise_naming_the_argument(case):
+    _, op, make, error, name = case
+    with pytest.raises(error, match=rf"^{name}\b"):
+        op()(*make())
+
+
 @pytest.mark.parametrize("bad_end, same_as", [(100, "one block"), (-1, "singletons")])
 def test_soft_rank_backward_clamps_malformed_blocks(bad_end, same_as):
     """A block end past the row is read as the row's end, one before the block's start as the start
