@@ -206,9 +206,9 @@ def _prompts(lengths, T0):
 @pytest.mark.parametrize("prompt_lengths, carry", [((15, 9, 12), None), ((15, 3, 12), 8), ((7, 7), 4)])
 def test_generation_from_prompts_of_different_lengths(prompt_lengths, carry, monkeypatch):
     """Cached (also through the CUDA-graph step's interface) and uncached sampling give the same
-    tokens, and each row's are those of the row generated alone with min(carry, shortest prompt)
-    latents carried; 45 steps cross several windows (latents fill up, the context reaches
-    max_context). Row b holds its prompt, its new tokens, then its padding."""
+    tokens; a shortest row's are those it gets generated alone, and so are every row's when the
+    shortest prompt holds `carry` tokens; 45 steps cross several windows (latents fill up, the
+    context reaches max_context). Row b holds its prompt, its new tokens, then its padding."""
     model = _model().double().eval()  # 12 latents, max_context 40
     prompt, lengths = _prompts(prompt_lengths, 15)
     runs = {use_cache: generate(model, prompt, 45, temperature=0, carry=carry, use_cache=use_cache,
@@ -219,11 +219,12 @@ def test_generation_from_prompts_of_different_lengths(prompt_lengths, carry, mon
     monkeypatch.setattr(_EagerGraphStep, "captures", [])
     assert torch.equal(generate(model, prompt, 45, temperature=0, carry=carry, prompt_lengths=lengths), runs[True])
     assert _EagerGraphStep.captures
-    alone_carry = min(carry or 6, min(prompt_lengths))
+    shortest = min(prompt_lengths)
     for b, length in enumerate(prompt_lengths):
-        alone = generate(model, prompt[b:b + 1, :length], 45, temperature=0, carry=alone_carry)[0]
-        assert torch.equal(runs[True][b, :length + 45], alone)
         assert torch.equal(runs[True][b, length + 45:], prompt[b, length:])
+        if length == shortest or shortest >= (carry or 6):
+            alone = generate(model, prompt[b:b + 1, :length], 45, temperature=0, carry=carry)[0]
+            assert torch.equal(runs[True][b, :length + 45], alone)
 
 
 def test_generation_with_full_prompt_lengths_equals_without():
@@ -231,6 +232,10 @@ def test_generation_with_full_prompt_lengths_equals_without():
     prompt = torch.randint(0, 32, (2, 7))
     want = generate(model, prompt, 30, temperature=0)
     assert torch.equal(generate(model, prompt, 30, temperature=0, prompt_lengths=[7, 7]), want)
+    # Prompts shorter than the carry (6): only the first window carries fewer latents, as without lengths.
+    short = prompt[:, :3]
+    assert torch.equal(generate(model, short, 30, temperature=0, prompt_lengths=[3, 3]),
+                       generate(model, short, 30, temperature=0))
     assert torch.equal(generate(model, prompt, 0, prompt_lengths=[7, 3]), prompt)
 
 

@@ -154,24 +154,26 @@ def _capture(model: PerceiverAR, cache: LatentCache, token: torch.Tensor, forced
         return None
 
 
-def _window(model: PerceiverAR, total: int, carry: int) -> tuple[int, int]:
-    """(first input position, latents) of a window started when `total` tokens exist."""
+def _window(model: PerceiverAR, total: int, carry: int, spread: int = 0) -> tuple[int, int]:
+    """(first input position, latents) of a window started when `total` tokens exist in the longest
+    row and `spread` fewer in the shortest (right-padded prompts): its latents are that row's last
+    min(its tokens, carry), so every row holds them."""
     c = model.config
-    n = min(total, carry)
+    n = min(total - spread, carry)
     start = max(0, total - (c.max_context - (c.latents - n)))
     return start, n
 
 
-def _schedule(model: PerceiverAR, begin: int, end: int, carry: int):
-    """(total, fresh, start, n) for each token to generate, at `total` tokens so far from `begin` to
-    `end`: whether it starts a window (the full model runs) or is a cached step, the window's first
-    input position, and its latents."""
+def _schedule(model: PerceiverAR, begin: int, end: int, carry: int, spread: int = 0):
+    """(total, fresh, start, n) for each token to generate, at `total` tokens so far in the longest
+    row (`spread` fewer in the shortest) from `begin` to `end`: whether it starts a window (the full
+    model runs) or is a cached step, the window's first input position, and its latents."""
     c = model.config
     start, n = 0, 0
     for total in range(begin, end):
         fresh = n == 0 or n + 1 > c.latents or total - start > c.max_context
         if fresh:
-            start, n = _window(model, total, carry)
+            start, n = _window(model, total, carry, spread)
         else:
             n += 1
         yield total, fresh, start, n
@@ -244,9 +246,11 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
 
     prompt_lengths[B] (ints in [1, T0]; None: all T0): right-padded prompts, generated together.
     Row b of the output holds its ℓ_b prompt tokens, its `steps` new ones (out[b, ℓ_b:ℓ_b + steps])
-    and then its padding. The rows' windows start together, each with min(carry, shortest prompt)
-    latents, so each row's tokens are those of the row generated alone with that carry (with greedy
-    decoding; sampling draws for the batch at once)."""
+    and then its padding. The rows' windows start together, each with min(carry, the shortest row's
+    tokens) latents: the schedule of the shortest row alone. So with greedy decoding a row's tokens
+    are those it gets generated alone whenever its prompt is a shortest one or the shortest prompt
+    holds at least `carry` tokens (otherwise its first window carries fewer latents than alone);
+    equal lengths give what no lengths give. Sampling draws for the batch at once."""
     c = model.config
     if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] < 1 or \
             prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
@@ -267,8 +271,7 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
         raise ValueError(f"cuda_graphs needs use_cache=True and a prompt on a CUDA device; got "
                          f"use_cache={use_cache}, device {prompt.device}")
     carry = max(1, c.latents // 2) if carry is None else carry
-    if lengths is not None:
-        carry = min(carry, shortest)  # every row's windows hold the same latents
+    spread = 0 if lengths is None else longest - shortest  # every row's windows hold the same latents
     was_training = model.training
     model.eval()
     # The whole output at once, filled a token at a time (no copy of the sequence per token).
@@ -278,7 +281,7 @@ def generate(model: PerceiverAR, prompt: torch.Tensor, steps: int, *, temperatur
     try:
         # Windows start where the longest row's do: with n latents in every row, a window ends only
         # when its latents reach N (its inputs reach max_context no sooner), the same step for all.
-        for total, fresh, start, n in _schedule(model, longest, rows.end, carry):
+        for total, fresh, start, n in _schedule(model, longest, rows.end, carry, spread):
             if graphs_possible and not fresh and decided_for is not cache:
                 # The window's first cached step: capture it, if worth it (the steps left only fall).
                 decided_for = cache
