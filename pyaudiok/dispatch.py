@@ -14,6 +14,12 @@ on, in order of precedence:
 
 An explicitly requested backend that cannot run the call raises `BackendUnavailableError` with
 the reason; an automatic choice falls back to the next backend and warns once per reason.
+
+The fused backends define reverse-mode gradients only (torch.library's register_autograd): under
+forward-mode AD (`torch.autograd.forward_ad`, `torch.func.jvp`) their outputs would carry no tangent,
+and under `torch.func.grad` they cannot run. While either is active only the reference runs (plain
+torch ops, which have both): the automatic choice takes it, a request for a fused backend raises.
+`torch.func.vmap` alone keeps the fused backends (torch runs them once per item).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import warnings
 from typing import Callable, Iterator, Sequence
 
 import torch
+from torch.autograd import forward_ad
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 
@@ -74,6 +81,10 @@ class Implementation:
 
     def why_not(self, device: torch.device, dtype: torch.dtype, args: tuple = ()) -> str | None:
         """None when this implementation can run a call on `device`/`dtype`, else the reason."""
+        if self.backend != "reference":
+            reason = _transform_needing_the_reference()
+            if reason is not None:
+                return reason
         if device.type not in self.devices:
             return f"runs on {'/'.join(self.devices)} tensors, not {device.type}"
         reason = self.availability(device)
@@ -85,6 +96,24 @@ class Implementation:
         if self.constraint is not None and args:
             return self.constraint(*args)
         return None
+
+
+def _transform_needing_the_reference() -> str | None:
+    """Why no fused backend may run now (forward-mode AD or torch.func.grad active), or None. Two
+    reads of interpreter state when no transform is active."""
+    if torch.compiler.is_compiling():
+        return None  # traced code's transforms are applied to the graph, not to these calls
+    if forward_ad._current_level >= 0:
+        return ("forward-mode AD (torch.func.jvp or torch.autograd.forward_ad) is active, and the fused "
+                "backends define reverse-mode gradients only: use the reference backend")
+    if torch._C._functorch.maybe_current_level() is None:
+        return None
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    kinds = {interpreter.key().name for interpreter in retrieve_all_functorch_interpreters()}
+    if kinds & {"Jvp", "Grad"}:
+        return ("torch.func.jvp or torch.func.grad is active, and the fused backends' gradients are "
+                "torch.library autograd rules, which these transforms do not take: use the reference backend")
+    return None
 
 
 class Op:

@@ -233,3 +233,55 @@ def test_backends_compute_in_the_inputs_dtype_under_autocast(backend):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = fourier_crop(x, strides, method="matmul")
     assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+# Forward-mode AD and torch.func.grad: the fused backends' gradients are reverse-mode torch.library
+# rules, so only the reference may run under them (its plain torch ops have every derivative).
+def _transform_ops():
+    from pyaudiok import ops
+    prelu = torch.full((1,), 0.2, dtype=torch.float64)
+    others = torch.randn(2, 3, 40, dtype=torch.float64)
+    return {"group_norm_film_prelu": (lambda x: ops.group_norm_film_prelu(x, 2, prelu), (2, 4, 9)),
+            "si_sdr_matrix": (lambda x: ops.si_sdr_matrix(x, others), (2, 3, 40))}
+
+
+def _jvp_by_forward_ad(fn, x, t):
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        return fwAD.unpack_dual(fn(fwAD.make_dual(x, t))).tangent
+
+
+TRANSFORMS = {
+    "func.jvp": lambda fn, x, t: torch.func.jvp(fn, (x,), (t,))[1],
+    "forward_ad": _jvp_by_forward_ad,
+    "func.grad": lambda fn, x, t: torch.func.grad(lambda a: (fn(a) * t[..., :1, :1]).sum())(x),
+    "jvp of vmap": lambda fn, x, t: torch.func.jvp(torch.func.vmap(fn), (x[None].expand(2, *x.shape),),
+                                                   (t[None].expand(2, *t.shape),))[1],
+}
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("name", ("group_norm_film_prelu", "si_sdr_matrix"))
+def test_derivative_transforms_run_the_reference(name, transform):
+    fn, shape = _transform_ops()[name]
+    x, t = torch.randn(*shape, dtype=torch.float64), torch.randn(*shape, dtype=torch.float64)
+    with pyaudiok.use_backend("reference"):
+        expected = TRANSFORMS[transform](fn, x, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dispatch.BackendFallbackWarning)
+        got = TRANSFORMS[transform](fn, x, t)  # the automatic choice: the fused cpu backend elsewhere
+    assert got is not None and got.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    with pyaudiok.use_backend("cpu"), pytest.raises(dispatch.BackendUnavailableError,
+                                                     match=rf"{name}: backend 'cpu' .* the reference backend"):
+        TRANSFORMS[transform](fn, x, t)
+
+
+def test_vmap_alone_keeps_the_fused_backend():
+    fn, shape = _transform_ops()["group_norm_film_prelu"]
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    with pyaudiok.use_backend("cpu"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's note that it loops over the batch
+        got = torch.func.vmap(fn)(x)
+    with pyaudiok.use_backend("reference"):
+        torch.testing.assert_close(got, torch.stack([fn(item) for item in x]))
