@@ -133,9 +133,14 @@ def _inverse_cdf_pick(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Per row of weights[B, P] (>= 0, positive sum), the index drawn by the uniform variate u (one
     scalar for all rows): the first index whose cumulative weight exceeds u·total, so a point of
     zero weight is never picked. Cumulated in float64: the pick moves only when u·total falls
-    within rounding of a boundary."""
-    cdf = weights.to(torch.float64).cumsum(-1)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(weights.shape[1] - 1)
+    within rounding of a boundary. Squared distances that overflowed their dtype (points beyond
+    ~1e19 in float32) count as the largest finite value, alike."""
+    largest = torch.finfo(weights.dtype).max
+    cdf = weights.to(torch.float64).nan_to_num(posinf=largest).cumsum(-1)
+    total = cdf[:, -1:]
+    pick = torch.searchsorted(cdf, u * total, right=True)
+    # u·total rounding up to the total would pass the last point of positive weight: clamp to it.
+    return torch.minimum(pick, torch.searchsorted(cdf, total))[:, 0]
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:

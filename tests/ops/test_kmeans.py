@@ -200,6 +200,25 @@ def test_kmeans_plus_plus_recovers_separated_clusters():
     assert torch.equal(again.centroids, result.centroids)  # reproducible from the generator
 
 
+@pytest.mark.parametrize("init", ("kmeans++", "random"))
+def test_initial_centres_of_an_item_do_not_depend_on_its_batch(init):
+    # Every item draws with the same variates: alone, first or last in a batch, the same centres.
+    torch.manual_seed(0)
+    x = torch.randn(5, 40, 3)
+    def centres(points):
+        return kmeans(points, 4, n_iters=0, init=init, generator=torch.Generator().manual_seed(7)).centroids
+    alone = centres(x[2:3])
+    assert torch.equal(centres(x)[2:3], alone) and torch.equal(centres(x.flip(0))[2:3], alone)
+
+
+def test_kmeans_plus_plus_with_overflowing_distances_picks_distinct_points():
+    # Squared distances beyond float32's range (points ~1e20 apart) count as the largest: still distinct picks.
+    x = torch.tensor([[[0.0], [1e20], [2e20], [-1e20]]])
+    for seed in range(20):
+        centres = kmeans(x, 3, n_iters=0, generator=torch.Generator().manual_seed(seed)).centroids
+        assert len(set(centres.flatten().tolist())) == 3
+
+
 def test_empty_cluster_keeps_its_centroid_and_edge_cases():
     x = clustered(1, 30, 2, 2)
     far = torch.full((1, 1, 2), 1e3)
