@@ -6,6 +6,8 @@ pretext task's 1.3× less at their trainers' sizes on the project's 2-core CPU, 
 rounding. cuDNN takes channels-last maps natively too. A model converts its conv stack once
 (`to_channels_last`) and hands it channels-last inputs (`channels_last`); the layers keep the layout
 from one to the next, and `.to(device / dtype)`, optimisers and `load_state_dict` preserve it.
+Code that views all parameters as one flat vector (`torch.nn.utils.parameters_to_vector`) must
+copy them (`p.reshape(-1)`, or `model.to(memory_format=torch.contiguous_format)` first).
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ The DC bin is 0 in both (every band starts at f_min >= 0). Filters narrower than
 """
 from __future__ import annotations
 
+import numbers
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -55,16 +56,21 @@ class MelOptionNames(NamedTuple):
 
 
 def check_mel_options(n_fft: int, n_mels: int, sample_rate: float, f_min: float, f_max: float,
-                      names: MelOptionNames = MelOptionNames()) -> None:
-    """ValueError/TypeError naming the first bad option (`names` gives the names to use)."""
+                      names: MelOptionNames = MelOptionNames()) -> tuple[float, float]:
+    """(f_min, f_max) as floats; ValueError/TypeError naming the first bad option (`names` gives the
+    names to use). Band edges may be any real numbers (numpy's included), not bools or tensors."""
     _checks.int_in_range(names.n_mels, n_mels, 1, 1 << 20)
     _checks.int_in_range(names.n_fft, n_fft, 2, 1 << 30)
     _checks.positive_float(names.sample_rate, sample_rate)
+    for name, value in ((names.f_min, f_min), (names.f_max, f_max)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number (Hz); got {type(value).__name__}")
+    f_min, f_max = float(f_min), float(f_max)
     # Bands beyond Nyquist, or an empty range, have no FFT bin to sit on: their filters would be degenerate.
-    if not (isinstance(f_min, (int, float)) and isinstance(f_max, (int, float))
-            and 0 <= f_min < f_max <= sample_rate / 2):
+    if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need 0 <= {names.f_min} < {names.f_max} <= {names.sample_rate} / 2 = {sample_rate / 2:g}; "
                          f"got {names.f_min} = {f_min!r}, {names.f_max} = {f_max!r}")
+    return f_min, f_max
 
 
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: float, f_min: float = 0.0, f_max: float | None = None,
@@ -74,7 +80,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: float, f_min: float = 0
     (default sample_rate / 2), linear in Hz (``triangles="hz"``) or in mel (``"mel"``) between their
     edges; computed in float64, returned in `dtype` on `device`, cached: do not modify the result."""
     f_max = sample_rate / 2 if f_max is None else f_max
-    check_mel_options(n_fft, n_mels, sample_rate, f_min, f_max)
+    f_min, f_max = check_mel_options(n_fft, n_mels, sample_rate, f_min, f_max)
     if triangles not in TRIANGLES:
         raise ValueError(f"triangles must be one of {TRIANGLES}; got {triangles!r}")
     return _cached_filterbank(n_fft, n_mels, sample_rate, f_min, f_max, device, dtype, triangles)

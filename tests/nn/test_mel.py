@@ -143,7 +143,7 @@ def test_scale_conversions():
     (dict(n_mels=0), ValueError, "n_mels"), (dict(sample_rate=0), ValueError, "sample_rate"),
     (dict(f_min=-1.0), ValueError, "0 <= f_min < f_max"), (dict(f_min=4000.0, f_max=100.0), ValueError, "f_min"),
     (dict(f_max=9000.0), ValueError, r"f_max <= sample_rate / 2 = 8000"),
-    (dict(f_max=float("nan")), ValueError, "f_max = nan"), (dict(f_min=[0.0]), ValueError, "f_min"),
+    (dict(f_max=float("nan")), ValueError, "f_max = nan"), (dict(f_min=[0.0]), TypeError, "f_min"),
     (dict(triangles="slaney"), ValueError, "triangles must be one of")])
 def test_bad_options_are_named(kwargs, error, match):
     options = dict(n_fft=512, n_mels=40, sample_rate=16000) | kwargs
@@ -156,3 +156,13 @@ def test_leaf_convention_names_its_own_arguments():
         leaf.mel_filterbank(0, 512, 16000, 60.0, 7800.0)
     with pytest.raises(ValueError, match=r"min_freq < max_freq <= sample_rate / 2 = 4000; got .*max_freq = 7800"):
         leaf.mel_filterbank(40, 512, 8000, 60.0, 7800.0)
+
+
+def test_band_edges_take_any_real_number_and_refuse_others():
+    import numpy as np
+    from pyaudiok.nn.mel import mel_filterbank as bank
+
+    assert torch.equal(bank(512, 40, 16_000, np.float32(60.0), np.float64(7800.0)), bank(512, 40, 16_000, 60, 7800))
+    for bad in (torch.tensor(60.0), "60", True):
+        with pytest.raises(TypeError, match="f_min must be a real number"):
+            bank(512, 40, 16_000, bad, 7800.0)
