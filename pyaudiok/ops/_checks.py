@@ -95,6 +95,27 @@ def tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | None = 
     return value
 
 
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
+def int_vector(name: str, value, length: int, low: int, high: int, device) -> torch.Tensor:
+    """`value` (an integer tensor, a sequence of ints or a numpy integer array) of shape [length]
+    with values in [low, high], on `device`. The values are checked where they lie: given on the
+    host, they cost no wait for a GPU."""
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        value = torch.from_numpy(value) if value.dtype.kind in "iu" else value
+    if isinstance(value, Sequence) and not isinstance(value, (torch.Tensor, str)):
+        if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value):
+            raise TypeError(f"{name} must be a tensor or a sequence of ints of shape [B] = [{length}]; got "
+                            f"{[type(x).__name__ for x in value]}")
+        value = torch.tensor(list(value), dtype=torch.int64)
+    value = tensor(name, value, ndim=1, layout=f"[B] = [{length}]", dtypes=INDEX_DTYPES)
+    if value.shape[0] != length:
+        raise ValueError(f"{name} must have shape [B] = [{length}]; got {shape_str(value.shape)}")
+    ints_within(value, low, high, f"{name} must lie in [{low}, {high}]")
+    return value.to(device)
+
+
 def float_tensor(name: str, value, **kwargs) -> torch.Tensor:
     return tensor(name, value, dtypes=FLOAT_DTYPES, **kwargs)
 

@@ -34,7 +34,7 @@ from ._library import HALF_DTYPES, cpp_op, custom_op, first_order, triton_op, up
 
 __all__ = ["latent_cross_attention", "latent_attention_reference"]
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+_INT_DTYPES = _checks.INDEX_DTYPES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,20 +194,6 @@ OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(
 # ----------------------------------------------------------------------------------------------
 # Public API.
 
-def _check_int_vector(name: str, value, B: int, low: int, high: int, device) -> torch.Tensor:
-    if isinstance(value, Sequence) and not isinstance(value, (torch.Tensor, str)):
-        if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value):
-            raise TypeError(f"{name} must be a tensor or a sequence of ints of shape [B] = [{B}]; got "
-                            f"{[type(x).__name__ for x in value]}")
-        value = torch.tensor(list(value), dtype=torch.int64)
-    value = _checks.tensor(name, value, ndim=1, layout=f"[B] = [{B}]", dtypes=_INT_DTYPES)
-    if value.shape[0] != B:
-        raise ValueError(f"{name} must have shape [B] = [{B}]; got {_checks.shape_str(value.shape)}")
-    # Checked where the values are: lengths given on the host cost no wait on the GPU.
-    _checks.ints_within(value, low, high, f"{name} must lie in [{low}, {high}]")
-    return value.to(device)
-
-
 def _check_keep(keep, B: int, N: int, M: int, device) -> torch.Tensor:
     keep = _checks.tensor("dropout_keep", keep, ndim=2, layout="[B, M'] (kept key positions)", dtypes=_INT_DTYPES)
     _checks.same_device("dropout_keep", keep, "q", torch.empty(0, device=device))
@@ -247,7 +233,7 @@ def latent_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         raise ValueError(f"q must have head dim d >= 1; got {_checks.shape_str(q.shape)}")
     keep = None if dropout_keep is None else _check_keep(dropout_keep, B, N, M, q.device)
     Mk = M if keep is None else keep.shape[1]
-    lengths = None if key_lengths is None else _check_int_vector("key_lengths", key_lengths, B, 0, Mk, q.device)
+    lengths = None if key_lengths is None else _checks.int_vector("key_lengths", key_lengths, B, 0, Mk, q.device)
     if scale is None:
         scale = d ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):

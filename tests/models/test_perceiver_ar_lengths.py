@@ -135,6 +135,11 @@ def test_lengths_are_checked():
         model(torch.full((2, 20), 32).index_fill_(1, torch.tensor([19]), 0), lengths=torch.tensor([20, 12]))
     with pytest.raises(ValueError, match=r"lengths must lie in \[12, 20\]"):
         model.loss(torch.randint(0, 32, (2, 21)), lengths=torch.tensor([20, 2]))
+    # A list or a numpy integer array gives what the tensor gives.
+    import numpy as np
+    want = model(tokens, lengths=torch.tensor([20, 13]))[0]
+    for given in ([20, 13], np.array([20, 13]), np.array([20, 13], dtype=np.int32)):
+        torch.testing.assert_close(model(tokens, lengths=given)[0], want, rtol=0, atol=0)
 
 
 def _padded_cache(model, n: int = 5):

@@ -23,7 +23,6 @@ from torch import nn
 
 from pyaudiok.nn.attention import LatentAttention, squared_relu_mlp
 from pyaudiok.ops import _checks
-from pyaudiok.ops.latent_attention import _check_int_vector
 
 __all__ = ["PerceiverARConfig", "PerceiverAR", "LatentCache", "KVBuffer"]
 
@@ -220,7 +219,7 @@ class PerceiverAR(nn.Module):
         """lengths[B] (ints in [n, T], on the tokens' device or the host) as int64 on the tokens' device.
         Their values are checked where they lie: one wait when they are on a GPU, none from the host."""
         B, T = tokens.shape
-        return _check_int_vector("lengths", lengths, B, n, T, tokens.device).long()
+        return _checks.int_vector("lengths", lengths, B, n, T, tokens.device).long()
 
     @staticmethod
     def _padding_zeroed(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

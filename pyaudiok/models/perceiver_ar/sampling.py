@@ -20,7 +20,6 @@ import warnings
 import torch
 
 from pyaudiok.ops import _checks
-from pyaudiok.ops.latent_attention import _check_int_vector
 
 from .model import LatentCache, PerceiverAR
 
@@ -228,7 +227,7 @@ class _Rows:
 def _check_prompt_lengths(prompt_lengths, prompt: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """(prompt_lengths[B] int64 on the prompt's device, shortest, longest), each in [1, T0]."""
     B, T0 = prompt.shape
-    lengths = _check_int_vector("prompt_lengths", prompt_lengths, B, 1, T0, prompt.device).long()
+    lengths = _checks.int_vector("prompt_lengths", prompt_lengths, B, 1, T0, prompt.device).long()
     shortest, longest = (int(x) for x in torch.aminmax(lengths))
     return lengths, shortest, longest
 
