@@ -137,6 +137,7 @@ def test_lengths_are_checked():
         model.loss(torch.randint(0, 32, (2, 21)), lengths=torch.tensor([20, 2]))
     # A list or a numpy integer array gives what the tensor gives.
     import numpy as np
+    model.eval()  # no cross-attend dropout: the same result call after call
     want = model(tokens, lengths=torch.tensor([20, 13]))[0]
     for given in ([20, 13], np.array([20, 13]), np.array([20, 13], dtype=np.int32)):
         torch.testing.assert_close(model(tokens, lengths=given)[0], want, rtol=0, atol=0)
