@@ -94,6 +94,11 @@ def _unwritable_outputs(args) -> str | None:
             return str(e)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         return "--plot needs matplotlib, which is not installed"
+    if args.plot and Path(args.plot).suffix:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if Path(args.plot).suffix[1:].lower() not in formats:
+            return f"--plot {args.plot}: matplotlib writes {', '.join(sorted(formats))} (by the file's extension)"
     return None
 
 

@@ -123,3 +123,10 @@ def test_a_crash_midway_leaves_the_previous_file_whole(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         harness.write_atomically(path, crash)
     _assert_left_as_before(path)
+
+
+def test_plot_format_matplotlib_cannot_write_is_refused_before_timing(tmp_path):
+    pytest.importorskip("matplotlib")
+    status, out, err = _bench("--plot", str(tmp_path / "chart.txt"))
+    assert status == 2 and "--plot" in err and "png" in err and "chart.txt" in err
+    assert "demo1" not in out  # refused before any case was timed
