@@ -137,7 +137,7 @@ def _inverse_cdf_pick(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     ~1e19 in float32) count as the largest finite value, alike."""
     largest = torch.finfo(weights.dtype).max
     cdf = weights.to(torch.float64).nan_to_num(posinf=largest).cumsum(-1)
-    total = cdf[:, -1:]
+    total = cdf[:, -1:].contiguous()  # searchsorted copies (and warns about) a strided value tensor
     pick = torch.searchsorted(cdf, u * total, right=True)
     # u·total rounding up to the total would pass the last point of positive weight: clamp to it.
     return torch.minimum(pick, torch.searchsorted(cdf, total))[:, 0]

@@ -306,3 +306,12 @@ def test_triton_steps_aside_under_deterministic_algorithms():
             assert LLOYD.select(torch.device("cuda"), torch.float32, args).backend != "triton"
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_kmeans_plus_plus_raises_no_warning():
+    # torch warns once per process about a strided searchsorted input: a fresh process sees it.
+    import subprocess
+    import sys
+    code = ("import torch, warnings; warnings.simplefilter('error'); from pyaudiok.ops import kmeans; "
+            "kmeans(torch.randn(2, 30, 3), 3, generator=torch.Generator().manual_seed(0))")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
