@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..ops import _checks, residual_vq, rvq_decode
+from ..ops._library import accumulation_dtype  # codebook statistics are sums over many vectors
 
 __all__ = ["ResidualVQ", "ResidualVQOutput", "kmeans"]
 
@@ -64,10 +65,6 @@ def _positive(name: str, value) -> float:
         raise ValueError(f"{name} must be a positive finite number; got {value}")
     return value
 
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Codebook statistics are sums over many vectors: never accumulate them in half precision.
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,7 +138,7 @@ def _stage_residuals(x: torch.Tensor, codewords: torch.Tensor) -> torch.Tensor:
 def _trace_stages(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Detached per-stage codewords [n, N, D] and residuals [n + 1, N, D] of x[N, D] given its
     codes[N, n], in the accumulation precision."""
-    codewords = _stage_codewords(codebooks.detach().to(_accumulation_dtype(codebooks.dtype)), codes)
+    codewords = _stage_codewords(codebooks.detach().to(accumulation_dtype(codebooks.dtype)), codes)
     return codewords, _stage_residuals(x.detach().to(codewords.dtype), codewords)
 
 
@@ -354,7 +351,7 @@ class ResidualVQ(nn.Module):
     def _kmeans_init_(self, flat: torch.Tensor) -> None:
         """Fit every stage's codebook by k-means on the residuals of the stages before it."""
         if _is_rank0():
-            residual = flat.detach().to(_accumulation_dtype(flat.dtype))
+            residual = flat.detach().to(accumulation_dtype(flat.dtype))
             for q in range(self.num_quantizers):
                 centroids, assignment = kmeans(residual, self.codebook_size, self.kmeans_iters)
                 counts = torch.bincount(assignment, minlength=self.codebook_size).to(centroids.dtype)

@@ -17,6 +17,21 @@ GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the fused backends accumulate (and keep statistics) in: float64 for float64 inputs, else
+    float32 (half precision included)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def float32_under_autocast(device_type: str, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Under autocast on `device_type`, when any operand is half precision, every half-precision one in
+    float32: the policy autocast applies to norms, softmaxes and distances (F.group_norm, log_softmax,
+    cdist). Otherwise the tensors as they are (None kept)."""
+    if torch.is_autocast_enabled(device_type) and any(t is not None and t.dtype in HALF_DTYPES for t in tensors):
+        return tuple(t.float() if t is not None and t.dtype in HALF_DTYPES else t for t in tensors)
+    return tensors
+
+
 def extension_loaded() -> bool:
     return _extension.load()[0] is not None
 

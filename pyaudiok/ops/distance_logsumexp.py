@@ -49,7 +49,8 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, custom_op, first_order, register_backends, triton_op, upcast_half
+from ._library import (HALF_DTYPES, accumulation_dtype, custom_op, first_order, float32_under_autocast,
+                       register_backends, triton_op, upcast_half)
 from ._row_blocks import block_rows, exp_, softmax_
 
 __all__ = ["distance_logsumexp", "distance_nll", "distance_logsumexp_reference"]
@@ -57,13 +58,9 @@ __all__ = ["distance_logsumexp", "distance_nll", "distance_logsumexp_reference"]
 _TARGET_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def distance_logsumexp_reference(vectors: torch.Tensor, table: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """The definition in plain torch: every distance, then a logsumexp over the table (fp32 or fp64)."""
-    acc = _accumulation_dtype(vectors.dtype)
+    acc = accumulation_dtype(vectors.dtype)
     h, e = vectors.to(acc), table.to(acc)
     distances = h.square().sum(-1, keepdim=True) + e.square().sum(-1) - 2 * h @ e.T
     return torch.logsumexp(-alpha.to(acc) * distances, -1)
@@ -257,9 +254,8 @@ def _check(vectors, table) -> tuple[torch.Tensor, torch.Tensor]:
     table = _checks.float_tensor("table", table, ndim=2, layout="[S, d]")
     _checks.same_device("table", table, "vectors", vectors)
     _checks.holds_data("vectors", vectors)  # autocast has no meta device to ask about
-    if torch.is_autocast_enabled(vectors.device.type) and (vectors.dtype in HALF_DTYPES or table.dtype in HALF_DTYPES):
-        # Under autocast a softmax over distances runs in float32, as torch's log_softmax and cdist do.
-        vectors, table = vectors.float(), table.float()
+    # Under autocast a softmax over distances runs in float32, as torch's log_softmax and cdist do.
+    vectors, table = float32_under_autocast(vectors.device.type, vectors, table)
     _checks.same_dtype("table", table, "vectors", vectors)
     d = vectors.shape[-1]
     if table.shape[1] != d or table.shape[0] == 0:
@@ -279,7 +275,7 @@ def distance_logsumexp(vectors: torch.Tensor, table: torch.Tensor, *, alpha) -> 
     table[S, d] (S >= 1; same dtype and device). Returns [...] in the vectors' dtype; differentiable
     with respect to vectors, table and a tensor alpha. See the module doc."""
     vectors, table = _check(vectors, table)
-    alpha = _alpha_tensor(alpha, _accumulation_dtype(vectors.dtype), vectors.device)
+    alpha = _alpha_tensor(alpha, accumulation_dtype(vectors.dtype), vectors.device)
     return _logsumexp(vectors, table, alpha).to(vectors.dtype)
 
 
@@ -296,7 +292,7 @@ def distance_nll(vectors: torch.Tensor, table: torch.Tensor, targets: torch.Tens
                          f"{_checks.shape_str(vectors.shape[:-1])}; got {_checks.shape_str(targets.shape)}")
     S = table.shape[0]
     _checks.ints_within(targets, 0, S - 1, f"targets must hold table rows in [0, {S - 1}]")
-    acc = _accumulation_dtype(vectors.dtype)
+    acc = accumulation_dtype(vectors.dtype)
     alpha_t = _alpha_tensor(alpha, acc, vectors.device)
     chosen = table[targets.long()].to(acc)                                   # [..., J, d]
     near = (vectors.to(acc)[..., None, :] - chosen).square().sum(-1)          # ‖h − e_t‖², [..., J]

@@ -43,15 +43,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import GPU_DTYPES, first_order, triton_op
+from ._library import GPU_DTYPES, accumulation_dtype, first_order, triton_op
 
 __all__ = ["gabor_pool", "gabor_pool_reference", "gabor_filters", "gaussian_windows", "FLOOR"]
 
 FLOOR = 1e-5  # the pooled energies' lower bound (keeps PCEN's log finite)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _op_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -63,7 +59,7 @@ def _op_dtype(*tensors: torch.Tensor) -> torch.dtype:
 def gabor_filters(center_freqs: torch.Tensor, bandwidths: torch.Tensor, window: int) -> torch.Tensor:
     """The 2F real filters [2F, 1, W] (Re, Im interleaved) for F.conv1d. cos/sin are taken in at least
     fp32 (the phase η t reaches ~600 rad)."""
-    dtype = _compute_dtype(center_freqs.dtype)
+    dtype = accumulation_dtype(center_freqs.dtype)
     eta, sigma = center_freqs.to(dtype)[:, None], bandwidths.to(dtype)[:, None]
     t = torch.arange(-(window // 2), window // 2 + 1, device=eta.device, dtype=dtype)
     envelope = torch.exp(-t**2 / (2 * sigma**2)) / (math.sqrt(2 * math.pi) * sigma)
@@ -73,7 +69,7 @@ def gabor_filters(center_freqs: torch.Tensor, bandwidths: torch.Tensor, window: 
 
 def gaussian_windows(pool_widths: torch.Tensor, window: int) -> torch.Tensor:
     """The F pooling windows [F, 1, W] (peak 1, not normalised) for a depthwise F.conv1d."""
-    dtype = _compute_dtype(pool_widths.dtype)
+    dtype = accumulation_dtype(pool_widths.dtype)
     half = window // 2
     j = torch.arange(window, device=pool_widths.device, dtype=dtype) - half
     return torch.exp(-0.5 * (j / (pool_widths.to(dtype)[:, None] * half)) ** 2)[:, None, :]

@@ -43,13 +43,10 @@ import torch.nn.functional as F
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, first_order, register_backends, triton_op, upcast_half
+from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, first_order, float32_under_autocast,
+                       register_backends, triton_op, upcast_half)
 
 __all__ = ["group_norm_film_prelu", "group_norm_film_prelu_reference"]
-
-
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +136,7 @@ def _coefficients(x, weight, bias, scale, shift, dtype) -> tuple[torch.Tensor, t
 
 def _fused(get_op: Callable[[], Callable]):
     def run(x, num_groups, prelu_weight, weight, bias, scale, shift, eps):
-        dtype = _stats_dtype(x.dtype)
+        dtype = accumulation_dtype(x.dtype)
         gain, offset = _coefficients(x, weight, bias, scale, shift, dtype)
         return get_op()(x.contiguous(), gain, offset, prelu_weight.to(dtype).contiguous(), num_groups, eps)[0]
     return run
@@ -171,16 +168,6 @@ def _checked_parameters(x: torch.Tensor, prelu_weight, weight, bias, scale, shif
     return given
 
 
-def _autocast_to_float32(tensors: dict, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Under autocast on x's device, half-precision operands in float32 (F.group_norm's autocast policy)."""
-    def up(t):
-        return t.float() if t is not None and t.dtype in HALF_DTYPES else t
-    if torch.is_autocast_enabled(x.device.type) and any(t is not None and t.dtype in HALF_DTYPES
-                                                        for t in (x, *tensors.values())):
-        return up(x), {name: up(t) for name, t in tensors.items()}
-    return x, tensors
-
-
 def group_norm_film_prelu(x: torch.Tensor, num_groups: int, prelu_weight: torch.Tensor, *,
                           weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                           scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
@@ -203,7 +190,8 @@ def group_norm_film_prelu(x: torch.Tensor, num_groups: int, prelu_weight: torch.
     if prelu_weight is None:
         raise TypeError("prelu_weight must be a torch.Tensor of shape [1] or [C]; got None")
     tensors = _checked_parameters(x, prelu_weight, weight, bias, scale, shift)
-    x, tensors = _autocast_to_float32(tensors, x)
+    x, *values = float32_under_autocast(x.device.type, x, *tensors.values())  # F.group_norm's policy
+    tensors = dict(zip(tensors, values))
     for name, t in tensors.items():
         if t is not None:
             _checks.same_dtype(name, t, "x", x)

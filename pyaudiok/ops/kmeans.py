@@ -30,7 +30,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, register_backends, triton_op
+from ._library import accumulation_dtype, cpp_op, extension_loaded, register_backends, triton_op
 
 __all__ = ["KMeansResult", "kmeans", "kmeans_plus_plus", "lloyd_reference"]
 
@@ -38,10 +38,6 @@ __all__ = ["KMeansResult", "kmeans", "kmeans_plus_plus", "lloyd_reference"]
 class KMeansResult(NamedTuple):
     centroids: torch.Tensor    # [B, k, d]
     assignments: torch.Tensor  # [B, P] int64
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _update(x: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -63,7 +59,7 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, n_iters: int, distances, st
     `stop_when_stable` ends the loop once an iteration changes no assignment in any item: the
     update would then rebuild the same centroids, so the result is that of all n_iters iterations
     (one host sync per iteration, which the CPU route can afford)."""
-    x, c = x.to(_acc(x.dtype)), centroids.to(_acc(x.dtype))
+    x, c = x.to(accumulation_dtype(x.dtype)), centroids.to(accumulation_dtype(x.dtype))
     previous = None
     for i in range(n_iters + 1):
         assignments = distances(x, c).argmin(-1)
@@ -148,7 +144,7 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
     drawn once and shared by every item (inverse-CDF sampling): an item's centres do not depend on
     the rest of the batch."""
     B, P, d = x.shape
-    xa = x.to(_acc(x.dtype))
+    xa = x.to(accumulation_dtype(x.dtype))
     u = torch.rand(k, device=x.device, dtype=torch.float64, generator=generator)
     rows = torch.arange(B, device=x.device)
     first = (u[0] * P).long().clamp_max(P - 1).expand(B)

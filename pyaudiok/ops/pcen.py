@@ -36,13 +36,10 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, first_order, register_backends, triton_op, upcast_half
+from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, first_order, register_backends,
+                       triton_op, upcast_half)
 
 __all__ = ["pcen", "pcen_reference"]
-
-
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +48,7 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 def pcen_reference(E: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor, r: torch.Tensor,
                    smooth: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """E[B, F, T], parameters [F] -> y[B, F, T] (recurrence looped in Python, in fp32 or fp64)."""
-    acc = _state_dtype(E.dtype)
+    acc = accumulation_dtype(E.dtype)
     e = E.to(acc)
     a, d, root, s = (p.to(acc)[:, None] for p in (alpha, delta, r, smooth))
     states = [e[..., 0] + 0 * s[:, 0]]  # M_0 = E_0 (s kept in the graph: a zero gradient at T = 1)
@@ -118,7 +115,7 @@ def _triton_forward():
 
 def _fused(get_op: Callable[[], Callable]):
     def run(E, alpha, delta, r, smooth, eps):
-        params = torch.stack([alpha, delta, r, smooth]).to(_state_dtype(E.dtype))
+        params = torch.stack([alpha, delta, r, smooth]).to(accumulation_dtype(E.dtype))
         return get_op()(E.contiguous(), params.contiguous(), eps)[0]
     return run
 

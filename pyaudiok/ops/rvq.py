@@ -27,7 +27,8 @@ import torch
 
 from .. import _extension, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, register_backends, triton_op, upcast_half
+from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, register_backends, triton_op,
+                       upcast_half)
 
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "rvq_reference", "rvq_decode_reference"]
 
@@ -41,13 +42,9 @@ class RVQResult(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # Reference: the definition of the op.
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def rvq_reference(x: torch.Tensor, codebooks: torch.Tensor, n_q: int):
     """x[N, D], codebooks[Q, K, D] -> (quantized[N, D], codes[N, n_q], commit_loss[n_q])."""
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     residual = x.to(acc)
     quantized = torch.zeros_like(residual.detach())
     codes, losses = [], []
@@ -69,7 +66,7 @@ def rvq_reference(x: torch.Tensor, codebooks: torch.Tensor, n_q: int):
 
 def rvq_decode_reference(codes: torch.Tensor, codebooks: torch.Tensor, weights: torch.Tensor | None = None):
     """codes[N, n_q], codebooks[Q, K, D] -> Σ_q w_q C_q[codes[:, q]]  ([N, D])."""
-    out = torch.zeros(codes.shape[0], codebooks.shape[-1], dtype=_accumulation_dtype(codebooks.dtype),
+    out = torch.zeros(codes.shape[0], codebooks.shape[-1], dtype=accumulation_dtype(codebooks.dtype),
                       device=codebooks.device)
     for q in range(codes.shape[1]):
         chosen = codebooks[q][codes[:, q]].to(out.dtype)
