@@ -42,6 +42,15 @@ def _channels(gain_ptr, offset_ptr, prelu_ptr, row0, channel0, c0, per_group, n_
 
 
 @triton.jit
+def _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """A tile's offsets, mask, x − mean (= (x − hi) − lo) and v = (x − mean)·a + o: one expression for
+    the forward and both backward passes, so that they take the same side of PReLU's kink."""
+    offs, ok = _tile(c0, t0, per_group, T, BLOCK_C, BLOCK_T)
+    xc = (tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32) - hi) - lo
+    return offs, ok, xc, xc * a[:, None] + o[:, None]
+
+
+@triton.jit
 def _group_norm_film_prelu_forward_kernel(x_ptr, gain_ptr, offset_ptr, prelu_ptr, y_ptr, stats_ptr, C, G, T,
                                           n_prelu, eps, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
     pair = tl.program_id(0)
@@ -77,9 +86,8 @@ def _group_norm_film_prelu_forward_kernel(x_ptr, gain_ptr, offset_ptr, prelu_ptr
                                          BLOCK_C)
         a = rstd * gain
         for t0 in range(0, T, BLOCK_T):
-            offs, ok = _tile(c0, t0, per_group, T, BLOCK_C, BLOCK_T)
-            x = tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
-            v = ((x - K) - mean) * a[:, None] + o[:, None]
+            # (named, not `_`: the compiler would carry `_` across the loop with two types)
+            offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, K, mean, a, o, BLOCK_C, BLOCK_T)
             y = tl.where(v > 0, v, alpha[:, None] * v)
             tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
@@ -106,10 +114,8 @@ def _group_norm_film_prelu_backward_kernel(g_ptr, x_ptr, gain_ptr, offset_ptr, p
         s2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
         s3 = tl.zeros((BLOCK_C,), dtype=tl.float32)
         for t0 in range(0, T, BLOCK_T):
-            offs, ok = _tile(c0, t0, per_group, T, BLOCK_C, BLOCK_T)
-            xc = (tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32) - hi) - lo
+            offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C, BLOCK_T)
             g = tl.load(g_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
-            v = xc * a[:, None] + o[:, None]
             positive = v > 0
             dv = tl.where(ok, tl.where(positive, g, alpha[:, None] * g), 0.0)
             s1 += tl.sum(dv, 1)
@@ -130,10 +136,8 @@ def _group_norm_film_prelu_backward_kernel(g_ptr, x_ptr, gain_ptr, offset_ptr, p
                                          BLOCK_C)
         a = rstd * gain
         for t0 in range(0, T, BLOCK_T):
-            offs, ok = _tile(c0, t0, per_group, T, BLOCK_C, BLOCK_T)
-            xc = (tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32) - hi) - lo  # x − mean
+            offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C, BLOCK_T)
             g = tl.load(g_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
-            v = xc * a[:, None] + o[:, None]
             dv = tl.where(v > 0, g, alpha[:, None] * g)
             dxhat = dv * gain[:, None] + 0.0  # rounded on its own (+ 0 ends the multiply-add), as m1's terms were
             dx = (dxhat - (m1 + xc * m2)) * rstd
