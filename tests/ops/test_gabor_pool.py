@@ -282,7 +282,9 @@ def test_non_finite_samples_make_only_the_frames_that_see_them_non_finite(backen
     p = params(2, dtype=dtype, window=window, grad=False)
     results = []
     for run_on, dev in (("reference", "cpu"), (backend, device)):
-        leaves = [t.to(dev).requires_grad_(True) for t in (x, *p)]
+        # Fresh leaves for each run: on the CPU, .to() would return the same tensors, and the second
+        # run's gradients would add into (and so overwrite) the first's.
+        leaves = [t.detach().to(dev, copy=True).requires_grad_(True) for t in (x, *p)]
         with pyaudiok.use_backend(run_on):
             y = gabor_pool(*leaves, window=window, stride=50)
         y.backward(torch.ones_like(y))

@@ -1,14 +1,22 @@
 """The raw Triton ops (torch.ops.pyaudiok.*_triton, the launchers in kernels/) called directly: any
 memory layout gives the result of the contiguous input, and shapes that do not agree raise a
 ValueError naming the argument, instead of reading out of bounds. Tiny shapes (Triton's interpreter
-off a GPU)."""
+off a GPU), on the device Triton runs on (a GPU's when there is one)."""
 import importlib
 
 import pytest
 import torch
 from torch.testing import assert_close
 
+from ..harness import device_for
+
 pytest.importorskip("triton")
+
+
+def _on_triton_device(args: list) -> list:
+    """args with their tensors moved to where the Triton backend runs (the inputs are built on the CPU)."""
+    device = device_for("triton")
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
 
 
 def _module(name):
@@ -105,7 +113,7 @@ LAYOUTS = [
 @pytest.mark.parametrize("case", LAYOUTS, ids=[c[0] for c in LAYOUTS])
 def test_any_layout_gives_the_contiguous_result(case):
     _, op, make, position, layout = case
-    args = make()
+    args = _on_triton_device(make())
     expected = op()(*args)
     args[position] = layout(args[position])
     assert not args[position].is_contiguous()
@@ -115,10 +123,9 @@ def test_any_layout_gives_the_contiguous_result(case):
 
 
 def test_bilinear_contrastive_backward_takes_a_strided_gradient():
-    x, y = torch.randn(6, 8), torch.randn(6, 8)
+    x, y, g = _on_triton_device([torch.randn(6, 8), torch.randn(6, 8), torch.rand(6)])
     lse = _op("bilinear_contrastive")()(x, y, False)[2]
     backward = _module("bilinear_contrastive")._triton_backward()
-    g = torch.rand(6)
     for got, want in zip(backward(strided(g), transposed(x), y, lse), backward(g, x, y, lse)):
         assert_close(got, want, rtol=1e-6, atol=1e-6)
 
@@ -177,7 +184,7 @@ MISMATCHES = [
 def test_mismatched_shapes_raise_naming_the_argument(case):
     _, op, make, name = case
     with pytest.raises(ValueError, match=rf"^{name}\b"):
-        op()(*make())
+        op()(*_on_triton_device(make()))
 
 
 # (id, op, inputs with a wrong dtype or value, the error type, the name the error gives)
@@ -195,21 +202,20 @@ BAD_VALUES = [
 def test_wrong_dtypes_and_values_raise_naming_the_argument(case):
     _, op, make, error, name = case
     with pytest.raises(error, match=rf"^{name}\b"):
-        op()(*make())
+        op()(*_on_triton_device(make()))
 
 
 @pytest.mark.parametrize("bad_end, same_as", [(100, "one block"), (-1, "singletons")])
 def test_soft_rank_backward_clamps_malformed_blocks(bad_end, same_as):
     """A block end past the row is read as the row's end, one before the block's start as the start
     itself: in bounds, and the gradient of that partition."""
-    x = torch.randn(4, 7)
-    out, perm, _ = _op("soft_rank")()(x, 0.5, False, True, False)
-    backward = _module("soft_rank")._triton_backward()
-    grad = torch.randn(4, 7)
-    bad = torch.full((4, 7), bad_end, dtype=torch.int32)
     if same_as == "one block":
         partition = torch.full((4, 7), 6, dtype=torch.int32)
     else:
         partition = torch.arange(7, dtype=torch.int32).expand(4, 7).contiguous()
+    x, grad, bad, partition = _on_triton_device([torch.randn(4, 7), torch.randn(4, 7),
+                                                 torch.full((4, 7), bad_end, dtype=torch.int32), partition])
+    out, perm, _ = _op("soft_rank")()(x, 0.5, False, True, False)
+    backward = _module("soft_rank")._triton_backward()
     got = backward(grad, x, out, perm, bad, 0.5, False, True, False)
     assert_close(got, backward(grad, x, out, perm, partition, 0.5, False, True, False), rtol=0, atol=0)
