@@ -8,7 +8,8 @@
 #
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
 # TEST_K (pytest's -k selection, default "triton or cuda or gpu"; e.g. a rerun of the last failures),
-# BENCH_MIN_TIME (default 0.25 s per candidate), BENCH_ONLY (space-separated modules, default all;
+# BENCH_MIN_TIME (default 0.25 s per candidate), GPU_TIMING ("queued", the default, or "isolated": see
+# pyaudiok bench --help), BENCH_ONLY (space-separated modules, default all;
 # BENCH_ONLY=none skips the bench), SWEEP (e.g. "--dtype bf16 --d 64": also time the latent-attention
 # kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it), SKIP_SETUP=1 (a second call
 # on the same warm machine: the wheels and the build are already in place), TESTS=0 (skip the tests),
@@ -75,7 +76,7 @@ modules=${BENCH_ONLY:-$(python3 -c "from pyaudiok.bench import registry; print('
 compile_flag=$([ "${COMPILED_PEERS:-0}" = 1 ] || echo --no-compile)
 for module in $modules; do
   timeout "${BENCH_MODULE_S:-60}" python3 -m pyaudiok bench --device cuda --only "$module" $compile_flag \
-    --min-time "${BENCH_MIN_TIME:-0.25}" --json "$json_dir/$module.json" >> "$out/bench.log" 2>&1 \
+    --min-time "${BENCH_MIN_TIME:-0.25}" --gpu-timing "${GPU_TIMING:-queued}" --json "$json_dir/$module.json" >> "$out/bench.log" 2>&1 \
     || echo "bench $module: exit status $?" | tee -a "$out/bench.log"
   tar -C "$json_dir" -czf "$out/bench_json.tgz" .
 done

@@ -28,9 +28,11 @@ def _cmd_bench(args) -> int:
     if problem:
         print(f"pyaudiok bench: {problem}", file=sys.stderr)
         return 2
+    harness.GPU_TIMING = args.gpu_timing
     env = harness.environment(device)
     print(f"pyaudiok bench on {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
-          f"triton {env['triton']}, commit {env['commit']}{', quick sizes' if args.quick else ''}", flush=True)
+          f"triton {env['triton']}, commit {env['commit']}{', quick sizes' if args.quick else ''}"
+          f"{', GPU timing ' + env['gpu_timing'] if 'gpu_timing' in env else ''}", flush=True)
     try:
         cases = list(registry.collect(device, args.quick, args.only, compiled_peers=not args.no_compile))
     except ValueError as e:
@@ -191,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--min-time", type=_positive_float, default=1.0,
                    help="seconds of timed runs per candidate (default 1)")
+    p.add_argument("--gpu-timing", choices=("queued", "isolated"), default="queued",
+                   help="on a GPU: calls queued back to back, each timed by device events (default: device "
+                        "time per call, as in a training loop), or a synchronisation after each call (the "
+                        "latency of one call, host launch time included)")
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("train", help="train a full model on embedded data (see `pyaudiok train NAME --help`)")
     p.add_argument("system", choices=sorted(TRAINERS))
