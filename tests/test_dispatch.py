@@ -162,6 +162,17 @@ def test_distance_and_reordering_gpu_rules_follow_the_measurements():
     assert reorder_channels.reference_faster_on_gpu(torch.float16) is None
 
 
+def test_group_norm_film_prelu_takes_the_reference_on_a_gpu():
+    group_norm_film_prelu = importlib.import_module("pyaudiok.ops.group_norm_film_prelu")
+    x, prelu = torch.randn(2, 4, 9), torch.rand(1)
+    args = (x, 1, prelu, None, None, None, None, 1e-5)
+    assert group_norm_film_prelu._gpu_auto_skip(*args) is None  # off a GPU the rule says nothing
+    assert "reference is faster" in group_norm_film_prelu.reference_faster_on_gpu()
+    if torch.cuda.is_available():
+        on_gpu = (x.cuda(), 1, prelu.cuda(), None, None, None, None, 1e-5)
+        assert group_norm_film_prelu.OP.select(on_gpu[0].device, x.dtype, on_gpu).backend == "reference"
+
+
 @pytest.mark.gpu
 def test_distance_and_reordering_take_the_reference_on_a_gpu_in_float32():
     distance_logsumexp = importlib.import_module("pyaudiok.ops.distance_logsumexp")

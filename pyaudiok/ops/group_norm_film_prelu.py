@@ -30,7 +30,8 @@ grad_x = rstd·(∂x̂ − mean(∂x̂) − x̂·mean(∂x̂·x̂)), ∂x̂ = �
 
 Backends: `reference` (the line above), `cpu` (csrc/cpu/group_norm_film_prelu.cpp: per (item, group)
 the statistics block by block, merged in double, then the output; the backward in two passes),
-`triton` (kernels/group_norm_film_prelu.py: one program per (item, group), fp32 accumulation).
+`triton` (kernels/group_norm_film_prelu.py: one program per (item, group), fp32 accumulation; on a
+GPU the automatic choice takes the reference, measured faster: `_gpu_auto_skip`).
 Under autocast, half-precision operands are taken in float32 and y is float32 (as F.group_norm
 autocasts to float32 on CUDA); outside it every tensor must have x's dtype.
 """
@@ -142,10 +143,28 @@ def _fused(get_op: Callable[[], Callable]):
     return run
 
 
+def _gpu_auto_skip(x, num_groups, prelu_weight, weight, bias, scale, shift, eps) -> str | None:
+    """On a GPU the automatic choice takes the reference (measured faster).
+
+    Fwd+bwd on an H200 (bench/results/2026-11-28_h200.txt, one call at a time): the Triton backend
+    ran at 0.57×, 0.42× and 0.42-0.46× the reference's speed at [8, 64, 1001] with FiLM, [4, 64, 400]
+    and [12, 64, 400] (Wavesplit's and DIVE's blocks), 1.09-1.36 ms against 0.50-0.71 ms; inside
+    the Wavesplit and DIVE training steps its kernels took 56 µs (forward) and 74 µs (backward) a
+    call, with one program per (item, group) to fill 132 multiprocessors. Larger inputs are not yet
+    measured; use_backend("triton") still runs the kernels."""
+    return reference_faster_on_gpu() if x.device.type == "cuda" else None
+
+
+def reference_faster_on_gpu() -> str:
+    """The measured rule of _gpu_auto_skip: why the reference is chosen on a GPU."""
+    return "the reference is faster on a GPU at every measured size"
+
+
 OP = dispatch.op("group_norm_film_prelu")
 register_backends(OP, reference=group_norm_film_prelu_reference,
                   cpu=upcast_half(_fused(lambda: cpp_op("group_norm_film_prelu_forward"))),
-                  cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64), triton=_fused(_triton_forward))
+                  cpu_dtypes=HALF_DTYPES + (torch.float32, torch.float64), triton=_fused(_triton_forward),
+                  triton_auto_skip=_gpu_auto_skip)
 
 
 # ----------------------------------------------------------------------------------------------
