@@ -1,11 +1,18 @@
 """Triton kernels of GroupNorm → FiLM → PReLU (pyaudiok/ops/group_norm_film_prelu.py documents the
 math and the raw ops).
 
-One program per (item, group): the group's C/G channel rows of x[B, C, T] are one contiguous block,
-walked in [BLOCK_C, BLOCK_T] tiles. Forward: the statistics of x − K (K the first tile's mean),
-each tile centred on its own mean and merged by Chan's formula, so that neither a large mean nor
-E[x²] − E[x]² costs float32 its precision; then the output tile by tile. Backward: per channel
-row the sums Σ∂v, Σ∂v·x̂ and the PReLU slope's Σ[v ≤ 0]·v·g, then grad_x. fp32 arithmetic
+The work spreads over channel rows, not groups: every launch runs one program per block of BLOCK_C
+channel rows of x[B, C, T] within one (item, group) (BLOCK_C = 1 unless the rows are short), each
+walking its rows in [BLOCK_C, BLOCK_T] tiles. A group of C/G rows is thus C/G / BLOCK_C programs,
+which fills a GPU at GroupNorm's usual sizes (B·G alone is a handful).
+
+Forward, two launches: (1) each row's mean and centred sum of squares (fp32 within the row, each tile
+centred on its own mean and merged by Chan's formula, so that neither a large mean nor
+E[x²] − E[x]² costs float32 its precision); (2) each program merges its group's row moments itself
+in float64 (a few hundred bytes, cheaper read again than a launch of its own), the group's first
+program writes the stats, and every program writes its rows of y. Backward, two launches: (1) per
+channel row the sums Σ∂v, Σ∂v·x̂ and the PReLU slope's Σ[v ≤ 0]·v·g (the raw op's outputs);
+(2) grad_x, each program reading its group's channel sums for ∂x̂'s group means. fp32 arithmetic
 whatever x's dtype.
 """
 from __future__ import annotations
@@ -21,24 +28,35 @@ from .gpu import launchable
 
 
 @triton.jit
-def _tile(c0, t0, per_group, T, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
-    """A tile's offsets from the group's start, and which of them lie in the group."""
-    c = c0 + tl.arange(0, BLOCK_C)
-    t = t0 + tl.arange(0, BLOCK_T)
-    ok = (c[:, None] < per_group) & (t[None, :] < T)
-    return c[:, None] * T + t[None, :], ok
+def _row_block(per_group, BLOCK_C: tl.constexpr):
+    """This program's rows: channels c0 + [0, BLOCK_C) of group `pair` = b·G + g (those < C/G exist); and
+    first = b·C + g·C/G, the group's first row of x viewed as [B·C, T] (int64), and of gain and offset."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(per_group, BLOCK_C)
+    pair = pid // blocks
+    return pair, (pid % blocks) * BLOCK_C, pair.to(tl.int64) * per_group
 
 
 @triton.jit
-def _channels(gain_ptr, offset_ptr, prelu_ptr, row0, channel0, c0, per_group, n_prelu, BLOCK_C: tl.constexpr):
-    """The gain, offset and PReLU slope of channels c0 + [0, BLOCK_C) of the group (0 past its end);
-    row0 = b·C + g·C/G is the group's first row of gain and offset, channel0 = g·C/G its first channel."""
+def _tile(c0, t0, per_group, T, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """A tile's offsets from the program's first row (channel c0 of the group), and which of them exist."""
+    r = tl.arange(0, BLOCK_C)
+    t = t0 + tl.arange(0, BLOCK_T)
+    ok = (c0 + r[:, None] < per_group) & (t[None, :] < T)
+    return r[:, None] * T + t[None, :], ok
+
+
+@triton.jit
+def _channels(gain_ptr, offset_ptr, prelu_ptr, pair, G, c0, per_group, n_prelu, BLOCK_C: tl.constexpr):
+    """The gain, offset and PReLU slope of channels c0 + [0, BLOCK_C) of group `pair` = b·G + g (0 past
+    its end), and those channels' rows of gain and offset, b·C + g·C/G + c, with which of them exist."""
     c = c0 + tl.arange(0, BLOCK_C)
     c_ok = c < per_group
-    gain = tl.load(gain_ptr + row0 + c, mask=c_ok, other=0.0)
-    offset = tl.load(offset_ptr + row0 + c, mask=c_ok, other=0.0)
-    alpha = tl.load(prelu_ptr + tl.where(n_prelu == 1, 0, channel0 + c), mask=c_ok, other=0.0)
-    return c, c_ok, gain, offset, alpha
+    rows = pair.to(tl.int64) * per_group + c
+    gain = tl.load(gain_ptr + rows, mask=c_ok, other=0.0)
+    offset = tl.load(offset_ptr + rows, mask=c_ok, other=0.0)
+    alpha = tl.load(prelu_ptr + tl.where(n_prelu == 1, 0, (pair % G) * per_group + c), mask=c_ok, other=0.0)
+    return rows, c_ok, gain, offset, alpha
 
 
 @triton.jit
@@ -51,103 +69,159 @@ def _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C: tl
 
 
 @triton.jit
-def _group_norm_film_prelu_forward_kernel(x_ptr, gain_ptr, offset_ptr, prelu_ptr, y_ptr, stats_ptr, C, G, T,
-                                          n_prelu, eps, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
-    pair = tl.program_id(0)
-    per_group = C // G
-    base = pair.to(tl.int64) * per_group * T
-    # K: the first tile's mean, a centre near the group's values.
-    offs, ok = _tile(0, 0, per_group, T, BLOCK_C, BLOCK_T)
-    first = tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
-    K = tl.sum(tl.sum(first, 1), 0) / tl.maximum(tl.sum(tl.sum(ok.to(tl.float32), 1), 0), 1.0)
-    count = K * 0.0
-    mean = K * 0.0
-    m2 = K * 0.0
-    for c0 in range(0, per_group, BLOCK_C):
-        for t0 in range(0, T, BLOCK_T):
-            offs, ok = _tile(c0, t0, per_group, T, BLOCK_C, BLOCK_T)
-            d = tl.where(ok, tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32) - K, 0.0)
-            n_b = tl.sum(tl.sum(ok.to(tl.float32), 1), 0)
-            mean_b = tl.sum(tl.sum(d, 1), 0) / n_b
-            e = tl.where(ok, d - mean_b, 0.0)
-            total = count + n_b
-            delta = mean_b - mean
-            mean += delta * (n_b / total)
-            m2 += tl.sum(tl.sum(e * e, 1), 0) + delta * delta * (count * n_b / total)
-            count = total
-    rstd = 1.0 / tl.sqrt(m2 / tl.maximum(count, 1.0) + eps)
-    tl.store(stats_ptr + pair * 3, K)
-    tl.store(stats_ptr + pair * 3 + 1, mean)
-    tl.store(stats_ptr + pair * 3 + 2, rstd)
-    row0 = pair.to(tl.int64) * per_group  # b·C + g·C/G: the group's first row of gain and offset
-    channel0 = (pair % G) * per_group
-    for c0 in range(0, per_group, BLOCK_C):
-        _, _, gain, o, alpha = _channels(gain_ptr, offset_ptr, prelu_ptr, row0, channel0, c0, per_group, n_prelu,
-                                         BLOCK_C)
-        a = rstd * gain
-        for t0 in range(0, T, BLOCK_T):
-            # (named, not `_`: the compiler would carry `_` across the loop with two types)
-            offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, K, mean, a, o, BLOCK_C, BLOCK_T)
-            y = tl.where(v > 0, v, alpha[:, None] * v)
-            tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+def _upstream(g_ptr, x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, alpha, BLOCK_C: tl.constexpr,
+              BLOCK_T: tl.constexpr):
+    """A tile's _pre_activation, the incoming gradient g and ∂v (0 outside the tile's values)."""
+    offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C, BLOCK_T)
+    g = tl.load(g_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
+    return offs, ok, xc, v, g, tl.where(ok, tl.where(v > 0, g, alpha[:, None] * g), 0.0)
 
 
 @triton.jit
-def _group_norm_film_prelu_backward_kernel(g_ptr, x_ptr, gain_ptr, offset_ptr, prelu_ptr, stats_ptr, dx_ptr,
-                                           d_gain_ptr, d_offset_ptr, d_prelu_ptr, C, G, T, n_prelu,
-                                           BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
-    pair = tl.program_id(0)
+def _merged(count, mean, m2, x, ok, K, n):
+    """(count, mean, m2) of each row's x − K merged with a tile's n values x (Chan's formula): the tile
+    centred on its own mean first."""
+    d = tl.where(ok, x - K[:, None], 0.0)
+    mean_b = tl.sum(d, 1) / n
+    e = tl.where(ok, d - mean_b[:, None], 0.0)
+    total = count + n
+    delta = mean_b - mean
+    return total, mean + delta * (n / total), m2 + tl.sum(e * e, 1) + delta * delta * (count * n / total)
+
+
+@triton.jit
+def _row_moments_kernel(x_ptr, moments_ptr, C, G, T, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """moments[row] = (the row's mean, its Σ(x − mean)²) in float64 for the rows of x[B·C, T]."""
     per_group = C // G
-    base = pair.to(tl.int64) * per_group * T
-    row0 = pair.to(tl.int64) * per_group
-    channel0 = (pair % G) * per_group
-    hi = tl.load(stats_ptr + pair * 3)
-    lo = tl.load(stats_ptr + pair * 3 + 1)
-    rstd = tl.load(stats_ptr + pair * 3 + 2)
-    k1 = rstd * 0.0  # Σ ∂x̂ and Σ ∂x̂·x̂ over the group, ∂x̂ = ∂v·gain
-    k2 = rstd * 0.0
-    for c0 in range(0, per_group, BLOCK_C):
-        c, c_ok, gain, o, alpha = _channels(gain_ptr, offset_ptr, prelu_ptr, row0, channel0, c0, per_group, n_prelu,
-                                            BLOCK_C)
-        a = rstd * gain
-        s1 = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        s2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        s3 = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        for t0 in range(0, T, BLOCK_T):
-            offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C, BLOCK_T)
-            g = tl.load(g_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
-            positive = v > 0
-            dv = tl.where(ok, tl.where(positive, g, alpha[:, None] * g), 0.0)
-            s1 += tl.sum(dv, 1)
-            s2 += tl.sum(dv * xc, 1)
-            s3 += tl.sum(tl.where(ok & ~positive, v * g, 0.0), 1)
-        tl.store(d_offset_ptr + row0 + c, s1, mask=c_ok)
-        tl.store(d_gain_ptr + row0 + c, s2 * rstd, mask=c_ok)
-        tl.store(d_prelu_ptr + row0 + c, s3, mask=c_ok)
-        k1 += tl.sum(gain * s1, 0)
-        k2 += tl.sum(gain * s2, 0) * rstd
+    _, c0, first = _row_block(per_group, BLOCK_C)
+    base = (first + c0) * T
+    offs, ok = _tile(c0, 0, per_group, T, BLOCK_C, BLOCK_T)
+    x = tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
+    n = tl.minimum(T, BLOCK_T).to(tl.float32)
+    K = tl.sum(x, 1) / n  # each row's first tile's mean: a centre near the row's values
+    count, mean, m2 = _merged(K * 0.0, K * 0.0, K * 0.0, x, ok, K, n)
+    for t0 in range(BLOCK_T, T, BLOCK_T):
+        offs, ok = _tile(c0, t0, per_group, T, BLOCK_C, BLOCK_T)
+        x = tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
+        count, mean, m2 = _merged(count, mean, m2, x, ok, K, tl.minimum(T - t0, BLOCK_T).to(tl.float32))
+    r = tl.arange(0, BLOCK_C)
+    r_ok = c0 + r < per_group
+    tl.store(moments_ptr + (first + c0 + r) * 2, K.to(tl.float64) + mean.to(tl.float64), mask=r_ok)
+    tl.store(moments_ptr + (first + c0 + r) * 2 + 1, m2.to(tl.float64), mask=r_ok)
+
+
+@triton.jit
+def _group_stats(moments_ptr, first, per_group, T, eps, BLOCK_G: tl.constexpr):
+    """The group's (mean_hi, mean_lo, rstd) from its rows' moments, merged in float64. Every row has T
+    values, so Chan's merge is the mean of the row means and M2 = Σ M2_row + T·Σ(mean_row − mean)²."""
+    sums = tl.zeros((BLOCK_G,), dtype=tl.float64)
+    for c0 in range(0, per_group, BLOCK_G):
+        c = c0 + tl.arange(0, BLOCK_G)
+        sums += tl.load(moments_ptr + (first + c) * 2, mask=c < per_group, other=0.0)
+    mean = tl.sum(sums, 0) / per_group
+    squares = tl.zeros((BLOCK_G,), dtype=tl.float64)
+    for c0 in range(0, per_group, BLOCK_G):
+        c = c0 + tl.arange(0, BLOCK_G)
+        row_mean = tl.load(moments_ptr + (first + c) * 2, mask=c < per_group, other=0.0)
+        row_m2 = tl.load(moments_ptr + (first + c) * 2 + 1, mask=c < per_group, other=0.0)
+        squares += tl.where(c < per_group, row_m2 + T * (row_mean - mean) * (row_mean - mean), 0.0)
+    variance = tl.sum(squares, 0) / (per_group.to(tl.float64) * T)
+    hi = mean.to(tl.float32)
+    return hi, (mean - hi.to(tl.float64)).to(tl.float32), (1.0 / tl.sqrt(variance + eps)).to(tl.float32)
+
+
+@triton.jit
+def _normalize_kernel(x_ptr, moments_ptr, gain_ptr, offset_ptr, prelu_ptr, y_ptr, stats_ptr, C, G, T, n_prelu, eps,
+                      BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_G: tl.constexpr):
+    per_group = C // G
+    pair, c0, first = _row_block(per_group, BLOCK_C)
+    base = (first + c0) * T
+    hi, lo, rstd = _group_stats(moments_ptr, first, per_group, T, eps, BLOCK_G)
+    if c0 == 0:  # every program of the group computed the same stats: its first writes them
+        tl.store(stats_ptr + pair * 3, hi)
+        tl.store(stats_ptr + pair * 3 + 1, lo)
+        tl.store(stats_ptr + pair * 3 + 2, rstd)
+    _, _, gain, o, alpha = _channels(gain_ptr, offset_ptr, prelu_ptr, pair, G, c0, per_group, n_prelu, BLOCK_C)
+    a = rstd * gain
+    for t0 in range(0, T, BLOCK_T):
+        # (named, not `_`: the compiler would carry `_` across the loop with two types)
+        offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C, BLOCK_T)
+        y = tl.where(v > 0, v, alpha[:, None] * v)
+        tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _stats_of(stats_ptr, pair):
+    """The group's (mean_hi, mean_lo, rstd)."""
+    return tl.load(stats_ptr + pair * 3), tl.load(stats_ptr + pair * 3 + 1), tl.load(stats_ptr + pair * 3 + 2)
+
+
+@triton.jit
+def _channel_sums_kernel(g_ptr, x_ptr, gain_ptr, offset_ptr, prelu_ptr, stats_ptr, d_gain_ptr, d_offset_ptr,
+                         d_prelu_ptr, C, G, T, n_prelu, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Per channel row: d_offset = Σ∂v, d_gain = Σ∂v·x̂, d_prelu = Σ[v ≤ 0]·v·g."""
+    per_group = C // G
+    pair, c0, first = _row_block(per_group, BLOCK_C)
+    base = (first + c0) * T
+    hi, lo, rstd = _stats_of(stats_ptr, pair)
+    rows, c_ok, gain, o, alpha = _channels(gain_ptr, offset_ptr, prelu_ptr, pair, G, c0, per_group, n_prelu, BLOCK_C)
+    a = rstd * gain
+    s1 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    s2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    s3 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs, ok, xc, v, g, dv = _upstream(g_ptr, x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, alpha, BLOCK_C,
+                                           BLOCK_T)
+        s1 += tl.sum(dv, 1)
+        s2 += tl.sum(dv * xc, 1)
+        s3 += tl.sum(tl.where(ok & ~(v > 0), v * g, 0.0), 1)
+    tl.store(d_offset_ptr + rows, s1, mask=c_ok)
+    tl.store(d_gain_ptr + rows, s2 * rstd, mask=c_ok)
+    tl.store(d_prelu_ptr + rows, s3, mask=c_ok)
+
+
+@triton.jit
+def _grad_x_kernel(g_ptr, x_ptr, gain_ptr, offset_ptr, prelu_ptr, stats_ptr, d_gain_ptr, d_offset_ptr, dx_ptr, C, G, T,
+                   n_prelu, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_G: tl.constexpr):
+    per_group = C // G
+    pair, c0, first = _row_block(per_group, BLOCK_C)
+    base = (first + c0) * T
+    hi, lo, rstd = _stats_of(stats_ptr, pair)
+    # Σ ∂x̂ and Σ ∂x̂·x̂ over the group, ∂x̂ = ∂v·gain: gain times the channel sums of the launch before.
+    k1 = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    k2 = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    for g0 in range(0, per_group, BLOCK_G):
+        c = g0 + tl.arange(0, BLOCK_G)
+        gain_c = tl.load(gain_ptr + first + c, mask=c < per_group, other=0.0)
+        k1 += gain_c * tl.load(d_offset_ptr + first + c, mask=c < per_group, other=0.0)
+        k2 += gain_c * tl.load(d_gain_ptr + first + c, mask=c < per_group, other=0.0)
     # grad_x = (∂v·gain − (m1 + (x − mean)·m2))·rstd: ∂v·gain and m1 rounded alike (a group of one value
     # gets exactly 0).
     inv_n = 1.0 / tl.maximum((per_group * T).to(tl.float32), 1.0)
-    m1 = k1 * inv_n
-    m2 = rstd * k2 * inv_n
-    for c0 in range(0, per_group, BLOCK_C):
-        _, _, gain, o, alpha = _channels(gain_ptr, offset_ptr, prelu_ptr, row0, channel0, c0, per_group, n_prelu,
-                                         BLOCK_C)
-        a = rstd * gain
-        for t0 in range(0, T, BLOCK_T):
-            offs, ok, xc, v = _pre_activation(x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, BLOCK_C, BLOCK_T)
-            g = tl.load(g_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
-            dv = tl.where(v > 0, g, alpha[:, None] * g)
-            dxhat = dv * gain[:, None] + 0.0  # rounded on its own (+ 0 ends the multiply-add), as m1's terms were
-            dx = (dxhat - (m1 + xc * m2)) * rstd
-            tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+    m1 = tl.sum(k1, 0) * inv_n
+    m2 = rstd * tl.sum(k2, 0) * inv_n
+    _, _, gain, o, alpha = _channels(gain_ptr, offset_ptr, prelu_ptr, pair, G, c0, per_group, n_prelu, BLOCK_C)
+    a = rstd * gain
+    for t0 in range(0, T, BLOCK_T):
+        offs, ok, xc, v, g, dv = _upstream(g_ptr, x_ptr, base, c0, t0, per_group, T, hi, lo, a, o, alpha, BLOCK_C,
+                                           BLOCK_T)
+        dxhat = dv * gain[:, None] + 0.0  # rounded on its own (+ 0 ends the multiply-add), as m1's terms were
+        dx = (dxhat - (m1 + xc * m2)) * rstd
+        tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-def _blocks(per_group: int, T: int) -> tuple[int, int]:
-    """A tile of up to 2 048 values: up to 16 channel rows by up to 256 steps."""
-    block_c = min(16, triton.next_power_of_2(max(per_group, 1)))
-    return block_c, min(256, triton.next_power_of_2(max(T, 1)), max(16, 2048 // block_c))
+def _blocks(per_group: int, T: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_T, BLOCK_G): a program's rows (one, or enough short rows for a tile of 256 values),
+    its tile's steps (up to 1 024: Wavesplit's rows of 1 001 in one tile) and the chunk its group's
+    per-channel values are read in."""
+    block_t = min(1024, triton.next_power_of_2(max(T, 1)))
+    block_c = min(triton.next_power_of_2(max(per_group, 1)), max(1, 256 // block_t))
+    return block_c, block_t, min(256, triton.next_power_of_2(max(per_group, 1)))
+
+
+def _grid(B: int, num_groups: int, per_group: int, block_c: int) -> tuple[int]:
+    """One program per block of rows of each (item, group)."""
+    return (B * num_groups * triton.cdiv(per_group, block_c),)
 
 
 def _checked(x: Tensor, gain: Tensor, offset: Tensor, prelu_weight: Tensor, num_groups: int):
@@ -177,10 +251,13 @@ def group_norm_film_prelu_forward(x: Tensor, gain: Tensor, offset: Tensor, prelu
     y = torch.empty_like(x)
     stats = torch.empty(B, num_groups, 3, device=x.device, dtype=torch.float32)
     if B:
-        block_c, block_t = _blocks(C // num_groups, T)
-        launchable(_group_norm_film_prelu_forward_kernel)[(B * num_groups,)](
-            x, gain, offset, prelu_weight, y, stats, C, num_groups, T, prelu_weight.shape[0], eps,
-            BLOCK_C=block_c, BLOCK_T=block_t)
+        moments = torch.empty(B * C, 2, device=x.device, dtype=torch.float64)
+        block_c, block_t, block_g = _blocks(C // num_groups, T)
+        grid = _grid(B, num_groups, C // num_groups, block_c)
+        launchable(_row_moments_kernel)[grid](x, moments, C, num_groups, T, BLOCK_C=block_c, BLOCK_T=block_t)
+        launchable(_normalize_kernel)[grid](
+            x, moments, gain, offset, prelu_weight, y, stats, C, num_groups, T, prelu_weight.shape[0], eps,
+            BLOCK_C=block_c, BLOCK_T=block_t, BLOCK_G=block_g)
     return y, stats
 
 
@@ -199,8 +276,12 @@ def group_norm_film_prelu_backward(grad: Tensor, x: Tensor, gain: Tensor, offset
     grad_x = torch.empty_like(x)
     d_gain, d_offset, d_prelu = (torch.empty(B, C, device=x.device, dtype=torch.float32) for _ in range(3))
     if B:
-        block_c, block_t = _blocks(C // num_groups, T)
-        launchable(_group_norm_film_prelu_backward_kernel)[(B * num_groups,)](
-            grad, x, gain, offset, prelu_weight, stats, grad_x, d_gain, d_offset, d_prelu, C, num_groups, T,
+        block_c, block_t, block_g = _blocks(C // num_groups, T)
+        grid = _grid(B, num_groups, C // num_groups, block_c)
+        launchable(_channel_sums_kernel)[grid](
+            grad, x, gain, offset, prelu_weight, stats, d_gain, d_offset, d_prelu, C, num_groups, T,
             prelu_weight.shape[0], BLOCK_C=block_c, BLOCK_T=block_t)
+        launchable(_grad_x_kernel)[grid](
+            grad, x, gain, offset, prelu_weight, stats, d_gain, d_offset, grad_x, C, num_groups, T,
+            prelu_weight.shape[0], BLOCK_C=block_c, BLOCK_T=block_t, BLOCK_G=block_g)
     return grad_x, d_gain, d_offset, d_prelu

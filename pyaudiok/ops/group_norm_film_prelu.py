@@ -30,8 +30,11 @@ grad_x = rstd·(∂x̂ − mean(∂x̂) − x̂·mean(∂x̂·x̂)), ∂x̂ = �
 
 Backends: `reference` (the line above), `cpu` (csrc/cpu/group_norm_film_prelu.cpp: per (item, group)
 the statistics block by block, merged in double, then the output; the backward in two passes),
-`triton` (kernels/group_norm_film_prelu.py: one program per (item, group), fp32 accumulation; on a
-GPU the automatic choice takes the reference, measured faster: `_gpu_auto_skip`).
+`triton` (kernels/group_norm_film_prelu.py: one program per (item, channel) row, or a few short rows,
+in two launches each way: row moments, then y with each program merging its group's moments in
+float64; row gradient sums, then grad_x; fp32 accumulation). On a GPU the automatic choice takes the
+reference (`_gpu_auto_skip`: measured faster than the earlier one-program-per-group kernels; the
+per-row ones are not yet timed).
 Under autocast, half-precision operands are taken in float32 and y is float32 (as F.group_norm
 autocasts to float32 on CUDA); outside it every tensor must have x's dtype.
 """

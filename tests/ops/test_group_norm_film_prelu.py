@@ -3,6 +3,8 @@ weight, bias, prelu_weight, scale and shift), odd sizes, each optional term pres
 layouts and dtypes, the PReLU kink, large-mean inputs, NaN, empty sizes, autocast, opcheck, bad inputs."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import assume
@@ -116,6 +118,39 @@ def test_cpu_long_rows_and_many_channels():
     require_backend(OP, "cpu")
     compare("cpu", inputs(3, 64, 1001, P=64), 4)
     compare("cpu", inputs(2, 8, 3000, film="scale"), 1)
+
+
+@pytest.mark.parametrize("B,C,T,G", [(1, 2, 2100, 1), (2, 6, 1100, 2), (1, 300, 3, 1)])
+def test_triton_long_rows_and_wide_groups(B, C, T, G):
+    """Rows of several tiles (the last partial) and groups of more channels than one chunk of their merge."""
+    device = require_backend(OP, "triton")
+    compare("triton", inputs(B, C, T, P=C, device=device), G)
+
+
+class _GridRecorder:
+    """`launchable(kernel)` that notes each launch's grid."""
+
+    def __init__(self, launch, grids: list):
+        self.launch, self.grids = launch, grids
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.launch[grid]
+
+
+def test_triton_launches_a_program_per_channel_row(monkeypatch):
+    """At Wavesplit's sizes (C = 64, T = 1 001, one group) each of the four launches of a forward and
+    backward runs a program per (item, channel) row, not one per (item, group) (B·G = 2 programs here)."""
+    device = require_backend(OP, "triton")
+    kernels = importlib.import_module("pyaudiok.kernels.group_norm_film_prelu")
+    grids = []
+    launchable = kernels.launchable
+    monkeypatch.setattr(kernels, "launchable", lambda kernel, **options: _GridRecorder(launchable(kernel, **options),
+                                                                                       grids))
+    x, prelu, *_ = inputs(2, 64, 1001, device=device)
+    with pyaudiok.use_backend("triton"):
+        group_norm_film_prelu(x, 1, prelu).sum().backward()
+    assert grids == [(2 * 64,)] * 4
 
 
 def test_cpu_float64_matches_reference():
