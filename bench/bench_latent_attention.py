@@ -10,9 +10,8 @@ the backward), in the attention's own shapes and, as the machine's matmul peak, 
 `latent_attn.lengths` runs B = 2 rows with different key_lengths; its SDPA peer gets the per-row
 mask materialised, which is what SDPA needs for it. On a GPU the backward cases also time the
 Triton backend with dQ added atomically by the dK/dV kernel (`kernels.latent_attention.DQ_MODE`),
-and every GPU case its forward with lazy rescaling (`FORWARD_RESCALE`) and with the overlapped and
-the warp-specialised loops (`FORWARD_LOOP`): schemes that are not the default until they measure
-faster. `latent_attn.decode`
+and every GPU case its forward with lazy rescaling (`FORWARD_RESCALE`) and with the overlapped loop
+(`FORWARD_LOOP`): schemes that are not the default until they measure faster. `latent_attn.decode`
 times the sampling step's attention (one query over 8 192 keys) against SDPA, with a decode tile as
 a candidate."""
 from __future__ import annotations
@@ -138,22 +137,15 @@ KERNELS = "kernels.latent_attention."  # the Triton kernels' module, for with_se
 
 def _triton_variants(ours, backward: bool) -> list[Candidate]:
     """The Triton backend under the kernel settings that are not the default until they measure
-    faster (pyaudiok.kernels.latent_attention): the forward's lazy rescaling, overlapped loop and
-    warp-specialised loop, the backward's atomic dQ (alone and with each forward setting)."""
+    faster (pyaudiok.kernels.latent_attention): the forward's lazy rescaling and overlapped loop, the
+    backward's atomic dQ (alone and with each forward setting)."""
     triton_step = with_backend("triton", ours)
     forward = {"lazy rescale": {KERNELS + "FORWARD_RESCALE": "lazy"},
-               "overlapped loop": {KERNELS + "FORWARD_LOOP": "overlapped"},
-               "warp-specialized loop": {KERNELS + "FORWARD_LOOP": "warp_specialized"}}
+               "overlapped loop": {KERNELS + "FORWARD_LOOP": "overlapped"}}
     atomic = {KERNELS + "DQ_MODE": "atomic"}
     check = None if backward else _check
     cands = [Candidate(f"triton, {name}", "backend", with_settings(triton_step, settings), check=check)
              for name, settings in forward.items()]
-    # The warp-specialised kernel with two consumers of 128 queries each (compiles for sm_90 at d = 64
-    # without spills, 96 KiB of shared memory; at d = 128 it spills): its one tile besides _WS_TILE.
-    from pyaudiok.kernels.latent_attention import _Tile
-    wide = {**forward["warp-specialized loop"], KERNELS + "_WS_TILE": _Tile(256, 64, 4, 2)}
-    cands.append(Candidate("triton, warp-specialized loop, 256-query tile", "backend",
-                           with_settings(triton_step, wide), check=check))
     if backward:
         cands.append(Candidate("triton, atomic dQ", "backend", with_settings(triton_step, atomic)))
         cands += [Candidate(f"triton, {name} + atomic dQ", "backend",

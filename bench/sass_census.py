@@ -1,6 +1,6 @@
 """Static census of the Triton latent-attention kernels as compiled for an H100 (sm_90), no GPU needed.
 
-For each kernel (forward, dK/dV, dQ, the warp-specialised forward) and variant (the forward's
+For each kernel (forward, dK/dV, dQ) and variant (the forward's
 `FORWARD_RESCALE` and `FORWARD_LOOP`, the dK/dV kernel's `DQ_MODE`) at the tile a GPU launch of the
 benchmark's size would use, it compiles the kernel through Triton's NVIDIA backend and its bundled ptxas, as that launch
 would be specialised (16-byte aligned pointers, sizes divisible by 16, the launch's register cap),
@@ -9,8 +9,7 @@ and counts the SASS: FP32 math, MUFU (the exponentials), F2FP (conversions to 16
 STL/LDL (register spills, also counted inside loops), REDG/ATOMG/MEMBAR (atomic adds without or with
 a returned value, fences), the instructions of each loop's body, the registers a thread takes (two
 CTAs of 8 warps share an SM at 128 or fewer), whether the first loop's softmax can overlap the
-previous PV product (no wgmma wait before its exponentials, in the TTGIR), and whether Triton's
-Hopper pass warp-specialised the kernel (a ttg.warp_specialize op in the TTGIR).
+previous PV product (no wgmma wait before its exponentials, in the TTGIR).
 What a kernel change does to the instruction stream, seen before a GPU can time it; a count of
 static instructions, not a timing. `--source FILE` compiles another version of the kernels'
 module (e.g. `git show REV:kernels/latent_attention.py > FILE`), to compare a change with its base.
@@ -43,7 +42,7 @@ _SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_
 
 class Kernel(NamedTuple):
     name: str             # the function in pyaudiok.kernels.latent_attention
-    tile: int | None      # its index in _tiles() (forward, dK/dV, dQ); None: the warp-specialised forward's
+    tile: int             # its index in _tiles() (forward, dK/dV, dQ)
     pointers: tuple       # (argument, element type or None for the op's dtype), the kernel's first arguments
     sizes: tuple          # the int32 ones after them ("*": a multiple of 16 in a launch at the bench size)
     scalars: int          # then this many fp32 ones; the constexprs follow (the names here are for the
@@ -60,12 +59,10 @@ KERNELS = [
            ("H", "N*", "M*", "Mk*"), 2, {"separate": {"ATOMIC_DQ": False}, "atomic": {"ATOMIC_DQ": True}}),  # DQ_MODE
     Kernel("_bwd_dq_kernel", 2, _IO + _GRAD_IN + (("DQ", None),), ("H", "N*", "M*", "Mk*", "kv_chunk*"), 2,
            {"separate": {}}),
-    Kernel("_fwd_ws_kernel", None, (("Q", None), ("K", None), ("V", None), ("KL", "i32"), ("O", "fp32"),
-                                    ("LSE", "fp32")), ("H", "N*", "M*", "kv_chunk*"), 1,
-           {"ws": {"WARP_SPECIALIZE": True}}),  # FORWARD_LOOP "warp_specialized" (masked blocks: _fwd_kernel)
 ]
 # Constexprs as a launch at the bench size sets them, where a kernel takes them: N = 1 024 is a
-# multiple of every query tile (no row checks), and _fwd_kernel runs its unmasked blocks too.
+# multiple of every query tile (no row checks). UNMASKED: earlier versions' _fwd_kernel (--source)
+# took it, true where it ran its unmasked blocks too.
 _LAUNCH_CONSTANTS = {"CHECK_ROWS": False, "UNMASKED": True}
 
 
@@ -146,10 +143,7 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
 
     kernels = _kernels_module(source_path)
 
-    if spec.tile is None and not hasattr(kernels, "_ws_tile"):
-        return None  # an earlier version, without the warp-specialised forward
-    gpu = torch.device("cuda")
-    tile = kernels._ws_tile(gpu) if spec.tile is None else kernels._tiles(d, dtype, gpu)[spec.tile]
+    tile = kernels._tiles(d, dtype, torch.device("cuda"))[spec.tile]
     kernel = getattr(kernels, spec.name)
     types = (["*" + (element or _TRITON_TYPES[dtype]) for _, element in spec.pointers] + ["i32"] * len(spec.sizes)
              + ["fp32"] * spec.scalars)
@@ -165,8 +159,6 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
             constants[name] = value
         elif value:
             return None
-    if "WARP_SPECIALIZE" in constants:  # as _launch_forward_ws sets it: fp32 keeps the loop whole
-        constants["WARP_SPECIALIZE"] = dtype != torch.float32
     signature.update({name: "constexpr" for name in constants})
     index = {name: (kernel.arg_names.index(name),) for name in signature}
     source = ASTSource(fn=kernel, signature=signature, constexprs={index[k]: v for k, v in constants.items()},
@@ -187,7 +179,6 @@ def compile_kernel(spec: Kernel, variant: str, d: int, dtype: torch.dtype, arch:
             "instructions": sum(counts.values()), "loops": [sum(body.values()) for body in loops],
             "loop_spills": sum(body["STL"] + body["LDL"] for body in loops),
             "overlap": softmax_under_mma(compiled.asm["ttgir"]),
-            "warp_specialized": "ttg.warp_specialize(" in compiled.asm["ttgir"],
             **{op: counts.get(op, 0) for op in OPCODES}}
 
 
@@ -212,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results))
         return 0
     import triton
-    columns = ["overlap", "warp_specialized", "registers", "shared", "instructions", "loop_spills", *OPCODES]
+    columns = ["overlap", "registers", "shared", "instructions", "loop_spills", *OPCODES]
     source = args.source or "pyaudiok.kernels.latent_attention"
     print(f"latent attention kernels ({source}), d {args.d}, {args.dtype}, sm_90, triton {triton.__version__} "
           "(static SASS counts; tile = block_m, block_n, warps, stages; loops: instructions per iteration; "

@@ -6,7 +6,7 @@ reports, not from timings. This times them at the benchmark's size, one kernel a
 forward over its candidate tiles, then the backward with the best forward varying the dK/dV tile,
 then the dQ tile; next to the current tiles and PyTorch SDPA (`causal_lower_right`). Tiles that do
 not compile or run out of shared memory are reported and skipped. It prints the best tiles as the
-`_Tile(...)` triple to put in `_tiles`.
+`_Tile(...)` triple to put in `_GPU_TILES`.
 
     python -m pyaudiok.bench.tile_sweep [--d 64] [--dtype bf16] [--n 1024] [--m 65536] [--budget 150] [--dq atomic]
         [--forward-loop overlapped]

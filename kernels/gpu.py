@@ -1,7 +1,6 @@
 """What every launcher shares: how a kernel is launched, and facts about the GPU it runs on."""
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -33,27 +32,6 @@ def launchable(kernel, **options):
     eager launch through wrap_triton costs 82 µs of host time on an H200 machine against 20 µs for a
     direct one (bench/results/2026-11-27_h200_host_cost.txt), so small calls would be bound by it."""
     return wrap_triton(kernel) if _library.tracing() else _ContractedLaunch(kernel, options)
-
-
-def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-@contextlib.contextmanager
-def scratch_allocator():
-    """Meanwhile, launches that need global scratch (device-side tensor descriptors: Triton writes
-    their TMA descriptors there) take it from torch's caching allocator, unless the caller has set
-    an allocator of their own (triton.set_allocator). Triton's default raises instead. Its allocator
-    is a context variable, set here for this context only (triton.runtime._allocation, 3.4 to 3.9)."""
-    from triton.runtime import _allocation
-    if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-        yield
-        return
-    token = _allocation._allocator.set(_torch_scratch)
-    try:
-        yield
-    finally:
-        _allocation._allocator.reset(token)
 
 
 @functools.cache

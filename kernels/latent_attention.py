@@ -22,9 +22,7 @@ query blocks that see it, another owns a query block (and key range) for dQ, so 
 are computed twice (7 matmuls of the forward's size in all, against 5 with atomic dQ, which may
 serialise thousands of key blocks on the few query blocks of a latent layer); results are
 deterministic. The atomic scheme is there as an option (``DQ_MODE``), to be timed against it, and
-so are two other orders of the forward's loop (``FORWARD_LOOP``): software-pipelined by a block, or
-a warp-specialised kernel (TMA producer, two consumer warpgroups) beside a launch for the masked
-blocks.
+so is another order of the forward's loop (``FORWARD_LOOP``), software-pipelined by a block.
 
 Every product runs on tensor cores: bf16/fp16 operands directly, fp32 operands as TF32 when
 ``torch.backends.cuda.matmul.allow_tf32`` is set, else as 3×TF32 (``tf32x3``: fp32 accuracy, the
@@ -35,6 +33,7 @@ that hold whole operand rows in registers: on sm_90 the dK/dV kernel spilled ~13
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple
 
 import torch
@@ -45,7 +44,7 @@ from torch import Tensor
 from ..ops import _checks
 from ..ops import _library
 from . import _launch_checks as checks
-from .gpu import dot_precision as _precision, launchable, scratch_allocator, sm_count as _sm_count
+from .gpu import dot_precision as _precision, launchable, sm_count as _sm_count
 
 HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
@@ -155,8 +154,9 @@ def _fwd_block(acc, l_i, m_i, q, K, V, IDX, b, Mk, start, end, offset, rows, d,
     straight after the issue (seen in the sm_90 TTGIR). _fwd_block_overlapped reorders the loop so
     that PV's wait falls after the softmax; otherwise only a second CTA on the SM overlaps. TMA loads
     with warp_specialize=True do not help here either: Triton's Hopper pass leaves a kernel of 8 warps
-    alone, and the loop had more instructions with the TMA loads than with cp.async (_fwd_ws_kernel
-    is the kernel that pass takes)."""
+    alone, and the loop had more instructions with the TMA loads than with cp.async. A kernel of its
+    own that the pass did take (4 warps, a TMA producer and two consumer warpgroups) measured slower
+    than this loop on an H200 and gave NaN in 16 bits with Triton 3.6, so it was dropped."""
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < end
@@ -200,9 +200,7 @@ def _fwd_block_overlapped(acc, l_i, m_i, q, K, V, IDX, b, Mk, start, end, d, qk_
 @triton.jit
 def _fwd_kernel(Q, K, V, KL, IDX, O, LSE, H, N, M, Mk, kv_chunk, qk_scale,
                 HAS_KL: tl.constexpr, HAS_IDX: tl.constexpr, LAZY_RESCALE: tl.constexpr, OVERLAPPED: tl.constexpr,
-                UNMASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                PREC: tl.constexpr):
-    # UNMASKED false: the masked key blocks only (the warp-specialised forward runs the others).
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -221,10 +219,10 @@ def _fwd_kernel(Q, K, V, KL, IDX, O, LSE, H, N, M, Mk, kv_chunk, qk_scale,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    if OVERLAPPED and UNMASKED:
+    if OVERLAPPED:
         acc, l_i, m_i = _fwd_block_overlapped(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, lo, full, d, qk_scale,
                                               HAS_IDX, BLOCK_N, D, PREC)
-    elif UNMASKED:
+    else:
         acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, lo, full, offset, rows, d,
                                    qk_scale, False, HAS_IDX, LAZY_RESCALE, BLOCK_N, D, PREC)
     acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, Kb, Vb, IDX, b, Mk, full, hi, offset, rows, d,
@@ -241,46 +239,6 @@ def _store_part(O, LSE, acc, l_i, m_i, o_off, rows, row_ok, d, D: tl.constexpr):
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(O + (o_off + rows[:, None]) * D + d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + o_off + rows, lse, mask=row_ok)
-
-
-@triton.jit
-def _fwd_ws_kernel(Q, K, V, KL, O, LSE, H, N, M, kv_chunk, qk_scale, HAS_KL: tl.constexpr,
-                   WARP_SPECIALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                   PREC: tl.constexpr):
-    """The unmasked key blocks [lo, full) of each (query tile, key split), warp-specialised by Triton's
-    Hopper pass: a producer warpgroup issues the TMA loads, two consumer warpgroups (setmaxnreg 232)
-    take half the query tile each, so one's softmax runs beside the other's matmuls, as two CTAs of
-    _fwd_kernel do, with no load instructions in their loop. Partial (out, lse) per split into
-    O[S, B*H*N, D], LSE[S, B*H*N]; _fwd_kernel (UNMASKED false) adds the masked blocks as one more
-    part and _merge_kernel combines them.
-
-    The pass (Triton 3.6, 3.9) takes the loop only at 4 warps, with the query tile and every load in
-    the loop through tensor descriptors, and no other loop after it: it fails to compile with q
-    loaded through pointers or with the masked loop in the same kernel. No gathered keys (sm_90's TMA
-    has no row gather). WARP_SPECIALIZE false (fp32, which GPU launches never bring here: the pass
-    fails on its 3xTF32 products) keeps the loop whole, for the interpreter's tests."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    split = tl.program_id(2)
-    L = _key_length(KL, bh // H, M, HAS_KL)
-    start_row = pid_m * BLOCK_M
-    lo, full, _ = _key_range(L, L - N, start_row, split, kv_chunk, BLOCK_M, BLOCK_N)
-    heads = tl.num_programs(1)
-    # Rows past N read the next head's first queries (zeros past the tensor's end): never stored.
-    q = tl.make_tensor_descriptor(Q, shape=[heads * N, D], strides=[D, 1], block_shape=[BLOCK_M, D]
-                                  ).load([bh * N + start_row, 0])
-    keys = tl.make_tensor_descriptor(K, shape=[heads * M, D], strides=[D, 1], block_shape=[BLOCK_N, D])
-    values = tl.make_tensor_descriptor(V, shape=[heads * M, D], strides=[D, 1], block_shape=[BLOCK_N, D])
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
-    for n0 in tl.range(lo, full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        s = tl.dot(q, tl.trans(keys.load([bh * M + n0, 0])), input_precision=PREC)
-        p, alpha, l_i, m_i = _probabilities(s, l_i, m_i, qk_scale, False)
-        v = values.load([bh * M + n0, 0])
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-    rows = start_row + tl.arange(0, BLOCK_M)
-    _store_part(O, LSE, acc, l_i, m_i, (split * heads + bh.to(tl.int64)) * N, rows, rows < N, tl.arange(0, D), D)
 
 
 @triton.jit
@@ -485,18 +443,19 @@ def _tiles(D: int, dtype: torch.dtype, device: torch.device) -> tuple[_Tile, _Ti
     """
     if device.type != "cuda":
         return _INTERPRETER, _INTERPRETER, _INTERPRETER
-    if dtype == torch.float32:
-        if D <= 64:
-            return _Tile(64, 64, 4, 2), _Tile(32, 128, 8, 2), _Tile(64, 32, 4, 2)
-        return _Tile(64, 32, 4, 2), _Tile(16, 32, 4, 2), _Tile(32, 32, 4, 2)  # the backward spills a little
-    if D <= 64:
-        return _Tile(128, 64, 8, 3), _Tile(32, 128, 4, 3), _Tile(128, 64, 4, 4)
-    return _Tile(128, 64, 8, 2), _Tile(32, 128, 8, 2), _Tile(128, 64, 8, 2)
+    return _GPU_TILES[dtype == torch.float32, D <= 64]
 
 
-def choose_splits(programs: int, Mk: int, device: torch.device, ctas_per_sm: int = 2) -> int:
-    """Key-range splits for a launch of `programs` query tiles over Mk keys, `ctas_per_sm` of whose
-    CTAs an SM holds (1 for the warp-specialised forward).
+_GPU_TILES = {  # (fp32, d <= 64) -> tiles of the (forward, dK/dV, dQ) kernels, see _tiles
+    (True, True): (_Tile(64, 64, 4, 2), _Tile(32, 128, 8, 2), _Tile(64, 32, 4, 2)),
+    (True, False): (_Tile(64, 32, 4, 2), _Tile(16, 32, 4, 2), _Tile(32, 32, 4, 2)),  # the backward spills a little
+    (False, True): (_Tile(128, 64, 8, 3), _Tile(32, 128, 4, 3), _Tile(128, 64, 4, 4)),
+    (False, False): (_Tile(128, 64, 8, 2), _Tile(32, 128, 8, 2), _Tile(128, 64, 8, 2)),
+}
+
+
+def choose_splits(programs: int, Mk: int, device: torch.device) -> int:
+    """Key-range splits for a launch of `programs` query tiles over Mk keys.
 
     An SM holds up to two of these CTAs, so the launch runs in ceil(programs·S / (2·SMs)) waves
     of programs 1/S as long: take the fewest splits S that minimise waves / S. E.g. 64 query tiles
@@ -506,10 +465,25 @@ def choose_splits(programs: int, Mk: int, device: torch.device, ctas_per_sm: int
     """
     if device.type != "cuda":
         return 1
-    slots = ctas_per_sm * _sm_count(device)
+    most, slots = max(1, min(32, Mk // 1024)), 2 * _sm_count(device)
+    if isinstance(programs, int) and isinstance(most, int):  # not symbolic sizes (a tracer's): cached
+        return _fewest_waves(programs, most, slots)
+    return _fewest_waves.__wrapped__(programs, most, slots)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fewest_waves(programs: int, most: int, slots: int) -> int:
+    """The fewest splits, of 1 ... `most`, that minimise waves / S with `slots` CTAs resident at once:
+    a search that would cost a launch of the bench's size ~6 µs of host time each call."""
     if programs >= slots:
         return 1
-    return min(range(1, max(1, min(32, Mk // 1024)) + 1), key=lambda s: (triton.cdiv(programs * s, slots) / s, s))
+    return min(range(1, most + 1), key=lambda s: (_cdiv(programs * s, slots) / s, s))
+
+
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b), as triton.cdiv computes it: that one is a constexpr_function, whose argument
+    unwrapping costs ~2 µs of host time a call, and a launch takes several."""
+    return (a + b - 1) // b
 
 
 def _checked(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None,
@@ -534,17 +508,31 @@ def _checked(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None,
     return checks.dense(q, k, v)
 
 
+_UNUSED: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _unused(q: Tensor, dtype: torch.dtype) -> Tensor:
+    """A tensor on q's device for a kernel argument that is never read nor written (an absent KL or
+    IDX, the atomic dQ accumulator when dQ has a pass of its own): one per device and dtype, kept, as
+    an eager call's allocation costs host time. A tracer gets a new one each time: torch.compile's analysis of
+    the dK/dV kernel counts IDX as written (the stores' rows come through it), so a tensor shared with
+    another argument would be written into in the compiled graph."""
+    if _library.tracing():
+        return q.new_empty(1, dtype=dtype)
+    key = (q.device, dtype)
+    if key not in _UNUSED:
+        _UNUSED[key] = q.new_empty(1, dtype=dtype)
+    return _UNUSED[key]
+
+
 def _common(q, k, key_lengths, keep):
     B, H, N, D = q.shape
     if D not in HEAD_DIMS:
         raise ValueError(f"latent attention kernels support head dims {HEAD_DIMS}, got {D}")
     M = k.shape[2]
     Mk = keep.shape[1] if keep is not None else M
-    # An absent KL or IDX is never read, but its slot needs a tensor of its own: torch.compile's
-    # analysis of the dK/dV kernel counts IDX as written (the stores' rows come through it), so
-    # passing q there would make the compiled graph write into q.
-    kl = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else q.new_empty(1, dtype=torch.int32)
-    idx = keep.contiguous() if keep is not None else q.new_empty(1, dtype=torch.int32)
+    kl = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else _unused(q, torch.int32)
+    idx = keep.contiguous() if keep is not None else _unused(q, torch.int32)
     flags = {"HAS_KL": key_lengths is not None, "HAS_IDX": keep is not None, "D": D, "PREC": _precision(q.dtype)}
     return B, H, N, D, M, Mk, kl, idx, flags
 
@@ -581,15 +569,14 @@ def forward_rescale() -> str:
 
 # The forward's loop over the key blocks every query of a tile sees: "sequential", each block's QK^T,
 # softmax and PV product in turn; "overlapped", software-pipelined by one block so that a block's
-# PV product runs on the tensor cores through the next block's softmax (_fwd_block_overlapped); or
-# "warp_specialized", a kernel of its own whose loop Triton's Hopper pass splits into a TMA producer
-# and two consumer warpgroups (_fwd_ws_kernel; the masked blocks then take a second, small launch).
-# Candidates, not the default until timed on a GPU (see _forward_loop_for for where each applies).
+# PV product runs on the tensor cores through the next block's softmax (_fwd_block_overlapped). Not
+# the default: on an H200 it timed the same as the sequential loop, within noise (see
+# _forward_loop_for for where it applies).
 FORWARD_LOOP = "sequential"
 
 
 def forward_loop() -> str:
-    loop = _setting("FORWARD_LOOP", ("sequential", "overlapped", "warp_specialized"))
+    loop = _setting("FORWARD_LOOP", ("sequential", "overlapped"))
     if loop != "sequential" and forward_rescale() == "lazy":
         raise ValueError(f"FORWARD_LOOP {loop!r} rescales on every block: it needs FORWARD_RESCALE 'always', "
                          "got 'lazy'")
@@ -613,18 +600,7 @@ def settings_set(**settings: str):
         globals().update(saved)
 
 
-_WS_TILE = _Tile(128, 64, 4, 3)  # the warp-specialised forward: the pass needs 4 warps (one per consumer
-# half and a producer warpgroup are added); 128 queries, two consumers of 64 (sm_90 compile at d = 64:
-# 232 registers a consumer thread, 97 KiB of shared memory, one CTA an SM)
-
-
-def _ws_tile(device: torch.device) -> _Tile:
-    """The warp-specialised forward's tile (the interpreter's small one off a GPU)."""
-    return _WS_TILE if device.type == "cuda" else _INTERPRETER
-
-
-def _forward_loop_for(D: int, dtype: torch.dtype, device: torch.device, gathered: bool = False, rows: int = 0,
-                      aligned: bool = True) -> tuple[str, dict]:
+def _forward_loop_for(D: int, dtype: torch.dtype, device: torch.device) -> tuple[str, dict]:
     """(the loop a forward launch runs under FORWARD_LOOP, its launch options).
 
     The overlapped loop, from bench/sass_census.py (sm_90, Triton 3.6 and 3.9): in 16 bits at d <= 64
@@ -632,17 +608,10 @@ def _forward_loop_for(D: int, dtype: torch.dtype, device: torch.device, gathered
     the sequential loop (124), and nothing spills in the loop (3.9 spills 9 words outside it). At
     d = 128 it takes what the sequential loop does (~190, one CTA an SM). fp32 on a GPU keeps the
     sequential loop: its 3xTF32 operands, split in registers, spill ~50 words an iteration when a
-    block's scores are carried over. The warp-specialised kernel takes neither gathered keys (TMA
-    has no row gather on sm_90) nor a tracer (its tensor descriptors need a scratch allocation at
-    launch, which eager launches get from torch, see gpu.scratch_allocator); TMA coordinates are
-    int32 (`rows`: the keys' rows in all) and its base addresses 16-byte aligned (`aligned`: q, k
-    and v are; a contiguous tensor's rows are, but a view may start anywhere)."""
+    block's scores are carried over."""
     loop = forward_loop()
     if loop == "sequential" or (device.type == "cuda" and dtype == torch.float32):
         return "sequential", {}
-    if loop == "warp_specialized":
-        usable = not gathered and not _library.tracing() and rows < 2 ** 31 and aligned
-        return ("warp_specialized" if usable else "sequential"), {}
     if device.type == "cuda" and D <= 64:
         return loop, {"maxnreg": 128}
     return loop, {}
@@ -650,8 +619,8 @@ def _forward_loop_for(D: int, dtype: torch.dtype, device: torch.device, gathered
 
 def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:
     """(keys per split, a multiple of block_n; number of non-empty splits)."""
-    chunk = triton.cdiv(triton.cdiv(Mk, splits), block_n) * block_n
-    return chunk, triton.cdiv(Mk, chunk)
+    chunk = _cdiv(_cdiv(Mk, splits), block_n) * block_n
+    return chunk, _cdiv(Mk, chunk)
 
 
 _ROWS_BLOCK = 64  # rows per program of the small row-wise kernels (merge, backward preprocessing)
@@ -661,21 +630,18 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, 
                    keep: Tensor | None, splits: int | None = None) -> tuple[Tensor, Tensor]:
     q, k, v = _checked(q, k, v, key_lengths, keep)
     B, H, N, D, M, Mk, kl, idx, flags = _common(q, k, key_lengths, keep)
-    loop, options = _forward_loop_for(D, q.dtype, q.device, gathered=keep is not None, rows=B * H * M,
-                                      aligned=all(t.data_ptr() % 16 == 0 for t in (q, k, v)))
-    if loop == "warp_specialized":
-        return _launch_forward_ws(q, k, v, kl, idx, flags, scale, splits)
+    loop, options = _forward_loop_for(D, q.dtype, q.device)
     tile = _tiles(D, q.dtype, q.device)[0]
-    programs = triton.cdiv(N, tile.block_m) * B * H
+    programs = _cdiv(N, tile.block_m) * B * H
     kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), tile.block_n)
     out, lse = _outputs(q)
     if splits == 1:
         part_out, part_lse = out, lse
     else:  # partial results, merged below
         part_out, part_lse = _parts(splits, q)
-    launchable(_fwd_kernel, **options)[(triton.cdiv(N, tile.block_m), B * H, splits)](
+    launchable(_fwd_kernel, **options)[(_cdiv(N, tile.block_m), B * H, splits)](
         q, k, v, kl, idx, part_out, part_lse, H, N, M, Mk, kv_chunk, scale * _LOG2E,
-        LAZY_RESCALE=forward_rescale() == "lazy", OVERLAPPED=loop == "overlapped", UNMASKED=True,
+        LAZY_RESCALE=forward_rescale() == "lazy", OVERLAPPED=loop == "overlapped",
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, num_warps=tile.warps, num_stages=tile.stages, **flags)
     if splits > 1:
         _merge(part_out, part_lse, out, lse)
@@ -696,36 +662,8 @@ def _parts(splits: int, q: Tensor) -> tuple[Tensor, Tensor]:
 
 def _merge(part_out: Tensor, part_lse: Tensor, out: Tensor, lse: Tensor) -> None:
     splits, R, D = part_out.shape[0], lse.numel(), out.shape[-1]
-    launchable(_merge_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
-                                                              BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
-
-
-def _launch_forward_ws(q: Tensor, k: Tensor, v: Tensor, kl: Tensor, idx: Tensor, flags: dict, scale: float,
-                       splits: int | None) -> tuple[Tensor, Tensor]:
-    """The warp-specialised forward: _fwd_ws_kernel over the unmasked key blocks in `splits` key
-    ranges, then _fwd_kernel over the masked ones as one more part, merged. Both launches take the
-    same query and key tiles, so each row's keys are split between them at the same place."""
-    B, H, N, D = q.shape
-    M = k.shape[2]
-    tile = _ws_tile(q.device)
-    programs = triton.cdiv(N, tile.block_m) * B * H
-    # one CTA an SM: 12 warps with 232 registers a consumer thread
-    kv_chunk, splits = _split_range(M, splits or choose_splits(programs, M, q.device, ctas_per_sm=1), tile.block_n)
-    part_out, part_lse = _parts(splits + 1, q)
-    grid = (triton.cdiv(N, tile.block_m), B * H)
-    with scratch_allocator():
-        launchable(_fwd_ws_kernel)[(*grid, splits)](
-            q, k, v, kl, part_out, part_lse, H, N, M, kv_chunk, scale * _LOG2E, HAS_KL=flags["HAS_KL"],
-            WARP_SPECIALIZE=q.dtype != torch.float32, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, D=D,
-            PREC=flags["PREC"], num_warps=tile.warps, num_stages=tile.stages)
-    masked = _tiles(D, q.dtype, q.device)[0]  # its warps and stages, with the same blocks
-    launchable(_fwd_kernel)[(*grid, 1)](
-        q, k, v, kl, idx, part_out[splits], part_lse[splits], H, N, M, M, triton.cdiv(M, tile.block_n) * tile.block_n,
-        scale * _LOG2E, LAZY_RESCALE=False, OVERLAPPED=False, UNMASKED=False, BLOCK_M=tile.block_m,
-        BLOCK_N=tile.block_n, num_warps=masked.warps, num_stages=masked.stages, **flags)
-    out, lse = _outputs(q)
-    _merge(part_out, part_lse, out, lse)
-    return out, lse
+    launchable(_merge_kernel)[(_cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
+                                                        BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
 
 
 def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
@@ -741,26 +679,25 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     R = B * H * N
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     neg_lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)  # -lse, log2 units
-    launchable(_bwd_prep_kernel)[(triton.cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, neg_lse2, R,
-                                                                 BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
+    launchable(_bwd_prep_kernel)[(_cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, neg_lse2, R,
+                                                           BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     # Dropped keys get no gradient: their rows are never written when keys are gathered.
     dk = torch.zeros_like(k) if keep is not None else torch.empty_like(k)
     dv = torch.zeros_like(v) if keep is not None else torch.empty_like(v)
     atomic = dq_mode() == "atomic"
-    # The dQ accumulator (fp32) where the dK/dV kernel adds dQ; unused otherwise, but a tensor of its
-    # own all the same (see _common).
-    dq_acc = q.new_zeros((B, H, N, D), dtype=torch.float32) if atomic else q.new_empty(1, dtype=torch.float32)
-    launchable(_bwd_dkdv_kernel)[(triton.cdiv(Mk, t_kv.block_n), B * H)](
+    # The dQ accumulator (fp32) where the dK/dV kernel adds dQ; unused otherwise.
+    dq_acc = q.new_zeros((B, H, N, D), dtype=torch.float32) if atomic else _unused(q, torch.float32)
+    launchable(_bwd_dkdv_kernel)[(_cdiv(Mk, t_kv.block_n), B * H)](
         q, k, v, kl, idx, grad_out, neg_lse2, delta, dk, dv, dq_acc, H, N, M, Mk, scale * _LOG2E, scale,
         BLOCK_M=t_kv.block_m, BLOCK_N=t_kv.block_n, num_warps=t_kv.warps, num_stages=t_kv.stages,
         ATOMIC_DQ=atomic, CHECK_ROWS=N % t_kv.block_m != 0, **flags)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
-    programs = triton.cdiv(N, t_q.block_m) * B * H
+    programs = _cdiv(N, t_q.block_m) * B * H
     kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), t_q.block_n)
     dq = torch.empty_like(q) if splits == 1 else torch.empty((splits, B, H, N, D), dtype=torch.float32,
                                                               device=q.device)
-    launchable(_bwd_dq_kernel)[(triton.cdiv(N, t_q.block_m), B * H, splits)](
+    launchable(_bwd_dq_kernel)[(_cdiv(N, t_q.block_m), B * H, splits)](
         q, k, v, kl, idx, grad_out, neg_lse2, delta, dq, H, N, M, Mk, kv_chunk, scale * _LOG2E, scale,
         BLOCK_M=t_q.block_m, BLOCK_N=t_q.block_n, num_warps=t_q.warps, num_stages=t_q.stages, **flags)
     if splits > 1:  # the parts are sums over disjoint key ranges

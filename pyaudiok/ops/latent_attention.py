@@ -168,12 +168,14 @@ def _triton_forward():
 # ----------------------------------------------------------------------------------------------
 # Backend registry.
 
-def _fused(get_op: Callable[[], Callable], kv_layout: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.contiguous):
+def _fused(get_op: Callable[[], Callable], kv_layout: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.contiguous,
+           lengths_dtype: torch.dtype = torch.int64):
     """A backend's call of its raw op; `kv_layout` gives k and v the layout its kernel reads (the CPU
-    op lays them out itself: _rows_contiguous)."""
+    op lays them out itself: _rows_contiguous), key_lengths come in `lengths_dtype` (the Triton
+    kernels read int32: converted here once, not by the forward and again by the backward)."""
     def run(q, k, v, key_lengths, scale, keep):
         if key_lengths is not None:
-            key_lengths = key_lengths.to(q.device, torch.int64)
+            key_lengths = key_lengths.to(q.device, lengths_dtype)
         return get_op()(q.contiguous(), kv_layout(k), kv_layout(v), key_lengths, scale, keep)[0]
     return run
 
@@ -187,8 +189,9 @@ OP = dispatch.op("latent_cross_attention")
 OP.register("reference", latent_attention_reference, devices=("cpu", "cuda"), dtypes=dispatch.FLOAT_DTYPES)
 OP.register("cpu", upcast_half(_fused(lambda: _cpu_forward, kv_layout=lambda t: t)), devices=("cpu",),
             dtypes=HALF_DTYPES + (torch.float32, torch.float64), availability=backends.cpu_reason)
-OP.register("triton", _fused(_triton_forward), devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16,
-            torch.bfloat16), availability=backends.triton_reason, constraint=_triton_head_dim)
+OP.register("triton", _fused(_triton_forward, lengths_dtype=torch.int32), devices=("cuda", "cpu"),
+            dtypes=(torch.float32, torch.float16, torch.bfloat16), availability=backends.triton_reason,
+            constraint=_triton_head_dim)
 
 
 # ----------------------------------------------------------------------------------------------

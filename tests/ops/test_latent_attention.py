@@ -141,6 +141,60 @@ def test_dropout_keep_gathers_kept_keys(backend):
     assert_close("gathered", out[0], gathered.double(), torch.float32)
 
 
+class _RecordedLaunches:
+    """A stand-in for kernels.gpu.launchable: `launchable(kernel, **options)[grid](...)` records the
+    kernel's name and its tensor arguments, and launches nothing."""
+
+    def __init__(self):
+        self.kernels, self.tensors = [], []
+
+    def __call__(self, kernel, **options):
+        self.kernel = kernel
+        return self
+
+    def __getitem__(self, grid):
+        return self.record
+
+    def record(self, *args, **kwargs):
+        self.kernels.append(self.kernel.__name__)
+        self.tensors += [a for a in args if isinstance(a, torch.Tensor)]
+
+
+@pytest.mark.parametrize("settings", [{}, {"FORWARD_LOOP": "overlapped"}, {"DQ_MODE": "atomic"}])
+def test_triton_launchers_trace_on_fake_tensors(monkeypatch, settings):
+    """The launchers' host code reads no tensor's data (no data pointer) and launches only through
+    `launchable`, so torch.compile and opcheck can trace them on fake tensors (which have no data):
+    forward and backward, with lengths and with kept keys, split over key ranges (the merge), under
+    each loop and dQ mode. Traced, every argument is the tracer's: none of the tensors that eager
+    calls keep for absent arguments."""
+    pytest.importorskip("triton")
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyaudiok.kernels import latent_attention as kernels
+    launches = _RecordedLaunches()
+    monkeypatch.setattr(kernels, "launchable", launches)
+    for name, value in settings.items():
+        monkeypatch.setattr(kernels, name, value)
+
+    def forward_and_backward(q, k, v, lengths, keep):
+        out, lse = kernels.launch_forward(q, k, v, lengths, 0.25, keep, splits=2)
+        return (out, lse, *kernels.launch_backward(torch.ones_like(out), q, k, v, out, lse, lengths, 0.25, keep,
+                                                   splits=2))
+    q, k, v = _inputs(2, 2, 8, 24, 16, "cpu", grad=False)
+    lengths, keep = torch.tensor([24, 5]), torch.arange(2, 24).expand(2, 22).contiguous()
+    forward_and_backward(q, k, v, None, None)  # eagerly: the kept tensors for absent arguments exist
+    for kl, kp in ((None, None), (lengths, None), (None, keep)):
+        launches.kernels.clear()
+        launches.tensors.clear()
+        graph = make_fx(forward_and_backward, tracing_mode="fake")(q, k, v, kl, kp)
+        assert all(isinstance(t, FakeTensor) for t in launches.tensors)
+        shapes = [tuple(node.meta["val"].shape) for node in graph.graph.find_nodes(op="output")[0].args[0]]
+        assert shapes == [(2, 2, 8, 16), (2, 2, 8), (2, 2, 8, 16), (2, 2, 24, 16), (2, 2, 24, 16)]
+        dq_pass = [] if settings.get("DQ_MODE") == "atomic" else ["_bwd_dq_kernel"]
+        assert launches.kernels == ["_fwd_kernel", "_merge_kernel", "_bwd_prep_kernel", "_bwd_dkdv_kernel", *dq_pass]
+
+
 def test_triton_split_kv_forward():
     device = require_backend(OP, "triton")
     from pyaudiok.kernels.latent_attention import launch_forward
@@ -193,7 +247,6 @@ def test_triton_atomic_dq_backward_matches_reference(monkeypatch, B, H, N, M, d,
 FORWARD_VARIANTS = {  # the forward's settings that are not the default, and what each changes
     "lazy rescale": ("FORWARD_RESCALE", "lazy"),     # a stale running max while no row's grew by > 2^8
     "overlapped loop": ("FORWARD_LOOP", "overlapped"),  # block j + 1's QK^T before block j's PV product
-    "warp-specialized loop": ("FORWARD_LOOP", "warp_specialized"),  # TMA producer, two consumers; masked part apart
 }
 
 
@@ -214,11 +267,8 @@ def test_triton_forward_variants_match_reference(monkeypatch, variant, B, H, N, 
                                "triton")
 
 
-@pytest.mark.parametrize("variant,callee,stub", [
-    ("overlapped loop", "_fwd_block_overlapped", "latent_fwd_block_adding_nothing"),
-    ("warp-specialized loop", "_fwd_ws_kernel", "latent_fwd_ws_kernel_seeing_nothing")])
-def test_triton_forward_variant_runs_its_unmasked_blocks(monkeypatch, variant, callee, stub):
-    """Each forward variant runs its own code over the unmasked blocks, one block and many: with that
+def test_triton_overlapped_loop_runs_its_unmasked_blocks(monkeypatch):
+    """The overlapped loop runs its own code over the unmasked blocks, one block and many: with that
     code replaced by a stand-in that adds nothing, the output changes (so the variant tests above
     test it). Interpreter only: a compiled kernel's callees cannot be swapped."""
     device = require_backend(OP, "triton")
@@ -227,13 +277,13 @@ def test_triton_forward_variant_runs_its_unmasked_blocks(monkeypatch, variant, c
     from pyaudiok.kernels import latent_attention as kernels
 
     from . import _triton_stubs
-    monkeypatch.setattr(kernels, *FORWARD_VARIANTS[variant])
+    monkeypatch.setattr(kernels, *FORWARD_VARIANTS["overlapped loop"])
     for M in (40, 200):  # 16-key tiles in the interpreter: unmasked ranges of 1 and of 11 blocks
         q, k, v = _inputs(1, 1, 16, M, 16, device, grad=False)
         with pyaudiok.use_backend("triton"):
             out = latent_cross_attention(q, k, v)
             with monkeypatch.context() as patch:
-                patch.setattr(kernels, callee, getattr(_triton_stubs, stub))
+                patch.setattr(kernels, "_fwd_block_overlapped", _triton_stubs.latent_fwd_block_adding_nothing)
                 without_it = latent_cross_attention(q, k, v)
         assert_close("out", out.double().cpu(), latent_attention_reference(q.cpu(), k.cpu(), v.cpu()).double(),
                      torch.float32)
@@ -244,8 +294,7 @@ def test_triton_forward_variant_runs_its_unmasked_blocks(monkeypatch, variant, c
 @pytest.mark.parametrize("N,lengths", [(256, None), (200, [700, 333])])
 def test_triton_at_the_gpu_tiles_in_the_interpreter(monkeypatch, variant, N, lengths):
     """The kernels at the tiles a GPU launch of 16-bit d = 64 uses (128-query forward tiles, the
-    dK/dV kernel's 32 queries by 128 keys, the warp-specialised forward's 128 by 64, ...) and split
-    over 3 key ranges, in the interpreter:
+    dK/dV kernel's 32 queries by 128 keys, ...) and split over 3 key ranges, in the interpreter:
     the block arithmetic the small interpreter tiles do not reach (whole-block loops of 64 keys, the
     row checks off at N = 256 and on at 200)."""
     device = require_backend(OP, "triton")
@@ -254,37 +303,18 @@ def test_triton_at_the_gpu_tiles_in_the_interpreter(monkeypatch, variant, N, len
     from pyaudiok.kernels import latent_attention as kernels
     gpu_tiles = kernels._tiles(64, torch.bfloat16, torch.device("cuda"))
     monkeypatch.setattr(kernels, "_tiles", lambda D, dtype, device: gpu_tiles)
-    monkeypatch.setattr(kernels, "_ws_tile", lambda device: kernels._WS_TILE)
-    monkeypatch.setattr(kernels, "choose_splits", lambda programs, Mk, device, ctas_per_sm=2: 3)
+    monkeypatch.setattr(kernels, "choose_splits", lambda programs, Mk, device: 3)
     if variant is not None:
         monkeypatch.setattr(kernels, *FORWARD_VARIANTS[variant])
     q, k, v = _inputs(2, 1, N, 700, 64, device)
     compare_with_reference(lambda q, k, v: latent_cross_attention(q, k, v, key_lengths=lengths), (q, k, v), "triton")
 
 
-def test_triton_warp_specialized_forward_applies_where_its_tma_loads_can(monkeypatch):
-    """The warp-specialised kernel is taken for 16-bit (and, in the interpreter, fp32) inputs; not with
-    gathered keys (no TMA gather on sm_90), under a tracer, past int32 TMA coordinates, with a
-    misaligned base, or for fp32 on a GPU (its 3xTF32 products)."""
-    from pyaudiok.kernels import latent_attention as kernels
-    monkeypatch.setattr(kernels, "FORWARD_LOOP", "warp_specialized")
-    gpu, cpu = torch.device("cuda"), torch.device("cpu")
-    plan = kernels._forward_loop_for
-    assert plan(64, torch.bfloat16, gpu)[0] == plan(64, torch.float32, cpu)[0] == "warp_specialized"
-    for loop in (plan(64, torch.float32, gpu), plan(64, torch.bfloat16, gpu, gathered=True),
-                 plan(64, torch.bfloat16, gpu, rows=2 ** 31), plan(64, torch.bfloat16, gpu, aligned=False)):
-        assert loop == ("sequential", {})
-    monkeypatch.setattr(kernels._library, "tracing", lambda: True)
-    assert plan(64, torch.bfloat16, gpu)[0] == "sequential"
-
-
 @pytest.mark.parametrize("settings,message", [
-    ({"FORWARD_LOOP": "pipelined"},
-     "FORWARD_LOOP must be 'sequential', 'overlapped' or 'warp_specialized'; got 'pipelined'"),
+    ({"FORWARD_LOOP": "pipelined"}, "FORWARD_LOOP must be 'sequential' or 'overlapped'; got 'pipelined'"),
+    ({"FORWARD_LOOP": "warp_specialized"}, "FORWARD_LOOP must be 'sequential' or 'overlapped'"),
     ({"FORWARD_LOOP": "overlapped", "FORWARD_RESCALE": "lazy"},
      "FORWARD_LOOP 'overlapped' .* FORWARD_RESCALE 'always'"),
-    ({"FORWARD_LOOP": "warp_specialized", "FORWARD_RESCALE": "lazy"},
-     "FORWARD_LOOP 'warp_specialized' .* FORWARD_RESCALE 'always'"),
 ])
 def test_triton_forward_loop_is_checked(monkeypatch, settings, message):
     from pyaudiok.kernels import latent_attention as kernels
@@ -352,6 +382,24 @@ def test_triton_split_count_fills_the_gpu(monkeypatch):
     assert kernels.choose_splits(264, 65536, cuda) == 1
     assert kernels.choose_splits(64, 1500, cuda) == 1
     assert kernels.choose_splits(64, 65536, torch.device("cpu")) == 1
+    hits = kernels._fewest_waves.cache_info().hits
+    assert kernels.choose_splits(64, 65536, cuda) == 4 and kernels._fewest_waves.cache_info().hits == hits + 1
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 66)  # the search's answer is cached per SM count
+    assert kernels.choose_splits(64, 65536, cuda) == 2
+
+
+def test_triton_split_count_under_symbolic_sizes(monkeypatch):
+    """A tracer's symbolic sizes (torch.compile with dynamic shapes) get the same split count, past
+    the cache of the plain ints' answers."""
+    pytest.importorskip("triton")
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyaudiok.kernels import latent_attention as kernels
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda", 0)
+    graph = make_fx(lambda x: x.new_full((), kernels.choose_splits(x.shape[0], x.shape[1] * 1024, cuda)),
+                    tracing_mode="symbolic")(torch.zeros(64, 64))
+    assert graph(torch.zeros(64, 64)).item() == 4
 
 
 @pytest.mark.parametrize("backend", ("reference",) + BACKENDS)
