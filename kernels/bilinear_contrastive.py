@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch_checks as checks
-from .gpu import launchable, sm_count as _sm_count
+from .gpu import cdiv, launchable, sm_count as _sm_count
 from .tf32 import parts as tf32_parts, split as tf32_split
 
 _LOG2E = 1.4426950408889634
@@ -174,9 +174,9 @@ def _config(B: int, D: int, device: torch.device) -> dict:
     block_d = min(128, max(16, triton.next_power_of_2(D)))
     sms = _sm_count(device)
     # At least the rows whose 128-row dX tiles fill the SMs (one program per tile and feature tile).
-    fill = triton.cdiv(sms, triton.cdiv(D, block_d)) * 128
+    fill = cdiv(sms, cdiv(D, block_d)) * 128
     strip = max(fill, _STRIP_ELEMENTS // max(B, 1) // 128 * 128)
-    big = triton.cdiv(min(strip, B), 128) * triton.cdiv(D, block_d) >= 0.9 * sms
+    big = cdiv(min(strip, B), 128) * cdiv(D, block_d) >= 0.9 * sms
     return dict(block_m=128 if big else 64, block_d=block_d, block_k=32, warps=8 if big else 4, stages=3,
                 strip=strip)
 
@@ -233,8 +233,8 @@ def _scores(x: _Operand, y: _Operand, row0: int, rows: int, cfg: dict, stats: bo
     s = torch.empty(rows, B, dtype=torch.float32, device=y.full.device)
     # Without stats T is never written, but a slot the kernel may write gets a tensor of its own
     # (torch.compile's kernel analysis counts it as written; tests/test_triton_sm90.py).
-    t = s.new_empty(rows, triton.cdiv(B, bm)) if stats else s.new_empty(1)
-    launchable(_scores_kernel)[(triton.cdiv(rows, bm), triton.cdiv(B, bm))](
+    t = s.new_empty(rows, cdiv(B, bm)) if stats else s.new_empty(1)
+    launchable(_scores_kernel)[(cdiv(rows, bm), cdiv(B, bm))](
         x.k_cat, y.k_cat, s, t, row0, rows, B, K, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=cfg["block_k"], STATS=stats,
         num_warps=cfg["warps"], num_stages=cfg["stages"])
     return s, t
@@ -248,9 +248,9 @@ def _strip_gradients(s: Tensor, row0: int, lse2: Tensor, g: Tensor, x: _Operand,
     bm, bd = cfg["block_m"], cfg["block_d"]
     common = dict(BLOCK_D=bd, BLOCK_K=cfg["block_k"], SPLIT=x.split, num_warps=cfg["warps"],
                   num_stages=cfg["stages"])
-    launchable(_dx_kernel)[(triton.cdiv(D, bd), triton.cdiv(rows, bm))](
+    launchable(_dx_kernel)[(cdiv(D, bd), cdiv(rows, bm))](
         s, lse2, g, y.t_hi, y.t_lo, y.full, dx, row0, rows, B, D, BLOCK_M=bm, **common)
-    launchable(_dy_kernel)[(triton.cdiv(D, bd), triton.cdiv(B, bm))](
+    launchable(_dy_kernel)[(cdiv(D, bd), cdiv(B, bm))](
         s, lse2, g, x.t_hi, x.t_lo, x.full, dy32, row0, rows, B, D, BLOCK_N=bm, FIRST=row0 == 0, **common)
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..ops.collar_vad import collar_window
 from . import _launch_checks as checks
-from .gpu import launchable
+from .gpu import cdiv, launchable
 
 BLOCK_T = 256
 
@@ -110,8 +110,8 @@ def collar_vad_forward(logits: Tensor, reference: Tensor, order: Tensor,
     part = torch.empty(B * N, dtype=torch.float32, device=logits.device)
     if B * T:
         edges = torch.empty((B, T + 1), dtype=torch.uint8, device=logits.device)
-        launchable(_boundary_kernel)[(B, triton.cdiv(T + 1, BLOCK_T))](reference, edges, S, T, BLOCK=BLOCK_T)
-        launchable(_keep_kernel)[(B, triton.cdiv(T, BLOCK_T))](edges, keep, T, lo, hi, BLOCK=BLOCK_T)
+        launchable(_boundary_kernel)[(B, cdiv(T + 1, BLOCK_T))](reference, edges, S, T, BLOCK=BLOCK_T)
+        launchable(_keep_kernel)[(B, cdiv(T, BLOCK_T))](edges, keep, T, lo, hi, BLOCK=BLOCK_T)
         if N:
             launchable(_bce_kernel)[(B * N,)](logits, reference, order, keep, part, N, S, T, BLOCK=BLOCK_T)
     else:
@@ -134,7 +134,7 @@ def collar_vad_backward(grad: Tensor, logits: Tensor, reference: Tensor, order: 
     out = torch.empty_like(logits)
     scale = (grad.double() / count.clamp_min(1)).float().reshape(1)
     if out.numel():
-        launchable(_grad_kernel)[(B * N, triton.cdiv(T, BLOCK_T))](logits, reference, order, keep, scale, out, N,
+        launchable(_grad_kernel)[(B * N, cdiv(T, BLOCK_T))](logits, reference, order, keep, scale, out, N,
                                                                    reference.shape[1], T, BLOCK=BLOCK_T)
     return out
 

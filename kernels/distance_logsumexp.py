@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch_checks as checks
-from .gpu import dot_block, dot_precision, launchable, sm_count
+from .gpu import cdiv, dot_block, dot_precision, launchable, sm_count
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)  # for the kernels (a plain global is not readable inside @jit)
@@ -174,7 +174,7 @@ def lse_forward(h: Tensor, table: Tensor, alpha: Tensor, keep: bool) -> tuple[Te
     if R == 0:
         return lse, m, h.new_empty(0)
     cfg = _config(R, S, D)
-    grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
+    grid = (cdiv(R, cfg["BLOCK_R"]),)
     launchable(_forward_kernel)[grid](h, table, _squares(table), _squares(h), alpha, lse, m, R, S, D,
                                       cfg["BLOCK_R"], cfg["BLOCK_S"], cfg["BLOCK_D"], dot_precision(h.dtype))
     return lse, m, h.new_empty(0)
@@ -183,7 +183,7 @@ def lse_forward(h: Tensor, table: Tensor, alpha: Tensor, keep: bool) -> tuple[Te
 def _shares(R: int, tiles: int, block: int, device: torch.device) -> int:
     """How many shares of the rows the table kernel splits over: about two programs per SM in all."""
     target = max(1, 2 * sm_count(device) // max(tiles, 1)) if device.type == "cuda" else 2
-    return max(1, min(target, triton.cdiv(R, block)))
+    return max(1, min(target, cdiv(R, block)))
 
 
 def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor,
@@ -204,18 +204,18 @@ def lse_backward(g: Tensor, h: Tensor, table: Tensor, alpha: Tensor, m: Tensor,
     e_sq, h_sq = _squares(table), _squares(h)
     m2 = m * LOG2E  # the log-sum-exp of the linear logits, base 2
     g = g.float()
-    chunks = triton.cdiv(D, BC)
+    chunks = cdiv(D, BC)
     dh = torch.empty_like(h)
     dalpha_rows = h.new_empty(chunks, R, dtype=torch.float32)
-    launchable(_rows_kernel)[(triton.cdiv(R, BR), chunks)](
+    launchable(_rows_kernel)[(cdiv(R, BR), chunks)](
         h, table, e_sq, h_sq, alpha, m2, g, dh, dalpha_rows, R, S, D, BR, BS, BD, BC, prec, split)
-    tiles = triton.cdiv(S, BS) * chunks
+    tiles = cdiv(S, BS) * chunks
     shares = _shares(R, tiles, BR, h.device)
-    rows_per_share = triton.cdiv(triton.cdiv(R, shares), BR) * BR
-    shares = triton.cdiv(R, rows_per_share)
+    rows_per_share = cdiv(cdiv(R, shares), BR) * BR
+    shares = cdiv(R, rows_per_share)
     weighted = h.new_empty(shares, S, D, dtype=torch.float32)
     mass = h.new_empty(shares, S, dtype=torch.float32)
-    launchable(_table_kernel)[(triton.cdiv(S, BS), chunks, shares)](
+    launchable(_table_kernel)[(cdiv(S, BS), chunks, shares)](
         h, table, e_sq, alpha, m2, g, weighted, mass, R, S, D, rows_per_share, BR, BS, BD, BC, prec, split)
     dtable = (weighted.sum(0) - table.float() * mass.sum(0)[:, None]) * (2 * alpha)
     return dh, dtable.to(table.dtype), dalpha_rows.sum().to(alpha.dtype)

@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch_checks as checks
-from .gpu import dot_precision, launchable, sm_count
+from .gpu import cdiv, dot_precision, launchable, sm_count
 
 # 2π as the sum of two float32 numbers: Triton makes float constants float32, and the float64
 # kernels need 2π to float64 precision (hi + lo is exact to ~1e-15).
@@ -163,7 +163,7 @@ def fourier_crop_matrix(mask: Tensor, n_in: int, n_out: int) -> Tensor:
     mask = _check_mask(mask, n_in, n_out)
     a = torch.empty((n_out, n_in), dtype=mask.dtype, device=mask.device)
     BT, BJ = 16, 32
-    grid = (triton.cdiv(n_out, BT), triton.cdiv(n_in, BJ))
+    grid = (cdiv(n_out, BT), cdiv(n_in, BJ))
     launchable(_matrix_kernel)[grid](mask, a, mask.shape[0] - 1, n_in, n_out, BT=BT, BJ=BJ,
                                      F64=_is_f64(mask))
     return a
@@ -193,8 +193,8 @@ _CORRELATION_PROGRAMS = 4  # per multiprocessor, the splits' target
 
 
 def _correlation_splits(B: int, programs: int, BB: int, device: torch.device) -> int:
-    wanted = triton.cdiv(_CORRELATION_PROGRAMS * sm_count(device), max(programs, 1))
-    return max(1, min(max(wanted, triton.cdiv(B, CORRELATION_ROWS_PER_SPLIT)), triton.cdiv(B, BB)))
+    wanted = cdiv(_CORRELATION_PROGRAMS * sm_count(device), max(programs, 1))
+    return max(1, min(max(wanted, cdiv(B, CORRELATION_ROWS_PER_SPLIT)), cdiv(B, BB)))
 
 
 def _checked_crop(spectrum: Tensor, mask_rows: Tensor, mask_cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -214,7 +214,7 @@ def fourier_mask_crop(spectrum: Tensor, mask_rows: Tensor, mask_cols: Tensor) ->
     y = torch.empty((B, H_out, Kc, 2), dtype=x.dtype, device=x.device)
     BR, BC = _spectrum_tiles(B * H_out, 2 * Kc)
     if B:
-        launchable(_mask_crop_kernel)[(triton.cdiv(B * H_out, BR), triton.cdiv(2 * Kc, BC))](
+        launchable(_mask_crop_kernel)[(cdiv(B * H_out, BR), cdiv(2 * Kc, BC))](
             x, rows, cols, y, B, H, F, H_out, Kc, BR=BR, BC=BC)
     return y
 
@@ -230,13 +230,13 @@ def fourier_mask_crop_backward(grad: Tensor, spectrum: Tensor, mask_rows: Tensor
     dx = torch.empty_like(x)
     if B:
         BR, BC = _spectrum_tiles(B * H, 2 * F)
-        launchable(_pad_kernel)[(triton.cdiv(B * H, BR), triton.cdiv(2 * F, BC))](
+        launchable(_pad_kernel)[(cdiv(B * H, BR), cdiv(2 * F, BC))](
             g, rows, cols, dx, B, H, F, H_out, Kc, BR=BR, BC=BC)
     BB, BC = 16, min(128, triton.next_power_of_2(max(2 * Kc, 1)))
-    col_blocks = triton.cdiv(2 * Kc, BC)
+    col_blocks = cdiv(2 * Kc, BC)
     splits = _correlation_splits(B, H_out * col_blocks, BB, x.device)
-    rows_per_split = triton.cdiv(triton.cdiv(B, splits), BB) * BB
-    splits = triton.cdiv(B, rows_per_split) if B else 1
+    rows_per_split = cdiv(cdiv(B, splits), BB) * BB
+    splits = cdiv(B, rows_per_split) if B else 1
     part = torch.empty((splits, H_out, Kc, 2), dtype=x.dtype, device=x.device)
     launchable(_correlation_kernel)[(H_out, col_blocks, splits)](
         g, x, part, B, H, F, H_out, Kc, rows_per_split, BB=BB, BC=BC, F64=_is_f64(x))
@@ -299,14 +299,14 @@ def strided_products(a: Tensor, b: Tensor, reduce_batch: bool) -> Tensor:
     if not (batches and K and M and N):  # nothing to multiply: zeros of the result's shape
         return a.new_zeros((M, N) if reduce_batch else (batches, M, N), dtype=torch.float32)
     BM, BN, BK, warps, stages = _PRODUCT_TILE
-    tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+    tiles = cdiv(M, BM) * cdiv(N, BN)
     target = max(1, _PRODUCT_PROGRAMS * sm_count(a.device)) if a.device.type == "cuda" else 2
     # Batches per program: one, or for a sum over them as many as leave ~target programs.
-    per_group = triton.cdiv(batches, min(batches, triton.cdiv(target, tiles))) if reduce_batch else 1
-    groups = triton.cdiv(batches, per_group)
-    splits = min(max(1, target // (tiles * groups)), triton.cdiv(K, 4 * BK))
-    per_split = triton.cdiv(triton.cdiv(K, splits), BK) * BK
-    splits = triton.cdiv(K, per_split)
+    per_group = cdiv(batches, min(batches, cdiv(target, tiles))) if reduce_batch else 1
+    groups = cdiv(batches, per_group)
+    splits = min(max(1, target // (tiles * groups)), cdiv(K, 4 * BK))
+    per_split = cdiv(cdiv(K, splits), BK) * BK
+    splits = cdiv(K, per_split)
     out = torch.empty((splits, groups, M, N), dtype=torch.float32, device=a.device)
     launchable(_products_kernel)[(tiles, groups, splits)](
         a, b, out, M, N, K, batches, per_group, per_split, _batch_stride(a), a.stride(1), a.stride(2),

@@ -10,6 +10,13 @@ from torch.library import wrap_triton
 from ..ops import _library
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for a launcher's grid and block counts (host code): triton.cdiv is a
+    constexpr_function in Triton 3.9, whose argument unwrapping costs ~2-4 µs of host time a call, and
+    a launch computes several."""
+    return (a + b - 1) // b
+
+
 class _ContractedLaunch:
     """`kernel[grid](...)` with FP contraction requested (a * b + c as one FMA) and the given compile
     options: the kernels were written and timed with contraction, Triton's default so far. Triton

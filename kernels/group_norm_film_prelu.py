@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..ops import _checks
 from . import _launch_checks as checks
-from .gpu import launchable
+from .gpu import cdiv, launchable
 
 
 @triton.jit
@@ -221,7 +221,7 @@ def _blocks(per_group: int, T: int) -> tuple[int, int, int]:
 
 def _grid(B: int, num_groups: int, per_group: int, block_c: int) -> tuple[int]:
     """One program per block of rows of each (item, group)."""
-    return (B * num_groups * triton.cdiv(per_group, block_c),)
+    return (B * num_groups * cdiv(per_group, block_c),)
 
 
 def _checked(x: Tensor, gain: Tensor, offset: Tensor, prelu_weight: Tensor, num_groups: int):

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch_checks as checks
-from .gpu import launchable
+from .gpu import cdiv, launchable
 
 MAX_D = 256  # a tile of points lives in registers
 
@@ -71,7 +71,7 @@ def _assign(x: Tensor, c: Tensor, assignments: Tensor, moving: Tensor, accumulat
     cnorm = c.float().square().sum(-1).contiguous()
     block_d = max(16, triton.next_power_of_2(D))
     block_p, block_k = (64, 32) if block_d <= 128 else (32, 32)
-    grid = (B, triton.cdiv(P, block_p))
+    grid = (B, cdiv(P, block_p))
     launchable(_assign_kernel)[grid](x, c, cnorm, assignments, moving, changed, sums, counts, P, K, D,
                                      ACCUMULATE=accumulate, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d)
     return sums, counts, changed

@@ -44,7 +44,7 @@ from torch import Tensor
 from ..ops import _checks
 from ..ops import _library
 from . import _launch_checks as checks
-from .gpu import dot_precision as _precision, launchable, sm_count as _sm_count
+from .gpu import cdiv, dot_precision as _precision, launchable, sm_count as _sm_count
 
 HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
@@ -477,13 +477,7 @@ def _fewest_waves(programs: int, most: int, slots: int) -> int:
     a search that would cost a launch of the bench's size ~6 µs of host time each call."""
     if programs >= slots:
         return 1
-    return min(range(1, most + 1), key=lambda s: (_cdiv(programs * s, slots) / s, s))
-
-
-def _cdiv(a: int, b: int) -> int:
-    """ceil(a / b), as triton.cdiv computes it: that one is a constexpr_function, whose argument
-    unwrapping costs ~2 µs of host time a call, and a launch takes several."""
-    return (a + b - 1) // b
+    return min(range(1, most + 1), key=lambda s: (cdiv(programs * s, slots) / s, s))
 
 
 def _checked(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None,
@@ -508,18 +502,19 @@ def _checked(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None,
     return checks.dense(q, k, v)
 
 
-_UNUSED: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+_UNUSED: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
 
-def _unused(q: Tensor, dtype: torch.dtype) -> Tensor:
-    """A tensor on q's device for a kernel argument that is never read nor written (an absent KL or
-    IDX, the atomic dQ accumulator when dQ has a pass of its own): one per device and dtype, kept, as
-    an eager call's allocation costs host time. A tracer gets a new one each time: torch.compile's analysis of
-    the dK/dV kernel counts IDX as written (the stores' rows come through it), so a tensor shared with
-    another argument would be written into in the compiled graph."""
+def _unused(slot: str, q: Tensor, dtype: torch.dtype) -> Tensor:
+    """A tensor on q's device for the kernel argument `slot` when it is never read nor written (an
+    absent KL or IDX, the atomic dQ accumulator when dQ has a pass of its own): one per slot, device
+    and dtype, kept, as an eager call's allocation costs host time. Never one tensor in two slots, and
+    a tracer gets a new one each time: torch.compile's analysis of the dK/dV kernel counts IDX as
+    written (the stores' rows come through it), so a tensor shared with another argument would be
+    written into in the compiled graph (tests/test_triton_sm90.py checks the slots)."""
     if _library.tracing():
         return q.new_empty(1, dtype=dtype)
-    key = (q.device, dtype)
+    key = (slot, q.device, dtype)
     if key not in _UNUSED:
         _UNUSED[key] = q.new_empty(1, dtype=dtype)
     return _UNUSED[key]
@@ -531,8 +526,8 @@ def _common(q, k, key_lengths, keep):
         raise ValueError(f"latent attention kernels support head dims {HEAD_DIMS}, got {D}")
     M = k.shape[2]
     Mk = keep.shape[1] if keep is not None else M
-    kl = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else _unused(q, torch.int32)
-    idx = keep.contiguous() if keep is not None else _unused(q, torch.int32)
+    kl = key_lengths.to(torch.int32).contiguous() if key_lengths is not None else _unused("KL", q, torch.int32)
+    idx = keep.contiguous() if keep is not None else _unused("IDX", q, torch.int32)
     flags = {"HAS_KL": key_lengths is not None, "HAS_IDX": keep is not None, "D": D, "PREC": _precision(q.dtype)}
     return B, H, N, D, M, Mk, kl, idx, flags
 
@@ -619,8 +614,8 @@ def _forward_loop_for(D: int, dtype: torch.dtype, device: torch.device) -> tuple
 
 def _split_range(Mk: int, splits: int, block_n: int) -> tuple[int, int]:
     """(keys per split, a multiple of block_n; number of non-empty splits)."""
-    chunk = _cdiv(_cdiv(Mk, splits), block_n) * block_n
-    return chunk, _cdiv(Mk, chunk)
+    chunk = cdiv(cdiv(Mk, splits), block_n) * block_n
+    return chunk, cdiv(Mk, chunk)
 
 
 _ROWS_BLOCK = 64  # rows per program of the small row-wise kernels (merge, backward preprocessing)
@@ -632,14 +627,14 @@ def launch_forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, 
     B, H, N, D, M, Mk, kl, idx, flags = _common(q, k, key_lengths, keep)
     loop, options = _forward_loop_for(D, q.dtype, q.device)
     tile = _tiles(D, q.dtype, q.device)[0]
-    programs = _cdiv(N, tile.block_m) * B * H
+    programs = cdiv(N, tile.block_m) * B * H
     kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), tile.block_n)
     out, lse = _outputs(q)
     if splits == 1:
         part_out, part_lse = out, lse
     else:  # partial results, merged below
         part_out, part_lse = _parts(splits, q)
-    launchable(_fwd_kernel, **options)[(_cdiv(N, tile.block_m), B * H, splits)](
+    launchable(_fwd_kernel, **options)[(cdiv(N, tile.block_m), B * H, splits)](
         q, k, v, kl, idx, part_out, part_lse, H, N, M, Mk, kv_chunk, scale * _LOG2E,
         LAZY_RESCALE=forward_rescale() == "lazy", OVERLAPPED=loop == "overlapped",
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, num_warps=tile.warps, num_stages=tile.stages, **flags)
@@ -662,7 +657,7 @@ def _parts(splits: int, q: Tensor) -> tuple[Tensor, Tensor]:
 
 def _merge(part_out: Tensor, part_lse: Tensor, out: Tensor, lse: Tensor) -> None:
     splits, R, D = part_out.shape[0], lse.numel(), out.shape[-1]
-    launchable(_merge_kernel)[(_cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
+    launchable(_merge_kernel)[(cdiv(R, _ROWS_BLOCK),)](part_out, part_lse, out, lse, splits, R,
                                                         BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
 
 
@@ -679,25 +674,25 @@ def launch_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     R = B * H * N
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     neg_lse2 = torch.empty((B, H, N), dtype=torch.float32, device=q.device)  # -lse, log2 units
-    launchable(_bwd_prep_kernel)[(_cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, neg_lse2, R,
+    launchable(_bwd_prep_kernel)[(cdiv(R, _ROWS_BLOCK),)](out, grad_out, lse, delta, neg_lse2, R,
                                                            BLOCK=_ROWS_BLOCK, D=D, num_warps=4)
     # Dropped keys get no gradient: their rows are never written when keys are gathered.
     dk = torch.zeros_like(k) if keep is not None else torch.empty_like(k)
     dv = torch.zeros_like(v) if keep is not None else torch.empty_like(v)
     atomic = dq_mode() == "atomic"
     # The dQ accumulator (fp32) where the dK/dV kernel adds dQ; unused otherwise.
-    dq_acc = q.new_zeros((B, H, N, D), dtype=torch.float32) if atomic else _unused(q, torch.float32)
-    launchable(_bwd_dkdv_kernel)[(_cdiv(Mk, t_kv.block_n), B * H)](
+    dq_acc = q.new_zeros((B, H, N, D), dtype=torch.float32) if atomic else _unused("DQ", q, torch.float32)
+    launchable(_bwd_dkdv_kernel)[(cdiv(Mk, t_kv.block_n), B * H)](
         q, k, v, kl, idx, grad_out, neg_lse2, delta, dk, dv, dq_acc, H, N, M, Mk, scale * _LOG2E, scale,
         BLOCK_M=t_kv.block_m, BLOCK_N=t_kv.block_n, num_warps=t_kv.warps, num_stages=t_kv.stages,
         ATOMIC_DQ=atomic, CHECK_ROWS=N % t_kv.block_m != 0, **flags)
     if atomic:
         return dq_acc.to(q.dtype), dk, dv
-    programs = _cdiv(N, t_q.block_m) * B * H
+    programs = cdiv(N, t_q.block_m) * B * H
     kv_chunk, splits = _split_range(Mk, splits or choose_splits(programs, Mk, q.device), t_q.block_n)
     dq = torch.empty_like(q) if splits == 1 else torch.empty((splits, B, H, N, D), dtype=torch.float32,
                                                               device=q.device)
-    launchable(_bwd_dq_kernel)[(_cdiv(N, t_q.block_m), B * H, splits)](
+    launchable(_bwd_dq_kernel)[(cdiv(N, t_q.block_m), B * H, splits)](
         q, k, v, kl, idx, grad_out, neg_lse2, delta, dq, H, N, M, Mk, kv_chunk, scale * _LOG2E, scale,
         BLOCK_M=t_q.block_m, BLOCK_N=t_q.block_n, num_warps=t_q.warps, num_stages=t_q.stages, **flags)
     if splits > 1:  # the parts are sums over disjoint key ranges

@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch_checks as checks
-from .gpu import launchable
+from .gpu import cdiv, launchable
 
 
 @triton.jit
@@ -111,7 +111,7 @@ BLOCK_R, BLOCK_T = 16, 64
 
 
 def _grid(R: int):
-    return (triton.cdiv(R, BLOCK_R),)
+    return (cdiv(R, BLOCK_R),)
 
 
 def _checked(E: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gpu import launchable
+from .gpu import cdiv, launchable
 
 BLOCK = 1024  # positions of one row per program
 
@@ -136,7 +136,7 @@ def _unpack_half_spectra_kernel(conv_ptr, a0_ptr, x_ptr, place_ptr, out_ptr, R, 
 
 
 def _grid(pairs: int, positions: int) -> tuple[int, int]:
-    return pairs, triton.cdiv(positions, BLOCK)
+    return pairs, cdiv(positions, BLOCK)
 
 
 def pack_half_spectra(spectra: Tensor, gather: Tensor, n: int, Lp: int) -> Tensor:

@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch_checks as checks
-from .gpu import dot_block, dot_precision, launchable
+from .gpu import cdiv, dot_block, dot_precision, launchable
 
 
 @triton.jit
@@ -133,7 +133,7 @@ def reorder_channels_forward(logits: Tensor, x: Tensor, mask: Tensor | None) -> 
     A = torch.empty_like(logits)
     cfg = _config(logits, x, mask)
     if B * K:  # T = 0: one empty tile, whose program writes A
-        tiles = max(1, triton.cdiv(T, cfg["BLOCK_T"]))
+        tiles = max(1, cdiv(T, cfg["BLOCK_T"]))
         launchable(_forward_kernel)[(B, tiles)](logits, _mask_arg(mask, logits), x, y, A, K, C, T, **cfg)
     return y, A
 
@@ -155,7 +155,7 @@ def reorder_channels_backward(dy: Tensor, dA: Tensor | None, x: Tensor, logits: 
     m = _mask_arg(mask, logits)
     if B * C and T:
         if K:
-            launchable(_dx_kernel)[(B, triton.cdiv(T, cfg["BLOCK_T"]))](logits, m, dy, dx, K, C, T, **cfg)
+            launchable(_dx_kernel)[(B, cdiv(T, cfg["BLOCK_T"]))](logits, m, dy, dx, K, C, T, **cfg)
         else:
             dx.zero_()
     if B * K:

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gpu import launchable
+from .gpu import cdiv, launchable
 from .tf32 import parts as tf32_parts, split as tf32_split
 
 # Largest supported feature dimension (the residual row lives on chip).
@@ -267,7 +267,7 @@ def _codebook_operands(codebooks: Tensor, n_q: int, block_k: int, block_d: int, 
     (TF32 hi/lo parts when tf32x3), and their squared norms [n_q, KP], +inf for padding codes."""
     cb = codebooks[:n_q].float()
     _, K, D = cb.shape
-    kp = triton.cdiv(K, block_k) * block_k
+    kp = cdiv(K, block_k) * block_k
     padded = cb.new_zeros((n_q, kp, block_d))
     padded[:, :K, :D] = cb
     cnorm = cb.new_full((n_q, kp), float("inf"))
@@ -310,11 +310,11 @@ def _launch_forward(
     dflt_n, dflt_k, dflt_warps, dflt_stages, tf32x3 = _forward_config(block_d)
     block_n = block_n or dflt_n
     block_k = block_k or dflt_k
-    if triton.cdiv(K, block_k) * block_k * block_d > _MAX_CODEBOOK_NUMEL:
+    if cdiv(K, block_k) * block_k * block_d > _MAX_CODEBOOK_NUMEL:
         raise ValueError("one padded codebook (K * D elements) must have fewer than 2**31 elements")
     chi, clo, cnorm, c_lo, exact = _codebook_operands(codebooks, n_q, block_k, block_d, tf32x3)
 
-    num_programs = triton.cdiv(N, block_n)
+    num_programs = cdiv(N, block_n)
     # One row of partial sums per program, reduced below: deterministic, no atomics.
     partial = torch.empty((num_programs, n_q), dtype=torch.float32, device=x.device)
     nonfinite = torch.empty(N, dtype=torch.int8, device=x.device)
@@ -373,7 +373,7 @@ def _launch_decode(
     w = weights.float().contiguous() if has_weights else codebooks
     x, nonfinite = nan_from if nan_from is not None else (codebooks, codes)  # unread without nan_from
 
-    launchable(_rvq_decode_kernel)[(triton.cdiv(N, block_n),)](
+    launchable(_rvq_decode_kernel)[(cdiv(N, block_n),)](
         codes, codebooks, w, x, nonfinite, out,
         N, D, K, n_q,
         HAS_WEIGHTS=has_weights, NAN_FROM_X=nan_from is not None, BLOCK_N=block_n, BLOCK_D=block_d,

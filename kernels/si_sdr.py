@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch_checks as checks
-from .gpu import launchable
+from .gpu import cdiv, launchable
 
 MAX_SOURCES = 64        # rows of E and R held in registers per program
 TARGET_PROGRAMS = 1024  # programs of the first launch: ≈ 8 per SM, one wave, short serial loops
@@ -156,9 +156,9 @@ def _launch_config(B: int, N: int, M: int, T: int) -> tuple[int, int, int, int]:
         block_t = 128 if block_s == MIN_DOT_ROWS else 64
     else:  # broadcast products: BLOCK_S² × BLOCK_T ≈ 4096 fp32 values per program
         block_t = min(1024, max(64, 4096 // (block_s * block_s)))
-    chunks = max(1, min(triton.cdiv(T, block_t), triton.cdiv(TARGET_PROGRAMS, B)))
-    chunk = triton.cdiv(triton.cdiv(T, chunks), block_t) * block_t
-    return block_s, block_t, chunk, triton.cdiv(T, chunk)
+    chunks = max(1, min(cdiv(T, block_t), cdiv(TARGET_PROGRAMS, B)))
+    chunk = cdiv(cdiv(T, chunks), block_t) * block_t
+    return block_s, block_t, chunk, cdiv(T, chunk)
 
 
 def si_sdr_matrix(estimates: Tensor, references: Tensor, zero_mean: bool,
