@@ -9,7 +9,7 @@
 # Environment: BUILD_S / TEST_S / BENCH_MODULE_S (time limits, seconds), PYTEST_WORKERS (default 8),
 # TEST_K (pytest's -k selection, default "triton or cuda or gpu"; e.g. a rerun of the last failures),
 # BENCH_MIN_TIME (default 0.25 s per candidate), GPU_TIMING ("queued", the default, or "isolated": see
-# pyaudiok bench --help), BENCH_ONLY (space-separated modules, default all;
+# pyaudiok bench --help; the bench only: the profiles and the tile sweep time queued calls), BENCH_ONLY (space-separated modules, default all;
 # BENCH_ONLY=none skips the bench), SWEEP (e.g. "--dtype bf16 --d 64": also time the latent-attention
 # kernels' tiles, bench/tile_sweep.py; SWEEP_S, SWEEP_BUDGET_S bound it), SKIP_SETUP=1 (a second call
 # on the same warm machine: the wheels and the build are already in place), TESTS=0 (skip the tests),

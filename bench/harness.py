@@ -222,24 +222,26 @@ def time_median(fn: Callable[[], Any], device: torch.device, min_time: float) ->
 
 
 def _event_median(fn: Callable[[], Any], new_event: Callable[[], Any], sync: Callable[[], None], min_time: float,
-                  mode: str, max_calls: int = 10_000) -> tuple[float, int]:
+                  mode: str, max_calls: int = 10_000,
+                  clock: Callable[[], float] = time.perf_counter) -> tuple[float, int]:
     """(median seconds per call, timed calls) from device events around each call (see GPU_TIMING).
 
-    The loop's budget is wall-clock time; at least 3 intervals (a median), `max_calls` calls at most.
-    Queued calls go in bursts (a synchronisation after each, so the queue never holds more than
-    about a tenth of the budget); a burst's first call starts on an idle GPU, so its interval is
-    dropped as the isolated mode's would hold host time."""
+    The loop's budget is `clock` time; at least 3 intervals (a median), `max_calls` calls at most.
+    Queued calls go in bursts with a synchronisation after each, sized from the calls' time so far
+    (the warm-up's at first, which may hold a compile) so that a burst takes about a tenth of the
+    budget: 4 to 50 calls. A burst's first call starts on an idle GPU, so its interval is dropped as
+    the isolated mode's would hold host time; one burst of 4 gives a slow call its 3 intervals."""
     if mode not in GPU_TIMINGS:
         raise ValueError(f"GPU timing must be one of {GPU_TIMINGS}; got {mode!r}")
-    started = time.perf_counter()
+    started = clock()
     fn()
     sync()
-    warm_s = time.perf_counter() - started
-    burst = 1 if mode == "isolated" else max(2, min(50, int(min_time / (10 * max(warm_s, 1e-6)))))
+    per_call = clock() - started
     kept: list[float] = []
-    deadline = time.perf_counter() + min_time
+    deadline = clock() + min_time
     calls = 0
-    while (time.perf_counter() < deadline or len(kept) < 3) and calls < max_calls:
+    while (clock() < deadline or len(kept) < 3) and calls < max_calls:
+        burst = 1 if mode == "isolated" else _burst(min_time, per_call, max_calls - calls, len(kept) < 3)
         events = []
         for _ in range(burst):
             start, end = new_event(), new_event()
@@ -251,7 +253,15 @@ def _event_median(fn: Callable[[], Any], new_event: Callable[[], Any], sync: Cal
         calls += burst
         timed = events if burst == 1 else events[1:]
         kept += [start.elapsed_time(end) / 1e3 for start, end in timed]
+        per_call = statistics.median(kept)
     return statistics.median(kept), len(kept)
+
+
+def _burst(min_time: float, per_call: float, calls_left: int, first: bool) -> int:
+    """Queued calls in the next burst: about a tenth of the budget, 4 to 50 calls, no more than the calls
+    left (but 4 for a first burst, whose 3 intervals a median needs; 2 later, one to drop)."""
+    wanted = max(4, min(50, int(min_time / (10 * max(per_call, 1e-9)))))
+    return max(4 if first else 2, min(wanted, calls_left))
 
 
 def _read_status_kib(field: str) -> int | None:

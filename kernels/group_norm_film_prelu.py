@@ -197,7 +197,8 @@ def _grad_x_kernel(g_ptr, x_ptr, gain_ptr, offset_ptr, prelu_ptr, stats_ptr, d_g
         k2 += gain_c * tl.load(d_gain_ptr + first + c, mask=c < per_group, other=0.0)
     # grad_x = (∂v·gain − (m1 + (x − mean)·m2))·rstd: ∂v·gain and m1 rounded alike (a group of one value
     # gets exactly 0).
-    inv_n = 1.0 / tl.maximum((per_group * T).to(tl.float32), 1.0)
+    # (in float32 before the product: per_group · T in int32 wraps for groups of 2^31 values or more)
+    inv_n = 1.0 / tl.maximum((per_group * 1.0) * T, 1.0)
     m1 = tl.sum(k1, 0) * inv_n
     m2 = rstd * tl.sum(k2, 0) * inv_n
     _, _, gain, o, alpha = _channels(gain_ptr, offset_ptr, prelu_ptr, pair, G, c0, per_group, n_prelu, BLOCK_C)

@@ -512,8 +512,8 @@ def _unused(slot: str, q: Tensor, dtype: torch.dtype) -> Tensor:
     a tracer gets a new one each time: torch.compile's analysis of the dK/dV kernel counts IDX as
     written (the stores' rows come through it), so a tensor shared with another argument would be
     written into in the compiled graph (tests/test_triton_sm90.py checks the slots)."""
-    if _library.tracing():
-        return q.new_empty(1, dtype=dtype)
+    if _library.tracing() or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return q.new_empty(1, dtype=dtype)  # (a capture's allocation would pin a block of its graph's pool)
     key = (slot, q.device, dtype)
     if key not in _UNUSED:
         _UNUSED[key] = q.new_empty(1, dtype=dtype)

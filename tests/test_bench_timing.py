@@ -37,9 +37,16 @@ class SimulatedGPU:
 
 
 def timed(gpu: SimulatedGPU, mode: str, min_time: float = 0.01, max_calls: int = 200) -> tuple[float, int]:
-    """(median, intervals) of `gpu.call` timed for `min_time` seconds of the real clock (the simulated
-    calls take none of it) or `max_calls` calls."""
-    return harness._event_median(gpu.call, gpu.event, gpu.sync, min_time=min_time, mode=mode, max_calls=max_calls)
+    """(median, intervals) of `gpu.call` timed for `min_time` seconds of the simulated host's clock or
+    `max_calls` calls."""
+    gpu.calls = 0
+    call = gpu.call
+
+    def counted():
+        gpu.calls += 1
+        call()
+    return harness._event_median(counted, gpu.event, gpu.sync, min_time=min_time, mode=mode, max_calls=max_calls,
+                                 clock=lambda: gpu.host_t)
 
 
 def test_queued_calls_give_the_device_time_when_the_host_keeps_ahead():
@@ -61,6 +68,35 @@ def test_queued_calls_of_a_host_bound_op_give_its_host_rate():
     gpu = SimulatedGPU(host_s=2e-3, device_s=1e-4)
     median, _ = timed(gpu, "queued")
     assert median >= 2e-3
+
+
+def test_a_slow_call_takes_one_burst_of_four():
+    """A call longer than the budget: the warm-up and one burst, whose last 3 intervals give the median."""
+    gpu = SimulatedGPU(host_s=1e-3, device_s=1.0)
+    median, intervals = timed(gpu, "queued", min_time=0.25)
+    assert (gpu.calls, intervals, gpu.syncs) == (5, 3, 2)
+    assert median == pytest.approx(1.0)
+
+
+def test_fast_calls_go_in_bursts_of_fifty_within_the_call_cap():
+    gpu = SimulatedGPU(host_s=1e-7, device_s=1e-6)
+    _, intervals = timed(gpu, "queued", min_time=1.0, max_calls=200)
+    assert gpu.calls == 201 and gpu.syncs == 5 and intervals == 4 * 49  # the warm-up, then 4 bursts of 50
+    _, intervals = timed(SimulatedGPU(host_s=1e-7, device_s=1e-6), "queued", min_time=1.0, max_calls=10)
+    assert intervals == 9  # one burst, cut to the 10 calls allowed
+
+
+def test_a_call_that_synchronises_inside_gives_its_latency():
+    """fn waits for the GPU itself (a value read back): the queue never fills, each interval holds the
+    host's launch time, as isolated timing's would."""
+    gpu = SimulatedGPU(host_s=1e-4, device_s=1e-3)
+
+    def reads_back():
+        gpu.call()
+        gpu.sync()
+    median, _ = harness._event_median(reads_back, gpu.event, gpu.sync, min_time=0.01, mode="queued",
+                                      clock=lambda: gpu.host_t)
+    assert median == pytest.approx(1.1e-3)
 
 
 def test_at_least_three_intervals_and_a_known_mode():

@@ -2,6 +2,7 @@
 import importlib
 import subprocess
 import sys
+import types
 import warnings
 
 import pytest
@@ -167,7 +168,8 @@ def test_group_norm_film_prelu_takes_the_reference_on_a_gpu():
     x, prelu = torch.randn(2, 4, 9), torch.rand(1)
     args = (x, 1, prelu, None, None, None, None, 1e-5)
     assert group_norm_film_prelu._gpu_auto_skip(*args) is None  # off a GPU the rule says nothing
-    assert "reference is faster" in group_norm_film_prelu.reference_faster_on_gpu()
+    on_a_gpu = types.SimpleNamespace(device=torch.device("cuda"))  # the rule reads only x's device
+    assert "reference is faster" in group_norm_film_prelu._gpu_auto_skip(on_a_gpu, *args[1:])
     if torch.cuda.is_available():
         on_gpu = (x.cuda(), 1, prelu.cuda(), None, None, None, None, 1e-5)
         assert group_norm_film_prelu.OP.select(on_gpu[0].device, x.dtype, on_gpu).backend == "reference"
