@@ -4,11 +4,13 @@ Each op runs on its Triton backend at a tiny size, where the device work is negl
 backward. A call's host time is measured as `--calls` calls queued with no sync, then one sync,
 divided by the number of calls. Two ways of calling are alternated round by round in one process:
 
-- "direct": what pyaudiok does. A Triton op that needs neither autograd nor a tracer calls its
-  launcher directly, and the launcher launches its kernels as they are
-  (`pyaudiok.ops._library.DirectOp`, `kernels.gpu.launchable`).
+- "direct": what pyaudiok does. A Triton op that no tracer watches calls its launcher directly, inside
+  an autograd.Function of the op's own autograd rule when it takes a gradient, and the launcher
+  launches its kernels as they are (`pyaudiok.ops._library.DirectOp`, `kernels.gpu.launchable`).
+- "grad registered": calls taking a gradient through the registered custom op's autograd, the rest
+  direct (what a training step paid before the direct autograd path).
 - "registered": every call forced through the registered custom op and `torch.library.wrap_triton`.
-  This is what every call paid before.
+  This is what every call paid before direct calls.
 
 The launch mechanisms on a trivial kernel are timed too: a direct launch, a `wrap_triton` launch,
 and a `triton_op` call.
@@ -118,6 +120,14 @@ def registered_calls():
 
 
 @contextlib.contextmanager
+def registered_autograd():
+    """Calls taking a gradient through the registered custom op (its torch.library autograd)."""
+    from pyaudiok.ops import _library
+    with mock.patch.object(_library.DirectOp, "_eager_autograd", lambda self: None):
+        yield
+
+
+@contextlib.contextmanager
 def stubbed_interpreter():
     """Triton's interpreter with every kernel body skipped (the CPU's host-cost stand-in)."""
     from triton.runtime.interpreter import InterpretedFunction
@@ -147,7 +157,8 @@ def main(argv=None) -> None:
         for name, fn in cases.items():
             if args.only and not any(s in name for s in args.only):
                 continue
-            ways = {"direct": contextlib.nullcontext, "registered": registered_calls}
+            ways = {"direct": contextlib.nullcontext, "grad registered": registered_autograd,
+                    "registered": registered_calls}
             if name.startswith("trivial"):
                 ways = {"": contextlib.nullcontext}
             times: dict[str, list[float]] = {way: [] for way in ways}
@@ -166,7 +177,8 @@ def main(argv=None) -> None:
             if "" in med:
                 print(f"{name:45s} {med['']:9.1f} us")
             else:
-                print(f"{name:45s} direct {med['direct']:9.1f} us   registered {med['registered']:9.1f} us   "
+                print(f"{name:45s} direct {med['direct']:9.1f} us   grad registered {med['grad registered']:9.1f} us   "
+                      f"registered {med['registered']:9.1f} us   "
                       f"saved {med['registered'] - med['direct']:8.1f} us ({med['registered'] / med['direct']:.2f}x)")
 
 

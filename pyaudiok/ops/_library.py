@@ -10,6 +10,7 @@ import importlib
 from typing import Callable
 
 import torch
+from torch._library import utils as library_utils
 
 from .. import _extension, backends, dispatch
 
@@ -36,9 +37,31 @@ def extension_loaded() -> bool:
     return _extension.load()[0] is not None
 
 
-def cpp_op(name: str):
-    """torch.ops.pyaudiok.<name>, defined by the compiled extension (loaded at import)."""
-    return getattr(torch.ops.pyaudiok, name)
+_CPP_OPS: dict[str, DirectOp] = {}
+
+
+def cpp_op(name: str) -> DirectOp:
+    """torch.ops.pyaudiok.<name>, defined by the compiled extension (loaded at import), as a DirectOp
+    whose kernel is the op dispatched below autograd: its autograd rule (`register_autograd`) is
+    then applied by the DirectOp, as for the ops defined in Python, and a call that takes no gradient
+    skips the dispatcher's autograd layer (for a rule registered from Python, a Python function a
+    call)."""
+    op = _CPP_OPS.get(name)
+    if op is None:
+        registered = getattr(torch.ops.pyaudiok, name)
+        op = _CPP_OPS[name] = DirectOp(f"pyaudiok::{name}", registered, _below_autograd(registered),
+                                        profiled=False)
+    return op
+
+
+def _below_autograd(op) -> Callable:
+    """op called with the autograd dispatch keys skipped, as torch.library's own autograd rule calls
+    the kernel (with no input taking a gradient here, or in a Function's forward, autograd has
+    nothing to record)."""
+    def run(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return run
 
 
 def upcast_half(fn: Callable, *, float32_outputs: tuple[int, ...] = ()) -> Callable:
@@ -154,32 +177,98 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
 
 
+# The autograd rules registered through `register_autograd`, by qualname: (backward, setup_context).
+_AUTOGRAD: dict[str, tuple[Callable, Callable]] = {}
+
+
+def register_autograd(qualname: str, backward: Callable, *, setup_context: Callable) -> None:
+    """torch.library.register_autograd, the rule also kept for the op's eager calls (`DirectOp`)."""
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    _AUTOGRAD[qualname] = (backward, setup_context)
+
+
 class DirectOp:
-    """A custom op defined in Python: `op`, the registered torch.ops.pyaudiok.<name> with its fake and
-    autograd registrations (what torch.compile, opcheck and autograd see), and `impl`, the Python
-    function registered as its kernel (a Triton launcher, or the C++ kernels' glue).
+    """A custom op: `op`, the registered torch.ops.pyaudiok.<name> with its fake and autograd
+    registrations (what torch.compile, opcheck, forward-mode AD and torch.func see), and `impl`, its
+    kernel: the Python function registered as such (a Triton launcher, or the C++ kernels' glue), or
+    for an op of the extension the op itself dispatched below autograd (`cpp_op`).
 
-    A call goes to `impl` directly when nothing needs the registration: no tracer is watching
-    (`tracing`) and no input takes a gradient here (grad mode off, as in every backward and in
-    inference, or no input requiring one). The custom-op dispatch around a Python kernel costs tens
+    Outside a tracer (`tracing`), a call goes to `impl` directly: as it is when no input takes a
+    gradient here (grad mode off, as in every backward and in inference, or no input requiring one),
+    and inside an autograd.Function made of the op's own autograd rule (`register_autograd`) when one
+    does, so that training steps skip the custom-op dispatch too. The registered op runs the same
+    rule through more layers (the dispatcher, torch.library's generated Function, a redispatch), tens
     of µs of host time a call (more on a GPU machine, `bench/host_cost.py`), as much as a small call's
-    own work: a Triton launch, or one token of a cached sampling step. Under the profiler the
-    direct call keeps the op's name as a record."""
+    own work: a Triton launch, or one token of a cached sampling step. Forward-mode AD and torch.func
+    transforms, which torch.library's rules serve and a plain Function does not, still take the
+    registered op. Under the profiler the direct call keeps the op's name as a record (a C++ op's
+    dispatch records it itself)."""
 
-    def __init__(self, qualname: str, op, impl: Callable):
+    def __init__(self, qualname: str, op, impl: Callable, *, profiled: bool = True):
         self.name, self.op, self.impl = qualname, op, impl
+        self.profiled = profiled  # record the op's name under the profiler (a C++ op's dispatch records it)
+        self._rule: tuple[Callable, Callable] | None = None
+        self._with_autograd: Callable | None = None
 
     def __call__(self, *args):
         # tracing() asks is_compiling() first: under torch.compile nothing else here is traced.
-        if tracing() or _takes_grad(args):
+        if tracing():
             return self.op(*args)
-        if torch.autograd._profiler_enabled():
+        call = self.impl
+        if _takes_grad(args):
+            call = self._eager_autograd()
+            if call is None:
+                return self.op(*args)
+        if self.profiled and torch.autograd._profiler_enabled():
             with torch.profiler.record_function(self.name):
-                return self.impl(*args)
-        return self.impl(*args)
+                return call(*args)
+        return call(*args)
+
+    def _eager_autograd(self) -> Callable | None:
+        """impl with the op's autograd rule, for plain reverse-mode autograd; None where only the
+        registered op serves (forward-mode AD, a torch.func transform, no rule recorded)."""
+        if torch.autograd.forward_ad._current_level >= 0 or torch._C._functorch.maybe_current_level() is not None:
+            return None
+        rule = _AUTOGRAD.get(self.name)
+        if rule is None:
+            return None
+        if rule is not self._rule:  # built on first use: the rule is registered after the op
+            self._rule, self._with_autograd = rule, _autograd_function(self.name, self.impl, *rule)
+        return self._with_autograd
 
     def __repr__(self) -> str:
         return f"DirectOp({self.name})"
+
+
+def _autograd_function(qualname: str, impl: Callable, backward: Callable, setup_context: Callable
+                       ) -> Callable | None:
+    """`impl` called through an autograd.Function with the rule torch.library runs for the op: the same
+    setup_context(ctx, inputs, output) and backward(ctx, *grads), inputs with the schema's defaults
+    filled in as the dispatcher fills them. None for a schema the plain Function cannot take
+    (keyword-only or tensor-list arguments, which torch.library's Function repacks)."""
+    namespace, name = qualname.split("::")
+    schema = getattr(getattr(torch.ops, namespace), name).default._schema
+    if any(a.kwarg_only or library_utils.is_tensorlist_like_type(a.type) for a in schema.arguments) or any(
+            library_utils.is_tensorlist_like_type(r.type) for r in schema.returns):
+        return None
+
+    # setup_context runs inside forward, not as the Function's own staticmethod: Function.apply
+    # binds a separate setup_context's arguments with inspect.signature, ~20 µs a call. The Function
+    # is never applied under a torch.func transform, the one place where the two forms differ.
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    function = type(f"EagerAutograd_{qualname.replace('::', '_')}", (torch.autograd.Function,),
+                    {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    arity, apply = len(schema.arguments), function.apply
+
+    def run(*args):
+        if len(args) < arity:
+            args, _ = library_utils.fill_defaults(schema, args, {})
+        return apply(*args)
+    return run
 
 
 def _takes_grad(args) -> bool:

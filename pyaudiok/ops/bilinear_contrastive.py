@@ -33,7 +33,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, custom_op, first_order, triton_op, upcast_half
+from ._library import HALF_DTYPES, custom_op, first_order, register_autograd, triton_op, upcast_half
 from ._row_blocks import block_rows, exp_ as _exp_, softmax_ as _softmax_
 
 __all__ = ["bilinear_contrastive_loss", "bilinear_contrastive_reference"]
@@ -177,7 +177,7 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
             grads = [torch.zeros_like(t) for t in inputs]
         return (*grads, None)
 
-    torch.library.register_autograd(forward, grad, setup_context=setup_context)
+    register_autograd(forward, grad, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, extension_loaded, first_order, register_backends, triton_op, upcast_half
+from ._library import (HALF_DTYPES, cpp_op, extension_loaded, first_order, register_autograd, register_backends,
+                       triton_op, upcast_half)
 
 __all__ = ["collar_vad_loss", "collar_vad_loss_reference", "collar_mask", "collar_window"]
 
@@ -102,7 +103,7 @@ def _register(forward: str, backward_op: Callable[[], Callable]) -> None:
         logits, reference, order, keep, count = ctx.saved_tensors
         return backward_op()(grad, logits, reference, order, keep, count), None, None, None
 
-    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+    register_autograd(forward, backward, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:

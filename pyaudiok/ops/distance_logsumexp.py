@@ -50,7 +50,7 @@ import torch
 from .. import dispatch
 from . import _checks
 from ._library import (HALF_DTYPES, accumulation_dtype, custom_op, first_order, float32_under_autocast,
-                       register_backends, triton_op, upcast_half)
+                       register_autograd, register_backends, triton_op, upcast_half)
 from ._row_blocks import block_rows, exp_, softmax_
 
 __all__ = ["distance_logsumexp", "distance_nll", "distance_logsumexp_reference"]
@@ -161,7 +161,7 @@ def _register(forward: str, backward_op: Callable[[], Callable]) -> None:
             return None, None, None, None
         return *backward_op()(grad.contiguous(), h, table, alpha, m, probabilities), None
 
-    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+    register_autograd(forward, backward, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:

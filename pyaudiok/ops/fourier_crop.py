@@ -46,7 +46,7 @@ import torch
 from .. import dispatch
 from . import _checks, _prime_fft
 from ._library import (HALF_DTYPES, anchor_inputs, cpp_op, eager_under_compile, extension_loaded, first_order,
-                       register_backends, triton_op, upcast_half, without_autocast)
+                       register_autograd, register_backends, triton_op, upcast_half, without_autocast)
 
 __all__ = ["fourier_crop", "fourier_crop_reference", "fourier_crop_output_size", "METHODS"]
 
@@ -242,7 +242,7 @@ def _register_matrix(qualname: str, backward_op) -> None:
         (mask,) = ctx.saved_tensors
         return backward_op()(grad.contiguous(), mask), None, None
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _register_matrix_backward(qualname: str) -> None:
@@ -265,7 +265,7 @@ def _register_mask_crop(qualname: str, backward_op) -> None:
         # Y = X ⊙ m_rows[r] m_cols[n]: the mask gradients are E contracted with the other mask.
         return grad_spectrum, e @ mask_cols, mask_rows @ e
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _register_mask_crop_backward(qualname: str) -> None:

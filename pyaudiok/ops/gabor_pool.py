@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import GPU_DTYPES, accumulation_dtype, first_order, triton_op
+from ._library import GPU_DTYPES, accumulation_dtype, first_order, register_autograd, triton_op
 
 __all__ = ["gabor_pool", "gabor_pool_reference", "gabor_filters", "gaussian_windows", "FLOOR"]
 
@@ -410,7 +410,7 @@ def _register_triton(qualname: str) -> None:
             grads = torch.autograd.grad(y, leaves, grad.to(y.dtype), allow_unused=True)
         return (grads[0].to(x.dtype), *grads[1:], None, None)
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _triton_forward():

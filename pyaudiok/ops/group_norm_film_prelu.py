@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from .. import dispatch
 from . import _checks
 from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, first_order, float32_under_autocast,
-                       register_backends, triton_op, upcast_half)
+                       register_autograd, register_backends, triton_op, upcast_half)
 
 __all__ = ["group_norm_film_prelu", "group_norm_film_prelu_reference"]
 
@@ -95,7 +95,7 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable]) -> Non
         d_prelu = d_prelu.sum(0) if prelu_weight.numel() > 1 else d_prelu.sum().reshape(1)
         return grad_x, d_gain, d_offset, d_prelu, None, None
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _register_backward(qualname: str) -> None:

@@ -30,7 +30,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, custom_op, first_order, triton_op, upcast_half
+from ._library import HALF_DTYPES, cpp_op, custom_op, first_order, register_autograd, triton_op, upcast_half
 
 __all__ = ["latent_cross_attention", "latent_attention_reference"]
 
@@ -141,7 +141,7 @@ def _register(forward: str, backward: Callable[[], Callable]) -> None:
         dq, dk, dv = backward()(grad_out, q, k, v, out, lse, key_lengths, ctx.scale, keep)
         return dq, dk, dv, None, None, None
 
-    torch.library.register_autograd(forward, grad, setup_context=setup_context)
+    register_autograd(forward, grad, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:

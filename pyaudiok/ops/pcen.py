@@ -36,8 +36,8 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, first_order, register_backends,
-                       triton_op, upcast_half)
+from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, first_order, register_autograd,
+                       register_backends, triton_op, upcast_half)
 
 __all__ = ["pcen", "pcen_reference"]
 
@@ -86,7 +86,7 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable], recomp
         grad_params = partial.view(B, F, 4).sum(0).T.to(params.dtype)
         return grad_E, grad_params, None
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _register_backward(qualname: str) -> None:

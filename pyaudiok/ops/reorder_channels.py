@@ -34,7 +34,8 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, custom_op, first_order, register_backends, triton_op, upcast_half, without_autocast
+from ._library import (HALF_DTYPES, custom_op, first_order, register_autograd, register_backends, triton_op,
+                       upcast_half, without_autocast)
 
 __all__ = ["reorder_channels", "reorder_channels_reference", "reorder_channels_trusted"]
 
@@ -96,7 +97,7 @@ def _register(forward: str, backward_op: Callable[[], Callable], recompute: bool
         dlogits, dx = backward_op()(dy.contiguous(), None if dA is None else dA.contiguous(), x, *rest)
         return dlogits, None if only_A else dx, None
 
-    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+    register_autograd(forward, backward, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, custom_op, register_backends, upcast_half
+from ._library import HALF_DTYPES, cpp_op, custom_op, register_autograd, register_backends, upcast_half
 
 __all__ = ["gather_rows_rotary", "gather_rows_rotary_reference", "split_heads_rotary", "split_heads_rotary_reference",
            "rotate_pairs"]
@@ -114,10 +114,10 @@ def _gather_backward_backward(ctx, grad_rows):
     return _gather_cpu(grad_rows, index, cos, sin, ctx.dims), None, None, None, None, None
 
 
-torch.library.register_autograd("pyaudiok::gather_rotary_cpu", _gather_backward,
-                                setup_context=_gather_setup_context)
-torch.library.register_autograd("pyaudiok::gather_rotary_cpu_backward", _gather_backward_backward,
-                                setup_context=_gather_backward_setup_context)
+register_autograd("pyaudiok::gather_rotary_cpu", _gather_backward,
+                  setup_context=_gather_setup_context)
+register_autograd("pyaudiok::gather_rotary_cpu_backward", _gather_backward_backward,
+                  setup_context=_gather_backward_setup_context)
 
 
 @custom_op("pyaudiok::split_heads_rotary_cpu", device_types="cpu")
@@ -168,10 +168,10 @@ def _split_backward_backward(ctx, grad_x):
     return _split_cpu(grad_x, ctx.parts, ctx.heads, cos, sin, ctx.dims, ctx.rotated), None, None, None, None
 
 
-torch.library.register_autograd("pyaudiok::split_heads_rotary_cpu", _split_backward,
-                                setup_context=_split_setup_context)
-torch.library.register_autograd("pyaudiok::split_heads_rotary_cpu_backward", _split_backward_backward,
-                                setup_context=_split_backward_setup_context)
+register_autograd("pyaudiok::split_heads_rotary_cpu", _split_backward,
+                  setup_context=_split_setup_context)
+register_autograd("pyaudiok::split_heads_rotary_cpu_backward", _split_backward_backward,
+                  setup_context=_split_backward_setup_context)
 
 GATHER_OP = dispatch.op("gather_rows_rotary")
 register_backends(GATHER_OP, reference=gather_rows_rotary_reference, cpu=upcast_half(_gather_cpu),

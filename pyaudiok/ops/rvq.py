@@ -27,8 +27,8 @@ import torch
 
 from .. import _extension, dispatch
 from . import _checks
-from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, register_backends, triton_op,
-                       upcast_half)
+from ._library import (HALF_DTYPES, accumulation_dtype, cpp_op, extension_loaded, register_autograd, register_backends,
+                       triton_op, upcast_half)
 
 __all__ = ["RVQResult", "residual_vq", "rvq_decode", "rvq_reference", "rvq_decode_reference"]
 
@@ -104,7 +104,7 @@ def _register_forward(qualname: str, decode: Callable[[], Callable]) -> None:
             dx = dx + grad_quantized
         return dx, None, None
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _register_decode(qualname: str) -> None:
@@ -136,7 +136,7 @@ def _register_decode(qualname: str) -> None:
             d_weights = torch.einsum("nqd,nd->q", chosen, g).to(weights.dtype)
         return None, d_codebooks, d_weights
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 if extension_loaded():  # the C++ ops (cpu and, when built, cuda) exist only then

@@ -42,7 +42,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, first_order, register_backends, triton_op
+from ._library import cpp_op, extension_loaded, first_order, register_autograd, register_backends, triton_op
 
 __all__ = ["si_sdr_matrix", "si_sdr_matrix_reference", "pit_si_sdr", "PITResult", "neg_si_sdr_loss"]
 
@@ -120,7 +120,7 @@ def _register_matrix(qualname: str) -> None:
         d_e, d_r = _stats_backward(estimates, references, ctx.zero_mean, g_ee, g_rr, g_er)
         return d_e, d_r, None, None
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 if extension_loaded():  # the C++ kernel: csrc/cpu/si_sdr.cpp

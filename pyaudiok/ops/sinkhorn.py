@@ -48,7 +48,7 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, first_order, register_backends, triton_op
+from ._library import cpp_op, extension_loaded, first_order, register_autograd, register_backends, triton_op
 
 __all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_rank", "sinkhorn_sort", "log_sinkhorn_normalize",
            "sinkhorn_reference"]
@@ -180,7 +180,7 @@ def _register_forward(qualname: str, backward_op: Callable[[], Callable]) -> Non
                 cost, log_a, log_b, plan, iters, hist_f, hist_g, ctx.eps)
         return (*grads, None, None, None, None)
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:

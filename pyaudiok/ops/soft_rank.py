@@ -30,7 +30,8 @@ import torch
 
 from .. import dispatch
 from . import _checks
-from ._library import cpp_op, extension_loaded, first_order, register_backends, triton_op, upcast_half
+from ._library import (cpp_op, extension_loaded, first_order, register_autograd, register_backends, triton_op,
+                       upcast_half)
 
 __all__ = ["soft_rank", "soft_sort", "soft_rank_reference", "soft_sort_reference", "pav_blocks"]
 
@@ -145,7 +146,7 @@ def _register(qualname: str, backward_op: Callable[[], Callable]) -> None:
         return (backward_op()(grad_out.contiguous(), x, out, perm, blocks, *ctx.flags),
                 None, None, None, None)
 
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    register_autograd(qualname, backward, setup_context=setup_context)
 
 
 def _register_backward_fake(qualname: str) -> None:

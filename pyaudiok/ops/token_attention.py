@@ -29,7 +29,7 @@ import torch
 
 from .. import backends, dispatch
 from . import _checks
-from ._library import HALF_DTYPES, cpp_op, custom_op, first_order, upcast_half
+from ._library import HALF_DTYPES, cpp_op, custom_op, first_order, register_autograd, upcast_half
 from .latent_attention import _INT_DTYPES, latent_cross_attention
 from .rotary import _check_angles, gather_rows_rotary
 
@@ -105,7 +105,7 @@ def _grad(ctx, grad_out, grad_lse, grad_k):
     return dq, d_rows, None, None, None, None, None
 
 
-torch.library.register_autograd("pyaudiok::token_attention_cpu", _grad, setup_context=_setup_context)
+register_autograd("pyaudiok::token_attention_cpu", _grad, setup_context=_setup_context)
 
 
 def token_attention_reference(q, rows, tokens, cos, sin, dims: int, heads: int) -> torch.Tensor:
