@@ -182,7 +182,8 @@ _AUTOGRAD: dict[str, tuple[Callable, Callable]] = {}
 
 
 def register_autograd(qualname: str, backward: Callable, *, setup_context: Callable) -> None:
-    """torch.library.register_autograd, the rule also kept for the op's eager calls (`DirectOp`)."""
+    """torch.library.register_autograd, the rule also kept for the op's eager calls (`DirectOp`). A rule
+    registered with torch.library.register_autograd alone is not seen here: use this one."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     _AUTOGRAD[qualname] = (backward, setup_context)
 
@@ -207,8 +208,9 @@ class DirectOp:
     def __init__(self, qualname: str, op, impl: Callable, *, profiled: bool = True):
         self.name, self.op, self.impl = qualname, op, impl
         self.profiled = profiled  # record the op's name under the profiler (a C++ op's dispatch records it)
-        self._rule: tuple[Callable, Callable] | None = None
-        self._with_autograd: Callable | None = None
+        # (the rule, impl through an autograd.Function made of it): one tuple, so that a thread never
+        # pairs a new rule with the Function of an older one
+        self._with_autograd: tuple[tuple[Callable, Callable], Callable | None] | None = None
 
     def __call__(self, *args):
         # tracing() asks is_compiling() first: under torch.compile nothing else here is traced.
@@ -232,9 +234,10 @@ class DirectOp:
         rule = _AUTOGRAD.get(self.name)
         if rule is None:
             return None
-        if rule is not self._rule:  # built on first use: the rule is registered after the op
-            self._rule, self._with_autograd = rule, _autograd_function(self.name, self.impl, *rule)
-        return self._with_autograd
+        built = self._with_autograd
+        if built is None or built[0] is not rule:  # built on first use: the rule is registered after the op
+            built = self._with_autograd = (rule, _autograd_function(self.name, self.impl, *rule))
+        return built[1]
 
     def __repr__(self) -> str:
         return f"DirectOp({self.name})"
