@@ -17,7 +17,8 @@
 # --index 3": where those cases' time goes; PROFILE_S bounds each), COMPILED_PEERS=1 (also time the
 # torch.compile peers; off by default: their compiling would eat the modules' time limits), HOST_COST=1
 # (host time per call of each Triton op, called directly and through its registration:
-# bench/host_cost.py; HOST_COST_S bounds it).
+# bench/host_cost.py; HOST_COST_S bounds it), AB_EAGER=1 (model steps with the ops' eager autograd path
+# against the registered op's: bench/ab_eager_autograd.py; AB_EAGER_S bounds it).
 # A copied tree's git metadata may be stale: the commit recorded in the bench rows is read from
 # .bench-commit when present (write it before copying: git rev-parse --short HEAD > .bench-commit).
 # Wheels of missing Python packages are installed first when .whl/ holds any, and source
@@ -98,6 +99,13 @@ if [ -n "${PROFILE:-}" ]; then  # where chosen cases' time goes (bench/profile.p
       || echo "profile $spec: exit status $?" | tee -a "$out/profiles.txt"
   done
   grep -E "^(==|--)" "$out/profiles.txt"
+fi
+
+if [ "${AB_EAGER:-0}" = 1 ]; then  # model steps: eager autograd path against the registered op's (host time)
+  phase "eager autograd A/B (model steps)"
+  timeout "${AB_EAGER_S:-120}" python3 -m pyaudiok.bench.ab_eager_autograd --device cuda --rounds 6 \
+    > "$out/ab_eager_autograd.txt" 2>&1 || echo "eager autograd A/B: exit status $?"
+  cat "$out/ab_eager_autograd.txt"
 fi
 
 if [ "${HOST_COST:-0}" = 1 ]; then  # host time per call, direct against registered (bench/host_cost.py)

@@ -319,3 +319,16 @@ def test_interleave_refuses_an_unknown_benchmark_and_rounds_below_one(capsys):
         with pytest.raises(SystemExit) as stopped:
             interleave.main(["--only", "der", "--case", "x", *option])
         assert stopped.value.code == 2 and "--rounds must be >= 1 and --warmup >= 0" in capsys.readouterr().err
+
+
+def test_eager_autograd_ab_times_both_ways_and_forces_the_registered_op():
+    from pyaudiok.bench import ab_eager_autograd
+    from pyaudiok.ops import _library
+    times = ab_eager_autograd.compare("dive", torch.device("cpu"), rounds=1)
+    assert {name: len(t) for name, t in times.items()} == {"eager Function": 1, "registered op": 1}
+    assert all(t[0] > 0 for t in times.values())
+    op = _library.cpp_op("collar_vad_forward") if _library.extension_loaded() else None
+    if op is not None:
+        with ab_eager_autograd._way("registered op"):
+            assert op._eager_autograd() is None
+        assert op._eager_autograd() is not None
