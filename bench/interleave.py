@@ -7,7 +7,9 @@ slow spell lands on one of them. Here every candidate sees the same spells.
         [--candidate NAME]... [--rounds 10] [--warmup 3] [--device cuda] [--quick]
 
 `--case`, `--index` and `--candidate` select as in bench/profile.py. Candidates that compile do so
-in the warm-up rounds."""
+in the warm-up rounds. On the CPU a round times one call by the wall clock; on a GPU it times a
+burst of queued calls by device events, as `pyaudiok bench` does (harness.time_median), unless
+harness.GPU_TIMING is "isolated"."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +18,8 @@ import time
 
 import torch
 
-from .harness import prepare_timing, synchronize
+from . import harness
+from .harness import prepare_timing, synchronize, time_median
 from .profile import select_candidates, select_case
 
 
@@ -34,12 +37,20 @@ def interleaved(runs: dict[str, callable], device: torch.device, rounds: int, wa
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(_one_round(run, device))
     return times
+
+
+def _one_round(run: callable, device: torch.device) -> float:
+    """Seconds per call in one round: one call by the wall clock (the CPU, or a GPU's isolated timing),
+    else the median of a short burst of queued calls (a GPU's device time, as the bench measures it)."""
+    if device.type == "cuda" and harness.GPU_TIMING == "queued":
+        return time_median(run, device, 0.0)[0]
+    synchronize(device)
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:

@@ -332,3 +332,12 @@ def test_eager_autograd_ab_times_both_ways_and_forces_the_registered_op():
         with ab_eager_autograd._way("registered op"):
             assert op._eager_autograd() is None
         assert op._eager_autograd() is not None
+
+
+def test_interleave_times_a_gpu_round_as_the_bench_does(monkeypatch):
+    """On a GPU a round is the bench's queued-burst median (harness.time_median), not one wall-clock call."""
+    from pyaudiok.bench import interleave
+    asked = []
+    monkeypatch.setattr(interleave, "time_median", lambda run, device, min_time: asked.append(min_time) or (0.5, 3))
+    times = interleave.interleaved({"a": lambda: None, "b": lambda: None}, torch.device("cuda"), rounds=2, warmup=0)
+    assert times == {"a": [0.5, 0.5], "b": [0.5, 0.5]} and asked == [0.0] * 4
