@@ -211,12 +211,21 @@ def _grad_x_kernel(g_ptr, x_ptr, gain_ptr, offset_ptr, prelu_ptr, stats_ptr, d_g
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
+# Programs per (item, group) at most: each program of the second launches reads its whole group's
+# per-row values, so the group's reads grow as programs × C/G (64 × C/G values: 64/T times x's own).
+MAX_PROGRAMS_PER_GROUP = 64
+
+
 def _blocks(per_group: int, T: int) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_T, BLOCK_G): a program's rows (one, or enough short rows for a tile of 256 values),
-    its tile's steps (up to 1 024: Wavesplit's rows of 1 001 in one tile) and the chunk its group's
-    per-channel values are read in."""
+    """(BLOCK_C, BLOCK_T, BLOCK_G): a program's rows (one, or enough short rows for a tile of 256 values,
+    or more for groups wider than MAX_PROGRAMS_PER_GROUP rows), its tile's steps (up to 1 024:
+    Wavesplit's rows of 1 001 in one tile; 2 048 values a tile of several long rows) and the chunk its
+    group's per-channel values are read in."""
     block_t = min(1024, triton.next_power_of_2(max(T, 1)))
     block_c = min(triton.next_power_of_2(max(per_group, 1)), max(1, 256 // block_t))
+    fewest = triton.next_power_of_2(cdiv(max(per_group, 1), MAX_PROGRAMS_PER_GROUP))
+    if fewest > block_c:
+        block_c, block_t = fewest, min(block_t, max(16, 2048 // fewest))
     return block_c, block_t, min(256, triton.next_power_of_2(max(per_group, 1)))
 
 

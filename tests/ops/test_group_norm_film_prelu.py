@@ -153,6 +153,20 @@ def test_triton_launches_a_program_per_channel_row(monkeypatch):
     assert grids == [(2 * 64,)] * 4
 
 
+def test_triton_wide_groups_take_at_most_64_programs_each(monkeypatch):
+    """A group of 1 024 short rows: every program of the second launches reads the group's per-row values,
+    so rows are packed until a group has at most 64 programs (a program per 4 rows would re-read them 256
+    times); the results still match the reference."""
+    device = require_backend(OP, "triton")
+    kernels = importlib.import_module("pyaudiok.kernels.group_norm_film_prelu")
+    grids = []
+    launchable = kernels.launchable
+    monkeypatch.setattr(kernels, "launchable", lambda kernel, **options: _GridRecorder(launchable(kernel, **options),
+                                                                                       grids))
+    compare("triton", inputs(1, 1024, 40, device=device), 1)
+    assert grids and all(grid == (kernels.MAX_PROGRAMS_PER_GROUP,) for grid in grids)
+
+
 def test_cpu_float64_matches_reference():
     require_backend(OP, "cpu", torch.float64)
     compare("cpu", inputs(2, 6, 37, P=6, dtype=torch.float64), 2)
