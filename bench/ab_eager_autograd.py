@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from contextlib import nullcontext
 from unittest import mock
 
@@ -17,7 +16,7 @@ import torch
 from pyaudiok.ops import _library
 
 from .bench_models import SETUPS, _train_step
-from .harness import synchronize
+from .interleave import interleaved, within
 
 WAYS = ("eager Function", "registered op")
 
@@ -30,26 +29,17 @@ def _way(name: str):
 
 
 def compare(case: str, device: torch.device, rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per step of each way, `rounds` alternated rounds of two steps each after one to warm up."""
+    """Milliseconds per step of each way, alternated (bench/interleave.py) after one round to warm up."""
     model, loss_fn, after_step = SETUPS[case](device, torch.Generator().manual_seed(0), False)
     step = _train_step(model, loss_fn, after_step)
-    times: dict[str, list[float]] = {name: [] for name in WAYS}
-    for round_ in range(rounds + 1):
-        for name in WAYS:
-            with _way(name):
-                synchronize(device)
-                start = time.perf_counter()
-                step(), step()
-                synchronize(device)
-                if round_:
-                    times[name].append((time.perf_counter() - start) / 2 * 1e3)
-    return times
+    runs = {name: within(lambda name=name: _way(name), step) for name in WAYS}
+    return {name: [t * 1e3 for t in seconds] for name, seconds in interleaved(runs, device, rounds, 1).items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--case", choices=sorted(SETUPS), action="append")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)

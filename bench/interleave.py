@@ -41,6 +41,15 @@ def interleaved(runs: dict[str, callable], device: torch.device, rounds: int, wa
     return times
 
 
+def within(context: callable, run: callable) -> callable:
+    """run() inside a fresh `context()` at each call: one candidate of an A/B whose sides differ by a
+    patch (bench/ab_layout.py, bench/ab_eager_autograd.py)."""
+    def patched():
+        with context():
+            return run()
+    return patched
+
+
 def _one_round(run: callable, device: torch.device) -> float:
     """Seconds per call in one round: one call by the wall clock (the CPU, or a GPU's isolated timing),
     else the median of a short burst of queued calls (a GPU's device time, as the bench measures it)."""

@@ -14,8 +14,8 @@ import pyaudiok
 from pyaudiok.ops import group_norm_film_prelu
 from pyaudiok.ops.group_norm_film_prelu import OP, _triton_backward, _triton_forward, group_norm_film_prelu_reference
 
-from ..harness import (TOLERANCE, assert_close, compare_with_reference, forward_opcheck_tests, generated_case_tests,
-                       opcheck, rel_error, require_backend, run_with_grads)
+from ..harness import (TOLERANCE, assert_close, compare_with_reference, device_for, forward_opcheck_tests,
+                       generated_case_tests, opcheck, rel_error, require_backend, run_with_grads)
 
 BACKENDS = ("cpu", "triton")
 FILM = ("both", "scale", "shift", "none")
@@ -138,32 +138,33 @@ class _GridRecorder:
         return self.launch[grid]
 
 
-def test_triton_launches_a_program_per_channel_row(monkeypatch):
-    """At Wavesplit's sizes (C = 64, T = 1 001, one group) each of the four launches of a forward and
-    backward runs a program per (item, channel) row, not one per (item, group) (B·G = 2 programs here)."""
-    device = require_backend(OP, "triton")
+@pytest.fixture
+def triton_grids(monkeypatch):
+    """(the Triton kernels' module, the list each of its launches appends its grid to)."""
+    require_backend(OP, "triton")
     kernels = importlib.import_module("pyaudiok.kernels.group_norm_film_prelu")
-    grids = []
-    launchable = kernels.launchable
+    grids, launchable = [], kernels.launchable
     monkeypatch.setattr(kernels, "launchable", lambda kernel, **options: _GridRecorder(launchable(kernel, **options),
                                                                                        grids))
-    x, prelu, *_ = inputs(2, 64, 1001, device=device)
+    return kernels, grids
+
+
+def test_triton_launches_a_program_per_channel_row(triton_grids):
+    """At Wavesplit's sizes (C = 64, T = 1 001, one group) each of the four launches of a forward and
+    backward runs a program per (item, channel) row, not one per (item, group) (B·G = 2 programs here)."""
+    _, grids = triton_grids
+    x, prelu, *_ = inputs(2, 64, 1001, device=device_for("triton"))
     with pyaudiok.use_backend("triton"):
         group_norm_film_prelu(x, 1, prelu).sum().backward()
     assert grids == [(2 * 64,)] * 4
 
 
-def test_triton_wide_groups_take_at_most_64_programs_each(monkeypatch):
+def test_triton_wide_groups_take_at_most_64_programs_each(triton_grids):
     """A group of 1 024 short rows: every program of the second launches reads the group's per-row values,
     so rows are packed until a group has at most 64 programs (a program per 4 rows would re-read them 256
     times); the results still match the reference."""
-    device = require_backend(OP, "triton")
-    kernels = importlib.import_module("pyaudiok.kernels.group_norm_film_prelu")
-    grids = []
-    launchable = kernels.launchable
-    monkeypatch.setattr(kernels, "launchable", lambda kernel, **options: _GridRecorder(launchable(kernel, **options),
-                                                                                       grids))
-    compare("triton", inputs(1, 1024, 40, device=device), 1)
+    kernels, grids = triton_grids
+    compare("triton", inputs(1, 1024, 40, device=device_for("triton")), 1)
     assert grids and all(grid == (kernels.MAX_PROGRAMS_PER_GROUP,) for grid in grids)
 
 
